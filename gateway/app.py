@@ -1,0 +1,89 @@
+"""Assembles the aiohttp application from settings.
+
+Long-lived resources (the upstream HTTP session, later the store and the
+bus) are opened and closed with the app through `cleanup_ctx`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from gateway.api import health, openai
+from gateway.api.common import error_middleware, render_detail, render_openai
+from gateway.auth import Authenticator, StaticDirectory
+from gateway.chat.service import ChatService
+from gateway.context import GATEWAY, Gateway
+from gateway.keys import load_or_create_secret
+from gateway.origins import OriginPolicy
+from gateway.settings import Settings
+from gateway.upstream import Upstream
+from gateway.upstream.demo import DemoUpstream
+from gateway.upstream.openai import OpenAIUpstream
+from gateway.upstream.router import ModelRouter
+
+log = logging.getLogger(__name__)
+
+
+def secret_key(settings: Settings) -> str:
+    return settings.secret_key or load_or_create_secret(settings.data_dir)
+
+
+def build_upstreams(settings: Settings, session: aiohttp.ClientSession) -> list[Upstream]:
+    upstreams: list[Upstream] = []
+    keys = settings.openai_api_keys
+    for index, base_url in enumerate(settings.openai_api_base_urls):
+        key = keys[index] if index < len(keys) else ""
+        upstreams.append(
+            OpenAIUpstream(
+                base_url,
+                key,
+                session,
+                settings.upstream_connect_timeout_s,
+                settings.upstream_read_timeout_s,
+            )
+        )
+    if settings.demo_model:
+        upstreams.append(DemoUpstream(settings.demo_token_delay_s))
+    return upstreams
+
+
+def build_app(settings: Settings) -> web.Application:
+    origins = OriginPolicy(settings.cors_allow_origin)
+    app = web.Application(
+        client_max_size=settings.max_request_body_bytes,
+        middlewares=[
+            origins.middleware(),
+            error_middleware([("/v1/", render_openai)], default=render_detail),
+        ],
+    )
+    public_key = (
+        settings.jwt_public_key_file.read_text(encoding="utf-8")
+        if settings.jwt_public_key_file
+        else None
+    )
+    authenticator = Authenticator(
+        secret_key(settings), StaticDirectory(settings.api_keys), public_key
+    )
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=settings.upstream_max_connections, limit_per_host=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            router = ModelRouter(build_upstreams(settings, session), settings.upstream_models_ttl_s)
+            app[GATEWAY] = Gateway(
+                settings=settings,
+                origins=origins,
+                authenticator=authenticator,
+                router=router,
+                service=ChatService(router),
+            )
+            yield
+
+    app.cleanup_ctx.append(resources)
+    health.add_routes(app)
+    openai.add_routes(app, "/v1")
+    openai.add_routes(app, "/api")
+    return app

@@ -1,0 +1,169 @@
+"""Who is asking: one `Authenticator` for HTTP, SSE, WebSocket and Socket.IO.
+
+Tokens are looked for in the order of PROTOCOLS.md §0: `Authorization:
+Bearer`, `x-api-key`, the `token` cookie, the `token` (or `authorization`)
+query parameter, then a Socket.IO `auth` payload.  A token is either a JWT
+(HS256 with the secret key, or RS256/ES256 with a configured public key) or
+an API key (`sk-…`, `ragflow-…`).  A valid JWT for a user never seen before
+creates that user: the gateway fronts other identity providers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+from jwt.warnings import InsecureKeyLengthWarning
+
+from gateway.errors import AuthError
+from gateway.keys import looks_like_api_key
+
+log = logging.getLogger(__name__)
+
+# RFC 7518 §3.2: an HS256 key should have at least 256 bits.
+MIN_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    name: str
+    role: str = "user"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class UserDirectory(Protocol):
+    """Where principals come from: the store, or static settings before it exists."""
+
+    async def principal_for_jwt(self, user_id: str, claims: Mapping[str, Any]) -> Principal:
+        """The user named by a verified JWT, created on first sight."""
+        ...
+
+    async def principal_for_api_key(self, key: str) -> Principal | None: ...
+
+
+class StaticDirectory:
+    """Users from verified tokens and API keys from settings (`GATEWAY_API_KEYS`)."""
+
+    def __init__(self, api_keys: Mapping[str, str]) -> None:
+        self._api_keys = dict(api_keys)
+
+    async def principal_for_jwt(self, user_id: str, claims: Mapping[str, Any]) -> Principal:
+        return Principal(user_id, str(claims.get("name") or user_id), "user")
+
+    async def principal_for_api_key(self, key: str) -> Principal | None:
+        user_id = self._api_keys.get(key)
+        return None if user_id is None else Principal(user_id, user_id, "user")
+
+
+def find_token(
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str],
+    query: Mapping[str, str],
+    auth_payload: Mapping[str, Any] | None = None,
+) -> str | None:
+    """The first token offered, in the documented order; None when there is none.
+
+    A present but malformed `Authorization` header is an error, not "no token":
+    silently falling back to a cookie would hide a client bug.
+    """
+    header = headers.get("Authorization")
+    if header is not None:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip() or " " in value.strip():
+            raise AuthError("Malformed Authorization header: expected 'Bearer <token>'")
+        return value.strip()
+    for candidate in (
+        headers.get("x-api-key"),
+        cookies.get("token"),
+        query.get("token"),
+        query.get("authorization"),
+    ):
+        if candidate:
+            return candidate.removeprefix("Bearer ").strip()
+    if auth_payload:
+        token = auth_payload.get("token")
+        if isinstance(token, str) and token:
+            return token.removeprefix("Bearer ").strip()
+    return None
+
+
+class Authenticator:
+    def __init__(
+        self,
+        secret_key: str,
+        directory: UserDirectory,
+        public_key_pem: str | None = None,
+    ) -> None:
+        self._secret = secret_key
+        self._public_key = public_key_pem
+        self.directory = directory
+        if len(secret_key.encode()) < MIN_SECRET_BYTES:
+            # Open WebUI's historical default is short; accept it, but say so once.
+            log.warning(
+                "WEBUI_SECRET_KEY has fewer than %d bytes; use a longer one", MIN_SECRET_BYTES
+            )
+
+    def issue(self, user_id: str, ttl_s: int | None = None, **claims: Any) -> str:
+        """A HS256 JWT in Open WebUI's shape (`{"id": …}`), valid on every transport."""
+        payload: dict[str, Any] = {"id": user_id, **claims}
+        if ttl_s is not None:
+            payload["exp"] = int(time.time()) + ttl_s
+        with _short_key_allowed():
+            return jwt.encode(payload, self._secret, algorithm="HS256")
+
+    async def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise AuthError("Not authenticated: send 'Authorization: Bearer <token>'")
+        if looks_like_api_key(token):
+            principal = await self.directory.principal_for_api_key(token)
+            if principal is None:
+                raise AuthError("Invalid API key")
+            return principal
+        claims = self.verify_jwt(token)
+        user_id = claims.get("id") or claims.get("sub")
+        if not isinstance(user_id, str) or not user_id:
+            raise AuthError("Invalid token: no 'id' or 'sub' claim")
+        return await self.directory.principal_for_jwt(user_id, claims)
+
+    def verify_jwt(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError("Invalid token: not a JWT") from None
+        alg = header.get("alg")
+        key: str
+        if alg == "HS256":
+            key = self._secret
+        elif alg in ("RS256", "ES256") and self._public_key is not None:
+            key = self._public_key
+        else:
+            # Covers "none" and algorithm-confusion attempts alike.
+            raise AuthError(f"Invalid token: algorithm {alg!r} is not accepted")
+        try:
+            with _short_key_allowed():
+                claims: dict[str, Any] = jwt.decode(
+                    token, key, algorithms=[alg], options={"require": [], "verify_aud": False}
+                )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("Token expired") from None
+        except jwt.PyJWTError:
+            raise AuthError("Invalid token: bad signature or claims") from None
+        return claims
+
+
+@contextlib.contextmanager
+def _short_key_allowed() -> Iterator[None]:
+    """Silence PyJWT's per-call short-key warning; the constructor logs it once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        yield

@@ -1,0 +1,29 @@
+"""The app-wide objects, reachable from every handler under one typed key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.auth import Authenticator
+from gateway.chat.service import ChatService
+from gateway.origins import OriginPolicy
+from gateway.settings import Settings
+from gateway.upstream.router import ModelRouter
+
+
+@dataclass(slots=True)
+class Gateway:
+    settings: Settings
+    origins: OriginPolicy
+    authenticator: Authenticator
+    router: ModelRouter
+    service: ChatService
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def gateway_of(request: web.Request) -> Gateway:
+    return request.app[GATEWAY]

@@ -1,0 +1,145 @@
+"""Canonical events: the one language between the chat core and every wire.
+
+A reply is a sequence of events sharing `chat_id` and `message_id`, numbered
+by `seq` from 0 so a client that reconnects can ask for what follows the last
+one it saw.  `TextDelta.text` is always incremental; a flavour that must send
+cumulative text keeps the running text in its own encoder.
+
+Pure API completions (nothing stored) have `chat_id = None`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyEvent:
+    chat_id: str | None
+    message_id: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyStarted(ReplyEvent):
+    user_id: str
+    parent_id: str | None
+    model: str
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta(ReplyEvent):
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta(ReplyEvent):
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged(ReplyEvent):
+    description: str
+    done: bool
+    action: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesFound(ReplyEvent):
+    sources: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    # True when the upstream reported no usage and we counted roughly.
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyFinished(ReplyEvent):
+    content: str
+    usage: Usage
+    finish_reason: str
+    elapsed_s: float
+    cancelled: bool = False
+    title: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyFailed(ReplyEvent):
+    code: str
+    message: str
+    partial_content: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTitleChanged(ReplyEvent):
+    title: str
+
+
+# Presence and workspace events (Nadoo) are not part of a reply; they carry
+# their own room identity.
+@dataclass(frozen=True, slots=True)
+class Typing:
+    session_id: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserJoined:
+    room: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserLeft:
+    room: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    user_id: str
+    title: str
+    body: str
+    action_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceEvent:
+    workspace_id: str
+    user_id: str
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Event = (
+    ReplyStarted
+    | TextDelta
+    | ReasoningDelta
+    | StatusChanged
+    | SourcesFound
+    | ReplyFinished
+    | ReplyFailed
+    | ChatTitleChanged
+    | Typing
+    | UserJoined
+    | UserLeft
+    | Notification
+    | WorkspaceEvent
+)

@@ -1,0 +1,202 @@
+"""OpenAI chat completions: request decoding and SSE chunk encoding (PROTOCOLS.md §2).
+
+Stream shape, one SSE event per chunk::
+
+    data: {"id": "chatcmpl-…", "object": "chat.completion.chunk", "created": 1700000000,
+           "model": "m", "choices": [{"index": 0, "delta": {"content": "Hel"},
+                                      "finish_reason": null}]}
+    ...
+    data: {... "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    data: {... "choices": [], "usage": {...}}        only with stream_options.include_usage
+    data: [DONE]
+
+A failure mid-stream is one `data: {"error": {message, type, code}}` event
+then `[DONE]`: the `openai` package raises on it instead of hanging.
+
+Per-delta encoding is on the hot path: the constant part of a content chunk
+is rendered once per reply, and only the delta text is JSON-escaped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from gateway.commands import Ask
+from gateway.errors import BadRequest, GatewayError
+from gateway.events import (
+    Event,
+    ReasoningDelta,
+    ReplyFailed,
+    ReplyFinished,
+    ReplyStarted,
+    TextDelta,
+    Usage,
+)
+from gateway.flavours.sse import data_frame
+
+DONE = b"data: [DONE]\n\n"
+
+# Sampling options passed through to the upstream unchanged.
+PASSTHROUGH_PARAMS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "logit_bias",
+        "user",
+        "response_format",
+        "top_k",
+        "min_p",
+        "repeat_penalty",
+        "reasoning_effort",
+    }
+)
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_request(body: Any) -> Ask:
+    """Validate a `/v1/chat/completions` body; raise BadRequest naming the fault."""
+    if not isinstance(body, Mapping):
+        raise BadRequest("Request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string")
+    messages = decode_messages(body.get("messages"))
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, Mapping):
+        raise BadRequest("'stream_options' must be an object")
+    n = body.get("n", 1)
+    if n != 1:
+        raise BadRequest("Only n=1 is supported")
+    params = {key: body[key] for key in PASSTHROUGH_PARAMS if key in body}
+    return Ask(
+        model=model,
+        messages=messages,
+        stream=stream,
+        include_usage=bool(options.get("include_usage", False)),
+        params=params,
+    )
+
+
+def decode_messages(messages: Any) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' is required and must be a non-empty array")
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise BadRequest(f"messages[{index}] must be an object")
+        if message.get("role") not in ROLES:
+            raise BadRequest(f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise BadRequest(f"messages[{index}].content must be a string or an array")
+    return [dict(message) for message in messages]
+
+
+class ChunkEncoder:
+    """Encodes one reply's events as `chat.completion.chunk` SSE events.
+
+    The completion id is the reply's message id, learnt from `ReplyStarted`
+    (always the first event of a reply).
+    """
+
+    def __init__(self, model: str, created: int, include_usage: bool) -> None:
+        self._model = model
+        self._created = created
+        self._include_usage = include_usage
+        self._start("")
+
+    def _start(self, completion_id: str) -> None:
+        self._head = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+        }
+        head = _dumps(self._head)[:-1]  # without the closing brace
+        self._content_prefix = (head + ',"choices":[{"index":0,"delta":{"content":').encode()
+        self._reasoning_prefix = (
+            head + ',"choices":[{"index":0,"delta":{"reasoning_content":'
+        ).encode()
+        self._suffix = b'},"finish_reason":null}]}\n\n'
+
+    def encode(self, event: Event) -> list[bytes]:
+        if isinstance(event, TextDelta):
+            return [b"data: " + self._content_prefix + _dumps(event.text).encode() + self._suffix]
+        if isinstance(event, ReasoningDelta):
+            return [b"data: " + self._reasoning_prefix + _dumps(event.text).encode() + self._suffix]
+        if isinstance(event, ReplyStarted):
+            self._start(event.message_id)
+            return [self._chunk({"role": "assistant", "content": ""}, None)]
+        if isinstance(event, ReplyFinished):
+            frames = [self._chunk({}, event.finish_reason)]
+            if self._include_usage:
+                usage = {**self._head, "choices": [], "usage": event.usage.as_dict()}
+                frames.append(data_frame(_dumps(usage)))
+            frames.append(DONE)
+            return frames
+        if isinstance(event, ReplyFailed):
+            return [data_frame(_dumps(error_body(event.message, "server_error", event.code))), DONE]
+        return []
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
+        chunk = {
+            **self._head,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+        return data_frame(_dumps(chunk))
+
+
+def completion_body(
+    completion_id: str,
+    model: str,
+    created: int,
+    content: str,
+    finish_reason: str,
+    usage: Usage,
+    reasoning: str = "",
+) -> dict[str, Any]:
+    """The non-streaming `chat.completion` object."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": usage.as_dict(),
+    }
+
+
+def error_body(message: str, type_: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "code": code}}
+
+
+def error_for(error: GatewayError) -> dict[str, Any]:
+    return error_body(error.message, error.openai_type, error.code)
+
+
+def models_body(models: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """`GET /v1/models`; each model mapping has id, created and owned_by."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": m["id"], "object": "model", "created": m["created"], "owned_by": m["owned_by"]}
+            for m in models
+        ],
+    }

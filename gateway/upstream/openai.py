@@ -1,0 +1,193 @@
+"""Client for any OpenAI-compatible server (Ollama, vLLM, llama.cpp, OpenAI, LiteLLM).
+
+One `aiohttp.ClientSession` per process, shared by every upstream, with a
+connection limit far above aiohttp's default of 100 (200 concurrent streams
+are normal).  Every request is sent with `stream: true` and
+`stream_options.include_usage`; a non-streaming client gets the chunks
+joined by the core.  The upstream's SSE is parsed with a bounded buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import aiohttp
+
+from gateway.errors import BadRequest, GatewayError, RateLimited, UpstreamError
+from gateway.events import Usage
+from gateway.flavours.sse import SSEParser
+from gateway.upstream import Chunk, ModelInfo
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_EVENT_BYTES = 1024 * 1024
+
+
+class OpenAIUpstream:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        session: aiohttp.ClientSession,
+        connect_timeout_s: float,
+        read_timeout_s: float | None,
+    ) -> None:
+        self.name = base_url
+        self._base_url = base_url.rstrip("/")
+        self._session = session
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+        )
+        self._list_timeout = aiohttp.ClientTimeout(
+            total=connect_timeout_s + 5, sock_connect=connect_timeout_s
+        )
+
+    async def list_models(self) -> Sequence[ModelInfo]:
+        url = f"{self._base_url}/models"
+        try:
+            async with self._session.get(
+                url, headers=self._headers, timeout=self._list_timeout
+            ) as resp:
+                if resp.status != 200:
+                    raise UpstreamError(f"{url} answered HTTP {resp.status}")
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise UpstreamError(f"{url} is unreachable: {exc or type(exc).__name__}") from None
+        models: list[ModelInfo] = []
+        for entry in body.get("data", []) if isinstance(body, dict) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                models.append(
+                    ModelInfo(
+                        id=entry["id"],
+                        name=str(entry.get("name") or entry["id"]),
+                        owned_by=str(entry.get("owned_by") or "openai"),
+                        created=int(entry.get("created") or 0),
+                    )
+                )
+        return models
+
+    async def open(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> OpenAIStream:
+        body = {
+            **params,
+            "model": model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        url = f"{self._base_url}/chat/completions"
+        try:
+            resp = await self._session.post(
+                url, json=body, headers=self._headers, timeout=self._stream_timeout
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(
+                f"Model server {self._base_url} is unreachable: {exc or type(exc).__name__}"
+            ) from None
+        if resp.status != 200:
+            try:
+                raw = await resp.content.read(MAX_ERROR_BODY_BYTES)
+            except (aiohttp.ClientError, TimeoutError):
+                raw = b""
+            finally:
+                resp.close()
+            raise _status_error(self._base_url, resp.status, raw)
+        return OpenAIStream(resp, self._base_url)
+
+
+def _status_error(base_url: str, status: int, raw: bytes) -> GatewayError:
+    detail = raw.decode("utf-8", errors="replace")[:500]
+    try:
+        parsed = json.loads(raw)
+        error = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
+        detail = (
+            str(error.get("message") or error.get("detail") or detail)
+            if isinstance(error, dict)
+            else detail
+        )
+    except ValueError:
+        pass
+    if status == 400:
+        return BadRequest(f"The model server refused the request: {detail}")
+    if status == 429:
+        return RateLimited(f"The model server is rate limiting: {detail}")
+    return UpstreamError(f"Model server {base_url} answered HTTP {status}: {detail}")
+
+
+class OpenAIStream:
+    def __init__(self, resp: aiohttp.ClientResponse, base_url: str) -> None:
+        self._resp = resp
+        self._base_url = base_url
+
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[Chunk]:
+        parser = SSEParser(MAX_EVENT_BYTES)
+        finished = False
+        try:
+            async for raw in self._resp.content.iter_any():
+                for payload in parser.feed(raw):
+                    if payload.strip() == "[DONE]":
+                        # Fully read: give the connection back to the pool.
+                        self._resp.release()
+                        return
+                    chunk = self._decode(payload)
+                    finished = finished or chunk.finish_reason is not None
+                    yield chunk
+            for payload in parser.close():
+                if payload.strip() != "[DONE]":
+                    yield self._decode(payload)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise UpstreamError(
+                f"Model server {self._base_url} broke off the reply: {exc or type(exc).__name__}"
+            ) from None
+        if not finished:
+            raise UpstreamError(f"Model server {self._base_url} closed the stream mid-reply")
+
+    def _decode(self, payload: str) -> Chunk:
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            raise UpstreamError(
+                f"Model server sent a chunk that is not JSON: {payload[:200]!r}"
+            ) from None
+        if not isinstance(data, dict):
+            raise UpstreamError("Model server sent a chunk that is not an object")
+        if "error" in data:
+            error = data["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise UpstreamError(f"Model server failed mid-reply: {message}")
+        usage = None
+        raw_usage = data.get("usage")
+        if isinstance(raw_usage, dict):
+            usage = Usage(
+                int(raw_usage.get("prompt_tokens") or 0),
+                int(raw_usage.get("completion_tokens") or 0),
+            )
+        choices = data.get("choices") or []
+        if not choices or not isinstance(choices[0], dict):
+            return Chunk(usage=usage)
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or ""
+        # vLLM/DeepSeek say reasoning_content, Ollama and OpenRouter say reasoning.
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+        return Chunk(
+            text=text if isinstance(text, str) else "",
+            reasoning=reasoning if isinstance(reasoning, str) else "",
+            finish_reason=choice.get("finish_reason"),
+            usage=usage,
+        )
+
+    async def aclose(self) -> None:
+        # close(), not release(): the upstream must see the connection go so it
+        # stops generating; a half-read response cannot be reused anyway.
+        if not self._resp.closed:
+            self._resp.close()

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything the tests need and runs them: services, a virtualenv
+# with the package and its test extras, ruff, mypy --strict, pytest.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+log "services (PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379)"
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if ! command -v pg_ctlcluster >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  fi
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+  command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+fi
+
+log "virtualenv .venv with the gateway and its test extras"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+
+log "ruff"
+.venv/bin/ruff check gateway tests bench
+log "mypy --strict gateway"
+.venv/bin/mypy --strict gateway
+
+log "pytest"
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,412 @@
+"""The OpenAI flavour end to end: the real `openai` package and raw HTTP against a
+gateway process, with the fake upstream on loopback."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import jwt
+import openai
+import pytest
+
+from tests.fakes.upstream import FakeUpstream, free_port, reply_text
+from tests.gatewayproc import SECRET, GatewayProcess, make_token
+
+API_KEY = "sk-" + "a" * 32  # configured for user "keyuser" in conftest
+MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+
+
+def client(gateway: GatewayProcess, token: str, prefix: str = "/v1") -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + prefix, api_key=token, max_retries=0)
+
+
+def collect(stream: Any) -> tuple[str, list[Any]]:
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return text, chunks
+
+
+async def raw_stream(
+    url: str, body: dict[str, Any], token: str
+) -> tuple[aiohttp.ClientResponse, list[str]]:
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
+        payloads = []
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                payloads.append(line[6:].decode().strip())
+        resp.release()
+        return resp, payloads
+
+
+@pytest.mark.parametrize("prefix", ["/v1", "/api"])
+def test_streaming_text_and_usage(gateway: GatewayProcess, alice_token: str, prefix: str) -> None:
+    stream = client(gateway, alice_token, prefix).chat.completions.create(
+        model="fake-model", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    text, chunks = collect(stream)
+    assert text == reply_text("fake-model", MESSAGES)
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finals] == ["stop"]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == 22 and chunks[-1].usage.prompt_tokens == 11
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+
+
+def test_streaming_without_usage_has_no_usage_chunk(
+    gateway: GatewayProcess, alice_token: str
+) -> None:
+    text, chunks = collect(
+        client(gateway, alice_token).chat.completions.create(
+            model="fake-model", messages=MESSAGES, stream=True
+        )
+    )
+    assert text == reply_text("fake-model", MESSAGES)
+    assert all(c.choices for c in chunks)
+
+
+def test_upstream_sees_the_conversation(
+    gateway: GatewayProcess, fake_upstream: FakeUpstream, alice_token: str
+) -> None:
+    marker = [{"role": "user", "content": "marker-7f3a"}]
+    client(gateway, alice_token).chat.completions.create(
+        model="fake-model", messages=marker, temperature=0.3
+    )
+    (record,) = fake_upstream.requests_for("marker-7f3a")
+    assert record.body["messages"] == marker
+    assert record.body["temperature"] == 0.3
+    assert record.body["stream"] is True
+
+
+def test_non_streaming(gateway: GatewayProcess, alice_token: str) -> None:
+    reply = client(gateway, alice_token).chat.completions.create(
+        model="fake-model", messages=MESSAGES
+    )
+    assert reply.object == "chat.completion"
+    assert reply.choices[0].message.content == reply_text("fake-model", MESSAGES)
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None and reply.usage.total_tokens == 33
+
+
+async def test_sse_wire_shape_and_done(gateway: GatewayProcess, alice_token: str) -> None:
+    body = {"model": "fake-reasoner", "messages": MESSAGES, "stream": True}
+    resp, payloads = await raw_stream(gateway.url + "/v1/chat/completions", body, alice_token)
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    assert resp.headers["X-Accel-Buffering"] == "no"
+    assert resp.headers["Cache-Control"] == "no-cache"
+    assert payloads[-1] == "[DONE]"
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    reasoning = "".join(c["choices"][0]["delta"].get("reasoning_content", "") for c in chunks)
+    assert reasoning == "Let me think."
+    for chunk in chunks:
+        assert chunk["object"] == "chat.completion.chunk"
+        assert set(chunk) >= {"id", "created", "model", "choices"}
+
+
+def test_usage_is_estimated_when_upstream_reports_none(
+    gateway: GatewayProcess, alice_token: str
+) -> None:
+    reply = client(gateway, alice_token).chat.completions.create(
+        model="fake-nousage", messages=MESSAGES
+    )
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == (len(reply_text("fake-nousage", MESSAGES)) + 3) // 4
+
+
+@pytest.mark.parametrize("prefix", ["/v1", "/api"])
+def test_models_merge_upstream_and_demo(
+    gateway: GatewayProcess, alice_token: str, prefix: str
+) -> None:
+    ids = [m.id for m in client(gateway, alice_token, prefix).models.list()]
+    assert ids[:2] == ["fake-model", "fake-slow"]
+    assert "gateway-demo" in ids
+
+
+def test_api_key_from_settings(gateway: GatewayProcess) -> None:
+    reply = client(gateway, API_KEY).chat.completions.create(
+        model="gateway-demo", messages=MESSAGES
+    )
+    assert "demo" in (reply.choices[0].message.content or "")
+
+
+def _alg_none_token() -> str:
+    def part(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'id': 'alice'})}."
+
+
+BAD_AUTH = {
+    "no token": {},
+    "expired": {"Authorization": f"Bearer {make_token('alice', ttl_s=-10)}"},
+    "other secret": {
+        "Authorization": f"Bearer {make_token('alice', secret='not-the-secret-' + 'x' * 32)}"
+    },
+    "alg none": {"Authorization": f"Bearer {_alg_none_token()}"},
+    "malformed header": {"Authorization": "Token abc"},
+    "bearer without token": {"Authorization": "Bearer"},
+    "unknown api key": {"Authorization": "Bearer sk-" + "b" * 32},
+    "garbage": {"Authorization": "Bearer not.a.jwt"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_AUTH))
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/models"])
+async def test_bad_credentials_get_401_in_openai_shape(
+    gateway: GatewayProcess, case: str, path: str
+) -> None:
+    body = {"model": "fake-model", "messages": MESSAGES, "stream": True}
+    async with aiohttp.ClientSession() as session:
+        method = session.post if path.endswith("completions") else session.get
+        async with method(gateway.url + path, json=body, headers=BAD_AUTH[case]) as resp:
+            assert resp.status == 401
+            error = (await resp.json())["error"]
+    assert error["type"] == "authentication_error"
+    assert error["code"] == "invalid_token"
+    assert error["message"]
+
+
+def test_openai_package_raises_authentication_error(gateway: GatewayProcess) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        client(gateway, make_token("alice", secret="wrong" * 8)).models.list()
+
+
+async def test_token_in_cookie_query_and_x_api_key(
+    gateway: GatewayProcess, alice_token: str
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        for kwargs in (
+            {"headers": {"x-api-key": API_KEY}},
+            {"params": {"token": alice_token}},
+            {"headers": {"Cookie": f"token={alice_token}"}},
+        ):
+            async with session.get(gateway.url + "/v1/models", **kwargs) as resp:
+                assert resp.status == 200, kwargs
+
+
+def test_unknown_model_is_404_with_the_known_ones(
+    gateway: GatewayProcess, alice_token: str
+) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client(gateway, alice_token).chat.completions.create(
+            model="no-such-model", messages=MESSAGES
+        )
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "model_not_found"
+    assert "no-such-model" in error["message"] and "fake-model" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"messages": MESSAGES}, "'model'"),
+        ({"model": "fake-model"}, "'messages'"),
+        ({"model": "fake-model", "messages": [{"role": "wizard", "content": "x"}]}, "role"),
+        ({"model": "fake-model", "messages": MESSAGES, "stream": "yes"}, "'stream'"),
+        ({"model": "fake-model", "messages": MESSAGES, "n": 3}, "n=1"),
+    ],
+)
+async def test_bad_bodies_get_400(
+    gateway: GatewayProcess, alice_token: str, body: Any, fragment: str
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        headers = {"Authorization": f"Bearer {alice_token}"}
+        async with session.post(
+            gateway.url + "/v1/chat/completions", json=body, headers=headers
+        ) as resp:
+            assert resp.status == 400
+            error = (await resp.json())["error"]
+    assert fragment in error["message"] and error["type"] == "invalid_request_error"
+
+
+async def test_invalid_json_gets_400(gateway: GatewayProcess, alice_token: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        headers = {"Authorization": f"Bearer {alice_token}", "Content-Type": "application/json"}
+        async with session.post(
+            gateway.url + "/v1/chat/completions", data=b"{nope", headers=headers
+        ) as resp:
+            assert resp.status == 400
+            assert "not valid JSON" in (await resp.json())["error"]["message"]
+
+
+def test_upstream_http_error_is_502(gateway: GatewayProcess, alice_token: str) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(gateway, alice_token).chat.completions.create(
+            model="fake-error", messages=MESSAGES, stream=True
+        )
+    assert caught.value.status_code == 502
+    assert "HTTP 500" in str(caught.value) and "fake failure" in str(caught.value)
+
+
+def test_upstream_dying_mid_stream_gives_an_error_chunk(
+    gateway: GatewayProcess, alice_token: str
+) -> None:
+    stream = client(gateway, alice_token).chat.completions.create(
+        model="fake-dies", messages=MESSAGES, stream=True
+    )
+    received = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+    assert "broke off" in str(caught.value)
+    assert "".join(received) == reply_text("fake-dies", MESSAGES)[:9]
+
+
+async def test_upstream_dying_mid_stream_wire(gateway: GatewayProcess, alice_token: str) -> None:
+    body = {"model": "fake-dies", "messages": MESSAGES, "stream": True}
+    _, payloads = await raw_stream(gateway.url + "/v1/chat/completions", body, alice_token)
+    assert payloads[-1] == "[DONE]"
+    error = json.loads(payloads[-2])["error"]
+    assert error["code"] == "upstream_error" and error["type"] == "server_error"
+
+
+async def test_client_disconnect_closes_the_upstream_request(
+    gateway: GatewayProcess, fake_upstream: FakeUpstream, alice_token: str
+) -> None:
+    marker = f"disconnect-{time.time_ns()}"
+    body = {"model": "fake-slow", "messages": [{"role": "user", "content": marker}], "stream": True}
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(
+            gateway.url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {alice_token}"},
+        )
+        seen = 0
+        async for line in resp.content:
+            seen += line.startswith(b"data: ")
+            if seen == 5:
+                break
+        resp.close()  # drop the connection mid-reply
+    (record,) = fake_upstream.requests_for(marker)
+    assert record.ended.wait(5), "the upstream request was never closed"
+    assert record.disconnected and not record.finished
+    assert record.chunks_sent < 64
+
+
+def test_upstream_down_is_502(start_gateway: Any, alice_token: str) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    gw = start_gateway({"OPENAI_API_BASE_URL": dead, "GATEWAY_DEMO_MODEL": "false"})
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(gw, alice_token).chat.completions.create(model="llama3", messages=MESSAGES)
+    assert caught.value.status_code == 502
+    assert "unreachable" in str(caught.value) and dead in str(caught.value)
+
+
+async def test_upstream_going_down_after_listing_is_502_and_not_ready(
+    start_gateway: Any, alice_token: str
+) -> None:
+    fake = FakeUpstream().start()
+    gw = start_gateway({"OPENAI_API_BASE_URL": fake.url})
+    assert next(m.id for m in client(gw, alice_token).models.list()) == "fake-model"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gw.url + "/ready") as resp:
+            assert resp.status == 200 and (await resp.json())["ready"] is True
+        fake.stop()
+        async with session.get(gw.url + "/ready") as resp:
+            assert resp.status == 503
+            checks = (await resp.json())["checks"]
+            assert any(fake.url in name and value != "ok" for name, value in checks.items())
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(gw, alice_token).chat.completions.create(
+            model="fake-model", messages=MESSAGES, stream=True
+        )
+    assert caught.value.status_code == 502 and "unreachable" in str(caught.value)
+
+
+async def test_cors_allowlist(start_gateway: Any) -> None:
+    gw = start_gateway({"CORS_ALLOW_ORIGIN": "https://good.example;http://localhost:5173"})
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    async with aiohttp.ClientSession() as session:
+        url = gw.url + "/v1/chat/completions"
+        async with session.options(
+            url, headers={"Origin": "https://evil.example", **preflight}
+        ) as resp:
+            assert resp.status == 403
+            assert "Access-Control-Allow-Origin" not in resp.headers
+        async with session.options(
+            url, headers={"Origin": "https://good.example", **preflight}
+        ) as resp:
+            assert resp.status == 204
+            assert resp.headers["Access-Control-Allow-Origin"] == "https://good.example"
+            assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+            assert resp.headers["Access-Control-Allow-Headers"] == "authorization"
+        async with session.get(
+            gw.url + "/health", headers={"Origin": "https://evil.example"}
+        ) as resp:
+            assert "Access-Control-Allow-Origin" not in resp.headers
+        async with session.get(
+            gw.url + "/health", headers={"Origin": "http://localhost:5173"}
+        ) as resp:
+            assert resp.headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
+
+
+async def test_cors_wildcard_by_default(gateway: GatewayProcess) -> None:
+    preflight = {"Origin": "https://any.example", "Access-Control-Request-Method": "POST"}
+    async with aiohttp.ClientSession() as session:
+        async with session.options(gateway.url + "/v1/chat/completions", headers=preflight) as resp:
+            assert resp.status == 204
+            assert resp.headers["Access-Control-Allow-Origin"] == "https://any.example"
+
+
+def test_demo_model_alone_on_embedded_defaults(start_gateway: Any, tmp_path: Any) -> None:
+    gw = start_gateway({"WEBUI_SECRET_KEY": ""}, data_dir=tmp_path / "fresh")
+    secret = (tmp_path / "fresh" / ".webui_secret_key").read_text()
+    assert len(secret) >= 32
+    assert (tmp_path / "fresh" / ".webui_secret_key").stat().st_mode & 0o077 == 0
+    token = jwt.encode({"id": "alice"}, secret, algorithm="HS256")
+    api = client(gw, token)
+    assert [m.id for m in api.models.list()] == ["gateway-demo"]
+    text, _ = collect(
+        api.chat.completions.create(model="gateway-demo", messages=MESSAGES, stream=True)
+    )
+    assert text.startswith("This is the gateway's built-in demo model") and '"hello there"' in text
+    again = client(gw, token).chat.completions.create(model="gateway-demo", messages=MESSAGES)
+    assert again.choices[0].message.content == text  # deterministic
+
+
+def test_cli_token_is_accepted_and_secret_is_kept(start_gateway: Any, tmp_path: Any) -> None:
+    data = tmp_path / "kept"
+    env = {"DATA_DIR": str(data), "WEBUI_SECRET_KEY": ""}
+    first = start_gateway(env, data_dir=data)
+    first.stop()
+    second = start_gateway(env, data_dir=data)
+    cli_env = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(data)}
+    token = subprocess.run(
+        [sys.executable, "-m", "gateway", "token", "--user", "bob", "--ttl", "60"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    claims = jwt.decode(token, (data / ".webui_secret_key").read_text(), algorithms=["HS256"])
+    assert claims["id"] == "bob" and claims["exp"] - time.time() <= 60
+    assert [m.id for m in client(second, token).models.list()] == ["gateway-demo"]
+
+
+def test_check_config_names_the_bad_setting() -> None:
+    env = {"PATH": "/usr/bin:/bin", "GATEWAY_PORT": "eighty", "WEBUI_SECRET_KEY": SECRET}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "GATEWAY_PORT" in result.stderr
+    good = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config"],
+        env={**env, "GATEWAY_PORT": "9000"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "port: 9000" in good.stdout and SECRET not in good.stdout

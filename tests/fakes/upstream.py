@@ -1,0 +1,164 @@
+"""A fake OpenAI-compatible model server on loopback, run in a thread by the tests.
+
+Models and what they do:
+
+    fake-model     echoes "Fake reply to: <last user text>" in 3-character deltas, 5 ms apart
+    fake-slow      64 deltas, 20 ms apart (for disconnect and cancel tests)
+    fake-dies      sends 3 deltas, then drops the connection without [DONE]
+    fake-error     answers HTTP 500 with an OpenAI error body
+    fake-reasoner  sends reasoning_content deltas, then content
+    fake-nousage   like fake-model, without the usage chunk
+
+Every request is recorded (`requests`), with `disconnected=True` when the
+client closed the connection before the reply ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+MODELS = ["fake-model", "fake-slow", "fake-dies", "fake-error", "fake-reasoner", "fake-nousage"]
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            return str(message["content"])
+    return ""
+
+
+def reply_text(model: str, messages: list[dict[str, Any]]) -> str:
+    if model == "fake-slow":
+        return "".join(f"w{i} " for i in range(64))
+    return f"Fake reply to: {last_user_text(messages)}"
+
+
+def deltas_of(model: str, text: str) -> list[str]:
+    if model == "fake-slow":
+        return [f"w{i} " for i in range(64)]
+    return [text[i : i + 3] for i in range(0, len(text), 3)]
+
+
+@dataclass
+class Recorded:
+    body: dict[str, Any]
+    headers: dict[str, str]
+    started_at: float
+    finished: bool = False
+    disconnected: bool = False
+    chunks_sent: int = 0
+    ended: threading.Event = field(default_factory=threading.Event)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.requests: list[Recorded] = []
+        self.delay_s = 0.005
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def start(self) -> FakeUpstream:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._completions)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def requests_for(self, text: str) -> list[Recorded]:
+        return [r for r in self.requests if text in json.dumps(r.body)]
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in MODELS
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        record = Recorded(body, dict(request.headers), time.time())
+        self.requests.append(record)
+        try:
+            return await self._reply(request, body, record)
+        except (asyncio.CancelledError, ConnectionResetError):
+            record.disconnected = True
+            raise
+        finally:
+            record.ended.set()
+
+    async def _reply(
+        self, request: web.Request, body: dict[str, Any], record: Recorded
+    ) -> web.StreamResponse:
+        model = body["model"]
+        if model == "fake-error":
+            error = {"error": {"message": "fake failure", "type": "server_error", "code": None}}
+            return web.json_response(error, status=500)
+        text = reply_text(model, body["messages"])
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        head = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+        }
+
+        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+            chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            record.chunks_sent += 1
+
+        delay = 0.02 if model == "fake-slow" else self.delay_s
+        await send({"role": "assistant", "content": ""})
+        if model == "fake-reasoner":
+            for piece in ("Let me ", "think."):
+                await send({"reasoning_content": piece})
+        for index, piece in enumerate(deltas_of(model, text)):
+            if model == "fake-dies" and index == 3:
+                assert request.transport is not None
+                request.transport.abort()  # no [DONE], no chunked terminator
+                record.finished = True
+                return response
+            await asyncio.sleep(delay)
+            await send({"content": piece})
+        await send({}, "stop")
+        if model != "fake-nousage":
+            usage = {
+                **head,
+                "choices": [],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 22, "total_tokens": 33},
+            }
+            await response.write(f"data: {json.dumps(usage)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        record.finished = True
+        return response
