@@ -12,18 +12,21 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.api import health, openai
+from gateway.api import auths, chats, completions, health, openai
 from gateway.api.common import error_middleware, render_detail, render_openai
-from gateway.auth import Authenticator, StaticDirectory
+from gateway.auth import Authenticator
 from gateway.chat.service import ChatService
 from gateway.context import GATEWAY, Gateway
+from gateway.hub import Hub
 from gateway.keys import load_or_create_secret
 from gateway.origins import OriginPolicy
 from gateway.settings import Settings
+from gateway.store import open_store
 from gateway.upstream import Upstream
 from gateway.upstream.demo import DemoUpstream
 from gateway.upstream.openai import OpenAIUpstream
 from gateway.upstream.router import ModelRouter
+from gateway.users import StoreDirectory
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +68,41 @@ def build_app(settings: Settings) -> web.Application:
         if settings.jwt_public_key_file
         else None
     )
-    authenticator = Authenticator(
-        secret_key(settings), StaticDirectory(settings.api_keys), public_key
-    )
+    signing_key = secret_key(settings)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        store = await open_store(settings.database_url, settings.data_dir)
         connector = aiohttp.TCPConnector(limit=settings.upstream_max_connections, limit_per_host=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            router = ModelRouter(build_upstreams(settings, session), settings.upstream_models_ttl_s)
-            app[GATEWAY] = Gateway(
-                settings=settings,
-                origins=origins,
-                authenticator=authenticator,
-                router=router,
-                service=ChatService(router),
-            )
-            yield
+        try:
+            async with aiohttp.ClientSession(connector=connector) as session:
+                router = ModelRouter(
+                    build_upstreams(settings, session), settings.upstream_models_ttl_s
+                )
+                hub = Hub(settings.outbox_max_events)
+                service = ChatService(router, store, hub, settings.checkpoint_interval_s)
+                await service.recover_unfinished()
+                app[GATEWAY] = Gateway(
+                    settings=settings,
+                    origins=origins,
+                    authenticator=Authenticator(
+                        signing_key, StoreDirectory(store, settings.api_keys), public_key
+                    ),
+                    router=router,
+                    service=service,
+                    store=store,
+                    hub=hub,
+                )
+                yield
+                await service.shutdown()
+        finally:
+            await store.close()
 
     app.cleanup_ctx.append(resources)
     health.add_routes(app)
     openai.add_routes(app, "/v1")
-    openai.add_routes(app, "/api")
+    app.router.add_get("/api/models", openai.list_models)
+    app.router.add_get("/api/v1/models", openai.list_models)
+    completions.add_routes(app)
+    auths.add_routes(app)
+    chats.add_routes(app)
     return app

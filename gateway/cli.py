@@ -96,6 +96,66 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_store(args: argparse.Namespace, action: Any) -> int:
+    import asyncio
+
+    from gateway.store import open_store
+
+    settings = _load(args)
+
+    async def run() -> int:
+        store = await open_store(settings.database_url, settings.data_dir)
+        try:
+            result: int = await action(store)
+            return result
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    from gateway.errors import GatewayError
+    from gateway.users import add_user
+
+    async def action(store: Any) -> int:
+        try:
+            user = await add_user(
+                store, email=args.email, password=args.password, name=args.name, role=args.role
+            )
+        except GatewayError as exc:
+            print(f"gateway: {exc.message}", file=sys.stderr)
+            return 1
+        print(f"{user.id}\t{user.email}\t{user.role}")
+        return 0
+
+    return _with_store(args, action)
+
+
+def _users_list(args: argparse.Namespace) -> int:
+    async def action(store: Any) -> int:
+        for user in await store.list_users():
+            print(f"{user.id}\t{user.email or '-'}\t{user.role}\t{user.name}")
+        return 0
+
+    return _with_store(args, action)
+
+
+def _apikey_create(args: argparse.Namespace) -> int:
+    from gateway.users import create_api_key
+
+    async def action(store: Any) -> int:
+        user = await store.get_user_by_email(args.user) if "@" in args.user else None
+        user = user or await store.get_user(args.user)
+        if user is None:
+            print(f"gateway: no user {args.user!r} (give an id or an email)", file=sys.stderr)
+            return 1
+        print(await create_api_key(store, user.id, args.kind))
+        return 0
+
+    return _with_store(args, action)
+
+
 def parser() -> argparse.ArgumentParser:
     # --config is accepted before or after the subcommand.
     common = argparse.ArgumentParser(add_help=False)
@@ -125,6 +185,26 @@ def parser() -> argparse.ArgumentParser:
         "check-config", help="validate settings and print them", parents=[common]
     )
     check.set_defaults(run=_check_config)
+
+    users = commands.add_parser("users", help="manage users", parents=[common])
+    users_commands = users.add_subparsers(dest="users_command", required=True)
+    users_add = users_commands.add_parser(
+        "add", help="create a user with a password", parents=[common]
+    )
+    users_add.add_argument("--email", required=True)
+    users_add.add_argument("--password", required=True)
+    users_add.add_argument("--name")
+    users_add.add_argument("--role", choices=["admin", "user", "pending"])
+    users_add.set_defaults(run=_users_add)
+    users_list = users_commands.add_parser("list", help="list users", parents=[common])
+    users_list.set_defaults(run=_users_list)
+
+    apikey = commands.add_parser("apikey", help="manage API keys", parents=[common])
+    apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True)
+    create = apikey_commands.add_parser("create", help="print a new API key", parents=[common])
+    create.add_argument("--user", required=True, help="user id or email")
+    create.add_argument("--kind", choices=["openwebui", "ragflow"], default="openwebui")
+    create.set_defaults(run=_apikey_create)
     return top
 
 

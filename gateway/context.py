@@ -8,8 +8,10 @@ from aiohttp import web
 
 from gateway.auth import Authenticator
 from gateway.chat.service import ChatService
+from gateway.hub import Hub
 from gateway.origins import OriginPolicy
 from gateway.settings import Settings
+from gateway.store import Store
 from gateway.upstream.router import ModelRouter
 
 
@@ -20,6 +22,8 @@ class Gateway:
     authenticator: Authenticator
     router: ModelRouter
     service: ChatService
+    store: Store
+    hub: Hub
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

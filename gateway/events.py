@@ -92,6 +92,14 @@ class ChatTitleChanged(ReplyEvent):
     title: str
 
 
+@dataclass(frozen=True, slots=True)
+class MessageEvent(ReplyEvent):
+    """A client-defined event about a message (Open WebUI `/messages/{id}/event`)."""
+
+    type: str
+    data: Any = None
+
+
 # Presence and workspace events (Nadoo) are not part of a reply; they carry
 # their own room identity.
 @dataclass(frozen=True, slots=True)
@@ -137,6 +145,7 @@ Event = (
     | ReplyFinished
     | ReplyFailed
     | ChatTitleChanged
+    | MessageEvent
     | Typing
     | UserJoined
     | UserLeft

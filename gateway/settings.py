@@ -66,6 +66,15 @@ class Settings(BaseModel):
     upstream_max_connections: int = Field(1000, ge=1, description="an integer ≥ 1")
     upstream_models_ttl_s: float = Field(60.0, ge=0, description="seconds to cache model lists")
     sse_keepalive_s: float = Field(15.0, gt=0, description="seconds between SSE comment lines")
+    enable_signup: bool = Field(
+        True, description="true or false (the first user can always sign up)"
+    )
+    checkpoint_interval_s: float = Field(
+        1.0, gt=0, description="seconds between draft checkpoints of a streaming reply"
+    )
+    outbox_max_events: int = Field(
+        256, ge=8, description="events queued per connection before deltas are merged"
+    )
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="bytes, ≥ 1024")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="DEBUG, INFO, WARNING or ERROR"
@@ -98,6 +107,7 @@ ENV_NAMES: dict[str, str] = {
     "WEBSOCKET_MANAGER": "websocket_manager",
     "REDIS_URL": "redis_url",
     "ENABLE_WEBSOCKET_SUPPORT": "enable_websocket_support",
+    "ENABLE_SIGNUP": "enable_signup",
 }
 for _name in Settings.model_fields:
     if _name not in ENV_NAMES.values():

@@ -1,0 +1,219 @@
+"""Chats as their owners see them: create, read, merge updates, list, organise.
+
+Every method takes the caller's `Principal` and raises `NotFound` for a chat
+that does not exist *or* is not theirs (Open WebUI's frontend logs users out
+on 401, and no one should learn which ids exist).  Replies are not written
+here: `service.ChatService.generate` is their only writer.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.auth import Principal
+from gateway.chat import tree
+from gateway.chat.shapes import chat_extra, chat_response, history_of, message_dict, message_record
+from gateway.errors import BadRequest, NotFound
+from gateway.store import Store
+from gateway.store.records import ChatRecord, MessageRecord
+
+PAGE_SIZE = 60  # Open WebUI's page size for chat lists
+DEFAULT_TITLE = "New Chat"
+
+
+def now_s() -> int:
+    return int(time.time())
+
+
+def _history_of_request(chat_obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The history a client sent; older clients send only the flat `messages` list."""
+    history = chat_obj.get("history")
+    if isinstance(history, Mapping) and history.get("messages"):
+        return dict(history)
+    flat = chat_obj.get("messages")
+    if isinstance(flat, list) and flat:
+        messages: dict[str, Any] = {}
+        parent: str | None = None
+        for index, message in enumerate(flat):
+            if not isinstance(message, Mapping):
+                raise BadRequest(f"chat.messages[{index}] must be an object")
+            mid = str(message.get("id") or uuid.uuid4())
+            messages[mid] = {**message, "id": mid, "parentId": message.get("parentId", parent)}
+            parent = mid
+        return {"messages": messages, "currentId": parent}
+    return dict(history) if isinstance(history, Mapping) else {"messages": {}, "currentId": None}
+
+
+def normalized(history: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return tree.normalize(history)
+    except tree.TreeError as exc:
+        raise BadRequest(f"Inconsistent chat history: {exc}") from None
+
+
+def _chat_object(body: Any) -> Mapping[str, Any]:
+    if not isinstance(body, Mapping) or not isinstance(body.get("chat"), Mapping):
+        raise BadRequest("Body must be an object with a 'chat' object")
+    chat: Mapping[str, Any] = body["chat"]
+    return chat
+
+
+def page_bounds(page: int | None) -> tuple[int, int | None]:
+    if page is None:
+        return 0, None
+    if page < 1:
+        raise BadRequest("'page' starts at 1")
+    return (page - 1) * PAGE_SIZE, PAGE_SIZE
+
+
+class ChatBook:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # -- reading -----------------------------------------------------------
+    async def owned(self, principal: Principal, chat_id: str) -> ChatRecord:
+        chat = await self.store.get_chat(chat_id)
+        if chat is None or chat.user_id != principal.user_id:
+            raise NotFound("Chat not found")
+        return chat
+
+    async def response(self, chat: ChatRecord) -> dict[str, Any]:
+        return chat_response(chat, await self.store.get_messages(chat.id))
+
+    async def history(self, chat: ChatRecord) -> dict[str, Any]:
+        return history_of(chat, await self.store.get_messages(chat.id))
+
+    async def shared(self, share_id: str) -> ChatRecord:
+        chat = await self.store.get_chat_by_share_id(share_id)
+        if chat is None:
+            raise NotFound("Shared chat not found")
+        return chat
+
+    # -- writing -----------------------------------------------------------
+    async def create(
+        self,
+        principal: Principal,
+        body: Any,
+        *,
+        imported: bool = False,
+    ) -> ChatRecord:
+        chat_obj = _chat_object(body)
+        history = normalized(_history_of_request(chat_obj))
+        created = now_s()
+        if imported:
+            created = _int_or(body.get("created_at"), created)
+        chat = ChatRecord(
+            id=str(uuid.uuid4()),
+            user_id=principal.user_id,
+            title=str(chat_obj.get("title") or DEFAULT_TITLE),
+            current_id=history["currentId"],
+            created_at=created,
+            updated_at=_int_or(body.get("updated_at"), created) if imported else created,
+            pinned=bool(body.get("pinned", False)) if imported else False,
+            folder_id=body.get("folder_id") if isinstance(body.get("folder_id"), str) else None,
+            meta=dict(body["meta"]) if isinstance(body.get("meta"), Mapping) else {},
+            extra={"timestamp": created * 1000, **chat_extra(chat_obj)},
+        )
+        records = [message_record(chat.id, m) for m in history["messages"].values()]
+        await self.store.insert_chat(chat, records)
+        return chat
+
+    async def update(self, principal: Principal, chat_id: str, body: Any) -> ChatRecord:
+        """Merge a (partial) chat object: top-level keys shallowly, messages field by field."""
+        chat_obj = _chat_object(body)
+        chat = await self.owned(principal, chat_id)
+        records = await self.store.get_messages(chat.id)
+        stored = history_of(chat, records)
+        update = chat_obj.get("history")
+        update = dict(update) if isinstance(update, Mapping) else {}
+        if "current_id" in chat_obj and "currentId" not in update:
+            update["current_id"] = chat_obj["current_id"]
+        try:
+            merged = tree.merge(stored, update)
+        except tree.TreeError as exc:
+            raise BadRequest(f"Inconsistent chat history: {exc}") from None
+        changed = _changed_messages(chat.id, stored["messages"], merged["messages"])
+        if "title" in chat_obj:
+            chat.title = str(chat_obj["title"] or DEFAULT_TITLE)
+        chat.extra = {**chat.extra, **chat_extra(chat_obj)}
+        chat.current_id = merged["currentId"]
+        chat.updated_at = now_s()
+        await self.store.save_chat(chat, changed)
+        return chat
+
+    async def upsert_message(
+        self, principal: Principal, chat_id: str, message_id: str, body: Any
+    ) -> ChatRecord:
+        if not isinstance(body, Mapping):
+            raise BadRequest("Body must be an object")
+        chat = await self.owned(principal, chat_id)
+        existing = await self.store.get_message(chat.id, message_id)
+        fields = {k: v for k, v in body.items() if k not in ("id", "childrenIds")}
+        if existing is not None:
+            message = {**message_dict(existing, []), **fields}
+        else:
+            message = {"role": "assistant", "parentId": chat.current_id, **fields}
+        message["id"] = message_id
+        parent = message.get("parentId")
+        if parent is not None and await self.store.get_message(chat.id, parent) is None:
+            raise BadRequest(f"message '{message_id}': parent '{parent}' does not exist")
+        chat.updated_at = now_s()
+        await self.store.save_chat(chat, [message_record(chat.id, message)])
+        return chat
+
+    async def set_flags(self, chat: ChatRecord, **changes: Any) -> ChatRecord:
+        for name, value in changes.items():
+            setattr(chat, name, value)
+        chat.updated_at = now_s()
+        await self.store.update_chat(chat)
+        return chat
+
+    async def clone(
+        self, principal: Principal, source: ChatRecord, title: str | None
+    ) -> ChatRecord:
+        records = await self.store.get_messages(source.id)
+        created = now_s()
+        chat = ChatRecord(
+            id=str(uuid.uuid4()),
+            user_id=principal.user_id,
+            title=title or f"Clone of {source.title}",
+            current_id=source.current_id,
+            created_at=created,
+            updated_at=created,
+            folder_id=source.folder_id if source.user_id == principal.user_id else None,
+            meta=dict(source.meta),
+            extra={
+                **source.extra,
+                "originalChatId": source.id,
+                "branchPointMessageId": source.current_id,
+            },
+        )
+        copies = [
+            MessageRecord(chat.id, r.id, r.parent_id, r.role, r.content, r.done, dict(r.fields))
+            for r in records
+        ]
+        await self.store.insert_chat(chat, copies)
+        return chat
+
+
+def _changed_messages(
+    chat_id: str, before: Mapping[str, Any], after: Mapping[str, Any]
+) -> list[MessageRecord]:
+    """Only the messages an update really touched are written (one row each)."""
+    changed: list[MessageRecord] = []
+    for mid, message in after.items():
+        old = before.get(mid)
+        if old is None or _without_children(old) != _without_children(message):
+            changed.append(message_record(chat_id, message))
+    return changed
+
+
+def _without_children(message: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if k != "childrenIds"}
+
+
+def _int_or(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default

@@ -1,0 +1,196 @@
+"""Pure functions over an Open WebUI chat history tree.
+
+    history = {"currentId": "m3" | None,
+               "messages": {"m1": {"id": "m1", "parentId": None, "childrenIds": ["m2"],
+                                   "role": "user", "content": "hi", ...any other fields},
+                            ...}}
+
+`parentId` is the truth; `childrenIds` are derived from it (keeping the
+order a client gave where it agrees).  Every function returns a new history
+and never mutates its argument.  All are O(number of messages).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+
+class TreeError(ValueError):
+    """A history that cannot be made consistent; names the message at fault."""
+
+    def __init__(self, message_id: str | None, reason: str) -> None:
+        self.message_id = message_id
+        self.reason = reason
+        super().__init__(f"message {message_id!r}: {reason}" if message_id is not None else reason)
+
+
+def _current_of(history: Mapping[str, Any]) -> Any:
+    if "currentId" in history:
+        return history["currentId"]
+    return history.get("current_id")
+
+
+def normalize(history: Mapping[str, Any]) -> dict[str, Any]:
+    """A consistent copy: ids filled in, childrenIds derived, parents and currentId checked."""
+    raw = history.get("messages") or {}
+    if not isinstance(raw, Mapping):
+        raise TreeError(None, "history.messages must be an object")
+    messages: dict[str, dict[str, Any]] = {}
+    for key, message in raw.items():
+        if not isinstance(message, Mapping):
+            raise TreeError(str(key), "must be an object")
+        copied = copy.deepcopy(dict(message))
+        mid = copied.setdefault("id", key)
+        if mid != key:
+            raise TreeError(str(key), f"its id {mid!r} differs from its key")
+        copied.setdefault("parentId", None)
+        messages[key] = copied
+    children: dict[str, list[str]] = {mid: [] for mid in messages}
+    for mid, message in messages.items():
+        parent = message["parentId"]
+        if parent is None:
+            continue
+        if parent not in messages:
+            raise TreeError(mid, f"parent {parent!r} does not exist")
+        children[parent].append(mid)
+    for mid, message in messages.items():
+        actual = children[mid]
+        hinted = message.get("childrenIds")
+        order: list[str] = []
+        if isinstance(hinted, list):
+            actual_set = set(actual)
+            for child in hinted:
+                if child in actual_set and child not in order:
+                    order.append(child)
+        seen = set(order)
+        order += [child for child in actual if child not in seen]
+        message["childrenIds"] = order
+    _check_acyclic(messages)
+    current = _current_of(history)
+    if current is not None and current not in messages:
+        raise TreeError(str(current), "currentId names a message that does not exist")
+    if current is None and messages:
+        leaves = [mid for mid, m in messages.items() if not m["childrenIds"]]
+        current = leaves[-1] if leaves else None
+    extra = {
+        k: copy.deepcopy(v)
+        for k, v in history.items()
+        if k not in ("messages", "currentId", "current_id")
+    }
+    return {**extra, "messages": messages, "currentId": current}
+
+
+def _check_acyclic(messages: Mapping[str, Mapping[str, Any]]) -> None:
+    # Walk up from each message; colour nodes so the whole check stays O(n).
+    done: set[str] = set()
+    for start in messages:
+        trail: list[str] = []
+        on_trail: set[str] = set()
+        node: str | None = start
+        while node is not None and node not in done:
+            if node in on_trail:
+                raise TreeError(node, "is part of a parentId cycle")
+            trail.append(node)
+            on_trail.add(node)
+            node = messages[node]["parentId"]
+        done.update(trail)
+
+
+def merge(stored: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge a partial history into a stored one, message by message, field by field.
+
+    Messages absent from the update are kept; fields absent from an updated
+    message are kept (a partial `{childrenIds: [...]}` does not wipe content).
+    """
+    base = normalize(stored)
+    messages = base["messages"]
+    incoming = update.get("messages") or {}
+    if not isinstance(incoming, Mapping):
+        raise TreeError(None, "history.messages must be an object")
+    for key, fields in incoming.items():
+        if not isinstance(fields, Mapping):
+            raise TreeError(str(key), "must be an object")
+        merged = dict(messages.get(key, {"id": key}))
+        merged.update(copy.deepcopy(dict(fields)))
+        messages[key] = merged
+    result: dict[str, Any] = {**base, "messages": messages}
+    update_current = _current_of(update)
+    if update_current is not None:
+        result["currentId"] = update_current
+    for key, value in update.items():
+        if key not in ("messages", "currentId", "current_id"):
+            result[key] = copy.deepcopy(value)
+    return normalize(result)
+
+
+def add_message(
+    history: Mapping[str, Any], message: Mapping[str, Any], parent_id: str | None
+) -> dict[str, Any]:
+    base = normalize(history)
+    mid = message.get("id")
+    if not isinstance(mid, str) or not mid:
+        raise TreeError(None, "a new message needs a string id")
+    if mid in base["messages"]:
+        raise TreeError(mid, "already exists")
+    if parent_id is not None and parent_id not in base["messages"]:
+        raise TreeError(mid, f"parent {parent_id!r} does not exist")
+    base["messages"][mid] = {
+        **copy.deepcopy(dict(message)),
+        "parentId": parent_id,
+        "childrenIds": [],
+    }
+    if parent_id is not None:
+        base["messages"][parent_id]["childrenIds"].append(mid)
+    base["currentId"] = mid
+    return base
+
+
+def path_to(history: Mapping[str, Any], message_id: str) -> list[dict[str, Any]]:
+    """The messages from the root down to `message_id`, root first."""
+    messages = history.get("messages") or {}
+    if message_id not in messages:
+        raise TreeError(message_id, "does not exist")
+    path: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    node: str | None = message_id
+    while node is not None:
+        if node in seen:
+            raise TreeError(node, "is part of a parentId cycle")
+        if node not in messages:
+            raise TreeError(
+                path[-1]["id"] if path else message_id, f"parent {node!r} does not exist"
+            )
+        seen.add(node)
+        path.append(messages[node])
+        node = messages[node].get("parentId")
+    path.reverse()
+    return path
+
+
+def current_path(history: Mapping[str, Any]) -> list[dict[str, Any]]:
+    current = _current_of(history)
+    return path_to(history, current) if current is not None else []
+
+
+def last_user_message_id(history: Mapping[str, Any]) -> str | None:
+    for message in reversed(current_path(history)):
+        if message.get("role") == "user":
+            return str(message["id"])
+    last = None
+    for mid, message in (history.get("messages") or {}).items():
+        if message.get("role") == "user":
+            last = str(mid)
+    return last
+
+
+def validate(history: Mapping[str, Any]) -> None:
+    """Raise TreeError unless the history is already consistent."""
+    fixed = normalize(history)
+    for mid, message in (history.get("messages") or {}).items():
+        given = message.get("childrenIds")
+        if given is None or sorted(given) != sorted(fixed["messages"][mid]["childrenIds"]):
+            raise TreeError(mid, "childrenIds do not match the messages whose parentId points here")
+        if len(set(given)) != len(given):
+            raise TreeError(mid, "childrenIds has duplicates")

@@ -1,0 +1,51 @@
+"""Rows of the store, as plain dataclasses (the service mutates and writes them back)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class UserRecord:
+    id: str
+    name: str
+    email: str | None
+    role: str  # "admin" | "user" | "pending"
+    password_hash: str | None
+    profile_image_url: str
+    created_at: int
+    updated_at: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ChatRecord:
+    id: str
+    user_id: str
+    title: str
+    current_id: str | None
+    created_at: int
+    updated_at: int
+    share_id: str | None = None
+    archived: bool = False
+    pinned: bool = False
+    folder_id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    # Top-level keys of the chat object with no column: kept and returned as sent.
+    extra: dict[str, Any] = field(default_factory=dict)
+    last_read_at: int | None = None
+
+
+@dataclass(slots=True)
+class MessageRecord:
+    chat_id: str
+    id: str
+    parent_id: str | None
+    role: str
+    content: str
+    done: bool | None = None
+    # Every other message field as sent (timestamp, model, error, usage…); never childrenIds.
+    fields: dict[str, Any] = field(default_factory=dict)
+    draft: str | None = None
+    position: int = 0

@@ -1,0 +1,455 @@
+"""The store on SQL: every query written once, run on SQLite or PostgreSQL.
+
+Migrations are the numbered files in `schema/` (`0001_initial.sql`, …),
+each applied once, in order, in its own transaction, and recorded in
+`schema_migrations`.  On PostgreSQL a transaction-level advisory lock makes
+replicas that start together take turns.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from gateway.store.drivers import Driver, Row
+from gateway.store.errors import Conflict
+from gateway.store.records import ChatRecord, MessageRecord, UserRecord
+
+MIGRATION_LOCK_ID = 0x6761_7465  # "gate"
+
+_USER_COLUMNS = (
+    "id, name, email, role, password_hash, profile_image_url, created_at, updated_at, settings"
+)
+_CHAT_COLUMNS = (
+    "id, user_id, title, current_id, created_at, updated_at, share_id, archived, pinned, "
+    "folder_id, meta, extra, last_read_at"
+)
+_MESSAGE_COLUMNS = "chat_id, id, parent_id, role, content, done, fields, draft, position"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _user(row: Row) -> UserRecord:
+    return UserRecord(
+        row[0], row[1], row[2], row[3], row[4], row[5], int(row[6]), int(row[7]), json.loads(row[8])
+    )
+
+
+def _chat(row: Row) -> ChatRecord:
+    return ChatRecord(
+        id=row[0],
+        user_id=row[1],
+        title=row[2],
+        current_id=row[3],
+        created_at=int(row[4]),
+        updated_at=int(row[5]),
+        share_id=row[6],
+        archived=bool(row[7]),
+        pinned=bool(row[8]),
+        folder_id=row[9],
+        meta=json.loads(row[10]),
+        extra=json.loads(row[11]),
+        last_read_at=None if row[12] is None else int(row[12]),
+    )
+
+
+def _message(row: Row) -> MessageRecord:
+    return MessageRecord(
+        chat_id=row[0],
+        id=row[1],
+        parent_id=row[2],
+        role=row[3],
+        content=row[4],
+        done=_bool(row[5]),
+        fields=json.loads(row[6]),
+        draft=row[7],
+        position=int(row[8]),
+    )
+
+
+def _chat_values(chat: ChatRecord) -> tuple[Any, ...]:
+    return (
+        chat.id,
+        chat.user_id,
+        chat.title,
+        chat.current_id,
+        chat.created_at,
+        chat.updated_at,
+        chat.share_id,
+        chat.archived,
+        chat.pinned,
+        chat.folder_id,
+        _dumps(chat.meta),
+        _dumps(chat.extra),
+        chat.last_read_at,
+    )
+
+
+def tag_id(name: str) -> str:
+    return name.strip().lower().replace(" ", "_")
+
+
+def _is_unique_violation(exc: Exception) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return "unique" in text or "integrity" in text
+
+
+class SQLStore:
+    def __init__(self, driver: Driver) -> None:
+        self.db = driver
+
+    # -- lifecycle ---------------------------------------------------------
+    async def migrate(self) -> None:
+        files = sorted(
+            (
+                entry
+                for entry in resources.files("gateway.store.schema").iterdir()
+                if entry.name.endswith(".sql")
+            ),
+            key=lambda entry: entry.name,
+        )
+        async with self.db.transaction() as tx:
+            if self.db.dialect == "postgresql":
+                await tx.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK_ID,))
+            await tx.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+            )
+            applied = {
+                int(row[0]) for row in await tx.fetch("SELECT version FROM schema_migrations")
+            }
+            for entry in files:
+                version = int(entry.name.split("_", 1)[0])
+                if version in applied:
+                    continue
+                await tx.executescript(entry.read_text(encoding="utf-8"))
+                await tx.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, entry.name, int(time.time())),
+                )
+
+    async def migrations(self) -> list[tuple[int, str]]:
+        rows = await self.db.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+        return [(int(row[0]), str(row[1])) for row in rows]
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def ping(self) -> None:
+        await self.db.fetch("SELECT 1")
+
+    # -- users -------------------------------------------------------------
+    async def create_user(self, user: UserRecord) -> None:
+        email = user.email.lower() if user.email else None
+        try:
+            await self.db.execute(
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    user.id,
+                    user.name,
+                    email,
+                    user.role,
+                    user.password_hash,
+                    user.profile_image_url,
+                    user.created_at,
+                    user.updated_at,
+                    _dumps(user.settings),
+                ),
+            )
+        except Exception as exc:
+            if _is_unique_violation(exc):
+                raise Conflict(f"user {user.id!r} or email {email!r} exists already") from None
+            raise
+
+    async def get_user(self, user_id: str) -> UserRecord | None:
+        rows = await self.db.fetch(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+        return _user(rows[0]) if rows else None
+
+    async def get_user_by_email(self, email: str) -> UserRecord | None:
+        rows = await self.db.fetch(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE email = ?", (email.lower(),)
+        )
+        return _user(rows[0]) if rows else None
+
+    async def count_users(self) -> int:
+        rows = await self.db.fetch("SELECT COUNT(*) FROM users")
+        return int(rows[0][0])
+
+    async def list_users(self) -> list[UserRecord]:
+        rows = await self.db.fetch(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id")
+        return [_user(row) for row in rows]
+
+    async def update_user(self, user: UserRecord) -> None:
+        await self.db.execute(
+            "UPDATE users SET name = ?, email = ?, role = ?, password_hash = ?, profile_image_url = ?, "
+            "updated_at = ?, settings = ? WHERE id = ?",
+            (
+                user.name,
+                user.email.lower() if user.email else None,
+                user.role,
+                user.password_hash,
+                user.profile_image_url,
+                user.updated_at,
+                _dumps(user.settings),
+                user.id,
+            ),
+        )
+
+    # -- api keys ----------------------------------------------------------
+    async def add_api_key(self, key_hash: str, user_id: str, created_at: int) -> None:
+        await self.db.execute(
+            "INSERT INTO api_keys (key_hash, user_id, created_at) VALUES (?, ?, ?)",
+            (key_hash, user_id, created_at),
+        )
+
+    async def user_for_api_key(self, key_hash: str) -> UserRecord | None:
+        columns = ", ".join(f"u.{c.strip()}" for c in _USER_COLUMNS.split(","))
+        rows = await self.db.fetch(
+            f"SELECT {columns} FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?",
+            (key_hash,),
+        )
+        return _user(rows[0]) if rows else None
+
+    # -- chats -------------------------------------------------------------
+    async def insert_chat(self, chat: ChatRecord, messages: Sequence[MessageRecord]) -> None:
+        try:
+            async with self.db.transaction() as tx:
+                await tx.execute(
+                    f"INSERT INTO chats ({_CHAT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _chat_values(chat),
+                )
+                await self._upsert(tx, chat.id, messages)
+        except Exception as exc:
+            if _is_unique_violation(exc):
+                raise Conflict(f"chat {chat.id!r} exists already") from None
+            raise
+
+    async def get_chat(self, chat_id: str) -> ChatRecord | None:
+        rows = await self.db.fetch(f"SELECT {_CHAT_COLUMNS} FROM chats WHERE id = ?", (chat_id,))
+        return _chat(rows[0]) if rows else None
+
+    async def get_chat_by_share_id(self, share_id: str) -> ChatRecord | None:
+        rows = await self.db.fetch(
+            f"SELECT {_CHAT_COLUMNS} FROM chats WHERE share_id = ?", (share_id,)
+        )
+        return _chat(rows[0]) if rows else None
+
+    async def update_chat(self, chat: ChatRecord) -> None:
+        await self._update_chat(self.db, chat)
+
+    async def _update_chat(self, db: Driver, chat: ChatRecord) -> None:
+        values = _chat_values(chat)
+        await db.execute(
+            "UPDATE chats SET user_id = ?, title = ?, current_id = ?, created_at = ?, updated_at = ?, "
+            "share_id = ?, archived = ?, pinned = ?, folder_id = ?, meta = ?, extra = ?, "
+            "last_read_at = ? WHERE id = ?",
+            (*values[1:], chat.id),
+        )
+
+    async def save_chat(self, chat: ChatRecord, messages: Sequence[MessageRecord]) -> None:
+        async with self.db.transaction() as tx:
+            await self._update_chat(tx, chat)
+            await self._upsert(tx, chat.id, messages)
+
+    async def list_chats(
+        self,
+        user_id: str,
+        *,
+        archived: bool | None = False,
+        pinned: bool | None = None,
+        folder_id: str | None = None,
+        tag: str | None = None,
+        text: str | None = None,
+        skip: int = 0,
+        limit: int | None = None,
+    ) -> list[ChatRecord]:
+        where = ["c.user_id = ?"]
+        args: list[Any] = [user_id]
+        if archived is not None:
+            where.append("c.archived = ?")
+            args.append(archived)
+        if pinned is not None:
+            where.append("c.pinned = ?")
+            args.append(pinned)
+        if folder_id is not None:
+            where.append("c.folder_id = ?")
+            args.append(folder_id)
+        if tag is not None:
+            where.append(
+                "EXISTS (SELECT 1 FROM chat_tags t WHERE t.chat_id = c.id AND t.tag_id = ?)"
+            )
+            args.append(tag_id(tag))
+        if text:
+            pattern = f"%{text.lower()}%"
+            where.append(
+                "(LOWER(c.title) LIKE ? OR EXISTS (SELECT 1 FROM messages m "
+                "WHERE m.chat_id = c.id AND LOWER(m.content) LIKE ?))"
+            )
+            args += [pattern, pattern]
+        sql = (
+            f"SELECT {', '.join('c.' + c.strip() for c in _CHAT_COLUMNS.split(','))} FROM chats c "
+            f"WHERE {' AND '.join(where)} ORDER BY c.updated_at DESC, c.id"
+        )
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [limit, skip]
+        elif skip:
+            sql += " LIMIT -1 OFFSET ?" if self.db.dialect == "sqlite" else " OFFSET ?"
+            args.append(skip)
+        return [_chat(row) for row in await self.db.fetch(sql, args)]
+
+    async def delete_chat(self, chat_id: str) -> bool:
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM messages WHERE chat_id = ?", (chat_id,))
+            await tx.execute("DELETE FROM chat_tags WHERE chat_id = ?", (chat_id,))
+            deleted = await tx.execute("DELETE FROM chats WHERE id = ?", (chat_id,))
+            await self._drop_unused_tags(tx)
+        return int(deleted) > 0
+
+    async def delete_user_chats(self, user_id: str) -> int:
+        async with self.db.transaction() as tx:
+            owned = "SELECT id FROM chats WHERE user_id = ?"
+            await tx.execute(f"DELETE FROM messages WHERE chat_id IN ({owned})", (user_id,))
+            await tx.execute(f"DELETE FROM chat_tags WHERE chat_id IN ({owned})", (user_id,))
+            deleted = await tx.execute("DELETE FROM chats WHERE user_id = ?", (user_id,))
+            await self._drop_unused_tags(tx)
+        return int(deleted)
+
+    async def set_archived_all(self, user_id: str, archived: bool) -> int:
+        return await self.db.execute(
+            "UPDATE chats SET archived = ? WHERE user_id = ? AND archived <> ?",
+            (archived, user_id, archived),
+        )
+
+    # -- messages ----------------------------------------------------------
+    async def get_messages(self, chat_id: str) -> list[MessageRecord]:
+        rows = await self.db.fetch(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ? ORDER BY position",
+            (chat_id,),
+        )
+        return [_message(row) for row in rows]
+
+    async def get_message(self, chat_id: str, message_id: str) -> MessageRecord | None:
+        rows = await self.db.fetch(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ? AND id = ?",
+            (chat_id, message_id),
+        )
+        return _message(rows[0]) if rows else None
+
+    async def upsert_messages(self, chat_id: str, messages: Sequence[MessageRecord]) -> None:
+        async with self.db.transaction() as tx:
+            await self._upsert(tx, chat_id, messages)
+
+    async def _upsert(self, db: Driver, chat_id: str, messages: Sequence[MessageRecord]) -> None:
+        if not messages:
+            return
+        rows = await db.fetch(
+            "SELECT COALESCE(MAX(position), -1) FROM messages WHERE chat_id = ?", (chat_id,)
+        )
+        position = int(rows[0][0])
+        for message in messages:
+            position += 1
+            await db.execute(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (chat_id, id) DO UPDATE SET parent_id = excluded.parent_id, "
+                "role = excluded.role, content = excluded.content, done = excluded.done, "
+                "fields = excluded.fields, draft = excluded.draft",
+                (
+                    chat_id,
+                    message.id,
+                    message.parent_id,
+                    message.role,
+                    message.content,
+                    message.done,
+                    _dumps(message.fields),
+                    message.draft,
+                    position,
+                ),
+            )
+
+    async def update_message(self, message: MessageRecord) -> None:
+        await self.db.execute(
+            "UPDATE messages SET parent_id = ?, role = ?, content = ?, done = ?, fields = ?, draft = ? "
+            "WHERE chat_id = ? AND id = ?",
+            (
+                message.parent_id,
+                message.role,
+                message.content,
+                message.done,
+                _dumps(message.fields),
+                message.draft,
+                message.chat_id,
+                message.id,
+            ),
+        )
+
+    async def checkpoint_draft(self, chat_id: str, message_id: str, draft: str) -> None:
+        await self.db.execute(
+            "UPDATE messages SET draft = ? WHERE chat_id = ? AND id = ?",
+            (draft, chat_id, message_id),
+        )
+
+    async def unfinished_messages(self) -> list[MessageRecord]:
+        rows = await self.db.fetch(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE done = ? ORDER BY chat_id, position",
+            (False,),
+        )
+        return [_message(row) for row in rows]
+
+    # -- tags --------------------------------------------------------------
+    async def add_tag(self, user_id: str, chat_id: str, name: str) -> None:
+        tid = tag_id(name)
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO tags (user_id, id, name) VALUES (?, ?, ?) ON CONFLICT (user_id, id) DO NOTHING",
+                (user_id, tid, name.strip()),
+            )
+            rows = await tx.fetch(
+                "SELECT COALESCE(MAX(position), -1) FROM chat_tags WHERE chat_id = ?", (chat_id,)
+            )
+            await tx.execute(
+                "INSERT INTO chat_tags (chat_id, user_id, tag_id, position) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (chat_id, tag_id) DO NOTHING",
+                (chat_id, user_id, tid, int(rows[0][0]) + 1),
+            )
+
+    async def remove_tag(self, user_id: str, chat_id: str, name: str) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "DELETE FROM chat_tags WHERE chat_id = ? AND tag_id = ?", (chat_id, tag_id(name))
+            )
+            await self._drop_unused_tags(tx)
+
+    async def clear_chat_tags(self, chat_id: str) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM chat_tags WHERE chat_id = ?", (chat_id,))
+            await self._drop_unused_tags(tx)
+
+    async def chat_tags(self, chat_id: str) -> list[tuple[str, str]]:
+        rows = await self.db.fetch(
+            "SELECT t.id, t.name FROM chat_tags ct JOIN tags t ON t.user_id = ct.user_id AND t.id = ct.tag_id "
+            "WHERE ct.chat_id = ? ORDER BY ct.position",
+            (chat_id,),
+        )
+        return [(str(row[0]), str(row[1])) for row in rows]
+
+    async def user_tags(self, user_id: str) -> list[tuple[str, str]]:
+        rows = await self.db.fetch(
+            "SELECT id, name FROM tags WHERE user_id = ? ORDER BY name", (user_id,)
+        )
+        return [(str(row[0]), str(row[1])) for row in rows]
+
+    async def _drop_unused_tags(self, db: Driver) -> None:
+        await db.execute(
+            "DELETE FROM tags WHERE NOT EXISTS (SELECT 1 FROM chat_tags ct "
+            "WHERE ct.user_id = tags.user_id AND ct.tag_id = tags.id)"
+        )
