@@ -1,0 +1,206 @@
+"""One store suite, run against SQLite and PostgreSQL (127.0.0.1:5432, a fresh database per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway.store import ChatRecord, Conflict, MessageRecord, Store, UserRecord, open_store
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@asynccontextmanager
+async def fresh_pg_database() -> AsyncIterator[str]:
+    """A new, empty database on the local server, dropped afterwards."""
+    name = f"gw_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    async with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with AsyncExitStack() as stack:
+        url = (
+            ""
+            if request.param == "sqlite"
+            else await stack.enter_async_context(fresh_pg_database())
+        )
+        opened = await open_store(url, tmp_path)
+        try:
+            yield opened
+        finally:
+            await opened.close()
+
+
+def user(uid: str = "u1", email: str | None = "Alice@Example.com") -> UserRecord:
+    return UserRecord(uid, "Alice", email, "user", None, "/user.png", 100, 100, {"ui": {"x": 1}})
+
+
+def chat(cid: str = "c1", uid: str = "u1", updated: int = 100, **kw: Any) -> ChatRecord:
+    return ChatRecord(
+        cid, uid, kw.pop("title", "Title"), kw.pop("current_id", None), 100, updated, **kw
+    )
+
+
+def msg(mid: str, parent: str | None, cid: str = "c1", **kw: Any) -> MessageRecord:
+    return MessageRecord(
+        cid, mid, parent, kw.pop("role", "user"), kw.pop("content", f"text {mid}"), **kw
+    )
+
+
+ODD_FIELDS = {
+    "nested": {"a": [1, 2.5, None, True]},
+    "unicode": "héllo ✓ 中文",
+    "big": 2**53 + 1,
+    "f": 0.1,
+}
+
+
+async def test_migrate_twice_is_a_no_op(store: Store) -> None:
+    await store.migrate()
+    await store.migrate()
+    assert await store.migrations() == [(1, "0001_initial.sql")]  # type: ignore[attr-defined]
+
+
+async def test_users_and_case_insensitive_email(store: Store) -> None:
+    await store.create_user(user())
+    assert (await store.get_user("u1")) == user(email="alice@example.com")
+    assert (await store.get_user_by_email("ALICE@example.COM")) is not None
+    with pytest.raises(Conflict):
+        await store.create_user(user("u2", "alice@EXAMPLE.com"))
+    with pytest.raises(Conflict):
+        await store.create_user(user("u1", "other@example.com"))
+    assert await store.count_users() == 1
+    updated = user(email="new@example.com")
+    updated.role = "admin"
+    await store.update_user(updated)
+    assert (await store.get_user("u1")).role == "admin"  # type: ignore[union-attr]
+    assert [u.id for u in await store.list_users()] == ["u1"]
+
+
+async def test_api_keys(store: Store) -> None:
+    await store.create_user(user())
+    await store.add_api_key("hash1", "u1", 5)
+    assert (await store.user_for_api_key("hash1")).id == "u1"  # type: ignore[union-attr]
+    assert await store.user_for_api_key("nope") is None
+
+
+async def test_chat_round_trip_keeps_unknown_fields(store: Store) -> None:
+    record = chat(extra={"models": ["m"], **ODD_FIELDS}, meta={"tags": ["x"]}, current_id="m2")
+    messages = [msg("m1", None, fields=ODD_FIELDS), msg("m2", "m1", role="assistant", done=True)]
+    await store.insert_chat(record, messages)
+    assert await store.get_chat("c1") == record
+    got = await store.get_messages("c1")
+    assert [m.id for m in got] == ["m1", "m2"] and [m.position for m in got] == [0, 1]
+    assert got[0].fields == ODD_FIELDS and got[0].done is None and got[1].done is True
+    with pytest.raises(Conflict):
+        await store.insert_chat(chat(), [])
+
+
+async def test_save_chat_upserts_and_keeps_positions(store: Store) -> None:
+    await store.insert_chat(chat(), [msg("m1", None), msg("m2", "m1")])
+    changed = chat(title="New", current_id="m3", updated=200)
+    await store.save_chat(changed, [msg("m1", None, content="edited"), msg("m3", "m1")])
+    got = {m.id: m for m in await store.get_messages("c1")}
+    assert got["m1"].content == "edited" and got["m1"].position == 0
+    assert got["m2"].position == 1 and got["m3"].position > 1
+    assert (await store.get_chat("c1")) == changed
+
+
+async def test_update_message_touches_one_row_and_checkpoint_only_the_draft(store: Store) -> None:
+    await store.insert_chat(chat(), [msg(f"m{i}", f"m{i - 1}" if i else None) for i in range(5)])
+    before = await store.get_messages("c1")
+    target = msg("m4", "m3", role="assistant", content="", done=False)
+    await store.update_message(target)
+    await store.checkpoint_draft("c1", "m4", "half a rep")
+    after = await store.get_messages("c1")
+    assert after[:4] == before[:4]
+    assert after[4].content == "" and after[4].done is False and after[4].draft == "half a rep"
+    assert [m.id for m in await store.unfinished_messages()] == ["m4"]
+    target.content, target.done, target.draft = "whole reply", True, None
+    await store.update_message(target)
+    assert await store.unfinished_messages() == []
+    assert (await store.get_message("c1", "m4")).content == "whole reply"  # type: ignore[union-attr]
+
+
+async def test_list_filters_paging_and_search(store: Store) -> None:
+    for i in range(5):
+        await store.insert_chat(
+            chat(f"c{i}", updated=100 + i, title=f"chat {i}"),
+            [msg("m", None, cid=f"c{i}", content=f"body {i} Needle" if i == 2 else "x")],
+        )
+    await store.insert_chat(chat("other", "u2"), [])
+    assert [c.id for c in await store.list_chats("u1")] == ["c4", "c3", "c2", "c1", "c0"]
+    assert [c.id for c in await store.list_chats("u1", skip=1, limit=2)] == ["c3", "c2"]
+    assert [c.id for c in await store.list_chats("u1", skip=3)] == ["c1", "c0"]
+    assert [c.id for c in await store.list_chats("u1", text="needle")] == ["c2"]
+    assert [c.id for c in await store.list_chats("u1", text="CHAT 3")] == ["c3"]
+    c1 = await store.get_chat("c1")
+    assert c1 is not None
+    c1.pinned, c1.archived, c1.folder_id = True, True, "f1"
+    await store.update_chat(c1)
+    assert [c.id for c in await store.list_chats("u1", pinned=True, archived=None)] == ["c1"]
+    assert "c1" not in [c.id for c in await store.list_chats("u1")]
+    assert [c.id for c in await store.list_chats("u1", folder_id="f1", archived=None)] == ["c1"]
+    assert await store.set_archived_all("u1", True) == 4
+    assert await store.list_chats("u1") == []
+    assert len(await store.list_chats("u1", archived=True)) == 5
+
+
+async def test_share_id_lookup(store: Store) -> None:
+    await store.insert_chat(chat(share_id="s1"), [])
+    assert (await store.get_chat_by_share_id("s1")).id == "c1"  # type: ignore[union-attr]
+    assert await store.get_chat_by_share_id("s2") is None
+
+
+async def test_tags_lifecycle_and_delete_cascades(store: Store) -> None:
+    await store.insert_chat(chat(), [msg("m1", None)])
+    await store.insert_chat(chat("c2"), [])
+    await store.add_tag("u1", "c1", "Work Stuff")
+    await store.add_tag("u1", "c1", "Work Stuff")
+    await store.add_tag("u1", "c1", "b")
+    await store.add_tag("u1", "c2", "b")
+    assert await store.chat_tags("c1") == [("work_stuff", "Work Stuff"), ("b", "b")]
+    assert [c.id for c in await store.list_chats("u1", tag="Work Stuff")] == ["c1"]
+    await store.remove_tag("u1", "c1", "work stuff")
+    assert await store.user_tags("u1") == [("b", "b")]
+    assert await store.delete_chat("c1") is True
+    assert await store.delete_chat("c1") is False
+    assert await store.get_messages("c1") == []
+    assert await store.user_tags("u1") == [("b", "b")]
+    await store.clear_chat_tags("c2")
+    assert await store.user_tags("u1") == []
+    await store.insert_chat(chat("c3"), [msg("x", None, cid="c3")])
+    assert await store.delete_user_chats("u1") == 2
+    assert await store.list_chats("u1", archived=None) == []
+
+
+async def test_two_replicas_migrate_one_postgres_at_once(pg_url: str, tmp_path: Path) -> None:
+    first, second = await asyncio.gather(open_store(pg_url, tmp_path), open_store(pg_url, tmp_path))
+    assert await first.migrations() == await second.migrations() == [(1, "0001_initial.sql")]  # type: ignore[attr-defined]
+    await first.close()
+    await second.close()
+
+
+async def test_unknown_scheme_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="postgresql://"):
+        await open_store("mysql://x", tmp_path)
