@@ -1,0 +1,151 @@
+"""Sign-up, sign-in, sessions and API keys (`/api/v1/auths/*`), and the users/apikey CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+
+from tests.gatewayproc import SECRET, GatewayProcess, make_token
+
+SESSION_KEYS = {
+    "token",
+    "token_type",
+    "expires_at",
+    "id",
+    "email",
+    "name",
+    "role",
+    "profile_image_url",
+    "permissions",
+}
+
+
+async def post(
+    url: str, body: Any, token: str | None = None
+) -> tuple[int, Any, aiohttp.ClientResponse]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=body, headers=headers) as resp:
+            return resp.status, await resp.json(), resp
+
+
+async def test_signup_signin_session_and_api_key(start_gateway: Any) -> None:
+    gw = start_gateway({"ENABLE_SIGNUP": "false"})
+    base = gw.url + "/api/v1/auths"
+    status, first, resp = await post(
+        f"{base}/signup", {"name": "Ada", "email": "Ada@Example.com", "password": "pw1"}
+    )
+    assert status == 200 and set(first) == SESSION_KEYS
+    assert (
+        first["role"] == "admin"
+        and first["email"] == "ada@example.com"
+        and first["token_type"] == "Bearer"
+    )
+    assert "token" in resp.cookies and resp.cookies["token"]["httponly"]
+    # Sign-up is disabled after the first user...
+    status, error, _ = await post(f"{base}/signup", {"email": "bob@example.com", "password": "pw"})
+    assert status == 403 and "disabled" in error["detail"]
+    # ...but an admin can add users.
+    status, bob, _ = await post(
+        f"{base}/add",
+        {"name": "Bob", "email": "bob@example.com", "password": "pw2", "role": "user"},
+        first["token"],
+    )
+    assert status == 200 and bob["role"] == "user" and bob["token"]
+    status, error, _ = await post(
+        f"{base}/add", {"email": "eve@example.com", "password": "x"}, bob["token"]
+    )
+    assert status == 403
+    status, error, _ = await post(
+        f"{base}/add", {"email": "BOB@example.com", "password": "x"}, first["token"]
+    )
+    assert status == 409
+    # Sign-in: right and wrong passwords (Open WebUI answers 400, not 401).
+    status, session, _ = await post(
+        f"{base}/signin", {"email": "bob@EXAMPLE.com", "password": "pw2"}
+    )
+    assert status == 200 and session["id"] == bob["id"]
+    status, error, _ = await post(
+        f"{base}/signin", {"email": "bob@example.com", "password": "nope"}
+    )
+    assert status == 400 and "incorrect" in error["detail"]
+    status, error, _ = await post(f"{base}/signin", {"email": "bob@example.com"})
+    assert status == 400
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            f"{base}/", headers={"Authorization": f"Bearer {session['token']}"}
+        ) as got:
+            assert got.status == 200 and (await got.json())["email"] == "bob@example.com"
+        async with http.get(f"{base}/") as got:
+            assert got.status == 401
+    # An API key works on the OpenAI flavour as its owner, and is stored hashed.
+    status, key, _ = await post(f"{base}/api_key", {}, session["token"])
+    assert status == 200 and key["api_key"].startswith("sk-") and len(key["api_key"]) == 35
+    reply = openai.OpenAI(
+        base_url=gw.url + "/v1", api_key=key["api_key"], max_retries=0
+    ).chat.completions.create(model="gateway-demo", messages=[{"role": "user", "content": "hello"}])
+    assert "demo" in (reply.choices[0].message.content or "")
+    assert key["api_key"].encode() not in (gw.data_dir / "gateway.db").read_bytes()
+
+
+async def test_signin_token_works_on_chats(gateway: GatewayProcess) -> None:
+    base = gateway.url + "/api/v1/auths"
+    email = f"carol-{id(gateway)}@example.com"
+    status, session, _ = await post(
+        f"{base}/signup", {"name": "Carol", "email": email, "password": "pw"}
+    )
+    assert status == 200
+    status, chat, _ = await post(
+        gateway.url + "/api/v1/chats/new", {"chat": {"title": "x"}}, session["token"]
+    )
+    assert status == 200 and chat["user_id"] == session["id"]
+
+
+async def test_jwt_users_are_created_just_in_time(gateway: GatewayProcess) -> None:
+    token = make_token("jit-user", name="Jit Name")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            gateway.url + "/api/v1/auths/", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            session = await resp.json()
+    assert (
+        session["id"] == "jit-user" and session["name"] == "Jit Name" and session["role"] == "user"
+    )
+
+
+def run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(data), "WEBUI_SECRET_KEY": SECRET}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], env=env, capture_output=True, text=True
+    )
+
+
+def test_cli_users_and_api_keys(start_gateway: Any, tmp_path: Path) -> None:
+    data = tmp_path / "cli"
+    added = run_cli(
+        data, "users", "add", "--email", "root@example.com", "--password", "pw", "--role", "admin"
+    )
+    assert added.returncode == 0, added.stderr
+    user_id = added.stdout.split("\t")[0]
+    assert (
+        run_cli(data, "users", "add", "--email", "ROOT@example.com", "--password", "x").returncode
+        == 1
+    )
+    listed = run_cli(data, "users", "list").stdout
+    assert "root@example.com" in listed and "admin" in listed
+    key = run_cli(data, "apikey", "create", "--user", "root@example.com").stdout.strip()
+    ragflow_key = run_cli(
+        data, "apikey", "create", "--user", user_id, "--kind", "ragflow"
+    ).stdout.strip()
+    assert key.startswith("sk-") and ragflow_key.startswith("ragflow-") and len(ragflow_key) == 51
+    missing = run_cli(data, "apikey", "create", "--user", "nobody")
+    assert missing.returncode == 1 and "no user" in missing.stderr
+    gw = start_gateway({"DATA_DIR": str(data)}, data_dir=data)
+    for token in (key, ragflow_key):
+        models = openai.OpenAI(base_url=gw.url + "/v1", api_key=token, max_retries=0).models.list()
+        assert [m.id for m in models] == ["gateway-demo"]
