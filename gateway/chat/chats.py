@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.auth import Principal
@@ -70,8 +70,13 @@ def page_bounds(page: int | None) -> tuple[int, int | None]:
 
 
 class ChatBook:
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self, store: Store, is_generating: Callable[[str], bool] = lambda _: False
+    ) -> None:
         self.store = store
+        # Replies being generated have one writer, the generator: updates
+        # from clients (which may hold a stale copy) must not overwrite them.
+        self._is_generating = is_generating
 
     # -- reading -----------------------------------------------------------
     async def owned(self, principal: Principal, chat_id: str) -> ChatRecord:
@@ -135,7 +140,11 @@ class ChatBook:
             merged = tree.merge(stored, update)
         except tree.TreeError as exc:
             raise BadRequest(f"Inconsistent chat history: {exc}") from None
-        changed = _changed_messages(chat.id, stored["messages"], merged["messages"])
+        changed = [
+            record
+            for record in _changed_messages(chat.id, stored["messages"], merged["messages"])
+            if not self._is_generating(record.id)
+        ]
         if "title" in chat_obj:
             chat.title = str(chat_obj["title"] or DEFAULT_TITLE)
         chat.extra = {**chat.extra, **chat_extra(chat_obj)}

@@ -95,7 +95,7 @@ class ChatService:
         self.router = router
         self.store = store
         self.hub = hub
-        self.book = ChatBook(store)
+        self.book = ChatBook(store, lambda message_id: message_id in self.running)
         self._checkpoint_interval_s = checkpoint_interval_s
         self.running: dict[str, Running] = {}
 
@@ -312,15 +312,16 @@ class ChatService:
             fields["cancelled"] = True
         record.content, record.done, record.fields, record.draft = content, True, fields, None
         await self.store.update_message(record)
-        title = None
-        if chat.title in ("", DEFAULT_TITLE) and error is None:
-            title = await self._first_user_text(chat)
         fresh = await self.store.get_chat(chat.id)
-        if fresh is not None:
-            fresh.updated_at = now_s()
-            if title:
-                fresh.title = title
-            await self.store.update_chat(fresh)
+        if fresh is None:  # deleted while the reply ran
+            return None
+        title = None
+        if fresh.title in ("", DEFAULT_TITLE) and error is None:
+            title = await self._first_user_text(chat)
+        fresh.updated_at = now_s()
+        if title:
+            fresh.title = title
+        await self.store.update_chat(fresh)
         return title or None
 
     async def _first_user_text(self, chat: ChatRecord) -> str | None:

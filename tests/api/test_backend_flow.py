@@ -372,3 +372,27 @@ async def test_sigkill_mid_reply_keeps_the_last_checkpoint(
     assert message["content"] and full.startswith(message["content"])
     # A checkpoint is at most 0.2 s (10 deltas at 20 ms) behind what the client saw.
     assert len(message["content"]) >= len("".join(received)) - 10 * len("w00 ") - 8
+
+
+async def test_a_stale_client_update_cannot_overwrite_a_reply_being_generated(api: Api) -> None:
+    u1, a1 = str(uuid.uuid4()), str(uuid.uuid4())
+    body = step1_body(u1, a1, model="fake-slow")
+    _, created, _ = await api.call("POST", "/api/v1/chats/new", body)
+    chat_id = created["id"]
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(
+            api.url + "/api/chat/completions",
+            json=step2_body(chat_id, a1, [], model="fake-slow"),
+            headers=api.headers,
+        )
+        # The web app re-sends its whole (stale) chat while the reply streams.
+        stale = {"chat": {"title": "renamed", "history": body["chat"]["history"]}}
+        status, _, _ = await api.call("POST", f"/api/v1/chats/{chat_id}", stale)
+        assert status == 200
+        async for _ in resp.content:
+            pass
+        resp.close()
+    _, chat, _ = await api.call("GET", f"/api/v1/chats/{chat_id}")
+    assert chat["title"] == "renamed"
+    message = chat["chat"]["history"]["messages"][a1]
+    assert message["content"] == reply_text("fake-slow", []) and message["done"] is True
