@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.store.drivers import Driver, Row
 from gateway.store.errors import Conflict
 from gateway.store.records import ChatRecord, MessageRecord, UserRecord
+
+T = TypeVar("T")
 
 MIGRATION_LOCK_ID = 0x6761_7465  # "gate"
 
@@ -98,9 +101,16 @@ def tag_id(name: str) -> str:
     return name.strip().lower().replace(" ", "_")
 
 
-def _is_unique_violation(exc: Exception) -> bool:
-    text = f"{type(exc).__name__} {exc}".lower()
-    return "unique" in text or "integrity" in text
+@contextmanager
+def _conflict_as(message: str) -> Iterator[None]:
+    """A unique-constraint violation (sqlite3 or asyncpg) becomes `Conflict(message)`."""
+    try:
+        yield
+    except Exception as exc:
+        text = f"{type(exc).__name__} {exc}".lower()
+        if "unique" in text or "integrity" in text:
+            raise Conflict(message) from None
+        raise
 
 
 class SQLStore:
@@ -147,10 +157,14 @@ class SQLStore:
     async def ping(self) -> None:
         await self.db.fetch("SELECT 1")
 
+    async def _first(self, parse: Callable[[Row], T], sql: str, *args: Any) -> T | None:
+        rows = await self.db.fetch(sql, args)
+        return parse(rows[0]) if rows else None
+
     # -- users -------------------------------------------------------------
     async def create_user(self, user: UserRecord) -> None:
         email = user.email.lower() if user.email else None
-        try:
+        with _conflict_as(f"user {user.id!r} or email {email!r} exists already"):
             await self.db.execute(
                 f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -165,20 +179,14 @@ class SQLStore:
                     _dumps(user.settings),
                 ),
             )
-        except Exception as exc:
-            if _is_unique_violation(exc):
-                raise Conflict(f"user {user.id!r} or email {email!r} exists already") from None
-            raise
 
     async def get_user(self, user_id: str) -> UserRecord | None:
-        rows = await self.db.fetch(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
-        return _user(rows[0]) if rows else None
+        return await self._first(_user, f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", user_id)
 
     async def get_user_by_email(self, email: str) -> UserRecord | None:
-        rows = await self.db.fetch(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE email = ?", (email.lower(),)
+        return await self._first(
+            _user, f"SELECT {_USER_COLUMNS} FROM users WHERE email = ?", email.lower()
         )
-        return _user(rows[0]) if rows else None
 
     async def count_users(self) -> int:
         rows = await self.db.fetch("SELECT COUNT(*) FROM users")
@@ -213,35 +221,29 @@ class SQLStore:
 
     async def user_for_api_key(self, key_hash: str) -> UserRecord | None:
         columns = ", ".join(f"u.{c.strip()}" for c in _USER_COLUMNS.split(","))
-        rows = await self.db.fetch(
+        return await self._first(
+            _user,
             f"SELECT {columns} FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?",
-            (key_hash,),
+            key_hash,
         )
-        return _user(rows[0]) if rows else None
 
     # -- chats -------------------------------------------------------------
     async def insert_chat(self, chat: ChatRecord, messages: Sequence[MessageRecord]) -> None:
-        try:
+        with _conflict_as(f"chat {chat.id!r} exists already"):
             async with self.db.transaction() as tx:
                 await tx.execute(
                     f"INSERT INTO chats ({_CHAT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _chat_values(chat),
                 )
                 await self._upsert(tx, chat.id, messages)
-        except Exception as exc:
-            if _is_unique_violation(exc):
-                raise Conflict(f"chat {chat.id!r} exists already") from None
-            raise
 
     async def get_chat(self, chat_id: str) -> ChatRecord | None:
-        rows = await self.db.fetch(f"SELECT {_CHAT_COLUMNS} FROM chats WHERE id = ?", (chat_id,))
-        return _chat(rows[0]) if rows else None
+        return await self._first(_chat, f"SELECT {_CHAT_COLUMNS} FROM chats WHERE id = ?", chat_id)
 
     async def get_chat_by_share_id(self, share_id: str) -> ChatRecord | None:
-        rows = await self.db.fetch(
-            f"SELECT {_CHAT_COLUMNS} FROM chats WHERE share_id = ?", (share_id,)
+        return await self._first(
+            _chat, f"SELECT {_CHAT_COLUMNS} FROM chats WHERE share_id = ?", share_id
         )
-        return _chat(rows[0]) if rows else None
 
     async def update_chat(self, chat: ChatRecord) -> None:
         await self._update_chat(self.db, chat)
@@ -339,11 +341,12 @@ class SQLStore:
         return [_message(row) for row in rows]
 
     async def get_message(self, chat_id: str, message_id: str) -> MessageRecord | None:
-        rows = await self.db.fetch(
+        return await self._first(
+            _message,
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ? AND id = ?",
-            (chat_id, message_id),
+            chat_id,
+            message_id,
         )
-        return _message(rows[0]) if rows else None
 
     async def upsert_messages(self, chat_id: str, messages: Sequence[MessageRecord]) -> None:
         async with self.db.transaction() as tx:
