@@ -1,0 +1,117 @@
+"""Golden vectors for the OpenAI codec: events in, exact SSE frames out; no event loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import gateway.events as events
+from gateway.errors import BadRequest
+from gateway.flavours.openai import ChunkEncoder, decode_request
+from gateway.flavours.sse import SSEParser
+
+VECTORS = sorted((Path(__file__).parent.parent / "vectors" / "openai").glob("*.json"))
+
+
+def build(spec: dict[str, Any], message_id: str, seq: int) -> events.Event:
+    fields = dict(spec)
+    kind = fields.pop("type")
+    if "usage" in fields:
+        fields["usage"] = events.Usage(**fields["usage"])
+    event: events.Event = getattr(events, kind)(
+        chat_id=None, message_id=message_id, seq=seq, **fields
+    )
+    return event
+
+
+@pytest.mark.parametrize("path", VECTORS, ids=[p.stem for p in VECTORS])
+def test_encoder_matches_golden_frames(path: Path) -> None:
+    vector = json.loads(path.read_text())
+    encoder = ChunkEncoder(vector["model"], vector["created"], vector["include_usage"])
+    frames = []
+    for seq, spec in enumerate(vector["events"]):
+        frames += [
+            frame.decode() for frame in encoder.encode(build(spec, vector["message_id"], seq))
+        ]
+    assert frames == vector["frames"]
+    # Independently of the golden bytes: every frame is a well-formed OpenAI chunk,
+    # the text deltas come back whole, and [DONE] ends the stream.
+    payloads = SSEParser().feed("".join(frames).encode())
+    assert payloads[-1] == "[DONE]" and payloads.count("[DONE]") == 1
+    text = "".join(spec["text"] for spec in vector["events"] if spec["type"] == "TextDelta")
+    rebuilt = ""
+    for payload in payloads[:-1]:
+        chunk = json.loads(payload)
+        if "error" in chunk:
+            assert set(chunk["error"]) == {"message", "type", "code"}
+            continue
+        assert chunk["object"] == "chat.completion.chunk" and chunk["id"] == vector["message_id"]
+        for choice in chunk["choices"]:
+            rebuilt += choice["delta"].get("content") or ""
+        if not chunk["choices"]:
+            assert vector["include_usage"] and chunk["usage"]["total_tokens"] > 0
+    assert rebuilt == text
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ([], "JSON object"),
+        ({"messages": [{"role": "user", "content": "x"}]}, "'model'"),
+        ({"model": "m", "messages": []}, "'messages'"),
+        ({"model": "m", "messages": ["x"]}, "messages[0]"),
+        ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "content"),
+        ({"model": "m", "messages": [{"role": "user"}], "stream_options": 3}, "stream_options"),
+    ],
+)
+def test_decode_refuses_bad_requests(body: Any, fragment: str) -> None:
+    with pytest.raises(BadRequest, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        decode_request(body)
+
+
+def test_decode_keeps_only_known_params() -> None:
+    ask = decode_request(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": 0.5,
+            "evil": 1,
+        }
+    )
+    assert ask.stream and ask.include_usage and ask.params == {"temperature": 0.5}
+
+
+# SSE parsing, in h11's style: each vector whole, one byte at a time, and split before its end.
+SSE_VECTORS = [
+    (b"data: a\n\n", ["a"]),
+    (b"data:a\r\n\r\n", ["a"]),
+    (b"data: a\r\rdata: b\r\r", ["a", "b"]),
+    (b": comment\nevent: x\nid: 1\ndata: one\ndata: two\n\n", ["one\ntwo"]),
+    (b"data: \xe2\x9c\x93 ok\n\n", ["✓ ok"]),
+    (b"data: [DONE]\n\n", ["[DONE]"]),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), SSE_VECTORS)
+def test_sse_parser_whole_and_byte_by_byte(raw: bytes, expected: list[str]) -> None:
+    assert SSEParser().feed(raw) == expected
+    parser = SSEParser()
+    got: list[str] = []
+    for index in range(len(raw)):
+        got += parser.feed(raw[index : index + 1])
+    assert got == expected
+    parser = SSEParser()
+    assert parser.feed(raw[:-1]) + parser.feed(raw[-1:]) == expected
+
+
+def test_sse_parser_last_event_without_blank_line_and_bound() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: x\n\ndata: tail") == ["x"]
+    assert parser.close() == ["tail"]
+    with pytest.raises(ValueError, match="larger than"):
+        SSEParser(max_event_bytes=16).feed(b"data: " + b"x" * 32)
