@@ -65,17 +65,23 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def decode_request(body: Any) -> Ask:
-    """Validate a `/v1/chat/completions` body; raise BadRequest naming the fault."""
+def decode_common(body: Any) -> tuple[Mapping[str, Any], str, bool]:
+    """The body, `model` and `stream` every chat-completions flavour shares."""
     if not isinstance(body, Mapping):
         raise BadRequest("Request body must be a JSON object")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required and must be a non-empty string")
-    messages = decode_messages(body.get("messages"))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean")
+    return body, model, stream
+
+
+def decode_request(body: Any) -> Ask:
+    """Validate a `/v1/chat/completions` body; raise BadRequest naming the fault."""
+    body, model, stream = decode_common(body)
+    messages = decode_messages(body.get("messages"))
     options = body.get("stream_options") or {}
     if not isinstance(options, Mapping):
         raise BadRequest("'stream_options' must be an object")

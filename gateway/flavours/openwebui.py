@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.commands import Ask
 from gateway.errors import BadRequest
-from gateway.flavours.openai import PASSTHROUGH_PARAMS, decode_messages
+from gateway.flavours.openai import PASSTHROUGH_PARAMS, decode_common, decode_messages
 
 
 def is_stored_request(body: Any) -> bool:
@@ -25,16 +25,9 @@ def is_stored_request(body: Any) -> bool:
 
 
 def decode_completion_request(body: Any) -> Ask:
-    if not isinstance(body, Mapping):
-        raise BadRequest("Request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required and must be a non-empty string")
+    body, model, stream = decode_common(body)
     raw_messages = body.get("messages")
     messages = decode_messages(raw_messages) if raw_messages else []
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest("'stream' must be a boolean")
     chat_id = body.get("chat_id")
     message_id = body.get("id")
     if chat_id is not None and not isinstance(chat_id, str):
