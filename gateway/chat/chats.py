@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.auth import Principal
 from gateway.chat import tree
-from gateway.chat.shapes import chat_extra, chat_response, history_of, message_dict, message_record
+from gateway.chat.shapes import chat_extra, chat_response, history_of, message_record
 from gateway.errors import BadRequest, NotFound
 from gateway.store import Store
 from gateway.store.records import ChatRecord, MessageRecord
@@ -61,12 +61,17 @@ def _chat_object(body: Any) -> Mapping[str, Any]:
     return chat
 
 
+# Past this page every list is empty; the bound keeps OFFSET inside a 64-bit
+# integer (SQLite raises on overflow) for any number a client sends.
+MAX_PAGE = 2**31
+
+
 def page_bounds(page: int | None) -> tuple[int, int | None]:
     if page is None:
         return 0, None
     if page < 1:
         raise BadRequest("'page' starts at 1")
-    return (page - 1) * PAGE_SIZE, PAGE_SIZE
+    return (min(page, MAX_PAGE) - 1) * PAGE_SIZE, PAGE_SIZE
 
 
 class ChatBook:
@@ -159,18 +164,18 @@ class ChatBook:
         if not isinstance(body, Mapping):
             raise BadRequest("Body must be an object")
         chat = await self.owned(principal, chat_id)
-        existing = await self.store.get_message(chat.id, message_id)
+        stored = history_of(chat, await self.store.get_messages(chat.id))
         fields = {k: v for k, v in body.items() if k not in ("id", "childrenIds")}
-        if existing is not None:
-            message = {**message_dict(existing, []), **fields}
-        else:
-            message = {"role": "assistant", "parentId": chat.current_id, **fields}
-        message["id"] = message_id
-        parent = message.get("parentId")
-        if parent is not None and await self.store.get_message(chat.id, parent) is None:
-            raise BadRequest(f"message '{message_id}': parent '{parent}' does not exist")
+        if message_id not in stored["messages"]:
+            fields = {"role": "assistant", "parentId": chat.current_id, **fields}
+        # Merged into the whole tree so a new parent that is missing, the
+        # message itself or one of its descendants is refused (400), not stored.
+        try:
+            merged = tree.merge(stored, {"messages": {message_id: fields}})
+        except tree.TreeError as exc:
+            raise BadRequest(f"Inconsistent chat history: {exc}") from None
         chat.updated_at = now_s()
-        await self.store.save_chat(chat, [message_record(chat.id, message)])
+        await self.store.save_chat(chat, [message_record(chat.id, merged["messages"][message_id])])
         return chat
 
     async def set_flags(self, chat: ChatRecord, **changes: Any) -> ChatRecord:
