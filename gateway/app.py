@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.api import auths, chats, completions, health, openai
+from gateway.api import auths, chats, completions, health, openai, openwebui, tasks
 from gateway.api.common import error_middleware, render_detail, render_openai
 from gateway.auth import Authenticator
 from gateway.chat.service import ChatService
@@ -22,6 +22,7 @@ from gateway.keys import load_or_create_secret
 from gateway.origins import OriginPolicy
 from gateway.settings import Settings
 from gateway.store import open_store
+from gateway.transports.socketio import SocketIOTransport
 from gateway.upstream import Upstream
 from gateway.upstream.demo import DemoUpstream
 from gateway.upstream.openai import OpenAIUpstream
@@ -69,6 +70,7 @@ def build_app(settings: Settings) -> web.Application:
         else None
     )
     signing_key = secret_key(settings)
+    sockets = SocketIOTransport(settings, origins)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         store = await open_store(settings.database_url, settings.data_dir)
@@ -78,21 +80,25 @@ def build_app(settings: Settings) -> web.Application:
                 router = ModelRouter(
                     build_upstreams(settings, session), settings.upstream_models_ttl_s
                 )
-                hub = Hub(settings.outbox_max_events)
+                hub = Hub(settings.outbox_max_events, settings.outbox_max_chars)
                 service = ChatService(router, store, hub, settings.checkpoint_interval_s)
                 await service.recover_unfinished()
+                authenticator = Authenticator(
+                    signing_key, StoreDirectory(store, settings.api_keys), public_key
+                )
+                sockets.bind(authenticator, hub, store)
                 app[GATEWAY] = Gateway(
                     settings=settings,
                     origins=origins,
-                    authenticator=Authenticator(
-                        signing_key, StoreDirectory(store, settings.api_keys), public_key
-                    ),
+                    authenticator=authenticator,
                     router=router,
                     service=service,
                     store=store,
                     hub=hub,
+                    sockets=sockets,
                 )
                 yield
+                await sockets.shutdown()
                 await service.shutdown()
         finally:
             await store.close()
@@ -103,6 +109,9 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/models", openai.list_models)
     app.router.add_get("/api/v1/models", openai.list_models)
     completions.add_routes(app)
+    tasks.add_routes(app)
+    openwebui.add_routes(app)
     auths.add_routes(app)
     chats.add_routes(app)
+    sockets.add_routes(app)
     return app

@@ -11,6 +11,16 @@ from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyTarget:
+    """One assistant message to answer into, with the model that answers it."""
+
+    message_id: str
+    model: str
+    # Open WebUI's position of the model in a multi-model turn (`modelIdx`).
+    model_idx: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Ask:
     """Ask a model for a reply.
 
@@ -30,6 +40,18 @@ class Ask:
     parent_id: str | None = None
     session_id: str | None = None
     user_message: dict[str, Any] | None = None
+    # Every reply of a turn (several models answer one question); empty means
+    # one reply, `message_id` by `model`.
+    targets: tuple[ReplyTarget, ...] = ()
+    # An unsaved chat: `chat_id` names it on the wire, nothing is stored.
+    temporary: bool = False
+
+    def reply_targets(self) -> tuple[ReplyTarget, ...]:
+        if self.targets:
+            return self.targets
+        if self.message_id is None:
+            raise RuntimeError("Ask.reply_targets() needs message_id or targets")
+        return (ReplyTarget(self.message_id, self.model),)
 
 
 @dataclass(frozen=True, slots=True)

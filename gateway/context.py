@@ -12,6 +12,7 @@ from gateway.hub import Hub
 from gateway.origins import OriginPolicy
 from gateway.settings import Settings
 from gateway.store import Store
+from gateway.transports.socketio import SocketIOTransport
 from gateway.upstream.router import ModelRouter
 
 
@@ -24,6 +25,7 @@ class Gateway:
     service: ChatService
     store: Store
     hub: Hub
+    sockets: SocketIOTransport
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

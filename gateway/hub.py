@@ -1,12 +1,20 @@
 """Delivers events to the connections subscribed to a room, in this process.
 
 Rooms are strings: `user:<id>` (every connection of a user), `chat:<id>`,
-`reply:<message_id>` (one reply, for the HTTP response that started it).
-Each subscription has a bounded `Outbox`.  When a consumer falls behind,
-consecutive `TextDelta`s of the same reply are merged into one (text is
-concatenable), so a slow client gets bigger chunks instead of unbounded
-memory; a consumer still behind when the outbox is full of other events is
-marked overflowed and must be disconnected (it can reconnect).
+`reply:<chat id>/<message id>` (one reply, for the HTTP response that
+started it).  Each subscription has a bounded `Outbox`.
+
+Theory of operation, for one outbox::
+
+    publish ──put()──▶ [e1 e2 … en]  ──batch()──▶ the connection's writer
+                        │
+                        ├ full (max_events): a TextDelta/ReasoningDelta is merged
+                        │   into the newest queued delta of the same reply and kind
+                        │   (text is concatenable), so a slow client gets bigger
+                        │   chunks, not more of them
+                        └ text queued > max_chars, or full of events that cannot
+                            merge: overflowed; the connection must be dropped
+                            (its client reconnects and reloads the chat)
 
 Publishing never blocks and never awaits: a slow consumer cannot slow the
 reply or the other consumers.
@@ -16,21 +24,33 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 
-from gateway.events import Event, TextDelta
+from gateway.events import Event, ReasoningDelta, TextDelta
 
 
 class Overflow(Exception):
     """The consumer fell further behind than its outbox allows."""
 
 
+def _text_size(event: Event) -> int:
+    return len(event.text) if isinstance(event, TextDelta | ReasoningDelta) else 0
+
+
 class Outbox:
-    def __init__(self, max_events: int) -> None:
+    def __init__(
+        self,
+        max_events: int,
+        max_chars: int | None = None,
+        on_overflow: Callable[[], None] | None = None,
+    ) -> None:
         self._events: deque[Event] = deque()
         self._max = max_events
+        self._max_chars = max_chars
+        self._chars = 0
         self._wakeup = asyncio.Event()
+        self._on_overflow = on_overflow
         self.overflowed = False
         self.closed = False
         self.rooms: set[str] = set()
@@ -38,38 +58,72 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._events)
 
+    @property
+    def queued_chars(self) -> int:
+        return self._chars
+
     def put(self, event: Event) -> None:
         if self.overflowed or self.closed:
+            return
+        size = _text_size(event)
+        if self._max_chars is not None and self._chars + size > self._max_chars:
+            self._overflow()
             return
         if len(self._events) >= self._max:
             last = self._events[-1]
             if (
-                isinstance(event, TextDelta)
-                and isinstance(last, TextDelta)
+                isinstance(event, TextDelta | ReasoningDelta)
+                and type(last) is type(event)
                 and last.message_id == event.message_id
+                and last.chat_id == event.chat_id
             ):
                 # Merge into the newest queued delta; it keeps the later seq.
                 self._events[-1] = replace(last, text=last.text + event.text, seq=event.seq)
+                self._chars += size
                 return
-            self.overflowed = True
-        else:
-            self._events.append(event)
+            self._overflow()
+            return
+        self._events.append(event)
+        self._chars += size
         self._wakeup.set()
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        self._wakeup.set()
+        if self._on_overflow is not None:
+            self._on_overflow()
 
     def close(self) -> None:
         self.closed = True
         self._wakeup.set()
 
-    async def get(self) -> Event | None:
-        """The next event; None once closed and drained. Raises Overflow."""
+    async def _wait(self) -> bool:
+        """Wait for events; False once closed and drained. Raises Overflow."""
         while not self._events:
             if self.overflowed:
                 raise Overflow("consumer fell behind")
             if self.closed:
-                return None
+                return False
             self._wakeup.clear()
             await self._wakeup.wait()
-        return self._events.popleft()
+        return True
+
+    async def get(self) -> Event | None:
+        """The next event; None once closed and drained. Raises Overflow."""
+        if not await self._wait():
+            return None
+        event = self._events.popleft()
+        self._chars -= _text_size(event)
+        return event
+
+    async def batch(self) -> list[Event]:
+        """Every queued event at once (one wakeup per burst); [] once closed. Raises Overflow."""
+        if not await self._wait():
+            return []
+        events = list(self._events)
+        self._events.clear()
+        self._chars = 0
+        return events
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         while (event := await self.get()) is not None:
@@ -77,12 +131,15 @@ class Outbox:
 
 
 class Hub:
-    def __init__(self, outbox_max_events: int) -> None:
+    def __init__(self, outbox_max_events: int, outbox_max_chars: int | None = None) -> None:
         self._rooms: dict[str, set[Outbox]] = {}
         self._outbox_max_events = outbox_max_events
+        self._outbox_max_chars = outbox_max_chars
 
-    def subscribe(self, rooms: Iterable[str]) -> Outbox:
-        outbox = Outbox(self._outbox_max_events)
+    def subscribe(
+        self, rooms: Iterable[str], on_overflow: Callable[[], None] | None = None
+    ) -> Outbox:
+        outbox = Outbox(self._outbox_max_events, self._outbox_max_chars, on_overflow)
         for room in rooms:
             self.join(outbox, room)
         return outbox
@@ -115,3 +172,9 @@ class Hub:
 
     def room_sizes(self) -> dict[str, int]:
         return {room: len(members) for room, members in self._rooms.items()}
+
+
+def reply_room(chat_id: str, message_id: str) -> str:
+    # Message ids are chosen by clients and repeat across chats ("a1");
+    # the chat id makes the room one reply's.
+    return f"reply:{chat_id}/{message_id}"

@@ -75,7 +75,18 @@ class Settings(BaseModel):
     outbox_max_events: int = Field(
         256, ge=8, description="events queued per connection before deltas are merged"
     )
+    outbox_max_chars: int | None = Field(
+        1024 * 1024,
+        ge=1024,
+        description="characters of reply text queued per connection before it is dropped; "
+        "empty for no limit",
+    )
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="bytes, ≥ 1024")
+    max_frame_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="bytes of one WebSocket frame or Socket.IO packet from a client, ≥ 1024",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="DEBUG, INFO, WARNING or ERROR"
     )
@@ -116,7 +127,7 @@ for _name in Settings.model_fields:
 _LIST_FIELDS = {"openai_api_base_urls", "openai_api_keys", "cors_allow_origin"}
 _NULLABLE_FIELDS = {
     name for name, info in Settings.model_fields.items() if info.default is None
-} | {"jwt_expires_in_s", "upstream_read_timeout_s"}
+} | {"jwt_expires_in_s", "upstream_read_timeout_s", "outbox_max_chars"}
 
 
 def env_name(field: str) -> str:

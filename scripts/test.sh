@@ -25,6 +25,12 @@ log "virtualenv .venv with the gateway and its test extras"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
 
+log "JS clients (tests/js: socket.io-client, as the web app ships it)"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+fi
+npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+
 log "ruff"
 .venv/bin/ruff check gateway tests bench
 log "mypy --strict gateway"

@@ -1,5 +1,9 @@
 """Open WebUI's `/api/chat/completions`: pure API, or a reply stored in a chat.
 
+Frontend mode (the web app, `session_id` of its socket): the turn is stored and
+`{"status": true, "task_ids": [...], "chat_id"}` comes back at once; the reply
+reaches every socket of the user as `events`.
+
 Backend-controlled mode (the "Backend-Controlled, UI-Compatible API Flow"):
 the reply runs in its own task and lands in `chat.history.messages[id]`
 whether or not this HTTP client stays; the response streams it as OpenAI
@@ -16,10 +20,14 @@ from aiohttp import web
 from gateway.api import openai
 from gateway.api.common import principal_of, read_json
 from gateway.context import gateway_of
-from gateway.errors import UpstreamError
+from gateway.errors import BadRequest, UpstreamError
 from gateway.events import Event, ReplyFailed, ReplyFinished
 from gateway.flavours import openai as codec
-from gateway.flavours.openwebui import decode_completion_request, is_stored_request
+from gateway.flavours.openwebui import (
+    decode_completion_request,
+    is_stored_request,
+    is_web_app_turn,
+)
 from gateway.hub import Outbox, Overflow
 from gateway.transports.sse import stream_events
 
@@ -44,7 +52,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     gateway = gateway_of(request)
     principal = await principal_of(request)
     ask = decode_completion_request(body)
-    assert ask.chat_id is not None and ask.message_id is not None
+    if ask.session_id is not None and (
+        is_web_app_turn(ask) or gateway.sockets.owner_of(ask.session_id) == principal.user_id
+    ):
+        # Frontend mode: answer at once; the reply streams over the user's sockets.
+        turn = await gateway.service.start_turn(principal, ask)
+        answer = {"status": True, "task_ids": turn.task_ids, "chat_id": turn.chat_id}
+        return web.json_response(answer)
+    if ask.chat_id is None or ask.message_id is None:
+        raise BadRequest("'chat_id' and 'id' are required to answer into a chat")
     started = await gateway.service.start_reply(principal, ask.chat_id, ask.message_id, ask)
     headers = {REPAIRED_HEADER: started.repaired} if started.repaired else {}
     created = int(time.time())

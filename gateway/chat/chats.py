@@ -76,7 +76,7 @@ def page_bounds(page: int | None) -> tuple[int, int | None]:
 
 class ChatBook:
     def __init__(
-        self, store: Store, is_generating: Callable[[str], bool] = lambda _: False
+        self, store: Store, is_generating: Callable[[str, str], bool] = lambda _c, _m: False
     ) -> None:
         self.store = store
         # Replies being generated have one writer, the generator: updates
@@ -148,7 +148,7 @@ class ChatBook:
         changed = [
             record
             for record in _changed_messages(chat.id, stored["messages"], merged["messages"])
-            if not self._is_generating(record.id)
+            if not self._is_generating(chat.id, record.id)
         ]
         if "title" in chat_obj:
             chat.title = str(chat_obj["title"] or DEFAULT_TITLE)

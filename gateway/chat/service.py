@@ -8,23 +8,33 @@ A stored reply goes through three states, each one row write at most::
     finished     {content: <all>, done: true, usage, ...}  one write at the end
                  (or the partial text with an `error` note, or `cancelled`)
 
-Events go to the hub rooms `user:<owner>`, `chat:<id>` and `reply:<message
-id>`; `ReplyFinished` is published only after the row is written, so a
+Events go to the hub rooms `user:<owner>`, `chat:<id>` and the reply's own
+room; `ReplyFinished` is published only after the row is written, so a
 client that reloads on it sees the final text.  A reply runs in its own
 task: a client that disconnects does not stop it (it lands in the chat), a
 stop request does.  On start-up, replies left unfinished by a crash are
 finalised with their last draft and an `error` note.
+
+Three ways in, one `generate`:
+
+    open_reply     pure API: nothing stored, the caller iterates the events
+    start_reply    backend-controlled: one placeholder; the upstream is opened
+                   before returning, so "unknown model" is still an HTTP error
+    start_turn     frontend mode (the web app): user message + placeholders
+                   written, answered at once; the upstream is opened inside each
+                   reply's task and a failure arrives as a ReplyFailed event
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.auth import Principal
@@ -32,6 +42,7 @@ from gateway.chat import tree
 from gateway.chat.chats import DEFAULT_TITLE, ChatBook, now_s
 from gateway.chat.reply import reply_events
 from gateway.chat.shapes import history_of, message_record
+from gateway.chat.turns import new_placeholder, plan_turn, reanswer
 from gateway.commands import Ask
 from gateway.errors import BadRequest, GatewayError
 from gateway.events import (
@@ -43,7 +54,7 @@ from gateway.events import (
     TextDelta,
     Usage,
 )
-from gateway.hub import Hub, Outbox
+from gateway.hub import Hub, Outbox, reply_room
 from gateway.store import Store
 from gateway.store.records import ChatRecord, MessageRecord
 from gateway.upstream.router import ModelRouter
@@ -55,19 +66,22 @@ CRASH_NOTE = (
 )
 TITLE_CHARS = 60
 
+Opening = Callable[[], Awaitable[AsyncGenerator[Event, None]]]
+
 
 def _prompt_chars(messages: list[dict[str, Any]]) -> int:
     return sum(len(str(message.get("content") or "")) for message in messages)
 
 
 def reply_rooms(user_id: str, chat_id: str, message_id: str) -> list[str]:
-    return [f"user:{user_id}", f"chat:{chat_id}", f"reply:{message_id}"]
+    return [f"user:{user_id}", f"chat:{chat_id}", reply_room(chat_id, message_id)]
 
 
 @dataclass(slots=True)
 class Running:
-    """A reply in progress, for stop requests and task lists."""
+    """A reply in progress, for stop requests and task lists (Open WebUI's "tasks")."""
 
+    task_id: str
     chat_id: str
     message_id: str
     user_id: str
@@ -77,11 +91,17 @@ class Running:
 
 @dataclass(slots=True)
 class StartedReply:
+    task_id: str
     chat_id: str
     message_id: str
     outbox: Outbox
     repaired: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StartedTurn:
+    chat_id: str
+    task_ids: list[str]
 
 
 class ChatService:
@@ -95,9 +115,35 @@ class ChatService:
         self.router = router
         self.store = store
         self.hub = hub
-        self.book = ChatBook(store, lambda message_id: message_id in self.running)
+        self.book = ChatBook(store, self.is_generating)
         self._checkpoint_interval_s = checkpoint_interval_s
+        # task id → reply; task ids are ours, message ids are the clients'.
         self.running: dict[str, Running] = {}
+
+    # -- opening a reply -------------------------------------------------------
+    async def _open(
+        self,
+        model: str,
+        conversation: list[dict[str, Any]],
+        params: dict[str, Any],
+        *,
+        chat_id: str | None,
+        message_id: str,
+        user_id: str,
+        parent_id: str | None,
+    ) -> AsyncGenerator[Event, None]:
+        """Resolve the model and open the upstream; raises before any event."""
+        upstream = await self.router.resolve(model)
+        stream = await upstream.open(model, conversation, params)
+        return reply_events(
+            stream,
+            chat_id=chat_id,
+            message_id=message_id,
+            user_id=user_id,
+            parent_id=parent_id,
+            model=model,
+            prompt_chars=_prompt_chars(conversation),
+        )
 
     # -- pure API mode -------------------------------------------------------
     async def open_reply(self, principal: Principal, ask: Ask) -> AsyncGenerator[Event, None]:
@@ -106,19 +152,17 @@ class ChatService:
         Raises before any event when the model is unknown or the upstream
         refuses, so the caller can still answer with a plain HTTP error.
         """
-        upstream = await self.router.resolve(ask.model)
-        stream = await upstream.open(ask.model, ask.messages, ask.params)
-        return reply_events(
-            stream,
+        return await self._open(
+            ask.model,
+            ask.messages,
+            ask.params,
             chat_id=None,
             message_id=f"chatcmpl-{uuid.uuid4().hex}",
             user_id=principal.user_id,
             parent_id=None,
-            model=ask.model,
-            prompt_chars=_prompt_chars(ask.messages),
         )
 
-    # -- stored replies ------------------------------------------------------
+    # -- backend-controlled mode ---------------------------------------------
     async def start_reply(
         self, principal: Principal, chat_id: str, message_id: str, ask: Ask
     ) -> StartedReply:
@@ -133,28 +177,13 @@ class ChatService:
         messages = history["messages"]
         repaired = None
         if message_id in messages:
-            existing = messages[message_id]
-            if existing.get("role") != "assistant":
-                role = existing.get("role")
-                raise BadRequest(
-                    f"message '{message_id}' is a {role} message, not an assistant one"
-                )
-            placeholder = {**existing, "content": "", "done": False, "model": ask.model}
+            placeholder = reanswer(messages[message_id], ask.model)
         else:
             parent = tree.last_user_message_id(history)
             if parent is None:
                 raise BadRequest("The chat has no user message to answer")
-            placeholder = {
-                "id": message_id,
-                "parentId": parent,
-                "role": "assistant",
-                "content": "",
-                "done": False,
-                "model": ask.model,
-                "timestamp": now_s(),
-            }
+            placeholder = new_placeholder(message_id, parent, ask.model, now_s())
             repaired = f"created assistant placeholder {message_id} under user message {parent}"
-        placeholder.pop("error", None)
         parent_id = placeholder.get("parentId")
         path = (
             tree.path_to(history, parent_id)
@@ -162,7 +191,102 @@ class ChatService:
             else []
         )
         conversation = self._conversation(path, ask.messages)
-        return await self._launch(principal, chat, placeholder, conversation, ask, repaired)
+        record = message_record(chat.id, placeholder)
+        chat.current_id = record.id
+        chat.updated_at = now_s()
+        await self.store.save_chat(chat, [record])
+        outbox = self.hub.subscribe([reply_room(chat.id, record.id)])
+        try:
+            events = await self._open(
+                ask.model,
+                conversation,
+                ask.params,
+                chat_id=chat.id,
+                message_id=record.id,
+                user_id=chat.user_id,
+                parent_id=record.parent_id,
+            )
+        except GatewayError as exc:
+            self.hub.unsubscribe(outbox)
+            await self._finish(chat, record, "", error=exc.message)
+            raise
+
+        async def opened() -> AsyncGenerator[Event, None]:
+            return events
+
+        running = self._run(chat.id, record.id, chat.user_id, opened, chat, record)
+        return StartedReply(running.task_id, chat.id, record.id, outbox, repaired)
+
+    # -- frontend mode ----------------------------------------------------------
+    async def start_turn(self, principal: Principal, ask: Ask) -> StartedTurn:
+        """Write the turn (creating the chat when `chat_id` is absent), then answer it.
+
+        Returns once the user message and every placeholder are stored; the
+        replies stream to `user:<owner>` (every socket of the user).
+        """
+        if ask.temporary:
+            return self._start_temporary(principal, ask)
+        created = now_s()
+        if ask.chat_id is None:
+            chat = ChatRecord(
+                id=str(uuid.uuid4()),
+                user_id=principal.user_id,
+                title=DEFAULT_TITLE,
+                current_id=None,
+                created_at=created,
+                updated_at=created,
+                extra={"timestamp": created * 1000, "models": [ask.model]},
+            )
+            history: dict[str, Any] = {"messages": {}, "currentId": None}
+        else:
+            chat = await self.book.owned(principal, ask.chat_id)
+            history = history_of(chat, await self.store.get_messages(chat.id))
+        turn = plan_turn(history, ask, created)
+        records = [message_record(chat.id, message) for message in turn.writes]
+        chat.current_id = turn.history["currentId"]
+        chat.updated_at = created
+        if ask.chat_id is None:
+            await self.store.insert_chat(chat, records)
+        else:
+            await self.store.save_chat(chat, records)
+        path = tree.path_to(turn.history, turn.question_id) if turn.question_id else []
+        conversation = self._conversation(path, ask.messages)
+        by_id = {record.id: record for record in records}
+        task_ids = []
+        for placeholder, target in turn.replies:
+            record = by_id[placeholder["id"]]
+            opening = functools.partial(
+                self._open,
+                target.model,
+                conversation,
+                ask.params,
+                chat_id=chat.id,
+                message_id=record.id,
+                user_id=chat.user_id,
+                parent_id=record.parent_id,
+            )
+            running = self._run(chat.id, record.id, chat.user_id, opening, chat, record)
+            task_ids.append(running.task_id)
+        return StartedTurn(chat.id, task_ids)
+
+    def _start_temporary(self, principal: Principal, ask: Ask) -> StartedTurn:
+        """An unsaved chat: the request carries the conversation; nothing is stored."""
+        assert ask.chat_id is not None
+        task_ids = []
+        for target in ask.reply_targets():
+            opening = functools.partial(
+                self._open,
+                target.model,
+                ask.messages,
+                ask.params,
+                chat_id=ask.chat_id,
+                message_id=target.message_id,
+                user_id=principal.user_id,
+                parent_id=ask.parent_id,
+            )
+            running = self._run(ask.chat_id, target.message_id, principal.user_id, opening)
+            task_ids.append(running.task_id)
+        return StartedTurn(ask.chat_id, task_ids)
 
     def _conversation(
         self, path: list[dict[str, Any]], requested: list[dict[str, Any]]
@@ -180,92 +304,89 @@ class ChatService:
             turns = systems + turns
         return turns
 
-    async def _launch(
+    # -- running a reply ---------------------------------------------------------
+    def _run(
         self,
-        principal: Principal,
-        chat: ChatRecord,
-        placeholder: dict[str, Any],
-        conversation: list[dict[str, Any]],
-        ask: Ask,
-        repaired: str | None,
-    ) -> StartedReply:
-        record = message_record(chat.id, placeholder)
-        chat.current_id = record.id
-        chat.updated_at = now_s()
-        await self.store.save_chat(chat, [record])
-        outbox = self.hub.subscribe([f"reply:{record.id}"])
-        running = Running(chat.id, record.id, chat.user_id)
-        self.running[record.id] = running
-        try:
-            upstream = await self.router.resolve(ask.model)
-            stream = await upstream.open(ask.model, conversation, ask.params)
-        except GatewayError as exc:
-            self.running.pop(record.id, None)
-            self.hub.unsubscribe(outbox)
-            await self._finish(chat, record, "", error=exc.message)
-            raise
-        events = reply_events(
-            stream,
-            chat_id=chat.id,
-            message_id=record.id,
-            user_id=chat.user_id,
-            parent_id=record.parent_id,
-            model=ask.model,
-            prompt_chars=_prompt_chars(conversation),
-        )
-        running.task = asyncio.create_task(self.generate(chat, record, events, running))
-        return StartedReply(chat.id, record.id, outbox, repaired)
+        chat_id: str,
+        message_id: str,
+        user_id: str,
+        opening: Opening,
+        chat: ChatRecord | None = None,
+        record: MessageRecord | None = None,
+    ) -> Running:
+        running = Running(uuid.uuid4().hex, chat_id, message_id, user_id)
+        self.running[running.task_id] = running
+        running.task = asyncio.create_task(self.generate(running, opening, chat, record))
+        return running
 
     async def generate(
         self,
-        chat: ChatRecord,
-        record: MessageRecord,
-        events: AsyncGenerator[Event, None],
         running: Running,
+        opening: Opening,
+        chat: ChatRecord | None = None,
+        record: MessageRecord | None = None,
     ) -> None:
-        rooms = reply_rooms(chat.user_id, chat.id, record.id)
+        """Stream one reply to its rooms; store it when `chat`/`record` are given."""
+        chat_id, message_id = running.chat_id, running.message_id
+        rooms = reply_rooms(running.user_id, chat_id, message_id)
         parts: list[str] = []
         last_checkpoint = time.monotonic()
         checkpoint: asyncio.Task[None] | None = None
         started = time.monotonic()
         seq = 0
         try:
+            try:
+                events = await opening()
+            except GatewayError as exc:
+                if chat is not None and record is not None:
+                    await self._finish(chat, record, "", error=exc.message)
+                self.hub.publish(rooms, ReplyFailed(chat_id, message_id, 0, exc.code, exc.message))
+                return
             async with contextlib.aclosing(events):
                 async for event in events:
                     seq = event.seq if isinstance(event, ReplyStarted | TextDelta) else seq
                     if isinstance(event, TextDelta):
                         parts.append(event.text)
                         now = time.monotonic()
-                        if now - last_checkpoint >= self._checkpoint_interval_s and (
-                            checkpoint is None or checkpoint.done()
+                        if (
+                            record is not None
+                            and now - last_checkpoint >= self._checkpoint_interval_s
+                            and (checkpoint is None or checkpoint.done())
                         ):
                             last_checkpoint = now
                             checkpoint = asyncio.create_task(
-                                self.store.checkpoint_draft(chat.id, record.id, "".join(parts))
+                                self.store.checkpoint_draft(chat_id, message_id, "".join(parts))
                             )
                     if isinstance(event, ReplyFinished):
-                        title = await self._finish(chat, record, event.content, usage=event.usage)
+                        title = None
+                        if chat is not None and record is not None:
+                            title = await self._finish(
+                                chat, record, event.content, usage=event.usage
+                            )
                         self.hub.publish(rooms, _with_title(event, title))
                         if title is not None:
-                            self.hub.publish(
-                                rooms, ChatTitleChanged(chat.id, record.id, event.seq + 1, title)
-                            )
+                            changed = ChatTitleChanged(chat_id, message_id, event.seq + 1, title)
+                            self.hub.publish(rooms, changed)
                     elif isinstance(event, ReplyFailed):
-                        await self._finish(chat, record, event.partial_content, error=event.message)
+                        if chat is not None and record is not None:
+                            await self._finish(
+                                chat, record, event.partial_content, error=event.message
+                            )
                         self.hub.publish(rooms, event)
                     else:
                         self.hub.publish(rooms, event)
         except asyncio.CancelledError:
             # A stop request (or shutdown): keep what was streamed, end cleanly.
             content = "".join(parts)
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._finish(chat, record, content, cancelled=True))
+            if chat is not None and record is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._finish(chat, record, content, cancelled=True))
             usage = Usage(0, (len(content) + 3) // 4, estimated=True)
             self.hub.publish(
                 rooms,
                 ReplyFinished(
-                    chat.id,
-                    record.id,
+                    chat_id,
+                    message_id,
                     seq + 1,
                     content,
                     usage,
@@ -277,20 +398,21 @@ class ChatService:
             if not running.cancelled_by_user:
                 raise
         except Exception:
-            log.exception("reply failed", extra={"chat_id": chat.id, "message_id": record.id})
+            log.exception("reply failed", extra={"chat_id": chat_id, "message_id": message_id})
             content = "".join(parts)
-            with contextlib.suppress(Exception):
-                await self._finish(chat, record, content, error="Internal error")
+            if chat is not None and record is not None:
+                with contextlib.suppress(Exception):
+                    await self._finish(chat, record, content, error="Internal error")
             self.hub.publish(
                 rooms,
                 ReplyFailed(
-                    chat.id, record.id, seq + 1, "internal_error", "Internal error", content
+                    chat_id, message_id, seq + 1, "internal_error", "Internal error", content
                 ),
             )
         finally:
             if checkpoint is not None and not checkpoint.done():
                 checkpoint.cancel()
-            self.running.pop(record.id, None)
+            self.running.pop(running.task_id, None)
 
     async def _finish(
         self,
@@ -335,6 +457,11 @@ class ChatService:
     def replies_of(self, chat_id: str) -> list[Running]:
         return [r for r in self.running.values() if r.chat_id == chat_id]
 
+    def is_generating(self, chat_id: str, message_id: str) -> bool:
+        return any(
+            r.chat_id == chat_id and r.message_id == message_id for r in self.running.values()
+        )
+
     async def cancel(self, running: Running) -> None:
         running.cancelled_by_user = True
         if running.task is not None and not running.task.done():
@@ -352,7 +479,7 @@ class ChatService:
         """Finalise replies a crash left with done=false: their draft becomes the content."""
         recovered = 0
         for record in await self.store.unfinished_messages():
-            if record.id in self.running:
+            if self.is_generating(record.chat_id, record.id):
                 continue
             record.fields = {**record.fields, "error": {"content": CRASH_NOTE}}
             record.content = record.draft or record.content

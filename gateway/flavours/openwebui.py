@@ -1,50 +1,239 @@
-"""Open WebUI: the `/api/chat/completions` request as its clients send it (PROTOCOLS.md §1.2).
+"""Open WebUI: `/api/chat/completions` bodies and the Socket.IO `events` (PROTOCOLS.md §1).
 
-Three modes share the route; the body says which::
+Three modes share the completions route; the body says which::
 
-    no chat_id                      pure API: an OpenAI request, nothing stored
+    no chat_id, no session_id       pure API: an OpenAI request, nothing stored
     chat_id + id (assistant msg)    backend-controlled: the reply is written into
                                     chat.history.messages[id]
-    session_id of a live socket     frontend mode (the web app)
+    session_id + id (+ user_message, parent_id)
+                                    frontend mode (the web app): the chat is created
+                                    if needed, the reply streams over the socket
 
 Unlike OpenAI, `messages` may be absent: the chat's tree is the conversation.
+
+Socket.IO server → client, event name `events`, to room `user:<owner>`::
+
+    {"chat_id": "…", "message_id": "…", "data": {"type": "chat:message:delta",
+                                                   "data": {"content": "Hel"}}}
+
+One reply is::
+
+    chat:active {active: true}
+    chat:message:delta {content: <delta>}          per chunk (appends; O(n) on the
+                                                   wire, unlike re-sending the whole
+                                                   text per token, Open WebUI #23733)
+    status {description, done, action?} · source <one source>   as they happen
+    chat:tasks:cancel {}                           only when it was stopped
+    chat:completion {done: true, content, title?, usage, cancelled?}  after it is stored
+    chat:title "<title>"                           first turn only
+    chat:active {active: false}
+
+and on failure `chat:message:error {error: {content}}`, then
+`chat:completion {done: true, content, error: {content}}`, `chat:active false`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from gateway.commands import Ask
-from gateway.errors import BadRequest
+from gateway.commands import Ask, ReplyTarget
+from gateway.errors import BadRequest, ProtocolError
+from gateway.events import (
+    Event,
+    MessageEvent,
+    ReplyFailed,
+    ReplyFinished,
+    ReplyStarted,
+    SourcesFound,
+    StatusChanged,
+    TextDelta,
+)
 from gateway.flavours.openai import PASSTHROUGH_PARAMS, decode_common, decode_messages
 
+EVENTS = "events"
+# The web app names unsaved chats "temporary:<socket id>"; they are not stored.
+TEMPORARY_CHAT_PREFIX = "temporary:"
 
+# A frame for python-socketio: (event name, payload).
+Frame = tuple[str, dict[str, Any]]
+
+
+# -- /api/chat/completions ------------------------------------------------------
 def is_stored_request(body: Any) -> bool:
-    return isinstance(body, Mapping) and bool(body.get("chat_id"))
+    """Backend-controlled or frontend mode: the reply lands in a chat."""
+    if not isinstance(body, Mapping):
+        return False
+    return bool(body.get("chat_id")) or bool(body.get("session_id") and body.get("id"))
+
+
+def is_web_app_turn(ask: Ask) -> bool:
+    """A turn only the web app sends: a new chat, a user message, or an unsaved chat.
+
+    Frontend mode is also chosen for a body that names a live socket of the
+    caller; these cover a tab whose socket is reconnecting (its reply still
+    reaches it, through the user's room, once it is back).
+    """
+    return ask.chat_id is None or ask.user_message is not None or ask.temporary
+
+
+def _optional_str(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"'{key}' must be a string")
+    return value
 
 
 def decode_completion_request(body: Any) -> Ask:
     body, model, stream = decode_common(body)
     raw_messages = body.get("messages")
     messages = decode_messages(raw_messages) if raw_messages else []
-    chat_id = body.get("chat_id")
-    message_id = body.get("id")
-    if chat_id is not None and not isinstance(chat_id, str):
-        raise BadRequest("'chat_id' must be a string")
-    if chat_id and (not isinstance(message_id, str) or not message_id):
+    chat_id = _optional_str(body, "chat_id")
+    message_id = _optional_str(body, "id")
+    session_id = _optional_str(body, "session_id")
+    if chat_id and message_id is None:
         raise BadRequest("'id' (the assistant message to answer into) is required with 'chat_id'")
-    options = body.get("stream_options") or {}
     user_message = body.get("user_message")
+    if user_message is not None and (
+        not isinstance(user_message, Mapping) or not isinstance(user_message.get("id"), str)
+    ):
+        raise BadRequest("'user_message' must be an object with a string 'id'")
+    options = body.get("stream_options") or {}
+    targets = _targets(body.get("message_ids"), model)
+    if targets and message_id is None:
+        message_id = targets[0].message_id
     return Ask(
         model=model,
         messages=messages,
         stream=stream,
         include_usage=bool(isinstance(options, Mapping) and options.get("include_usage")),
         params={key: body[key] for key in PASSTHROUGH_PARAMS if key in body},
-        chat_id=chat_id or None,
-        message_id=message_id if isinstance(message_id, str) else None,
-        parent_id=body.get("parent_id") if isinstance(body.get("parent_id"), str) else None,
-        session_id=body.get("session_id") if isinstance(body.get("session_id"), str) else None,
-        user_message=dict(user_message) if isinstance(user_message, Mapping) else None,
+        chat_id=chat_id,
+        message_id=message_id,
+        parent_id=_optional_str(body, "parent_id"),
+        session_id=session_id,
+        user_message=dict(user_message) if user_message is not None else None,
+        targets=targets,
+        temporary=bool(chat_id and chat_id.startswith(TEMPORARY_CHAT_PREFIX)),
     )
+
+
+def _targets(raw: Any, model: str) -> tuple[ReplyTarget, ...]:
+    """`message_ids: [{"model_id", "message_id", "modelIdx"}]`: one reply per selected model."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise BadRequest("'message_ids' must be an array")
+    targets = []
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("message_id"), str):
+            raise BadRequest(f"message_ids[{index}] must be an object with a string 'message_id'")
+        entry_model = entry.get("model_id") or model
+        if not isinstance(entry_model, str):
+            raise BadRequest(f"message_ids[{index}].model_id must be a string")
+        model_idx = entry.get("modelIdx")
+        if not isinstance(model_idx, int) or isinstance(model_idx, bool):
+            model_idx = None
+        targets.append(ReplyTarget(entry["message_id"], entry_model, model_idx))
+    return tuple(targets)
+
+
+# -- Socket.IO client events ------------------------------------------------------
+def decode_user_join(data: Any) -> str:
+    """`user-join` `{"auth": {"token": "…"}}` → the token."""
+    auth = data.get("auth") if isinstance(data, Mapping) else None
+    token = auth.get("token") if isinstance(auth, Mapping) else None
+    if not isinstance(token, str) or not token:
+        raise ProtocolError("user-join needs {auth: {token}}")
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRoomEvent:
+    """`events:chat` `{"chat_id", "data": {"type": "join"|"leave"|"last_read_at"|"typing"}}`."""
+
+    chat_id: str
+    type: str
+
+
+def decode_chat_event(data: Any) -> ChatRoomEvent:
+    if not isinstance(data, Mapping) or not isinstance(data.get("chat_id"), str):
+        raise ProtocolError("events:chat needs {chat_id, data: {type}}")
+    inner = data.get("data")
+    kind = inner.get("type") if isinstance(inner, Mapping) else None
+    if not isinstance(kind, str):
+        raise ProtocolError("events:chat needs {chat_id, data: {type}}")
+    return ChatRoomEvent(data["chat_id"], kind)
+
+
+# -- Socket.IO server events -------------------------------------------------------
+class SocketEncoder:
+    """Turns canonical events into `events` frames; one per connection, stateless per reply.
+
+    Reasoning deltas are not sent: the web app shows reasoning only inside
+    the content it renders, and the stored reply holds the answer text.
+    """
+
+    def encode(self, event: Event) -> list[Frame]:
+        if isinstance(event, TextDelta):
+            delta = {"content": event.text}
+            return [_frame(event.chat_id, event.message_id, "chat:message:delta", delta)]
+        if isinstance(event, ReplyStarted):
+            return [_frame(event.chat_id, event.message_id, "chat:active", {"active": True})]
+        if isinstance(event, ReplyFinished):
+            return _finished(event)
+        if isinstance(event, ReplyFailed):
+            error = {"content": event.message}
+            return [
+                _frame(event.chat_id, event.message_id, "chat:message:error", {"error": error}),
+                _frame(
+                    event.chat_id,
+                    event.message_id,
+                    "chat:completion",
+                    {"done": True, "content": event.partial_content, "error": error},
+                ),
+                _frame(event.chat_id, event.message_id, "chat:active", {"active": False}),
+            ]
+        if isinstance(event, StatusChanged):
+            status: dict[str, Any] = {"description": event.description, "done": event.done}
+            if event.action is not None:
+                status["action"] = event.action
+            return [_frame(event.chat_id, event.message_id, "status", status)]
+        if isinstance(event, SourcesFound):
+            return [
+                _frame(event.chat_id, event.message_id, "source", source)
+                for source in event.sources
+            ]
+        if isinstance(event, MessageEvent):
+            return [_frame(event.chat_id, event.message_id, event.type, event.data)]
+        # ChatTitleChanged travels inside ReplyFinished (so chat:title precedes
+        # chat:active false); presence events are Nadoo's.
+        return []
+
+
+def _finished(event: ReplyFinished) -> list[Frame]:
+    completion: dict[str, Any] = {
+        "done": True,
+        "content": event.content,
+        "usage": event.usage.as_dict(),
+    }
+    if event.title is not None:
+        completion["title"] = event.title
+    frames = []
+    if event.cancelled:
+        completion["cancelled"] = True
+        # The web app marks the turn's replies done and forgets its task ids.
+        frames.append(_frame(event.chat_id, event.message_id, "chat:tasks:cancel", {}))
+    frames.append(_frame(event.chat_id, event.message_id, "chat:completion", completion))
+    if event.title is not None:
+        frames.append(_frame(event.chat_id, event.message_id, "chat:title", event.title))
+    frames.append(_frame(event.chat_id, event.message_id, "chat:active", {"active": False}))
+    return frames
+
+
+def _frame(chat_id: str | None, message_id: str, kind: str, data: Any) -> Frame:
+    payload = {"chat_id": chat_id, "message_id": message_id, "data": {"type": kind, "data": data}}
+    return (EVENTS, payload)

@@ -8,6 +8,7 @@ Models and what they do:
     fake-error     answers HTTP 500 with an OpenAI error body
     fake-reasoner  sends reasoning_content deltas, then content
     fake-nousage   like fake-model, without the usage chunk
+    fake-flood     1,000 deltas of 5,000 characters, no pause (5 MB: slow-consumer tests)
 
 Every request is recorded (`requests`), with `disconnected=True` when the
 client closed the connection before the reply ended.
@@ -25,7 +26,17 @@ from typing import Any
 
 from aiohttp import web
 
-MODELS = ["fake-model", "fake-slow", "fake-dies", "fake-error", "fake-reasoner", "fake-nousage"]
+MODELS = [
+    "fake-model",
+    "fake-slow",
+    "fake-dies",
+    "fake-error",
+    "fake-reasoner",
+    "fake-nousage",
+    "fake-flood",
+]
+FLOOD_DELTAS = 1000
+FLOOD_DELTA_CHARS = 5000
 
 
 def last_user_text(messages: list[dict[str, Any]]) -> str:
@@ -36,14 +47,14 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
 
 
 def reply_text(model: str, messages: list[dict[str, Any]]) -> str:
-    if model == "fake-slow":
-        return "".join(f"w{i} " for i in range(64))
-    return f"Fake reply to: {last_user_text(messages)}"
+    return "".join(deltas_of(model, f"Fake reply to: {last_user_text(messages)}"))
 
 
 def deltas_of(model: str, text: str) -> list[str]:
     if model == "fake-slow":
         return [f"w{i} " for i in range(64)]
+    if model == "fake-flood":
+        return [str(i % 10) * FLOOD_DELTA_CHARS for i in range(FLOOD_DELTAS)]
     return [text[i : i + 3] for i in range(0, len(text), 3)]
 
 
@@ -137,7 +148,7 @@ class FakeUpstream:
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             record.chunks_sent += 1
 
-        delay = 0.02 if model == "fake-slow" else self.delay_s
+        delay = {"fake-slow": 0.02, "fake-flood": 0.0}.get(model, self.delay_s)
         await send({"role": "assistant", "content": ""})
         if model == "fake-reasoner":
             for piece in ("Let me ", "think."):

@@ -1,0 +1,174 @@
+"""The small Open WebUI routes its web app calls around chats (PROTOCOLS.md §1.2, §1.3).
+
+GET  /api/config              what the app needs before it opens its socket; the
+                              `token` cookie (or Bearer) decides which shape
+GET  /api/version             {"version", "deployment_id"}: constant for the process's
+                              life (the app reloads itself when it changes between
+                              two socket connects)
+GET  /api/changelog           {}
+GET  /api/v1/users/user/settings          the user's stored settings ({"ui": {}})
+POST /api/v1/users/user/settings/update   stores them and echoes them
+GET  /api/v1/{tools,skills,functions,folders}/, /api/v1/configs/banners   []
+POST /api/chat/completed      older clients' end-of-reply call: the messages as stored
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api.common import principal_of, read_json
+from gateway.auth import Principal, find_token
+from gateway.chat import tree
+from gateway.context import Gateway, gateway_of
+from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.settings import Settings
+
+# The Open WebUI release whose frontend and API this gateway speaks.  A
+# constant, not the gateway's own version, so a restarted or upgraded
+# gateway never makes open tabs reload.
+OPENWEBUI_VERSION = "0.12.4"
+APP_NAME = "Chat Gateway"
+
+
+async def _principal_or_none(request: web.Request) -> Principal | None:
+    try:
+        token = find_token(request.headers, request.cookies, request.query)
+        return await gateway_of(request).authenticator.authenticate(token) if token else None
+    except GatewayError:
+        # An expired cookie must not break the sign-in page: answer as to a stranger.
+        return None
+
+
+def _features(settings: Settings, signed_in: bool) -> dict[str, Any]:
+    features: dict[str, Any] = {
+        "auth": True,
+        "auth_trusted_header": False,
+        "enable_signup": settings.enable_signup,
+        "enable_signup_password_confirmation": False,
+        "enable_ldap": False,
+        "enable_login_form": True,
+        "enable_websocket": settings.enable_websocket_support,
+        "websocket_heartbeat_interval": 30,
+    }
+    if signed_in:
+        features.update(
+            {
+                "enable_api_keys": True,
+                "enable_direct_connections": False,
+                "enable_folders": True,
+                "enable_channels": False,
+                "enable_notes": False,
+                "enable_web_search": False,
+                "enable_code_execution": False,
+                "enable_code_interpreter": False,
+                "enable_image_generation": False,
+                "enable_autocomplete_generation": False,
+                "enable_title_generation": False,
+                "enable_follow_up_generation": False,
+                "enable_tags_generation": False,
+                "enable_community_sharing": False,
+                "enable_message_rating": False,
+                "enable_memories": False,
+                "enable_version_update_check": False,
+            }
+        )
+    return features
+
+
+async def config(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    principal = await _principal_or_none(request)
+    body: dict[str, Any] = {
+        "status": True,
+        "name": APP_NAME,
+        "version": OPENWEBUI_VERSION,
+        "default_locale": "en-US",
+        "oauth": {"providers": {}},
+        "features": _features(gateway.settings, principal is not None),
+    }
+    # Never "onboarding": the web app then insists on creating an admin.
+    if principal is not None:
+        body.update(
+            {
+                "default_models": "",
+                "default_prompt_suggestions": [],
+                "file": {"max_size": None, "max_count": None},
+                "permissions": {},
+                "ui": {},
+            }
+        )
+    return web.json_response(body)
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": OPENWEBUI_VERSION, "deployment_id": ""})
+
+
+async def changelog(request: web.Request) -> web.Response:
+    return web.json_response({})
+
+
+async def user_settings(request: web.Request) -> web.Response:
+    _, user = await _user(request)
+    return web.json_response(user.settings or {"ui": {}})
+
+
+async def update_user_settings(request: web.Request) -> web.Response:
+    gateway, user = await _user(request)
+    body = await read_json(request)
+    if not isinstance(body, Mapping):
+        raise BadRequest("Body must be an object of settings")
+    user.settings = dict(body)
+    await gateway.store.update_user(user)
+    return web.json_response(user.settings)
+
+
+async def _user(request: web.Request) -> tuple[Gateway, Any]:
+    gateway = gateway_of(request)
+    principal = await principal_of(request)
+    user = await gateway.store.get_user(principal.user_id)
+    if user is None:
+        raise NotFound("User not found")
+    return gateway, user
+
+
+async def empty_list(request: web.Request) -> web.Response:
+    await principal_of(request)
+    return web.json_response([])
+
+
+async def chat_completed(request: web.Request) -> web.Response:
+    """Open WebUI ≤ 0.6 called this after each reply; answer with the chat's messages."""
+    gateway = gateway_of(request)
+    principal = await principal_of(request)
+    body = await read_json(request)
+    if not isinstance(body, Mapping):
+        raise BadRequest("Body must be an object")
+    chat_id = body.get("chat_id")
+    if not isinstance(chat_id, str) or not chat_id:
+        return web.json_response(dict(body))
+    chat = await gateway.service.book.owned(principal, chat_id)
+    history = await gateway.service.book.history(chat)
+    return web.json_response({**body, "messages": tree.current_path(history)})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/config", config)
+    r.add_get("/api/version", version)
+    r.add_get("/api/changelog", changelog)
+    r.add_get("/api/v1/users/user/settings", user_settings)
+    r.add_post("/api/v1/users/user/settings/update", update_user_settings)
+    for path in (
+        "/api/v1/tools/",
+        "/api/v1/skills/",
+        "/api/v1/functions/",
+        "/api/v1/folders/",
+        "/api/v1/configs/banners",
+    ):
+        r.add_get(path, empty_list)
+    r.add_post("/api/chat/completed", chat_completed)
+    r.add_post("/api/v1/chat/completed", chat_completed)

@@ -1,0 +1,68 @@
+"""Open WebUI's task routes: list and stop running replies (PROTOCOLS.md §1.2).
+
+A task is one reply being generated; its id is the gateway's (the message id
+is the client's and repeats across chats)::
+
+    GET  /api/tasks                    {"tasks": [task_id, ...]}      admins: every reply
+    GET  /api/tasks/chat/{chat_id}     {"task_ids": [...]}            the caller's replies
+                                                                      ([] for others' chats)
+    POST /api/tasks/chat/{chat_id}/stop   {"status": true, "message"} 404 if not the caller's
+    POST /api/tasks/stop/{task_id}        {"status": true, "message"} owner or admin
+
+The web app's Stop button calls the chat route; on every socket (re)connect
+it asks the chat's task list to know whether a reply is still running.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.api.common import principal_of
+from gateway.context import gateway_of
+from gateway.errors import Forbidden, NotFound
+from gateway.flavours.openwebui import TEMPORARY_CHAT_PREFIX
+
+
+async def list_all(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    if not principal.is_admin:
+        raise Forbidden("Only admins can list every task")
+    return web.json_response({"tasks": list(gateway_of(request).service.running)})
+
+
+async def list_chat(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    replies = gateway_of(request).service.replies_of(request.match_info["chat_id"])
+    mine = [r.task_id for r in replies if r.user_id == principal.user_id]
+    return web.json_response({"task_ids": mine})
+
+
+async def stop_chat(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    principal = await principal_of(request)
+    chat_id = request.match_info["chat_id"]
+    mine = [r for r in gateway.service.replies_of(chat_id) if r.user_id == principal.user_id]
+    if not mine and not chat_id.startswith(TEMPORARY_CHAT_PREFIX):
+        await gateway.service.book.owned(principal, chat_id)  # 404 for others' chats
+    for running in mine:
+        await gateway.service.cancel(running)
+    message = f"Stopped {len(mine)} task(s)." if mine else "No tasks found."
+    return web.json_response({"status": True, "message": message})
+
+
+async def stop_task(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    principal = await principal_of(request)
+    task_id = request.match_info["task_id"]
+    running = gateway.service.running.get(task_id)
+    if running is None or (running.user_id != principal.user_id and not principal.is_admin):
+        raise NotFound(f"Task {task_id} not found")
+    await gateway.service.cancel(running)
+    return web.json_response({"status": True, "message": f"Task {task_id} stopped."})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/tasks", list_all)
+    app.router.add_get("/api/tasks/chat/{chat_id}", list_chat)
+    app.router.add_post("/api/tasks/chat/{chat_id}/stop", stop_chat)
+    app.router.add_post("/api/tasks/stop/{task_id}", stop_task)

@@ -1,0 +1,102 @@
+"""What one turn adds to a chat's tree, as pure functions (no store, no I/O).
+
+Open WebUI's web app sends a turn as (PROTOCOLS.md §1.2, frontend mode)::
+
+    {"id": "<first assistant id>", "parent_id": "<the user message's parent>" | null,
+     "user_message": {"id", "parentId", "role": "user", "content", ...},
+     "message_ids": [{"model_id", "message_id", "modelIdx"}, ...], "chat_id"?: ...}
+
+and the turn becomes::
+
+    parent ─▶ user message (written only if new: regenerate reuses it)
+                 ├─▶ placeholder for model 1  {content: "", done: false}
+                 └─▶ placeholder for model 2
+
+A placeholder that exists already (continue, or backend-controlled replies)
+is answered into again; it must be an assistant message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.chat import tree
+from gateway.commands import Ask, ReplyTarget
+from gateway.errors import BadRequest
+
+# Fields of an old answer that a new answer into the same message drops.
+_STALE_REPLY_FIELDS = ("error", "usage", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    history: dict[str, Any]  # the whole tree after the turn
+    writes: list[dict[str, Any]]  # messages to write, new or changed
+    replies: list[tuple[dict[str, Any], ReplyTarget]]  # placeholder, who answers it
+    question_id: str | None  # the user message the replies answer
+
+
+def new_placeholder(
+    message_id: str, parent_id: str, model: str, now_s: int, model_idx: int | None = None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "id": message_id,
+        "parentId": parent_id,
+        "role": "assistant",
+        "content": "",
+        "done": False,
+        "model": model,
+        "timestamp": now_s,
+    }
+    if model_idx is not None:
+        message["modelIdx"] = model_idx
+    return message
+
+
+def reanswer(existing: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """An existing assistant message, emptied to be answered again."""
+    if existing.get("role") != "assistant":
+        raise BadRequest(
+            f"message '{existing.get('id')}' is a {existing.get('role')} message, "
+            "not an assistant one"
+        )
+    message = {k: v for k, v in existing.items() if k not in _STALE_REPLY_FIELDS}
+    return {**message, "content": "", "done": False, "model": model}
+
+
+def plan_turn(history: Mapping[str, Any], ask: Ask, now_s: int) -> Turn:
+    """The user message (if new) and the placeholders one frontend-mode request adds."""
+    messages = history.get("messages") or {}
+    writes: list[dict[str, Any]] = []
+    question_id: str | None
+    if ask.user_message is not None:
+        user = {k: v for k, v in ask.user_message.items() if k != "childrenIds"}
+        question_id = str(user["id"])
+        if question_id not in messages:
+            parent = ask.parent_id if ask.parent_id is not None else user.get("parentId")
+            writes.append({**user, "parentId": parent, "role": "user"})
+    else:
+        question_id = ask.parent_id or tree.last_user_message_id(history)
+    if question_id is None:
+        raise BadRequest("Nothing to answer: send 'user_message' or a 'parent_id'")
+    replies: list[tuple[dict[str, Any], ReplyTarget]] = []
+    for target in ask.reply_targets():
+        existing = messages.get(target.message_id)
+        if existing is not None:
+            placeholder = reanswer(existing, target.model)
+        else:
+            placeholder = new_placeholder(
+                target.message_id, question_id, target.model, now_s, target.model_idx
+            )
+        writes.append(placeholder)
+        replies.append((placeholder, target))
+    update = {"messages": {m["id"]: m for m in writes}, "currentId": replies[0][0]["id"]}
+    try:
+        merged = tree.merge(history, update)
+    except tree.TreeError as exc:
+        raise BadRequest(f"Inconsistent chat history: {exc}") from None
+    if question_id not in merged["messages"]:
+        raise BadRequest(f"message '{question_id}' (the question to answer) does not exist")
+    return Turn(merged, writes, replies, question_id)

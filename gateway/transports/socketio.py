@@ -1,0 +1,276 @@
+"""Socket.IO transport: Open WebUI's real-time channel at `/ws/socket.io` (PROTOCOLS.md §1.1).
+
+python-socketio does the framing; this module owns a connection's life:
+
+    handshake   origin checked against the shared allowlist (403 before Engine.IO
+                sees the request); always accepted, as Open WebUI does
+    identity    a token in the handshake (`auth.token`, header, cookie, query) or a
+                later `user-join`; a socket without a valid one stays anonymous
+                and receives nothing
+    delivery    an authenticated socket has one bounded `Outbox` on room
+                `user:<id>` and one pump task: outbox → `SocketEncoder` → emit
+    backpressure Engine.IO's own per-socket queue is unbounded, so the pump keeps
+                it under `MAX_QUEUED_PACKETS` and lets the outbox merge deltas
+                meanwhile; a socket whose outbox overflows is closed at the
+                Engine.IO level (not with a Socket.IO DISCONNECT, after which
+                socket.io-client would not reconnect by itself)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import engineio
+import socketio
+from aiohttp import web
+
+from gateway.auth import Authenticator, Principal, find_token
+from gateway.errors import AuthError, Forbidden, GatewayError
+from gateway.flavours.openwebui import SocketEncoder, decode_chat_event, decode_user_join
+from gateway.hub import Hub, Outbox, Overflow
+from gateway.origins import OriginPolicy
+from gateway.settings import Settings
+from gateway.store import ChatRecord, Store
+
+log = logging.getLogger(__name__)
+
+SOCKETIO_PATH = "/ws/socket.io"
+# Engine.IO timings Open WebUI uses (and socket.io-client expects by default).
+PING_INTERVAL_S = 25
+PING_TIMEOUT_S = 20
+# Packets allowed in Engine.IO's queue of one socket before the pump waits.
+MAX_QUEUED_PACKETS = 16
+# How often a waiting pump looks whether its outbox overflowed meanwhile.
+DRAIN_TICK_S = 0.25
+
+
+@dataclass(slots=True, eq=False)
+class Connection:
+    sid: str
+    principal: Principal | None = None
+    outbox: Outbox | None = None
+    pump: asyncio.Task[None] | None = None
+    # Engine.IO's socket (its queue is what backpressure watches) and, for the
+    # websocket transport, the TCP transport to abort when the client is stuck.
+    eio_socket: Any = None
+    tcp: asyncio.Transport | None = None
+    rooms: set[str] = field(default_factory=set)
+
+
+class SocketIOTransport:
+    def __init__(self, settings: Settings, origins: OriginPolicy) -> None:
+        self._origins = origins
+        transports = ["polling", "websocket"] if settings.enable_websocket_support else ["polling"]
+        self.sio = socketio.AsyncServer(
+            async_mode="aiohttp",
+            # CORS is the shared middleware's job; [] turns Engine.IO's own off.
+            cors_allowed_origins=[],
+            always_connect=True,
+            ping_interval=PING_INTERVAL_S,
+            ping_timeout=PING_TIMEOUT_S,
+            transports=transports,
+            max_http_buffer_size=settings.max_frame_bytes,
+            logger=False,
+            engineio_logger=False,
+        )
+        self._conns: dict[str, Connection] = {}
+        # Upgrades from polling: Engine.IO sid → the websocket's TCP transport.
+        self._upgrades: dict[str, asyncio.Transport] = {}
+        self._authenticator: Authenticator | None = None
+        self._hub: Hub | None = None
+        self._store: Store | None = None
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
+        self.sio.on("user-join", self._on_user_join)
+        self.sio.on("events:chat", self._on_chat_event)
+        # Open WebUI sends these; nothing to do with them here.
+        for ignored in ("heartbeat", "usage"):
+            self.sio.on(ignored, self._ignore)
+
+    # -- wiring ---------------------------------------------------------------
+    def add_routes(self, app: web.Application, path: str = SOCKETIO_PATH) -> None:
+        # Engine.IO clients ask for "<path>/"; accept the bare path too.
+        for route in (path + "/", path):
+            app.router.add_route("GET", route, self._handle)
+            app.router.add_route("POST", route, self._handle)
+
+    def bind(self, authenticator: Authenticator, hub: Hub, store: Store) -> None:
+        """Called once the app's resources exist (the socket routes exist before)."""
+        self._authenticator, self._hub, self._store = authenticator, hub, store
+
+    async def shutdown(self) -> None:
+        for conn in list(self._conns.values()):
+            self._release(conn)
+        await self.sio.shutdown()
+
+    def owner_of(self, sid: str) -> str | None:
+        """The user a live socket is authenticated as, or None."""
+        conn = self._conns.get(sid)
+        return conn.principal.user_id if conn is not None and conn.principal else None
+
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if not self._origins.allows(request.headers.get("Origin"), request.host):
+            raise Forbidden(f"Origin {request.headers.get('Origin')} is not allowed")
+        eio_sid = request.query.get("sid")
+        upgrading = request.headers.get("Upgrade", "").lower() == "websocket"
+        if upgrading and eio_sid is not None and request.transport is not None:
+            self._upgrades[eio_sid] = request.transport
+        try:
+            response: web.StreamResponse = await self.sio.handle_request(request)
+            return response
+        finally:
+            if upgrading and eio_sid is not None:
+                self._upgrades.pop(eio_sid, None)
+
+    # -- events from clients --------------------------------------------------
+    async def _on_connect(self, sid: str, environ: Mapping[str, Any], auth: Any) -> bool:
+        conn = Connection(sid)
+        self._conns[sid] = conn
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        conn.eio_socket = self.sio.eio.sockets.get(eio_sid)
+        request: web.Request = environ["aiohttp.request"]
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            conn.tcp = request.transport
+        try:
+            token = find_token(
+                request.headers,
+                request.cookies,
+                request.query,
+                auth if isinstance(auth, Mapping) else None,
+            )
+        except AuthError:
+            token = None
+        if token:
+            with contextlib.suppress(AuthError):
+                self._join(conn, await self._authenticate(token))
+        return True
+
+    async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
+        conn = self._conns.pop(sid, None)
+        if conn is None:
+            return
+        self._release(conn)
+        sock = conn.eio_socket
+        if sock is not None and not sock.upgraded:
+            # A long-poll GET may still wait on this socket's queue; Engine.IO
+            # would hold it until the next ping (25 s). A NOOP ends it now.
+            sock.queue.put_nowait(engineio.packet.Packet(engineio.packet.NOOP))
+
+    async def _on_user_join(self, sid: str, data: Any) -> dict[str, Any] | None:
+        conn = self._conns.get(sid)
+        if conn is None:
+            return None
+        try:
+            principal = await self._authenticate(decode_user_join(data))
+        except GatewayError as exc:
+            log.info("user-join refused", extra={"sid": sid, "error": exc.message})
+            return None
+        self._join(conn, principal)
+        return {"id": principal.user_id, "name": principal.name}
+
+    async def _on_chat_event(self, sid: str, data: Any) -> bool | None:
+        conn = self._conns.get(sid)
+        if conn is None or conn.principal is None:
+            return None
+        try:
+            event = decode_chat_event(data)
+        except GatewayError:
+            return None
+        owned = await self._owned_chat(conn.principal, event.chat_id)
+        if event.type == "last_read_at" and owned is not None:
+            owned.last_read_at = int(time.time())
+            await self._store_of().update_chat(owned)
+        # join/leave: events of the user's chats already reach every socket of
+        # the user (room user:<id>); the ack is what the web app waits for.
+        if event.type == "join":
+            return owned is not None
+        return True if event.type == "leave" else None
+
+    async def _ignore(self, sid: str, data: Any = None) -> None:
+        return None
+
+    # -- helpers --------------------------------------------------------------
+    async def _authenticate(self, token: str) -> Principal:
+        if self._authenticator is None:
+            raise RuntimeError("SocketIOTransport.bind() was not called before serving")
+        return await self._authenticator.authenticate(token)
+
+    def _store_of(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("SocketIOTransport.bind() was not called before serving")
+        return self._store
+
+    async def _owned_chat(self, principal: Principal, chat_id: str) -> ChatRecord | None:
+        chat = await self._store_of().get_chat(chat_id)
+        return chat if chat is not None and chat.user_id == principal.user_id else None
+
+    def _join(self, conn: Connection, principal: Principal) -> None:
+        assert self._hub is not None
+        if conn.principal == principal and conn.outbox is not None:
+            return
+        self._release(conn)
+        conn.principal = principal
+        conn.outbox = self._hub.subscribe(
+            [f"user:{principal.user_id}"], on_overflow=lambda: self._overflowed(conn)
+        )
+        conn.pump = asyncio.create_task(self._pump(conn, conn.outbox))
+
+    def _release(self, conn: Connection) -> None:
+        if conn.outbox is not None and self._hub is not None:
+            self._hub.unsubscribe(conn.outbox)
+        if conn.pump is not None and conn.pump is not asyncio.current_task():
+            conn.pump.cancel()
+        conn.outbox, conn.pump = None, None
+
+    async def _pump(self, conn: Connection, outbox: Outbox) -> None:
+        encoder = SocketEncoder()
+        emit = self.sio.emit
+        try:
+            while events := await outbox.batch():
+                for event in events:
+                    for name, payload in encoder.encode(event):
+                        await emit(name, payload, to=conn.sid)
+                if not await self._drained(conn, outbox):
+                    return
+        except Overflow:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("socket pump failed", extra={"sid": conn.sid})
+            await self._close_transport(conn)
+
+    async def _drained(self, conn: Connection, outbox: Outbox) -> bool:
+        """Wait while Engine.IO holds more than MAX_QUEUED_PACKETS for this socket."""
+        queue = getattr(conn.eio_socket, "queue", None)
+        while queue is not None and queue.qsize() > MAX_QUEUED_PACKETS:
+            if outbox.overflowed or outbox.closed or conn.eio_socket.closed:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(queue.join(), DRAIN_TICK_S)
+        return True
+
+    def _overflowed(self, conn: Connection) -> None:
+        user = conn.principal.user_id if conn.principal else None
+        log.warning("slow socket dropped: it fell behind", extra={"sid": conn.sid, "user": user})
+        asyncio.get_running_loop().create_task(self._close_transport(conn))
+
+    async def _close_transport(self, conn: Connection) -> None:
+        """Close at the Engine.IO level so the client sees a transport close and reconnects."""
+        self._release(conn)
+        sock = conn.eio_socket
+        tcp = conn.tcp or (self._upgrades.get(sock.sid) if sock is not None else None)
+        if sock is not None and not sock.closed:
+            # abort: no CLOSE packet queued behind what the client is not reading.
+            await sock.close(wait=False, abort=True)
+        if tcp is not None:
+            tcp.abort()
