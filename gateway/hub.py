@@ -6,7 +6,11 @@ started it).  Each subscription has a bounded `Outbox`.
 
 Theory of operation, for one outbox::
 
-    publish ──put()──▶ [e1 e2 … en]  ──batch()──▶ the connection's writer
+    publish ──put()──▶ deliver(e) ── True: the consumer took it at once (the fast path:
+                 │                  nothing queued, nothing in flight, consumer not
+                 │                  backed up; no task switch per event)
+                 └ False/none ─▶ [e1 e2 … en]  ──batch()──▶ the connection's writer,
+                                                           which calls done() after
                         │
                         ├ full (max_events): a TextDelta/ReasoningDelta is merged
                         │   into the newest queued delta of the same reply and kind
@@ -38,14 +42,38 @@ def _text_size(event: Event) -> int:
     return len(event.text) if isinstance(event, TextDelta | ReasoningDelta) else 0
 
 
+class _Merged:
+    """Deltas merged while the outbox is full: pieces kept in a list, joined once when
+    taken (joining on every merge would copy the growing text each time)."""
+
+    __slots__ = ("last", "pieces")
+
+    def __init__(self, first: TextDelta | ReasoningDelta) -> None:
+        self.last = first
+        self.pieces = [first.text]
+
+    def event(self) -> Event:
+        # The later seq: a client that resumes asks for what follows it.
+        return replace(self.last, text="".join(self.pieces))
+
+
+def _taken(item: Event | _Merged) -> Event:
+    return item.event() if isinstance(item, _Merged) else item
+
+
 class Outbox:
     def __init__(
         self,
         max_events: int,
         max_chars: int | None = None,
         on_overflow: Callable[[], None] | None = None,
+        deliver: Callable[[Event], bool] | None = None,
     ) -> None:
-        self._events: deque[Event] = deque()
+        self._events: deque[Event | _Merged] = deque()
+        # Tried first when nothing is queued or in flight; False means "not
+        # now" (the consumer is backed up) and the event is queued instead.
+        self._deliver = deliver
+        self._in_flight = False
         self._max = max_events
         self._max_chars = max_chars
         self._chars = 0
@@ -65,20 +93,32 @@ class Outbox:
     def put(self, event: Event) -> None:
         if self.overflowed or self.closed:
             return
+        if (
+            self._deliver is not None
+            and not self._events
+            and not self._in_flight
+            and self._deliver(event)
+        ):
+            return
         size = _text_size(event)
         if self._max_chars is not None and self._chars + size > self._max_chars:
             self._overflow()
             return
         if len(self._events) >= self._max:
-            last = self._events[-1]
+            tail = self._events[-1]
+            last = tail.last if isinstance(tail, _Merged) else tail
             if (
                 isinstance(event, TextDelta | ReasoningDelta)
+                and isinstance(last, TextDelta | ReasoningDelta)
                 and type(last) is type(event)
                 and last.message_id == event.message_id
                 and last.chat_id == event.chat_id
             ):
-                # Merge into the newest queued delta; it keeps the later seq.
-                self._events[-1] = replace(last, text=last.text + event.text, seq=event.seq)
+                # Merge into the newest queued delta of the same reply and kind.
+                merged = tail if isinstance(tail, _Merged) else _Merged(last)
+                merged.pieces.append(event.text)
+                merged.last = event
+                self._events[-1] = merged
                 self._chars += size
                 return
             self._overflow()
@@ -112,18 +152,27 @@ class Outbox:
         """The next event; None once closed and drained. Raises Overflow."""
         if not await self._wait():
             return None
-        event = self._events.popleft()
+        event = _taken(self._events.popleft())
         self._chars -= _text_size(event)
         return event
 
     async def batch(self) -> list[Event]:
-        """Every queued event at once (one wakeup per burst); [] once closed. Raises Overflow."""
+        """Every queued event at once (one wakeup per burst); [] once closed. Raises Overflow.
+
+        Until `done()`, the batch is in flight: later events queue behind it
+        rather than overtake it through `deliver`.
+        """
         if not await self._wait():
             return []
-        events = list(self._events)
+        events = [_taken(item) for item in self._events]
         self._events.clear()
         self._chars = 0
+        self._in_flight = True
         return events
+
+    def done(self) -> None:
+        """The consumer has handed on the last batch."""
+        self._in_flight = False
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         while (event := await self.get()) is not None:
@@ -137,9 +186,12 @@ class Hub:
         self._outbox_max_chars = outbox_max_chars
 
     def subscribe(
-        self, rooms: Iterable[str], on_overflow: Callable[[], None] | None = None
+        self,
+        rooms: Iterable[str],
+        on_overflow: Callable[[], None] | None = None,
+        deliver: Callable[[Event], bool] | None = None,
     ) -> Outbox:
-        outbox = Outbox(self._outbox_max_events, self._outbox_max_chars, on_overflow)
+        outbox = Outbox(self._outbox_max_events, self._outbox_max_chars, on_overflow, deliver)
         for room in rooms:
             self.join(outbox, room)
         return outbox

@@ -20,7 +20,7 @@ from aiohttp import web
 from gateway.api.common import principal_of
 from gateway.context import gateway_of
 from gateway.errors import Forbidden, NotFound
-from gateway.flavours.openwebui import TEMPORARY_CHAT_PREFIX
+from gateway.flavours.openwebui import is_temporary_chat
 
 
 async def list_all(request: web.Request) -> web.Response:
@@ -42,7 +42,7 @@ async def stop_chat(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     chat_id = request.match_info["chat_id"]
     mine = [r for r in gateway.service.replies_of(chat_id) if r.user_id == principal.user_id]
-    if not mine and not chat_id.startswith(TEMPORARY_CHAT_PREFIX):
+    if not mine and not is_temporary_chat(chat_id):
         await gateway.service.book.owned(principal, chat_id)  # 404 for others' chats
     for running in mine:
         await gateway.service.cancel(running)

@@ -33,7 +33,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,21 @@ CRASH_NOTE = (
     "The gateway stopped before this reply finished; the text up to the last checkpoint is kept."
 )
 TITLE_CHARS = 60
+# A chat titled so has no title of its own yet: its first reply gives it one.
+DEFAULT_TITLES = ("", DEFAULT_TITLE)
+
+
+def title_for(chat: ChatRecord, history: Mapping[str, Any]) -> str | None:
+    """The title a reply would give the chat: its first user message, if it has no title."""
+    if chat.title not in DEFAULT_TITLES:
+        return None
+    for message in (history.get("messages") or {}).values():
+        content = message.get("content")
+        if message.get("role") == "user" and isinstance(content, str) and content.strip():
+            text = " ".join(content.split())
+            return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
+    return None
+
 
 Opening = Callable[[], Awaitable[AsyncGenerator[Event, None]]]
 
@@ -208,13 +223,14 @@ class ChatService:
             )
         except GatewayError as exc:
             self.hub.unsubscribe(outbox)
-            await self._finish(chat, record, "", error=exc.message)
+            await self._finish(record, "", error=exc.message)
             raise
 
         async def opened() -> AsyncGenerator[Event, None]:
             return events
 
-        running = self._run(chat.id, record.id, chat.user_id, opened, chat, record)
+        title = title_for(chat, history)
+        running = self._run(chat.id, record.id, chat.user_id, opened, record, title)
         return StartedReply(running.task_id, chat.id, record.id, outbox, repaired)
 
     # -- frontend mode ----------------------------------------------------------
@@ -252,6 +268,7 @@ class ChatService:
         path = tree.path_to(turn.history, turn.question_id) if turn.question_id else []
         conversation = self._conversation(path, ask.messages)
         by_id = {record.id: record for record in records}
+        title = title_for(chat, turn.history)
         task_ids = []
         for placeholder, target in turn.replies:
             record = by_id[placeholder["id"]]
@@ -265,7 +282,7 @@ class ChatService:
                 user_id=chat.user_id,
                 parent_id=record.parent_id,
             )
-            running = self._run(chat.id, record.id, chat.user_id, opening, chat, record)
+            running = self._run(chat.id, record.id, chat.user_id, opening, record, title)
             task_ids.append(running.task_id)
         return StartedTurn(chat.id, task_ids)
 
@@ -311,22 +328,25 @@ class ChatService:
         message_id: str,
         user_id: str,
         opening: Opening,
-        chat: ChatRecord | None = None,
         record: MessageRecord | None = None,
+        title: str | None = None,
     ) -> Running:
         running = Running(uuid.uuid4().hex, chat_id, message_id, user_id)
         self.running[running.task_id] = running
-        running.task = asyncio.create_task(self.generate(running, opening, chat, record))
+        running.task = asyncio.create_task(self.generate(running, opening, record, title))
         return running
 
     async def generate(
         self,
         running: Running,
         opening: Opening,
-        chat: ChatRecord | None = None,
         record: MessageRecord | None = None,
+        title: str | None = None,
     ) -> None:
-        """Stream one reply to its rooms; store it when `chat`/`record` are given."""
+        """Stream one reply to its rooms; store it into `record` when given.
+
+        `title` is what the chat is named when the reply succeeds, if the
+        chat has no title of its own by then."""
         chat_id, message_id = running.chat_id, running.message_id
         rooms = reply_rooms(running.user_id, chat_id, message_id)
         parts: list[str] = []
@@ -338,8 +358,8 @@ class ChatService:
             try:
                 events = await opening()
             except GatewayError as exc:
-                if chat is not None and record is not None:
-                    await self._finish(chat, record, "", error=exc.message)
+                if record is not None:
+                    await self._finish(record, "", error=exc.message)
                 self.hub.publish(rooms, ReplyFailed(chat_id, message_id, 0, exc.code, exc.message))
                 return
             async with contextlib.aclosing(events):
@@ -358,29 +378,29 @@ class ChatService:
                                 self.store.checkpoint_draft(chat_id, message_id, "".join(parts))
                             )
                     if isinstance(event, ReplyFinished):
-                        title = None
-                        if chat is not None and record is not None:
-                            title = await self._finish(
-                                chat, record, event.content, usage=event.usage
+                        titled = None
+                        if record is not None:
+                            titled = await self._finish(
+                                record, event.content, title=title, usage=event.usage
                             )
-                        self.hub.publish(rooms, _with_title(event, title))
-                        if title is not None:
-                            changed = ChatTitleChanged(chat_id, message_id, event.seq + 1, title)
+                        self.hub.publish(rooms, _with_title(event, titled))
+                        if titled is not None:
+                            changed = ChatTitleChanged(chat_id, message_id, event.seq + 1, titled)
                             self.hub.publish(rooms, changed)
                     elif isinstance(event, ReplyFailed):
-                        if chat is not None and record is not None:
-                            await self._finish(
-                                chat, record, event.partial_content, error=event.message
-                            )
+                        if record is not None:
+                            await self._finish(record, event.partial_content, error=event.message)
                         self.hub.publish(rooms, event)
                     else:
                         self.hub.publish(rooms, event)
         except asyncio.CancelledError:
             # A stop request (or shutdown): keep what was streamed, end cleanly.
             content = "".join(parts)
-            if chat is not None and record is not None:
+            titled = None
+            if record is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._finish(chat, record, content, cancelled=True))
+                    finishing = self._finish(record, content, title=title, cancelled=True)
+                    titled = await asyncio.shield(finishing)
             usage = Usage(0, (len(content) + 3) // 4, estimated=True)
             self.hub.publish(
                 rooms,
@@ -393,6 +413,7 @@ class ChatService:
                     "cancelled",
                     time.monotonic() - started,
                     cancelled=True,
+                    title=titled,
                 ),
             )
             if not running.cancelled_by_user:
@@ -400,9 +421,9 @@ class ChatService:
         except Exception:
             log.exception("reply failed", extra={"chat_id": chat_id, "message_id": message_id})
             content = "".join(parts)
-            if chat is not None and record is not None:
+            if record is not None:
                 with contextlib.suppress(Exception):
-                    await self._finish(chat, record, content, error="Internal error")
+                    await self._finish(record, content, error="Internal error")
             self.hub.publish(
                 rooms,
                 ReplyFailed(
@@ -416,15 +437,16 @@ class ChatService:
 
     async def _finish(
         self,
-        chat: ChatRecord,
         record: MessageRecord,
         content: str,
         *,
+        title: str | None = None,
         usage: Usage | None = None,
         error: str | None = None,
         cancelled: bool = False,
     ) -> str | None:
-        """Write the reply's final row; returns the new chat title if this turn set one."""
+        """Write the reply's final row (one transaction); returns the chat's new title
+        when this reply gave the chat its first one."""
         fields = dict(record.fields)
         if usage is not None:
             fields["usage"] = usage.as_dict()
@@ -433,25 +455,9 @@ class ChatService:
         if cancelled:
             fields["cancelled"] = True
         record.content, record.done, record.fields, record.draft = content, True, fields, None
-        await self.store.update_message(record)
-        fresh = await self.store.get_chat(chat.id)
-        if fresh is None:  # deleted while the reply ran
-            return None
-        title = None
-        if fresh.title in ("", DEFAULT_TITLE) and error is None:
-            title = await self._first_user_text(chat)
-        fresh.updated_at = now_s()
-        if title:
-            fresh.title = title
-        await self.store.update_chat(fresh)
-        return title or None
-
-    async def _first_user_text(self, chat: ChatRecord) -> str | None:
-        for message in await self.store.get_messages(chat.id):
-            if message.role == "user" and message.content.strip():
-                text = " ".join(message.content.split())
-                return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
-        return None
+        offered = title if error is None else None
+        titled = await self.store.finish_reply(record, now_s(), offered, DEFAULT_TITLES)
+        return offered if titled else None
 
     # -- stop and recovery -----------------------------------------------------
     def replies_of(self, chat_id: str) -> list[Running]:

@@ -97,6 +97,10 @@ def plan_turn(history: Mapping[str, Any], ask: Ask, now_s: int) -> Turn:
         merged = tree.merge(history, update)
     except tree.TreeError as exc:
         raise BadRequest(f"Inconsistent chat history: {exc}") from None
+    for message in writes:
+        # Written whole, not merged: a reanswered message drops its stale fields.
+        children = merged["messages"][message["id"]]["childrenIds"]
+        merged["messages"][message["id"]] = {**message, "childrenIds": children}
     if question_id not in merged["messages"]:
         raise BadRequest(f"message '{question_id}' (the question to answer) does not exist")
     return Turn(merged, writes, replies, question_id)

@@ -53,8 +53,9 @@ from gateway.events import (
 from gateway.flavours.openai import PASSTHROUGH_PARAMS, decode_common, decode_messages
 
 EVENTS = "events"
-# The web app names unsaved chats "temporary:<socket id>"; they are not stored.
-TEMPORARY_CHAT_PREFIX = "temporary:"
+# The web app names unsaved chats "temporary:<socket id>" (before 0.10: "local:");
+# they are not stored.
+TEMPORARY_CHAT_PREFIXES = ("temporary:", "local:")
 
 # A frame for python-socketio: (event name, payload).
 Frame = tuple[str, dict[str, Any]]
@@ -65,7 +66,12 @@ def is_stored_request(body: Any) -> bool:
     """Backend-controlled or frontend mode: the reply lands in a chat."""
     if not isinstance(body, Mapping):
         return False
-    return bool(body.get("chat_id")) or bool(body.get("session_id") and body.get("id"))
+    answer_into = body.get("id") or body.get("message_ids")
+    return bool(body.get("chat_id")) or bool(body.get("session_id") and answer_into)
+
+
+def is_temporary_chat(chat_id: str | None) -> bool:
+    return bool(chat_id and chat_id.startswith(TEMPORARY_CHAT_PREFIXES))
 
 
 def is_web_app_turn(ask: Ask) -> bool:
@@ -110,15 +116,26 @@ def decode_completion_request(body: Any) -> Ask:
         messages=messages,
         stream=stream,
         include_usage=bool(isinstance(options, Mapping) and options.get("include_usage")),
-        params={key: body[key] for key in PASSTHROUGH_PARAMS if key in body},
+        params=_params(body),
         chat_id=chat_id,
         message_id=message_id,
         parent_id=_optional_str(body, "parent_id"),
         session_id=session_id,
         user_message=dict(user_message) if user_message is not None else None,
         targets=targets,
-        temporary=bool(chat_id and chat_id.startswith(TEMPORARY_CHAT_PREFIX)),
+        temporary=is_temporary_chat(chat_id),
     )
+
+
+def _params(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Sampling options: the web app nests them under `params`; API clients put them
+    at the top level (which wins)."""
+    nested = body.get("params")
+    params = {}
+    if isinstance(nested, Mapping):
+        params = {key: nested[key] for key in PASSTHROUGH_PARAMS if nested.get(key) is not None}
+    params.update({key: body[key] for key in PASSTHROUGH_PARAMS if key in body})
+    return params
 
 
 def _targets(raw: Any, model: str) -> tuple[ReplyTarget, ...]:

@@ -1,25 +1,35 @@
 """Two database drivers behind one small interface, so every query is written once.
 
 Queries use `?` placeholders; the PostgreSQL driver rewrites them to `$1…`
-(no query here has a `?` inside a string literal).  `transaction()` yields
-a driver bound to one connection; everything inside commits or rolls back
-together.  SQLite has one connection (aiosqlite runs it in a thread),
-serialised by a lock; PostgreSQL uses an asyncpg pool.
+(no query here has a `?` inside a string literal).
+
+    execute(sql, args) -> rows touched      fetch(sql, args) -> rows
+    batch([(sql, args), ...]) -> [rows touched, ...]   one transaction, one round trip
+    transaction() -> a driver bound to one connection (several awaits, rarely needed)
+
+SQLite runs on one connection in one worker thread (stdlib `sqlite3`); each
+call is one hop to that thread and back, so `batch` is how a write of several
+rows stays one hop.  An asyncio lock keeps other coroutines' statements out
+of an open `transaction()`.  PostgreSQL uses an asyncpg pool; `batch` is one
+acquire and one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-import aiosqlite
 import asyncpg
 
 Row = Sequence[Any]
+Statement = tuple[str, Sequence[Any]]
+T = TypeVar("T")
 
 
 class Driver(Protocol):
@@ -31,6 +41,10 @@ class Driver(Protocol):
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]: ...
 
+    async def batch(self, statements: Sequence[Statement]) -> list[int]:
+        """Run statements in one transaction; the rows each touched."""
+        ...
+
     def transaction(self) -> Any:
         """`async with driver.transaction() as tx:` — tx is a Driver."""
         ...
@@ -38,27 +52,56 @@ class Driver(Protocol):
     async def close(self) -> None: ...
 
 
-class _SQLiteConnection:
+# -- SQLite ------------------------------------------------------------------------
+def _sqlite_execute(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int:
+    cursor = conn.execute(sql, tuple(args))
+    try:
+        return cursor.rowcount
+    finally:
+        cursor.close()
+
+
+def _sqlite_fetch(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Row]:
+    cursor = conn.execute(sql, tuple(args))
+    try:
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+def _sqlite_batch(conn: sqlite3.Connection, statements: Sequence[Statement]) -> list[int]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        counts = [_sqlite_execute(conn, sql, args) for sql, args in statements]
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return counts
+
+
+class _SQLiteBound:
+    """The driver inside `transaction()`: same thread, no lock (the transaction holds it)."""
+
     dialect = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    def __init__(self, owner: SQLiteDriver) -> None:
+        self._owner = owner
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        cursor = await self._conn.execute(sql, tuple(args))
-        count = cursor.rowcount
-        await cursor.close()
-        return count
+        return await self._owner._run(_sqlite_execute, sql, args)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        async with self._conn.execute(sql, tuple(args)) as cursor:
-            return list(await cursor.fetchall())
+        return await self._owner._run(_sqlite_fetch, sql, args)
 
     async def executescript(self, sql: str) -> None:
         # Statement by statement, inside the caller's transaction
         # (sqlite3's executescript would COMMIT first).
         for statement in _statements(sql):
             await self.execute(statement)
+
+    async def batch(self, statements: Sequence[Statement]) -> list[int]:
+        raise RuntimeError("batch() runs its own transaction: call it on the driver")
 
     def transaction(self) -> Any:
         raise RuntimeError("already in a transaction")
@@ -70,51 +113,75 @@ class _SQLiteConnection:
 class SQLiteDriver:
     dialect = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
         self._conn = conn
-        self._bound = _SQLiteConnection(conn)
+        self._executor = executor
         self._lock = asyncio.Lock()
+        self._bound = _SQLiteBound(self)
 
     @classmethod
     async def open(cls, path: Path) -> SQLiteDriver:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-        conn = await aiosqlite.connect(str(path), isolation_level=None)
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA busy_timeout=10000")
-        await conn.execute("PRAGMA synchronous=NORMAL")
-        return cls(conn)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
+
+        def connect() -> sqlite3.Connection:
+            # isolation_level=None: BEGIN/COMMIT are ours.  The connection is
+            # only ever used from the executor's one thread.
+            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            return conn
+
+        conn = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        return cls(conn, executor)
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, function, self._conn, *args)
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         async with self._lock:
-            return await self._bound.execute(sql, args)
+            return await self._run(_sqlite_execute, sql, args)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         async with self._lock:
-            return await self._bound.fetch(sql, args)
+            return await self._run(_sqlite_fetch, sql, args)
+
+    async def batch(self, statements: Sequence[Statement]) -> list[int]:
+        async with self._lock:
+            return await self._run(_sqlite_batch, statements)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_SQLiteConnection]:
+    async def transaction(self) -> AsyncIterator[_SQLiteBound]:
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            await self._run(_sqlite_execute, "BEGIN IMMEDIATE", ())
             try:
                 yield self._bound
             except BaseException:
-                await self._conn.execute("ROLLBACK")
+                await self._run(_sqlite_execute, "ROLLBACK", ())
                 raise
-            await self._conn.execute("COMMIT")
+            await self._run(_sqlite_execute, "COMMIT", ())
 
     async def close(self) -> None:
-        await self._conn.close()
+        async with self._lock:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
+        self._executor.shutdown(wait=True)
 
 
+# -- PostgreSQL --------------------------------------------------------------------
 _PLACEHOLDER = re.compile(r"\?")
 
 
 def _numbered(sql: str) -> str:
     counter = iter(range(1, 10_000))
     return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+
+
+def _touched(status: str) -> int:
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 class _PostgresConnection:
@@ -124,9 +191,7 @@ class _PostgresConnection:
         self._conn = conn
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        status: str = await self._conn.execute(_numbered(sql), *args)
-        tail = status.rsplit(" ", 1)[-1]
-        return int(tail) if tail.isdigit() else 0
+        return _touched(await self._conn.execute(_numbered(sql), *args))
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         return list(await self._conn.fetch(_numbered(sql), *args))
@@ -134,6 +199,9 @@ class _PostgresConnection:
     async def executescript(self, sql: str) -> None:
         for statement in _statements(sql):
             await self._conn.execute(statement)
+
+    async def batch(self, statements: Sequence[Statement]) -> list[int]:
+        return [await self.execute(sql, args) for sql, args in statements]
 
     def transaction(self) -> Any:
         raise RuntimeError("already in a transaction")
@@ -160,6 +228,10 @@ class PostgresDriver:
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         async with self._pool.acquire() as conn:
             return await _PostgresConnection(conn).fetch(sql, args)
+
+    async def batch(self, statements: Sequence[Statement]) -> list[int]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await _PostgresConnection(conn).batch(statements)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresConnection]:

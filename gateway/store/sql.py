@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import Any, TypeVar
 
-from gateway.store.drivers import Driver, Row
+from gateway.store.drivers import Driver, Row, Statement
 from gateway.store.errors import Conflict
 from gateway.store.records import ChatRecord, MessageRecord, UserRecord
 
@@ -111,6 +111,58 @@ def _conflict_as(message: str) -> Iterator[None]:
         if "unique" in text or "integrity" in text:
             raise Conflict(message) from None
         raise
+
+
+def _chat_update(chat: ChatRecord) -> Statement:
+    return (
+        "UPDATE chats SET user_id = ?, title = ?, current_id = ?, created_at = ?, updated_at = ?, "
+        "share_id = ?, archived = ?, pinned = ?, folder_id = ?, meta = ?, extra = ?, "
+        "last_read_at = ? WHERE id = ?",
+        (*_chat_values(chat)[1:], chat.id),
+    )
+
+
+def _upserts(chat_id: str, messages: Sequence[MessageRecord]) -> list[Statement]:
+    """One statement per message; a new row goes after the chat's last (its position
+    is computed by the statement itself, so no read comes first)."""
+    return [
+        (
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+            "(SELECT COALESCE(MAX(position), -1) + 1 FROM messages WHERE chat_id = ?)) "
+            "ON CONFLICT (chat_id, id) DO UPDATE SET parent_id = excluded.parent_id, "
+            "role = excluded.role, content = excluded.content, done = excluded.done, "
+            "fields = excluded.fields, draft = excluded.draft",
+            (
+                chat_id,
+                message.id,
+                message.parent_id,
+                message.role,
+                message.content,
+                message.done,
+                _dumps(message.fields),
+                message.draft,
+                chat_id,
+            ),
+        )
+        for message in messages
+    ]
+
+
+def _message_update(message: MessageRecord) -> Statement:
+    return (
+        "UPDATE messages SET parent_id = ?, role = ?, content = ?, done = ?, fields = ?, draft = ? "
+        "WHERE chat_id = ? AND id = ?",
+        (
+            message.parent_id,
+            message.role,
+            message.content,
+            message.done,
+            _dumps(message.fields),
+            message.draft,
+            message.chat_id,
+            message.id,
+        ),
+    )
 
 
 class SQLStore:
@@ -229,13 +281,12 @@ class SQLStore:
 
     # -- chats -------------------------------------------------------------
     async def insert_chat(self, chat: ChatRecord, messages: Sequence[MessageRecord]) -> None:
+        insert = (
+            f"INSERT INTO chats ({_CHAT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _chat_values(chat),
+        )
         with _conflict_as(f"chat {chat.id!r} exists already"):
-            async with self.db.transaction() as tx:
-                await tx.execute(
-                    f"INSERT INTO chats ({_CHAT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    _chat_values(chat),
-                )
-                await self._upsert(tx, chat.id, messages)
+            await self.db.batch([insert, *_upserts(chat.id, messages)])
 
     async def get_chat(self, chat_id: str) -> ChatRecord | None:
         return await self._first(_chat, f"SELECT {_CHAT_COLUMNS} FROM chats WHERE id = ?", chat_id)
@@ -246,21 +297,10 @@ class SQLStore:
         )
 
     async def update_chat(self, chat: ChatRecord) -> None:
-        await self._update_chat(self.db, chat)
-
-    async def _update_chat(self, db: Driver, chat: ChatRecord) -> None:
-        values = _chat_values(chat)
-        await db.execute(
-            "UPDATE chats SET user_id = ?, title = ?, current_id = ?, created_at = ?, updated_at = ?, "
-            "share_id = ?, archived = ?, pinned = ?, folder_id = ?, meta = ?, extra = ?, "
-            "last_read_at = ? WHERE id = ?",
-            (*values[1:], chat.id),
-        )
+        await self.db.execute(*_chat_update(chat))
 
     async def save_chat(self, chat: ChatRecord, messages: Sequence[MessageRecord]) -> None:
-        async with self.db.transaction() as tx:
-            await self._update_chat(tx, chat)
-            await self._upsert(tx, chat.id, messages)
+        await self.db.batch([_chat_update(chat), *_upserts(chat.id, messages)])
 
     async def list_chats(
         self,
@@ -349,51 +389,36 @@ class SQLStore:
         )
 
     async def upsert_messages(self, chat_id: str, messages: Sequence[MessageRecord]) -> None:
-        async with self.db.transaction() as tx:
-            await self._upsert(tx, chat_id, messages)
-
-    async def _upsert(self, db: Driver, chat_id: str, messages: Sequence[MessageRecord]) -> None:
-        if not messages:
-            return
-        rows = await db.fetch(
-            "SELECT COALESCE(MAX(position), -1) FROM messages WHERE chat_id = ?", (chat_id,)
-        )
-        position = int(rows[0][0])
-        for message in messages:
-            position += 1
-            await db.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (chat_id, id) DO UPDATE SET parent_id = excluded.parent_id, "
-                "role = excluded.role, content = excluded.content, done = excluded.done, "
-                "fields = excluded.fields, draft = excluded.draft",
-                (
-                    chat_id,
-                    message.id,
-                    message.parent_id,
-                    message.role,
-                    message.content,
-                    message.done,
-                    _dumps(message.fields),
-                    message.draft,
-                    position,
-                ),
-            )
+        if messages:
+            await self.db.batch(_upserts(chat_id, messages))
 
     async def update_message(self, message: MessageRecord) -> None:
-        await self.db.execute(
-            "UPDATE messages SET parent_id = ?, role = ?, content = ?, done = ?, fields = ?, draft = ? "
-            "WHERE chat_id = ? AND id = ?",
-            (
-                message.parent_id,
-                message.role,
-                message.content,
-                message.done,
-                _dumps(message.fields),
-                message.draft,
-                message.chat_id,
-                message.id,
-            ),
-        )
+        await self.db.execute(*_message_update(message))
+
+    async def finish_reply(
+        self,
+        message: MessageRecord,
+        updated_at: int,
+        title: str | None = None,
+        replaceable_titles: Sequence[str] = (),
+    ) -> bool:
+        """A reply's last write, one transaction: its row, the chat's `updated_at`, and
+        `title` if the chat's title is still one of `replaceable_titles` (a client may
+        have renamed the chat meanwhile).  True when the title was set."""
+        statements = [
+            _message_update(message),
+            ("UPDATE chats SET updated_at = ? WHERE id = ?", (updated_at, message.chat_id)),
+        ]
+        if title is not None and replaceable_titles:
+            marks = ", ".join("?" for _ in replaceable_titles)
+            statements.append(
+                (
+                    f"UPDATE chats SET title = ? WHERE id = ? AND title IN ({marks})",
+                    (title, message.chat_id, *replaceable_titles),
+                )
+            )
+        counts = await self.db.batch(statements)
+        return len(counts) == 3 and counts[2] > 0
 
     async def checkpoint_draft(self, chat_id: str, message_id: str, draft: str) -> None:
         await self.db.execute(

@@ -8,12 +8,18 @@ python-socketio does the framing; this module owns a connection's life:
                 later `user-join`; a socket without a valid one stays anonymous
                 and receives nothing
     delivery    an authenticated socket has one bounded `Outbox` on room
-                `user:<id>` and one pump task: outbox → `SocketEncoder` → emit
-    backpressure Engine.IO's own per-socket queue is unbounded, so the pump keeps
-                it under `MAX_QUEUED_PACKETS` and lets the outbox merge deltas
-                meanwhile; a socket whose outbox overflows is closed at the
+                `user:<id>`.  Fast path: the publisher encodes the event
+                (`SocketEncoder`, python-socketio's `Packet`) straight into
+                Engine.IO's queue for the socket, no task switch per event.
+    backpressure Engine.IO's own per-socket queue is unbounded, so once it holds
+                `MAX_QUEUED_PACKETS` the events wait in the outbox instead
+                (merged there) and a pump task feeds them on as the queue
+                drains; a socket whose outbox overflows is closed at the
                 Engine.IO level (not with a Socket.IO DISCONNECT, after which
                 socket.io-client would not reconnect by itself)
+
+Engine.IO's socket object (`eio_socket`: its `queue`, `closed`, `upgraded`)
+is python-engineio's, not a documented API; every use of it is here.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from aiohttp import web
 
 from gateway.auth import Authenticator, Principal, find_token
 from gateway.errors import AuthError, Forbidden, GatewayError
+from gateway.events import Event
 from gateway.flavours.openwebui import SocketEncoder, decode_chat_event, decode_user_join
 from gateway.hub import Hub, Outbox, Overflow
 from gateway.origins import OriginPolicy
@@ -48,6 +55,8 @@ PING_TIMEOUT_S = 20
 MAX_QUEUED_PACKETS = 16
 # How often a waiting pump looks whether its outbox overflowed meanwhile.
 DRAIN_TICK_S = 0.25
+# Stateless: one for every socket.
+ENCODER = SocketEncoder()
 
 
 @dataclass(slots=True, eq=False)
@@ -220,9 +229,31 @@ class SocketIOTransport:
         self._release(conn)
         conn.principal = principal
         conn.outbox = self._hub.subscribe(
-            [f"user:{principal.user_id}"], on_overflow=lambda: self._overflowed(conn)
+            [f"user:{principal.user_id}"],
+            on_overflow=lambda: self._overflowed(conn),
+            deliver=lambda event: self._deliver(conn, event),
         )
         conn.pump = asyncio.create_task(self._pump(conn, conn.outbox))
+
+    def _deliver(self, conn: Connection, event: Event) -> bool:
+        """The fast path: into Engine.IO's queue now, unless it is backed up."""
+        sock = conn.eio_socket
+        if sock is None or sock.closed or sock.queue.qsize() >= MAX_QUEUED_PACKETS:
+            return False
+        self._send(sock, event)
+        return True
+
+    def _send(self, sock: Any, event: Event) -> None:
+        for name, payload in ENCODER.encode(event):
+            # What AsyncServer.emit(name, payload, to=sid) queues, without its
+            # task per recipient and its scan of the payload for bytes (ours
+            # are JSON, never binary).
+            packet = socketio.packet.Packet(
+                socketio.packet.EVENT, data=[name, payload], binary=False
+            )
+            sock.queue.put_nowait(
+                engineio.packet.Packet(engineio.packet.MESSAGE, data=packet.encode())
+            )
 
     def _release(self, conn: Connection) -> None:
         if conn.outbox is not None and self._hub is not None:
@@ -232,15 +263,17 @@ class SocketIOTransport:
         conn.outbox, conn.pump = None, None
 
     async def _pump(self, conn: Connection, outbox: Outbox) -> None:
-        encoder = SocketEncoder()
-        emit = self.sio.emit
+        """The slow path: what the fast path could not take, in order, as the queue drains."""
         try:
             while events := await outbox.batch():
+                sock = conn.eio_socket
+                if sock is None or sock.closed:
+                    return
                 for event in events:
-                    for name, payload in encoder.encode(event):
-                        await emit(name, payload, to=conn.sid)
+                    self._send(sock, event)
                 if not await self._drained(conn, outbox):
                     return
+                outbox.done()
         except Overflow:
             pass
         except asyncio.CancelledError:
@@ -250,9 +283,9 @@ class SocketIOTransport:
             await self._close_transport(conn)
 
     async def _drained(self, conn: Connection, outbox: Outbox) -> bool:
-        """Wait while Engine.IO holds more than MAX_QUEUED_PACKETS for this socket."""
+        """Wait while Engine.IO holds MAX_QUEUED_PACKETS or more for this socket."""
         queue = getattr(conn.eio_socket, "queue", None)
-        while queue is not None and queue.qsize() > MAX_QUEUED_PACKETS:
+        while queue is not None and queue.qsize() >= MAX_QUEUED_PACKETS:
             if outbox.overflowed or outbox.closed or conn.eio_socket.closed:
                 return False
             with contextlib.suppress(TimeoutError):

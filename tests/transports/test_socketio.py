@@ -105,7 +105,9 @@ async def test_every_tab_of_the_user_receives_the_reply_and_no_one_else(
     tab2 = await JSSocket().start(gateway.url, alice, transports="polling")
     stranger = await PySocket().connect(gateway.url, bob)
     anonymous = await PySocket().connect(gateway.url, None)
-    forged = await PySocket().connect(gateway.url, make_token(alice_id, secret="a-foreign-key-of-at-least-32-bytes!"))
+    forged = await PySocket().connect(
+        gateway.url, make_token(alice_id, secret="a-foreign-key-of-at-least-32-bytes!")
+    )
     try:
         body = turn_body(tab1.sid, "two tabs")
         await turn(gateway, alice, body)

@@ -1,0 +1,184 @@
+"""Golden vectors for the Open WebUI codec: events in, exact Socket.IO frames out; no event loop.
+
+The vectors live in `tests/vectors/openwebui/`, two kinds of file::
+
+    events_<case>.json    {"description",
+                           "events": [{"event": "TextDelta", "chat_id", "message_id",
+                                       "seq", "text"}, ...],
+                           "frames": [["events", {"chat_id", "message_id",
+                                                  "data": {"type", "data"}}], ...]}
+    decode_<name>.json    {"description",
+                           "cases": [{"name", <input>, <expected> or "error"}, ...]}
+
+`<name>` is the decoder the cases feed; each case is its own test id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import gateway.events as events
+from gateway.commands import Ask, ReplyTarget
+from gateway.errors import BadRequest, ProtocolError
+from gateway.flavours.openwebui import (
+    SocketEncoder,
+    decode_chat_event,
+    decode_completion_request,
+    decode_user_join,
+    is_stored_request,
+    is_web_app_turn,
+)
+
+VECTOR_DIR = Path(__file__).parent.parent / "vectors" / "openwebui"
+EVENT_VECTORS = sorted(VECTOR_DIR.glob("events_*.json"))
+DECODERS = ("decode_completion_request", "decode_user_join", "decode_chat_event")
+
+EVENT_TYPES: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (
+        events.ReplyStarted,
+        events.TextDelta,
+        events.ReasoningDelta,
+        events.StatusChanged,
+        events.SourcesFound,
+        events.ReplyFinished,
+        events.ReplyFailed,
+        events.ChatTitleChanged,
+        events.MessageEvent,
+        events.Typing,
+        events.UserJoined,
+        events.UserLeft,
+        events.Notification,
+        events.WorkspaceEvent,
+    )
+}
+
+
+def load(path: Path) -> dict[str, Any]:
+    vector: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return vector
+
+
+def exact(value: Any) -> str:
+    """JSON text, as python-socketio sends it: `true` is not `1`, a tuple is a list.
+
+    Keys are sorted because PROTOCOLS.md leaves their order free.
+    """
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def build_event(spec: dict[str, Any]) -> events.Event:
+    fields = dict(spec)
+    kind = EVENT_TYPES[fields.pop("event")]
+    if "usage" in fields:
+        fields["usage"] = events.Usage(**fields["usage"])
+    event: events.Event = kind(**fields)
+    return event
+
+
+def encode_all(encoder: SocketEncoder, vector: dict[str, Any]) -> list[Any]:
+    return [frame for spec in vector["events"] for frame in encoder.encode(build_event(spec))]
+
+
+def cases(decoder: str) -> list[Any]:
+    listed = load(VECTOR_DIR / f"{decoder}.json")["cases"]
+    names = [case["name"] for case in listed]
+    assert len(names) == len(set(names)), f"{decoder}.json repeats a case name"
+    return [pytest.param(case, id=case["name"]) for case in listed]
+
+
+def test_every_vector_file_is_checked() -> None:
+    # A file that matches neither pattern would be silently skipped.
+    expected = {path.name for path in EVENT_VECTORS} | {f"{name}.json" for name in DECODERS}
+    assert {path.name for path in VECTOR_DIR.glob("*.json")} == expected
+
+
+# -- SocketEncoder ------------------------------------------------------------------
+@pytest.mark.parametrize("path", EVENT_VECTORS, ids=[p.stem for p in EVENT_VECTORS])
+def test_encoder_matches_golden_frames(path: Path) -> None:
+    vector = load(path)
+    encoder = SocketEncoder()
+    assert exact(encode_all(encoder, vector)) == exact(vector["frames"])
+    # One encoder serves a connection's every reply: a second pass is the same.
+    assert exact(encode_all(encoder, vector)) == exact(vector["frames"])
+
+
+@pytest.mark.parametrize("path", EVENT_VECTORS, ids=[p.stem for p in EVENT_VECTORS])
+def test_every_frame_has_the_events_shape(path: Path) -> None:
+    # Independently of the golden frames: the web app reads exactly
+    #   {"chat_id", "message_id", "data": {"type", "data"}}
+    # under the event name `events`, addressed to the event's own message.
+    encoder = SocketEncoder()
+    for spec in load(path)["events"]:
+        for name, payload in encoder.encode(build_event(spec)):
+            assert name == "events"
+            assert set(payload) == {"chat_id", "message_id", "data"}
+            assert set(payload["data"]) == {"type", "data"}
+            assert isinstance(payload["data"]["type"], str)
+            assert (payload["chat_id"], payload["message_id"]) == (
+                spec["chat_id"],
+                spec["message_id"],
+            )
+
+
+@pytest.mark.parametrize("path", EVENT_VECTORS, ids=[p.stem for p in EVENT_VECTORS])
+def test_deltas_rebuild_the_text(path: Path) -> None:
+    # chat:message:delta appends (PROTOCOLS.md §1.1), so the deltas sent are the text, whole.
+    vector = load(path)
+    encoder = SocketEncoder()
+    sent = "".join(
+        payload["data"]["data"]["content"]
+        for spec in vector["events"]
+        for _, payload in encoder.encode(build_event(spec))
+        if payload["data"]["type"] == "chat:message:delta"
+    )
+    text = "".join(spec["text"] for spec in vector["events"] if spec["event"] == "TextDelta")
+    assert sent == text
+
+
+# -- request decoders ------------------------------------------------------------------
+def expected_ask(spec: dict[str, Any]) -> Ask:
+    """The vector lists only the fields that differ from Ask's defaults."""
+    fields = dict(spec)
+    fields["targets"] = tuple(ReplyTarget(**target) for target in fields.get("targets", []))
+    return Ask(**fields)
+
+
+@pytest.mark.parametrize("case", cases("decode_completion_request"))
+def test_decode_completion_request(case: dict[str, Any]) -> None:
+    body = case["body"]
+    assert is_stored_request(body) is case["stored"]
+    if "error" in case:
+        with pytest.raises(BadRequest) as raised:
+            decode_completion_request(body)
+        assert case["error"] in raised.value.message
+        return
+    ask = decode_completion_request(body)
+    assert exact(dataclasses.asdict(ask)) == exact(dataclasses.asdict(expected_ask(case["ask"])))
+    assert is_web_app_turn(ask) is case["web_app_turn"]
+
+
+@pytest.mark.parametrize("case", cases("decode_user_join"))
+def test_decode_user_join(case: dict[str, Any]) -> None:
+    if "error" in case:
+        with pytest.raises(ProtocolError) as raised:
+            decode_user_join(case["data"])
+        assert case["error"] in raised.value.message
+        return
+    assert decode_user_join(case["data"]) == case["token"]
+
+
+@pytest.mark.parametrize("case", cases("decode_chat_event"))
+def test_decode_chat_event(case: dict[str, Any]) -> None:
+    if "error" in case:
+        with pytest.raises(ProtocolError) as raised:
+            decode_chat_event(case["data"])
+        assert case["error"] in raised.value.message
+        return
+    event = decode_chat_event(case["data"])
+    assert exact(dataclasses.asdict(event)) == exact(case["event"])

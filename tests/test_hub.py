@@ -1,0 +1,336 @@
+"""Rooms and bounded outboxes: fan-out, ordering, merging when full, overflow, never blocking."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gateway.events import Event, ReasoningDelta, StatusChanged, TextDelta
+from gateway.hub import Hub, Outbox, Overflow, reply_room
+
+
+def text(chars: str, seq: int = 0, message_id: str = "a1", chat_id: str = "c1") -> TextDelta:
+    return TextDelta(chat_id=chat_id, message_id=message_id, seq=seq, text=chars)
+
+
+def reasoning(chars: str, seq: int = 0, message_id: str = "a1") -> ReasoningDelta:
+    return ReasoningDelta(chat_id="c1", message_id=message_id, seq=seq, text=chars)
+
+
+def status(seq: int = 0, message_id: str = "a1") -> StatusChanged:
+    return StatusChanged(
+        chat_id="c1", message_id=message_id, seq=seq, description="searching", done=False
+    )
+
+
+class Counter:
+    """An `on_overflow` callback that counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+
+async def drain(outbox: Outbox) -> list[Event]:
+    """What a reader takes before the outbox reports overflow."""
+    taken: list[Event] = []
+    with pytest.raises(Overflow):
+        while True:
+            event = await outbox.get()
+            assert event is not None, "an overflowed outbox ends with Overflow, not None"
+            taken.append(event)
+    return taken
+
+
+async def test_publish_reaches_each_outbox_once() -> None:
+    hub = Hub(outbox_max_events=8)
+    in_both = hub.subscribe(["user:u1", "chat:c1"])
+    in_user = hub.subscribe(["user:u1"])
+    elsewhere = hub.subscribe(["user:u2"])
+    event = text("hi")
+    hub.publish(["user:u1", "chat:c1", "chat:nobody"], event)
+    assert await in_both.batch() == [event]
+    assert await in_user.batch() == [event]
+    assert len(elsewhere) == 0
+
+
+async def test_unsubscribe_leaves_every_room_and_empty_rooms_are_forgotten() -> None:
+    hub = Hub(outbox_max_events=8)
+    leaving = hub.subscribe(["user:u1", "chat:c1"])
+    staying = hub.subscribe(["user:u1"])
+    assert hub.room_sizes() == {"user:u1": 2, "chat:c1": 1}
+
+    hub.unsubscribe(leaving)
+    assert hub.room_sizes() == {"user:u1": 1}
+    assert leaving.rooms == set() and leaving.closed
+    hub.publish(["user:u1", "chat:c1"], text("hi"))
+    assert len(leaving) == 0 and len(staying) == 1
+    assert await leaving.get() is None
+
+    hub.unsubscribe(staying)
+    assert hub.room_sizes() == {}
+
+
+async def test_batch_takes_everything_queued_in_order_then_waits() -> None:
+    hub = Hub(outbox_max_events=8)
+    outbox = hub.subscribe(["chat:c1"])
+    events: list[Event] = [status(0), text("a", 1), reasoning("b", 2), text("c", 3)]
+    for event in events:
+        hub.publish(["chat:c1"], event)
+    assert outbox.queued_chars == 3
+    assert await outbox.batch() == events
+    assert len(outbox) == 0 and outbox.queued_chars == 0
+
+    waiting = asyncio.create_task(outbox.batch())
+    await asyncio.sleep(0.01)
+    assert not waiting.done(), "an empty outbox waits for the next event"
+    later = text("d", 4)
+    hub.publish(["chat:c1"], later)
+    assert await asyncio.wait_for(waiting, 1) == [later]
+
+
+async def test_get_returns_none_after_close_once_drained() -> None:
+    outbox = Outbox(max_events=8)
+    first, second = text("a", 0), text("b", 1)
+    outbox.put(first)
+    outbox.put(second)
+    outbox.close()
+    outbox.put(text("after close", 2))
+    assert await outbox.get() == first
+    assert await outbox.get() == second
+    assert await outbox.get() is None
+    assert await outbox.batch() == []
+    assert [event async for event in outbox] == []
+
+
+async def test_close_wakes_a_waiting_reader() -> None:
+    outbox = Outbox(max_events=8)
+    waiting = asyncio.create_task(outbox.get())
+    await asyncio.sleep(0.01)
+    outbox.close()
+    assert await asyncio.wait_for(waiting, 1) is None
+
+
+# What happens to `incoming` when the newest queued event is `newest` and the
+# outbox is full: merged into it, or overflow.
+FULL_OUTBOX = [
+    pytest.param(text("ab", 1), text("cd", 2), True, id="text into text"),
+    pytest.param(reasoning("ab", 1), reasoning("cd", 2), True, id="reasoning into reasoning"),
+    pytest.param(text("ab", 1), reasoning("cd", 2), False, id="reasoning after text"),
+    pytest.param(reasoning("ab", 1), text("cd", 2), False, id="text after reasoning"),
+    pytest.param(text("ab", 1), text("cd", 2, message_id="a2"), False, id="another message"),
+    pytest.param(text("ab", 1), text("cd", 2, chat_id="c2"), False, id="another chat"),
+    pytest.param(text("ab", 1), status(2), False, id="not a delta"),
+    pytest.param(status(1), text("cd", 2), False, id="newest queued is not a delta"),
+]
+
+
+@pytest.mark.parametrize(("newest", "incoming", "merges"), FULL_OUTBOX)
+async def test_a_full_outbox_merges_deltas_of_the_same_reply_and_kind(
+    newest: Event, incoming: Event, merges: bool
+) -> None:
+    overflows = Counter()
+    outbox = Outbox(max_events=2, on_overflow=overflows)
+    oldest = status(0)
+    outbox.put(oldest)
+    outbox.put(newest)
+    outbox.put(incoming)
+    assert len(outbox) == 2
+    if merges:
+        assert isinstance(newest, TextDelta | ReasoningDelta)
+        merged = type(newest)(chat_id="c1", message_id="a1", seq=2, text="abcd")
+        assert outbox.queued_chars == 4
+        assert await outbox.batch() == [oldest, merged], "the merged delta keeps the later seq"
+        assert overflows.calls == 0 and not outbox.overflowed
+    else:
+        assert overflows.calls == 1 and outbox.overflowed
+        assert await drain(outbox) == [oldest, newest]
+
+
+async def test_merging_repeats_while_full() -> None:
+    outbox = Outbox(max_events=1)
+    for seq, chars in enumerate(["a", "b", "c", "d"]):
+        outbox.put(text(chars, seq))
+    assert await outbox.batch() == [text("abcd", 3)]
+
+
+async def test_after_overflow_puts_are_ignored_and_readers_get_overflow() -> None:
+    overflows = Counter()
+    outbox = Outbox(max_events=2, on_overflow=overflows)
+    queued = [status(0), status(1)]
+    for event in queued:
+        outbox.put(event)
+    outbox.put(status(2))
+    assert overflows.calls == 1
+    for seq in range(3, 10):
+        outbox.put(status(seq))
+        outbox.put(text("x", seq))
+    assert overflows.calls == 1, "on_overflow is called once"
+    assert len(outbox) == 2
+
+    # What was queued is still delivered; then every read raises.
+    assert await outbox.batch() == queued
+    with pytest.raises(Overflow):
+        await outbox.batch()
+    with pytest.raises(Overflow):
+        await outbox.get()
+
+
+async def test_overflow_wakes_a_waiting_reader() -> None:
+    outbox = Outbox(max_events=8, max_chars=4)
+    waiting = asyncio.create_task(outbox.batch())
+    await asyncio.sleep(0.01)
+    outbox.put(text("too long"))
+    with pytest.raises(Overflow):
+        await asyncio.wait_for(waiting, 1)
+
+
+async def test_max_chars_bounds_the_queued_text() -> None:
+    overflows = Counter()
+    outbox = Outbox(max_events=100, max_chars=10, on_overflow=overflows)
+    outbox.put(text("abcd", 0))
+    outbox.put(reasoning("efg", 1))
+    outbox.put(status(2))  # carries no reply text: does not count
+    outbox.put(text("hij", 3))
+    assert outbox.queued_chars == 10 and overflows.calls == 0, "the bound itself is allowed"
+
+    assert await outbox.get() == text("abcd", 0)
+    assert outbox.queued_chars == 6
+    assert await outbox.get() == reasoning("efg", 1)
+    assert outbox.queued_chars == 3
+    outbox.put(text("klmnopq", 4))
+    assert outbox.queued_chars == 10 and overflows.calls == 0
+
+    outbox.put(text("r", 5))
+    assert overflows.calls == 1 and outbox.overflowed
+    assert await drain(outbox) == [status(2), text("hij", 3), text("klmnopq", 4)]
+
+
+async def test_max_chars_counts_merged_text() -> None:
+    overflows = Counter()
+    outbox = Outbox(max_events=1, max_chars=5, on_overflow=overflows)
+    outbox.put(text("ab", 0))
+    outbox.put(text("cd", 1))
+    assert len(outbox) == 1 and outbox.queued_chars == 4
+    outbox.put(text("ef", 2))
+    assert overflows.calls == 1
+    assert await drain(outbox) == [text("abcd", 1)]
+
+
+async def test_reply_rooms_of_two_chats_with_the_same_message_id_are_apart() -> None:
+    # Open WebUI clients pick message ids; "a1" in one chat is not "a1" in another.
+    hub = Hub(outbox_max_events=8)
+    first = hub.subscribe([reply_room("c1", "a1")])
+    second = hub.subscribe([reply_room("c2", "a1")])
+    assert reply_room("c1", "a1") != reply_room("c2", "a1")
+    event = text("for c1", chat_id="c1")
+    hub.publish([reply_room("c1", "a1")], event)
+    assert await first.batch() == [event]
+    assert len(second) == 0
+
+
+async def test_publishing_to_a_reader_that_never_reads_is_fast_and_bounded() -> None:
+    # The settings' defaults: 256 events, 1 MiB of text.
+    hub = Hub(outbox_max_events=256, outbox_max_chars=1024 * 1024)
+    stalled = hub.subscribe(["chat:c1"])
+    reader = hub.subscribe(["chat:c1"])
+    token = "one chunk "  # a few tokens of a model's reply
+    started = time.perf_counter()
+    for seq in range(100_000):
+        hub.publish(["chat:c1"], text(token, seq))
+        if seq % 100 == 99:
+            assert len(await reader.batch()) == 100
+    elapsed_s = time.perf_counter() - started
+    assert len(stalled) <= 256 and not stalled.overflowed
+    kept = await stalled.batch()
+    assert all(isinstance(e, TextDelta) for e in kept)
+    assert "".join(e.text for e in kept if isinstance(e, TextDelta)) == token * 100_000
+    # Appending 100k events takes about 0.1 s; merging into the newest delta
+    # must stay linear too, or the stalled reader's growing text is copied on
+    # every publish and blocks the loop for everyone.
+    assert elapsed_s < 1.0
+
+    # Events that cannot merge overflow the stalled outbox; then they cost nothing.
+    overflows = Counter()
+    stalled = hub.subscribe(["chat:c1"], on_overflow=overflows)
+    started = time.perf_counter()
+    for seq in range(100_000):
+        hub.publish(["chat:c1"], status(seq))
+        if seq % 100 == 99:
+            assert len(await reader.batch()) == 100
+    assert time.perf_counter() - started < 1.0
+    assert len(stalled) <= 256 and overflows.calls == 1
+
+
+# -- the fast path: `deliver` ---------------------------------------------------------
+class Consumer:
+    """Takes events synchronously while `ready`; otherwise says "not now"."""
+
+    def __init__(self) -> None:
+        self.ready = True
+        self.taken: list[Event] = []
+
+    def __call__(self, event: Event) -> bool:
+        if self.ready:
+            self.taken.append(event)
+        return self.ready
+
+
+async def test_deliver_takes_events_at_once_and_queues_nothing() -> None:
+    consumer = Consumer()
+    outbox = Outbox(8, deliver=consumer)
+    events = [text("a", 1), status(2), text("b", 3)]
+    for event in events:
+        outbox.put(event)
+    assert consumer.taken == events and len(outbox) == 0
+
+
+async def test_a_backed_up_consumer_gets_the_rest_in_order_through_batch() -> None:
+    consumer = Consumer()
+    outbox = Outbox(8, deliver=consumer)
+    outbox.put(text("a", 1))
+    consumer.ready = False
+    outbox.put(text("b", 2))
+    consumer.ready = True
+    # Something is queued: later events queue behind it, never overtake it.
+    outbox.put(text("c", 3))
+    assert [e.seq for e in consumer.taken] == [1]
+    batch = await outbox.batch()
+    assert [e.seq for e in batch] == [2, 3]
+    # While that batch is in flight, new events still queue behind it ...
+    outbox.put(text("d", 4))
+    assert [e.seq for e in consumer.taken] == [1] and len(outbox) == 1
+    outbox.done()
+    # ... and once it is handed on and the queue is empty again, the fast path resumes.
+    assert [e.seq for e in await outbox.batch()] == [4]
+    outbox.done()
+    outbox.put(text("e", 5))
+    assert [e.seq for e in consumer.taken] == [1, 5] and len(outbox) == 0
+
+
+async def test_deliver_is_not_tried_after_close_or_overflow() -> None:
+    consumer = Consumer()
+    outbox = Outbox(8, deliver=consumer)
+    outbox.close()
+    outbox.put(text("late"))
+    assert consumer.taken == []
+    overflowing = Outbox(1, deliver=consumer)
+    consumer.ready = False
+    overflowing.put(status(1))
+    overflowing.put(status(2))
+    assert overflowing.overflowed
+    consumer.ready = True
+    overflowing.put(status(3))
+    assert consumer.taken == []
+
+
+async def test_hub_subscribe_passes_deliver_through() -> None:
+    hub = Hub(8)
+    consumer = Consumer()
+    hub.subscribe(["user:u"], deliver=consumer)
+    hub.publish(["user:u"], text("x"))
+    assert consumer.taken == [text("x")]
