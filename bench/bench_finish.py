@@ -4,8 +4,9 @@
 
 For each backend (SQLite file, PostgreSQL on 127.0.0.1:5432) a chat of N
 messages is stored, then the reply's completion is written the way
-`ChatService._finish` writes it (one `update_message` row and the chat's
-`updated_at`), `--rounds` times.  Reported: µs per finish, and the ratio of
+`ChatService._finish` writes it (`finish_reply`: one transaction with the
+message row, the chat's `updated_at` and its title if still the default),
+`--rounds` times.  Reported: µs per finish, and the ratio of
 N=2000 to N=2 measured in the same run.
 """
 
@@ -47,11 +48,7 @@ async def finish_cost(store: Store, size: int, rounds: int) -> tuple[float, floa
     for i in range(rounds):
         last.content, last.done, last.draft = f"final reply {i} " * 30, True, None
         began = time.perf_counter()
-        await store.update_message(last)
-        fresh = await store.get_chat(chat_id)
-        assert fresh is not None
-        fresh.updated_at = i
-        await store.update_chat(fresh)
+        await store.finish_reply(last, i, "a title", ("", "New Chat"))
         samples.append(time.perf_counter() - began)
     return percentile(samples, 50) * 1e6, percentile(samples, 99) * 1e6
 

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import engineio
@@ -69,7 +69,6 @@ class Connection:
     # websocket transport, the TCP transport to abort when the client is stuck.
     eio_socket: Any = None
     tcp: asyncio.Transport | None = None
-    rooms: set[str] = field(default_factory=set)
 
 
 class SocketIOTransport:
@@ -94,6 +93,8 @@ class SocketIOTransport:
         self._authenticator: Authenticator | None = None
         self._hub: Hub | None = None
         self._store: Store | None = None
+        # Drops in progress (a task the loop holds only weakly must be kept).
+        self._closing: set[asyncio.Task[None]] = set()
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("user-join", self._on_user_join)
@@ -122,9 +123,6 @@ class SocketIOTransport:
         """The user a live socket is authenticated as, or None."""
         conn = self._conns.get(sid)
         return conn.principal.user_id if conn is not None and conn.principal else None
-
-    def connection_count(self) -> int:
-        return len(self._conns)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if not self._origins.allows(request.headers.get("Origin"), request.host):
@@ -295,7 +293,9 @@ class SocketIOTransport:
     def _overflowed(self, conn: Connection) -> None:
         user = conn.principal.user_id if conn.principal else None
         log.warning("slow socket dropped: it fell behind", extra={"sid": conn.sid, "user": user})
-        asyncio.get_running_loop().create_task(self._close_transport(conn))
+        task = asyncio.get_running_loop().create_task(self._close_transport(conn))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _close_transport(self, conn: Connection) -> None:
         """Close at the Engine.IO level so the client sees a transport close and reconnects."""
