@@ -212,15 +212,7 @@ class ChatService:
         await self.store.save_chat(chat, [record])
         outbox = self.hub.subscribe([reply_room(chat.id, record.id)])
         try:
-            events = await self._open(
-                ask.model,
-                conversation,
-                ask.params,
-                chat_id=chat.id,
-                message_id=record.id,
-                user_id=chat.user_id,
-                parent_id=record.parent_id,
-            )
+            events = await self._opener(ask.model, conversation, ask.params, record, chat)()
         except GatewayError as exc:
             self.hub.unsubscribe(outbox)
             await self._finish(record, "", error=exc.message)
@@ -272,16 +264,7 @@ class ChatService:
         task_ids = []
         for placeholder, target in turn.replies:
             record = by_id[placeholder["id"]]
-            opening = functools.partial(
-                self._open,
-                target.model,
-                conversation,
-                ask.params,
-                chat_id=chat.id,
-                message_id=record.id,
-                user_id=chat.user_id,
-                parent_id=record.parent_id,
-            )
+            opening = self._opener(target.model, conversation, ask.params, record, chat)
             running = self._run(chat.id, record.id, chat.user_id, opening, record, title)
             task_ids.append(running.task_id)
         return StartedTurn(chat.id, task_ids)
@@ -304,6 +287,26 @@ class ChatService:
             running = self._run(ask.chat_id, target.message_id, principal.user_id, opening)
             task_ids.append(running.task_id)
         return StartedTurn(ask.chat_id, task_ids)
+
+    def _opener(
+        self,
+        model: str,
+        conversation: list[dict[str, Any]],
+        params: dict[str, Any],
+        record: MessageRecord,
+        chat: ChatRecord,
+    ) -> Opening:
+        """How a stored reply's upstream is opened (now, or inside its task)."""
+        return functools.partial(
+            self._open,
+            model,
+            conversation,
+            params,
+            chat_id=chat.id,
+            message_id=record.id,
+            user_id=chat.user_id,
+            parent_id=record.parent_id,
+        )
 
     def _conversation(
         self, path: list[dict[str, Any]], requested: list[dict[str, Any]]

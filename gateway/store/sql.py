@@ -132,17 +132,7 @@ def _upserts(chat_id: str, messages: Sequence[MessageRecord]) -> list[Statement]
             "ON CONFLICT (chat_id, id) DO UPDATE SET parent_id = excluded.parent_id, "
             "role = excluded.role, content = excluded.content, done = excluded.done, "
             "fields = excluded.fields, draft = excluded.draft",
-            (
-                chat_id,
-                message.id,
-                message.parent_id,
-                message.role,
-                message.content,
-                message.done,
-                _dumps(message.fields),
-                message.draft,
-                chat_id,
-            ),
+            (chat_id, message.id, *_message_fields(message), chat_id),
         )
         for message in messages
     ]
@@ -152,16 +142,19 @@ def _message_update(message: MessageRecord) -> Statement:
     return (
         "UPDATE messages SET parent_id = ?, role = ?, content = ?, done = ?, fields = ?, draft = ? "
         "WHERE chat_id = ? AND id = ?",
-        (
-            message.parent_id,
-            message.role,
-            message.content,
-            message.done,
-            _dumps(message.fields),
-            message.draft,
-            message.chat_id,
-            message.id,
-        ),
+        (*_message_fields(message), message.chat_id, message.id),
+    )
+
+
+def _message_fields(message: MessageRecord) -> tuple[Any, ...]:
+    """parent_id, role, content, done, fields, draft: what a message write sets."""
+    return (
+        message.parent_id,
+        message.role,
+        message.content,
+        message.done,
+        _dumps(message.fields),
+        message.draft,
     )
 
 
