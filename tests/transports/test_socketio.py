@@ -282,6 +282,12 @@ async def test_stop_mid_reply_keeps_the_partial_text_and_closes_the_upstream(
         body = turn_body(sock.sid, question, model="fake-slow")
         answer = await turn(gateway, token, body)
         chat_id, (task_id,) = answer["chat_id"], answer["task_ids"]
+        # Stored before the answer: another tab (or a reload) sees the turn at once.
+        early = await get_json(f"{gateway.url}/api/v1/chats/{chat_id}", token)
+        placeholder = early["chat"]["history"]["messages"][body["id"]]
+        assert placeholder["done"] is False and placeholder["content"] == ""
+        assert placeholder["parentId"] == body["user_message"]["id"]
+        assert early["chat"]["history"]["currentId"] == body["id"]
         tasks = await get_json(f"{gateway.url}/api/tasks/chat/{chat_id}", token)
         assert tasks == {"task_ids": [task_id]}
         assert await get_json(f"{gateway.url}/api/tasks/chat/{chat_id}", bob) == {"task_ids": []}
