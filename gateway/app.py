@@ -81,7 +81,9 @@ def build_app(settings: Settings) -> web.Application:
                     build_upstreams(settings, session), settings.upstream_models_ttl_s
                 )
                 hub = Hub(settings.outbox_max_events, settings.outbox_max_chars)
-                service = ChatService(router, store, hub, settings.checkpoint_interval_s)
+                service = ChatService(
+                    router, store, hub, settings.checkpoint_interval_s, settings.default_model
+                )
                 await service.recover_unfinished()
                 authenticator = Authenticator(
                     signing_key, StoreDirectory(store, settings.api_keys), public_key

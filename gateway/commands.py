@@ -45,6 +45,9 @@ class Ask:
     targets: tuple[ReplyTarget, ...] = ()
     # An unsaved chat: `chat_id` names it on the wire, nothing is stored.
     temporary: bool = False
+    # Rooms the reply's events also go to, besides the owner's and the chat's:
+    # the asking connection's own (`conn:<id>`) or a Nadoo session's.
+    rooms: tuple[str, ...] = ()
 
     def reply_targets(self) -> tuple[ReplyTarget, ...]:
         if self.targets:
@@ -63,6 +66,19 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class Say:
+    """A user message to a chat (a new chat when `chat_id` is None), to be answered.
+
+    `model` is what the client named (a model id, or an application/assistant
+    the endpoint resolves); None means the gateway's default model.
+    """
+
+    text: str
+    chat_id: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     pass
 
@@ -72,4 +88,12 @@ class Typing:
     pass
 
 
-Command = Ask | Cancel | Ping | Typing
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """A client event relayed to the other members of a room (Nadoo workspaces)."""
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Command = Ask | Cancel | Say | Ping | Typing | Broadcast

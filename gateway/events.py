@@ -101,23 +101,27 @@ class MessageEvent(ReplyEvent):
 
 
 # Presence and workspace events (Nadoo) are not part of a reply; they carry
-# their own room identity.
+# their own room identity.  `origin` is the id of the connection they came
+# from, so it is not told about itself.
 @dataclass(frozen=True, slots=True)
 class Typing:
     session_id: str
     user_id: str
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class UserJoined:
     room: str
     user_id: str
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class UserLeft:
     room: str
     user_id: str
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +138,7 @@ class WorkspaceEvent:
     user_id: str
     type: str
     data: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""
 
 
 Event = (

@@ -44,6 +44,11 @@ class Settings(BaseModel):
     openai_api_base_urls: list[str] = _list("';'-separated http(s) URLs ending in /v1")
     openai_api_keys: list[str] = _list("';'-separated keys, one per base URL")
     demo_model: bool = Field(True, description="true or false")
+    default_model: str = Field(
+        "",
+        description="the model a client that names none gets (Nadoo, RAGFlow); "
+        "empty for the first model the upstreams list",
+    )
     demo_token_delay_s: float = Field(0.02, ge=0, description="seconds between demo tokens")
     cors_allow_origin: list[str] = Field(
         default_factory=lambda: ["*"], description="';'-separated origins, or *"

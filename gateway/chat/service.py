@@ -43,8 +43,8 @@ from gateway.chat.chats import DEFAULT_TITLE, ChatBook, now_s
 from gateway.chat.reply import reply_events
 from gateway.chat.shapes import history_of, message_record
 from gateway.chat.turns import new_placeholder, plan_turn, reanswer
-from gateway.commands import Ask
-from gateway.errors import BadRequest, GatewayError
+from gateway.commands import Ask, ReplyTarget, Say
+from gateway.errors import BadRequest, GatewayError, UpstreamError
 from gateway.events import (
     ChatTitleChanged,
     Event,
@@ -84,12 +84,18 @@ def title_for(chat: ChatRecord, history: Mapping[str, Any]) -> str | None:
 Opening = Callable[[], Awaitable[AsyncGenerator[Event, None]]]
 
 
+def _empty_history() -> dict[str, Any]:
+    return {"messages": {}, "currentId": None}
+
+
 def _prompt_chars(messages: list[dict[str, Any]]) -> int:
     return sum(len(str(message.get("content") or "")) for message in messages)
 
 
-def reply_rooms(user_id: str, chat_id: str, message_id: str) -> list[str]:
-    return [f"user:{user_id}", f"chat:{chat_id}", reply_room(chat_id, message_id)]
+def reply_rooms(
+    user_id: str, chat_id: str, message_id: str, extra: tuple[str, ...] = ()
+) -> list[str]:
+    return [f"user:{user_id}", f"chat:{chat_id}", reply_room(chat_id, message_id), *extra]
 
 
 @dataclass(slots=True)
@@ -100,6 +106,7 @@ class Running:
     chat_id: str
     message_id: str
     user_id: str
+    rooms: list[str]
     task: asyncio.Task[None] | None = None
     cancelled_by_user: bool = False
 
@@ -126,10 +133,12 @@ class ChatService:
         store: Store,
         hub: Hub,
         checkpoint_interval_s: float = 1.0,
+        default_model: str = "",
     ) -> None:
         self.router = router
         self.store = store
         self.hub = hub
+        self._default_model = default_model
         self.book = ChatBook(store, self.is_generating)
         self._checkpoint_interval_s = checkpoint_interval_s
         # task id → reply; task ids are ours, message ids are the clients'.
@@ -222,7 +231,7 @@ class ChatService:
             return events
 
         title = title_for(chat, history)
-        running = self._run(chat.id, record.id, chat.user_id, opened, record, title)
+        running = self._run(chat.id, record.id, chat.user_id, opened, record, title, ask.rooms)
         return StartedReply(running.task_id, chat.id, record.id, outbox, repaired)
 
     # -- frontend mode ----------------------------------------------------------
@@ -234,26 +243,84 @@ class ChatService:
         """
         if ask.temporary:
             return self._start_temporary(principal, ask)
-        created = now_s()
         if ask.chat_id is None:
-            chat = ChatRecord(
-                id=str(uuid.uuid4()),
-                user_id=principal.user_id,
-                title=DEFAULT_TITLE,
-                current_id=None,
-                created_at=created,
-                updated_at=created,
-                extra={"timestamp": created * 1000, "models": [ask.model]},
-            )
-            history: dict[str, Any] = {"messages": {}, "currentId": None}
+            chat, history = self._new_chat(principal, ask.model), _empty_history()
         else:
-            chat = await self.book.owned(principal, ask.chat_id)
-            history = history_of(chat, await self.store.get_messages(chat.id))
+            chat, history = await self._chat_and_history(principal, ask.chat_id)
+        return await self._answer_turn(chat, history, ask, new=ask.chat_id is None)
+
+    async def say(
+        self,
+        principal: Principal,
+        say: Say,
+        *,
+        system: str | None = None,
+        rooms: tuple[str, ...] = (),
+    ) -> StartedTurn:
+        """A user message from a raw-WebSocket client (Nadoo, RAGFlow): it goes under
+        the chat's current message (or starts a new chat) and is answered."""
+        model = await self.pick_model(say.model)
+        if say.chat_id is None:
+            chat, history = self._new_chat(principal, model), _empty_history()
+        else:
+            chat, history = await self._chat_and_history(principal, say.chat_id)
+        now = now_s()
+        reply_id = str(uuid.uuid4())
+        ask = Ask(
+            model=model,
+            messages=[{"role": "system", "content": system}] if system else [],
+            chat_id=chat.id,
+            parent_id=history["currentId"],
+            user_message={
+                "id": str(uuid.uuid4()),
+                "role": "user",
+                "content": say.text,
+                "timestamp": now,
+            },
+            targets=(ReplyTarget(reply_id, model),),
+            rooms=rooms,
+        )
+        return await self._answer_turn(chat, history, ask, new=say.chat_id is None)
+
+    async def pick_model(self, hint: str | None) -> str:
+        """The model a client named, if it exists; else the configured default; else
+        the first model the upstreams list."""
+        known = [model.id for model in await self.router.models()]
+        if hint and hint in known:
+            return hint
+        if self._default_model:
+            return self._default_model
+        if not known:
+            raise UpstreamError("No model is available: configure OPENAI_API_BASE_URL")
+        return known[0]
+
+    def _new_chat(self, principal: Principal, model: str) -> ChatRecord:
+        created = now_s()
+        return ChatRecord(
+            id=str(uuid.uuid4()),
+            user_id=principal.user_id,
+            title=DEFAULT_TITLE,
+            current_id=None,
+            created_at=created,
+            updated_at=created,
+            extra={"timestamp": created * 1000, "models": [model]},
+        )
+
+    async def _chat_and_history(
+        self, principal: Principal, chat_id: str
+    ) -> tuple[ChatRecord, dict[str, Any]]:
+        chat = await self.book.owned(principal, chat_id)
+        return chat, history_of(chat, await self.store.get_messages(chat.id))
+
+    async def _answer_turn(
+        self, chat: ChatRecord, history: dict[str, Any], ask: Ask, *, new: bool
+    ) -> StartedTurn:
+        created = now_s()
         turn = plan_turn(history, ask, created)
         records = [message_record(chat.id, message) for message in turn.writes]
         chat.current_id = turn.history["currentId"]
         chat.updated_at = created
-        if ask.chat_id is None:
+        if new:
             await self.store.insert_chat(chat, records)
         else:
             await self.store.save_chat(chat, records)
@@ -265,7 +332,7 @@ class ChatService:
         for placeholder, target in turn.replies:
             record = by_id[placeholder["id"]]
             opening = self._opener(target.model, conversation, ask.params, record, chat)
-            running = self._run(chat.id, record.id, chat.user_id, opening, record, title)
+            running = self._run(chat.id, record.id, chat.user_id, opening, record, title, ask.rooms)
             task_ids.append(running.task_id)
         return StartedTurn(chat.id, task_ids)
 
@@ -284,7 +351,9 @@ class ChatService:
                 user_id=principal.user_id,
                 parent_id=ask.parent_id,
             )
-            running = self._run(ask.chat_id, target.message_id, principal.user_id, opening)
+            running = self._run(
+                ask.chat_id, target.message_id, principal.user_id, opening, rooms=ask.rooms
+            )
             task_ids.append(running.task_id)
         return StartedTurn(ask.chat_id, task_ids)
 
@@ -333,8 +402,15 @@ class ChatService:
         opening: Opening,
         record: MessageRecord | None = None,
         title: str | None = None,
+        rooms: tuple[str, ...] = (),
     ) -> Running:
-        running = Running(uuid.uuid4().hex, chat_id, message_id, user_id)
+        running = Running(
+            uuid.uuid4().hex,
+            chat_id,
+            message_id,
+            user_id,
+            reply_rooms(user_id, chat_id, message_id, rooms),
+        )
         self.running[running.task_id] = running
         running.task = asyncio.create_task(self.generate(running, opening, record, title))
         return running
@@ -350,8 +426,7 @@ class ChatService:
 
         `title` is what the chat is named when the reply succeeds, if the
         chat has no title of its own by then."""
-        chat_id, message_id = running.chat_id, running.message_id
-        rooms = reply_rooms(running.user_id, chat_id, message_id)
+        chat_id, message_id, rooms = running.chat_id, running.message_id, running.rooms
         parts: list[str] = []
         last_checkpoint = time.monotonic()
         checkpoint: asyncio.Task[None] | None = None

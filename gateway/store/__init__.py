@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway.store.errors import Conflict, StoreError
-from gateway.store.records import ChatRecord, MessageRecord, UserRecord
+from gateway.store.records import AssistantRecord, ChatRecord, MessageRecord, UserRecord
 
 __all__ = [
+    "AssistantRecord",
     "ChatRecord",
     "Conflict",
     "MessageRecord",
@@ -56,12 +57,28 @@ class Store(Protocol):
         folder_id: str | None = None,
         tag: str | None = None,
         text: str | None = None,
+        assistant_id: str | None = None,
         skip: int = 0,
         limit: int | None = None,
     ) -> list[ChatRecord]: ...
     async def delete_chat(self, chat_id: str) -> bool: ...
     async def delete_user_chats(self, user_id: str) -> int: ...
     async def set_archived_all(self, user_id: str, archived: bool) -> int: ...
+
+    async def create_assistant(self, assistant: AssistantRecord) -> None: ...
+    async def get_assistant(self, assistant_id: str) -> AssistantRecord | None: ...
+    async def list_assistants(
+        self,
+        user_id: str,
+        *,
+        assistant_id: str | None = None,
+        name: str | None = None,
+        newest_first: bool = True,
+        skip: int = 0,
+        limit: int | None = None,
+    ) -> list[AssistantRecord]: ...
+    async def update_assistant(self, assistant: AssistantRecord) -> None: ...
+    async def delete_assistant(self, assistant_id: str) -> bool: ...
 
     async def get_messages(self, chat_id: str) -> list[MessageRecord]: ...
     async def get_message(self, chat_id: str, message_id: str) -> MessageRecord | None: ...

@@ -35,6 +35,21 @@ class ChatRecord:
     # Top-level keys of the chat object with no column: kept and returned as sent.
     extra: dict[str, Any] = field(default_factory=dict)
     last_read_at: int | None = None
+    # A RAGFlow session: the assistant it belongs to.
+    assistant_id: str | None = None
+
+
+@dataclass(slots=True)
+class AssistantRecord:
+    """A RAGFlow chat assistant; `config` holds its settings as RAGFlow shows them
+    (avatar, description, dataset_ids, llm, prompt, ...)."""
+
+    id: str
+    user_id: str
+    name: str
+    config: dict[str, Any]
+    created_at_ms: int
+    updated_at_ms: int
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from gateway.store.drivers import Driver, Row, Statement
 from gateway.store.errors import Conflict
-from gateway.store.records import ChatRecord, MessageRecord, UserRecord
+from gateway.store.records import AssistantRecord, ChatRecord, MessageRecord, UserRecord
 
 T = TypeVar("T")
 
@@ -28,8 +28,10 @@ _USER_COLUMNS = (
 )
 _CHAT_COLUMNS = (
     "id, user_id, title, current_id, created_at, updated_at, share_id, archived, pinned, "
-    "folder_id, meta, extra, last_read_at"
+    "folder_id, meta, extra, last_read_at, assistant_id"
 )
+_CHAT_MARKS = ", ".join("?" for _ in _CHAT_COLUMNS.split(","))
+_ASSISTANT_COLUMNS = "id, user_id, name, config, created_at_ms, updated_at_ms"
 _MESSAGE_COLUMNS = "chat_id, id, parent_id, role, content, done, fields, draft, position"
 
 
@@ -62,7 +64,12 @@ def _chat(row: Row) -> ChatRecord:
         meta=json.loads(row[10]),
         extra=json.loads(row[11]),
         last_read_at=None if row[12] is None else int(row[12]),
+        assistant_id=row[13],
     )
+
+
+def _assistant(row: Row) -> AssistantRecord:
+    return AssistantRecord(row[0], row[1], row[2], json.loads(row[3]), int(row[4]), int(row[5]))
 
 
 def _message(row: Row) -> MessageRecord:
@@ -94,6 +101,18 @@ def _chat_values(chat: ChatRecord) -> tuple[Any, ...]:
         _dumps(chat.meta),
         _dumps(chat.extra),
         chat.last_read_at,
+        chat.assistant_id,
+    )
+
+
+def _assistant_values(assistant: AssistantRecord) -> tuple[Any, ...]:
+    return (
+        assistant.id,
+        assistant.user_id,
+        assistant.name,
+        _dumps(assistant.config),
+        assistant.created_at_ms,
+        assistant.updated_at_ms,
     )
 
 
@@ -117,7 +136,7 @@ def _chat_update(chat: ChatRecord) -> Statement:
     return (
         "UPDATE chats SET user_id = ?, title = ?, current_id = ?, created_at = ?, updated_at = ?, "
         "share_id = ?, archived = ?, pinned = ?, folder_id = ?, meta = ?, extra = ?, "
-        "last_read_at = ? WHERE id = ?",
+        "last_read_at = ?, assistant_id = ? WHERE id = ?",
         (*_chat_values(chat)[1:], chat.id),
     )
 
@@ -275,7 +294,7 @@ class SQLStore:
     # -- chats -------------------------------------------------------------
     async def insert_chat(self, chat: ChatRecord, messages: Sequence[MessageRecord]) -> None:
         insert = (
-            f"INSERT INTO chats ({_CHAT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO chats ({_CHAT_COLUMNS}) VALUES ({_CHAT_MARKS})",
             _chat_values(chat),
         )
         with _conflict_as(f"chat {chat.id!r} exists already"):
@@ -304,11 +323,15 @@ class SQLStore:
         folder_id: str | None = None,
         tag: str | None = None,
         text: str | None = None,
+        assistant_id: str | None = None,
         skip: int = 0,
         limit: int | None = None,
     ) -> list[ChatRecord]:
         where = ["c.user_id = ?"]
         args: list[Any] = [user_id]
+        if assistant_id is not None:
+            where.append("c.assistant_id = ?")
+            args.append(assistant_id)
         if archived is not None:
             where.append("c.archived = ?")
             args.append(archived)
@@ -364,6 +387,60 @@ class SQLStore:
             "UPDATE chats SET archived = ? WHERE user_id = ? AND archived <> ?",
             (archived, user_id, archived),
         )
+
+    # -- assistants ---------------------------------------------------------
+    async def create_assistant(self, assistant: AssistantRecord) -> None:
+        with _conflict_as(f"an assistant named {assistant.name!r} exists already"):
+            await self.db.execute(
+                f"INSERT INTO assistants ({_ASSISTANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                _assistant_values(assistant),
+            )
+
+    async def get_assistant(self, assistant_id: str) -> AssistantRecord | None:
+        return await self._first(
+            _assistant,
+            f"SELECT {_ASSISTANT_COLUMNS} FROM assistants WHERE id = ?",
+            assistant_id,
+        )
+
+    async def list_assistants(
+        self,
+        user_id: str,
+        *,
+        assistant_id: str | None = None,
+        name: str | None = None,
+        newest_first: bool = True,
+        skip: int = 0,
+        limit: int | None = None,
+    ) -> list[AssistantRecord]:
+        where, args = ["user_id = ?"], [user_id]
+        if assistant_id is not None:
+            where.append("id = ?")
+            args.append(assistant_id)
+        if name is not None:
+            where.append("name = ?")
+            args.append(name)
+        order = "DESC" if newest_first else "ASC"
+        sql = (
+            f"SELECT {_ASSISTANT_COLUMNS} FROM assistants WHERE {' AND '.join(where)} "
+            f"ORDER BY created_at_ms {order}, id {order}"
+        )
+        params: list[Any] = list(args)
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [limit, skip]
+        return [_assistant(row) for row in await self.db.fetch(sql, params)]
+
+    async def update_assistant(self, assistant: AssistantRecord) -> None:
+        with _conflict_as(f"an assistant named {assistant.name!r} exists already"):
+            await self.db.execute(
+                "UPDATE assistants SET name = ?, config = ?, updated_at_ms = ? WHERE id = ?",
+                (assistant.name, _dumps(assistant.config), assistant.updated_at_ms, assistant.id),
+            )
+
+    async def delete_assistant(self, assistant_id: str) -> bool:
+        # Its sessions stay: they are the owner's chats, still listed in Open WebUI.
+        return await self.db.execute("DELETE FROM assistants WHERE id = ?", (assistant_id,)) > 0
 
     # -- messages ----------------------------------------------------------
     async def get_messages(self, chat_id: str) -> list[MessageRecord]:

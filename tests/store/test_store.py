@@ -15,6 +15,9 @@ import pytest
 from gateway.store import ChatRecord, Conflict, MessageRecord, Store, UserRecord, open_store
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# Every migration file shipped, in order: what a migrated store must have applied.
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "gateway" / "store" / "schema"
+MIGRATIONS = [(int(f.name.split("_", 1)[0]), f.name) for f in sorted(SCHEMA_DIR.glob("*.sql"))]
 
 
 @asynccontextmanager
@@ -78,7 +81,8 @@ ODD_FIELDS = {
 async def test_migrate_twice_is_a_no_op(store: Store) -> None:
     await store.migrate()
     await store.migrate()
-    assert await store.migrations() == [(1, "0001_initial.sql")]  # type: ignore[attr-defined]
+    assert await store.migrations() == MIGRATIONS  # type: ignore[attr-defined]
+    assert [name for _, name in MIGRATIONS][:2] == ["0001_initial.sql", "0002_assistants.sql"]
 
 
 async def test_users_and_case_insensitive_email(store: Store) -> None:
@@ -196,7 +200,7 @@ async def test_tags_lifecycle_and_delete_cascades(store: Store) -> None:
 
 async def test_two_replicas_migrate_one_postgres_at_once(pg_url: str, tmp_path: Path) -> None:
     first, second = await asyncio.gather(open_store(pg_url, tmp_path), open_store(pg_url, tmp_path))
-    assert await first.migrations() == await second.migrations() == [(1, "0001_initial.sql")]  # type: ignore[attr-defined]
+    assert await first.migrations() == await second.migrations() == MIGRATIONS  # type: ignore[attr-defined]
     await first.close()
     await second.close()
 

@@ -1,0 +1,219 @@
+"""Nadoo: the frames of `/ws/chat`, `/ws/notifications`, `/ws/workspaces` (PROTOCOLS.md §4).
+
+Client → server on `/ws/chat/{session_id}`::
+
+    {"type": "chat", "content": "…", "application_id"?: "…", "chat_id"?: "…"}
+        (Nadoo's other pages send type "message", or the text as "message")
+    {"type": "typing"}   {"type": "ping"}   {"type": "cancel"}
+
+Server → client, one reply::
+
+    {"type": "response_start", "message_id", "chat_id", "timestamp"}
+    {"type": "text-delta", "text": "<delta>", "index": 0, "timestamp"}      index from 0, per reply
+    {"type": "sources", "sources": [...], "timestamp"}                       when there are any
+    {"type": "response_end", "full_response", "tokens_used", "response_time",
+     "chat_id", "message_id", "timestamp", "cancelled"?: true}
+
+and `connected`, `pong`, `typing {user_id}`, `user_disconnected {user_id}`,
+`error {message, code, data: {message, code}}` (both forms: Nadoo's pages
+read `message` at the top and in `data`).  Workspaces: `user_joined`,
+`user_left {user_id}`, and a member's `document_updated` /
+`application_changed` / `member_added` frame relayed with its `user_id`.
+Every frame has a `timestamp`, ISO 8601 in UTC with whole seconds and `Z`,
+as Nadoo's documentation shows them.
+
+Pure: `now` is passed in (`time.time` by default) so vectors are exact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gateway.commands import Broadcast, Cancel, Command, Ping, Say, Typing
+from gateway.errors import GatewayError, ProtocolError
+from gateway.events import (
+    Event,
+    Notification,
+    ReplyFailed,
+    ReplyFinished,
+    ReplyStarted,
+    SourcesFound,
+    TextDelta,
+    UserJoined,
+    UserLeft,
+    WorkspaceEvent,
+)
+from gateway.events import Typing as TypingEvent
+
+Clock = Callable[[], float]
+
+# What a workspace member may broadcast to the others (Nadoo's list).
+WORKSPACE_EVENTS = frozenset({"document_updated", "application_changed", "member_added"})
+
+
+def timestamp(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+
+
+def _dumps(frame: Mapping[str, Any]) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+def frame(kind: str, now: float, fields: Mapping[str, Any] | None = None) -> str:
+    return _dumps({**(fields or {}), "type": kind, "timestamp": timestamp(now)})
+
+
+# -- client frames ----------------------------------------------------------------
+def _parse(text: str, now: float) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ProtocolError(
+            "Frame is not JSON", error_frame("Frame is not JSON", "invalid_json", now)
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        message = 'Frame must be a JSON object with a string "type"'
+        raise ProtocolError(message, error_frame(message, "invalid_frame", now))
+    return data
+
+
+def decode_chat(text: str, now: float) -> Command:
+    """A frame of `/ws/chat/{session_id}`; raises ProtocolError carrying the error frame."""
+    data = _parse(text, now)
+    kind = data["type"]
+    if kind in ("chat", "message"):
+        content = data.get("content", data.get("message"))
+        if not isinstance(content, str) or not content.strip():
+            message = 'A chat frame needs "content", a non-empty string'
+            raise ProtocolError(message, error_frame(message, "missing_content", now))
+        chat_id = data.get("chat_id")
+        application_id = data.get("application_id")
+        return Say(
+            content,
+            chat_id if isinstance(chat_id, str) and chat_id else None,
+            application_id if isinstance(application_id, str) and application_id else None,
+        )
+    if kind == "ping":
+        return Ping()
+    if kind == "typing":
+        return Typing()
+    if kind == "cancel":
+        return Cancel()
+    message = f"Unknown frame type {kind!r}; expected chat, typing, ping or cancel"
+    raise ProtocolError(message, error_frame(message, "unknown_type", now))
+
+
+def decode_workspace(text: str, now: float) -> Command:
+    data = _parse(text, now)
+    kind = data["type"]
+    if kind == "ping":
+        return Ping()
+    if kind not in WORKSPACE_EVENTS:
+        allowed = ", ".join(sorted(WORKSPACE_EVENTS))
+        message = f"Unknown frame type {kind!r}; a workspace relays {allowed} (and ping)"
+        raise ProtocolError(message, error_frame(message, "unknown_type", now))
+    return Broadcast(kind, {k: v for k, v in data.items() if k not in ("type", "timestamp")})
+
+
+def decode_notifications(text: str, now: float) -> Command:
+    data = _parse(text, now)
+    if data["type"] != "ping":
+        message = "The notifications socket only accepts ping"
+        raise ProtocolError(message, error_frame(message, "unknown_type", now))
+    return Ping()
+
+
+# -- server frames ----------------------------------------------------------------
+def connected(session_id: str, user_id: str, now: float) -> str:
+    return frame("connected", now, {"session_id": session_id, "user_id": user_id})
+
+
+def pong(now: float) -> str:
+    return frame("pong", now)
+
+
+def error_frame(message: str, code: str, now: float) -> str:
+    details = {"message": message, "code": code}
+    return frame("error", now, {**details, "data": details})
+
+
+def error_for(error: GatewayError, now: float) -> str:
+    """The frame for an error: a protocol error carries its own, others are made here."""
+    if isinstance(error, ProtocolError) and isinstance(error.frame, str):
+        return error.frame
+    return error_frame(error.message, error.code, now)
+
+
+class Encoder:
+    """Events → frames for one connection (`self_id`: its id, to skip its own presence).
+
+    The `index` of text-delta counts from 0 within each reply.
+    """
+
+    def __init__(self, self_id: str = "", clock: Clock = time.time) -> None:
+        self._self_id = self_id
+        self._clock = clock
+        self._index: dict[tuple[str | None, str], int] = {}
+
+    def encode(self, event: Event) -> list[str]:
+        now = self._clock()
+        if isinstance(event, TextDelta):
+            key = (event.chat_id, event.message_id)
+            index = self._index.get(key, 0)
+            self._index[key] = index + 1
+            return [frame("text-delta", now, {"text": event.text, "index": index})]
+        if isinstance(event, ReplyStarted):
+            self._index[(event.chat_id, event.message_id)] = 0
+            ids = {"message_id": event.message_id, "chat_id": event.chat_id}
+            return [frame("response_start", now, ids)]
+        if isinstance(event, ReplyFinished):
+            self._index.pop((event.chat_id, event.message_id), None)
+            end: dict[str, Any] = {
+                "full_response": event.content,
+                "tokens_used": event.usage.completion_tokens,
+                "response_time": round(event.elapsed_s, 3),
+                "chat_id": event.chat_id,
+                "message_id": event.message_id,
+            }
+            if event.cancelled:
+                end["cancelled"] = True
+            return [frame("response_end", now, end)]
+        if isinstance(event, ReplyFailed):
+            self._index.pop((event.chat_id, event.message_id), None)
+            details = {"message": event.message, "code": event.code}
+            failed = {
+                **details,
+                "data": details,
+                "chat_id": event.chat_id,
+                "message_id": event.message_id,
+                "partial_response": event.partial_content,
+            }
+            return [frame("error", now, failed)]
+        if isinstance(event, SourcesFound):
+            return [frame("sources", now, {"sources": event.sources})] if event.sources else []
+        return self._presence(event, now)
+
+    def _presence(self, event: Event, now: float) -> list[str]:
+        if (
+            isinstance(event, TypingEvent | UserJoined | UserLeft | WorkspaceEvent)
+            and event.origin
+            and event.origin == self._self_id
+        ):
+            return []
+        if isinstance(event, TypingEvent):
+            return [frame("typing", now, {"user_id": event.user_id})]
+        if isinstance(event, UserLeft):
+            kind = "user_left" if event.room.startswith("workspace:") else "user_disconnected"
+            return [frame(kind, now, {"user_id": event.user_id})]
+        if isinstance(event, UserJoined):
+            return [frame("user_joined", now, {"user_id": event.user_id})]
+        if isinstance(event, WorkspaceEvent):
+            # The member's frame as sent, with who sent it.
+            return [frame(event.type, now, {**event.data, "user_id": event.user_id})]
+        if isinstance(event, Notification):
+            note = {"title": event.title, "body": event.body, "action_url": event.action_url}
+            return [frame("notification", now, {"notification": note})]
+        return []

@@ -1,0 +1,235 @@
+"""Raw WebSocket transport, shared by RAGFlow's and Nadoo's endpoints (PROTOCOLS.md §3, §4).
+
+A connection's life, the same for every flavour::
+
+    handshake   origin refused → 403; no `Upgrade: websocket` → 426 naming the
+                proxy lines that drop it
+    identity    token from header, cookie or query (`auth.find_token`); a bad one
+                → the endpoint's refusal frames, then close 1008
+    open        the endpoint joins the connection to its rooms; the connection
+                always has its own room `conn:<id>` for the replies it asks for
+    frames      text → `endpoint.received`; a `GatewayError` there becomes the
+                endpoint's error frame and the connection stays open; anything
+                else is a bug: internal-error frame, close 1011
+    delivery    events of its rooms → bounded `Outbox` → writer task →
+                `endpoint.encode` → text frames; a client that stops reading
+                until the outbox overflows is closed 1013 (it may reconnect)
+    limits      a frame over `max_frame_bytes` is closed 1009 by aiohttp; pings
+                every `PING_INTERVAL_S` keep proxies' idle timers (nginx: 60 s) fed
+
+The endpoint (the flavour's glue, in `gateway/api/`) never touches aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Protocol
+
+from aiohttp import WSMsgType, web
+
+from gateway.auth import Principal, find_token
+from gateway.context import gateway_of
+from gateway.errors import (
+    WS_INTERNAL_ERROR,
+    WS_TRY_AGAIN_LATER,
+    Forbidden,
+    GatewayError,
+    InternalError,
+    PeerError,
+)
+from gateway.events import Event
+from gateway.hub import Hub, Outbox, Overflow
+
+log = logging.getLogger(__name__)
+
+# Below every common proxy idle timeout (nginx: 60 s).
+PING_INTERVAL_S = 25.0
+# How long a close handshake may take before the TCP connection is cut.
+CLOSE_TIMEOUT_S = 2.0
+# Drops in progress (the loop holds tasks only weakly).
+_DROPPING: set[asyncio.Task[None]] = set()
+
+UPGRADE_REQUIRED = (
+    "This is a WebSocket endpoint, and the request reached it without 'Upgrade: websocket'. "
+    "A proxy in front of the gateway dropped the upgrade headers. nginx needs, in this "
+    "location: proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
+    "proxy_set_header Connection $connection_upgrade; (with map $http_upgrade "
+    "$connection_upgrade { default upgrade; '' ''; }). Caddy's reverse_proxy does it by itself."
+)
+
+
+class Connection:
+    """One accepted WebSocket, as an endpoint sees it."""
+
+    def __init__(self, ws: web.WebSocketResponse, hub: Hub, request: web.Request) -> None:
+        self.id = uuid.uuid4().hex
+        self.ws = ws
+        self.request = request
+        self.principal: Principal | None = None
+        self._hub = hub
+        self.outbox: Outbox | None = None
+        # Per-connection state an endpoint keeps (running task ids, encoder...).
+        self.state: dict[str, object] = {}
+
+    @property
+    def room(self) -> str:
+        """The connection's own room: replies it asks for are also published here."""
+        return f"conn:{self.id}"
+
+    @property
+    def user_id(self) -> str:
+        if self.principal is None:
+            raise RuntimeError("Connection.user_id read before authentication")
+        return self.principal.user_id
+
+    def join(self, room: str) -> None:
+        if self.outbox is not None:
+            self._hub.join(self.outbox, room)
+
+    def publish(self, rooms: list[str], event: Event) -> None:
+        """Publish to rooms (the hub's `publish`, for presence and broadcasts)."""
+        self._hub.publish(rooms, event)
+
+    async def send(self, frame: str) -> None:
+        """One text frame now (replies to the client's own frames: pong, errors)."""
+        if not self.ws.closed:
+            await self.ws.send_str(frame)
+
+
+class Endpoint(Protocol):
+    """A flavour's WebSocket route: what the transport calls, in order."""
+
+    def refused(self, error: GatewayError) -> list[str]:
+        """Frames sent before closing a connection refused at open (bad token...)."""
+        ...
+
+    async def opened(self, conn: Connection) -> None:
+        """Authenticated: join rooms, greet.  Raising refuses the connection."""
+        ...
+
+    async def received(self, conn: Connection, text: str) -> None:
+        """One text frame from the client."""
+        ...
+
+    def failed(self, error: GatewayError) -> list[str]:
+        """Frames for a client frame that could not be carried out."""
+        ...
+
+    def encode(self, conn: Connection, event: Event) -> list[str]:
+        """Frames for an event of the connection's rooms."""
+        ...
+
+    async def closed(self, conn: Connection) -> None:
+        """The connection ended (say goodbye to the others in its rooms)."""
+        ...
+
+
+async def serve(
+    request: web.Request,
+    endpoint: Endpoint,
+    *,
+    authenticate: bool = True,
+    reason_for: Callable[[GatewayError], str] = lambda error: error.message,
+) -> web.StreamResponse:
+    gateway = gateway_of(request)
+    if not gateway.origins.allows(request.headers.get("Origin"), request.host):
+        raise Forbidden(f"Origin {request.headers.get('Origin')} is not allowed")
+    ws = web.WebSocketResponse(
+        heartbeat=PING_INTERVAL_S, max_msg_size=gateway.settings.max_frame_bytes
+    )
+    if not ws.can_prepare(request).ok:
+        return web.json_response({"detail": UPGRADE_REQUIRED}, status=426)
+    await ws.prepare(request)
+    conn = Connection(ws, gateway.hub, request)
+    try:
+        if authenticate:
+            token = find_token(request.headers, request.cookies, request.query)
+            conn.principal = await gateway.authenticator.authenticate(token)
+        conn.outbox = gateway.hub.subscribe([conn.room], on_overflow=lambda: _too_slow(conn))
+        await endpoint.opened(conn)
+    except GatewayError as exc:
+        if conn.outbox is not None:
+            gateway.hub.unsubscribe(conn.outbox)
+        await _refuse(conn, endpoint, exc, reason_for(exc))
+        return ws
+    writer = asyncio.create_task(_write(conn, endpoint))
+    try:
+        await _read(conn, endpoint)
+    finally:
+        gateway.hub.unsubscribe(conn.outbox)
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        with contextlib.suppress(Exception):
+            await endpoint.closed(conn)
+    return ws
+
+
+async def _read(conn: Connection, endpoint: Endpoint) -> None:
+    async for msg in conn.ws:
+        if msg.type == WSMsgType.TEXT:
+            try:
+                await endpoint.received(conn, msg.data)
+            except GatewayError as exc:
+                for frame in endpoint.failed(exc):
+                    await conn.send(frame)
+            except Exception:
+                log.exception("websocket endpoint failed", extra={"path": conn.request.path})
+                for frame in endpoint.failed(InternalError()):
+                    await conn.send(frame)
+                await conn.ws.close(code=WS_INTERNAL_ERROR, message=b"Internal server error")
+                return
+        elif msg.type == WSMsgType.BINARY:
+            error = PeerError("Binary frames are not accepted; send JSON as text")
+            for frame in endpoint.failed(error):
+                await conn.send(frame)
+        # ERROR and CLOSE end the loop; aiohttp has already answered them
+        # (1009 for a frame over max_msg_size).
+
+
+async def _write(conn: Connection, endpoint: Endpoint) -> None:
+    outbox = conn.outbox
+    assert outbox is not None
+    try:
+        while events := await outbox.batch():
+            for event in events:
+                for frame in endpoint.encode(conn, event):
+                    await conn.ws.send_str(frame)
+            outbox.done()
+    except Overflow:
+        pass
+    except (ConnectionResetError, RuntimeError):
+        pass  # the client went away mid-write; the reader sees it too
+
+
+async def _refuse(conn: Connection, endpoint: Endpoint, error: GatewayError, reason: str) -> None:
+    for frame in endpoint.refused(error):
+        await conn.send(frame)
+    # Close reasons are at most 123 bytes (RFC 6455 §5.5).
+    await conn.ws.close(code=error.ws_close_code, message=reason.encode()[:123])
+
+
+def _too_slow(conn: Connection) -> None:
+    log.warning(
+        "slow websocket dropped: it fell behind",
+        extra={"path": conn.request.path, "user": conn.principal and conn.principal.user_id},
+    )
+    task = asyncio.get_running_loop().create_task(_drop(conn))
+    _DROPPING.add(task)
+    task.add_done_callback(_DROPPING.discard)
+
+
+async def _drop(conn: Connection) -> None:
+    # A client that does not read will not answer the close handshake either.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(
+            conn.ws.close(code=WS_TRY_AGAIN_LATER, message=b"Client too slow; reconnect"),
+            CLOSE_TIMEOUT_S,
+        )
+    transport = conn.request.transport
+    if transport is not None:
+        transport.abort()
