@@ -12,14 +12,27 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.api import auths, chats, completions, health, openai, openwebui, tasks
+from gateway.api import (
+    auths,
+    chats,
+    completions,
+    health,
+    nadoo,
+    openai,
+    openwebui,
+    ragflow,
+    ragflow_ws,
+    tasks,
+)
 from gateway.api.common import error_middleware, render_detail, render_openai
 from gateway.auth import Authenticator
+from gateway.chat.assistants import Assistants
 from gateway.chat.service import ChatService
 from gateway.context import GATEWAY, Gateway
 from gateway.hub import Hub
 from gateway.keys import load_or_create_secret
 from gateway.origins import OriginPolicy
+from gateway.presence import Presence
 from gateway.settings import Settings
 from gateway.store import open_store
 from gateway.transports.socketio import SocketIOTransport
@@ -61,7 +74,14 @@ def build_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_request_body_bytes,
         middlewares=[
             origins.middleware(),
-            error_middleware([("/v1/", render_openai)], default=render_detail),
+            error_middleware(
+                [
+                    ("/ragflow/", ragflow.render_error),
+                    ("/v1/ws/", render_detail),
+                    ("/v1/", render_openai),
+                ],
+                default=render_detail,
+            ),
         ],
     )
     public_key = (
@@ -81,14 +101,20 @@ def build_app(settings: Settings) -> web.Application:
                     build_upstreams(settings, session), settings.upstream_models_ttl_s
                 )
                 hub = Hub(settings.outbox_max_events, settings.outbox_max_chars)
+                presence = Presence()
                 service = ChatService(
-                    router, store, hub, settings.checkpoint_interval_s, settings.default_model
+                    router,
+                    store,
+                    hub,
+                    settings.checkpoint_interval_s,
+                    settings.default_model,
+                    presence,
                 )
                 await service.recover_unfinished()
                 authenticator = Authenticator(
                     signing_key, StoreDirectory(store, settings.api_keys), public_key
                 )
-                sockets.bind(authenticator, hub, store)
+                sockets.bind(authenticator, hub, store, presence)
                 app[GATEWAY] = Gateway(
                     settings=settings,
                     origins=origins,
@@ -98,6 +124,8 @@ def build_app(settings: Settings) -> web.Application:
                     store=store,
                     hub=hub,
                     sockets=sockets,
+                    presence=presence,
+                    assistants=Assistants(store, service),
                 )
                 yield
                 await sockets.shutdown()
@@ -116,4 +144,7 @@ def build_app(settings: Settings) -> web.Application:
     auths.add_routes(app)
     chats.add_routes(app)
     sockets.add_routes(app)
+    nadoo.add_routes(app)
+    ragflow.add_routes(app)
+    ragflow_ws.add_routes(app)
     return app

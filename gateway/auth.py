@@ -74,14 +74,18 @@ def find_token(
     """The first token offered, in the documented order; None when there is none.
 
     A present but malformed `Authorization` header is an error, not "no token":
-    silently falling back to a cookie would hide a client bug.
+    silently falling back to a cookie would hide a client bug.  A bare token
+    (`Authorization: <jwt>`, as RAGFlow's docs show for session tokens) is
+    accepted like `Bearer <jwt>`.
     """
     header = headers.get("Authorization")
     if header is not None:
-        scheme, _, value = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not value.strip() or " " in value.strip():
+        words = header.split()
+        if len(words) == 1:
+            return words[0]
+        if len(words) != 2 or words[0].lower() != "bearer":
             raise AuthError("Malformed Authorization header: expected 'Bearer <token>'")
-        return value.strip()
+        return words[1]
     for candidate in (
         headers.get("x-api-key"),
         cookies.get("token"),

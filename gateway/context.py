@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.auth import Authenticator
+from gateway.chat.assistants import Assistants
 from gateway.chat.service import ChatService
 from gateway.hub import Hub
 from gateway.origins import OriginPolicy
+from gateway.presence import Presence
 from gateway.settings import Settings
 from gateway.store import Store
 from gateway.transports.socketio import SocketIOTransport
@@ -26,6 +28,8 @@ class Gateway:
     store: Store
     hub: Hub
     sockets: SocketIOTransport
+    presence: Presence
+    assistants: Assistants
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

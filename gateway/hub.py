@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import replace
 
-from gateway.events import Event, ReasoningDelta, TextDelta
+from gateway.events import Event, ReasoningDelta, ReplyFailed, ReplyFinished, TextDelta
 
 
 class Overflow(Exception):
@@ -230,3 +230,15 @@ def reply_room(chat_id: str, message_id: str) -> str:
     # Message ids are chosen by clients and repeat across chats ("a1");
     # the chat id makes the room one reply's.
     return f"reply:{chat_id}/{message_id}"
+
+
+async def until_finished(outbox: Outbox) -> AsyncGenerator[Event, None]:
+    """One reply's events from an outbox that follows it, ending with its
+    ReplyFinished or ReplyFailed (or when the outbox overflows or closes)."""
+    try:
+        while (event := await outbox.get()) is not None:
+            yield event
+            if isinstance(event, ReplyFinished | ReplyFailed):
+                return
+    except Overflow:
+        return

@@ -77,6 +77,16 @@ class Settings(BaseModel):
     checkpoint_interval_s: float = Field(
         1.0, gt=0, description="seconds between draft checkpoints of a streaming reply"
     )
+    ragflow_sse_answer_mode: Literal["cumulative", "delta"] = Field(
+        "cumulative",
+        description="RAGFlow HTTP answers: cumulative (RAGFlow ≤ 0.23, the SDK's examples) "
+        "or delta (≥ 0.24)",
+    )
+    ragflow_ws_answer_mode: Literal["cumulative", "delta"] = Field(
+        "delta",
+        description="RAGFlow WebSocket answers: delta (what its WebSocket clients append) "
+        "or cumulative",
+    )
     outbox_max_events: int = Field(
         256, ge=8, description="events queued per connection before deltas are merged"
     )

@@ -55,7 +55,7 @@ def render_detail(error: GatewayError) -> web.Response:
     return web.json_response({"detail": error.message}, status=error.http_status)
 
 
-class _HTTPStatusError(PeerError):
+class HTTPStatusError(PeerError):
     """aiohttp's own 404/405/413 re-shaped into the route's flavour."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -85,7 +85,7 @@ def error_middleware(renderers: Sequence[tuple[str, Renderer]], default: Rendere
             message = exc.text or exc.reason
             if exc.status == 404:
                 message = str(NotFound(f"No route for {request.method} {request.path}"))
-            response = pick(request.path)(_HTTPStatusError(exc.status, message))
+            response = pick(request.path)(HTTPStatusError(exc.status, message))
             for header in ("Allow",):
                 if header in exc.headers:
                     response.headers[header] = exc.headers[header]

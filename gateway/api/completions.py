@@ -13,7 +13,6 @@ SSE (`stream: true`) or returns the OpenAI JSON when it ends.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
 
 from aiohttp import web
 
@@ -21,28 +20,17 @@ from gateway.api import openai
 from gateway.api.common import principal_of, read_json
 from gateway.context import gateway_of
 from gateway.errors import BadRequest, UpstreamError
-from gateway.events import Event, ReplyFailed, ReplyFinished
+from gateway.events import ReplyFailed, ReplyFinished
 from gateway.flavours import openai as codec
 from gateway.flavours.openwebui import (
     decode_completion_request,
     is_stored_request,
     is_web_app_turn,
 )
-from gateway.hub import Outbox, Overflow
+from gateway.hub import until_finished
 from gateway.transports.sse import stream_events
 
 REPAIRED_HEADER = "X-Gateway-Repaired"
-
-
-async def until_finished(outbox: Outbox) -> AsyncGenerator[Event, None]:
-    """One reply's events from its outbox, ending with ReplyFinished or ReplyFailed."""
-    try:
-        while (event := await outbox.get()) is not None:
-            yield event
-            if isinstance(event, ReplyFinished | ReplyFailed):
-                return
-    except Overflow:
-        return
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import AsyncGenerator
 
 from aiohttp import web
 
 from gateway.api.common import principal_of, read_json
+from gateway.commands import Ask
 from gateway.context import gateway_of
 from gateway.errors import UpstreamError
-from gateway.events import ReasoningDelta, ReplyFailed, ReplyFinished, ReplyStarted
+from gateway.events import Event, ReasoningDelta, ReplyFailed, ReplyFinished, ReplyStarted
 from gateway.flavours import openai as codec
 from gateway.transports.sse import stream_events
 
@@ -29,10 +31,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     gateway = gateway_of(request)
     principal = await principal_of(request)
     ask = codec.decode_request(await read_json(request))
-    events = await gateway.service.open_reply(principal, ask)
+    return await answer(request, ask, await gateway.service.open_reply(principal, ask))
+
+
+async def answer(
+    request: web.Request, ask: Ask, events: AsyncGenerator[Event, None], *, space: bool = True
+) -> web.StreamResponse:
+    """A pure-API reply as OpenAI SSE (`stream`) or one `chat.completion` JSON."""
+    gateway = gateway_of(request)
     created = int(time.time())
     if ask.stream:
-        encoder = codec.ChunkEncoder(ask.model, created, ask.include_usage)
+        encoder = codec.ChunkEncoder(ask.model, created, ask.include_usage, space)
         return await stream_events(
             request,
             events,

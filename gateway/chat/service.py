@@ -48,6 +48,7 @@ from gateway.errors import BadRequest, GatewayError, UpstreamError
 from gateway.events import (
     ChatTitleChanged,
     Event,
+    Notification,
     ReplyFailed,
     ReplyFinished,
     ReplyStarted,
@@ -55,6 +56,7 @@ from gateway.events import (
     Usage,
 )
 from gateway.hub import Hub, Outbox, reply_room
+from gateway.presence import Presence
 from gateway.store import Store
 from gateway.store.records import ChatRecord, MessageRecord
 from gateway.upstream.router import ModelRouter
@@ -65,6 +67,13 @@ CRASH_NOTE = (
     "The gateway stopped before this reply finished; the text up to the last checkpoint is kept."
 )
 TITLE_CHARS = 60
+NOTIFICATION_PREVIEW_CHARS = 140
+
+
+def notify_room(user_id: str) -> str:
+    return f"notify:{user_id}"
+
+
 # A chat titled so has no title of its own yet: its first reply gives it one.
 DEFAULT_TITLES = ("", DEFAULT_TITLE)
 
@@ -124,6 +133,7 @@ class StartedReply:
 class StartedTurn:
     chat_id: str
     task_ids: list[str]
+    message_ids: list[str]
 
 
 class ChatService:
@@ -134,11 +144,13 @@ class ChatService:
         hub: Hub,
         checkpoint_interval_s: float = 1.0,
         default_model: str = "",
+        presence: Presence | None = None,
     ) -> None:
         self.router = router
         self.store = store
         self.hub = hub
         self._default_model = default_model
+        self._presence = presence
         self.book = ChatBook(store, self.is_generating)
         self._checkpoint_interval_s = checkpoint_interval_s
         # task id → reply; task ids are ours, message ids are the clients'.
@@ -255,6 +267,7 @@ class ChatService:
         say: Say,
         *,
         system: str | None = None,
+        params: dict[str, Any] | None = None,
         rooms: tuple[str, ...] = (),
     ) -> StartedTurn:
         """A user message from a raw-WebSocket client (Nadoo, RAGFlow): it goes under
@@ -279,6 +292,7 @@ class ChatService:
             },
             targets=(ReplyTarget(reply_id, model),),
             rooms=rooms,
+            params=params or {},
         )
         return await self._answer_turn(chat, history, ask, new=say.chat_id is None)
 
@@ -334,7 +348,7 @@ class ChatService:
             opening = self._opener(target.model, conversation, ask.params, record, chat)
             running = self._run(chat.id, record.id, chat.user_id, opening, record, title, ask.rooms)
             task_ids.append(running.task_id)
-        return StartedTurn(chat.id, task_ids)
+        return StartedTurn(chat.id, task_ids, [p["id"] for p, _ in turn.replies])
 
     def _start_temporary(self, principal: Principal, ask: Ask) -> StartedTurn:
         """An unsaved chat: the request carries the conversation; nothing is stored."""
@@ -355,7 +369,7 @@ class ChatService:
                 ask.chat_id, target.message_id, principal.user_id, opening, rooms=ask.rooms
             )
             task_ids.append(running.task_id)
-        return StartedTurn(ask.chat_id, task_ids)
+        return StartedTurn(ask.chat_id, task_ids, [t.message_id for t in ask.reply_targets()])
 
     def _opener(
         self,
@@ -465,6 +479,8 @@ class ChatService:
                         if titled is not None:
                             changed = ChatTitleChanged(chat_id, message_id, event.seq + 1, titled)
                             self.hub.publish(rooms, changed)
+                        if record is not None:
+                            self._notify_if_unwatched(running, event.content)
                     elif isinstance(event, ReplyFailed):
                         if record is not None:
                             await self._finish(record, event.partial_content, error=event.message)
@@ -512,6 +528,17 @@ class ChatService:
             if checkpoint is not None and not checkpoint.done():
                 checkpoint.cancel()
             self.running.pop(running.task_id, None)
+
+    def _notify_if_unwatched(self, running: Running, content: str) -> None:
+        """A reply that finished while none of the user's chat sockets was open
+        becomes a notification (Nadoo's `/ws/notifications/{user_id}`)."""
+        if self._presence is None or self._presence.watching(running.user_id):
+            return
+        preview = " ".join(content.split())
+        if len(preview) > NOTIFICATION_PREVIEW_CHARS:
+            preview = preview[: NOTIFICATION_PREVIEW_CHARS - 1] + "…"
+        note = Notification(running.user_id, "Reply ready", preview, f"/c/{running.chat_id}")
+        self.hub.publish([notify_room(running.user_id)], note)
 
     async def _finish(
         self,

@@ -63,7 +63,12 @@ def _dumps(frame: Mapping[str, Any]) -> str:
 
 
 def frame(kind: str, now: float, fields: Mapping[str, Any] | None = None) -> str:
-    return _dumps({**(fields or {}), "type": kind, "timestamp": timestamp(now)})
+    """`{"type", ...fields, "timestamp"}`; fields cannot override type or timestamp."""
+    shaped: dict[str, Any] = {"type": kind}
+    shaped.update(fields or {})
+    shaped["type"] = kind
+    shaped["timestamp"] = timestamp(now)
+    return _dumps(shaped)
 
 
 # -- client frames ----------------------------------------------------------------

@@ -119,10 +119,14 @@ class ChunkEncoder:
     (always the first event of a reply).
     """
 
-    def __init__(self, model: str, created: int, include_usage: bool) -> None:
+    def __init__(self, model: str, created: int, include_usage: bool, space: bool = True) -> None:
         self._model = model
         self._created = created
         self._include_usage = include_usage
+        # RAGFlow's OpenAI-compatible route writes `data:` with no space.
+        self._space = space
+        self._data = b"data: " if space else b"data:"
+        self._done = DONE if space else b"data:[DONE]\n\n"
         self._start("")
 
     def _start(self, completion_id: str) -> None:
@@ -141,9 +145,11 @@ class ChunkEncoder:
 
     def encode(self, event: Event) -> list[bytes]:
         if isinstance(event, TextDelta):
-            return [b"data: " + self._content_prefix + _dumps(event.text).encode() + self._suffix]
+            return [self._data + self._content_prefix + _dumps(event.text).encode() + self._suffix]
         if isinstance(event, ReasoningDelta):
-            return [b"data: " + self._reasoning_prefix + _dumps(event.text).encode() + self._suffix]
+            return [
+                self._data + self._reasoning_prefix + _dumps(event.text).encode() + self._suffix
+            ]
         if isinstance(event, ReplyStarted):
             self._start(event.message_id)
             return [self._chunk({"role": "assistant", "content": ""}, None)]
@@ -151,11 +157,12 @@ class ChunkEncoder:
             frames = [self._chunk({}, event.finish_reason)]
             if self._include_usage:
                 usage = {**self._head, "choices": [], "usage": event.usage.as_dict()}
-                frames.append(data_frame(_dumps(usage)))
-            frames.append(DONE)
+                frames.append(data_frame(_dumps(usage), self._space))
+            frames.append(self._done)
             return frames
         if isinstance(event, ReplyFailed):
-            return [data_frame(_dumps(error_body(event.message, "server_error", event.code))), DONE]
+            error = error_body(event.message, "server_error", event.code)
+            return [data_frame(_dumps(error), self._space), self._done]
         return []
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
@@ -163,7 +170,7 @@ class ChunkEncoder:
             **self._head,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
         }
-        return data_frame(_dumps(chunk))
+        return data_frame(_dumps(chunk), self._space)
 
 
 def completion_body(

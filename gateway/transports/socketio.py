@@ -42,6 +42,7 @@ from gateway.events import Event
 from gateway.flavours.openwebui import SocketEncoder, decode_chat_event, decode_user_join
 from gateway.hub import Hub, Outbox, Overflow
 from gateway.origins import OriginPolicy
+from gateway.presence import Presence, Seat
 from gateway.settings import Settings
 from gateway.store import ChatRecord, Store
 
@@ -93,6 +94,7 @@ class SocketIOTransport:
         self._authenticator: Authenticator | None = None
         self._hub: Hub | None = None
         self._store: Store | None = None
+        self._presence: Presence | None = None
         # Drops in progress (a task the loop holds only weakly must be kept).
         self._closing: set[asyncio.Task[None]] = set()
         self.sio.on("connect", self._on_connect)
@@ -110,9 +112,12 @@ class SocketIOTransport:
             app.router.add_route("GET", route, self._handle)
             app.router.add_route("POST", route, self._handle)
 
-    def bind(self, authenticator: Authenticator, hub: Hub, store: Store) -> None:
+    def bind(
+        self, authenticator: Authenticator, hub: Hub, store: Store, presence: Presence
+    ) -> None:
         """Called once the app's resources exist (the socket routes exist before)."""
         self._authenticator, self._hub, self._store = authenticator, hub, store
+        self._presence = presence
 
     async def shutdown(self) -> None:
         for conn in list(self._conns.values()):
@@ -232,6 +237,8 @@ class SocketIOTransport:
             deliver=lambda event: self._deliver(conn, event),
         )
         conn.pump = asyncio.create_task(self._pump(conn, conn.outbox))
+        if self._presence is not None:
+            self._presence.add(conn.sid, Seat("socketio", principal.user_id))
 
     def _deliver(self, conn: Connection, event: Event) -> bool:
         """The fast path: into Engine.IO's queue now, unless it is backed up."""
@@ -254,6 +261,8 @@ class SocketIOTransport:
             )
 
     def _release(self, conn: Connection) -> None:
+        if self._presence is not None:
+            self._presence.remove(conn.sid)
         if conn.outbox is not None and self._hub is not None:
             self._hub.unsubscribe(conn.outbox)
         if conn.pump is not None and conn.pump is not asyncio.current_task():

@@ -64,3 +64,15 @@ async def stream_events(
             with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
                 await pinger
     return response
+
+
+async def send_all(
+    request: web.Request, frames: list[bytes], origins: OriginPolicy
+) -> web.StreamResponse:
+    """A short event stream whose every frame is known now."""
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    grant_stream(request, response, origins)
+    await response.prepare(request)
+    await response.write(b"".join(frames))
+    await response.write_eof()
+    return response

@@ -1,0 +1,176 @@
+"""Nadoo's WebSocket endpoints and `GET /ws/stats` (PROTOCOLS.md §4), at the root and under `/api`.
+
+    /ws/chat/{session_id}          chat in a session; its replies go to every member
+                                   of the session (room `session:<id>`), typing to the others
+    /ws/notifications/{user_id}    the token's own user only; notifications from the core
+    /ws/workspaces/{workspace_id}  joined/left and members' broadcasts to the others
+    GET /ws/stats                  connections, sessions, users (all transports)
+
+A chat message names a model with `application_id` (a model id; anything
+else gets the default model).  A bad or missing token: the socket is
+accepted, then closed 1008 "Invalid token", as Nadoo documents.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from gateway.api.common import principal_of
+from gateway.chat.service import notify_room
+from gateway.commands import Broadcast, Cancel, Ping, Say, Typing
+from gateway.context import Gateway, gateway_of
+from gateway.errors import AuthError, Forbidden, GatewayError
+from gateway.events import Event, UserJoined, UserLeft, WorkspaceEvent
+from gateway.events import Typing as TypingEvent
+from gateway.flavours import nadoo
+from gateway.presence import Seat, stats
+from gateway.transports.websocket import Connection, serve
+
+INVALID_TOKEN = "Invalid token"
+
+
+def _reason(error: GatewayError) -> str:
+    # Nadoo's clients look for this exact reason on 1008.
+    return INVALID_TOKEN if isinstance(error, AuthError) else error.message
+
+
+class _NadooEndpoint:
+    """What the three Nadoo sockets share: presence, encoding, errors, no refusal frames."""
+
+    kind = ""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def refused(self, error: GatewayError) -> list[str]:
+        return []
+
+    def failed(self, error: GatewayError) -> list[str]:
+        return [nadoo.error_for(error, time.time())]
+
+    def encode(self, conn: Connection, event: Event) -> list[str]:
+        encoder = conn.state.get("encoder")
+        assert isinstance(encoder, nadoo.Encoder)
+        return encoder.encode(event)
+
+    def _seat(self, conn: Connection, session: str | None = None) -> None:
+        conn.state["encoder"] = nadoo.Encoder(conn.id)
+        self.gateway.presence.add(conn.id, Seat(self.kind, conn.user_id, session))
+
+    async def closed(self, conn: Connection) -> None:
+        self.gateway.presence.remove(conn.id)
+
+
+class ChatEndpoint(_NadooEndpoint):
+    kind = "nadoo-chat"
+
+    def __init__(self, gateway: Gateway, session_id: str) -> None:
+        super().__init__(gateway)
+        self.session_id = session_id
+        self.room = f"session:{session_id}"
+
+    async def opened(self, conn: Connection) -> None:
+        conn.join(self.room)
+        self._seat(conn, self.session_id)
+        await conn.send(nadoo.connected(self.session_id, conn.user_id, time.time()))
+
+    async def received(self, conn: Connection, text: str) -> None:
+        command = nadoo.decode_chat(text, time.time())
+        assert conn.principal is not None
+        if isinstance(command, Say):
+            await self.gateway.service.say(conn.principal, command, rooms=(self.room,))
+        elif isinstance(command, Ping):
+            await conn.send(nadoo.pong(time.time()))
+        elif isinstance(command, Typing):
+            conn.publish([self.room], TypingEvent(self.session_id, conn.user_id, conn.id))
+        elif isinstance(command, Cancel):
+            # The user's replies running in this session, whichever of its sockets asked.
+            service = self.gateway.service
+            for running in list(service.running.values()):
+                if self.room in running.rooms and running.user_id == conn.user_id:
+                    await service.cancel(running)
+
+    async def closed(self, conn: Connection) -> None:
+        await super().closed(conn)
+        conn.publish([self.room], UserLeft(self.room, conn.user_id, conn.id))
+
+
+class NotificationsEndpoint(_NadooEndpoint):
+    kind = "nadoo-notifications"
+
+    def __init__(self, gateway: Gateway, user_id: str) -> None:
+        super().__init__(gateway)
+        self.user_id = user_id
+
+    async def opened(self, conn: Connection) -> None:
+        if conn.user_id != self.user_id:
+            raise Forbidden("The user_id in the path is not the token's user")
+        conn.join(notify_room(conn.user_id))
+        self._seat(conn)
+
+    async def received(self, conn: Connection, text: str) -> None:
+        nadoo.decode_notifications(text, time.time())  # ping is all it accepts
+        await conn.send(nadoo.pong(time.time()))
+
+
+class WorkspaceEndpoint(_NadooEndpoint):
+    kind = "nadoo-workspace"
+
+    def __init__(self, gateway: Gateway, workspace_id: str) -> None:
+        super().__init__(gateway)
+        self.workspace_id = workspace_id
+        self.room = f"workspace:{workspace_id}"
+
+    async def opened(self, conn: Connection) -> None:
+        conn.join(self.room)
+        self._seat(conn, f"workspace_{self.workspace_id}")
+        conn.publish([self.room], UserJoined(self.room, conn.user_id, conn.id))
+
+    async def received(self, conn: Connection, text: str) -> None:
+        command = nadoo.decode_workspace(text, time.time())
+        if isinstance(command, Ping):
+            await conn.send(nadoo.pong(time.time()))
+        elif isinstance(command, Broadcast):
+            event = WorkspaceEvent(
+                self.workspace_id, conn.user_id, command.type, command.data, conn.id
+            )
+            conn.publish([self.room], event)
+
+    async def closed(self, conn: Connection) -> None:
+        await super().closed(conn)
+        conn.publish([self.room], UserLeft(self.room, conn.user_id, conn.id))
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    endpoint = ChatEndpoint(gateway_of(request), request.match_info["session_id"])
+    return await serve(request, endpoint, reason_for=_reason)
+
+
+async def notifications(request: web.Request) -> web.StreamResponse:
+    endpoint = NotificationsEndpoint(gateway_of(request), request.match_info["user_id"])
+    return await serve(request, endpoint, reason_for=_reason)
+
+
+async def workspaces(request: web.Request) -> web.StreamResponse:
+    endpoint = WorkspaceEndpoint(gateway_of(request), request.match_info["workspace_id"])
+    return await serve(request, endpoint, reason_for=_reason)
+
+
+async def ws_stats(request: web.Request) -> web.Response:
+    """Every realtime connection of the gateway; other users' ids only for admins."""
+    principal = await principal_of(request)
+    body = stats(gateway_of(request).presence.seats())
+    if not principal.is_admin:
+        users = body["details"]["users"]
+        body["details"]["users"] = {k: v for k, v in users.items() if k == principal.user_id}
+    return web.json_response(body)
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in ("", "/api"):
+        app.router.add_get(f"{prefix}/ws/chat/{{session_id}}", chat)
+        app.router.add_get(f"{prefix}/ws/notifications/{{user_id}}", notifications)
+        app.router.add_get(f"{prefix}/ws/workspaces/{{workspace_id}}", workspaces)
+        app.router.add_get(f"{prefix}/ws/stats", ws_stats)

@@ -1,0 +1,123 @@
+"""RAGFlow's WebSocket chat (PROTOCOLS.md §3), for WeChat mini-programs and the like.
+
+    /v1/ws/chat  (and /ragflow/v1/ws/chat)
+        client {"type": "chat", "chat_id", "question", "stream"?, "session_id"?,
+                "answer_mode"?}; many questions on one connection
+    /api/v1/ws/chats/{chat_id}/completions  (and under /ragflow)
+        client {"question", "session_id"?, ...}: the path names the assistant
+    /v1/ws/health  (and /ragflow/v1/ws/health)
+        no auth: a greeting, then each message echoed with a timestamp
+
+Answers are the HTTP API's chunks as text frames, each question ending with
+`{"code": 0, "message": "", "data": true}`; `answer` is a delta by default
+here (what the WebSocket docs' clients append; `GATEWAY_RAGFLOW_WS_ANSWER_MODE`).
+A question without `session_id` opens a session and is answered; the
+chunks carry the new `session_id`.  A bad token: one code-109 frame, then
+close 1008.  A bad frame: an error frame, the connection stays open.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from gateway.context import Gateway, gateway_of
+from gateway.errors import AuthError, GatewayError
+from gateway.events import Event
+from gateway.flavours import ragflow as codec
+from gateway.presence import Seat
+from gateway.transports.websocket import Connection, serve
+
+
+class ChatSocket:
+    def __init__(self, gateway: Gateway, assistant_id: str | None = None) -> None:
+        self.gateway = gateway
+        # Set when the path names the assistant (/api/v1/ws/chats/{chat_id}/...).
+        self.assistant_id = assistant_id
+
+    def refused(self, error: GatewayError) -> list[str]:
+        if isinstance(error, AuthError):
+            return [codec.error_frame(codec.AUTHENTICATION_ERROR, codec.AUTH_REQUIRED)]
+        return [codec.failure_frame(error)]
+
+    async def opened(self, conn: Connection) -> None:
+        if self.assistant_id is not None:
+            assert conn.principal is not None
+            await self.gateway.assistants.owned(conn.principal, self.assistant_id)
+        conn.state["encoder"] = codec.AnswerEncoder(self.gateway.settings.ragflow_ws_answer_mode)
+        self.gateway.presence.add(conn.id, Seat("ragflow", conn.user_id))
+
+    async def received(self, conn: Connection, text: str) -> None:
+        question = codec.decode_ws_frame(text, self.assistant_id)
+        assert conn.principal is not None
+        assistants = self.gateway.assistants
+        assistant = await assistants.owned(conn.principal, question.assistant_id)
+        if question.session_id is None:
+            opener = codec.opener_of(assistant.config)
+            session = await assistants.create_session(assistant, codec.DEFAULT_SESSION_NAME, opener)
+        else:
+            session = await assistants.session(assistant, question.session_id)
+        turn = await assistants.ask(
+            conn.principal,
+            assistant,
+            session,
+            question.question,
+            system=codec.system_prompt(assistant.config),
+            params=codec.model_params(assistant.config),
+            rooms=(conn.room,),
+        )
+        self._encoder(conn).expect(turn.message_ids[0], question.answer_mode, question.stream)
+
+    def failed(self, error: GatewayError) -> list[str]:
+        return [codec.failure_frame(error)]
+
+    def encode(self, conn: Connection, event: Event) -> list[str]:
+        return self._encoder(conn).encode(event)
+
+    async def closed(self, conn: Connection) -> None:
+        self.gateway.presence.remove(conn.id)
+
+    @staticmethod
+    def _encoder(conn: Connection) -> codec.AnswerEncoder:
+        encoder = conn.state["encoder"]
+        assert isinstance(encoder, codec.AnswerEncoder)
+        return encoder
+
+
+class HealthSocket:
+    """No auth: proves a WebSocket reaches the gateway through whatever is in front."""
+
+    def refused(self, error: GatewayError) -> list[str]:
+        return []
+
+    async def opened(self, conn: Connection) -> None:
+        await conn.send(codec.HEALTHY)
+
+    async def received(self, conn: Connection, text: str) -> None:
+        await conn.send(codec.echo(text, time.time()))
+
+    def failed(self, error: GatewayError) -> list[str]:
+        return [codec.failure_frame(error)]
+
+    def encode(self, conn: Connection, event: Event) -> list[str]:
+        return []
+
+    async def closed(self, conn: Connection) -> None:
+        return None
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    assistant_id = request.match_info.get("chat_id")
+    return await serve(request, ChatSocket(gateway_of(request), assistant_id))
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    return await serve(request, HealthSocket(), authenticate=False)
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in ("", "/ragflow"):
+        app.router.add_get(f"{prefix}/v1/ws/chat", chat)
+        app.router.add_get(f"{prefix}/v1/ws/health", health)
+        app.router.add_get(f"{prefix}/api/v1/ws/chats/{{chat_id}}/completions", chat)

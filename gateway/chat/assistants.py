@@ -1,0 +1,154 @@
+"""Chat assistants (RAGFlow's "chats") and their sessions, on the chat core.
+
+An assistant is a stored configuration: a name, a model with sampling
+settings, a system prompt and an opener.  A session of an assistant is an
+ordinary chat of the core (`ChatRecord.assistant_id` names the assistant)::
+
+    chat.title               the session's name
+    chat.extra["ragflow"]    {"opener": <the assistant's opener when the session began>,
+                              "user_id": <RAGFlow's optional end-user id>}
+    history.messages         the questions and answers, a history tree like any chat
+
+so the owner's Open WebUI sidebar lists it, and it can be continued from any
+flavour.  Another user's assistant or session is "not yours", always with
+the same error as one that does not exist.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.auth import Principal
+from gateway.chat.chats import now_s
+from gateway.chat.service import ChatService, StartedTurn
+from gateway.commands import Say
+from gateway.errors import Conflict, NotFound
+from gateway.store import AssistantRecord, ChatRecord, Store
+from gateway.store.errors import Conflict as StoreConflict
+
+SESSION_EXTRA = "ragflow"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Assistants:
+    def __init__(self, store: Store, service: ChatService) -> None:
+        self.store = store
+        self.service = service
+
+    # -- assistants ------------------------------------------------------------
+    async def create(
+        self, principal: Principal, name: str, config: dict[str, Any]
+    ) -> AssistantRecord:
+        created = now_ms()
+        assistant = AssistantRecord(
+            uuid.uuid4().hex, principal.user_id, name, config, created, created
+        )
+        try:
+            await self.store.create_assistant(assistant)
+        except StoreConflict:
+            raise Conflict("Duplicated chat name in creating chat.") from None
+        return assistant
+
+    async def owned(
+        self, principal: Principal, assistant_id: str, message: str | None = None
+    ) -> AssistantRecord:
+        assistant = await self.store.get_assistant(assistant_id)
+        if assistant is None or assistant.user_id != principal.user_id:
+            raise NotFound(message or f"You don't own the chat {assistant_id}")
+        return assistant
+
+    async def update(
+        self, assistant: AssistantRecord, settings: Mapping[str, Any]
+    ) -> AssistantRecord:
+        config = dict(assistant.config)
+        for key in ("avatar", "description", "dataset_ids"):
+            if key in settings:
+                config[key] = settings[key]
+        for key in ("llm", "prompt"):
+            if key in settings:
+                config[key] = {**config.get(key, {}), **settings[key]}
+        assistant.config = config
+        assistant.name = settings.get("name", assistant.name)
+        assistant.updated_at_ms = now_ms()
+        try:
+            await self.store.update_assistant(assistant)
+        except StoreConflict:
+            raise Conflict("Duplicated chat name in updating chat.") from None
+        return assistant
+
+    # -- sessions --------------------------------------------------------------
+    async def create_session(
+        self, assistant: AssistantRecord, name: str, opener: str, end_user: str = ""
+    ) -> ChatRecord:
+        created = now_s()
+        chat = ChatRecord(
+            id=uuid.uuid4().hex,
+            user_id=assistant.user_id,
+            title=name,
+            current_id=None,
+            created_at=created,
+            updated_at=created,
+            extra={
+                "timestamp": created * 1000,
+                "models": [assistant.config.get("llm", {}).get("model_name")],
+                SESSION_EXTRA: {"opener": opener, "user_id": end_user},
+            },
+            assistant_id=assistant.id,
+        )
+        await self.store.insert_chat(chat, [])
+        return chat
+
+    async def session(
+        self, assistant: AssistantRecord, session_id: str, message: str | None = None
+    ) -> ChatRecord:
+        chat = await self.store.get_chat(session_id)
+        if chat is None or chat.user_id != assistant.user_id or chat.assistant_id != assistant.id:
+            raise NotFound(message or f"You don't own the session {session_id}")
+        return chat
+
+    async def sessions(
+        self,
+        assistant: AssistantRecord,
+        *,
+        session_id: str | None = None,
+        name: str | None = None,
+        end_user: str | None = None,
+    ) -> list[ChatRecord]:
+        chats = await self.store.list_chats(
+            assistant.user_id, archived=None, assistant_id=assistant.id
+        )
+        return [
+            chat
+            for chat in chats
+            if (session_id is None or chat.id == session_id)
+            and (name is None or chat.title == name)
+            and (end_user is None or session_extra(chat).get("user_id") == end_user)
+        ]
+
+    async def ask(
+        self,
+        principal: Principal,
+        assistant: AssistantRecord,
+        session: ChatRecord,
+        question: str,
+        *,
+        system: str,
+        params: dict[str, Any],
+        rooms: tuple[str, ...],
+    ) -> StartedTurn:
+        """The question goes under the session's current message and is answered by
+        the assistant's model (the default one if it is gone), as its system prompt says."""
+        model = assistant.config.get("llm", {}).get("model_name")
+        say = Say(question, session.id, model if isinstance(model, str) else None)
+        return await self.service.say(principal, say, system=system, params=params, rooms=rooms)
+
+
+def session_extra(chat: ChatRecord) -> dict[str, Any]:
+    extra = chat.extra.get(SESSION_EXTRA)
+    return dict(extra) if isinstance(extra, Mapping) else {}

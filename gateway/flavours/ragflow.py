@@ -1,0 +1,438 @@
+"""RAGFlow: the HTTP API under `/ragflow` and the WebSocket chat (PROTOCOLS.md §3).
+
+Every answer is HTTP 200 with an envelope; errors are a non-zero `code`::
+
+    {"code": 0, "message": "", "data": ...}            success
+    {"code": 102, "message": "You don't own the chat"}  failure (RetCode, below)
+
+A streamed answer (SSE `data:<json>\\n\\n`, no space, or one WebSocket text
+frame per chunk)::
+
+    {"code": 0, "message": "", "data": {"answer", "reference": {}, "audio_binary": null,
+                                        "id": <message id>, "session_id"}}
+    ...
+    {"code": 0, "message": "", "data": true}                     the end marker
+
+`answer` is **cumulative** (the text so far: RAGFlow ≤ 0.23, what released
+SDK examples expect, `ans.content[len(cont):]`) or a **delta** with
+`"final": false`, then `{"final": true, "answer": ""}` before the end marker
+(RAGFlow ≥ 0.24).  A failure mid-answer is
+`{"code": 500, "message", "data": {"answer": "**ERROR**: …", "reference": []}}`
+then the end marker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway.errors import (
+    AuthError,
+    BadRequest,
+    Conflict,
+    GatewayError,
+    NotFound,
+    PeerError,
+    ProtocolError,
+    ServerError,
+)
+from gateway.events import Event, ReplyFailed, ReplyFinished, TextDelta
+
+AnswerMode = Literal["cumulative", "delta"]
+ANSWER_MODES: tuple[AnswerMode, ...] = ("cumulative", "delta")
+
+# RAGFlow's RetCode values.
+SUCCESS = 0
+EXCEPTION_ERROR = 100
+ARGUMENT_ERROR = 101
+DATA_ERROR = 102
+AUTHENTICATION_ERROR = 109
+BAD_REQUEST = 400
+SERVER_ERROR = 500
+
+END = '{"code":0,"message":"","data":true}'
+AUTH_REQUIRED = "Authentication required. Please provide valid API token or user session."
+DEFAULT_OPENER = "Hi! I'm your assistant. What can I do for you?"
+DEFAULT_DESCRIPTION = "A helpful Assistant"
+DEFAULT_SESSION_NAME = "New session"
+# RAGFlow's default system prompt (it expects a knowledge base in {knowledge}).
+DEFAULT_PROMPT = (
+    "You are an intelligent assistant. Please summarize the content of the knowledge base "
+    "to answer the question. Please list the data in the knowledge base and answer in detail. "
+    "When all knowledge base content is irrelevant to the question, your answer must include "
+    "the sentence 'The answer you are looking for is not found in the knowledge base!' "
+    "Answers need to consider chat history.\nHere is the knowledge base:\n{knowledge}\n"
+    "The above is the knowledge base."
+)
+LLM_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.1,
+    "top_p": 0.3,
+    "presence_penalty": 0.4,
+    "frequency_penalty": 0.7,
+    "max_tokens": 512,
+}
+PROMPT_DEFAULTS: dict[str, Any] = {
+    "similarity_threshold": 0.2,
+    "keywords_similarity_weight": 0.7,
+    "top_n": 6,
+    "top_k": 1024,
+    "variables": [{"key": "knowledge", "optional": True}],
+    "rerank_model": "",
+    "empty_response": "Sorry! No relevant content was found in the knowledge base!",
+    "opener": DEFAULT_OPENER,
+    "show_quote": True,
+    "prompt": DEFAULT_PROMPT,
+}
+# Sampling settings of an assistant's `llm` the upstream understands.
+LLM_PARAMS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def ok(data: Any = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": SUCCESS, "message": ""}
+    if data is not None:
+        body["data"] = data
+    return body
+
+
+class DataError(PeerError):
+    """RAGFlow's DATA_ERROR (102): a thing that is not there, not yours, or clashes."""
+
+
+def code_for(error: GatewayError) -> int:
+    if isinstance(error, AuthError):
+        return AUTHENTICATION_ERROR
+    if isinstance(error, DataError | NotFound | Conflict):
+        return DATA_ERROR
+    if isinstance(error, PeerError):
+        return ARGUMENT_ERROR
+    return EXCEPTION_ERROR
+
+
+def error_body(error: GatewayError) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code_for(error), "message": error.message}
+    if isinstance(error, AuthError):
+        body["data"] = False  # as RAGFlow's token_required answers
+    return body
+
+
+def http_date(ms: int) -> str:
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(ms / 1000))
+
+
+# -- assistants ("chats" in RAGFlow's API) -----------------------------------------
+def decode_assistant(body: Any, *, creating: bool, known_models: list[str]) -> dict[str, Any]:
+    """The settings of an assistant as sent to create (all) or update (some) it.
+
+    Returns only what the body sets: name, avatar, description, dataset_ids,
+    llm (merged by the caller), prompt.  Raises the error RAGFlow answers.
+    """
+    if not isinstance(body, Mapping):
+        raise BadRequest("Body must be a JSON object")
+    settings: dict[str, Any] = {}
+    if creating or "name" in body:
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise DataError("`name` is required." if creating else "`name` cannot be empty.")
+        settings["name"] = name.strip()
+    for key in ("avatar", "description"):
+        if isinstance(body.get(key), str):
+            settings[key] = body[key]
+    dataset_ids = [d for d in body.get("dataset_ids") or [] if d]
+    if dataset_ids:
+        # The gateway has no knowledge bases: any dataset is one the caller does not own.
+        raise DataError(f"You don't own the dataset {dataset_ids[0]}")
+    if creating or "dataset_ids" in body:
+        settings["dataset_ids"] = []
+    llm = body.get("llm")
+    if llm is not None:
+        if not isinstance(llm, Mapping):
+            raise BadRequest("`llm` must be an object")
+        model = llm.get("model_name")
+        if model is not None and model not in known_models:
+            raise DataError(f"`model_name` {model} doesn't exist")
+        settings["llm"] = {k: v for k, v in llm.items() if v is not None or k == "model_name"}
+    prompt = body.get("prompt")
+    if prompt is not None:
+        if not isinstance(prompt, Mapping):
+            raise BadRequest("`prompt` must be an object")
+        settings["prompt"] = {k: v for k, v in prompt.items() if v is not None}
+    return settings
+
+
+def assistant_config(settings: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """A new assistant's whole config: the settings sent, RAGFlow's defaults for the rest."""
+    llm = {**LLM_DEFAULTS, **settings.get("llm", {})}
+    llm["model_name"] = llm.get("model_name") or model
+    return {
+        "avatar": settings.get("avatar", ""),
+        "description": settings.get("description", DEFAULT_DESCRIPTION),
+        "dataset_ids": [],
+        "llm": llm,
+        "prompt": {**PROMPT_DEFAULTS, **settings.get("prompt", {})},
+    }
+
+
+def assistant_body(
+    assistant_id: str,
+    user_id: str,
+    name: str,
+    config: Mapping[str, Any],
+    created_ms: int,
+    updated_ms: int,
+) -> dict[str, Any]:
+    """An assistant as RAGFlow shows it (`data` of create and list)."""
+    prompt = dict(config["prompt"])
+    return {
+        "id": assistant_id,
+        "name": name,
+        "avatar": config.get("avatar", ""),
+        "description": config.get("description", DEFAULT_DESCRIPTION),
+        "dataset_ids": list(config.get("dataset_ids", [])),
+        "language": "English",
+        "llm": dict(config["llm"]),
+        "prompt": prompt,
+        "prompt_type": "simple",
+        "do_refer": "1",
+        "status": "1",
+        "tenant_id": user_id,
+        "top_k": prompt.get("top_k", PROMPT_DEFAULTS["top_k"]),
+        "create_time": created_ms,
+        "create_date": http_date(created_ms),
+        "update_time": updated_ms,
+        "update_date": http_date(updated_ms),
+    }
+
+
+def system_prompt(config: Mapping[str, Any]) -> str:
+    """The assistant's prompt as the model's system message; no knowledge base is attached."""
+    prompt = config.get("prompt", {}).get("prompt") or DEFAULT_PROMPT
+    return str(prompt).replace("{knowledge}", "")
+
+
+def model_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    llm = config.get("llm", {})
+    return {key: llm[key] for key in LLM_PARAMS if llm.get(key) is not None}
+
+
+def opener_of(config: Mapping[str, Any]) -> str:
+    return str(config.get("prompt", {}).get("opener") or DEFAULT_OPENER)
+
+
+# -- sessions ----------------------------------------------------------------------
+def session_body(
+    session_id: str,
+    assistant_id: str,
+    name: str,
+    messages: list[dict[str, Any]],
+    created_ms: int,
+    updated_ms: int,
+    user_id: str = "",
+) -> dict[str, Any]:
+    return {
+        "id": session_id,
+        "chat_id": assistant_id,
+        "name": name,
+        "messages": messages,
+        "user_id": user_id,
+        "create_time": created_ms,
+        "create_date": http_date(created_ms),
+        "update_time": updated_ms,
+        "update_date": http_date(updated_ms),
+    }
+
+
+def session_messages(opener: str, path: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """What a session's `messages` shows: the opener, then the conversation so far."""
+    shown: list[dict[str, Any]] = [{"role": "assistant", "content": opener}]
+    for message in path:
+        if message.get("role") not in ("user", "assistant"):
+            continue
+        item: dict[str, Any] = {
+            "role": message["role"],
+            "content": message.get("content") or "",
+            "id": message["id"],
+        }
+        if message["role"] == "assistant" and isinstance(message.get("timestamp"), int | float):
+            item["created_at"] = message["timestamp"]
+        shown.append(item)
+    return shown
+
+
+# -- asking ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Question:
+    """One question to an assistant, over HTTP or WebSocket."""
+
+    assistant_id: str
+    question: str
+    session_id: str | None = None
+    stream: bool = True
+    answer_mode: AnswerMode | None = None  # None: the transport's default
+
+
+def _answer_mode(body: Mapping[str, Any]) -> AnswerMode | None:
+    mode = body.get("answer_mode")
+    if mode is None:
+        return None
+    if mode == "cumulative" or mode == "delta":
+        return "cumulative" if mode == "cumulative" else "delta"
+    raise BadRequest("`answer_mode` must be 'cumulative' or 'delta'")
+
+
+def decode_question(body: Any, assistant_id: str, *, ws: bool = False) -> Question:
+    """`{question, stream, session_id, answer_mode?}` (HTTP, or the path WebSocket)."""
+    if not isinstance(body, Mapping):
+        raise _bad("The message must be a JSON object", ws)
+    question = body.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise _missing("question", ws)
+    session_id = body.get("session_id")
+    if session_id is not None and not isinstance(session_id, str):
+        raise _bad("`session_id` must be a string", ws)
+    stream = body.get("stream", True)
+    if not isinstance(stream, bool):
+        raise _bad("`stream` must be a boolean", ws)
+    try:
+        mode = _answer_mode(body)
+    except BadRequest as exc:
+        raise _bad(exc.message, ws) from None
+    return Question(assistant_id, question, session_id or None, stream, mode)
+
+
+def decode_ws_frame(text: str, path_assistant_id: str | None = None) -> Question:
+    """A WebSocket text frame: `{"type": "chat", "chat_id", "question", ...}` on
+    `/v1/ws/chat`, or `{"question", "session_id"?}` when the path names the chat."""
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise _bad(f"Invalid JSON format: {exc}", True) from None
+    if not isinstance(body, Mapping):
+        raise _bad("The message must be a JSON object", True)
+    assistant_id = path_assistant_id
+    if assistant_id is None:
+        if body.get("type", "chat") != "chat":
+            raise _bad(f"Unknown message type {body.get('type')!r}; only 'chat' is supported", True)
+        assistant_id = body.get("chat_id")
+        if not isinstance(assistant_id, str) or not assistant_id:
+            raise _missing("chat_id", True)
+    return decode_question(body, assistant_id, ws=True)
+
+
+def _bad(message: str, ws: bool) -> ProtocolError:
+    code = BAD_REQUEST if ws else ARGUMENT_ERROR
+    return ProtocolError(message, error_frame(code, message))
+
+
+def _missing(field: str, ws: bool) -> ProtocolError:
+    message = f"Missing required parameter: {field}"
+    return ProtocolError(message, error_frame(ARGUMENT_ERROR, message))
+
+
+def error_frame(code: int, message: str) -> str:
+    """An error chunk, the shape RAGFlow streams (and sends before closing a socket)."""
+    return dumps(
+        {
+            "code": code,
+            "message": message,
+            "data": {"answer": f"**ERROR**: {message}", "reference": []},
+        }
+    )
+
+
+def failure_frame(error: GatewayError) -> str:
+    """The frame for a question that failed (on a socket: the connection stays open,
+    unless it is our fault: then code 500 and the socket is closed 1011)."""
+    if isinstance(error, ProtocolError) and isinstance(error.frame, str):
+        return error.frame
+    code = SERVER_ERROR if isinstance(error, ServerError) else code_for(error)
+    return error_frame(code, error.message)
+
+
+def chunk(answer: str, message_id: str | None, session_id: str, **extra: Any) -> str:
+    data = {
+        "answer": answer,
+        "reference": {},
+        "audio_binary": None,
+        "id": message_id,
+        "session_id": session_id,
+        **extra,
+    }
+    return dumps({"code": SUCCESS, "message": "", "data": data})
+
+
+def opener_frames(opener: str, session_id: str) -> list[str]:
+    """RAGFlow ≤ 0.23 answers a question sent without a session with the new
+    session's opener only (and its id)."""
+    return [chunk(opener, None, session_id), END]
+
+
+@dataclass(slots=True)
+class _Answer:
+    mode: AnswerMode
+    stream: bool
+    parts: list[str]
+
+
+class AnswerEncoder:
+    """A connection's (or a response's) answers as RAGFlow chunks.
+
+    `mode` is the default; `expect()` sets one answer's own mode, or asks for
+    it whole (`stream=False`: one chunk with the whole answer, at the end).
+    """
+
+    def __init__(self, mode: AnswerMode) -> None:
+        self.mode = mode
+        self._answers: dict[str, _Answer] = {}
+
+    def expect(self, message_id: str, mode: AnswerMode | None = None, stream: bool = True) -> None:
+        self._answers[message_id] = _Answer(mode or self.mode, stream, [])
+
+    def _answer(self, message_id: str) -> _Answer:
+        answer = self._answers.get(message_id)
+        if answer is None:
+            answer = self._answers[message_id] = _Answer(self.mode, True, [])
+        return answer
+
+    def encode(self, event: Event) -> list[str]:
+        if isinstance(event, TextDelta) and event.chat_id is not None:
+            answer = self._answer(event.message_id)
+            answer.parts.append(event.text)
+            if not answer.stream:
+                return []
+            if answer.mode == "delta":
+                return [chunk(event.text, event.message_id, event.chat_id, final=False)]
+            return [chunk("".join(answer.parts), event.message_id, event.chat_id)]
+        if isinstance(event, ReplyFinished) and event.chat_id is not None:
+            answer = self._answer(event.message_id)
+            del self._answers[event.message_id]
+            if not answer.stream:
+                return [chunk(event.content, event.message_id, event.chat_id), END]
+            if answer.mode == "delta":
+                return [chunk("", event.message_id, event.chat_id, final=True), END]
+            return [END]
+        if isinstance(event, ReplyFailed):
+            self._answers.pop(event.message_id, None)
+            return [error_frame(SERVER_ERROR, event.message), END]
+        return []
+
+
+def sse(frame: str) -> bytes:
+    """RAGFlow writes `data:` with no space."""
+    return b"data:" + frame.encode() + b"\n\n"
+
+
+# -- /v1/ws/health -----------------------------------------------------------------
+HEALTHY = dumps(
+    {"status": "healthy", "message": "WebSocket connection established", "version": "1.0"}
+)
+
+
+def echo(message: str, now: float) -> str:
+    return dumps({"echo": message, "timestamp": str(now)})

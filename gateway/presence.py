@@ -1,0 +1,62 @@
+"""Who is connected, by connection: for `GET /ws/stats` and "is anyone watching?".
+
+Every realtime connection registers here while it is open::
+
+    conn id → Seat(kind, user_id, session)
+        kind     "socketio" | "nadoo-chat" | "nadoo-workspace" | "nadoo-notifications"
+                 | "ragflow"
+        session  a Nadoo chat session id, "workspace_<id>" for a workspace, or None
+
+A user is *watching* while one of their connections can show a reply
+(Socket.IO, a Nadoo chat, a RAGFlow socket); a reply that finishes while
+nobody watches becomes a notification.  In-process; with several replicas
+the counts are summed across them (issue 6).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+CHAT_KINDS = frozenset({"socketio", "nadoo-chat", "ragflow"})
+
+
+@dataclass(frozen=True, slots=True)
+class Seat:
+    kind: str
+    user_id: str
+    session: str | None = None
+
+
+class Presence:
+    def __init__(self) -> None:
+        self._seats: dict[str, Seat] = {}
+
+    def add(self, conn_id: str, seat: Seat) -> None:
+        self._seats[conn_id] = seat
+
+    def remove(self, conn_id: str) -> None:
+        self._seats.pop(conn_id, None)
+
+    def watching(self, user_id: str) -> bool:
+        return any(s.user_id == user_id and s.kind in CHAT_KINDS for s in self._seats.values())
+
+    def seats(self) -> list[Seat]:
+        return list(self._seats.values())
+
+
+def stats(seats: list[Seat]) -> dict[str, Any]:
+    """Nadoo's `/ws/stats` shape::
+
+    {"total_connections", "active_sessions", "active_users",
+     "details": {"sessions": {id | "workspace_<id>": n}, "users": {user id: n}}}
+    """
+    sessions = Counter(seat.session for seat in seats if seat.session is not None)
+    users = Counter(seat.user_id for seat in seats)
+    return {
+        "total_connections": len(seats),
+        "active_sessions": len(sessions),
+        "active_users": len(users),
+        "details": {"sessions": dict(sessions), "users": dict(users)},
+    }
