@@ -243,17 +243,16 @@ def turn_body(
 
 
 async def post_json(
-    url: str, token: str, body: Any, expect: int = 200, method: str = "POST"
+    url: str, token: str | None, body: Any, expect: int = 200, method: str = "POST"
 ) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     async with aiohttp.ClientSession() as session:
-        async with session.request(
-            method, url, json=body, headers={"Authorization": f"Bearer {token}"}
-        ) as resp:
+        async with session.request(method, url, json=body, headers=headers) as resp:
             text = await resp.text()
             data = json.loads(text) if text else None
             assert resp.status == expect, (url, resp.status, data)
             return data
 
 
-async def get_json(url: str, token: str, expect: int = 200) -> Any:
+async def get_json(url: str, token: str | None, expect: int = 200) -> Any:
     return await post_json(url, token, None, expect, method="GET")
