@@ -251,9 +251,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     gateway, principal, assistants = await _context(request)
     chat_id = request.match_info["chat_id"]
     body = await read_json(request)
+    stream, _ = codec.decode_options(body)
     assistant = await assistants.owned(principal, chat_id, f"You don't own the chat {chat_id}")
-    stream = body.get("stream", True) if isinstance(body, Mapping) else True
-    if isinstance(body, Mapping) and not body.get("session_id"):
+    if not body.get("session_id"):
         # RAGFlow ≤ 0.23: a question without a session opens one and answers
         # with its opener (and the new session's id) only.
         opener = codec.opener_of(assistant.config)

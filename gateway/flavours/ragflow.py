@@ -286,23 +286,28 @@ def _answer_mode(body: Mapping[str, Any]) -> AnswerMode | None:
     raise BadRequest("`answer_mode` must be 'cumulative' or 'delta'")
 
 
-def decode_question(body: Any, assistant_id: str, *, ws: bool = False) -> Question:
-    """`{question, stream, session_id, answer_mode?}` (HTTP, or the path WebSocket)."""
+def decode_options(body: Any, *, ws: bool = False) -> tuple[bool, AnswerMode | None]:
+    """`stream` and `answer_mode` of a question, checked before anything is done with it."""
     if not isinstance(body, Mapping):
         raise _bad("The message must be a JSON object", ws)
+    stream = body.get("stream", True)
+    if not isinstance(stream, bool):
+        raise _bad("`stream` must be a boolean", ws)
+    try:
+        return stream, _answer_mode(body)
+    except BadRequest as exc:
+        raise _bad(exc.message, ws) from None
+
+
+def decode_question(body: Any, assistant_id: str, *, ws: bool = False) -> Question:
+    """`{question, stream, session_id, answer_mode?}` (HTTP, or the path WebSocket)."""
+    stream, mode = decode_options(body, ws=ws)
     question = body.get("question")
     if not isinstance(question, str) or not question.strip():
         raise _missing("question", ws)
     session_id = body.get("session_id")
     if session_id is not None and not isinstance(session_id, str):
         raise _bad("`session_id` must be a string", ws)
-    stream = body.get("stream", True)
-    if not isinstance(stream, bool):
-        raise _bad("`stream` must be a boolean", ws)
-    try:
-        mode = _answer_mode(body)
-    except BadRequest as exc:
-        raise _bad(exc.message, ws) from None
     return Question(assistant_id, question, session_id or None, stream, mode)
 
 

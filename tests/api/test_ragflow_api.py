@@ -12,6 +12,7 @@ RAGFlow answers every error with HTTP 200 and an envelope::
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -53,7 +54,9 @@ class User:
         return call(self.gateway, token or self.key, method, "/ragflow/api/v1" + path, body)
 
     def chat(self, name: str | None = None, **body: Any) -> dict[str, Any]:
-        created = self.api("POST", "/chats", {"name": name or f"chat-{uuid.uuid4().hex[:8]}", **body})
+        created = self.api(
+            "POST", "/chats", {"name": name or f"chat-{uuid.uuid4().hex[:8]}", **body}
+        )
         assert created["code"] == 0, created
         data: dict[str, Any] = created["data"]
         return data
@@ -153,6 +156,11 @@ def test_new_token_makes_a_key_of_the_same_user(gateway: GatewayProcess) -> None
     by_key = RAGFlow(api_key=token, base_url=f"{gateway.url}/ragflow").list_chats()
     assert {c.name for c in by_key} == {name, name + "-jwt"}
     assert by_jwt["data"]["tenant_id"] == user_id
+    # Any key works on every flavour as its owner: Open WebUI's API with the RAGFlow key.
+    resp = requests.get(
+        f"{gateway.url}/api/v1/auths/", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert resp.status_code == 200 and resp.json()["id"] == user_id, resp.text
 
 
 def test_new_token_needs_a_valid_token(gateway: GatewayProcess) -> None:
@@ -201,11 +209,15 @@ def test_sdk_chat_keeps_the_model_it_was_made_with(
     gateway: GatewayProcess, fake_upstream: FakeUpstream
 ) -> None:
     rag = User(gateway).rag
-    chat = rag.create_chat("slow", llm=Chat.LLM(rag, {"model_name": "fake-slow"}))
+    llm = Chat.LLM(rag, {"model_name": "fake-slow", "temperature": 0.5, "max_tokens": 100})
+    chat = rag.create_chat("slow", llm=llm)
     question = f"slow question {uuid.uuid4().hex}"
     answer = next(chat.create_session().ask(question, stream=False))
     assert answer.content == reply(question, "fake-slow")
-    assert fake_upstream.requests_for(question)[-1].body["model"] == "fake-slow"
+    sent = fake_upstream.requests_for(question)[-1].body
+    assert sent["model"] == "fake-slow"
+    # The assistant's sampling settings go with the question (RAGFlow's gen_conf).
+    assert sent["temperature"] == 0.5 and sent["max_tokens"] == 100
 
 
 def test_sdk_cumulative_stream(gateway: GatewayProcess) -> None:
@@ -217,7 +229,7 @@ def test_sdk_cumulative_stream(gateway: GatewayProcess) -> None:
     contents = [m.content for m in session.ask(question, stream=True)]
     # RAGFlow ≤ 0.23: each answer is the whole text so far.
     assert len(contents) > 2, contents
-    for before, after in zip(contents, contents[1:], strict=False):
+    for before, after in itertools.pairwise(contents):
         assert after.startswith(before) and len(after) > len(before), (before, after)
     assert contents[-1] == reply(question)
 
@@ -290,7 +302,7 @@ def test_sdk_conversation(gateway: GatewayProcess, fake_upstream: FakeUpstream) 
     assert [m["role"] for m in path] == ["user", "assistant", "user", "assistant"]
     assert [m["content"] for m in path] == [first_q, reply(first_q), second_q, reply(second_q)]
     assert path[0]["parentId"] is None
-    for parent, child in zip(path, path[1:], strict=False):
+    for parent, child in itertools.pairwise(path):
         assert child["parentId"] == parent["id"] and parent["childrenIds"] == [child["id"]]
     assert path[-1]["childrenIds"] == []
     assert all(m["done"] is True for m in path if m["role"] == "assistant")
@@ -396,15 +408,38 @@ def test_question_without_session_opens_one(
     assert fake_upstream.requests_for(question) == []
 
 
+@pytest.mark.parametrize("with_session", [True, False])
 @pytest.mark.parametrize("mode", ["Delta", "whole", 1])
-def test_unknown_answer_mode(gateway: GatewayProcess, mode: object) -> None:
+def test_unknown_answer_mode(gateway: GatewayProcess, mode: object, with_session: bool) -> None:
     user = User(gateway)
     chat_id = user.chat()["id"]
+    body: dict[str, Any] = {"question": "q", "answer_mode": mode}
+    if with_session:
+        body["session_id"] = user.session(chat_id)["id"]
+    resp = ask_raw(user, chat_id, body)
+    # Refused before anything happens, with or without a session: no opener stream.
+    assert resp.headers["Content-Type"].startswith("application/json"), resp.text
+    answer = resp.json()
+    assert answer["code"] == 101, answer
+    assert len(user.sessions(chat_id)) == int(with_session)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_upstream_failure(gateway: GatewayProcess, stream: bool) -> None:
+    user = User(gateway)
+    chat_id = user.chat(llm={"model_name": "fake-error"})["id"]
     session_id = user.session(chat_id)["id"]
-    body = ask_raw(
-        user, chat_id, {"question": "q", "session_id": session_id, "answer_mode": mode}
-    ).json()
-    assert body["code"] == 101, body
+    resp = ask_raw(user, chat_id, {"question": "q", "stream": stream, "session_id": session_id})
+    if stream:
+        # RAGFlow streams the failure as an error chunk, then the end marker.
+        frames = [json.loads(p) for p in sse_payloads(resp)]
+        assert frames[-1] == END, frames
+        assert frames[-2]["code"] == 500, frames
+        assert frames[-2]["data"]["answer"].startswith("**ERROR**"), frames
+    else:
+        body = resp.json()
+        assert body["code"] == 500, body
+        assert body["data"]["answer"].startswith("**ERROR**"), body
 
 
 # -- RAGFlow's OpenAI-compatible route ---------------------------------------------
@@ -427,9 +462,7 @@ def test_openai_route(gateway: GatewayProcess, fake_upstream: FakeUpstream, stre
         {"role": "user", "content": question},
     ]
     if stream:
-        chunks = list(
-            client.chat.completions.create(model="model", messages=messages, stream=True)
-        )
+        chunks = list(client.chat.completions.create(model="model", messages=messages, stream=True))
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     else:
         completion = client.chat.completions.create(model="model", messages=messages)
@@ -646,7 +679,7 @@ def test_chat_creation_errors(gateway: GatewayProcess) -> None:
         created = user.api("POST", "/chats", {"name": name})
         assert created["code"] == 102 and created["message"] == "`name` is required.", created
     assert user.api("POST", "/chats", {})["code"] == 102
-    with pytest.raises(Exception, match="`name` is required."):
+    with pytest.raises(Exception, match=re.escape("`name` is required.")):
         rag.create_chat("")
 
     rag.create_chat("taken")
