@@ -259,7 +259,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         opener = codec.opener_of(assistant.config)
         chat = await assistants.create_session(assistant, codec.DEFAULT_SESSION_NAME, opener)
         if stream is False:
-            return _ok(_answer_data(opener, None, chat.id))
+            return _ok(codec.answer_data(opener, None, chat.id))
         frames = codec.opener_frames(opener, chat.id)
         return await send_all(request, [codec.sse(frame) for frame in frames], gateway.origins)
     question = codec.decode_question(body, chat_id)
@@ -289,22 +289,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
             )
         async for event in events:
             if isinstance(event, ReplyFinished):
-                return _ok(_answer_data(event.content, event.message_id, session.id))
+                return _ok(codec.answer_data(event.content, event.message_id, session.id))
             if isinstance(event, ReplyFailed):
                 return web.json_response(_failed(event.message))
         raise UpstreamError("The answer ended without finishing")
     finally:
         gateway.hub.unsubscribe(outbox)
-
-
-def _answer_data(answer: str, message_id: str | None, session_id: str) -> dict[str, Any]:
-    return {
-        "answer": answer,
-        "reference": {},
-        "audio_binary": None,
-        "id": message_id,
-        "session_id": session_id,
-    }
 
 
 def _failed(message: str) -> dict[str, Any]:

@@ -67,6 +67,7 @@ def frame(kind: str, now: float, fields: Mapping[str, Any] | None = None) -> str
     shaped: dict[str, Any] = {"type": kind}
     shaped.update(fields or {})
     shaped["type"] = kind
+    shaped.pop("timestamp", None)  # ours, and last, whatever a member's frame said
     shaped["timestamp"] = timestamp(now)
     return _dumps(shaped)
 
@@ -90,7 +91,9 @@ def decode_chat(text: str, now: float) -> Command:
     data = _parse(text, now)
     kind = data["type"]
     if kind in ("chat", "message"):
-        content = data.get("content", data.get("message"))
+        content = data.get("content")
+        if content is None:
+            content = data.get("message")
         if not isinstance(content, str) or not content.strip():
             message = 'A chat frame needs "content", a non-empty string'
             raise ProtocolError(message, error_frame(message, "missing_content", now))

@@ -33,6 +33,7 @@ from gateway.errors import (
     AuthError,
     BadRequest,
     Conflict,
+    Forbidden,
     GatewayError,
     NotFound,
     PeerError,
@@ -108,7 +109,7 @@ class DataError(PeerError):
 def code_for(error: GatewayError) -> int:
     if isinstance(error, AuthError):
         return AUTHENTICATION_ERROR
-    if isinstance(error, DataError | NotFound | Conflict):
+    if isinstance(error, DataError | NotFound | Conflict | Forbidden):
         return DATA_ERROR
     if isinstance(error, PeerError):
         return ARGUMENT_ERROR
@@ -144,7 +145,13 @@ def decode_assistant(body: Any, *, creating: bool, known_models: list[str]) -> d
     for key in ("avatar", "description"):
         if isinstance(body.get(key), str):
             settings[key] = body[key]
-    dataset_ids = [d for d in body.get("dataset_ids") or [] if d]
+    raw_datasets = body.get("dataset_ids") or []
+    if not isinstance(raw_datasets, list):
+        raise BadRequest("`dataset_ids` must be a list of strings")
+    # RAGFlow drops empty entries.
+    dataset_ids = [d for d in raw_datasets if d]
+    if not all(isinstance(d, str) for d in dataset_ids):
+        raise BadRequest("`dataset_ids` must be a list of strings")
     if dataset_ids:
         # The gateway has no knowledge bases: any dataset is one the caller does not own.
         raise DataError(f"You don't own the dataset {dataset_ids[0]}")
@@ -155,6 +162,8 @@ def decode_assistant(body: Any, *, creating: bool, known_models: list[str]) -> d
         if not isinstance(llm, Mapping):
             raise BadRequest("`llm` must be an object")
         model = llm.get("model_name")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise BadRequest("`model_name` must be a non-empty string")
         if model is not None and model not in known_models:
             raise DataError(f"`model_name` {model} doesn't exist")
         settings["llm"] = {k: v for k, v in llm.items() if v is not None or k == "model_name"}
@@ -259,8 +268,10 @@ def session_messages(opener: str, path: Sequence[Mapping[str, Any]]) -> list[dic
             "content": message.get("content") or "",
             "id": message["id"],
         }
-        if message["role"] == "assistant" and isinstance(message.get("timestamp"), int | float):
-            item["created_at"] = message["timestamp"]
+        stamp = message.get("timestamp")
+        is_number = isinstance(stamp, int | float) and not isinstance(stamp, bool)
+        if message["role"] == "assistant" and is_number:
+            item["created_at"] = stamp
         shown.append(item)
     return shown
 
@@ -360,15 +371,19 @@ def failure_frame(error: GatewayError) -> str:
     return error_frame(code, error.message)
 
 
-def chunk(answer: str, message_id: str | None, session_id: str, **extra: Any) -> str:
-    data = {
+def answer_data(answer: str, message_id: str | None, session_id: str) -> dict[str, Any]:
+    """The `data` of an answer chunk (and of a non-streamed answer)."""
+    return {
         "answer": answer,
         "reference": {},
         "audio_binary": None,
         "id": message_id,
         "session_id": session_id,
-        **extra,
     }
+
+
+def chunk(answer: str, message_id: str | None, session_id: str, **extra: Any) -> str:
+    data = {**answer_data(answer, message_id, session_id), **extra}
     return dumps({"code": SUCCESS, "message": "", "data": data})
 
 
@@ -422,7 +437,7 @@ class AnswerEncoder:
             if answer.mode == "delta":
                 return [chunk("", event.message_id, event.chat_id, final=True), END]
             return [END]
-        if isinstance(event, ReplyFailed):
+        if isinstance(event, ReplyFailed) and event.chat_id is not None:
             self._answers.pop(event.message_id, None)
             return [error_frame(SERVER_ERROR, event.message), END]
         return []
