@@ -26,6 +26,9 @@ from gateway.api import (
 )
 from gateway.api.common import error_middleware, render_detail, render_openai
 from gateway.auth import Authenticator
+from gateway.bus import Bus
+from gateway.bus.memory import LocalBus
+from gateway.bus.redis import RedisBus
 from gateway.chat.assistants import Assistants
 from gateway.chat.service import ChatService
 from gateway.context import GATEWAY, Gateway
@@ -100,8 +103,17 @@ def build_app(settings: Settings) -> web.Application:
                 router = ModelRouter(
                     build_upstreams(settings, session), settings.upstream_models_ttl_s
                 )
-                hub = Hub(settings.outbox_max_events, settings.outbox_max_chars)
-                presence = Presence()
+                bus: Bus = (
+                    RedisBus(
+                        settings.redis_url,
+                        settings.redis_key_prefix,
+                        settings.bus_max_message_bytes,
+                    )
+                    if settings.websocket_manager == "redis"
+                    else LocalBus()
+                )
+                hub = Hub(settings.outbox_max_events, settings.outbox_max_chars, bus)
+                presence = Presence(bus)
                 service = ChatService(
                     router,
                     store,
@@ -109,6 +121,9 @@ def build_app(settings: Settings) -> web.Application:
                     settings.checkpoint_interval_s,
                     settings.default_model,
                     presence,
+                )
+                await bus.start(
+                    hub.deliver, service.on_control, service.on_orphan, service.stored_content
                 )
                 await service.recover_unfinished()
                 authenticator = Authenticator(
@@ -127,9 +142,12 @@ def build_app(settings: Settings) -> web.Application:
                     presence=presence,
                     assistants=Assistants(store, service),
                 )
-                yield
-                await sockets.shutdown()
-                await service.shutdown()
+                try:
+                    yield
+                finally:
+                    await sockets.shutdown()
+                    await service.shutdown()
+                    await bus.close()
         finally:
             await store.close()
 

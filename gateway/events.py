@@ -69,6 +69,22 @@ class Usage:
             "total_tokens": self.total_tokens,
         }
 
+    def as_wire(self) -> dict[str, Any]:
+        """Between replicas: everything, `estimated` included."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "estimated": self.estimated,
+        }
+
+    @classmethod
+    def of_wire(cls, shaped: dict[str, Any]) -> Usage:
+        return cls(
+            int(shaped["prompt_tokens"]),
+            int(shaped["completion_tokens"]),
+            bool(shaped.get("estimated", False)),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ReplyFinished(ReplyEvent):

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import replace
 
+from gateway.bus import Bus, is_local
+from gateway.bus.memory import LocalBus
 from gateway.events import Event, ReasoningDelta, ReplyFailed, ReplyFinished, TextDelta
 
 
@@ -180,10 +182,18 @@ class Outbox:
 
 
 class Hub:
-    def __init__(self, outbox_max_events: int, outbox_max_chars: int | None = None) -> None:
+    """Rooms of this process's connections; other replicas' through `bus`."""
+
+    def __init__(
+        self,
+        outbox_max_events: int,
+        outbox_max_chars: int | None = None,
+        bus: Bus | None = None,
+    ) -> None:
         self._rooms: dict[str, set[Outbox]] = {}
         self._outbox_max_events = outbox_max_events
         self._outbox_max_chars = outbox_max_chars
+        self.bus: Bus = bus if bus is not None else LocalBus()
 
     def subscribe(
         self,
@@ -197,7 +207,12 @@ class Hub:
         return outbox
 
     def join(self, outbox: Outbox, room: str) -> None:
-        self._rooms.setdefault(room, set()).add(outbox)
+        members = self._rooms.get(room)
+        if members is None:
+            members = self._rooms[room] = set()
+            if not is_local(room):
+                self.bus.watch(room)
+        members.add(outbox)
         outbox.rooms.add(room)
 
     def leave(self, outbox: Outbox, room: str) -> None:
@@ -206,15 +221,26 @@ class Hub:
             members.discard(outbox)
             if not members:
                 del self._rooms[room]
+                if not is_local(room):
+                    self.bus.unwatch(room)
         outbox.rooms.discard(room)
+
+    async def watching(self, rooms: Iterable[str]) -> None:
+        """Until other replicas' events for these rooms arrive here too."""
+        await self.bus.watching([room for room in rooms if not is_local(room)])
 
     def unsubscribe(self, outbox: Outbox) -> None:
         outbox.close()
         for room in list(outbox.rooms):
             self.leave(outbox, room)
 
-    def publish(self, rooms: Iterable[str], event: Event) -> None:
-        """Deliver once to every outbox in any of `rooms` (an outbox in two rooms gets one copy)."""
+    def publish(self, rooms: Sequence[str], event: Event) -> None:
+        """To every member of `rooms`, here and on the other replicas."""
+        self.deliver(rooms, event)
+        self.bus.publish(rooms, event)
+
+    def deliver(self, rooms: Iterable[str], event: Event) -> None:
+        """Once to every outbox here in any of `rooms` (an outbox in two rooms gets one copy)."""
         seen: set[int] = set()
         for room in rooms:
             for outbox in self._rooms.get(room, ()):

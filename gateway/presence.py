@@ -9,15 +9,15 @@ Every realtime connection registers here while it is open::
 
 A user is *watching* while one of their connections can show a reply
 (Socket.IO, a Nadoo chat, a RAGFlow socket); a reply that finishes while
-nobody watches becomes a notification.  In-process; with several replicas
-the counts are summed across them (issue 6).
+nobody watches becomes a notification.  With several replicas, each shares
+its seats through the bus, and counts are summed across them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 CHAT_KINDS = frozenset({"socketio", "nadoo-chat", "ragflow"})
 
@@ -29,21 +29,38 @@ class Seat:
     session: str | None = None
 
 
+class SeatSharing(Protocol):
+    """How the other replicas' seats are known (the bus)."""
+
+    def presence_changed(self, seats: list[Seat]) -> None: ...
+
+    def remote_seats(self) -> list[Seat]: ...
+
+
 class Presence:
-    def __init__(self) -> None:
+    def __init__(self, shared: SeatSharing | None = None) -> None:
         self._seats: dict[str, Seat] = {}
+        self._shared = shared
 
     def add(self, conn_id: str, seat: Seat) -> None:
         self._seats[conn_id] = seat
+        self._changed()
 
     def remove(self, conn_id: str) -> None:
-        self._seats.pop(conn_id, None)
+        if self._seats.pop(conn_id, None) is not None:
+            self._changed()
+
+    def _changed(self) -> None:
+        if self._shared is not None:
+            self._shared.presence_changed(list(self._seats.values()))
 
     def watching(self, user_id: str) -> bool:
-        return any(s.user_id == user_id and s.kind in CHAT_KINDS for s in self._seats.values())
+        return any(s.user_id == user_id and s.kind in CHAT_KINDS for s in self.seats())
 
     def seats(self) -> list[Seat]:
-        return list(self._seats.values())
+        """Every replica's (the others' as of their last heartbeat, about a second ago)."""
+        remote = self._shared.remote_seats() if self._shared is not None else []
+        return [*self._seats.values(), *remote]
 
 
 def stats(seats: list[Seat]) -> dict[str, Any]:

@@ -60,6 +60,14 @@ class Settings(BaseModel):
         "", description="empty, local or redis"
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="a redis:// URL")
+    redis_key_prefix: str = Field(
+        "gw:", description="prefix of every Redis key and channel (several deployments, one Redis)"
+    )
+    bus_max_message_bytes: int = Field(
+        256 * 1024,
+        ge=4096,
+        description="bytes of one event between replicas; bigger deltas are split, ≥ 4096",
+    )
     enable_websocket_support: bool = Field(True, description="true or false")
     api_keys: dict[str, str] = Field(
         default_factory=dict, description="';'-separated key=user_id pairs"
@@ -113,6 +121,13 @@ class Settings(BaseModel):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"{url!r} is not an http(s) URL")
         return [url.rstrip("/") for url in urls]
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL")
+        return url
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,9 +1,9 @@
 """Liveness (`/health`) and readiness (`/ready`).
 
 `/health` answers as long as the event loop runs.  `/ready` checks what a
-reply needs (each configured upstream answers its model list; later the
-store and the bus) and says which check failed, with 503, so a load
-balancer stops sending traffic to a replica that cannot serve it.
+reply needs (the bus — Redis, when replicas share it —, the store, each
+configured upstream's model list) and says which check failed, with 503, so
+a load balancer stops sending traffic to a replica that cannot serve it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,12 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     gateway = gateway_of(request)
-    checks: dict[str, str] = {}
+    checks: dict[str, str] = {"bus": gateway.hub.bus.problem() or "ok"}
+    try:
+        await asyncio.wait_for(gateway.store.ping(), READY_CHECK_TIMEOUT_S)
+        checks["store"] = "ok"
+    except Exception as exc:  # any failure of the database is "not ready"
+        checks["store"] = str(exc) or type(exc).__name__
     for upstream in gateway.router.upstreams:
         try:
             await asyncio.wait_for(upstream.list_models(), READY_CHECK_TIMEOUT_S)

@@ -18,7 +18,7 @@ import time
 from aiohttp import web
 
 from gateway.api.common import principal_of
-from gateway.chat.service import notify_room
+from gateway.chat.service import StopTarget, notify_room
 from gateway.commands import Broadcast, Cancel, Ping, Say, Typing
 from gateway.context import Gateway, gateway_of
 from gateway.errors import AuthError, Forbidden, GatewayError
@@ -72,7 +72,7 @@ class ChatEndpoint(_NadooEndpoint):
         self.room = f"session:{session_id}"
 
     async def opened(self, conn: Connection) -> None:
-        conn.join(self.room)
+        await conn.join(self.room)
         self._seat(conn, self.session_id)
         await conn.send(nadoo.connected(self.session_id, conn.user_id, time.time()))
 
@@ -86,11 +86,8 @@ class ChatEndpoint(_NadooEndpoint):
         elif isinstance(command, Typing):
             conn.publish([self.room], TypingEvent(self.session_id, conn.user_id, conn.id))
         elif isinstance(command, Cancel):
-            # The user's replies running in this session, whichever of its sockets asked.
-            service = self.gateway.service
-            for running in list(service.running.values()):
-                if self.room in running.rooms and running.user_id == conn.user_id:
-                    await service.cancel(running)
+            # The user's replies in this session, whichever socket (and replica) asked.
+            await self.gateway.service.stop(StopTarget(conn.user_id, room=self.room))
 
     async def closed(self, conn: Connection) -> None:
         await super().closed(conn)
@@ -107,7 +104,7 @@ class NotificationsEndpoint(_NadooEndpoint):
     async def opened(self, conn: Connection) -> None:
         if conn.user_id != self.user_id:
             raise Forbidden("The user_id in the path is not the token's user")
-        conn.join(notify_room(conn.user_id))
+        await conn.join(notify_room(conn.user_id))
         self._seat(conn)
 
     async def received(self, conn: Connection, text: str) -> None:
@@ -124,7 +121,7 @@ class WorkspaceEndpoint(_NadooEndpoint):
         self.room = f"workspace:{workspace_id}"
 
     async def opened(self, conn: Connection) -> None:
-        conn.join(self.room)
+        await conn.join(self.room)
         self._seat(conn, f"workspace_{self.workspace_id}")
         conn.publish([self.room], UserJoined(self.room, conn.user_id, conn.id))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.common import principal_of
+from gateway.chat.service import StopTarget
 from gateway.context import gateway_of
 from gateway.errors import Forbidden, NotFound
 from gateway.flavours.openwebui import is_temporary_chat
@@ -27,26 +28,25 @@ async def list_all(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     if not principal.is_admin:
         raise Forbidden("Only admins can list every task")
-    return web.json_response({"tasks": list(gateway_of(request).service.running)})
+    tasks = await gateway_of(request).service.tasks()
+    return web.json_response({"tasks": [task.task_id for task in tasks]})
 
 
 async def list_chat(request: web.Request) -> web.Response:
     principal = await principal_of(request)
-    replies = gateway_of(request).service.replies_of(request.match_info["chat_id"])
-    mine = [r.task_id for r in replies if r.user_id == principal.user_id]
-    return web.json_response({"task_ids": mine})
+    service = gateway_of(request).service
+    tasks = await service.tasks(chat_id=request.match_info["chat_id"], user_id=principal.user_id)
+    return web.json_response({"task_ids": [task.task_id for task in tasks]})
 
 
 async def stop_chat(request: web.Request) -> web.Response:
     gateway = gateway_of(request)
     principal = await principal_of(request)
     chat_id = request.match_info["chat_id"]
-    mine = [r for r in gateway.service.replies_of(chat_id) if r.user_id == principal.user_id]
-    if not mine and not is_temporary_chat(chat_id):
+    stopped = await gateway.service.stop(StopTarget(principal.user_id, chat_id=chat_id))
+    if not stopped and not is_temporary_chat(chat_id):
         await gateway.service.book.owned(principal, chat_id)  # 404 for others' chats
-    for running in mine:
-        await gateway.service.cancel(running)
-    message = f"Stopped {len(mine)} task(s)." if mine else "No tasks found."
+    message = f"Stopped {stopped} task(s)." if stopped else "No tasks found."
     return web.json_response({"status": True, "message": message})
 
 
@@ -54,10 +54,9 @@ async def stop_task(request: web.Request) -> web.Response:
     gateway = gateway_of(request)
     principal = await principal_of(request)
     task_id = request.match_info["task_id"]
-    running = gateway.service.running.get(task_id)
-    if running is None or (running.user_id != principal.user_id and not principal.is_admin):
+    owner = None if principal.is_admin else principal.user_id
+    if not await gateway.service.stop(StopTarget(owner, task_id=task_id)):
         raise NotFound(f"Task {task_id} not found")
-    await gateway.service.cancel(running)
     return web.json_response({"status": True, "message": f"Task {task_id} stopped."})
 
 

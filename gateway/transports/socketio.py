@@ -163,7 +163,7 @@ class SocketIOTransport:
             token = None
         if token:
             with contextlib.suppress(AuthError):
-                self._join(conn, await self._authenticate(token))
+                await self._join(conn, await self._authenticate(token))
         return True
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
@@ -186,7 +186,7 @@ class SocketIOTransport:
         except GatewayError as exc:
             log.info("user-join refused", extra={"sid": sid, "error": exc.message})
             return None
-        self._join(conn, principal)
+        await self._join(conn, principal)
         return {"id": principal.user_id, "name": principal.name}
 
     async def _on_chat_event(self, sid: str, data: Any) -> bool | None:
@@ -225,7 +225,8 @@ class SocketIOTransport:
         chat = await self._store_of().get_chat(chat_id)
         return chat if chat is not None and chat.user_id == principal.user_id else None
 
-    def _join(self, conn: Connection, principal: Principal) -> None:
+    async def _join(self, conn: Connection, principal: Principal) -> None:
+        """Into room user:<id>, here and (once subscribed) on every replica."""
         assert self._hub is not None
         if conn.principal == principal and conn.outbox is not None:
             return
@@ -239,6 +240,7 @@ class SocketIOTransport:
         conn.pump = asyncio.create_task(self._pump(conn, conn.outbox))
         if self._presence is not None:
             self._presence.add(conn.sid, Seat("socketio", principal.user_id))
+        await self._hub.watching(conn.outbox.rooms)
 
     def _deliver(self, conn: Connection, event: Event) -> bool:
         """The fast path: into Engine.IO's queue now, unless it is backed up."""

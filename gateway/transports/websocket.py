@@ -86,9 +86,11 @@ class Connection:
             raise RuntimeError("Connection.user_id read before authentication")
         return self.principal.user_id
 
-    def join(self, room: str) -> None:
+    async def join(self, room: str) -> None:
+        """Into `room`, here and (once subscribed) on every replica."""
         if self.outbox is not None:
             self._hub.join(self.outbox, room)
+            await self._hub.watching([room])
 
     def publish(self, rooms: list[str], event: Event) -> None:
         """Publish to rooms (the hub's `publish`, for presence and broadcasts)."""

@@ -8,7 +8,8 @@ Models and what they do:
     fake-error     answers HTTP 500 with an OpenAI error body
     fake-reasoner  sends reasoning_content deltas, then content
     fake-nousage   like fake-model, without the usage chunk
-    fake-flood     1,000 deltas of 5,000 characters, no pause (5 MB: slow-consumer tests)
+    fake-flood     1,000 deltas of 5,000 characters, no pause (5 MB: slow-consumer tests);
+                   `max_tokens` caps the number of deltas
 
 Every request is recorded (`requests`), with `disconnected=True` when the
 client closed the connection before the reply ended.
@@ -134,6 +135,9 @@ class FakeUpstream:
             error = {"error": {"message": "fake failure", "type": "server_error", "code": None}}
             return web.json_response(error, status=500)
         text = reply_text(model, body["messages"])
+        pieces = deltas_of(model, text)
+        if model == "fake-flood" and isinstance(body.get("max_tokens"), int):
+            pieces = pieces[: body["max_tokens"]]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         head = {
@@ -153,7 +157,7 @@ class FakeUpstream:
         if model == "fake-reasoner":
             for piece in ("Let me ", "think."):
                 await send({"reasoning_content": piece})
-        for index, piece in enumerate(deltas_of(model, text)):
+        for index, piece in enumerate(pieces):
             if model == "fake-dies" and index == 3:
                 assert request.transport is not None
                 request.transport.abort()  # no [DONE], no chunked terminator

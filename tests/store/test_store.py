@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from gateway.store import ChatRecord, Conflict, MessageRecord, Store, UserRecord, open_store
+from tests.services import fresh_pg_database
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Every migration file shipped, in order: what a migrated store must have applied.
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "gateway" / "store" / "schema"
 MIGRATIONS = [(int(f.name.split("_", 1)[0]), f.name) for f in sorted(SCHEMA_DIR.glob("*.sql"))]
-
-
-@asynccontextmanager
-async def fresh_pg_database() -> AsyncIterator[str]:
-    """A new, empty database on the local server, dropped afterwards."""
-    name = f"gw_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture

@@ -1,0 +1,57 @@
+"""The embedded bus: one process, no other replica to carry anything to."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from gateway.bus import Deliver, LoadContent, OnControl, OnOrphan, TaskInfo
+from gateway.events import Event
+from gateway.presence import Seat
+
+
+class LocalBus:
+    def __init__(self) -> None:
+        self.replica_id = uuid.uuid4().hex[:12]
+
+    async def start(
+        self, deliver: Deliver, on_control: OnControl, on_orphan: OnOrphan, load: LoadContent
+    ) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def publish(self, rooms: Sequence[str], event: Event) -> None:
+        return None
+
+    def watch(self, room: str) -> None:
+        return None
+
+    def unwatch(self, room: str) -> None:
+        return None
+
+    async def watching(self, rooms: Iterable[str]) -> None:
+        return None
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        return None
+
+    def task_started(self, task: TaskInfo) -> None:
+        return None
+
+    def task_ended(self, task_id: str) -> None:
+        return None
+
+    async def remote_tasks(self) -> list[TaskInfo]:
+        return []
+
+    def presence_changed(self, seats: list[Seat]) -> None:
+        return None
+
+    def remote_seats(self) -> list[Seat]:
+        return []
+
+    def problem(self) -> str | None:
+        return None

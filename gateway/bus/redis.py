@@ -1,0 +1,433 @@
+"""The bus on Redis (`WEBSOCKET_MANAGER=redis`): what replicas share, and how cheaply.
+
+Keys and channels, all under `REDIS_KEY_PREFIX` (default `gw:`)::
+
+    room:<room>        channel   events for a room; a replica subscribes only to the
+                                 rooms it has members in, so it decodes only what it
+                                 delivers (Open WebUI publishes everything on one
+                                 channel: every instance decodes every token, its #28173)
+    control            channel   commands: cancel replies wherever they run
+    replica:<id>       string    heartbeat, expires 5 s after the replica stops
+    tasks              hash      task id → the reply running (which replica, rooms)
+    presence           hash      replica id → its connections, for /ws/stats
+    takeover:<id>      string    the one survivor that ends a dead replica's replies
+
+Theory of operation:
+
+* Publishing never blocks: messages go to a bounded queue; one task sends
+  them in pipelined batches (one round trip for many).  While Redis is
+  unreachable they wait, in order, and go when it answers again; past the
+  bound the oldest are dropped, counted and logged (everything stored is in
+  the database anyway).
+* The listener never dies silently: on any error it logs, marks the bus
+  unhealthy (`/ready` says so), waits (0.1 s doubling to 5 s) and reconnects,
+  re-subscribing every watched room.
+* Messages are bounded (`wire.split`): a huge delta is cut, a huge finished
+  reply travels without its text (read from the store), anything else huge is
+  refused and logged; one event can never break pub/sub for everyone
+  (Open WebUI #25975).
+* A replica that stops beating is dead after 5 s; a survivor (whoever wins
+  `takeover:<id>`) ends its replies: stored with their last draft and a
+  note, and `ReplyFailed` published to their rooms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.bus import Deliver, LoadContent, OnControl, OnOrphan, TaskInfo, room_set, wire
+from gateway.events import Event, ReplyFinished
+from gateway.presence import Seat
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+REPLICA_TTL_S = 5
+JANITOR_S = 2.0
+MISSING_GRACE_S = 3.0
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+WATCH_TIMEOUT_S = 2.0
+BATCH = 512
+TAKEOVER_TTL_S = 60
+
+
+class RedisBus:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "gw:",
+        max_message_bytes: int = 256 * 1024,
+        max_pending: int = 10_000,
+    ) -> None:
+        self.replica_id = uuid.uuid4().hex[:12]
+        self._url = url
+        self._prefix = prefix
+        self._max_bytes = max_message_bytes
+        self._max_pending = max_pending
+        self._redis = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=2, health_check_interval=10
+        )
+        self._pending: deque[tuple[str, ...]] = deque()
+        self._wakeup = asyncio.Event()
+        self._number = 0
+        self._highest: dict[str, int] = {}
+        self._watched: set[str] = set()
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._ever_listened = False
+        self._listening_now = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._pubsub: Any = None
+        self._listening = False
+        self._last_error = "not started"
+        self._dropped = 0
+        self._seats: list[Seat] = []
+        self._local_tasks: dict[str, str] = {}  # task id → its registry entry
+        self._missing_since: dict[str, float] = {}  # replica → when its beat was first missed
+        self._presence_dirty = True
+        self._remote_seats: list[Seat] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deliver: Deliver | None = None
+        self._on_control: OnControl | None = None
+        self._on_orphan: OnOrphan | None = None
+        self._load: LoadContent | None = None
+
+    # -- names -----------------------------------------------------------------
+    def _key(self, name: str) -> str:
+        return f"{self._prefix}{name}"
+
+    def _channel(self, room: str) -> str:
+        return f"{self._prefix}room:{room}"
+
+    # -- life --------------------------------------------------------------------
+    async def start(
+        self, deliver: Deliver, on_control: OnControl, on_orphan: OnOrphan, load: LoadContent
+    ) -> None:
+        self._deliver, self._on_control = deliver, on_control
+        self._on_orphan, self._load = on_orphan, load
+        for loop in (self._listen, self._send, self._heartbeat, self._janitor):
+            self._tasks.append(asyncio.create_task(loop(), name=f"bus-{loop.__name__}"))
+        # Readiness at start-up: wait (briefly) for the first subscription.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._until_listening(), WATCH_TIMEOUT_S)
+
+    async def _until_listening(self) -> None:
+        await self._listening_now.wait()
+
+    async def close(self) -> None:
+        # What is queued (the last replies' ends, their tasks' removal) goes first.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained(), WATCH_TIMEOUT_S)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.delete(self._key(f"replica:{self.replica_id}"))
+            await self._redis.hdel(self._key("presence"), self.replica_id)
+        await self._redis.aclose()
+
+    async def _drained(self) -> None:
+        if self._listening:
+            await self._idle.wait()
+
+    def problem(self) -> str | None:
+        if self._listening:
+            return None
+        return f"Redis at {self._url} is unreachable: {self._last_error}"
+
+    # -- events ----------------------------------------------------------------
+    def publish(self, rooms: Sequence[str], event: Event) -> None:
+        shared = room_set(rooms)
+        if not shared:
+            return
+        try:
+            bodies = wire.split(shared, event, self._max_bytes)
+        except wire.Undeliverable as exc:
+            log.warning("event too big for the bus, not sent to other replicas: %s", exc)
+            return
+        for encoded in bodies:
+            self._number += 1
+            message = wire.message(self.replica_id, self._number, encoded)
+            for room in shared:
+                self._enqueue(("publish", self._channel(room), message))
+
+    def _enqueue(self, item: tuple[str, ...]) -> None:
+        if len(self._pending) >= self._max_pending:
+            self._pending.popleft()
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                log.warning("bus queue full, dropping", extra={"dropped": self._dropped})
+        self._pending.append(item)
+        self._idle.clear()
+        self._wakeup.set()
+
+    def watch(self, room: str) -> None:
+        """The hub's first local member of `room` arrived (it counts, not us)."""
+        self._watched.add(room)
+        self._confirmed[room] = asyncio.get_running_loop().create_future()
+        if self._pubsub is not None and self._listening:
+            self._background(self._subscribe([room]))
+
+    def unwatch(self, room: str) -> None:
+        self._watched.discard(room)
+        self._confirmed.pop(room, None)
+        if self._pubsub is not None and self._listening:
+            self._background(self._unsubscribe(room))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def watching(self, rooms: Iterable[str]) -> None:
+        waits = [self._confirmed[room] for room in rooms if room in self._confirmed]
+        if waits and self._listening:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), WATCH_TIMEOUT_S)
+
+    async def _subscribe(self, rooms: list[str]) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._pubsub.subscribe(*(self._channel(room) for room in rooms))
+
+    async def _unsubscribe(self, room: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._pubsub.unsubscribe(self._channel(room))
+
+    # -- control -----------------------------------------------------------------
+    def broadcast(self, message: dict[str, Any]) -> None:
+        payload = json.dumps({**message, "from": self.replica_id})
+        self._enqueue(("publish", self._key("control"), payload))
+
+    # -- the loops ---------------------------------------------------------------
+    async def _listen(self) -> None:
+        delay = BACKOFF_MIN_S
+        room_prefix = self._channel("")
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await self._register()
+                await pubsub.subscribe(self._key("control"))
+                self._pubsub = pubsub
+                if self._watched:
+                    await self._subscribe(list(self._watched))
+                if self._ever_listened:
+                    log.warning("bus reconnected to Redis", extra={"replica": self.replica_id})
+                else:
+                    log.info("bus connected to Redis", extra={"replica": self.replica_id})
+                self._listening, self._ever_listened, delay = True, True, BACKOFF_MIN_S
+                self._listening_now.set()
+                while True:
+                    item = await pubsub.get_message(timeout=None)
+                    if item is None:
+                        continue
+                    kind, channel = item["type"], item["channel"]
+                    if kind == "subscribe" and channel.startswith(room_prefix):
+                        waiting = self._confirmed.get(channel.removeprefix(room_prefix))
+                        if waiting is not None and not waiting.done():
+                            waiting.set_result(None)
+                    elif kind == "message":
+                        await self._received(channel, item["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the listener must outlive anything one message does
+                self._listening = False
+                self._listening_now.clear()
+                self._last_error = str(exc) or type(exc).__name__
+                log.warning(
+                    "bus listener lost Redis; reconnecting",
+                    extra={"error": self._last_error, "retry_in_s": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+            finally:
+                self._pubsub = None
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _received(self, channel: str, data: str) -> None:
+        if channel == self._key("control"):
+            message = json.loads(data)
+            if message.get("from") != self.replica_id and self._on_control is not None:
+                await self._on_control(message)
+            return
+        origin, number = wire.header(data)
+        if origin == self.replica_id or number <= self._highest.get(origin, 0):
+            return  # ours, or a copy already delivered through another room
+        self._highest[origin] = number
+        rooms, event, in_store = wire.decode(data)
+        if in_store and isinstance(event, ReplyFinished) and event.chat_id is not None:
+            content = await self._load(event.chat_id, event.message_id) if self._load else None
+            event = dataclasses.replace(event, content=content or "")
+        if self._deliver is not None:
+            self._deliver(rooms, event)
+
+    async def _send(self) -> None:
+        delay = BACKOFF_MIN_S
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
+                pipe = self._redis.pipeline(transaction=False)
+                for command, *args in batch:
+                    getattr(pipe, command)(*args)
+                try:
+                    await pipe.execute()
+                    delay = BACKOFF_MIN_S
+                except RedisError as exc:
+                    # Back at the front, in order, for when Redis answers again
+                    # (the first try after a restart often meets a dead pooled
+                    # connection); only the queue's bound drops anything.
+                    self._pending.extendleft(reversed(batch))
+                    while len(self._pending) > self._max_pending:
+                        self._pending.popleft()
+                        self._dropped += 1
+                    log.warning(
+                        "bus could not publish; retrying",
+                        extra={"queued": len(self._pending), "error": str(exc)},
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_MAX_S)
+            self._idle.set()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.set(
+                    self._key(f"replica:{self.replica_id}"), int(time.time()), ex=REPLICA_TTL_S
+                )
+                if self._presence_dirty:
+                    seats = [[s.kind, s.user_id, s.session] for s in self._seats]
+                    pipe.hset(self._key("presence"), self.replica_id, json.dumps(seats))
+                pipe.hgetall(self._key("presence"))
+                results = await pipe.execute()
+                self._presence_dirty = False
+                self._remote_seats = await self._live_seats(results[-1])
+            except RedisError:
+                self._presence_dirty = True  # the listener reports the outage
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _live_seats(self, presence: dict[str, str]) -> list[Seat]:
+        others = [replica for replica in presence if replica != self.replica_id]
+        alive = await self._alive(others)
+        return [
+            Seat(kind, user_id, session)
+            for replica in others
+            if replica in alive
+            for kind, user_id, session in json.loads(presence[replica])
+        ]
+
+    async def _alive(self, replicas: Iterable[str]) -> set[str]:
+        replicas = list(dict.fromkeys(replicas))
+        if not replicas:
+            return set()
+        values = await self._redis.mget([self._key(f"replica:{r}") for r in replicas])
+        return {replica for replica, value in zip(replicas, values, strict=True) if value}
+
+    async def _janitor(self) -> None:
+        while True:
+            await asyncio.sleep(JANITOR_S)
+            try:
+                await self._take_over_dead()
+            except RedisError:
+                pass  # the listener reports the outage
+            except Exception:
+                log.exception("bus janitor failed")
+
+    async def _take_over_dead(self) -> None:
+        tasks = await self._all_tasks()
+        alive = await self._alive(task.replica for task in tasks)
+        now = time.monotonic()
+        missing = {task.replica for task in tasks if task.replica not in alive}
+        self._missing_since = {r: self._missing_since.get(r, now) for r in missing}
+        # Dead: its beat expired and stayed missing a while (a live replica whose
+        # Redis restarted empty beats again within a second of reconnecting).
+        dead = [r for r in missing if now - self._missing_since[r] >= MISSING_GRACE_S]
+        for replica in dead:
+            key = self._key(f"takeover:{replica}")
+            if not await self._redis.set(key, self.replica_id, nx=True, ex=TAKEOVER_TTL_S):
+                continue
+            orphans = [task for task in tasks if task.replica == replica]
+            log.warning(
+                "replica stopped beating; ending its replies",
+                extra={"replica": replica, "replies": len(orphans)},
+            )
+            for task in orphans:
+                if self._on_orphan is not None:
+                    await self._on_orphan(task)
+                await self._redis.hdel(self._key("tasks"), task.task_id)
+            await self._redis.hdel(self._key("presence"), replica)
+
+    # -- shared registries ----------------------------------------------------------
+    def task_started(self, task: TaskInfo) -> None:
+        shaped = {
+            "chat_id": task.chat_id,
+            "message_id": task.message_id,
+            "user_id": task.user_id,
+            "rooms": list(task.rooms),
+            "replica": self.replica_id,
+        }
+        self._local_tasks[task.task_id] = json.dumps(shaped)
+        self._enqueue(("hset", self._key("tasks"), task.task_id, self._local_tasks[task.task_id]))
+
+    def task_ended(self, task_id: str) -> None:
+        self._local_tasks.pop(task_id, None)
+        self._enqueue(("hdel", self._key("tasks"), task_id))
+
+    async def _register(self) -> None:
+        """After (re)connecting: a Redis that restarted empty learns again what runs here.
+        The heartbeat goes first, so no survivor takes these tasks for orphans."""
+        pipe = self._redis.pipeline(transaction=False)
+        beat = self._key(f"replica:{self.replica_id}")
+        pipe.set(beat, int(time.time()), ex=REPLICA_TTL_S)
+        for task_id, shaped in self._local_tasks.items():
+            pipe.hset(self._key("tasks"), task_id, shaped)
+        await pipe.execute()
+        self._presence_dirty = True
+
+    async def _all_tasks(self) -> list[TaskInfo]:
+        raw = cast(dict[str, str], await self._redis.hgetall(self._key("tasks")))
+        tasks = []
+        for task_id, value in raw.items():
+            shaped = json.loads(value)
+            tasks.append(
+                TaskInfo(
+                    task_id,
+                    shaped["chat_id"],
+                    shaped["message_id"],
+                    shaped["user_id"],
+                    tuple(shaped["rooms"]),
+                    shaped["replica"],
+                )
+            )
+        return tasks
+
+    async def remote_tasks(self) -> list[TaskInfo]:
+        try:
+            tasks = [task for task in await self._all_tasks() if task.replica != self.replica_id]
+            alive = await self._alive(task.replica for task in tasks)
+        except RedisError:
+            return []
+        return [task for task in tasks if task.replica in alive]
+
+    def presence_changed(self, seats: list[Seat]) -> None:
+        self._seats = seats
+        self._presence_dirty = True
+
+    def remote_seats(self) -> list[Seat]:
+        return list(self._remote_seats)
