@@ -1,0 +1,21 @@
+# The gateway, one process per container.  Several replicas need the same
+# WEBUI_SECRET_KEY (tokens signed by one are checked by the others), a shared
+# DATABASE_URL (PostgreSQL) and WEBSOCKET_MANAGER=redis; see docker-compose.yml.
+FROM python:3.11-slim
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+RUN pip install --no-cache-dir .
+
+ENV GATEWAY_HOST=0.0.0.0 \
+    GATEWAY_PORT=8080 \
+    DATA_DIR=/data
+EXPOSE 8080
+
+# /ready, not /health: a replica that cannot reach Redis or its database takes
+# no traffic.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ready', timeout=4)"
+
+CMD ["gateway", "serve"]
