@@ -103,7 +103,18 @@ async def start_gateway_turn(
         resp.raise_for_status()
 
 
-async def run(url: str, pid: int, streams: int, rounds: int, model: str | None) -> dict[str, float]:
+async def run(
+    url: str,
+    pids: int | list[int],
+    streams: int,
+    rounds: int,
+    model: str | None,
+    post_url: str | None = None,
+) -> dict[str, float]:
+    """Sockets on `url`; turns POSTed to `post_url` (another replica) or `url`;
+    CPU summed over `pids`."""
+    pids = [pids] if isinstance(pids, int) else pids
+    post_url = post_url or url
     receivers = [Receiver(i) for i in range(streams)]
     await asyncio.gather(*(r.connect(url) for r in receivers))
     connector = aiohttp.TCPConnector(limit=0)
@@ -116,19 +127,19 @@ async def run(url: str, pid: int, streams: int, rounds: int, model: str | None) 
                 if model is None:
                     starts = (start_emit_loop(r, session, url) for r in receivers)
                 else:
-                    starts = (start_gateway_turn(r, session, url, model) for r in receivers)
+                    starts = (start_gateway_turn(r, session, post_url, model) for r in receivers)
                 await asyncio.gather(*starts)
                 await asyncio.wait_for(asyncio.gather(*(r.done.wait() for r in receivers)), 120)
 
             await one_round()  # warm-up: users, first chats, caches
             events = 0
             gaps: list[float] = []
-            cpu_before = cpu_seconds(pid)
+            cpu_before = sum(cpu_seconds(pid) for pid in pids)
             for _ in range(rounds):
                 await one_round()
                 events += sum(len(r.times) for r in receivers)
                 gaps += [gap for r in receivers for gap in r.gaps()]
-            cpu = cpu_seconds(pid) - cpu_before
+            cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
     finally:
         await asyncio.gather(*(r.close() for r in receivers))
     return {

@@ -5,8 +5,12 @@ Keys and channels, all under `REDIS_KEY_PREFIX` (default `gw:`)::
     room:<room>        channel   events for a room; a replica subscribes only to the
                                  rooms it has members in, so it decodes only what it
                                  delivers (Open WebUI publishes everything on one
-                                 channel: every instance decodes every token, its #28173)
-    control            channel   commands: cancel replies wherever they run
+                                 channel: every instance decodes every token, its #28173);
+                                 and a room is published only when another replica
+                                 watches it (below), so purely local rooms cost nothing
+    control            channel   commands (cancel replies wherever they run), and the
+                                 watcher mirror: "watch"/"unwatch" rooms, "sync" (send
+                                 your whole list), each replica's list on (re)connect
     replica:<id>       string    heartbeat, expires 5 s after the replica stops
     tasks              hash      task id → the reply running (which replica, rooms)
     presence           hash      replica id → its connections, for /ws/stats
@@ -57,6 +61,7 @@ HEARTBEAT_S = 1.0
 REPLICA_TTL_S = 5
 JANITOR_S = 2.0
 MISSING_GRACE_S = 3.0
+ANNOUNCE_CHUNK = 500
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 WATCH_TIMEOUT_S = 2.0
@@ -98,6 +103,11 @@ class RedisBus:
         self._seats: list[Seat] = []
         self._local_tasks: dict[str, str] = {}  # task id → its registry entry
         self._missing_since: dict[str, float] = {}  # replica → when its beat was first missed
+        self._gone_since: dict[str, float] = {}  # the same, for the watcher mirror
+        # The watcher mirror: room → other replicas with members in it, and back.
+        self._watchers: dict[str, set[str]] = {}
+        self._replica_rooms: dict[str, set[str]] = {}
+        self._announced: dict[str, asyncio.Future[None]] = {}
         self._presence_dirty = True
         self._remote_seats: list[Seat] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,7 +162,10 @@ class RedisBus:
     # -- events ----------------------------------------------------------------
     def publish(self, rooms: Sequence[str], event: Event) -> None:
         shared = room_set(rooms)
-        if not shared:
+        # Only rooms another replica has members in go out; usually (a sticky
+        # balancer, one tab) none does, and an event costs Redis nothing.
+        targets = [room for room in shared if self._watchers.get(room)]
+        if not targets:
             return
         try:
             bodies = wire.split(shared, event, self._max_bytes)
@@ -162,7 +175,7 @@ class RedisBus:
         for encoded in bodies:
             self._number += 1
             message = wire.message(self.replica_id, self._number, encoded)
-            for room in shared:
+            for room in targets:
                 self._enqueue(("publish", self._channel(room), message))
 
     def _enqueue(self, item: tuple[str, ...]) -> None:
@@ -176,17 +189,33 @@ class RedisBus:
         self._wakeup.set()
 
     def watch(self, room: str) -> None:
-        """The hub's first local member of `room` arrived (it counts, not us)."""
+        """The hub's first local member of `room` arrived (it counts, not us):
+        subscribe, and tell the other replicas to send this room's events here."""
         self._watched.add(room)
-        self._confirmed[room] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._confirmed[room] = loop.create_future()
+        self._announced[room] = loop.create_future()
         if self._pubsub is not None and self._listening:
             self._background(self._subscribe([room]))
+        self._announce([room], reset=False)
 
     def unwatch(self, room: str) -> None:
         self._watched.discard(room)
         self._confirmed.pop(room, None)
+        self._announced.pop(room, None)
         if self._pubsub is not None and self._listening:
             self._background(self._unsubscribe(room))
+        self._enqueue(("publish", self._key("control"), self._control("unwatch", [room])))
+
+    def _announce(self, rooms: list[str], *, reset: bool) -> None:
+        """ "These rooms are watched here" (`reset`: and no others), in chunks."""
+        chunks = [rooms[i : i + ANNOUNCE_CHUNK] for i in range(0, len(rooms), ANNOUNCE_CHUNK)]
+        for index, chunk in enumerate(chunks or [[]]):
+            message = self._control("watch", chunk, reset=reset and index == 0)
+            self._enqueue(("publish", self._key("control"), message))
+
+    def _control(self, kind: str, rooms: list[str], **extra: Any) -> str:
+        return json.dumps({"bus": kind, "rooms": rooms, "from": self.replica_id, **extra})
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -194,7 +223,11 @@ class RedisBus:
         task.add_done_callback(self._side_tasks.discard)
 
     async def watching(self, rooms: Iterable[str]) -> None:
+        """Subscribed here, and the announcement seen back on the control channel:
+        Redis has then handed it to every other replica as well."""
+        rooms = list(rooms)
         waits = [self._confirmed[room] for room in rooms if room in self._confirmed]
+        waits += [self._announced[room] for room in rooms if room in self._announced]
         if waits and self._listening:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), WATCH_TIMEOUT_S)
@@ -224,6 +257,10 @@ class RedisBus:
                 self._pubsub = pubsub
                 if self._watched:
                     await self._subscribe(list(self._watched))
+                # Redis may have restarted, and others may be new: everyone's
+                # watched rooms, again.
+                self._announce(sorted(self._watched), reset=True)
+                self._enqueue(("publish", self._key("control"), self._control("sync", [])))
                 if self._ever_listened:
                     log.warning("bus reconnected to Redis", extra={"replica": self.replica_id})
                 else:
@@ -261,7 +298,9 @@ class RedisBus:
     async def _received(self, channel: str, data: str) -> None:
         if channel == self._key("control"):
             message = json.loads(data)
-            if message.get("from") != self.replica_id and self._on_control is not None:
+            if "bus" in message:
+                self._on_bus_control(message)
+            elif message.get("from") != self.replica_id and self._on_control is not None:
                 await self._on_control(message)
             return
         origin, number = wire.header(data)
@@ -274,6 +313,42 @@ class RedisBus:
             event = dataclasses.replace(event, content=content or "")
         if self._deliver is not None:
             self._deliver(rooms, event)
+
+    def _on_bus_control(self, message: dict[str, Any]) -> None:
+        """The watcher mirror: which other replica has members in which room."""
+        sender, kind, rooms = message["from"], message["bus"], message["rooms"]
+        if sender == self.replica_id:
+            if kind == "watch":
+                for room in rooms:
+                    waiting = self._announced.get(room)
+                    if waiting is not None and not waiting.done():
+                        waiting.set_result(None)
+            return
+        if kind == "sync":
+            self._announce(sorted(self._watched), reset=True)
+            return
+        mine = self._replica_rooms.setdefault(sender, set())
+        if kind == "watch" and message.get("reset"):
+            self._forget(sender)
+            mine = self._replica_rooms.setdefault(sender, set())
+        for room in rooms:
+            if kind == "watch":
+                mine.add(room)
+                self._watchers.setdefault(room, set()).add(sender)
+            elif kind == "unwatch":
+                mine.discard(room)
+                self._unwatcher(room, sender)
+
+    def _forget(self, replica: str) -> None:
+        for room in self._replica_rooms.pop(replica, set()):
+            self._unwatcher(room, replica)
+
+    def _unwatcher(self, room: str, replica: str) -> None:
+        watchers = self._watchers.get(room)
+        if watchers is not None:
+            watchers.discard(replica)
+            if not watchers:
+                del self._watchers[room]
 
     async def _send(self) -> None:
         delay = BACKOFF_MIN_S
@@ -318,9 +393,22 @@ class RedisBus:
                 results = await pipe.execute()
                 self._presence_dirty = False
                 self._remote_seats = await self._live_seats(results[-1])
+                await self._forget_the_dead()
             except RedisError:
                 self._presence_dirty = True  # the listener reports the outage
             await asyncio.sleep(HEARTBEAT_S)
+
+    async def _forget_the_dead(self) -> None:
+        """Replicas gone from the mirror once their beat has been missing a while."""
+        known = list(self._replica_rooms)
+        alive = await self._alive(known)
+        now = time.monotonic()
+        for replica in known:
+            if replica in alive:
+                self._gone_since.pop(replica, None)
+            elif now - self._gone_since.setdefault(replica, now) >= MISSING_GRACE_S:
+                self._forget(replica)
+                self._gone_since.pop(replica, None)
 
     async def _live_seats(self, presence: dict[str, str]) -> list[Seat]:
         others = [replica for replica in presence if replica != self.replica_id]
