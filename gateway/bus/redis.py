@@ -7,10 +7,9 @@ Keys and channels, all under `REDIS_KEY_PREFIX` (default `gw:`)::
                                  delivers (Open WebUI publishes everything on one
                                  channel: every instance decodes every token, its #28173);
                                  and a room is published only when another replica
-                                 watches it (below), so purely local rooms cost nothing
+                                 watches it (`mirror.py`): purely local rooms cost nothing
     control            channel   commands (cancel replies wherever they run), and the
-                                 watcher mirror: "watch"/"unwatch" rooms, "sync" (send
-                                 your whole list), each replica's list on (re)connect
+                                 watcher mirror's announcements
     replica:<id>       string    heartbeat, expires 5 s after the replica stops
     tasks              hash      task id → the reply running (which replica, rooms)
     presence           hash      replica id → its connections, for /ws/stats
@@ -18,21 +17,23 @@ Keys and channels, all under `REDIS_KEY_PREFIX` (default `gw:`)::
 
 Theory of operation:
 
-* Publishing never blocks: messages go to a bounded queue; one task sends
-  them in pipelined batches (one round trip for many).  While Redis is
-  unreachable they wait, in order, and go when it answers again; past the
-  bound the oldest are dropped, counted and logged (everything stored is in
-  the database anyway).
+* Publishing never blocks.  Room events and commands wait in two bounded
+  queues; one task sends them in pipelined batches (one round trip for
+  many).  A room event's channels are chosen when it is sent, from the
+  mirror; until the mirror is synced (after every (re)connect: each replica
+  has re-announced its rooms, or 6 s passed) room events wait instead.  So an
+  outage or a new replica loses nothing that fits in the queue; past its
+  bound the oldest are dropped, counted and logged.
 * The listener never dies silently: on any error it logs, marks the bus
   unhealthy (`/ready` says so), waits (0.1 s doubling to 5 s) and reconnects,
-  re-subscribing every watched room.
+  re-subscribing and re-announcing every watched room.
 * Messages are bounded (`wire.split`): a huge delta is cut, a huge finished
   reply travels without its text (read from the store), anything else huge is
   refused and logged; one event can never break pub/sub for everyone
   (Open WebUI #25975).
-* A replica that stops beating is dead after 5 s; a survivor (whoever wins
-  `takeover:<id>`) ends its replies: stored with their last draft and a
-  note, and `ReplyFailed` published to their rooms.
+* A replica that stops beating is dead 3 s after its beat expired (5 s); a
+  survivor (whoever wins `takeover:<id>`) ends its replies: stored with their
+  last draft and a note, and `ReplyFailed` published to their rooms.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.bus import Deliver, LoadContent, OnControl, OnOrphan, TaskInfo, room_set, wire
+from gateway.bus.mirror import Mirror
 from gateway.events import Event, ReplyFinished
 from gateway.presence import Seat
 
@@ -64,6 +66,8 @@ MISSING_GRACE_S = 3.0
 ANNOUNCE_CHUNK = 500
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
+# Others reconnect within their backoff: wait that long to hear them again.
+RESYNC_S = BACKOFF_MAX_S + 1.0
 WATCH_TIMEOUT_S = 2.0
 BATCH = 512
 TAKEOVER_TTL_S = 60
@@ -85,32 +89,33 @@ class RedisBus:
         self._redis = aioredis.Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=2, health_check_interval=10
         )
-        self._pending: deque[tuple[str, ...]] = deque()
+        # (shared rooms, message): channels are chosen when sent.
+        self._events: deque[tuple[list[str], str]] = deque()
+        self._commands: deque[tuple[str, ...]] = deque()
         self._wakeup = asyncio.Event()
-        self._number = 0
-        self._highest: dict[str, int] = {}
-        self._watched: set[str] = set()
-        self._side_tasks: set[asyncio.Task[None]] = set()
-        self._ever_listened = False
-        self._listening_now = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._number = 0
+        self._highest: dict[str, int] = {}
+        self._mirror = Mirror()
+        self._watched: set[str] = set()
         self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._announced: dict[str, asyncio.Future[None]] = {}
         self._pubsub: Any = None
         self._listening = False
+        self._listening_now = asyncio.Event()
+        self._synced_now = asyncio.Event()
+        self._ever_listened = False
         self._last_error = "not started"
         self._dropped = 0
         self._seats: list[Seat] = []
-        self._local_tasks: dict[str, str] = {}  # task id → its registry entry
-        self._missing_since: dict[str, float] = {}  # replica → when its beat was first missed
-        self._gone_since: dict[str, float] = {}  # the same, for the watcher mirror
-        # The watcher mirror: room → other replicas with members in it, and back.
-        self._watchers: dict[str, set[str]] = {}
-        self._replica_rooms: dict[str, set[str]] = {}
-        self._announced: dict[str, asyncio.Future[None]] = {}
         self._presence_dirty = True
         self._remote_seats: list[Seat] = []
+        self._local_tasks: dict[str, str] = {}  # task id → its registry entry
+        self._missing_since: dict[str, float] = {}  # replica → when its beat was first missed
+        self._gone_since: dict[str, float] = {}  # the same, for the mirror
         self._tasks: list[asyncio.Task[None]] = []
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._deliver: Deliver | None = None
         self._on_control: OnControl | None = None
         self._on_orphan: OnOrphan | None = None
@@ -131,17 +136,16 @@ class RedisBus:
         self._on_orphan, self._load = on_orphan, load
         for loop in (self._listen, self._send, self._heartbeat, self._janitor):
             self._tasks.append(asyncio.create_task(loop(), name=f"bus-{loop.__name__}"))
-        # Readiness at start-up: wait (briefly) for the first subscription.
+        # Ready at start-up once connected and told by the others what they watch
+        # (waiting at most briefly: events are held meanwhile, not lost).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._until_listening(), WATCH_TIMEOUT_S)
-
-    async def _until_listening(self) -> None:
-        await self._listening_now.wait()
+            await asyncio.wait_for(self._synced_now.wait(), WATCH_TIMEOUT_S)
 
     async def close(self) -> None:
         # What is queued (the last replies' ends, their tasks' removal) goes first.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained(), WATCH_TIMEOUT_S)
+        if self._listening:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), WATCH_TIMEOUT_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -150,22 +154,20 @@ class RedisBus:
             await self._redis.hdel(self._key("presence"), self.replica_id)
         await self._redis.aclose()
 
-    async def _drained(self) -> None:
-        if self._listening:
-            await self._idle.wait()
-
     def problem(self) -> str | None:
-        if self._listening:
-            return None
-        return f"Redis at {self._url} is unreachable: {self._last_error}"
+        if not self._listening:
+            return f"Redis at {self._url} is unreachable: {self._last_error}"
+        if not self._mirror.synced:
+            missing = ", ".join(sorted(self._mirror.missing())) or "?"
+            return f"syncing with the other replicas (waiting for {missing})"
+        return None
 
     # -- events ----------------------------------------------------------------
     def publish(self, rooms: Sequence[str], event: Event) -> None:
         shared = room_set(rooms)
-        # Only rooms another replica has members in go out; usually (a sticky
-        # balancer, one tab) none does, and an event costs Redis nothing.
-        targets = [room for room in shared if self._watchers.get(room)]
-        if not targets:
+        # Usually (a sticky balancer, one tab) no other replica watches any of
+        # the rooms: then an event costs Redis nothing.
+        if not shared or (self._mirror.synced and not self._mirror.watched(shared)):
             return
         try:
             bodies = wire.split(shared, event, self._max_bytes)
@@ -174,17 +176,20 @@ class RedisBus:
             return
         for encoded in bodies:
             self._number += 1
-            message = wire.message(self.replica_id, self._number, encoded)
-            for room in targets:
-                self._enqueue(("publish", self._channel(room), message))
+            self._bounded(
+                self._events, (shared, wire.message(self.replica_id, self._number, encoded))
+            )
 
-    def _enqueue(self, item: tuple[str, ...]) -> None:
-        if len(self._pending) >= self._max_pending:
-            self._pending.popleft()
+    def _command(self, *item: str) -> None:
+        self._bounded(self._commands, item)
+
+    def _bounded(self, queue: deque[Any], item: Any) -> None:
+        if len(queue) >= self._max_pending:
+            queue.popleft()
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 1000 == 0:
                 log.warning("bus queue full, dropping", extra={"dropped": self._dropped})
-        self._pending.append(item)
+        queue.append(item)
         self._idle.clear()
         self._wakeup.set()
 
@@ -205,14 +210,14 @@ class RedisBus:
         self._announced.pop(room, None)
         if self._pubsub is not None and self._listening:
             self._background(self._unsubscribe(room))
-        self._enqueue(("publish", self._key("control"), self._control("unwatch", [room])))
+        self._command("publish", self._key("control"), self._control("unwatch", [room]))
 
     def _announce(self, rooms: list[str], *, reset: bool) -> None:
         """ "These rooms are watched here" (`reset`: and no others), in chunks."""
         chunks = [rooms[i : i + ANNOUNCE_CHUNK] for i in range(0, len(rooms), ANNOUNCE_CHUNK)]
         for index, chunk in enumerate(chunks or [[]]):
             message = self._control("watch", chunk, reset=reset and index == 0)
-            self._enqueue(("publish", self._key("control"), message))
+            self._command("publish", self._key("control"), message)
 
     def _control(self, kind: str, rooms: list[str], **extra: Any) -> str:
         return json.dumps({"bus": kind, "rooms": rooms, "from": self.replica_id, **extra})
@@ -243,7 +248,7 @@ class RedisBus:
     # -- control -----------------------------------------------------------------
     def broadcast(self, message: dict[str, Any]) -> None:
         payload = json.dumps({**message, "from": self.replica_id})
-        self._enqueue(("publish", self._key("control"), payload))
+        self._command("publish", self._key("control"), payload)
 
     # -- the loops ---------------------------------------------------------------
     async def _listen(self) -> None:
@@ -257,10 +262,7 @@ class RedisBus:
                 self._pubsub = pubsub
                 if self._watched:
                     await self._subscribe(list(self._watched))
-                # Redis may have restarted, and others may be new: everyone's
-                # watched rooms, again.
-                self._announce(sorted(self._watched), reset=True)
-                self._enqueue(("publish", self._key("control"), self._control("sync", [])))
+                await self._resync()
                 if self._ever_listened:
                     log.warning("bus reconnected to Redis", extra={"replica": self.replica_id})
                 else:
@@ -283,6 +285,8 @@ class RedisBus:
             except Exception as exc:  # the listener must outlive anything one message does
                 self._listening = False
                 self._listening_now.clear()
+                self._mirror.lost()
+                self._synced_now.clear()
                 self._last_error = str(exc) or type(exc).__name__
                 log.warning(
                     "bus listener lost Redis; reconnecting",
@@ -294,6 +298,29 @@ class RedisBus:
                 self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _register(self) -> None:
+        """After (re)connecting: a Redis that restarted empty learns again what runs here.
+        The heartbeat goes first, so no survivor takes these tasks for orphans."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self._key(f"replica:{self.replica_id}"), int(time.time()), ex=REPLICA_TTL_S)
+        for task_id, shaped in self._local_tasks.items():
+            pipe.hset(self._key("tasks"), task_id, shaped)
+        await pipe.execute()
+        self._presence_dirty = True
+
+    async def _resync(self) -> None:
+        """Tell everyone what is watched here, ask for their lists, and hold room
+        events until each replica we know of (or that is alive) has answered."""
+        live = {
+            key.removeprefix(self._key("replica:"))
+            async for key in self._redis.scan_iter(match=self._key("replica:*"))
+        }
+        expected = (live | self._mirror.replicas()) - {self.replica_id}
+        self._mirror.begin_sync(expected, time.monotonic(), RESYNC_S)
+        self._synced()
+        self._announce(sorted(self._watched), reset=True)
+        self._command("publish", self._key("control"), self._control("sync", []))
 
     async def _received(self, channel: str, data: str) -> None:
         if channel == self._key("control"):
@@ -315,10 +342,9 @@ class RedisBus:
             self._deliver(rooms, event)
 
     def _on_bus_control(self, message: dict[str, Any]) -> None:
-        """The watcher mirror: which other replica has members in which room."""
         sender, kind, rooms = message["from"], message["bus"], message["rooms"]
         if sender == self.replica_id:
-            if kind == "watch":
+            if kind == "watch":  # our own announcement, back: it reached everyone
                 for room in rooms:
                     waiting = self._announced.get(room)
                     if waiting is not None and not waiting.done():
@@ -327,65 +353,60 @@ class RedisBus:
         if kind == "sync":
             self._announce(sorted(self._watched), reset=True)
             return
-        mine = self._replica_rooms.setdefault(sender, set())
-        if kind == "watch" and message.get("reset"):
-            self._forget(sender)
-            mine = self._replica_rooms.setdefault(sender, set())
-        for room in rooms:
-            if kind == "watch":
-                mine.add(room)
-                self._watchers.setdefault(room, set()).add(sender)
-            elif kind == "unwatch":
-                mine.discard(room)
-                self._unwatcher(room, sender)
+        self._mirror.apply(sender, kind, rooms, bool(message.get("reset")))
+        self._synced()
 
-    def _forget(self, replica: str) -> None:
-        for room in self._replica_rooms.pop(replica, set()):
-            self._unwatcher(room, replica)
-
-    def _unwatcher(self, room: str, replica: str) -> None:
-        watchers = self._watchers.get(room)
-        if watchers is not None:
-            watchers.discard(replica)
-            if not watchers:
-                del self._watchers[room]
+    def _synced(self) -> None:
+        """Once the mirror is up to date, room events held for it can go."""
+        if self._mirror.check(time.monotonic()) and not self._synced_now.is_set():
+            self._synced_now.set()
+            self._wakeup.set()
 
     async def _send(self) -> None:
         delay = BACKOFF_MIN_S
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending:
-                batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
+            while self._commands or (self._events and self._mirror.synced):
+                commands = self._take(self._commands)
+                events = self._take(self._events) if self._mirror.synced else []
                 pipe = self._redis.pipeline(transaction=False)
-                for command, *args in batch:
+                for command, *args in commands:
                     getattr(pipe, command)(*args)
+                for rooms, message in events:
+                    for room in self._mirror.watched(rooms):
+                        pipe.publish(self._channel(room), message)
                 try:
                     await pipe.execute()
                     delay = BACKOFF_MIN_S
                 except RedisError as exc:
                     # Back at the front, in order, for when Redis answers again
                     # (the first try after a restart often meets a dead pooled
-                    # connection); only the queue's bound drops anything.
-                    self._pending.extendleft(reversed(batch))
-                    while len(self._pending) > self._max_pending:
-                        self._pending.popleft()
-                        self._dropped += 1
+                    # connection); only the queues' bound drops anything.
+                    self._commands.extendleft(reversed(commands))
+                    self._events.extendleft(reversed(events))
                     log.warning(
                         "bus could not publish; retrying",
-                        extra={"queued": len(self._pending), "error": str(exc)},
+                        extra={
+                            "queued": len(self._commands) + len(self._events),
+                            "error": str(exc),
+                        },
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, BACKOFF_MAX_S)
-            self._idle.set()
+            if not self._commands and not self._events:
+                self._idle.set()
+
+    @staticmethod
+    def _take(queue: deque[Any]) -> list[Any]:
+        return [queue.popleft() for _ in range(min(BATCH, len(queue)))]
 
     async def _heartbeat(self) -> None:
         while True:
             try:
                 pipe = self._redis.pipeline(transaction=False)
-                pipe.set(
-                    self._key(f"replica:{self.replica_id}"), int(time.time()), ex=REPLICA_TTL_S
-                )
+                beat = self._key(f"replica:{self.replica_id}")
+                pipe.set(beat, int(time.time()), ex=REPLICA_TTL_S)
                 if self._presence_dirty:
                     seats = [[s.kind, s.user_id, s.session] for s in self._seats]
                     pipe.hset(self._key("presence"), self.replica_id, json.dumps(seats))
@@ -396,18 +417,26 @@ class RedisBus:
                 await self._forget_the_dead()
             except RedisError:
                 self._presence_dirty = True  # the listener reports the outage
+            if self._listening and not self._mirror.synced:
+                missing = sorted(self._mirror.missing())
+                self._synced()
+                if self._mirror.synced and missing:
+                    log.warning(
+                        "bus stopped waiting for replicas that did not answer",
+                        extra={"replicas": missing},
+                    )
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _forget_the_dead(self) -> None:
-        """Replicas gone from the mirror once their beat has been missing a while."""
-        known = list(self._replica_rooms)
+        """Replicas leave the mirror once their beat has been missing a while."""
+        known = list(self._mirror.replicas())
         alive = await self._alive(known)
         now = time.monotonic()
         for replica in known:
             if replica in alive:
                 self._gone_since.pop(replica, None)
             elif now - self._gone_since.setdefault(replica, now) >= MISSING_GRACE_S:
-                self._forget(replica)
+                self._mirror.forget(replica)
                 self._gone_since.pop(replica, None)
 
     async def _live_seats(self, presence: dict[str, str]) -> list[Seat]:
@@ -471,22 +500,11 @@ class RedisBus:
             "replica": self.replica_id,
         }
         self._local_tasks[task.task_id] = json.dumps(shaped)
-        self._enqueue(("hset", self._key("tasks"), task.task_id, self._local_tasks[task.task_id]))
+        self._command("hset", self._key("tasks"), task.task_id, self._local_tasks[task.task_id])
 
     def task_ended(self, task_id: str) -> None:
         self._local_tasks.pop(task_id, None)
-        self._enqueue(("hdel", self._key("tasks"), task_id))
-
-    async def _register(self) -> None:
-        """After (re)connecting: a Redis that restarted empty learns again what runs here.
-        The heartbeat goes first, so no survivor takes these tasks for orphans."""
-        pipe = self._redis.pipeline(transaction=False)
-        beat = self._key(f"replica:{self.replica_id}")
-        pipe.set(beat, int(time.time()), ex=REPLICA_TTL_S)
-        for task_id, shaped in self._local_tasks.items():
-            pipe.hset(self._key("tasks"), task_id, shaped)
-        await pipe.execute()
-        self._presence_dirty = True
+        self._command("hdel", self._key("tasks"), task_id)
 
     async def _all_tasks(self) -> list[TaskInfo]:
         raw = cast(dict[str, str], await self._redis.hgetall(self._key("tasks")))

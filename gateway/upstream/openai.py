@@ -180,8 +180,8 @@ class OpenAIStream:
         # vLLM/DeepSeek say reasoning_content, Ollama and OpenRouter say reasoning.
         reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
         return Chunk(
-            text=text if isinstance(text, str) else "",
-            reasoning=reasoning if isinstance(reasoning, str) else "",
+            text=_encodable(text) if isinstance(text, str) else "",
+            reasoning=_encodable(reasoning) if isinstance(reasoning, str) else "",
             finish_reason=choice.get("finish_reason"),
             usage=usage,
         )
@@ -191,3 +191,16 @@ class OpenAIStream:
         # stops generating; a half-read response cannot be reused anyway.
         if not self._resp.closed:
             self._resp.close()
+
+
+def _encodable(text: str) -> str:
+    """The text with lone UTF-16 surrogates (JSON "\\ud83d" without its pair, which a
+    broken tokenizer can send) replaced by U+FFFD: no client encoding can carry them.
+    (json.loads joins the valid pairs, so any surrogate left is a lone one.)"""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
+    return text

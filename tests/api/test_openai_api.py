@@ -71,6 +71,19 @@ def test_streaming_without_usage_has_no_usage_chunk(
     assert all(c.choices for c in chunks)
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_lone_surrogate_from_the_upstream_is_replaced_not_fatal(
+    gateway: GatewayProcess, alice_token: str, stream: bool
+) -> None:
+    # A broken tokenizer can send JSON "\ud83d" without its pair; no client
+    # encoding can carry it, so it arrives as U+FFFD, the rest intact.
+    answer = client(gateway, alice_token).chat.completions.create(
+        model="fake-surrogate", messages=MESSAGES, stream=stream
+    )
+    text = collect(answer)[0] if stream else answer.choices[0].message.content
+    assert text == "ok \ufffd"
+
+
 def test_upstream_sees_the_conversation(
     gateway: GatewayProcess, fake_upstream: FakeUpstream, alice_token: str
 ) -> None:

@@ -8,6 +8,7 @@ Models and what they do:
     fake-error     answers HTTP 500 with an OpenAI error body
     fake-reasoner  sends reasoning_content deltas, then content
     fake-nousage   like fake-model, without the usage chunk
+    fake-surrogate "ok " then a lone UTF-16 surrogate (a broken tokenizer's "\\ud83d")
     fake-flood     1,000 deltas of 5,000 characters, no pause (5 MB: slow-consumer tests);
                    `max_tokens` caps the number of deltas
 
@@ -35,6 +36,7 @@ MODELS = [
     "fake-reasoner",
     "fake-nousage",
     "fake-flood",
+    "fake-surrogate",
 ]
 FLOOD_DELTAS = 1000
 FLOOD_DELTA_CHARS = 5000
@@ -56,6 +58,8 @@ def deltas_of(model: str, text: str) -> list[str]:
         return [f"w{i} " for i in range(64)]
     if model == "fake-flood":
         return [str(i % 10) * FLOOD_DELTA_CHARS for i in range(FLOOD_DELTAS)]
+    if model == "fake-surrogate":
+        return ["ok ", "\ud83d"]
     return [text[i : i + 3] for i in range(0, len(text), 3)]
 
 
