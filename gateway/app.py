@@ -36,6 +36,7 @@ from gateway.hub import Hub
 from gateway.keys import load_or_create_secret
 from gateway.origins import OriginPolicy
 from gateway.presence import Presence
+from gateway.proxy import ProxyPolicy
 from gateway.settings import Settings
 from gateway.store import open_store
 from gateway.transports.socketio import SocketIOTransport
@@ -78,18 +79,39 @@ def build_upstreams(settings: Settings, session: aiohttp.ClientSession) -> list[
 
 
 def build_app(settings: Settings) -> web.Application:
+    """The gateway; under `GATEWAY_BASE_PATH` (as a sub-application) when one is set."""
+    app = _gateway_app(settings)
+    if not settings.base_path:
+        return app
+    root = web.Application(
+        client_max_size=settings.max_request_body_bytes,
+        middlewares=[error_middleware([], default=render_detail)],
+    )
+
+    async def to_base_path(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMovedPermanently(settings.base_path + "/")
+
+    # Before the sub-application, which would claim "/chat" too.
+    root.router.add_get(settings.base_path, to_base_path)
+    root.add_subapp(settings.base_path, app)
+    return root
+
+
+def _gateway_app(settings: Settings) -> web.Application:
     origins = OriginPolicy(settings.cors_allow_origin)
     app = web.Application(
         client_max_size=settings.max_request_body_bytes,
         middlewares=[
+            ProxyPolicy(settings.trusted_proxies).middleware(),
             origins.middleware(),
             error_middleware(
                 [
                     ("/ragflow/", ragflow.render_error),
-                    ("/v1/ws/", render_detail),
+                    ("/v1/ws/", render_detail),  # RAGFlow's sockets: not OpenAI's shape
                     ("/v1/", render_openai),
                 ],
                 default=render_detail,
+                base_path=settings.base_path,
             ),
         ],
     )

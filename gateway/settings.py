@@ -9,6 +9,7 @@ lists each one with its default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,6 +51,14 @@ class Settings(BaseModel):
         "empty for the first model the upstreams list",
     )
     demo_token_delay_s: float = Field(0.02, ge=0, description="seconds between demo tokens")
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="';'-separated addresses or CIDRs whose X-Forwarded-*/Forwarded headers "
+        "are believed",
+    )
+    base_path: str = Field(
+        "", description="a path the whole gateway lives under, e.g. /chat (empty: the root)"
+    )
     cors_allow_origin: list[str] = Field(
         default_factory=lambda: ["*"], description="';'-separated origins, or *"
     )
@@ -122,6 +131,24 @@ class Settings(BaseModel):
                 raise ValueError(f"{url!r} is not an http(s) URL")
         return [url.rstrip("/") for url in urls]
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an address or a CIDR") from None
+        return entries
+
+    @field_validator("base_path")
+    @classmethod
+    def _base_path(cls, path: str) -> str:
+        path = path.strip()
+        if path and (not path.startswith("/") or "?" in path or "#" in path):
+            raise ValueError(f"{path!r} is not a path like /chat")
+        return "" if path in ("", "/") else "/" + path.strip("/")
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, url: str) -> str:
@@ -154,7 +181,7 @@ for _name in Settings.model_fields:
     if _name not in ENV_NAMES.values():
         ENV_NAMES[f"GATEWAY_{_name.upper()}"] = _name
 
-_LIST_FIELDS = {"openai_api_base_urls", "openai_api_keys", "cors_allow_origin"}
+_LIST_FIELDS = {"openai_api_base_urls", "openai_api_keys", "cors_allow_origin", "trusted_proxies"}
 _NULLABLE_FIELDS = {
     name for name, info in Settings.model_fields.items() if info.default is None
 } | {"jwt_expires_in_s", "upstream_read_timeout_s", "outbox_max_chars"}

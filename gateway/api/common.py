@@ -16,7 +16,6 @@ from gateway.errors import (
     BadRequest,
     GatewayError,
     InternalError,
-    NotFound,
     PayloadTooLarge,
     PeerError,
 )
@@ -64,10 +63,13 @@ class HTTPStatusError(PeerError):
         self.code = "not_found" if status == 404 else "http_error"
 
 
-def error_middleware(renderers: Sequence[tuple[str, Renderer]], default: Renderer) -> Any:
+def error_middleware(
+    renderers: Sequence[tuple[str, Renderer]], default: Renderer, base_path: str = ""
+) -> Any:
     """Turn errors into the shape of the flavour whose path prefix matches."""
 
     def pick(path: str) -> Renderer:
+        path = path.removeprefix(base_path)
         for prefix, renderer in renderers:
             if path.startswith(prefix):
                 return renderer
@@ -84,7 +86,9 @@ def error_middleware(renderers: Sequence[tuple[str, Renderer]], default: Rendere
                 raise
             message = exc.text or exc.reason
             if exc.status == 404:
-                message = str(NotFound(f"No route for {request.method} {request.path}"))
+                message = f"No route for {request.method} {request.path}" + prefix_hint(
+                    request.path, base_path
+                )
             response = pick(request.path)(HTTPStatusError(exc.status, message))
             for header in ("Allow",):
                 if header in exc.headers:
@@ -97,3 +101,24 @@ def error_middleware(renderers: Sequence[tuple[str, Renderer]], default: Rendere
             return pick(request.path)(InternalError())
 
     return errors
+
+
+# Where the gateway's own routes begin: a path with one of these after some
+# other prefix was probably meant for the gateway under that prefix.
+ROUTE_MARKERS = ("/api/", "/ws/", "/v1/", "/ragflow/", "/health", "/ready")
+
+
+def prefix_hint(path: str, base_path: str = "") -> str:
+    """For a 404: if the path looks like a gateway route under a prefix, say how to fix it."""
+    inner = path.removeprefix(base_path)
+    for marker in ROUTE_MARKERS:
+        at = inner.find(marker)
+        if at > 0:
+            prefix = base_path + inner[:at]
+            return (
+                f". It looks like the gateway is reached under {prefix}: set "
+                f"GATEWAY_BASE_PATH={prefix}, or have the proxy strip it and send "
+                f"X-Forwarded-Prefix: {prefix} (nginx: location {prefix}/ {{ ... proxy_pass "
+                f"http://gateway/; }} with the trailing slash; Caddy: handle_path {prefix}/*)"
+            )
+    return ""

@@ -84,6 +84,16 @@ class Bus(Protocol):
         """Replies running on the other live replicas."""
         ...
 
+    def session_opened(self, sid: str) -> None:
+        """An Engine.IO session lives here now (so a misrouted poll can be explained)."""
+        ...
+
+    def session_closed(self, sid: str) -> None: ...
+
+    async def session_replica(self, sid: str) -> str | None:
+        """The live replica holding an Engine.IO session, if another one does."""
+        ...
+
     def presence_changed(self, seats: list[Seat]) -> None: ...
 
     def remote_seats(self) -> list[Seat]:

@@ -47,6 +47,15 @@ class LocalBus:
     async def remote_tasks(self) -> list[TaskInfo]:
         return []
 
+    def session_opened(self, sid: str) -> None:
+        return None
+
+    def session_closed(self, sid: str) -> None:
+        return None
+
+    async def session_replica(self, sid: str) -> str | None:
+        return None
+
     def presence_changed(self, seats: list[Seat]) -> None:
         return None
 

@@ -13,6 +13,7 @@ Keys and channels, all under `REDIS_KEY_PREFIX` (default `gw:`)::
     replica:<id>       string    heartbeat, expires 5 s after the replica stops
     tasks              hash      task id → the reply running (which replica, rooms)
     presence           hash      replica id → its connections, for /ws/stats
+    sessions           hash      Engine.IO session id → replica: a misrouted poll says where
     takeover:<id>      string    the one survivor that ends a dead replica's replies
 
 Theory of operation:
@@ -530,6 +531,22 @@ class RedisBus:
         except RedisError:
             return []
         return [task for task in tasks if task.replica in alive]
+
+    def session_opened(self, sid: str) -> None:
+        self._command("hset", self._key("sessions"), sid, self.replica_id)
+
+    def session_closed(self, sid: str) -> None:
+        self._command("hdel", self._key("sessions"), sid)
+
+    async def session_replica(self, sid: str) -> str | None:
+        try:
+            found = await self._redis.hget(self._key("sessions"), sid)
+            replica = None if found is None else str(found)
+            if replica is None or replica == self.replica_id:
+                return None
+            return replica if await self._alive([replica]) else None
+        except RedisError:
+            return None
 
     def presence_changed(self, seats: list[Seat]) -> None:
         self._seats = seats

@@ -43,6 +43,7 @@ from gateway.flavours.openwebui import SocketEncoder, decode_chat_event, decode_
 from gateway.hub import Hub, Outbox, Overflow
 from gateway.origins import OriginPolicy
 from gateway.presence import Presence, Seat
+from gateway.proxy import STICKY_LINES, upgrade_required
 from gateway.settings import Settings
 from gateway.store import ChatRecord, Store
 
@@ -134,6 +135,10 @@ class SocketIOTransport:
             raise Forbidden(f"Origin {request.headers.get('Origin')} is not allowed")
         eio_sid = request.query.get("sid")
         upgrading = request.headers.get("Upgrade", "").lower() == "websocket"
+        if request.query.get("transport") == "websocket" and not upgrading:
+            return upgrade_required(request)
+        if eio_sid is not None and eio_sid not in self.sio.eio.sockets:
+            return await self._unknown_session(eio_sid)
         if upgrading and eio_sid is not None and request.transport is not None:
             self._upgrades[eio_sid] = request.transport
         try:
@@ -143,12 +148,28 @@ class SocketIOTransport:
             if upgrading and eio_sid is not None:
                 self._upgrades.pop(eio_sid, None)
 
+    async def _unknown_session(self, eio_sid: str) -> web.Response:
+        """A request for a session this replica does not hold: say why, and the fix."""
+        holder = await self._hub.bus.session_replica(eio_sid) if self._hub else None
+        if holder is not None:
+            detail = (
+                f"Session ID unknown here: it lives on another replica ({holder}). {STICKY_LINES}."
+            )
+        else:
+            detail = (
+                "Session ID unknown: it expired, or the replica holding it restarted; the "
+                f"client reconnects. If this repeats with several replicas: {STICKY_LINES}."
+            )
+        return web.json_response({"detail": detail}, status=400)
+
     # -- events from clients --------------------------------------------------
     async def _on_connect(self, sid: str, environ: Mapping[str, Any], auth: Any) -> bool:
         conn = Connection(sid)
         self._conns[sid] = conn
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         conn.eio_socket = self.sio.eio.sockets.get(eio_sid)
+        if self._hub is not None:
+            self._hub.bus.session_opened(eio_sid)
         request: web.Request = environ["aiohttp.request"]
         if request.headers.get("Upgrade", "").lower() == "websocket":
             conn.tcp = request.transport
@@ -172,6 +193,8 @@ class SocketIOTransport:
             return
         self._release(conn)
         sock = conn.eio_socket
+        if sock is not None and self._hub is not None:
+            self._hub.bus.session_closed(sock.sid)
         if sock is not None and not sock.upgraded:
             # A long-poll GET may still wait on this socket's queue; Engine.IO
             # would hold it until the next ping (25 s). A NOOP ends it now.

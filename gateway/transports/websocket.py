@@ -43,6 +43,7 @@ from gateway.errors import (
 )
 from gateway.events import Event
 from gateway.hub import Hub, Outbox, Overflow
+from gateway.proxy import upgrade_required
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,6 @@ PING_INTERVAL_S = 25.0
 CLOSE_TIMEOUT_S = 2.0
 # Drops in progress (the loop holds tasks only weakly).
 _DROPPING: set[asyncio.Task[None]] = set()
-
-UPGRADE_REQUIRED = (
-    "This is a WebSocket endpoint, and the request reached it without 'Upgrade: websocket'. "
-    "A proxy in front of the gateway dropped the upgrade headers. nginx needs, in this "
-    "location: proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
-    "proxy_set_header Connection $connection_upgrade; (with map $http_upgrade "
-    "$connection_upgrade { default upgrade; '' ''; }). Caddy's reverse_proxy does it by itself."
-)
 
 
 class Connection:
@@ -144,7 +137,7 @@ async def serve(
         heartbeat=PING_INTERVAL_S, max_msg_size=gateway.settings.max_frame_bytes
     )
     if not ws.can_prepare(request).ok:
-        return web.json_response({"detail": UPGRADE_REQUIRED}, status=426)
+        return upgrade_required(request)
     await ws.prepare(request)
     conn = Connection(ws, gateway.hub, request)
     try:
