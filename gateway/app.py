@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+from yarl import URL
 
 from gateway.api import (
     auths,
@@ -24,7 +26,7 @@ from gateway.api import (
     ragflow_ws,
     tasks,
 )
-from gateway.api.common import error_middleware, render_detail, render_openai
+from gateway.api.common import Renderer, error_middleware, render_detail, render_openai
 from gateway.auth import Authenticator
 from gateway.bus import Bus
 from gateway.bus.memory import LocalBus
@@ -36,7 +38,7 @@ from gateway.hub import Hub
 from gateway.keys import load_or_create_secret
 from gateway.origins import OriginPolicy
 from gateway.presence import Presence
-from gateway.proxy import ProxyPolicy
+from gateway.proxy import ProxyPolicy, prefix
 from gateway.settings import Settings
 from gateway.store import open_store
 from gateway.transports.socketio import SocketIOTransport
@@ -78,41 +80,50 @@ def build_upstreams(settings: Settings, session: aiohttp.ClientSession) -> list[
     return upstreams
 
 
+# Errors in the shape of the flavour a path belongs to (the default: Open WebUI's).
+ERROR_SHAPES: tuple[tuple[str, Renderer], ...] = (
+    ("/ragflow/", ragflow.render_error),
+    ("/v1/ws/", render_detail),  # RAGFlow's sockets: not OpenAI's shape
+    ("/v1/", render_openai),
+)
+
+
 def build_app(settings: Settings) -> web.Application:
-    """The gateway; under `GATEWAY_BASE_PATH` (as a sub-application) when one is set."""
-    app = _gateway_app(settings)
+    """The gateway; under `GATEWAY_BASE_PATH` (as a sub-application) when one is set.
+
+    Forwarded headers are read by the outermost application, once, so that
+    everything below it (the redirect to the base path included) sees the
+    request as the client made it."""
+    forwarded = ProxyPolicy(settings.trusted_proxies).middleware()
     if not settings.base_path:
-        return app
+        return _gateway_app(settings, [forwarded])
     root = web.Application(
         client_max_size=settings.max_request_body_bytes,
-        middlewares=[error_middleware([], default=render_detail)],
+        middlewares=[
+            forwarded,
+            # A route asked for outside the base path: a 404 that says where it is.
+            error_middleware(ERROR_SHAPES, default=render_detail, base_path=settings.base_path),
+        ],
     )
 
     async def to_base_path(request: web.Request) -> web.StreamResponse:
-        raise web.HTTPMovedPermanently(settings.base_path + "/")
+        location = URL(prefix(request, settings.base_path) + "/").with_query(request.query)
+        raise web.HTTPMovedPermanently(location)
 
     # Before the sub-application, which would claim "/chat" too.
     root.router.add_get(settings.base_path, to_base_path)
-    root.add_subapp(settings.base_path, app)
+    root.add_subapp(settings.base_path, _gateway_app(settings, []))
     return root
 
 
-def _gateway_app(settings: Settings) -> web.Application:
+def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application:
     origins = OriginPolicy(settings.cors_allow_origin)
     app = web.Application(
         client_max_size=settings.max_request_body_bytes,
         middlewares=[
-            ProxyPolicy(settings.trusted_proxies).middleware(),
+            *outer,
             origins.middleware(),
-            error_middleware(
-                [
-                    ("/ragflow/", ragflow.render_error),
-                    ("/v1/ws/", render_detail),  # RAGFlow's sockets: not OpenAI's shape
-                    ("/v1/", render_openai),
-                ],
-                default=render_detail,
-                base_path=settings.base_path,
-            ),
+            error_middleware(ERROR_SHAPES, default=render_detail, base_path=settings.base_path),
         ],
     )
     public_key = (

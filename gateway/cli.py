@@ -1,10 +1,11 @@
-"""The `gateway` command: serve, token, check-config."""
+"""The `gateway` command: serve, token, check-config, users, apikey, doctor."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -156,6 +157,60 @@ def _apikey_create(args: argparse.Namespace) -> int:
     return _with_store(args, action)
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    """Probe a deployment from outside; needs no settings (it is a client)."""
+    import asyncio
+
+    from gateway import doctor
+
+    color = sys.stdout.isatty()
+
+    def show(check: doctor.Check) -> None:
+        # Each line as its check ends: --slow holds one for a minute or more.
+        print(doctor.render_check(check, doctor.NAME_WIDTH, color), end="", flush=True)
+
+    try:
+        report = asyncio.run(
+            doctor.run(
+                args.url,
+                token=args.token,
+                origin=args.origin,
+                slow=args.slow,
+                idle_seconds=args.idle_seconds,
+                polls=args.polls,
+                model=args.model,
+                timeout=args.timeout,
+                insecure=args.insecure,
+                on_check=show,
+            )
+        )
+        print(report.summary())
+    except doctor.UsageError as exc:
+        print(f"gateway doctor: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Piped into `head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 1 if report.faults else 0
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return number
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a count of at least 1")
+    return number
+
+
 def parser() -> argparse.ArgumentParser:
     # --config is accepted before or after the subcommand.
     common = argparse.ArgumentParser(add_help=False)
@@ -205,6 +260,45 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--user", required=True, help="user id or email")
     create.add_argument("--kind", choices=["openwebui", "ragflow"], default="openwebui")
     create.set_defaults(run=_apikey_create)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="probe a deployment from outside: per check OK, or the fault and its fix",
+        description="Probe a gateway deployment (through its proxy) as its clients reach it. "
+        "Exit 0 when no check fails, 1 otherwise, 2 for a bad URL.",
+    )
+    doctor.add_argument("url", help="the gateway's URL, with its sub-path if any")
+    doctor.add_argument("--token", help="a JWT or an API key; without it, chats are skipped")
+    doctor.add_argument("--origin", help="a page origin whose CORS access to check")
+    doctor.add_argument(
+        "--slow", action="store_true", help="also hold a WebSocket idle (--idle-seconds)"
+    )
+    doctor.add_argument(
+        "--idle-seconds",
+        type=_positive,
+        default=65.0,
+        metavar="S",
+        help="how long --slow holds the WebSocket idle (default 65: past nginx's 60 s)",
+    )
+    doctor.add_argument(
+        "--polls",
+        type=_count,
+        default=10,
+        metavar="N",
+        help="Socket.IO polling sessions, to catch a proxy without stickiness (default 10)",
+    )
+    doctor.add_argument("--model", help="the model the chats use (default: the first listed)")
+    doctor.add_argument(
+        "--timeout",
+        type=_positive,
+        default=20.0,
+        metavar="S",
+        help="seconds each check may take (default 20)",
+    )
+    doctor.add_argument(
+        "--insecure", action="store_true", help="do not verify TLS certificates (self-signed)"
+    )
+    doctor.set_defaults(run=_doctor)
     return top
 
 

@@ -7,7 +7,7 @@ client used in headers; the gateway believes them only from the addresses in
 `GATEWAY_TRUSTED_PROXIES` (anyone can send such headers)::
 
     Forwarded: for=203.0.113.7;proto=https;host=chat.example.com    RFC 7239, first hop
-    X-Forwarded-For: 203.0.113.7, 10.0.0.2    the client: the first address
+    X-Forwarded-For: 203.0.113.7, 10.0.0.2    the client: the last address not ours
     X-Forwarded-Proto: https                  the scheme the client used
     X-Forwarded-Host: chat.example.com        the host (and port) the client used
     X-Forwarded-Prefix: /chat                 the sub-path the proxy stripped
@@ -63,6 +63,28 @@ def _forwarded(header: str) -> dict[str, str]:
     return fields
 
 
+def _hops(header: str, name: str) -> list[str]:
+    """One field of every hop of a `Forwarded` header, in order."""
+    values = []
+    for hop in header.split(","):
+        for pair in hop.split(";"):
+            key, _, value = pair.partition("=")
+            if key.strip().lower() == name and value:
+                values.append(value)
+    return values
+
+
+def _address(node: str) -> str:
+    """A client address without its port or brackets, as both headers may write it
+    (RFC 7239 §6: `"[2001:db8::1]:4711"`, `192.0.2.43:47011`)."""
+    node = node.strip().strip('"')
+    if node.startswith("["):
+        return node[1:].partition("]")[0]
+    if node.count(":") == 1:
+        return node.partition(":")[0]
+    return node
+
+
 def _clean_prefix(prefix: str) -> str:
     prefix = "/" + prefix.strip().strip("/")
     return "" if prefix == "/" else prefix
@@ -105,10 +127,14 @@ class ProxyPolicy:
         headers = request.headers
         hop = _forwarded(headers["Forwarded"]) if "Forwarded" in headers else {}
         changes: dict[str, str] = {}
-        client = hop.get("for") or _first(headers.get("X-Forwarded-For", ""))
+        client = self._client(
+            _hops(headers["Forwarded"], "for")
+            if hop.get("for")
+            else headers.get("X-Forwarded-For", "").split(",")
+        )
         if client:
-            changes["remote"] = client.strip("[]")
-        scheme = hop.get("proto") or _first(headers.get("X-Forwarded-Proto", ""))
+            changes["remote"] = client
+        scheme = (hop.get("proto") or _first(headers.get("X-Forwarded-Proto", ""))).lower()
         if scheme in ("http", "https"):
             changes["scheme"] = scheme
         host = hop.get("host") or _first(headers.get("X-Forwarded-Host", ""))
@@ -118,6 +144,16 @@ class ProxyPolicy:
         if "X-Forwarded-Prefix" in headers:
             cloned[PREFIX_KEY] = _clean_prefix(_first(headers["X-Forwarded-Prefix"]))
         return cloned
+
+    def _client(self, chain: list[str]) -> str | None:
+        """The client in a chain of forwarded addresses: the last one that is not one
+        of our proxies.  The left end is whatever the client wrote, so an address is
+        believed only as far as trusted proxies vouch for it."""
+        addresses = [_address(node) for node in chain if node.strip()]
+        for address in reversed(addresses):
+            if not self.trusts(address):
+                return address
+        return addresses[0] if addresses else None
 
     def _ignored(self, peer: str | None) -> None:
         key = peer or "?"

@@ -31,6 +31,24 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 fi
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 
+log "proxies (nginx and Caddy from Debian, run on loopback by tests/proxy)"
+missing=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v caddy >/dev/null || missing+=(caddy)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  # Install only: the tests start their own on loopback ports, so keep the
+  # packages' services (nginx on port 80, Caddy) from starting.
+  made_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
+fi
+
 log "ruff"
 .venv/bin/ruff check gateway tests bench
 log "mypy --strict gateway"

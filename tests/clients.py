@@ -73,11 +73,12 @@ class PySocket:
         token: str | None,
         transports: list[str] | None = None,
         headers: dict[str, str] | None = None,
+        path: str = SOCKETIO_PATH,
     ) -> PySocket:
         try:
             await self.client.connect(
                 url,
-                socketio_path=SOCKETIO_PATH,
+                socketio_path=path,
                 auth={"token": token} if token else None,
                 transports=transports or ["websocket"],
                 headers=headers or {},
@@ -129,6 +130,9 @@ class JSSocket:
         user_join: bool = False,
         auth_in_handshake: bool = True,
         timeout_ms: int = 20000,
+        path: str = "/ws/socket.io",
+        with_credentials: bool = False,
+        insecure: bool = False,
     ) -> JSSocket:
         node = shutil.which("node")
         assert node is not None, "node is needed for the JS client tests"
@@ -147,8 +151,13 @@ class JSSocket:
             "--auth-in-handshake",
             "1" if auth_in_handshake else "0",
         ]
+        args += ["--path", path]
         if user_join:
             args.append("--user-join")
+        if with_credentials:
+            args.append("--with-credentials")
+        if insecure:
+            args.append("--insecure")
         self.proc = await asyncio.create_subprocess_exec(
             node, *args, cwd=JS_DIR, stdout=asyncio.subprocess.PIPE
         )

@@ -29,7 +29,10 @@ def make_token(
 class GatewayProcess:
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # Where clients reach it: under GATEWAY_BASE_PATH when one is set.
+        base_path = (env or {}).get("GATEWAY_BASE_PATH", "")
+        under = base_path.rstrip("/") if base_path.startswith("/") else ""
+        self.url = f"http://127.0.0.1:{self.port}{under}"
         self.data_dir = data_dir
         self.log_path = data_dir / f"gateway-{self.port}.log"
         self.env = {
@@ -66,6 +69,7 @@ class GatewayProcess:
                         return self
             except OSError:
                 time.sleep(0.05)
+        self.kill()
         raise RuntimeError(f"gateway did not become healthy:\n{self.log()}")
 
     def log(self) -> str:

@@ -3,12 +3,13 @@ Redis server of the test's own (on a free port) that the test may kill and resta
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import asyncpg
 import redis
@@ -29,6 +30,25 @@ async def fresh_pg_database() -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def _admin(statement: str) -> None:
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    """`fresh_pg_database` for fixtures that live longer than one test (no loop there)."""
+    name = f"gw_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 class RedisServer:

@@ -86,22 +86,23 @@ def test_every_healthy_condition_names_a_service_with_a_healthcheck(
             assert services[dependency].get("healthcheck", {}).get("test"), (name, dependency)
 
 
-def test_nginx_config_is_mounted_and_fronts_both_replicas(config: dict[str, Any]) -> None:
-    (mount,) = config["services"]["nginx"]["volumes"]
-    source = Path(mount["source"])
-    assert source == ROOT / "deploy" / "compose" / "nginx.conf" and source.is_file()
-    text = source.read_text()
+def test_nginx_config_and_snippets_are_mounted(config: dict[str, Any]) -> None:
+    """The config itself runs, as the compose upstreams' stand-in, in tests/proxy/."""
+    mounts = {Path(m["source"]): m["target"] for m in config["services"]["nginx"]["volumes"]}
+    assert mounts == {
+        ROOT / "deploy" / "compose" / "nginx.conf": "/etc/nginx/conf.d/default.conf",
+        ROOT / "nginx" / "snippets": "/etc/nginx/snippets",
+    }
+    text = (ROOT / "deploy" / "compose" / "nginx.conf").read_text()
+    assert text.count("include snippets/gateway-proxy.conf;") == 4  # every location
     for name in GATEWAYS:
-        assert f"server {name}:8080;" in text
-    for line in (
-        "hash $gw_affinity consistent;",  # Socket.IO polling stays on one replica
-        "proxy_http_version 1.1;",
-        "proxy_set_header Upgrade $http_upgrade;",
-        "proxy_set_header Connection $connection_upgrade;",
-        "proxy_buffering off;",
-        "proxy_read_timeout 3600s;",
-    ):
-        assert line in text, line
+        assert text.count(f"server {name}:8080;") == 2  # both upstreams
+
+
+def test_the_replicas_believe_nginx_on_the_compose_network(config: dict[str, Any]) -> None:
+    for name in GATEWAYS:
+        trusted = config["services"][name]["environment"]["GATEWAY_TRUSTED_PROXIES"]
+        assert trusted.split(";") == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
 
 
 def test_the_image_runs_the_gateway() -> None:

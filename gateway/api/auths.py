@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway.api.common import principal_of, read_json
 from gateway.context import Gateway, gateway_of
 from gateway.errors import BadRequest, Forbidden, NotFound
+from gateway.proxy import prefix
 from gateway.store import UserRecord
 from gateway.users import add_user, create_api_key, sign_in
 
@@ -41,6 +42,11 @@ def _session(gateway: Gateway, user: UserRecord, token: str | None = None) -> di
     }
 
 
+def _cookie_path(gateway: Gateway, request: web.Request) -> str:
+    """Under a sub-path, the cookie is the gateway's alone, not the whole host's."""
+    return prefix(request, gateway.settings.base_path) + "/"
+
+
 def _with_cookie(gateway: Gateway, request: web.Request, session: dict[str, Any]) -> web.Response:
     response = web.json_response(session)
     response.set_cookie(
@@ -50,6 +56,7 @@ def _with_cookie(gateway: Gateway, request: web.Request, session: dict[str, Any]
         samesite="Lax",
         secure=request.secure,
         max_age=gateway.settings.jwt_expires_in_s,
+        path=_cookie_path(gateway, request),
     )
     return response
 
@@ -109,7 +116,7 @@ async def current(request: web.Request) -> web.Response:
 
 async def signout(request: web.Request) -> web.Response:
     response = web.json_response({"status": True})
-    response.del_cookie("token")
+    response.del_cookie("token", path=_cookie_path(gateway_of(request), request))
     return response
 
 

@@ -69,7 +69,7 @@ def error_middleware(
     """Turn errors into the shape of the flavour whose path prefix matches."""
 
     def pick(path: str) -> Renderer:
-        path = path.removeprefix(base_path)
+        path = within(path, base_path) or path
         for prefix, renderer in renderers:
             if path.startswith(prefix):
                 return renderer
@@ -103,22 +103,58 @@ def error_middleware(
     return errors
 
 
-# Where the gateway's own routes begin: a path with one of these after some
-# other prefix was probably meant for the gateway under that prefix.
-ROUTE_MARKERS = ("/api/", "/ws/", "/v1/", "/ragflow/", "/health", "/ready")
+def within(path: str, base_path: str) -> str | None:
+    """`path` relative to `base_path` ("/chat/x" → "/x"), or None when it is outside it."""
+    if not base_path:
+        return path
+    if path == base_path or path.startswith(base_path + "/"):
+        return path[len(base_path) :] or "/"
+    return None
+
+
+# The first path segment of every gateway route: "api", "ws", "v1" and "ragflow"
+# begin longer paths, "health" and "ready" are whole routes.
+ROUTE_ROOTS = ("api", "ws", "v1", "ragflow")
+ROUTE_LEAVES = ("health", "ready")
+
+
+def route_start(path: str) -> int | None:
+    """How many segments come before something that looks like a gateway route
+    ("/chat/api/v1/models" → 1, "/api/nope" → 0), or None if nothing does."""
+    segments = _segments(path)
+    for index, segment in enumerate(segments):
+        more = index + 1 < len(segments)
+        if (segment in ROUTE_ROOTS and more) or (segment in ROUTE_LEAVES and not more):
+            return index
+    return None
+
+
+def _segments(path: str) -> list[str]:
+    return [segment for segment in path.split("/") if segment]
 
 
 def prefix_hint(path: str, base_path: str = "") -> str:
-    """For a 404: if the path looks like a gateway route under a prefix, say how to fix it."""
-    inner = path.removeprefix(base_path)
-    for marker in ROUTE_MARKERS:
-        at = inner.find(marker)
-        if at > 0:
-            prefix = base_path + inner[:at]
-            return (
-                f". It looks like the gateway is reached under {prefix}: set "
-                f"GATEWAY_BASE_PATH={prefix}, or have the proxy strip it and send "
-                f"X-Forwarded-Prefix: {prefix} (nginx: location {prefix}/ {{ ... proxy_pass "
-                f"http://gateway/; }} with the trailing slash; Caddy: handle_path {prefix}/*)"
-            )
-    return ""
+    """For a 404: if the path looks like a gateway route under the wrong prefix, say how to
+    fix it.  Empty for an unknown path among the gateway's own (`/api/nope`)."""
+    inner = within(path, base_path)
+    if inner is None:
+        # Only the outer application (GATEWAY_BASE_PATH set) sees paths outside it.
+        if route_start(path) != 0:
+            return ""
+        return (
+            f". The gateway lives under {base_path} (GATEWAY_BASE_PATH): ask for "
+            f"{base_path}{path}. A proxy must not strip {base_path} while GATEWAY_BASE_PATH is "
+            f"set (nginx: proxy_pass http://gateway; without a trailing slash; Caddy: handle, "
+            f"not handle_path); or unset GATEWAY_BASE_PATH and have the proxy send "
+            f"X-Forwarded-Prefix: {base_path}"
+        )
+    skipped = route_start(inner)
+    if not skipped:
+        return ""
+    prefix = base_path + "/" + "/".join(_segments(inner)[:skipped])
+    return (
+        f". It looks like the gateway is reached under {prefix}: set "
+        f"GATEWAY_BASE_PATH={prefix}, or have the proxy strip it and send "
+        f"X-Forwarded-Prefix: {prefix} (nginx: location {prefix}/ {{ ... proxy_pass "
+        f"http://gateway/; }} with the trailing slash; Caddy: handle_path {prefix}/*)"
+    )

@@ -2,13 +2,24 @@
 
 The same handlers answer Open WebUI's pure-API routes (`/api/models`,
 `/api/chat/completions` without `chat_id`).
+
+Diagnostic paced probe (what `gateway doctor` uses to see whether a proxy
+buffers SSE): an authenticated streaming request carrying `X-Gateway-Probe:
+pace` is answered, with no model call and nothing stored, by an ordinary
+stream (the same transport and headers as a real reply) whose four content
+chunks "probe 1 " … "probe 4 " leave `PROBE_GAP_S` apart, then `[DONE]`.
+Through a proxy that streams, the first chunk arrives about 1.2 s before the
+last; through one that buffers, all of them arrive together at the end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+import uuid
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -16,7 +27,15 @@ from gateway.api.common import principal_of, read_json
 from gateway.commands import Ask
 from gateway.context import gateway_of
 from gateway.errors import UpstreamError
-from gateway.events import Event, ReasoningDelta, ReplyFailed, ReplyFinished, ReplyStarted
+from gateway.events import (
+    Event,
+    ReasoningDelta,
+    ReplyFailed,
+    ReplyFinished,
+    ReplyStarted,
+    TextDelta,
+    Usage,
+)
 from gateway.flavours import openai as codec
 from gateway.transports.sse import stream_events
 
@@ -27,11 +46,46 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response(codec.models_body(model.as_dict() for model in models))
 
 
+PROBE_HEADER = "X-Gateway-Probe"
+PROBE_CHUNKS = 4
+PROBE_GAP_S = 0.4
+PROBE_MODEL = "gateway-probe"
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     gateway = gateway_of(request)
     principal = await principal_of(request)
-    ask = codec.decode_request(await read_json(request))
+    body = await read_json(request)
+    if request.headers.get(PROBE_HEADER, "").lower() == "pace" and _streams(body):
+        return await _paced_probe(request, body.get("model"), principal.user_id)
+    ask = codec.decode_request(body)
     return await answer(request, ask, await gateway.service.open_reply(principal, ask))
+
+
+def _streams(body: Any) -> bool:
+    return isinstance(body, Mapping) and body.get("stream") is True
+
+
+async def _paced_probe(request: web.Request, model: Any, user_id: str) -> web.StreamResponse:
+    """The diagnostic stream of the module docstring: timing only, no model."""
+    model = model if isinstance(model, str) and model else PROBE_MODEL
+    message_id = f"chatcmpl-probe-{uuid.uuid4().hex}"
+
+    async def paced() -> AsyncGenerator[Event, None]:
+        started = time.monotonic()
+        yield ReplyStarted(None, message_id, 0, user_id, None, model, time.time())
+        for index in range(1, PROBE_CHUNKS + 1):
+            if index > 1:
+                await asyncio.sleep(PROBE_GAP_S)
+            yield TextDelta(None, message_id, index, f"probe {index} ")
+        content = "".join(f"probe {index} " for index in range(1, PROBE_CHUNKS + 1))
+        elapsed_s = time.monotonic() - started
+        yield ReplyFinished(
+            None, message_id, PROBE_CHUNKS + 1, content, Usage(0, 0), "stop", elapsed_s
+        )
+
+    ask = Ask(model=model, messages=[], stream=True)
+    return await answer(request, ask, paced())
 
 
 async def answer(

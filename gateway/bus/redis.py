@@ -13,7 +13,7 @@ Keys and channels, all under `REDIS_KEY_PREFIX` (default `gw:`)::
     replica:<id>       string    heartbeat, expires 5 s after the replica stops
     tasks              hash      task id → the reply running (which replica, rooms)
     presence           hash      replica id → its connections, for /ws/stats
-    sessions           hash      Engine.IO session id → replica: a misrouted poll says where
+    sessions:<id>      set       a replica's Engine.IO sessions: a misrouted poll says where
     takeover:<id>      string    the one survivor that ends a dead replica's replies
 
 Theory of operation:
@@ -34,7 +34,9 @@ Theory of operation:
   (Open WebUI #25975).
 * A replica that stops beating is dead 3 s after its beat expired (5 s); a
   survivor (whoever wins `takeover:<id>`) ends its replies: stored with their
-  last draft and a note, and `ReplyFailed` published to their rooms.
+  last draft and a note, and `ReplyFailed` published to their rooms; then it
+  removes the dead replica's presence and sessions, so nothing it leaves
+  behind outlives it.
 """
 
 from __future__ import annotations
@@ -469,9 +471,11 @@ class RedisBus:
 
     async def _take_over_dead(self) -> None:
         tasks = await self._all_tasks()
-        alive = await self._alive(task.replica for task in tasks)
+        # Every replica writes its presence when it starts: the list of who was ever here.
+        known = {task.replica for task in tasks} | set(await self._present())
+        alive = await self._alive(known)
         now = time.monotonic()
-        missing = {task.replica for task in tasks if task.replica not in alive}
+        missing = known - alive
         self._missing_since = {r: self._missing_since.get(r, now) for r in missing}
         # Dead: its beat expired and stayed missing a while (a live replica whose
         # Redis restarted empty beats again within a second of reconnecting).
@@ -490,6 +494,7 @@ class RedisBus:
                     await self._on_orphan(task)
                 await self._redis.hdel(self._key("tasks"), task.task_id)
             await self._redis.hdel(self._key("presence"), replica)
+            await self._redis.delete(self._key(f"sessions:{replica}"))
 
     # -- shared registries ----------------------------------------------------------
     def task_started(self, task: TaskInfo) -> None:
@@ -533,20 +538,25 @@ class RedisBus:
         return [task for task in tasks if task.replica in alive]
 
     def session_opened(self, sid: str) -> None:
-        self._command("hset", self._key("sessions"), sid, self.replica_id)
+        self._command("sadd", self._key(f"sessions:{self.replica_id}"), sid)
 
     def session_closed(self, sid: str) -> None:
-        self._command("hdel", self._key("sessions"), sid)
+        self._command("srem", self._key(f"sessions:{self.replica_id}"), sid)
+
+    async def _present(self) -> list[str]:
+        return [str(replica) for replica in await self._redis.hkeys(self._key("presence"))]
 
     async def session_replica(self, sid: str) -> str | None:
         try:
-            found = await self._redis.hget(self._key("sessions"), sid)
-            replica = None if found is None else str(found)
-            if replica is None or replica == self.replica_id:
-                return None
-            return replica if await self._alive([replica]) else None
+            others = [r for r in await self._present() if r != self.replica_id]
+            alive = sorted(await self._alive(others))
+            pipe = self._redis.pipeline(transaction=False)
+            for replica in alive:
+                pipe.sismember(self._key(f"sessions:{replica}"), sid)
+            held = await pipe.execute()
         except RedisError:
             return None
+        return next((r for r, has in zip(alive, held, strict=True) if has), None)
 
     def presence_changed(self, seats: list[Seat]) -> None:
         self._seats = seats

@@ -2,8 +2,9 @@
 
 python-socketio does the framing; this module owns a connection's life:
 
-    handshake   origin checked against the shared allowlist (403 before Engine.IO
-                sees the request); always accepted, as Open WebUI does
+    handshake   what a request meets before python-socketio (origin, a missing
+                Upgrade, a session held by another replica): `socketio_front.py`;
+                always accepted, as Open WebUI does
     identity    a token in the handshake (`auth.token`, header, cookie, query) or a
                 later `user-join`; a socket without a valid one stays anonymous
                 and receives nothing
@@ -37,15 +38,15 @@ import socketio
 from aiohttp import web
 
 from gateway.auth import Authenticator, Principal, find_token
-from gateway.errors import AuthError, Forbidden, GatewayError
+from gateway.errors import AuthError, GatewayError
 from gateway.events import Event
 from gateway.flavours.openwebui import SocketEncoder, decode_chat_event, decode_user_join
 from gateway.hub import Hub, Outbox, Overflow
 from gateway.origins import OriginPolicy
 from gateway.presence import Presence, Seat
-from gateway.proxy import STICKY_LINES, upgrade_required
 from gateway.settings import Settings
 from gateway.store import ChatRecord, Store
+from gateway.transports.socketio_front import FrontDoor
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,6 @@ class Connection:
 
 class SocketIOTransport:
     def __init__(self, settings: Settings, origins: OriginPolicy) -> None:
-        self._origins = origins
         transports = ["polling", "websocket"] if settings.enable_websocket_support else ["polling"]
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",
@@ -90,8 +90,6 @@ class SocketIOTransport:
             engineio_logger=False,
         )
         self._conns: dict[str, Connection] = {}
-        # Upgrades from polling: Engine.IO sid → the websocket's TCP transport.
-        self._upgrades: dict[str, asyncio.Transport] = {}
         self._authenticator: Authenticator | None = None
         self._hub: Hub | None = None
         self._store: Store | None = None
@@ -105,13 +103,14 @@ class SocketIOTransport:
         # Open WebUI sends these; nothing to do with them here.
         for ignored in ("heartbeat", "usage"):
             self.sio.on(ignored, self._ignore)
+        self._front = FrontDoor(self.sio, origins)
 
     # -- wiring ---------------------------------------------------------------
     def add_routes(self, app: web.Application, path: str = SOCKETIO_PATH) -> None:
         # Engine.IO clients ask for "<path>/"; accept the bare path too.
         for route in (path + "/", path):
-            app.router.add_route("GET", route, self._handle)
-            app.router.add_route("POST", route, self._handle)
+            app.router.add_route("GET", route, self._front.handle)
+            app.router.add_route("POST", route, self._front.handle)
 
     def bind(
         self, authenticator: Authenticator, hub: Hub, store: Store, presence: Presence
@@ -119,6 +118,7 @@ class SocketIOTransport:
         """Called once the app's resources exist (the socket routes exist before)."""
         self._authenticator, self._hub, self._store = authenticator, hub, store
         self._presence = presence
+        self._front.bus = hub.bus
 
     async def shutdown(self) -> None:
         for conn in list(self._conns.values()):
@@ -130,46 +130,12 @@ class SocketIOTransport:
         conn = self._conns.get(sid)
         return conn.principal.user_id if conn is not None and conn.principal else None
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if not self._origins.allows(request.headers.get("Origin"), request.host):
-            raise Forbidden(f"Origin {request.headers.get('Origin')} is not allowed")
-        eio_sid = request.query.get("sid")
-        upgrading = request.headers.get("Upgrade", "").lower() == "websocket"
-        if request.query.get("transport") == "websocket" and not upgrading:
-            return upgrade_required(request)
-        if eio_sid is not None and eio_sid not in self.sio.eio.sockets:
-            return await self._unknown_session(eio_sid)
-        if upgrading and eio_sid is not None and request.transport is not None:
-            self._upgrades[eio_sid] = request.transport
-        try:
-            response: web.StreamResponse = await self.sio.handle_request(request)
-            return response
-        finally:
-            if upgrading and eio_sid is not None:
-                self._upgrades.pop(eio_sid, None)
-
-    async def _unknown_session(self, eio_sid: str) -> web.Response:
-        """A request for a session this replica does not hold: say why, and the fix."""
-        holder = await self._hub.bus.session_replica(eio_sid) if self._hub else None
-        if holder is not None:
-            detail = (
-                f"Session ID unknown here: it lives on another replica ({holder}). {STICKY_LINES}."
-            )
-        else:
-            detail = (
-                "Session ID unknown: it expired, or the replica holding it restarted; the "
-                f"client reconnects. If this repeats with several replicas: {STICKY_LINES}."
-            )
-        return web.json_response({"detail": detail}, status=400)
-
     # -- events from clients --------------------------------------------------
     async def _on_connect(self, sid: str, environ: Mapping[str, Any], auth: Any) -> bool:
         conn = Connection(sid)
         self._conns[sid] = conn
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         conn.eio_socket = self.sio.eio.sockets.get(eio_sid)
-        if self._hub is not None:
-            self._hub.bus.session_opened(eio_sid)
         request: web.Request = environ["aiohttp.request"]
         if request.headers.get("Upgrade", "").lower() == "websocket":
             conn.tcp = request.transport
@@ -193,8 +159,6 @@ class SocketIOTransport:
             return
         self._release(conn)
         sock = conn.eio_socket
-        if sock is not None and self._hub is not None:
-            self._hub.bus.session_closed(sock.sid)
         if sock is not None and not sock.upgraded:
             # A long-poll GET may still wait on this socket's queue; Engine.IO
             # would hold it until the next ping (25 s). A NOOP ends it now.
@@ -335,7 +299,7 @@ class SocketIOTransport:
         """Close at the Engine.IO level so the client sees a transport close and reconnects."""
         self._release(conn)
         sock = conn.eio_socket
-        tcp = conn.tcp or (self._upgrades.get(sock.sid) if sock is not None else None)
+        tcp = conn.tcp or (self._front.upgrades.get(sock.sid) if sock is not None else None)
         if sock is not None and not sock.closed:
             # abort: no CLOSE packet queued behind what the client is not reading.
             await sock.close(wait=False, abort=True)

@@ -328,6 +328,10 @@ async def test_upstream_going_down_after_listing_is_502_and_not_ready(
             assert resp.status == 503
             checks = (await resp.json())["checks"]
             assert any(fake.url in name and value != "ok" for name, value in checks.items())
+        # What a load balancer asks: this replica can serve (the upstream is everyone's).
+        async with session.get(gw.url + "/ready?upstreams=0") as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"ready": True, "checks": {"bus": "ok", "store": "ok"}}
     with pytest.raises(openai.APIStatusError) as caught:
         client(gw, alice_token).chat.completions.create(
             model="fake-model", messages=MESSAGES, stream=True

@@ -14,6 +14,10 @@
 // node sio_client.mjs --url http://127.0.0.1:PORT --token T
 //      [--transports websocket|polling,websocket|polling] [--user-join]
 //      [--auth-in-handshake 0|1] [--replies N] [--timeout-ms MS] [--origin O]
+//      [--path /chat/ws/socket.io] [--with-credentials] [--insecure]
+//
+// --with-credentials keeps cookies across requests, as a browser does (a proxy's
+// affinity cookie); --insecure accepts a self-signed certificate (wss:// tests).
 import { io } from "socket.io-client";
 
 function parseArgs(argv) {
@@ -42,8 +46,10 @@ function out(obj) {
 }
 
 const options = {
-  path: "/ws/socket.io",
+  path: args.path || "/ws/socket.io",
   transports,
+  withCredentials: Boolean(args["with-credentials"]),
+  rejectUnauthorized: !args.insecure,
   reconnection: false,
   // The web app passes the token through a callback (re-read on reconnect).
   auth: (cb) => cb(authInHandshake ? { token: args.token } : {}),

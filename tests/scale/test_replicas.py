@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 import websockets
 
 from tests.clients import PySocket, ended, get_json, post_json, text_of, turn_body
@@ -304,6 +305,36 @@ async def test_a_replica_killed_mid_reply_ends_cleanly_for_the_others(cluster: S
     # The text up to the last checkpoint: a prefix of what streamed, and not empty.
     assert stored["content"] and streamed.startswith(stored["content"])
     assert "replica" in a.log()
+
+
+async def test_a_dead_replica_leaves_no_presence_or_sessions_behind(cluster: Start) -> None:
+    """A replica killed with a socket open: a survivor removes its presence entry and
+    its Engine.IO session registry, which would otherwise stay in Redis forever."""
+    b = cluster("b")
+    prefix = b.env["GATEWAY_REDIS_KEY_PREFIX"]
+    client = aioredis.Redis(decode_responses=True)
+    try:
+        _, token = user()
+        sock = await PySocket().connect(b.url, token)
+        (b_id,) = await _until(lambda: _replicas_with_sessions(client, prefix))
+        cluster("a")
+        b.kill()
+        await sock.close()
+        await _until(lambda: _gone(client, prefix, b_id), timeout_s=20)
+    finally:
+        await client.aclose()
+
+
+async def _replicas_with_sessions(client: aioredis.Redis, prefix: str) -> list[str]:
+    keys = [key async for key in client.scan_iter(f"{prefix}sessions:*")]
+    assert keys
+    return [key.removeprefix(f"{prefix}sessions:") for key in keys]
+
+
+async def _gone(client: aioredis.Redis, prefix: str, replica: str) -> bool:
+    assert not await client.exists(f"{prefix}sessions:{replica}")
+    assert not await client.hexists(f"{prefix}presence", replica)
+    return True
 
 
 async def test_a_new_replica_does_not_finish_a_reply_still_running_elsewhere(

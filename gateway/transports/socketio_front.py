@@ -1,0 +1,90 @@
+"""The Socket.IO path's front door: what a request meets before python-socketio.
+
+origin      checked against the shared allowlist: 403 before Engine.IO sees it
+upgrade     `transport=websocket` without `Upgrade: websocket` (a proxy dropped
+            it): 426 naming the missing lines, not Engine.IO's bare 400
+session     a `sid` this replica does not hold: 400 saying whether another
+            replica holds it (the proxy is not sticky) or it expired, with
+            the fix; every session is registered on the bus from its
+            handshake to its end so a replica can tell
+upgrades    while a polling session upgrades, its websocket's TCP transport
+            is kept so a stuck client can be cut (`socketio.py`)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from gateway.bus import Bus
+from gateway.errors import Forbidden
+from gateway.origins import OriginPolicy
+from gateway.proxy import STICKY_LINES, upgrade_required
+
+
+class FrontDoor:
+    def __init__(self, sio: socketio.AsyncServer, origins: OriginPolicy) -> None:
+        self.sio = sio
+        self._origins = origins
+        self.bus: Bus | None = None  # set once the app's hub exists
+        # Upgrades from polling: Engine.IO sid → the websocket's TCP transport.
+        self.upgrades: dict[str, asyncio.Transport] = {}
+        self._track_sessions()
+
+    def _track_sessions(self) -> None:
+        """Register each Engine.IO session on the bus from its handshake to its end, so
+        a misrouted poll can say where the session lives.  Not at the Socket.IO
+        connect: without stickiness the request after the handshake (the client's
+        CONNECT packet) is already the first to land on another replica."""
+        eio = self.sio.eio
+        # python-socketio's own Engine.IO handlers; ours run first, then call them.
+        opened, closed = eio.handlers["connect"], eio.handlers["disconnect"]
+
+        async def on_open(eio_sid: str, environ: Mapping[str, Any]) -> Any:
+            if self.bus is not None:
+                self.bus.session_opened(eio_sid)
+            return await opened(eio_sid, environ)
+
+        async def on_close(eio_sid: str, reason: Any) -> Any:
+            if self.bus is not None:
+                self.bus.session_closed(eio_sid)
+            return await closed(eio_sid, reason)
+
+        eio.on("connect", on_open)
+        eio.on("disconnect", on_close)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not self._origins.allows(request.headers.get("Origin"), request.host):
+            raise Forbidden(f"Origin {request.headers.get('Origin')} is not allowed")
+        eio_sid = request.query.get("sid")
+        upgrading = request.headers.get("Upgrade", "").lower() == "websocket"
+        if request.query.get("transport") == "websocket" and not upgrading:
+            return upgrade_required(request)
+        if eio_sid is not None and eio_sid not in self.sio.eio.sockets:
+            return await self._unknown_session(eio_sid)
+        if upgrading and eio_sid is not None and request.transport is not None:
+            self.upgrades[eio_sid] = request.transport
+        try:
+            response: web.StreamResponse = await self.sio.handle_request(request)
+            return response
+        finally:
+            if upgrading and eio_sid is not None:
+                self.upgrades.pop(eio_sid, None)
+
+    async def _unknown_session(self, eio_sid: str) -> web.Response:
+        """A request for a session this replica does not hold: say why, and the fix."""
+        holder = await self.bus.session_replica(eio_sid) if self.bus else None
+        if holder is not None:
+            detail = (
+                f"Session ID unknown here: it lives on another replica ({holder}). {STICKY_LINES}."
+            )
+        else:
+            detail = (
+                "Session ID unknown: it expired, or the replica holding it restarted; the "
+                f"client reconnects. If this repeats with several replicas: {STICKY_LINES}."
+            )
+        return web.json_response({"detail": detail}, status=400)
