@@ -27,7 +27,7 @@ from tests.clients import PySocket, get_json, post_json, turn_body
 from tests.fakes.upstream import FLOOD_DELTA_CHARS, FLOOD_DELTAS, FakeUpstream
 from tests.gatewayproc import GatewayProcess, make_token
 
-FLOODS_PER_PHASE = 3
+FLOODS_PER_PHASE = 6
 MB = 1024 * 1024
 
 
@@ -123,7 +123,7 @@ async def test_a_stuck_consumer_is_bounded_and_slows_no_one(
     process = psutil.Process(gw.proc.pid)
     slow_token = make_token("stuck-user")
     fast_token = make_token("fast-user")
-    await until_idle(gw, slow_token, [await flood(gw, slow_token)])  # warm-up
+    await phase(gw, slow_token, fast_token)  # warm-up: the allocator's high-water mark
 
     rss_before_baseline = process.memory_info().rss
     baseline = await phase(gw, slow_token, fast_token)
@@ -155,8 +155,11 @@ async def test_a_stuck_consumer_is_bounded_and_slows_no_one(
     print("slow-consumer figures:", json.dumps(figures, indent=1))
     # Memory: what reached the stuck consumers is bounded by their outboxes
     # (GATEWAY_OUTBOX_MAX_CHARS, 1 Mi chars each) and Engine.IO's queue
-    # (16 packets), not by the 15 MB published to them.
-    assert rss_after_stuck - rss_before_stuck < 8 * MB, figures
+    # (16 packets), not by the 29 MB published to them.  Read against the
+    # baseline phase (the same floods, stored the same way): the allocator
+    # alone has been seen to grow RSS by 8 MB in a phase on this machine.
+    growth = figures["rss_growth_stuck_mb"] - max(0.0, figures["rss_growth_baseline_mb"])
+    assert growth < 0.5 * figures["sent_to_stuck_user_mb"], figures
     # The other user's reply: its pace is the model's (64 deltas, 20 ms apart),
     # with or without stuck consumers beside it.
     assert stuck["reply_s"] < baseline["reply_s"] * 1.5 + 0.5, figures
