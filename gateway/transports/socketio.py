@@ -10,17 +10,13 @@ python-socketio does the framing; this module owns a connection's life:
                 and receives nothing
     delivery    an authenticated socket has one bounded `Outbox` on room
                 `user:<id>`.  Fast path: the publisher encodes the event
-                (`SocketEncoder`, python-socketio's `Packet`) straight into
-                Engine.IO's queue for the socket, no task switch per event.
-    backpressure Engine.IO's own per-socket queue is unbounded, so once it holds
-                `MAX_QUEUED_PACKETS` the events wait in the outbox instead
+                straight into Engine.IO's queue for the socket, no task switch
+                per event (`socketio_queue.py`, the only user of Engine.IO's
+                internals).
+    backpressure once that queue is full the events wait in the outbox instead
                 (merged there) and a pump task feeds them on as the queue
                 drains; a socket whose outbox overflows is closed at the
-                Engine.IO level (not with a Socket.IO DISCONNECT, after which
-                socket.io-client would not reconnect by itself)
-
-Engine.IO's socket object (`eio_socket`: its `queue`, `closed`, `upgraded`)
-is python-engineio's, not a documented API; every use of it is here.
+                Engine.IO level, so socket.io-client reconnects by itself
 """
 
 from __future__ import annotations
@@ -33,19 +29,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import engineio
 import socketio
 from aiohttp import web
 
 from gateway.auth import Authenticator, Principal, find_token
 from gateway.errors import AuthError, GatewayError
 from gateway.events import Event
-from gateway.flavours.openwebui import SocketEncoder, decode_chat_event, decode_user_join
+from gateway.flavours.openwebui import decode_chat_event, decode_user_join
 from gateway.hub import Hub, Outbox, Overflow
 from gateway.origins import OriginPolicy
 from gateway.presence import Presence, Seat
 from gateway.settings import Settings
 from gateway.store import ChatRecord, Store
+from gateway.transports import socketio_queue as engine
 from gateway.transports.socketio_front import FrontDoor
 
 log = logging.getLogger(__name__)
@@ -54,12 +50,6 @@ SOCKETIO_PATH = "/ws/socket.io"
 # Engine.IO timings Open WebUI uses (and socket.io-client expects by default).
 PING_INTERVAL_S = 25
 PING_TIMEOUT_S = 20
-# Packets allowed in Engine.IO's queue of one socket before the pump waits.
-MAX_QUEUED_PACKETS = 16
-# How often a waiting pump looks whether its outbox overflowed meanwhile.
-DRAIN_TICK_S = 0.25
-# Stateless: one for every socket.
-ENCODER = SocketEncoder()
 
 
 @dataclass(slots=True, eq=False)
@@ -134,8 +124,7 @@ class SocketIOTransport:
     async def _on_connect(self, sid: str, environ: Mapping[str, Any], auth: Any) -> bool:
         conn = Connection(sid)
         self._conns[sid] = conn
-        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
-        conn.eio_socket = self.sio.eio.sockets.get(eio_sid)
+        conn.eio_socket = engine.engine_socket(self.sio, sid)
         request: web.Request = environ["aiohttp.request"]
         if request.headers.get("Upgrade", "").lower() == "websocket":
             conn.tcp = request.transport
@@ -158,11 +147,7 @@ class SocketIOTransport:
         if conn is None:
             return
         self._release(conn)
-        sock = conn.eio_socket
-        if sock is not None and not sock.upgraded:
-            # A long-poll GET may still wait on this socket's queue; Engine.IO
-            # would hold it until the next ping (25 s). A NOOP ends it now.
-            sock.queue.put_nowait(engineio.packet.Packet(engineio.packet.NOOP))
+        engine.end_long_poll(conn.eio_socket)
 
     async def _on_user_join(self, sid: str, data: Any) -> dict[str, Any] | None:
         conn = self._conns.get(sid)
@@ -231,23 +216,10 @@ class SocketIOTransport:
 
     def _deliver(self, conn: Connection, event: Event) -> bool:
         """The fast path: into Engine.IO's queue now, unless it is backed up."""
-        sock = conn.eio_socket
-        if sock is None or sock.closed or sock.queue.qsize() >= MAX_QUEUED_PACKETS:
+        if not engine.has_room(conn.eio_socket):
             return False
-        self._send(sock, event)
+        engine.enqueue(conn.eio_socket, event)
         return True
-
-    def _send(self, sock: Any, event: Event) -> None:
-        for name, payload in ENCODER.encode(event):
-            # What AsyncServer.emit(name, payload, to=sid) queues, without its
-            # task per recipient and its scan of the payload for bytes (ours
-            # are JSON, never binary).
-            packet = socketio.packet.Packet(
-                socketio.packet.EVENT, data=[name, payload], binary=False
-            )
-            sock.queue.put_nowait(
-                engineio.packet.Packet(engineio.packet.MESSAGE, data=packet.encode())
-            )
 
     def _release(self, conn: Connection) -> None:
         if self._presence is not None:
@@ -266,8 +238,8 @@ class SocketIOTransport:
                 if sock is None or sock.closed:
                     return
                 for event in events:
-                    self._send(sock, event)
-                if not await self._drained(conn, outbox):
+                    engine.enqueue(sock, event)
+                if not await engine.drained(sock, lambda: outbox.overflowed or outbox.closed):
                     return
                 outbox.done()
         except Overflow:
@@ -277,16 +249,6 @@ class SocketIOTransport:
         except Exception:
             log.exception("socket pump failed", extra={"sid": conn.sid})
             await self._close_transport(conn)
-
-    async def _drained(self, conn: Connection, outbox: Outbox) -> bool:
-        """Wait while Engine.IO holds MAX_QUEUED_PACKETS or more for this socket."""
-        queue = getattr(conn.eio_socket, "queue", None)
-        while queue is not None and queue.qsize() >= MAX_QUEUED_PACKETS:
-            if outbox.overflowed or outbox.closed or conn.eio_socket.closed:
-                return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(queue.join(), DRAIN_TICK_S)
-        return True
 
     def _overflowed(self, conn: Connection) -> None:
         user = conn.principal.user_id if conn.principal else None
@@ -300,8 +262,4 @@ class SocketIOTransport:
         self._release(conn)
         sock = conn.eio_socket
         tcp = conn.tcp or (self._front.upgrades.get(sock.sid) if sock is not None else None)
-        if sock is not None and not sock.closed:
-            # abort: no CLOSE packet queued behind what the client is not reading.
-            await sock.close(wait=False, abort=True)
-        if tcp is not None:
-            tcp.abort()
+        await engine.abort(sock, tcp)

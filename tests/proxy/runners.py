@@ -197,13 +197,22 @@ def start_nginx(
 
 
 # -- Caddy ----------------------------------------------------------------------------------
-def caddy_site(text: str, where: str, replicas: list[int], port: int) -> str:
+def caddy_site(
+    text: str, where: str, replicas: list[int], port: int, tls_port: int, cert: Path, key: Path
+) -> str:
+    """A shipped Caddyfile pointed at the test's ports: plain http on `port` and https on
+    `tls_port` with the test's certificate (in place of the one Caddy would get itself)."""
     shipped = "reverse_proxy " + " ".join(SHIPPED_REPLICAS)
     ours = "reverse_proxy " + " ".join(f"127.0.0.1:{replica}" for replica in replicas)
     text = replace(text, shipped, ours, where)
-    text = replace(text, "chat.example.com {", f"http://127.0.0.1:{port} {{", where)
-    # No admin endpoint (it would take port 2019), nothing installed in the system trust.
-    return "{\n\tadmin off\n\tskip_install_trust\n}\n\n" + text
+    # One server may not mix http and https: the site twice, once on each port.
+    plain = replace(text, "chat.example.com {", f"http://127.0.0.1:{port} {{", where)
+    secure = f"https://127.0.0.1:{tls_port} {{\n\ttls {cert} {key}"
+    text = plain + "\n" + replace(text, "chat.example.com {", secure, where)
+    # No admin endpoint (it would take port 2019), nothing installed in the system trust,
+    # no http->https redirect server on port 80.
+    options = "\tadmin off\n\tskip_install_trust\n\tauto_https disable_redirects\n"
+    return "{\n" + options + "}\n\n" + text
 
 
 def caddy_binary() -> str:
@@ -215,8 +224,11 @@ def caddy_binary() -> str:
 def start_caddy(directory: Path, config: str, replicas: list[int], *, prefix: str = "") -> Proxy:
     binary = caddy_binary()
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    site = caddy_site((REPO / "caddy" / config).read_text(), config, replicas, port)
+    port, tls_port = free_port(), free_port()
+    cert, key = self_signed(directory.parent)
+    site = caddy_site(
+        (REPO / "caddy" / config).read_text(), config, replicas, port, tls_port, cert, key
+    )
     (directory / "Caddyfile").write_text(site)
     env = {
         **os.environ,
@@ -233,4 +245,5 @@ def start_caddy(directory: Path, config: str, replicas: list[int], *, prefix: st
             stderr=subprocess.STDOUT,
         )
     wait_listening(port, proc, log)
-    return Proxy(f"caddy {config}", port, prefix, proc, log)
+    wait_listening(tls_port, proc, log)
+    return Proxy(f"caddy {config}", port, prefix, proc, log, tls_port, cert)

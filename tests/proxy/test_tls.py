@@ -1,5 +1,6 @@
-"""wss:// and https:// through nginx's TLS listener (the shipped config's 443 server,
-on a self-signed certificate the clients are told to trust)."""
+"""wss:// and https:// through the proxies' TLS listeners: nginx's shipped 443 server and
+Caddy's site (there on the test's certificate in place of the one Caddy would get
+itself), on a self-signed certificate the clients are told to trust."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import uuid
 import aiohttp
 import httpx2  # the HTTP client the openai package is built on
 import openai
+import pytest
 import websockets
 
 from tests.clients import JSSocket, text_of, turn_body
@@ -24,8 +26,9 @@ def tls(proxy: Proxy) -> tuple[str, ssl.SSLContext]:
     )
 
 
-async def test_a_nadoo_client_over_wss(proxies: dict[str, Proxy]) -> None:
-    where, context = tls(proxies["nginx-root"])
+@pytest.mark.parametrize("name", ["nginx-root", "caddy-root"])
+async def test_a_nadoo_client_over_wss(proxies: dict[str, Proxy], name: str) -> None:
+    where, context = tls(proxies[name])
     url = f"wss://{where}/ws/chat/tls-{uuid.uuid4().hex[:6]}?token={user()}"
     async with websockets.connect(url, ssl=context) as ws:
         assert json.loads(await ws.recv())["type"] == "connected"
@@ -35,10 +38,13 @@ async def test_a_nadoo_client_over_wss(proxies: dict[str, Proxy]) -> None:
     assert frame["full_response"] == expected("over tls")
 
 
-async def test_socketio_over_wss_and_openai_over_https(proxies: dict[str, Proxy]) -> None:
-    where, context = tls(proxies["nginx-subpath"])
+@pytest.mark.parametrize("name", ["nginx-subpath", "caddy-subpath"])
+async def test_socketio_over_wss_and_openai_over_https(
+    proxies: dict[str, Proxy], name: str
+) -> None:
+    where, context = tls(proxies[name])
     token = user()
-    origin = f"https://127.0.0.1:{proxies['nginx-subpath'].tls_port}"
+    origin = f"https://127.0.0.1:{proxies[name].tls_port}"
     js = await JSSocket().start(origin, token, path="/chat/ws/socket.io", insecure=True)
     try:
         body = turn_body(js.sid, "socket over tls")
@@ -63,10 +69,13 @@ async def test_socketio_over_wss_and_openai_over_https(proxies: dict[str, Proxy]
     assert text == expected("tls")
 
 
-async def test_the_gateway_knows_the_client_used_https(proxies: dict[str, Proxy]) -> None:
+@pytest.mark.parametrize("name", ["nginx-root", "caddy-root"])
+async def test_the_gateway_knows_the_client_used_https(
+    proxies: dict[str, Proxy], name: str
+) -> None:
     """X-Forwarded-Proto from the proxy: the session cookie is Secure over https only."""
-    where, context = tls(proxies["nginx-root"])
-    plain = proxies["nginx-root"].base
+    where, context = tls(proxies[name])
+    plain = proxies[name].base
     cookies = {}
     for scheme, base in (("https", f"https://{where}"), ("http", plain)):
         email = f"{scheme}-{uuid.uuid4().hex[:8]}@example.com"

@@ -1,0 +1,79 @@
+"""Engine.IO's per-socket queue: how events reach one Socket.IO socket, and how it is cut.
+
+Engine.IO's socket object (its `queue`, `closed`, `upgraded`, `close(abort=)`) is
+python-engineio's, not a documented API; every use of it is in this module.
+
+    enqueue     an event encoded (`SocketEncoder`, python-socketio's `Packet`)
+                straight into the socket's queue: what `AsyncServer.emit` would
+                queue, without its task per recipient
+    room        the queue is unbounded, so `has_room` says no once it holds
+                `MAX_QUEUED_PACKETS`; the transport's pump then waits in
+                `drained` while its outbox takes (and merges) what follows
+    cut         `abort` closes at the Engine.IO level (no Socket.IO DISCONNECT,
+                after which socket.io-client would not reconnect by itself) and
+                aborts the TCP connection a stuck client is not reading
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import engineio
+import socketio
+
+from gateway.events import Event
+from gateway.flavours.openwebui import SocketEncoder
+
+# Packets allowed in Engine.IO's queue of one socket before the pump waits.
+MAX_QUEUED_PACKETS = 16
+# How often a waiting pump looks whether it should give up meanwhile.
+DRAIN_TICK_S = 0.25
+# Stateless: one for every socket.
+ENCODER = SocketEncoder()
+
+
+def engine_socket(sio: socketio.AsyncServer, sid: str) -> Any:
+    """The Engine.IO socket under a Socket.IO sid of the default namespace."""
+    return sio.eio.sockets.get(sio.manager.eio_sid_from_sid(sid, "/"))
+
+
+def has_room(sock: Any) -> bool:
+    return sock is not None and not sock.closed and sock.queue.qsize() < MAX_QUEUED_PACKETS
+
+
+def enqueue(sock: Any, event: Event) -> None:
+    for name, payload in ENCODER.encode(event):
+        # Our payloads are JSON, never binary: no scan for bytes.
+        packet = socketio.packet.Packet(socketio.packet.EVENT, data=[name, payload], binary=False)
+        sock.queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=packet.encode()))
+
+
+async def drained(sock: Any, give_up: Callable[[], bool]) -> bool:
+    """Wait while the queue holds MAX_QUEUED_PACKETS or more; False once `give_up()`
+    or the socket closed."""
+    queue = getattr(sock, "queue", None)
+    while queue is not None and queue.qsize() >= MAX_QUEUED_PACKETS:
+        if give_up() or sock.closed:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(queue.join(), DRAIN_TICK_S)
+    return True
+
+
+def end_long_poll(sock: Any) -> None:
+    """A long-poll GET may still wait on a closed session's queue; Engine.IO would hold
+    it until the next ping (25 s). A NOOP ends it now."""
+    if sock is not None and not sock.upgraded:
+        sock.queue.put_nowait(engineio.packet.Packet(engineio.packet.NOOP))
+
+
+async def abort(sock: Any, tcp: asyncio.Transport | None) -> None:
+    """Close the session without a CLOSE packet queued behind what the client is not
+    reading, and cut its TCP connection."""
+    if sock is not None and not sock.closed:
+        await sock.close(wait=False, abort=True)
+    if tcp is not None:
+        tcp.abort()
