@@ -278,7 +278,7 @@ def parser() -> argparse.ArgumentParser:
         type=_positive,
         default=65.0,
         metavar="S",
-        help="how long --slow holds the WebSocket idle (default 65: past nginx's 60 s)",
+        help="how long --slow holds the WebSocket without chat traffic (default 65)",
     )
     doctor.add_argument(
         "--polls",

@@ -204,6 +204,8 @@ def upgrade_required(request: web.Request) -> web.Response:
 
 STICKY_LINES = (
     "Socket.IO long-polling needs a sticky proxy: every request of one session must reach "
-    "the same replica (nginx: a `hash $cookie_gw_affinity consistent;` upstream for "
-    "/ws/socket.io, see nginx/gateway.conf, or ip_hash; Caddy: lb_policy cookie)"
+    "the same replica (nginx: `ip_hash;` in the upstream serving /ws/socket.io, or the "
+    "affinity cookie of nginx/gateway.conf: `hash $gw_affinity consistent;` with its "
+    "`map $cookie_gw_affinity` blocks and `add_header Set-Cookie $gw_set_affinity always;`; "
+    "Caddy: lb_policy cookie, or lb_policy ip_hash for clients that keep no cookies)"
 )

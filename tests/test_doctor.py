@@ -163,7 +163,7 @@ async def test_a_sub_path_the_gateway_does_not_know_names_gateway_base_path(
     assert health.fix[0] == (
         "gateway: GATEWAY_BASE_PATH=/chat when requests reach it with /chat still in the path"
     )
-    assert "proxy_set_header X-Forwarded-Prefix /chat" in health.fix[1]
+    assert "set $gateway_prefix /chat;" in health.fix[1]
     assert report.faults == 1
 
 

@@ -54,7 +54,7 @@ UPGRADE_LINES = (
     "map $http_upgrade $connection_upgrade",
 )
 T = TypeVar("T")
-STICKY = ("sticky", "hash $cookie_gw_affinity consistent;", "ip_hash", "lb_policy cookie")
+STICKY = ("sticky", "hash $gw_affinity consistent;", "ip_hash", "lb_policy cookie")
 
 
 def user() -> tuple[str, str]:

@@ -22,9 +22,12 @@ UPGRADE = (
     "load balancer, another proxy) drops the Upgrade header",
 )
 STICKY = (
-    "nginx: a sticky upstream for /ws/socket.io (hash $cookie_gw_affinity consistent; or "
-    "ip_hash;), see upstream gateway_sticky in nginx/gateway.conf",
-    "Caddy: lb_policy cookie in the reverse_proxy for /ws/socket.io, with one upstream per replica",
+    "nginx: ip_hash; in the upstream that serves /ws/socket.io (the simplest), or the "
+    "affinity cookie of nginx/gateway.conf: hash $gw_affinity consistent; in upstream "
+    "gateway_sticky, with its two map $cookie_gw_affinity blocks and add_header Set-Cookie "
+    "$gw_set_affinity always; in the Socket.IO location",
+    "Caddy: lb_policy cookie in the reverse_proxy for /ws/socket.io, with one upstream per "
+    "replica (lb_policy ip_hash when polling clients keep no cookies)",
 )
 BUFFERING = (
     "nginx: proxy_buffering off; (and proxy_cache off;) in the location that serves "
@@ -35,7 +38,8 @@ BUFFERING = (
 )
 IDLE = (
     "nginx: proxy_read_timeout 3600s; proxy_send_timeout 3600s; in the WebSocket and SSE locations",
-    "load balancers (AWS ALB, Cloudflare, …): idle timeout above 60 s",
+    "load balancers (AWS ALB, Cloudflare, …): an idle timeout above 30 s (the gateway "
+    "pings every 25 s) and no limit on how long a connection may stay open",
 )
 TOKEN = (
     "a JWT signed with the gateway's WEBUI_SECRET_KEY (gateway token --user ID, on a "
@@ -57,9 +61,10 @@ def sub_path_404(sub_path: str) -> tuple[str, ...]:
         f"gateway: GATEWAY_BASE_PATH={sub_path} when requests reach it with {sub_path} still "
         "in the path",
         f"or a proxy that strips the prefix and says so: nginx: location {sub_path}/ {{ include "
-        f"snippets/gateway-proxy.conf; proxy_set_header X-Forwarded-Prefix {sub_path}; "
-        f"proxy_pass http://gateway/; }} (the trailing / strips it); Caddy: handle_path "
-        f"{sub_path}/* {{ reverse_proxy … {{ header_up X-Forwarded-Prefix {sub_path} }} }}",
+        f"snippets/gateway-proxy.conf; proxy_pass http://gateway/; }} (the trailing / strips "
+        f"it) and set $gateway_prefix {sub_path}; in the server (the snippet sends it as "
+        f"X-Forwarded-Prefix); Caddy: handle_path {sub_path}/* {{ reverse_proxy … "
+        f"{{ header_up X-Forwarded-Prefix {sub_path} }} }}",
         "and GATEWAY_TRUSTED_PROXIES naming the proxy's address, so the gateway believes "
         "X-Forwarded-Prefix",
     )
@@ -91,7 +96,11 @@ def http_status(status: int) -> tuple[str, tuple[str, ...]]:
         ),
         404: (
             "no route: the proxy does not forward this path to the gateway",
-            ("every gateway path (/ws/, /v1/, /api/, /ragflow/) must reach the gateway",),
+            (
+                "every gateway path (/ws/, /v1/, /api/, /ragflow/) must reach the gateway",
+                "under a sub-path, clients put it in their Socket.IO path too, e.g. "
+                "path: '/chat/ws/socket.io' (socket.io-client), socketio_path= (python-socketio)",
+            ),
         ),
         502: ("bad gateway: the proxy got no valid answer from the gateway", PROXY_REACHES_GATEWAY),
         503: (

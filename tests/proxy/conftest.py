@@ -22,6 +22,8 @@ def replica_env(upstream: FakeUpstream, database_url: str, prefix: str) -> dict[
         "REDIS_URL": "redis://127.0.0.1:6379/0",
         "GATEWAY_REDIS_KEY_PREFIX": prefix,
         "DATABASE_URL": database_url,
+        # An allowlist, as in production: pages of the gateway's own host and this one.
+        "CORS_ALLOW_ORIGIN": "https://app.example.com",
     }
 
 

@@ -88,7 +88,8 @@ async def test_a_broken_nginx_gets_each_fault_and_its_fix(broken: Proxy) -> None
     for fix in (
         "proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade;",
         "map $http_upgrade $connection_upgrade",
-        "hash $cookie_gw_affinity consistent;",
+        "hash $gw_affinity consistent;",
+        "ip_hash;",
         "lb_policy cookie",
         "proxy_buffering off;",
         "flush_interval -1",

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
+import redis.asyncio as aioredis
 import websocket
 import websockets
 from ragflow_sdk import RAGFlow
@@ -21,7 +22,7 @@ from ragflow_sdk.modules.chat import Chat
 
 from tests.clients import JSSocket, PySocket, get_json, post_json, text_of, turn_body
 from tests.fakes.upstream import reply_text
-from tests.gatewayproc import make_token
+from tests.gatewayproc import GatewayProcess, make_token
 from tests.proxy.runners import (
     REPO,
     Proxy,
@@ -79,6 +80,37 @@ async def test_both_replicas_answer_through_the_proxy(proxy: Proxy) -> None:
     assert ready["ready"] is True and ready["checks"]["bus"] == "ok", ready
     models = await get_json(f"{proxy.base}/v1/models", user())
     assert "fake-slow" in [model["id"] for model in models["data"]]
+
+
+async def sessions_by_replica(replicas: list[GatewayProcess]) -> dict[str, set[str]]:
+    """Each replica's Engine.IO sessions, from its registry on Redis (`sessions:<id>`)."""
+    prefix = replicas[0].env["GATEWAY_REDIS_KEY_PREFIX"]
+    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    try:
+        keys = [key async for key in client.scan_iter(f"{prefix}sessions:*")]
+        return {key: set(await client.smembers(key)) for key in keys}
+    finally:
+        await client.aclose()
+
+
+async def test_sockets_are_spread_over_both_replicas(
+    proxy: Proxy, replicas: list[GatewayProcess]
+) -> None:
+    """Twelve browsers opening Socket.IO straight over websocket (the web app's default):
+    both replicas get some (nginx balances them; Caddy's cookie policy picks a replica
+    at random for a client without its cookie)."""
+    before = await sessions_by_replica(replicas)
+    sockets = [
+        await PySocket().connect(proxy.origin, user(), ["websocket"], path=proxy.sio_path)
+        for _ in range(12)
+    ]
+    try:
+        after = await sessions_by_replica(replicas)
+    finally:
+        for sock in sockets:
+            await sock.close()
+    gained = {key for key, sids in after.items() if sids - before.get(key, set())}
+    assert len(gained) == 2, {key: len(sids) for key, sids in after.items()}
 
 
 # -- Socket.IO (Open WebUI) ------------------------------------------------------------------
@@ -199,16 +231,20 @@ async def test_ragflow_sdk_streams_chunk_by_chunk(proxy: Proxy) -> None:
 
 
 # -- the affinity cookie ---------------------------------------------------------------------
-async def test_polling_sessions_stay_on_one_replica_without_cookies_too(proxy: Proxy) -> None:
+@pytest.mark.parametrize("slash", ["/", ""], ids=["path/", "path-without-slash"])
+async def test_polling_sessions_stay_on_one_replica_without_cookies_too(
+    proxy: Proxy, slash: str
+) -> None:
     """Clients that keep no cookies (a WeChat mini-program's wx.request does not) are
     still sticky behind nginx: the address is the affinity key then.  Caddy's cookie
-    policy needs the cookie, so there we keep one as a browser would."""
+    policy needs the cookie, so there we keep one as a browser would.  Some clients
+    leave out the trailing / of the Socket.IO path (`addTrailingSlash: false`)."""
     jar: aiohttp.abc.AbstractCookieJar = (
         aiohttp.DummyCookieJar()
         if proxy.name.startswith("nginx")
         else aiohttp.CookieJar(unsafe=True)
     )
-    url = f"{proxy.origin}{proxy.sio_path}/?EIO=4&transport=polling"
+    url = f"{proxy.origin}{proxy.sio_path}{slash}?EIO=4&transport=polling"
     async with aiohttp.ClientSession(cookie_jar=jar) as http:
         for _ in range(8):
             async with http.get(url) as resp:
@@ -269,3 +305,33 @@ async def test_the_address_itself_says_where_everything_is(proxy: Proxy) -> None
             index = await resp.json()
     assert index["openai"] == f"{proxy.prefix}/v1"
     assert index["openwebui_socketio_path"] == proxy.sio_path
+
+
+# -- forwarded headers a client writes itself --------------------------------------------------
+FORGED = {
+    "Forwarded": "for=203.0.113.9;proto=https;host=evil.example",
+    "X-Forwarded-Prefix": "/evil",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "evil.example",
+}
+
+
+async def test_a_client_cannot_forge_what_the_proxy_tells_the_gateway(proxy: Proxy) -> None:
+    """The gateway believes forwarded headers from the proxy; the proxy must therefore
+    not pass on a client's own.  Forged over plain http: no Secure cookie, no foreign
+    prefix, and the forged host does not make a foreign origin look like our own."""
+    email = f"forged-{uuid.uuid4().hex[:8]}@example.com"
+    body = {"email": email, "password": "correct horse", "name": "f"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{proxy.base}/api/v1/auths/signup", json=body, headers=FORGED
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            assert not resp.cookies["token"]["secure"]
+            assert resp.cookies["token"]["path"] == proxy.prefix + "/"
+        async with http.get(proxy.base + "/", headers=FORGED) as resp:
+            assert (await resp.json())["openai"] == f"{proxy.prefix}/v1"
+        handshake = f"{proxy.origin}{proxy.sio_path}/?EIO=4&transport=polling"
+        for origin, status in (("http://evil.example", 403), (proxy.origin, 200)):
+            async with http.get(handshake, headers={**FORGED, "Origin": origin}) as resp:
+                assert resp.status == status, (origin, await resp.text())
