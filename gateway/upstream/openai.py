@@ -5,10 +5,17 @@ connection limit far above aiohttp's default of 100 (200 concurrent streams
 are normal).  Every request is sent with `stream: true` and
 `stream_options.include_usage`; a non-streaming client gets the chunks
 joined by the core.  The upstream's SSE is parsed with a bounded buffer.
+
+A stream that ended with `[DONE]` gives its connection back to the pool, so the
+next reply skips a TCP (and TLS) handshake.  A server's chunked terminator often
+comes a moment after `[DONE]`: the reply ends at `[DONE]` all the same, and the
+rest of the body is read in the background (bounded in bytes and time) before
+the connection goes back; anything else closes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -25,6 +32,12 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_EVENT_BYTES = 1024 * 1024
+# After [DONE]: how long, and how much, to read for the body's end before giving the
+# connection back (past either, it is closed).
+DRAIN_TIMEOUT_S = 5.0
+DRAIN_MAX_BYTES = 64 * 1024
+# Drains in progress (the loop holds tasks only weakly).
+_DRAINING: set[asyncio.Task[None]] = set()
 
 
 class OpenAIUpstream:
@@ -124,6 +137,7 @@ class OpenAIStream:
     def __init__(self, resp: aiohttp.ClientResponse, base_url: str) -> None:
         self._resp = resp
         self._base_url = base_url
+        self._handed_back = False
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return self._chunks()
@@ -135,8 +149,7 @@ class OpenAIStream:
             async for raw in self._resp.content.iter_any():
                 for payload in parser.feed(raw):
                     if payload.strip() == "[DONE]":
-                        # Fully read: give the connection back to the pool.
-                        self._resp.release()
+                        self._hand_back()
                         return
                     chunk = self._decode(payload)
                     finished = finished or chunk.finish_reason is not None
@@ -186,11 +199,37 @@ class OpenAIStream:
             usage=usage,
         )
 
+    def _hand_back(self) -> None:
+        """The reply is complete: the connection goes back to the pool once the body
+        has ended (at once if it already has)."""
+        self._handed_back = True
+        if self._resp.content.is_eof():
+            self._resp.release()
+            return
+        task = asyncio.get_running_loop().create_task(_drain(self._resp))
+        _DRAINING.add(task)
+        task.add_done_callback(_DRAINING.discard)
+
     async def aclose(self) -> None:
         # close(), not release(): the upstream must see the connection go so it
         # stops generating; a half-read response cannot be reused anyway.
-        if not self._resp.closed:
+        if not self._handed_back and not self._resp.closed:
             self._resp.close()
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    """Read what follows [DONE] to the body's end, then release; else close."""
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            left = DRAIN_MAX_BYTES
+            while left > 0 and (data := await resp.content.readany()):
+                left -= len(data)
+    except (TimeoutError, aiohttp.ClientError):
+        pass
+    if resp.content.is_eof():
+        resp.release()
+    else:
+        resp.close()
 
 
 def _encodable(text: str) -> str:

@@ -427,3 +427,23 @@ def test_check_config_names_the_bad_setting() -> None:
         check=True,
     )
     assert "port: 9000" in good.stdout and SECRET not in good.stdout
+
+
+@pytest.mark.parametrize("model", ["fake-model", "fake-linger"])
+def test_replies_reuse_the_connection_to_the_model_server(
+    gateway: GatewayProcess, alice_token: str, fake_upstream: FakeUpstream, model: str
+) -> None:
+    """A finished stream gives its connection back to the pool: no new TCP (and, to a
+    remote server, TLS) handshake in front of every reply's first token; also when the
+    server ends its body a moment after [DONE]."""
+    marker = f"reuse {time.time_ns()}"
+    messages = [{"role": "user", "content": marker}]
+    for _ in range(5):
+        stream = client(gateway, alice_token).chat.completions.create(
+            model=model, messages=messages, stream=True
+        )
+        assert collect(stream)[0] == reply_text(model, messages)
+        time.sleep(0.15)  # the connection is handed back once the upstream's body ended
+    peers = {record.peer for record in fake_upstream.requests_for(marker)}
+    assert len(fake_upstream.requests_for(marker)) == 5
+    assert len(peers) == 1, peers

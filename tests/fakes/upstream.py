@@ -8,6 +8,8 @@ Models and what they do:
     fake-error     answers HTTP 500 with an OpenAI error body
     fake-reasoner  sends reasoning_content deltas, then content
     fake-nousage   like fake-model, without the usage chunk
+    fake-linger    like fake-model, but its HTTP body ends 50 ms after [DONE] (a server
+                   that flushes [DONE] on its own, then the chunked terminator)
     fake-surrogate "ok " then a lone UTF-16 surrogate (a broken tokenizer's "\\ud83d")
     fake-flood     1,000 deltas of 5,000 characters, no pause (5 MB: slow-consumer tests);
                    `max_tokens` caps the number of deltas
@@ -35,6 +37,7 @@ MODELS = [
     "fake-error",
     "fake-reasoner",
     "fake-nousage",
+    "fake-linger",
     "fake-flood",
     "fake-surrogate",
 ]
@@ -72,6 +75,8 @@ class Recorded:
     disconnected: bool = False
     chunks_sent: int = 0
     ended: threading.Event = field(default_factory=threading.Event)
+    # The gateway's end of the TCP connection: one per connection it opened.
+    peer: object = None
 
 
 def free_port() -> int:
@@ -122,6 +127,8 @@ class FakeUpstream:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         record = Recorded(body, dict(request.headers), time.time())
+        if request.transport is not None:
+            record.peer = request.transport.get_extra_info("peername")
         self.requests.append(record)
         try:
             return await self._reply(request, body, record)
@@ -178,6 +185,8 @@ class FakeUpstream:
             }
             await response.write(f"data: {json.dumps(usage)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
+        if model == "fake-linger":
+            await asyncio.sleep(0.05)
         await response.write_eof()
         record.finished = True
         return response
