@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 import aiohttp
-import jwt
 
 from bench.bench_sse import BODY, DELAY_S, DELTAS
-from bench.common import free_port, machine, percentile, start
+from bench.common import bench_auth, free_port, machine, percentile, start, start_gateway
 from tests.proxy.runners import Proxy, start_caddy, start_nginx
 
 
@@ -69,7 +68,6 @@ def main() -> None:
 
     up_port, gw_port = free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{up_port}/v1"
-    secret = "bench-secret-" + "x" * 32
     procs = [
         start(
             ["-m", "bench.servers", "upstream", str(up_port), str(DELTAS), str(DELAY_S)],
@@ -79,24 +77,12 @@ def main() -> None:
     proxies: list[Proxy] = []
     work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     try:
-        procs.append(
-            start(
-                ["-m", "gateway", "serve", "--port", str(gw_port)],
-                env={
-                    "OPENAI_API_BASE_URL": upstream_url,
-                    "GATEWAY_DEMO_MODEL": "false",
-                    "WEBUI_SECRET_KEY": secret,
-                    "DATA_DIR": "bench/out/data",
-                    "GATEWAY_LOG_LEVEL": "WARNING",
-                },
-                health=f"http://127.0.0.1:{gw_port}/health",
-            )
-        )
+        procs.append(start_gateway(gw_port, upstream_url))
         proxies.append(start_nginx(work / "nginx", "nginx/gateway.conf", [gw_port, gw_port]))
         proxies.append(start_caddy(work / "caddy", "Caddyfile", [gw_port, gw_port]))
         paths = {"direct": f"http://127.0.0.1:{gw_port}"}
         paths |= {proxy.name.split()[0]: proxy.origin for proxy in proxies}
-        auth = {"Authorization": "Bearer " + jwt.encode({"id": "bench"}, secret, algorithm="HS256")}
+        auth = bench_auth()
 
         print(f"# Proxy bench — {time.strftime('%Y-%m-%d')} — {machine()}")
         print(f"# {DELTAS} deltas {DELAY_S * 1000:.0f} ms apart; {args.rounds} rounds a row\n")

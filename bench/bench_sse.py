@@ -19,7 +19,15 @@ import time
 
 import aiohttp
 
-from bench.common import cpu_seconds, free_port, machine, percentile, start
+from bench.common import (
+    bench_auth,
+    cpu_seconds,
+    free_port,
+    machine,
+    percentile,
+    start,
+    start_gateway,
+)
 
 DELTAS, DELAY_S = 64, 0.02
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -82,22 +90,9 @@ def main() -> None:
     try:
         relay = start(["-m", "bench.servers", "relay", str(relay_port), upstream_url])
         procs.append(relay)
-        secret = "bench-secret-" + "x" * 32
-        gateway = start(
-            ["-m", "gateway", "serve", "--port", str(gw_port)],
-            env={
-                "OPENAI_API_BASE_URL": upstream_url,
-                "GATEWAY_DEMO_MODEL": "false",
-                "WEBUI_SECRET_KEY": secret,
-                "DATA_DIR": "bench/out/data",
-                "GATEWAY_LOG_LEVEL": "WARNING",
-            },
-            health=f"http://127.0.0.1:{gw_port}/health",
-        )
+        gateway = start_gateway(gw_port, upstream_url)
         procs.append(gateway)
-        import jwt
-
-        auth = {"Authorization": "Bearer " + jwt.encode({"id": "bench"}, secret, algorithm="HS256")}
+        auth = bench_auth()
         print(f"# OpenAI SSE bench — {time.strftime('%Y-%m-%d')} — {machine()}")
         pace = f"{DELTAS} deltas, {DELAY_S * 1000:.0f} ms apart"
         print(f"# {pace}; {args.rounds} rounds per row (30 for 1 stream)\n")

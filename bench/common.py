@@ -10,6 +10,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+import jwt
+
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -67,3 +69,28 @@ def machine() -> str:
             cpu = line.split(":", 1)[1].strip()
             break
     return f"{os.cpu_count()} cores, {cpu}, Python {sys.version.split()[0]}"
+
+
+BENCH_SECRET = "bench-secret-" + "x" * 32
+
+
+def start_gateway(port: int, upstream_url: str) -> subprocess.Popen[bytes]:
+    """A gateway process in front of `upstream_url` only (no demo model), quiet logs."""
+    return start(
+        ["-m", "gateway", "serve", "--port", str(port)],
+        env={
+            "OPENAI_API_BASE_URL": upstream_url,
+            "GATEWAY_DEMO_MODEL": "false",
+            "WEBUI_SECRET_KEY": BENCH_SECRET,
+            "DATA_DIR": "bench/out/data",
+            "GATEWAY_LOG_LEVEL": "WARNING",
+        },
+        health=f"http://127.0.0.1:{port}/health",
+    )
+
+
+def bench_auth() -> dict[str, str]:
+    """The header of the bench's user, for a gateway from `start_gateway`."""
+    return {
+        "Authorization": "Bearer " + jwt.encode({"id": "bench"}, BENCH_SECRET, algorithm="HS256")
+    }

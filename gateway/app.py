@@ -161,10 +161,11 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
                     settings.default_model,
                     presence,
                 )
+                replies = service.replies
                 await bus.start(
-                    hub.deliver, service.on_control, service.on_orphan, service.stored_content
+                    hub.deliver, replies.on_control, replies.on_orphan, replies.stored_content
                 )
-                await service.recover_unfinished()
+                await replies.recover_unfinished()
                 authenticator = Authenticator(
                     signing_key, StoreDirectory(store, settings.api_keys), public_key
                 )
@@ -185,7 +186,7 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
                     yield
                 finally:
                     await sockets.shutdown()
-                    await service.shutdown()
+                    await replies.shutdown()
                     await bus.close()
         finally:
             await store.close()

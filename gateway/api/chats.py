@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.api.common import principal_of, read_json
 from gateway.auth import Principal
 from gateway.chat.chats import page_bounds
-from gateway.chat.service import StopTarget
+from gateway.chat.running import StopTarget
 from gateway.chat.shapes import list_item
 from gateway.context import Gateway, gateway_of
 from gateway.errors import BadRequest, NotFound
@@ -159,13 +159,13 @@ async def update_chat(request: web.Request) -> web.Response:
 
 async def delete_chat(request: web.Request) -> web.Response:
     gateway, _, chat = await _one(request)
-    await gateway.service.stop(StopTarget(chat.user_id, chat_id=chat.id))
+    await gateway.service.replies.stop(StopTarget(chat.user_id, chat_id=chat.id))
     return web.json_response(await gateway.store.delete_chat(chat.id))
 
 
 async def delete_all(request: web.Request) -> web.Response:
     gateway, principal = await _context(request)
-    await gateway.service.stop(StopTarget(principal.user_id))
+    await gateway.service.replies.stop(StopTarget(principal.user_id))
     await gateway.store.delete_user_chats(principal.user_id)
     return web.json_response(True)
 

@@ -18,7 +18,8 @@ import time
 from aiohttp import web
 
 from gateway.api.common import principal_of
-from gateway.chat.service import StopTarget, notify_room
+from gateway.chat.running import StopTarget
+from gateway.chat.service import notify_room
 from gateway.commands import Broadcast, Cancel, Ping, Say, Typing
 from gateway.context import Gateway, gateway_of
 from gateway.errors import AuthError, Forbidden, GatewayError
@@ -87,7 +88,7 @@ class ChatEndpoint(_NadooEndpoint):
             conn.publish([self.room], TypingEvent(self.session_id, conn.user_id, conn.id))
         elif isinstance(command, Cancel):
             # The user's replies in this session, whichever socket (and replica) asked.
-            await self.gateway.service.stop(StopTarget(conn.user_id, room=self.room))
+            await self.gateway.service.replies.stop(StopTarget(conn.user_id, room=self.room))
 
     async def closed(self, conn: Connection) -> None:
         await super().closed(conn)

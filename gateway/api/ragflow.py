@@ -26,7 +26,7 @@ from gateway.api import openai
 from gateway.api.common import HTTPStatusError, principal_of, read_json
 from gateway.auth import Principal
 from gateway.chat.assistants import Assistants, now_ms, session_extra
-from gateway.chat.service import StopTarget
+from gateway.chat.running import StopTarget
 from gateway.chat.shapes import history_of
 from gateway.chat.tree import current_path
 from gateway.context import Gateway, gateway_of
@@ -241,7 +241,7 @@ async def delete_sessions(request: web.Request) -> web.Response:
         except GatewayError:
             errors.append(f"The chat doesn't own the session {session_id}")
             continue
-        await gateway.service.stop(StopTarget(chat.user_id, chat_id=chat.id))
+        await gateway.service.replies.stop(StopTarget(chat.user_id, chat_id=chat.id))
         await gateway.store.delete_chat(chat.id)
         done += 1
     return _deleted(done, errors)

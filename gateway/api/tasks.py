@@ -18,7 +18,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.common import principal_of
-from gateway.chat.service import StopTarget
+from gateway.chat.running import StopTarget
 from gateway.context import gateway_of
 from gateway.errors import Forbidden, NotFound
 from gateway.flavours.openwebui import is_temporary_chat
@@ -28,14 +28,14 @@ async def list_all(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     if not principal.is_admin:
         raise Forbidden("Only admins can list every task")
-    tasks = await gateway_of(request).service.tasks()
+    tasks = await gateway_of(request).service.replies.tasks()
     return web.json_response({"tasks": [task.task_id for task in tasks]})
 
 
 async def list_chat(request: web.Request) -> web.Response:
     principal = await principal_of(request)
-    service = gateway_of(request).service
-    tasks = await service.tasks(chat_id=request.match_info["chat_id"], user_id=principal.user_id)
+    replies = gateway_of(request).service.replies
+    tasks = await replies.tasks(chat_id=request.match_info["chat_id"], user_id=principal.user_id)
     return web.json_response({"task_ids": [task.task_id for task in tasks]})
 
 
@@ -43,7 +43,7 @@ async def stop_chat(request: web.Request) -> web.Response:
     gateway = gateway_of(request)
     principal = await principal_of(request)
     chat_id = request.match_info["chat_id"]
-    stopped = await gateway.service.stop(StopTarget(principal.user_id, chat_id=chat_id))
+    stopped = await gateway.service.replies.stop(StopTarget(principal.user_id, chat_id=chat_id))
     if not stopped and not is_temporary_chat(chat_id):
         await gateway.service.book.owned(principal, chat_id)  # 404 for others' chats
     message = f"Stopped {stopped} task(s)." if stopped else "No tasks found."
@@ -55,7 +55,7 @@ async def stop_task(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     task_id = request.match_info["task_id"]
     owner = None if principal.is_admin else principal.user_id
-    if not await gateway.service.stop(StopTarget(owner, task_id=task_id)):
+    if not await gateway.service.replies.stop(StopTarget(owner, task_id=task_id)):
         raise NotFound(f"Task {task_id} not found")
     return web.json_response({"status": True, "message": f"Task {task_id} stopped."})
 

@@ -22,6 +22,21 @@ from gateway.store.records import ChatRecord, MessageRecord
 
 PAGE_SIZE = 60  # Open WebUI's page size for chat lists
 DEFAULT_TITLE = "New Chat"
+# A chat titled so has no title of its own yet: its first reply gives it one.
+DEFAULT_TITLES = ("", DEFAULT_TITLE)
+TITLE_CHARS = 60
+
+
+def title_for(chat: ChatRecord, history: Mapping[str, Any]) -> str | None:
+    """The title a reply would give the chat: its first user message, if it has no title."""
+    if chat.title not in DEFAULT_TITLES:
+        return None
+    for message in (history.get("messages") or {}).values():
+        content = message.get("content")
+        if message.get("role") == "user" and isinstance(content, str) and content.strip():
+            text = " ".join(content.split())
+            return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
+    return None
 
 
 def now_s() -> int:

@@ -12,8 +12,8 @@ Events go to the hub rooms `user:<owner>`, `chat:<id>` and the reply's own
 room; `ReplyFinished` is published only after the row is written, so a
 client that reloads on it sees the final text.  A reply runs in its own
 task: a client that disconnects does not stop it (it lands in the chat), a
-stop request does.  On start-up, replies left unfinished by a crash are
-finalised with their last draft and an `error` note.
+stop request does.  Running replies, stops and recovery after a crash are
+`running.py`'s (`self.replies`).
 
 Three ways in, one `generate`:
 
@@ -33,15 +33,15 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.auth import Principal
-from gateway.bus import TaskInfo
 from gateway.chat import tree
-from gateway.chat.chats import DEFAULT_TITLE, ChatBook, now_s
+from gateway.chat.chats import DEFAULT_TITLE, DEFAULT_TITLES, ChatBook, now_s, title_for
 from gateway.chat.reply import reply_events
+from gateway.chat.running import Replies, Running
 from gateway.chat.shapes import history_of, message_record
 from gateway.chat.turns import new_placeholder, plan_turn, reanswer
 from gateway.commands import Ask, ReplyTarget, Say
@@ -64,34 +64,11 @@ from gateway.upstream.router import ModelRouter
 
 log = logging.getLogger(__name__)
 
-CRASH_NOTE = (
-    "The gateway stopped before this reply finished; the text up to the last checkpoint is kept."
-)
-REPLICA_LOST_NOTE = (
-    "The gateway replica running this reply stopped; the text up to the last checkpoint is kept."
-)
-TITLE_CHARS = 60
 NOTIFICATION_PREVIEW_CHARS = 140
 
 
 def notify_room(user_id: str) -> str:
     return f"notify:{user_id}"
-
-
-# A chat titled so has no title of its own yet: its first reply gives it one.
-DEFAULT_TITLES = ("", DEFAULT_TITLE)
-
-
-def title_for(chat: ChatRecord, history: Mapping[str, Any]) -> str | None:
-    """The title a reply would give the chat: its first user message, if it has no title."""
-    if chat.title not in DEFAULT_TITLES:
-        return None
-    for message in (history.get("messages") or {}).values():
-        content = message.get("content")
-        if message.get("role") == "user" and isinstance(content, str) and content.strip():
-            text = " ".join(content.split())
-            return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
-    return None
 
 
 Opening = Callable[[], Awaitable[AsyncGenerator[Event, None]]]
@@ -109,19 +86,6 @@ def reply_rooms(
     user_id: str, chat_id: str, message_id: str, extra: tuple[str, ...] = ()
 ) -> list[str]:
     return [f"user:{user_id}", f"chat:{chat_id}", reply_room(chat_id, message_id), *extra]
-
-
-@dataclass(slots=True)
-class Running:
-    """A reply in progress, for stop requests and task lists (Open WebUI's "tasks")."""
-
-    task_id: str
-    chat_id: str
-    message_id: str
-    user_id: str
-    rooms: list[str]
-    task: asyncio.Task[None] | None = None
-    cancelled_by_user: bool = False
 
 
 @dataclass(slots=True)
@@ -155,10 +119,9 @@ class ChatService:
         self.hub = hub
         self._default_model = default_model
         self._presence = presence
-        self.book = ChatBook(store, self.is_generating)
+        self.replies = Replies(store, hub)
+        self.book = ChatBook(store, self.replies.is_generating)
         self._checkpoint_interval_s = checkpoint_interval_s
-        # task id → reply; task ids are ours, message ids are the clients'.
-        self.running: dict[str, Running] = {}
 
     # -- opening a reply -------------------------------------------------------
     async def _open(
@@ -429,9 +392,7 @@ class ChatService:
             user_id,
             reply_rooms(user_id, chat_id, message_id, rooms),
         )
-        self.running[running.task_id] = running
-        self.hub.bus.task_started(self._info(running))
-        running.task = asyncio.create_task(self.generate(running, opening, record, title))
+        self.replies.start(running, self.generate(running, opening, record, title))
         return running
 
     async def generate(
@@ -480,7 +441,9 @@ class ChatService:
                             titled = await self._finish(
                                 record, event.content, title=title, usage=event.usage
                             )
-                        self.hub.publish(rooms, _with_title(event, titled))
+                        self.hub.publish(
+                            rooms, event if titled is None else replace(event, title=titled)
+                        )
                         if titled is not None:
                             changed = ChatTitleChanged(chat_id, message_id, event.seq + 1, titled)
                             self.hub.publish(rooms, changed)
@@ -532,8 +495,7 @@ class ChatService:
         finally:
             if checkpoint is not None and not checkpoint.done():
                 checkpoint.cancel()
-            self.running.pop(running.task_id, None)
-            self.hub.bus.task_ended(running.task_id)
+            self.replies.ended(running)
 
     def _notify_if_unwatched(self, running: Running, content: str) -> None:
         """A reply that finished while none of the user's chat sockets was open
@@ -569,159 +531,3 @@ class ChatService:
         offered = title if error is None else None
         titled = await self.store.finish_reply(record, now_s(), offered, DEFAULT_TITLES)
         return offered if titled else None
-
-    # -- tasks: this replica's and the others' -------------------------------------
-    def _info(self, running: Running) -> TaskInfo:
-        return TaskInfo(
-            running.task_id,
-            running.chat_id,
-            running.message_id,
-            running.user_id,
-            tuple(running.rooms),
-            self.hub.bus.replica_id,
-        )
-
-    async def tasks(
-        self, *, chat_id: str | None = None, user_id: str | None = None
-    ) -> list[TaskInfo]:
-        """Replies running on any replica (Open WebUI's task list)."""
-        local = [self._info(running) for running in self.running.values()]
-        return [
-            task
-            for task in (*local, *await self.hub.bus.remote_tasks())
-            if (chat_id is None or task.chat_id == chat_id)
-            and (user_id is None or task.user_id == user_id)
-        ]
-
-    def is_generating(self, chat_id: str, message_id: str) -> bool:
-        return any(
-            r.chat_id == chat_id and r.message_id == message_id for r in self.running.values()
-        )
-
-    async def stop(self, target: StopTarget) -> int:
-        """Stop the replies `target` names, wherever they run: this replica's now,
-        the others' by a control message to them.  The number of replies stopped."""
-        local = [r for r in self.running.values() if target.matches(self._info(r))]
-        for running in local:
-            await self.cancel(running)
-        remote = [task for task in await self.hub.bus.remote_tasks() if target.matches(task)]
-        if remote:
-            self.hub.bus.broadcast({"cancel": target.as_dict()})
-        return len(local) + len(remote)
-
-    async def on_control(self, message: dict[str, Any]) -> None:
-        """A command from another replica (the bus calls this)."""
-        spec = message.get("cancel")
-        if isinstance(spec, dict):
-            target = StopTarget.of(spec)
-            for running in list(self.running.values()):
-                if target.matches(self._info(running)):
-                    await self.cancel(running)
-
-    async def cancel(self, running: Running) -> None:
-        running.cancelled_by_user = True
-        if running.task is not None and not running.task.done():
-            running.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running.task
-
-    # -- recovery ----------------------------------------------------------------
-    async def _recover(self, record: MessageRecord, note: str) -> None:
-        """A reply nobody is generating any more: its last draft, done, with a note."""
-        record.fields = {**record.fields, "error": {"content": note}}
-        record.content = record.draft or record.content
-        record.done = True
-        record.draft = None
-        await self.store.update_message(record)
-
-    async def recover_unfinished(self) -> int:
-        """Finalise replies a crash left with done=false, unless a live replica runs them."""
-        elsewhere = {(t.chat_id, t.message_id) for t in await self.hub.bus.remote_tasks()}
-        recovered = 0
-        for record in await self.store.unfinished_messages():
-            key = (record.chat_id, record.id)
-            if self.is_generating(*key) or key in elsewhere:
-                continue
-            await self._recover(record, CRASH_NOTE)
-            recovered += 1
-        if recovered:
-            log.warning("finalised replies left unfinished by a crash", extra={"count": recovered})
-        return recovered
-
-    async def on_orphan(self, task: TaskInfo) -> None:
-        """A reply whose replica died (the bus calls this on one survivor): stored with
-        its last draft, and its clients get a clean error end."""
-        record = await self.store.get_message(task.chat_id, task.message_id)
-        partial = ""
-        if record is not None and record.done is False:
-            partial = record.draft or record.content
-            await self._recover(record, REPLICA_LOST_NOTE)
-        elif record is not None:
-            partial = record.content
-        failed = ReplyFailed(
-            task.chat_id, task.message_id, 0, "replica_lost", REPLICA_LOST_NOTE, partial
-        )
-        self.hub.publish(list(task.rooms), failed)
-
-    async def stored_content(self, chat_id: str, message_id: str) -> str | None:
-        """A stored reply's text (for events too big to carry between replicas)."""
-        record = await self.store.get_message(chat_id, message_id)
-        return None if record is None else record.content
-
-    async def shutdown(self) -> None:
-        for running in list(self.running.values()):
-            if running.task is not None:
-                running.task.cancel()
-        tasks = [r.task for r in self.running.values() if r.task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-@dataclass(frozen=True, slots=True)
-class StopTarget:
-    """Which replies a stop names: those of `user_id` (None: anyone's, for admins)
-    in a chat, one task, or every reply published to a room (a Nadoo session)."""
-
-    user_id: str | None
-    chat_id: str | None = None
-    task_id: str | None = None
-    room: str | None = None
-
-    def matches(self, task: TaskInfo) -> bool:
-        return (
-            (self.user_id is None or task.user_id == self.user_id)
-            and (self.chat_id is None or task.chat_id == self.chat_id)
-            and (self.task_id is None or task.task_id == self.task_id)
-            and (self.room is None or self.room in task.rooms)
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "user_id": self.user_id,
-            "chat_id": self.chat_id,
-            "task_id": self.task_id,
-            "room": self.room,
-        }
-
-    @classmethod
-    def of(cls, spec: dict[str, Any]) -> StopTarget:
-        def text(key: str) -> str | None:
-            value = spec.get(key)
-            return value if isinstance(value, str) else None
-
-        return cls(text("user_id"), text("chat_id"), text("task_id"), text("room"))
-
-
-def _with_title(event: ReplyFinished, title: str | None) -> ReplyFinished:
-    if title is None:
-        return event
-    return ReplyFinished(
-        event.chat_id,
-        event.message_id,
-        event.seq,
-        event.content,
-        event.usage,
-        event.finish_reason,
-        event.elapsed_s,
-        event.cancelled,
-        title,
-    )

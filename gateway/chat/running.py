@@ -1,0 +1,204 @@
+"""Replies in progress: the registry of this replica's, stop anywhere, recovery.
+
+Every running reply is a `Running` here, with the task that generates it, and
+a `TaskInfo` on the bus so other replicas can list and stop it.  A stop names
+its replies with a `StopTarget`: this replica's are cancelled at once, the
+others' get a control message.  Replies nobody will finish (a crash, a replica
+that died) are stored with their last draft and a note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.bus import TaskInfo
+from gateway.events import ReplyFailed
+from gateway.hub import Hub
+from gateway.store import Store
+from gateway.store.records import MessageRecord
+
+log = logging.getLogger(__name__)
+
+CRASH_NOTE = (
+    "The gateway stopped before this reply finished; the text up to the last checkpoint is kept."
+)
+REPLICA_LOST_NOTE = (
+    "The gateway replica running this reply stopped; the text up to the last checkpoint is kept."
+)
+
+
+@dataclass(slots=True)
+class Running:
+    """A reply in progress, for stop requests and task lists (Open WebUI's "tasks")."""
+
+    task_id: str
+    chat_id: str
+    message_id: str
+    user_id: str
+    rooms: list[str]
+    task: asyncio.Task[None] | None = None
+    cancelled_by_user: bool = False
+
+
+class Replies:
+    def __init__(self, store: Store, hub: Hub) -> None:
+        self.store = store
+        self.hub = hub
+        # task id → reply; task ids are ours, message ids are the clients'.
+        self.running: dict[str, Running] = {}
+
+    def start(self, running: Running, generating: Coroutine[Any, Any, None]) -> None:
+        """Register `running` here and on the bus, and run `generating` (which calls
+        `ended` when it is over)."""
+        self.running[running.task_id] = running
+        self.hub.bus.task_started(self._info(running))
+        running.task = asyncio.create_task(generating)
+
+    def ended(self, running: Running) -> None:
+        self.running.pop(running.task_id, None)
+        self.hub.bus.task_ended(running.task_id)
+
+    # -- tasks: this replica's and the others' -------------------------------------
+    def _info(self, running: Running) -> TaskInfo:
+        return TaskInfo(
+            running.task_id,
+            running.chat_id,
+            running.message_id,
+            running.user_id,
+            tuple(running.rooms),
+            self.hub.bus.replica_id,
+        )
+
+    async def tasks(
+        self, *, chat_id: str | None = None, user_id: str | None = None
+    ) -> list[TaskInfo]:
+        """Replies running on any replica (Open WebUI's task list)."""
+        local = [self._info(running) for running in self.running.values()]
+        return [
+            task
+            for task in (*local, *await self.hub.bus.remote_tasks())
+            if (chat_id is None or task.chat_id == chat_id)
+            and (user_id is None or task.user_id == user_id)
+        ]
+
+    def is_generating(self, chat_id: str, message_id: str) -> bool:
+        return any(
+            r.chat_id == chat_id and r.message_id == message_id for r in self.running.values()
+        )
+
+    async def stop(self, target: StopTarget) -> int:
+        """Stop the replies `target` names, wherever they run: this replica's now,
+        the others' by a control message to them.  The number of replies stopped."""
+        local = [r for r in self.running.values() if target.matches(self._info(r))]
+        for running in local:
+            await self.cancel(running)
+        remote = [task for task in await self.hub.bus.remote_tasks() if target.matches(task)]
+        if remote:
+            self.hub.bus.broadcast({"cancel": target.as_dict()})
+        return len(local) + len(remote)
+
+    async def on_control(self, message: dict[str, Any]) -> None:
+        """A command from another replica (the bus calls this)."""
+        spec = message.get("cancel")
+        if isinstance(spec, dict):
+            target = StopTarget.of(spec)
+            for running in list(self.running.values()):
+                if target.matches(self._info(running)):
+                    await self.cancel(running)
+
+    async def cancel(self, running: Running) -> None:
+        running.cancelled_by_user = True
+        if running.task is not None and not running.task.done():
+            running.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running.task
+
+    # -- recovery ----------------------------------------------------------------
+    async def _recover(self, record: MessageRecord, note: str) -> None:
+        """A reply nobody is generating any more: its last draft, done, with a note."""
+        record.fields = {**record.fields, "error": {"content": note}}
+        record.content = record.draft or record.content
+        record.done = True
+        record.draft = None
+        await self.store.update_message(record)
+
+    async def recover_unfinished(self) -> int:
+        """Finalise replies a crash left with done=false, unless a live replica runs them."""
+        elsewhere = {(t.chat_id, t.message_id) for t in await self.hub.bus.remote_tasks()}
+        recovered = 0
+        for record in await self.store.unfinished_messages():
+            key = (record.chat_id, record.id)
+            if self.is_generating(*key) or key in elsewhere:
+                continue
+            await self._recover(record, CRASH_NOTE)
+            recovered += 1
+        if recovered:
+            log.warning("finalised replies left unfinished by a crash", extra={"count": recovered})
+        return recovered
+
+    async def on_orphan(self, task: TaskInfo) -> None:
+        """A reply whose replica died (the bus calls this on one survivor): stored with
+        its last draft, and its clients get a clean error end."""
+        record = await self.store.get_message(task.chat_id, task.message_id)
+        partial = ""
+        if record is not None and record.done is False:
+            partial = record.draft or record.content
+            await self._recover(record, REPLICA_LOST_NOTE)
+        elif record is not None:
+            partial = record.content
+        failed = ReplyFailed(
+            task.chat_id, task.message_id, 0, "replica_lost", REPLICA_LOST_NOTE, partial
+        )
+        self.hub.publish(list(task.rooms), failed)
+
+    async def stored_content(self, chat_id: str, message_id: str) -> str | None:
+        """A stored reply's text (for events too big to carry between replicas)."""
+        record = await self.store.get_message(chat_id, message_id)
+        return None if record is None else record.content
+
+    async def shutdown(self) -> None:
+        for running in list(self.running.values()):
+            if running.task is not None:
+                running.task.cancel()
+        tasks = [r.task for r in self.running.values() if r.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class StopTarget:
+    """Which replies a stop names: those of `user_id` (None: anyone's, for admins)
+    in a chat, one task, or every reply published to a room (a Nadoo session)."""
+
+    user_id: str | None
+    chat_id: str | None = None
+    task_id: str | None = None
+    room: str | None = None
+
+    def matches(self, task: TaskInfo) -> bool:
+        return (
+            (self.user_id is None or task.user_id == self.user_id)
+            and (self.chat_id is None or task.chat_id == self.chat_id)
+            and (self.task_id is None or task.task_id == self.task_id)
+            and (self.room is None or self.room in task.rooms)
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "chat_id": self.chat_id,
+            "task_id": self.task_id,
+            "room": self.room,
+        }
+
+    @classmethod
+    def of(cls, spec: dict[str, Any]) -> StopTarget:
+        def text(key: str) -> str | None:
+            value = spec.get(key)
+            return value if isinstance(value, str) else None
+
+        return cls(text("user_id"), text("chat_id"), text("task_id"), text("room"))
