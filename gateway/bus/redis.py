@@ -300,7 +300,7 @@ class RedisBus:
             finally:
                 self._pubsub = None
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     async def _register(self) -> None:
         """After (re)connecting: a Redis that restarted empty learns again what runs here.
