@@ -52,12 +52,6 @@ log = logging.getLogger(__name__)
 
 
 def secret_key(settings: Settings) -> str:
-    if not settings.secret_key and settings.websocket_manager == "redis":
-        # Each replica would sign with a key of its own data dir: a token from one
-        # would be refused by the others.
-        log.warning(
-            "WEBSOCKET_MANAGER=redis without WEBUI_SECRET_KEY: set the same on every replica"
-        )
     return settings.secret_key or load_or_create_secret(settings.data_dir)
 
 

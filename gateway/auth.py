@@ -1,6 +1,6 @@
 """Who is asking: one `Authenticator` for HTTP, SSE, WebSocket and Socket.IO.
 
-Tokens are looked for in the order of PROTOCOLS.md §0: `Authorization:
+Tokens are looked for in the order of docs/PROTOCOLS.md §0: `Authorization:
 Bearer`, `x-api-key`, the `token` cookie, the `token` (or `authorization`)
 query parameter, then a Socket.IO `auth` payload.  A token is either a JWT
 (HS256 with the secret key, or RS256/ES256 with a configured public key) or

@@ -9,90 +9,99 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from gateway import settings as settings_module
-from gateway.settings import Settings, SettingsError
+from gateway import __version__, redact
+from gateway.settings import Loaded, SettingsError, describe, read
 
 _STANDARD_RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class _ExtraFormatter(logging.Formatter):
-    """Plain log lines with the record's `extra=` fields appended as key=value."""
+    """Plain log lines with the record's `extra=` fields appended as key=value,
+    secrets masked in the whole line (message, extras and traceback)."""
+
+    def __init__(self, fmt: str, redactor: redact.Redactor) -> None:
+        super().__init__(fmt)
+        self._redact = redactor
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_FIELDS}
         if extras:
             line += " " + " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in extras.items())
-        return line
+        return self._redact(line)
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(loaded: Loaded) -> None:
+    settings = loaded.settings
+    redactor = redact.Redactor(
+        [settings.secret_key or "", *settings.openai_api_keys, *settings.api_keys]
+    )
     handler = logging.StreamHandler()
-    handler.setFormatter(_ExtraFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    handler.setFormatter(
+        _ExtraFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", redactor)
+    )
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def _load(args: argparse.Namespace) -> Settings:
-    settings = settings_module.load(getattr(args, "config", None))
-    overrides: dict[str, Any] = {}
-    if getattr(args, "host", None):
-        overrides["host"] = args.host
+def _load(args: argparse.Namespace) -> Loaded:
+    flags: dict[str, tuple[str, Any]] = {}
+    if getattr(args, "host", None) is not None:
+        flags["host"] = ("--host", args.host)
     if getattr(args, "port", None) is not None:
-        overrides["port"] = args.port
-    return settings.model_copy(update=overrides) if overrides else settings
+        flags["port"] = ("--port", args.port)
+    return read(getattr(args, "config", None), flags=flags)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+    from gateway.server import serve
 
-    from gateway.app import build_app
-
-    settings = _load(args)
-    _setup_logging(settings.log_level)
-    app = build_app(settings)
-    log = logging.getLogger("gateway")
-    log.info(
-        "gateway listening on http://%s:%d (data dir %s)",
-        settings.host,
-        settings.port,
-        settings.data_dir.resolve(),
-    )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        # A client that disconnects cancels its handler, so the upstream
-        # request behind it is closed at once, not at the next write.
-        handler_cancellation=True,
-        print=None,
-        access_log=None,
-    )
-    return 0
+    loaded = _load(args)
+    _setup_logging(loaded)
+    return serve(loaded)
 
 
 def _token(args: argparse.Namespace) -> int:
-    from gateway.app import secret_key
+    from gateway import preflight
     from gateway.auth import Authenticator, StaticDirectory
 
-    settings = _load(args)
-    authenticator = Authenticator(secret_key(settings), StaticDirectory({}))
-    ttl = args.ttl if args.ttl is not None else settings.jwt_expires_in_s
+    loaded = _load(args)
+    key, where = preflight.signing_key(loaded, create=False)
+    authenticator = Authenticator(key, StaticDirectory({}))
+    ttl = args.ttl if args.ttl is not None else loaded.settings.jwt_expires_in_s
     claims = {"name": args.name} if args.name else {}
-    print(authenticator.issue(args.user, ttl_s=ttl if ttl and ttl > 0 else None, **claims))
+    print(authenticator.issue(args.user, ttl_s=ttl or None, **claims))
+    print(f"gateway: signed with the key from {where}", file=sys.stderr)
     return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    import asyncio
+
     import yaml
 
-    settings = _load(args)
-    if settings.jwt_public_key_file is not None and not settings.jwt_public_key_file.is_file():
-        path = str(settings.jwt_public_key_file)
-        raise SettingsError(f"GATEWAY_JWT_PUBLIC_KEY_FILE={path!r} is not a readable file")
-    print(yaml.safe_dump(settings_module.describe(settings), sort_keys=True), end="")
+    from gateway import preflight
+
+    loaded = _load(args)
+    preflight.prepare(loaded, create=False)
+    preflight.probe_bind(loaded)
+    probes = asyncio.run(preflight.connect(loaded)) if args.connect else []
+    failed = [probe for probe in probes if not probe.ok]
+    for probe in failed:
+        # One line per service that cannot be reached, as for any bad setting.
+        print(
+            f"gateway: configuration error: {loaded.error(probe.field, probe.detail)}",
+            file=sys.stderr,
+        )
+    if failed:
+        return 2
+    for warning in loaded.warnings:
+        print(f"gateway: warning: {warning}", file=sys.stderr)
+    print(yaml.safe_dump(describe(loaded), sort_keys=True, allow_unicode=True), end="")
+    for probe in probes:
+        print(f"# reached {probe.field}: {probe.detail}")
     print("# configuration OK", file=sys.stderr)
     return 0
 
@@ -100,12 +109,19 @@ def _check_config(args: argparse.Namespace) -> int:
 def _with_store(args: argparse.Namespace, action: Any) -> int:
     import asyncio
 
-    from gateway.store import open_store
+    from gateway import preflight
+    from gateway.store import StoreUnavailable, open_store
 
-    settings = _load(args)
+    loaded = _load(args)
+    preflight.prepare(loaded)
+    settings = loaded.settings
 
     async def run() -> int:
-        store = await open_store(settings.database_url, settings.data_dir)
+        try:
+            store = await open_store(settings.database_url, settings.data_dir)
+        except StoreUnavailable as exc:
+            field = "database_url" if settings.database_url else "data_dir"
+            raise loaded.error(field, f"cannot open the database: {exc}") from None
         try:
             result: int = await action(store)
             return result
@@ -211,17 +227,32 @@ def _count(value: str) -> int:
     return number
 
 
+def _seconds(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give seconds ≥ 0 (0: no expiry)")
+    return number
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (and exit 2), like every other refusal here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     # --config is accepted before or after the subcommand.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--config",
         type=Path,
         default=argparse.SUPPRESS,
         help="YAML settings file (environment wins)",
     )
-    top = argparse.ArgumentParser(prog="gateway", description=__doc__, parents=[common])
-    commands = top.add_subparsers(dest="command", required=True)
+    top = _Parser(prog="gateway", description=__doc__, parents=[common])
+    top.add_argument("--version", action="version", version=f"gateway {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="run the gateway", parents=[common])
     serve.add_argument("--host")
@@ -233,16 +264,23 @@ def parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--user", required=True, help="user id (the token's 'id' claim)")
     token.add_argument("--name", help="display name (claim 'name')")
-    token.add_argument("--ttl", type=int, help="seconds until expiry; 0 for none")
+    token.add_argument("--ttl", type=_seconds, help="seconds until expiry; 0 for none")
     token.set_defaults(run=_token)
 
     check = commands.add_parser(
         "check-config", help="validate settings and print them", parents=[common]
     )
+    check.add_argument("--host", help="as for serve")
+    check.add_argument("--port", type=int, help="as for serve")
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the database, Redis and each model server",
+    )
     check.set_defaults(run=_check_config)
 
     users = commands.add_parser("users", help="manage users", parents=[common])
-    users_commands = users.add_subparsers(dest="users_command", required=True)
+    users_commands = users.add_subparsers(dest="users_command", required=True, parser_class=_Parser)
     users_add = users_commands.add_parser(
         "add", help="create a user with a password", parents=[common]
     )
@@ -255,7 +293,9 @@ def parser() -> argparse.ArgumentParser:
     users_list.set_defaults(run=_users_list)
 
     apikey = commands.add_parser("apikey", help="manage API keys", parents=[common])
-    apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True)
+    apikey_commands = apikey.add_subparsers(
+        dest="apikey_command", required=True, parser_class=_Parser
+    )
     create = apikey_commands.add_parser("create", help="print a new API key", parents=[common])
     create.add_argument("--user", required=True, help="user id or email")
     create.add_argument("--kind", choices=["openwebui", "ragflow"], default="openwebui")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.settings import ENV_NAMES, Settings, load
+from gateway.settings.describe import example_yaml, readme_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,9 +18,17 @@ def test_readme_lists_every_environment_variable() -> None:
 
 def test_example_config_has_every_setting_at_its_default() -> None:
     example = load(ROOT / "config" / "gateway.example.yaml", environ={})
-    assert example == Settings()
+    assert example == Settings.model_validate({})
     text = (ROOT / "config" / "gateway.example.yaml").read_text()
-    assert all(f"\n{field}:" in text for field in Settings.model_fields)
+    assert text == example_yaml(), (
+        "regenerate: python -m gateway.settings example > config/gateway.example.yaml"
+    )
+
+
+def test_readme_table_of_settings_is_the_models() -> None:
+    assert readme_table() in (ROOT / "README.md").read_text(), (
+        "regenerate the README's table: python -m gateway.settings table"
+    )
 
 
 def test_limits_lists_every_limit_setting() -> None:
@@ -28,3 +37,16 @@ def test_limits_lists_every_limit_setting() -> None:
         if field.endswith(("_s", "_bytes", "_events", "_connections")):
             env = next(name for name, f in ENV_NAMES.items() if f == field)
             assert env in limits, env
+
+
+def test_every_link_in_the_docs_stays_inside_the_repository() -> None:
+    """Relative links resolve to files here; nothing points at documents elsewhere."""
+    import re
+
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "LIMITS.md"]:
+        text = doc.read_text()
+        assert "shared/" not in text and "seeds/" not in text, doc
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{doc.name} links {target}"

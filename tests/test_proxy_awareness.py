@@ -235,7 +235,7 @@ async def test_an_untrusted_peer_is_ignored_and_logged_once(start_gateway: Any, 
             "'nonsense' is not an address or a CIDR",
         ),
         ({"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/33"}, "'10.0.0.0/33' is not an address or a CIDR"),
-        ({"GATEWAY_BASE_PATH": "chat"}, "'chat' is not a path like /chat"),
+        ({"GATEWAY_BASE_PATH": "chat"}, "GATEWAY_BASE_PATH='chat': not a path like /chat"),
     ],
 )
 def test_a_bad_proxy_setting_stops_the_start(

@@ -1,4 +1,4 @@
-"""Open WebUI's `/api/v1/auths/*`: sign-up, sign-in, session, API keys (PROTOCOLS.md §1.2).
+"""Open WebUI's `/api/v1/auths/*`: sign-up, sign-in, session, API keys (docs/PROTOCOLS.md §1.2).
 
 The session object::
 

@@ -1,4 +1,4 @@
-"""Open WebUI's chat REST API, `/api/v1/chats/*` (PROTOCOLS.md §1.2, seeds/004).
+"""Open WebUI's chat REST API, `/api/v1/chats/*` (docs/PROTOCOLS.md §1.2).
 
 Errors are `{"detail": ...}`; "not found" and "not yours" are both 404.
 Lists are paged 60 at a time with `?page=` (1-based; `[]` past the end,

@@ -1,4 +1,5 @@
-"""Nadoo's WebSocket endpoints and `GET /ws/stats` (PROTOCOLS.md §4), at the root and under `/api`.
+"""Nadoo's WebSocket endpoints and `GET /ws/stats` (docs/PROTOCOLS.md §4), at the root
+and under `/api`.
 
     /ws/chat/{session_id}          chat in a session; its replies go to every member
                                    of the session (room `session:<id>`), typing to the others

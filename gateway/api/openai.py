@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes: `/v1/models` and `/v1/chat/completions` (PROTOCOLS.md §2).
+"""OpenAI-compatible routes: `/v1/models` and `/v1/chat/completions` (docs/PROTOCOLS.md §2).
 
 The same handlers answer Open WebUI's pure-API routes (`/api/models`,
 `/api/chat/completions` without `chat_id`).

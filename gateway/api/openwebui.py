@@ -1,4 +1,4 @@
-"""The small Open WebUI routes its web app calls around chats (PROTOCOLS.md §1.2, §1.3).
+"""The small Open WebUI routes its web app calls around chats (docs/PROTOCOLS.md §1.2, §1.3).
 
 GET  /api/config              what the app needs before it opens its socket; the
                               `token` cookie (or Bearer) decides which shape

@@ -1,4 +1,4 @@
-"""RAGFlow's HTTP API under `/ragflow` (PROTOCOLS.md §3), so `RAGFlow(api_key,
+"""RAGFlow's HTTP API under `/ragflow` (docs/PROTOCOLS.md §3), so `RAGFlow(api_key,
 base_url="http://host/ragflow")` from `ragflow-sdk` works.
 
     POST|GET|DELETE /ragflow/api/v1/chats          PUT /ragflow/api/v1/chats/{id}

@@ -1,4 +1,4 @@
-"""RAGFlow's WebSocket chat (PROTOCOLS.md §3), for WeChat mini-programs and the like.
+"""RAGFlow's WebSocket chat (docs/PROTOCOLS.md §3), for WeChat mini-programs and the like.
 
     /v1/ws/chat  (and /ragflow/v1/ws/chat)
         client {"type": "chat", "chat_id", "question", "stream"?, "session_id"?,

@@ -1,4 +1,4 @@
-"""Open WebUI's task routes: list and stop running replies (PROTOCOLS.md §1.2).
+"""Open WebUI's task routes: list and stop running replies (docs/PROTOCOLS.md §1.2).
 
 A task is one reply being generated; its id is the gateway's (the message id
 is the client's and repeats across chats)::

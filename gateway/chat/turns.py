@@ -1,6 +1,6 @@
 """What one turn adds to a chat's tree, as pure functions (no store, no I/O).
 
-Open WebUI's web app sends a turn as (PROTOCOLS.md §1.2, frontend mode)::
+Open WebUI's web app sends a turn as (docs/PROTOCOLS.md §1.2, frontend mode)::
 
     {"id": "<first assistant id>", "parent_id": "<the user message's parent>" | null,
      "user_message": {"id", "parentId", "role": "user", "content", ...},

@@ -1,4 +1,4 @@
-"""Nadoo: the frames of `/ws/chat`, `/ws/notifications`, `/ws/workspaces` (PROTOCOLS.md §4).
+"""Nadoo: the frames of `/ws/chat`, `/ws/notifications`, `/ws/workspaces` (docs/PROTOCOLS.md §4).
 
 Client → server on `/ws/chat/{session_id}`::
 

@@ -1,4 +1,4 @@
-"""OpenAI chat completions: request decoding and SSE chunk encoding (PROTOCOLS.md §2).
+"""OpenAI chat completions: request decoding and SSE chunk encoding (docs/PROTOCOLS.md §2).
 
 Stream shape, one SSE event per chunk::
 

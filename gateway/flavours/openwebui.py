@@ -1,4 +1,4 @@
-"""Open WebUI: `/api/chat/completions` bodies and the Socket.IO `events` (PROTOCOLS.md §1).
+"""Open WebUI: `/api/chat/completions` bodies and the Socket.IO `events` (docs/PROTOCOLS.md §1).
 
 Three modes share the completions route; the body says which::
 

@@ -1,4 +1,4 @@
-"""RAGFlow: the HTTP API under `/ragflow` and the WebSocket chat (PROTOCOLS.md §3).
+"""RAGFlow: the HTTP API under `/ragflow` and the WebSocket chat (docs/PROTOCOLS.md §3).
 
 Every answer is HTTP 200 with an envelope; errors are a non-zero `code`::
 

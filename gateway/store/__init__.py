@@ -7,11 +7,14 @@ same queries (`sql.py`) through a small driver layer (`drivers.py`).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from gateway.store.errors import Conflict, StoreError
+import asyncpg
+
+from gateway.store.errors import Conflict, StoreError, StoreUnavailable, why_unavailable
 from gateway.store.records import AssistantRecord, ChatRecord, MessageRecord, UserRecord
 
 __all__ = [
@@ -21,6 +24,7 @@ __all__ = [
     "MessageRecord",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "UserRecord",
     "open_store",
 ]
@@ -120,6 +124,9 @@ async def open_store(database_url: str, data_dir: Path) -> Store:
     store = SQLStore(driver)
     try:
         await store.migrate()
+    except (OSError, sqlite3.Error, asyncpg.PostgresError) as exc:
+        await driver.close()
+        raise StoreUnavailable(f"cannot create the tables: {why_unavailable(exc)}") from None
     except BaseException:
         await driver.close()
         raise

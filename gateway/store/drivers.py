@@ -27,6 +27,11 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
+from gateway.store.errors import StoreUnavailable, why_unavailable
+
+# Seconds to wait for PostgreSQL at start-up before saying it is unreachable.
+CONNECT_TIMEOUT_S = 10.0
+
 Row = Sequence[Any]
 Statement = tuple[str, Sequence[Any]]
 T = TypeVar("T")
@@ -121,7 +126,10 @@ class SQLiteDriver:
 
     @classmethod
     async def open(cls, path: Path) -> SQLiteDriver:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # The directory is the operator's (DATA_DIR, or the one a sqlite:/// URL
+        # names): made by the start-up checks or not at all, never here.
+        if not path.parent.is_dir():
+            raise StoreUnavailable(f"the directory {path.parent} does not exist")
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
 
         def connect() -> sqlite3.Connection:
@@ -134,7 +142,11 @@ class SQLiteDriver:
             conn.execute("PRAGMA synchronous=NORMAL")
             return conn
 
-        conn = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        except sqlite3.Error as exc:
+            executor.shutdown(wait=False)
+            raise StoreUnavailable(why_unavailable(exc)) from None
         return cls(conn, executor)
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
@@ -218,7 +230,12 @@ class PostgresDriver:
 
     @classmethod
     async def open(cls, url: str) -> PostgresDriver:
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=10)
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=10, timeout=CONNECT_TIMEOUT_S
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(why_unavailable(exc)) from None
         return cls(pool)
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:

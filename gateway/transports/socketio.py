@@ -1,4 +1,4 @@
-"""Socket.IO transport: Open WebUI's real-time channel at `/ws/socket.io` (PROTOCOLS.md §1.1).
+"""Socket.IO transport: Open WebUI's real-time channel at `/ws/socket.io` (docs/PROTOCOLS.md §1.1).
 
 python-socketio does the framing; this module owns a connection's life:
 

@@ -1,4 +1,4 @@
-"""Raw WebSocket transport, shared by RAGFlow's and Nadoo's endpoints (PROTOCOLS.md §3, §4).
+"""Raw WebSocket transport, shared by RAGFlow's and Nadoo's endpoints (docs/PROTOCOLS.md §3, §4).
 
 A connection's life, the same for every flavour::
 

@@ -1,4 +1,4 @@
-"""The RAGFlow flavour end to end (PROTOCOLS.md §3): the real `ragflow-sdk`, the
+"""The RAGFlow flavour end to end (docs/PROTOCOLS.md §3): the real `ragflow-sdk`, the
 `openai` package and raw HTTP against a gateway process, with the fake upstream
 on loopback.
 

@@ -39,7 +39,7 @@ EVENT_VECTORS = sorted(VECTOR_DIR.glob("events_*.json"))
 DECODERS = ("decode_chat", "decode_workspace", "decode_notifications")
 SERVER_FRAMES = "server_frames"
 
-# Nadoo's documentation shows whole seconds in UTC with a Z (PROTOCOLS.md §4).
+# Nadoo's documentation shows whole seconds in UTC with a Z (docs/PROTOCOLS.md §4).
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 EVENT_TYPES: dict[str, type[Any]] = {
@@ -164,7 +164,7 @@ def test_encoder_frames_parse_to_the_golden_objects(path: Path) -> None:
 @pytest.mark.parametrize("path", EVENT_VECTORS, ids=[p.stem for p in EVENT_VECTORS])
 def test_every_frame_starts_with_type_and_has_a_timestamp(path: Path) -> None:
     # Independently of the golden frames: Nadoo's pages switch on `type`, and
-    # every frame carries the time it was sent (PROTOCOLS.md §4).
+    # every frame carries the time it was sent (docs/PROTOCOLS.md §4).
     vector = load(path)
     for text in encode_all(encoder_for(vector), vector):
         frame = json.loads(text)

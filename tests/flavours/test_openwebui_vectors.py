@@ -67,7 +67,7 @@ def load(path: Path) -> dict[str, Any]:
 def exact(value: Any) -> str:
     """JSON text, as python-socketio sends it: `true` is not `1`, a tuple is a list.
 
-    Keys are sorted because PROTOCOLS.md leaves their order free.
+    Keys are sorted because docs/PROTOCOLS.md leaves their order free.
     """
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
@@ -128,7 +128,7 @@ def test_every_frame_has_the_events_shape(path: Path) -> None:
 
 @pytest.mark.parametrize("path", EVENT_VECTORS, ids=[p.stem for p in EVENT_VECTORS])
 def test_deltas_rebuild_the_text(path: Path) -> None:
-    # chat:message:delta appends (PROTOCOLS.md §1.1), so the deltas sent are the text, whole.
+    # chat:message:delta appends (docs/PROTOCOLS.md §1.1), so the deltas sent are the text, whole.
     vector = load(path)
     encoder = SocketEncoder()
     sent = "".join(

@@ -49,7 +49,7 @@ FUNCTIONS = (
 )
 
 END = '{"code":0,"message":"","data":true}'
-# Every streamed chunk's `data` (PROTOCOLS.md §3); delta mode adds `final`.
+# Every streamed chunk's `data` (docs/PROTOCOLS.md §3); delta mode adds `final`.
 CHUNK_KEYS = {"answer", "reference", "audio_binary", "id", "session_id"}
 
 EVENT_TYPES: dict[str, type[Any]] = {
@@ -144,7 +144,7 @@ def test_encoder_matches_golden_chunks(path: Path) -> None:
 
 @pytest.mark.parametrize("path", ANSWER_VECTORS, ids=[p.stem for p in ANSWER_VECTORS])
 def test_every_chunk_has_ragflows_shape(path: Path) -> None:
-    # Independently of the golden chunks (PROTOCOLS.md §3): an envelope; a chunk's
+    # Independently of the golden chunks (docs/PROTOCOLS.md §3): an envelope; a chunk's
     # data is exactly CHUNK_KEYS (+ final when streamed in delta mode) for its own
     # message and session; a failure's data is {"answer": "**ERROR**: …", "reference": []};
     # every answer, finished or failed, ends with one end marker.

@@ -1,0 +1,69 @@
+"""Secrets out of everything an operator reads: CLI output, errors and log lines.
+
+Two kinds of secret are masked:
+
+* the password part of a URL's user info (`postgresql://gw:s3cret@db/gw` →
+  `postgresql://gw:***@db/gw`), wherever such a URL appears in a text;
+* tokens by their shape: our API keys (`sk-` + 32 hex, `ragflow-` + 43
+  url-safe characters), JWTs (three base64url parts, the first `eyJ`), and
+  any configured secret registered with `Redactor.add` (the signing key, the
+  model servers' API keys, static keys), which have no shape of their own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+MASK = "***"
+
+# scheme://user:password@  — the password is everything up to the last "@"
+# of the authority (a password may itself hold "@" or ":").
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s]*@")
+_TOKENS = re.compile(
+    r"\bsk-[0-9a-fA-F]{32}\b"
+    r"|\bragflow-[A-Za-z0-9_-]{43}\b"
+    r"|\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}"
+)
+# Configured secrets shorter than this are not masked by value: masking "a"
+# would mangle every line, and a secret that short is no secret anyway.
+MIN_SECRET_CHARS = 6
+
+
+def url(value: str) -> str:
+    """A URL with its password masked; anything that is not a URL unchanged."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return text(value)
+    if parts.password is None:
+        return value
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+
+
+def text(value: str) -> str:
+    """Passwords in URLs and token-shaped strings masked, anywhere in a text."""
+    value = _URL_PASSWORD.sub(lambda m: m["head"] + MASK + "@", value)
+    return _TOKENS.sub(MASK, value)
+
+
+class Redactor:
+    """`text()` plus the exact values of configured secrets."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        self._secrets.update(s for s in secrets if len(s) >= MIN_SECRET_CHARS)
+        # Longest first: a secret that contains another is masked whole.
+        self._ordered = sorted(self._secrets, key=len, reverse=True)
+
+    def __call__(self, value: str) -> str:
+        for secret in self._ordered:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return text(value)

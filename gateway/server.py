@@ -1,0 +1,83 @@
+"""`gateway serve`: check, open, listen, then say so — in that order, so a start
+that cannot succeed is one line and exit 2 before anything listens.
+
+    settings read ─▶ preflight (data dir, files) ─▶ app resources opened
+    (store, bus) ─▶ listen on host:port ─▶ "gateway listening on …"
+    ─▶ SIGINT/SIGTERM ─▶ connections and resources closed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from gateway import preflight
+from gateway.app import build_app
+from gateway.settings import Loaded
+from gateway.store import StoreUnavailable
+
+log = logging.getLogger("gateway")
+
+# Seconds the last requests get to finish on SIGTERM (aiohttp's own default).
+SHUTDOWN_TIMEOUT_S = 60.0
+
+
+def serve(loaded: Loaded) -> int:
+    """Run until SIGINT or SIGTERM; `SettingsError` for a start that cannot succeed."""
+    # Ctrl-C before the signal handlers are in place: stop quietly all the same.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(loaded))
+    return 0
+
+
+async def _serve(loaded: Loaded) -> None:
+    settings = loaded.settings
+    for warning in loaded.warnings:
+        log.warning(warning)
+    preflight.prepare(loaded)
+    runner = web.AppRunner(
+        build_app(settings),
+        # A client that disconnects cancels its handler, so the upstream
+        # request behind it is closed at once, not at the next write.
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
+    try:
+        await runner.setup()
+    except StoreUnavailable as exc:
+        await runner.cleanup()
+        field = "database_url" if settings.database_url else "data_dir"
+        raise loaded.error(field, f"cannot open the database: {exc}") from None
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise preflight.bind_error(loaded, exc) from None
+    log.info(
+        "gateway listening on http://%s:%d (data dir %s)",
+        settings.host if ":" not in settings.host else f"[{settings.host}]",
+        _bound_port(runner, settings.port),
+        settings.data_dir.resolve(),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        log.info("gateway stopping")
+    finally:
+        await runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner, configured: int) -> int:
+    """The port actually listened on (`--port 0` picks a free one)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return configured

@@ -1,0 +1,223 @@
+"""Every bad setting — from the environment, the config file or a flag — is refused
+before anything listens: exit 2, one line on stderr naming the setting as the
+operator wrote it, no traceback, no secret, and nothing made outside the data dir.
+
+Each case runs `gateway serve` (and `check-config`, which must refuse the same)
+as a real process in an empty working directory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.upstream import free_port
+
+PASSWORD = "pw-Secret-4711"
+KEY = "sk-upstream-key-0815"
+MISSING = f"/nonexistent-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Case:
+    name: str
+    expect: str  # in the one line
+    env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    config: bytes | None = None  # written to gateway.yaml and passed with --config
+    commands: tuple[str, ...] = ("serve", "check-config")
+
+
+CASES = [
+    Case("mysql URL", "DATABASE_URL", {"DATABASE_URL": f"mysql://u:{PASSWORD}@h/db"}),
+    Case("garbage URL", "DATABASE_URL='garbage': not a database URL", {"DATABASE_URL": "garbage"}),
+    Case(
+        "PostgreSQL database missing",
+        'database "gw_no_such_db" does not exist',
+        {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/gw_no_such_db"},
+        commands=("serve", "check-config --connect"),
+    ),
+    Case(
+        "PostgreSQL role missing",
+        'role "gw_no_such_role" does not exist',
+        {"DATABASE_URL": f"postgresql://gw_no_such_role:{PASSWORD}@127.0.0.1:5432/postgres"},
+        commands=("serve", "check-config --connect"),
+    ),
+    Case(
+        "PostgreSQL port closed",
+        "connection refused",
+        {"DATABASE_URL": f"postgresql://postgres:{PASSWORD}@127.0.0.1:{free_port()}/postgres"},
+        commands=("serve", "check-config --connect"),
+    ),
+    Case("port flag out of range", "--port 70000", args=["--port", "70000"]),
+    Case("port flag not a number", "argument --port", args=["--port", "abc"], commands=("serve",)),
+    Case("port variable", "GATEWAY_PORT='eighty'", {"GATEWAY_PORT": "eighty"}),
+    Case("Open WebUI's PORT", "PORT='-1'", {"PORT": "-1"}),
+    Case("host not a host", "GATEWAY_HOST='not a host'", {"GATEWAY_HOST": "not a host"}),
+    Case(
+        "host not on this machine",
+        "not an address of this machine",
+        {"GATEWAY_HOST": "192.0.2.1"},  # TEST-NET-1: never a local address
+    ),
+    Case("data dir not creatable", "DATA_DIR='/proc/nope'", {"DATA_DIR": "/proc/nope"}),
+    Case(
+        "data dir's parent missing",
+        f"{MISSING} does not exist",
+        {"DATA_DIR": f"{MISSING}/data"},
+    ),
+    Case(
+        "SQLite file in a missing directory",
+        f"the directory {MISSING}/dir does not exist",
+        {"DATABASE_URL": f"sqlite:///{MISSING}/dir/x.db"},
+    ),
+    Case("config not UTF-8", "not UTF-8 text (byte 0xff", config=b"port: 80\xff\n"),
+    Case("config not YAML", "gateway.yaml:2:5: not valid YAML", config=b"port: [80\nhost: a\n"),
+    Case("config not a mapping", "expected settings as `key: value` lines", config=b"- port\n"),
+    Case(
+        "YAML value names the key and line",
+        "gateway.yaml:2: port: 70000",
+        config=b"# settings\nport: 70000\n",
+    ),
+    Case("YAML unknown key", "unknown setting 'prot'; did you mean 'port'?", config=b"prot: 1\n"),
+    Case(
+        "YAML key written as a variable",
+        "the YAML key for DATABASE_URL is database_url",
+        config=b"DATABASE_URL: ''\n",
+    ),
+    Case(
+        "more keys than URLs",
+        "OPENAI_API_KEYS has 3 key(s) for 2 base URL(s)",
+        {
+            "OPENAI_API_BASE_URLS": "http://127.0.0.1:9/v1;http://127.0.0.1:10/v1",
+            "OPENAI_API_KEYS": f"{KEY};b-key-000;c-key-000",
+        },
+    ),
+    Case(
+        "a key without a URL",
+        "OPENAI_API_KEY has 1 key(s) for 0 base URL(s)",
+        {"OPENAI_API_KEY": KEY},
+    ),
+    Case(
+        "an endpoint for a base URL",
+        "is an endpoint, not a base URL: give 'http://127.0.0.1:9/v1'",
+        {"OPENAI_API_BASE_URL": "http://127.0.0.1:9/v1/chat/completions"},
+    ),
+    Case(
+        "a base URL that is not http",
+        "is not an http(s) URL",
+        {"OPENAI_API_BASE_URL": f"ftp://u:{PASSWORD}@h/v1"},
+    ),
+    Case(
+        "origin without a scheme",
+        "'example.com' is not an origin",
+        {"CORS_ALLOW_ORIGIN": "example.com"},
+    ),
+    Case("origin with a path", "is not an origin", {"CORS_ALLOW_ORIGIN": "https://a.example/app"}),
+    Case("Open WebUI's JWT_EXPIRES_IN", "JWT_EXPIRES_IN='forever'", {"JWT_EXPIRES_IN": "forever"}),
+    Case("log level", "GATEWAY_LOG_LEVEL='verbose'", {"GATEWAY_LOG_LEVEL": "verbose"}),
+    Case("Open WebUI's GLOBAL_LOG_LEVEL", "GLOBAL_LOG_LEVEL", {"GLOBAL_LOG_LEVEL": "loud"}),
+    Case("static key pair", "pair 1 is not key=user_id", {"GATEWAY_API_KEYS": KEY}),
+    Case(
+        "public key file missing",
+        "GATEWAY_JWT_PUBLIC_KEY_FILE",
+        {"GATEWAY_JWT_PUBLIC_KEY_FILE": f"{MISSING}/key.pem"},
+    ),
+    Case(
+        "redis URL",
+        "not a redis://, rediss:// or unix:// URL",
+        {"REDIS_URL": f"http://u:{PASSWORD}@h"},
+    ),
+    Case(
+        "redis unreachable",
+        "redis",
+        {
+            "WEBSOCKET_MANAGER": "redis",
+            "REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0",
+        },
+        commands=("check-config --connect",),
+    ),
+    Case(
+        "negative token TTL",
+        "-5 is negative",
+        args=["--user", "a", "--ttl", "-5"],
+        commands=("token",),
+    ),
+    Case("token without a key", "no signing key", args=["--user", "a"], commands=("token",)),
+]
+
+
+@pytest.fixture(scope="module")
+def port_in_use() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield int(sock.getsockname()[1])
+
+
+def run(
+    command: str, case: Case, workdir: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "gateway", *command.split(), *case.args]
+    if case.config is not None:
+        (workdir / "gateway.yaml").write_bytes(case.config)
+        argv += ["--config", "gateway.yaml"]
+    names_a_port = (
+        "--port" in case.args
+        or b"port" in (case.config or b"")
+        or any("PORT" in name for name in case.env)
+    )
+    if command == "serve" and not names_a_port:
+        # Should the case be accepted after all, it must not take a port in use.
+        argv += ["--port", str(free_port())]
+    env = {"PATH": os.environ["PATH"], "HOME": str(workdir), **case.env, **(extra_env or {})}
+    return subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], expect: str) -> None:
+    err = result.stderr
+    assert result.returncode == 2, (result.returncode, err)
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert "Traceback" not in err and "listening" not in err, err
+    assert expect in err, err
+    assert result.stdout == "", result.stdout
+    for secret in (PASSWORD, KEY):
+        assert secret not in err
+
+
+@pytest.mark.parametrize(
+    ("case", "command"),
+    [pytest.param(c, cmd, id=f"{c.name}: {cmd}") for c in CASES for cmd in c.commands],
+)
+def test_a_bad_setting_is_one_line_and_exit_2(case: Case, command: str, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    result = run(command, case, workdir)
+    assert_refused(result, case.expect)
+    # Nothing made but the data dir (inside the working directory), never a parent.
+    made = {p.relative_to(workdir).parts[0] for p in workdir.rglob("*")} - {"gateway.yaml"}
+    assert made <= {"data"}, made
+    assert not Path(MISSING).exists()
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config"])
+def test_a_port_in_use_is_refused_before_listening(
+    command: str, port_in_use: int, tmp_path: Path
+) -> None:
+    case = Case(
+        "port in use",
+        f"127.0.0.1:{port_in_use} is already in use",
+        args=["--port", str(port_in_use)],
+    )
+    assert_refused(run(command, case, tmp_path), case.expect)
+
+
+def test_the_refusals_cover_every_kind_of_source() -> None:
+    """Environment, config file and flags each have refused cases above."""
+    assert any(c.env for c in CASES) and any(c.config for c in CASES) and any(c.args for c in CASES)

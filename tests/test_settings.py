@@ -1,0 +1,269 @@
+"""Reading settings: Open WebUI's variable names, the forms the file accepts,
+warnings for what is ignored, secrets masked wherever settings are shown, and
+the `token`/`check-config`/`--version` commands."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+from gateway import __version__, redact
+from gateway.cli import _ExtraFormatter
+from gateway.settings import read
+
+PASSWORD = "pw-Secret-4711"
+
+
+def gateway(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=cwd,
+        env={"PATH": os.environ["PATH"], "HOME": str(cwd), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+# -- Open WebUI's names ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("environ", "field", "value"),
+    [
+        ({"PORT": "9999"}, "port", 9999),
+        ({"PORT": "9999", "GATEWAY_PORT": "7000"}, "port", 7000),
+        ({"GLOBAL_LOG_LEVEL": "debug"}, "log_level", "DEBUG"),
+        ({"JWT_EXPIRES_IN": "4w"}, "jwt_expires_in_s", 4 * 7 * 86400),
+        ({"JWT_EXPIRES_IN": "1h30m"}, "jwt_expires_in_s", 5400),
+        ({"JWT_EXPIRES_IN": "-1"}, "jwt_expires_in_s", None),
+        ({"JWT_EXPIRES_IN": "4w", "GATEWAY_JWT_EXPIRES_IN_S": "60"}, "jwt_expires_in_s", 60),
+        (
+            {"REDIS_URL": "redis://a/0", "WEBSOCKET_REDIS_URL": "redis://b/0"},
+            "redis_url",
+            "redis://b/0",
+        ),
+        ({"DEFAULT_MODELS": "llama3,qwen"}, "default_model", "llama3"),
+        (
+            {
+                "OPENAI_API_BASE_URL": "http://a/v1",
+                "OPENAI_API_BASE_URLS": "http://b/v1;http://c/v1",
+            },
+            "openai_api_base_urls",
+            ["http://b/v1", "http://c/v1"],
+        ),
+        (
+            {"CORS_ALLOW_ORIGIN": "https://a.example/;http://localhost:5173"},
+            "cors_allow_origin",
+            ["https://a.example", "http://localhost:5173"],
+        ),
+    ],
+)
+def test_open_webui_variables_are_read(environ: dict[str, str], field: str, value: object) -> None:
+    assert getattr(read(environ=environ).settings, field) == value
+
+
+def test_yaml_lists_may_be_written_as_open_webui_writes_them(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        'openai_api_base_urls: "http://a/v1;http://b/v1"\nopenai_api_keys: "k1;"\n'
+        "api_keys: sk-static-key-000=alice\ntrusted_proxies: [10.0.0.0/8]\n"
+    )
+    settings = read(config, environ={}).settings
+    assert settings.openai_api_base_urls == ["http://a/v1", "http://b/v1"]
+    assert settings.openai_api_keys == ["k1"]
+    assert settings.api_keys == {"sk-static-key-000": "alice"}
+    assert settings.trusted_proxies == ["10.0.0.0/8"]
+
+
+def test_flags_win_over_the_environment_and_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("port: 1000\nhost: 0.0.0.0\n")
+    loaded = read(config, environ={"GATEWAY_PORT": "2000"}, flags={"port": ("--port", 3000)})
+    assert (loaded.settings.port, loaded.settings.host) == (3000, "0.0.0.0")
+    assert loaded.source("host").label() == f"{config}:2: host"
+
+
+# -- warnings -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("environ", "warning"),
+    [
+        (
+            {"GATEWAY_PROT": "1"},
+            "GATEWAY_PROT is not a setting of the gateway and is ignored; did you mean GATEWAY_PORT?",
+        ),
+        ({"GATEWAY_DATABASE_URL": "x"}, "did you mean DATABASE_URL?"),
+        (
+            {"OLLAMA_BASE_URL": "http://o:11434"},
+            "OPENAI_API_BASE_URL=http://<ollama host>:11434/v1",
+        ),
+        (
+            {"OPENAI_API_BASE_URL": "http://ollama:11434"},
+            "'http://ollama:11434' does not end in /v1",
+        ),
+        ({"WEBSOCKET_MANAGER": "redis"}, "set the same WEBUI_SECRET_KEY on every replica"),
+        ({"REDIS_URL": "redis://r/0"}, "REDIS_URL is set but WEBSOCKET_MANAGER is not redis"),
+    ],
+)
+def test_what_is_ignored_or_suspicious_gets_a_warning(
+    environ: dict[str, str], warning: str
+) -> None:
+    warnings = read(environ=environ).warnings
+    assert any(warning in w for w in warnings), warnings
+
+
+def test_good_settings_get_no_warning() -> None:
+    environ = {
+        "OPENAI_API_BASE_URLS": "http://a/v1;https://generativelanguage.googleapis.com/v1beta/openai",
+        "WEBSOCKET_MANAGER": "redis",
+        "WEBUI_SECRET_KEY": "k" * 32,
+        "REDIS_URL": "redis://r/0",
+        "GATEWAY_CONFIG": "",
+    }
+    assert read(environ=environ).warnings == ()
+
+
+def test_serve_logs_the_warnings_before_listening(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", "0"],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "GATEWAY_PROT": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    with proc.stderr:
+        try:
+            first, second = proc.stderr.readline(), proc.stderr.readline()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    assert "WARNING" in first and "did you mean GATEWAY_PORT?" in first
+    assert "gateway listening on http://127.0.0.1:" in second and ":0 " not in second
+
+
+# -- secrets --------------------------------------------------------------------------
+def test_check_config_masks_every_secret(tmp_path: Path) -> None:
+    env = {
+        "DATABASE_URL": f"postgresql://gw:{PASSWORD}@db.example/gw",
+        "REDIS_URL": f"redis://:{PASSWORD}@redis.example:6379/0",
+        "WEBSOCKET_MANAGER": "redis",
+        "WEBUI_SECRET_KEY": f"signing-{PASSWORD}",
+        "OPENAI_API_BASE_URL": f"https://user:{PASSWORD}@models.example/v1",
+        "OPENAI_API_KEY": f"sk-upstream-{PASSWORD}",
+        "GATEWAY_API_KEYS": f"sk-static-{PASSWORD}=alice",
+    }
+    result = gateway("check-config", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+    assert "database_url: postgresql://gw:***@db.example/gw" in result.stdout
+    assert "redis_url: redis://:***@redis.example:6379/0" in result.stdout
+    assert "secret_key: '*** (from WEBUI_SECRET_KEY)'" in result.stdout
+    assert "- '***=alice'" in result.stdout
+
+
+def test_check_config_says_which_key_signs(tmp_path: Path) -> None:
+    before = gateway("check-config", cwd=tmp_path)
+    assert "none yet: generated into" in before.stdout
+    assert not (tmp_path / "data").exists()  # check-config makes nothing
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / ".webui_secret_key").write_text("k" * 40)
+    after = gateway("check-config", cwd=tmp_path)
+    assert f"*** (generated, kept in {tmp_path / 'data' / '.webui_secret_key'})" in after.stdout
+    assert "k" * 40 not in after.stdout
+
+
+def test_log_lines_mask_secrets() -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(_ExtraFormatter("%(message)s", redact.Redactor([f"signing-{PASSWORD}"])))
+    logger = logging.getLogger("test-redaction")
+    logger.addHandler(handler)
+    try:
+        logger.warning(
+            "store postgresql://gw:%s@db/gw key signing-%s token %s",
+            PASSWORD,
+            PASSWORD,
+            jwt.encode({"id": "a"}, "k" * 32),
+            extra={"url": f"redis://:{PASSWORD}@r:6379/0", "api_key": "sk-" + "0" * 32},
+        )
+    finally:
+        logger.removeHandler(handler)
+    line = out.getvalue()
+    assert PASSWORD not in line and "eyJ" not in line and "0" * 32 not in line, line
+    assert "postgresql://gw:***@db/gw" in line
+
+
+def test_redacted_urls_keep_everything_but_the_password() -> None:
+    assert redact.url("postgresql://gw:p@ss:w@rd@db:5432/gw?sslmode=require") == (
+        "postgresql://gw:***@db:5432/gw?sslmode=require"
+    )
+    assert redact.url("redis://r:6379/0") == "redis://r:6379/0"
+    assert (
+        redact.text("at https://u:p@h/v1 and ftp://x:y@z")
+        == "at https://u:***@h/v1 and ftp://x:***@z"
+    )
+
+
+# -- commands -------------------------------------------------------------------------
+def test_token_uses_the_servers_key_and_says_which(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ".webui_secret_key").write_text("server-key-" + "x" * 30)
+    result = gateway("token", "--user", "bob", "--ttl", "60", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), "server-key-" + "x" * 30, algorithms=["HS256"])
+    assert claims["id"] == "bob" and 0 < claims["exp"] - time.time() <= 60
+    assert result.stderr == f"gateway: signed with the key from {data / '.webui_secret_key'}\n"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    refused = gateway("token", "--user", "bob", cwd=elsewhere)
+    assert refused.returncode == 2 and "no signing key" in refused.stderr
+    assert list(elsewhere.iterdir()) == []  # no key of its own made there
+    by_env = gateway("token", "--user", "bob", cwd=elsewhere, env={"WEBUI_SECRET_KEY": "e" * 32})
+    assert by_env.stderr == "gateway: signed with the key from WEBUI_SECRET_KEY\n"
+
+
+def test_token_ttl_zero_means_no_expiry(tmp_path: Path) -> None:
+    result = gateway(
+        "token", "--user", "bob", "--ttl", "0", cwd=tmp_path, env={"WEBUI_SECRET_KEY": "e" * 32}
+    )
+    assert "exp" not in jwt.decode(result.stdout.strip(), "e" * 32, algorithms=["HS256"])
+
+
+def test_version(tmp_path: Path) -> None:
+    result = gateway("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == f"gateway {__version__}\n"
+    assert __version__[0].isdigit() and __version__ != "0+unknown"
+
+
+def test_check_config_connect_reaches_each_service(tmp_path: Path, fake_upstream: object) -> None:
+    url = fake_upstream.url
+    env = {
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+        "OPENAI_API_BASE_URL": url,
+        "WEBSOCKET_MANAGER": "redis",
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "WEBUI_SECRET_KEY": "k" * 32,
+    }
+    result = gateway("check-config", "--connect", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    reached = [line for line in result.stdout.splitlines() if line.startswith("# reached")]
+    assert len(reached) == 3, result.stdout
+    assert "(PostgreSQL " in reached[0] and "models)" in reached[2]
+    missing_v1 = gateway(
+        "check-config",
+        "--connect",
+        cwd=tmp_path,
+        env={**env, "OPENAI_API_BASE_URL": url.removesuffix("/v1")},
+    )
+    assert missing_v1.returncode == 2
+    assert "answered HTTP 404; is /v1 missing from the URL?" in missing_v1.stderr
