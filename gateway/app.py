@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from yarl import URL
 
+from gateway.access import AccessGuard
 from gateway.api import (
     auths,
     chats,
@@ -25,6 +26,7 @@ from gateway.api import (
     ragflow,
     ragflow_ws,
     tasks,
+    users,
 )
 from gateway.api.common import Renderer, error_middleware, render_detail, render_openai
 from gateway.auth import Authenticator
@@ -33,14 +35,17 @@ from gateway.bus.memory import LocalBus
 from gateway.bus.redis import RedisBus
 from gateway.chat.assistants import Assistants
 from gateway.chat.service import ChatService
+from gateway.connections import SERVER_HEADER, body_deadline
 from gateway.context import GATEWAY, Gateway
 from gateway.hub import Hub
 from gateway.keys import load_or_create_secret
 from gateway.origins import OriginPolicy
+from gateway.passwords import Passwords
 from gateway.presence import Presence
 from gateway.proxy import ProxyPolicy, prefix
 from gateway.settings import Settings
 from gateway.store import open_store
+from gateway.throttle import SignInThrottle
 from gateway.transports.socketio import SocketIOTransport
 from gateway.upstream import Upstream
 from gateway.upstream.demo import DemoUpstream
@@ -107,7 +112,13 @@ def build_app(settings: Settings) -> web.Application:
     # Before the sub-application, which would claim "/chat" too.
     root.router.add_get(settings.base_path, to_base_path)
     root.add_subapp(settings.base_path, _gateway_app(settings, []))
+    root.on_response_prepare.append(_server_header)
     return root
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp's default names its version and Python's: no one needs to know them.
+    response.headers["Server"] = SERVER_HEADER
 
 
 def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application:
@@ -116,8 +127,11 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
         client_max_size=settings.max_request_body_bytes,
         middlewares=[
             *outer,
+            body_deadline(settings.request_body_timeout_s),
             origins.middleware(),
             error_middleware(ERROR_SHAPES, default=render_detail, base_path=settings.base_path),
+            # Inside the error middleware: its 403 comes in the route's own shape.
+            origins.cookie_write_guard(),
         ],
     )
     public_key = (
@@ -163,7 +177,22 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
                 authenticator = Authenticator(
                     signing_key, StoreDirectory(store, settings.api_keys), public_key
                 )
-                sockets.bind(authenticator, hub, store, presence)
+
+                async def stop_replies_of(user_id: str) -> None:
+                    # A removed user's replies on this replica (each replica polls).
+                    for running in list(replies.running.values()):
+                        if running.user_id == user_id:
+                            await replies.cancel(running)
+
+                access = AccessGuard(store, settings.access_recheck_s, stop_replies_of)
+                await access.start()
+                sockets.bind(authenticator, hub, store, presence, access)
+                passwords = Passwords(
+                    settings.password_min_chars,
+                    settings.password_hash_threads,
+                    settings.password_hash_max_waiting,
+                )
+                await passwords.start()
                 app[GATEWAY] = Gateway(
                     settings=settings,
                     origins=origins,
@@ -175,10 +204,20 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
                     sockets=sockets,
                     presence=presence,
                     assistants=Assistants(store, service),
+                    access=access,
+                    passwords=passwords,
+                    signin_throttle=SignInThrottle(
+                        settings.signin_max_failures_per_account,
+                        settings.signin_max_failures_per_address,
+                        settings.signin_failure_window_s,
+                        settings.signin_max_lockout_s,
+                    ),
                 )
                 try:
                     yield
                 finally:
+                    passwords.close()
+                    await access.close()
                     await sockets.shutdown()
                     await replies.shutdown()
                     await bus.close()
@@ -186,6 +225,7 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
             await store.close()
 
     app.cleanup_ctx.append(resources)
+    app.on_response_prepare.append(_server_header)
     health.add_routes(app)
     openai.add_routes(app, "/v1")
     app.router.add_get("/api/models", openai.list_models)
@@ -194,6 +234,7 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
     tasks.add_routes(app)
     openwebui.add_routes(app)
     auths.add_routes(app)
+    users.add_routes(app)
     chats.add_routes(app)
     sockets.add_routes(app)
     nadoo.add_routes(app)

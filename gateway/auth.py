@@ -2,7 +2,7 @@
 
 Tokens are looked for in the order of docs/PROTOCOLS.md §0: `Authorization:
 Bearer`, `x-api-key`, the `token` cookie, the `token` (or `authorization`)
-query parameter, then a Socket.IO `auth` payload.  A token is either a JWT
+query parameter (socket handshakes only), then a Socket.IO `auth` payload.  A token is either a JWT
 (HS256 with the secret key, or RS256/ES256 with a configured public key) or
 an API key (`sk-…`, `ragflow-…`).  A valid JWT for a user never seen before
 creates that user: the gateway fronts other identity providers.
@@ -15,14 +15,14 @@ import logging
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
 from gateway.errors import AuthError
-from gateway.keys import looks_like_api_key
+from gateway.keys import hash_api_key, looks_like_api_key
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ class Principal:
     user_id: str
     name: str
     role: str = "user"
+    # What the connection's access hangs on (`gateway/access.py`): the hash of
+    # the API key it used, and when its JWT expires (epoch seconds).
+    key_hash: str | None = None
+    expires_at: float | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -68,10 +72,15 @@ class StaticDirectory:
 def find_token(
     headers: Mapping[str, str],
     cookies: Mapping[str, str],
-    query: Mapping[str, str],
+    query: Mapping[str, str] | None = None,
     auth_payload: Mapping[str, Any] | None = None,
 ) -> str | None:
     """The first token offered, in the documented order; None when there is none.
+
+    `query` is passed only by WebSocket and Socket.IO handshakes, where a
+    browser cannot set a header: a token in a URL ends up in proxy logs and
+    browser history, so plain HTTP requests must send it in a header or the
+    cookie.
 
     A present but malformed `Authorization` header is an error, not "no token":
     silently falling back to a cookie would hide a client bug.  A bare token
@@ -86,6 +95,7 @@ def find_token(
         if len(words) != 2 or words[0].lower() != "bearer":
             raise AuthError("Malformed Authorization header: expected 'Bearer <token>'")
         return words[1]
+    query = query or {}
     for candidate in (
         headers.get("x-api-key"),
         cookies.get("token"),
@@ -132,12 +142,14 @@ class Authenticator:
             principal = await self.directory.principal_for_api_key(token)
             if principal is None:
                 raise AuthError("Invalid API key")
-            return principal
+            return replace(principal, key_hash=hash_api_key(token))
         claims = self.verify_jwt(token)
         user_id = claims.get("id") or claims.get("sub")
         if not isinstance(user_id, str) or not user_id:
             raise AuthError("Invalid token: no 'id' or 'sub' claim")
-        return await self.directory.principal_for_jwt(user_id, claims)
+        principal = await self.directory.principal_for_jwt(user_id, claims)
+        expires = claims.get("exp")
+        return replace(principal, expires_at=float(expires)) if expires is not None else principal
 
     def verify_jwt(self, token: str) -> dict[str, Any]:
         try:

@@ -133,12 +133,21 @@ def _with_store(args: argparse.Namespace, action: Any) -> int:
 
 def _users_add(args: argparse.Namespace) -> int:
     from gateway.errors import GatewayError
+    from gateway.passwords import Passwords
     from gateway.users import add_user
+
+    # One hash, no server to keep responsive: one thread is enough.
+    passwords = Passwords(_load(args).settings.password_min_chars, threads=1)
 
     async def action(store: Any) -> int:
         try:
             user = await add_user(
-                store, email=args.email, password=args.password, name=args.name, role=args.role
+                store,
+                passwords,
+                email=args.email,
+                password=args.password,
+                name=args.name,
+                role=args.role,
             )
         except GatewayError as exc:
             print(f"gateway: {exc.message}", file=sys.stderr)
@@ -146,13 +155,39 @@ def _users_add(args: argparse.Namespace) -> int:
         print(f"{user.id}\t{user.email}\t{user.role}")
         return 0
 
-    return _with_store(args, action)
+    try:
+        # A password too short is refused before the database is opened (or made).
+        passwords.check_new(args.password)
+    except GatewayError as exc:
+        print(f"gateway: {exc.message}", file=sys.stderr)
+        return 1
+    try:
+        return _with_store(args, action)
+    finally:
+        passwords.close()
 
 
 def _users_list(args: argparse.Namespace) -> int:
     async def action(store: Any) -> int:
         for user in await store.list_users():
             print(f"{user.id}\t{user.email or '-'}\t{user.role}\t{user.name}")
+        return 0
+
+    return _with_store(args, action)
+
+
+def _users_remove(args: argparse.Namespace) -> int:
+    from gateway.users import remove_user
+
+    async def action(store: Any) -> int:
+        user = await store.get_user_by_email(args.user) if "@" in args.user else None
+        user = user or await store.get_user(args.user)
+        if user is None:
+            print(f"gateway: no user {args.user!r} (give an id or an email)", file=sys.stderr)
+            return 1
+        await remove_user(store, user.id)
+        # Running gateways close the user's connections at their next recheck.
+        print(f"removed {user.id}\t{user.email or '-'}")
         return 0
 
     return _with_store(args, action)
@@ -291,6 +326,13 @@ def parser() -> argparse.ArgumentParser:
     users_add.set_defaults(run=_users_add)
     users_list = users_commands.add_parser("list", help="list users", parents=[common])
     users_list.set_defaults(run=_users_list)
+    users_remove = users_commands.add_parser(
+        "remove",
+        help="remove a user: their chats and keys go, their tokens are refused",
+        parents=[common],
+    )
+    users_remove.add_argument("user", help="user id or email")
+    users_remove.set_defaults(run=_users_remove)
 
     apikey = commands.add_parser("apikey", help="manage API keys", parents=[common])
     apikey_commands = apikey.add_subparsers(

@@ -6,14 +6,17 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.access import AccessGuard
 from gateway.auth import Authenticator
 from gateway.chat.assistants import Assistants
 from gateway.chat.service import ChatService
 from gateway.hub import Hub
 from gateway.origins import OriginPolicy
+from gateway.passwords import Passwords
 from gateway.presence import Presence
 from gateway.settings import Settings
 from gateway.store import Store
+from gateway.throttle import SignInThrottle
 from gateway.transports.socketio import SocketIOTransport
 from gateway.upstream.router import ModelRouter
 
@@ -30,6 +33,9 @@ class Gateway:
     sockets: SocketIOTransport
     presence: Presence
     assistants: Assistants
+    access: AccessGuard
+    passwords: Passwords
+    signin_throttle: SignInThrottle
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

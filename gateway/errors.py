@@ -27,9 +27,11 @@ class GatewayError(Exception):
     # OpenAI's error "type" field; peer errors say invalid_request_error.
     openai_type = "server_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # When the client may try again (HTTP `Retry-After`), for 429 and 503.
+        self.retry_after_s = retry_after_s
 
 
 class PeerError(GatewayError):
@@ -97,6 +99,11 @@ class PayloadTooLarge(PeerError):
     http_status = 413
     ws_close_code = WS_MESSAGE_TOO_BIG
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(PeerError):
+    http_status = 415
+    code = "unsupported_media_type"
 
 
 class RateLimited(PeerError):

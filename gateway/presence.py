@@ -5,7 +5,8 @@ Every realtime connection registers here while it is open::
     conn id → Seat(kind, user_id, session)
         kind     "socketio" | "nadoo-chat" | "nadoo-workspace" | "nadoo-notifications"
                  | "ragflow"
-        session  a Nadoo chat session id, "workspace_<id>" for a workspace, or None
+        session  a Nadoo chat session id as the client named it (the session is
+                 the user's own), "workspace_<id>" for a workspace, or None
 
 A user is *watching* while one of their connections can show a reply
 (Socket.IO, a Nadoo chat, a RAGFlow socket); a reply that finishes while
@@ -63,17 +64,28 @@ class Presence:
         return [*self._seats.values(), *remote]
 
 
-def stats(seats: list[Seat]) -> dict[str, Any]:
+def stats(seats: list[Seat], viewer: str | None = None) -> dict[str, Any]:
     """Nadoo's `/ws/stats` shape::
 
     {"total_connections", "active_sessions", "active_users",
      "details": {"sessions": {id | "workspace_<id>": n}, "users": {user id: n}}}
+
+    The totals count everyone (numbers name nobody); `details` lists only the
+    `viewer`'s own connections, or everyone's when `viewer` is None (an admin).
     """
-    sessions = Counter(seat.session for seat in seats if seat.session is not None)
-    users = Counter(seat.user_id for seat in seats)
+    # A chat session is its user's (two users' "s1" are two sessions); a workspace is shared.
+    sessions = {
+        (seat.user_id if seat.kind == "nadoo-chat" else None, seat.session)
+        for seat in seats
+        if seat.session is not None
+    }
+    shown = seats if viewer is None else [seat for seat in seats if seat.user_id == viewer]
     return {
         "total_connections": len(seats),
         "active_sessions": len(sessions),
-        "active_users": len(users),
-        "details": {"sessions": dict(sessions), "users": dict(users)},
+        "active_users": len({seat.user_id for seat in seats}),
+        "details": {
+            "sessions": dict(Counter(s.session for s in shown if s.session is not None)),
+            "users": dict(Counter(s.user_id for s in shown)),
+        },
     }

@@ -13,10 +13,18 @@ import contextlib
 import logging
 import signal
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from gateway import preflight
 from gateway.app import build_app
+from gateway.connections import (
+    SERVER_HEADER,
+    AcceptErrorLog,
+    ConnectionGuard,
+    GuardedSite,
+    effective_max_connections,
+)
+from gateway.proxy import ProxyPolicy
 from gateway.settings import Loaded
 from gateway.store import StoreUnavailable
 
@@ -39,6 +47,11 @@ async def _serve(loaded: Loaded) -> None:
     for warning in loaded.warnings:
         log.warning(warning)
     preflight.prepare(loaded)
+    # aiohttp's own answers to requests it cannot parse come before any hook of
+    # the app and would name its version (the app's hook covers the rest).
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
+    max_connections = effective_max_connections(settings.max_connections)
+    asyncio.get_running_loop().set_exception_handler(AcceptErrorLog(max_connections))
     runner = web.AppRunner(
         build_app(settings),
         # A client that disconnects cancels its handler, so the upstream
@@ -46,6 +59,9 @@ async def _serve(loaded: Loaded) -> None:
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        # Also how long a new connection may take to send its request line and
+        # headers: the timer runs from its start until a whole request is in.
+        keepalive_timeout=settings.keepalive_timeout_s,
     )
     try:
         await runner.setup()
@@ -54,7 +70,13 @@ async def _serve(loaded: Loaded) -> None:
         field = "database_url" if settings.database_url else "data_dir"
         raise loaded.error(field, f"cannot open the database: {exc}") from None
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        guard = ConnectionGuard(
+            max_connections,
+            settings.max_connections_per_address,
+            # A proxy carries many clients: it limits each of them itself.
+            exempt=ProxyPolicy(settings.trusted_proxies).trusts,
+        )
+        await GuardedSite(runner, settings.host, settings.port, guard).start()
     except OSError as exc:
         await runner.cleanup()
         raise preflight.bind_error(loaded, exc) from None

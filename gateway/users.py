@@ -15,13 +15,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.auth import Principal
-from gateway.errors import BadRequest, Conflict
-from gateway.keys import check_password, hash_api_key, hash_password, new_api_key
-from gateway.store import Store, UserRecord
+from gateway.errors import AuthError, BadRequest, Conflict, Forbidden
+from gateway.keys import hash_api_key, new_api_key
+from gateway.passwords import Passwords
+from gateway.store import Revocation, Store, UserRecord
 from gateway.store.errors import Conflict as StoreConflict
 
 DEFAULT_AVATAR = "/user.png"
 ROLES = ("admin", "user", "pending")
+SIGNUP_DISABLED = "Sign-up is disabled; ask an admin to add you"
 
 
 def principal_of(user: UserRecord) -> Principal:
@@ -39,6 +41,12 @@ class StoreDirectory:
             user = await self._create_jit(user_id, str(claims.get("name") or user_id))
         return principal_of(user)
 
+    async def _refuse_removed(self, user_id: str) -> None:
+        # A removed user's tokens may still be valid JWTs: they must not make
+        # the user again (only ids never seen are created just in time).
+        if await self.store.is_removed(user_id):
+            raise AuthError("This account was removed")
+
     async def principal_for_api_key(self, key: str) -> Principal | None:
         digest = hash_api_key(key)
         user = await self.store.user_for_api_key(digest)
@@ -48,6 +56,7 @@ class StoreDirectory:
         return None if user is None else principal_of(user)
 
     async def _create_jit(self, user_id: str, name: str) -> UserRecord:
+        await self._refuse_removed(user_id)
         now = int(time.time())
         user = UserRecord(user_id, name, None, "user", None, DEFAULT_AVATAR, now, now, {})
         try:
@@ -62,49 +71,71 @@ class StoreDirectory:
 
 
 async def add_user(
-    store: Store, *, email: str, password: str, name: str | None = None, role: str | None = None
+    store: Store,
+    passwords: Passwords,
+    *,
+    email: str,
+    password: str,
+    name: str | None = None,
+    role: str | None = None,
+    only_first: bool = False,
 ) -> UserRecord:
-    """Create a user with a password. The very first user is an admin."""
+    """Create a user with a password. Without a role, the very first user is an
+    admin and the others users; with `only_first` (sign-up disabled), only the
+    first may be made at all."""
     email = email.strip().lower()
     if "@" not in email:
         raise BadRequest("A valid email address is required")
-    if not password:
-        raise BadRequest("A password is required")
     if role is not None and role not in ROLES:
         raise BadRequest(f"role must be one of {', '.join(ROLES)}")
-    if role is None:
-        role = "admin" if await store.count_users() == 0 else "user"
+    passwords.check_new(password)
     now = int(time.time())
     user = UserRecord(
         str(uuid.uuid4()),
         name or email.split("@")[0],
         email,
-        role,
-        hash_password(password),
+        role or "user",
+        await passwords.hash(password),
         DEFAULT_AVATAR,
         now,
         now,
         {},
     )
     try:
-        await store.create_user(user)
+        if role is not None:
+            await store.create_user(user)
+            return user
+        # Who is first is decided by the store, atomically (concurrent sign-ups).
+        made = await store.create_user_first_admin(user, only_first=only_first)
     except StoreConflict:
         raise Conflict("A user with this email exists already") from None
-    return user
+    if made is None:
+        raise Forbidden(SIGNUP_DISABLED)
+    return made
 
 
-async def sign_in(store: Store, email: str, password: str) -> UserRecord | None:
+async def sign_in(
+    store: Store, passwords: Passwords, email: str, password: str
+) -> UserRecord | None:
     user = await store.get_user_by_email(email.strip())
-    if (
-        user is None
-        or user.password_hash is None
-        or not check_password(password, user.password_hash)
-    ):
+    # Unknown e-mails are checked too (against a dummy): the same time either way.
+    stored = None if user is None else user.password_hash
+    if not await passwords.verify(password, stored) or user is None:
         return None
     return user
 
 
 async def create_api_key(store: Store, user_id: str, kind: str = "openwebui") -> str:
     key = new_api_key(kind)
-    await store.add_api_key(hash_api_key(key), user_id, int(time.time()))
+    await store.add_api_key(hash_api_key(key), user_id, int(time.time()), kind)
     return key
+
+
+async def remove_user(store: Store, user_id: str) -> list[Revocation]:
+    """The user and everything of theirs gone, their id refused from now on; the
+    revocations made (none when there was no such user)."""
+    return await store.remove_user(user_id, int(time.time() * 1000))
+
+
+async def revoke_api_keys(store: Store, user_id: str, kind: str) -> list[Revocation]:
+    return await store.revoke_api_keys(user_id, kind, int(time.time() * 1000))

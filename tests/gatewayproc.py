@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import jwt
@@ -27,7 +28,11 @@ def make_token(
 
 
 class GatewayProcess:
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str] | None = None, wrapper: Sequence[str] = ()
+    ) -> None:
+        # `wrapper`: a command prefix the gateway runs under (e.g. one that lowers a limit).
+        self.wrapper = list(wrapper)
         self.port = free_port()
         # Where clients reach it: under GATEWAY_BASE_PATH when one is set.
         base_path = (env or {}).get("GATEWAY_BASE_PATH", "")
@@ -54,7 +59,7 @@ class GatewayProcess:
         env.update(self.env)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
+                [*self.wrapper, sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

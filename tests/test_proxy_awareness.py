@@ -194,7 +194,7 @@ async def socketio_connects(gateway: GatewayProcess, headers: dict[str, str]) ->
 
 
 async def signin_cookie_is_secure(gateway: GatewayProcess, headers: dict[str, str]) -> bool:
-    credentials = {"email": f"{uuid.uuid4().hex[:8]}@example.com", "password": "pw"}
+    credentials = {"email": f"{uuid.uuid4().hex[:8]}@example.com", "password": "correct horse"}
     for step in ("signup", "signin"):
         status, _, resp = await fetch(
             f"{gateway.url}/api/v1/auths/{step}", "POST", headers, credentials

@@ -22,7 +22,7 @@ from gateway.context import Gateway, gateway_of
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.proxy import prefix
 from gateway.store import UserRecord
-from gateway.users import add_user, create_api_key, sign_in
+from gateway.users import SIGNUP_DISABLED, add_user, create_api_key, revoke_api_keys, sign_in
 
 
 def _session(gateway: Gateway, user: UserRecord, token: str | None = None) -> dict[str, Any]:
@@ -73,10 +73,18 @@ def _credentials(body: Any) -> tuple[str, str]:
 async def signin(request: web.Request) -> web.Response:
     gateway = gateway_of(request)
     email, password = _credentials(await read_json(request))
-    user = await sign_in(gateway.store, email, password)
+    # Refused (429) before any hashing when the account or the address failed too often.
+    attempt = gateway.signin_throttle.admit(email, request.remote)
+    try:
+        user = await sign_in(gateway.store, gateway.passwords, email, password)
+    except BaseException:
+        attempt.abandoned()
+        raise
     if user is None:
+        attempt.failed()
         # Open WebUI answers 400 here, not 401.
         raise BadRequest("The email or password provided is incorrect.")
+    attempt.succeeded()
     return _with_cookie(gateway, request, _session(gateway, user))
 
 
@@ -84,11 +92,19 @@ async def signup(request: web.Request) -> web.Response:
     gateway = gateway_of(request)
     body = await read_json(request)
     email, password = _credentials(body)
-    first = await gateway.store.count_users() == 0
-    if not first and not gateway.settings.enable_signup:
-        raise Forbidden("Sign-up is disabled; ask an admin to add you")
+    only_first = not gateway.settings.enable_signup
+    # Refused before hashing when it surely would be; the store decides for real.
+    if only_first and await gateway.store.count_users() > 0:
+        raise Forbidden(SIGNUP_DISABLED)
     name = body.get("name") if isinstance(body.get("name"), str) else None
-    user = await add_user(gateway.store, email=email, password=password, name=name)
+    user = await add_user(
+        gateway.store,
+        gateway.passwords,
+        email=email,
+        password=password,
+        name=name,
+        only_first=only_first,
+    )
     return _with_cookie(gateway, request, _session(gateway, user))
 
 
@@ -101,7 +117,9 @@ async def add(request: web.Request) -> web.Response:
     email, password = _credentials(body)
     role = body.get("role") or "user"
     name = body.get("name") if isinstance(body.get("name"), str) else None
-    user = await add_user(gateway.store, email=email, password=password, name=name, role=str(role))
+    user = await add_user(
+        gateway.store, gateway.passwords, email=email, password=password, name=name, role=str(role)
+    )
     return web.json_response(_session(gateway, user))
 
 
@@ -126,6 +144,16 @@ async def api_key(request: web.Request) -> web.Response:
     return web.json_response({"api_key": await create_api_key(gateway.store, principal.user_id)})
 
 
+async def delete_api_key(request: web.Request) -> web.Response:
+    """Open WebUI's "delete my API key": the caller's sk- keys stop working at once,
+    and connections opened with them are closed (RAGFlow tokens stay)."""
+    gateway = gateway_of(request)
+    principal = await principal_of(request)
+    for revocation in await revoke_api_keys(gateway.store, principal.user_id, "openwebui"):
+        await gateway.access.revoked(revocation)
+    return web.json_response(True)
+
+
 async def update_timezone(request: web.Request) -> web.Response:
     await principal_of(request)
     await read_json(request)
@@ -141,4 +169,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{prefix}/signout", signout)
     app.router.add_post(f"{prefix}/add", add)
     app.router.add_post(f"{prefix}/api_key", api_key)
+    app.router.add_delete(f"{prefix}/api_key", delete_api_key)
     app.router.add_post(f"{prefix}/update/timezone", update_timezone)

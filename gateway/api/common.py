@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from gateway.errors import (
     InternalError,
     PayloadTooLarge,
     PeerError,
+    UnsupportedMediaType,
 )
 from gateway.flavours.openai import error_for
 
@@ -28,11 +30,19 @@ Renderer = Callable[[GatewayError], web.Response]
 
 
 async def principal_of(request: web.Request) -> Principal:
-    token = find_token(request.headers, request.cookies, request.query)
+    token = find_token(request.headers, request.cookies)
     return await gateway_of(request).authenticator.authenticate(token)
 
 
 async def read_json(request: web.Request) -> Any:
+    # Only a JSON type: text/plain, forms and multipart are what a page on another
+    # site can send without a preflight (SECURITY.md, "Cross-site requests").  No
+    # body at all is no such danger: it is the 400 of an empty body below.
+    if request.body_exists and request.content_type != "application/json":
+        sent = (request.headers.get("Content-Type") or "none")[:100]
+        raise UnsupportedMediaType(
+            f"Send the body as JSON with 'Content-Type: application/json' (got {sent})"
+        )
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -80,7 +90,10 @@ def error_middleware(
         try:
             return await handler(request)
         except GatewayError as exc:
-            return pick(request.path)(exc)
+            response = pick(request.path)(exc)
+            if exc.retry_after_s is not None:
+                response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+            return response
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

@@ -1,11 +1,13 @@
 """Nadoo's WebSocket endpoints and `GET /ws/stats` (docs/PROTOCOLS.md §4), at the root
 and under `/api`.
 
-    /ws/chat/{session_id}          chat in a session; its replies go to every member
-                                   of the session (room `session:<id>`), typing to the others
+    /ws/chat/{session_id}          chat in a session of the token's user; its replies go
+                                   to every socket of that user's session (room
+                                   `session:<user id>:<id>`), typing to the others
     /ws/notifications/{user_id}    the token's own user only; notifications from the core
     /ws/workspaces/{workspace_id}  joined/left and members' broadcasts to the others
-    GET /ws/stats                  connections, sessions, users (all transports)
+    GET /ws/stats                  connections, sessions, users (all transports); the
+                                   details only of the asker's own unless an admin
 
 A chat message names a model with `application_id` (a model id; anything
 else gets the default model).  A bad or missing token: the socket is
@@ -15,6 +17,7 @@ accepted, then closed 1008 "Invalid token", as Nadoo documents.
 from __future__ import annotations
 
 import time
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -31,6 +34,13 @@ from gateway.presence import Seat, stats
 from gateway.transports.websocket import Connection, serve
 
 INVALID_TOKEN = "Invalid token"
+
+
+def session_room(user_id: str, session_id: str) -> str:
+    """A Nadoo chat session is its user's: another user naming the same id gets a
+    session of their own.  The user id is percent-encoded so it holds no ":" and
+    no two (user, session) pairs share a room."""
+    return f"session:{quote(user_id, safe='')}:{session_id}"
 
 
 def _reason(error: GatewayError) -> str:
@@ -71,9 +81,10 @@ class ChatEndpoint(_NadooEndpoint):
     def __init__(self, gateway: Gateway, session_id: str) -> None:
         super().__init__(gateway)
         self.session_id = session_id
-        self.room = f"session:{session_id}"
+        self.room = ""  # the user's own session room, once the token names the user
 
     async def opened(self, conn: Connection) -> None:
+        self.room = session_room(conn.user_id, self.session_id)
         await conn.join(self.room)
         self._seat(conn, self.session_id)
         await conn.send(nadoo.connected(self.session_id, conn.user_id, time.time()))
@@ -158,13 +169,11 @@ async def workspaces(request: web.Request) -> web.StreamResponse:
 
 
 async def ws_stats(request: web.Request) -> web.Response:
-    """Every realtime connection of the gateway; other users' ids only for admins."""
+    """Every realtime connection of the gateway, counted; other users' session and user
+    ids only for admins."""
     principal = await principal_of(request)
-    body = stats(gateway_of(request).presence.seats())
-    if not principal.is_admin:
-        users = body["details"]["users"]
-        body["details"]["users"] = {k: v for k, v in users.items() if k == principal.user_id}
-    return web.json_response(body)
+    viewer = None if principal.is_admin else principal.user_id
+    return web.json_response(stats(gateway_of(request).presence.seats(), viewer))
 
 
 def add_routes(app: web.Application) -> None:

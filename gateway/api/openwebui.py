@@ -35,7 +35,7 @@ APP_NAME = "Chat Gateway"
 
 async def _principal_or_none(request: web.Request) -> Principal | None:
     try:
-        token = find_token(request.headers, request.cookies, request.query)
+        token = find_token(request.headers, request.cookies)
         return await gateway_of(request).authenticator.authenticate(token) if token else None
     except GatewayError:
         # An expired cookie must not break the sign-in page: answer as to a stranger.

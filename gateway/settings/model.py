@@ -101,8 +101,50 @@ class Settings(BaseModel):
     enable_signup: bool = Field(
         True, description="true or false (the first user can always sign up)"
     )
+    password_min_chars: int = Field(
+        8,
+        ge=1,
+        description="characters a new password needs at least (sign-up, /api/v1/auths/add, "
+        "gateway users add), ≥ 1",
+    )
+    signin_max_failures_per_account: int = Field(
+        5,
+        ge=1,
+        description="failed sign-ins for one e-mail within GATEWAY_SIGNIN_FAILURE_WINDOW_S "
+        "before it is locked (each lock twice the last, up to GATEWAY_SIGNIN_MAX_LOCKOUT_S), ≥ 1",
+    )
+    signin_max_failures_per_address: int = Field(
+        20,
+        ge=1,
+        description="failed sign-ins from one client address (IPv6: its /64) within "
+        "GATEWAY_SIGNIN_FAILURE_WINDOW_S before it is locked likewise, ≥ 1",
+    )
+    signin_failure_window_s: float = Field(
+        60.0, gt=0, description="seconds failed sign-ins are counted over; the first lock's length"
+    )
+    signin_max_lockout_s: float = Field(
+        900.0, gt=0, description="seconds the longest sign-in lock lasts"
+    )
+    password_hash_threads: int | None = Field(
+        None,
+        ge=1,
+        description="threads that hash passwords (scrypt: ~35 ms of CPU, 16 MiB each); "
+        "empty for half the CPUs, 1 to 8",
+    )
+    password_hash_max_waiting: int = Field(
+        64,
+        ge=0,
+        description="password hashes waiting for a thread before more are answered 503 at once "
+        "(64 wait about 2 s on one thread)",
+    )
     checkpoint_interval_s: float = Field(
         1.0, gt=0, description="seconds between draft checkpoints of a streaming reply"
+    )
+    access_recheck_s: float = Field(
+        2.0,
+        gt=0,
+        description="seconds between checks for removed users and revoked keys, whose open "
+        "connections are then closed",
     )
     ragflow_sse_answer_mode: Literal["cumulative", "delta"] = Field(
         "cumulative",
@@ -124,6 +166,30 @@ class Settings(BaseModel):
         "empty for no limit",
     )
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="bytes, ≥ 1024")
+    request_body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="seconds a client may take to send a request body once its headers are "
+        "in; then 408 and the connection is closed",
+    )
+    keepalive_timeout_s: float = Field(
+        75.0,
+        gt=0,
+        description="seconds a connection may stay open without a whole request: idle between "
+        "requests, or still sending its request line and headers",
+    )
+    max_connections: int = Field(
+        10000,
+        ge=1,
+        description="client connections open at once (HTTP, SSE, WebSocket); more get 503; "
+        "kept below the open-files limit",
+    )
+    max_connections_per_address: int | None = Field(
+        64,
+        ge=1,
+        description="client connections open at once from one address (an IPv6 /64), "
+        "GATEWAY_TRUSTED_PROXIES excepted; more get 429; empty for no limit",
+    )
     max_frame_bytes: int = Field(
         1024 * 1024,
         ge=1024,
@@ -170,6 +236,8 @@ class Settings(BaseModel):
         "jwt_expires_in_s",
         "upstream_read_timeout_s",
         "outbox_max_chars",
+        "max_connections_per_address",
+        "password_hash_threads",
         mode="before",
     )
     @classmethod

@@ -64,3 +64,13 @@ class MessageRecord:
     fields: dict[str, Any] = field(default_factory=dict)
     draft: str | None = None
     position: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """Access taken back: a whole user (`key_hash` empty: removed) or one API key."""
+
+    user_id: str
+    key_hash: str  # "" for the whole user
+    reason: str
+    at_ms: int

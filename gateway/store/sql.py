@@ -8,6 +8,7 @@ replicas that start together take turns.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +18,13 @@ from typing import Any, TypeVar
 
 from gateway.store.drivers import Driver, Row, Statement
 from gateway.store.errors import Conflict
-from gateway.store.records import AssistantRecord, ChatRecord, MessageRecord, UserRecord
+from gateway.store.records import (
+    AssistantRecord,
+    ChatRecord,
+    MessageRecord,
+    Revocation,
+    UserRecord,
+)
 
 T = TypeVar("T")
 
@@ -116,6 +123,22 @@ def _assistant_values(assistant: AssistantRecord) -> tuple[Any, ...]:
     )
 
 
+def _revocation_upsert(revocation: Revocation) -> Statement:
+    # A second removal or revocation only moves the time on.
+    return (
+        "INSERT INTO revocations (user_id, key_hash, reason, at_ms) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (user_id, key_hash) DO UPDATE SET reason = excluded.reason, "
+        "at_ms = excluded.at_ms",
+        (revocation.user_id, revocation.key_hash, revocation.reason, revocation.at_ms),
+    )
+
+
+def like_escaped(text: str) -> str:
+    """`text` matched literally by `LIKE … ESCAPE '\\'`: its `%` and `_` (and the escape
+    character itself) are not wildcards.  Both SQLite and PostgreSQL honour the clause."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def tag_id(name: str) -> str:
     return name.strip().lower().replace(" ", "_")
 
@@ -130,6 +153,28 @@ def _conflict_as(message: str) -> Iterator[None]:
         if "unique" in text or "integrity" in text:
             raise Conflict(message) from None
         raise
+
+
+def _user_exists(user: UserRecord) -> str:
+    email = user.email.lower() if user.email else None
+    return f"user {user.id!r} or email {email!r} exists already"
+
+
+def _user_insert(user: UserRecord) -> Statement:
+    return (
+        f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            user.id,
+            user.name,
+            user.email.lower() if user.email else None,
+            user.role,
+            user.password_hash,
+            user.profile_image_url,
+            user.created_at,
+            user.updated_at,
+            _dumps(user.settings),
+        ),
+    )
 
 
 def _chat_update(chat: ChatRecord) -> Statement:
@@ -227,22 +272,25 @@ class SQLStore:
 
     # -- users -------------------------------------------------------------
     async def create_user(self, user: UserRecord) -> None:
-        email = user.email.lower() if user.email else None
-        with _conflict_as(f"user {user.id!r} or email {email!r} exists already"):
-            await self.db.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    user.id,
-                    user.name,
-                    email,
-                    user.role,
-                    user.password_hash,
-                    user.profile_image_url,
-                    user.created_at,
-                    user.updated_at,
-                    _dumps(user.settings),
-                ),
-            )
+        with _conflict_as(_user_exists(user)):
+            await self.db.execute(*_user_insert(user))
+
+    async def create_user_first_admin(
+        self, user: UserRecord, *, only_first: bool = False
+    ) -> UserRecord | None:
+        with _conflict_as(_user_exists(user)):
+            async with self.db.transaction() as tx:
+                if self.db.dialect == "postgresql":
+                    # Conflicts with every other writer of users (and with itself), not
+                    # with readers: no row can appear between the look and the insert.
+                    await tx.execute("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
+                # SQLite: transaction() began IMMEDIATE, which holds the write lock.
+                if not await tx.fetch("SELECT 1 FROM users LIMIT 1"):
+                    user = dataclasses.replace(user, role="admin")
+                elif only_first:
+                    return None
+                await tx.execute(*_user_insert(user))
+        return user
 
     async def get_user(self, user_id: str) -> UserRecord | None:
         return await self._first(_user, f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", user_id)
@@ -277,10 +325,12 @@ class SQLStore:
         )
 
     # -- api keys ----------------------------------------------------------
-    async def add_api_key(self, key_hash: str, user_id: str, created_at: int) -> None:
+    async def add_api_key(
+        self, key_hash: str, user_id: str, created_at: int, kind: str = "openwebui"
+    ) -> None:
         await self.db.execute(
-            "INSERT INTO api_keys (key_hash, user_id, created_at) VALUES (?, ?, ?)",
-            (key_hash, user_id, created_at),
+            "INSERT INTO api_keys (key_hash, user_id, created_at, kind) VALUES (?, ?, ?, ?)",
+            (key_hash, user_id, created_at, kind),
         )
 
     async def user_for_api_key(self, key_hash: str) -> UserRecord | None:
@@ -290,6 +340,46 @@ class SQLStore:
             f"SELECT {columns} FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?",
             key_hash,
         )
+
+    # -- access taken back ---------------------------------------------------
+    async def remove_user(self, user_id: str, at_ms: int) -> list[Revocation]:
+        revocation = Revocation(user_id, "", "removed", at_ms)
+        async with self.db.transaction() as tx:
+            owned = "SELECT id FROM chats WHERE user_id = ?"
+            await tx.execute(f"DELETE FROM messages WHERE chat_id IN ({owned})", (user_id,))
+            await tx.execute(f"DELETE FROM chat_tags WHERE chat_id IN ({owned})", (user_id,))
+            await tx.execute("DELETE FROM chats WHERE user_id = ?", (user_id,))
+            await tx.execute("DELETE FROM tags WHERE user_id = ?", (user_id,))
+            await tx.execute("DELETE FROM assistants WHERE user_id = ?", (user_id,))
+            await tx.execute("DELETE FROM api_keys WHERE user_id = ?", (user_id,))
+            existed = await tx.execute("DELETE FROM users WHERE id = ?", (user_id,))
+            await tx.execute(*_revocation_upsert(revocation))
+        return [revocation] if existed else []
+
+    async def revoke_api_keys(self, user_id: str, kind: str, at_ms: int) -> list[Revocation]:
+        # Keys made before kinds were recorded (kind NULL) go too: they may be of it.
+        where = "user_id = ? AND (kind = ? OR kind IS NULL)"
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch(f"SELECT key_hash FROM api_keys WHERE {where}", (user_id, kind))
+            revocations = [Revocation(user_id, row[0], f"{kind} key revoked", at_ms) for row in rows]
+            await tx.execute(f"DELETE FROM api_keys WHERE {where}", (user_id, kind))
+            for revocation in revocations:
+                await tx.execute(*_revocation_upsert(revocation))
+        return revocations
+
+    async def revocations_since(self, at_ms: int) -> list[Revocation]:
+        rows = await self.db.fetch(
+            "SELECT user_id, key_hash, reason, at_ms FROM revocations WHERE at_ms >= ? "
+            "ORDER BY at_ms",
+            (at_ms,),
+        )
+        return [Revocation(row[0], row[1], row[2], int(row[3])) for row in rows]
+
+    async def is_removed(self, user_id: str) -> bool:
+        rows = await self.db.fetch(
+            "SELECT 1 FROM revocations WHERE user_id = ? AND key_hash = ''", (user_id,)
+        )
+        return bool(rows)
 
     # -- chats -------------------------------------------------------------
     async def insert_chat(self, chat: ChatRecord, messages: Sequence[MessageRecord]) -> None:
@@ -347,10 +437,10 @@ class SQLStore:
             )
             args.append(tag_id(tag))
         if text:
-            pattern = f"%{text.lower()}%"
+            pattern = f"%{like_escaped(text.lower())}%"
             where.append(
-                "(LOWER(c.title) LIKE ? OR EXISTS (SELECT 1 FROM messages m "
-                "WHERE m.chat_id = c.id AND LOWER(m.content) LIKE ?))"
+                "(LOWER(c.title) LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m "
+                "WHERE m.chat_id = c.id AND LOWER(m.content) LIKE ? ESCAPE '\\'))"
             )
             args += [pattern, pattern]
         sql = (

@@ -32,6 +32,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from gateway.access import AccessGuard, Lease
 from gateway.auth import Authenticator, Principal, find_token
 from gateway.errors import AuthError, GatewayError
 from gateway.events import Event
@@ -58,6 +59,7 @@ class Connection:
     principal: Principal | None = None
     outbox: Outbox | None = None
     pump: asyncio.Task[None] | None = None
+    lease: Lease | None = None
     # Engine.IO's socket (its queue is what backpressure watches) and, for the
     # websocket transport, the TCP transport to abort when the client is stuck.
     eio_socket: Any = None
@@ -84,6 +86,7 @@ class SocketIOTransport:
         self._hub: Hub | None = None
         self._store: Store | None = None
         self._presence: Presence | None = None
+        self._access: AccessGuard | None = None
         # Drops in progress (a task the loop holds only weakly must be kept).
         self._closing: set[asyncio.Task[None]] = set()
         self.sio.on("connect", self._on_connect)
@@ -103,11 +106,16 @@ class SocketIOTransport:
             app.router.add_route("POST", route, self._front.handle)
 
     def bind(
-        self, authenticator: Authenticator, hub: Hub, store: Store, presence: Presence
+        self,
+        authenticator: Authenticator,
+        hub: Hub,
+        store: Store,
+        presence: Presence,
+        access: AccessGuard,
     ) -> None:
         """Called once the app's resources exist (the socket routes exist before)."""
         self._authenticator, self._hub, self._store = authenticator, hub, store
-        self._presence = presence
+        self._presence, self._access = presence, access
         self._front.bus = hub.bus
 
     async def shutdown(self) -> None:
@@ -212,6 +220,8 @@ class SocketIOTransport:
         conn.pump = asyncio.create_task(self._pump(conn, conn.outbox))
         if self._presence is not None:
             self._presence.add(conn.sid, Seat("socketio", principal.user_id))
+        if self._access is not None:
+            conn.lease = self._access.hold(principal, lambda why: self._end_access(conn, why))
         await self._hub.watching(conn.outbox.rooms)
 
     def _deliver(self, conn: Connection, event: Event) -> bool:
@@ -222,6 +232,9 @@ class SocketIOTransport:
         return True
 
     def _release(self, conn: Connection) -> None:
+        if conn.lease is not None:
+            conn.lease.release()
+            conn.lease = None
         if self._presence is not None:
             self._presence.remove(conn.sid)
         if conn.outbox is not None and self._hub is not None:
@@ -249,6 +262,17 @@ class SocketIOTransport:
         except Exception:
             log.exception("socket pump failed", extra={"sid": conn.sid})
             await self._close_transport(conn)
+
+    def _end_access(self, conn: Connection, why: str) -> None:
+        """The token expired, its key was revoked or its user removed: a Socket.IO
+        disconnect (socket.io-client does not reconnect after one; the web app
+        signs in again)."""
+        conn.lease = None
+        self._release(conn)
+        log.info("socket disconnected: access ended", extra={"sid": conn.sid, "why": why})
+        task = asyncio.get_running_loop().create_task(self.sio.disconnect(conn.sid))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _overflowed(self, conn: Connection) -> None:
         user = conn.principal.user_id if conn.principal else None

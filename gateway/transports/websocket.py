@@ -5,7 +5,9 @@ A connection's life, the same for every flavour::
     handshake   origin refused → 403; no `Upgrade: websocket` → 426 naming the
                 proxy lines that drop it
     identity    token from header, cookie or query (`auth.find_token`); a bad one
-                → the endpoint's refusal frames, then close 1008
+                → the endpoint's refusal frames, then close 1008; the same when,
+                later, the token expires, its key is revoked or its user is
+                removed (`gateway/access.py`)
     open        the endpoint joins the connection to its rooms; the connection
                 always has its own room `conn:<id>` for the replies it asks for
     frames      text → `endpoint.received`; a `GatewayError` there becomes the
@@ -36,6 +38,7 @@ from gateway.context import gateway_of
 from gateway.errors import (
     WS_INTERNAL_ERROR,
     WS_TRY_AGAIN_LATER,
+    AuthError,
     Forbidden,
     GatewayError,
     InternalError,
@@ -151,10 +154,17 @@ async def serve(
             gateway.hub.unsubscribe(conn.outbox)
         await _refuse(conn, endpoint, exc, reason_for(exc))
         return ws
+    lease = None
+    if conn.principal is not None:
+        lease = gateway.access.hold(
+            conn.principal, lambda why: _end_access(conn, endpoint, AuthError(why), reason_for)
+        )
     writer = asyncio.create_task(_write(conn, endpoint))
     try:
         await _read(conn, endpoint)
     finally:
+        if lease is not None:
+            lease.release()
         gateway.hub.unsubscribe(conn.outbox)
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -206,6 +216,24 @@ async def _refuse(conn: Connection, endpoint: Endpoint, error: GatewayError, rea
         await conn.send(frame)
     # Close reasons are at most 123 bytes (RFC 6455 §5.5).
     await conn.ws.close(code=error.ws_close_code, message=reason.encode()[:123])
+
+
+def _end_access(
+    conn: Connection,
+    endpoint: Endpoint,
+    error: AuthError,
+    reason_for: Callable[[GatewayError], str],
+) -> None:
+    """The token expired, its key was revoked or its user removed: the flavour's
+    refusal, as at open, then close 1008."""
+    log.info(
+        "websocket closed: access ended", extra={"path": conn.request.path, "why": error.message}
+    )
+    task = asyncio.get_running_loop().create_task(
+        _refuse(conn, endpoint, error, reason_for(error))
+    )
+    _DROPPING.add(task)
+    task.add_done_callback(_DROPPING.discard)
 
 
 def _too_slow(conn: Connection) -> None:

@@ -11,6 +11,12 @@ next reply skips a TCP (and TLS) handshake.  A server's chunked terminator often
 comes a moment after `[DONE]`: the reply ends at `[DONE]` all the same, and the
 rest of the body is read in the background (bounded in bytes and time) before
 the connection goes back; anything else closes it.
+
+What reaches a client names the model and the kind of failure ("the model
+server for 'llama3' answered HTTP 502"), never the server's URL (it may hold a
+password, and says where the model servers live) nor what the server answered
+(its error body may quote keys, prompts or internals): both go to the log,
+masked (SECURITY.md, "What errors and health checks reveal").
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from gateway.upstream import Chunk, ModelInfo
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BODY_BYTES = 64 * 1024
+# Characters of an upstream's error body kept in the log line.
+LOGGED_ERROR_CHARS = 500
 MAX_EVENT_BYTES = 1024 * 1024
 # After [DONE]: how long, and how much, to read for the body's end before giving the
 # connection back (past either, it is closed).
@@ -67,10 +75,16 @@ class OpenAIUpstream:
                 url, headers=self._headers, timeout=self._list_timeout
             ) as resp:
                 if resp.status != 200:
-                    raise UpstreamError(f"{url} answered HTTP {resp.status}")
+                    raise failure(
+                        f"the model server answered HTTP {resp.status} to its model list",
+                        url,
+                        f"HTTP {resp.status}",
+                    )
                 body = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise UpstreamError(f"{url} is unreachable: {exc or type(exc).__name__}") from None
+            raise failure(
+                "the model server is unreachable", url, str(exc) or type(exc).__name__
+            ) from None
         models: list[ModelInfo] = []
         for entry in body.get("data", []) if isinstance(body, dict) else []:
             if isinstance(entry, dict) and isinstance(entry.get("id"), str):
@@ -100,8 +114,10 @@ class OpenAIUpstream:
                 url, json=body, headers=self._headers, timeout=self._stream_timeout
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(
-                f"Model server {self._base_url} is unreachable: {exc or type(exc).__name__}"
+            raise failure(
+                f"The model server for '{model}' is unreachable",
+                self._base_url,
+                str(exc) or type(exc).__name__,
             ) from None
         if resp.status != 200:
             try:
@@ -110,33 +126,39 @@ class OpenAIUpstream:
                 raw = b""
             finally:
                 resp.close()
-            raise _status_error(self._base_url, resp.status, raw)
-        return OpenAIStream(resp, self._base_url)
+            raise _status_error(self._base_url, model, resp.status, raw)
+        return OpenAIStream(resp, self._base_url, model)
 
 
-def _status_error(base_url: str, status: int, raw: bytes) -> GatewayError:
-    detail = raw.decode("utf-8", errors="replace")[:500]
-    try:
-        parsed = json.loads(raw)
-        error = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
-        detail = (
-            str(error.get("message") or error.get("detail") or detail)
-            if isinstance(error, dict)
-            else detail
-        )
-    except ValueError:
-        pass
+def failure(
+    message: str, where: str, detail: str, error: type[GatewayError] = UpstreamError
+) -> GatewayError:
+    """`error(message)` for the client; where it happened and the detail to the log."""
+    log.warning(
+        "model server failed: %s",
+        message,
+        extra={"upstream": where, "detail": detail[:LOGGED_ERROR_CHARS]},
+    )
+    return error(message)
+
+
+def _status_error(base_url: str, model: str, status: int, raw: bytes) -> GatewayError:
+    detail = f"HTTP {status}: {raw.decode('utf-8', errors='replace')}"
     if status == 400:
-        return BadRequest(f"The model server refused the request: {detail}")
+        message = f"The model server refused the request for '{model}' (HTTP 400)"
+        return failure(message, base_url, detail, BadRequest)
     if status == 429:
-        return RateLimited(f"The model server is rate limiting: {detail}")
-    return UpstreamError(f"Model server {base_url} answered HTTP {status}: {detail}")
+        message = f"The model server for '{model}' is rate limiting (HTTP 429)"
+        return failure(message, base_url, detail, RateLimited)
+    message = f"The model server for '{model}' answered HTTP {status}"
+    return failure(message, base_url, detail)
 
 
 class OpenAIStream:
-    def __init__(self, resp: aiohttp.ClientResponse, base_url: str) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, base_url: str, model: str) -> None:
         self._resp = resp
         self._base_url = base_url
+        self._model = model
         self._handed_back = False
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
@@ -158,25 +180,39 @@ class OpenAIStream:
                 if payload.strip() != "[DONE]":
                     yield self._decode(payload)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise UpstreamError(
-                f"Model server {self._base_url} broke off the reply: {exc or type(exc).__name__}"
+            raise failure(
+                f"The model server for '{self._model}' broke off the reply",
+                self._base_url,
+                str(exc) or type(exc).__name__,
             ) from None
         if not finished:
-            raise UpstreamError(f"Model server {self._base_url} closed the stream mid-reply")
+            raise failure(
+                f"The model server for '{self._model}' closed the stream mid-reply",
+                self._base_url,
+                "the body ended without a finish_reason or [DONE]",
+            )
 
     def _decode(self, payload: str) -> Chunk:
         try:
             data = json.loads(payload)
         except ValueError:
-            raise UpstreamError(
-                f"Model server sent a chunk that is not JSON: {payload[:200]!r}"
+            raise failure(
+                f"The model server for '{self._model}' sent a chunk that is not JSON",
+                self._base_url,
+                repr(payload[:200]),
             ) from None
         if not isinstance(data, dict):
-            raise UpstreamError("Model server sent a chunk that is not an object")
+            raise failure(
+                f"The model server for '{self._model}' sent a chunk that is not an object",
+                self._base_url,
+                repr(payload[:200]),
+            )
         if "error" in data:
-            error = data["error"]
-            message = error.get("message") if isinstance(error, dict) else error
-            raise UpstreamError(f"Model server failed mid-reply: {message}")
+            raise failure(
+                f"The model server for '{self._model}' failed mid-reply",
+                self._base_url,
+                json.dumps(data["error"], default=str),
+            )
         usage = None
         raw_usage = data.get("usage")
         if isinstance(raw_usage, dict):

@@ -38,7 +38,7 @@ async def test_signup_signin_session_and_api_key(start_gateway: Any) -> None:
     gw = start_gateway({"ENABLE_SIGNUP": "false"})
     base = gw.url + "/api/v1/auths"
     status, first, resp = await post(
-        f"{base}/signup", {"name": "Ada", "email": "Ada@Example.com", "password": "pw1"}
+        f"{base}/signup", {"name": "Ada", "email": "Ada@Example.com", "password": "ada-secret"}
     )
     assert status == 200 and set(first) == SESSION_KEYS
     assert (
@@ -48,26 +48,28 @@ async def test_signup_signin_session_and_api_key(start_gateway: Any) -> None:
     )
     assert "token" in resp.cookies and resp.cookies["token"]["httponly"]
     # Sign-up is disabled after the first user...
-    status, error, _ = await post(f"{base}/signup", {"email": "bob@example.com", "password": "pw"})
+    status, error, _ = await post(
+        f"{base}/signup", {"email": "bob@example.com", "password": "bob-secret"}
+    )
     assert status == 403 and "disabled" in error["detail"]
     # ...but an admin can add users.
     status, bob, _ = await post(
         f"{base}/add",
-        {"name": "Bob", "email": "bob@example.com", "password": "pw2", "role": "user"},
+        {"name": "Bob", "email": "bob@example.com", "password": "bob-secret", "role": "user"},
         first["token"],
     )
     assert status == 200 and bob["role"] == "user" and bob["token"]
     status, error, _ = await post(
-        f"{base}/add", {"email": "eve@example.com", "password": "x"}, bob["token"]
+        f"{base}/add", {"email": "eve@example.com", "password": "eve-secret"}, bob["token"]
     )
     assert status == 403
     status, error, _ = await post(
-        f"{base}/add", {"email": "BOB@example.com", "password": "x"}, first["token"]
+        f"{base}/add", {"email": "BOB@example.com", "password": "bob-secret"}, first["token"]
     )
     assert status == 409
     # Sign-in: right and wrong passwords (Open WebUI answers 400, not 401).
     status, session, _ = await post(
-        f"{base}/signin", {"email": "bob@EXAMPLE.com", "password": "pw2"}
+        f"{base}/signin", {"email": "bob@EXAMPLE.com", "password": "bob-secret"}
     )
     assert status == 200 and session["id"] == bob["id"]
     status, error, _ = await post(
@@ -97,7 +99,7 @@ async def test_signin_token_works_on_chats(gateway: GatewayProcess) -> None:
     base = gateway.url + "/api/v1/auths"
     email = f"carol-{id(gateway)}@example.com"
     status, session, _ = await post(
-        f"{base}/signup", {"name": "Carol", "email": email, "password": "pw"}
+        f"{base}/signup", {"name": "Carol", "email": email, "password": "carol-secret"}
     )
     assert status == 200
     status, chat, _ = await post(
@@ -128,12 +130,22 @@ def run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_users_and_api_keys(start_gateway: Any, tmp_path: Path) -> None:
     data = tmp_path / "cli"
     added = run_cli(
-        data, "users", "add", "--email", "root@example.com", "--password", "pw", "--role", "admin"
+        data,
+        "users",
+        "add",
+        "--email",
+        "root@example.com",
+        "--password",
+        "root-secret",
+        "--role",
+        "admin",
     )
     assert added.returncode == 0, added.stderr
     user_id = added.stdout.split("\t")[0]
     assert (
-        run_cli(data, "users", "add", "--email", "ROOT@example.com", "--password", "x").returncode
+        run_cli(
+            data, "users", "add", "--email", "ROOT@example.com", "--password", "root-secret"
+        ).returncode
         == 1
     )
     listed = run_cli(data, "users", "list").stdout

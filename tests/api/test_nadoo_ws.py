@@ -126,21 +126,23 @@ async def test_a_chat_continues_by_chat_id_on_any_socket(
         assert "as message" in end["full_response"]
 
 
-async def test_ping_typing_and_leaving_reach_the_other_members(gateway: GatewayProcess) -> None:
-    _, alice = user()
-    bob_id, bob = user()
+async def test_ping_typing_and_leaving_reach_the_sessions_other_sockets(
+    gateway: GatewayProcess,
+) -> None:
+    # A session is its user's (SECURITY.md): its other members are the user's other sockets.
+    user_id, token = user()
     session = f"session-{uuid.uuid4().hex[:8]}"
-    async with websockets.connect(ws_url(gateway, f"/ws/chat/{session}", alice)) as a:
+    async with websockets.connect(ws_url(gateway, f"/ws/chat/{session}", token)) as a:
         await recv(a)
-        async with websockets.connect(ws_url(gateway, f"/api/ws/chat/{session}", bob)) as b:
+        async with websockets.connect(ws_url(gateway, f"/api/ws/chat/{session}", token)) as b:
             await recv(b)
             await b.send(json.dumps({"type": "typing"}))
             typing = await recv(a)
-            assert typing["type"] == "typing" and typing["user_id"] == bob_id
+            assert typing["type"] == "typing" and typing["user_id"] == user_id
             await b.send(json.dumps({"type": "ping"}))
             assert (await recv(b))["type"] == "pong"  # not its own typing first
         gone = await recv(a)
-        assert gone["type"] == "user_disconnected" and gone["user_id"] == bob_id
+        assert gone["type"] == "user_disconnected" and gone["user_id"] == user_id
 
 
 async def test_a_reply_in_a_session_reaches_every_member(gateway: GatewayProcess) -> None:
@@ -326,7 +328,7 @@ async def test_ws_stats_count_connections_sessions_and_users(start_gateway: Any)
     signed = await post_json(
         f"{gw.url}/api/v1/auths/signup",
         None,
-        {"email": "admin@example.com", "password": "pw", "name": "Admin"},
+        {"email": "admin@example.com", "password": "correct horse", "name": "Admin"},
     )
     admin = signed["token"]
     async with (
@@ -349,8 +351,14 @@ async def test_ws_stats_count_connections_sessions_and_users(start_gateway: Any)
                 "users": {alice_id: 2, bob_id: 2},
             },
         }
+        # Everyone's totals, but only her own sessions and user entry.
         mine = await get_json(f"{gw.url}/api/ws/stats", alice)
-        assert mine["total_connections"] == 4 and mine["details"]["users"] == {alice_id: 2}
+        assert mine == {
+            "total_connections": 4,
+            "active_sessions": 3,
+            "active_users": 2,
+            "details": {"sessions": {"s-a": 2}, "users": {alice_id: 2}},
+        }
         await get_json(f"{gw.url}/ws/stats", "garbage", expect=401)
     for _ in range(50):
         if (await get_json(f"{gw.url}/ws/stats", admin))["total_connections"] == 0:

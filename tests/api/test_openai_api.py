@@ -3,6 +3,7 @@ gateway process, with the fake upstream on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -192,17 +193,19 @@ def test_openai_package_raises_authentication_error(gateway: GatewayProcess) -> 
         client(gateway, make_token("alice", secret="wrong" * 8)).models.list()
 
 
-async def test_token_in_cookie_query_and_x_api_key(
+async def test_token_in_cookie_and_x_api_key_not_in_the_query(
     gateway: GatewayProcess, alice_token: str
 ) -> None:
     async with aiohttp.ClientSession() as session:
         for kwargs in (
             {"headers": {"x-api-key": API_KEY}},
-            {"params": {"token": alice_token}},
             {"headers": {"Cookie": f"token={alice_token}"}},
         ):
             async with session.get(gateway.url + "/v1/models", **kwargs) as resp:
                 assert resp.status == 200, kwargs
+        # A URL ends up in logs and history: query tokens are for socket handshakes only.
+        async with session.get(gateway.url + "/v1/models", params={"token": alice_token}) as resp:
+            assert resp.status == 401
 
 
 def test_unknown_model_is_404_with_the_known_ones(
@@ -257,7 +260,9 @@ def test_upstream_http_error_is_502(gateway: GatewayProcess, alice_token: str) -
             model="fake-error", messages=MESSAGES, stream=True
         )
     assert caught.value.status_code == 502
-    assert "HTTP 500" in str(caught.value) and "fake failure" in str(caught.value)
+    # The model and the status; the server's own words go to the log only.
+    assert "'fake-error' answered HTTP 500" in str(caught.value)
+    assert "fake failure" not in str(caught.value)
 
 
 def test_upstream_dying_mid_stream_gives_an_error_chunk(
@@ -311,7 +316,7 @@ def test_upstream_down_is_502(start_gateway: Any, alice_token: str) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         client(gw, alice_token).chat.completions.create(model="llama3", messages=MESSAGES)
     assert caught.value.status_code == 502
-    assert "unreachable" in str(caught.value) and dead in str(caught.value)
+    assert "unreachable" in str(caught.value) and dead not in str(caught.value)
 
 
 async def test_upstream_going_down_after_listing_is_502_and_not_ready(
@@ -324,10 +329,15 @@ async def test_upstream_going_down_after_listing_is_502_and_not_ready(
         async with session.get(gw.url + "/ready") as resp:
             assert resp.status == 200 and (await resp.json())["ready"] is True
         fake.stop()
-        async with session.get(gw.url + "/ready") as resp:
-            assert resp.status == 503
-            checks = (await resp.json())["checks"]
-            assert any(fake.url in name and value != "ok" for name, value in checks.items())
+        # Within the few seconds /ready keeps a result.
+        checks: dict[str, str] = {}
+        for _ in range(50):
+            async with session.get(gw.url + "/ready") as resp:
+                if resp.status == 503:
+                    checks = (await resp.json())["checks"]
+                    break
+            await asyncio.sleep(0.1)
+        assert checks.get("upstream 1") == "failed", checks
         # What a load balancer asks: this replica can serve (the upstream is everyone's).
         async with session.get(gw.url + "/ready?upstreams=0") as resp:
             assert resp.status == 200

@@ -104,7 +104,7 @@ async def test_config_with_the_signup_cookie_is_the_signed_in_shape(
             body={
                 "name": "Cookie",
                 "email": f"{new_user_id()}@example.com",
-                "password": "pw",
+                "password": "correct horse",
             },
             session=http,
         )

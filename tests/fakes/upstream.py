@@ -15,7 +15,9 @@ Models and what they do:
                    `max_tokens` caps the number of deltas
 
 Every request is recorded (`requests`), with `disconnected=True` when the
-client closed the connection before the reply ended.
+client closed the connection before the reply ended.  `GET /v1/models` calls are
+counted (`models_calls`); with `models_delay_s` set, each waits that long first
+(a model server that hangs).
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ class FakeUpstream:
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.requests: list[Recorded] = []
         self.delay_s = 0.005
+        self.models_delay_s = 0.0
+        self.models_calls = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -119,6 +123,9 @@ class FakeUpstream:
         return [r for r in self.requests if text in json.dumps(r.body)]
 
     async def _models(self, request: web.Request) -> web.Response:
+        self.models_calls += 1
+        if self.models_delay_s:
+            await asyncio.sleep(self.models_delay_s)
         data = [
             {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in MODELS
         ]
