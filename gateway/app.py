@@ -14,44 +14,35 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from yarl import URL
 
-from gateway.access import AccessGuard
-from gateway.api import (
-    auths,
-    chats,
-    completions,
-    health,
-    nadoo,
-    openai,
-    openwebui,
-    ragflow,
-    ragflow_ws,
-    tasks,
-    users,
-)
+from gateway.api import health, nadoo, openai
 from gateway.api.common import Renderer, error_middleware, render_detail, render_openai
-from gateway.auth import Authenticator
+from gateway.api.openwebui import auths, chats, completions, tasks, users, webapp
+from gateway.api.ragflow import http as ragflow
+from gateway.api.ragflow import ws as ragflow_ws
+from gateway.application.access import AccessGuard
+from gateway.application.accounts import StoreDirectory
 from gateway.bus import Bus
 from gateway.bus.memory import LocalBus
 from gateway.bus.redis import RedisBus
 from gateway.chat.assistants import Assistants
 from gateway.chat.service import ChatService
-from gateway.connections import SERVER_HEADER, body_deadline
 from gateway.context import GATEWAY, Gateway
-from gateway.hub import Hub
-from gateway.keys import load_or_create_secret
-from gateway.origins import OriginPolicy
-from gateway.passwords import Passwords
-from gateway.presence import Presence
-from gateway.proxy import ProxyPolicy, prefix
+from gateway.edge.auth import Authenticator
+from gateway.edge.connections import SERVER_HEADER, body_deadline
+from gateway.edge.origins import OriginPolicy
+from gateway.edge.passwords import Passwords
+from gateway.edge.proxy import ProxyPolicy, prefix
+from gateway.edge.secrets import load_or_create_secret
+from gateway.edge.throttle import SignInThrottle
+from gateway.fanout.hub import Hub
+from gateway.fanout.presence import Presence
 from gateway.settings import Settings
 from gateway.store import open_store
-from gateway.throttle import SignInThrottle
 from gateway.transports.socketio import SocketIOTransport
 from gateway.upstream import Upstream
 from gateway.upstream.demo import DemoUpstream
 from gateway.upstream.openai import OpenAIUpstream
 from gateway.upstream.router import ModelRouter
-from gateway.users import StoreDirectory
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +223,7 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
     app.router.add_get("/api/v1/models", openai.list_models)
     completions.add_routes(app)
     tasks.add_routes(app)
-    openwebui.add_routes(app)
+    webapp.add_routes(app)
     auths.add_routes(app)
     users.add_routes(app)
     chats.add_routes(app)

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gateway import __version__, redact
+from gateway import __version__
+from gateway.edge import redact
 from gateway.settings import Loaded, SettingsError, describe, read
 
 _STANDARD_RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -65,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _token(args: argparse.Namespace) -> int:
     from gateway import preflight
-    from gateway.auth import Authenticator, StaticDirectory
+    from gateway.edge.auth import Authenticator, StaticDirectory
 
     loaded = _load(args)
     key, where = preflight.signing_key(loaded, create=False)
@@ -132,9 +133,9 @@ def _with_store(args: argparse.Namespace, action: Any) -> int:
 
 
 def _users_add(args: argparse.Namespace) -> int:
+    from gateway.application.accounts import add_user
+    from gateway.edge.passwords import Passwords
     from gateway.errors import GatewayError
-    from gateway.passwords import Passwords
-    from gateway.users import add_user
 
     # One hash, no server to keep responsive: one thread is enough.
     passwords = Passwords(_load(args).settings.password_min_chars, threads=1)
@@ -177,7 +178,7 @@ def _users_list(args: argparse.Namespace) -> int:
 
 
 def _users_remove(args: argparse.Namespace) -> int:
-    from gateway.users import remove_user
+    from gateway.application.accounts import remove_user
 
     async def action(store: Any) -> int:
         user = await store.get_user_by_email(args.user) if "@" in args.user else None
@@ -194,7 +195,7 @@ def _users_remove(args: argparse.Namespace) -> int:
 
 
 def _apikey_create(args: argparse.Namespace) -> int:
-    from gateway.users import create_api_key
+    from gateway.application.accounts import create_api_key
 
     async def action(store: Any) -> int:
         user = await store.get_user_by_email(args.user) if "@" in args.user else None

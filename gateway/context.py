@@ -6,17 +6,17 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.access import AccessGuard
-from gateway.auth import Authenticator
+from gateway.application.access import AccessGuard
 from gateway.chat.assistants import Assistants
 from gateway.chat.service import ChatService
-from gateway.hub import Hub
-from gateway.origins import OriginPolicy
-from gateway.passwords import Passwords
-from gateway.presence import Presence
+from gateway.edge.auth import Authenticator
+from gateway.edge.origins import OriginPolicy
+from gateway.edge.passwords import Passwords
+from gateway.edge.throttle import SignInThrottle
+from gateway.fanout.hub import Hub
+from gateway.fanout.presence import Presence
 from gateway.settings import Settings
 from gateway.store import Store
-from gateway.throttle import SignInThrottle
 from gateway.transports.socketio import SocketIOTransport
 from gateway.upstream.router import ModelRouter
 

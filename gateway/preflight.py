@@ -24,8 +24,8 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from gateway import redact
-from gateway.keys import SECRET_KEY_FILE, load_or_create_secret
+from gateway.edge import redact
+from gateway.edge.secrets import SECRET_KEY_FILE, load_or_create_secret
 from gateway.settings import Loaded, SettingsError
 from gateway.store.errors import why_unavailable
 

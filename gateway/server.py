@@ -17,14 +17,14 @@ from aiohttp import web, web_response
 
 from gateway import preflight
 from gateway.app import build_app
-from gateway.connections import (
+from gateway.edge.connections import (
     SERVER_HEADER,
     AcceptErrorLog,
     ConnectionGuard,
     GuardedSite,
     effective_max_connections,
 )
-from gateway.proxy import ProxyPolicy
+from gateway.edge.proxy import ProxyPolicy
 from gateway.settings import Loaded
 from gateway.store import StoreUnavailable
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from gateway.events import Event, ReasoningDelta, StatusChanged, TextDelta
-from gateway.hub import Hub, Outbox, Overflow, reply_room
+from gateway.fanout.hub import Hub, Outbox, Overflow, reply_room
 
 
 def text(chars: str, seq: int = 0, message_id: str = "a1", chat_id: str = "c1") -> TextDelta:

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.test_utils import make_mocked_request
 
-from gateway.proxy import ProxyPolicy, external_url, networks, prefix, upgrade_required
+from gateway.edge.proxy import ProxyPolicy, external_url, networks, prefix, upgrade_required
 
 LOOPBACK = "127.0.0.1"
 STRANGER = "198.51.100.9"
@@ -173,7 +173,7 @@ async def test_an_untrusted_peer_is_not_believed_and_logged_once(
         "X-Forwarded-Prefix": "/chat",
         "Forwarded": "for=203.0.113.8;proto=https;host=evil.example",
     }
-    with caplog.at_level(logging.WARNING, logger="gateway.proxy"):
+    with caplog.at_level(logging.WARNING, logger="gateway.edge.proxy"):
         for _ in range(3):
             assert await seen(spoofed, LOOPBACK, policy) == AS_RECEIVED
         await seen(spoofed, STRANGER, policy)

@@ -15,8 +15,9 @@ from pathlib import Path
 import jwt
 import pytest
 
-from gateway import __version__, redact
+from gateway import __version__
 from gateway.cli import _ExtraFormatter
+from gateway.edge import redact
 from gateway.settings import read
 
 PASSWORD = "pw-Secret-4711"

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.auth import Principal, find_token
 from gateway.context import gateway_of
+from gateway.edge.auth import Principal, find_token
 from gateway.errors import (
     BadRequest,
     GatewayError,

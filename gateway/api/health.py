@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway import redact
-from gateway.auth import find_token
 from gateway.context import Gateway, gateway_of
+from gateway.edge import redact
+from gateway.edge.auth import find_token
+from gateway.edge.proxy import prefix
 from gateway.errors import GatewayError
-from gateway.proxy import prefix
 from gateway.upstream import Upstream
 
 READY_CHECK_TIMEOUT_S = 5.0

@@ -29,8 +29,8 @@ from gateway.context import Gateway, gateway_of
 from gateway.errors import AuthError, Forbidden, GatewayError
 from gateway.events import Event, UserJoined, UserLeft, WorkspaceEvent
 from gateway.events import Typing as TypingEvent
+from gateway.fanout.presence import Seat, stats
 from gateway.flavours import nadoo
-from gateway.presence import Seat, stats
 from gateway.transports.websocket import Connection, serve
 
 INVALID_TOKEN = "Invalid token"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.events import Event
-from gateway.presence import Seat
+from gateway.fanout.presence import Seat
 
 LOCAL_ROOM_PREFIXES = ("conn:", "reply:")
 

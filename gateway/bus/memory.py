@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.bus import Deliver, LoadContent, OnControl, OnOrphan, TaskInfo
 from gateway.events import Event
-from gateway.presence import Seat
+from gateway.fanout.presence import Seat
 
 
 class LocalBus:

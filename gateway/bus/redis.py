@@ -58,7 +58,7 @@ from redis.exceptions import RedisError
 from gateway.bus import Deliver, LoadContent, OnControl, OnOrphan, TaskInfo, room_set, wire
 from gateway.bus.mirror import Mirror
 from gateway.events import Event, ReplyFinished
-from gateway.presence import Seat
+from gateway.fanout.presence import Seat
 
 log = logging.getLogger(__name__)
 

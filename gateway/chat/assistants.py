@@ -21,10 +21,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.auth import Principal
 from gateway.chat.chats import now_s
 from gateway.chat.service import ChatService, StartedTurn
 from gateway.commands import Say
+from gateway.edge.auth import Principal
 from gateway.errors import Conflict, NotFound
 from gateway.store import AssistantRecord, ChatRecord, Store
 from gateway.store.errors import Conflict as StoreConflict

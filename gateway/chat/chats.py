@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.auth import Principal
 from gateway.chat import tree
 from gateway.chat.shapes import chat_extra, chat_response, history_of, message_record
+from gateway.edge.auth import Principal
 from gateway.errors import BadRequest, NotFound
 from gateway.store import Store
 from gateway.store.records import ChatRecord, MessageRecord

@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.bus import TaskInfo
 from gateway.events import ReplyFailed
-from gateway.hub import Hub
+from gateway.fanout.hub import Hub
 from gateway.store import Store
 from gateway.store.records import MessageRecord
 

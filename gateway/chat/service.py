@@ -37,7 +37,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.auth import Principal
 from gateway.chat import tree
 from gateway.chat.chats import DEFAULT_TITLE, DEFAULT_TITLES, ChatBook, now_s, title_for
 from gateway.chat.reply import reply_events
@@ -45,6 +44,7 @@ from gateway.chat.running import Replies, Running
 from gateway.chat.shapes import history_of, message_record
 from gateway.chat.turns import new_placeholder, plan_turn, reanswer
 from gateway.commands import Ask, ReplyTarget, Say
+from gateway.edge.auth import Principal
 from gateway.errors import BadRequest, GatewayError, UpstreamError
 from gateway.events import (
     ChatTitleChanged,
@@ -56,8 +56,8 @@ from gateway.events import (
     TextDelta,
     Usage,
 )
-from gateway.hub import Hub, Outbox, reply_room
-from gateway.presence import Presence
+from gateway.fanout.hub import Hub, Outbox, reply_room
+from gateway.fanout.presence import Presence
 from gateway.store import Store
 from gateway.store.records import ChatRecord, MessageRecord
 from gateway.upstream.router import ModelRouter

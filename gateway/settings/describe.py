@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from gateway import redact
-from gateway.keys import SECRET_KEY_FILE
+from gateway.edge import redact
+from gateway.edge.secrets import SECRET_KEY_FILE
 from gateway.settings.model import Settings
 from gateway.settings.sources import ENV_VARS, SECRET_FIELDS, URL_FIELDS, Loaded
 

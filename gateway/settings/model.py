@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway import redact
+from gateway.edge import redact
 
 # A DNS name (RFC 1123 labels) for GATEWAY_HOST when it is not an address.
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

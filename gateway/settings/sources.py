@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
-from gateway import redact
+from gateway.edge import redact
 from gateway.settings.model import Settings
 
 

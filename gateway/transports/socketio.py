@@ -32,14 +32,14 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from gateway.access import AccessGuard, Lease
-from gateway.auth import Authenticator, Principal, find_token
+from gateway.application.access import AccessGuard, Lease
+from gateway.edge.auth import Authenticator, Principal, find_token
+from gateway.edge.origins import OriginPolicy
 from gateway.errors import AuthError, GatewayError
 from gateway.events import Event
+from gateway.fanout.hub import Hub, Outbox, Overflow
+from gateway.fanout.presence import Presence, Seat
 from gateway.flavours.openwebui import decode_chat_event, decode_user_join
-from gateway.hub import Hub, Outbox, Overflow
-from gateway.origins import OriginPolicy
-from gateway.presence import Presence, Seat
 from gateway.settings import Settings
 from gateway.store import ChatRecord, Store
 from gateway.transports import socketio_queue as engine

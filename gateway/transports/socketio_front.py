@@ -21,9 +21,9 @@ import socketio
 from aiohttp import web
 
 from gateway.bus import Bus
+from gateway.edge.origins import OriginPolicy
+from gateway.edge.proxy import STICKY_LINES, upgrade_required
 from gateway.errors import Forbidden
-from gateway.origins import OriginPolicy
-from gateway.proxy import STICKY_LINES, upgrade_required
 
 
 class FrontDoor:

@@ -16,9 +16,9 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 
 from aiohttp import web
 
+from gateway.edge.origins import OriginPolicy, grant_stream
 from gateway.events import Event
 from gateway.flavours.sse import KEEPALIVE
-from gateway.origins import OriginPolicy, grant_stream
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",

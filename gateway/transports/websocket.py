@@ -33,8 +33,9 @@ from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
-from gateway.auth import Principal, find_token
 from gateway.context import gateway_of
+from gateway.edge.auth import Principal, find_token
+from gateway.edge.proxy import upgrade_required
 from gateway.errors import (
     WS_INTERNAL_ERROR,
     WS_TRY_AGAIN_LATER,
@@ -45,8 +46,7 @@ from gateway.errors import (
     PeerError,
 )
 from gateway.events import Event
-from gateway.hub import Hub, Outbox, Overflow
-from gateway.proxy import upgrade_required
+from gateway.fanout.hub import Hub, Outbox, Overflow
 
 log = logging.getLogger(__name__)
 

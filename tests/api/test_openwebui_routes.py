@@ -1,4 +1,4 @@
-"""The small Open WebUI routes around chats (`gateway/api/openwebui.py`, docs/PROTOCOLS.md §1.2-1.3).
+"""The small Open WebUI routes around chats (`gateway/api/openwebui/webapp.py`, docs/PROTOCOLS.md §1.2-1.3).
 
 Config, version and changelog, per-user settings, the empty lists the web app
 loads at start, and the deprecated `/api/chat/completed`, each against a real

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from gateway.bus import TaskInfo, wire
 from gateway.bus.redis import RedisBus
 from gateway.events import Event, ReplyFinished, TextDelta, Usage
-from gateway.presence import Seat
+from gateway.fanout.presence import Seat
 from tests.services import RedisServer
 
 SHARED_URL = "redis://127.0.0.1:6379/0"

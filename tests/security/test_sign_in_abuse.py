@@ -22,9 +22,9 @@ import aiohttp
 import asyncpg
 import pytest
 
+from gateway.edge.throttle import SignInThrottle, address_key
 from gateway.errors import RateLimited
 from gateway.store import Conflict, UserRecord, open_store
-from gateway.throttle import SignInThrottle, address_key
 from tests.gatewayproc import SECRET, GatewayProcess
 from tests.services import fresh_pg_database
 

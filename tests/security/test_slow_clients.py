@@ -206,7 +206,7 @@ def test_connections_are_kept_below_the_open_files_limit(tmp_path: Path) -> None
     """With a hard limit it cannot raise, the gateway caps itself below it."""
     code = (
         "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300)); "
-        "from gateway.connections import effective_max_connections as m; "
+        "from gateway.edge.connections import effective_max_connections as m; "
         "print(m(10000), m(100))"
     )
     out = subprocess.run(

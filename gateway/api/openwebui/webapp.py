@@ -20,9 +20,9 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.common import principal_of, read_json
-from gateway.auth import Principal, find_token
 from gateway.chat import tree
 from gateway.context import Gateway, gateway_of
+from gateway.edge.auth import Principal, find_token
 from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.settings import Settings
 

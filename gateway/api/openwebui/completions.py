@@ -21,13 +21,13 @@ from gateway.api.common import principal_of, read_json
 from gateway.context import gateway_of
 from gateway.errors import BadRequest, UpstreamError
 from gateway.events import ReplyFailed, ReplyFinished
+from gateway.fanout.hub import until_finished
 from gateway.flavours import openai as codec
 from gateway.flavours.openwebui import (
     decode_completion_request,
     is_stored_request,
     is_web_app_turn,
 )
-from gateway.hub import until_finished
 from gateway.transports.sse import stream_events
 
 REPAIRED_HEADER = "X-Gateway-Repaired"

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from gateway.edge.secrets import check_password, hash_password
 from gateway.errors import BadRequest, Unavailable
-from gateway.keys import check_password, hash_password
 
 T = TypeVar("T")
 

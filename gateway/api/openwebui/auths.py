@@ -18,11 +18,17 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.common import principal_of, read_json
+from gateway.application.accounts import (
+    SIGNUP_DISABLED,
+    add_user,
+    create_api_key,
+    revoke_api_keys,
+    sign_in,
+)
 from gateway.context import Gateway, gateway_of
+from gateway.edge.proxy import prefix
 from gateway.errors import BadRequest, Forbidden, NotFound
-from gateway.proxy import prefix
 from gateway.store import UserRecord
-from gateway.users import SIGNUP_DISABLED, add_user, create_api_key, revoke_api_keys, sign_in
 
 
 def _session(gateway: Gateway, user: UserRecord, token: str | None = None) -> dict[str, Any]:

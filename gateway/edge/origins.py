@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
-from gateway.connections import EveryInterval
+from gateway.edge.connections import EveryInterval
 from gateway.errors import Forbidden
 
 log = logging.getLogger(__name__)

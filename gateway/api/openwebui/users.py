@@ -12,9 +12,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.common import principal_of
+from gateway.application.accounts import remove_user
 from gateway.context import gateway_of
 from gateway.errors import Forbidden, NotFound
-from gateway.users import remove_user
 
 
 async def delete_user(request: web.Request) -> web.Response:

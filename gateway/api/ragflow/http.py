@@ -24,20 +24,20 @@ from aiohttp import web
 
 from gateway.api import openai
 from gateway.api.common import HTTPStatusError, principal_of, read_json
-from gateway.auth import Principal
+from gateway.application.accounts import create_api_key
 from gateway.chat.assistants import Assistants, now_ms, session_extra
 from gateway.chat.running import StopTarget
 from gateway.chat.shapes import history_of
 from gateway.chat.tree import current_path
 from gateway.context import Gateway, gateway_of
+from gateway.edge.auth import Principal
 from gateway.errors import BadRequest, GatewayError, UpstreamError
 from gateway.events import ReplyFailed, ReplyFinished
+from gateway.fanout.hub import until_finished
 from gateway.flavours import openai as openai_codec
 from gateway.flavours import ragflow as codec
-from gateway.hub import until_finished
 from gateway.store import AssistantRecord, ChatRecord
 from gateway.transports.sse import send_all, stream_events
-from gateway.users import create_api_key
 
 PREFIX = "/ragflow/api/v1"
 

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
+from gateway.edge.secrets import hash_api_key, looks_like_api_key
 from gateway.errors import AuthError
-from gateway.keys import hash_api_key, looks_like_api_key
 
 log = logging.getLogger(__name__)
 

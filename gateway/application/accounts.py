@@ -14,10 +14,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.auth import Principal
+from gateway.edge.auth import Principal
+from gateway.edge.passwords import Passwords
+from gateway.edge.secrets import hash_api_key, new_api_key
 from gateway.errors import AuthError, BadRequest, Conflict, Forbidden
-from gateway.keys import hash_api_key, new_api_key
-from gateway.passwords import Passwords
 from gateway.store import Revocation, Store, UserRecord
 from gateway.store.errors import Conflict as StoreConflict
 

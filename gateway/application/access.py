@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
-from gateway.auth import Principal
+from gateway.edge.auth import Principal
 from gateway.store import Revocation, Store
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from aiohttp import web
 from gateway.context import Gateway, gateway_of
 from gateway.errors import AuthError, GatewayError
 from gateway.events import Event
+from gateway.fanout.presence import Seat
 from gateway.flavours import ragflow as codec
-from gateway.presence import Seat
 from gateway.transports.websocket import Connection, serve
 
 

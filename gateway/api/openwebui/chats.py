@@ -14,11 +14,11 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.common import principal_of, read_json
-from gateway.auth import Principal
 from gateway.chat.chats import page_bounds
 from gateway.chat.running import StopTarget
 from gateway.chat.shapes import list_item
 from gateway.context import Gateway, gateway_of
+from gateway.edge.auth import Principal
 from gateway.errors import BadRequest, NotFound
 from gateway.events import MessageEvent
 

@@ -1,0 +1,1 @@
+"""The application layer: what routes and transports call, and nothing else does."""
