@@ -33,6 +33,11 @@ def cpu_seconds(pid: int) -> float:
 def start(
     args: Sequence[str], env: dict[str, str] | None = None, health: str | None = None
 ) -> subprocess.Popen[bytes]:
+    data_dir = (env or {}).get("DATA_DIR")
+    if data_dir:
+        # The gateway makes its data dir but never the parents (a typo must not
+        # create directories all over the disk): the bench's tree is made here.
+        (ROOT / data_dir).mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, *args],
         cwd=ROOT,

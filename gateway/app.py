@@ -1,7 +1,10 @@
 """Assembles the aiohttp application from settings.
 
-Long-lived resources (the upstream HTTP session, later the store and the
-bus) are opened and closed with the app through `cleanup_ctx`.
+Every long-lived resource is opened and closed with the app by a cleanup
+context of its own, in order — the store, the model servers, the core (the
+fan-out and the bus, replies, chats), accounts (tokens, passwords, access),
+assistants, readiness, the Socket.IO transport — and what routes and
+transports may use is put under the typed keys of `application/keys.py`.
 """
 
 from __future__ import annotations
@@ -20,13 +23,26 @@ from gateway.api.openwebui import auths, chats, completions, tasks, users, webap
 from gateway.api.ragflow import http as ragflow
 from gateway.api.ragflow import ws as ragflow_ws
 from gateway.application.access import AccessGuard
-from gateway.application.accounts import StoreDirectory
-from gateway.bus import Bus
-from gateway.bus.memory import LocalBus
-from gateway.bus.redis import RedisBus
-from gateway.chat.assistants import Assistants
+from gateway.application.accounts import Accounts, StoreDirectory
+from gateway.application.assistants import Assistants
+from gateway.application.chats import Chats
+from gateway.application.health import Readiness
+from gateway.application.keys import (
+    ACCOUNTS,
+    ASSISTANTS,
+    AUTHENTICATOR,
+    CHATS,
+    ORIGINS,
+    READINESS,
+    REALTIME,
+    REPLIES,
+    SETTINGS,
+)
+from gateway.application.realtime import Realtime
+from gateway.application.replies import Replies
+from gateway.bus import Replicas
+from gateway.bus.make import make_bus
 from gateway.chat.service import ChatService
-from gateway.context import GATEWAY, Gateway
 from gateway.edge.auth import Authenticator
 from gateway.edge.connections import SERVER_HEADER, body_deadline
 from gateway.edge.origins import OriginPolicy
@@ -37,8 +53,9 @@ from gateway.edge.throttle import SignInThrottle
 from gateway.fanout.hub import Hub
 from gateway.fanout.presence import Presence
 from gateway.settings import Settings
-from gateway.store import open_store
-from gateway.transports.socketio import SocketIOTransport
+from gateway.store import Store, open_store
+from gateway.transports import socketio
+from gateway.transports.socketio import SOCKETIO, SocketIOTransport
 from gateway.upstream import Upstream
 from gateway.upstream.demo import DemoUpstream
 from gateway.upstream.openai import OpenAIUpstream
@@ -112,6 +129,16 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
     response.headers["Server"] = SERVER_HEADER
 
 
+# What only this module and the application layer hold: no route or transport
+# reads these (they reach the store, the fan-out and the core through the
+# services of `gateway/application/keys.py`).
+STORE = web.AppKey("store", Store)
+ROUTER = web.AppKey("router", ModelRouter)
+HUB = web.AppKey("hub", Hub)
+REPLICAS: web.AppKey[Replicas] = web.AppKey("replicas")
+CORE = web.AppKey("core", ChatService)
+
+
 def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application:
     origins = OriginPolicy(settings.cors_allow_origin)
     app = web.Application(
@@ -125,97 +152,12 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
             origins.cookie_write_guard(),
         ],
     )
-    public_key = (
-        settings.jwt_public_key_file.read_text(encoding="utf-8")
-        if settings.jwt_public_key_file
-        else None
+    app[SETTINGS] = settings
+    app[ORIGINS] = origins
+    # Opened in this order, closed in the reverse one.
+    app.cleanup_ctx.extend(
+        [_storage, _model_servers, _core, _accounts, _assistants, _readiness, _socketio]
     )
-    signing_key = secret_key(settings)
-    sockets = SocketIOTransport(settings, origins)
-
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        store = await open_store(settings.database_url, settings.data_dir)
-        connector = aiohttp.TCPConnector(limit=settings.upstream_max_connections, limit_per_host=0)
-        try:
-            async with aiohttp.ClientSession(connector=connector) as session:
-                router = ModelRouter(
-                    build_upstreams(settings, session), settings.upstream_models_ttl_s
-                )
-                bus: Bus = (
-                    RedisBus(
-                        settings.redis_url,
-                        settings.redis_key_prefix,
-                        settings.bus_max_message_bytes,
-                    )
-                    if settings.websocket_manager == "redis"
-                    else LocalBus()
-                )
-                hub = Hub(settings.outbox_max_events, settings.outbox_max_chars, bus)
-                presence = Presence(bus)
-                service = ChatService(
-                    router,
-                    store,
-                    hub,
-                    settings.checkpoint_interval_s,
-                    settings.default_model,
-                    presence,
-                )
-                replies = service.replies
-                await bus.start(
-                    hub.deliver, replies.on_control, replies.on_orphan, replies.stored_content
-                )
-                await replies.recover_unfinished()
-                authenticator = Authenticator(
-                    signing_key, StoreDirectory(store, settings.api_keys), public_key
-                )
-
-                async def stop_replies_of(user_id: str) -> None:
-                    # A removed user's replies on this replica (each replica polls).
-                    for running in list(replies.running.values()):
-                        if running.user_id == user_id:
-                            await replies.cancel(running)
-
-                access = AccessGuard(store, settings.access_recheck_s, stop_replies_of)
-                await access.start()
-                sockets.bind(authenticator, hub, store, presence, access)
-                passwords = Passwords(
-                    settings.password_min_chars,
-                    settings.password_hash_threads,
-                    settings.password_hash_max_waiting,
-                )
-                await passwords.start()
-                app[GATEWAY] = Gateway(
-                    settings=settings,
-                    origins=origins,
-                    authenticator=authenticator,
-                    router=router,
-                    service=service,
-                    store=store,
-                    hub=hub,
-                    sockets=sockets,
-                    presence=presence,
-                    assistants=Assistants(store, service),
-                    access=access,
-                    passwords=passwords,
-                    signin_throttle=SignInThrottle(
-                        settings.signin_max_failures_per_account,
-                        settings.signin_max_failures_per_address,
-                        settings.signin_failure_window_s,
-                        settings.signin_max_lockout_s,
-                    ),
-                )
-                try:
-                    yield
-                finally:
-                    passwords.close()
-                    await access.close()
-                    await sockets.shutdown()
-                    await replies.shutdown()
-                    await bus.close()
-        finally:
-            await store.close()
-
-    app.cleanup_ctx.append(resources)
     app.on_response_prepare.append(_server_header)
     health.add_routes(app)
     openai.add_routes(app, "/v1")
@@ -227,8 +169,120 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
     auths.add_routes(app)
     users.add_routes(app)
     chats.add_routes(app)
-    sockets.add_routes(app)
+    socketio.add_routes(app)
     nadoo.add_routes(app)
     ragflow.add_routes(app)
     ragflow_ws.add_routes(app)
     return app
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[STORE] = await open_store(settings.database_url, settings.data_dir)
+    try:
+        yield
+    finally:
+        await app[STORE].close()
+
+
+async def _model_servers(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    connector = aiohttp.TCPConnector(limit=settings.upstream_max_connections, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        upstreams = build_upstreams(settings, session)
+        app[ROUTER] = ModelRouter(upstreams, settings.upstream_models_ttl_s)
+        yield
+
+
+async def _core(app: web.Application) -> AsyncIterator[None]:
+    """The fan-out (and the bus, when replicas share one) and the chat core: replies,
+    chats.  The bus starts once the core can take what other replicas send."""
+    settings, store = app[SETTINGS], app[STORE]
+    redis_url = settings.redis_url if settings.websocket_manager == "redis" else None
+    bus, replicas = make_bus(redis_url, settings.redis_key_prefix, settings.bus_max_message_bytes)
+    hub = Hub(settings.outbox_max_events, settings.outbox_max_chars, bus)
+    service = ChatService(
+        app[ROUTER],
+        store,
+        hub,
+        settings.checkpoint_interval_s,
+        settings.default_model,
+        Presence(replicas),
+        replicas,
+    )
+    running = service.replies
+    await replicas.start(running.on_control, running.on_orphan)
+    await bus.start(hub.deliver, running.stored_content)
+    await running.recover_unfinished()
+    app[HUB], app[CORE], app[REPLICAS] = hub, service, replicas
+    app[REPLIES] = Replies(service, hub)
+    app[CHATS] = Chats(store, running, hub)
+    try:
+        yield
+    finally:
+        await running.shutdown()
+        await bus.close()
+        await replicas.close()
+
+
+async def _accounts(app: web.Application) -> AsyncIterator[None]:
+    """Who is asking, and for how long: tokens, users and keys, passwords, access."""
+    settings, store, service = app[SETTINGS], app[STORE], app[CORE]
+    public_key = (
+        settings.jwt_public_key_file.read_text(encoding="utf-8")
+        if settings.jwt_public_key_file
+        else None
+    )
+    authenticator = Authenticator(
+        secret_key(settings), StoreDirectory(store, settings.api_keys), public_key
+    )
+
+    async def stop_replies_of(user_id: str) -> None:
+        # A removed user's replies on this replica (each replica polls).
+        for running in list(service.replies.running.values()):
+            if running.user_id == user_id:
+                await service.replies.cancel(running)
+
+    access = AccessGuard(store, settings.access_recheck_s, stop_replies_of)
+    passwords = Passwords(
+        settings.password_min_chars,
+        settings.password_hash_threads,
+        settings.password_hash_max_waiting,
+    )
+    throttle = SignInThrottle(
+        settings.signin_max_failures_per_account,
+        settings.signin_max_failures_per_address,
+        settings.signin_failure_window_s,
+        settings.signin_max_lockout_s,
+    )
+    await access.start()
+    await passwords.start()
+    app[AUTHENTICATOR] = authenticator
+    app[ACCOUNTS] = Accounts(
+        store, passwords, throttle, access, enable_signup=settings.enable_signup
+    )
+    app[REALTIME] = Realtime(app[HUB], service.presence, access, authenticator, app[REPLICAS])
+    try:
+        yield
+    finally:
+        passwords.close()
+        await access.close()
+
+
+async def _assistants(app: web.Application) -> AsyncIterator[None]:
+    app[ASSISTANTS] = Assistants(app[STORE], app[REPLIES])
+    yield
+
+
+async def _readiness(app: web.Application) -> AsyncIterator[None]:
+    app[READINESS] = Readiness(app[HUB].bus, app[STORE], app[ROUTER].upstreams)
+    yield
+
+
+async def _socketio(app: web.Application) -> AsyncIterator[None]:
+    sockets = SocketIOTransport(app[SETTINGS], app[ORIGINS], app[REALTIME], app[CHATS])
+    app[SOCKETIO] = sockets
+    try:
+        yield
+    finally:
+        await sockets.shutdown()

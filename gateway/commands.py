@@ -6,8 +6,12 @@ no identity: the transport pairs each with the connection's `Principal`.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+# How RAGFlow sends an answer: the text so far in each chunk, or each delta.
+AnswerMode = Literal["cumulative", "delta"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,38 @@ class Say:
 
 
 @dataclass(frozen=True, slots=True)
+class Question:
+    """A user message to an assistant (RAGFlow), in one of its sessions or a new one.
+
+    `Say` with RAGFlow's own fields: the assistant (not a model: it brings a
+    system prompt and sampling settings), whether the answer is streamed, and
+    how (`answer_mode`; None: the endpoint's default).
+    """
+
+    assistant_id: str
+    question: str
+    session_id: str | None = None
+    stream: bool = True
+    answer_mode: AnswerMode | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Who the connection is, said after it opened (Open WebUI's `user-join`)."""
+
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSignal:
+    """What a client's view of a chat did: `type` is join, leave, last_read_at or
+    typing (Open WebUI's `events:chat`); the socket acknowledges join and leave."""
+
+    chat_id: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     pass
 
@@ -96,4 +132,7 @@ class Broadcast:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-Command = Ask | Cancel | Say | Ping | Typing | Broadcast
+Command = Ask | Cancel | Say | Question | Authenticate | ChatSignal | Ping | Typing | Broadcast
+
+# Every command class by name, derived from the union (the golden vectors name them so).
+COMMAND_TYPES: dict[str, type[Command]] = {cls.__name__: cls for cls in typing.get_args(Command)}

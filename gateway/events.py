@@ -10,6 +10,7 @@ Pure API completions (nothing stored) have `chat_id = None`.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,8 @@ class ReplyFinished(ReplyEvent):
     finish_reason: str
     elapsed_s: float
     cancelled: bool = False
+    # The chat's first title, when this reply gave it one: the only carrier of a
+    # title change (Open WebUI's `chat:title` goes out before `chat:active false`).
     title: str | None = None
 
 
@@ -101,11 +104,6 @@ class ReplyFailed(ReplyEvent):
     code: str
     message: str
     partial_content: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ChatTitleChanged(ReplyEvent):
-    title: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +163,6 @@ Event = (
     | SourcesFound
     | ReplyFinished
     | ReplyFailed
-    | ChatTitleChanged
     | MessageEvent
     | Typing
     | UserJoined
@@ -173,3 +170,7 @@ Event = (
     | Notification
     | WorkspaceEvent
 )
+
+# Every event class by name, derived from the union (the bus and the golden
+# vectors name events this way): a class added to `Event` is known everywhere.
+EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in typing.get_args(Event)}

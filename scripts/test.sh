@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need and runs them: services, the virtualenv
 # .venv exactly as uv.lock says (with the test extras), the JS clients, the
-# proxies, then ruff, mypy --strict, pytest.
+# proxies, then ruff, mypy --strict, lint-imports, pytest.
 # Usage: bash scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -99,6 +99,8 @@ log "ruff"
 .venv/bin/ruff check gateway tests bench
 log "mypy --strict gateway"
 .venv/bin/mypy --strict gateway
+log "lint-imports (the layers declared in pyproject.toml)"
+.venv/bin/lint-imports --no-cache
 
 log "pytest"
 # tests/test_lock.py runs the pinned uv.

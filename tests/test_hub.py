@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from gateway import rooms
 from gateway.events import Event, ReasoningDelta, StatusChanged, TextDelta
-from gateway.fanout.hub import Hub, Outbox, Overflow, reply_room
+from gateway.fanout.hub import Hub, Outbox, Overflow
 
 
 def text(chars: str, seq: int = 0, message_id: str = "a1", chat_id: str = "c1") -> TextDelta:
@@ -224,11 +225,11 @@ async def test_max_chars_counts_merged_text() -> None:
 async def test_reply_rooms_of_two_chats_with_the_same_message_id_are_apart() -> None:
     # Open WebUI clients pick message ids; "a1" in one chat is not "a1" in another.
     hub = Hub(outbox_max_events=8)
-    first = hub.subscribe([reply_room("c1", "a1")])
-    second = hub.subscribe([reply_room("c2", "a1")])
-    assert reply_room("c1", "a1") != reply_room("c2", "a1")
+    first = hub.subscribe([rooms.reply("c1", "a1")])
+    second = hub.subscribe([rooms.reply("c2", "a1")])
+    assert rooms.reply("c1", "a1") != rooms.reply("c2", "a1")
     event = text("for c1", chat_id="c1")
-    hub.publish([reply_room("c1", "a1")], event)
+    hub.publish([rooms.reply("c1", "a1")], event)
     assert await first.batch() == [event]
     assert len(second) == 0
 

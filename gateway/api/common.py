@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.context import gateway_of
+from gateway.application.keys import AUTHENTICATOR
 from gateway.edge.auth import Principal, find_token
 from gateway.errors import (
     BadRequest,
@@ -31,7 +31,7 @@ Renderer = Callable[[GatewayError], web.Response]
 
 async def principal_of(request: web.Request) -> Principal:
     token = find_token(request.headers, request.cookies)
-    return await gateway_of(request).authenticator.authenticate(token)
+    return await request.app[AUTHENTICATOR].authenticate(token)
 
 
 async def read_json(request: web.Request) -> Any:

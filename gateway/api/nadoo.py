@@ -17,30 +17,22 @@ accepted, then closed 1008 "Invalid token", as Nadoo documents.
 from __future__ import annotations
 
 import time
-from urllib.parse import quote
 
 from aiohttp import web
 
+from gateway import rooms
 from gateway.api.common import principal_of
-from gateway.chat.running import StopTarget
-from gateway.chat.service import notify_room
+from gateway.application.keys import REALTIME, REPLIES
+from gateway.application.realtime import Seat
+from gateway.application.replies import Replies, StopTarget
 from gateway.commands import Broadcast, Cancel, Ping, Say, Typing
-from gateway.context import Gateway, gateway_of
 from gateway.errors import AuthError, Forbidden, GatewayError
 from gateway.events import Event, UserJoined, UserLeft, WorkspaceEvent
 from gateway.events import Typing as TypingEvent
-from gateway.fanout.presence import Seat, stats
 from gateway.flavours import nadoo
 from gateway.transports.websocket import Connection, serve
 
 INVALID_TOKEN = "Invalid token"
-
-
-def session_room(user_id: str, session_id: str) -> str:
-    """A Nadoo chat session is its user's: another user naming the same id gets a
-    session of their own.  The user id is percent-encoded so it holds no ":" and
-    no two (user, session) pairs share a room."""
-    return f"session:{quote(user_id, safe='')}:{session_id}"
 
 
 def _reason(error: GatewayError) -> str:
@@ -52,9 +44,6 @@ class _NadooEndpoint:
     """What the three Nadoo sockets share: presence, encoding, errors, no refusal frames."""
 
     kind = ""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
 
     def refused(self, error: GatewayError) -> list[str]:
         return []
@@ -69,22 +58,24 @@ class _NadooEndpoint:
 
     def _seat(self, conn: Connection, session: str | None = None) -> None:
         conn.state["encoder"] = nadoo.Encoder(conn.id)
-        self.gateway.presence.add(conn.id, Seat(self.kind, conn.user_id, session))
+        conn.realtime.seat(conn.id, Seat(self.kind, conn.user_id, session))
 
     async def closed(self, conn: Connection) -> None:
-        self.gateway.presence.remove(conn.id)
+        conn.realtime.unseat(conn.id)
 
 
 class ChatEndpoint(_NadooEndpoint):
     kind = "nadoo-chat"
 
-    def __init__(self, gateway: Gateway, session_id: str) -> None:
-        super().__init__(gateway)
+    def __init__(self, replies: Replies, session_id: str) -> None:
+        self.replies = replies
         self.session_id = session_id
+        # A session is its user's: another user naming the same id gets a session
+        # of their own (SECURITY.md, "Rooms and sessions").
         self.room = ""  # the user's own session room, once the token names the user
 
     async def opened(self, conn: Connection) -> None:
-        self.room = session_room(conn.user_id, self.session_id)
+        self.room = rooms.session(conn.user_id, self.session_id)
         await conn.join(self.room)
         self._seat(conn, self.session_id)
         await conn.send(nadoo.connected(self.session_id, conn.user_id, time.time()))
@@ -93,14 +84,14 @@ class ChatEndpoint(_NadooEndpoint):
         command = nadoo.decode_chat(text, time.time())
         assert conn.principal is not None
         if isinstance(command, Say):
-            await self.gateway.service.say(conn.principal, command, rooms=(self.room,))
+            await self.replies.say(conn.principal, command, rooms=(self.room,))
         elif isinstance(command, Ping):
             await conn.send(nadoo.pong(time.time()))
         elif isinstance(command, Typing):
             conn.publish([self.room], TypingEvent(self.session_id, conn.user_id, conn.id))
         elif isinstance(command, Cancel):
             # The user's replies in this session, whichever socket (and replica) asked.
-            await self.gateway.service.replies.stop(StopTarget(conn.user_id, room=self.room))
+            await self.replies.stop(StopTarget(conn.user_id, room=self.room))
 
     async def closed(self, conn: Connection) -> None:
         await super().closed(conn)
@@ -110,14 +101,13 @@ class ChatEndpoint(_NadooEndpoint):
 class NotificationsEndpoint(_NadooEndpoint):
     kind = "nadoo-notifications"
 
-    def __init__(self, gateway: Gateway, user_id: str) -> None:
-        super().__init__(gateway)
+    def __init__(self, user_id: str) -> None:
         self.user_id = user_id
 
     async def opened(self, conn: Connection) -> None:
         if conn.user_id != self.user_id:
             raise Forbidden("The user_id in the path is not the token's user")
-        await conn.join(notify_room(conn.user_id))
+        await conn.join(rooms.notify(conn.user_id))
         self._seat(conn)
 
     async def received(self, conn: Connection, text: str) -> None:
@@ -128,10 +118,9 @@ class NotificationsEndpoint(_NadooEndpoint):
 class WorkspaceEndpoint(_NadooEndpoint):
     kind = "nadoo-workspace"
 
-    def __init__(self, gateway: Gateway, workspace_id: str) -> None:
-        super().__init__(gateway)
+    def __init__(self, workspace_id: str) -> None:
         self.workspace_id = workspace_id
-        self.room = f"workspace:{workspace_id}"
+        self.room = rooms.workspace(workspace_id)
 
     async def opened(self, conn: Connection) -> None:
         await conn.join(self.room)
@@ -154,17 +143,17 @@ class WorkspaceEndpoint(_NadooEndpoint):
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    endpoint = ChatEndpoint(gateway_of(request), request.match_info["session_id"])
+    endpoint = ChatEndpoint(request.app[REPLIES], request.match_info["session_id"])
     return await serve(request, endpoint, reason_for=_reason)
 
 
 async def notifications(request: web.Request) -> web.StreamResponse:
-    endpoint = NotificationsEndpoint(gateway_of(request), request.match_info["user_id"])
+    endpoint = NotificationsEndpoint(request.match_info["user_id"])
     return await serve(request, endpoint, reason_for=_reason)
 
 
 async def workspaces(request: web.Request) -> web.StreamResponse:
-    endpoint = WorkspaceEndpoint(gateway_of(request), request.match_info["workspace_id"])
+    endpoint = WorkspaceEndpoint(request.match_info["workspace_id"])
     return await serve(request, endpoint, reason_for=_reason)
 
 
@@ -172,8 +161,7 @@ async def ws_stats(request: web.Request) -> web.Response:
     """Every realtime connection of the gateway, counted; other users' session and user
     ids only for admins."""
     principal = await principal_of(request)
-    viewer = None if principal.is_admin else principal.user_id
-    return web.json_response(stats(gateway_of(request).presence.seats(), viewer))
+    return web.json_response(request.app[REALTIME].stats(principal))
 
 
 def add_routes(app: web.Application) -> None:

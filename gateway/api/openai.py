@@ -15,7 +15,6 @@ last; through one that buffers, all of them arrive together at the end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
@@ -24,13 +23,13 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.common import principal_of, read_json
+from gateway.application.keys import ORIGINS, REPLIES, SETTINGS
+from gateway.application.replies import finished
 from gateway.commands import Ask
-from gateway.context import gateway_of
-from gateway.errors import UpstreamError
+from gateway.edge.auth import Principal
 from gateway.events import (
     Event,
     ReasoningDelta,
-    ReplyFailed,
     ReplyFinished,
     ReplyStarted,
     TextDelta,
@@ -42,7 +41,7 @@ from gateway.transports.sse import stream_events
 
 async def list_models(request: web.Request) -> web.Response:
     await principal_of(request)
-    models = await gateway_of(request).router.models()
+    models = await request.app[REPLIES].models()
     return web.json_response(codec.models_body(model.as_dict() for model in models))
 
 
@@ -53,13 +52,17 @@ PROBE_MODEL = "gateway-probe"
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    gateway = gateway_of(request)
     principal = await principal_of(request)
-    body = await read_json(request)
+    return await pure_api(request, principal, await read_json(request))
+
+
+async def pure_api(request: web.Request, principal: Principal, body: Any) -> web.StreamResponse:
+    """A reply that is nothing but its answer (nothing stored); also Open WebUI's
+    `/api/chat/completions` without a chat."""
     if request.headers.get(PROBE_HEADER, "").lower() == "pace" and _streams(body):
         return await _paced_probe(request, body.get("model"), principal.user_id)
     ask = codec.decode_request(body)
-    return await answer(request, ask, await gateway.service.open_reply(principal, ask))
+    return await answer(request, ask, await request.app[REPLIES].open(principal, ask))
 
 
 def _streams(body: Any) -> bool:
@@ -91,8 +94,7 @@ async def _paced_probe(request: web.Request, model: Any, user_id: str) -> web.St
 async def answer(
     request: web.Request, ask: Ask, events: AsyncGenerator[Event, None], *, space: bool = True
 ) -> web.StreamResponse:
-    """A pure-API reply as OpenAI SSE (`stream`) or one `chat.completion` JSON."""
-    gateway = gateway_of(request)
+    """A reply as OpenAI SSE (`stream`) or one `chat.completion` JSON."""
     created = int(time.time())
     if ask.stream:
         encoder = codec.ChunkEncoder(ask.model, created, ask.include_usage, space)
@@ -100,31 +102,28 @@ async def answer(
             request,
             events,
             encoder.encode,
-            origins=gateway.origins,
-            keepalive_s=gateway.settings.sse_keepalive_s,
+            origins=request.app[ORIGINS],
+            keepalive_s=request.app[SETTINGS].sse_keepalive_s,
         )
-    completion_id = ""
-    reasoning: list[str] = []
-    async with contextlib.aclosing(events):
-        async for event in events:
-            if isinstance(event, ReplyStarted):
-                completion_id = event.message_id
-            elif isinstance(event, ReasoningDelta):
-                reasoning.append(event.text)
-            elif isinstance(event, ReplyFailed):
-                raise UpstreamError(event.message)
-            elif isinstance(event, ReplyFinished):
-                body = codec.completion_body(
-                    completion_id,
-                    ask.model,
-                    created,
-                    event.content,
-                    event.finish_reason,
-                    event.usage,
-                    "".join(reasoning),
-                )
-                return web.json_response(body)
-    raise UpstreamError("The reply ended without finishing")
+    end, before = await finished(events)
+    return web.json_response(completion(ask, created, end, before))
+
+
+def completion(
+    ask: Ask, created: int, end: ReplyFinished, before: list[Event], completion_id: str = ""
+) -> dict[str, Any]:
+    """The `chat.completion` JSON of a finished reply."""
+    started = next((e for e in before if isinstance(e, ReplyStarted)), None)
+    reasoning = "".join(e.text for e in before if isinstance(e, ReasoningDelta))
+    return codec.completion_body(
+        completion_id or (started.message_id if started else end.message_id),
+        ask.model,
+        created,
+        end.content,
+        end.finish_reason,
+        end.usage,
+        reasoning,
+    )
 
 
 def add_routes(app: web.Application, prefix: str) -> None:

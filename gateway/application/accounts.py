@@ -1,4 +1,6 @@
-"""Users and API keys from the store: sign-up, sign-in, just-in-time users.
+"""Users and API keys: sign-up, sign-in, just-in-time users, removal, keys.
+
+`Accounts` is what routes and the CLI call.
 
 `StoreDirectory` is the `UserDirectory` the authenticator uses once the
 store exists: a verified JWT for an unknown id creates that user (role
@@ -14,19 +16,23 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.application.access import AccessGuard
 from gateway.edge.auth import Principal
 from gateway.edge.passwords import Passwords
 from gateway.edge.secrets import hash_api_key, new_api_key
-from gateway.errors import AuthError, BadRequest, Conflict, Forbidden
+from gateway.edge.throttle import SignInThrottle
+from gateway.errors import AuthError, BadRequest, Conflict, Forbidden, NotFound
 from gateway.store import Revocation, Store, UserRecord
 from gateway.store.errors import Conflict as StoreConflict
+
+__all__ = ["Accounts", "StoreDirectory", "UserRecord", "add_user", "principal_for"]
 
 DEFAULT_AVATAR = "/user.png"
 ROLES = ("admin", "user", "pending")
 SIGNUP_DISABLED = "Sign-up is disabled; ask an admin to add you"
 
 
-def principal_of(user: UserRecord) -> Principal:
+def principal_for(user: UserRecord) -> Principal:
     return Principal(user.id, user.name, user.role)
 
 
@@ -39,7 +45,7 @@ class StoreDirectory:
         user = await self.store.get_user(user_id)
         if user is None:
             user = await self._create_jit(user_id, str(claims.get("name") or user_id))
-        return principal_of(user)
+        return principal_for(user)
 
     async def _refuse_removed(self, user_id: str) -> None:
         # A removed user's tokens may still be valid JWTs: they must not make
@@ -53,7 +59,7 @@ class StoreDirectory:
         if user is None and digest in self._static:
             user_id = self._static[digest]
             user = await self.store.get_user(user_id) or await self._create_jit(user_id, user_id)
-        return None if user is None else principal_of(user)
+        return None if user is None else principal_for(user)
 
     async def _create_jit(self, user_id: str, name: str) -> UserRecord:
         await self._refuse_removed(user_id)
@@ -139,3 +145,93 @@ async def remove_user(store: Store, user_id: str) -> list[Revocation]:
 
 async def revoke_api_keys(store: Store, user_id: str, kind: str) -> list[Revocation]:
     return await store.revoke_api_keys(user_id, kind, int(time.time() * 1000))
+
+
+class Accounts:
+    """Users and keys, for routes and the CLI alike: sign-in (throttled, hashed
+    beside the event loop), sign-up, adding and removing users, API keys.  A
+    removal or revocation closes the connections that hung on it at once here
+    (`AccessGuard`), and on other replicas at their next recheck."""
+
+    def __init__(
+        self,
+        store: Store,
+        passwords: Passwords,
+        throttle: SignInThrottle,
+        access: AccessGuard,
+        *,
+        enable_signup: bool,
+    ) -> None:
+        self._store = store
+        self._passwords = passwords
+        self._throttle = throttle
+        self._access = access
+        self._enable_signup = enable_signup
+
+    async def sign_in(self, email: str, password: str, address: str | None) -> UserRecord:
+        # Refused (429) before any hashing when the account or the address failed too often.
+        attempt = self._throttle.admit(email, address)
+        try:
+            user = await sign_in(self._store, self._passwords, email, password)
+        except BaseException:
+            attempt.abandoned()
+            raise
+        if user is None:
+            attempt.failed()
+            # Open WebUI answers 400 here, not 401.
+            raise BadRequest("The email or password provided is incorrect.")
+        attempt.succeeded()
+        return user
+
+    async def sign_up(self, email: str, password: str, name: str | None) -> UserRecord:
+        only_first = not self._enable_signup
+        # Refused before hashing when it surely would be; the store decides for real.
+        if only_first and await self._store.count_users() > 0:
+            raise Forbidden(SIGNUP_DISABLED)
+        return await add_user(
+            self._store,
+            self._passwords,
+            email=email,
+            password=password,
+            name=name,
+            only_first=only_first,
+        )
+
+    async def add(
+        self, admin: Principal, email: str, password: str, name: str | None, role: str
+    ) -> UserRecord:
+        if not admin.is_admin:
+            raise Forbidden("Only admins can add users")
+        return await add_user(
+            self._store, self._passwords, email=email, password=password, name=name, role=role
+        )
+
+    async def user(self, principal: Principal) -> UserRecord:
+        user = await self._store.get_user(principal.user_id)
+        if user is None:
+            raise NotFound("User not found")
+        return user
+
+    async def save_settings(self, principal: Principal, settings: dict[str, Any]) -> None:
+        user = await self.user(principal)
+        user.settings = settings
+        await self._store.update_user(user)
+
+    async def remove(self, admin: Principal, user_id: str) -> None:
+        if not admin.is_admin:
+            raise Forbidden("Only admins can remove users")
+        if user_id == admin.user_id:
+            # Open WebUI refuses this too: an admin would lock themselves out.
+            raise Forbidden("You cannot remove yourself")
+        revocations = await remove_user(self._store, user_id)
+        if not revocations:
+            raise NotFound("User not found")
+        for revocation in revocations:
+            await self._access.revoked(revocation)
+
+    async def new_key(self, principal: Principal, kind: str = "openwebui") -> str:
+        return await create_api_key(self._store, principal.user_id, kind)
+
+    async def revoke_keys(self, principal: Principal, kind: str) -> None:
+        for revocation in await revoke_api_keys(self._store, principal.user_id, kind):
+            await self._access.revoked(revocation)

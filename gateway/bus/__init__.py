@@ -1,15 +1,26 @@
-"""What replicas share: events for rooms, control messages, running replies, presence.
+"""What replicas share, as two small parts with a protocol each.
 
-The hub delivers to this process's connections; a `Bus` carries the same
-events to the other replicas and brings theirs in::
+A `Bus` is a room fan-out: the hub delivers to this process's connections,
+the bus carries the same events to the other replicas and brings theirs in::
 
     Hub.publish(rooms, e) ──▶ local outboxes
                           └──▶ bus.publish(rooms, e) ──▶ other replicas' Hub.deliver
 
-`memory.LocalBus` is the embedded default (one process, nothing to share);
-`redis.RedisBus` is `WEBSOCKET_MANAGER=redis`.  Rooms named `conn:` and
-`reply:` belong to one connection or one HTTP response, always local: they
-never leave the process.
+A `Replicas` is the registry of the replicas themselves: who is alive
+(heartbeats), the replies running on each (tasks), who is connected where
+(presence, Engine.IO sessions), commands to all of them (stop a reply
+wherever it runs), and the replies of a replica that died (ended by one
+survivor).  Its callers get it explicitly: `chat/running.py` (tasks,
+commands, orphans), `fanout/presence.py` (seats), the Socket.IO front door
+(sessions).
+
+                 one process (the default)     WEBSOCKET_MANAGER=redis
+    Bus          memory.LocalBus               rooms.RedisRooms
+    Replicas     memory.LocalReplicas          replicas.RedisReplicas
+
+`make.make_bus` builds the pair.  Rooms named `conn:` and `reply:` belong to
+one connection or one HTTP response, always local: they never leave the
+process.
 """
 
 from __future__ import annotations
@@ -24,13 +35,47 @@ from gateway.fanout.presence import Seat
 LOCAL_ROOM_PREFIXES = ("conn:", "reply:")
 
 Deliver = Callable[[list[str], Event], None]
+LoadContent = Callable[[str, str], Awaitable[str | None]]
 OnControl = Callable[[dict[str, Any]], Awaitable[None]]
 OnOrphan = Callable[["TaskInfo"], Awaitable[None]]
-LoadContent = Callable[[str, str], Awaitable[str | None]]
 
 
 def is_local(room: str) -> bool:
     return room.startswith(LOCAL_ROOM_PREFIXES)
+
+
+def room_set(rooms: Iterable[str]) -> list[str]:
+    """The rooms that may have members on other replicas."""
+    return [room for room in rooms if not is_local(room)]
+
+
+class Bus(Protocol):
+    """A room fan-out between replicas."""
+
+    async def start(self, deliver: Deliver, load: LoadContent) -> None:
+        """Begin carrying: `deliver` gets other replicas' events, `load(chat_id,
+        message_id)` reads a stored reply's text (for events too big to carry)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def publish(self, rooms: Sequence[str], event: Event) -> None:
+        """To the other replicas; never blocks (bounded; held while unreachable)."""
+        ...
+
+    def watch(self, room: str) -> None:
+        """This replica has a member in `room` now: receive it."""
+        ...
+
+    def unwatch(self, room: str) -> None: ...
+
+    async def watching(self, rooms: Iterable[str]) -> None:
+        """Until the rooms are received (so nothing published after this is missed)."""
+        ...
+
+    def problem(self) -> str | None:
+        """None while healthy; else what is wrong, for `/ready`."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,35 +90,34 @@ class TaskInfo:
     replica: str = ""
 
 
-class Bus(Protocol):
+class Sessions(Protocol):
+    """Where each Engine.IO session lives, so a misrouted poll can be explained."""
+
+    def session_opened(self, sid: str) -> None: ...
+
+    def session_closed(self, sid: str) -> None: ...
+
+    async def session_replica(self, sid: str) -> str | None:
+        """The live replica holding an Engine.IO session, if another one does."""
+        ...
+
+
+class Replicas(Sessions, Protocol):
+    """The registry of replicas: liveness, tasks, presence, sessions, commands."""
+
     replica_id: str
 
-    async def start(
-        self, deliver: Deliver, on_control: OnControl, on_orphan: OnOrphan, load: LoadContent
-    ) -> None:
-        """Begin carrying: `deliver` gets other replicas' events, `on_control` their
-        commands, `on_orphan` each reply of a replica that died (to end it cleanly),
-        `load(chat_id, message_id)` a stored reply's text (for events too big to carry)."""
+    async def start(self, on_control: OnControl, on_orphan: OnOrphan) -> None:
+        """Begin: `on_control` gets other replicas' commands (`broadcast`), `on_orphan`
+        each reply of a replica that died (on one survivor, to end it cleanly)."""
         ...
 
     async def close(self) -> None: ...
 
-    def publish(self, rooms: Sequence[str], event: Event) -> None:
-        """To the other replicas; never blocks (bounded; dropped while unreachable)."""
-        ...
-
-    def watch(self, room: str) -> None:
-        """This replica has a member in `room` now: receive it."""
-        ...
-
-    def unwatch(self, room: str) -> None: ...
-
-    async def watching(self, rooms: Iterable[str]) -> None:
-        """Until the rooms are received (so nothing published after this is missed)."""
-        ...
+    def problem(self) -> str | None: ...
 
     def broadcast(self, message: dict[str, Any]) -> None:
-        """A control message to every other replica."""
+        """A command to every other replica."""
         ...
 
     def task_started(self, task: TaskInfo) -> None: ...
@@ -84,27 +128,8 @@ class Bus(Protocol):
         """Replies running on the other live replicas."""
         ...
 
-    def session_opened(self, sid: str) -> None:
-        """An Engine.IO session lives here now (so a misrouted poll can be explained)."""
-        ...
-
-    def session_closed(self, sid: str) -> None: ...
-
-    async def session_replica(self, sid: str) -> str | None:
-        """The live replica holding an Engine.IO session, if another one does."""
-        ...
-
     def presence_changed(self, seats: list[Seat]) -> None: ...
 
     def remote_seats(self) -> list[Seat]:
         """The other live replicas' connections (refreshed about once a second)."""
         ...
-
-    def problem(self) -> str | None:
-        """None while healthy; else what is wrong, for `/ready`."""
-        ...
-
-
-def room_set(rooms: Iterable[str]) -> list[str]:
-    """The rooms that may have members on other replicas."""
-    return [room for room in rooms if not is_local(room)]

@@ -1,4 +1,9 @@
-"""The embedded bus: one process, no other replica to carry anything to."""
+"""The embedded bus and registry: one process, no other replica to share with.
+
+`LocalBus` carries nothing (the hub has delivered every event already);
+`LocalReplicas` is a registry of one: no other replica runs tasks, holds
+sessions, has connections or hears commands, and none ever dies under us.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,7 @@ from gateway.fanout.presence import Seat
 
 
 class LocalBus:
-    def __init__(self) -> None:
-        self.replica_id = uuid.uuid4().hex[:12]
-
-    async def start(
-        self, deliver: Deliver, on_control: OnControl, on_orphan: OnOrphan, load: LoadContent
-    ) -> None:
+    async def start(self, deliver: Deliver, load: LoadContent) -> None:
         return None
 
     async def close(self) -> None:
@@ -33,6 +33,25 @@ class LocalBus:
         return None
 
     async def watching(self, rooms: Iterable[str]) -> None:
+        return None
+
+    def problem(self) -> str | None:
+        return None
+
+
+class LocalReplicas:
+    """Only this replica: nothing remote to list, ask or tell."""
+
+    def __init__(self) -> None:
+        self.replica_id = uuid.uuid4().hex[:12]
+
+    async def start(self, on_control: OnControl, on_orphan: OnOrphan) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def problem(self) -> str | None:
         return None
 
     def broadcast(self, message: dict[str, Any]) -> None:
@@ -61,6 +80,3 @@ class LocalBus:
 
     def remote_seats(self) -> list[Seat]:
         return []
-
-    def problem(self) -> str | None:
-        return None

@@ -1,13 +1,11 @@
-"""Canonical events on the wire between replicas, as pure functions.
+"""What replicas say to each other on Redis, as pure functions: the room events,
+the watcher mirror's announcements and the control commands.
 
-One message per event, whatever the number of rooms it goes to::
+Every decoder refuses what it cannot trust with `Malformed` (bad UTF-8 or JSON,
+an unknown event type, a missing field, a field of the wrong type), so a
+listener can count and skip one bad message and go on with the next.
 
-    <origin replica id> " " <event number>  "\\n"  {"rooms": [...], "e": {"t": "TextDelta", ...}}
-    └──────────── header: read without parsing JSON ──┘
-
-The header lets a replica drop its own messages and the copies of an event it
-receives through several of its rooms' channels before decoding anything.
-Messages are bounded (`split`): Redis disconnects a subscriber whose output
+Room events are bounded (`split`): Redis disconnects a subscriber whose output
 buffer passes its limit, so one huge event must never reach pub/sub whole
 (Open WebUI #25975).
 """
@@ -16,47 +14,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
-from typing import Any
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeGuard
 
+from gateway import jsonwire
 from gateway.events import (
-    ChatTitleChanged,
+    EVENT_TYPES,
     Event,
-    MessageEvent,
-    Notification,
     ReasoningDelta,
-    ReplyFailed,
     ReplyFinished,
-    ReplyStarted,
-    SourcesFound,
-    StatusChanged,
     TextDelta,
-    Typing,
     Usage,
-    UserJoined,
-    UserLeft,
-    WorkspaceEvent,
 )
 
-_TYPES: dict[str, type[Any]] = {
-    cls.__name__: cls
-    for cls in (
-        ReplyStarted,
-        TextDelta,
-        ReasoningDelta,
-        StatusChanged,
-        SourcesFound,
-        ReplyFinished,
-        ReplyFailed,
-        ChatTitleChanged,
-        MessageEvent,
-        Typing,
-        UserJoined,
-        UserLeft,
-        Notification,
-        WorkspaceEvent,
-    )
-}
+# Derived from the `Event` union: a new event class travels without being listed here.
+_TYPES: dict[str, type[Any]] = dict(EVENT_TYPES)
 _FIELDS: dict[type[Any], tuple[str, ...]] = {
     cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TYPES.values()
 }
@@ -69,10 +43,64 @@ class Undeliverable(ValueError):
     """An event that cannot be made to fit in one bus message."""
 
 
+class Malformed(ValueError):
+    """A message that cannot be trusted: skipped (and counted) by whoever received it."""
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return jsonwire.dumps(value)
 
 
+def loads(data: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:  # JSONDecodeError, and bad surrogates
+        raise Malformed(f"not JSON: {exc}") from None
+
+
+def strings(value: Any) -> TypeGuard[list[str]]:
+    """A list of strings (rooms, as JSON brings them)?"""
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+# -- field types, checked on the way in ---------------------------------------------------
+Check = Callable[[Any], bool]
+
+
+def _check(hint: Any) -> Check:
+    """A predicate for values of a field annotated `hint` (as JSON brings them).
+    Cheap on purpose: it runs for every field of every event a replica receives."""
+    if hint is Any:
+        return lambda value: True
+    if hint is int:  # `type`, not isinstance: True is not a number here
+        return lambda value: type(value) is int
+    if hint is float:  # JSON writes 2.0 as 2.0, but a producer may have had an int
+        return lambda value: type(value) is float or type(value) is int
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if all(arg not in (int, float) and typing.get_origin(arg) is None for arg in args):
+            return lambda value: isinstance(value, args)  # str | None, in one call
+        options = [_check(arg) for arg in args]
+        return lambda value: any(option(value) for option in options)
+    if origin is list and args:
+        item = _check(args[0])
+        return lambda value: isinstance(value, list) and all(item(v) for v in value)
+    if origin is not None:
+        hint = origin  # dict[str, Any]: a dict; its values are the client's data
+    return lambda value: isinstance(value, hint)
+
+
+def _checks(cls: type[Any]) -> tuple[tuple[str, Check], ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple((name, _check(hints[name])) for name in _FIELDS[cls])
+
+
+_CHECKS: dict[type[Any], tuple[tuple[str, Check], ...]] = {
+    cls: _checks(cls) for cls in _TYPES.values()
+}
+
+
+# -- events ---------------------------------------------------------------------------------
 def event_dict(event: Event) -> dict[str, Any]:
     cls = type(event)
     shaped: dict[str, Any] = {"t": cls.__name__}
@@ -83,13 +111,34 @@ def event_dict(event: Event) -> dict[str, Any]:
 
 
 def event_of(shaped: dict[str, Any]) -> Event:
-    cls = _TYPES[shaped.pop("t")]
-    if "usage" in shaped and isinstance(shaped["usage"], dict):
-        shaped["usage"] = Usage.of_wire(shaped["usage"])
-    event: Event = cls(**shaped)
+    """The event `event_dict` made; `Malformed` if it is not one, field by field."""
+    name = shaped.pop("t", None)
+    cls = _TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise Malformed("unknown event type")
+    if isinstance(shaped.get("usage"), dict):
+        try:
+            shaped["usage"] = Usage.of_wire(shaped["usage"])
+        except (KeyError, TypeError, ValueError):
+            raise Malformed(f"{cls.__name__}.usage is not a usage") from None
+    for name, check in _CHECKS[cls]:
+        if name in shaped and not check(shaped[name]):
+            raise Malformed(f"{cls.__name__}.{name} has the wrong type")
+    try:
+        event: Event = cls(**shaped)
+    except TypeError:  # a field missing, or one it does not have
+        raise Malformed(f"{cls.__name__} with fields {sorted(shaped)}") from None
     return event
 
 
+# One room event per message, whatever the number of rooms it goes to:
+#
+#     <origin replica id> " " <event number>  "\n"  {"rooms": [...], "e": {"t": "TextDelta", ...}}
+#     └──────────── header: read without parsing JSON ──┘
+#
+# The header lets a replica drop its own messages, and the copies of an event it
+# receives through several of its rooms' channels, before decoding anything.  A
+# finished reply too big to carry has "content_in_store": true beside its fields.
 def body(rooms: Sequence[str], event: Event, content_in_store: bool = False) -> str:
     shaped = event_dict(event)
     if content_in_store:
@@ -105,16 +154,23 @@ def header(message: str) -> tuple[str, int]:
     """(origin, number) without decoding the body."""
     head, _, _ = message.partition("\n")
     origin, _, number = head.partition(" ")
+    if not origin or not (number.isascii() and number.isdigit()):
+        raise Malformed("no header")
     return origin, int(number)
 
 
 def decode(message: str) -> tuple[list[str], Event, bool]:
     """Rooms, event, and whether its content must be read from the store."""
     _, _, encoded = message.partition("\n")
-    data = json.loads(encoded)
+    data = loads(encoded)
+    if not isinstance(data, dict) or not isinstance(data.get("e"), dict):
+        raise Malformed("no event")
+    rooms = data.get("rooms")
+    if not strings(rooms):
+        raise Malformed("no rooms")
     shaped = data["e"]
-    in_store = bool(shaped.pop(CONTENT_IN_STORE, False))
-    return list(data["rooms"]), event_of(shaped), in_store
+    in_store = shaped.pop(CONTENT_IN_STORE, False) is True
+    return rooms, event_of(shaped), in_store
 
 
 def split(rooms: Sequence[str], event: Event, max_bytes: int) -> list[str]:
@@ -139,3 +195,57 @@ def split(rooms: Sequence[str], event: Event, max_bytes: int) -> list[str]:
         if len(bare.encode()) <= max_bytes:
             return [bare]
     raise Undeliverable(f"{type(event).__name__} of {size} bytes exceeds {max_bytes}")
+
+
+# -- the watcher mirror (`mirror.py`), on the channel <prefix>mirror ------------------------
+#
+#     {"bus": "watch",   "rooms": [...], "from": "<replica id>", "reset": true|false}
+#     {"bus": "unwatch", "rooms": [...], "from": "<replica id>"}
+#     {"bus": "sync",    "rooms": [],    "from": "<replica id>"}   "everyone, your whole list"
+#
+# "reset": these rooms and no others (the first chunk of a whole list).
+MIRROR_KINDS = frozenset({"watch", "unwatch", "sync"})
+
+
+class Announcement(NamedTuple):
+    sender: str
+    kind: str
+    rooms: list[str]
+    reset: bool = False
+
+
+def announcement(sender: str, kind: str, rooms: list[str], reset: bool = False) -> str:
+    shaped: dict[str, Any] = {"bus": kind, "rooms": rooms, "from": sender}
+    if reset:
+        shaped["reset"] = True
+    return _dumps(shaped)
+
+
+def announcement_of(data: str) -> Announcement:
+    shaped = loads(data)
+    if not isinstance(shaped, dict) or shaped.get("bus") not in MIRROR_KINDS:
+        raise Malformed("not an announcement")
+    sender, rooms = shaped.get("from"), shaped.get("rooms")
+    if not isinstance(sender, str) or not sender:
+        raise Malformed("an announcement from nobody")
+    if not strings(rooms):
+        raise Malformed("an announcement without rooms")
+    return Announcement(sender, shaped["bus"], rooms, shaped.get("reset") is True)
+
+
+# -- commands to every replica (`Replicas.broadcast`), on the channel <prefix>control -------
+#
+#     {"cancel": {"user_id": ..., "chat_id": ..., "task_id": ..., "room": ...},
+#      "from": "<replica id>"}
+#
+# The command's own keys are its caller's (`chat/running.py`); "from" is added
+# here, and a replica drops what it sent itself.
+def command(sender: str, message: dict[str, Any]) -> str:
+    return _dumps({**message, "from": sender})
+
+
+def command_of(data: str) -> dict[str, Any]:
+    shaped = loads(data)
+    if not isinstance(shaped, dict) or not isinstance(shaped.get("from"), str):
+        raise Malformed("not a command")
+    return shaped

@@ -2,10 +2,11 @@
 
     ReplyStarted, (TextDelta | ReasoningDelta)*, ReplyFinished | ReplyFailed
 
-`seq` counts from 0 within the reply.  Upstream failures become a
-`ReplyFailed` carrying the text streamed so far; cancellation is not caught
-here (the caller decides what a cancelled reply means), but the upstream
-request is always closed on the way out.
+`seq` counts from 0 within the reply, one number per event whatever its kind.
+Upstream failures become a `ReplyFailed` carrying the text streamed so far;
+cancellation is not caught here (the caller decides what a cancelled reply
+means, and numbers its ending after `last_seq`), but the upstream request is
+always closed on the way out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gateway.errors import GatewayError
 from gateway.events import (
     Event,
     ReasoningDelta,
+    ReplyEvent,
     ReplyFailed,
     ReplyFinished,
     ReplyStarted,
@@ -24,6 +26,13 @@ from gateway.events import (
     Usage,
 )
 from gateway.upstream import ReplyStream
+
+
+def last_seq(seq: int, event: Event) -> int:
+    """The reply's highest `seq` once `event` is sent: an ending the caller makes up
+    (a stop, a crash) takes `last_seq + 1`, new whatever kinds of event came before
+    (reasoning, status and sources are numbered too, not only text)."""
+    return max(seq, event.seq) if isinstance(event, ReplyEvent) else seq
 
 
 def estimate_tokens(chars: int) -> int:

@@ -1,7 +1,7 @@
 """Replies in progress: the registry of this replica's, stop anywhere, recovery.
 
 Every running reply is a `Running` here, with the task that generates it, and
-a `TaskInfo` on the bus so other replicas can list and stop it.  A stop names
+a `TaskInfo` in the replica registry so other replicas can list and stop it.  A stop names
 its replies with a `StopTarget`: this replica's are cancelled at once, the
 others' get a control message.  Replies nobody will finish (a crash, a replica
 that died) are stored with their last draft and a note.
@@ -16,7 +16,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.bus import TaskInfo
+from gateway.bus import Replicas, TaskInfo
+from gateway.bus.memory import LocalReplicas
 from gateway.events import ReplyFailed
 from gateway.fanout.hub import Hub
 from gateway.store import Store
@@ -45,23 +46,25 @@ class Running:
     cancelled_by_user: bool = False
 
 
-class Replies:
-    def __init__(self, store: Store, hub: Hub) -> None:
+class RunningReplies:
+    def __init__(self, store: Store, hub: Hub, replicas: Replicas | None = None) -> None:
         self.store = store
         self.hub = hub
+        # Tasks, commands and orphans across replicas (`gateway/bus/replicas.py`).
+        self.replicas: Replicas = replicas if replicas is not None else LocalReplicas()
         # task id → reply; task ids are ours, message ids are the clients'.
         self.running: dict[str, Running] = {}
 
     def start(self, running: Running, generating: Coroutine[Any, Any, None]) -> None:
-        """Register `running` here and on the bus, and run `generating` (which calls
+        """Register `running` here and in the registry, and run `generating` (which calls
         `ended` when it is over)."""
         self.running[running.task_id] = running
-        self.hub.bus.task_started(self._info(running))
+        self.replicas.task_started(self._info(running))
         running.task = asyncio.create_task(generating)
 
     def ended(self, running: Running) -> None:
         self.running.pop(running.task_id, None)
-        self.hub.bus.task_ended(running.task_id)
+        self.replicas.task_ended(running.task_id)
 
     # -- tasks: this replica's and the others' -------------------------------------
     def _info(self, running: Running) -> TaskInfo:
@@ -71,7 +74,7 @@ class Replies:
             running.message_id,
             running.user_id,
             tuple(running.rooms),
-            self.hub.bus.replica_id,
+            self.replicas.replica_id,
         )
 
     async def tasks(
@@ -81,7 +84,7 @@ class Replies:
         local = [self._info(running) for running in self.running.values()]
         return [
             task
-            for task in (*local, *await self.hub.bus.remote_tasks())
+            for task in (*local, *await self.replicas.remote_tasks())
             if (chat_id is None or task.chat_id == chat_id)
             and (user_id is None or task.user_id == user_id)
         ]
@@ -97,13 +100,13 @@ class Replies:
         local = [r for r in self.running.values() if target.matches(self._info(r))]
         for running in local:
             await self.cancel(running)
-        remote = [task for task in await self.hub.bus.remote_tasks() if target.matches(task)]
+        remote = [task for task in await self.replicas.remote_tasks() if target.matches(task)]
         if remote:
-            self.hub.bus.broadcast({"cancel": target.as_dict()})
+            self.replicas.broadcast({"cancel": target.as_dict()})
         return len(local) + len(remote)
 
     async def on_control(self, message: dict[str, Any]) -> None:
-        """A command from another replica (the bus calls this)."""
+        """A command from another replica (the registry calls this)."""
         spec = message.get("cancel")
         if isinstance(spec, dict):
             target = StopTarget.of(spec)
@@ -129,7 +132,7 @@ class Replies:
 
     async def recover_unfinished(self) -> int:
         """Finalise replies a crash left with done=false, unless a live replica runs them."""
-        elsewhere = {(t.chat_id, t.message_id) for t in await self.hub.bus.remote_tasks()}
+        elsewhere = {(t.chat_id, t.message_id) for t in await self.replicas.remote_tasks()}
         recovered = 0
         for record in await self.store.unfinished_messages():
             key = (record.chat_id, record.id)
@@ -142,7 +145,7 @@ class Replies:
         return recovered
 
     async def on_orphan(self, task: TaskInfo) -> None:
-        """A reply whose replica died (the bus calls this on one survivor): stored with
+        """A reply whose replica died (the registry calls this on one survivor): stored with
         its last draft, and its clients get a clean error end."""
         record = await self.store.get_message(task.chat_id, task.message_id)
         partial = ""

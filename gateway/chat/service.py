@@ -1,77 +1,51 @@
-"""The chat service: runs replies.  `generate` is the only writer of replies.
+"""The chat service: what each command does to the chat tree, and which replies
+it starts.  Running a reply is `runner.py`'s; the registry of running replies
+(stop anywhere, recovery) is `running.py`'s; a turn written into the tree is
+`turns.py`'s (pure).
 
-A stored reply goes through three states, each one row write at most::
+One entry point per command::
 
-    placeholder  {content: "", done: false}            written before streaming
-    streaming    draft column checkpointed ~once a second (content untouched,
-                 so a poller never mistakes half a reply for a whole one)
-    finished     {content: <all>, done: true, usage, ...}  one write at the end
-                 (or the partial text with an `error` note, or `cancelled`)
-
-Events go to the hub rooms `user:<owner>`, `chat:<id>` and the reply's own
-room; `ReplyFinished` is published only after the row is written, so a
-client that reloads on it sees the final text.  A reply runs in its own
-task: a client that disconnects does not stop it (it lands in the chat), a
-stop request does.  Running replies, stops and recovery after a crash are
-`running.py`'s (`self.replies`).
-
-Three ways in, one `generate`:
-
-    open_reply     pure API: nothing stored, the caller iterates the events
-    start_reply    backend-controlled: one placeholder; the upstream is opened
-                   before returning, so "unknown model" is still an HTTP error
-    start_turn     frontend mode (the web app): user message + placeholders
-                   written, answered at once; the upstream is opened inside each
-                   reply's task and a failure arrives as a ReplyFailed event
+    open_reply(principal, Ask)    pure API: nothing stored, the caller iterates
+                                  the events (closing them stops the upstream)
+    start_reply(principal, Ask)   backend-controlled (`chat_id` + `id`): one
+                                  placeholder; the upstream is opened before
+                                  returning, so "unknown model" is still an HTTP error
+    start_turn(principal, Ask)    frontend mode (the web app): user message and
+                                  placeholders written, answered at once; a failure
+                                  to open arrives as a ReplyFailed event
+    say(principal, Say)           a raw-WebSocket message (Nadoo, RAGFlow): a turn
+                                  under the chat's current message, answered
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import logging
-import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
+from gateway import rooms
+from gateway.bus import Replicas
 from gateway.chat import tree
-from gateway.chat.chats import DEFAULT_TITLE, DEFAULT_TITLES, ChatBook, now_s, title_for
+from gateway.chat.chats import DEFAULT_TITLE, ChatBook, now_s, title_for
 from gateway.chat.reply import reply_events
-from gateway.chat.running import Replies, Running
+from gateway.chat.runner import Opening, ReplyRunner
+from gateway.chat.running import Running, RunningReplies
 from gateway.chat.shapes import history_of, message_record
 from gateway.chat.turns import new_placeholder, plan_turn, reanswer
 from gateway.commands import Ask, ReplyTarget, Say
 from gateway.edge.auth import Principal
 from gateway.errors import BadRequest, GatewayError, UpstreamError
-from gateway.events import (
-    ChatTitleChanged,
-    Event,
-    Notification,
-    ReplyFailed,
-    ReplyFinished,
-    ReplyStarted,
-    TextDelta,
-    Usage,
-)
-from gateway.fanout.hub import Hub, Outbox, reply_room
+from gateway.events import Event
+from gateway.fanout.hub import Hub, Outbox
 from gateway.fanout.presence import Presence
 from gateway.store import Store
 from gateway.store.records import ChatRecord, MessageRecord
 from gateway.upstream.router import ModelRouter
 
 log = logging.getLogger(__name__)
-
-NOTIFICATION_PREVIEW_CHARS = 140
-
-
-def notify_room(user_id: str) -> str:
-    return f"notify:{user_id}"
-
-
-Opening = Callable[[], Awaitable[AsyncGenerator[Event, None]]]
 
 
 def _empty_history() -> dict[str, Any]:
@@ -85,7 +59,7 @@ def _prompt_chars(messages: list[dict[str, Any]]) -> int:
 def reply_rooms(
     user_id: str, chat_id: str, message_id: str, extra: tuple[str, ...] = ()
 ) -> list[str]:
-    return [f"user:{user_id}", f"chat:{chat_id}", reply_room(chat_id, message_id), *extra]
+    return [rooms.user(user_id), rooms.chat(chat_id), rooms.reply(chat_id, message_id), *extra]
 
 
 @dataclass(slots=True)
@@ -113,15 +87,18 @@ class ChatService:
         checkpoint_interval_s: float = 1.0,
         default_model: str = "",
         presence: Presence | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self.router = router
         self.store = store
         self.hub = hub
         self._default_model = default_model
-        self._presence = presence
-        self.replies = Replies(store, hub)
+        self.presence = presence or Presence()
+        self.replies = RunningReplies(store, hub, replicas)
         self.book = ChatBook(store, self.replies.is_generating)
-        self._checkpoint_interval_s = checkpoint_interval_s
+        self._runner = ReplyRunner(
+            store, hub, self.replies, self.presence, checkpoint_interval_s
+        )
 
     # -- opening a reply -------------------------------------------------------
     async def _open(
@@ -166,15 +143,16 @@ class ChatService:
         )
 
     # -- backend-controlled mode ---------------------------------------------
-    async def start_reply(
-        self, principal: Principal, chat_id: str, message_id: str, ask: Ask
-    ) -> StartedReply:
+    async def start_reply(self, principal: Principal, ask: Ask) -> StartedReply:
         """Answer into `history.messages[message_id]` of an existing chat.
 
         The placeholder is created under the last user message when it is
         missing (reported in `repaired`).  The chat and placeholder are
         written before this returns; the reply then streams in its own task.
         """
+        if ask.chat_id is None or ask.message_id is None:
+            raise BadRequest("'chat_id' and 'id' are required to answer into a chat")
+        chat_id, message_id = ask.chat_id, ask.message_id
         chat = await self.book.owned(principal, chat_id)
         history = history_of(chat, await self.store.get_messages(chat.id))
         messages = history["messages"]
@@ -198,12 +176,12 @@ class ChatService:
         chat.current_id = record.id
         chat.updated_at = now_s()
         await self.store.save_chat(chat, [record])
-        outbox = self.hub.subscribe([reply_room(chat.id, record.id)])
+        outbox = self.hub.subscribe([rooms.reply(chat.id, record.id)])
         try:
             events = await self._opener(ask.model, conversation, ask.params, record, chat)()
         except GatewayError as exc:
             self.hub.unsubscribe(outbox)
-            await self._finish(record, "", error=exc.message)
+            await self._runner.refused(record, exc)
             raise
 
         async def opened() -> AsyncGenerator[Event, None]:
@@ -392,142 +370,5 @@ class ChatService:
             user_id,
             reply_rooms(user_id, chat_id, message_id, rooms),
         )
-        self.replies.start(running, self.generate(running, opening, record, title))
+        self._runner.start(running, opening, record, title)
         return running
-
-    async def generate(
-        self,
-        running: Running,
-        opening: Opening,
-        record: MessageRecord | None = None,
-        title: str | None = None,
-    ) -> None:
-        """Stream one reply to its rooms; store it into `record` when given.
-
-        `title` is what the chat is named when the reply succeeds, if the
-        chat has no title of its own by then."""
-        chat_id, message_id, rooms = running.chat_id, running.message_id, running.rooms
-        parts: list[str] = []
-        last_checkpoint = time.monotonic()
-        checkpoint: asyncio.Task[None] | None = None
-        started = time.monotonic()
-        seq = 0
-        try:
-            try:
-                events = await opening()
-            except GatewayError as exc:
-                if record is not None:
-                    await self._finish(record, "", error=exc.message)
-                self.hub.publish(rooms, ReplyFailed(chat_id, message_id, 0, exc.code, exc.message))
-                return
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    seq = event.seq if isinstance(event, ReplyStarted | TextDelta) else seq
-                    if isinstance(event, TextDelta):
-                        parts.append(event.text)
-                        now = time.monotonic()
-                        if (
-                            record is not None
-                            and now - last_checkpoint >= self._checkpoint_interval_s
-                            and (checkpoint is None or checkpoint.done())
-                        ):
-                            last_checkpoint = now
-                            checkpoint = asyncio.create_task(
-                                self.store.checkpoint_draft(chat_id, message_id, "".join(parts))
-                            )
-                    if isinstance(event, ReplyFinished):
-                        titled = None
-                        if record is not None:
-                            titled = await self._finish(
-                                record, event.content, title=title, usage=event.usage
-                            )
-                        self.hub.publish(
-                            rooms, event if titled is None else replace(event, title=titled)
-                        )
-                        if titled is not None:
-                            changed = ChatTitleChanged(chat_id, message_id, event.seq + 1, titled)
-                            self.hub.publish(rooms, changed)
-                        if record is not None:
-                            self._notify_if_unwatched(running, event.content)
-                    elif isinstance(event, ReplyFailed):
-                        if record is not None:
-                            await self._finish(record, event.partial_content, error=event.message)
-                        self.hub.publish(rooms, event)
-                    else:
-                        self.hub.publish(rooms, event)
-        except asyncio.CancelledError:
-            # A stop request (or shutdown): keep what was streamed, end cleanly.
-            content = "".join(parts)
-            titled = None
-            if record is not None:
-                with contextlib.suppress(Exception):
-                    finishing = self._finish(record, content, title=title, cancelled=True)
-                    titled = await asyncio.shield(finishing)
-            usage = Usage(0, (len(content) + 3) // 4, estimated=True)
-            self.hub.publish(
-                rooms,
-                ReplyFinished(
-                    chat_id,
-                    message_id,
-                    seq + 1,
-                    content,
-                    usage,
-                    "cancelled",
-                    time.monotonic() - started,
-                    cancelled=True,
-                    title=titled,
-                ),
-            )
-            if not running.cancelled_by_user:
-                raise
-        except Exception:
-            log.exception("reply failed", extra={"chat_id": chat_id, "message_id": message_id})
-            content = "".join(parts)
-            if record is not None:
-                with contextlib.suppress(Exception):
-                    await self._finish(record, content, error="Internal error")
-            self.hub.publish(
-                rooms,
-                ReplyFailed(
-                    chat_id, message_id, seq + 1, "internal_error", "Internal error", content
-                ),
-            )
-        finally:
-            if checkpoint is not None and not checkpoint.done():
-                checkpoint.cancel()
-            self.replies.ended(running)
-
-    def _notify_if_unwatched(self, running: Running, content: str) -> None:
-        """A reply that finished while none of the user's chat sockets was open
-        becomes a notification (Nadoo's `/ws/notifications/{user_id}`)."""
-        if self._presence is None or self._presence.watching(running.user_id):
-            return
-        preview = " ".join(content.split())
-        if len(preview) > NOTIFICATION_PREVIEW_CHARS:
-            preview = preview[: NOTIFICATION_PREVIEW_CHARS - 1] + "…"
-        note = Notification(running.user_id, "Reply ready", preview, f"/c/{running.chat_id}")
-        self.hub.publish([notify_room(running.user_id)], note)
-
-    async def _finish(
-        self,
-        record: MessageRecord,
-        content: str,
-        *,
-        title: str | None = None,
-        usage: Usage | None = None,
-        error: str | None = None,
-        cancelled: bool = False,
-    ) -> str | None:
-        """Write the reply's final row (one transaction); returns the chat's new title
-        when this reply gave the chat its first one."""
-        fields = dict(record.fields)
-        if usage is not None:
-            fields["usage"] = usage.as_dict()
-        if error is not None:
-            fields["error"] = {"content": error}
-        if cancelled:
-            fields["cancelled"] = True
-        record.content, record.done, record.fields, record.draft = content, True, fields, None
-        offered = title if error is None else None
-        titled = await self.store.finish_reply(record, now_s(), offered, DEFAULT_TITLES)
-        return offered if titled else None

@@ -252,12 +252,6 @@ class Hub:
         return {room: len(members) for room, members in self._rooms.items()}
 
 
-def reply_room(chat_id: str, message_id: str) -> str:
-    # Message ids are chosen by clients and repeat across chats ("a1");
-    # the chat id makes the room one reply's.
-    return f"reply:{chat_id}/{message_id}"
-
-
 async def until_finished(outbox: Outbox) -> AsyncGenerator[Event, None]:
     """One reply's events from an outbox that follows it, ending with its
     ReplyFinished or ReplyFailed (or when the outbox overflows or closes)."""

@@ -11,7 +11,8 @@ Every realtime connection registers here while it is open::
 A user is *watching* while one of their connections can show a reply
 (Socket.IO, a Nadoo chat, a RAGFlow socket); a reply that finishes while
 nobody watches becomes a notification.  With several replicas, each shares
-its seats through the bus, and counts are summed across them.
+its seats through the replica registry (`gateway/bus/replicas.py`: written
+with its heartbeat, about once a second), and counts are summed across them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Seat:
 
 
 class SeatSharing(Protocol):
-    """How the other replicas' seats are known (the bus)."""
+    """How the other replicas' seats are known: the replica registry (`bus.Replicas`)."""
 
     def presence_changed(self, seats: list[Seat]) -> None: ...
 
@@ -54,6 +55,10 @@ class Presence:
     def _changed(self) -> None:
         if self._shared is not None:
             self._shared.presence_changed(list(self._seats.values()))
+
+    def here(self, conn_id: str) -> Seat | None:
+        """A connection of this replica's, by its id."""
+        return self._seats.get(conn_id)
 
     def watching(self, user_id: str) -> bool:
         return any(s.user_id == user_id and s.kind in CHAT_KINDS for s in self.seats())

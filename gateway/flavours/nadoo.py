@@ -30,8 +30,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
+from gateway import jsonwire
 from gateway.commands import Broadcast, Cancel, Command, Ping, Say, Typing
 from gateway.errors import GatewayError, ProtocolError
 from gateway.events import (
@@ -49,6 +50,8 @@ from gateway.events import (
 from gateway.events import Typing as TypingEvent
 
 Clock = Callable[[], float]
+# Nadoo's three sockets: /ws/chat/{session_id}, /ws/workspaces/{id}, /ws/notifications/{user}.
+Socket = Literal["chat", "workspace", "notifications"]
 
 # What a workspace member may broadcast to the others (Nadoo's list).
 WORKSPACE_EVENTS = frozenset({"document_updated", "application_changed", "member_added"})
@@ -58,10 +61,6 @@ def timestamp(now: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
 
 
-def _dumps(frame: Mapping[str, Any]) -> str:
-    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
-
-
 def frame(kind: str, now: float, fields: Mapping[str, Any] | None = None) -> str:
     """`{"type", ...fields, "timestamp"}`; fields cannot override type or timestamp."""
     shaped: dict[str, Any] = {"type": kind}
@@ -69,7 +68,7 @@ def frame(kind: str, now: float, fields: Mapping[str, Any] | None = None) -> str
     shaped["type"] = kind
     shaped.pop("timestamp", None)  # ours, and last, whatever a member's frame said
     shaped["timestamp"] = timestamp(now)
-    return _dumps(shaped)
+    return jsonwire.dumps(shaped)
 
 
 # -- client frames ----------------------------------------------------------------
@@ -132,6 +131,32 @@ def decode_notifications(text: str, now: float) -> Command:
         message = "The notifications socket only accepts ping"
         raise ProtocolError(message, error_frame(message, "unknown_type", now))
     return Ping()
+
+
+# -- the codec ----------------------------------------------------------------------
+class NadooFlavour:
+    """The `Flavour` of one Nadoo socket (`flavours/base.py`): text frames both ways.
+
+    One per connection: `self_id` is the connection's id, so its encoder does
+    not tell it about its own presence; `clock` stamps every frame.
+    """
+
+    def __init__(self, socket: Socket, self_id: str = "", clock: Clock = time.time) -> None:
+        self.socket: Socket = socket
+        self.self_id = self_id
+        self._clock = clock
+
+    def decode(self, frame: str) -> Command:
+        """A text frame of this socket; raises ProtocolError carrying the error frame."""
+        now = self._clock()
+        if self.socket == "chat":
+            return decode_chat(frame, now)
+        if self.socket == "workspace":
+            return decode_workspace(frame, now)
+        return decode_notifications(frame, now)
+
+    def encoder(self, request: Command | None = None) -> Encoder:
+        return Encoder(self.self_id, self._clock)
 
 
 # -- server frames ----------------------------------------------------------------

@@ -19,11 +19,11 @@ is rendered once per reply, and only the delta text is JSON-escaped.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from gateway.commands import Ask
+from gateway.commands import Ask, Command
 from gateway.errors import BadRequest, GatewayError
 from gateway.events import (
     Event,
@@ -35,6 +35,7 @@ from gateway.events import (
     Usage,
 )
 from gateway.flavours.sse import data_frame
+from gateway.jsonwire import dumps as _dumps
 
 DONE = b"data: [DONE]\n\n"
 
@@ -59,10 +60,6 @@ PASSTHROUGH_PARAMS = frozenset(
     }
 )
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def decode_common(body: Any) -> tuple[Mapping[str, Any], str, bool]:
@@ -112,15 +109,37 @@ def decode_messages(messages: Any) -> list[dict[str, Any]]:
     return [dict(message) for message in messages]
 
 
+class OpenAIFlavour:
+    """The `Flavour` of `/v1/chat/completions` (`flavours/base.py`): a JSON body in,
+    SSE events out.  One per route: `space` is whether `data:` takes one (not on
+    RAGFlow's OpenAI-compatible route); `clock` dates each exchange's chunks."""
+
+    def __init__(self, space: bool = True, clock: Callable[[], float] = time.time) -> None:
+        self.space = space
+        self._clock = clock
+
+    def decode(self, frame: Any) -> Ask:
+        return decode_request(frame)
+
+    def encoder(self, request: Command | None = None) -> ChunkEncoder:
+        """The exchange's encoder: the request names the model and asks for the usage
+        chunk; without it, the model is the replying one and no usage chunk is sent."""
+        created = int(self._clock())
+        if isinstance(request, Ask):
+            return ChunkEncoder(request.model, created, request.include_usage, self.space)
+        return ChunkEncoder("", created, False, self.space)
+
+
 class ChunkEncoder:
     """Encodes one reply's events as `chat.completion.chunk` SSE events.
 
     The completion id is the reply's message id, learnt from `ReplyStarted`
-    (always the first event of a reply).
+    (always the first event of a reply), and so is the model when none is given.
     """
 
     def __init__(self, model: str, created: int, include_usage: bool, space: bool = True) -> None:
         self._model = model
+        self._model_given = bool(model)
         self._created = created
         self._include_usage = include_usage
         # RAGFlow's OpenAI-compatible route writes `data:` with no space.
@@ -151,6 +170,8 @@ class ChunkEncoder:
                 self._data + self._reasoning_prefix + _dumps(event.text).encode() + self._suffix
             ]
         if isinstance(event, ReplyStarted):
+            if not self._model_given:
+                self._model = event.model
             self._start(event.message_id)
             return [self._chunk({"role": "assistant", "content": ""}, None)]
         if isinstance(event, ReplyFinished):

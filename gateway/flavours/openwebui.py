@@ -11,6 +11,11 @@ Three modes share the completions route; the body says which::
 
 Unlike OpenAI, `messages` may be absent: the chat's tree is the conversation.
 
+Socket.IO client → server, each decoded into a Command (`OpenWebUIFlavour`)::
+
+    user-join    {"auth": {"token": "…"}}                → Authenticate(token)
+    events:chat  {"chat_id", "data": {"type": "join"}}   → ChatSignal(chat_id, type)
+
 Socket.IO server → client, event name `events`, to room `user:<owner>`::
 
     {"chat_id": "…", "message_id": "…", "data": {"type": "chat:message:delta",
@@ -35,10 +40,9 @@ and on failure `chat:message:error {error: {content}}`, then
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from gateway.commands import Ask, ReplyTarget
+from gateway.commands import Ask, Authenticate, ChatSignal, Command, ReplyTarget
 from gateway.errors import BadRequest, ProtocolError
 from gateway.events import (
     Event,
@@ -159,31 +163,47 @@ def _targets(raw: Any, model: str) -> tuple[ReplyTarget, ...]:
 
 
 # -- Socket.IO client events ------------------------------------------------------
-def decode_user_join(data: Any) -> str:
-    """`user-join` `{"auth": {"token": "…"}}` → the token."""
+# What python-socketio hands over: (event name, data).
+SocketEvent = tuple[str, Any]
+
+
+class OpenWebUIFlavour:
+    """The `Flavour` of the web app's socket (`flavours/base.py`).
+
+    Its errors carry no frame: a refused event is answered with no ack.
+    The completions route's body is HTTP: `decode_completion_request`.
+    """
+
+    def decode(self, frame: SocketEvent) -> Command:
+        name, data = frame
+        if name == "user-join":
+            return decode_join(data)
+        if name == "events:chat":
+            return decode_chat_signal(data)
+        raise ProtocolError(f"Unknown event {name!r}; expected user-join or events:chat")
+
+    def encoder(self, request: Command | None = None) -> SocketEncoder:
+        return SocketEncoder()
+
+
+def decode_join(data: Any) -> Authenticate:
+    """`user-join` `{"auth": {"token": "…"}}`."""
     auth = data.get("auth") if isinstance(data, Mapping) else None
     token = auth.get("token") if isinstance(auth, Mapping) else None
     if not isinstance(token, str) or not token:
         raise ProtocolError("user-join needs {auth: {token}}")
-    return token
+    return Authenticate(token)
 
 
-@dataclass(frozen=True, slots=True)
-class ChatRoomEvent:
+def decode_chat_signal(data: Any) -> ChatSignal:
     """`events:chat` `{"chat_id", "data": {"type": "join"|"leave"|"last_read_at"|"typing"}}`."""
-
-    chat_id: str
-    type: str
-
-
-def decode_chat_event(data: Any) -> ChatRoomEvent:
     if not isinstance(data, Mapping) or not isinstance(data.get("chat_id"), str):
         raise ProtocolError("events:chat needs {chat_id, data: {type}}")
     inner = data.get("data")
     kind = inner.get("type") if isinstance(inner, Mapping) else None
     if not isinstance(kind, str):
         raise ProtocolError("events:chat needs {chat_id, data: {type}}")
-    return ChatRoomEvent(data["chat_id"], kind)
+    return ChatSignal(data["chat_id"], kind)
 
 
 # -- Socket.IO server events -------------------------------------------------------
@@ -226,12 +246,13 @@ class SocketEncoder:
             ]
         if isinstance(event, MessageEvent):
             return [_frame(event.chat_id, event.message_id, event.type, event.data)]
-        # ChatTitleChanged travels inside ReplyFinished (so chat:title precedes
-        # chat:active false); presence events are Nadoo's.
+        # Presence and workspace events are Nadoo's.
         return []
 
 
 def _finished(event: ReplyFinished) -> list[Frame]:
+    # `title` is the one source of chat:title (there is no separate title event),
+    # so it is sent once, after chat:completion and before chat:active false.
     completion: dict[str, Any] = {
         "done": True,
         "content": event.content,

@@ -27,8 +27,12 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from gateway import jsonwire
+from gateway.commands import AnswerMode as AnswerMode
+from gateway.commands import Command
+from gateway.commands import Question as Question
 from gateway.errors import (
     AuthError,
     BadRequest,
@@ -42,7 +46,9 @@ from gateway.errors import (
 )
 from gateway.events import Event, ReplyFailed, ReplyFinished, TextDelta
 
-AnswerMode = Literal["cumulative", "delta"]
+# What RAGFlow shows for a field its owner never set.
+from gateway.flavours.ragflow_defaults import DEFAULT_DESCRIPTION, PROMPT_DEFAULTS
+
 ANSWER_MODES: tuple[AnswerMode, ...] = ("cumulative", "delta")
 
 # RAGFlow's RetCode values.
@@ -56,43 +62,6 @@ SERVER_ERROR = 500
 
 END = '{"code":0,"message":"","data":true}'
 AUTH_REQUIRED = "Authentication required. Please provide valid API token or user session."
-DEFAULT_OPENER = "Hi! I'm your assistant. What can I do for you?"
-DEFAULT_DESCRIPTION = "A helpful Assistant"
-DEFAULT_SESSION_NAME = "New session"
-# RAGFlow's default system prompt (it expects a knowledge base in {knowledge}).
-DEFAULT_PROMPT = (
-    "You are an intelligent assistant. Please summarize the content of the knowledge base "
-    "to answer the question. Please list the data in the knowledge base and answer in detail. "
-    "When all knowledge base content is irrelevant to the question, your answer must include "
-    "the sentence 'The answer you are looking for is not found in the knowledge base!' "
-    "Answers need to consider chat history.\nHere is the knowledge base:\n{knowledge}\n"
-    "The above is the knowledge base."
-)
-LLM_DEFAULTS: dict[str, Any] = {
-    "temperature": 0.1,
-    "top_p": 0.3,
-    "presence_penalty": 0.4,
-    "frequency_penalty": 0.7,
-    "max_tokens": 512,
-}
-PROMPT_DEFAULTS: dict[str, Any] = {
-    "similarity_threshold": 0.2,
-    "keywords_similarity_weight": 0.7,
-    "top_n": 6,
-    "top_k": 1024,
-    "variables": [{"key": "knowledge", "optional": True}],
-    "rerank_model": "",
-    "empty_response": "Sorry! No relevant content was found in the knowledge base!",
-    "opener": DEFAULT_OPENER,
-    "show_quote": True,
-    "prompt": DEFAULT_PROMPT,
-}
-# Sampling settings of an assistant's `llm` the upstream understands.
-LLM_PARAMS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens")
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def ok(data: Any = None) -> dict[str, Any]:
@@ -175,19 +144,6 @@ def decode_assistant(body: Any, *, creating: bool, known_models: list[str]) -> d
     return settings
 
 
-def assistant_config(settings: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """A new assistant's whole config: the settings sent, RAGFlow's defaults for the rest."""
-    llm = {**LLM_DEFAULTS, **settings.get("llm", {})}
-    llm["model_name"] = llm.get("model_name") or model
-    return {
-        "avatar": settings.get("avatar", ""),
-        "description": settings.get("description", DEFAULT_DESCRIPTION),
-        "dataset_ids": [],
-        "llm": llm,
-        "prompt": {**PROMPT_DEFAULTS, **settings.get("prompt", {})},
-    }
-
-
 def assistant_body(
     assistant_id: str,
     user_id: str,
@@ -217,21 +173,6 @@ def assistant_body(
         "update_time": updated_ms,
         "update_date": http_date(updated_ms),
     }
-
-
-def system_prompt(config: Mapping[str, Any]) -> str:
-    """The assistant's prompt as the model's system message; no knowledge base is attached."""
-    prompt = config.get("prompt", {}).get("prompt") or DEFAULT_PROMPT
-    return str(prompt).replace("{knowledge}", "")
-
-
-def model_params(config: Mapping[str, Any]) -> dict[str, Any]:
-    llm = config.get("llm", {})
-    return {key: llm[key] for key in LLM_PARAMS if llm.get(key) is not None}
-
-
-def opener_of(config: Mapping[str, Any]) -> str:
-    return str(config.get("prompt", {}).get("opener") or DEFAULT_OPENER)
 
 
 # -- sessions ----------------------------------------------------------------------
@@ -277,17 +218,6 @@ def session_messages(opener: str, path: Sequence[Mapping[str, Any]]) -> list[dic
 
 
 # -- asking ------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Question:
-    """One question to an assistant, over HTTP or WebSocket."""
-
-    assistant_id: str
-    question: str
-    session_id: str | None = None
-    stream: bool = True
-    answer_mode: AnswerMode | None = None  # None: the transport's default
-
-
 def _answer_mode(body: Mapping[str, Any]) -> AnswerMode | None:
     mode = body.get("answer_mode")
     if mode is None:
@@ -353,7 +283,7 @@ def _missing(field: str, ws: bool) -> ProtocolError:
 
 def error_frame(code: int, message: str) -> str:
     """An error chunk, the shape RAGFlow streams (and sends before closing a socket)."""
-    return dumps(
+    return jsonwire.dumps(
         {
             "code": code,
             "message": message,
@@ -384,7 +314,7 @@ def answer_data(answer: str, message_id: str | None, session_id: str) -> dict[st
 
 def chunk(answer: str, message_id: str | None, session_id: str, **extra: Any) -> str:
     data = {**answer_data(answer, message_id, session_id), **extra}
-    return dumps({"code": SUCCESS, "message": "", "data": data})
+    return jsonwire.dumps({"code": SUCCESS, "message": "", "data": data})
 
 
 def opener_frames(opener: str, session_id: str) -> list[str]:
@@ -443,16 +373,50 @@ class AnswerEncoder:
         return []
 
 
+class RagflowSocketFlavour:
+    """The `Flavour` of a RAGFlow chat socket (`flavours/base.py`): text frames both ways.
+
+    `path_assistant_id` is set when the path names the assistant
+    (`/api/v1/ws/chats/{chat_id}/…`); `mode` is the answers' default.
+    """
+
+    def __init__(self, mode: AnswerMode, path_assistant_id: str | None = None) -> None:
+        self.mode: AnswerMode = mode
+        self.path_assistant_id = path_assistant_id
+
+    def decode(self, frame: str) -> Question:
+        return decode_ws_frame(frame, self.path_assistant_id)
+
+    def encoder(self, request: Command | None = None) -> AnswerEncoder:
+        return AnswerEncoder(self.mode)
+
+
+class RagflowHttpFlavour:
+    """The `Flavour` of `POST /api/v1/chats/{chat_id}/completions`: a JSON body in,
+    chunks out (`sse` frames each); the question's own `answer_mode` wins."""
+
+    def __init__(self, assistant_id: str, mode: AnswerMode) -> None:
+        self.assistant_id = assistant_id
+        self.mode: AnswerMode = mode
+
+    def decode(self, frame: Any) -> Question:
+        return decode_question(frame, self.assistant_id)
+
+    def encoder(self, request: Command | None = None) -> AnswerEncoder:
+        own = request.answer_mode if isinstance(request, Question) else None
+        return AnswerEncoder(own or self.mode)
+
+
 def sse(frame: str) -> bytes:
     """RAGFlow writes `data:` with no space."""
     return b"data:" + frame.encode() + b"\n\n"
 
 
 # -- /v1/ws/health -----------------------------------------------------------------
-HEALTHY = dumps(
+HEALTHY = jsonwire.dumps(
     {"status": "healthy", "message": "WebSocket connection established", "version": "1.0"}
 )
 
 
 def echo(message: str, now: float) -> str:
-    return dumps({"echo": message, "timestamp": str(now)})
+    return jsonwire.dumps({"echo": message, "timestamp": str(now)})

@@ -9,9 +9,17 @@ Reading (the upstream's stream): bytes arrive in arbitrary pieces; `SSEParser`
 buffers up to one event, splits on blank lines, joins multi-line `data:`
 fields with "\\n", ignores comments and other fields.  The buffer is bounded:
 an event larger than `max_event_bytes` raises `ValueError`.
+
+Lines end with CRLF, LF or CR, and with nothing else: U+2028, U+2029, U+0085
+(and the other breaks `str.splitlines` knows) are text, which an upstream may
+send raw inside its JSON strings.  Line ends are made LF as the bytes come in
+(a CR that ends one piece may be the first half of a CRLF), so a blank line
+is always `\\n\\n`, whatever mix of endings the server uses.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 KEEPALIVE = b": keepalive\n\n"
 
@@ -25,22 +33,22 @@ class SSEParser:
     def __init__(self, max_event_bytes: int = 1024 * 1024) -> None:
         self._buffer = b""
         self._max = max_event_bytes
+        # The last byte taken was a CR: an LF first in the next piece is its CRLF's.
+        self._after_cr = False
 
     def feed(self, chunk: bytes) -> list[str]:
         """Add bytes; return the data payloads of every event now complete."""
-        self._buffer += chunk
-        payloads: list[str] = []
-        while True:
-            end, sep_len = _event_end(self._buffer)
-            if end < 0:
-                break
-            raw, self._buffer = self._buffer[:end], self._buffer[end + sep_len :]
-            data = _event_data(raw)
-            if data is not None:
-                payloads.append(data)
-        if len(self._buffer) > self._max:
-            raise ValueError(f"SSE event larger than {self._max} bytes")
-        return payloads
+        return list(self.events(chunk))
+
+    def events(self, chunk: bytes) -> Iterator[str]:
+        """Add bytes (at once); iterate the payloads of the events now complete.
+
+        Lazily: the events before an oversized one come out before its
+        ValueError, however the bytes were cut.  Events not iterated stay
+        buffered for the next call.
+        """
+        self._buffer += self._lf_ended(chunk)
+        return self._complete()
 
     def close(self) -> list[str]:
         """End of stream: a last event without its blank line still counts."""
@@ -48,22 +56,32 @@ class SSEParser:
         data = _event_data(rest) if rest.strip() else None
         return [] if data is None else [data]
 
+    def _lf_ended(self, chunk: bytes) -> bytes:
+        if not chunk or (not self._after_cr and b"\r" not in chunk):
+            return chunk  # the common case: LF only, one search
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+            if not chunk:
+                self._after_cr = False
+                return chunk
+        self._after_cr = chunk.endswith(b"\r")
+        # CR and LF never occur inside a UTF-8 sequence: bytes are safe to edit.
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
-def _event_end(buffer: bytes) -> tuple[int, int]:
-    # Events end with a blank line; servers use \n\n, \r\n\r\n or (rarely) \r\r.
-    if b"\r" not in buffer:  # the common case, one search
-        return buffer.find(b"\n\n"), 2
-    best, best_len = -1, 0
-    for separator in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-        index = buffer.find(separator)
-        if index >= 0 and (best < 0 or index < best):
-            best, best_len = index, len(separator)
-    return best, best_len
+    def _complete(self) -> Iterator[str]:
+        while (end := self._buffer.find(b"\n\n")) >= 0:
+            raw, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+            data = _event_data(raw)
+            if data is not None:
+                yield data
+        if len(self._buffer) > self._max:
+            raise ValueError(f"SSE event larger than {self._max} bytes")
 
 
 def _event_data(raw: bytes) -> str | None:
     lines: list[str] = []
-    for line in raw.decode("utf-8", errors="replace").splitlines():
+    # Line ends are LF only by now (see `_lf_ended`); never `str.splitlines`.
+    for line in raw.decode("utf-8", errors="replace").split("\n"):
         if line.startswith("data:"):
             value = line[5:]
             lines.append(value[1:] if value.startswith(" ") else value)

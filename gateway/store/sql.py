@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import Any, TypeVar
 
+from gateway import jsonwire
 from gateway.store.drivers import Driver, Row, Statement
 from gateway.store.errors import Conflict
 from gateway.store.records import (
@@ -43,7 +44,7 @@ _MESSAGE_COLUMNS = "chat_id, id, parent_id, role, content, done, fields, draft, 
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return jsonwire.dumps(value)
 
 
 def _bool(value: Any) -> bool | None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,16 +31,15 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from gateway.application.access import AccessGuard, Lease
-from gateway.edge.auth import Authenticator, Principal, find_token
+from gateway import rooms
+from gateway.application.chats import Chats
+from gateway.application.realtime import Lease, Outbox, Overflow, Realtime, Seat
+from gateway.edge.auth import Principal, find_token
 from gateway.edge.origins import OriginPolicy
 from gateway.errors import AuthError, GatewayError
 from gateway.events import Event
-from gateway.fanout.hub import Hub, Outbox, Overflow
-from gateway.fanout.presence import Presence, Seat
-from gateway.flavours.openwebui import decode_chat_event, decode_user_join
+from gateway.flavours.openwebui import decode_chat_signal, decode_join
 from gateway.settings import Settings
-from gateway.store import ChatRecord, Store
 from gateway.transports import socketio_queue as engine
 from gateway.transports.socketio_front import FrontDoor
 
@@ -51,6 +49,18 @@ SOCKETIO_PATH = "/ws/socket.io"
 # Engine.IO timings Open WebUI uses (and socket.io-client expects by default).
 PING_INTERVAL_S = 25
 PING_TIMEOUT_S = 20
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """Every request on the Socket.IO path, to the transport its cleanup context made."""
+    return await request.app[SOCKETIO].handle(request)
+
+
+def add_routes(app: web.Application, path: str = SOCKETIO_PATH) -> None:
+    # Engine.IO clients ask for "<path>/"; accept the bare path too.
+    for route in (path + "/", path):
+        app.router.add_route("GET", route, handle)
+        app.router.add_route("POST", route, handle)
 
 
 @dataclass(slots=True, eq=False)
@@ -67,7 +77,9 @@ class Connection:
 
 
 class SocketIOTransport:
-    def __init__(self, settings: Settings, origins: OriginPolicy) -> None:
+    def __init__(
+        self, settings: Settings, origins: OriginPolicy, realtime: Realtime, chats: Chats
+    ) -> None:
         transports = ["polling", "websocket"] if settings.enable_websocket_support else ["polling"]
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",
@@ -82,11 +94,8 @@ class SocketIOTransport:
             engineio_logger=False,
         )
         self._conns: dict[str, Connection] = {}
-        self._authenticator: Authenticator | None = None
-        self._hub: Hub | None = None
-        self._store: Store | None = None
-        self._presence: Presence | None = None
-        self._access: AccessGuard | None = None
+        self._realtime = realtime
+        self._chats = chats
         # Drops in progress (a task the loop holds only weakly must be kept).
         self._closing: set[asyncio.Task[None]] = set()
         self.sio.on("connect", self._on_connect)
@@ -96,37 +105,15 @@ class SocketIOTransport:
         # Open WebUI sends these; nothing to do with them here.
         for ignored in ("heartbeat", "usage"):
             self.sio.on(ignored, self._ignore)
-        self._front = FrontDoor(self.sio, origins)
+        self._front = FrontDoor(self.sio, origins, realtime)
 
-    # -- wiring ---------------------------------------------------------------
-    def add_routes(self, app: web.Application, path: str = SOCKETIO_PATH) -> None:
-        # Engine.IO clients ask for "<path>/"; accept the bare path too.
-        for route in (path + "/", path):
-            app.router.add_route("GET", route, self._front.handle)
-            app.router.add_route("POST", route, self._front.handle)
-
-    def bind(
-        self,
-        authenticator: Authenticator,
-        hub: Hub,
-        store: Store,
-        presence: Presence,
-        access: AccessGuard,
-    ) -> None:
-        """Called once the app's resources exist (the socket routes exist before)."""
-        self._authenticator, self._hub, self._store = authenticator, hub, store
-        self._presence, self._access = presence, access
-        self._front.bus = hub.bus
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        return await self._front.handle(request)
 
     async def shutdown(self) -> None:
         for conn in list(self._conns.values()):
             self._release(conn)
         await self.sio.shutdown()
-
-    def owner_of(self, sid: str) -> str | None:
-        """The user a live socket is authenticated as, or None."""
-        conn = self._conns.get(sid)
-        return conn.principal.user_id if conn is not None and conn.principal else None
 
     # -- events from clients --------------------------------------------------
     async def _on_connect(self, sid: str, environ: Mapping[str, Any], auth: Any) -> bool:
@@ -147,7 +134,7 @@ class SocketIOTransport:
             token = None
         if token:
             with contextlib.suppress(AuthError):
-                await self._join(conn, await self._authenticate(token))
+                await self._join(conn, await self._realtime.authenticate(token))
         return True
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
@@ -162,7 +149,7 @@ class SocketIOTransport:
         if conn is None:
             return None
         try:
-            principal = await self._authenticate(decode_user_join(data))
+            principal = await self._realtime.authenticate(decode_join(data).token)
         except GatewayError as exc:
             log.info("user-join refused", extra={"sid": sid, "error": exc.message})
             return None
@@ -174,55 +161,37 @@ class SocketIOTransport:
         if conn is None or conn.principal is None:
             return None
         try:
-            event = decode_chat_event(data)
+            event = decode_chat_signal(data)
         except GatewayError:
             return None
-        owned = await self._owned_chat(conn.principal, event.chat_id)
-        if event.type == "last_read_at" and owned is not None:
-            owned.last_read_at = int(time.time())
-            await self._store_of().update_chat(owned)
+        if event.type == "last_read_at":
+            await self._chats.mark_read(conn.principal, event.chat_id)
+            return None
         # join/leave: events of the user's chats already reach every socket of
         # the user (room user:<id>); the ack is what the web app waits for.
         if event.type == "join":
-            return owned is not None
+            return await self._chats.owns(conn.principal, event.chat_id)
         return True if event.type == "leave" else None
 
     async def _ignore(self, sid: str, data: Any = None) -> None:
         return None
 
     # -- helpers --------------------------------------------------------------
-    async def _authenticate(self, token: str) -> Principal:
-        if self._authenticator is None:
-            raise RuntimeError("SocketIOTransport.bind() was not called before serving")
-        return await self._authenticator.authenticate(token)
-
-    def _store_of(self) -> Store:
-        if self._store is None:
-            raise RuntimeError("SocketIOTransport.bind() was not called before serving")
-        return self._store
-
-    async def _owned_chat(self, principal: Principal, chat_id: str) -> ChatRecord | None:
-        chat = await self._store_of().get_chat(chat_id)
-        return chat if chat is not None and chat.user_id == principal.user_id else None
-
     async def _join(self, conn: Connection, principal: Principal) -> None:
         """Into room user:<id>, here and (once subscribed) on every replica."""
-        assert self._hub is not None
         if conn.principal == principal and conn.outbox is not None:
             return
         self._release(conn)
         conn.principal = principal
-        conn.outbox = self._hub.subscribe(
-            [f"user:{principal.user_id}"],
+        conn.outbox = self._realtime.subscribe(
+            [rooms.user(principal.user_id)],
             on_overflow=lambda: self._overflowed(conn),
             deliver=lambda event: self._deliver(conn, event),
         )
         conn.pump = asyncio.create_task(self._pump(conn, conn.outbox))
-        if self._presence is not None:
-            self._presence.add(conn.sid, Seat("socketio", principal.user_id))
-        if self._access is not None:
-            conn.lease = self._access.hold(principal, lambda why: self._end_access(conn, why))
-        await self._hub.watching(conn.outbox.rooms)
+        self._realtime.seat(conn.sid, Seat("socketio", principal.user_id))
+        conn.lease = self._realtime.hold(principal, lambda why: self._end_access(conn, why))
+        await self._realtime.watching(conn.outbox.rooms)
 
     def _deliver(self, conn: Connection, event: Event) -> bool:
         """The fast path: into Engine.IO's queue now, unless it is backed up."""
@@ -235,10 +204,10 @@ class SocketIOTransport:
         if conn.lease is not None:
             conn.lease.release()
             conn.lease = None
-        if self._presence is not None:
-            self._presence.remove(conn.sid)
-        if conn.outbox is not None and self._hub is not None:
-            self._hub.unsubscribe(conn.outbox)
+        if conn.principal is not None:
+            self._realtime.unseat(conn.sid)
+        if conn.outbox is not None:
+            self._realtime.unsubscribe(conn.outbox)
         if conn.pump is not None and conn.pump is not asyncio.current_task():
             conn.pump.cancel()
         conn.outbox, conn.pump = None, None
@@ -287,3 +256,7 @@ class SocketIOTransport:
         sock = conn.eio_socket
         tcp = conn.tcp or (self._front.upgrades.get(sock.sid) if sock is not None else None)
         await engine.abort(sock, tcp)
+
+
+# The transport is made when the services it needs exist (`gateway/app.py`).
+SOCKETIO = web.AppKey("socketio", SocketIOTransport)

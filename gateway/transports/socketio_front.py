@@ -20,17 +20,19 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from gateway.bus import Bus
+from gateway.application.realtime import Realtime
 from gateway.edge.origins import OriginPolicy
 from gateway.edge.proxy import STICKY_LINES, upgrade_required
 from gateway.errors import Forbidden
 
 
 class FrontDoor:
-    def __init__(self, sio: socketio.AsyncServer, origins: OriginPolicy) -> None:
+    def __init__(
+        self, sio: socketio.AsyncServer, origins: OriginPolicy, realtime: Realtime
+    ) -> None:
         self.sio = sio
         self._origins = origins
-        self.bus: Bus | None = None  # set once the app's hub exists
+        self._realtime = realtime
         # Upgrades from polling: Engine.IO sid → the websocket's TCP transport.
         self.upgrades: dict[str, asyncio.Transport] = {}
         self._track_sessions()
@@ -45,13 +47,11 @@ class FrontDoor:
         opened, closed = eio.handlers["connect"], eio.handlers["disconnect"]
 
         async def on_open(eio_sid: str, environ: Mapping[str, Any]) -> Any:
-            if self.bus is not None:
-                self.bus.session_opened(eio_sid)
+            self._realtime.session_opened(eio_sid)
             return await opened(eio_sid, environ)
 
         async def on_close(eio_sid: str, reason: Any) -> Any:
-            if self.bus is not None:
-                self.bus.session_closed(eio_sid)
+            self._realtime.session_closed(eio_sid)
             return await closed(eio_sid, reason)
 
         eio.on("connect", on_open)
@@ -77,7 +77,7 @@ class FrontDoor:
 
     async def _unknown_session(self, eio_sid: str) -> web.Response:
         """A request for a session this replica does not hold: say why, and the fix."""
-        holder = await self.bus.session_replica(eio_sid) if self.bus else None
+        holder = await self._realtime.session_replica(eio_sid)
         if holder is not None:
             detail = (
                 f"Session ID unknown here: it lives on another replica ({holder}). {STICKY_LINES}."

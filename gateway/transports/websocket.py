@@ -33,7 +33,9 @@ from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
-from gateway.context import gateway_of
+from gateway import rooms
+from gateway.application.keys import ORIGINS, REALTIME, SETTINGS
+from gateway.application.realtime import Outbox, Overflow, Realtime
 from gateway.edge.auth import Principal, find_token
 from gateway.edge.proxy import upgrade_required
 from gateway.errors import (
@@ -46,7 +48,6 @@ from gateway.errors import (
     PeerError,
 )
 from gateway.events import Event
-from gateway.fanout.hub import Hub, Outbox, Overflow
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,14 @@ _DROPPING: set[asyncio.Task[None]] = set()
 class Connection:
     """One accepted WebSocket, as an endpoint sees it."""
 
-    def __init__(self, ws: web.WebSocketResponse, hub: Hub, request: web.Request) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, realtime: Realtime, request: web.Request
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.ws = ws
         self.request = request
         self.principal: Principal | None = None
-        self._hub = hub
+        self.realtime = realtime
         self.outbox: Outbox | None = None
         # Per-connection state an endpoint keeps (running task ids, encoder...).
         self.state: dict[str, object] = {}
@@ -74,7 +77,7 @@ class Connection:
     @property
     def room(self) -> str:
         """The connection's own room: replies it asks for are also published here."""
-        return f"conn:{self.id}"
+        return rooms.connection(self.id)
 
     @property
     def user_id(self) -> str:
@@ -85,12 +88,11 @@ class Connection:
     async def join(self, room: str) -> None:
         """Into `room`, here and (once subscribed) on every replica."""
         if self.outbox is not None:
-            self._hub.join(self.outbox, room)
-            await self._hub.watching([room])
+            await self.realtime.join(self.outbox, room)
 
     def publish(self, rooms: list[str], event: Event) -> None:
-        """Publish to rooms (the hub's `publish`, for presence and broadcasts)."""
-        self._hub.publish(rooms, event)
+        """Publish to rooms (presence and broadcasts)."""
+        self.realtime.publish(rooms, event)
 
     async def send(self, frame: str) -> None:
         """One text frame now (replies to the client's own frames: pong, errors)."""
@@ -133,30 +135,30 @@ async def serve(
     authenticate: bool = True,
     reason_for: Callable[[GatewayError], str] = lambda error: error.message,
 ) -> web.StreamResponse:
-    gateway = gateway_of(request)
-    if not gateway.origins.allows(request.headers.get("Origin"), request.host):
+    realtime = request.app[REALTIME]
+    if not request.app[ORIGINS].allows(request.headers.get("Origin"), request.host):
         raise Forbidden(f"Origin {request.headers.get('Origin')} is not allowed")
     ws = web.WebSocketResponse(
-        heartbeat=PING_INTERVAL_S, max_msg_size=gateway.settings.max_frame_bytes
+        heartbeat=PING_INTERVAL_S, max_msg_size=request.app[SETTINGS].max_frame_bytes
     )
     if not ws.can_prepare(request).ok:
         return upgrade_required(request)
     await ws.prepare(request)
-    conn = Connection(ws, gateway.hub, request)
+    conn = Connection(ws, realtime, request)
     try:
         if authenticate:
             token = find_token(request.headers, request.cookies, request.query)
-            conn.principal = await gateway.authenticator.authenticate(token)
-        conn.outbox = gateway.hub.subscribe([conn.room], on_overflow=lambda: _too_slow(conn))
+            conn.principal = await realtime.authenticate(token)
+        conn.outbox = realtime.subscribe([conn.room], on_overflow=lambda: _too_slow(conn))
         await endpoint.opened(conn)
     except GatewayError as exc:
         if conn.outbox is not None:
-            gateway.hub.unsubscribe(conn.outbox)
+            realtime.unsubscribe(conn.outbox)
         await _refuse(conn, endpoint, exc, reason_for(exc))
         return ws
     lease = None
     if conn.principal is not None:
-        lease = gateway.access.hold(
+        lease = realtime.hold(
             conn.principal, lambda why: _end_access(conn, endpoint, AuthError(why), reason_for)
         )
     writer = asyncio.create_task(_write(conn, endpoint))
@@ -165,7 +167,7 @@ async def serve(
     finally:
         if lease is not None:
             lease.release()
-        gateway.hub.unsubscribe(conn.outbox)
+        realtime.unsubscribe(conn.outbox)
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer

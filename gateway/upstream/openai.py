@@ -4,7 +4,9 @@ One `aiohttp.ClientSession` per process, shared by every upstream, with a
 connection limit far above aiohttp's default of 100 (200 concurrent streams
 are normal).  Every request is sent with `stream: true` and
 `stream_options.include_usage`; a non-streaming client gets the chunks
-joined by the core.  The upstream's SSE is parsed with a bounded buffer.
+joined by the core.  This module is the I/O only: what the streamed bytes
+mean (chunks, [DONE], the faults) is decoded by `chunks.py`, with a bounded
+buffer.
 
 A stream that ended with `[DONE]` gives its connection back to the pool, so the
 next reply skips a TCP (and TLS) handshake.  A server's chunked terminator often
@@ -22,7 +24,6 @@ masked (SECURITY.md, "What errors and health checks reveal").
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -30,16 +31,14 @@ from typing import Any
 import aiohttp
 
 from gateway.errors import BadRequest, GatewayError, RateLimited, UpstreamError
-from gateway.events import Usage
-from gateway.flavours.sse import SSEParser
 from gateway.upstream import Chunk, ModelInfo
+from gateway.upstream.chunks import MAX_EVENT_BYTES, BadStream, ChunkDecoder
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BODY_BYTES = 64 * 1024
 # Characters of an upstream's error body kept in the log line.
 LOGGED_ERROR_CHARS = 500
-MAX_EVENT_BYTES = 1024 * 1024
 # After [DONE]: how long, and how much, to read for the body's end before giving the
 # connection back (past either, it is closed).
 DRAIN_TIMEOUT_S = 5.0
@@ -165,75 +164,25 @@ class OpenAIStream:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[Chunk]:
-        parser = SSEParser(MAX_EVENT_BYTES)
-        finished = False
+        # What the bytes mean is `chunks.py`'s; here: reading them, and the log.
+        decoder = ChunkDecoder(self._model, MAX_EVENT_BYTES)
         try:
             async for raw in self._resp.content.iter_any():
-                for payload in parser.feed(raw):
-                    if payload.strip() == "[DONE]":
-                        self._hand_back()
-                        return
-                    chunk = self._decode(payload)
-                    finished = finished or chunk.finish_reason is not None
+                for chunk in decoder.feed(raw):
                     yield chunk
-            for payload in parser.close():
-                if payload.strip() != "[DONE]":
-                    yield self._decode(payload)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                if decoder.done:
+                    self._hand_back()
+                    return
+            for chunk in decoder.close():
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise failure(
                 f"The model server for '{self._model}' broke off the reply",
                 self._base_url,
                 str(exc) or type(exc).__name__,
             ) from None
-        if not finished:
-            raise failure(
-                f"The model server for '{self._model}' closed the stream mid-reply",
-                self._base_url,
-                "the body ended without a finish_reason or [DONE]",
-            )
-
-    def _decode(self, payload: str) -> Chunk:
-        try:
-            data = json.loads(payload)
-        except ValueError:
-            raise failure(
-                f"The model server for '{self._model}' sent a chunk that is not JSON",
-                self._base_url,
-                repr(payload[:200]),
-            ) from None
-        if not isinstance(data, dict):
-            raise failure(
-                f"The model server for '{self._model}' sent a chunk that is not an object",
-                self._base_url,
-                repr(payload[:200]),
-            )
-        if "error" in data:
-            raise failure(
-                f"The model server for '{self._model}' failed mid-reply",
-                self._base_url,
-                json.dumps(data["error"], default=str),
-            )
-        usage = None
-        raw_usage = data.get("usage")
-        if isinstance(raw_usage, dict):
-            usage = Usage(
-                int(raw_usage.get("prompt_tokens") or 0),
-                int(raw_usage.get("completion_tokens") or 0),
-            )
-        choices = data.get("choices") or []
-        if not choices or not isinstance(choices[0], dict):
-            return Chunk(usage=usage)
-        choice = choices[0]
-        delta = choice.get("delta") or {}
-        text = delta.get("content") or ""
-        # vLLM/DeepSeek say reasoning_content, Ollama and OpenRouter say reasoning.
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
-        return Chunk(
-            text=_encodable(text) if isinstance(text, str) else "",
-            reasoning=_encodable(reasoning) if isinstance(reasoning, str) else "",
-            finish_reason=choice.get("finish_reason"),
-            usage=usage,
-        )
+        except BadStream as exc:
+            raise failure(exc.message, self._base_url, exc.detail) from None
 
     def _hand_back(self) -> None:
         """The reply is complete: the connection goes back to the pool once the body
@@ -266,16 +215,3 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
         resp.release()
     else:
         resp.close()
-
-
-def _encodable(text: str) -> str:
-    """The text with lone UTF-16 surrogates (JSON "\\ud83d" without its pair, which a
-    broken tokenizer can send) replaced by U+FFFD: no client encoding can carry them.
-    (json.loads joins the valid pairs, so any surrogate left is a lone one.)"""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
-    return text

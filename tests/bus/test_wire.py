@@ -4,6 +4,7 @@ and `split` keeping each message under the bound (Open WebUI #25975)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from typing import Any
 
@@ -11,7 +12,6 @@ import pytest
 
 from gateway.bus import wire
 from gateway.events import (
-    ChatTitleChanged,
     Event,
     MessageEvent,
     Notification,
@@ -58,7 +58,6 @@ EVERY_EVENT: list[Event] = [
     ),
     ReplyFinished(None, "m1", 6, "api only", Usage(1, 2, estimated=True), "stop", 0.1),
     ReplyFailed("c1", "m1", 7, "upstream_error", "Upstream sagte: nein", "teilweise…"),
-    ChatTitleChanged("c1", "m1", 8, "Über Größen"),
     MessageEvent("c1", "m1", 9, "chat:message:favorite", {"a": [1, {"b": None}], "é": "中"}),
     MessageEvent("c1", "m1", 9, "ping"),
     Typing("s1", "u1", "conn-1"),
@@ -200,7 +199,6 @@ UNDELIVERABLE: list[Event] = [
     StatusChanged("c1", "m1", 1, BIG, False),
     SourcesFound("c1", "m1", 2, [{"document": [BIG]}]),
     ReplyFailed("c1", "m1", 3, "upstream_error", "failed", BIG),
-    ChatTitleChanged("c1", "m1", 5, BIG),
     MessageEvent("c1", "m1", 6, "x", {"blob": BIG}),
     Notification("u1", "t", BIG),
     WorkspaceEvent("w1", "u1", "doc", {"blob": BIG}),
@@ -218,3 +216,88 @@ def test_split_finished_reply_too_big_even_without_content() -> None:
     event = ReplyFinished("c1", "m1", 4, BIG, Usage(1, 2), "stop", 0.1, title=BIG)
     with pytest.raises(wire.Undeliverable):
         wire.split(ROOMS, event, 4096)
+
+
+# -- what cannot be trusted is refused, message by message -------------------------------------
+GOOD = {"t": "TextDelta", "chat_id": "c1", "message_id": "m1", "seq": 1, "text": "x"}
+FINISHED = wire.event_dict(ReplyFinished("c1", "m1", 6, "done", Usage(1, 2), "stop", 1.5))
+
+
+def shaped_message(rooms: Any, event: Any) -> str:
+    return wire.message(ORIGIN, 1, json.dumps({"rooms": rooms, "e": event}))
+
+
+MALFORMED: dict[str, str] = {
+    "not JSON": f"{ORIGIN} 1\n{{not json",
+    "not an object": f"{ORIGIN} 1\n[1, 2]",
+    "no event": f'{ORIGIN} 1\n{{"rooms": []}}',
+    "rooms not a list": shaped_message("user:x", GOOD),
+    "a room not a string": shaped_message([1], GOOD),
+    "unknown type": shaped_message(ROOMS, {**GOOD, "t": "NoSuchEvent"}),
+    "no type": shaped_message(ROOMS, {k: v for k, v in GOOD.items() if k != "t"}),
+    "a type not a name": shaped_message(ROOMS, {**GOOD, "t": ["TextDelta"]}),
+    "seq a string": shaped_message(ROOMS, {**GOOD, "seq": "1"}),
+    "seq a bool": shaped_message(ROOMS, {**GOOD, "seq": True}),
+    "text a number": shaped_message(ROOMS, {**GOOD, "text": 5}),
+    "chat id a list": shaped_message(ROOMS, {**GOOD, "chat_id": ["c1"]}),
+    "a field missing": shaped_message(ROOMS, {"t": "TextDelta", "seq": 1, "text": "x"}),
+    "a field too many": shaped_message(ROOMS, {**GOOD, "colour": "red"}),
+    "usage not a usage": shaped_message(ROOMS, {**FINISHED, "usage": {"prompt_tokens": "many"}}),
+    "sources not dicts": shaped_message(
+        ROOMS, {"t": "SourcesFound", "chat_id": "c1", "message_id": "m1", "seq": 1, "sources": [1]}
+    ),
+    "a bad surrogate": f'{ORIGIN} 1\n{{"rooms": [], "e": {{"t": "TextDelta", "text": "\\ud800"}}}}',
+}
+
+
+@pytest.mark.parametrize("message", list(MALFORMED.values()), ids=list(MALFORMED))
+def test_decode_refuses_what_it_cannot_trust(message: str) -> None:
+    with pytest.raises(wire.Malformed):
+        wire.decode(message)
+
+
+def test_a_float_field_takes_an_integer() -> None:
+    shaped = {**FINISHED, "elapsed_s": 2}
+    _, event, _ = wire.decode(shaped_message(ROOMS, shaped))
+    assert isinstance(event, ReplyFinished) and event.elapsed_s == 2
+
+
+@pytest.mark.parametrize("message", ["", "abc\n{}", " 1\n{}", "abc x\n{}", "abc -1\n{}", "a ²\n"])
+def test_header_refuses_a_message_without_one(message: str) -> None:
+    with pytest.raises(wire.Malformed):
+        wire.header(message)
+
+
+def test_announcements_there_and_back() -> None:
+    for kind, rooms, reset in [("watch", ROOMS, True), ("unwatch", ["user:u1"], False)]:
+        said = wire.announcement_of(wire.announcement(ORIGIN, kind, rooms, reset))
+        assert said == wire.Announcement(ORIGIN, kind, rooms, reset)
+    assert wire.announcement_of(wire.announcement(ORIGIN, "sync", [])).kind == "sync"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "nope",
+        "[]",
+        '{"bus": "watch", "rooms": []}',
+        '{"bus": "watch", "rooms": [], "from": ""}',
+        '{"bus": "watch", "rooms": "user:x", "from": "r"}',
+        '{"bus": "watch", "rooms": [1], "from": "r"}',
+        '{"bus": "shout", "rooms": [], "from": "r"}',
+    ],
+)
+def test_announcement_refuses_what_it_cannot_trust(data: str) -> None:
+    with pytest.raises(wire.Malformed):
+        wire.announcement_of(data)
+
+
+def test_commands_there_and_back() -> None:
+    sent = {"cancel": {"task_id": "t1", "chat_id": None}}
+    assert wire.command_of(wire.command(ORIGIN, sent)) == {**sent, "from": ORIGIN}
+
+
+@pytest.mark.parametrize("data", ["nope", "[]", '{"cancel": {}}', '{"from": 7}'])
+def test_command_refuses_what_it_cannot_trust(data: str) -> None:
+    with pytest.raises(wire.Malformed):
+        wire.command_of(data)

@@ -21,9 +21,8 @@ def build(spec: dict[str, Any], message_id: str, seq: int) -> events.Event:
     kind = fields.pop("type")
     if "usage" in fields:
         fields["usage"] = events.Usage(**fields["usage"])
-    event: events.Event = getattr(events, kind)(
-        chat_id=None, message_id=message_id, seq=seq, **fields
-    )
+    cls: type[Any] = events.EVENT_TYPES[kind]
+    event: events.Event = cls(chat_id=None, message_id=message_id, seq=seq, **fields)
     return event
 
 
@@ -94,6 +93,15 @@ SSE_VECTORS = [
     (b": comment\nevent: x\nid: 1\ndata: one\ndata: two\n\n", ["one\ntwo"]),
     (b"data: \xe2\x9c\x93 ok\n\n", ["✓ ok"]),
     (b"data: [DONE]\n\n", ["[DONE]"]),
+    # Lines end with CRLF, LF or CR only: what else str.splitlines breaks on is text
+    # (U+2028, U+2029, U+0085 may come raw inside an upstream's JSON strings).
+    (b'data: {"t":"a\xe2\x80\xa8b"}\n\n', ['{"t":"a\u2028b"}']),
+    (b'data: {"t":"a\xe2\x80\xa9b"}\n\n', ['{"t":"a\u2029b"}']),
+    (b'data: {"t":"a\xc2\x85b"}\n\n', ['{"t":"a\x85b"}']),
+    (b"data: a\x0bb\x0cc\x1cd\x1de\x1ef\n\n", ["a\x0bb\x0cc\x1cd\x1de\x1ef"]),
+    # A blank line is any line end after a line end, mixed too.
+    (b"data: a\n\r\ndata: b\r\n\ndata: c\r\n\rdata: d\r\r", ["a", "b", "c", "d"]),
+    (b"data: a\r\ndata: b\r\rdata: c\rdata: d\n\n", ["a\nb", "c\nd"]),
 ]
 
 
@@ -107,6 +115,22 @@ def test_sse_parser_whole_and_byte_by_byte(raw: bytes, expected: list[str]) -> N
     assert got == expected
     parser = SSEParser()
     assert parser.feed(raw[:-1]) + parser.feed(raw[-1:]) == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), SSE_VECTORS)
+def test_sse_parser_cut_in_two_anywhere(raw: bytes, expected: list[str]) -> None:
+    # Inside a CRLF, inside a UTF-8 character: where a read ends changes nothing.
+    for cut in range(1, len(raw)):
+        parser = SSEParser()
+        assert parser.feed(raw[:cut]) + parser.feed(raw[cut:]) == expected, f"cut at {cut}"
+
+
+def test_sse_parser_events_before_an_oversized_one_come_out_first() -> None:
+    parser = SSEParser(max_event_bytes=16)
+    events = parser.events(b"data: a\n\ndata: " + b"x" * 32)
+    assert next(events) == "a"
+    with pytest.raises(ValueError, match="larger than"):
+        next(events)
 
 
 def test_sse_parser_last_event_without_blank_line_and_bound() -> None:

@@ -28,8 +28,10 @@ import pytest
 
 import gateway.errors as errors
 import gateway.events as events
+from gateway.commands import Question
 from gateway.errors import GatewayError, ProtocolError
 from gateway.flavours import ragflow
+from gateway.flavours import ragflow_defaults as assistant_defaults
 from gateway.flavours.sse import SSEParser
 
 VECTOR_DIR = Path(__file__).parent.parent / "vectors" / "ragflow"
@@ -51,18 +53,6 @@ FUNCTIONS = (
 END = '{"code":0,"message":"","data":true}'
 # Every streamed chunk's `data` (docs/PROTOCOLS.md §3); delta mode adds `final`.
 CHUNK_KEYS = {"answer", "reference", "audio_binary", "id", "session_id"}
-
-EVENT_TYPES: dict[str, type[Any]] = {
-    cls.__name__: cls
-    for cls in (
-        events.ReplyStarted,
-        events.TextDelta,
-        events.SourcesFound,
-        events.ReplyFinished,
-        events.ReplyFailed,
-    )
-}
-
 
 def load(path: Path) -> dict[str, Any]:
     vector: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -88,7 +78,7 @@ def cases(name: str) -> list[Any]:
 
 def build_event(spec: dict[str, Any]) -> events.Event:
     fields = dict(spec)
-    kind = EVENT_TYPES[fields.pop("event")]
+    kind = events.EVENT_TYPES[fields.pop("event")]
     if "usage" in fields:
         fields["usage"] = events.Usage(**fields["usage"])
     event: events.Event = kind(**fields)
@@ -230,8 +220,9 @@ def sent_text(case: dict[str, Any]) -> str:
     return json.dumps(case["frame"], ensure_ascii=False)
 
 
-def check_question(question: ragflow.Question, expected: dict[str, Any]) -> None:
-    assert question == ragflow.Question(**expected)
+def check_question(question: Question, expected: dict[str, Any]) -> None:
+    # The RAGFlow question is a Command of the core (gateway/commands.py).
+    assert question == Question(**expected)
     assert exact(dataclasses.asdict(question)) == exact(expected)
 
 
@@ -246,12 +237,17 @@ def check_protocol_error(raised: pytest.ExceptionInfo[ProtocolError], frame: Any
 def test_decode_ws_frame(case: dict[str, Any]) -> None:
     text = sent_text(case)
     path_assistant_id = case.get("path_assistant_id")
+    flavour = ragflow.RagflowSocketFlavour("cumulative", path_assistant_id)
     if "error" in case:
         with pytest.raises(ProtocolError) as raised:
             ragflow.decode_ws_frame(text, path_assistant_id)
         check_protocol_error(raised, case["error"])
+        with pytest.raises(ProtocolError) as raised:
+            flavour.decode(text)
+        check_protocol_error(raised, case["error"])
         return
     check_question(ragflow.decode_ws_frame(text, path_assistant_id), case["question"])
+    check_question(flavour.decode(text), case["question"])
 
 
 @pytest.mark.parametrize("case", cases("decode_question"))
@@ -267,6 +263,8 @@ def test_decode_question(case: dict[str, Any]) -> None:
         }
         return
     check_question(ragflow.decode_question(case["body"], case["assistant_id"]), case["question"])
+    flavour = ragflow.RagflowHttpFlavour(case["assistant_id"], "delta")
+    check_question(flavour.decode(case["body"]), case["question"])
 
 
 @pytest.mark.parametrize("case", cases("decode_assistant"))
@@ -289,7 +287,7 @@ def test_decode_assistant(case: dict[str, Any]) -> None:
 # -- assistants and sessions ------------------------------------------------------------
 @pytest.mark.parametrize("case", cases("assistant_config"))
 def test_assistant_config(case: dict[str, Any]) -> None:
-    config = ragflow.assistant_config(case["settings"], case["model"])
+    config = assistant_defaults.assistant_config(case["settings"], case["model"])
     assert exact(config) == exact(case["config"])
 
 
@@ -315,12 +313,12 @@ def test_session_messages(case: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("case", cases("system_prompt"))
 def test_system_prompt(case: dict[str, Any]) -> None:
-    assert ragflow.system_prompt(case["config"]) == case["prompt"]
+    assert assistant_defaults.system_prompt(case["config"]) == case["prompt"]
 
 
 @pytest.mark.parametrize("case", cases("model_params"))
 def test_model_params(case: dict[str, Any]) -> None:
-    assert exact(ragflow.model_params(case["config"])) == exact(case["params"])
+    assert exact(assistant_defaults.model_params(case["config"])) == exact(case["params"])
 
 
 def test_a_new_assistant_round_trips() -> None:
@@ -330,12 +328,12 @@ def test_a_new_assistant_round_trips() -> None:
         creating=True,
         known_models=["m", "m2"],
     )
-    config = ragflow.assistant_config(settings, "m")
+    config = assistant_defaults.assistant_config(settings, "m")
     body = ragflow.assistant_body("as1", "alice", settings["name"], config, 0, 0)
     assert body["llm"]["model_name"] == "m2"
     assert body["prompt"]["opener"] == "Hey"
-    assert ragflow.opener_of(config) == "Hey"
-    assert ragflow.model_params(config) == ragflow.LLM_DEFAULTS
+    assert assistant_defaults.opener_of(config) == "Hey"
+    assert assistant_defaults.model_params(config) == assistant_defaults.LLM_DEFAULTS
 
 
 # -- errors and server frames -----------------------------------------------------------

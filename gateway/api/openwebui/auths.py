@@ -18,23 +18,15 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.common import principal_of, read_json
-from gateway.application.accounts import (
-    SIGNUP_DISABLED,
-    add_user,
-    create_api_key,
-    revoke_api_keys,
-    sign_in,
-)
-from gateway.context import Gateway, gateway_of
+from gateway.application.accounts import UserRecord
+from gateway.application.keys import ACCOUNTS, AUTHENTICATOR, SETTINGS
 from gateway.edge.proxy import prefix
-from gateway.errors import BadRequest, Forbidden, NotFound
-from gateway.store import UserRecord
+from gateway.errors import BadRequest
 
 
-def _session(gateway: Gateway, user: UserRecord, token: str | None = None) -> dict[str, Any]:
-    ttl = gateway.settings.jwt_expires_in_s
-    if token is None:
-        token = gateway.authenticator.issue(user.id, ttl_s=ttl, name=user.name)
+def _session(request: web.Request, user: UserRecord) -> dict[str, Any]:
+    ttl = request.app[SETTINGS].jwt_expires_in_s
+    token = request.app[AUTHENTICATOR].issue(user.id, ttl_s=ttl, name=user.name)
     return {
         "token": token,
         "token_type": "Bearer",
@@ -48,12 +40,12 @@ def _session(gateway: Gateway, user: UserRecord, token: str | None = None) -> di
     }
 
 
-def _cookie_path(gateway: Gateway, request: web.Request) -> str:
+def _cookie_path(request: web.Request) -> str:
     """Under a sub-path, the cookie is the gateway's alone, not the whole host's."""
-    return prefix(request, gateway.settings.base_path) + "/"
+    return prefix(request, request.app[SETTINGS].base_path) + "/"
 
 
-def _with_cookie(gateway: Gateway, request: web.Request, session: dict[str, Any]) -> web.Response:
+def _with_cookie(request: web.Request, session: dict[str, Any]) -> web.Response:
     response = web.json_response(session)
     response.set_cookie(
         "token",
@@ -61,8 +53,8 @@ def _with_cookie(gateway: Gateway, request: web.Request, session: dict[str, Any]
         httponly=True,
         samesite="Lax",
         secure=request.secure,
-        max_age=gateway.settings.jwt_expires_in_s,
-        path=_cookie_path(gateway, request),
+        max_age=request.app[SETTINGS].jwt_expires_in_s,
+        path=_cookie_path(request),
     )
     return response
 
@@ -76,87 +68,52 @@ def _credentials(body: Any) -> tuple[str, str]:
     return email, password
 
 
+def _name(body: Mapping[str, Any]) -> str | None:
+    return body.get("name") if isinstance(body.get("name"), str) else None
+
+
 async def signin(request: web.Request) -> web.Response:
-    gateway = gateway_of(request)
     email, password = _credentials(await read_json(request))
-    # Refused (429) before any hashing when the account or the address failed too often.
-    attempt = gateway.signin_throttle.admit(email, request.remote)
-    try:
-        user = await sign_in(gateway.store, gateway.passwords, email, password)
-    except BaseException:
-        attempt.abandoned()
-        raise
-    if user is None:
-        attempt.failed()
-        # Open WebUI answers 400 here, not 401.
-        raise BadRequest("The email or password provided is incorrect.")
-    attempt.succeeded()
-    return _with_cookie(gateway, request, _session(gateway, user))
+    user = await request.app[ACCOUNTS].sign_in(email, password, request.remote)
+    return _with_cookie(request, _session(request, user))
 
 
 async def signup(request: web.Request) -> web.Response:
-    gateway = gateway_of(request)
     body = await read_json(request)
     email, password = _credentials(body)
-    only_first = not gateway.settings.enable_signup
-    # Refused before hashing when it surely would be; the store decides for real.
-    if only_first and await gateway.store.count_users() > 0:
-        raise Forbidden(SIGNUP_DISABLED)
-    name = body.get("name") if isinstance(body.get("name"), str) else None
-    user = await add_user(
-        gateway.store,
-        gateway.passwords,
-        email=email,
-        password=password,
-        name=name,
-        only_first=only_first,
-    )
-    return _with_cookie(gateway, request, _session(gateway, user))
+    user = await request.app[ACCOUNTS].sign_up(email, password, _name(body))
+    return _with_cookie(request, _session(request, user))
 
 
 async def add(request: web.Request) -> web.Response:
-    gateway = gateway_of(request)
     principal = await principal_of(request)
-    if not principal.is_admin:
-        raise Forbidden("Only admins can add users")
     body = await read_json(request)
     email, password = _credentials(body)
-    role = body.get("role") or "user"
-    name = body.get("name") if isinstance(body.get("name"), str) else None
-    user = await add_user(
-        gateway.store, gateway.passwords, email=email, password=password, name=name, role=str(role)
-    )
-    return web.json_response(_session(gateway, user))
+    role = str(body.get("role") or "user")
+    user = await request.app[ACCOUNTS].add(principal, email, password, _name(body), role)
+    return web.json_response(_session(request, user))
 
 
 async def current(request: web.Request) -> web.Response:
-    gateway = gateway_of(request)
-    principal = await principal_of(request)
-    user = await gateway.store.get_user(principal.user_id)
-    if user is None:
-        raise NotFound("User not found")
-    return web.json_response(_session(gateway, user))
+    user = await request.app[ACCOUNTS].user(await principal_of(request))
+    return web.json_response(_session(request, user))
 
 
 async def signout(request: web.Request) -> web.Response:
     response = web.json_response({"status": True})
-    response.del_cookie("token", path=_cookie_path(gateway_of(request), request))
+    response.del_cookie("token", path=_cookie_path(request))
     return response
 
 
 async def api_key(request: web.Request) -> web.Response:
-    gateway = gateway_of(request)
-    principal = await principal_of(request)
-    return web.json_response({"api_key": await create_api_key(gateway.store, principal.user_id)})
+    key = await request.app[ACCOUNTS].new_key(await principal_of(request))
+    return web.json_response({"api_key": key})
 
 
 async def delete_api_key(request: web.Request) -> web.Response:
     """Open WebUI's "delete my API key": the caller's sk- keys stop working at once,
     and connections opened with them are closed (RAGFlow tokens stay)."""
-    gateway = gateway_of(request)
-    principal = await principal_of(request)
-    for revocation in await revoke_api_keys(gateway.store, principal.user_id, "openwebui"):
-        await gateway.access.revoked(revocation)
+    await request.app[ACCOUNTS].revoke_keys(await principal_of(request), "openwebui")
     return web.json_response(True)
 
 

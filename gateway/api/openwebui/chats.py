@@ -7,20 +7,16 @@ everything when absent).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from gateway.api.common import principal_of, read_json
-from gateway.chat.chats import page_bounds
-from gateway.chat.running import StopTarget
-from gateway.chat.shapes import list_item
-from gateway.context import Gateway, gateway_of
+from gateway.application.chats import ChatRecord, Chats
+from gateway.application.keys import CHATS
 from gateway.edge.auth import Principal
-from gateway.errors import BadRequest, NotFound
-from gateway.events import MessageEvent
+from gateway.errors import BadRequest
 
 
 def _page(request: web.Request) -> int | None:
@@ -33,9 +29,8 @@ def _page(request: web.Request) -> int | None:
         raise BadRequest("'page' must be an integer") from None
 
 
-async def _context(request: web.Request) -> tuple[Gateway, Principal]:
-    gateway = gateway_of(request)
-    return gateway, await principal_of(request)
+async def _context(request: web.Request) -> tuple[Chats, Principal]:
+    return request.app[CHATS], await principal_of(request)
 
 
 def _name(body: Any, key: str = "name") -> str:
@@ -45,26 +40,22 @@ def _name(body: Any, key: str = "name") -> str:
 
 
 async def _items(request: web.Request, **filters: Any) -> web.Response:
-    gateway, principal = await _context(request)
-    skip, limit = page_bounds(_page(request))
-    chats = await gateway.store.list_chats(principal.user_id, skip=skip, limit=limit, **filters)
-    return web.json_response([list_item(chat) for chat in chats])
+    chats, principal = await _context(request)
+    return web.json_response(await chats.items(principal, _page(request), **filters))
 
 
 async def _responses(request: web.Request, **filters: Any) -> web.Response:
-    gateway, principal = await _context(request)
-    chats = await gateway.store.list_chats(principal.user_id, **filters)
-    return web.json_response([await gateway.service.book.response(chat) for chat in chats])
+    chats, principal = await _context(request)
+    return web.json_response(await chats.responses(principal, **filters))
 
 
-async def _one(request: web.Request) -> tuple[Gateway, Principal, Any]:
-    gateway, principal = await _context(request)
-    chat = await gateway.service.book.owned(principal, request.match_info["id"])
-    return gateway, principal, chat
+async def _one(request: web.Request) -> tuple[Chats, Principal, ChatRecord]:
+    chats, principal = await _context(request)
+    return chats, principal, await chats.owned(principal, request.match_info["id"])
 
 
-async def _respond(gateway: Gateway, chat: Any) -> web.Response:
-    return web.json_response(await gateway.service.book.response(chat))
+async def _respond(chats: Chats, chat: ChatRecord) -> web.Response:
+    return web.json_response(await chats.response(chat))
 
 
 # -- lists -------------------------------------------------------------------
@@ -108,88 +99,70 @@ async def by_folder_list(request: web.Request) -> web.Response:
 
 
 async def by_tag(request: web.Request) -> web.Response:
-    gateway, principal = await _context(request)
+    chats, principal = await _context(request)
     body = await read_json(request)
     name = _name(body)
     skip = body.get("skip", 0) if isinstance(body.get("skip"), int) else 0
     limit = body.get("limit") if isinstance(body.get("limit"), int) else None
-    chats = await gateway.store.list_chats(
-        principal.user_id, tag=name, archived=None, skip=skip, limit=limit
-    )
-    return web.json_response([list_item(chat) for chat in chats])
+    return web.json_response(await chats.tagged(principal, name, skip, limit))
 
 
 async def all_tags(request: web.Request) -> web.Response:
-    gateway, principal = await _context(request)
-    tags = await gateway.store.user_tags(principal.user_id)
-    return web.json_response(_tag_objects(principal, tags))
-
-
-def _tag_objects(principal: Principal, tags: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    return [
-        {"id": tid, "name": name, "user_id": principal.user_id, "meta": None} for tid, name in tags
-    ]
+    chats, principal = await _context(request)
+    return web.json_response(await chats.user_tags(principal))
 
 
 # -- create ------------------------------------------------------------------
 async def new_chat(request: web.Request) -> web.Response:
-    gateway, principal = await _context(request)
-    chat = await gateway.service.book.create(principal, await read_json(request))
-    return await _respond(gateway, chat)
+    chats, principal = await _context(request)
+    return await _respond(chats, await chats.create(principal, await read_json(request)))
 
 
 async def import_chat(request: web.Request) -> web.Response:
-    gateway, principal = await _context(request)
-    chat = await gateway.service.book.create(principal, await read_json(request), imported=True)
-    return await _respond(gateway, chat)
+    chats, principal = await _context(request)
+    body = await read_json(request)
+    return await _respond(chats, await chats.create(principal, body, imported=True))
 
 
 # -- one chat ----------------------------------------------------------------
 async def get_chat(request: web.Request) -> web.Response:
-    gateway, _, chat = await _one(request)
-    return await _respond(gateway, chat)
+    chats, _, chat = await _one(request)
+    return await _respond(chats, chat)
 
 
 async def update_chat(request: web.Request) -> web.Response:
-    gateway, principal = await _context(request)
+    chats, principal = await _context(request)
     body = await read_json(request)
-    chat = await gateway.service.book.update(principal, request.match_info["id"], body)
-    return await _respond(gateway, chat)
+    return await _respond(chats, await chats.update(principal, request.match_info["id"], body))
 
 
 async def delete_chat(request: web.Request) -> web.Response:
-    gateway, _, chat = await _one(request)
-    await gateway.service.replies.stop(StopTarget(chat.user_id, chat_id=chat.id))
-    return web.json_response(await gateway.store.delete_chat(chat.id))
+    chats, _, chat = await _one(request)
+    return web.json_response(await chats.delete(chat))
 
 
 async def delete_all(request: web.Request) -> web.Response:
-    gateway, principal = await _context(request)
-    await gateway.service.replies.stop(StopTarget(principal.user_id))
-    await gateway.store.delete_user_chats(principal.user_id)
+    chats, principal = await _context(request)
+    await chats.delete_all(principal)
     return web.json_response(True)
 
 
 async def upsert_message(request: web.Request) -> web.Response:
-    gateway, principal = await _context(request)
+    chats, principal = await _context(request)
     body = await read_json(request)
-    chat = await gateway.service.book.upsert_message(
+    chat = await chats.upsert_message(
         principal, request.match_info["id"], request.match_info["mid"], body
     )
-    return await _respond(gateway, chat)
+    return await _respond(chats, chat)
 
 
 async def message_event(request: web.Request) -> web.Response:
     """Relay `{type, data}` to the owner's live connections (Open WebUI's message events)."""
-    gateway, _, chat = await _one(request)
+    chats, _, chat = await _one(request)
     body = await read_json(request)
     if not isinstance(body, Mapping) or not isinstance(body.get("type"), str):
         raise BadRequest("Body must be an object with a string 'type'")
-    message_id = request.match_info["mid"]
-    if await gateway.store.get_message(chat.id, message_id) is None:
-        raise NotFound("Message not found")
-    event = MessageEvent(chat.id, message_id, 0, body["type"], body.get("data"))
-    gateway.hub.publish([f"user:{chat.user_id}", f"chat:{chat.id}"], event)
+    await chats.relay_message_event(chat, request.match_info["mid"], body["type"], body.get("data"))
     return web.json_response(True)
 
 
@@ -199,112 +172,104 @@ async def is_pinned(request: web.Request) -> web.Response:
 
 
 async def toggle_pin(request: web.Request) -> web.Response:
-    gateway, _, chat = await _one(request)
-    return await _respond(
-        gateway, await gateway.service.book.set_flags(chat, pinned=not chat.pinned)
-    )
+    chats, _, chat = await _one(request)
+    return await _respond(chats, await chats.set_flags(chat, pinned=not chat.pinned))
 
 
 async def toggle_archive(request: web.Request) -> web.Response:
-    gateway, _, chat = await _one(request)
+    chats, _, chat = await _one(request)
     changes: dict[str, Any] = {"archived": not chat.archived}
     if changes["archived"]:
         changes["pinned"] = False  # as Open WebUI: archiving unpins
-    return await _respond(gateway, await gateway.service.book.set_flags(chat, **changes))
+    return await _respond(chats, await chats.set_flags(chat, **changes))
 
 
 async def archive_all(request: web.Request) -> web.Response:
-    gateway, principal = await _context(request)
-    await gateway.store.set_archived_all(principal.user_id, True)
+    chats, principal = await _context(request)
+    await chats.archive_all(principal, True)
     return web.json_response(True)
 
 
 async def unarchive_all(request: web.Request) -> web.Response:
-    gateway, principal = await _context(request)
-    await gateway.store.set_archived_all(principal.user_id, False)
+    chats, principal = await _context(request)
+    await chats.archive_all(principal, False)
     return web.json_response(True)
 
 
 async def share(request: web.Request) -> web.Response:
-    gateway, _, chat = await _one(request)
-    if chat.share_id is None:
-        chat = await gateway.service.book.set_flags(chat, share_id=str(uuid.uuid4()))
-    return await _respond(gateway, chat)
+    chats, _, chat = await _one(request)
+    return await _respond(chats, await chats.share(chat))
 
 
 async def unshare(request: web.Request) -> web.Response:
-    gateway, _, chat = await _one(request)
+    chats, _, chat = await _one(request)
     if chat.share_id is None:
         return web.json_response(False)
-    await gateway.service.book.set_flags(chat, share_id=None)
+    await chats.set_flags(chat, share_id=None)
     return web.json_response(True)
 
 
 async def shared_view(request: web.Request) -> web.Response:
-    gateway, _ = await _context(request)
-    chat = await gateway.service.book.shared(request.match_info["share_id"])
-    return await _respond(gateway, chat)
+    chats, _ = await _context(request)
+    return await _respond(chats, await chats.shared(request.match_info["share_id"]))
 
 
 async def clone(request: web.Request) -> web.Response:
-    gateway, principal, chat = await _one(request)
+    chats, principal, chat = await _one(request)
     body = await read_json(request) if request.can_read_body else {}
     title = (
         body.get("title")
         if isinstance(body, Mapping) and isinstance(body.get("title"), str)
         else None
     )
-    return await _respond(gateway, await gateway.service.book.clone(principal, chat, title))
+    return await _respond(chats, await chats.clone(principal, chat, title))
 
 
 async def clone_shared(request: web.Request) -> web.Response:
-    gateway, principal = await _context(request)
-    source = await gateway.service.book.shared(request.match_info["id"])
-    return await _respond(gateway, await gateway.service.book.clone(principal, source, None))
+    chats, principal = await _context(request)
+    source = await chats.shared(request.match_info["id"])
+    return await _respond(chats, await chats.clone(principal, source, None))
 
 
 async def move_to_folder(request: web.Request) -> web.Response:
-    gateway, _, chat = await _one(request)
+    chats, _, chat = await _one(request)
     body = await read_json(request)
     if not isinstance(body, Mapping) or not (
         body.get("folder_id") is None or isinstance(body.get("folder_id"), str)
     ):
         raise BadRequest("Body must be an object with 'folder_id' (a string or null)")
-    return await _respond(
-        gateway, await gateway.service.book.set_flags(chat, folder_id=body.get("folder_id"))
-    )
+    return await _respond(chats, await chats.set_flags(chat, folder_id=body.get("folder_id")))
 
 
 async def update_params(request: web.Request) -> web.Response:
-    gateway, _, chat = await _one(request)
+    chats, _, chat = await _one(request)
     body = await read_json(request)
     if not isinstance(body, Mapping):
         raise BadRequest("Body must be an object of model parameters")
-    params = chat.extra.get("params") if isinstance(chat.extra.get("params"), dict) else {}
+    params = chat.extra.get("params")
+    params = params if isinstance(params, dict) else {}
     extra = {**chat.extra, "params": {**params, **body}}
-    return await _respond(gateway, await gateway.service.book.set_flags(chat, extra=extra))
+    return await _respond(chats, await chats.set_flags(chat, extra=extra))
 
 
 async def chat_tags(request: web.Request) -> web.Response:
-    gateway, principal, chat = await _one(request)
-    return web.json_response(_tag_objects(principal, await gateway.store.chat_tags(chat.id)))
+    chats, principal, chat = await _one(request)
+    return web.json_response(await chats.chat_tags(principal, chat))
 
 
 async def add_tag(request: web.Request) -> web.Response:
-    gateway, principal, chat = await _one(request)
-    await gateway.store.add_tag(principal.user_id, chat.id, _name(await read_json(request)))
-    return web.json_response(_tag_objects(principal, await gateway.store.chat_tags(chat.id)))
+    chats, principal, chat = await _one(request)
+    return web.json_response(await chats.tag(principal, chat, _name(await read_json(request))))
 
 
 async def remove_tag(request: web.Request) -> web.Response:
-    gateway, principal, chat = await _one(request)
-    await gateway.store.remove_tag(principal.user_id, chat.id, _name(await read_json(request)))
-    return web.json_response(_tag_objects(principal, await gateway.store.chat_tags(chat.id)))
+    chats, principal, chat = await _one(request)
+    return web.json_response(await chats.untag(principal, chat, _name(await read_json(request))))
 
 
 async def clear_tags(request: web.Request) -> web.Response:
-    gateway, _, chat = await _one(request)
-    await gateway.store.clear_chat_tags(chat.id)
+    chats, _, chat = await _one(request)
+    await chats.clear_tags(chat)
     return web.json_response(True)
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.common import principal_of
-from gateway.chat.running import StopTarget
-from gateway.context import gateway_of
+from gateway.application.keys import CHATS, REPLIES
+from gateway.application.replies import StopTarget
 from gateway.errors import Forbidden, NotFound
 from gateway.flavours.openwebui import is_temporary_chat
 
@@ -28,34 +28,31 @@ async def list_all(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     if not principal.is_admin:
         raise Forbidden("Only admins can list every task")
-    tasks = await gateway_of(request).service.replies.tasks()
-    return web.json_response({"tasks": [task.task_id for task in tasks]})
+    return web.json_response({"tasks": await request.app[REPLIES].tasks()})
 
 
 async def list_chat(request: web.Request) -> web.Response:
     principal = await principal_of(request)
-    replies = gateway_of(request).service.replies
-    tasks = await replies.tasks(chat_id=request.match_info["chat_id"], user_id=principal.user_id)
-    return web.json_response({"task_ids": [task.task_id for task in tasks]})
+    chat_id = request.match_info["chat_id"]
+    tasks = await request.app[REPLIES].tasks(chat_id=chat_id, user_id=principal.user_id)
+    return web.json_response({"task_ids": tasks})
 
 
 async def stop_chat(request: web.Request) -> web.Response:
-    gateway = gateway_of(request)
     principal = await principal_of(request)
     chat_id = request.match_info["chat_id"]
-    stopped = await gateway.service.replies.stop(StopTarget(principal.user_id, chat_id=chat_id))
+    stopped = await request.app[REPLIES].stop(StopTarget(principal.user_id, chat_id=chat_id))
     if not stopped and not is_temporary_chat(chat_id):
-        await gateway.service.book.owned(principal, chat_id)  # 404 for others' chats
+        await request.app[CHATS].owned(principal, chat_id)  # 404 for others' chats
     message = f"Stopped {stopped} task(s)." if stopped else "No tasks found."
     return web.json_response({"status": True, "message": message})
 
 
 async def stop_task(request: web.Request) -> web.Response:
-    gateway = gateway_of(request)
     principal = await principal_of(request)
     task_id = request.match_info["task_id"]
     owner = None if principal.is_admin else principal.user_id
-    if not await gateway.service.replies.stop(StopTarget(owner, task_id=task_id)):
+    if not await request.app[REPLIES].stop(StopTarget(owner, task_id=task_id)):
         raise NotFound(f"Task {task_id} not found")
     return web.json_response({"status": True, "message": f"Task {task_id} stopped."})
 

@@ -12,25 +12,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.common import principal_of
-from gateway.application.accounts import remove_user
-from gateway.context import gateway_of
-from gateway.errors import Forbidden, NotFound
+from gateway.application.keys import ACCOUNTS
 
 
 async def delete_user(request: web.Request) -> web.Response:
-    gateway = gateway_of(request)
     principal = await principal_of(request)
-    if not principal.is_admin:
-        raise Forbidden("Only admins can remove users")
-    user_id = request.match_info["user_id"]
-    if user_id == principal.user_id:
-        # Open WebUI refuses this too: an admin would lock themselves out.
-        raise Forbidden("You cannot remove yourself")
-    revocations = await remove_user(gateway.store, user_id)
-    if not revocations:
-        raise NotFound("User not found")
-    for revocation in revocations:
-        await gateway.access.revoked(revocation)
+    await request.app[ACCOUNTS].remove(principal, request.match_info["user_id"])
     return web.json_response(True)
 
 

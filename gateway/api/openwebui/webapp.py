@@ -20,10 +20,9 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.common import principal_of, read_json
-from gateway.chat import tree
-from gateway.context import Gateway, gateway_of
+from gateway.application.keys import ACCOUNTS, AUTHENTICATOR, CHATS, SETTINGS
 from gateway.edge.auth import Principal, find_token
-from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.errors import BadRequest, GatewayError
 from gateway.settings import Settings
 
 # The Open WebUI release whose frontend and API this gateway speaks.  A
@@ -36,7 +35,7 @@ APP_NAME = "Chat Gateway"
 async def _principal_or_none(request: web.Request) -> Principal | None:
     try:
         token = find_token(request.headers, request.cookies)
-        return await gateway_of(request).authenticator.authenticate(token) if token else None
+        return await request.app[AUTHENTICATOR].authenticate(token) if token else None
     except GatewayError:
         # An expired cookie must not break the sign-in page: answer as to a stranger.
         return None
@@ -79,7 +78,6 @@ def _features(settings: Settings, signed_in: bool) -> dict[str, Any]:
 
 
 async def config(request: web.Request) -> web.Response:
-    gateway = gateway_of(request)
     principal = await _principal_or_none(request)
     body: dict[str, Any] = {
         "status": True,
@@ -87,7 +85,7 @@ async def config(request: web.Request) -> web.Response:
         "version": OPENWEBUI_VERSION,
         "default_locale": "en-US",
         "oauth": {"providers": {}},
-        "features": _features(gateway.settings, principal is not None),
+        "features": _features(request.app[SETTINGS], principal is not None),
     }
     # Never "onboarding": the web app then insists on creating an admin.
     if principal is not None:
@@ -112,27 +110,17 @@ async def changelog(request: web.Request) -> web.Response:
 
 
 async def user_settings(request: web.Request) -> web.Response:
-    _, user = await _user(request)
+    user = await request.app[ACCOUNTS].user(await principal_of(request))
     return web.json_response(user.settings or {"ui": {}})
 
 
 async def update_user_settings(request: web.Request) -> web.Response:
-    gateway, user = await _user(request)
+    principal = await principal_of(request)
     body = await read_json(request)
     if not isinstance(body, Mapping):
         raise BadRequest("Body must be an object of settings")
-    user.settings = dict(body)
-    await gateway.store.update_user(user)
-    return web.json_response(user.settings)
-
-
-async def _user(request: web.Request) -> tuple[Gateway, Any]:
-    gateway = gateway_of(request)
-    principal = await principal_of(request)
-    user = await gateway.store.get_user(principal.user_id)
-    if user is None:
-        raise NotFound("User not found")
-    return gateway, user
+    await request.app[ACCOUNTS].save_settings(principal, dict(body))
+    return web.json_response(dict(body))
 
 
 async def empty_list(request: web.Request) -> web.Response:
@@ -142,7 +130,6 @@ async def empty_list(request: web.Request) -> web.Response:
 
 async def chat_completed(request: web.Request) -> web.Response:
     """Open WebUI ≤ 0.6 called this after each reply; answer with the chat's messages."""
-    gateway = gateway_of(request)
     principal = await principal_of(request)
     body = await read_json(request)
     if not isinstance(body, Mapping):
@@ -150,9 +137,9 @@ async def chat_completed(request: web.Request) -> web.Response:
     chat_id = body.get("chat_id")
     if not isinstance(chat_id, str) or not chat_id:
         return web.json_response(dict(body))
-    chat = await gateway.service.book.owned(principal, chat_id)
-    history = await gateway.service.book.history(chat)
-    return web.json_response({**body, "messages": tree.current_path(history)})
+    chats = request.app[CHATS]
+    messages = await chats.current_path(await chats.owned(principal, chat_id))
+    return web.json_response({**body, "messages": messages})
 
 
 def add_routes(app: web.Application) -> None:

@@ -15,7 +15,6 @@ Errors are HTTP 200 with RAGFlow's codes (`render_error`).
 from __future__ import annotations
 
 import dataclasses
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -24,19 +23,19 @@ from aiohttp import web
 
 from gateway.api import openai
 from gateway.api.common import HTTPStatusError, principal_of, read_json
-from gateway.application.accounts import create_api_key
-from gateway.chat.assistants import Assistants, now_ms, session_extra
-from gateway.chat.running import StopTarget
-from gateway.chat.shapes import history_of
-from gateway.chat.tree import current_path
-from gateway.context import Gateway, gateway_of
+from gateway.application.assistants import (
+    AssistantRecord,
+    Assistants,
+    ChatRecord,
+    now_ms,
+    session_extra,
+)
+from gateway.application.keys import ACCOUNTS, ASSISTANTS, ORIGINS, REPLIES, SETTINGS
+from gateway.application.replies import finished
 from gateway.edge.auth import Principal
 from gateway.errors import BadRequest, GatewayError, UpstreamError
-from gateway.events import ReplyFailed, ReplyFinished
-from gateway.fanout.hub import until_finished
 from gateway.flavours import openai as openai_codec
 from gateway.flavours import ragflow as codec
-from gateway.store import AssistantRecord, ChatRecord
 from gateway.transports.sse import send_all, stream_events
 
 PREFIX = "/ragflow/api/v1"
@@ -53,9 +52,8 @@ def _ok(data: Any = None) -> web.Response:
     return web.json_response(codec.ok(data))
 
 
-async def _context(request: web.Request) -> tuple[Gateway, Principal, Assistants]:
-    gateway = gateway_of(request)
-    return gateway, await principal_of(request), gateway.assistants
+async def _context(request: web.Request) -> tuple[Principal, Assistants]:
+    return await principal_of(request), request.app[ASSISTANTS]
 
 
 def _view(assistant: AssistantRecord) -> dict[str, Any]:
@@ -98,20 +96,20 @@ def _deleted(done: int, errors: list[str]) -> web.Response:
 
 # -- assistants ------------------------------------------------------------------
 async def create_assistant(request: web.Request) -> web.Response:
-    gateway, principal, assistants = await _context(request)
-    known = [model.id for model in await gateway.router.models()]
+    principal, assistants = await _context(request)
+    replies = request.app[REPLIES]
+    known = await replies.model_ids()
     settings = codec.decode_assistant(await read_json(request), creating=True, known_models=known)
-    model = settings.get("llm", {}).get("model_name") or await gateway.service.pick_model(None)
-    config = codec.assistant_config(settings, model)
-    return _ok(_view(await assistants.create(principal, settings["name"], config)))
+    model = settings.get("llm", {}).get("model_name") or await replies.pick_model(None)
+    return _ok(_view(await assistants.create(principal, settings, model)))
 
 
 async def list_assistants(request: web.Request) -> web.Response:
-    gateway, principal, _ = await _context(request)
+    principal, assistants = await _context(request)
     skip, limit = _page(request)
     assistant_id, name = request.query.get("id"), request.query.get("name")
-    found = await gateway.store.list_assistants(
-        principal.user_id,
+    found = await assistants.listed(
+        principal,
         assistant_id=assistant_id,
         name=name,
         newest_first=_newest_first(request),
@@ -124,21 +122,21 @@ async def list_assistants(request: web.Request) -> web.Response:
 
 
 async def update_assistant(request: web.Request) -> web.Response:
-    gateway, principal, assistants = await _context(request)
+    principal, assistants = await _context(request)
     assistant = await assistants.owned(
         principal, request.match_info["id"], "You do not own the chat"
     )
-    known = [model.id for model in await gateway.router.models()]
+    known = await request.app[REPLIES].model_ids()
     settings = codec.decode_assistant(await read_json(request), creating=False, known_models=known)
     await assistants.update(assistant, settings)
     return _ok()
 
 
 async def delete_assistants(request: web.Request) -> web.Response:
-    gateway, principal, assistants = await _context(request)
+    principal, assistants = await _context(request)
     ids = _ids(await read_json(request))
     if ids is None:
-        ids = [a.id for a in await gateway.store.list_assistants(principal.user_id)]
+        ids = [a.id for a in await assistants.listed(principal)]
     done, errors = 0, []
     for assistant_id in dict.fromkeys(ids):
         try:
@@ -146,7 +144,7 @@ async def delete_assistants(request: web.Request) -> web.Response:
         except GatewayError:
             errors.append(f"Assistant({assistant_id}) not found.")
             continue
-        await gateway.store.delete_assistant(assistant.id)
+        await assistants.delete(assistant)
         done += 1
     return _deleted(done, errors)
 
@@ -166,24 +164,26 @@ def _session_view(chat: ChatRecord, messages: list[dict[str, Any]]) -> dict[str,
 
 
 async def create_session(request: web.Request) -> web.Response:
-    _, principal, assistants = await _context(request)
+    principal, assistants = await _context(request)
     assistant = await assistants.owned(
         principal, request.match_info["chat_id"], "You do not own the assistant."
     )
     body = await read_json(request) if request.can_read_body else {}
     body = body if isinstance(body, Mapping) else {}
-    name = body.get("name", codec.DEFAULT_SESSION_NAME)
-    if not isinstance(name, str) or not name.strip():
+    name = body.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
         raise codec.DataError("`name` can not be empty.")
     end_user = body.get("user_id")
     end_user = end_user if isinstance(end_user, str) else ""
-    opener = codec.opener_of(assistant.config)
-    chat = await assistants.create_session(assistant, name, opener, end_user)
+    if name is None:
+        chat = await assistants.create_session(assistant, end_user=end_user)
+    else:
+        chat = await assistants.create_session(assistant, name, end_user)
     return _ok(_session_view(chat, []))
 
 
 async def list_sessions(request: web.Request) -> web.Response:
-    gateway, principal, assistants = await _context(request)
+    principal, assistants = await _context(request)
     chat_id = request.match_info["chat_id"]
     assistant = await assistants.owned(
         principal, chat_id, f"You don't own the assistant {chat_id}."
@@ -199,13 +199,12 @@ async def list_sessions(request: web.Request) -> web.Response:
     skip, limit = _page(request)
     views = []
     for chat in sessions[skip : skip + limit]:
-        history = history_of(chat, await gateway.store.get_messages(chat.id))
-        views.append(_session_view(chat, current_path(history) if history["currentId"] else []))
+        views.append(_session_view(chat, await assistants.messages(chat)))
     return _ok(views)
 
 
 async def rename_session(request: web.Request) -> web.Response:
-    gateway, principal, assistants = await _context(request)
+    principal, assistants = await _context(request)
     assistant = await assistants.owned(principal, request.match_info["chat_id"])
     chat = await assistants.session(
         assistant, request.match_info["session_id"], "Session does not exist"
@@ -220,14 +219,12 @@ async def rename_session(request: web.Request) -> web.Response:
     if "name" in body:
         if not isinstance(body["name"], str) or not body["name"].strip():
             raise codec.DataError("`name` can not be empty.")
-        chat.title = body["name"]
-        chat.updated_at = int(time.time())
-        await gateway.store.update_chat(chat)
+        await assistants.rename_session(chat, body["name"])
     return _ok()
 
 
 async def delete_sessions(request: web.Request) -> web.Response:
-    gateway, principal, assistants = await _context(request)
+    principal, assistants = await _context(request)
     assistant = await assistants.owned(
         principal, request.match_info["chat_id"], "You don't own the chat"
     )
@@ -241,15 +238,14 @@ async def delete_sessions(request: web.Request) -> web.Response:
         except GatewayError:
             errors.append(f"The chat doesn't own the session {session_id}")
             continue
-        await gateway.service.replies.stop(StopTarget(chat.user_id, chat_id=chat.id))
-        await gateway.store.delete_chat(chat.id)
+        await assistants.delete_session(chat)
         done += 1
     return _deleted(done, errors)
 
 
 # -- asking ----------------------------------------------------------------------
 async def completions(request: web.Request) -> web.StreamResponse:
-    gateway, principal, assistants = await _context(request)
+    principal, assistants = await _context(request)
     chat_id = request.match_info["chat_id"]
     body = await read_json(request)
     stream, _ = codec.decode_options(body)
@@ -257,45 +253,37 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if not body.get("session_id"):
         # RAGFlow ≤ 0.23: a question without a session opens one and answers
         # with its opener (and the new session's id) only.
-        opener = codec.opener_of(assistant.config)
-        chat = await assistants.create_session(assistant, codec.DEFAULT_SESSION_NAME, opener)
+        opener = assistants.opener(assistant)
+        chat = await assistants.create_session(assistant)
         if stream is False:
             return _ok(codec.answer_data(opener, None, chat.id))
         frames = codec.opener_frames(opener, chat.id)
-        return await send_all(request, [codec.sse(frame) for frame in frames], gateway.origins)
+        return await send_all(request, [codec.sse(f) for f in frames], request.app[ORIGINS])
     question = codec.decode_question(body, chat_id)
     session = await assistants.session(assistant, question.session_id or "")
-    mode = question.answer_mode or gateway.settings.ragflow_sse_answer_mode
-    room = f"conn:{uuid.uuid4().hex}"
-    outbox = gateway.hub.subscribe([room])
-    try:
+    settings = request.app[SETTINGS]
+    async with request.app[REPLIES].follow() as (room, events):
         await assistants.ask(
             principal,
             assistant,
             session,
             question.question,
-            system=codec.system_prompt(assistant.config),
-            params=codec.model_params(assistant.config),
             rooms=(room,),
         )
-        events = until_finished(outbox)
         if question.stream:
-            encoder = codec.AnswerEncoder(mode)
+            encoder = codec.AnswerEncoder(question.answer_mode or settings.ragflow_sse_answer_mode)
             return await stream_events(
                 request,
                 events,
                 lambda event: [codec.sse(frame) for frame in encoder.encode(event)],
-                origins=gateway.origins,
-                keepalive_s=gateway.settings.sse_keepalive_s,
+                origins=request.app[ORIGINS],
+                keepalive_s=settings.sse_keepalive_s,
             )
-        async for event in events:
-            if isinstance(event, ReplyFinished):
-                return _ok(codec.answer_data(event.content, event.message_id, session.id))
-            if isinstance(event, ReplyFailed):
-                return web.json_response(_failed(event.message))
-        raise UpstreamError("The answer ended without finishing")
-    finally:
-        gateway.hub.unsubscribe(outbox)
+        try:
+            end, _ = await finished(events)
+        except UpstreamError as exc:
+            return web.json_response(_failed(exc.message))
+        return _ok(codec.answer_data(end.content, end.message_id, session.id))
 
 
 def _failed(message: str) -> dict[str, Any]:
@@ -306,7 +294,8 @@ def _failed(message: str) -> dict[str, Any]:
 async def openai_completions(request: web.Request) -> web.StreamResponse:
     """RAGFlow's OpenAI-compatible route: the assistant's model and prompt, the
     request's messages; nothing is stored (as RAGFlow)."""
-    gateway, principal, assistants = await _context(request)
+    principal, assistants = await _context(request)
+    replies = request.app[REPLIES]
     chat_id = request.match_info["chat_id"]
     ask = openai_codec.decode_request(await read_json(request))
     assistant = await assistants.owned(principal, chat_id, f"You don't own the chat {chat_id}")
@@ -315,21 +304,19 @@ async def openai_completions(request: web.Request) -> web.StreamResponse:
         messages.pop(0)
     if not messages or messages[-1].get("role") != "user":
         raise codec.DataError("The last content of this conversation is not from user.")
-    system = {"role": "system", "content": codec.system_prompt(assistant.config)}
-    model_name = assistant.config.get("llm", {}).get("model_name")
+    system = {"role": "system", "content": assistants.system_prompt(assistant)}
     ask = dataclasses.replace(
         ask,
-        model=await gateway.service.pick_model(model_name if isinstance(model_name, str) else None),
+        model=await replies.pick_model(assistants.model_of(assistant)),
         messages=[system, *messages],
-        params={**codec.model_params(assistant.config), **ask.params},
+        params={**assistants.model_params(assistant), **ask.params},
     )
-    events = await gateway.service.open_reply(principal, ask)
-    return await openai.answer(request, ask, events, space=False)
+    return await openai.answer(request, ask, await replies.open(principal, ask), space=False)
 
 
 async def new_token(request: web.Request) -> web.Response:
-    gateway, principal, _ = await _context(request)
-    token = await create_api_key(gateway.store, principal.user_id, kind="ragflow")
+    principal = await principal_of(request)
+    token = await request.app[ACCOUNTS].new_key(principal, kind="ragflow")
     created = now_ms()
     data = {
         "token": token,

@@ -22,17 +22,21 @@ import time
 
 from aiohttp import web
 
-from gateway.context import Gateway, gateway_of
+from gateway.application.assistants import Assistants
+from gateway.application.keys import ASSISTANTS, SETTINGS
+from gateway.application.realtime import Seat
 from gateway.errors import AuthError, GatewayError
 from gateway.events import Event
-from gateway.fanout.presence import Seat
 from gateway.flavours import ragflow as codec
 from gateway.transports.websocket import Connection, serve
 
 
 class ChatSocket:
-    def __init__(self, gateway: Gateway, assistant_id: str | None = None) -> None:
-        self.gateway = gateway
+    def __init__(
+        self, assistants: Assistants, answer_mode: codec.AnswerMode, assistant_id: str | None = None
+    ) -> None:
+        self.assistants = assistants
+        self.answer_mode = answer_mode
         # Set when the path names the assistant (/api/v1/ws/chats/{chat_id}/...).
         self.assistant_id = assistant_id
 
@@ -44,18 +48,17 @@ class ChatSocket:
     async def opened(self, conn: Connection) -> None:
         if self.assistant_id is not None:
             assert conn.principal is not None
-            await self.gateway.assistants.owned(conn.principal, self.assistant_id)
-        conn.state["encoder"] = codec.AnswerEncoder(self.gateway.settings.ragflow_ws_answer_mode)
-        self.gateway.presence.add(conn.id, Seat("ragflow", conn.user_id))
+            await self.assistants.owned(conn.principal, self.assistant_id)
+        conn.state["encoder"] = codec.AnswerEncoder(self.answer_mode)
+        conn.realtime.seat(conn.id, Seat("ragflow", conn.user_id))
 
     async def received(self, conn: Connection, text: str) -> None:
         question = codec.decode_ws_frame(text, self.assistant_id)
         assert conn.principal is not None
-        assistants = self.gateway.assistants
+        assistants = self.assistants
         assistant = await assistants.owned(conn.principal, question.assistant_id)
         if question.session_id is None:
-            opener = codec.opener_of(assistant.config)
-            session = await assistants.create_session(assistant, codec.DEFAULT_SESSION_NAME, opener)
+            session = await assistants.create_session(assistant)
         else:
             session = await assistants.session(assistant, question.session_id)
         turn = await assistants.ask(
@@ -63,8 +66,6 @@ class ChatSocket:
             assistant,
             session,
             question.question,
-            system=codec.system_prompt(assistant.config),
-            params=codec.model_params(assistant.config),
             rooms=(conn.room,),
         )
         self._encoder(conn).expect(turn.message_ids[0], question.answer_mode, question.stream)
@@ -76,7 +77,7 @@ class ChatSocket:
         return self._encoder(conn).encode(event)
 
     async def closed(self, conn: Connection) -> None:
-        self.gateway.presence.remove(conn.id)
+        conn.realtime.unseat(conn.id)
 
     @staticmethod
     def _encoder(conn: Connection) -> codec.AnswerEncoder:
@@ -109,7 +110,8 @@ class HealthSocket:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     assistant_id = request.match_info.get("chat_id")
-    return await serve(request, ChatSocket(gateway_of(request), assistant_id))
+    mode = request.app[SETTINGS].ragflow_ws_answer_mode
+    return await serve(request, ChatSocket(request.app[ASSISTANTS], mode, assistant_id))
 
 
 async def health(request: web.Request) -> web.StreamResponse:

@@ -11,7 +11,8 @@ ordinary chat of the core (`ChatRecord.assistant_id` names the assistant)::
 
 so the owner's Open WebUI sidebar lists it, and it can be continued from any
 flavour.  Another user's assistant or session is "not yours", always with
-the same error as one that does not exist.
+the same error as one that does not exist.  Deleting a session stops its
+replies first.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.application.replies import Replies, StartedTurn, StopTarget
 from gateway.chat.chats import now_s
-from gateway.chat.service import ChatService, StartedTurn
+from gateway.chat.shapes import history_of
+from gateway.chat.tree import current_path
 from gateway.commands import Say
 from gateway.edge.auth import Principal
 from gateway.errors import Conflict, NotFound
+from gateway.flavours import ragflow_defaults as defaults
 from gateway.store import AssistantRecord, ChatRecord, Store
 from gateway.store.errors import Conflict as StoreConflict
+
+__all__ = ["AssistantRecord", "Assistants", "ChatRecord", "now_ms", "session_extra"]
 
 SESSION_EXTRA = "ragflow"
 
@@ -37,17 +43,19 @@ def now_ms() -> int:
 
 
 class Assistants:
-    def __init__(self, store: Store, service: ChatService) -> None:
+    def __init__(self, store: Store, replies: Replies) -> None:
         self.store = store
-        self.service = service
+        self._replies = replies
 
     # -- assistants ------------------------------------------------------------
     async def create(
-        self, principal: Principal, name: str, config: dict[str, Any]
+        self, principal: Principal, settings: Mapping[str, Any], model: str
     ) -> AssistantRecord:
+        """An assistant with the settings sent and RAGFlow's defaults for the rest."""
         created = now_ms()
+        config = defaults.assistant_config(settings, model)
         assistant = AssistantRecord(
-            uuid.uuid4().hex, principal.user_id, name, config, created, created
+            uuid.uuid4().hex, principal.user_id, str(settings["name"]), config, created, created
         )
         try:
             await self.store.create_assistant(assistant)
@@ -62,6 +70,28 @@ class Assistants:
         if assistant is None or assistant.user_id != principal.user_id:
             raise NotFound(message or f"You don't own the chat {assistant_id}")
         return assistant
+
+    async def listed(
+        self,
+        principal: Principal,
+        *,
+        assistant_id: str | None = None,
+        name: str | None = None,
+        newest_first: bool = True,
+        skip: int = 0,
+        limit: int | None = None,
+    ) -> list[AssistantRecord]:
+        return await self.store.list_assistants(
+            principal.user_id,
+            assistant_id=assistant_id,
+            name=name,
+            newest_first=newest_first,
+            skip=skip,
+            limit=limit,
+        )
+
+    async def delete(self, assistant: AssistantRecord) -> None:
+        await self.store.delete_assistant(assistant.id)
 
     async def update(
         self, assistant: AssistantRecord, settings: Mapping[str, Any]
@@ -84,8 +114,13 @@ class Assistants:
 
     # -- sessions --------------------------------------------------------------
     async def create_session(
-        self, assistant: AssistantRecord, name: str, opener: str, end_user: str = ""
+        self,
+        assistant: AssistantRecord,
+        name: str = defaults.DEFAULT_SESSION_NAME,
+        end_user: str = "",
     ) -> ChatRecord:
+        """A session begins with the assistant's opener as it is at that moment."""
+        opener = defaults.opener_of(assistant.config)
         created = now_s()
         chat = ChatRecord(
             id=uuid.uuid4().hex,
@@ -131,6 +166,20 @@ class Assistants:
             and (end_user is None or session_extra(chat).get("user_id") == end_user)
         ]
 
+    async def messages(self, session: ChatRecord) -> list[dict[str, Any]]:
+        """The session's conversation: root to its current message."""
+        history = history_of(session, await self.store.get_messages(session.id))
+        return current_path(history) if history["currentId"] else []
+
+    async def rename_session(self, session: ChatRecord, name: str) -> None:
+        session.title = name
+        session.updated_at = now_s()
+        await self.store.update_chat(session)
+
+    async def delete_session(self, session: ChatRecord) -> None:
+        await self._replies.stop(StopTarget(session.user_id, chat_id=session.id))
+        await self.store.delete_chat(session.id)
+
     async def ask(
         self,
         principal: Principal,
@@ -138,15 +187,36 @@ class Assistants:
         session: ChatRecord,
         question: str,
         *,
-        system: str,
-        params: dict[str, Any],
         rooms: tuple[str, ...],
     ) -> StartedTurn:
         """The question goes under the session's current message and is answered by
         the assistant's model (the default one if it is gone), as its system prompt says."""
+        say = Say(question, session.id, self.model_of(assistant))
+        return await self._replies.say(
+            principal,
+            say,
+            system=self.system_prompt(assistant),
+            params=self.model_params(assistant),
+            rooms=rooms,
+        )
+
+    # -- what the assistant's config says ---------------------------------------------
+    @staticmethod
+    def opener(assistant: AssistantRecord) -> str:
+        return defaults.opener_of(assistant.config)
+
+    @staticmethod
+    def system_prompt(assistant: AssistantRecord) -> str:
+        return defaults.system_prompt(assistant.config)
+
+    @staticmethod
+    def model_params(assistant: AssistantRecord) -> dict[str, Any]:
+        return defaults.model_params(assistant.config)
+
+    @staticmethod
+    def model_of(assistant: AssistantRecord) -> str | None:
         model = assistant.config.get("llm", {}).get("model_name")
-        say = Say(question, session.id, model if isinstance(model, str) else None)
-        return await self.service.say(principal, say, system=system, params=params, rooms=rooms)
+        return model if isinstance(model, str) else None
 
 
 def session_extra(chat: ChatRecord) -> dict[str, Any]:

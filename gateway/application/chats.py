@@ -1,0 +1,164 @@
+"""Chats, as their owners see them through any route or transport.
+
+Every method that names a chat takes the caller's `Principal` and raises
+`NotFound` for a chat that does not exist *or* is not theirs.  Deleting a
+chat stops its replies first, here and only here.  The history tree and its
+rules are the core's (`gateway/chat/chats.py`, `tree.py`); this is the door
+to them, with the store behind it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from gateway import rooms
+from gateway.chat import tree
+from gateway.chat.chats import ChatBook, page_bounds
+from gateway.chat.running import RunningReplies, StopTarget
+from gateway.chat.shapes import list_item
+from gateway.edge.auth import Principal
+from gateway.errors import NotFound
+from gateway.events import MessageEvent
+from gateway.fanout.hub import Hub
+from gateway.store import ChatRecord, Store
+
+__all__ = ["ChatRecord", "Chats"]
+
+Tag = dict[str, Any]
+
+
+class Chats:
+    def __init__(self, store: Store, running: RunningReplies, hub: Hub) -> None:
+        self._store = store
+        self._running = running
+        self._hub = hub
+        self.book = ChatBook(store, running.is_generating)
+
+    # -- reading -----------------------------------------------------------------
+    async def owned(self, principal: Principal, chat_id: str) -> ChatRecord:
+        return await self.book.owned(principal, chat_id)
+
+    async def owns(self, principal: Principal, chat_id: str) -> bool:
+        try:
+            await self.book.owned(principal, chat_id)
+        except NotFound:
+            return False
+        return True
+
+    async def response(self, chat: ChatRecord) -> dict[str, Any]:
+        """The chat as Open WebUI's API returns it (the whole history tree)."""
+        return await self.book.response(chat)
+
+    async def history(self, chat: ChatRecord) -> dict[str, Any]:
+        return await self.book.history(chat)
+
+    async def current_path(self, chat: ChatRecord) -> list[dict[str, Any]]:
+        """The messages from the root to the chat's current one."""
+        history = await self.book.history(chat)
+        return tree.current_path(history) if history["currentId"] else []
+
+    async def items(self, principal: Principal, page: int | None, **filters: Any) -> list[Any]:
+        """One page (60) of list items; every chat when `page` is None."""
+        skip, limit = page_bounds(page)
+        chats = await self._store.list_chats(principal.user_id, skip=skip, limit=limit, **filters)
+        return [list_item(chat) for chat in chats]
+
+    async def tagged(
+        self, principal: Principal, tag: str, skip: int, limit: int | None
+    ) -> list[Any]:
+        chats = await self._store.list_chats(
+            principal.user_id, tag=tag, archived=None, skip=skip, limit=limit
+        )
+        return [list_item(chat) for chat in chats]
+
+    async def responses(self, principal: Principal, **filters: Any) -> list[dict[str, Any]]:
+        chats = await self._store.list_chats(principal.user_id, **filters)
+        return [await self.book.response(chat) for chat in chats]
+
+    async def shared(self, share_id: str) -> ChatRecord:
+        return await self.book.shared(share_id)
+
+    # -- writing -----------------------------------------------------------------
+    async def create(
+        self, principal: Principal, body: Any, *, imported: bool = False
+    ) -> ChatRecord:
+        return await self.book.create(principal, body, imported=imported)
+
+    async def update(self, principal: Principal, chat_id: str, body: Any) -> ChatRecord:
+        return await self.book.update(principal, chat_id, body)
+
+    async def upsert_message(
+        self, principal: Principal, chat_id: str, message_id: str, body: Any
+    ) -> ChatRecord:
+        return await self.book.upsert_message(principal, chat_id, message_id, body)
+
+    async def set_flags(self, chat: ChatRecord, **changes: Any) -> ChatRecord:
+        return await self.book.set_flags(chat, **changes)
+
+    async def share(self, chat: ChatRecord) -> ChatRecord:
+        if chat.share_id is not None:
+            return chat
+        return await self.book.set_flags(chat, share_id=str(uuid.uuid4()))
+
+    async def clone(
+        self, principal: Principal, source: ChatRecord, title: str | None
+    ) -> ChatRecord:
+        return await self.book.clone(principal, source, title)
+
+    async def mark_read(self, principal: Principal, chat_id: str) -> bool:
+        """The web app tells when a chat was last read; False for another's chat."""
+        try:
+            chat = await self.book.owned(principal, chat_id)
+        except NotFound:
+            return False
+        chat.last_read_at = int(time.time())
+        await self._store.update_chat(chat)
+        return True
+
+    async def relay_message_event(
+        self, chat: ChatRecord, message_id: str, kind: str, data: Any
+    ) -> None:
+        """Open WebUI's message events: `{type, data}` to the owner's live connections."""
+        if await self._store.get_message(chat.id, message_id) is None:
+            raise NotFound("Message not found")
+        event = MessageEvent(chat.id, message_id, 0, kind, data)
+        self._hub.publish([rooms.user(chat.user_id), rooms.chat(chat.id)], event)
+
+    # -- deleting (replies stop first) ---------------------------------------------
+    async def delete(self, chat: ChatRecord) -> bool:
+        await self._running.stop(StopTarget(chat.user_id, chat_id=chat.id))
+        return await self._store.delete_chat(chat.id)
+
+    async def delete_all(self, principal: Principal) -> None:
+        await self._running.stop(StopTarget(principal.user_id))
+        await self._store.delete_user_chats(principal.user_id)
+
+    async def archive_all(self, principal: Principal, archived: bool) -> None:
+        await self._store.set_archived_all(principal.user_id, archived)
+
+    # -- tags ------------------------------------------------------------------------
+    async def user_tags(self, principal: Principal) -> list[Tag]:
+        return _tags(principal, await self._store.user_tags(principal.user_id))
+
+    async def chat_tags(self, principal: Principal, chat: ChatRecord) -> list[Tag]:
+        return _tags(principal, await self._store.chat_tags(chat.id))
+
+    async def tag(self, principal: Principal, chat: ChatRecord, name: str) -> list[Tag]:
+        await self._store.add_tag(principal.user_id, chat.id, name)
+        return await self.chat_tags(principal, chat)
+
+    async def untag(self, principal: Principal, chat: ChatRecord, name: str) -> list[Tag]:
+        await self._store.remove_tag(principal.user_id, chat.id, name)
+        return await self.chat_tags(principal, chat)
+
+    async def clear_tags(self, chat: ChatRecord) -> None:
+        await self._store.clear_chat_tags(chat.id)
+
+
+def _tags(principal: Principal, tags: list[tuple[str, str]]) -> list[Tag]:
+    # Open WebUI's tag object.
+    return [
+        {"id": tid, "name": name, "user_id": principal.user_id, "meta": None} for tid, name in tags
+    ]

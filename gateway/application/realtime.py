@@ -1,0 +1,104 @@
+"""What a live connection needs, whatever its transport: who it is, the rooms it
+is in, what it may publish to them, who is connected, and for how long its
+access holds.
+
+    authenticate(token)            a Principal, or AuthError
+    subscribe(rooms, …) → Outbox   the connection's bounded queue of events
+    join(outbox, room)             one more room, received on every replica first
+    unsubscribe(outbox)            when the connection ends
+    publish(rooms, event)          presence and broadcasts (typing, joined, a
+                                   workspace member's event); replies are the core's
+    seat / unseat / owner_of       presence, for `/ws/stats` and "is anyone watching"
+    hold(principal, end) → Lease   closes the connection when its access ends
+
+Transports (`gateway/transports/`) and the socket endpoints of `gateway/api/`
+reach the fan-out only through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from gateway.application.access import AccessGuard, End, Lease
+from gateway.bus import Sessions
+from gateway.edge.auth import Authenticator, Principal
+from gateway.events import Event
+from gateway.fanout.hub import Hub, Outbox, Overflow
+from gateway.fanout.presence import Presence, Seat, stats
+
+__all__ = ["Lease", "Outbox", "Overflow", "Realtime", "Seat"]
+
+
+class Realtime:
+    def __init__(
+        self,
+        hub: Hub,
+        presence: Presence,
+        access: AccessGuard,
+        authenticator: Authenticator,
+        sessions: Sessions,
+    ) -> None:
+        self._hub = hub
+        # Which replica holds each Engine.IO session (the bus's replica registry).
+        self._sessions = sessions
+        self._presence = presence
+        self._access = access
+        self._authenticator = authenticator
+
+    async def authenticate(self, token: str | None) -> Principal:
+        return await self._authenticator.authenticate(token)
+
+    # -- rooms -----------------------------------------------------------------------
+    def subscribe(
+        self,
+        rooms: Iterable[str],
+        on_overflow: Callable[[], None] | None = None,
+        deliver: Callable[[Event], bool] | None = None,
+    ) -> Outbox:
+        return self._hub.subscribe(rooms, on_overflow, deliver)
+
+    async def join(self, outbox: Outbox, room: str) -> None:
+        """Into `room`, here and (once subscribed) on every replica."""
+        self._hub.join(outbox, room)
+        await self._hub.watching([room])
+
+    async def watching(self, rooms: Iterable[str]) -> None:
+        await self._hub.watching(rooms)
+
+    def unsubscribe(self, outbox: Outbox) -> None:
+        self._hub.unsubscribe(outbox)
+
+    def publish(self, rooms: Sequence[str], event: Event) -> None:
+        self._hub.publish(rooms, event)
+
+    # -- presence --------------------------------------------------------------------
+    def seat(self, conn_id: str, seat: Seat) -> None:
+        self._presence.add(conn_id, seat)
+
+    def unseat(self, conn_id: str) -> None:
+        self._presence.remove(conn_id)
+
+    def owner_of(self, conn_id: str) -> str | None:
+        """The user a connection of this replica is signed in as, if any."""
+        seat = self._presence.here(conn_id)
+        return None if seat is None else seat.user_id
+
+    def stats(self, viewer: Principal) -> dict[str, Any]:
+        """Nadoo's `/ws/stats`: everyone's totals; details of others for admins only."""
+        return stats(self._presence.seats(), None if viewer.is_admin else viewer.user_id)
+
+    # -- Engine.IO sessions, so a poll that reached the wrong replica can say so --------
+    def session_opened(self, sid: str) -> None:
+        self._sessions.session_opened(sid)
+
+    def session_closed(self, sid: str) -> None:
+        self._sessions.session_closed(sid)
+
+    async def session_replica(self, sid: str) -> str | None:
+        """The live replica holding an Engine.IO session, if another one does."""
+        return await self._sessions.session_replica(sid)
+
+    # -- access ----------------------------------------------------------------------
+    def hold(self, principal: Principal, end: End) -> Lease:
+        return self._access.hold(principal, end)

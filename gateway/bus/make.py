@@ -1,0 +1,33 @@
+"""The bus and the replica registry, built as a pair.
+
+    bus, replicas = make_bus(redis_url or None, prefix, max_message_bytes)
+    hub = Hub(…, bus)                     rooms: watch, publish, deliver
+    Presence(replicas)                    seats of the other replicas
+    RunningReplies(store, hub, replicas)  tasks, stop anywhere, orphans
+    …sessions: replicas                   the Socket.IO front door
+
+    await replicas.start(replies.on_control, replies.on_orphan)   first: the heartbeat
+    await bus.start(hub.deliver, replies.stored_content)          then the rooms
+    …
+    await bus.close()                     the last events first
+    await replicas.close()                then the tasks' removal, beat, presence
+
+The rooms ask the registry who is alive, so they share its replica id.
+"""
+
+from __future__ import annotations
+
+from gateway.bus import Bus, Replicas
+from gateway.bus.memory import LocalBus, LocalReplicas
+from gateway.bus.replicas import RedisReplicas
+from gateway.bus.rooms import RedisRooms
+
+
+def make_bus(
+    redis_url: str | None, prefix: str = "gw:", max_message_bytes: int = 256 * 1024
+) -> tuple[Bus, Replicas]:
+    """On Redis when `redis_url` is given; else in this process alone."""
+    if redis_url is None:
+        return LocalBus(), LocalReplicas()
+    replicas = RedisReplicas(redis_url, prefix)
+    return RedisRooms(redis_url, replicas, prefix, max_message_bytes), replicas

@@ -1,0 +1,184 @@
+"""Running one reply: its upstream's events to its rooms, its text to the store,
+and its one end — `_conclude` is the only place a reply ends, whatever ended it.
+
+A stored reply goes through three states, each one row write at most::
+
+    placeholder  {content: "", done: false}            written before streaming
+    streaming    draft column checkpointed ~once a second (content untouched,
+                 so a poller never mistakes half a reply for a whole one)
+    finished     {content: <all>, done: true, usage, ...}  one write at the end
+                 (or the partial text with an `error` note, or `cancelled`)
+
+The end event is published only after its row is written, so a client that
+reloads on it sees the final text.  A reply runs in its own task: a client
+that disconnects does not stop it (it lands in the chat); a stop request
+cancels the task, and the reply ends CANCELLED with what streamed so far.
+The phases are `lifecycle.py`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import replace
+
+from gateway import rooms
+from gateway.chat.chats import DEFAULT_TITLES, now_s
+from gateway.chat.lifecycle import Phase, ReplyRun
+from gateway.chat.running import Running, RunningReplies
+from gateway.errors import GatewayError
+from gateway.events import Event, Notification, ReplyFailed, ReplyFinished, TextDelta
+from gateway.fanout.hub import Hub
+from gateway.fanout.presence import Presence
+from gateway.store import Store
+from gateway.store.records import MessageRecord
+
+log = logging.getLogger(__name__)
+
+NOTIFICATION_PREVIEW_CHARS = 140
+
+Opening = Callable[[], Awaitable[AsyncGenerator[Event, None]]]
+
+
+class ReplyRunner:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        registry: RunningReplies,
+        presence: Presence,
+        checkpoint_interval_s: float,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._registry = registry
+        self._presence = presence
+        self._checkpoint_interval_s = checkpoint_interval_s
+
+    def start(
+        self,
+        running: Running,
+        opening: Opening,
+        record: MessageRecord | None = None,
+        title: str | None = None,
+    ) -> None:
+        """Run the reply in its own task, registered (stop from anywhere) until it ends."""
+        run = ReplyRun(running, record, title)
+        self._registry.start(running, self._run(run, opening))
+
+    async def refused(self, record: MessageRecord, error: GatewayError) -> None:
+        """A reply whose upstream would not open before it was started: stored as failed."""
+        await self._store_end(record, ReplyFailed("", record.id, 0, error.code, error.message))
+
+    async def _run(self, run: ReplyRun, opening: Opening) -> None:
+        checkpoint: asyncio.Task[None] | None = None
+        try:
+            try:
+                end, checkpoint = await self._stream(run, opening)
+            except asyncio.CancelledError:
+                # A stop request (or shutdown): keep what was streamed, end cleanly.
+                await asyncio.shield(self._conclude(run, run.cancelled()))
+                if not run.running.cancelled_by_user:
+                    raise
+                return
+            except Exception:
+                log.exception("reply failed", extra={"message_id": run.running.message_id})
+                end = run.crashed()
+            # Shielded: a stop that lands while the end is being stored must not
+            # leave the row half-written or the clients without their end.
+            try:
+                await asyncio.shield(self._conclude(run, end))
+            except asyncio.CancelledError:
+                if not run.running.cancelled_by_user:
+                    raise
+        finally:
+            if checkpoint is not None and not checkpoint.done():
+                checkpoint.cancel()
+            self._registry.ended(run.running)
+
+    async def _stream(
+        self, run: ReplyRun, opening: Opening
+    ) -> tuple[ReplyFinished | ReplyFailed, asyncio.Task[None] | None]:
+        """The upstream's events to the rooms, until the one that ends the reply."""
+        checkpoint: asyncio.Task[None] | None = None
+        try:
+            events = await opening()
+        except GatewayError as exc:
+            return run.refused(exc), None
+        async with contextlib.aclosing(events):
+            async for event in events:
+                run.saw(event)
+                if isinstance(event, ReplyFinished | ReplyFailed):
+                    return event, checkpoint
+                if isinstance(event, TextDelta):
+                    checkpoint = self._checkpoint(run, checkpoint)
+                self._hub.publish(run.running.rooms, event)
+        return run.crashed("The model server's reply ended without finishing"), checkpoint
+
+    def _checkpoint(
+        self, run: ReplyRun, pending: asyncio.Task[None] | None
+    ) -> asyncio.Task[None] | None:
+        """About once a second, the text so far into the draft column (never awaited
+        here: a slow database must not slow the stream)."""
+        now = time.monotonic()
+        if (
+            run.record is None
+            or now - run.checkpointed < self._checkpoint_interval_s
+            or (pending is not None and not pending.done())
+        ):
+            return pending
+        run.checkpointed = now
+        chat_id, message_id = run.running.chat_id, run.running.message_id
+        return asyncio.create_task(self._store.checkpoint_draft(chat_id, message_id, run.content))
+
+    async def _conclude(self, run: ReplyRun, end: ReplyFinished | ReplyFailed) -> None:
+        """The one place a reply ends: its row written (a store that fails here is
+        logged, and the clients still get the end), then the end published, then —
+        for a finished stored reply nobody watched — a notification."""
+        run.advance(run.end_phase(end))
+        if run.record is not None:
+            try:
+                titled = await self._store_end(run.record, end, run.title)
+            except Exception:
+                log.exception("storing a reply's end failed", extra={"message_id": end.message_id})
+                titled = None
+            if titled is not None and isinstance(end, ReplyFinished):
+                end = replace(end, title=titled)
+        self._hub.publish(run.running.rooms, end)
+        if run.record is not None and run.phase is Phase.FINISHED:
+            assert isinstance(end, ReplyFinished)
+            self._notify_if_unwatched(run.running, end.content)
+
+    async def _store_end(
+        self, record: MessageRecord, end: ReplyFinished | ReplyFailed, title: str | None = None
+    ) -> str | None:
+        """The reply's final row, in one transaction; the chat's new title when this
+        reply gave the chat its first one (a failed reply gives none)."""
+        fields = dict(record.fields)
+        if isinstance(end, ReplyFinished):
+            record.content = end.content
+            if not end.cancelled:
+                fields["usage"] = end.usage.as_dict()
+            else:
+                fields["cancelled"] = True
+        else:
+            record.content = end.partial_content
+            fields["error"] = {"content": end.message}
+            title = None
+        record.done, record.fields, record.draft = True, fields, None
+        titled = await self._store.finish_reply(record, now_s(), title, DEFAULT_TITLES)
+        return title if titled else None
+
+    def _notify_if_unwatched(self, running: Running, content: str) -> None:
+        """A reply that finished while none of the user's chat sockets was open
+        becomes a notification (Nadoo's `/ws/notifications/{user_id}`)."""
+        if self._presence.watching(running.user_id):
+            return
+        preview = " ".join(content.split())
+        if len(preview) > NOTIFICATION_PREVIEW_CHARS:
+            preview = preview[: NOTIFICATION_PREVIEW_CHARS - 1] + "…"
+        note = Notification(running.user_id, "Reply ready", preview, f"/c/{running.chat_id}")
+        self._hub.publish([rooms.notify(running.user_id)], note)

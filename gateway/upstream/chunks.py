@@ -1,0 +1,162 @@
+"""An OpenAI-compatible server's streamed answer, decoded without I/O.
+
+Bytes in, as they arrive, in any pieces; `Chunk`s out (`upstream/__init__.py`)::
+
+    data: {"choices": [{"delta": {"content": "Hel",              → Chunk(text="Hel")
+                                  "reasoning_content": "…"},     → reasoning (vLLM, DeepSeek;
+                        "finish_reason": null}]}                   Ollama says "reasoning")
+    data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}  → Chunk(finish_reason="stop")
+    data: {"choices": [], "usage": {"prompt_tokens": 3,          → Chunk(usage=Usage(3, 7))
+                                    "completion_tokens": 7}}
+    data: [DONE]                                                 → `done`: the rest of the
+                                                                   body is not the reply's
+
+A stream that breaks the rules raises `BadStream`: a chunk that is not a JSON
+object, an `{"error": …}` chunk, an event past the size bound, or a body that
+ends with neither a finish_reason nor [DONE].  Its `message` names the model
+and the fault, for the client; its `detail` (what the server sent) is for
+the log only, where `upstream/openai.py` puts it with the server's address.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from gateway.events import Usage
+from gateway.flavours.sse import SSEParser
+from gateway.upstream import Chunk
+
+MAX_EVENT_BYTES = 1024 * 1024
+# Characters of a bad payload quoted in the log detail.
+QUOTED_CHARS = 200
+
+
+class BadStream(Exception):
+    """The upstream's stream cannot be read as a reply."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class ChunkDecoder:
+    """One streamed answer of `model`; `feed` each piece of the body, then `close`.
+
+    `done` is set at [DONE] (then `feed` takes nothing more); `finished` once
+    a chunk had a finish_reason.
+    """
+
+    def __init__(self, model: str, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._model = model
+        self._parser = SSEParser(max_event_bytes)
+        self.done = False
+        self.finished = False
+
+    def feed(self, data: bytes) -> Iterator[Chunk]:
+        """The chunks `data` completes, lazily: those before a fault come out before
+        its BadStream, however the body was cut.  Takes `data` at once."""
+        if self.done:
+            return iter(())
+        return self._chunks(self._parser.events(data))
+
+    def close(self) -> Iterator[Chunk]:
+        """The body ended: a last event without its blank line still counts (and comes
+        out) before the BadStream of a reply that was not complete."""
+        if self.done:
+            return
+        yield from self._chunks(self._parser.close())
+        if not (self.done or self.finished):
+            raise BadStream(
+                f"The model server for '{self._model}' closed the stream mid-reply",
+                "the body ended without a finish_reason or [DONE]",
+            )
+
+    def _chunks(self, payloads: Iterable[str]) -> Iterator[Chunk]:
+        try:
+            for payload in payloads:
+                if payload.strip() == "[DONE]":
+                    self.done = True
+                    return
+                chunk = self._decode(payload)
+                self.finished = self.finished or chunk.finish_reason is not None
+                yield chunk
+        except ValueError as exc:  # the parser's bound
+            raise BadStream(
+                f"The model server for '{self._model}' broke off the reply", str(exc)
+            ) from None
+
+    def _decode(self, payload: str) -> Chunk:
+        data = self._object(payload)
+        if "error" in data:
+            raise BadStream(
+                f"The model server for '{self._model}' failed mid-reply",
+                json.dumps(data["error"], default=str),
+            )
+        usage = _usage(data.get("usage"))
+        choices = data.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(choice, dict):
+            return Chunk(usage=usage)
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = {}
+        # vLLM/DeepSeek say reasoning_content, Ollama and OpenRouter say reasoning.
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        reason = choice.get("finish_reason")
+        return Chunk(
+            text=_text(delta.get("content")),
+            reasoning=_text(reasoning),
+            finish_reason=reason if isinstance(reason, str) and reason else None,
+            usage=usage,
+        )
+
+    def _object(self, payload: str) -> dict[str, Any]:
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            raise BadStream(
+                f"The model server for '{self._model}' sent a chunk that is not JSON",
+                repr(payload[:QUOTED_CHARS]),
+            ) from None
+        if not isinstance(data, dict):
+            raise BadStream(
+                f"The model server for '{self._model}' sent a chunk that is not an object",
+                repr(payload[:QUOTED_CHARS]),
+            )
+        return data
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    return Usage(_count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens")))
+
+
+def _count(value: Any) -> int:
+    """A token count as servers send it (an int, sometimes a float or a string); 0 if none."""
+    if isinstance(value, bool) or value is None:
+        return 0
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _text(value: Any) -> str:
+    return encodable(value) if isinstance(value, str) else ""
+
+
+def encodable(text: str) -> str:
+    """The text with lone UTF-16 surrogates (JSON "\\ud83d" without its pair, which a
+    broken tokenizer can send) replaced by U+FFFD: no client encoding can carry them.
+    (json.loads joins the valid pairs, so any surrogate left is a lone one.)"""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
+    return text

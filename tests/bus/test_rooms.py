@@ -1,0 +1,250 @@
+"""RedisRooms against real Redis: two or three replicas in one process (`support.py`).
+
+Per-room channels subscribed only where members are, the watcher mirror (a room is
+published only where another replica watches it), bounded and split messages, and
+events held until the mirror is synced after every (re)connect."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+
+from gateway.bus import wire
+from gateway.events import ReplyFinished, TextDelta, Usage
+from tests.bus.support import STORED_TEXT, Make, Replica, delta, eventually, sentinel
+from tests.services import RedisServer
+
+# -- events for rooms --------------------------------------------------------------
+
+
+async def test_delivered_once_and_only_for_watched_rooms(replica: Make) -> None:
+    a, b = await replica(), await replica()
+    b.rooms.watch("user:x")
+    await b.rooms.watching(["user:x"])
+
+    first = delta("to x and y")
+    a.rooms.publish(["user:x", "user:y"], first)
+    await eventually(lambda: b.delivered)
+    a.rooms.publish(["user:y"], delta("to y only"))
+    await sentinel(a, b, "user:x")
+    assert b.delivered == [(["user:x", "user:y"], first)]
+    assert a.delivered == []
+
+
+async def test_a_replica_just_started_reaches_rooms_watched_elsewhere(replica: Make) -> None:
+    # A rolling restart: B's member was there first; A comes up and publishes at once.
+    b = await replica()
+    b.rooms.watch("user:x")
+    await b.rooms.watching(["user:x"])
+    a = await replica()
+    assert a.rooms.problem() is None  # ready: a balancer sends it traffic now
+
+    event = delta("first words of a reply on the new replica")
+    a.rooms.publish(["user:x"], event)
+    await asyncio.sleep(0.3)  # by now A has heard which rooms B watches: the sentinel goes
+    await sentinel(a, b, "user:x")
+    assert b.delivered == [(["user:x"], event)], "the first event of a new replica was lost"
+
+
+async def test_an_event_for_two_watched_rooms_arrives_once(replica: Make) -> None:
+    a, b = await replica(), await replica()
+    for room in ("user:x", "chat:c1"):
+        b.rooms.watch(room)
+    await b.rooms.watching(["user:x", "chat:c1"])
+
+    event = delta("both")
+    a.rooms.publish(["user:x", "chat:c1"], event)
+    await sentinel(a, b, "chat:c1")  # after the copy on chat:c1, which comes last
+    assert b.delivered == [(["user:x", "chat:c1"], event)]
+
+
+async def test_own_events_are_not_delivered_to_oneself(replica: Make) -> None:
+    a, b = await replica(), await replica()
+    for one in (a, b):
+        one.rooms.watch("user:x")
+        await one.rooms.watching(["user:x"])
+
+    own, last = delta("from b"), delta("from b, last")
+    b.rooms.publish(["user:x"], own)
+    b.rooms.publish(["user:x"], last)
+    # A got both: they went through Redis, to B's subscription too.
+    await eventually(lambda: last in a.events())
+    await asyncio.sleep(0.2)
+    assert a.events() == [own, last]
+    assert b.delivered == []
+
+
+async def test_connection_and_reply_rooms_never_leave_the_process(replica: Make) -> None:
+    a, b = await replica(), await replica()
+    # The hub never watches these; B does here only to see whether they are published.
+    rooms = ["conn:k1", "reply:c1/m1", "user:x"]
+    for room in rooms:
+        b.rooms.watch(room)
+    await b.rooms.watching(rooms)
+
+    event = delta("mixed")
+    a.rooms.publish(rooms, event)
+    await eventually(lambda: b.delivered)
+    a.rooms.publish(["conn:k1"], delta("conn only"))
+    a.rooms.publish(["reply:c1/m1", "conn:k1"], delta("local only"))
+    assert not a.rooms._sender.held, "nothing queued for local rooms"
+    await sentinel(a, b, "user:x")
+    assert b.delivered == [(["user:x"], event)]
+
+
+async def test_order_of_many_deltas_is_kept(replica: Make) -> None:
+    a, b = await replica(), await replica()
+    b.rooms.watch("chat:c1")
+    await b.rooms.watching(["chat:c1"])
+
+    sent = [delta(f"token {seq} ", seq) for seq in range(500)]
+    for event in sent:
+        a.rooms.publish(["chat:c1"], event)
+    await eventually(lambda: len(b.delivered) >= 500, timeout_s=10)
+    assert b.events() == sent
+
+
+async def test_unwatched_room_no_longer_arrives(replica: Make) -> None:
+    a, b = await replica(), await replica()
+    for room in ("user:x", "user:z"):
+        b.rooms.watch(room)
+    await b.rooms.watching(["user:x", "user:z"])
+    a.rooms.publish(["user:x"], delta("before"))
+    await eventually(lambda: b.delivered)
+
+    b.rooms.unwatch("user:x")
+    await asyncio.sleep(0.2)  # the unsubscription goes out in the background
+    a.rooms.publish(["user:x"], delta("after"))
+    await sentinel(a, b, "user:z")
+    await asyncio.sleep(0.2)
+    assert b.events() == [delta("before")]
+
+    # Watching again receives again.
+    b.rooms.watch("user:x")
+    await b.rooms.watching(["user:x"])
+    a.rooms.publish(["user:x"], delta("again"))
+    await eventually(lambda: delta("again") in b.events())
+
+
+# -- events too big for one message ------------------------------------------------
+
+
+async def test_big_delta_arrives_in_pieces(replica: Make) -> None:
+    a, b = await replica(max_message_bytes=4096), await replica()
+    b.rooms.watch("chat:c1")
+    await b.rooms.watching(["chat:c1"])
+
+    text = ("abcdefghi\x01é中😀" * 2_000)[:20_000]
+    assert len(text) == 20_000
+    a.rooms.publish(["chat:c1"], delta(text, seq=9))
+    await eventually(lambda: len(_texts(b)) >= 20_000)
+    pieces = b.events()
+    assert len(pieces) > 1
+    assert all(isinstance(e, TextDelta) and e.seq == 9 for e in pieces)
+    assert _texts(b) == text
+
+
+def _texts(one: Replica) -> str:
+    return "".join(e.text for e in one.events() if isinstance(e, TextDelta))
+
+
+async def test_huge_finished_reply_is_read_from_the_store(replica: Make) -> None:
+    a, b = await replica(), await replica()
+    b.rooms.watch("chat:c1")
+    await b.rooms.watching(["chat:c1"])
+
+    finished = ReplyFinished("c1", "m1", 12, "x" * 1_000_000, Usage(3, 4, True), "stop", 2.5)
+    a.rooms.publish(["chat:c1"], finished)
+    await eventually(lambda: b.delivered)
+    assert b.delivered == [(["chat:c1"], dataclasses.replace(finished, content=STORED_TEXT))]
+    assert b.loads == [("c1", "m1")]
+    assert a.loads == []
+
+
+async def test_redis_down_and_back_watched_rooms_are_received_again(
+    redis_server: RedisServer, replica: Make
+) -> None:
+    a, b = await replica(redis_server.url), await replica(redis_server.url)
+    b.rooms.watch("user:x")
+    await b.rooms.watching(["user:x"])
+    assert b.rooms.problem() is None
+    a.rooms.publish(["user:x"], delta("before", 0))
+    await eventually(lambda: b.delivered)
+
+    redis_server.stop()
+    problem = await eventually(b.rooms.problem)
+    assert "unreachable" in problem
+    await asyncio.sleep(0.5)  # a few failed reconnections
+    assert b.rooms.problem() is not None
+
+    redis_server.start()  # empty: B's subscriptions must be made again
+    await eventually(lambda: b.rooms.problem() is None, timeout_s=10)
+    await eventually(lambda: a.rooms.problem() is None, timeout_s=10)
+    after = delta("after", 1)
+    a.rooms.publish(["user:x"], after)
+    await eventually(lambda: after in b.events())
+    assert b.events() == [delta("before", 0), after]
+
+
+async def test_events_published_while_redis_is_down_are_delivered_after(
+    redis_server: RedisServer, replica: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = await replica(redis_server.url), await replica(redis_server.url)
+    b.rooms.watch("user:x")
+    await b.rooms.watching(["user:x"])
+
+    redis_server.stop()
+    await eventually(b.rooms.problem)
+    # Listeners retry 0.1, 0.3, 0.7, 1.5, 3.1 s after losing Redis: 2 s in, A's and B's
+    # both wait for their 3.1 s try when a reply that keeps streaming publishes.
+    await asyncio.sleep(2.0)
+    during = [delta(f"during {seq}", seq) for seq in range(3)]
+    for event in during:
+        a.rooms.publish(["user:x"], event)
+    # A holds them (not out of the bound: 3 < max_pending) until it knows again who
+    # watches what: sending at the first chance would reach no subscriber yet.
+    assert [seq for seq in _queued_seqs(a)] == [0, 1, 2]
+    redis_server.start()
+
+    await eventually(lambda: b.rooms.problem() is None, timeout_s=10)
+    await eventually(
+        lambda: len(b.delivered) >= 3, timeout_s=5, what="the events queued while down reach B"
+    )
+    assert b.events() == during
+
+
+async def test_queue_is_bounded_while_redis_is_down(
+    redis_server: RedisServer, replica: Make
+) -> None:
+    a = await replica(redis_server.url, max_pending=10)
+    b = await replica(redis_server.url)
+    b.rooms.watch("user:x")  # else A has no reason to send anything
+    await b.rooms.watching(["user:x"])
+    redis_server.stop()
+    await eventually(a.rooms.problem)
+
+    for seq in range(100):
+        a.rooms.publish(["user:x"], delta(f"{seq}", seq))
+        assert len(a.rooms._sender.held) <= 10
+    # The newest are kept.
+    assert _queued_seqs(a) == list(range(90, 100))
+    # The sender's failed tries put their batch back without passing the bound.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        assert len(a.rooms._sender.held) <= 10
+        await asyncio.sleep(0.02)
+    redis_server.start()  # so that closing the bus is not a series of retries
+
+
+def _queued_seqs(one: Replica) -> list[int]:
+    """The seqs of the room events queued (commands wait in a queue of their own)."""
+    seqs = []
+    for rooms, message in one.rooms._sender.held:
+        assert rooms == ["user:x"]
+        _, event, _ = wire.decode(message)
+        assert isinstance(event, TextDelta)
+        seqs.append(event.seq)
+    return seqs
