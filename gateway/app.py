@@ -270,7 +270,7 @@ async def _accounts(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _assistants(app: web.Application) -> AsyncIterator[None]:
-    app[ASSISTANTS] = Assistants(app[STORE], app[REPLIES])
+    app[ASSISTANTS] = Assistants(app[STORE], app[STORE], app[REPLIES])
     yield
 
 

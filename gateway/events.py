@@ -118,7 +118,7 @@ class MessageEvent(ReplyEvent):
 # their own room identity.  `origin` is the id of the connection they came
 # from, so it is not told about itself.
 @dataclass(frozen=True, slots=True)
-class Typing:
+class UserTyping:
     session_id: str
     user_id: str
     origin: str = ""
@@ -164,7 +164,7 @@ Event = (
     | ReplyFinished
     | ReplyFailed
     | MessageEvent
-    | Typing
+    | UserTyping
     | UserJoined
     | UserLeft
     | Notification

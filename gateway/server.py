@@ -52,6 +52,28 @@ async def _serve(loaded: Loaded) -> None:
     web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
     max_connections = effective_max_connections(settings.max_connections)
     asyncio.get_running_loop().set_exception_handler(AcceptErrorLog(max_connections))
+    runner = await _opened(loaded)
+    await _listening(loaded, runner, max_connections)
+    log.info(
+        "gateway listening on http://%s:%d (data dir %s)",
+        settings.host if ":" not in settings.host else f"[{settings.host}]",
+        _bound_port(runner, settings.port),
+        settings.data_dir.resolve(),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        log.info("gateway stopping")
+    finally:
+        await runner.cleanup()
+
+
+async def _opened(loaded: Loaded) -> web.AppRunner:
+    """The app with its resources open (the store, the bus...), not yet listening."""
+    settings = loaded.settings
     runner = web.AppRunner(
         build_app(settings),
         # A client that disconnects cancels its handler, so the upstream
@@ -69,6 +91,11 @@ async def _serve(loaded: Loaded) -> None:
         await runner.cleanup()
         field = "database_url" if settings.database_url else "data_dir"
         raise loaded.error(field, f"cannot open the database: {exc}") from None
+    return runner
+
+
+async def _listening(loaded: Loaded, runner: web.AppRunner, max_connections: int) -> None:
+    settings = loaded.settings
     try:
         guard = ConnectionGuard(
             max_connections,
@@ -80,21 +107,6 @@ async def _serve(loaded: Loaded) -> None:
     except OSError as exc:
         await runner.cleanup()
         raise preflight.bind_error(loaded, exc) from None
-    log.info(
-        "gateway listening on http://%s:%d (data dir %s)",
-        settings.host if ":" not in settings.host else f"[{settings.host}]",
-        _bound_port(runner, settings.port),
-        settings.data_dir.resolve(),
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-        log.info("gateway stopping")
-    finally:
-        await runner.cleanup()
 
 
 def _bound_port(runner: web.AppRunner, configured: int) -> int:

@@ -16,7 +16,7 @@ import jwt
 import pytest
 
 from gateway import __version__
-from gateway.cli import _ExtraFormatter
+from gateway.cli.logs import ExtraFormatter
 from gateway.edge import redact
 from gateway.settings import read
 
@@ -185,7 +185,7 @@ def test_check_config_says_which_key_signs(tmp_path: Path) -> None:
 def test_log_lines_mask_secrets() -> None:
     out = io.StringIO()
     handler = logging.StreamHandler(out)
-    handler.setFormatter(_ExtraFormatter("%(message)s", redact.Redactor([f"signing-{PASSWORD}"])))
+    handler.setFormatter(ExtraFormatter("%(message)s", redact.Redactor([f"signing-{PASSWORD}"])))
     logger = logging.getLogger("test-redaction")
     logger.addHandler(handler)
     try:

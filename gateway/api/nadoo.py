@@ -27,8 +27,7 @@ from gateway.application.realtime import Seat
 from gateway.application.replies import Replies, StopTarget
 from gateway.commands import Broadcast, Cancel, Ping, Say, Typing
 from gateway.errors import AuthError, Forbidden, GatewayError
-from gateway.events import Event, UserJoined, UserLeft, WorkspaceEvent
-from gateway.events import Typing as TypingEvent
+from gateway.events import Event, UserJoined, UserLeft, UserTyping, WorkspaceEvent
 from gateway.flavours import nadoo
 from gateway.transports.websocket import Connection, serve
 
@@ -88,7 +87,7 @@ class ChatEndpoint(_NadooEndpoint):
         elif isinstance(command, Ping):
             await conn.send(nadoo.pong(time.time()))
         elif isinstance(command, Typing):
-            conn.publish([self.room], TypingEvent(self.session_id, conn.user_id, conn.id))
+            conn.publish([self.room], UserTyping(self.session_id, conn.user_id, conn.id))
         elif isinstance(command, Cancel):
             # The user's replies in this session, whichever socket (and replica) asked.
             await self.replies.stop(StopTarget(conn.user_id, room=self.room))

@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 from gateway.edge.auth import Principal
-from gateway.store import Revocation, Store
+from gateway.store import Revocation, UserStore
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Lease:
 
 
 class AccessGuard:
-    def __init__(self, store: Store, recheck_s: float, on_removed: OnRemoved) -> None:
+    def __init__(self, store: UserStore, recheck_s: float, on_removed: OnRemoved) -> None:
         self._store = store
         self._recheck_s = recheck_s
         self._on_removed = on_removed

@@ -22,8 +22,7 @@ from gateway.edge.passwords import Passwords
 from gateway.edge.secrets import hash_api_key, new_api_key
 from gateway.edge.throttle import SignInThrottle
 from gateway.errors import AuthError, BadRequest, Conflict, Forbidden, NotFound
-from gateway.store import Revocation, Store, UserRecord
-from gateway.store.errors import Conflict as StoreConflict
+from gateway.store import DuplicateKey, Revocation, UserRecord, UserStore
 
 __all__ = ["Accounts", "StoreDirectory", "UserRecord", "add_user", "principal_for"]
 
@@ -37,7 +36,7 @@ def principal_for(user: UserRecord) -> Principal:
 
 
 class StoreDirectory:
-    def __init__(self, store: Store, static_keys: Mapping[str, str]) -> None:
+    def __init__(self, store: UserStore, static_keys: Mapping[str, str]) -> None:
         self.store = store
         self._static = {hash_api_key(key): user for key, user in static_keys.items()}
 
@@ -67,7 +66,7 @@ class StoreDirectory:
         user = UserRecord(user_id, name, None, "user", None, DEFAULT_AVATAR, now, now, {})
         try:
             await self.store.create_user(user)
-        except StoreConflict:
+        except DuplicateKey:
             # Two first requests of the same new user raced; the other one made it.
             existing = await self.store.get_user(user_id)
             if existing is None:
@@ -77,7 +76,7 @@ class StoreDirectory:
 
 
 async def add_user(
-    store: Store,
+    store: UserStore,
     passwords: Passwords,
     *,
     email: str,
@@ -113,7 +112,7 @@ async def add_user(
             return user
         # Who is first is decided by the store, atomically (concurrent sign-ups).
         made = await store.create_user_first_admin(user, only_first=only_first)
-    except StoreConflict:
+    except DuplicateKey:
         raise Conflict("A user with this email exists already") from None
     if made is None:
         raise Forbidden(SIGNUP_DISABLED)
@@ -121,7 +120,7 @@ async def add_user(
 
 
 async def sign_in(
-    store: Store, passwords: Passwords, email: str, password: str
+    store: UserStore, passwords: Passwords, email: str, password: str
 ) -> UserRecord | None:
     user = await store.get_user_by_email(email.strip())
     # Unknown e-mails are checked too (against a dummy): the same time either way.
@@ -131,19 +130,19 @@ async def sign_in(
     return user
 
 
-async def create_api_key(store: Store, user_id: str, kind: str = "openwebui") -> str:
+async def create_api_key(store: UserStore, user_id: str, kind: str = "openwebui") -> str:
     key = new_api_key(kind)
     await store.add_api_key(hash_api_key(key), user_id, int(time.time()), kind)
     return key
 
 
-async def remove_user(store: Store, user_id: str) -> list[Revocation]:
+async def remove_user(store: UserStore, user_id: str) -> list[Revocation]:
     """The user and everything of theirs gone, their id refused from now on; the
     revocations made (none when there was no such user)."""
     return await store.remove_user(user_id, int(time.time() * 1000))
 
 
-async def revoke_api_keys(store: Store, user_id: str, kind: str) -> list[Revocation]:
+async def revoke_api_keys(store: UserStore, user_id: str, kind: str) -> list[Revocation]:
     return await store.revoke_api_keys(user_id, kind, int(time.time() * 1000))
 
 
@@ -155,7 +154,7 @@ class Accounts:
 
     def __init__(
         self,
-        store: Store,
+        store: UserStore,
         passwords: Passwords,
         throttle: SignInThrottle,
         access: AccessGuard,

@@ -30,8 +30,7 @@ from gateway.commands import Say
 from gateway.edge.auth import Principal
 from gateway.errors import Conflict, NotFound
 from gateway.flavours import ragflow_defaults as defaults
-from gateway.store import AssistantRecord, ChatRecord, Store
-from gateway.store.errors import Conflict as StoreConflict
+from gateway.store import AssistantRecord, AssistantStore, ChatRecord, ChatStore, DuplicateKey
 
 __all__ = ["AssistantRecord", "Assistants", "ChatRecord", "now_ms", "session_extra"]
 
@@ -43,8 +42,9 @@ def now_ms() -> int:
 
 
 class Assistants:
-    def __init__(self, store: Store, replies: Replies) -> None:
+    def __init__(self, store: AssistantStore, chats: ChatStore, replies: Replies) -> None:
         self.store = store
+        self.chats = chats  # sessions are chats
         self._replies = replies
 
     # -- assistants ------------------------------------------------------------
@@ -59,7 +59,7 @@ class Assistants:
         )
         try:
             await self.store.create_assistant(assistant)
-        except StoreConflict:
+        except DuplicateKey:
             raise Conflict("Duplicated chat name in creating chat.") from None
         return assistant
 
@@ -108,7 +108,7 @@ class Assistants:
         assistant.updated_at_ms = now_ms()
         try:
             await self.store.update_assistant(assistant)
-        except StoreConflict:
+        except DuplicateKey:
             raise Conflict("Duplicated chat name in updating chat.") from None
         return assistant
 
@@ -136,13 +136,13 @@ class Assistants:
             },
             assistant_id=assistant.id,
         )
-        await self.store.insert_chat(chat, [])
+        await self.chats.insert_chat(chat, [])
         return chat
 
     async def session(
         self, assistant: AssistantRecord, session_id: str, message: str | None = None
     ) -> ChatRecord:
-        chat = await self.store.get_chat(session_id)
+        chat = await self.chats.get_chat(session_id)
         if chat is None or chat.user_id != assistant.user_id or chat.assistant_id != assistant.id:
             raise NotFound(message or f"You don't own the session {session_id}")
         return chat
@@ -155,7 +155,7 @@ class Assistants:
         name: str | None = None,
         end_user: str | None = None,
     ) -> list[ChatRecord]:
-        chats = await self.store.list_chats(
+        chats = await self.chats.list_chats(
             assistant.user_id, archived=None, assistant_id=assistant.id
         )
         return [
@@ -168,17 +168,17 @@ class Assistants:
 
     async def messages(self, session: ChatRecord) -> list[dict[str, Any]]:
         """The session's conversation: root to its current message."""
-        history = history_of(session, await self.store.get_messages(session.id))
+        history = history_of(session, await self.chats.get_messages(session.id))
         return current_path(history) if history["currentId"] else []
 
     async def rename_session(self, session: ChatRecord, name: str) -> None:
         session.title = name
         session.updated_at = now_s()
-        await self.store.update_chat(session)
+        await self.chats.update_chat(session)
 
     async def delete_session(self, session: ChatRecord) -> None:
         await self._replies.stop(StopTarget(session.user_id, chat_id=session.id))
-        await self.store.delete_chat(session.id)
+        await self.chats.delete_chat(session.id)
 
     async def ask(
         self,

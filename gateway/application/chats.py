@@ -22,7 +22,7 @@ from gateway.edge.auth import Principal
 from gateway.errors import NotFound
 from gateway.events import MessageEvent
 from gateway.fanout.hub import Hub
-from gateway.store import ChatRecord, Store
+from gateway.store import ChatRecord, ChatStore
 
 __all__ = ["ChatRecord", "Chats"]
 
@@ -30,7 +30,7 @@ Tag = dict[str, Any]
 
 
 class Chats:
-    def __init__(self, store: Store, running: RunningReplies, hub: Hub) -> None:
+    def __init__(self, store: ChatStore, running: RunningReplies, hub: Hub) -> None:
         self._store = store
         self._running = running
         self._hub = hub

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from gateway.bus import Bus
 from gateway.errors import GatewayError
-from gateway.store import Store
+from gateway.store import Pingable
 from gateway.upstream import Upstream
 
 READY_CHECK_TIMEOUT_S = 5.0
@@ -41,7 +41,11 @@ class Readiness:
     and their result kept for `ttl_s`; a result per kind (with or without upstreams)."""
 
     def __init__(
-        self, bus: Bus, store: Store, upstreams: Sequence[Upstream], ttl_s: float = READY_CACHE_S
+        self,
+        bus: Bus,
+        store: Pingable,
+        upstreams: Sequence[Upstream],
+        ttl_s: float = READY_CACHE_S,
     ) -> None:
         self._bus, self._store, self._upstreams = bus, store, upstreams
         self._ttl_s = ttl_s

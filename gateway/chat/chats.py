@@ -17,7 +17,7 @@ from gateway.chat import tree
 from gateway.chat.shapes import chat_extra, chat_response, history_of, message_record
 from gateway.edge.auth import Principal
 from gateway.errors import BadRequest, NotFound
-from gateway.store import Store
+from gateway.store import ChatStore
 from gateway.store.records import ChatRecord, MessageRecord
 
 PAGE_SIZE = 60  # Open WebUI's page size for chat lists
@@ -91,7 +91,7 @@ def page_bounds(page: int | None) -> tuple[int, int | None]:
 
 class ChatBook:
     def __init__(
-        self, store: Store, is_generating: Callable[[str, str], bool] = lambda _c, _m: False
+        self, store: ChatStore, is_generating: Callable[[str, str], bool] = lambda _c, _m: False
     ) -> None:
         self.store = store
         # Replies being generated have one writer, the generator: updates

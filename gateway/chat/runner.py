@@ -33,7 +33,7 @@ from gateway.errors import GatewayError
 from gateway.events import Event, Notification, ReplyFailed, ReplyFinished, TextDelta
 from gateway.fanout.hub import Hub
 from gateway.fanout.presence import Presence
-from gateway.store import Store
+from gateway.store import ChatStore
 from gateway.store.records import MessageRecord
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ Opening = Callable[[], Awaitable[AsyncGenerator[Event, None]]]
 class ReplyRunner:
     def __init__(
         self,
-        store: Store,
+        store: ChatStore,
         hub: Hub,
         registry: RunningReplies,
         presence: Presence,

@@ -20,7 +20,7 @@ from gateway.bus import Replicas, TaskInfo
 from gateway.bus.memory import LocalReplicas
 from gateway.events import ReplyFailed
 from gateway.fanout.hub import Hub
-from gateway.store import Store
+from gateway.store import ChatStore
 from gateway.store.records import MessageRecord
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Running:
 
 
 class RunningReplies:
-    def __init__(self, store: Store, hub: Hub, replicas: Replicas | None = None) -> None:
+    def __init__(self, store: ChatStore, hub: Hub, replicas: Replicas | None = None) -> None:
         self.store = store
         self.hub = hub
         # Tasks, commands and orphans across replicas (`gateway/bus/replicas.py`).

@@ -41,7 +41,7 @@ from gateway.errors import BadRequest, GatewayError, UpstreamError
 from gateway.events import Event
 from gateway.fanout.hub import Hub, Outbox
 from gateway.fanout.presence import Presence
-from gateway.store import Store
+from gateway.store import ChatStore
 from gateway.store.records import ChatRecord, MessageRecord
 from gateway.upstream.router import ModelRouter
 
@@ -82,7 +82,7 @@ class ChatService:
     def __init__(
         self,
         router: ModelRouter,
-        store: Store,
+        store: ChatStore,
         hub: Hub,
         checkpoint_interval_s: float = 1.0,
         default_model: str = "",
@@ -96,9 +96,7 @@ class ChatService:
         self.presence = presence or Presence()
         self.replies = RunningReplies(store, hub, replicas)
         self.book = ChatBook(store, self.replies.is_generating)
-        self._runner = ReplyRunner(
-            store, hub, self.replies, self.presence, checkpoint_interval_s
-        )
+        self._runner = ReplyRunner(store, hub, self.replies, self.presence, checkpoint_interval_s)
 
     # -- opening a reply -------------------------------------------------------
     async def _open(

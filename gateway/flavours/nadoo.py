@@ -45,9 +45,9 @@ from gateway.events import (
     TextDelta,
     UserJoined,
     UserLeft,
+    UserTyping,
     WorkspaceEvent,
 )
-from gateway.events import Typing as TypingEvent
 
 Clock = Callable[[], float]
 # Nadoo's three sockets: /ws/chat/{session_id}, /ws/workspaces/{id}, /ws/notifications/{user}.
@@ -231,12 +231,12 @@ class Encoder:
 
     def _presence(self, event: Event, now: float) -> list[str]:
         if (
-            isinstance(event, TypingEvent | UserJoined | UserLeft | WorkspaceEvent)
+            isinstance(event, UserTyping | UserJoined | UserLeft | WorkspaceEvent)
             and event.origin
             and event.origin == self._self_id
         ):
             return []
-        if isinstance(event, TypingEvent):
+        if isinstance(event, UserTyping):
             return [frame("typing", now, {"user_id": event.user_id})]
         if isinstance(event, UserLeft):
             kind = "user_left" if event.room.startswith("workspace:") else "user_disconnected"

@@ -12,8 +12,9 @@ class StoreError(Exception):
     pass
 
 
-class Conflict(StoreError):
-    """A duplicate id, email or share id."""
+class DuplicateKey(StoreError):
+    """A row not written: its id, email, share id or (user, name) is taken already
+    (a unique constraint refused it).  What a route answers is the application's."""
 
 
 class StoreUnavailable(StoreError):

@@ -64,7 +64,7 @@ def add_routes(app: web.Application, path: str = SOCKETIO_PATH) -> None:
 
 
 @dataclass(slots=True, eq=False)
-class Connection:
+class Socket:
     sid: str
     principal: Principal | None = None
     outbox: Outbox | None = None
@@ -93,7 +93,7 @@ class SocketIOTransport:
             logger=False,
             engineio_logger=False,
         )
-        self._conns: dict[str, Connection] = {}
+        self._conns: dict[str, Socket] = {}
         self._realtime = realtime
         self._chats = chats
         # Drops in progress (a task the loop holds only weakly must be kept).
@@ -117,7 +117,7 @@ class SocketIOTransport:
 
     # -- events from clients --------------------------------------------------
     async def _on_connect(self, sid: str, environ: Mapping[str, Any], auth: Any) -> bool:
-        conn = Connection(sid)
+        conn = Socket(sid)
         self._conns[sid] = conn
         conn.eio_socket = engine.engine_socket(self.sio, sid)
         request: web.Request = environ["aiohttp.request"]
@@ -177,7 +177,7 @@ class SocketIOTransport:
         return None
 
     # -- helpers --------------------------------------------------------------
-    async def _join(self, conn: Connection, principal: Principal) -> None:
+    async def _join(self, conn: Socket, principal: Principal) -> None:
         """Into room user:<id>, here and (once subscribed) on every replica."""
         if conn.principal == principal and conn.outbox is not None:
             return
@@ -193,14 +193,14 @@ class SocketIOTransport:
         conn.lease = self._realtime.hold(principal, lambda why: self._end_access(conn, why))
         await self._realtime.watching(conn.outbox.rooms)
 
-    def _deliver(self, conn: Connection, event: Event) -> bool:
+    def _deliver(self, conn: Socket, event: Event) -> bool:
         """The fast path: into Engine.IO's queue now, unless it is backed up."""
         if not engine.has_room(conn.eio_socket):
             return False
         engine.enqueue(conn.eio_socket, event)
         return True
 
-    def _release(self, conn: Connection) -> None:
+    def _release(self, conn: Socket) -> None:
         if conn.lease is not None:
             conn.lease.release()
             conn.lease = None
@@ -212,7 +212,7 @@ class SocketIOTransport:
             conn.pump.cancel()
         conn.outbox, conn.pump = None, None
 
-    async def _pump(self, conn: Connection, outbox: Outbox) -> None:
+    async def _pump(self, conn: Socket, outbox: Outbox) -> None:
         """The slow path: what the fast path could not take, in order, as the queue drains."""
         try:
             while events := await outbox.batch():
@@ -232,7 +232,7 @@ class SocketIOTransport:
             log.exception("socket pump failed", extra={"sid": conn.sid})
             await self._close_transport(conn)
 
-    def _end_access(self, conn: Connection, why: str) -> None:
+    def _end_access(self, conn: Socket, why: str) -> None:
         """The token expired, its key was revoked or its user removed: a Socket.IO
         disconnect (socket.io-client does not reconnect after one; the web app
         signs in again)."""
@@ -243,14 +243,14 @@ class SocketIOTransport:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    def _overflowed(self, conn: Connection) -> None:
+    def _overflowed(self, conn: Socket) -> None:
         user = conn.principal.user_id if conn.principal else None
         log.warning("slow socket dropped: it fell behind", extra={"sid": conn.sid, "user": user})
         task = asyncio.get_running_loop().create_task(self._close_transport(conn))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _close_transport(self, conn: Connection) -> None:
+    async def _close_transport(self, conn: Socket) -> None:
         """Close at the Engine.IO level so the client sees a transport close and reconnects."""
         self._release(conn)
         sock = conn.eio_socket

@@ -5,7 +5,8 @@ python-engineio's, not a documented API; every use of it is in this module.
 
     enqueue     an event encoded (`SocketEncoder`, python-socketio's `Packet`)
                 straight into the socket's queue: what `AsyncServer.emit` would
-                queue, without its task per recipient
+                queue, without its task per recipient, and encoded once for all
+                the sockets that get it (`ENCODED`)
     room        the queue is unbounded, so `has_room` says no once it holds
                 `MAX_QUEUED_PACKETS`; the transport's pump then waits in
                 `drained` while its outbox takes (and merges) what follows
@@ -44,11 +45,39 @@ def has_room(sock: Any) -> bool:
     return sock is not None and not sock.closed and sock.queue.qsize() < MAX_QUEUED_PACKETS
 
 
+class _EncodedOnce:
+    """An event's Socket.IO packets, encoded once however many sockets get it: the
+    hub hands the same event object to every socket of the user (every tab), one
+    after another, so remembering the last one is enough."""
+
+    __slots__ = ("encodes", "event", "packets")
+
+    def __init__(self) -> None:
+        self.event: Event | None = None
+        self.packets: tuple[str, ...] = ()
+        self.encodes = 0  # for tests and benches: how many times an event was encoded
+
+    def __call__(self, event: Event) -> tuple[str, ...]:
+        if event is not self.event:
+            self.encodes += 1
+            # Our payloads are JSON, never binary: no scan for bytes.
+            self.packets = tuple(
+                _packet(list(frame)).encode() for frame in ENCODER.encode(event)
+            )
+            self.event = event
+        return self.packets
+
+
+def _packet(data: list[object]) -> socketio.packet.Packet:
+    return socketio.packet.Packet(socketio.packet.EVENT, data=data, binary=False)
+
+
+ENCODED = _EncodedOnce()
+
+
 def enqueue(sock: Any, event: Event) -> None:
-    for name, payload in ENCODER.encode(event):
-        # Our payloads are JSON, never binary: no scan for bytes.
-        packet = socketio.packet.Packet(socketio.packet.EVENT, data=[name, payload], binary=False)
-        sock.queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=packet.encode()))
+    for data in ENCODED(event):
+        sock.queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=data))
 
 
 async def drained(sock: Any, give_up: Callable[[], bool]) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import uuid
 from collections.abc import Callable
@@ -59,6 +60,20 @@ CLOSE_TIMEOUT_S = 2.0
 _DROPPING: set[asyncio.Task[None]] = set()
 
 
+class Phase(enum.Enum):
+    """A connection's life; only OPEN reads frames and writes events::
+
+    OPENING ──endpoint opened──▶ OPEN ──client left──────────────▶ CLOSED
+       │                          └──too slow / access ended──▶ CLOSING ──▶ CLOSED
+       └──refused (token, origin, endpoint)──────────────────▶ CLOSING ──▶ CLOSED
+    """
+
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
 class Connection:
     """One accepted WebSocket, as an endpoint sees it."""
 
@@ -71,6 +86,7 @@ class Connection:
         self.principal: Principal | None = None
         self.realtime = realtime
         self.outbox: Outbox | None = None
+        self.phase = Phase.OPENING
         # Per-connection state an endpoint keeps (running task ids, encoder...).
         self.state: dict[str, object] = {}
 
@@ -155,7 +171,9 @@ async def serve(
         if conn.outbox is not None:
             realtime.unsubscribe(conn.outbox)
         await _refuse(conn, endpoint, exc, reason_for(exc))
+        conn.phase = Phase.CLOSED
         return ws
+    conn.phase = Phase.OPEN
     lease = None
     if conn.principal is not None:
         lease = realtime.hold(
@@ -173,6 +191,7 @@ async def serve(
             await writer
         with contextlib.suppress(Exception):
             await endpoint.closed(conn)
+        conn.phase = Phase.CLOSED
     return ws
 
 
@@ -202,7 +221,7 @@ async def _write(conn: Connection, endpoint: Endpoint) -> None:
     outbox = conn.outbox
     assert outbox is not None
     try:
-        while events := await outbox.batch():
+        while conn.phase is Phase.OPEN and (events := await outbox.batch()):
             for event in events:
                 for frame in endpoint.encode(conn, event):
                     await conn.ws.send_str(frame)
@@ -214,6 +233,7 @@ async def _write(conn: Connection, endpoint: Endpoint) -> None:
 
 
 async def _refuse(conn: Connection, endpoint: Endpoint, error: GatewayError, reason: str) -> None:
+    conn.phase = Phase.CLOSING
     for frame in endpoint.refused(error):
         await conn.send(frame)
     # Close reasons are at most 123 bytes (RFC 6455 §5.5).
@@ -228,6 +248,9 @@ def _end_access(
 ) -> None:
     """The token expired, its key was revoked or its user removed: the flavour's
     refusal, as at open, then close 1008."""
+    if conn.phase is not Phase.OPEN:
+        return
+    conn.phase = Phase.CLOSING
     log.info(
         "websocket closed: access ended", extra={"path": conn.request.path, "why": error.message}
     )
@@ -239,6 +262,9 @@ def _end_access(
 
 
 def _too_slow(conn: Connection) -> None:
+    if conn.phase is not Phase.OPEN:
+        return
+    conn.phase = Phase.CLOSING
     log.warning(
         "slow websocket dropped: it fell behind",
         extra={"path": conn.request.path, "user": conn.principal and conn.principal.user_id},

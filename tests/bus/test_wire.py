@@ -22,10 +22,10 @@ from gateway.events import (
     SourcesFound,
     StatusChanged,
     TextDelta,
-    Typing,
     Usage,
     UserJoined,
     UserLeft,
+    UserTyping,
     WorkspaceEvent,
 )
 
@@ -60,7 +60,7 @@ EVERY_EVENT: list[Event] = [
     ReplyFailed("c1", "m1", 7, "upstream_error", "Upstream sagte: nein", "teilweise…"),
     MessageEvent("c1", "m1", 9, "chat:message:favorite", {"a": [1, {"b": None}], "é": "中"}),
     MessageEvent("c1", "m1", 9, "ping"),
-    Typing("s1", "u1", "conn-1"),
+    UserTyping("s1", "u1", "conn-1"),
     UserJoined("workspace_w1", "u1", "conn-1"),
     UserLeft("workspace_w1", "u1"),
     Notification("u1", "Antwort fertig", "Dein Chat « Über Größen » ist fertig", "/c/c1"),

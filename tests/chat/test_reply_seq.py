@@ -34,8 +34,8 @@ from gateway.events import (
     SourcesFound,
     StatusChanged,
     TextDelta,
-    Typing,
     Usage,
+    UserTyping,
 )
 from gateway.fanout.presence import Presence
 from gateway.upstream import Chunk
@@ -203,7 +203,7 @@ def test_last_seq_follows_every_numbered_event() -> None:
         ReasoningDelta(CHAT, MESSAGE, 2, "r"),
         StatusChanged(CHAT, MESSAGE, 3, "s", True),
         SourcesFound(CHAT, MESSAGE, 4, []),
-        Typing("s1", "bob"),  # not a reply's: no seq of its own
+        UserTyping("s1", "bob"),  # not a reply's: no seq of its own
     ]
     for event in sent:
         seq = last_seq(seq, event)

@@ -33,6 +33,7 @@ import gateway.errors as errors
 import gateway.events as events
 from gateway.errors import ProtocolError
 from gateway.flavours import nadoo
+from tests.flavours.vectors import RETIRED_EVENTS, build_event
 
 VECTOR_DIR = Path(__file__).parent.parent / "vectors" / "nadoo"
 EVENT_VECTORS = sorted(VECTOR_DIR.glob("events_*.json"))
@@ -42,9 +43,6 @@ SERVER_FRAMES = "server_frames"
 # Nadoo's documentation shows whole seconds in UTC with a Z (docs/PROTOCOLS.md §4).
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
-# Vectors written before ChatTitleChanged was retired (ReplyFinished.title is the one
-# carrier of a title now) still name it; as they say, it encodes to nothing.
-RETIRED_EVENTS = frozenset({"ChatTitleChanged"})
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -66,14 +64,6 @@ def iso(now: float) -> str:
     # Computed here, not by the codec: whole seconds, truncated.
     return datetime.fromtimestamp(int(now), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-
-def build_event(spec: dict[str, Any]) -> events.Event:
-    fields = dict(spec)
-    kind = events.EVENT_TYPES[fields.pop("event")]
-    if "usage" in fields:
-        fields["usage"] = events.Usage(**fields["usage"])
-    event: events.Event = kind(**fields)
-    return event
 
 
 def encoder_for(vector: dict[str, Any]) -> nadoo.Encoder:
@@ -176,7 +166,7 @@ def test_text_deltas_count_from_zero_per_reply_and_rebuild_the_text(path: Path) 
 def test_encoder_uses_its_clock_for_each_frame() -> None:
     ticks = iter([1700000000.0, 1700000061.999])
     encoder = nadoo.Encoder("conn-a", clock=lambda: next(ticks))
-    typing = events.Typing("s1", "bob", origin="conn-b")
+    typing = events.UserTyping("s1", "bob", origin="conn-b")
     first, second = encoder.encode(typing) + encoder.encode(typing)
     assert first == '{"type":"typing","user_id":"bob","timestamp":"2023-11-14T22:13:20Z"}'
     assert second == '{"type":"typing","user_id":"bob","timestamp":"2023-11-14T22:14:21Z"}'

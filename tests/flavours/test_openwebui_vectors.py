@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-import gateway.events as events
 from gateway.commands import Ask, Authenticate, ChatSignal, ReplyTarget
 from gateway.errors import BadRequest, ProtocolError
 from gateway.flavours.openwebui import (
@@ -34,14 +33,12 @@ from gateway.flavours.openwebui import (
     is_stored_request,
     is_web_app_turn,
 )
+from tests.flavours.vectors import RETIRED_EVENTS, build_event
 
 VECTOR_DIR = Path(__file__).parent.parent / "vectors" / "openwebui"
 EVENT_VECTORS = sorted(VECTOR_DIR.glob("events_*.json"))
 DECODERS = ("decode_completion_request", "decode_user_join", "decode_chat_event")
 
-# Vectors written before ChatTitleChanged was retired (ReplyFinished.title is the one
-# carrier of a title now) still name it; as they say, it encodes to nothing.
-RETIRED_EVENTS = frozenset({"ChatTitleChanged"})
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -56,14 +53,6 @@ def exact(value: Any) -> str:
     """
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
-
-def build_event(spec: dict[str, Any]) -> events.Event:
-    fields = dict(spec)
-    kind = events.EVENT_TYPES[fields.pop("event")]
-    if "usage" in fields:
-        fields["usage"] = events.Usage(**fields["usage"])
-    event: events.Event = kind(**fields)
-    return event
 
 
 def encode_spec(encoder: SocketEncoder, spec: dict[str, Any]) -> list[Any]:

@@ -27,12 +27,12 @@ from typing import Any
 import pytest
 
 import gateway.errors as errors
-import gateway.events as events
 from gateway.commands import Question
 from gateway.errors import GatewayError, ProtocolError
 from gateway.flavours import ragflow
 from gateway.flavours import ragflow_defaults as assistant_defaults
 from gateway.flavours.sse import SSEParser
+from tests.flavours.vectors import build_event
 
 VECTOR_DIR = Path(__file__).parent.parent / "vectors" / "ragflow"
 ANSWER_VECTORS = sorted(VECTOR_DIR.glob("answers_*.json"))
@@ -75,14 +75,6 @@ def cases(name: str) -> list[Any]:
     assert len(names) == len(set(names)), f"{name}.json repeats a case name"
     return [pytest.param(case, id=case["name"]) for case in listed]
 
-
-def build_event(spec: dict[str, Any]) -> events.Event:
-    fields = dict(spec)
-    kind = events.EVENT_TYPES[fields.pop("event")]
-    if "usage" in fields:
-        fields["usage"] = events.Usage(**fields["usage"])
-    event: events.Event = kind(**fields)
-    return event
 
 
 def build_error(spec: list[Any]) -> GatewayError:

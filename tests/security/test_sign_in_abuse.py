@@ -24,7 +24,7 @@ import pytest
 
 from gateway.edge.throttle import SignInThrottle, address_key
 from gateway.errors import RateLimited
-from gateway.store import Conflict, UserRecord, open_store
+from gateway.store import DuplicateKey, UserRecord, open_store
 from tests.gatewayproc import SECRET, GatewayProcess
 from tests.services import fresh_pg_database
 
@@ -147,7 +147,7 @@ async def test_the_store_makes_one_first_admin_under_concurrency(
             )
             assert [m is not None and m.role for m in made] == ["user"] * 20
             assert [u.role for u in await store.list_users()].count("admin") == 1
-            with pytest.raises(Conflict):
+            with pytest.raises(DuplicateKey):
                 await store.create_user_first_admin(user(20))
         finally:
             await store.close()

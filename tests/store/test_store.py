@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -10,7 +11,21 @@ from typing import Any
 
 import pytest
 
-from gateway.store import ChatRecord, Conflict, MessageRecord, Store, UserRecord, open_store
+from gateway.store import (
+    AssistantRecord,
+    AssistantStore,
+    ChatRecord,
+    ChatStore,
+    DuplicateKey,
+    MessageRecord,
+    Pingable,
+    Revocation,
+    Store,
+    UserRecord,
+    UserStore,
+    open_store,
+)
+from gateway.store.sql import SQLAssistants, SQLChats, SQLMessages, SQLStore, SQLTags, SQLUsers
 from tests.services import fresh_pg_database
 
 # Every migration file shipped, in order: what a migrated store must have applied.
@@ -66,7 +81,7 @@ ODD_FIELDS = {
 async def test_migrate_twice_is_a_no_op(store: Store) -> None:
     await store.migrate()
     await store.migrate()
-    assert await store.migrations() == MIGRATIONS  # type: ignore[attr-defined]
+    assert await store.migrations() == MIGRATIONS
     assert [name for _, name in MIGRATIONS][:2] == ["0001_initial.sql", "0002_assistants.sql"]
 
 
@@ -74,9 +89,9 @@ async def test_users_and_case_insensitive_email(store: Store) -> None:
     await store.create_user(user())
     assert (await store.get_user("u1")) == user(email="alice@example.com")
     assert (await store.get_user_by_email("ALICE@example.COM")) is not None
-    with pytest.raises(Conflict):
+    with pytest.raises(DuplicateKey):
         await store.create_user(user("u2", "alice@EXAMPLE.com"))
-    with pytest.raises(Conflict):
+    with pytest.raises(DuplicateKey):
         await store.create_user(user("u1", "other@example.com"))
     assert await store.count_users() == 1
     updated = user(email="new@example.com")
@@ -101,7 +116,7 @@ async def test_chat_round_trip_keeps_unknown_fields(store: Store) -> None:
     got = await store.get_messages("c1")
     assert [m.id for m in got] == ["m1", "m2"] and [m.position for m in got] == [0, 1]
     assert got[0].fields == ODD_FIELDS and got[0].done is None and got[1].done is True
-    with pytest.raises(Conflict):
+    with pytest.raises(DuplicateKey):
         await store.insert_chat(chat(), [])
 
 
@@ -183,9 +198,119 @@ async def test_tags_lifecycle_and_delete_cascades(store: Store) -> None:
     assert await store.list_chats("u1", archived=None) == []
 
 
+def assistant(aid: str, name: str, uid: str = "u1", created: int = 1) -> AssistantRecord:
+    return AssistantRecord(aid, uid, name, {"llm": {"model_name": "m"}}, created, created)
+
+
+async def test_upsert_messages_appends_and_replaces(store: Store) -> None:
+    await store.insert_chat(chat(), [msg("m1", None)])
+    await store.upsert_messages("c1", [])
+    await store.upsert_messages("c1", [msg("m2", "m1"), msg("m1", None, content="again")])
+    got = await store.get_messages("c1")
+    assert [(m.id, m.position, m.content) for m in got] == [
+        ("m1", 0, "again"),
+        ("m2", 1, "text m2"),
+    ]
+
+
+async def test_finish_reply_titles_only_a_chat_still_untitled(store: Store) -> None:
+    await store.insert_chat(chat(title="New Chat"), [msg("a", None, role="assistant", done=False)])
+    done = msg("a", None, role="assistant", content="answer", done=True)
+    assert await store.finish_reply(done, 300, "Asked", ("", "New Chat")) is True
+    record = await store.get_chat("c1")
+    assert record is not None and (record.title, record.updated_at) == ("Asked", 300)
+    assert (await store.get_message("c1", "a")) == dataclasses.replace(done, position=0)
+    assert await store.finish_reply(done, 400, "Other", ("", "New Chat")) is False
+    assert await store.finish_reply(done, 500) is False
+    record = await store.get_chat("c1")
+    assert record is not None and (record.title, record.updated_at) == ("Asked", 500)
+
+
+async def test_assistants(store: Store) -> None:
+    await store.create_assistant(assistant("a1", "First", created=1))
+    await store.create_assistant(assistant("a2", "Second", created=2))
+    await store.create_assistant(assistant("a3", "First", uid="u2"))
+    with pytest.raises(DuplicateKey):
+        await store.create_assistant(assistant("a4", "First"))
+    assert await store.get_assistant("a1") == assistant("a1", "First", created=1)
+    assert [a.id for a in await store.list_assistants("u1")] == ["a2", "a1"]
+    assert [a.id for a in await store.list_assistants("u1", newest_first=False)] == ["a1", "a2"]
+    assert [a.id for a in await store.list_assistants("u1", skip=1, limit=1)] == ["a1"]
+    assert [a.id for a in await store.list_assistants("u1", name="Second")] == ["a2"]
+    assert [a.id for a in await store.list_assistants("u1", assistant_id="a3")] == []
+    renamed = assistant("a2", "First", created=2)
+    with pytest.raises(DuplicateKey):
+        await store.update_assistant(renamed)
+    renamed.name, renamed.config, renamed.updated_at_ms = "Third", {"x": [1]}, 9
+    await store.update_assistant(renamed)
+    assert await store.get_assistant("a2") == renamed
+    # Deleting an assistant leaves its sessions: they are chats of its owner.
+    await store.insert_chat(chat("s1", assistant_id="a2"), [])
+    assert await store.delete_assistant("a2") is True
+    assert await store.delete_assistant("a2") is False
+    assert [c.id for c in await store.list_chats("u1", assistant_id="a2")] == ["s1"]
+
+
+async def test_remove_user_takes_everything_of_theirs(store: Store) -> None:
+    for uid, email in (("u1", "a@example.com"), ("u2", "b@example.com")):
+        await store.create_user(user(uid, email))
+        await store.add_api_key(f"key-{uid}", uid, 1)
+        await store.insert_chat(chat(f"c-{uid}", uid), [msg("m", None, cid=f"c-{uid}")])
+        await store.add_tag(uid, f"c-{uid}", "t")
+        await store.create_assistant(assistant(f"a-{uid}", "A", uid=uid))
+    assert await store.remove_user("u1", 1000) == [Revocation("u1", "", "removed", 1000)]
+    assert await store.get_user("u1") is None and await store.is_removed("u1")
+    assert await store.user_for_api_key("key-u1") is None
+    assert await store.get_chat("c-u1") is None and await store.get_messages("c-u1") == []
+    assert await store.user_tags("u1") == [] and await store.get_assistant("a-u1") is None
+    # Another user's rows stay; a second removal only moves the time on.
+    assert not await store.is_removed("u2") and await store.get_chat("c-u2") is not None
+    assert await store.user_tags("u2") == [("t", "t")] and await store.get_assistant("a-u2")
+    assert (await store.user_for_api_key("key-u2")) is not None
+    assert await store.remove_user("u1", 2000) == []
+    assert await store.revocations_since(1500) == [Revocation("u1", "", "removed", 2000)]
+
+
+async def test_revoke_api_keys_of_one_kind(store: Store) -> None:
+    await store.create_user(user())
+    await store.add_api_key("web", "u1", 1)
+    await store.add_api_key("rag", "u1", 1, kind="ragflow")
+    revoked = await store.revoke_api_keys("u1", "openwebui", 50)
+    assert revoked == [Revocation("u1", "web", "openwebui key revoked", 50)]
+    assert await store.user_for_api_key("web") is None
+    assert await store.user_for_api_key("rag") is not None
+    assert await store.revocations_since(50) == revoked and await store.revocations_since(51) == []
+    assert not await store.is_removed("u1")
+    await store.ping()
+
+
+def _methods(cls: type) -> set[str]:
+    return {name for name, value in vars(cls).items() if callable(value) and name[0] != "_"}
+
+
+def test_the_store_is_its_aggregates_put_together() -> None:
+    """Each narrow protocol is implemented by its own classes, and no two aggregates
+    define the same method (a shadowed one would silently win in `SQLStore`)."""
+    parts = {
+        UserStore: [SQLUsers],
+        ChatStore: [SQLChats, SQLMessages, SQLTags],
+        AssistantStore: [SQLAssistants],
+    }
+    seen: set[str] = set()
+    for protocol, classes in parts.items():
+        implemented = set().union(*(_methods(cls) for cls in classes))
+        assert implemented == _methods(protocol), protocol.__name__
+        assert not implemented & seen
+        seen |= implemented
+    assert SQLStore.__mro__[1:6] == (SQLUsers, SQLChats, SQLMessages, SQLTags, SQLAssistants)
+    assert _methods(Store) | _methods(Pingable) | seen <= {
+        name for name in dir(SQLStore) if name[0] != "_"
+    }
+
+
 async def test_two_replicas_migrate_one_postgres_at_once(pg_url: str, tmp_path: Path) -> None:
     first, second = await asyncio.gather(open_store(pg_url, tmp_path), open_store(pg_url, tmp_path))
-    assert await first.migrations() == await second.migrations() == MIGRATIONS  # type: ignore[attr-defined]
+    assert await first.migrations() == await second.migrations() == MIGRATIONS
     await first.close()
     await second.close()
 

@@ -1,0 +1,213 @@
+"""What each `gateway` command does (the parser is `parser.py`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from gateway.cli import logs
+from gateway.settings import Loaded, describe, read
+
+
+def _load(args: argparse.Namespace) -> Loaded:
+    flags: dict[str, tuple[str, Any]] = {}
+    if getattr(args, "host", None) is not None:
+        flags["host"] = ("--host", args.host)
+    if getattr(args, "port", None) is not None:
+        flags["port"] = ("--port", args.port)
+    return read(getattr(args, "config", None), flags=flags)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    loaded = _load(args)
+    logs.setup(loaded)
+    return serve(loaded)
+
+
+def token(args: argparse.Namespace) -> int:
+    from gateway import preflight
+    from gateway.edge.auth import Authenticator, StaticDirectory
+
+    loaded = _load(args)
+    key, where = preflight.signing_key(loaded, create=False)
+    authenticator = Authenticator(key, StaticDirectory({}))
+    ttl = args.ttl if args.ttl is not None else loaded.settings.jwt_expires_in_s
+    claims = {"name": args.name} if args.name else {}
+    print(authenticator.issue(args.user, ttl_s=ttl or None, **claims))
+    print(f"gateway: signed with the key from {where}", file=sys.stderr)
+    return 0
+
+
+def check_config(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import yaml
+
+    from gateway import preflight
+
+    loaded = _load(args)
+    preflight.prepare(loaded, create=False)
+    preflight.probe_bind(loaded)
+    probes = asyncio.run(preflight.connect(loaded)) if args.connect else []
+    failed = [probe for probe in probes if not probe.ok]
+    for probe in failed:
+        # One line per service that cannot be reached, as for any bad setting.
+        print(
+            f"gateway: configuration error: {loaded.error(probe.field, probe.detail)}",
+            file=sys.stderr,
+        )
+    if failed:
+        return 2
+    for warning in loaded.warnings:
+        print(f"gateway: warning: {warning}", file=sys.stderr)
+    print(yaml.safe_dump(describe(loaded), sort_keys=True, allow_unicode=True), end="")
+    for probe in probes:
+        print(f"# reached {probe.field}: {probe.detail}")
+    print("# configuration OK", file=sys.stderr)
+    return 0
+
+
+def _with_store(args: argparse.Namespace, action: Any) -> int:
+    import asyncio
+
+    from gateway import preflight
+    from gateway.store import StoreUnavailable, open_store
+
+    loaded = _load(args)
+    preflight.prepare(loaded)
+    settings = loaded.settings
+
+    async def run() -> int:
+        try:
+            store = await open_store(settings.database_url, settings.data_dir)
+        except StoreUnavailable as exc:
+            field = "database_url" if settings.database_url else "data_dir"
+            raise loaded.error(field, f"cannot open the database: {exc}") from None
+        try:
+            result: int = await action(store)
+            return result
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def users_add(args: argparse.Namespace) -> int:
+    from gateway.application.accounts import add_user
+    from gateway.edge.passwords import Passwords
+    from gateway.errors import GatewayError
+
+    # One hash, no server to keep responsive: one thread is enough.
+    passwords = Passwords(_load(args).settings.password_min_chars, threads=1)
+
+    async def action(store: Any) -> int:
+        try:
+            user = await add_user(
+                store,
+                passwords,
+                email=args.email,
+                password=args.password,
+                name=args.name,
+                role=args.role,
+            )
+        except GatewayError as exc:
+            print(f"gateway: {exc.message}", file=sys.stderr)
+            return 1
+        print(f"{user.id}\t{user.email}\t{user.role}")
+        return 0
+
+    try:
+        # A password too short is refused before the database is opened (or made).
+        passwords.check_new(args.password)
+    except GatewayError as exc:
+        print(f"gateway: {exc.message}", file=sys.stderr)
+        return 1
+    try:
+        return _with_store(args, action)
+    finally:
+        passwords.close()
+
+
+def users_list(args: argparse.Namespace) -> int:
+    async def action(store: Any) -> int:
+        for user in await store.list_users():
+            print(f"{user.id}\t{user.email or '-'}\t{user.role}\t{user.name}")
+        return 0
+
+    return _with_store(args, action)
+
+
+def users_remove(args: argparse.Namespace) -> int:
+    from gateway.application.accounts import remove_user
+
+    async def action(store: Any) -> int:
+        user = await store.get_user_by_email(args.user) if "@" in args.user else None
+        user = user or await store.get_user(args.user)
+        if user is None:
+            print(f"gateway: no user {args.user!r} (give an id or an email)", file=sys.stderr)
+            return 1
+        await remove_user(store, user.id)
+        # Running gateways close the user's connections at their next recheck.
+        print(f"removed {user.id}\t{user.email or '-'}")
+        return 0
+
+    return _with_store(args, action)
+
+
+def apikey_create(args: argparse.Namespace) -> int:
+    from gateway.application.accounts import create_api_key
+
+    async def action(store: Any) -> int:
+        user = await store.get_user_by_email(args.user) if "@" in args.user else None
+        user = user or await store.get_user(args.user)
+        if user is None:
+            print(f"gateway: no user {args.user!r} (give an id or an email)", file=sys.stderr)
+            return 1
+        print(await create_api_key(store, user.id, args.kind))
+        return 0
+
+    return _with_store(args, action)
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """Probe a deployment from outside; needs no settings (it is a client)."""
+    import asyncio
+
+    from gateway import doctor
+
+    color = sys.stdout.isatty()
+
+    def show(check: doctor.Check) -> None:
+        # Each line as its check ends: --slow holds one for a minute or more.
+        print(doctor.render_check(check, doctor.NAME_WIDTH, color), end="", flush=True)
+
+    try:
+        report = asyncio.run(
+            doctor.run(
+                args.url,
+                token=args.token,
+                origin=args.origin,
+                slow=args.slow,
+                idle_seconds=args.idle_seconds,
+                polls=args.polls,
+                model=args.model,
+                timeout=args.timeout,
+                insecure=args.insecure,
+                on_check=show,
+            )
+        )
+        print(report.summary())
+    except doctor.UsageError as exc:
+        print(f"gateway doctor: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Piped into `head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 1 if report.faults else 0

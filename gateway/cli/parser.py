@@ -1,0 +1,156 @@
+"""The `gateway` command line: every command, flag and help text."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import NoReturn, TypeAlias
+
+from gateway import __version__
+from gateway.cli import commands
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return number
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a count of at least 1")
+    return number
+
+
+def _seconds(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give seconds ≥ 0 (0: no expiry)")
+    return number
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (and exit 2), like every other refusal here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+DESCRIPTION = "The chat gateway: serve it, make tokens, check settings, manage users and keys."
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[_Parser]"
+
+
+def parser() -> argparse.ArgumentParser:
+    # --config is accepted before or after the subcommand.
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="YAML settings file (environment wins)",
+    )
+    top = _Parser(prog="gateway", description=DESCRIPTION, parents=[common])
+    top.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _serving(sub, common)
+    _accounts(sub, common)
+    _doctor(sub)
+    return top
+
+
+def _serving(sub: Subparsers, common: _Parser) -> None:
+    serve = sub.add_parser("serve", help="run the gateway", parents=[common])
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(run=commands.serve)
+
+    check = sub.add_parser(
+        "check-config", help="validate settings and print them", parents=[common]
+    )
+    check.add_argument("--host", help="as for serve")
+    check.add_argument("--port", type=int, help="as for serve")
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the database, Redis and each model server",
+    )
+    check.set_defaults(run=commands.check_config)
+
+    token = sub.add_parser(
+        "token", help="print a JWT signed with the configured secret", parents=[common]
+    )
+    token.add_argument("--user", required=True, help="user id (the token's 'id' claim)")
+    token.add_argument("--name", help="display name (claim 'name')")
+    token.add_argument("--ttl", type=_seconds, help="seconds until expiry; 0 for none")
+    token.set_defaults(run=commands.token)
+
+
+def _accounts(sub: Subparsers, common: _Parser) -> None:
+    users = sub.add_parser("users", help="manage users", parents=[common])
+    users_sub = users.add_subparsers(dest="users_command", required=True, parser_class=_Parser)
+    add = users_sub.add_parser("add", help="create a user with a password", parents=[common])
+    add.add_argument("--email", required=True)
+    add.add_argument("--password", required=True)
+    add.add_argument("--name")
+    add.add_argument("--role", choices=["admin", "user", "pending"])
+    add.set_defaults(run=commands.users_add)
+    listed = users_sub.add_parser("list", help="list users", parents=[common])
+    listed.set_defaults(run=commands.users_list)
+    remove = users_sub.add_parser(
+        "remove",
+        help="remove a user: their chats and keys go, their tokens are refused",
+        parents=[common],
+    )
+    remove.add_argument("user", help="user id or email")
+    remove.set_defaults(run=commands.users_remove)
+
+    apikey = sub.add_parser("apikey", help="manage API keys", parents=[common])
+    apikey_sub = apikey.add_subparsers(dest="apikey_command", required=True, parser_class=_Parser)
+    create = apikey_sub.add_parser("create", help="print a new API key", parents=[common])
+    create.add_argument("--user", required=True, help="user id or email")
+    create.add_argument("--kind", choices=["openwebui", "ragflow"], default="openwebui")
+    create.set_defaults(run=commands.apikey_create)
+
+
+def _doctor(sub: Subparsers) -> None:
+    doctor = sub.add_parser(
+        "doctor",
+        help="probe a deployment from outside: per check OK, or the fault and its fix",
+        description="Probe a gateway deployment (through its proxy) as its clients reach it. "
+        "Exit 0 when no check fails, 1 otherwise, 2 for a bad URL.",
+    )
+    doctor.add_argument("url", help="the gateway's URL, with its sub-path if any")
+    doctor.add_argument("--token", help="a JWT or an API key; without it, chats are skipped")
+    doctor.add_argument("--origin", help="a page origin whose CORS access to check")
+    doctor.add_argument(
+        "--slow", action="store_true", help="also hold a WebSocket idle (--idle-seconds)"
+    )
+    doctor.add_argument(
+        "--idle-seconds",
+        type=_positive,
+        default=65.0,
+        metavar="S",
+        help="how long --slow holds the WebSocket without chat traffic (default 65)",
+    )
+    doctor.add_argument(
+        "--polls",
+        type=_count,
+        default=10,
+        metavar="N",
+        help="Socket.IO polling sessions, to catch a proxy without stickiness (default 10)",
+    )
+    doctor.add_argument("--model", help="the model the chats use (default: the first listed)")
+    doctor.add_argument(
+        "--timeout",
+        type=_positive,
+        default=20.0,
+        metavar="S",
+        help="seconds each check may take (default 20)",
+    )
+    doctor.add_argument(
+        "--insecure", action="store_true", help="do not verify TLS certificates (self-signed)"
+    )
+    doctor.set_defaults(run=commands.doctor)

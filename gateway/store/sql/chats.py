@@ -1,0 +1,212 @@
+"""Chats, on SQL: a chat's row, lists and search, deletion.
+
+    chats  id, user_id, title, current_id, created_at, updated_at (s), share_id
+           (unique), archived, pinned, folder_id, meta (JSON), extra (JSON: the
+           chat object's top-level keys with no column), last_read_at,
+           assistant_id (a RAGFlow session: its assistant)
+
+A chat's messages (`messages.py`) are written with its row in one batch;
+deleting chats takes their messages and tag links with them, and the tags
+left unused (`tags.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.store.drivers import Driver, Row, Statement
+from gateway.store.records import ChatRecord, MessageRecord
+from gateway.store.sql.common import Tables, dumps, duplicate_as, qualified
+from gateway.store.sql.messages import upserts
+from gateway.store.sql.tags import drop_unused_tags, tag_id
+
+CHAT_COLUMNS = (
+    "id, user_id, title, current_id, created_at, updated_at, share_id, archived, pinned, "
+    "folder_id, meta, extra, last_read_at, assistant_id"
+)
+_CHAT_MARKS = ", ".join("?" for _ in CHAT_COLUMNS.split(","))
+_OWNED = "SELECT id FROM chats WHERE user_id = ?"
+
+
+def like_escaped(text: str) -> str:
+    """`text` matched literally by `LIKE … ESCAPE '\\'`: its `%` and `_` (and the escape
+    character itself) are not wildcards.  Both SQLite and PostgreSQL honour the clause."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _chat(row: Row) -> ChatRecord:
+    return ChatRecord(
+        id=row[0],
+        user_id=row[1],
+        title=row[2],
+        current_id=row[3],
+        created_at=int(row[4]),
+        updated_at=int(row[5]),
+        share_id=row[6],
+        archived=bool(row[7]),
+        pinned=bool(row[8]),
+        folder_id=row[9],
+        meta=json.loads(row[10]),
+        extra=json.loads(row[11]),
+        last_read_at=None if row[12] is None else int(row[12]),
+        assistant_id=row[13],
+    )
+
+
+def _chat_values(chat: ChatRecord) -> tuple[Any, ...]:
+    return (
+        chat.id,
+        chat.user_id,
+        chat.title,
+        chat.current_id,
+        chat.created_at,
+        chat.updated_at,
+        chat.share_id,
+        chat.archived,
+        chat.pinned,
+        chat.folder_id,
+        dumps(chat.meta),
+        dumps(chat.extra),
+        chat.last_read_at,
+        chat.assistant_id,
+    )
+
+
+def _chat_update(chat: ChatRecord) -> Statement:
+    return (
+        "UPDATE chats SET user_id = ?, title = ?, current_id = ?, created_at = ?, updated_at = ?, "
+        "share_id = ?, archived = ?, pinned = ?, folder_id = ?, meta = ?, extra = ?, "
+        "last_read_at = ?, assistant_id = ? WHERE id = ?",
+        (*_chat_values(chat)[1:], chat.id),
+    )
+
+
+def _chat_filter(
+    user_id: str,
+    *,
+    archived: bool | None,
+    pinned: bool | None,
+    folder_id: str | None,
+    tag: str | None,
+    text: str | None,
+    assistant_id: str | None,
+) -> tuple[list[str], list[Any]]:
+    """The WHERE conditions of `list_chats` (on `chats c`) and their arguments."""
+    where = ["c.user_id = ?"]
+    args: list[Any] = [user_id]
+    equal = (
+        ("c.assistant_id", assistant_id),
+        ("c.archived", archived),
+        ("c.pinned", pinned),
+        ("c.folder_id", folder_id),
+    )
+    for column, value in equal:
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if tag is not None:
+        where.append("EXISTS (SELECT 1 FROM chat_tags t WHERE t.chat_id = c.id AND t.tag_id = ?)")
+        args.append(tag_id(tag))
+    if text:
+        pattern = f"%{like_escaped(text.lower())}%"
+        where.append(
+            "(LOWER(c.title) LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m "
+            "WHERE m.chat_id = c.id AND LOWER(m.content) LIKE ? ESCAPE '\\'))"
+        )
+        args += [pattern, pattern]
+    return where, args
+
+
+def _page(dialect: str, skip: int, limit: int | None) -> tuple[str, list[Any]]:
+    """The LIMIT/OFFSET clause for a page (SQLite has no OFFSET without a LIMIT)."""
+    if limit is not None:
+        return " LIMIT ? OFFSET ?", [limit, skip]
+    if skip:
+        return (" LIMIT -1 OFFSET ?" if dialect == "sqlite" else " OFFSET ?"), [skip]
+    return "", []
+
+
+# -- shared with a user's removal ------------------------------------------------------
+async def delete_chats_of(db: Driver, user_id: str) -> int:
+    """Every chat of a user with its messages and tag links, inside the caller's
+    transaction; the number of chats."""
+    await db.execute(f"DELETE FROM messages WHERE chat_id IN ({_OWNED})", (user_id,))
+    await db.execute(f"DELETE FROM chat_tags WHERE chat_id IN ({_OWNED})", (user_id,))
+    return await db.execute("DELETE FROM chats WHERE user_id = ?", (user_id,))
+
+
+class SQLChats(Tables):
+    """The chats part of `ChatStore` on SQL."""
+
+    async def insert_chat(self, chat: ChatRecord, messages: Sequence[MessageRecord]) -> None:
+        insert = (
+            f"INSERT INTO chats ({CHAT_COLUMNS}) VALUES ({_CHAT_MARKS})",
+            _chat_values(chat),
+        )
+        with duplicate_as(f"chat {chat.id!r} exists already"):
+            await self.db.batch([insert, *upserts(chat.id, messages)])
+
+    async def get_chat(self, chat_id: str) -> ChatRecord | None:
+        return await self._first(_chat, f"SELECT {CHAT_COLUMNS} FROM chats WHERE id = ?", chat_id)
+
+    async def get_chat_by_share_id(self, share_id: str) -> ChatRecord | None:
+        return await self._first(
+            _chat, f"SELECT {CHAT_COLUMNS} FROM chats WHERE share_id = ?", share_id
+        )
+
+    async def update_chat(self, chat: ChatRecord) -> None:
+        await self.db.execute(*_chat_update(chat))
+
+    async def save_chat(self, chat: ChatRecord, messages: Sequence[MessageRecord]) -> None:
+        await self.db.batch([_chat_update(chat), *upserts(chat.id, messages)])
+
+    async def list_chats(
+        self,
+        user_id: str,
+        *,
+        archived: bool | None = False,
+        pinned: bool | None = None,
+        folder_id: str | None = None,
+        tag: str | None = None,
+        text: str | None = None,
+        assistant_id: str | None = None,
+        skip: int = 0,
+        limit: int | None = None,
+    ) -> list[ChatRecord]:
+        where, args = _chat_filter(
+            user_id,
+            archived=archived,
+            pinned=pinned,
+            folder_id=folder_id,
+            tag=tag,
+            text=text,
+            assistant_id=assistant_id,
+        )
+        page, page_args = _page(self.db.dialect, skip, limit)
+        sql = (
+            f"SELECT {qualified(CHAT_COLUMNS, 'c')} FROM chats c "
+            f"WHERE {' AND '.join(where)} ORDER BY c.updated_at DESC, c.id{page}"
+        )
+        return [_chat(row) for row in await self.db.fetch(sql, [*args, *page_args])]
+
+    async def delete_chat(self, chat_id: str) -> bool:
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM messages WHERE chat_id = ?", (chat_id,))
+            await tx.execute("DELETE FROM chat_tags WHERE chat_id = ?", (chat_id,))
+            deleted = await tx.execute("DELETE FROM chats WHERE id = ?", (chat_id,))
+            await drop_unused_tags(tx)
+        return int(deleted) > 0
+
+    async def delete_user_chats(self, user_id: str) -> int:
+        async with self.db.transaction() as tx:
+            deleted = await delete_chats_of(tx, user_id)
+            await drop_unused_tags(tx)
+        return int(deleted)
+
+    async def set_archived_all(self, user_id: str, archived: bool) -> int:
+        return await self.db.execute(
+            "UPDATE chats SET archived = ? WHERE user_id = ? AND archived <> ?",
+            (archived, user_id, archived),
+        )
