@@ -32,7 +32,9 @@ def last_seq(seq: int, event: Event) -> int:
     """The reply's highest `seq` once `event` is sent: an ending the caller makes up
     (a stop, a crash) takes `last_seq + 1`, new whatever kinds of event came before
     (reasoning, status and sources are numbered too, not only text)."""
-    return max(seq, event.seq) if isinstance(event, ReplyEvent) else seq
+    if isinstance(event, ReplyEvent) and event.seq > seq:
+        return event.seq
+    return seq
 
 
 def estimate_tokens(chars: int) -> int:

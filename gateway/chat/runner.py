@@ -39,6 +39,7 @@ from gateway.store.records import MessageRecord
 log = logging.getLogger(__name__)
 
 NOTIFICATION_PREVIEW_CHARS = 140
+_ENDINGS = (ReplyFinished, ReplyFailed)
 
 Opening = Callable[[], Awaitable[AsyncGenerator[Event, None]]]
 
@@ -108,14 +109,16 @@ class ReplyRunner:
             events = await opening()
         except GatewayError as exc:
             return run.refused(exc), None
+        publish, rooms = self._hub.publish, run.running.rooms
         async with contextlib.aclosing(events):
             async for event in events:
                 run.saw(event)
-                if isinstance(event, ReplyFinished | ReplyFailed):
+                if type(event) is TextDelta:
+                    if run.record is not None:
+                        checkpoint = self._checkpoint(run, checkpoint)
+                elif isinstance(event, _ENDINGS):
                     return event, checkpoint
-                if isinstance(event, TextDelta):
-                    checkpoint = self._checkpoint(run, checkpoint)
-                self._hub.publish(run.running.rooms, event)
+                publish(rooms, event)
         return run.crashed("The model server's reply ended without finishing"), checkpoint
 
     def _checkpoint(
@@ -124,11 +127,11 @@ class ReplyRunner:
         """About once a second, the text so far into the draft column (never awaited
         here: a slow database must not slow the stream)."""
         now = time.monotonic()
-        if (
-            run.record is None
-            or now - run.checkpointed < self._checkpoint_interval_s
-            or (pending is not None and not pending.done())
+        if now - run.checkpointed < self._checkpoint_interval_s or (
+            pending is not None and not pending.done()
         ):
+            return pending
+        if run.record is None:
             return pending
         run.checkpointed = now
         chat_id, message_id = run.running.chat_id, run.running.message_id

@@ -28,6 +28,8 @@ import socketio
 from gateway.events import Event
 from gateway.flavours.openwebui import SocketEncoder
 
+EVENT = socketio.packet.EVENT
+MESSAGE = engineio.packet.MESSAGE
 # Packets allowed in Engine.IO's queue of one socket before the pump waits.
 MAX_QUEUED_PACKETS = 16
 # How often a waiting pump looks whether it should give up meanwhile.
@@ -54,30 +56,28 @@ class _EncodedOnce:
 
     def __init__(self) -> None:
         self.event: Event | None = None
-        self.packets: tuple[str, ...] = ()
+        self.packets: list[str] = []
         self.encodes = 0  # for tests and benches: how many times an event was encoded
 
-    def __call__(self, event: Event) -> tuple[str, ...]:
+    def __call__(self, event: Event) -> list[str]:
         if event is not self.event:
             self.encodes += 1
             # Our payloads are JSON, never binary: no scan for bytes.
-            self.packets = tuple(
-                _packet(list(frame)).encode() for frame in ENCODER.encode(event)
-            )
+            self.packets = [
+                socketio.packet.Packet(EVENT, data=[name, payload], binary=False).encode()
+                for name, payload in ENCODER.encode(event)
+            ]
             self.event = event
         return self.packets
-
-
-def _packet(data: list[object]) -> socketio.packet.Packet:
-    return socketio.packet.Packet(socketio.packet.EVENT, data=data, binary=False)
 
 
 ENCODED = _EncodedOnce()
 
 
 def enqueue(sock: Any, event: Event) -> None:
+    put = sock.queue.put_nowait
     for data in ENCODED(event):
-        sock.queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=data))
+        put(engineio.packet.Packet(MESSAGE, data=data))
 
 
 async def drained(sock: Any, give_up: Callable[[], bool]) -> bool:
