@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.events import Event
-from gateway.fanout.presence import Seat
 
 LOCAL_ROOM_PREFIXES = ("conn:", "reply:")
 
@@ -76,6 +75,19 @@ class Bus(Protocol):
     def problem(self) -> str | None:
         """None while healthy; else what is wrong, for `/ready`."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Seat:
+    """One open connection, as presence counts it on every replica::
+
+    kind     "socketio" | "nadoo-chat" | "nadoo-workspace" | "nadoo-notifications" | "ragflow"
+    session  a Nadoo chat session id, "workspace_<id>" for a workspace, or None
+    """
+
+    kind: str
+    user_id: str
+    session: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from gateway.bus import Deliver, LoadContent, OnControl, OnOrphan, TaskInfo
+from gateway.bus import Deliver, LoadContent, OnControl, OnOrphan, Seat, TaskInfo
 from gateway.events import Event
-from gateway.fanout.presence import Seat
 
 
 class LocalBus:

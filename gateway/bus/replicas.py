@@ -47,9 +47,8 @@ from typing import Any, cast
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from gateway.bus import OnControl, OnOrphan, TaskInfo, wire
+from gateway.bus import OnControl, OnOrphan, Seat, TaskInfo, wire
 from gateway.bus.link import Background, Complaints, Listener, Sender, client
-from gateway.fanout.presence import Seat
 
 log = logging.getLogger(__name__)
 

@@ -18,17 +18,13 @@ with its heartbeat, about once a second), and counts are summed across them.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.bus import Seat
+
+__all__ = ["CHAT_KINDS", "Presence", "Seat", "SeatSharing", "stats"]
+
 CHAT_KINDS = frozenset({"socketio", "nadoo-chat", "ragflow"})
-
-
-@dataclass(frozen=True, slots=True)
-class Seat:
-    kind: str
-    user_id: str
-    session: str | None = None
 
 
 class SeatSharing(Protocol):
