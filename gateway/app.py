@@ -2,9 +2,10 @@
 
 Every long-lived resource is opened and closed with the app by a cleanup
 context of its own, in order — the store, the model servers, the core (the
-fan-out and the bus, replies, chats), accounts (tokens, passwords, access),
-assistants, readiness, the Socket.IO transport — and what routes and
-transports may use is put under the typed keys of `application/keys.py`.
+fan-out, the bus, the chat core), replies, chats, accounts (tokens,
+passwords, access), realtime, assistants, readiness, the Socket.IO transport
+— and what routes and transports may use is put under the typed keys of
+`application/keys.py`.
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ ROUTER = web.AppKey("router", ModelRouter)
 HUB = web.AppKey("hub", Hub)
 REPLICAS: web.AppKey[Replicas] = web.AppKey("replicas")
 CORE = web.AppKey("core", ChatService)
+ACCESS = web.AppKey("access", AccessGuard)
 
 
 def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application:
@@ -156,7 +158,18 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
     app[ORIGINS] = origins
     # Opened in this order, closed in the reverse one.
     app.cleanup_ctx.extend(
-        [_storage, _model_servers, _core, _accounts, _assistants, _readiness, _socketio]
+        [
+            _storage,
+            _model_servers,
+            _core,
+            _replies,
+            _chats,
+            _accounts,
+            _realtime,
+            _assistants,
+            _readiness,
+            _socketio,
+        ]
     )
     app.on_response_prepare.append(_server_header)
     health.add_routes(app)
@@ -195,8 +208,8 @@ async def _model_servers(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _core(app: web.Application) -> AsyncIterator[None]:
-    """The fan-out (and the bus, when replicas share one) and the chat core: replies,
-    chats.  The bus starts once the core can take what other replicas send."""
+    """The fan-out (and the bus and replica registry, when replicas share Redis) and
+    the chat core.  The bus starts once the core can take what other replicas send."""
     settings, store = app[SETTINGS], app[STORE]
     redis_url = settings.redis_url if settings.websocket_manager == "redis" else None
     bus, replicas = make_bus(redis_url, settings.redis_key_prefix, settings.bus_max_message_bytes)
@@ -215,14 +228,22 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     await bus.start(hub.deliver, running.stored_content)
     await running.recover_unfinished()
     app[HUB], app[CORE], app[REPLICAS] = hub, service, replicas
-    app[REPLIES] = Replies(service, hub)
-    app[CHATS] = Chats(store, running, hub)
     try:
         yield
     finally:
         await running.shutdown()
         await bus.close()
         await replicas.close()
+
+
+async def _replies(app: web.Application) -> AsyncIterator[None]:
+    app[REPLIES] = Replies(app[CORE], app[HUB])
+    yield
+
+
+async def _chats(app: web.Application) -> AsyncIterator[None]:
+    app[CHATS] = Chats(app[STORE], app[CORE].replies, app[HUB])
+    yield
 
 
 async def _accounts(app: web.Application) -> AsyncIterator[None]:
@@ -261,12 +282,19 @@ async def _accounts(app: web.Application) -> AsyncIterator[None]:
     app[ACCOUNTS] = Accounts(
         store, passwords, throttle, access, enable_signup=settings.enable_signup
     )
-    app[REALTIME] = Realtime(app[HUB], service.presence, access, authenticator, app[REPLICAS])
+    app[ACCESS] = access
     try:
         yield
     finally:
         passwords.close()
         await access.close()
+
+
+async def _realtime(app: web.Application) -> AsyncIterator[None]:
+    app[REALTIME] = Realtime(
+        app[HUB], app[CORE].presence, app[ACCESS], app[AUTHENTICATOR], app[REPLICAS]
+    )
+    yield
 
 
 async def _assistants(app: web.Application) -> AsyncIterator[None]:
