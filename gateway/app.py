@@ -20,7 +20,7 @@ from yarl import URL
 
 from gateway.api import health, nadoo, openai
 from gateway.api.common import Renderer, error_middleware, render_detail, render_openai
-from gateway.api.openwebui import auths, chats, completions, tasks, users, webapp
+from gateway.api.openwebui import auths, chats, completions, images, tasks, users, webapp
 from gateway.api.ragflow import http as ragflow
 from gateway.api.ragflow import ws as ragflow_ws
 from gateway.application.access import AccessGuard
@@ -43,6 +43,7 @@ from gateway.application.realtime import Realtime
 from gateway.application.replies import Replies
 from gateway.bus import Replicas
 from gateway.bus.make import make_bus
+from gateway.chat.background import Background
 from gateway.chat.service import ChatService
 from gateway.edge.auth import Authenticator
 from gateway.edge.connections import SERVER_HEADER, body_deadline
@@ -61,6 +62,7 @@ from gateway.upstream import Upstream
 from gateway.upstream.demo import DemoUpstream
 from gateway.upstream.openai import OpenAIUpstream
 from gateway.upstream.router import ModelRouter
+from gateway.webui import serving as webui
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,8 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
     )
     app[SETTINGS] = settings
     app[ORIGINS] = origins
+    # Open WebUI's web app, when `gateway webui install` put it in the data dir.
+    webui.mount(app, settings.data_dir, settings.base_path)
     # Opened in this order, closed in the reverse one.
     app.cleanup_ctx.extend(
         [
@@ -181,6 +185,7 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
     webapp.add_routes(app)
     auths.add_routes(app)
     users.add_routes(app)
+    images.add_routes(app)
     chats.add_routes(app)
     socketio.add_routes(app)
     nadoo.add_routes(app)
@@ -214,6 +219,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     redis_url = settings.redis_url if settings.websocket_manager == "redis" else None
     bus, replicas = make_bus(redis_url, settings.redis_key_prefix, settings.bus_max_message_bytes)
     hub = Hub(settings.outbox_max_events, settings.outbox_max_chars, bus)
+    background = Background(app[ROUTER], store, hub, settings.task_model)
     service = ChatService(
         app[ROUTER],
         store,
@@ -222,6 +228,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         settings.default_model,
         Presence(replicas),
         replicas,
+        background,
     )
     running = service.replies
     await replicas.start(running.on_control, running.on_orphan)
@@ -231,6 +238,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await background.close()
         await running.shutdown()
         await bus.close()
         await replicas.close()

@@ -33,11 +33,24 @@ class ReplyStarted(ReplyEvent):
 @dataclass(frozen=True, slots=True)
 class TextDelta(ReplyEvent):
     text: str
+    # A reply whose reasoning came first is shown as Open WebUI's `output` items
+    # (`chat/reasoning.py`): the index of the item this text goes to; None for
+    # plain text (Open WebUI's `chat:message:delta`).
+    item: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ReasoningDelta(ReplyEvent):
     text: str
+    # The index of the reasoning's `output` item, as for TextDelta; None for
+    # reasoning that came after the answer began (shown with the finished reply).
+    item: int | None = None
+
+
+def output_item_id(kind: str, message_id: str, index: int) -> str:
+    """The id of a reply's `output` item ("text" or "reasoning"), the same while it
+    streams and once stored (Open WebUI's ids are "msg_…" and "r_…")."""
+    return f"{'r' if kind == 'reasoning' else 'msg'}_{message_id}_{index}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +110,9 @@ class ReplyFinished(ReplyEvent):
     # The chat's first title, when this reply gave it one: the only carrier of a
     # title change (Open WebUI's `chat:title` goes out before `chat:active false`).
     title: str | None = None
+    # A reply with reasoning: its Open WebUI `output` items (`chat/reasoning.py`),
+    # stored with it; None for a reply that is its text alone.
+    output: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need and runs them: services, the virtualenv
 # .venv exactly as uv.lock says (with the test extras), the JS clients, the
-# proxies, then ruff, mypy --strict, lint-imports, pytest.
+# proxies, Chromium, then ruff, mypy --strict, lint-imports, pytest.
 # Usage: bash scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -94,6 +94,11 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v caddy >/dev/null || missing+=(caddy)
 command -v openssl >/dev/null || missing+=(openssl)
 [ ${#missing[@]} -eq 0 ] || apt_install "the proxies the tests run" "${missing[@]}"
+
+log "Chromium (Debian's, driven by tests/browser through playwright: never a browser of playwright's own)"
+# The browser test installs Open WebUI's web app itself (gateway webui install: pip
+# fetches the open-webui wheel once per run into pytest's temporary directory).
+[ -x /usr/bin/chromium ] || apt_install "Chromium, for the browser test" chromium
 
 log "ruff"
 .venv/bin/ruff check gateway tests bench

@@ -244,7 +244,10 @@ def turn_body(
             "timestamp": int(time.time()),
             "models": models,
         },
-        "background_tasks": {"title_generation": True},
+        # The web app asks for a generated title, tags and follow-ups here; those
+        # are tested on their own (test_background_tasks.py), so the turns of
+        # other tests ask for none and get the question's first words as title.
+        "background_tasks": {},
     }
     if chat_id is not None:
         body["chat_id"] = chat_id

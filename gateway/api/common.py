@@ -22,6 +22,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.flavours.openai import error_for
+from gateway.text import storable_value
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,12 @@ async def read_json(request: web.Request) -> Any:
             f"Request body is larger than {request.client_max_size} bytes"
         ) from None
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except ValueError as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+    # NUL and lone surrogates reach a string only through a \u escape (or the UTF-8
+    # bytes of a surrogate, which json.loads lets through): no store can hold them.
+    return storable_value(body) if b"\\u" in raw or b"\xed" in raw else body
 
 
 def render_openai(error: GatewayError) -> web.Response:

@@ -27,6 +27,7 @@ from gateway.application.keys import AUTHENTICATOR, READINESS, SETTINGS
 from gateway.edge import redact
 from gateway.edge.auth import find_token
 from gateway.edge.proxy import prefix
+from gateway.webui.serving import index_note
 
 FAILED = "failed"
 
@@ -45,6 +46,7 @@ async def index(request: web.Request) -> web.Response:
             "ragflow": f"{at}/ragflow",
             "ragflow_websocket": f"{at}/v1/ws/chat",
             "nadoo_websocket": f"{at}/ws/chat/{{session_id}}",
+            "web_app": index_note(request),
         }
     )
 

@@ -211,6 +211,11 @@ class Accounts:
             raise NotFound("User not found")
         return user
 
+    async def profile(self, user_id: str) -> UserRecord | None:
+        """Any user's name and picture (signed-in users see each other's, as in
+        Open WebUI); None for an unknown id."""
+        return await self._store.get_user(user_id)
+
     async def save_settings(self, principal: Principal, settings: dict[str, Any]) -> None:
         user = await self.user(principal)
         user.settings = settings

@@ -23,6 +23,7 @@ from gateway.errors import NotFound
 from gateway.events import MessageEvent
 from gateway.fanout.hub import Hub
 from gateway.store import ChatRecord, ChatStore
+from gateway.store.records import MessageRecord
 
 __all__ = ["ChatRecord", "Chats"]
 
@@ -87,12 +88,25 @@ class Chats:
         return await self.book.create(principal, body, imported=imported)
 
     async def update(self, principal: Principal, chat_id: str, body: Any) -> ChatRecord:
-        return await self.book.update(principal, chat_id, body)
+        chat, edited = await self.book.update_edits(principal, chat_id, body)
+        for record in edited:
+            self._edited(chat, record.id, _text_of(record))
+        return chat
 
     async def upsert_message(
         self, principal: Principal, chat_id: str, message_id: str, body: Any
     ) -> ChatRecord:
-        return await self.book.upsert_message(principal, chat_id, message_id, body)
+        chat = await self.book.upsert_message(principal, chat_id, message_id, body)
+        if isinstance(body, dict) and "content" in body:
+            self._edited(chat, message_id, body["content"])
+        return chat
+
+    def _edited(self, chat: ChatRecord, message_id: str, content: Any) -> None:
+        """A message's text changed through REST: the owner's tabs (every socket of
+        the user, as Open WebUI's `update_chat_message_by_id` emits) show the new text."""
+        data = {"chat_id": chat.id, "message_id": message_id, "content": content}
+        event = MessageEvent(chat.id, message_id, 0, "chat:message", data)
+        self._hub.publish([rooms.user(chat.user_id)], event)
 
     async def set_flags(self, chat: ChatRecord, **changes: Any) -> ChatRecord:
         return await self.book.set_flags(chat, **changes)
@@ -155,6 +169,11 @@ class Chats:
 
     async def clear_tags(self, chat: ChatRecord) -> None:
         await self._store.clear_chat_tags(chat.id)
+
+
+def _text_of(record: MessageRecord) -> Any:
+    # Multi-part content is kept as sent, in fields (`chat/shapes.py`).
+    return record.fields.get("content", record.content)
 
 
 def _tags(principal: Principal, tags: list[tuple[str, str]]) -> list[Tag]:

@@ -73,8 +73,12 @@ class Replies:
         events = self._drained(started.outbox)
         return Following(started.chat_id, started.message_id, events, started.repaired)
 
-    async def start_turn(self, principal: Principal, ask: Ask) -> StartedTurn:
-        return await self._service.start_turn(principal, ask)
+    async def start_turn(
+        self, principal: Principal, ask: Ask, tasks: frozenset[str] = frozenset()
+    ) -> StartedTurn:
+        """The web app's turn; `tasks` are its background tasks (`title_generation`,
+        `tags_generation`, `follow_up_generation`) for each finished reply."""
+        return await self._service.start_turn(principal, ask, tasks)
 
     async def say(
         self,

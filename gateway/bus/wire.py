@@ -34,7 +34,8 @@ _TYPES: dict[str, type[Any]] = dict(EVENT_TYPES)
 _FIELDS: dict[type[Any], tuple[str, ...]] = {
     cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TYPES.values()
 }
-# A ReplyFinished whose text is too big travels without it; receivers read the
+# A ReplyFinished whose text is too big travels without it (and without its
+# `output` items: a web app keeps those it was streamed); receivers read the
 # stored reply (it is written before ReplyFinished is published).
 CONTENT_IN_STORE = "content_in_store"
 
@@ -191,7 +192,9 @@ def split(rooms: Sequence[str], event: Event, max_bytes: int) -> list[str]:
         pieces = [event.text[i : i + step] for i in range(0, len(event.text), step)]
         return [body(rooms, dataclasses.replace(event, text=piece)) for piece in pieces]
     if isinstance(event, ReplyFinished) and event.chat_id is not None:
-        bare = body(rooms, dataclasses.replace(event, content=""), content_in_store=True)
+        bare = body(
+            rooms, dataclasses.replace(event, content="", output=None), content_in_store=True
+        )
         if len(bare.encode()) <= max_bytes:
             return [bare]
     raise Undeliverable(f"{type(event).__name__} of {size} bytes exceeds {max_bytes}")

@@ -148,6 +148,14 @@ class ChatBook:
 
     async def update(self, principal: Principal, chat_id: str, body: Any) -> ChatRecord:
         """Merge a (partial) chat object: top-level keys shallowly, messages field by field."""
+        chat, _ = await self.update_edits(principal, chat_id, body)
+        return chat
+
+    async def update_edits(
+        self, principal: Principal, chat_id: str, body: Any
+    ) -> tuple[ChatRecord, list[MessageRecord]]:
+        """`update`, and the stored messages whose text it changed (the owner's other
+        tabs are told: Open WebUI's `chat:message`)."""
         chat_obj = _chat_object(body)
         chat = await self.owned(principal, chat_id)
         records = await self.store.get_messages(chat.id)
@@ -171,7 +179,14 @@ class ChatBook:
         chat.current_id = merged["currentId"]
         chat.updated_at = now_s()
         await self.store.save_chat(chat, changed)
-        return chat
+        before, after = stored["messages"], merged["messages"]
+        edited = [
+            record
+            for record in changed
+            if record.id in before
+            and before[record.id].get("content") != after[record.id].get("content")
+        ]
+        return chat, edited
 
     async def upsert_message(
         self, principal: Principal, chat_id: str, message_id: str, body: Any

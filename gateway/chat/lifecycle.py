@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.chat.reply import estimate_tokens, last_seq
@@ -56,6 +57,9 @@ class ReplyRun:
     running: Running
     record: MessageRecord | None = None
     title: str | None = None
+    # What a finished reply sets off once it is stored and published (the
+    # turn's background tasks: a generated title, tags, follow-ups).
+    after: Callable[[ReplyFinished], None] | None = None
     phase: Phase = Phase.OPENING
     parts: list[str] = field(default_factory=list)
     seq: int = 0

@@ -3,6 +3,10 @@
     ReplyStarted, (TextDelta | ReasoningDelta)*, ReplyFinished | ReplyFailed
 
 `seq` counts from 0 within the reply, one number per event whatever its kind.
+A chat's reply (`split_reasoning`) has its reasoning cut from its text
+(`reasoning.py`: `<think>` tags and the like), its items numbered for Open
+WebUI's `output`, and its text trimmed as Open WebUI trims it; a pure API reply
+is the upstream's text as it came.
 Upstream failures become a `ReplyFailed` carrying the text streamed so far;
 cancellation is not caught here (the caller decides what a cancelled reply
 means, and numbers its ending after `last_seq`), but the upstream request is
@@ -14,9 +18,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator
 
+from gateway.chat.reasoning import BREAK, REASONING, Output, Splitter
 from gateway.errors import GatewayError
 from gateway.events import (
     Event,
+    MessageEvent,
     ReasoningDelta,
     ReplyEvent,
     ReplyFailed,
@@ -52,6 +58,7 @@ async def reply_events(
     parent_id: str | None,
     model: str,
     prompt_chars: int,
+    split_reasoning: bool = False,
 ) -> AsyncGenerator[Event, None]:
     started_wall = time.time()
     started = time.monotonic()
@@ -59,31 +66,117 @@ async def reply_events(
     parts: list[str] = []
     usage: Usage | None = None
     finish_reason = "stop"
+    split = _Split(chat_id, message_id) if split_reasoning else None
     try:
         yield ReplyStarted(chat_id, message_id, seq, user_id, parent_id, model, started_wall)
         try:
             async for chunk in stream:
-                if chunk.reasoning:
-                    seq += 1
-                    yield ReasoningDelta(chat_id, message_id, seq, chunk.reasoning)
-                if chunk.text:
-                    parts.append(chunk.text)
-                    seq += 1
-                    yield TextDelta(chat_id, message_id, seq, chunk.text)
+                if split is not None:
+                    for event in split.chunk(chunk.reasoning, chunk.text, seq):
+                        seq = event.seq
+                        yield event
+                else:
+                    if chunk.reasoning:
+                        seq += 1
+                        yield ReasoningDelta(chat_id, message_id, seq, chunk.reasoning)
+                    if chunk.text:
+                        parts.append(chunk.text)
+                        seq += 1
+                        yield TextDelta(chat_id, message_id, seq, chunk.text)
                 if chunk.finish_reason:
                     finish_reason = chunk.finish_reason
                 if chunk.usage is not None:
                     usage = chunk.usage
+            if split is not None:
+                for event in split.close(seq):
+                    seq = event.seq
+                    yield event
         except GatewayError as exc:
             seq += 1
-            yield ReplyFailed(chat_id, message_id, seq, exc.code, exc.message, "".join(parts))
+            text = "".join(split.parts if split is not None else parts)
+            yield ReplyFailed(chat_id, message_id, seq, exc.code, exc.message, text)
             return
     finally:
         await stream.aclose()
-    content = "".join(parts)
+    output = None
+    if split is not None:
+        content = split.output.content()
+        output = split.output.items() if split.output.has_reasoning else None
+    else:
+        content = "".join(parts)
     if usage is None:
         usage = Usage(estimate_tokens(prompt_chars), estimate_tokens(len(content)), estimated=True)
     seq += 1
     yield ReplyFinished(
-        chat_id, message_id, seq, content, usage, finish_reason, time.monotonic() - started
+        chat_id,
+        message_id,
+        seq,
+        content,
+        usage,
+        finish_reason,
+        time.monotonic() - started,
+        output=output,
     )
+
+
+_Piece = TextDelta | ReasoningDelta | MessageEvent
+
+
+class _Split:
+    """A chat reply's pieces as events: reasoning apart from text, each numbered with
+    its Open WebUI `output` item (`reasoning.py`)."""
+
+    def __init__(self, chat_id: str | None, message_id: str) -> None:
+        self._chat_id = chat_id
+        self._message_id = message_id
+        self.splitter = Splitter()
+        self.output = Output(message_id)
+        self.parts: list[str] = []  # the text, as streamed
+
+    def chunk(self, reasoning: str, text: str, seq: int) -> list[_Piece]:
+        events: list[_Piece] = []
+        if reasoning:
+            # As Open WebUI: a provider that sends its reasoning apart has no tags.
+            self.splitter.reasoning_tags = False
+            seq = self._reasoning(reasoning, True, seq, events)
+        if text:
+            self._pieces(self.splitter.feed(text), seq, events)
+        return events
+
+    def close(self, seq: int) -> list[_Piece]:
+        events: list[_Piece] = []
+        self._pieces(self.splitter.close(), seq, events)
+        return events
+
+    def _pieces(self, pieces: list[tuple[str, str]], seq: int, events: list[_Piece]) -> int:
+        for kind, text in pieces:
+            if kind == BREAK:
+                self.output.brk()
+            elif kind == REASONING:
+                seq = self._reasoning(text, False, seq, events)
+            else:
+                item, send = self.output.text(text)
+                seq = self._done(seq, events)
+                self.parts.append(text)
+                if send:
+                    seq += 1
+                    events.append(TextDelta(self._chat_id, self._message_id, seq, send, item))
+        return seq
+
+    def _reasoning(self, text: str, provider: bool, seq: int, events: list[_Piece]) -> int:
+        item, send = self.output.reasoning(text, provider)
+        seq = self._done(seq, events)
+        seq += 1
+        events.append(ReasoningDelta(self._chat_id, self._message_id, seq, send, item))
+        return seq
+
+    def _done(self, seq: int, events: list[_Piece]) -> int:
+        """A reasoning item the web app shows has ended: its whole text and duration
+        (Open WebUI's `response.output_item.done`)."""
+        for index, item in self.output.take_done():
+            seq += 1
+            done = {"type": "response.output_item.done", "output_index": index, "item": item}
+            events.append(
+                MessageEvent(self._chat_id, self._message_id, seq, "response:completion", done)
+            )
+        return seq

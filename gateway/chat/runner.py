@@ -65,9 +65,11 @@ class ReplyRunner:
         opening: Opening,
         record: MessageRecord | None = None,
         title: str | None = None,
+        after: Callable[[ReplyFinished], None] | None = None,
     ) -> None:
-        """Run the reply in its own task, registered (stop from anywhere) until it ends."""
-        run = ReplyRun(running, record, title)
+        """Run the reply in its own task, registered (stop from anywhere) until it ends;
+        `after` is called with its end when it finished (not failed or stopped)."""
+        run = ReplyRun(running, record, title, after)
         self._registry.start(running, self._run(run, opening))
 
     async def refused(self, record: MessageRecord, error: GatewayError) -> None:
@@ -151,9 +153,12 @@ class ReplyRunner:
             if titled is not None and isinstance(end, ReplyFinished):
                 end = replace(end, title=titled)
         self._hub.publish(run.running.rooms, end)
-        if run.record is not None and run.phase is Phase.FINISHED:
+        if run.phase is Phase.FINISHED:
             assert isinstance(end, ReplyFinished)
-            self._notify_if_unwatched(run.running, end.content)
+            if run.record is not None:
+                self._notify_if_unwatched(run.running, end.content)
+            if run.after is not None:
+                run.after(end)
 
     async def _store_end(
         self, record: MessageRecord, end: ReplyFinished | ReplyFailed, title: str | None = None
@@ -163,6 +168,9 @@ class ReplyRunner:
         fields = dict(record.fields)
         if isinstance(end, ReplyFinished):
             record.content = end.content
+            if end.output is not None:
+                # Its reasoning, as Open WebUI 0.12.4 stores it (`chat/reasoning.py`).
+                fields["output"] = end.output
             if not end.cancelled:
                 fields["usage"] = end.usage.as_dict()
             else:

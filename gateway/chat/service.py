@@ -22,23 +22,30 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway import rooms
 from gateway.bus import Replicas
 from gateway.chat import tree
+from gateway.chat.background import Background
 from gateway.chat.chats import DEFAULT_TITLE, ChatBook, now_s, title_for
 from gateway.chat.reply import reply_events
 from gateway.chat.runner import Opening, ReplyRunner
 from gateway.chat.running import Running, RunningReplies
 from gateway.chat.shapes import history_of, message_record
-from gateway.chat.turns import new_placeholder, plan_turn, reanswer
+from gateway.chat.turns import (
+    check_reply_into,
+    new_placeholder,
+    plan_turn,
+    reanswer,
+    unanswered,
+)
 from gateway.commands import Ask, ReplyTarget, Say
 from gateway.edge.auth import Principal
 from gateway.errors import BadRequest, GatewayError, UpstreamError
-from gateway.events import Event
+from gateway.events import Event, ReplyFinished
 from gateway.fanout.hub import Hub, Outbox
 from gateway.fanout.presence import Presence
 from gateway.store import ChatStore
@@ -88,6 +95,7 @@ class ChatService:
         default_model: str = "",
         presence: Presence | None = None,
         replicas: Replicas | None = None,
+        background: Background | None = None,
     ) -> None:
         self.router = router
         self.store = store
@@ -97,6 +105,7 @@ class ChatService:
         self.replies = RunningReplies(store, hub, replicas)
         self.book = ChatBook(store, self.replies.is_generating)
         self._runner = ReplyRunner(store, hub, self.replies, self.presence, checkpoint_interval_s)
+        self._background = background
 
     # -- opening a reply -------------------------------------------------------
     async def _open(
@@ -121,6 +130,7 @@ class ChatService:
             parent_id=parent_id,
             model=model,
             prompt_chars=_prompt_chars(conversation),
+            split_reasoning=chat_id is not None,
         )
 
     # -- pure API mode -------------------------------------------------------
@@ -156,6 +166,7 @@ class ChatService:
         messages = history["messages"]
         repaired = None
         if message_id in messages:
+            check_reply_into(history, messages[message_id], ask.parent_id)
             placeholder = reanswer(messages[message_id], ask.model)
         else:
             parent = tree.last_user_message_id(history)
@@ -190,11 +201,15 @@ class ChatService:
         return StartedReply(running.task_id, chat.id, record.id, outbox, repaired)
 
     # -- frontend mode ----------------------------------------------------------
-    async def start_turn(self, principal: Principal, ask: Ask) -> StartedTurn:
+    async def start_turn(
+        self, principal: Principal, ask: Ask, tasks: frozenset[str] = frozenset()
+    ) -> StartedTurn:
         """Write the turn (creating the chat when `chat_id` is absent), then answer it.
 
         Returns once the user message and every placeholder are stored; the
-        replies stream to `user:<owner>` (every socket of the user).
+        replies stream to `user:<owner>` (every socket of the user).  `tasks`
+        are the web app's background tasks for each finished reply (a
+        generated title, tags, follow-ups: `background.py`).
         """
         if ask.temporary:
             return self._start_temporary(principal, ask)
@@ -202,7 +217,7 @@ class ChatService:
             chat, history = self._new_chat(principal, ask.model), _empty_history()
         else:
             chat, history = await self._chat_and_history(principal, ask.chat_id)
-        return await self._answer_turn(chat, history, ask, new=ask.chat_id is None)
+        return await self._answer_turn(chat, history, ask, new=ask.chat_id is None, tasks=tasks)
 
     async def say(
         self,
@@ -270,7 +285,13 @@ class ChatService:
         return chat, history_of(chat, await self.store.get_messages(chat.id))
 
     async def _answer_turn(
-        self, chat: ChatRecord, history: dict[str, Any], ask: Ask, *, new: bool
+        self,
+        chat: ChatRecord,
+        history: dict[str, Any],
+        ask: Ask,
+        *,
+        new: bool,
+        tasks: frozenset[str] = frozenset(),
     ) -> StartedTurn:
         created = now_s()
         turn = plan_turn(history, ask, created)
@@ -284,12 +305,16 @@ class ChatService:
         path = tree.path_to(turn.history, turn.question_id) if turn.question_id else []
         conversation = self._conversation(path, ask.messages)
         by_id = {record.id: record for record in records}
-        title = title_for(chat, turn.history)
+        # A title the model writes replaces the question's first words, when asked for.
+        title = None if "title_generation" in tasks else title_for(chat, turn.history)
         task_ids = []
         for placeholder, target in turn.replies:
             record = by_id[placeholder["id"]]
             opening = self._opener(target.model, conversation, ask.params, record, chat)
-            running = self._run(chat.id, record.id, chat.user_id, opening, record, title, ask.rooms)
+            after = self._after(chat, record.id, target.model, tasks)
+            running = self._run(
+                chat.id, record.id, chat.user_id, opening, record, title, ask.rooms, after
+            )
             task_ids.append(running.task_id)
         return StartedTurn(chat.id, task_ids, [p["id"] for p, _ in turn.replies])
 
@@ -337,11 +362,15 @@ class ChatService:
     def _conversation(
         self, path: list[dict[str, Any]], requested: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """What the model sees: the path root → user message, and the request's system prompt."""
+        """What the model sees: the path root → user message, and the request's system prompt.
+
+        An assistant message with no answer (failed before any text, stopped at
+        once, still a placeholder) is left out, as Open WebUI leaves it out
+        (`load_messages_from_db`): never `{"role": "assistant", "content": ""}`."""
         turns = [
             {"role": m.get("role"), "content": m.get("content") or ""}
             for m in path
-            if m.get("role") in ("system", "user", "assistant")
+            if m.get("role") in ("system", "user", "assistant") and not unanswered(m)
         ]
         if not any(t["role"] == "user" for t in turns):
             return list(requested)
@@ -360,6 +389,7 @@ class ChatService:
         record: MessageRecord | None = None,
         title: str | None = None,
         rooms: tuple[str, ...] = (),
+        after: Callable[[ReplyFinished], None] | None = None,
     ) -> Running:
         running = Running(
             uuid.uuid4().hex,
@@ -368,5 +398,15 @@ class ChatService:
             user_id,
             reply_rooms(user_id, chat_id, message_id, rooms),
         )
-        self._runner.start(running, opening, record, title)
+        self._runner.start(running, opening, record, title, after)
         return running
+
+    def _after(
+        self, chat: ChatRecord, message_id: str, model: str, tasks: frozenset[str]
+    ) -> Callable[[ReplyFinished], None] | None:
+        """What a finished reply of this turn sets off: its background tasks."""
+        background = self._background
+        if not tasks or background is None:
+            return None
+        chat_id, user_id = chat.id, chat.user_id
+        return lambda _end: background.after_reply(chat_id, message_id, user_id, model, tasks)

@@ -13,7 +13,9 @@ and the turn becomes::
                  └─▶ placeholder for model 2
 
 A placeholder that exists already (continue, or backend-controlled replies)
-is answered into again; it must be an assistant message.
+is answered into again; it must be an assistant message, and one that answers
+this turn's question: a reply id naming a message of another branch is a
+`Conflict` (409), never an overwrite of that message.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from typing import Any
 
 from gateway.chat import tree
 from gateway.commands import Ask, ReplyTarget
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, Conflict
 
 # Fields of an old answer that a new answer into the same message drops.
-_STALE_REPLY_FIELDS = ("error", "usage", "cancelled")
+_STALE_REPLY_FIELDS = ("error", "usage", "cancelled", "output")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,42 @@ def reanswer(existing: Mapping[str, Any], model: str) -> dict[str, Any]:
     return {**message, "content": "", "done": False, "model": model}
 
 
+def unanswered(message: Mapping[str, Any]) -> bool:
+    """An assistant message that holds no answer to send back to a model: empty or
+    blank content (a list of parts counts as an answer)."""
+    if message.get("role") != "assistant":
+        return False
+    content = message.get("content")
+    return not content or (isinstance(content, str) and not content.strip())
+
+
+def check_answers(existing: Mapping[str, Any], question_id: str | None) -> None:
+    """An existing message a reply would be written into must be an assistant message
+    under the question being answered (`None`: any question will do); anything else
+    would overwrite another branch's message (409, nothing written)."""
+    reanswer(existing, "")  # an assistant message, or the 400 that says what it is
+    if question_id is not None and existing.get("parentId") != question_id:
+        raise Conflict(
+            f"message '{existing.get('id')}' already exists on another branch "
+            f"(it answers '{existing.get('parentId')}', not '{question_id}'): "
+            "send a new id for a new reply"
+        )
+
+
+def check_reply_into(
+    history: Mapping[str, Any], existing: Mapping[str, Any], parent_id: str | None
+) -> None:
+    """Backend-controlled: may a reply be written into `existing`?  Under `parent_id`
+    when the request names one; else when it is the chat's current message or a
+    placeholder not yet answered, or answers the current path's last question.  A
+    finished answer elsewhere in the tree is another branch's (409)."""
+    question = parent_id
+    unanswered = not existing.get("content") and existing.get("done") is not True
+    if question is None and existing.get("id") != history.get("currentId") and not unanswered:
+        question = tree.last_user_message_id(history)
+    check_answers(existing, question)
+
+
 def plan_turn(history: Mapping[str, Any], ask: Ask, now_s: int) -> Turn:
     """The user message (if new) and the placeholders one frontend-mode request adds."""
     messages = history.get("messages") or {}
@@ -85,6 +123,9 @@ def plan_turn(history: Mapping[str, Any], ask: Ask, now_s: int) -> Turn:
     for target in ask.reply_targets():
         existing = messages.get(target.message_id)
         if existing is not None:
+            if ask.user_message is None and question_id not in messages:
+                raise BadRequest(f"message '{question_id}' (the question to answer) does not exist")
+            check_answers(existing, question_id)
             placeholder = reanswer(existing, target.model)
         else:
             placeholder = new_placeholder(

@@ -173,6 +173,44 @@ def apikey_create(args: argparse.Namespace) -> int:
     return _with_store(args, action)
 
 
+def webui_install(args: argparse.Namespace) -> int:
+    from gateway.webui.install import InstallError, describe, install
+
+    data_dir = _load(args).settings.data_dir
+    if not data_dir.is_dir() and not data_dir.parent.is_dir():
+        # As `gateway serve`: the data dir may be made, never its parents.
+        print(
+            f"gateway: the data dir {data_dir} cannot be made: {data_dir.parent} does not exist",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        app = install(
+            data_dir, args.version, wheel_dir=args.wheel_dir, progress=sys.stdout.isatty()
+        )
+    except InstallError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gateway: cannot install the web app into {data_dir}: {exc}", file=sys.stderr)
+        return 1
+    describe(app, print)
+    return 0
+
+
+def webui_status(args: argparse.Namespace) -> int:
+    from gateway.webui.layout import NotInstalled, installed
+
+    data_dir = _load(args).settings.data_dir
+    try:
+        app = installed(data_dir)
+    except NotInstalled as exc:
+        print(f"gateway: web app {exc}", file=sys.stderr)
+        return 1
+    print(f"{app.version}\t{app.frontend.resolve()}")
+    return 0
+
+
 def doctor(args: argparse.Namespace) -> int:
     """Probe a deployment from outside; needs no settings (it is a client)."""
     import asyncio

@@ -8,6 +8,7 @@ from typing import NoReturn, TypeAlias
 
 from gateway import __version__
 from gateway.cli import commands
+from gateway.webui.layout import DEFAULT_VERSION
 
 
 def _positive(value: str) -> float:
@@ -38,7 +39,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-DESCRIPTION = "The chat gateway: serve it, make tokens, check settings, manage users and keys."
+DESCRIPTION = (
+    "The chat gateway: serve it, make tokens, check settings, manage users and keys, "
+    "install the web app."
+)
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[_Parser]"
 
@@ -57,6 +61,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _serving(sub, common)
     _accounts(sub, common)
+    _webui(sub, common)
     _doctor(sub)
     return top
 
@@ -113,6 +118,35 @@ def _accounts(sub: Subparsers, common: _Parser) -> None:
     create.add_argument("--user", required=True, help="user id or email")
     create.add_argument("--kind", choices=["openwebui", "ragflow"], default="openwebui")
     create.set_defaults(run=commands.apikey_create)
+
+
+def _webui(sub: Subparsers, common: _Parser) -> None:
+    webui = sub.add_parser(
+        "webui", help="install Open WebUI's web app for gateway serve to serve", parents=[common]
+    )
+    webui_sub = webui.add_subparsers(dest="webui_command", required=True, parser_class=_Parser)
+    install = webui_sub.add_parser(
+        "install",
+        help="fetch the open-webui wheel with pip and unpack its built frontend into the data dir",
+        parents=[common],
+    )
+    install.add_argument(
+        "--version",
+        default=DEFAULT_VERSION,
+        help=f"the Open WebUI release (default {DEFAULT_VERSION}, the one whose API the "
+        "gateway speaks)",
+    )
+    install.add_argument(
+        "--wheel-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep the downloaded wheel in DIR, and reuse one already there",
+    )
+    install.set_defaults(run=commands.webui_install)
+    status = webui_sub.add_parser(
+        "status", help="which version is installed, and where", parents=[common]
+    )
+    status.set_defaults(run=commands.webui_status)
 
 
 def _doctor(sub: Subparsers) -> None:

@@ -35,6 +35,21 @@ One reply is::
 
 and on failure `chat:message:error {error: {content}}`, then
 `chat:completion {done: true, content, error: {content}}`, `chat:active false`.
+
+A reply whose reasoning came first (`chat/reasoning.py`) is shown as Open WebUI
+0.12.4 shows it, as `output` items: its deltas carry their item's index and go as
+`response:completion` events the web app applies to `message.output`::
+
+    response:completion {type: "response.reasoning_text.delta", item_id, output_index,
+                         content_index: 0, delta}          reasoning ("Thinking…")
+    response:completion {type: "response.output_item.done", output_index, item}
+                                                           its end: "Thought for N seconds"
+    response:completion {type: "response.output_text.delta", item_id, output_index,
+                         content_index: 0, delta}          the answer
+    chat:completion {done: true, content, output: [...], usage, title?}
+
+Reasoning without an item (it came after the answer began) is not sent: it is in
+the finished reply's `output`.
 """
 
 from __future__ import annotations
@@ -47,12 +62,14 @@ from gateway.errors import BadRequest, ProtocolError
 from gateway.events import (
     Event,
     MessageEvent,
+    ReasoningDelta,
     ReplyFailed,
     ReplyFinished,
     ReplyStarted,
     SourcesFound,
     StatusChanged,
     TextDelta,
+    output_item_id,
 )
 from gateway.flavours.openai import PASSTHROUGH_PARAMS, decode_common, decode_messages
 
@@ -72,6 +89,18 @@ def is_stored_request(body: Any) -> bool:
         return False
     answer_into = body.get("id") or body.get("message_ids")
     return bool(body.get("chat_id")) or bool(body.get("session_id") and answer_into)
+
+
+BACKGROUND_TASKS = ("title_generation", "tags_generation", "follow_up_generation")
+
+
+def background_tasks(body: Any) -> frozenset[str]:
+    """The tasks a turn's `background_tasks` turns on (the web app sends
+    `{"title_generation": true, "tags_generation": false, ...}`)."""
+    tasks = body.get("background_tasks") if isinstance(body, Mapping) else None
+    if not isinstance(tasks, Mapping):
+        return frozenset()
+    return frozenset(name for name in BACKGROUND_TASKS if tasks.get(name) is True)
 
 
 def is_temporary_chat(chat_id: str | None) -> bool:
@@ -210,14 +239,20 @@ def decode_chat_signal(data: Any) -> ChatSignal:
 class SocketEncoder:
     """Turns canonical events into `events` frames; one per connection, stateless per reply.
 
-    Reasoning deltas are not sent: the web app shows reasoning only inside
-    the content it renders, and the stored reply holds the answer text.
+    Reasoning deltas are sent only with the index of their `output` item (the
+    reasoning came first), as the deltas of the text that follows it.
     """
 
     def encode(self, event: Event) -> list[Frame]:
         if isinstance(event, TextDelta):
+            if event.item is not None:
+                return [_item_delta(event, "text", "response.output_text.delta", event.item)]
             delta = {"content": event.text}
             return [_frame(event.chat_id, event.message_id, "chat:message:delta", delta)]
+        if isinstance(event, ReasoningDelta):
+            if event.item is None:
+                return []
+            return [_item_delta(event, "reasoning", "response.reasoning_text.delta", event.item)]
         if isinstance(event, ReplyStarted):
             return [_frame(event.chat_id, event.message_id, "chat:active", {"active": True})]
         if isinstance(event, ReplyFinished):
@@ -260,6 +295,8 @@ def _finished(event: ReplyFinished) -> list[Frame]:
     }
     if event.title is not None:
         completion["title"] = event.title
+    if event.output is not None:
+        completion["output"] = event.output
     frames = []
     if event.cancelled:
         completion["cancelled"] = True
@@ -270,6 +307,18 @@ def _finished(event: ReplyFinished) -> list[Frame]:
         frames.append(_frame(event.chat_id, event.message_id, "chat:title", event.title))
     frames.append(_frame(event.chat_id, event.message_id, "chat:active", {"active": False}))
     return frames
+
+
+def _item_delta(event: TextDelta | ReasoningDelta, kind: str, type_: str, item: int) -> Frame:
+    """A delta of one `output` item, as Open WebUI 0.12.4's `response:completion`."""
+    delta = {
+        "type": type_,
+        "item_id": output_item_id(kind, event.message_id, item),
+        "output_index": item,
+        "content_index": 0,
+        "delta": event.text,
+    }
+    return _frame(event.chat_id, event.message_id, "response:completion", delta)
 
 
 def _frame(chat_id: str | None, message_id: str, kind: str, data: Any) -> Frame:

@@ -58,6 +58,11 @@ class Settings(BaseModel):
         "empty for the first model the upstreams list",
     )
     demo_token_delay_s: float = Field(0.02, ge=0, description="seconds between demo tokens")
+    task_model: str = Field(
+        "",
+        description="the model that writes titles, tags and follow-up questions the web app "
+        "asks for; empty for the model of the reply",
+    )
     trusted_proxies: list[str] = Field(
         default_factory=lambda: ["127.0.0.1/32", "::1/128"],
         description="';'-separated addresses or CIDRs whose X-Forwarded-*/Forwarded headers "

@@ -79,6 +79,8 @@ ENV_VARS: dict[str, tuple[EnvVar, ...]] = {
         EnvVar("JWT_EXPIRES_IN", _duration_s),
     ),
     "default_model": (EnvVar("GATEWAY_DEFAULT_MODEL"), EnvVar("DEFAULT_MODELS", _first_model)),
+    # Open WebUI's TASK_MODEL is the same setting: the model its background tasks use.
+    "task_model": (EnvVar("GATEWAY_TASK_MODEL"), EnvVar("TASK_MODEL")),
 }
 for _name in Settings.model_fields:
     ENV_VARS.setdefault(_name, (EnvVar(f"GATEWAY_{_name.upper()}"),))

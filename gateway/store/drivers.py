@@ -12,6 +12,9 @@ call is one hop to that thread and back, so `batch` is how a write of several
 rows stays one hop.  An asyncio lock keeps other coroutines' statements out
 of an open `transaction()`.  PostgreSQL uses an asyncpg pool; `batch` is one
 acquire and one transaction.
+
+Every string argument is made storable first (`gateway/text.py`: no NUL, no lone
+surrogate), here for both databases, whatever route or flavour it came from.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 
 from gateway.store.errors import StoreUnavailable, why_unavailable
+from gateway.text import storable_args
 
 # Seconds to wait for PostgreSQL at start-up before saying it is unreachable.
 CONNECT_TIMEOUT_S = 10.0
@@ -59,7 +63,7 @@ class Driver(Protocol):
 
 # -- SQLite ------------------------------------------------------------------------
 def _sqlite_execute(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int:
-    cursor = conn.execute(sql, tuple(args))
+    cursor = conn.execute(sql, tuple(storable_args(args)))
     try:
         return cursor.rowcount
     finally:
@@ -67,7 +71,7 @@ def _sqlite_execute(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> 
 
 
 def _sqlite_fetch(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Row]:
-    cursor = conn.execute(sql, tuple(args))
+    cursor = conn.execute(sql, tuple(storable_args(args)))
     try:
         return list(cursor.fetchall())
     finally:
@@ -203,10 +207,10 @@ class _PostgresConnection:
         self._conn = conn
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        return _touched(await self._conn.execute(_numbered(sql), *args))
+        return _touched(await self._conn.execute(_numbered(sql), *storable_args(args)))
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        return list(await self._conn.fetch(_numbered(sql), *args))
+        return list(await self._conn.fetch(_numbered(sql), *storable_args(args)))
 
     async def executescript(self, sql: str) -> None:
         for statement in _statements(sql):

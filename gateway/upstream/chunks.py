@@ -54,6 +54,9 @@ class ChunkDecoder:
         self._parser = SSEParser(max_event_bytes)
         self.done = False
         self.finished = False
+        # Content deltas that were not text, quoted for the log (`upstream/openai.py`
+        # warns once per reply): read leniently, never silently.
+        self.unreadable: list[str] = []
 
     def feed(self, data: bytes) -> Iterator[Chunk]:
         """The chunks `data` completes, lazily: those before a fault come out before
@@ -106,8 +109,13 @@ class ChunkDecoder:
         # vLLM/DeepSeek say reasoning_content, Ollama and OpenRouter say reasoning.
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         reason = choice.get("finish_reason")
+        content = delta.get("content")
+        text = _content(content)
+        if not text and content not in (None, "", []) and not isinstance(content, str):
+            # A number, an object, parts with no text: nothing a reply can show.
+            self.unreadable.append(repr(content)[:QUOTED_CHARS])
         return Chunk(
-            text=_text(delta.get("content")),
+            text=text,
             reasoning=_text(reasoning),
             finish_reason=reason if isinstance(reason, str) and reason else None,
             usage=usage,
@@ -149,10 +157,36 @@ def _text(value: Any) -> str:
     return encodable(value) if isinstance(value, str) else ""
 
 
+# The types of a content part that carry text: OpenAI's and Mistral's "text",
+# the Responses API's "output_text".
+_TEXT_PARTS = ("text", "output_text")
+
+
+def _content(value: Any) -> str:
+    """A content delta's text: a string, or the text of a list of content parts
+    (`[{"type": "text", "text": "…"}]`, as Mistral and some proxies stream it);
+    anything else (a number, null, an object) has none."""
+    if isinstance(value, str):
+        return encodable(value)
+    if not isinstance(value, list):
+        return ""
+    texts = [
+        part["text"]
+        for part in value
+        if isinstance(part, dict)
+        and isinstance(part.get("text"), str)
+        and part.get("type", "text") in _TEXT_PARTS
+    ]
+    return encodable("".join(texts))
+
+
 def encodable(text: str) -> str:
     """The text with lone UTF-16 surrogates (JSON "\\ud83d" without its pair, which a
     broken tokenizer can send) replaced by U+FFFD: no client encoding can carry them.
-    (json.loads joins the valid pairs, so any surrogate left is a lone one.)"""
+    (json.loads joins the valid pairs, so any surrogate left is a lone one.)  NUL
+    characters are dropped: no store can hold them, and no reply needs them."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
     if text.isascii():
         return text
     try:

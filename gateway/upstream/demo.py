@@ -7,6 +7,7 @@ reply one word at a time with a small pause, and needs no network.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -32,7 +33,28 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _task_answer(prompt: str) -> str | None:
+    """The chat's background tasks (`chat/background.py`) get JSON of the kind a
+    model writes, so the demo shows titles, tags and follow-ups too."""
+    first, _, rest = prompt.partition("\n")
+    question = next(
+        (line[len("USER: ") :] for line in rest.splitlines() if line.startswith("USER: ")), ""
+    )
+    words = " ".join(question.split()[:4]) or "Demo chat"
+    if first == "Task: title":
+        return json.dumps({"title": f"💬 {words}"}, ensure_ascii=False)
+    if first == "Task: tags":
+        return json.dumps({"tags": ["Demo"]})
+    if first == "Task: follow-ups":
+        asks = ["What can this gateway do?", "How do I connect a real model?"]
+        return json.dumps({"follow_ups": asks})
+    return None
+
+
 def demo_reply(messages: list[dict[str, Any]]) -> str:
+    task = _task_answer(_last_user_text(messages))
+    if task is not None:
+        return task
     said = " ".join(_last_user_text(messages).split())
     if len(said) > _QUOTE_CHARS:
         said = said[:_QUOTE_CHARS] + "…"

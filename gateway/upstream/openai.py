@@ -183,6 +183,17 @@ class OpenAIStream:
             ) from None
         except BadStream as exc:
             raise failure(exc.message, self._base_url, exc.detail) from None
+        finally:
+            if decoder.unreadable:
+                log.warning(
+                    "model server sent content deltas that are not text; they were skipped",
+                    extra={
+                        "model": self._model,
+                        "upstream": self._base_url,
+                        "count": len(decoder.unreadable),
+                        "first": decoder.unreadable[0],
+                    },
+                )
 
     def _hand_back(self) -> None:
         """The reply is complete: the connection goes back to the pool once the body

@@ -4,6 +4,7 @@ Models and what they do:
 
     fake-model     echoes "Fake reply to: <last user text>" in 3-character deltas, 5 ms apart
     fake-slow      64 deltas, 20 ms apart (for disconnect and cancel tests)
+    fake-crawl     300 deltas, 50 ms apart (15 s: a reply a person can stop in a browser)
     fake-dies      sends 3 deltas, then drops the connection without [DONE]
     fake-error     answers HTTP 500 with an OpenAI error body
     fake-reasoner  sends reasoning_content deltas, then content
@@ -11,6 +12,10 @@ Models and what they do:
     fake-linger    like fake-model, but its HTTP body ends 50 ms after [DONE] (a server
                    that flushes [DONE] on its own, then the chunked terminator)
     fake-surrogate "ok " then a lone UTF-16 surrogate (a broken tokenizer's "\\ud83d")
+    fake-think     like fake-model, its reasoning first in <think> tags and blank lines
+                   around its answer (`THINKING`), all cut in 3-character deltas
+    fake-parts     like fake-model, each delta's content a list of content parts
+    fake-nul       like fake-model, with a NUL character in its text
     fake-flood     1,000 deltas of 5,000 characters, no pause (5 MB: slow-consumer tests);
                    `max_tokens` caps the number of deltas
 
@@ -42,7 +47,13 @@ MODELS = [
     "fake-linger",
     "fake-flood",
     "fake-surrogate",
+    "fake-crawl",
+    "fake-think",
+    "fake-parts",
+    "fake-nul",
 ]
+# What fake-think reasons, before its answer.
+THINKING = "Weighing it…\nstill weighing."
 FLOOD_DELTAS = 1000
 FLOOD_DELTA_CHARS = 5000
 
@@ -54,17 +65,37 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
+# The gateway's background tasks (gateway/chat/background.py) name themselves on
+# their first line; a model answers them with JSON, here a fixed one.
+TASK_ANSWERS = {
+    "Task: title": '{"title": "🧪 Fake title"}',
+    "Task: tags": 'Here you go: {"tags": ["Testing", "Fakes"]}',
+    "Task: follow-ups": '```json\n{"follow_ups": ["Tell me more", "Why?"]}\n```',
+}
+
+
 def reply_text(model: str, messages: list[dict[str, Any]]) -> str:
-    return "".join(deltas_of(model, f"Fake reply to: {last_user_text(messages)}"))
+    asked = last_user_text(messages)
+    task = TASK_ANSWERS.get(asked.partition("\n")[0])
+    if task is not None:
+        return task
+    return "".join(deltas_of(model, f"Fake reply to: {asked}"))
 
 
 def deltas_of(model: str, text: str) -> list[str]:
     if model == "fake-slow":
         return [f"w{i} " for i in range(64)]
+    if model == "fake-crawl":
+        return [f"c{i} " for i in range(300)]
     if model == "fake-flood":
         return [str(i % 10) * FLOOD_DELTA_CHARS for i in range(FLOOD_DELTAS)]
     if model == "fake-surrogate":
         return ["ok ", "\ud83d"]
+    # (`reply_text` is cut again by `_reply`: these add their part once.)
+    if model == "fake-think" and not text.startswith("<think>"):
+        text = f"<think>\n{THINKING}\n</think>\n\n{text}\n\n"
+    if model == "fake-nul" and not text.endswith("\x00!"):
+        text = f"{text}\x00!"
     return [text[i : i + 3] for i in range(0, len(text), 3)]
 
 
@@ -170,7 +201,7 @@ class FakeUpstream:
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             record.chunks_sent += 1
 
-        delay = {"fake-slow": 0.02, "fake-flood": 0.0}.get(model, self.delay_s)
+        delay = {"fake-slow": 0.02, "fake-crawl": 0.05, "fake-flood": 0.0}.get(model, self.delay_s)
         await send({"role": "assistant", "content": ""})
         if model == "fake-reasoner":
             for piece in ("Let me ", "think."):
@@ -182,7 +213,10 @@ class FakeUpstream:
                 record.finished = True
                 return response
             await asyncio.sleep(delay)
-            await send({"content": piece})
+            if model == "fake-parts":
+                await send({"content": [{"type": "text", "text": piece}]})
+            else:
+                await send({"content": piece})
         await send({}, "stop")
         if model != "fake-nousage":
             usage = {

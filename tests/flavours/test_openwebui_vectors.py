@@ -106,17 +106,25 @@ def test_every_frame_has_the_events_shape(path: Path) -> None:
 
 @pytest.mark.parametrize("path", EVENT_VECTORS, ids=[p.stem for p in EVENT_VECTORS])
 def test_deltas_rebuild_the_text(path: Path) -> None:
-    # chat:message:delta appends (docs/PROTOCOLS.md §1.1), so the deltas sent are the text, whole.
+    # chat:message:delta appends (docs/PROTOCOLS.md §1.1), so the deltas sent are the text,
+    # whole; so do the answer's deltas of a reply shown as `output` items.
     vector = load(path)
     encoder = SocketEncoder()
     sent = "".join(
-        payload["data"]["data"]["content"]
+        text_of(payload["data"])
         for spec in vector["events"]
         for _, payload in encode_spec(encoder, spec)
-        if payload["data"]["type"] == "chat:message:delta"
     )
     text = "".join(spec["text"] for spec in vector["events"] if spec["event"] == "TextDelta")
     assert sent == text
+
+
+def text_of(data: dict[str, Any]) -> str:
+    if data["type"] == "chat:message:delta":
+        return str(data["data"]["content"])
+    if data["type"] == "response:completion" and data["data"]["type"].endswith("output_text.delta"):
+        return str(data["data"]["delta"])
+    return ""
 
 
 # -- request decoders ------------------------------------------------------------------

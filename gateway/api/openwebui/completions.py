@@ -22,6 +22,7 @@ from gateway.application.keys import ORIGINS, REALTIME, REPLIES, SETTINGS
 from gateway.application.replies import finished
 from gateway.flavours import openai as codec
 from gateway.flavours.openwebui import (
+    background_tasks,
     decode_completion_request,
     is_stored_request,
     is_web_app_turn,
@@ -42,7 +43,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         is_web_app_turn(ask) or request.app[REALTIME].owner_of(ask.session_id) == principal.user_id
     ):
         # Frontend mode: answer at once; the reply streams over the user's sockets.
-        turn = await replies.start_turn(principal, ask)
+        turn = await replies.start_turn(principal, ask, background_tasks(body))
         answer = {"status": True, "task_ids": turn.task_ids, "chat_id": turn.chat_id}
         return web.json_response(answer)
     following = await replies.start_reply(principal, ask)

@@ -5,10 +5,11 @@ GET  /api/config              what the app needs before it opens its socket; the
 GET  /api/version             {"version", "deployment_id"}: constant for the process's
                               life (the app reloads itself when it changes between
                               two socket connects)
-GET  /api/changelog           {}
+GET  /api/changelog           the gateway's release notes, for the app's "What's New"
 GET  /api/v1/users/user/settings          the user's stored settings ({"ui": {}})
 POST /api/v1/users/user/settings/update   stores them and echoes them
-GET  /api/v1/{tools,skills,functions,folders}/, /api/v1/configs/banners   []
+GET  /api/v1/{tools,skills,functions,folders}/, /api/v1/folders/shared,
+     /api/v1/configs/banners   []
 POST /api/chat/completed      older clients' end-of-reply call: the messages as stored
 """
 
@@ -19,10 +20,12 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import __version__
 from gateway.api.common import principal_of, read_json
 from gateway.application.keys import ACCOUNTS, AUTHENTICATOR, CHATS, SETTINGS
 from gateway.edge.auth import Principal, find_token
 from gateway.errors import BadRequest, GatewayError
+from gateway.flavours.openwebui import is_temporary_chat
 from gateway.settings import Settings
 
 # The Open WebUI release whose frontend and API this gateway speaks.  A
@@ -30,6 +33,29 @@ from gateway.settings import Settings
 # gateway never makes open tabs reload.
 OPENWEBUI_VERSION = "0.12.4"
 APP_NAME = "Chat Gateway"
+
+CHANGELOG = {
+    __version__: {
+        "date": "2026-12-05",
+        "added": [
+            {
+                "title": "One chat core behind every client",
+                "content": "This web app, RAGFlow and Nadoo clients and any OpenAI SDK read "
+                "and write the same chats, over Socket.IO, WebSocket or SSE.",
+            },
+            {
+                "title": "Titles, tags and follow-up questions",
+                "content": "Each chat's title is written by the model, with tags and "
+                "suggestions for what to ask next.",
+            },
+            {
+                "title": "Scales out",
+                "content": "Several replicas share Redis and PostgreSQL; a reply streams to "
+                "every tab, on any replica.",
+            },
+        ],
+    }
+}
 
 
 async def _principal_or_none(request: web.Request) -> Principal | None:
@@ -65,9 +91,10 @@ def _features(settings: Settings, signed_in: bool) -> dict[str, Any]:
                 "enable_code_interpreter": False,
                 "enable_image_generation": False,
                 "enable_autocomplete_generation": False,
-                "enable_title_generation": False,
-                "enable_follow_up_generation": False,
-                "enable_tags_generation": False,
+                # The web app asks for these with each turn (`background_tasks`).
+                "enable_title_generation": True,
+                "enable_follow_up_generation": True,
+                "enable_tags_generation": True,
                 "enable_community_sharing": False,
                 "enable_message_rating": False,
                 "enable_memories": False,
@@ -106,7 +133,12 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def changelog(request: web.Request) -> web.Response:
-    return web.json_response({})
+    """What the web app's "What's New" shows an admin once per version: the gateway's
+    own notes, in the shape its modal reads::
+
+        {"<version>": {"date": "YYYY-MM-DD", "added": [{"title", "content"}, ...]}}
+    """
+    return web.json_response(CHANGELOG)
 
 
 async def user_settings(request: web.Request) -> web.Response:
@@ -135,7 +167,9 @@ async def chat_completed(request: web.Request) -> web.Response:
     if not isinstance(body, Mapping):
         raise BadRequest("Body must be an object")
     chat_id = body.get("chat_id")
-    if not isinstance(chat_id, str) or not chat_id:
+    if not isinstance(chat_id, str) or not chat_id or is_temporary_chat(chat_id):
+        # An unsaved chat (`temporary:`/`local:`) has no owner to check and nothing
+        # stored: as Open WebUI, the messages come back as sent.
         return web.json_response(dict(body))
     chats = request.app[CHATS]
     messages = await chats.current_path(await chats.owned(principal, chat_id))
@@ -154,6 +188,7 @@ def add_routes(app: web.Application) -> None:
         "/api/v1/skills/",
         "/api/v1/functions/",
         "/api/v1/folders/",
+        "/api/v1/folders/shared",
         "/api/v1/configs/banners",
     ):
         r.add_get(path, empty_list)

@@ -1,0 +1,218 @@
+"""What the web app asks for after a reply (`background_tasks` of its turn): a
+title the model writes, tags, and follow-up questions — as Open WebUI's own
+tasks do, each one short model call after the reply is stored::
+
+    title_generation      the chat still has no title of its own → the model's
+                          title (or the question's first words when the model
+                          gives none) → stored, event `chat:title` <title>
+    tags_generation       → up to 3 tags added to the chat, event `chat:tags` [names]
+    follow_up_generation  → stored on the reply as `followUps`, event
+                          `chat:message:follow_ups` {"follow_ups": [questions]}
+
+Each task asks for a JSON object and reads the text between its first `{`
+and last `}` (models wrap JSON in prose or code fences); a task that fails
+changes nothing but the title's fallback.  They run in a bounded set of
+tasks after the reply ended: a slow model server delays them, never the reply.
+The prompts are the gateway's own; the first line of each names its task
+(`Task: title`), so a test double or a router can tell them apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from gateway import rooms
+from gateway.chat import tree
+from gateway.chat.chats import DEFAULT_TITLES, TITLE_CHARS, now_s
+from gateway.chat.shapes import history_of
+from gateway.events import MessageEvent
+from gateway.fanout.hub import Hub
+from gateway.store import ChatStore
+from gateway.upstream.router import ModelRouter
+
+log = logging.getLogger(__name__)
+
+TASKS = ("title_generation", "tags_generation", "follow_up_generation")
+# Background tasks running at once on this replica; past it, new ones wait.
+MAX_RUNNING = 8
+# Seconds a task's model call may take before it is given up.
+TASK_TIMEOUT_S = 60.0
+MAX_TAGS = 3
+MAX_FOLLOW_UPS = 5
+# How much of the conversation a task prompt quotes (the end of it).
+CONVERSATION_CHARS = 4000
+
+PROMPTS = {
+    "title_generation": (
+        "Task: title\n"
+        "Write a title of 3 to 5 words, with one fitting emoji first, for the chat below, "
+        "in the chat's language. Answer with JSON only: "
+        '{{"title": "<the title>"}}\n\n{conversation}'
+    ),
+    "tags_generation": (
+        "Task: tags\n"
+        f"Give 1 to {MAX_TAGS} broad tags (one or two words each) for the subject of the chat "
+        'below, in the chat\'s language. Answer with JSON only: {{"tags": ["<tag>", ...]}}\n\n'
+        "{conversation}"
+    ),
+    "follow_up_generation": (
+        "Task: follow-ups\n"
+        f"Suggest 3 to {MAX_FOLLOW_UPS} short questions the user might ask next, as they would "
+        "write them, in the chat's language. Answer with JSON only: "
+        '{{"follow_ups": ["<question>", ...]}}\n\n{conversation}'
+    ),
+}
+
+# Reasoning blocks and images are not what a chat is about.
+_NOISE = re.compile(r"<details\b[^>]*>.*?</details>|!\[.*?\]\(.*?\)", re.S | re.I)
+
+
+def conversation_text(path: Sequence[dict[str, Any]]) -> str:
+    lines = []
+    for message in path:
+        content = message.get("content")
+        if isinstance(content, str) and message.get("role") in ("user", "assistant"):
+            text = _NOISE.sub("", content).strip()
+            if text:
+                lines.append(f"{message['role'].upper()}: {text}")
+    return "\n".join(lines)[-CONVERSATION_CHARS:]
+
+
+def json_answer(text: str) -> dict[str, Any]:
+    """The JSON object in a model's answer, or {} when there is none."""
+    try:
+        value = json.loads(text[text.find("{") : text.rfind("}") + 1])
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def strings(value: Any, limit: int, chars: int) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    kept = [" ".join(item.split())[:chars] for item in value if isinstance(item, str)]
+    return [item for item in kept if item][:limit]
+
+
+class Background:
+    def __init__(
+        self, router: ModelRouter, store: ChatStore, hub: Hub, task_model: str = ""
+    ) -> None:
+        self._router = router
+        self._store = store
+        self._hub = hub
+        self._task_model = task_model
+        self._slots = asyncio.Semaphore(MAX_RUNNING)
+        self._running: set[asyncio.Task[None]] = set()
+
+    def after_reply(
+        self, chat_id: str, message_id: str, user_id: str, model: str, tasks: Iterable[str]
+    ) -> None:
+        """Run the turn's tasks for a finished reply, in the background."""
+        wanted = [name for name in TASKS if name in set(tasks)]
+        if not wanted:
+            return
+        task = asyncio.create_task(self._run(chat_id, message_id, user_id, model, wanted))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def close(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _run(
+        self, chat_id: str, message_id: str, user_id: str, model: str, tasks: list[str]
+    ) -> None:
+        async with self._slots:
+            chat = await self._store.get_chat(chat_id)
+            if chat is None:
+                return
+            history = history_of(chat, await self._store.get_messages(chat_id))
+            path = tree.path_to(history, message_id)
+            text = conversation_text(path)
+            for name in tasks:
+                try:
+                    answer = await asyncio.wait_for(
+                        self._ask(self._task_model or model, name, text), TASK_TIMEOUT_S
+                    )
+                except Exception:
+                    # A task is a nicety: its failure is logged, never the reply's.
+                    log.warning("background task failed", extra={"task": name}, exc_info=True)
+                    answer = {}
+                await self._apply(name, answer, chat_id, message_id, user_id, path)
+
+    async def _ask(self, model: str, name: str, conversation: str) -> dict[str, Any]:
+        upstream = await self._router.resolve(model)
+        prompt = PROMPTS[name].format(conversation=conversation)
+        stream = await upstream.open(model, [{"role": "user", "content": prompt}], {})
+        parts: list[str] = []
+        try:
+            async for chunk in stream:
+                parts.append(chunk.text or chunk.reasoning)
+        finally:
+            await stream.aclose()
+        return json_answer("".join(parts))
+
+    async def _apply(
+        self,
+        name: str,
+        answer: dict[str, Any],
+        chat_id: str,
+        message_id: str,
+        user_id: str,
+        path: list[dict[str, Any]],
+    ) -> None:
+        if name == "title_generation":
+            title = answer.get("title")
+            fallback = next((m.get("content") for m in path if m.get("role") == "user"), "")
+            await self._title(chat_id, message_id, user_id, title, str(fallback or ""))
+        elif name == "tags_generation":
+            tags = strings(answer.get("tags"), MAX_TAGS, 40)
+            if tags:
+                for tag in tags:
+                    await self._store.add_tag(user_id, chat_id, tag)
+                self._emit(chat_id, message_id, user_id, "chat:tags", tags)
+        elif name == "follow_up_generation":
+            follow_ups = strings(answer.get("follow_ups"), MAX_FOLLOW_UPS, 300)
+            if follow_ups:
+                await self._follow_ups(chat_id, message_id, follow_ups)
+                self._emit(
+                    chat_id,
+                    message_id,
+                    user_id,
+                    "chat:message:follow_ups",
+                    {"follow_ups": follow_ups},
+                )
+
+    async def _title(
+        self, chat_id: str, message_id: str, user_id: str, title: Any, fallback: str
+    ) -> None:
+        chat = await self._store.get_chat(chat_id)
+        # Only a chat without a title of its own: a rename meanwhile wins.
+        if chat is None or chat.title not in DEFAULT_TITLES:
+            return
+        text = " ".join(title.split()) if isinstance(title, str) else ""
+        text = text or " ".join(fallback.split())
+        if not text:
+            return
+        chat.title = text[:TITLE_CHARS]
+        chat.updated_at = now_s()
+        await self._store.update_chat(chat)
+        self._emit(chat_id, message_id, user_id, "chat:title", chat.title)
+
+    async def _follow_ups(self, chat_id: str, message_id: str, follow_ups: list[str]) -> None:
+        record = await self._store.get_message(chat_id, message_id)
+        if record is None:
+            return
+        record.fields = {**record.fields, "followUps": follow_ups}
+        await self._store.update_message(record)
+
+    def _emit(self, chat_id: str, message_id: str, user_id: str, kind: str, data: Any) -> None:
+        event = MessageEvent(chat_id, message_id, 0, kind, data)
+        self._hub.publish([rooms.user(user_id), rooms.chat(chat_id)], event)

@@ -1,0 +1,56 @@
+"""Text every store can hold: no NUL character, no lone UTF-16 surrogate.
+
+PostgreSQL refuses NUL in text (and SQLite would keep it, unlike PostgreSQL), and
+neither can encode a lone surrogate (JSON's "\\ud83d" without its pair, or UTF-8
+bytes of one) as UTF-8: either failed the request with a 500.  Open WebUI strips
+both before storing (`sanitize_text_for_db`); so does the gateway, in two places:
+where a JSON body is read (so what a route answers is what it stored) and in the
+database drivers, for every argument of every statement, so no route, flavour
+or upstream can bring such text to a store.
+
+A leaf module, like `jsonwire.py`: the store, the routes and the codecs import it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` without NUL characters and lone surrogates (a valid pair is one
+    character in Python, never two surrogates)."""
+    if text.isascii():
+        return text.replace("\x00", "") if "\x00" in text else text
+    return _UNSTORABLE.sub("", text)
+
+
+def storable_value(value: Any) -> Any:
+    """A JSON value with every string storable, keys included (a key that becomes
+    another one's twin is merged into it, the later one winning)."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {
+            (storable(key) if isinstance(key, str) else key): storable_value(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [storable_value(item) for item in value]
+    return value
+
+
+def storable_args(args: Sequence[Any]) -> Sequence[Any]:
+    """A statement's arguments, each string storable (the tuple itself when none changes)."""
+    if any(isinstance(arg, str) and _unstorable(arg) for arg in args):
+        return tuple(storable(arg) if isinstance(arg, str) else arg for arg in args)
+    return args
+
+
+def _unstorable(text: str) -> bool:
+    if text.isascii():
+        return "\x00" in text
+    return _UNSTORABLE.search(text) is not None

@@ -1,0 +1,78 @@
+"""What the web app asks for beside chats and found missing: pictures of users and
+models, shared folders, and release notes for its "What's New" modal."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+import xml.etree.ElementTree as ET
+
+import aiohttp
+
+from gateway.flavours.avatars import avatar_svg, initials
+from tests.clients import get_json
+from tests.gatewayproc import GatewayProcess, make_token
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+
+
+async def fetch(url: str, token: str | None) -> tuple[int, str, bytes, dict[str, str]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers=headers, allow_redirects=False) as resp:
+            return resp.status, resp.content_type, await resp.read(), dict(resp.headers)
+
+
+async def test_a_user_without_a_picture_gets_a_badge_of_initials(gateway: GatewayProcess) -> None:
+    user_id = f"pic-{uuid.uuid4().hex[:8]}"
+    token = make_token(user_id, name="Ada Lovelace")
+    await get_json(f"{gateway.url}/api/v1/auths/", token)  # the user exists now
+    status, kind, body, headers = await fetch(
+        f"{gateway.url}/api/v1/users/{user_id}/profile/image", token
+    )
+    assert (status, kind) == (200, "image/svg+xml")
+    assert ET.fromstring(body).tag.endswith("svg")  # well-formed SVG
+    assert b">AL</text>" in body and "max-age" in headers["Cache-Control"]
+    # Another signed-in user sees the same picture; a stranger without a token none.
+    other = make_token(f"pic-{uuid.uuid4().hex[:8]}")
+    assert (await fetch(f"{gateway.url}/api/v1/users/{user_id}/profile/image", other))[2] == body
+    assert (await fetch(f"{gateway.url}/api/v1/users/{user_id}/profile/image", None))[0] == 401
+    # An unknown user (a removed one in an old chat) still gets a badge.
+    unknown = await fetch(
+        f"{gateway.url}/api/v1/users/nobody-{uuid.uuid4().hex}/profile/image", token
+    )
+    assert unknown[:2] == (200, "image/svg+xml")
+
+
+async def test_a_model_has_a_picture(gateway: GatewayProcess) -> None:
+    token = make_token("pic-models")
+    status, kind, body, _ = await fetch(
+        f"{gateway.url}/api/v1/models/model/profile/image?id=fake-model", token
+    )
+    assert (status, kind) == (200, "image/svg+xml") and b">FM</text>" in body
+
+
+def test_uploaded_pictures_and_badges_are_what_the_store_says() -> None:
+    from gateway.flavours.avatars import data_url_image
+
+    url = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    assert data_url_image(url) == ("image/png", PNG)
+    assert data_url_image("data:text/html;base64,PGgxPg==") is None  # never HTML
+    assert data_url_image("/user.png") is None
+    assert initials("ada.lovelace@example.com") == "AL" and initials("") == "?"
+    badge = avatar_svg("<script>", "1")
+    assert badge == avatar_svg("<script>", "1")  # the same on every replica
+    assert b"<script" not in badge and b">&lt;</text>" in badge
+
+
+async def test_shared_folders_and_release_notes(gateway: GatewayProcess) -> None:
+    token = make_token("pic-notes")
+    assert await get_json(f"{gateway.url}/api/v1/folders/shared", token) == []
+    notes = await get_json(f"{gateway.url}/api/changelog", None)
+    # The modal's shape: {version: {date, section: [{title, content}]}}, not empty.
+    (version,) = notes
+    entry = notes[version]
+    assert entry["date"] and entry["added"]
+    assert all(item["title"] and item["content"] for item in entry["added"])
