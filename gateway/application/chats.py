@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from gateway import rooms
-from gateway.chat import tree
+from gateway.chat import search, tree
 from gateway.chat.chats import ChatBook, page_bounds
 from gateway.chat.running import RunningReplies, StopTarget
 from gateway.chat.shapes import list_item
@@ -77,6 +77,26 @@ class Chats:
     async def responses(self, principal: Principal, **filters: Any) -> list[dict[str, Any]]:
         chats = await self._store.list_chats(principal.user_id, **filters)
         return [await self.book.response(chat) for chat in chats]
+
+    async def search(self, principal: Principal, query: str, page: int) -> dict[str, Any]:
+        """Open WebUI 0.12's workspace search, over the caller's chats (`chat/search.py`)."""
+        terms = search.terms_of(query)
+        # The store finds chats with the first word; the others are checked here.
+        found = await self._store.list_chats(
+            principal.user_id, archived=None, text=terms[0] if terms else None
+        )
+        start = (max(1, page) - 1) * search.PAGE_SIZE
+        items: list[dict[str, Any]] = []
+        for chat in search.ordered(found, query)[: search.MAX_CANDIDATES]:
+            messages = await self._store.get_messages(chat.id)
+            if not search.matches(chat, messages, query):
+                continue
+            if len(items) == start + search.PAGE_SIZE + 1:
+                break
+            items.append(search.item(chat, messages, query))
+        page_items = items[start : start + search.PAGE_SIZE]
+        more = len(items) > start + search.PAGE_SIZE
+        return {"items": page_items, "has_more": more, "scopes": [], "kinds": ["chat"]}
 
     async def shared(self, share_id: str) -> ChatRecord:
         return await self.book.shared(share_id)

@@ -76,3 +76,53 @@ async def test_shared_folders_and_release_notes(gateway: GatewayProcess) -> None
     entry = notes[version]
     assert entry["date"] and entry["added"]
     assert all(item["title"] and item["content"] for item in entry["added"])
+
+
+async def test_the_sidebar_search_finds_chats_by_every_word(gateway: GatewayProcess) -> None:
+    from tests.clients import post_json
+
+    token = make_token(f"search-{uuid.uuid4().hex[:8]}")
+
+    async def chat(title: str, text: str) -> str:
+        body = {
+            "chat": {
+                "title": title,
+                "history": {
+                    "currentId": "m1",
+                    "messages": {"m1": {"id": "m1", "role": "user", "content": text}},
+                },
+            }
+        }
+        return str((await post_json(f"{gateway.url}/api/v1/chats/new", token, body))["id"])
+
+    tides = await chat("Tides", "how does the moon pull the ocean")
+    moon = await chat("Moon landing", "who walked on it first")
+    await chat("Cooking", "a recipe for bread")
+    found = await get_json(f"{gateway.url}/api/v1/search?q=moon&page=1", token)
+    assert [item["id"] for item in found["items"]] == [moon, tides]  # title first
+    assert found["has_more"] is False and found["kinds"] == ["chat"]
+    hit = found["items"][1]
+    assert hit["url"] == f"/c/{tides}?message=m1" and "moon" in hit["snippet"]
+    assert set(hit) == {
+        "id",
+        "kind",
+        "title",
+        "context",
+        "snippet",
+        "preview",
+        "url",
+        "updated_at",
+        "shared",
+        "pinned",
+    }
+    both = await get_json(f"{gateway.url}/api/v1/search?q=moon+ocean", token)
+    assert [item["id"] for item in both["items"]] == [tides]  # every word, across the chat
+    # Others' chats are never found.
+    stranger = make_token(f"search-{uuid.uuid4().hex[:8]}")
+    assert (await get_json(f"{gateway.url}/api/v1/search?q=moon", stranger))["items"] == []
+
+
+async def test_what_the_app_asks_about_features_it_does_not_have(gateway: GatewayProcess) -> None:
+    token = make_token("pic-features")
+    assert await get_json(f"{gateway.url}/api/v1/channels/", token) == []
+    assert await get_json(f"{gateway.url}/ollama/api/version", token) == {"version": False}

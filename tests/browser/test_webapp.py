@@ -53,24 +53,6 @@ STEP_TIMEOUT_MS = 20_000
 # Console messages of type "error" that do not fail the test: (pattern, why).
 ALLOWED_CONSOLE: list[tuple[str, str]] = []
 
-# Routes the app calls that the gateway may not offer yet.  One the gateway answers
-# with 404 is "missing": the browser's "Failed to load resource … 404" for it is
-# allowed, and the step that needs it checks what the app shows without it.  Once
-# the gateway answers them, the test holds the app to them.
-OPTIONAL_ROUTES = {
-    # The model selector asks it each time it opens; Open WebUI answers
-    # {"version": false} when its Ollama API is off.
-    "ollama-version": "/ollama/api/version",
-    # The sidebar's Search (a workspace search: chats, messages, notes; new in 0.12):
-    # {items: [{id, kind, title, context, snippet, preview, url, updated_at, shared,
-    # pinned}], has_more, scopes, kinds}.
-    "search": "/api/v1/search?q=Renamed&kind=all&sharing=all&scope=&page=1",
-    # The sidebar lists channels on every socket connect, whether channels are enabled
-    # or not (Open WebUI answers 403 when they are off, which the browser logs too;
-    # `[]` is what keeps the console quiet).
-    "channels": "/api/v1/channels/",
-}
-
 
 @pytest.fixture(scope="module", params=["direct", "nginx"])
 def served(
@@ -137,7 +119,6 @@ class Flow:
     page: Any
     base: str
     shots: Path
-    missing: dict[str, str]
     features: dict[str, Any]
     errors: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
@@ -248,17 +229,13 @@ def _get(base: str, path: str, token: str) -> tuple[int, bytes]:
         return exc.code, b""
 
 
-def _offered(base: str) -> tuple[dict[str, str], dict[str, Any]]:
-    """The OPTIONAL_ROUTES the gateway answers with 404, and the features its
-    /api/config turns on for the test's user."""
+def _offered(base: str) -> dict[str, Any]:
+    """The features the gateway's /api/config turns on for the test's user."""
     token = _signed_in(base)
-    missing = {
-        name: path for name, path in OPTIONAL_ROUTES.items() if _get(base, path, token)[0] == 404
-    }
-    features = json.loads(_get(base, "/api/config", token)[1])["features"]
+    features: dict[str, Any] = json.loads(_get(base, "/api/config", token)[1])["features"]
     status, _ = _get(base, "/api/v1/models/model/profile/image?id=fake-model", token)
     features["model_avatar"] = status == 200
-    return missing, features
+    return features
 
 
 def _console_listener(flow: Flow) -> Callable[[Any], None]:
@@ -270,10 +247,6 @@ def _console_listener(flow: Flow) -> Callable[[Any], None]:
         text = f"{message.text} [{url}]"
         if any(re.search(pattern, text) for pattern, _why in ALLOWED_CONSOLE):
             return
-        if "404" in message.text and any(
-            url.startswith(flow.base + path.partition("?")[0]) for path in flow.missing.values()
-        ):
-            return  # a route the gateway lacks (OPTIONAL_ROUTES), reported at the end
         flow.errors.append(f"{flow.naming}: console: {text[:500]}")
 
     return on_console
@@ -293,8 +266,8 @@ def test_the_web_app_end_to_end(served: str, chromium: Any, tmp_path: Path) -> N
     shots.mkdir()
     page = chromium.new_page()
     page.set_default_timeout(STEP_TIMEOUT_MS)
-    missing, features = _offered(served)
-    flow = Flow(page, served, shots, missing, features)
+    features = _offered(served)
+    flow = Flow(page, served, shots, features)
     page.on("console", _console_listener(flow))
     page.on("pageerror", lambda error: flow.errors.append(f"{flow.naming}: pageerror: {error}"))
     started = time.monotonic()
@@ -302,8 +275,6 @@ def test_the_web_app_end_to_end(served: str, chromium: Any, tmp_path: Path) -> N
         _run(flow)
     finally:
         print(f"\nscreenshots in {shots} after {time.monotonic() - started:.1f} s: {flow.steps}")
-        for name, path in flow.missing.items():
-            print(f"the gateway lacks {name}: GET {path} answers 404")
         guarded = ("enable_title_generation", "enable_follow_up_generation", "model_avatar")
         print("guarded checks on:", [name for name in guarded if flow.features.get(name)])
     assert not flow.errors, "errors in the page:\n" + "\n".join(flow.errors)
@@ -444,11 +415,8 @@ def _run(flow: Flow) -> None:
         page.locator("#sidebar-search-button").click()
         dialog = page.get_by_role("dialog")
         dialog.get_by_placeholder("Search workspace…").fill("Renamed")
-        if "search" in flow.missing:
-            # The gateway has no GET /api/v1/search yet: the app says so, and goes on.
-            dialog.get_by_text("Search is unavailable").first.wait_for(state="visible")
-        else:
-            dialog.get_by_text("Renamed by the browser test").first.wait_for(state="visible")
+        # GET /api/v1/search, Open WebUI 0.12's workspace search, over the user's chats.
+        dialog.get_by_text("Renamed by the browser test").first.wait_for(state="visible")
         flow.shot("search-results")
         page.keyboard.press("Escape")
         dialog.wait_for(state="hidden")

@@ -32,7 +32,10 @@ from gateway.settings import Settings
 # constant, not the gateway's own version, so a restarted or upgraded
 # gateway never makes open tabs reload.
 OPENWEBUI_VERSION = "0.12.4"
-APP_NAME = "Chat Gateway"
+# The name the web app shows.  Serving Open WebUI's frontend, its branding stays
+# in the name, as Open WebUI's own backend keeps it beside a custom one (its
+# licence asks that the branding not be removed).
+APP_NAME = "Chat Gateway (Open WebUI)"
 
 CHANGELOG = {
     __version__: {
@@ -160,6 +163,24 @@ async def empty_list(request: web.Request) -> web.Response:
     return web.json_response([])
 
 
+async def search(request: web.Request) -> web.Response:
+    """Open WebUI 0.12's sidebar search (`GET /api/v1/search?q=&page=`), over chats."""
+    principal = await principal_of(request)
+    query = request.query.get("q", "")[:500]
+    try:
+        page = min(max(1, int(request.query.get("page", "1"))), 100_000)
+    except ValueError:
+        raise BadRequest("'page' must be an integer") from None
+    return web.json_response(await request.app[CHATS].search(principal, query, page))
+
+
+async def ollama_version(request: web.Request) -> web.Response:
+    """The model picker asks; there is no Ollama API here (models come over OpenAI's),
+    and Open WebUI answers this when its own is off."""
+    await principal_of(request)
+    return web.json_response({"version": False})
+
+
 async def chat_completed(request: web.Request) -> web.Response:
     """Open WebUI ≤ 0.6 called this after each reply; answer with the chat's messages."""
     principal = await principal_of(request)
@@ -189,8 +210,11 @@ def add_routes(app: web.Application) -> None:
         "/api/v1/functions/",
         "/api/v1/folders/",
         "/api/v1/folders/shared",
+        "/api/v1/channels/",
         "/api/v1/configs/banners",
     ):
         r.add_get(path, empty_list)
+    r.add_get("/api/v1/search", search)
+    r.add_get("/ollama/api/version", ollama_version)
     r.add_post("/api/chat/completed", chat_completed)
     r.add_post("/api/v1/chat/completed", chat_completed)
