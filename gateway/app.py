@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from yarl import URL
 
-from gateway.api import health, nadoo, openai
+from gateway.api import health, nadoo, openai, streams
 from gateway.api.common import Renderer, error_middleware, render_detail, render_openai
 from gateway.api.openwebui import auths, chats, completions, images, tasks, users, webapp
 from gateway.api.ragflow import http as ragflow
@@ -42,7 +42,7 @@ from gateway.application.keys import (
 from gateway.application.realtime import Realtime
 from gateway.application.replies import Replies
 from gateway.bus import Replicas
-from gateway.bus.make import make_bus
+from gateway.bus.make import make_bus, make_journal
 from gateway.chat.background import Background
 from gateway.chat.service import ChatService
 from gateway.edge.auth import Authenticator
@@ -187,6 +187,7 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
     users.add_routes(app)
     images.add_routes(app)
     chats.add_routes(app)
+    streams.add_routes(app)
     socketio.add_routes(app)
     nadoo.add_routes(app)
     ragflow.add_routes(app)
@@ -218,7 +219,10 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     settings, store = app[SETTINGS], app[STORE]
     redis_url = settings.redis_url if settings.websocket_manager == "redis" else None
     bus, replicas = make_bus(redis_url, settings.redis_key_prefix, settings.bus_max_message_bytes)
-    hub = Hub(settings.outbox_max_events, settings.outbox_max_chars, bus)
+    journal = make_journal(
+        redis_url, settings.redis_key_prefix, settings.replay_events, settings.replay_ttl_s
+    )
+    hub = Hub(settings.outbox_max_events, settings.outbox_max_chars, bus, journal)
     background = Background(app[ROUTER], store, hub, settings.task_model)
     service = ChatService(
         app[ROUTER],
@@ -240,12 +244,13 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     finally:
         await background.close()
         await running.shutdown()
+        await journal.close()
         await bus.close()
         await replicas.close()
 
 
 async def _replies(app: web.Application) -> AsyncIterator[None]:
-    app[REPLIES] = Replies(app[CORE], app[HUB])
+    app[REPLIES] = Replies(app[CORE], app[HUB], app[SETTINGS].max_followers_per_user)
     yield
 
 
@@ -316,7 +321,9 @@ async def _readiness(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _socketio(app: web.Application) -> AsyncIterator[None]:
-    sockets = SocketIOTransport(app[SETTINGS], app[ORIGINS], app[REALTIME], app[CHATS])
+    sockets = SocketIOTransport(
+        app[SETTINGS], app[ORIGINS], app[REALTIME], app[CHATS], app[REPLIES]
+    )
     app[SOCKETIO] = sockets
     try:
         yield

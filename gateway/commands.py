@@ -115,6 +115,40 @@ class ChatSignal:
 
 
 @dataclass(frozen=True, slots=True)
+class Resume:
+    """Send what followed: for each reply in `after`, its events after that `seq`
+    (-1: from its start), then the live rest (`fanout/follow.py`).  `chat_id` lets a
+    resume that comes after the replay buffer expired still get the stored text."""
+
+    after: tuple[tuple[str, int], ...]
+    chat_id: str | None = None
+    # RAGFlow: how the resumed answers are sent (None: the connection's default).
+    answer_mode: AnswerMode | None = None
+
+
+MAX_RESUMED = 32  # replies one resume frame may name
+
+
+def resume_of(after: Any, chat_id: Any, message_id: Any = None) -> Resume | None:
+    """A `Resume` from a frame's fields: `after` a {message_id: seq} mapping, or a seq
+    with `message_id`; None when they are not that (the flavour says how)."""
+    pairs: list[tuple[str, int]] = []
+    if message_id is not None:
+        if not isinstance(message_id, str) or not message_id:
+            return None
+        after = {message_id: -1 if after is None else after}
+    if not isinstance(after, dict) or not after or len(after) > MAX_RESUMED:
+        return None
+    for key, seq in after.items():
+        if not isinstance(key, str) or not key or type(seq) is not int or seq < -1:
+            return None
+        pairs.append((key, seq))
+    if chat_id is not None and (not isinstance(chat_id, str) or not chat_id):
+        return None
+    return Resume(tuple(pairs), chat_id)
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     pass
 
@@ -132,7 +166,9 @@ class Broadcast:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-Command = Ask | Cancel | Say | Question | Authenticate | ChatSignal | Ping | Typing | Broadcast
+Command = (
+    Ask | Cancel | Say | Question | Authenticate | ChatSignal | Resume | Ping | Typing | Broadcast
+)
 
 # Every command class by name, derived from the union (the golden vectors name them so).
 COMMAND_TYPES: dict[str, type[Command]] = {cls.__name__: cls for cls in typing.get_args(Command)}

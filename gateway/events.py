@@ -123,6 +123,19 @@ class ReplyFailed(ReplyEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class ReplySnapshot(ReplyEvent):
+    """A reply's text at once, for a client that resumed (`fanout/follow.py`): it
+    replaces what the client holds.  `exact`: the text of every event up to `seq`
+    (rebuilt from the replay buffer; the events after it follow); otherwise the
+    stored state (the checkpointed draft, or the final text when `done`), sent
+    because the buffer no longer held what the client asked for."""
+
+    content: str
+    done: bool
+    exact: bool
+
+
+@dataclass(frozen=True, slots=True)
 class MessageEvent(ReplyEvent):
     """A client-defined event about a message (Open WebUI `/messages/{id}/event`)."""
 
@@ -171,7 +184,8 @@ class WorkspaceEvent:
     origin: str = ""
 
 
-Event = (
+# The events of one reply (each a `ReplyEvent`: chat_id, message_id, seq).
+AnyReplyEvent = (
     ReplyStarted
     | TextDelta
     | ReasoningDelta
@@ -179,7 +193,12 @@ Event = (
     | SourcesFound
     | ReplyFinished
     | ReplyFailed
+    | ReplySnapshot
     | MessageEvent
+)
+
+Event = (
+    AnyReplyEvent
     | UserTyping
     | UserJoined
     | UserLeft

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -85,9 +86,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path
     command = QUICK_START[0].splitlines()[0].split("#")[0].strip()
     assert command == "bash scripts/serve.sh"
     port, data = free_port(), tmp_path_factory.mktemp("readme-data")
+    # No shell between us and the script: it execs the gateway, so stopping the
+    # process we started stops the gateway (a shell in between would leave it).
     proc = subprocess.Popen(
-        command,
-        shell=True,
+        shlex.split(command),
         cwd=ROOT,
         env=clean_env(GATEWAY_PORT=str(port), DATA_DIR=str(data)),
         stdout=subprocess.DEVNULL,

@@ -3,7 +3,8 @@ and under `/api`.
 
     /ws/chat/{session_id}          chat in a session of the token's user; its replies go
                                    to every socket of that user's session (room
-                                   `session:<user id>:<id>`), typing to the others
+                                   `session:<user id>:<id>`), typing to the others;
+                                   `resume` follows one of the user's replies again
     /ws/notifications/{user_id}    the token's own user only; notifications from the core
     /ws/workspaces/{workspace_id}  joined/left and members' broadcasts to the others
     GET /ws/stats                  connections, sessions, users (all transports); the
@@ -25,7 +26,7 @@ from gateway.api.common import principal_of
 from gateway.application.keys import REALTIME, REPLIES
 from gateway.application.realtime import Seat
 from gateway.application.replies import Replies, StopTarget
-from gateway.commands import Broadcast, Cancel, Ping, Say, Typing
+from gateway.commands import Broadcast, Cancel, Ping, Resume, Say, Typing
 from gateway.errors import AuthError, Forbidden, GatewayError
 from gateway.events import Event, UserJoined, UserLeft, UserTyping, WorkspaceEvent
 from gateway.flavours import nadoo
@@ -56,7 +57,8 @@ class _NadooEndpoint:
         return encoder.encode(event)
 
     def _seat(self, conn: Connection, session: str | None = None) -> None:
-        conn.state["encoder"] = nadoo.Encoder(conn.id)
+        # `?seq=1`: reply frames carry their seq, for `resume` (the gateway's own).
+        conn.state["encoder"] = nadoo.Encoder(conn.id, seq=conn.request.query.get("seq") == "1")
         conn.realtime.seat(conn.id, Seat(self.kind, conn.user_id, session))
 
     async def closed(self, conn: Connection) -> None:
@@ -91,6 +93,13 @@ class ChatEndpoint(_NadooEndpoint):
         elif isinstance(command, Cancel):
             # The user's replies in this session, whichever socket (and replica) asked.
             await self.replies.stop(StopTarget(conn.user_id, room=self.room))
+        elif isinstance(command, Resume):
+            with conn.holding([message_id for message_id, _ in command.after]):
+                for message_id, after in command.after:
+                    attached = await self.replies.attach(
+                        conn.principal, message_id, after, command.chat_id
+                    )
+                    conn.resume(attached, lambda event: self.encode(conn, event))
 
     async def closed(self, conn: Connection) -> None:
         await super().closed(conn)

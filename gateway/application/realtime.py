@@ -10,6 +10,9 @@ access holds.
                                    workspace member's event); replies are the core's
     seat / unseat / owner_of       presence, for `/ws/stats` and "is anyone watching"
     hold(principal, end) → Lease   closes the connection when its access ends
+    resume(outbox, attached)       a resumed reply's events into the connection's
+                                   outbox, in order, each once (a task; cancel it
+                                   when the connection ends)
 
 Transports (`gateway/transports/`) and the socket endpoints of `gateway/api/`
 reach the fan-out only through here.
@@ -17,6 +20,7 @@ reach the fan-out only through here.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -24,10 +28,12 @@ from gateway.application.access import AccessGuard, End, Lease
 from gateway.bus import Sessions
 from gateway.edge.auth import Authenticator, Principal
 from gateway.events import Event
+from gateway.fanout.follow import Following as Attached
+from gateway.fanout.follow import into
 from gateway.fanout.hub import Hub, Outbox, Overflow
 from gateway.fanout.presence import Presence, Seat, stats
 
-__all__ = ["Lease", "Outbox", "Overflow", "Realtime", "Seat"]
+__all__ = ["Attached", "Lease", "Outbox", "Overflow", "Realtime", "Seat"]
 
 
 class Realtime:
@@ -45,6 +51,7 @@ class Realtime:
         self._presence = presence
         self._access = access
         self._authenticator = authenticator
+        self._resuming: set[asyncio.Task[None]] = set()
 
     async def authenticate(self, token: str | None) -> Principal:
         return await self._authenticator.authenticate(token)
@@ -68,6 +75,24 @@ class Realtime:
 
     def unsubscribe(self, outbox: Outbox) -> None:
         self._hub.unsubscribe(outbox)
+
+    def resume(self, outbox: Outbox, attached: Attached) -> asyncio.Task[None]:
+        """`Replies.attach`'s events into `outbox` (its rooms' copies of the reply are
+        dropped meanwhile)."""
+        # At once, not when the task first runs: copies arriving meanwhile would
+        # overtake the replay.
+        outbox.divert(attached.message_id)
+        task = asyncio.get_running_loop().create_task(into(outbox, attached))
+        self._resuming.add(task)
+
+        def ended(done: asyncio.Task[None]) -> None:
+            # Also when cancelled before it ever ran.
+            self._resuming.discard(done)
+            outbox.undivert(attached.message_id)
+            attached.close()
+
+        task.add_done_callback(ended)
+        return task
 
     def publish(self, rooms: Sequence[str], event: Event) -> None:
         self._hub.publish(rooms, event)

@@ -9,6 +9,13 @@
     say(principal, say, ...)        a raw-WebSocket message: a turn, answered into
                                     the rooms the caller names
     follow(rooms) / finished(events)  a private room's events; a reply run to its end
+    attach(principal, message_id, after)  a reply from a point: what the replay
+                                    buffer kept after it, then live (`fanout/follow.py`)
+    catch_up(principal)             the user's running replies, each as its text so far
+                                    then live (a new tab, a fresh event stream)
+    kept(principal)                 the user's replies the buffer keeps
+    stream(principal)               one of the user's event streams, counted (429 past
+                                    GATEWAY_MAX_FOLLOWERS_PER_USER)
     stop(target) / tasks(...)       running replies on any replica
 
 The chat core (`gateway/chat/`) does the work; this is the one door to it.
@@ -16,22 +23,36 @@ The chat core (`gateway/chat/`) does the work; this is the one door to it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from gateway import rooms
+from gateway.bus import KeptReply
 from gateway.chat.running import StopTarget
 from gateway.chat.service import ChatService, StartedTurn
 from gateway.commands import Ask, Say
 from gateway.edge.auth import Principal
-from gateway.errors import UpstreamError
-from gateway.events import Event, ReplyFailed, ReplyFinished
+from gateway.errors import NotFound, RateLimited, UpstreamError
+from gateway.events import Event, ReplyFailed, ReplyFinished, ReplySnapshot
+from gateway.fanout import follow as followers
+from gateway.fanout.follow import Ended
+from gateway.fanout.follow import Following as Attached
 from gateway.fanout.hub import Hub, Outbox, until_finished
 from gateway.upstream import ModelInfo
 
-__all__ = ["Following", "Replies", "StartedTurn", "StopTarget", "finished"]
+__all__ = [
+    "Attached",
+    "Ended",
+    "Following",
+    "KeptReply",
+    "Replies",
+    "StartedTurn",
+    "StopTarget",
+    "finished",
+]
 
 
 @dataclass(slots=True)
@@ -45,9 +66,11 @@ class Following:
 
 
 class Replies:
-    def __init__(self, service: ChatService, hub: Hub) -> None:
+    def __init__(self, service: ChatService, hub: Hub, max_streams_per_user: int = 16) -> None:
         self._service = service
         self._hub = hub
+        self._max_streams = max_streams_per_user
+        self._streams: dict[str, int] = {}
 
     # -- models ------------------------------------------------------------------
     async def models(self) -> list[ModelInfo]:
@@ -109,6 +132,86 @@ class Replies:
                 yield event
         finally:
             self._hub.unsubscribe(outbox)
+
+    # -- resuming ------------------------------------------------------------------------
+    async def attach(
+        self,
+        principal: Principal,
+        message_id: str,
+        after: int = -1,
+        chat_id: str | None = None,
+    ) -> Attached:
+        """The user's reply `message_id` after `after` (-1: from its start); NotFound
+        for a reply that is not the user's or that neither the buffer nor the store
+        (given `chat_id`) knows."""
+        found = await followers.follow(
+            self._hub, principal.user_id, message_id, after, self._stored(principal), chat_id
+        )
+        if found is None:
+            raise NotFound("No such reply")
+        return found
+
+    async def catch_up(
+        self, principal: Principal, skip: Iterable[str] = ()
+    ) -> list[Attached]:
+        """Every running reply of the user (but those in `skip`), each as its text so
+        far, then live."""
+        found = []
+        skipped = set(skip)
+        for kept in await self.kept(principal):
+            if kept.ended_ms is not None or kept.message_id in skipped:
+                continue
+            one = await followers.follow(
+                self._hub,
+                principal.user_id,
+                kept.message_id,
+                -1,
+                self._stored(principal),
+                kept.chat_id,
+                catch_up=True,
+            )
+            if one is not None:
+                found.append(one)
+        return found
+
+    async def kept(self, principal: Principal, settled: bool = False) -> list[KeptReply]:
+        """The user's replies the buffer keeps; `settled`: once what other replicas
+        recorded until now is in it (their starts and ends)."""
+        if settled and self._hub.journal.lag_s:
+            await asyncio.sleep(self._hub.journal.lag_s)
+        return await self._hub.journal.replies_of(principal.user_id)
+
+    def _stored(self, principal: Principal) -> followers.Stored:
+        async def stored(chat_id: str, message_id: str) -> ReplySnapshot | None:
+            try:
+                await self._service.book.owned(principal, chat_id)
+            except NotFound:
+                return None
+            record = await self._service.store.get_message(chat_id, message_id)
+            if record is None or record.role != "assistant":
+                return None
+            content = record.content if record.done else (record.draft or record.content)
+            return ReplySnapshot(chat_id, message_id, -1, content, bool(record.done), False)
+
+        return stored
+
+    @contextlib.contextmanager
+    def stream(self, principal: Principal) -> Iterator[None]:
+        """One event stream of the user, while it is open (a bound per user and replica)."""
+        user_id = principal.user_id
+        if self._streams.get(user_id, 0) >= self._max_streams:
+            raise RateLimited(
+                f"At most {self._max_streams} event streams per user; close one first"
+            )
+        self._streams[user_id] = self._streams.get(user_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._streams[user_id] - 1
+            if left:
+                self._streams[user_id] = left
+            else:
+                del self._streams[user_id]
 
     # -- stopping and listing ----------------------------------------------------------
     async def stop(self, target: StopTarget) -> int:

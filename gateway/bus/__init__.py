@@ -18,18 +18,27 @@ commands, orphans), `fanout/presence.py` (seats), the Socket.IO front door
     Bus          memory.LocalBus               rooms.RedisRooms
     Replicas     memory.LocalReplicas          replicas.RedisReplicas
 
-`make.make_bus` builds the pair.  Rooms named `conn:` and `reply:` belong to
+A `Journal` is the replay buffer: every event of a stored reply, kept while
+it runs and a while after (`GATEWAY_REPLAY_TTL_S`), so a client that lost its
+connection can ask for what it missed, here or on another replica
+(`fanout/follow.py` reads it)::
+
+                 one process (the default)     WEBSOCKET_MANAGER=redis
+    Journal      memory.LocalJournal           journal.RedisJournal (a stream per reply)
+
+`make.make_bus` builds the three.  Rooms named `conn:` and `reply:` belong to
 one connection or one HTTP response, always local: they never leave the
 process.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.events import Event
+from gateway.events import AnyReplyEvent, Event, ReplyFailed, ReplyFinished, ReplyStarted
 
 LOCAL_ROOM_PREFIXES = ("conn:", "reply:")
 
@@ -100,6 +109,71 @@ class TaskInfo:
     user_id: str
     rooms: tuple[str, ...]
     replica: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What the replay buffer holds of one reply: its events in `seq` order, from
+    its first (`complete`) unless the buffer's bound cut the oldest."""
+
+    chat_id: str
+    user_id: str
+    events: list[AnyReplyEvent]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.events) and self.events[0].seq == 0
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.events) and isinstance(self.events[-1], ReplyFinished | ReplyFailed)
+
+    @property
+    def last_seq(self) -> int:
+        return self.events[-1].seq if self.events else -1
+
+
+@dataclass(frozen=True, slots=True)
+class KeptReply:
+    """A reply the buffer keeps, as the user's list shows it (wall-clock ms)."""
+
+    chat_id: str
+    message_id: str
+    started_ms: int
+    ended_ms: int | None
+
+
+def started_ms(event: Event) -> int:
+    """When a reply began, as its kept list says (wall clock, ms): its start event's
+    own time, or now for a reply first seen later."""
+    if isinstance(event, ReplyStarted):
+        return int(event.started_at * 1000)
+    return int(time.time() * 1000)
+
+
+class Journal(Protocol):
+    """The replay buffer, keyed by (user id, message id): a user's replies only ever
+    land in, and are read from, the user's own part.
+
+    `lag_s`: how far behind the events published on other replicas a read may be
+    (0 in one process); a reader that must not miss any reads again after it."""
+
+    lag_s: float
+
+    def record(self, user_id: str, event: Event) -> None:
+        """One event of a stored reply, as it is published (others are ignored);
+        never blocks."""
+        ...
+
+    async def read(self, user_id: str, message_id: str) -> Replay | None:
+        """The reply's kept events; None when the buffer has none (never kept, expired)."""
+        ...
+
+    async def replies_of(self, user_id: str) -> list[KeptReply]:
+        """The user's replies the buffer keeps (running, or ended within the TTL)."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class Sessions(Protocol):

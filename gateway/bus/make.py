@@ -13,12 +13,14 @@
     await replicas.close()                then the tasks' removal, beat, presence
 
 The rooms ask the registry who is alive, so they share its replica id.
+`make_journal` builds the replay buffer, on the same Redis when there is one.
 """
 
 from __future__ import annotations
 
-from gateway.bus import Bus, Replicas
-from gateway.bus.memory import LocalBus, LocalReplicas
+from gateway.bus import Bus, Journal, Replicas
+from gateway.bus.journal import RedisJournal
+from gateway.bus.memory import LocalBus, LocalJournal, LocalReplicas
 from gateway.bus.replicas import RedisReplicas
 from gateway.bus.rooms import RedisRooms
 
@@ -31,3 +33,13 @@ def make_bus(
         return LocalBus(), LocalReplicas()
     replicas = RedisReplicas(redis_url, prefix)
     return RedisRooms(redis_url, replicas, prefix, max_message_bytes), replicas
+
+
+def make_journal(
+    redis_url: str | None, prefix: str, max_events: int, ttl_s: float
+) -> Journal:
+    """The replay buffer: on Redis when `redis_url` is given (any replica can read
+    it); else in this process."""
+    if redis_url is None:
+        return LocalJournal(max_events, ttl_s)
+    return RedisJournal(redis_url, prefix, max_events, ttl_s)

@@ -2,17 +2,30 @@
 
 `LocalBus` carries nothing (the hub has delivered every event already);
 `LocalReplicas` is a registry of one: no other replica runs tasks, holds
-sessions, has connections or hears commands, and none ever dies under us.
+sessions, has connections or hears commands, and none ever dies under us;
+`LocalJournal` keeps replies' events in rings in this process.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from gateway.bus import Deliver, LoadContent, OnControl, OnOrphan, Seat, TaskInfo
-from gateway.events import Event
+from gateway.bus import (
+    Deliver,
+    KeptReply,
+    LoadContent,
+    OnControl,
+    OnOrphan,
+    Replay,
+    Seat,
+    TaskInfo,
+    started_ms,
+)
+from gateway.events import AnyReplyEvent, Event, ReplyEvent, ReplyFailed, ReplyFinished
 
 
 class LocalBus:
@@ -79,3 +92,91 @@ class LocalReplicas:
 
     def remote_seats(self) -> list[Seat]:
         return []
+
+
+class _Kept:
+    __slots__ = ("chat_id", "ended_ms", "events", "started_ms", "user_id")
+
+    def __init__(self, user_id: str, chat_id: str, max_events: int, started_ms: int) -> None:
+        self.user_id = user_id
+        self.chat_id = chat_id
+        self.events: deque[AnyReplyEvent] = deque(maxlen=max_events)
+        self.started_ms = started_ms
+        self.ended_ms: int | None = None
+
+
+class LocalJournal:
+    """The replay buffer in this process: a ring of at most `max_events` events per
+    reply, kept `ttl_s` after the reply ends; at most `max_replies` replies (the
+    longest-ended go first).  `max_events=0` keeps nothing."""
+
+    lag_s = 0.0
+
+    def __init__(self, max_events: int, ttl_s: float, max_replies: int = 10_000) -> None:
+        self._max_events = max_events
+        self._ttl_s = ttl_s
+        self._max_replies = max_replies
+        self._kept: dict[tuple[str, str], _Kept] = {}
+        # Ended replies in the order they ended, with when each may go.
+        self._ended: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._by_user: dict[str, set[tuple[str, str]]] = {}
+
+    def record(self, user_id: str, event: Event) -> None:
+        if not self._max_events or not isinstance(event, ReplyEvent) or event.chat_id is None:
+            return
+        key = (user_id, event.message_id)
+        kept = self._kept.get(key)
+        if kept is None or (kept.ended_ms is not None and event.seq == 0):
+            kept = self._begin(key, event.chat_id, started_ms(event))
+        kept.events.append(event)
+        if isinstance(event, ReplyFinished | ReplyFailed):
+            kept.ended_ms = int(time.time() * 1000)
+            self._ended[key] = time.monotonic() + self._ttl_s
+            self._ended.move_to_end(key)
+
+    def _begin(self, key: tuple[str, str], chat_id: str, started: int) -> _Kept:
+        self._sweep()
+        self._forget(key)
+        while len(self._kept) >= self._max_replies and self._ended:
+            self._forget(next(iter(self._ended)))
+        kept = self._kept[key] = _Kept(key[0], chat_id, self._max_events, started)
+        self._by_user.setdefault(key[0], set()).add(key)
+        return kept
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        while self._ended:
+            key, until = next(iter(self._ended.items()))
+            if until > now:
+                return
+            self._forget(key)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self._ended.pop(key, None)
+        if self._kept.pop(key, None) is None:
+            return
+        keys = self._by_user.get(key[0])
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_user[key[0]]
+
+    async def read(self, user_id: str, message_id: str) -> Replay | None:
+        self._sweep()
+        kept = self._kept.get((user_id, message_id))
+        if kept is None:
+            return None
+        return Replay(kept.chat_id, kept.user_id, list(kept.events))
+
+    async def replies_of(self, user_id: str) -> list[KeptReply]:
+        self._sweep()
+        found = []
+        for key in self._by_user.get(user_id, ()):
+            kept = self._kept[key]
+            found.append(KeptReply(kept.chat_id, key[1], kept.started_ms, kept.ended_ms))
+        return found
+
+    async def close(self) -> None:
+        self._kept.clear()
+        self._ended.clear()
+        self._by_user.clear()

@@ -10,7 +10,9 @@ A stored reply goes through three states, each one row write at most::
                  (or the partial text with an `error` note, or `cancelled`)
 
 The end event is published only after its row is written, so a client that
-reloads on it sees the final text.  A reply runs in its own task: a client
+reloads on it sees the final text.  Every event goes into the replay buffer as
+it is published (`Hub.reply_event`), so a client can resume the reply.  A
+reply runs in its own task: a client
 that disconnects does not stop it (it lands in the chat); a stop request
 cancels the task, and the reply ends CANCELLED with what streamed so far.
 The phases are `lifecycle.py`'s.
@@ -111,7 +113,7 @@ class ReplyRunner:
             events = await opening()
         except GatewayError as exc:
             return run.refused(exc), None
-        publish, rooms = self._hub.publish, run.running.rooms
+        publish, user_id, rooms = self._hub.reply_event, run.running.user_id, run.running.rooms
         async with contextlib.aclosing(events):
             async for event in events:
                 run.saw(event)
@@ -120,7 +122,7 @@ class ReplyRunner:
                         checkpoint = self._checkpoint(run, checkpoint)
                 elif isinstance(event, _ENDINGS):
                     return event, checkpoint
-                publish(rooms, event)
+                publish(user_id, rooms, event)
         return run.crashed("The model server's reply ended without finishing"), checkpoint
 
     def _checkpoint(
@@ -152,7 +154,7 @@ class ReplyRunner:
                 titled = None
             if titled is not None and isinstance(end, ReplyFinished):
                 end = replace(end, title=titled)
-        self._hub.publish(run.running.rooms, end)
+        self._hub.reply_event(run.running.user_id, run.running.rooms, end)
         if run.phase is Phase.FINISHED:
             assert isinstance(end, ReplyFinished)
             if run.record is not None:

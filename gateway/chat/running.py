@@ -31,6 +31,9 @@ CRASH_NOTE = (
 REPLICA_LOST_NOTE = (
     "The gateway replica running this reply stopped; the text up to the last checkpoint is kept."
 )
+# How far past the shared buffer's last event a survivor numbers a dead replica's
+# reply's end: more than that replica could send between two buffer flushes.
+LOST_END_SEQ_GAP = 100_000
 
 
 @dataclass(slots=True)
@@ -154,10 +157,15 @@ class RunningReplies:
             await self._recover(record, REPLICA_LOST_NOTE)
         elif record is not None:
             partial = record.content
+        # Numbered well past anything the dead replica may have sent (its last
+        # events may never have reached the shared buffer), so no client that
+        # saw them takes the end for one it has.
+        kept = await self.hub.journal.read(task.user_id, task.message_id)
+        seq = (kept.last_seq if kept is not None else 0) + LOST_END_SEQ_GAP
         failed = ReplyFailed(
-            task.chat_id, task.message_id, 0, "replica_lost", REPLICA_LOST_NOTE, partial
+            task.chat_id, task.message_id, seq, "replica_lost", REPLICA_LOST_NOTE, partial
         )
-        self.hub.publish(list(task.rooms), failed)
+        self.hub.reply_event(task.user_id, list(task.rooms), failed)
 
     async def stored_content(self, chat_id: str, message_id: str) -> str | None:
         """A stored reply's text (for events too big to carry between replicas)."""

@@ -22,18 +22,44 @@ Theory of operation, for one outbox::
 
 Publishing never blocks and never awaits: a slow consumer cannot slow the
 reply or the other consumers.
+
+A reply's events are also recorded in the replay buffer (`reply_event`, the
+`Journal` of `gateway/bus/`) before they are published, so a client that comes
+back can be given what it missed (`follow.py`).  While a connection resumes a
+reply, its outbox *diverts* that reply: the events its rooms bring are dropped,
+and the follower puts the reply's events in order, each once (`resumed=True`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import replace
 
-from gateway.bus import Bus, is_local
-from gateway.bus.memory import LocalBus
-from gateway.events import Event, ReasoningDelta, ReplyFailed, ReplyFinished, TextDelta
+from gateway.bus import Bus, Journal, is_local
+from gateway.bus.memory import LocalBus, LocalJournal
+from gateway.events import (
+    Event,
+    ReasoningDelta,
+    ReplyEvent,
+    ReplyFailed,
+    ReplyFinished,
+    ReplySnapshot,
+    TextDelta,
+)
+
+# What a connection's followers have put, per reply: kept for this many replies.
+_MAX_RESUMED_REPLIES = 64
+_ENDED = 2**62
 
 
 class Overflow(Exception):
@@ -70,8 +96,16 @@ class Outbox:
         max_chars: int | None = None,
         on_overflow: Callable[[], None] | None = None,
         deliver: Callable[[Event], bool] | None = None,
+        merge: bool = True,
     ) -> None:
         self._events: deque[Event | _Merged] = deque()
+        # False: a full outbox overflows rather than merge (a follower counts seqs).
+        self._merge = merge
+        # Replies being resumed into this outbox (how many followers each): their
+        # events from the rooms are dropped; the highest seq followers put for each
+        # (`_ENDED` once its end was put), so a second follower never repeats one.
+        self._diverted: dict[str, int] = {}
+        self._resumed_upto: dict[str, int] = {}
         # Tried first when nothing is queued or in flight; False means "not
         # now" (the consumer is backed up) and the event is queued instead.
         self._deliver = deliver
@@ -92,8 +126,52 @@ class Outbox:
     def queued_chars(self) -> int:
         return self._chars
 
-    def put(self, event: Event) -> None:
+    def divert(self, message_id: str) -> None:
+        """From now on, events of this reply come only through `put(…, resumed=True)`;
+        the copies already queued go too (the follower sends them, in order).  Each
+        `divert` is ended by one `undivert`."""
+        self._diverted[message_id] = self._diverted.get(message_id, 0) + 1
+        kept = [
+            item
+            for item in self._events
+            if getattr(item.last if isinstance(item, _Merged) else item, "message_id", None)
+            != message_id
+        ]
+        if len(kept) != len(self._events):
+            self._events = deque(kept)
+            self._chars = sum(_text_size(_taken(item)) for item in kept)
+
+    @contextlib.contextmanager
+    def held(self, message_ids: Iterable[str]) -> Iterator[None]:
+        """Diverted while a resume is being set up (the rooms' copies must not reach
+        the client before the follower takes over)."""
+        held = list(message_ids)
+        for message_id in held:
+            self.divert(message_id)
+        try:
+            yield
+        finally:
+            for message_id in held:
+                self.undivert(message_id)
+
+    def undivert(self, message_id: str) -> None:
+        left = self._diverted.get(message_id, 0) - 1
+        if left > 0:
+            self._diverted[message_id] = left
+        else:
+            # The last follower is done: a later resume is served in full again.
+            self._diverted.pop(message_id, None)
+            self._resumed_upto.pop(message_id, None)
+
+    def put(self, event: Event, resumed: bool = False) -> None:
         if self.overflowed or self.closed:
+            return
+        if (
+            self._diverted
+            and isinstance(event, ReplyEvent)
+            and event.message_id in self._diverted
+            and (not resumed or not self._fresh(event))
+        ):
             return
         if (
             self._deliver is not None
@@ -107,6 +185,9 @@ class Outbox:
             self._overflow()
             return
         if len(self._events) >= self._max:
+            if not self._merge:
+                self._overflow()
+                return
             tail = self._events[-1]
             last = tail.last if isinstance(tail, _Merged) else tail
             if (
@@ -128,6 +209,23 @@ class Outbox:
         self._events.append(event)
         self._chars += size
         self._wakeup.set()
+
+    def _fresh(self, event: ReplyEvent) -> bool:
+        """A follower's event the client does not have yet: a second follower of the
+        same reply (a resume after a catch-up) goes on from the first, not again;
+        after a reply's end, nothing more of it."""
+        message_id = event.message_id
+        upto = self._resumed_upto.pop(message_id, -1)
+        fresh = upto != _ENDED and (isinstance(event, ReplySnapshot) or event.seq > upto)
+        if isinstance(event, ReplyFinished | ReplyFailed) and upto != _ENDED:
+            fresh, upto = True, _ENDED
+        elif fresh:
+            upto = max(upto, event.seq)
+        # Newest last; the oldest forgotten past a bound.
+        self._resumed_upto[message_id] = upto
+        if len(self._resumed_upto) > _MAX_RESUMED_REPLIES:
+            del self._resumed_upto[next(iter(self._resumed_upto))]
+        return fresh
 
     def _overflow(self) -> None:
         self.overflowed = True
@@ -189,19 +287,24 @@ class Hub:
         outbox_max_events: int,
         outbox_max_chars: int | None = None,
         bus: Bus | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._rooms: dict[str, set[Outbox]] = {}
         self._outbox_max_events = outbox_max_events
         self._outbox_max_chars = outbox_max_chars
         self.bus: Bus = bus if bus is not None else LocalBus()
+        self.journal: Journal = journal if journal is not None else LocalJournal(0, 1.0)
 
     def subscribe(
         self,
         rooms: Iterable[str],
         on_overflow: Callable[[], None] | None = None,
         deliver: Callable[[Event], bool] | None = None,
+        merge: bool = True,
     ) -> Outbox:
-        outbox = Outbox(self._outbox_max_events, self._outbox_max_chars, on_overflow, deliver)
+        outbox = Outbox(
+            self._outbox_max_events, self._outbox_max_chars, on_overflow, deliver, merge
+        )
         for room in rooms:
             self.join(outbox, room)
         return outbox
@@ -238,6 +341,11 @@ class Hub:
         """To every member of `rooms`, here and on the other replicas."""
         self.deliver(rooms, event)
         self.bus.publish(rooms, event)
+
+    def reply_event(self, user_id: str, rooms: Sequence[str], event: Event) -> None:
+        """A stored reply's event: into the replay buffer, then to `rooms`."""
+        self.journal.record(user_id, event)
+        self.publish(rooms, event)
 
     def deliver(self, rooms: Iterable[str], event: Event) -> None:
         """Once to every outbox here in any of `rooms` (an outbox in two rooms gets one copy)."""

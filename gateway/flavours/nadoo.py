@@ -5,6 +5,7 @@ Client → server on `/ws/chat/{session_id}`::
     {"type": "chat", "content": "…", "application_id"?: "…", "chat_id"?: "…"}
         (Nadoo's other pages send type "message", or the text as "message")
     {"type": "typing"}   {"type": "ping"}   {"type": "cancel"}
+    {"type": "resume", "message_id", "after": <seq>, "chat_id"?}   the gateway's own
 
 Server → client, one reply::
 
@@ -13,6 +14,12 @@ Server → client, one reply::
     {"type": "sources", "sources": [...], "timestamp"}                       when there are any
     {"type": "response_end", "full_response", "tokens_used", "response_time",
      "chat_id", "message_id", "timestamp", "cancelled"?: true}
+
+A client that connects with `?seq=1` gets each reply frame with the event's
+`seq` too; one that resumes (`{"type": "resume", "message_id", "after": <seq>,
+"chat_id"?}`) gets the frames it missed, `index` going on from where it was; when the replay
+buffer no longer holds them, first `{"type": "snapshot", "message_id", "chat_id",
+"content", "done", "exact": false}` (the stored text, to replace what it holds).
 
 and `connected`, `pong`, `typing {user_id}`, `user_disconnected {user_id}`,
 `error {message, code, data: {message, code}}` (both forms: Nadoo's pages
@@ -33,13 +40,15 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from gateway import jsonwire
-from gateway.commands import Broadcast, Cancel, Command, Ping, Say, Typing
+from gateway.commands import Broadcast, Cancel, Command, Ping, Say, Typing, resume_of
 from gateway.errors import GatewayError, ProtocolError
 from gateway.events import (
     Event,
     Notification,
+    ReplyEvent,
     ReplyFailed,
     ReplyFinished,
+    ReplySnapshot,
     ReplyStarted,
     SourcesFound,
     TextDelta,
@@ -109,6 +118,12 @@ def decode_chat(text: str, now: float) -> Command:
         return Typing()
     if kind == "cancel":
         return Cancel()
+    if kind == "resume":
+        resume = resume_of(data.get("after"), data.get("chat_id"), data.get("message_id"))
+        if resume is None:
+            message = 'A resume frame needs "message_id" and "after" (a seq, -1 or more)'
+            raise ProtocolError(message, error_frame(message, "bad_resume", now))
+        return resume
     message = f"Unknown frame type {kind!r}; expected chat, typing, ping or cancel"
     raise ProtocolError(message, error_frame(message, "unknown_type", now))
 
@@ -183,13 +198,21 @@ def error_for(error: GatewayError, now: float) -> str:
 class Encoder:
     """Events → frames for one connection (`self_id`: its id, to skip its own presence).
 
-    The `index` of text-delta counts from 0 within each reply.
+    The `index` of text-delta counts from 0 within each reply.  With `seq` (a
+    client that asked for `?seq=1`), each frame of a reply also carries the
+    event's `seq`, what a `resume` frame names.
     """
 
-    def __init__(self, self_id: str = "", clock: Clock = time.time) -> None:
+    def __init__(self, self_id: str = "", clock: Clock = time.time, seq: bool = False) -> None:
         self._self_id = self_id
         self._clock = clock
+        self._seq = seq
         self._index: dict[tuple[str | None, str], int] = {}
+
+    def _reply(self, kind: str, now: float, fields: dict[str, Any], event: ReplyEvent) -> str:
+        if self._seq:
+            fields["seq"] = event.seq
+        return frame(kind, now, fields)
 
     def encode(self, event: Event) -> list[str]:
         now = self._clock()
@@ -197,11 +220,11 @@ class Encoder:
             key = (event.chat_id, event.message_id)
             index = self._index.get(key, 0)
             self._index[key] = index + 1
-            return [frame("text-delta", now, {"text": event.text, "index": index})]
+            return [self._reply("text-delta", now, {"text": event.text, "index": index}, event)]
         if isinstance(event, ReplyStarted):
             self._index[(event.chat_id, event.message_id)] = 0
             ids = {"message_id": event.message_id, "chat_id": event.chat_id}
-            return [frame("response_start", now, ids)]
+            return [self._reply("response_start", now, ids, event)]
         if isinstance(event, ReplyFinished):
             self._index.pop((event.chat_id, event.message_id), None)
             end: dict[str, Any] = {
@@ -213,7 +236,7 @@ class Encoder:
             }
             if event.cancelled:
                 end["cancelled"] = True
-            return [frame("response_end", now, end)]
+            return [self._reply("response_end", now, end, event)]
         if isinstance(event, ReplyFailed):
             self._index.pop((event.chat_id, event.message_id), None)
             details = {"message": event.message, "code": event.code}
@@ -224,9 +247,20 @@ class Encoder:
                 "message_id": event.message_id,
                 "partial_response": event.partial_content,
             }
-            return [frame("error", now, failed)]
+            return [self._reply("error", now, failed, event)]
         if isinstance(event, SourcesFound):
-            return [frame("sources", now, {"sources": event.sources})] if event.sources else []
+            if not event.sources:
+                return []
+            return [self._reply("sources", now, {"sources": event.sources}, event)]
+        if isinstance(event, ReplySnapshot):
+            snapshot = {
+                "message_id": event.message_id,
+                "chat_id": event.chat_id,
+                "content": event.content,
+                "done": event.done,
+                "exact": event.exact,
+            }
+            return [self._reply("snapshot", now, snapshot, event)]
         return self._presence(event, now)
 
     def _presence(self, event: Event, now: float) -> list[str]:

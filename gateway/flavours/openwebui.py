@@ -15,6 +15,8 @@ Socket.IO client → server, each decoded into a Command (`OpenWebUIFlavour`)::
 
     user-join    {"auth": {"token": "…"}}                → Authenticate(token)
     events:chat  {"chat_id", "data": {"type": "join"}}   → ChatSignal(chat_id, type)
+    events:chat  {"chat_id", "data": {"type": "resume", "after": {<message id>: <seq>}}}
+                                                         → Resume (the gateway's own)
 
 Socket.IO server → client, event name `events`, to room `user:<owner>`::
 
@@ -35,6 +37,12 @@ One reply is::
 
 and on failure `chat:message:error {error: {content}}`, then
 `chat:completion {done: true, content, error: {content}}`, `chat:active false`.
+
+A client that resumes a reply (`fanout/follow.py`) may first get its text at once,
+`chat:message {content, snapshot: "exact"|"stored"}` (the web app replaces the
+message's content with it), and for a finished reply whose events the buffer no
+longer holds, `chat:completion {done: true, content, snapshot: "stored"}` and
+`chat:active false`.
 
 A reply whose reasoning came first (`chat/reasoning.py`) is shown as Open WebUI
 0.12.4 shows it, as `output` items: its deltas carry their item's index and go as
@@ -57,7 +65,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.commands import Ask, Authenticate, ChatSignal, Command, ReplyTarget
+from gateway.commands import (
+    Ask,
+    Authenticate,
+    ChatSignal,
+    Command,
+    ReplyTarget,
+    Resume,
+    resume_of,
+)
 from gateway.errors import BadRequest, ProtocolError
 from gateway.events import (
     Event,
@@ -65,6 +81,7 @@ from gateway.events import (
     ReasoningDelta,
     ReplyFailed,
     ReplyFinished,
+    ReplySnapshot,
     ReplyStarted,
     SourcesFound,
     StatusChanged,
@@ -208,6 +225,9 @@ class OpenWebUIFlavour:
         if name == "user-join":
             return decode_join(data)
         if name == "events:chat":
+            inner = data.get("data") if isinstance(data, Mapping) else None
+            if isinstance(inner, Mapping) and inner.get("type") == "resume":
+                return decode_resume(data)
             return decode_chat_signal(data)
         raise ProtocolError(f"Unknown event {name!r}; expected user-join or events:chat")
 
@@ -233,6 +253,20 @@ def decode_chat_signal(data: Any) -> ChatSignal:
     if not isinstance(kind, str):
         raise ProtocolError("events:chat needs {chat_id, data: {type}}")
     return ChatSignal(data["chat_id"], kind)
+
+
+def decode_resume(data: Any) -> Resume:
+    """`events:chat` `{"chat_id", "data": {"type": "resume", "after": {<message id>: <seq>}}}`:
+    each reply's events after that seq (-1: all of them), then the live rest."""
+    inner = data.get("data") if isinstance(data, Mapping) else None
+    after = inner.get("after") if isinstance(inner, Mapping) else None
+    chat_id = data.get("chat_id") if isinstance(data, Mapping) else None
+    resume = resume_of(after, chat_id)
+    if resume is None:
+        raise ProtocolError(
+            "A resume needs {chat_id, data: {type: resume, after: {<message id>: <seq ≥ -1>}}}"
+        )
+    return resume
 
 
 # -- Socket.IO server events -------------------------------------------------------
@@ -281,6 +315,8 @@ class SocketEncoder:
             ]
         if isinstance(event, MessageEvent):
             return [_frame(event.chat_id, event.message_id, event.type, event.data)]
+        if isinstance(event, ReplySnapshot):
+            return _snapshot(event)
         # Presence and workspace events are Nadoo's.
         return []
 
@@ -306,6 +342,20 @@ def _finished(event: ReplyFinished) -> list[Frame]:
     if event.title is not None:
         frames.append(_frame(event.chat_id, event.message_id, "chat:title", event.title))
     frames.append(_frame(event.chat_id, event.message_id, "chat:active", {"active": False}))
+    return frames
+
+
+def _snapshot(event: ReplySnapshot) -> list[Frame]:
+    """A resumed reply's text at once: `chat:message` replaces the message's content
+    in the web app; `snapshot` says whether it is exact (the deltas after it follow)
+    or the stored state; a finished reply's snapshot ends it."""
+    marker = "exact" if event.exact else "stored"
+    replaced = {"content": event.content, "snapshot": marker}
+    frames = [_frame(event.chat_id, event.message_id, "chat:message", replaced)]
+    if event.done:
+        completion = {"done": True, "content": event.content, "snapshot": marker}
+        frames.append(_frame(event.chat_id, event.message_id, "chat:completion", completion))
+        frames.append(_frame(event.chat_id, event.message_id, "chat:active", {"active": False}))
     return frames
 
 

@@ -26,12 +26,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway import jsonwire
 from gateway.commands import AnswerMode as AnswerMode
-from gateway.commands import Command
+from gateway.commands import Command, Resume, resume_of
 from gateway.commands import Question as Question
 from gateway.errors import (
     AuthError,
@@ -44,7 +44,14 @@ from gateway.errors import (
     ProtocolError,
     ServerError,
 )
-from gateway.events import Event, ReplyFailed, ReplyFinished, TextDelta
+from gateway.events import (
+    Event,
+    ReplyEvent,
+    ReplyFailed,
+    ReplyFinished,
+    ReplySnapshot,
+    TextDelta,
+)
 
 # What RAGFlow shows for a field its owner never set.
 from gateway.flavours.ragflow_defaults import DEFAULT_DESCRIPTION, PROMPT_DEFAULTS
@@ -252,15 +259,27 @@ def decode_question(body: Any, assistant_id: str, *, ws: bool = False) -> Questi
     return Question(assistant_id, question, session_id or None, stream, mode)
 
 
-def decode_ws_frame(text: str, path_assistant_id: str | None = None) -> Question:
+def decode_ws_frame(text: str, path_assistant_id: str | None = None) -> Question | Resume:
     """A WebSocket text frame: `{"type": "chat", "chat_id", "question", ...}` on
-    `/v1/ws/chat`, or `{"question", "session_id"?}` when the path names the chat."""
+    `/v1/ws/chat`, or `{"question", "session_id"?}` when the path names the chat;
+    on both, `{"type": "resume", "message_id", "after", "session_id"?,
+    "answer_mode"?}` (the gateway's own: the answer's chunks after the one
+    numbered `after`)."""
     try:
         body = json.loads(text)
     except ValueError as exc:
         raise _bad(f"Invalid JSON format: {exc}", True) from None
     if not isinstance(body, Mapping):
         raise _bad("The message must be a JSON object", True)
+    if body.get("type") == "resume":
+        resume = resume_of(body.get("after"), body.get("session_id"), body.get("message_id"))
+        if resume is None:
+            raise _bad('A resume needs "message_id" and "after" (a seq, -1 or more)', True)
+        try:
+            mode = _answer_mode(body)
+        except BadRequest as exc:
+            raise _bad(exc.message, True) from None
+        return replace(resume, answer_mode=mode)
     assistant_id = path_assistant_id
     if assistant_id is None:
         if body.get("type", "chat") != "chat":
@@ -337,9 +356,15 @@ class AnswerEncoder:
     it whole (`stream=False`: one chunk with the whole answer, at the end).
     """
 
-    def __init__(self, mode: AnswerMode) -> None:
+    def __init__(self, mode: AnswerMode, seq: bool = False) -> None:
         self.mode = mode
+        # With `seq` (a socket opened with `?seq=1`), each answer chunk's `data` also
+        # carries the event's `seq`, what a `resume` frame names.
+        self._seq = seq
         self._answers: dict[str, _Answer] = {}
+
+    def _numbered(self, event: Event) -> dict[str, Any]:
+        return {"seq": event.seq} if self._seq and isinstance(event, ReplyEvent) else {}
 
     def expect(self, message_id: str, mode: AnswerMode | None = None, stream: bool = True) -> None:
         self._answers[message_id] = _Answer(mode or self.mode, stream, [])
@@ -356,20 +381,33 @@ class AnswerEncoder:
             answer.parts.append(event.text)
             if not answer.stream:
                 return []
+            seq = self._numbered(event)
             if answer.mode == "delta":
-                return [chunk(event.text, event.message_id, event.chat_id, final=False)]
-            return [chunk("".join(answer.parts), event.message_id, event.chat_id)]
+                return [chunk(event.text, event.message_id, event.chat_id, final=False, **seq)]
+            return [chunk("".join(answer.parts), event.message_id, event.chat_id, **seq)]
         if isinstance(event, ReplyFinished) and event.chat_id is not None:
             answer = self._answer(event.message_id)
             del self._answers[event.message_id]
+            seq = self._numbered(event)
             if not answer.stream:
-                return [chunk(event.content, event.message_id, event.chat_id), END]
+                return [chunk(event.content, event.message_id, event.chat_id, **seq), END]
             if answer.mode == "delta":
-                return [chunk("", event.message_id, event.chat_id, final=True), END]
+                return [chunk("", event.message_id, event.chat_id, final=True, **seq), END]
             return [END]
         if isinstance(event, ReplyFailed) and event.chat_id is not None:
             self._answers.pop(event.message_id, None)
             return [error_frame(SERVER_ERROR, event.message), END]
+        if isinstance(event, ReplySnapshot) and event.chat_id is not None:
+            # A resumed answer's text at once (it replaces what the client holds),
+            # and what follows goes on from it.
+            answer = self._answer(event.message_id)
+            answer.parts = [event.content]
+            seq = self._numbered(event)
+            frames = [chunk(event.content, event.message_id, event.chat_id, snapshot=True, **seq)]
+            if event.done:
+                del self._answers[event.message_id]
+                frames.append(END)
+            return frames
         return []
 
 
@@ -384,7 +422,7 @@ class RagflowSocketFlavour:
         self.mode: AnswerMode = mode
         self.path_assistant_id = path_assistant_id
 
-    def decode(self, frame: str) -> Question:
+    def decode(self, frame: str) -> Question | Resume:
         return decode_ws_frame(frame, self.path_assistant_id)
 
     def encoder(self, request: Command | None = None) -> AnswerEncoder:

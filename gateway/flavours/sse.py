@@ -29,6 +29,13 @@ def data_frame(payload: str, space: bool = True) -> bytes:
     return (b"data: " if space else b"data:") + payload.encode() + b"\n\n"
 
 
+def event_frame(payload: str, event_id: str | None = None) -> bytes:
+    """One event with an optional `id:` (a client's `Last-Event-ID` on reconnect);
+    the id must not hold CR, LF or NUL."""
+    head = b"" if event_id is None else b"id: " + event_id.encode() + b"\n"
+    return head + b"data: " + payload.encode() + b"\n\n"
+
+
 class SSEParser:
     def __init__(self, max_event_bytes: int = 1024 * 1024) -> None:
         self._buffer = b""

@@ -170,6 +170,23 @@ class Settings(BaseModel):
         description="characters of reply text queued per connection before it is dropped; "
         "empty for no limit",
     )
+    replay_events: int = Field(
+        10000,
+        ge=0,
+        description="events of one reply kept for clients that resume (0: none kept; a "
+        "resume then gets the stored snapshot)",
+    )
+    replay_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        description="seconds a finished reply's events stay resumable",
+    )
+    max_followers_per_user: int = Field(
+        16,
+        ge=1,
+        description="event streams (/api/v1/events and reply attachments) one user may "
+        "have open on one replica; more get 429",
+    )
     max_request_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="bytes, ≥ 1024")
     request_body_timeout_s: float = Field(
         60.0,

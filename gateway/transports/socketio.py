@@ -13,6 +13,11 @@ python-socketio does the framing; this module owns a connection's life:
                 straight into Engine.IO's queue for the socket, no task switch
                 per event (`socketio_queue.py`, the only user of Engine.IO's
                 internals).
+    resume      a socket that joins gets the text so far of each of the user's
+                running replies (`chat:message`, then the live rest); `events:chat`
+                `{chat_id, data: {type: "resume", after: {<message id>: <seq>}}}`,
+                or `auth.resume` `{<message id>: <seq>}` in the handshake, replays
+                what followed each seq (`Replies.attach`); one follower per reply
     backpressure once that queue is full the events wait in the outbox instead
                 (merged there) and a pump task feeds them on as the queue
                 drains; a socket whose outbox overflows is closed at the
@@ -25,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
@@ -33,12 +38,14 @@ from aiohttp import web
 
 from gateway import rooms
 from gateway.application.chats import Chats
-from gateway.application.realtime import Lease, Outbox, Overflow, Realtime, Seat
+from gateway.application.realtime import Attached, Lease, Outbox, Overflow, Realtime, Seat
+from gateway.application.replies import Replies
+from gateway.commands import ChatSignal, Resume
 from gateway.edge.auth import Principal, find_token
 from gateway.edge.origins import OriginPolicy
-from gateway.errors import AuthError, GatewayError
+from gateway.errors import AuthError, GatewayError, NotFound
 from gateway.events import Event
-from gateway.flavours.openwebui import decode_chat_signal, decode_join
+from gateway.flavours.openwebui import OpenWebUIFlavour, decode_join, decode_resume
 from gateway.settings import Settings
 from gateway.transports import socketio_queue as engine
 from gateway.transports.socketio_front import FrontDoor
@@ -49,6 +56,7 @@ SOCKETIO_PATH = "/ws/socket.io"
 # Engine.IO timings Open WebUI uses (and socket.io-client expects by default).
 PING_INTERVAL_S = 25
 PING_TIMEOUT_S = 20
+FLAVOUR = OpenWebUIFlavour()
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -74,11 +82,20 @@ class Socket:
     # websocket transport, the TCP transport to abort when the client is stuck.
     eio_socket: Any = None
     tcp: asyncio.Transport | None = None
+    # Replies being resumed into the outbox, by message id.
+    resuming: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # A resume the handshake asked for (`auth.resume`), done once it joins.
+    handshake_resume: Resume | None = None
 
 
 class SocketIOTransport:
     def __init__(
-        self, settings: Settings, origins: OriginPolicy, realtime: Realtime, chats: Chats
+        self,
+        settings: Settings,
+        origins: OriginPolicy,
+        realtime: Realtime,
+        chats: Chats,
+        replies: Replies,
     ) -> None:
         transports = ["polling", "websocket"] if settings.enable_websocket_support else ["polling"]
         self.sio = socketio.AsyncServer(
@@ -96,6 +113,7 @@ class SocketIOTransport:
         self._conns: dict[str, Socket] = {}
         self._realtime = realtime
         self._chats = chats
+        self._replies = replies
         # Drops in progress (a task the loop holds only weakly must be kept).
         self._closing: set[asyncio.Task[None]] = set()
         self.sio.on("connect", self._on_connect)
@@ -132,6 +150,10 @@ class SocketIOTransport:
             )
         except AuthError:
             token = None
+        if isinstance(auth, Mapping) and "resume" in auth:
+            # `auth: {token, resume: {<message id>: <seq>}}`: as an `events:chat` resume.
+            with contextlib.suppress(GatewayError):
+                conn.handshake_resume = decode_resume({"data": {"after": auth["resume"]}})
         if token:
             with contextlib.suppress(AuthError):
                 await self._join(conn, await self._realtime.authenticate(token))
@@ -156,13 +178,17 @@ class SocketIOTransport:
         await self._join(conn, principal)
         return {"id": principal.user_id, "name": principal.name}
 
-    async def _on_chat_event(self, sid: str, data: Any) -> bool | None:
+    async def _on_chat_event(self, sid: str, data: Any) -> bool | dict[str, Any] | None:
         conn = self._conns.get(sid)
         if conn is None or conn.principal is None:
             return None
         try:
-            event = decode_chat_signal(data)
+            event = FLAVOUR.decode(("events:chat", data))
         except GatewayError:
+            return None
+        if isinstance(event, Resume):
+            return await self._resume(conn, conn.principal, event)
+        if not isinstance(event, ChatSignal):
             return None
         if event.type == "last_read_at":
             await self._chats.mark_read(conn.principal, event.chat_id)
@@ -175,6 +201,44 @@ class SocketIOTransport:
 
     async def _ignore(self, sid: str, data: Any = None) -> None:
         return None
+
+    async def _resume(self, conn: Socket, principal: Principal, resume: Resume) -> dict[str, Any]:
+        """Each named reply's events after its seq, then live; the ack lists which
+        replies were resumed and which are unknown (or not the user's)."""
+        resumed: list[str] = []
+        unknown: list[str] = []
+        if conn.outbox is None:
+            return {"resumed": resumed, "unknown": [m for m, _ in resume.after]}
+        with conn.outbox.held(m for m, _ in resume.after):
+            for message_id, after in resume.after:
+                try:
+                    attached = await self._replies.attach(
+                        principal, message_id, after, resume.chat_id
+                    )
+                except NotFound:
+                    unknown.append(message_id)
+                    continue
+                self._follow(conn, attached)
+                resumed.append(message_id)
+        return {"resumed": resumed, "unknown": unknown}
+
+    def _follow(self, conn: Socket, attached: Attached) -> None:
+        """The reply's events into the socket from the attachment on; a reply it already
+        follows starts again from there."""
+        if conn.outbox is None:
+            attached.close()
+            return
+        earlier = conn.resuming.pop(attached.message_id, None)
+        if earlier is not None:
+            earlier.cancel()
+        task = self._realtime.resume(conn.outbox, attached)
+        conn.resuming[attached.message_id] = task
+        task.add_done_callback(lambda done: self._followed(conn, attached.message_id, done))
+
+    @staticmethod
+    def _followed(conn: Socket, message_id: str, task: asyncio.Task[None]) -> None:
+        if conn.resuming.get(message_id) is task:
+            del conn.resuming[message_id]
 
     # -- helpers --------------------------------------------------------------
     async def _join(self, conn: Socket, principal: Principal) -> None:
@@ -192,6 +256,14 @@ class SocketIOTransport:
         self._realtime.seat(conn.sid, Seat("socketio", principal.user_id))
         conn.lease = self._realtime.hold(principal, lambda why: self._end_access(conn, why))
         await self._realtime.watching(conn.outbox.rooms)
+        # What the handshake asked to resume exactly; every other running reply
+        # as its text so far (a tab that opens, or comes back, mid-reply).
+        named: set[str] = set()
+        if conn.handshake_resume is not None:
+            named = {message_id for message_id, _ in conn.handshake_resume.after}
+            await self._resume(conn, principal, conn.handshake_resume)
+        for attached in await self._replies.catch_up(principal, skip=named):
+            self._follow(conn, attached)
 
     def _deliver(self, conn: Socket, event: Event) -> bool:
         """The fast path: into Engine.IO's queue now, unless it is backed up."""
@@ -206,6 +278,9 @@ class SocketIOTransport:
             conn.lease = None
         if conn.principal is not None:
             self._realtime.unseat(conn.sid)
+        for task in conn.resuming.values():
+            task.cancel()
+        conn.resuming = {}
         if conn.outbox is not None:
             self._realtime.unsubscribe(conn.outbox)
         if conn.pump is not None and conn.pump is not asyncio.current_task():

@@ -27,6 +27,36 @@ SSE_HEADERS = {
 }
 
 
+class Keepalive:
+    """A comment line on a prepared stream after every `every_s` of silence; call
+    `wrote()` after each write.  `async with` runs it beside the writer."""
+
+    def __init__(self, response: web.StreamResponse, every_s: float) -> None:
+        self._response = response
+        self._every_s = every_s
+        self._last = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def wrote(self) -> None:
+        self._last = time.monotonic()
+
+    async def _ping(self) -> None:
+        while True:
+            await asyncio.sleep(self._every_s)
+            if time.monotonic() - self._last >= self._every_s:
+                await self._response.write(KEEPALIVE)
+
+    async def __aenter__(self) -> Keepalive:
+        self._task = asyncio.create_task(self._ping())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+                await self._task
+
+
 async def stream_events(
     request: web.Request,
     events: AsyncGenerator[Event, None],
@@ -40,29 +70,17 @@ async def stream_events(
     grant_stream(request, response, origins)
     async with contextlib.aclosing(events):
         await response.prepare(request)
-        last_write = time.monotonic()
-
-        async def keepalive() -> None:
-            while True:
-                await asyncio.sleep(keepalive_s)
-                if time.monotonic() - last_write >= keepalive_s:
-                    await response.write(KEEPALIVE)
-
-        pinger = asyncio.create_task(keepalive())
         try:
-            async for event in events:
-                frames = encode(event)
-                if frames:
-                    await response.write(frames[0] if len(frames) == 1 else b"".join(frames))
-                    last_write = time.monotonic()
-            await response.write_eof()
+            async with Keepalive(response, keepalive_s) as keepalive:
+                async for event in events:
+                    frames = encode(event)
+                    if frames:
+                        await response.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                        keepalive.wrote()
+                await response.write_eof()
         except ConnectionResetError:
             # The client left; leaving the `async with` closes the upstream.
             pass
-        finally:
-            pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
-                await pinger
     return response
 
 

@@ -10,6 +10,8 @@ A connection's life, the same for every flavour::
                 removed (`gateway/access.py`)
     open        the endpoint joins the connection to its rooms; the connection
                 always has its own room `conn:<id>` for the replies it asks for
+    resume      a reply the client names is followed from where it was
+                (`Connection.resume`): its missed events, then live, each once
     frames      text → `endpoint.received`; a `GatewayError` there becomes the
                 endpoint's error frame and the connection stays open; anything
                 else is a bug: internal-error frame, close 1011
@@ -29,14 +31,14 @@ import contextlib
 import enum
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
 from gateway import rooms
 from gateway.application.keys import ORIGINS, REALTIME, SETTINGS
-from gateway.application.realtime import Outbox, Overflow, Realtime
+from gateway.application.realtime import Attached, Outbox, Overflow, Realtime
 from gateway.edge.auth import Principal, find_token
 from gateway.edge.proxy import upgrade_required
 from gateway.errors import (
@@ -89,6 +91,8 @@ class Connection:
         self.phase = Phase.OPENING
         # Per-connection state an endpoint keeps (running task ids, encoder...).
         self.state: dict[str, object] = {}
+        # Replies being resumed into the outbox (`resume`), stopped when it closes.
+        self.resuming: set[asyncio.Task[None]] = set()
 
     @property
     def room(self) -> str:
@@ -109,6 +113,27 @@ class Connection:
     def publish(self, rooms: list[str], event: Event) -> None:
         """Publish to rooms (presence and broadcasts)."""
         self.realtime.publish(rooms, event)
+
+    @contextlib.contextmanager
+    def holding(self, message_ids: list[str]) -> Iterator[None]:
+        """While resumes are set up: the rooms' copies of these replies are held back."""
+        if self.outbox is None:
+            yield
+            return
+        with self.outbox.held(message_ids):
+            yield
+
+    def resume(self, attached: Attached, prime: Callable[[Event], object]) -> None:
+        """A reply resumed on this connection: `prime` (the endpoint's encoder, its
+        frames thrown away) is fed what the client already has, so per-reply state
+        (Nadoo's index, RAGFlow's running text) goes on from there; then what
+        followed goes out through the writer, in order, each once."""
+        if self.outbox is None:
+            attached.close()
+            return
+        for event in attached.prefix:
+            prime(event)
+        self.resuming.add(self.realtime.resume(self.outbox, attached))
 
     async def send(self, frame: str) -> None:
         """One text frame now (replies to the client's own frames: pong, errors)."""
@@ -185,6 +210,8 @@ async def serve(
     finally:
         if lease is not None:
             lease.release()
+        for task in conn.resuming:
+            task.cancel()
         realtime.unsubscribe(conn.outbox)
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):

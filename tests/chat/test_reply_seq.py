@@ -55,6 +55,10 @@ class RecordingHub:
     def publish(self, rooms: Sequence[str], event: Event) -> None:
         self.published.append(event)
 
+    def reply_event(self, user_id: str, rooms: Sequence[str], event: Event) -> None:
+        """A stored reply's event (the replay buffer is not this test's)."""
+        self.publish(rooms, event)
+
 
 class Quiet:
     def __getattr__(self, name: str) -> Any:

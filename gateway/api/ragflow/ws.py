@@ -12,7 +12,9 @@ Answers are the HTTP API's chunks as text frames, each question ending with
 `{"code": 0, "message": "", "data": true}`; `answer` is a delta by default
 here (what the WebSocket docs' clients append; `GATEWAY_RAGFLOW_WS_ANSWER_MODE`).
 A question without `session_id` opens a session and is answered; the
-chunks carry the new `session_id`.  A bad token: one code-109 frame, then
+chunks carry the new `session_id`.  `{"type": "resume", "message_id", "after",
+"session_id"?}` sends an answer's chunks again from after the event numbered
+`after` (the cumulative `answer` stays right).  A bad token: one code-109 frame, then
 close 1008.  A bad frame: an error frame, the connection stays open.
 """
 
@@ -23,8 +25,10 @@ import time
 from aiohttp import web
 
 from gateway.application.assistants import Assistants
-from gateway.application.keys import ASSISTANTS, SETTINGS
+from gateway.application.keys import ASSISTANTS, REPLIES, SETTINGS
 from gateway.application.realtime import Seat
+from gateway.application.replies import Replies
+from gateway.commands import Resume
 from gateway.errors import AuthError, GatewayError
 from gateway.events import Event
 from gateway.flavours import ragflow as codec
@@ -33,9 +37,14 @@ from gateway.transports.websocket import Connection, serve
 
 class ChatSocket:
     def __init__(
-        self, assistants: Assistants, answer_mode: codec.AnswerMode, assistant_id: str | None = None
+        self,
+        assistants: Assistants,
+        replies: Replies,
+        answer_mode: codec.AnswerMode,
+        assistant_id: str | None = None,
     ) -> None:
         self.assistants = assistants
+        self.replies = replies
         self.answer_mode = answer_mode
         # Set when the path names the assistant (/api/v1/ws/chats/{chat_id}/...).
         self.assistant_id = assistant_id
@@ -49,12 +58,24 @@ class ChatSocket:
         if self.assistant_id is not None:
             assert conn.principal is not None
             await self.assistants.owned(conn.principal, self.assistant_id)
-        conn.state["encoder"] = codec.AnswerEncoder(self.answer_mode)
+        # `?seq=1`: chunks carry their seq, for `resume` (the gateway's own).
+        seq = conn.request.query.get("seq") == "1"
+        conn.state["encoder"] = codec.AnswerEncoder(self.answer_mode, seq)
         conn.realtime.seat(conn.id, Seat("ragflow", conn.user_id))
 
     async def received(self, conn: Connection, text: str) -> None:
         question = codec.decode_ws_frame(text, self.assistant_id)
         assert conn.principal is not None
+        if isinstance(question, Resume):
+            encoder = self._encoder(conn)
+            with conn.holding([message_id for message_id, _ in question.after]):
+                for message_id, after in question.after:
+                    attached = await self.replies.attach(
+                        conn.principal, message_id, after, question.chat_id
+                    )
+                    encoder.expect(message_id, question.answer_mode)
+                    conn.resume(attached, encoder.encode)
+            return
         assistants = self.assistants
         assistant = await assistants.owned(conn.principal, question.assistant_id)
         if question.session_id is None:
@@ -111,7 +132,8 @@ class HealthSocket:
 async def chat(request: web.Request) -> web.StreamResponse:
     assistant_id = request.match_info.get("chat_id")
     mode = request.app[SETTINGS].ragflow_ws_answer_mode
-    return await serve(request, ChatSocket(request.app[ASSISTANTS], mode, assistant_id))
+    endpoint = ChatSocket(request.app[ASSISTANTS], request.app[REPLIES], mode, assistant_id)
+    return await serve(request, endpoint)
 
 
 async def health(request: web.Request) -> web.StreamResponse:

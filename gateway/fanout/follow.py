@@ -1,0 +1,244 @@
+"""Following one reply from a point the client names: what the replay buffer
+kept after it, then the live rest, each event once, in `seq` order.
+
+Theory of operation, for one follower::
+
+    subscribe(user:<owner>)  live events queue here (the room every stored reply
+          │                  of the user is published to, on every replica), no merging
+    journal.read ─▶ Replay   (read again after `journal.lag_s` when another
+          │                  replica may not have flushed yet: then every event
+          │                  published before the subscription is in it)
+          ├ resume (after = the last seq the client has; -1: nothing yet)
+          │     the buffer holds seq after+1 on (or the reply from its start):
+          │         prefix = events ≤ after   (for an encoder that keeps state per
+          │                                    reply: Nadoo's index, RAGFlow's text)
+          │         then events > after
+          │     it does not (expired, cut by its bound): a ReplySnapshot of the
+          │         stored reply (exact=False), then live
+          ├ catch up (a new tab, a fresh event stream): a running reply as one
+          │     ReplySnapshot(exact=True) of its text so far, then live
+          └ live: an event of the reply
+                seq ≤ last sent          dropped (already sent)
+                seq = last + 1           sent
+                seq > last + 1           a gap (another replica's buffer had not
+                                         flushed yet): the buffer is read again, up
+                                         to GAP_READS times GAP_WAIT_S apart, and the
+                                         missing events sent; still missing: a stored
+                                         ReplySnapshot, then on
+          an end event (ReplyFinished, ReplyFailed) is always sent, once, and ends it
+
+A reply is found by (user, message id): another user's reply is never found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+
+from gateway import rooms
+from gateway.bus import Replay
+from gateway.events import (
+    AnyReplyEvent,
+    Event,
+    ReplyEvent,
+    ReplyFailed,
+    ReplyFinished,
+    ReplySnapshot,
+    TextDelta,
+)
+from gateway.fanout.hub import Hub, Outbox, Overflow
+
+GAP_READS = 5
+GAP_WAIT_S = 0.03
+
+# The stored state of a reply, as a snapshot (None: no such message of this chat).
+Stored = Callable[[str, str], Awaitable[ReplySnapshot | None]]
+
+
+class Ended(Exception):
+    """The follower's live queue overflowed: the client must resume again."""
+
+
+@dataclass(slots=True)
+class Plan:
+    """What to send first, decided from the buffer alone (pure)."""
+
+    prefix: list[AnyReplyEvent] = field(default_factory=list)
+    replay: list[Event] = field(default_factory=list)
+    # The buffer cannot serve this resume: send the stored snapshot.
+    needs_snapshot: bool = False
+    last: int = -1
+    ended: bool = False
+
+
+def plan(kept: Replay | None, after: int, catch_up: bool = False) -> Plan:
+    """From the kept events: resume after `after`, or (catch_up) a snapshot of the text
+    so far."""
+    if kept is None or not kept.events:
+        return Plan(needs_snapshot=True, last=after)
+    first = kept.events[0].seq
+    if catch_up:
+        if not kept.complete:
+            return Plan(needs_snapshot=True, last=kept.last_seq)
+        text = "".join(e.text for e in kept.events if type(e) is TextDelta)
+        last = kept.last_seq
+        message_id = kept.events[0].message_id
+        if kept.ended:
+            # Ended meanwhile: the text, then the end (never the deltas again).
+            end = kept.events[-1]
+            snapshot = ReplySnapshot(kept.chat_id, message_id, end.seq - 1, text, False, True)
+            return Plan(replay=[snapshot, end], last=last, ended=True)
+        snapshot = ReplySnapshot(kept.chat_id, message_id, last, text, False, True)
+        return Plan(replay=[snapshot], last=last)
+    if first > after + 1:
+        return Plan(needs_snapshot=True, last=kept.last_seq, ended=kept.ended)
+    prefix = [e for e in kept.events if e.seq <= after]
+    replay: list[Event] = [e for e in kept.events if e.seq > after]
+    last = max(after, kept.last_seq)
+    return Plan(prefix=prefix, replay=replay, last=last, ended=kept.ended)
+
+
+@dataclass(slots=True)
+class Following:
+    """A reply being followed: `prefix` primes a stateful encoder (its frames are not
+    sent); `events` is what follows, ending with the reply's end."""
+
+    chat_id: str
+    message_id: str
+    prefix: list[AnyReplyEvent]
+    events: AsyncGenerator[Event, None]
+    # The reply ended and the client has everything: nothing will come.
+    finished: bool = False
+    # Ends the live subscription, even if `events` was never iterated (closing a
+    # generator that never started does not run its `finally`).
+    close: Callable[[], None] = lambda: None
+
+
+async def follow(
+    hub: Hub,
+    user_id: str,
+    message_id: str,
+    after: int,
+    stored: Stored,
+    chat_id: str | None = None,
+    *,
+    catch_up: bool = False,
+) -> Following | None:
+    """The reply `message_id` of `user_id` from after `after`; None when neither the
+    buffer nor the store (given `chat_id`) knows it."""
+    outbox = hub.subscribe([rooms.user(user_id)], merge=False)
+    try:
+        await hub.watching(outbox.rooms)
+        kept = await hub.journal.read(user_id, message_id)
+        if hub.journal.lag_s and (kept is None or not kept.ended):
+            # What another replica published before we listened may not be in
+            # the buffer yet: once it is, everything before the subscription is.
+            await asyncio.sleep(hub.journal.lag_s)
+            kept = await hub.journal.read(user_id, message_id)
+        if kept is not None:
+            if chat_id is not None and kept.chat_id != chat_id:
+                hub.unsubscribe(outbox)
+                return None
+            chat_id = kept.chat_id
+        if chat_id is None:
+            hub.unsubscribe(outbox)
+            return None
+        first = plan(kept, after, catch_up)
+        if first.needs_snapshot:
+            snapshot = await stored(chat_id, message_id)
+            if snapshot is None:
+                hub.unsubscribe(outbox)
+                return None
+            if snapshot.done or snapshot.content or after >= 0:
+                first.replay = [replace(snapshot, seq=first.last)]
+            # else: a reply not begun yet, asked from its start: its events will come.
+            first.ended = first.ended or snapshot.done
+    except BaseException:
+        hub.unsubscribe(outbox)
+        raise
+    events = _events(hub, outbox, user_id, chat_id, message_id, first, stored)
+    finished = first.ended and not first.replay
+    return Following(
+        chat_id, message_id, first.prefix, events, finished, lambda: hub.unsubscribe(outbox)
+    )
+
+
+async def _events(
+    hub: Hub,
+    outbox: Outbox,
+    user_id: str,
+    chat_id: str,
+    message_id: str,
+    first: Plan,
+    stored: Stored,
+) -> AsyncGenerator[Event, None]:
+    last = first.last
+    try:
+        for event in first.replay:
+            yield event
+            if isinstance(event, ReplyFinished | ReplyFailed):
+                return
+        if first.ended:
+            return
+        while (got := await outbox.get()) is not None:
+            event = got
+            if not isinstance(event, ReplyEvent) or event.message_id != message_id:
+                continue
+            end = isinstance(event, ReplyFinished | ReplyFailed)
+            if event.seq <= last and not end:
+                continue
+            if event.seq > last + 1:
+                async for missing in _fill(hub, user_id, chat_id, message_id, last, event, stored):
+                    yield missing
+                    if isinstance(missing, ReplyFinished | ReplyFailed):
+                        return
+            yield event
+            last = max(last, event.seq)
+            if end:
+                return
+    except Overflow:
+        raise Ended("the follower fell behind") from None
+    finally:
+        hub.unsubscribe(outbox)
+
+
+async def _fill(
+    hub: Hub,
+    user_id: str,
+    chat_id: str,
+    message_id: str,
+    last: int,
+    arrived: ReplyEvent,
+    stored: Stored,
+) -> AsyncGenerator[Event, None]:
+    """The events between `last` and `arrived`, from the buffer once it has them."""
+    for attempt in range(GAP_READS):
+        kept = await hub.journal.read(user_id, message_id)
+        if kept is not None:
+            seqs = {e.seq for e in kept.events}
+            if all(seq in seqs for seq in range(last + 1, arrived.seq)):
+                for e in kept.events:
+                    if last < e.seq < arrived.seq:
+                        yield e
+                return
+        if attempt + 1 < GAP_READS:
+            await asyncio.sleep(GAP_WAIT_S)
+    snapshot = await stored(chat_id, message_id)
+    if snapshot is not None and not isinstance(arrived, ReplyFinished | ReplyFailed):
+        yield snapshot
+
+
+async def into(outbox: Outbox, following: Following) -> None:
+    """A followed reply's events into a connection's own outbox, in order, each once:
+    meanwhile the copies its rooms bring are dropped (`Outbox.divert`)."""
+    outbox.divert(following.message_id)  # again: idempotent (the caller did at once)
+    try:
+        async with contextlib.aclosing(following.events):
+            async for event in following.events:
+                outbox.put(event, resumed=True)
+    except Ended:
+        pass  # the connection is as far behind: its own outbox overflows too
+    finally:
+        outbox.undivert(following.message_id)

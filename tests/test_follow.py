@@ -1,0 +1,235 @@
+"""Following a reply from a point (`fanout/follow.py`), on a real hub and in-process
+buffer: the plan made from the buffer alone, then replay and live each once, in
+order, across the moment of the resume; gaps filled from the buffer; snapshots
+when the buffer cannot serve; and an outbox that diverts a resumed reply."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from gateway import rooms
+from gateway.bus import Replay
+from gateway.bus.memory import LocalJournal
+from gateway.events import (
+    Event,
+    ReplyFinished,
+    ReplySnapshot,
+    ReplyStarted,
+    StatusChanged,
+    TextDelta,
+    Usage,
+)
+from gateway.fanout.follow import Following, follow, into, plan
+from gateway.fanout.hub import Hub
+
+USER = "alice"
+
+
+def started(message_id: str = "m1") -> ReplyStarted:
+    return ReplyStarted("c1", message_id, 0, USER, None, "m", time.time())
+
+
+def delta(seq: int, message_id: str = "m1") -> TextDelta:
+    return TextDelta("c1", message_id, seq, f"w{seq} ")
+
+
+def finished(seq: int, text: str, message_id: str = "m1") -> ReplyFinished:
+    return ReplyFinished("c1", message_id, seq, text, Usage(1, 1), "stop", 0.1)
+
+
+def whole(upto: int) -> str:
+    return "".join(f"w{seq} " for seq in range(1, upto + 1))
+
+
+def kept(*events: Event) -> Replay:
+    return Replay("c1", USER, list(events))  # type: ignore[arg-type]
+
+
+async def no_store(chat_id: str, message_id: str) -> ReplySnapshot | None:
+    return None
+
+
+def stored(content: str, done: bool) -> object:
+    async def load(chat_id: str, message_id: str) -> ReplySnapshot | None:
+        return ReplySnapshot(chat_id, message_id, -1, content, done, False)
+
+    return load
+
+
+def hub_with_journal(max_events: int = 100) -> Hub:
+    return Hub(64, None, journal=LocalJournal(max_events, 60.0))
+
+
+def publish(hub: Hub, event: Event) -> None:
+    hub.reply_event(USER, [rooms.user(USER), rooms.chat("c1")], event)
+
+
+async def collect(following: Following) -> list[Event]:
+    return [event async for event in following.events]
+
+
+# -- the plan ---------------------------------------------------------------------------
+def test_plan_resumes_after_the_seq_with_the_rest_as_prefix() -> None:
+    p = plan(kept(started(), delta(1), delta(2), delta(3)), 1)
+    assert [e.seq for e in p.prefix] == [0, 1]
+    assert [getattr(e, "seq", None) for e in p.replay] == [2, 3]
+    assert p.last == 3 and not p.ended and not p.needs_snapshot
+
+
+def test_plan_from_the_start_and_after_the_end() -> None:
+    events = (started(), delta(1), finished(2, "w1"))
+    assert len(plan(kept(*events), -1).replay) == 3
+    done = plan(kept(*events), 2)
+    assert done.replay == [] and done.ended
+
+
+def test_plan_needs_the_store_when_the_buffer_lost_the_point_or_has_nothing() -> None:
+    assert plan(kept(delta(5), delta(6)), 2).needs_snapshot  # cut by its bound
+    assert not plan(kept(delta(5), delta(6)), 4).needs_snapshot  # still covers 5 on
+    assert plan(None, 3).needs_snapshot
+
+
+def test_plan_catch_up_is_one_exact_snapshot_of_the_text_so_far() -> None:
+    p = plan(kept(started(), delta(1), StatusChanged("c1", "m1", 2, "x", True), delta(3)), -1, True)
+    (snapshot,) = p.replay
+    assert isinstance(snapshot, ReplySnapshot)
+    assert (snapshot.content, snapshot.seq, snapshot.exact, snapshot.done) == (
+        "w1 w3 ",
+        3,
+        True,
+        False,
+    )
+    assert plan(kept(delta(3)), -1, True).needs_snapshot
+
+
+# -- following ------------------------------------------------------------------------
+async def test_replay_then_live_each_once_in_order() -> None:
+    hub = hub_with_journal()
+    publish(hub, started())
+    for seq in range(1, 6):
+        publish(hub, delta(seq))
+    following = await follow(hub, USER, "m1", 2, no_store)
+    assert following is not None and [e.seq for e in following.prefix] == [0, 1, 2]
+    for seq in range(6, 9):
+        publish(hub, delta(seq))
+    publish(hub, finished(9, whole(8)))
+    events = await collect(following)
+    assert [getattr(e, "seq", None) for e in events] == list(range(3, 10))
+
+
+async def test_another_users_reply_is_not_found_and_unknown_chat_neither() -> None:
+    hub = hub_with_journal()
+    publish(hub, started())
+    assert await follow(hub, "bob", "m1", -1, no_store) is None
+    assert await follow(hub, USER, "m1", -1, no_store, chat_id="other-chat") is None
+    assert await follow(hub, USER, "nope", -1, no_store) is None
+
+
+async def test_a_gap_is_filled_from_the_buffer_once_it_has_the_events() -> None:
+    """Another replica's buffer flushes late: live events overtake it."""
+    journal = LocalJournal(100, 60.0)
+    hub = Hub(64, None, journal=journal)
+    publish(hub, started())
+    publish(hub, delta(1))
+    following = await follow(hub, USER, "m1", 1, no_store)
+    assert following is not None
+    # 2 and 3 are published live but reach the buffer only a little later.
+    hub.publish([rooms.user(USER)], delta(2))
+    hub.publish([rooms.user(USER)], delta(3))
+    publish(hub, delta(4))
+
+    async def late() -> None:
+        await asyncio.sleep(0.04)
+        journal.record(USER, delta(2))
+        journal.record(USER, delta(3))
+        publish(hub, finished(5, whole(4)))
+
+    task = asyncio.create_task(late())
+    events = await collect(following)
+    await task
+    assert [getattr(e, "seq", None) for e in events] == [2, 3, 4, 5]
+
+
+async def test_a_gap_never_filled_is_bridged_by_the_stored_snapshot() -> None:
+    hub = hub_with_journal()
+    publish(hub, started())
+    following = await follow(hub, USER, "m1", 0, stored("w1 w2 ", False))  # type: ignore[arg-type]
+    assert following is not None
+    hub.publish([rooms.user(USER)], delta(3))  # 1 and 2 never reach this buffer
+    publish(hub, finished(4, whole(3)))
+    events = await collect(following)
+    assert isinstance(events[0], ReplySnapshot) and not events[0].exact
+    assert [type(e).__name__ for e in events[1:]] == ["TextDelta", "ReplyFinished"]
+
+
+async def test_an_expired_reply_is_the_stored_snapshot_and_ends_there() -> None:
+    hub = hub_with_journal()
+    following = await follow(hub, USER, "m1", 4, stored("all of it", True), chat_id="c1")  # type: ignore[arg-type]
+    assert following is not None
+    (snapshot,) = await collect(following)
+    assert isinstance(snapshot, ReplySnapshot)
+    assert (snapshot.content, snapshot.done, snapshot.exact, snapshot.seq) == (
+        "all of it",
+        True,
+        False,
+        4,
+    )
+
+
+async def test_catch_up_then_live() -> None:
+    hub = hub_with_journal()
+    publish(hub, started())
+    publish(hub, delta(1))
+    publish(hub, delta(2))
+    following = await follow(hub, USER, "m1", -1, no_store, catch_up=True)
+    assert following is not None
+    publish(hub, delta(3))
+    publish(hub, finished(4, whole(3)))
+    events = await collect(following)
+    assert isinstance(events[0], ReplySnapshot) and events[0].content == "w1 w2 "
+    assert [e.seq for e in events[1:]] == [3, 4]  # type: ignore[union-attr]
+
+
+async def test_a_finished_reply_the_client_has_whole_is_finished() -> None:
+    hub = hub_with_journal()
+    for event in (started(), delta(1), finished(2, "w1")):
+        publish(hub, event)
+    following = await follow(hub, USER, "m1", 2, no_store)
+    assert following is not None and following.finished
+    assert await collect(following) == []
+
+
+# -- into a connection's outbox --------------------------------------------------------------
+async def test_into_diverts_the_rooms_copies_so_each_event_comes_once() -> None:
+    hub = hub_with_journal()
+    publish(hub, started())
+    publish(hub, delta(1))
+    connection = hub.subscribe([rooms.user(USER)])
+    following = await follow(hub, USER, "m1", -1, no_store)
+    assert following is not None
+    task = asyncio.create_task(into(connection, following))
+    await asyncio.sleep(0)
+    for seq in (2, 3):
+        publish(hub, delta(seq))
+    publish(hub, finished(4, whole(3)))
+    other = TextDelta("c1", "m2", 1, "other reply")
+    publish(hub, other)
+    await task
+    got = []
+    while len(connection):
+        got.append(await connection.get())
+
+    # Each reply in order, each event once (two replies may interleave either way).
+    def seqs(message_id: str) -> list[int]:
+        return [
+            e.seq
+            for e in got
+            if isinstance(e, TextDelta | ReplyFinished) and e.message_id == message_id
+        ]
+
+    assert seqs("m1") == [1, 2, 3, 4]
+    assert seqs("m2") == [1]
+    # Once the resume is over, the reply's events come from the rooms again.
+    publish(hub, delta(9))
+    assert (await connection.get()) == delta(9)
