@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,7 @@ from gateway.edge.passwords import Passwords
 from gateway.edge.secrets import hash_api_key, new_api_key
 from gateway.edge.throttle import SignInThrottle
 from gateway.errors import AuthError, BadRequest, Conflict, Forbidden, NotFound
-from gateway.store import DuplicateKey, Revocation, UserRecord, UserStore
+from gateway.store import ApiKeyRecord, DuplicateKey, Revocation, UserRecord, UserStore
 
 __all__ = ["Accounts", "StoreDirectory", "UserRecord", "add_user", "principal_for"]
 
@@ -35,10 +36,28 @@ def principal_for(user: UserRecord) -> Principal:
     return Principal(user.id, user.name, user.role)
 
 
+# A key's last use is written at most this often (one UPDATE per key per minute).
+KEY_USE_WRITE_S = 60.0
+# Keys whose last write is remembered (least recently used forgotten first).
+MAX_REMEMBERED_KEYS = 10_000
+
+
 class StoreDirectory:
     def __init__(self, store: UserStore, static_keys: Mapping[str, str]) -> None:
         self.store = store
         self._static = {hash_api_key(key): user for key, user in static_keys.items()}
+        self._used: OrderedDict[str, float] = OrderedDict()
+
+    async def _note_use(self, digest: str) -> None:
+        now = time.monotonic()
+        last = self._used.pop(digest, None)
+        if last is not None and now - last < KEY_USE_WRITE_S:
+            self._used[digest] = last
+            return
+        self._used[digest] = now
+        while len(self._used) > MAX_REMEMBERED_KEYS:
+            self._used.popitem(last=False)
+        await self.store.key_used(digest, int(time.time() * 1000))
 
     async def principal_for_jwt(self, user_id: str, claims: Mapping[str, Any]) -> Principal:
         user = await self.store.get_user(user_id)
@@ -55,6 +74,8 @@ class StoreDirectory:
     async def principal_for_api_key(self, key: str) -> Principal | None:
         digest = hash_api_key(key)
         user = await self.store.user_for_api_key(digest)
+        if user is not None:
+            await self._note_use(digest)
         if user is None and digest in self._static:
             user_id = self._static[digest]
             user = await self.store.get_user(user_id) or await self._create_jit(user_id, user_id)
@@ -130,9 +151,17 @@ async def sign_in(
     return user
 
 
+def key_hint(key: str) -> str:
+    """What a listing shows of a key: enough to recognise it, far too little to use."""
+    return f"{key[:6]}…{key[-4:]}"
+
+
 async def create_api_key(store: UserStore, user_id: str, kind: str = "openwebui") -> str:
+    """A new key, shown this once (only its hash and hint are stored).  An Open WebUI
+    user has one key, as in Open WebUI: a new one revokes the one before (RAGFlow's
+    tokens are many)."""
     key = new_api_key(kind)
-    await store.add_api_key(hash_api_key(key), user_id, int(time.time()), kind)
+    await store.add_api_key(hash_api_key(key), user_id, int(time.time()), kind, key_hint(key))
     return key
 
 
@@ -234,7 +263,27 @@ class Accounts:
             await self._access.revoked(revocation)
 
     async def new_key(self, principal: Principal, kind: str = "openwebui") -> str:
+        """A new key; for Open WebUI the one before is revoked (one key per user)."""
+        if kind == "openwebui":
+            await self.revoke_keys(principal, kind)
         return await create_api_key(self._store, principal.user_id, kind)
+
+    async def keys(self, principal: Principal) -> list[ApiKeyRecord]:
+        return await self._store.list_api_keys(principal.user_id)
+
+    async def all_keys(self, admin: Principal) -> list[ApiKeyRecord]:
+        if not admin.is_admin:
+            raise Forbidden("Only admins list everyone's API keys")
+        return await self._store.list_api_keys(None)
+
+    async def revoke_key(self, principal: Principal, key_id: str) -> None:
+        """One key by its id: the caller's own, or anyone's for an admin."""
+        owner = None if principal.is_admin else principal.user_id
+        revocations = await self._store.revoke_api_key(key_id, int(time.time() * 1000), owner)
+        if not revocations:
+            raise NotFound("API key not found")
+        for revocation in revocations:
+            await self._access.revoked(revocation)
 
     async def revoke_keys(self, principal: Principal, kind: str) -> None:
         for revocation in await revoke_api_keys(self._store, principal.user_id, kind):

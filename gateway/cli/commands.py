@@ -173,6 +173,52 @@ def apikey_create(args: argparse.Namespace) -> int:
     return _with_store(args, action)
 
 
+def _when(seconds: int | None) -> str:
+    import datetime
+
+    if seconds is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def apikey_list(args: argparse.Namespace) -> int:
+    async def action(store: Any) -> int:
+        user_id = None
+        if args.user:
+            user = await store.get_user_by_email(args.user) if "@" in args.user else None
+            user = user or await store.get_user(args.user)
+            if user is None:
+                print(f"gateway: no user {args.user!r} (give an id or an email)", file=sys.stderr)
+                return 1
+            user_id = user.id
+        print("id\tuser\tkind\thint\tcreated\tlast used")
+        for key in await store.list_api_keys(user_id):
+            shown = key.as_dict()
+            print(
+                f"{key.id}\t{key.user_id}\t{key.kind or '-'}\t{key.hint or '-'}\t"
+                f"{_when(shown['created_at'])}\t{_when(shown['last_used_at'])}"
+            )
+        return 0
+
+    return _with_store(args, action)
+
+
+def apikey_revoke(args: argparse.Namespace) -> int:
+    import time
+
+    async def action(store: Any) -> int:
+        revoked = await store.revoke_api_key(args.key_id, int(time.time() * 1000))
+        if not revoked:
+            print(f"gateway: no API key {args.key_id!r} (see gateway apikey list)", file=sys.stderr)
+            return 1
+        # Running gateways refuse it at once and close its connections at their
+        # next recheck (GATEWAY_ACCESS_RECHECK_S).
+        print(f"revoked {args.key_id}\t{revoked[0].user_id}")
+        return 0
+
+    return _with_store(args, action)
+
+
 def webui_install(args: argparse.Namespace) -> int:
     from gateway.webui.install import InstallError, describe, install
 

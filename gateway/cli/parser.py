@@ -118,6 +118,16 @@ def _accounts(sub: Subparsers, common: _Parser) -> None:
     create.add_argument("--user", required=True, help="user id or email")
     create.add_argument("--kind", choices=["openwebui", "ragflow"], default="openwebui")
     create.set_defaults(run=commands.apikey_create)
+    listed = apikey_sub.add_parser(
+        "list", help="list API keys (id, user, kind, hint, created, last used)", parents=[common]
+    )
+    listed.add_argument("--user", help="only this user's (id or email)")
+    listed.set_defaults(run=commands.apikey_list)
+    revoke = apikey_sub.add_parser(
+        "revoke", help="revoke one API key by its id (`apikey list`)", parents=[common]
+    )
+    revoke.add_argument("key_id", help="the key's id, as `gateway apikey list` shows it")
+    revoke.set_defaults(run=commands.apikey_revoke)
 
 
 def _webui(sub: Subparsers, common: _Parser) -> None:

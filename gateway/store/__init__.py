@@ -18,6 +18,7 @@ import asyncpg
 from gateway.store.errors import DuplicateKey, StoreError, StoreUnavailable, why_unavailable
 from gateway.store.protocols import AssistantStore, ChatStore, Pingable, Store, UserStore
 from gateway.store.records import (
+    ApiKeyRecord,
     AssistantRecord,
     ChatRecord,
     MessageRecord,
@@ -26,6 +27,7 @@ from gateway.store.records import (
 )
 
 __all__ = [
+    "ApiKeyRecord",
     "AssistantRecord",
     "AssistantStore",
     "ChatRecord",

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.store.records import (
+    ApiKeyRecord,
     AssistantRecord,
     ChatRecord,
     MessageRecord,
@@ -46,9 +47,19 @@ class UserStore(Protocol):
     async def update_user(self, user: UserRecord) -> None: ...
 
     async def add_api_key(
-        self, key_hash: str, user_id: str, created_at: int, kind: str = "openwebui"
+        self,
+        key_hash: str,
+        user_id: str,
+        created_at: int,
+        kind: str = "openwebui",
+        hint: str | None = None,
     ) -> None: ...
     async def user_for_api_key(self, key_hash: str) -> UserRecord | None: ...
+    async def list_api_keys(self, user_id: str | None = None) -> list[ApiKeyRecord]:
+        """One user's keys, or everyone's (None), newest first."""
+        ...
+
+    async def key_used(self, key_hash: str, at_ms: int) -> None: ...
 
     # Access taken back; each returns the revocations made.
     async def remove_user(self, user_id: str, at_ms: int) -> list[Revocation]:
@@ -56,6 +67,12 @@ class UserStore(Protocol):
         ...
 
     async def revoke_api_keys(self, user_id: str, kind: str, at_ms: int) -> list[Revocation]: ...
+    async def revoke_api_key(
+        self, key_id: str, at_ms: int, user_id: str | None = None
+    ) -> list[Revocation]:
+        """The key whose id is `key_id` (of `user_id`, when given); [] when none is."""
+        ...
+
     async def revocations_since(self, at_ms: int) -> list[Revocation]: ...
     async def is_removed(self, user_id: str) -> bool: ...
 

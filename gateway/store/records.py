@@ -67,6 +67,29 @@ class MessageRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """An API key as it is listed: never the key, which is stored only hashed.
+    `id` is the first 12 hex digits of its hash (what `revoke` names)."""
+
+    id: str
+    user_id: str
+    kind: str | None
+    hint: str | None
+    created_at: int
+    last_used_ms: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "kind": self.kind,
+            "hint": self.hint,
+            "created_at": self.created_at,
+            "last_used_at": None if self.last_used_ms is None else self.last_used_ms // 1000,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Revocation:
     """Access taken back: a whole user (`key_hash` empty: removed) or one API key."""
 

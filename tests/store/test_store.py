@@ -318,3 +318,30 @@ async def test_two_replicas_migrate_one_postgres_at_once(pg_url: str, tmp_path: 
 async def test_unknown_scheme_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="postgresql://"):
         await open_store("mysql://x", tmp_path)
+
+
+async def test_api_keys_listed_used_and_revoked_by_id(store: Store) -> None:
+    await store.create_user(user("u1"))
+    await store.create_user(user("u2", "bob@example.com"))
+    first, second, other = "a1" * 32, "b2" * 32, "c3" * 32
+    await store.add_api_key(first, "u1", 10, hint="sk-aaa…aaaa")
+    await store.add_api_key(second, "u1", 20, kind="ragflow", hint="ragflo…bbbb")
+    await store.add_api_key(other, "u2", 30)
+    mine = await store.list_api_keys("u1")
+    assert [(k.id, k.kind, k.hint, k.created_at, k.last_used_ms) for k in mine] == [
+        (second[:12], "ragflow", "ragflo…bbbb", 20, None),
+        (first[:12], "openwebui", "sk-aaa…aaaa", 10, None),
+    ]
+    assert [k.user_id for k in await store.list_api_keys()] == ["u2", "u1", "u1"]
+    await store.key_used(first, 12_345)
+    assert (await store.list_api_keys("u1"))[1].as_dict()["last_used_at"] == 12
+    # Not another user's, not a malformed id, not a prefix shorter than an id.
+    assert await store.revoke_api_key(other[:12], 99, user_id="u1") == []
+    assert await store.revoke_api_key("%", 99) == []
+    assert await store.revoke_api_key(first[:6], 99) == []
+    (revoked,) = await store.revoke_api_key(first[:12], 99, user_id="u1")
+    assert (revoked.user_id, revoked.key_hash, revoked.at_ms) == ("u1", first, 99)
+    assert await store.user_for_api_key(first) is None
+    assert [r.key_hash for r in await store.revocations_since(99)] == [first]
+    (by_admin,) = await store.revoke_api_key(other[:12], 100)
+    assert by_admin.user_id == "u2" and await store.user_for_api_key(other) is None

@@ -21,7 +21,7 @@ from gateway.api.common import principal_of, read_json
 from gateway.application.accounts import UserRecord
 from gateway.application.keys import ACCOUNTS, AUTHENTICATOR, SETTINGS
 from gateway.edge.proxy import prefix
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, NotFound
 
 
 def _session(request: web.Request, user: UserRecord) -> dict[str, Any]:
@@ -106,8 +106,39 @@ async def signout(request: web.Request) -> web.Response:
 
 
 async def api_key(request: web.Request) -> web.Response:
+    """A new key, shown this once; the caller's key before it stops working."""
     key = await request.app[ACCOUNTS].new_key(await principal_of(request))
     return web.json_response({"api_key": key})
+
+
+async def get_api_key(request: web.Request) -> web.Response:
+    """The caller's Open WebUI key, as far as it is kept: its id, hint and times
+    (`api_key` is null: only a hash is stored, the key was shown at creation)."""
+    keys = await request.app[ACCOUNTS].keys(await principal_of(request))
+    mine = [key for key in keys if key.kind in ("openwebui", None)]
+    if not mine:
+        raise NotFound("API key not found")
+    return web.json_response({"api_key": None, **mine[0].as_dict()})
+
+
+async def list_api_keys(request: web.Request) -> web.Response:
+    """The caller's keys of every kind (Open WebUI's and RAGFlow's), newest first."""
+    keys = await request.app[ACCOUNTS].keys(await principal_of(request))
+    return web.json_response([key.as_dict() for key in keys])
+
+
+async def list_all_api_keys(request: web.Request) -> web.Response:
+    """Everyone's keys (admins only)."""
+    keys = await request.app[ACCOUNTS].all_keys(await principal_of(request))
+    return web.json_response([key.as_dict() for key in keys])
+
+
+async def revoke_api_key(request: web.Request) -> web.Response:
+    """One key by its id: the caller's own (an admin's: anyone's); refused at once on
+    every transport, its connections closed."""
+    principal = await principal_of(request)
+    await request.app[ACCOUNTS].revoke_key(principal, request.match_info["key_id"])
+    return web.json_response(True)
 
 
 async def delete_api_key(request: web.Request) -> web.Response:
@@ -132,5 +163,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{prefix}/signout", signout)
     app.router.add_post(f"{prefix}/add", add)
     app.router.add_post(f"{prefix}/api_key", api_key)
+    app.router.add_get(f"{prefix}/api_key", get_api_key)
     app.router.add_delete(f"{prefix}/api_key", delete_api_key)
+    app.router.add_get(f"{prefix}/api_keys", list_api_keys)
+    app.router.add_get(f"{prefix}/api_keys/all", list_all_api_keys)
+    app.router.add_delete(f"{prefix}/api_keys/{{key_id}}", revoke_api_key)
     app.router.add_post(f"{prefix}/update/timezone", update_timezone)

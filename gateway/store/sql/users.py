@@ -3,7 +3,9 @@
     users        id, name, email (unique, lower-case), role, password_hash,
                  profile_image_url, created_at, updated_at (s), settings (JSON)
     api_keys     key_hash (the key itself is never stored), user_id, created_at,
-                 kind ('openwebui' | 'ragflow'; NULL for keys older than kinds)
+                 kind ('openwebui' | 'ragflow'; NULL for keys older than kinds),
+                 hint (its first and last characters), last_used_ms; listed by
+                 id, the first KEY_ID_CHARS hex digits of the hash
     revocations  (user_id, key_hash) → reason, at_ms; key_hash '' is the whole
                  user removed, any other one API key revoked
 
@@ -17,7 +19,7 @@ import dataclasses
 import json
 
 from gateway.store.drivers import Row, Statement
-from gateway.store.records import Revocation, UserRecord
+from gateway.store.records import ApiKeyRecord, Revocation, UserRecord
 from gateway.store.sql.assistants import delete_assistants_of
 from gateway.store.sql.chats import delete_chats_of
 from gateway.store.sql.common import Tables, dumps, duplicate_as, qualified
@@ -26,6 +28,10 @@ from gateway.store.sql.tags import delete_tags_of
 USER_COLUMNS = (
     "id, name, email, role, password_hash, profile_image_url, created_at, updated_at, settings"
 )
+
+
+# A key's id: the start of its hash (64 hex digits), enough to tell keys apart.
+KEY_ID_CHARS = 12
 
 
 def _user(row: Row) -> UserRecord:
@@ -128,11 +134,46 @@ class SQLUsers(Tables):
 
     # -- api keys ----------------------------------------------------------
     async def add_api_key(
-        self, key_hash: str, user_id: str, created_at: int, kind: str = "openwebui"
+        self,
+        key_hash: str,
+        user_id: str,
+        created_at: int,
+        kind: str = "openwebui",
+        hint: str | None = None,
     ) -> None:
         await self.db.execute(
-            "INSERT INTO api_keys (key_hash, user_id, created_at, kind) VALUES (?, ?, ?, ?)",
-            (key_hash, user_id, created_at, kind),
+            "INSERT INTO api_keys (key_hash, user_id, created_at, kind, hint) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key_hash, user_id, created_at, kind, hint),
+        )
+
+    async def list_api_keys(self, user_id: str | None = None) -> list[ApiKeyRecord]:
+        columns = "key_hash, user_id, kind, hint, created_at, last_used_ms"
+        if user_id is None:
+            rows = await self.db.fetch(
+                f"SELECT {columns} FROM api_keys ORDER BY created_at DESC, key_hash", ()
+            )
+        else:
+            rows = await self.db.fetch(
+                f"SELECT {columns} FROM api_keys WHERE user_id = ? "
+                "ORDER BY created_at DESC, key_hash",
+                (user_id,),
+            )
+        return [
+            ApiKeyRecord(
+                row[0][:KEY_ID_CHARS],
+                row[1],
+                row[2],
+                row[3],
+                int(row[4]),
+                None if row[5] is None else int(row[5]),
+            )
+            for row in rows
+        ]
+
+    async def key_used(self, key_hash: str, at_ms: int) -> None:
+        await self.db.execute(
+            "UPDATE api_keys SET last_used_ms = ? WHERE key_hash = ?", (at_ms, key_hash)
         )
 
     async def user_for_api_key(self, key_hash: str) -> UserRecord | None:
@@ -163,6 +204,21 @@ class SQLUsers(Tables):
                 Revocation(user_id, row[0], f"{kind} key revoked", at_ms) for row in rows
             ]
             await tx.execute(f"DELETE FROM api_keys WHERE {where}", (user_id, kind))
+            for revocation in revocations:
+                await tx.execute(*_revocation_upsert(revocation))
+        return revocations
+
+    async def revoke_api_key(
+        self, key_id: str, at_ms: int, user_id: str | None = None
+    ) -> list[Revocation]:
+        if len(key_id) != KEY_ID_CHARS or not all(c in "0123456789abcdef" for c in key_id):
+            return []
+        where = "key_hash LIKE ?" + ("" if user_id is None else " AND user_id = ?")
+        args: tuple[str, ...] = (key_id + "%",) + (() if user_id is None else (user_id,))
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch(f"SELECT key_hash, user_id FROM api_keys WHERE {where}", args)
+            revocations = [Revocation(row[1], row[0], "key revoked", at_ms) for row in rows]
+            await tx.execute(f"DELETE FROM api_keys WHERE {where}", args)
             for revocation in revocations:
                 await tx.execute(*_revocation_upsert(revocation))
         return revocations
