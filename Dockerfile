@@ -13,9 +13,10 @@ ENV GATEWAY_HOST=0.0.0.0 \
     DATA_DIR=/data
 EXPOSE 8080
 
-# /ready, not /health: a replica that cannot reach Redis or its database takes
-# no traffic.
+# /ready?upstreams=0, not /health: a replica that cannot reach Redis or its
+# database takes no traffic; a model server that is down is down for every
+# replica, and marking them all unhealthy would not bring it back.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ready', timeout=4)"
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ready?upstreams=0', timeout=4)"
 
 CMD ["gateway", "serve"]

@@ -1,6 +1,8 @@
-"""Liveness (`/health`) and readiness (`/ready`).
+"""Liveness (`/health`), the database (`/health/db`) and readiness (`/ready`).
 
-`/health` answers as long as the event loop runs.  `/ready` checks what a
+`/health` answers as long as the event loop runs (a liveness probe: restart a
+replica whose loop is stuck).  `/health/db` is Open WebUI's name for "the
+database answers": `{"status": true}`, or 503 `{"status": false}`.  `/ready` checks what a
 reply needs (the bus — Redis, when replicas share it —, the store, each
 configured upstream's model list) and says which check failed, with 503, so
 a load balancer stops sending traffic to a replica that cannot serve it.
@@ -55,6 +57,12 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": True})
 
 
+async def health_db(request: web.Request) -> web.Response:
+    result = await request.app[READINESS].checked(False)
+    ok = result.checks.get("store") == "ok"
+    return web.json_response({"status": ok}, status=200 if ok else 503)
+
+
 async def ready(request: web.Request) -> web.Response:
     token = find_token(request.headers, request.cookies)
     # A token offered must be good (401 otherwise); only an admin's shows details.
@@ -74,4 +82,5 @@ async def ready(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
+    app.router.add_get("/health/db", health_db)
     app.router.add_get("/ready", ready)
