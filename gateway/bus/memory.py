@@ -94,8 +94,21 @@ class LocalReplicas:
         return []
 
 
+# What the finished replies kept for resuming may hold, in characters of their text
+# (each event counted EVENT_COST more): past it the longest-ended go first.
+MAX_ENDED_CHARS = 64 * 1024 * 1024
+EVENT_COST = 64
+
+
+def _size(events: Iterable[AnyReplyEvent]) -> int:
+    size = 0
+    for event in events:
+        size += EVENT_COST + len(getattr(event, "text", "") or getattr(event, "content", "") or "")
+    return size
+
+
 class _Kept:
-    __slots__ = ("chat_id", "ended_ms", "events", "started_ms", "user_id")
+    __slots__ = ("chat_id", "ended_ms", "events", "size", "started_ms", "user_id")
 
     def __init__(self, user_id: str, chat_id: str, max_events: int, started_ms: int) -> None:
         self.user_id = user_id
@@ -103,19 +116,29 @@ class _Kept:
         self.events: deque[AnyReplyEvent] = deque(maxlen=max_events)
         self.started_ms = started_ms
         self.ended_ms: int | None = None
+        self.size = 0  # counted once the reply ends
 
 
 class LocalJournal:
     """The replay buffer in this process: a ring of at most `max_events` events per
-    reply, kept `ttl_s` after the reply ends; at most `max_replies` replies (the
-    longest-ended go first).  `max_events=0` keeps nothing."""
+    reply, kept `ttl_s` after the reply ends; at most `max_replies` replies and
+    `max_ended_chars` of finished ones (the longest-ended go first).
+    `max_events=0` keeps nothing."""
 
     lag_s = 0.0
 
-    def __init__(self, max_events: int, ttl_s: float, max_replies: int = 10_000) -> None:
+    def __init__(
+        self,
+        max_events: int,
+        ttl_s: float,
+        max_replies: int = 10_000,
+        max_ended_chars: int = MAX_ENDED_CHARS,
+    ) -> None:
         self._max_events = max_events
         self._ttl_s = ttl_s
         self._max_replies = max_replies
+        self._max_ended_chars = max_ended_chars
+        self._ended_chars = 0
         self._kept: dict[tuple[str, str], _Kept] = {}
         # Ended replies in the order they ended, with when each may go.
         self._ended: OrderedDict[tuple[str, str], float] = OrderedDict()
@@ -131,8 +154,13 @@ class LocalJournal:
         kept.events.append(event)
         if isinstance(event, ReplyFinished | ReplyFailed):
             kept.ended_ms = int(time.time() * 1000)
+            if key not in self._ended:
+                kept.size = _size(kept.events)
+                self._ended_chars += kept.size
             self._ended[key] = time.monotonic() + self._ttl_s
             self._ended.move_to_end(key)
+            while self._ended_chars > self._max_ended_chars and len(self._ended) > 1:
+                self._forget(next(iter(self._ended)))
 
     def _begin(self, key: tuple[str, str], chat_id: str, started: int) -> _Kept:
         self._sweep()
@@ -152,7 +180,8 @@ class LocalJournal:
             self._forget(key)
 
     def _forget(self, key: tuple[str, str]) -> None:
-        self._ended.pop(key, None)
+        if self._ended.pop(key, None) is not None:
+            self._ended_chars -= self._kept[key].size
         if self._kept.pop(key, None) is None:
             return
         keys = self._by_user.get(key[0])
@@ -180,3 +209,4 @@ class LocalJournal:
         self._kept.clear()
         self._ended.clear()
         self._by_user.clear()
+        self._ended_chars = 0

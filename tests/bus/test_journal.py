@@ -120,6 +120,20 @@ async def test_local_bounds_the_number_of_replies_dropping_the_longest_ended() -
     assert {k.message_id for k in await journal.replies_of("alice")} == {"b", "c", "d"}
 
 
+async def test_local_bounds_the_text_of_ended_replies_dropping_the_longest_ended() -> None:
+    # Each reply: 6 events and 3 words of text ("w0 w1 w2 ", and its end's content).
+    journal = LocalJournal(100, 60.0, max_ended_chars=1000)
+    for name in ("a", "b", "c"):
+        for event in reply(name, 3):
+            journal.record("alice", event)
+    # 6 events of 64 and ~18 characters: ~400 each, so only the last two fit.
+    assert await journal.read("alice", "a") is None
+    assert {k.message_id for k in await journal.replies_of("alice")} == {"b", "c"}
+    for event in reply("running", 50, end=False):
+        journal.record("alice", event)  # a running reply is never dropped for it
+    assert await journal.read("alice", "running") is not None
+
+
 async def test_local_off_and_foreign_events_keep_nothing() -> None:
     off = LocalJournal(0, 60.0)
     for event in reply("m1", 2):
