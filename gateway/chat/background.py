@@ -174,14 +174,15 @@ class Background:
             await self._title(chat_id, message_id, user_id, title, str(fallback or ""))
         elif name == "tags_generation":
             tags = strings(answer.get("tags"), MAX_TAGS, 40)
-            if tags:
+            # A chat deleted meanwhile gets no tags, and its tabs no event of it
+            # (the web app would fetch the chat again, and find none).
+            if tags and await self._store.get_chat(chat_id) is not None:
                 for tag in tags:
                     await self._store.add_tag(user_id, chat_id, tag)
                 self._emit(chat_id, message_id, user_id, "chat:tags", tags)
         elif name == "follow_up_generation":
             follow_ups = strings(answer.get("follow_ups"), MAX_FOLLOW_UPS, 300)
-            if follow_ups:
-                await self._follow_ups(chat_id, message_id, follow_ups)
+            if follow_ups and await self._follow_ups(chat_id, message_id, follow_ups):
                 self._emit(
                     chat_id,
                     message_id,
@@ -206,12 +207,14 @@ class Background:
         await self._store.update_chat(chat)
         self._emit(chat_id, message_id, user_id, "chat:title", chat.title)
 
-    async def _follow_ups(self, chat_id: str, message_id: str, follow_ups: list[str]) -> None:
+    async def _follow_ups(self, chat_id: str, message_id: str, follow_ups: list[str]) -> bool:
+        """Stored with the reply; False when it is gone (its chat deleted meanwhile)."""
         record = await self._store.get_message(chat_id, message_id)
         if record is None:
-            return
+            return False
         record.fields = {**record.fields, "followUps": follow_ups}
         await self._store.update_message(record)
+        return True
 
     def _emit(self, chat_id: str, message_id: str, user_id: str, kind: str, data: Any) -> None:
         event = MessageEvent(chat_id, message_id, 0, kind, data)
