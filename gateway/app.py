@@ -45,6 +45,7 @@ from gateway.bus import Replicas
 from gateway.bus.make import make_bus, make_journal
 from gateway.chat.background import Background
 from gateway.chat.service import ChatService
+from gateway.edge import access
 from gateway.edge.auth import Authenticator
 from gateway.edge.connections import SERVER_HEADER, body_deadline
 from gateway.edge.origins import OriginPolicy
@@ -104,13 +105,15 @@ def build_app(settings: Settings) -> web.Application:
     Forwarded headers are read by the outermost application, once, so that
     everything below it (the redirect to the base path included) sees the
     request as the client made it."""
-    forwarded = ProxyPolicy(settings.trusted_proxies).middleware()
+    proxies = ProxyPolicy(settings.trusted_proxies)
+    # Each request's id (from a trusted proxy's X-Request-ID, or new): in its log lines.
+    outer = [access.request_ids(proxies.trusts), proxies.middleware()]
     if not settings.base_path:
-        return _gateway_app(settings, [forwarded])
+        return _gateway_app(settings, outer)
     root = web.Application(
         client_max_size=settings.max_request_body_bytes,
         middlewares=[
-            forwarded,
+            *outer,
             # A route asked for outside the base path: a 404 that says where it is.
             error_middleware(ERROR_SHAPES, default=render_detail, base_path=settings.base_path),
         ],
@@ -130,6 +133,7 @@ def build_app(settings: Settings) -> web.Application:
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     # aiohttp's default names its version and Python's: no one needs to know them.
     response.headers["Server"] = SERVER_HEADER
+    await access.send_id(request, response)
 
 
 # What only this module and the application layer hold: no route or transport

@@ -66,6 +66,11 @@ class AuthError(PeerError):
     code = "invalid_token"
     openai_type = "authentication_error"
 
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        # Why, as one word of a fixed set (`gateway_auth_failures_total{reason}`).
+        self.reason = reason
+
 
 class Forbidden(PeerError):
     http_status = 403

@@ -17,6 +17,7 @@ from aiohttp import web, web_response
 
 from gateway import preflight
 from gateway.app import build_app
+from gateway.edge.access import AccessLogger
 from gateway.edge.connections import (
     SERVER_HEADER,
     AcceptErrorLog,
@@ -79,7 +80,9 @@ async def _opened(loaded: Loaded) -> web.AppRunner:
         # A client that disconnects cancels its handler, so the upstream
         # request behind it is closed at once, not at the next write.
         handler_cancellation=True,
-        access_log=None,
+        # One line per request (`edge/access.py`), and the HTTP request counter.
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("gateway.access"),
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         # Also how long a new connection may take to send its request line and
         # headers: the timer runs from its start until a whole request is in.

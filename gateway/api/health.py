@@ -1,4 +1,5 @@
-"""Liveness (`/health`), the database (`/health/db`) and readiness (`/ready`).
+"""Liveness (`/health`), the database (`/health/db`), readiness (`/ready`) and the
+Prometheus metrics (`/metrics`, declared in `edge/metrics.py`).
 
 `/health` answers as long as the event loop runs (a liveness probe: restart a
 replica whose loop is stuck).  `/health/db` is Open WebUI's name for "the
@@ -23,10 +24,12 @@ checks reveal").
 
 from __future__ import annotations
 
+import hmac
+
 from aiohttp import web
 
 from gateway.application.keys import AUTHENTICATOR, READINESS, SETTINGS
-from gateway.edge import redact
+from gateway.edge import metrics, redact
 from gateway.edge.auth import find_token
 from gateway.edge.proxy import prefix
 from gateway.webui.serving import index_note
@@ -79,7 +82,29 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if result.ready else 503)
 
 
+async def metrics_page(request: web.Request) -> web.Response:
+    """Prometheus's text format; behind `GATEWAY_METRICS_TOKEN` when one is set
+    (compared in constant time: a guess learns nothing from how long it took)."""
+    expected = request.app[SETTINGS].metrics_token
+    if expected:
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), expected.encode()
+        ):
+            return web.json_response(
+                {"detail": "Send 'Authorization: Bearer <GATEWAY_METRICS_TOKEN>'"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+    return web.Response(
+        body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE_LATEST}
+    )
+
+
 def add_routes(app: web.Application) -> None:
+    if app[SETTINGS].metrics:
+        app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_get("/health/db", health_db)

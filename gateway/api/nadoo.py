@@ -152,17 +152,17 @@ class WorkspaceEndpoint(_NadooEndpoint):
 
 async def chat(request: web.Request) -> web.StreamResponse:
     endpoint = ChatEndpoint(request.app[REPLIES], request.match_info["session_id"])
-    return await serve(request, endpoint, reason_for=_reason)
+    return await serve(request, endpoint, flavour="nadoo", reason_for=_reason)
 
 
 async def notifications(request: web.Request) -> web.StreamResponse:
     endpoint = NotificationsEndpoint(request.match_info["user_id"])
-    return await serve(request, endpoint, reason_for=_reason)
+    return await serve(request, endpoint, flavour="nadoo", reason_for=_reason)
 
 
 async def workspaces(request: web.Request) -> web.StreamResponse:
     endpoint = WorkspaceEndpoint(request.match_info["workspace_id"])
-    return await serve(request, endpoint, reason_for=_reason)
+    return await serve(request, endpoint, flavour="nadoo", reason_for=_reason)
 
 
 async def ws_stats(request: web.Request) -> web.Response:

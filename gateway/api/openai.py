@@ -104,6 +104,7 @@ async def answer(
             encoder.encode,
             origins=request.app[ORIGINS],
             keepalive_s=request.app[SETTINGS].sse_keepalive_s,
+            flavour="openai",
         )
     end, before = await finished(events)
     return web.json_response(completion(ask, created, end, before))

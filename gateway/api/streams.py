@@ -29,6 +29,7 @@ from gateway import rooms
 from gateway.application.keys import AUTHENTICATOR, ORIGINS, REALTIME, REPLIES, SETTINGS
 from gateway.application.realtime import Attached, Outbox, Overflow
 from gateway.application.replies import Ended
+from gateway.edge import access, metrics
 from gateway.edge.auth import Principal, find_token
 from gateway.edge.origins import grant_stream
 from gateway.errors import BadRequest, NotFound
@@ -131,6 +132,8 @@ async def _write(
     lease = request.app[REALTIME].hold(principal, access_ended)
     async with contextlib.aclosing(events):
         await response.prepare(request)
+        flavour = "mirror" if cursor is not None else "openwebui"
+        counted = access.connection_opened("sse", flavour, principal.user_id)
         try:
             async with Keepalive(response, keepalive_s) as keepalive:
                 async for event in events:
@@ -142,6 +145,7 @@ async def _write(
                     if frame:
                         await response.write(frame)
                         keepalive.wrote()
+                        metrics.HOT.delivered_sse += 1
                 await response.write_eof()
         except (ConnectionResetError, Ended):
             pass  # the client left, or fell so far behind it must resume
@@ -151,6 +155,7 @@ async def _write(
             handler.uncancel()  # its access ended: the stream is over
         finally:
             lease.release()
+            counted()
     return response
 
 

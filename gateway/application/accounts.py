@@ -69,7 +69,7 @@ class StoreDirectory:
         # A removed user's tokens may still be valid JWTs: they must not make
         # the user again (only ids never seen are created just in time).
         if await self.store.is_removed(user_id):
-            raise AuthError("This account was removed")
+            raise AuthError("This account was removed", reason="removed")
 
     async def principal_for_api_key(self, key: str) -> Principal | None:
         digest = hash_api_key(key)

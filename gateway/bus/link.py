@@ -43,6 +43,7 @@ from redis.asyncio.client import Pipeline, PubSub
 from redis.exceptions import RedisError
 
 from gateway.bus.wire import Malformed
+from gateway.edge import metrics
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class Listener:
             self._handler.received(name, data.decode())
         except (Malformed, UnicodeDecodeError) as exc:
             self.malformed += 1
+            metrics.HOT.bus_malformed += 1
             self._bad.note(part=self._name, channel=name, error=str(exc)[:200])
         except Exception:
             self.failed += 1
@@ -203,7 +205,9 @@ class Sender:
         self._bounded(self.commands, item)
 
     def hold(self, item: Any) -> None:
-        self._bounded(self.held, item)
+        """An item for `route`, sent once the gate opens (kept with when it came, for
+        `gateway_bus_send_lag_seconds`)."""
+        self._bounded(self.held, (time.monotonic(), item))
 
     def wake(self) -> None:
         """The gate may have opened."""
@@ -248,10 +252,14 @@ class Sender:
         for name, *args in commands:
             getattr(pipe, name)(*args)
         if self._route is not None:
-            for item in held:
+            for _, item in held:
                 self._route(pipe, item)
         try:
             await pipe.execute()
+            if held:
+                now = time.monotonic()
+                for since, _ in held:
+                    metrics.BUS_SEND_LAG.observe(now - since)
             return True
         except RedisError as exc:
             # Back at the front, in order, for when Redis answers again (the first

@@ -56,6 +56,7 @@ from redis.exceptions import RedisError
 from gateway.bus import Deliver, LoadContent, room_set, wire
 from gateway.bus.link import BACKOFF_MAX_S, Background, Complaints, Listener, Sender, client
 from gateway.bus.mirror import Mirror
+from gateway.edge import metrics
 from gateway.events import Event, ReplyFinished
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ class RedisRooms:
         except wire.Undeliverable as exc:
             log.warning("event too big for the bus, not sent to other replicas: %s", exc)
             return
+        metrics.HOT.bus_published += len(bodies)
         for encoded in bodies:
             self._number += 1
             self._sender.hold((shared, wire.message(self.replica_id, self._number, encoded)))
@@ -303,6 +305,7 @@ class RedisRooms:
         if origin == self.replica_id or number <= self._highest.get(origin, 0):
             return  # ours, or a copy already delivered through another room
         self._highest[origin] = number
+        metrics.HOT.bus_received += 1
         rooms, event, in_store = wire.decode(data)
         unread = in_store and isinstance(event, ReplyFinished) and event.chat_id is not None
         waiting = self._waiting.get(origin)

@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from gateway.chat.reply import estimate_tokens, last_seq
 from gateway.chat.running import Running
 from gateway.errors import GatewayError
-from gateway.events import Event, ReplyFailed, ReplyFinished, TextDelta, Usage
+from gateway.events import (
+    Event,
+    ReasoningDelta,
+    ReplyFailed,
+    ReplyFinished,
+    ReplyStarted,
+    TextDelta,
+    Usage,
+)
 from gateway.store.records import MessageRecord
 
 
@@ -66,6 +74,9 @@ class ReplyRun:
     started: float = field(default_factory=time.monotonic)
     # Draft checkpoints (runner.py): when the last one was taken.
     checkpointed: float = field(default_factory=time.monotonic)
+    # For the metrics: the model that answered, and when its first text came.
+    model: str = ""
+    first_token: float | None = None
 
     @property
     def content(self) -> str:
@@ -88,6 +99,13 @@ class ReplyRun:
         self.seq = last_seq(self.seq, event)
         if type(event) is TextDelta:
             self.parts.append(event.text)
+            if self.first_token is None:
+                self.first_token = time.monotonic()
+        elif type(event) is ReasoningDelta:
+            if self.first_token is None:
+                self.first_token = time.monotonic()
+        elif type(event) is ReplyStarted:
+            self.model = event.model
 
     def end_phase(self, end: ReplyFinished | ReplyFailed) -> Phase:
         if isinstance(end, ReplyFailed):

@@ -31,6 +31,7 @@ from gateway import rooms
 from gateway.chat.chats import DEFAULT_TITLES, now_s
 from gateway.chat.lifecycle import Phase, ReplyRun
 from gateway.chat.running import Running, RunningReplies
+from gateway.edge import access, metrics
 from gateway.errors import GatewayError
 from gateway.events import Event, Notification, ReplyFailed, ReplyFinished, TextDelta
 from gateway.fanout.hub import Hub
@@ -76,10 +77,12 @@ class ReplyRunner:
 
     async def refused(self, record: MessageRecord, error: GatewayError) -> None:
         """A reply whose upstream would not open before it was started: stored as failed."""
+        metrics.reply_ended("failed", error.code, "", None, 0.0)
         await self._store_end(record, ReplyFailed("", record.id, 0, error.code, error.message))
 
     async def _run(self, run: ReplyRun, opening: Opening) -> None:
         checkpoint: asyncio.Task[None] | None = None
+        metrics.REPLIES_RUNNING.inc()
         try:
             try:
                 end, checkpoint = await self._stream(run, opening)
@@ -102,6 +105,7 @@ class ReplyRunner:
         finally:
             if checkpoint is not None and not checkpoint.done():
                 checkpoint.cancel()
+            metrics.REPLIES_RUNNING.dec()
             self._registry.ended(run.running)
 
     async def _stream(
@@ -146,6 +150,7 @@ class ReplyRunner:
         logged, and the clients still get the end), then the end published, then —
         for a finished stored reply nobody watched — a notification."""
         run.advance(run.end_phase(end))
+        _count(run, end)
         if run.record is not None:
             try:
                 titled = await self._store_end(run.record, end, run.title)
@@ -195,3 +200,52 @@ class ReplyRunner:
             preview = preview[: NOTIFICATION_PREVIEW_CHARS - 1] + "…"
         note = Notification(running.user_id, "Reply ready", preview, f"/c/{running.chat_id}")
         self._hub.publish([rooms.notify(running.user_id)], note)
+
+
+async def counted(
+    events: AsyncGenerator[Event, None], user_id: str, message_id: str
+) -> AsyncGenerator[Event, None]:
+    """A reply nothing stores (OpenAI's pure API: its caller consumes the events),
+    counted as the runner counts its replies.  Closed before its end (the client
+    left): cancelled."""
+    run = ReplyRun(Running("", "", message_id, user_id, []))
+    status, code = Phase.CANCELLED, None
+    metrics.REPLIES_RUNNING.inc()
+    try:
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, _ENDINGS):
+                    status = run.end_phase(event)
+                    code = event.code if isinstance(event, ReplyFailed) else None
+                else:
+                    run.saw(event)
+                yield event
+    except Exception as exc:
+        status, code = Phase.FAILED, getattr(exc, "code", "internal_error")
+        raise
+    finally:
+        metrics.REPLIES_RUNNING.dec()
+        _ended(run, status, code)
+
+
+def _count(run: ReplyRun, end: ReplyFinished | ReplyFailed) -> None:
+    code = end.code if isinstance(end, ReplyFailed) else None
+    _ended(run, run.phase, code)
+
+
+def _ended(run: ReplyRun, status: Phase, code: str | None) -> None:
+    """A reply's end into the metrics and the access log (ids and sizes, not its text)."""
+    took = time.monotonic() - run.started
+    ttft = None if run.first_token is None else run.first_token - run.started
+    metrics.reply_ended(status.value, code, run.model, ttft, took)
+    running = run.running
+    access.reply_ended(
+        status.value,
+        user_id=running.user_id,
+        chat_id=running.chat_id,
+        message_id=running.message_id,
+        model=run.model,
+        took_s=took,
+        chars=sum(map(len, run.parts)),
+        code=code,
+    )

@@ -32,7 +32,7 @@ from gateway.chat import tree
 from gateway.chat.background import Background
 from gateway.chat.chats import DEFAULT_TITLE, ChatBook, now_s, title_for
 from gateway.chat.reply import reply_events
-from gateway.chat.runner import Opening, ReplyRunner
+from gateway.chat.runner import Opening, ReplyRunner, counted
 from gateway.chat.running import Running, RunningReplies
 from gateway.chat.shapes import history_of, message_record
 from gateway.chat.turns import (
@@ -43,6 +43,7 @@ from gateway.chat.turns import (
     unanswered,
 )
 from gateway.commands import Ask, ReplyTarget, Say
+from gateway.edge import metrics
 from gateway.edge.auth import Principal
 from gateway.errors import BadRequest, GatewayError, UpstreamError
 from gateway.events import Event, ReplyFinished
@@ -140,15 +141,21 @@ class ChatService:
         Raises before any event when the model is unknown or the upstream
         refuses, so the caller can still answer with a plain HTTP error.
         """
-        return await self._open(
-            ask.model,
-            ask.messages,
-            ask.params,
-            chat_id=None,
-            message_id=f"chatcmpl-{uuid.uuid4().hex}",
-            user_id=principal.user_id,
-            parent_id=None,
-        )
+        message_id = f"chatcmpl-{uuid.uuid4().hex}"
+        try:
+            events = await self._open(
+                ask.model,
+                ask.messages,
+                ask.params,
+                chat_id=None,
+                message_id=message_id,
+                user_id=principal.user_id,
+                parent_id=None,
+            )
+        except GatewayError as exc:
+            metrics.reply_ended("failed", exc.code, "", None, 0.0)
+            raise
+        return counted(events, principal.user_id, message_id)
 
     # -- backend-controlled mode ---------------------------------------------
     async def start_reply(self, principal: Principal, ask: Ask) -> StartedReply:

@@ -1,15 +1,36 @@
-"""Log lines as operators read them: one line each, `extra=` fields appended as
-key=value, and secrets masked in the whole line (message, extras and traceback)."""
+"""Log lines as operators read them, secrets masked in the whole line (message,
+extras and traceback):
+
+* `GATEWAY_LOG_FORMAT=text` (the default): one line each, `extra=` fields
+  appended as key=value;
+* `GATEWAY_LOG_FORMAT=json`: one JSON object per line — `ts`, `level`,
+  `logger`, `msg`, the `extra=` fields, and `exc` for a traceback — for log
+  shippers (Loki, Elasticsearch, CloudWatch).
+
+Every line written while a request is handled (or a reply it started runs)
+carries its `request_id` (`edge/access.py`).  `GATEWAY_ACCESS_LOG=false`
+silences the `gateway.access` lines (requests, connections, replies).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 
-from gateway.edge import redact
+from gateway.edge import access, redact
 from gateway.settings import Loaded
 
 _STANDARD_RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, object]:
+    extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_FIELDS}
+    if "request_id" not in extras:
+        request_id = access.current_id()
+        if request_id is not None:
+            extras["request_id"] = request_id
+    return extras
 
 
 class ExtraFormatter(logging.Formatter):
@@ -22,20 +43,54 @@ class ExtraFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_FIELDS}
+        extras = _extras(record)
         if extras:
             line += " " + " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in extras.items())
         return self._redact(line)
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, secrets masked in it."""
+
+    def __init__(self, redactor: redact.Redactor) -> None:
+        super().__init__()
+        self._redact = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in _extras(record).items():
+            line.setdefault(key, value)
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        # Masked before encoding (JSON's escapes could split a secret) and after
+        # (a token inside a list or a dict field).
+        masked = {k: self._redact(v) if isinstance(v, str) else v for k, v in line.items()}
+        return self._redact(json.dumps(masked, default=str, ensure_ascii=False))
+
+
 def setup(loaded: Loaded) -> None:
     settings = loaded.settings
     redactor = redact.Redactor(
-        [settings.secret_key or "", *settings.openai_api_keys, *settings.api_keys]
+        [
+            settings.secret_key or "",
+            settings.metrics_token or "",
+            *settings.openai_api_keys,
+            *settings.api_keys,
+        ]
     )
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        ExtraFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", redactor)
-    )
+    formatter: logging.Formatter
+    if settings.log_format == "json":
+        formatter = JsonFormatter(redactor)
+    else:
+        formatter = ExtraFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", redactor)
+    handler.setFormatter(formatter)
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if not settings.access_log:
+        logging.getLogger("gateway.access").setLevel(logging.WARNING)

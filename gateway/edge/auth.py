@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
+from gateway.edge import access, metrics
 from gateway.edge.secrets import hash_api_key, looks_like_api_key
 from gateway.errors import AuthError
 
@@ -93,7 +94,10 @@ def find_token(
         if len(words) == 1:
             return words[0]
         if len(words) != 2 or words[0].lower() != "bearer":
-            raise AuthError("Malformed Authorization header: expected 'Bearer <token>'")
+            metrics.AUTH_FAILURES.labels("malformed").inc()
+            raise AuthError(
+                "Malformed Authorization header: expected 'Bearer <token>'", reason="malformed"
+            )
         return words[1]
     query = query or {}
     for candidate in (
@@ -136,17 +140,29 @@ class Authenticator:
             return jwt.encode(payload, self._secret, algorithm="HS256")
 
     async def authenticate(self, token: str | None) -> Principal:
+        """Who `token` (a JWT or an API key) is; `AuthError` (counted by its reason)."""
+        try:
+            principal = await self._authenticate(token)
+        except AuthError as exc:
+            metrics.AUTH_FAILURES.labels(exc.reason).inc()
+            raise
+        access.noted_user(principal.user_id)
+        return principal
+
+    async def _authenticate(self, token: str | None) -> Principal:
         if not token:
-            raise AuthError("Not authenticated: send 'Authorization: Bearer <token>'")
+            raise AuthError(
+                "Not authenticated: send 'Authorization: Bearer <token>'", reason="missing"
+            )
         if looks_like_api_key(token):
             principal = await self.directory.principal_for_api_key(token)
             if principal is None:
-                raise AuthError("Invalid API key")
+                raise AuthError("Invalid API key", reason="invalid_api_key")
             return replace(principal, key_hash=hash_api_key(token))
         claims = self.verify_jwt(token)
         user_id = claims.get("id") or claims.get("sub")
         if not isinstance(user_id, str) or not user_id:
-            raise AuthError("Invalid token: no 'id' or 'sub' claim")
+            raise AuthError("Invalid token: no 'id' or 'sub' claim", reason="no_subject")
         principal = await self.directory.principal_for_jwt(user_id, claims)
         expires = claims.get("exp")
         return replace(principal, expires_at=float(expires)) if expires is not None else principal
@@ -155,7 +171,7 @@ class Authenticator:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise AuthError("Invalid token: not a JWT") from None
+            raise AuthError("Invalid token: not a JWT", reason="not_jwt") from None
         alg = header.get("alg")
         key: str
         if alg == "HS256":
@@ -164,16 +180,16 @@ class Authenticator:
             key = self._public_key
         else:
             # Covers "none" and algorithm-confusion attempts alike.
-            raise AuthError(f"Invalid token: algorithm {alg!r} is not accepted")
+            raise AuthError(f"Invalid token: algorithm {alg!r} is not accepted", reason="algorithm")
         try:
             with _short_key_allowed():
                 claims: dict[str, Any] = jwt.decode(
                     token, key, algorithms=[alg], options={"require": [], "verify_aud": False}
                 )
         except jwt.ExpiredSignatureError:
-            raise AuthError("Token expired") from None
+            raise AuthError("Token expired", reason="expired") from None
         except jwt.PyJWTError:
-            raise AuthError("Invalid token: bad signature or claims") from None
+            raise AuthError("Invalid token: bad signature or claims", reason="signature") from None
         return claims
 
 

@@ -47,6 +47,7 @@ from dataclasses import replace
 
 from gateway.bus import Bus, Journal, is_local
 from gateway.bus.memory import LocalBus, LocalJournal
+from gateway.edge.metrics import HOT, ROOMS
 from gateway.events import (
     Event,
     ReasoningDelta,
@@ -203,6 +204,7 @@ class Outbox:
                 merged.last = event
                 self._events[-1] = merged
                 self._chars += size
+                HOT.merges += 1
                 return
             self._overflow()
             return
@@ -229,6 +231,7 @@ class Outbox:
 
     def _overflow(self) -> None:
         self.overflowed = True
+        HOT.slow_disconnects += 1
         self._wakeup.set()
         if self._on_overflow is not None:
             self._on_overflow()
@@ -294,6 +297,7 @@ class Hub:
         self._outbox_max_chars = outbox_max_chars
         self.bus: Bus = bus if bus is not None else LocalBus()
         self.journal: Journal = journal if journal is not None else LocalJournal(0, 1.0)
+        ROOMS.count = self._rooms.__len__
 
     def subscribe(
         self,

@@ -29,6 +29,8 @@ def describe(loaded: Loaded) -> dict[str, Any]:
         if isinstance(value, dict):
             # key=user pairs: who has a static key, never the key.
             shown[name] = [f"{redact.MASK}={user}" for user in value.values()]
+        elif value is None or isinstance(value, str):
+            shown[name] = redact.MASK if value else None
         else:
             shown[name] = [redact.MASK if v else "" for v in value]
     shown["secret_key"] = _secret_key(loaded)

@@ -220,6 +220,19 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text (one line each) or json (one JSON object per line)"
+    )
+    access_log: bool = Field(
+        True,
+        description="true or false: one log line per HTTP request, connection and reply",
+    )
+    metrics: bool = Field(True, description="true or false: serve Prometheus metrics at /metrics")
+    metrics_token: str | None = Field(
+        None,
+        description="a bearer token /metrics requires (Authorization: Bearer <token>); "
+        "empty for none",
+    )
 
     # -- the forms an operator writes -------------------------------------------------
     @field_validator(
@@ -254,6 +267,7 @@ class Settings(BaseModel):
 
     @field_validator(
         "secret_key",
+        "metrics_token",
         "jwt_public_key_file",
         "jwt_expires_in_s",
         "upstream_read_timeout_s",
@@ -270,6 +284,11 @@ class Settings(BaseModel):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     # -- what each value must be ---------------------------------------------------------
     @field_validator("host")

@@ -106,7 +106,7 @@ def env_name(field_name: str) -> str:
 
 
 # -- where a value came from --------------------------------------------------------
-SECRET_FIELDS = frozenset({"secret_key", "openai_api_keys", "api_keys"})
+SECRET_FIELDS = frozenset({"secret_key", "openai_api_keys", "api_keys", "metrics_token"})
 URL_FIELDS = frozenset({"database_url", "redis_url", "openai_api_base_urls"})
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ from gateway.application.chats import Chats
 from gateway.application.realtime import Attached, Lease, Outbox, Overflow, Realtime, Seat
 from gateway.application.replies import Replies
 from gateway.commands import ChatSignal, Resume
+from gateway.edge import access
 from gateway.edge.auth import Principal, find_token
 from gateway.edge.origins import OriginPolicy
 from gateway.errors import AuthError, GatewayError, NotFound
@@ -86,6 +87,8 @@ class Socket:
     resuming: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # A resume the handshake asked for (`auth.resume`), done once it joins.
     handshake_resume: Resume | None = None
+    # Uncounts it from `gateway_connections` when it ends.
+    uncount: Callable[[], None] = lambda: None
 
 
 class SocketIOTransport:
@@ -131,11 +134,12 @@ class SocketIOTransport:
     async def shutdown(self) -> None:
         for conn in list(self._conns.values()):
             self._release(conn)
+            conn.uncount()
         await self.sio.shutdown()
 
     # -- events from clients --------------------------------------------------
     async def _on_connect(self, sid: str, environ: Mapping[str, Any], auth: Any) -> bool:
-        conn = Socket(sid)
+        conn = Socket(sid, uncount=access.connection_opened("socketio", "openwebui"))
         self._conns[sid] = conn
         conn.eio_socket = engine.engine_socket(self.sio, sid)
         request: web.Request = environ["aiohttp.request"]
@@ -164,6 +168,7 @@ class SocketIOTransport:
         if conn is None:
             return
         self._release(conn)
+        conn.uncount()
         engine.end_long_poll(conn.eio_socket)
 
     async def _on_user_join(self, sid: str, data: Any) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from typing import Any
 import engineio
 import socketio
 
+from gateway.edge.metrics import HOT
 from gateway.events import Event
 from gateway.flavours.openwebui import SocketEncoder
 
@@ -76,6 +77,7 @@ ENCODED = _EncodedOnce()
 
 def enqueue(sock: Any, event: Event) -> None:
     put = sock.queue.put_nowait
+    HOT.delivered_socketio += 1
     for data in ENCODED(event):
         put(engineio.packet.Packet(MESSAGE, data=data))
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 
 from aiohttp import web
 
+from gateway.edge import access, metrics
 from gateway.edge.origins import OriginPolicy, grant_stream
 from gateway.events import Event
 from gateway.flavours.sse import KEEPALIVE
@@ -64,12 +65,14 @@ async def stream_events(
     *,
     origins: OriginPolicy,
     keepalive_s: float,
+    flavour: str,
     headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={**SSE_HEADERS, **(headers or {})})
     grant_stream(request, response, origins)
     async with contextlib.aclosing(events):
         await response.prepare(request)
+        counted = access.connection_opened("sse", flavour)
         try:
             async with Keepalive(response, keepalive_s) as keepalive:
                 async for event in events:
@@ -77,10 +80,13 @@ async def stream_events(
                     if frames:
                         await response.write(frames[0] if len(frames) == 1 else b"".join(frames))
                         keepalive.wrote()
+                        metrics.HOT.delivered_sse += 1
                 await response.write_eof()
         except ConnectionResetError:
             # The client left; leaving the `async with` closes the upstream.
             pass
+        finally:
+            counted()
     return response
 
 

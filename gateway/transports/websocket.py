@@ -39,6 +39,7 @@ from aiohttp import WSMsgType, web
 from gateway import rooms
 from gateway.application.keys import ORIGINS, REALTIME, SETTINGS
 from gateway.application.realtime import Attached, Outbox, Overflow, Realtime
+from gateway.edge import access, metrics
 from gateway.edge.auth import Principal, find_token
 from gateway.edge.proxy import upgrade_required
 from gateway.errors import (
@@ -173,6 +174,7 @@ async def serve(
     request: web.Request,
     endpoint: Endpoint,
     *,
+    flavour: str,
     authenticate: bool = True,
     reason_for: Callable[[GatewayError], str] = lambda error: error.message,
 ) -> web.StreamResponse:
@@ -199,6 +201,9 @@ async def serve(
         conn.phase = Phase.CLOSED
         return ws
     conn.phase = Phase.OPEN
+    counted = access.connection_opened(
+        "websocket", flavour, conn.principal.user_id if conn.principal else None
+    )
     lease = None
     if conn.principal is not None:
         lease = realtime.hold(
@@ -219,6 +224,7 @@ async def serve(
         with contextlib.suppress(Exception):
             await endpoint.closed(conn)
         conn.phase = Phase.CLOSED
+        counted()
     return ws
 
 
@@ -252,6 +258,7 @@ async def _write(conn: Connection, endpoint: Endpoint) -> None:
             for event in events:
                 for frame in endpoint.encode(conn, event):
                     await conn.ws.send_str(frame)
+            metrics.HOT.delivered_websocket += len(events)
             outbox.done()
     except Overflow:
         pass

@@ -30,6 +30,8 @@ from typing import Any
 
 import aiohttp
 
+from gateway.edge import access, metrics
+from gateway.edge.access import HEADER
 from gateway.errors import BadRequest, GatewayError, RateLimited, UpstreamError
 from gateway.upstream import Chunk, ModelInfo
 from gateway.upstream.chunks import MAX_EVENT_BYTES, BadStream, ChunkDecoder
@@ -78,11 +80,15 @@ class OpenAIUpstream:
                         f"the model server answered HTTP {resp.status} to its model list",
                         url,
                         f"HTTP {resp.status}",
+                        kind="models_status",
                     )
                 body = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise failure(
-                "the model server is unreachable", url, str(exc) or type(exc).__name__
+                "the model server is unreachable",
+                url,
+                str(exc) or type(exc).__name__,
+                kind="models_unreachable",
             ) from None
         models: list[ModelInfo] = []
         for entry in body.get("data", []) if isinstance(body, dict) else []:
@@ -108,15 +114,18 @@ class OpenAIUpstream:
             "stream_options": {"include_usage": True},
         }
         url = f"{self._base_url}/chat/completions"
+        request_id = access.current_id()
+        headers = self._headers if request_id is None else {**self._headers, HEADER: request_id}
         try:
             resp = await self._session.post(
-                url, json=body, headers=self._headers, timeout=self._stream_timeout
+                url, json=body, headers=headers, timeout=self._stream_timeout
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise failure(
                 f"The model server for '{model}' is unreachable",
                 self._base_url,
                 str(exc) or type(exc).__name__,
+                kind="unreachable",
             ) from None
         if resp.status != 200:
             try:
@@ -130,9 +139,16 @@ class OpenAIUpstream:
 
 
 def failure(
-    message: str, where: str, detail: str, error: type[GatewayError] = UpstreamError
+    message: str,
+    where: str,
+    detail: str,
+    error: type[GatewayError] = UpstreamError,
+    *,
+    kind: str,
 ) -> GatewayError:
-    """`error(message)` for the client; where it happened and the detail to the log."""
+    """`error(message)` for the client; where it happened and the detail to the log;
+    counted by `kind` (`gateway_upstream_errors_total`)."""
+    metrics.UPSTREAM_ERRORS.labels(kind).inc()
     log.warning(
         "model server failed: %s",
         message,
@@ -145,12 +161,12 @@ def _status_error(base_url: str, model: str, status: int, raw: bytes) -> Gateway
     detail = f"HTTP {status}: {raw.decode('utf-8', errors='replace')}"
     if status == 400:
         message = f"The model server refused the request for '{model}' (HTTP 400)"
-        return failure(message, base_url, detail, BadRequest)
+        return failure(message, base_url, detail, BadRequest, kind="refused")
     if status == 429:
         message = f"The model server for '{model}' is rate limiting (HTTP 429)"
-        return failure(message, base_url, detail, RateLimited)
+        return failure(message, base_url, detail, RateLimited, kind="rate_limited")
     message = f"The model server for '{model}' answered HTTP {status}"
-    return failure(message, base_url, detail)
+    return failure(message, base_url, detail, kind="http_error")
 
 
 class OpenAIStream:
@@ -180,9 +196,10 @@ class OpenAIStream:
                 f"The model server for '{self._model}' broke off the reply",
                 self._base_url,
                 str(exc) or type(exc).__name__,
+                kind="broken_off",
             ) from None
         except BadStream as exc:
-            raise failure(exc.message, self._base_url, exc.detail) from None
+            raise failure(exc.message, self._base_url, exc.detail, kind="bad_stream") from None
         finally:
             if decoder.unreadable:
                 log.warning(

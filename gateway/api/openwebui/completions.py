@@ -57,6 +57,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             encoder.encode,
             origins=request.app[ORIGINS],
             keepalive_s=request.app[SETTINGS].sse_keepalive_s,
+            flavour="openwebui",
             headers=headers,
         )
     end, before = await finished(following.events)

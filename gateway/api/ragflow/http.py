@@ -278,6 +278,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 lambda event: [codec.sse(frame) for frame in encoder.encode(event)],
                 origins=request.app[ORIGINS],
                 keepalive_s=settings.sse_keepalive_s,
+                flavour="ragflow",
             )
         try:
             end, _ = await finished(events)

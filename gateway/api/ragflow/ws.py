@@ -133,11 +133,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
     assistant_id = request.match_info.get("chat_id")
     mode = request.app[SETTINGS].ragflow_ws_answer_mode
     endpoint = ChatSocket(request.app[ASSISTANTS], request.app[REPLIES], mode, assistant_id)
-    return await serve(request, endpoint)
+    return await serve(request, endpoint, flavour="ragflow")
 
 
 async def health(request: web.Request) -> web.StreamResponse:
-    return await serve(request, HealthSocket(), authenticate=False)
+    return await serve(request, HealthSocket(), flavour="ragflow", authenticate=False)
 
 
 def add_routes(app: web.Application) -> None:

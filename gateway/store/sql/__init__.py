@@ -16,6 +16,7 @@ One module per noun, each a class holding the shared driver::
 
 from __future__ import annotations
 
+from gateway.edge import metrics
 from gateway.store.sql import migrations as _migrations
 from gateway.store.sql.assistants import SQLAssistants
 from gateway.store.sql.chats import SQLChats, like_escaped
@@ -35,8 +36,10 @@ __all__ = [
 ]
 
 
+@metrics.timed_methods
 class SQLStore(SQLUsers, SQLChats, SQLMessages, SQLTags, SQLAssistants):
-    """The whole store over one driver (the aggregates' methods do not overlap)."""
+    """The whole store over one driver (the aggregates' methods do not overlap); every
+    call timed (`gateway_store_seconds{op}`)."""
 
     async def migrate(self) -> None:
         await _migrations.migrate(self.db)

@@ -1,0 +1,187 @@
+"""Who asked what, and how it went: the request id and the access log.
+
+Every HTTP request gets a request id: the `X-Request-ID` a trusted proxy sent
+(GATEWAY_TRUSTED_PROXIES; at most 128 of `A-Z a-z 0-9 . _ : -`), or a new
+one.  It goes back to the client in the `X-Request-ID` response header, into
+every log line written while the request is handled (and by the tasks it
+starts: a reply's), and to the model server in the upstream request's
+`X-Request-ID`.
+
+    middleware ─▶ Access(request id) in the request and in a context variable
+        │            the authenticator fills in the user (`noted_user`)
+        ▼
+    handler … a reply task started here inherits the context: its log lines
+        │     and its upstream request carry the same id
+        ▼
+    AccessLogger.log ─▶ one line per request (a WebSocket's when it closes):
+                        method, path (never the query: it may hold a token),
+                        status, duration, bytes, user id, request id
+
+Connections (`connection_opened`/`connection_closed`) and replies
+(`reply_ended`) log a line each too, with the same id.  Nothing in these lines
+is a token, a key, a password or message text: paths are logged without
+their query, and ids and counts are all a reply line holds.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+
+from gateway.edge import metrics
+
+log = logging.getLogger("gateway.access")
+
+HEADER = "X-Request-ID"
+MAX_ID_CHARS = 128
+_GOOD_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_ID_CHARS}}}\Z")
+# Logged at DEBUG: Socket.IO's long polls (every few seconds per open tab) and
+# what probes and scrapers ask every few seconds.
+_QUIET_PATH = re.compile(r"/socket\.io/?\Z|/(health|health/db|ready|metrics)\Z")
+
+
+@dataclass(slots=True)
+class Access:
+    """One request's (or connection's) id and who it turned out to be."""
+
+    request_id: str
+    user_id: str | None = None
+
+
+_CURRENT: contextvars.ContextVar[Access | None] = contextvars.ContextVar(
+    "gateway_access", default=None
+)
+_KEY = "gateway.access"
+
+
+def current_id() -> str | None:
+    """The request id of the request (or reply) being handled, if any."""
+    access = _CURRENT.get()
+    return None if access is None else access.request_id
+
+
+def noted_user(user_id: str) -> None:
+    """The request being handled is this user's (called by the authenticator)."""
+    access = _CURRENT.get()
+    if access is not None:
+        access.user_id = user_id
+
+
+def request_ids(
+    trusts: Callable[[str | None], bool],
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The middleware giving each request its id (`trusts`: is this peer a trusted proxy)."""
+
+    @web.middleware
+    async def request_id(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        access = request.get(_KEY)
+        if access is None:
+            given = request.headers.get(HEADER)
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            trusted = trusts(peer[0] if isinstance(peer, tuple) else None)
+            chosen = given if given and trusted and _GOOD_ID.match(given) else uuid.uuid4().hex
+            access = request[_KEY] = Access(chosen)
+        token = _CURRENT.set(access)
+        try:
+            return await handler(request)
+        finally:
+            _CURRENT.reset(token)
+
+    return request_id
+
+
+async def send_id(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: the request id back to the client."""
+    access = request.get(_KEY)
+    if access is not None:
+        response.headers[HEADER] = access.request_id
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log hook: one line per request, and `gateway_http_requests_total`."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        metrics.HTTP_REQUESTS.labels(str(response.status)).inc()
+        access = request.get(_KEY)
+        level = logging.DEBUG if _QUIET_PATH.search(request.path) else logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        log.log(
+            level,
+            "%s %s %d",
+            request.method,
+            request.path,
+            response.status,
+            extra={
+                "request_id": access.request_id if access else None,
+                "user_id": access.user_id if access else None,
+                "duration_ms": round(time * 1000, 1),
+                "bytes": response.body_length,
+                "remote": request.remote,
+            },
+        )
+
+
+def connection_opened(
+    transport: str, flavour: str, user_id: str | None = None
+) -> Callable[[], None]:
+    """A client connection counted (`gateway_connections`) and logged; call what is
+    returned when it closes (logged again, with how long it lasted; once however
+    often it is called).  `user_id`: by default, whoever the request authenticated as."""
+    uncount = metrics.connection(transport, flavour)
+    current = _CURRENT.get()
+    request_id = None if current is None else current.request_id
+    if user_id is None and current is not None:
+        user_id = current.user_id
+    fields = {"transport": transport, "flavour": flavour, "user_id": user_id}
+    log.info("connection opened", extra={**fields, "request_id": request_id})
+    opened = time.monotonic()
+
+    def closed() -> None:
+        if uncount():
+            took = round((time.monotonic() - opened) * 1000, 1)
+            log.info(
+                "connection closed",
+                extra={**fields, "request_id": request_id, "duration_ms": took},
+            )
+
+    return closed
+
+
+def reply_ended(
+    status: str,
+    *,
+    user_id: str,
+    chat_id: str | None,
+    message_id: str,
+    model: str,
+    took_s: float,
+    chars: int,
+    code: str | None = None,
+) -> None:
+    """A reply's one line: ids, how it ended, how long and how much (never its text)."""
+    log.info(
+        "reply %s",
+        status,
+        extra={
+            "request_id": current_id(),
+            "user_id": user_id or None,
+            "chat_id": chat_id or None,
+            "message_id": message_id or None,
+            "model": model or None,
+            "code": code,
+            "duration_ms": round(took_s * 1000, 1),
+            "chars": chars,
+        },
+    )
