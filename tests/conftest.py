@@ -5,8 +5,26 @@ from pathlib import Path
 
 import pytest
 
+from tests import logscan
 from tests.fakes.upstream import FakeUpstream
-from tests.gatewayproc import GatewayProcess, make_token
+from tests.gatewayproc import LOG_FILES, GatewayProcess, make_token
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The log scan (`tests/logscan.py`) over every gateway log of the run: a token,
+    a password or a reply's text in one fails the run."""
+    findings = logscan.scan(dict.fromkeys(LOG_FILES))
+    if not findings:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"log scan: {len(findings)} secret(s) or message text in gateway logs:"]
+    lines += [f"  {finding}" for finding in findings[:50]]
+    for line in lines:
+        if reporter is not None:
+            reporter.write_line(line, red=True)
+        else:
+            print(line)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

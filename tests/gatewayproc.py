@@ -27,6 +27,10 @@ def make_token(
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
+# Every gateway log file of the run, for the log scan (`tests/logscan.py`).
+LOG_FILES: list[Path] = []
+
+
 class GatewayProcess:
     def __init__(
         self, data_dir: Path, env: dict[str, str] | None = None, wrapper: Sequence[str] = ()
@@ -57,6 +61,7 @@ class GatewayProcess:
             if not k.startswith(("OPENAI_", "GATEWAY_", "WEBUI_"))
         }
         env.update(self.env)
+        LOG_FILES.append(self.log_path)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [*self.wrapper, sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],

@@ -111,7 +111,9 @@ class Realtime:
 
     def stats(self, viewer: Principal) -> dict[str, Any]:
         """Nadoo's `/ws/stats`: everyone's totals; details of others for admins only."""
-        return stats(self._presence.seats(), None if viewer.is_admin else viewer.user_id)
+        if viewer.is_admin:
+            return stats(self._presence.seats(), None, self._presence.by_replica())
+        return stats(self._presence.seats(), viewer.user_id)
 
     # -- Engine.IO sessions, so a poll that reached the wrong replica can say so --------
     def session_opened(self, sid: str) -> None:

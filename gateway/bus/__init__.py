@@ -219,3 +219,7 @@ class Replicas(Sessions, Protocol):
     def remote_seats(self) -> list[Seat]:
         """The other live replicas' connections (refreshed about once a second)."""
         ...
+
+    def remote_counts(self) -> dict[str, int]:
+        """How many connections each other live replica has, by its id."""
+        ...

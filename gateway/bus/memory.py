@@ -93,6 +93,9 @@ class LocalReplicas:
     def remote_seats(self) -> list[Seat]:
         return []
 
+    def remote_counts(self) -> dict[str, int]:
+        return {}
+
 
 # What the finished replies kept for resuming may hold, in characters of their text
 # (each event counted EVENT_COST more): past it the longest-ended go first.

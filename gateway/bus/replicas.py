@@ -126,7 +126,7 @@ class RedisReplicas:
         self.malformed_entries = 0
         self._seats: list[Seat] = []
         self._presence_dirty = True
-        self._remote_seats: list[Seat] = []
+        self._remote_seats: dict[str, list[Seat]] = {}
         self._local_tasks: dict[str, str] = {}  # task id → its registry entry
         self._sessions: set[str] = set()
         self._missing_since: dict[str, float] = {}  # replica → when its beat was first missed
@@ -278,16 +278,19 @@ class RedisReplicas:
         self._presence_dirty = True
 
     def remote_seats(self) -> list[Seat]:
-        return list(self._remote_seats)
+        return [seat for seats in self._remote_seats.values() for seat in seats]
 
-    async def _live_seats(self, presence: dict[str, str]) -> list[Seat]:
+    def remote_counts(self) -> dict[str, int]:
+        return {replica: len(seats) for replica, seats in self._remote_seats.items()}
+
+    async def _live_seats(self, presence: dict[str, str]) -> dict[str, list[Seat]]:
         others = [replica for replica in presence if replica != self.replica_id]
         alive = await self.alive(others)
-        seats: list[Seat] = []
+        seats: dict[str, list[Seat]] = {}
         for replica in others:
             if replica in alive:
                 try:
-                    seats += seats_of(presence[replica])
+                    seats[replica] = seats_of(presence[replica])
                 except wire.Malformed as exc:
                     self._skipped("presence", exc)
         return seats

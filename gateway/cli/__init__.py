@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, token, check-config, users, apikey, webui, doctor."""
+"""The `gateway` command: serve, token, check-config, users, apikey, admin, webui, doctor."""
 
 from __future__ import annotations
 

@@ -96,6 +96,15 @@ def _with_store(args: argparse.Namespace, action: Any) -> int:
     return asyncio.run(run())
 
 
+async def _find_user(store: Any, who: str) -> Any:
+    """A user by id or email; None (and the reason on stderr) when there is none."""
+    user = await store.get_user_by_email(who) if "@" in who else None
+    user = user or await store.get_user(who)
+    if user is None:
+        print(f"gateway: no user {who!r} (give an id or an email)", file=sys.stderr)
+    return user
+
+
 def users_add(args: argparse.Namespace) -> int:
     from gateway.application.accounts import add_user
     from gateway.edge.passwords import Passwords
@@ -145,10 +154,8 @@ def users_remove(args: argparse.Namespace) -> int:
     from gateway.application.accounts import remove_user
 
     async def action(store: Any) -> int:
-        user = await store.get_user_by_email(args.user) if "@" in args.user else None
-        user = user or await store.get_user(args.user)
+        user = await _find_user(store, args.user)
         if user is None:
-            print(f"gateway: no user {args.user!r} (give an id or an email)", file=sys.stderr)
             return 1
         await remove_user(store, user.id)
         # Running gateways close the user's connections at their next recheck.
@@ -162,10 +169,8 @@ def apikey_create(args: argparse.Namespace) -> int:
     from gateway.application.accounts import create_api_key
 
     async def action(store: Any) -> int:
-        user = await store.get_user_by_email(args.user) if "@" in args.user else None
-        user = user or await store.get_user(args.user)
+        user = await _find_user(store, args.user)
         if user is None:
-            print(f"gateway: no user {args.user!r} (give an id or an email)", file=sys.stderr)
             return 1
         print(await create_api_key(store, user.id, args.kind))
         return 0
@@ -185,10 +190,8 @@ def apikey_list(args: argparse.Namespace) -> int:
     async def action(store: Any) -> int:
         user_id = None
         if args.user:
-            user = await store.get_user_by_email(args.user) if "@" in args.user else None
-            user = user or await store.get_user(args.user)
+            user = await _find_user(store, args.user)
             if user is None:
-                print(f"gateway: no user {args.user!r} (give an id or an email)", file=sys.stderr)
                 return 1
             user_id = user.id
         print("id\tuser\tkind\thint\tcreated\tlast used")
@@ -217,6 +220,72 @@ def apikey_revoke(args: argparse.Namespace) -> int:
         return 0
 
     return _with_store(args, action)
+
+
+def admin_stats(args: argparse.Namespace) -> int:
+    """Every replica's connections, from a running gateway's `/ws/stats` (asked as an
+    admin: with --token, or a short-lived token of the first admin in the store)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from gateway import preflight
+    from gateway.edge.auth import Authenticator, StaticDirectory
+
+    loaded = _load(args)
+    settings = loaded.settings
+    bearer: str | None = args.token
+
+    async def first_admin(store: Any) -> int:
+        nonlocal bearer
+        admins = [user for user in await store.list_users() if user.role == "admin"]
+        if not admins:
+            print("gateway: no admin user in the store; give --token", file=sys.stderr)
+            return 1
+        key, _ = preflight.signing_key(loaded, create=False)
+        bearer = Authenticator(key, StaticDirectory({})).issue(admins[0].id, ttl_s=60)
+        return 0
+
+    if bearer is None and _with_store(args, first_admin) != 0:
+        return 1
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    url = (args.url or f"http://{host}:{settings.port}{settings.base_path}").rstrip("/")
+    request = urllib.request.Request(
+        f"{url}/ws/stats", headers={"Authorization": f"Bearer {bearer}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            stats = json.load(response)
+    except urllib.error.HTTPError as exc:
+        print(f"gateway: {url}/ws/stats answered HTTP {exc.code}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"gateway: cannot read {url}/ws/stats: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return 0
+    for line in stats_table(stats):
+        print(line)
+    return 0
+
+
+def stats_table(stats: dict[str, Any]) -> list[str]:
+    """`/ws/stats` as aligned rows: per replica, per kind, then the totals."""
+    details = stats.get("details", {})
+    rows: list[tuple[str, str]] = [("replica", "connections")]
+    rows += [(name, str(n)) for name, n in details.get("replicas", {}).items()]
+    rows += [("", ""), ("kind", "connections")]
+    rows += [(name, str(n)) for name, n in sorted(details.get("kinds", {}).items())]
+    rows += [
+        ("", ""),
+        ("connections", str(stats.get("total_connections", 0))),
+        ("users", str(stats.get("active_users", 0))),
+        ("sessions", str(stats.get("active_sessions", 0))),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return [f"{name:<{width}}  {value}".rstrip() for name, value in rows]
 
 
 def webui_install(args: argparse.Namespace) -> int:

@@ -61,6 +61,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _serving(sub, common)
     _accounts(sub, common)
+    _admin(sub, common)
     _webui(sub, common)
     _doctor(sub)
     return top
@@ -128,6 +129,27 @@ def _accounts(sub: Subparsers, common: _Parser) -> None:
     )
     revoke.add_argument("key_id", help="the key's id, as `gateway apikey list` shows it")
     revoke.set_defaults(run=commands.apikey_revoke)
+
+
+def _admin(sub: Subparsers, common: _Parser) -> None:
+    admin = sub.add_parser("admin", help="look at a running deployment", parents=[common])
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True, parser_class=_Parser)
+    stats = admin_sub.add_parser(
+        "stats",
+        help="connections of every replica (via the bus), by replica and kind",
+        parents=[common],
+    )
+    stats.add_argument(
+        "--url", help="a gateway's URL (default: this config's host, port and base path)"
+    )
+    stats.add_argument(
+        "--token", help="an admin's JWT or API key (default: one for the first admin)"
+    )
+    stats.add_argument("--json", action="store_true", help="print /ws/stats as JSON")
+    stats.add_argument(
+        "--timeout", type=_positive, default=10.0, metavar="S", help="seconds (default 10)"
+    )
+    stats.set_defaults(run=commands.admin_stats)
 
 
 def _webui(sub: Subparsers, common: _Parser) -> None:

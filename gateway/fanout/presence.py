@@ -30,9 +30,13 @@ CHAT_KINDS = frozenset({"socketio", "nadoo-chat", "ragflow"})
 class SeatSharing(Protocol):
     """How the other replicas' seats are known: the replica registry (`bus.Replicas`)."""
 
+    replica_id: str
+
     def presence_changed(self, seats: list[Seat]) -> None: ...
 
     def remote_seats(self) -> list[Seat]: ...
+
+    def remote_counts(self) -> dict[str, int]: ...
 
 
 class Presence:
@@ -64,15 +68,26 @@ class Presence:
         remote = self._shared.remote_seats() if self._shared is not None else []
         return [*self._seats.values(), *remote]
 
+    def by_replica(self) -> dict[str, int]:
+        """Connections per replica, by replica id (this one first)."""
+        if self._shared is None:
+            return {"local": len(self._seats)}
+        return {self._shared.replica_id: len(self._seats), **self._shared.remote_counts()}
 
-def stats(seats: list[Seat], viewer: str | None = None) -> dict[str, Any]:
+
+def stats(
+    seats: list[Seat], viewer: str | None = None, replicas: dict[str, int] | None = None
+) -> dict[str, Any]:
     """Nadoo's `/ws/stats` shape::
 
     {"total_connections", "active_sessions", "active_users",
-     "details": {"sessions": {id | "workspace_<id>": n}, "users": {user id: n}}}
+     "details": {"sessions": {id | "workspace_<id>": n}, "users": {user id: n},
+                 "kinds": {kind: n}, "replicas": {replica id: n}}}
 
     The totals count everyone (numbers name nobody); `details` lists only the
-    `viewer`'s own connections, or everyone's when `viewer` is None (an admin).
+    `viewer`'s own connections, or everyone's when `viewer` is None (an admin);
+    `kinds` (by connection kind) and `replicas` (connections per replica) are
+    an admin's only.
     """
     # A chat session is its user's (two users' "s1" are two sessions); a workspace is shared.
     sessions = {
@@ -81,12 +96,16 @@ def stats(seats: list[Seat], viewer: str | None = None) -> dict[str, Any]:
         if seat.session is not None
     }
     shown = seats if viewer is None else [seat for seat in seats if seat.user_id == viewer]
+    details: dict[str, Any] = {
+        "sessions": dict(Counter(s.session for s in shown if s.session is not None)),
+        "users": dict(Counter(s.user_id for s in shown)),
+    }
+    if viewer is None:
+        details["kinds"] = dict(Counter(s.kind for s in seats))
+        details["replicas"] = replicas if replicas is not None else {"local": len(seats)}
     return {
         "total_connections": len(seats),
         "active_sessions": len(sessions),
         "active_users": len({seat.user_id for seat in seats}),
-        "details": {
-            "sessions": dict(Counter(s.session for s in shown if s.session is not None)),
-            "users": dict(Counter(s.user_id for s in shown)),
-        },
+        "details": details,
     }
