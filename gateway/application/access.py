@@ -62,6 +62,10 @@ class Lease:
             del self._guard._leases[self.principal.user_id]
 
     def _ended(self, reason: str) -> None:
+        if self.principal.user_id not in self._guard._leases or (
+            self not in self._guard._leases[self.principal.user_id]
+        ):
+            return  # released meanwhile (the connection ended first)
         self.release()
         self.end(reason)
 
@@ -80,9 +84,19 @@ class AccessGuard:
         """Watch `principal`'s access for a connection; `end(reason)` closes it."""
         lease = Lease(self, principal, end)
         self._leases[principal.user_id].add(lease)
+        loop = asyncio.get_running_loop()
         if principal.expires_at is not None:
             delay = max(0.0, principal.expires_at - time.time())
-            lease._timer = asyncio.get_running_loop().call_later(delay, lease._ended, EXPIRED)
+            lease._timer = loop.call_later(delay, lease._ended, EXPIRED)
+        # A revocation this replica already saw, of the key or user authenticated a
+        # moment ago (before the revocation was written, or while the connection
+        # was still opening): ended as if the lease had been held then.  Revoked
+        # keys and removed users never come back, so any match is a late one.
+        for user_id, key_hash, _ in self._seen:
+            if user_id == principal.user_id and (not key_hash or key_hash == principal.key_hash):
+                # Soon, not now: the transport is still setting the connection up.
+                loop.call_soon(lease._ended, KEY_REVOKED if key_hash else USER_REMOVED)
+                break
         return lease
 
     def connections(self, user_id: str) -> int:

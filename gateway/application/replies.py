@@ -17,6 +17,7 @@
     stream(principal)               one of the user's event streams, counted (429 past
                                     GATEWAY_MAX_FOLLOWERS_PER_USER)
     stop(target) / tasks(...)       running replies on any replica
+    trace(principal, message_id)    a reply's live trace (this replica's)
 
 The chat core (`gateway/chat/`) does the work; this is the one door to it.
 """
@@ -35,6 +36,7 @@ from gateway.chat.running import StopTarget
 from gateway.chat.service import ChatService, StartedTurn
 from gateway.commands import Ask, Say
 from gateway.edge.auth import Principal
+from gateway.edge.trace import Trace
 from gateway.errors import NotFound, RateLimited, UpstreamError
 from gateway.events import Event, ReplyFailed, ReplyFinished, ReplySnapshot
 from gateway.fanout import follow as followers
@@ -71,6 +73,16 @@ class Replies:
         self._hub = hub
         self._max_streams = max_streams_per_user
         self._streams: dict[str, int] = {}
+
+    # -- traces ------------------------------------------------------------------
+    def trace(self, principal: Principal, message_id: str) -> Trace:
+        """A reply's live trace (this replica's replies, kept a while after their end):
+        its owner's or, for an admin, anyone's; NotFound otherwise (and for another
+        user's, which is not told apart)."""
+        trace = self._service.traces.get(message_id)
+        if trace is None or (trace.user_id != principal.user_id and not principal.is_admin):
+            raise NotFound(f"No trace of reply {message_id!r} on this replica")
+        return trace
 
     # -- models ------------------------------------------------------------------
     async def models(self) -> list[ModelInfo]:

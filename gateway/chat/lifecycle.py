@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from gateway.chat.reply import estimate_tokens, last_seq
 from gateway.chat.running import Running
+from gateway.edge.trace import Trace
 from gateway.errors import GatewayError
 from gateway.events import (
     Event,
@@ -77,6 +78,8 @@ class ReplyRun:
     # For the metrics: the model that answered, and when its first text came.
     model: str = ""
     first_token: float | None = None
+    # Its live trace (`edge/trace.py`), for whoever debugs it.
+    trace: Trace | None = None
 
     @property
     def content(self) -> str:

@@ -32,6 +32,7 @@ from gateway.chat.chats import DEFAULT_TITLES, now_s
 from gateway.chat.lifecycle import Phase, ReplyRun
 from gateway.chat.running import Running, RunningReplies
 from gateway.edge import access, metrics
+from gateway.edge.trace import Traces
 from gateway.errors import GatewayError
 from gateway.events import Event, Notification, ReplyFailed, ReplyFinished, TextDelta
 from gateway.fanout.hub import Hub
@@ -55,12 +56,14 @@ class ReplyRunner:
         registry: RunningReplies,
         presence: Presence,
         checkpoint_interval_s: float,
+        traces: Traces | None = None,
     ) -> None:
         self._store = store
         self._hub = hub
         self._registry = registry
         self._presence = presence
         self._checkpoint_interval_s = checkpoint_interval_s
+        self.traces = traces if traces is not None else Traces()
 
     def start(
         self,
@@ -83,6 +86,16 @@ class ReplyRunner:
     async def _run(self, run: ReplyRun, opening: Opening) -> None:
         checkpoint: asyncio.Task[None] | None = None
         metrics.REPLIES_RUNNING.inc()
+        running = run.running
+        run.trace = trace = self.traces.begin(running.message_id, running.user_id)
+        trace.add(
+            "execution_info",
+            execution_id=running.message_id,
+            chat_id=running.chat_id,
+            tool_name="chat",
+            status="running",
+            stored=run.record is not None,
+        )
         try:
             try:
                 end, checkpoint = await self._stream(run, opening)
@@ -94,6 +107,7 @@ class ReplyRunner:
                 return
             except Exception:
                 log.exception("reply failed", extra={"message_id": run.running.message_id})
+                trace.log("error", "the reply failed inside the gateway (see its log)")
                 end = run.crashed()
             # Shielded: a stop that lands while the end is being stored must not
             # leave the row half-written or the clients without their end.
@@ -113,6 +127,9 @@ class ReplyRunner:
     ) -> tuple[ReplyFinished | ReplyFailed, asyncio.Task[None] | None]:
         """The upstream's events to the rooms, until the one that ends the reply."""
         checkpoint: asyncio.Task[None] | None = None
+        trace = run.trace
+        if trace is not None:
+            trace.step("upstream_request")
         try:
             events = await opening()
         except GatewayError as exc:
@@ -120,7 +137,12 @@ class ReplyRunner:
         publish, user_id, rooms = self._hub.reply_event, run.running.user_id, run.running.rooms
         async with contextlib.aclosing(events):
             async for event in events:
-                run.saw(event)
+                if run.first_token is None:
+                    run.saw(event)
+                    if run.first_token is not None and trace is not None:
+                        trace.step("first_token", model=run.model)
+                else:
+                    run.saw(event)
                 if type(event) is TextDelta:
                     if run.record is not None:
                         checkpoint = self._checkpoint(run, checkpoint)
@@ -143,7 +165,10 @@ class ReplyRunner:
             return pending
         run.checkpointed = now
         chat_id, message_id = run.running.chat_id, run.running.message_id
-        return asyncio.create_task(self._store.checkpoint_draft(chat_id, message_id, run.content))
+        content = run.content
+        if run.trace is not None:
+            run.trace.step("checkpoint", chars=len(content))
+        return asyncio.create_task(self._store.checkpoint_draft(chat_id, message_id, content))
 
     async def _conclude(self, run: ReplyRun, end: ReplyFinished | ReplyFailed) -> None:
         """The one place a reply ends: its row written (a store that fails here is
@@ -151,6 +176,7 @@ class ReplyRunner:
         for a finished stored reply nobody watched — a notification."""
         run.advance(run.end_phase(end))
         _count(run, end)
+        _traced(run, end)
         if run.record is not None:
             try:
                 titled = await self._store_end(run.record, end, run.title)
@@ -226,6 +252,22 @@ async def counted(
     finally:
         metrics.REPLIES_RUNNING.dec()
         _ended(run, status, code)
+
+
+def _traced(run: ReplyRun, end: ReplyFinished | ReplyFailed) -> None:
+    """The trace's last records: the finish step, then complete or error."""
+    trace = run.trace
+    if trace is None:
+        return
+    took = round((time.monotonic() - run.started) * 1000, 1)
+    trace.step("finish", status=run.phase.value)
+    if isinstance(end, ReplyFailed):
+        trace.add("execution_error", error=end.message, code=end.code, duration_ms=took)
+    else:
+        usage = None if end.cancelled else end.usage.as_dict()
+        result = {"status": run.phase.value, "chars": len(end.content), "duration_ms": took}
+        trace.add("execution_complete", result={**result, "usage": usage})
+    trace.end()
 
 
 def _count(run: ReplyRun, end: ReplyFinished | ReplyFailed) -> None:

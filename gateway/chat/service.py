@@ -45,6 +45,7 @@ from gateway.chat.turns import (
 from gateway.commands import Ask, ReplyTarget, Say
 from gateway.edge import metrics
 from gateway.edge.auth import Principal
+from gateway.edge.trace import Traces
 from gateway.errors import BadRequest, GatewayError, UpstreamError
 from gateway.events import Event, ReplyFinished
 from gateway.fanout.hub import Hub, Outbox
@@ -97,6 +98,7 @@ class ChatService:
         presence: Presence | None = None,
         replicas: Replicas | None = None,
         background: Background | None = None,
+        traces: Traces | None = None,
     ) -> None:
         self.router = router
         self.store = store
@@ -105,7 +107,11 @@ class ChatService:
         self.presence = presence or Presence()
         self.replies = RunningReplies(store, hub, replicas)
         self.book = ChatBook(store, self.replies.is_generating)
-        self._runner = ReplyRunner(store, hub, self.replies, self.presence, checkpoint_interval_s)
+        self._runner = ReplyRunner(
+            store, hub, self.replies, self.presence, checkpoint_interval_s, traces
+        )
+        # The live traces of this replica's replies (`edge/trace.py`).
+        self.traces = self._runner.traces
         self._background = background
 
     # -- opening a reply -------------------------------------------------------

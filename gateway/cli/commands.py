@@ -229,28 +229,10 @@ def admin_stats(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    from gateway import preflight
-    from gateway.edge.auth import Authenticator, StaticDirectory
-
-    loaded = _load(args)
-    settings = loaded.settings
-    bearer: str | None = args.token
-
-    async def first_admin(store: Any) -> int:
-        nonlocal bearer
-        admins = [user for user in await store.list_users() if user.role == "admin"]
-        if not admins:
-            print("gateway: no admin user in the store; give --token", file=sys.stderr)
-            return 1
-        key, _ = preflight.signing_key(loaded, create=False)
-        bearer = Authenticator(key, StaticDirectory({})).issue(admins[0].id, ttl_s=60)
-        return 0
-
-    if bearer is None and _with_store(args, first_admin) != 0:
+    bearer = args.token or _admin_token(args)
+    if bearer is None:
         return 1
-    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    host = f"[{host}]" if ":" in host else host
-    url = (args.url or f"http://{host}:{settings.port}{settings.base_path}").rstrip("/")
+    url = _gateway_url(args)
     request = urllib.request.Request(
         f"{url}/ws/stats", headers={"Authorization": f"Bearer {bearer}"}
     )
@@ -269,6 +251,88 @@ def admin_stats(args: argparse.Namespace) -> int:
     for line in stats_table(stats):
         print(line)
     return 0
+
+
+def _admin_token(args: argparse.Namespace) -> str | None:
+    """A one-minute token of the first admin in the store (None, said, if there is none)."""
+    from gateway import preflight
+    from gateway.edge.auth import Authenticator, StaticDirectory
+
+    loaded = _load(args)
+    made: list[str] = []
+
+    async def first_admin(store: Any) -> int:
+        admins = [user for user in await store.list_users() if user.role == "admin"]
+        if not admins:
+            print("gateway: no admin user in the store; give --token", file=sys.stderr)
+            return 1
+        key, _ = preflight.signing_key(loaded, create=False)
+        made.append(Authenticator(key, StaticDirectory({})).issue(admins[0].id, ttl_s=60))
+        return 0
+
+    _with_store(args, first_admin)
+    return made[0] if made else None
+
+
+def _gateway_url(args: argparse.Namespace) -> str:
+    """--url, or where this config's gateway listens (on loopback when on every interface)."""
+    settings = _load(args).settings
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return str(args.url or f"http://{host}:{settings.port}{settings.base_path}").rstrip("/")
+
+
+def trace(args: argparse.Namespace) -> int:
+    """A reply's live trace from a running gateway's plugin-debug socket, one line per
+    record, until the reply ends (exit 0) or fails (exit 1)."""
+    import asyncio
+
+    import aiohttp
+
+    bearer = args.token or _admin_token(args)
+    if bearer is None:
+        return 1
+    url = _gateway_url(args).replace("http", "ws", 1)
+    url = f"{url}/api/v1/ws/plugin/debug/{args.message_id}"
+
+    async def follow() -> int:
+        headers = {"Authorization": f"Bearer {bearer}"}
+        timeout = aiohttp.ClientWSTimeout(ws_receive=args.timeout)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(url, headers=headers, timeout=timeout) as ws,
+        ):
+            async for message in ws:
+                if message.type is not aiohttp.WSMsgType.TEXT:
+                    break
+                frame = message.json()
+                records = (
+                    frame["data"]["records"] if frame.get("type") == "debug_data" else [frame]
+                )
+                for record in records:
+                    print(trace_line(record), flush=True)
+                    if record.get("type") in ("execution_complete", "execution_error", "error"):
+                        return 0 if record["type"] == "execution_complete" else 1
+            code = ws.close_code
+        print(f"gateway: the trace socket closed ({code})", file=sys.stderr)
+        return 1
+
+    try:
+        return asyncio.run(follow())
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        print(f"gateway: cannot follow {url}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+
+
+def trace_line(record: dict[str, Any]) -> str:
+    """`+  12.3 ms  step         first_token model=fake-model` (the data as key=value)."""
+    import json
+
+    data = dict(record.get("data") or {})
+    at = data.pop("t_ms", None)
+    when = f"+{at:>9.1f} ms" if isinstance(at, int | float) else " " * 13
+    fields = " ".join(f"{key}={json.dumps(value)}" for key, value in data.items())
+    return f"{when}  {record.get('type', '?'):<18} {fields}".rstrip()
 
 
 def stats_table(stats: dict[str, Any]) -> list[str]:

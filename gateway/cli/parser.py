@@ -151,6 +151,27 @@ def _admin(sub: Subparsers, common: _Parser) -> None:
     )
     stats.set_defaults(run=commands.admin_stats)
 
+    trace = sub.add_parser(
+        "trace",
+        help="follow a reply's live trace (steps, model server calls, its end)",
+        parents=[common],
+    )
+    trace.add_argument("message_id", help="the reply's message id (Nadoo's execution id)")
+    trace.add_argument(
+        "--url", help="the replica running the reply (default: this config's host and port)"
+    )
+    trace.add_argument(
+        "--token", help="the reply owner's or an admin's token (default: the first admin's)"
+    )
+    trace.add_argument(
+        "--timeout",
+        type=_positive,
+        default=120.0,
+        metavar="S",
+        help="seconds without a record before giving up (default 120)",
+    )
+    trace.set_defaults(run=commands.trace)
+
 
 def _webui(sub: Subparsers, common: _Parser) -> None:
     webui = sub.add_parser(

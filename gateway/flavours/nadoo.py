@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from gateway import jsonwire
@@ -284,3 +284,33 @@ class Encoder:
             note = {"title": event.title, "body": event.body, "action_url": event.action_url}
             return [frame("notification", now, {"notification": note})]
         return []
+
+
+# -- the plugin-debug socket (`/api/v1/ws/plugin/debug/{execution_id}`) ----------------------
+#
+# Frames are `{"type": <kind>, "data": {…}}` (`edge/trace.py` lists the kinds); the
+# records so far come as one `debug_data` frame, `{"records": [...]}`.  A client
+# pings with the text `ping` (or `{"type": "ping"}`) and gets `pong` the same way.
+def debug_frame(record: Mapping[str, Any]) -> str:
+    return jsonwire.dumps({"type": record["type"], "data": record["data"]})
+
+
+def debug_history(records: Sequence[Mapping[str, Any]]) -> str:
+    return jsonwire.dumps({"type": "debug_data", "data": {"records": list(records)}})
+
+
+def debug_error(message: str) -> str:
+    return jsonwire.dumps({"type": "error", "data": {"error": message}})
+
+
+def debug_answer(text: str) -> str:
+    """The answer to a client frame: its pong, or an error naming what is accepted."""
+    if text.strip() == "ping":
+        return "pong"
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("type") == "ping":
+        return jsonwire.dumps({"type": "pong"})
+    return debug_error("This socket only answers 'ping'")

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
 
-from gateway.edge import access, metrics
+from gateway.edge import access, metrics, trace
 from gateway.edge.access import HEADER
 from gateway.errors import BadRequest, GatewayError, RateLimited, UpstreamError
 from gateway.upstream import Chunk, ModelInfo
@@ -116,11 +117,24 @@ class OpenAIUpstream:
         url = f"{self._base_url}/chat/completions"
         request_id = access.current_id()
         headers = self._headers if request_id is None else {**self._headers, HEADER: request_id}
+        traced = trace.current()
+        sent = time.monotonic()
         try:
             resp = await self._session.post(
                 url, json=body, headers=headers, timeout=self._stream_timeout
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
+            if traced is not None:
+                took = round((time.monotonic() - sent) * 1000, 1)
+                error = type(exc).__name__
+                traced.add(
+                    "api_call",
+                    url=trace.safe_url(url),
+                    method="POST",
+                    status=None,
+                    ms=took,
+                    error=error,
+                )
             raise failure(
                 f"The model server for '{model}' is unreachable",
                 self._base_url,
@@ -134,8 +148,17 @@ class OpenAIUpstream:
                 raw = b""
             finally:
                 resp.close()
+            _called(traced, url, resp.status, sent)
             raise _status_error(self._base_url, model, resp.status, raw)
+        _called(traced, url, resp.status, sent)
         return OpenAIStream(resp, self._base_url, model)
+
+
+def _called(traced: trace.Trace | None, url: str, status: int, sent: float) -> None:
+    """The request as the reply's trace shows it: where (no secrets), how it went."""
+    if traced is not None:
+        took = round((time.monotonic() - sent) * 1000, 1)
+        traced.add("api_call", url=trace.safe_url(url), method="POST", status=status, ms=took)
 
 
 def failure(

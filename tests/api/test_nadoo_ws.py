@@ -342,6 +342,9 @@ async def test_ws_stats_count_connections_sessions_and_users(start_gateway: Any)
         await b2.send(json.dumps({"type": "ping"}))  # a workspace does not greet: ask
         assert (await recv(b2))["type"] == "pong"
         stats = await get_json(f"{gw.url}/ws/stats", admin)
+        # An admin also sees connections by kind and by replica (one replica here).
+        replicas = stats["details"].pop("replicas")
+        assert list(replicas.values()) == [4], replicas
         assert stats == {
             "total_connections": 4,
             "active_sessions": 3,
@@ -349,6 +352,7 @@ async def test_ws_stats_count_connections_sessions_and_users(start_gateway: Any)
             "details": {
                 "sessions": {"s-a": 2, "s-b": 1, "workspace_w1": 1},
                 "users": {alice_id: 2, bob_id: 2},
+                "kinds": {"nadoo-chat": 3, "nadoo-workspace": 1},
             },
         }
         # Everyone's totals, but only her own sessions and user entry.
