@@ -152,6 +152,21 @@ def test_idle_stream_without_a_token_uses_the_ragflow_health_socket(
     assert checks["idle-stream"] == ("OK", "/v1/ws/health still open after 2 s idle, and answered")
 
 
+async def test_the_idle_check_says_how_it_is_going_every_five_seconds(
+    gateway: GatewayProcess,
+) -> None:
+    told: list[str] = []
+    report = await doctor.run(
+        gateway.url, slow=True, idle_seconds=11, polls=1, on_progress=told.append
+    )
+    assert [c.status for c in report.checks if c.name == "idle-stream"] == ["OK"]
+    assert told[:3] == [
+        "idle-stream: 0/11 s idle",
+        "idle-stream: 5/11 s idle",
+        "idle-stream: 10/11 s idle",
+    ], told
+
+
 # -- faults the doctor can meet without a proxy ---------------------------------------
 async def test_a_sub_path_the_gateway_does_not_know_names_gateway_base_path(
     gateway: GatewayProcess,

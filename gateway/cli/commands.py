@@ -398,9 +398,22 @@ def doctor(args: argparse.Namespace) -> int:
 
     color = sys.stdout.isatty()
 
+    progress_shown = False
+
     def show(check: doctor.Check) -> None:
         # Each line as its check ends: --slow holds one for a minute or more.
+        nonlocal progress_shown
+        if progress_shown:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+            progress_shown = False
         print(doctor.render_check(check, doctor.NAME_WIDTH, color), end="", flush=True)
+
+    def progress(text: str) -> None:
+        # On a terminal, one line rewritten in place; in a pipe or a log, nothing.
+        nonlocal progress_shown
+        if sys.stderr.isatty():
+            print(f"\r\033[K  … {text}", end="", file=sys.stderr, flush=True)
+            progress_shown = True
 
     try:
         report = asyncio.run(
@@ -415,6 +428,7 @@ def doctor(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 insecure=args.insecure,
                 on_check=show,
+                on_progress=progress,
             )
         )
         print(report.summary())

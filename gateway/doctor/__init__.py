@@ -68,13 +68,15 @@ async def run(
     timeout: float = 20.0,  # noqa: ASYNC109 (each check's budget, not this call's)
     insecure: bool = False,
     on_check: Callable[[Check], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Every check against `url`; raises UsageError for a URL it cannot probe.
 
-    `on_check` is called with each check as it ends (the CLI prints it then).
+    `on_check` is called with each check as it ends (the CLI prints it then);
+    `on_progress` with how a long one is going (the idle check, every 5 s).
     """
     options = Options(token, origin, slow, idle_seconds, polls, model, timeout, insecure)
-    target = Target(url, options)
+    target = Target(url, options, on_progress)
     report = Report(target.base)
     found = Findings()
     try:

@@ -287,6 +287,9 @@ async def _upgrade(target: Target, session: aiohttp.ClientSession, sid: str) -> 
 
 
 # -- idle-stream ---------------------------------------------------------------------
+PROGRESS_EVERY_S = 5.0
+
+
 async def idle_stream(target: Target, found: Findings) -> str:
     """A raw WebSocket left idle (only the server's pings, answered), then used."""
     if not target.options.slow:
@@ -307,11 +310,15 @@ async def idle_stream(target: Target, found: Findings) -> str:
     async with target.session.ws_connect(url, heartbeat=None, autoping=False) as ws:
         await ws.receive(timeout=target.options.timeout)  # the greeting
         started = time.monotonic()
+        told = started
         while (left := started + idle_s - time.monotonic()) > 0:
+            if time.monotonic() - told >= PROGRESS_EVERY_S or told == started:
+                told = time.monotonic()
+                target.progress(f"idle-stream: {told - started:.0f}/{idle_s:g} s idle")
             try:
-                msg = await ws.receive(timeout=left)
+                msg = await ws.receive(timeout=min(left, PROGRESS_EVERY_S))
             except TimeoutError:
-                break
+                continue
             if msg.type == aiohttp.WSMsgType.PING:
                 await ws.pong(msg.data)
                 continue

@@ -12,6 +12,7 @@ import json
 import re
 import secrets
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,8 +76,12 @@ def doctor_name() -> str:
 
 
 class Target:
-    def __init__(self, url: str, options: Options) -> None:
+    def __init__(
+        self, url: str, options: Options, progress: Callable[[str], None] | None = None
+    ) -> None:
         parsed = URL(url.strip())
+        # Told how a long check is going ("idle-stream: 20/65 s idle"); None: say nothing.
+        self.progress = progress or (lambda _: None)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise UsageError(f"{url!r} is not an http:// or https:// URL")
         if parsed.query_string or parsed.fragment:
