@@ -13,6 +13,7 @@ A leaf module, like `jsonwire.py`: the store, the routes and the codecs import i
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -54,3 +55,23 @@ def _unstorable(text: str) -> bool:
     if text.isascii():
         return "\x00" in text
     return _UNSTORABLE.search(text) is not None
+
+
+def client_json(raw: str | bytes) -> Any:
+    """JSON a client sent, parsed: `ValueError` for what is not JSON or is nested
+    too deeply for the parser (Python's recursion limit, about 1,000 levels: no
+    chat client nests a tenth of that), every string storable."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    # NUL and lone surrogates reach a string only through a \u escape (or, in
+    # bytes, the UTF-8 bytes of a surrogate, which json.loads lets through; a str
+    # decoded from UTF-8 holds none).
+    escaped = b"\\u" in raw or b"\xed" in raw if isinstance(raw, bytes) else "\\u" in raw
+    if not escaped:
+        return value
+    try:
+        return storable_value(value)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,7 +21,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.flavours.openai import error_for
-from gateway.text import storable_value
+from gateway.text import client_json
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +50,10 @@ async def read_json(request: web.Request) -> Any:
             f"Request body is larger than {request.client_max_size} bytes"
         ) from None
     try:
-        body = json.loads(raw)
+        # No NUL or lone surrogate in any string: no store can hold them.
+        return client_json(raw)
     except ValueError as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
-    # NUL and lone surrogates reach a string only through a \u escape (or the UTF-8
-    # bytes of a surrogate, which json.loads lets through): no store can hold them.
-    return storable_value(body) if b"\\u" in raw or b"\xed" in raw else body
 
 
 def render_openai(error: GatewayError) -> web.Response:

@@ -57,6 +57,7 @@ from gateway.events import (
     UserTyping,
     WorkspaceEvent,
 )
+from gateway.text import client_json
 
 Clock = Callable[[], float]
 # Nadoo's three sockets: /ws/chat/{session_id}, /ws/workspaces/{id}, /ws/notifications/{user}.
@@ -83,7 +84,9 @@ def frame(kind: str, now: float, fields: Mapping[str, Any] | None = None) -> str
 # -- client frames ----------------------------------------------------------------
 def _parse(text: str, now: float) -> dict[str, Any]:
     try:
-        data = json.loads(text)
+        # Every string storable (and sendable: a lone surrogate relayed to a
+        # workspace's members would fail their sockets' writes).
+        data = client_json(text)
     except ValueError:
         raise ProtocolError(
             "Frame is not JSON", error_frame("Frame is not JSON", "invalid_json", now)

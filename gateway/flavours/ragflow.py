@@ -23,7 +23,6 @@ then the end marker.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -55,6 +54,7 @@ from gateway.events import (
 
 # What RAGFlow shows for a field its owner never set.
 from gateway.flavours.ragflow_defaults import DEFAULT_DESCRIPTION, PROMPT_DEFAULTS
+from gateway.text import client_json
 
 ANSWER_MODES: tuple[AnswerMode, ...] = ("cumulative", "delta")
 
@@ -266,7 +266,7 @@ def decode_ws_frame(text: str, path_assistant_id: str | None = None) -> Question
     "answer_mode"?}` (the gateway's own: the answer's chunks after the one
     numbered `after`)."""
     try:
-        body = json.loads(text)
+        body = client_json(text)
     except ValueError as exc:
         raise _bad(f"Invalid JSON format: {exc}", True) from None
     if not isinstance(body, Mapping):

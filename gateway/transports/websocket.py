@@ -52,6 +52,7 @@ from gateway.errors import (
     PeerError,
 )
 from gateway.events import Event
+from gateway.text import storable
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,16 @@ async def _read(conn: Connection, endpoint: Endpoint) -> None:
         # (1009 for a frame over max_msg_size).
 
 
+async def _send(conn: Connection, frame: str) -> None:
+    """One frame; one that cannot be encoded as UTF-8 (a lone surrogate some other
+    client or a model server slipped in) goes without what cannot be encoded,
+    rather than end the writer and silence the connection for good."""
+    try:
+        await conn.ws.send_str(frame)
+    except UnicodeEncodeError:
+        await conn.ws.send_str(storable(frame))
+
+
 async def _write(conn: Connection, endpoint: Endpoint) -> None:
     outbox = conn.outbox
     assert outbox is not None
@@ -257,7 +268,7 @@ async def _write(conn: Connection, endpoint: Endpoint) -> None:
         while conn.phase is Phase.OPEN and (events := await outbox.batch()):
             for event in events:
                 for frame in endpoint.encode(conn, event):
-                    await conn.ws.send_str(frame)
+                    await _send(conn, frame)
             metrics.HOT.delivered_websocket += len(events)
             outbox.done()
     except Overflow:
