@@ -45,7 +45,9 @@ def normalize(history: Mapping[str, Any]) -> dict[str, Any]:
         mid = copied.setdefault("id", key)
         if mid != key:
             raise TreeError(str(key), f"its id {mid!r} differs from its key")
-        copied.setdefault("parentId", None)
+        parent = copied.setdefault("parentId", None)
+        if parent is not None and not isinstance(parent, str):
+            raise TreeError(str(key), "its parentId must be a message id (a string) or null")
         messages[key] = copied
     children: dict[str, list[str]] = {mid: [] for mid in messages}
     for mid, message in messages.items():
@@ -69,6 +71,8 @@ def normalize(history: Mapping[str, Any]) -> dict[str, Any]:
         message["childrenIds"] = order
     _check_acyclic(messages)
     current = _current_of(history)
+    if current is not None and not isinstance(current, str):
+        raise TreeError(None, "currentId must be a message id (a string) or null")
     if current is not None and current not in messages:
         raise TreeError(str(current), "currentId names a message that does not exist")
     if current is None and messages:

@@ -86,3 +86,37 @@ async def test_json_nested_past_the_parser_is_an_error_frame_on_raw_websockets(
         assert (error["type"], error["code"]) == ("error", "invalid_json")
         await ws.send(json.dumps({"type": "ping"}))
         assert (await recv(ws))["type"] == "pong"  # still open, still answering
+
+
+async def test_ids_of_the_wrong_type_in_a_history_are_a_400(gateway: GatewayProcess) -> None:
+    """A list or an object where a message id belongs used to be a 500."""
+    _, token = user()
+    message = {"id": "m1", "role": "user", "content": "hi"}
+    bad_histories = [
+        {"messages": {"m1": {**message, "parentId": ["x"]}}, "currentId": "m1"},
+        {"messages": {"m1": {**message, "parentId": {"a": 1}}}, "currentId": "m1"},
+        {"messages": {"m1": {**message, "parentId": None}}, "currentId": {"a": 1}},
+        {"messages": {"m1": {**message, "parentId": None}}, "currentId": ["m1"]},
+    ]
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        for history in bad_histories:
+            body = {"chat": {"title": "t", "history": history}}
+            async with http.post(f"{gateway.url}/api/v1/chats/new", json=body) as resp:
+                answer = await resp.json()
+                assert resp.status == 400, (history, resp.status, answer)
+                assert "must be a message id" in answer["detail"], answer
+
+
+async def test_a_page_past_any_database_integer_is_a_ragflow_error(
+    gateway: GatewayProcess,
+) -> None:
+    _, token = user()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        async with http.post(f"{gateway.url}/ragflow/v1/system/new_token") as resp:
+            key = (await resp.json())["data"]["token"]
+        url = f"{gateway.url}/ragflow/api/v1/chats?page=99999999999999999999"
+        async with http.get(url, headers={"Authorization": f"Bearer {key}"}) as resp:
+            answer = await resp.json()
+    assert resp.status < 500, answer
+    assert answer["code"] != 0 and "page" in answer["message"], answer

@@ -67,12 +67,19 @@ def _view(assistant: AssistantRecord) -> dict[str, Any]:
     )
 
 
+# Past this, a page is empty whatever the data (and its offset would not fit a
+# database's integer).
+MAX_PAGE = 1_000_000
+
+
 def _page(request: web.Request) -> tuple[int, int]:
     try:
         page = max(1, int(request.query.get("page", "1")))
         size = max(1, min(1000, int(request.query.get("page_size", "30"))))
     except ValueError:
         raise BadRequest("`page` and `page_size` must be integers") from None
+    if page > MAX_PAGE:
+        raise BadRequest(f"`page` must be at most {MAX_PAGE:,}")
     return (page - 1) * size, size
 
 
