@@ -97,9 +97,8 @@ async def metrics_page(request: web.Request) -> web.Response:
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
             )
-    return web.Response(
-        body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE_LATEST}
-    )
+    body, content_type = metrics.render(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def add_routes(app: web.Application) -> None:

@@ -78,9 +78,9 @@ class ReplyRunner:
         run = ReplyRun(running, record, title, after)
         self._registry.start(running, self._run(run, opening))
 
-    async def refused(self, record: MessageRecord, error: GatewayError) -> None:
+    async def refused(self, record: MessageRecord, error: GatewayError, user_id: str) -> None:
         """A reply whose upstream would not open before it was started: stored as failed."""
-        metrics.reply_ended("failed", error.code, "", None, 0.0)
+        refused(user_id, record.chat_id, record.id, error)
         await self._store_end(record, ReplyFailed("", record.id, 0, error.code, error.message))
 
     async def _run(self, run: ReplyRun, opening: Opening) -> None:
@@ -252,6 +252,22 @@ async def counted(
     finally:
         metrics.REPLIES_RUNNING.dec()
         _ended(run, status, code)
+
+
+def refused(user_id: str, chat_id: str | None, message_id: str, error: GatewayError) -> None:
+    """A reply the model server would not open, before it ran: counted and logged as
+    failed (no model: it never answered)."""
+    metrics.reply_ended("failed", error.code, "", None, 0.0)
+    access.reply_ended(
+        "failed",
+        user_id=user_id,
+        chat_id=chat_id,
+        message_id=message_id,
+        model="",
+        took_s=0.0,
+        chars=0,
+        code=error.code,
+    )
 
 
 def _traced(run: ReplyRun, end: ReplyFinished | ReplyFailed) -> None:

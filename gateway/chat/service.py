@@ -32,7 +32,7 @@ from gateway.chat import tree
 from gateway.chat.background import Background
 from gateway.chat.chats import DEFAULT_TITLE, ChatBook, now_s, title_for
 from gateway.chat.reply import reply_events
-from gateway.chat.runner import Opening, ReplyRunner, counted
+from gateway.chat.runner import Opening, ReplyRunner, counted, refused
 from gateway.chat.running import Running, RunningReplies
 from gateway.chat.shapes import history_of, message_record
 from gateway.chat.turns import (
@@ -43,7 +43,6 @@ from gateway.chat.turns import (
     unanswered,
 )
 from gateway.commands import Ask, ReplyTarget, Say
-from gateway.edge import metrics
 from gateway.edge.auth import Principal
 from gateway.edge.trace import Traces
 from gateway.errors import BadRequest, GatewayError, UpstreamError
@@ -159,7 +158,7 @@ class ChatService:
                 parent_id=None,
             )
         except GatewayError as exc:
-            metrics.reply_ended("failed", exc.code, "", None, 0.0)
+            refused(principal.user_id, None, message_id, exc)
             raise
         return counted(events, principal.user_id, message_id)
 
@@ -203,7 +202,7 @@ class ChatService:
             events = await self._opener(ask.model, conversation, ask.params, record, chat)()
         except GatewayError as exc:
             self.hub.unsubscribe(outbox)
-            await self._runner.refused(record, exc)
+            await self._runner.refused(record, exc, principal.user_id)
             raise
 
         async def opened() -> AsyncGenerator[Event, None]:

@@ -47,10 +47,10 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE_LATEST", "REGISTRY", "render"]
+__all__ = ["REGISTRY", "render"]
 
 # No `_created` series beside each counter: Prometheus does not need them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -220,9 +220,11 @@ class _HotCollector(Collector):
 REGISTRY.register(_HotCollector())
 
 
-def render() -> bytes:
-    """The registry in Prometheus's text format (`CONTENT_TYPE_LATEST`)."""
-    return generate_latest(REGISTRY)
+def render(accept: str = "") -> tuple[bytes, str]:
+    """(the registry, its content type) in the format the scraper asks for: Prometheus's
+    text format 0.0.4 unless its Accept header names OpenMetrics."""
+    encoder, content_type = choose_encoder(accept)
+    return encoder(REGISTRY), content_type
 
 
 # -- helpers for the places that count --------------------------------------------------------

@@ -139,7 +139,7 @@ class SocketIOTransport:
 
     # -- events from clients --------------------------------------------------
     async def _on_connect(self, sid: str, environ: Mapping[str, Any], auth: Any) -> bool:
-        conn = Socket(sid, uncount=access.connection_opened("socketio", "openwebui"))
+        conn = Socket(sid)
         self._conns[sid] = conn
         conn.eio_socket = engine.engine_socket(self.sio, sid)
         request: web.Request = environ["aiohttp.request"]
@@ -161,6 +161,9 @@ class SocketIOTransport:
         if token:
             with contextlib.suppress(AuthError):
                 await self._join(conn, await self._realtime.authenticate(token))
+        if self._conns.get(sid) is conn:  # (not gone while it was being joined)
+            user_id = conn.principal.user_id if conn.principal is not None else None
+            conn.uncount = access.connection_opened("socketio", "openwebui", user_id)
         return True
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
