@@ -55,6 +55,8 @@ class Access:
 
     request_id: str
     user_id: str | None = None
+    # The flavour of the connection the request became (a socket, a stream), if any.
+    flavour: str | None = None
 
 
 _CURRENT: contextvars.ContextVar[Access | None] = contextvars.ContextVar(
@@ -142,8 +144,10 @@ def connection_opened(
     uncount = metrics.connection(transport, flavour)
     current = _CURRENT.get()
     request_id = None if current is None else current.request_id
-    if user_id is None and current is not None:
-        user_id = current.user_id
+    if current is not None:
+        current.flavour = flavour
+        if user_id is None:
+            user_id = current.user_id
     fields = {"transport": transport, "flavour": flavour, "user_id": user_id}
     log.info("connection opened", extra={**fields, "request_id": request_id})
     opened = time.monotonic()
@@ -170,12 +174,15 @@ def reply_ended(
     chars: int,
     code: str | None = None,
 ) -> None:
-    """A reply's one line: ids, how it ended, how long and how much (never its text)."""
+    """A reply's one line: ids, how it ended, how long and how much (never its text);
+    the flavour of the connection that asked for it, when it came by one."""
+    current = _CURRENT.get()
     log.info(
         "reply %s",
         status,
         extra={
-            "request_id": current_id(),
+            "request_id": None if current is None else current.request_id,
+            "flavour": None if current is None else current.flavour,
             "user_id": user_id or None,
             "chat_id": chat_id or None,
             "message_id": message_id or None,
