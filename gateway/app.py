@@ -241,6 +241,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         background,
         # A finished reply's trace is kept as long as its replay buffer.
         Traces(keep_s=settings.replay_ttl_s),
+        settings.max_replies_per_user,
     )
     running = service.replies
     await replicas.start(running.on_control, running.on_orphan)

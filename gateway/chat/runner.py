@@ -31,6 +31,7 @@ from gateway import rooms
 from gateway.chat.chats import DEFAULT_TITLES, now_s
 from gateway.chat.lifecycle import Phase, ReplyRun
 from gateway.chat.running import Running, RunningReplies
+from gateway.chat.slots import ReplySlots
 from gateway.edge import access, metrics
 from gateway.edge.trace import Traces
 from gateway.errors import GatewayError
@@ -57,6 +58,7 @@ class ReplyRunner:
         presence: Presence,
         checkpoint_interval_s: float,
         traces: Traces | None = None,
+        slots: ReplySlots | None = None,
     ) -> None:
         self._store = store
         self._hub = hub
@@ -64,6 +66,8 @@ class ReplyRunner:
         self._presence = presence
         self._checkpoint_interval_s = checkpoint_interval_s
         self.traces = traces if traces is not None else Traces()
+        # Taken by whoever started the reply (`service.py`), given back at its end here.
+        self.slots = slots if slots is not None else ReplySlots(None)
 
     def start(
         self,
@@ -120,6 +124,7 @@ class ReplyRunner:
             if checkpoint is not None and not checkpoint.done():
                 checkpoint.cancel()
             metrics.REPLIES_RUNNING.dec()
+            self.slots.release(run.running.user_id)
             self._registry.ended(run.running)
 
     async def _stream(
@@ -229,7 +234,10 @@ class ReplyRunner:
 
 
 async def counted(
-    events: AsyncGenerator[Event, None], user_id: str, message_id: str
+    events: AsyncGenerator[Event, None],
+    user_id: str,
+    message_id: str,
+    done: Callable[[], None] = lambda: None,
 ) -> AsyncGenerator[Event, None]:
     """A reply nothing stores (OpenAI's pure API: its caller consumes the events),
     counted as the runner counts its replies.  Closed before its end (the client
@@ -251,6 +259,7 @@ async def counted(
         raise
     finally:
         metrics.REPLIES_RUNNING.dec()
+        done()
         _ended(run, status, code)
 
 

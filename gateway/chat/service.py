@@ -35,6 +35,7 @@ from gateway.chat.reply import reply_events
 from gateway.chat.runner import Opening, ReplyRunner, counted, refused
 from gateway.chat.running import Running, RunningReplies
 from gateway.chat.shapes import history_of, message_record
+from gateway.chat.slots import ReplySlots
 from gateway.chat.turns import (
     check_reply_into,
     new_placeholder,
@@ -98,6 +99,7 @@ class ChatService:
         replicas: Replicas | None = None,
         background: Background | None = None,
         traces: Traces | None = None,
+        max_replies_per_user: int | None = None,
     ) -> None:
         self.router = router
         self.store = store
@@ -106,8 +108,9 @@ class ChatService:
         self.presence = presence or Presence()
         self.replies = RunningReplies(store, hub, replicas)
         self.book = ChatBook(store, self.replies.is_generating)
+        self._slots = ReplySlots(max_replies_per_user)
         self._runner = ReplyRunner(
-            store, hub, self.replies, self.presence, checkpoint_interval_s, traces
+            store, hub, self.replies, self.presence, checkpoint_interval_s, traces, self._slots
         )
         # The live traces of this replica's replies (`edge/trace.py`).
         self.traces = self._runner.traces
@@ -147,6 +150,8 @@ class ChatService:
         refuses, so the caller can still answer with a plain HTTP error.
         """
         message_id = f"chatcmpl-{uuid.uuid4().hex}"
+        user_id = principal.user_id
+        self._slots.take(user_id)
         try:
             events = await self._open(
                 ask.model,
@@ -157,10 +162,12 @@ class ChatService:
                 user_id=principal.user_id,
                 parent_id=None,
             )
-        except GatewayError as exc:
-            refused(principal.user_id, None, message_id, exc)
+        except BaseException as exc:
+            self._slots.release(user_id)
+            if isinstance(exc, GatewayError):
+                refused(user_id, None, message_id, exc)
             raise
-        return counted(events, principal.user_id, message_id)
+        return counted(events, user_id, message_id, lambda: self._slots.release(user_id))
 
     # -- backend-controlled mode ---------------------------------------------
     async def start_reply(self, principal: Principal, ask: Ask) -> StartedReply:
@@ -174,6 +181,15 @@ class ChatService:
             raise BadRequest("'chat_id' and 'id' are required to answer into a chat")
         chat_id, message_id = ask.chat_id, ask.message_id
         chat = await self.book.owned(principal, chat_id)
+        self._slots.take(chat.user_id)
+        try:
+            return await self._start_reply(chat, ask, message_id)
+        except BaseException:
+            self._slots.release(chat.user_id)
+            raise
+
+    async def _start_reply(self, chat: ChatRecord, ask: Ask, message_id: str) -> StartedReply:
+        """`start_reply` once its slot is taken (given back by the caller if this raises)."""
         history = history_of(chat, await self.store.get_messages(chat.id))
         messages = history["messages"]
         repaired = None
@@ -202,7 +218,7 @@ class ChatService:
             events = await self._opener(ask.model, conversation, ask.params, record, chat)()
         except GatewayError as exc:
             self.hub.unsubscribe(outbox)
-            await self._runner.refused(record, exc, principal.user_id)
+            await self._runner.refused(record, exc, chat.user_id)
             raise
 
         async def opened() -> AsyncGenerator[Event, None]:
@@ -310,10 +326,16 @@ class ChatService:
         records = [message_record(chat.id, message) for message in turn.writes]
         chat.current_id = turn.history["currentId"]
         chat.updated_at = created
-        if new:
-            await self.store.insert_chat(chat, records)
-        else:
-            await self.store.save_chat(chat, records)
+        # One slot a reply, before anything is written (each given back at its end).
+        self._slots.take(chat.user_id, len(turn.replies))
+        try:
+            if new:
+                await self.store.insert_chat(chat, records)
+            else:
+                await self.store.save_chat(chat, records)
+        except BaseException:
+            self._slots.release(chat.user_id, len(turn.replies))
+            raise
         path = tree.path_to(turn.history, turn.question_id) if turn.question_id else []
         conversation = self._conversation(path, ask.messages)
         by_id = {record.id: record for record in records}
@@ -334,6 +356,7 @@ class ChatService:
         """An unsaved chat: the request carries the conversation; nothing is stored."""
         assert ask.chat_id is not None
         task_ids = []
+        self._slots.take(principal.user_id, len(ask.reply_targets()))
         for target in ask.reply_targets():
             opening = functools.partial(
                 self._open,

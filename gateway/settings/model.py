@@ -181,6 +181,12 @@ class Settings(BaseModel):
         gt=0,
         description="seconds a finished reply's events stay resumable",
     )
+    max_replies_per_user: int | None = Field(
+        32,
+        ge=1,
+        description="replies one user may have running at once on a replica (model "
+        "streams); more get 429; empty for no limit",
+    )
     max_followers_per_user: int = Field(
         16,
         ge=1,
@@ -272,6 +278,7 @@ class Settings(BaseModel):
         "jwt_expires_in_s",
         "upstream_read_timeout_s",
         "outbox_max_chars",
+        "max_replies_per_user",
         "max_connections_per_address",
         "password_hash_threads",
         mode="before",

@@ -1,0 +1,42 @@
+"""How many replies one user may have running at once (`GATEWAY_MAX_REPLIES_PER_USER`).
+
+    take(user_id, n)   before anything is written: n slots, or RateLimited (429 in
+                       every flavour) and nothing changes
+    release(user_id)   when a reply ends (the runner's, or a pure-API stream's),
+                       or when a start that took a slot fails before it ran
+
+Counted per replica, like the replies themselves (`running.py`): behind a
+balancer a user's requests spread over the replicas, each holding its share.
+Model streams are the costliest thing a user can hold open; a script that
+starts hundreds at once is told to wait instead of starving everyone else's.
+"""
+
+from __future__ import annotations
+
+from gateway.errors import RateLimited
+
+
+class ReplySlots:
+    def __init__(self, per_user: int | None) -> None:
+        self._per_user = per_user
+        self._held: dict[str, int] = {}
+
+    def take(self, user_id: str, count: int = 1) -> None:
+        held = self._held.get(user_id, 0)
+        if self._per_user is not None and held + count > self._per_user:
+            raise RateLimited(
+                f"{held} of your replies are running (at most {self._per_user} at once): "
+                "wait for one to finish, or stop one",
+                retry_after_s=1,
+            )
+        self._held[user_id] = held + count
+
+    def release(self, user_id: str, count: int = 1) -> None:
+        left = self._held.get(user_id, 0) - count
+        if left > 0:
+            self._held[user_id] = left
+        else:
+            self._held.pop(user_id, None)
+
+    def held(self, user_id: str) -> int:
+        return self._held.get(user_id, 0)
