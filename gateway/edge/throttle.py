@@ -198,3 +198,45 @@ class SignInAttempt:
         """Neither: the check did not run to the end (server busy, store down)."""
         self._throttle.accounts.end(self._account, failed=False)
         self._throttle.addresses.end(self._address, failed=False)
+
+
+class MessageRate:
+    """Messages from one connection, a token bucket: `per_s` a second on average,
+    bursts of up to `2 × per_s`; None for no limit.  `allow()` says whether this
+    message may be handled; `tell()` whether to say so to the client (at most
+    once a second, so the refusals cannot become a flood of their own)."""
+
+    __slots__ = ("_burst", "_clock", "_last", "_per_s", "_tokens", "_told")
+
+    def __init__(self, per_s: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._per_s = per_s
+        self._burst = 2 * per_s if per_s is not None else 0.0
+        self._tokens = self._burst
+        self._last = clock()
+        self._told = -math.inf
+        self._clock = clock
+
+    def allow(self) -> bool:
+        if self._per_s is None:
+            return True
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._per_s)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+    def tell(self) -> bool:
+        now = self._clock()
+        if now - self._told < 1.0:
+            return False
+        self._told = now
+        return True
+
+    def error(self) -> RateLimited:
+        return RateLimited(
+            f"Too many messages: at most {self._per_s:g} a second on one connection; "
+            "this one was dropped",
+            retry_after_s=1,
+        )

@@ -218,6 +218,13 @@ class Settings(BaseModel):
         description="client connections open at once from one address (an IPv6 /64), "
         "GATEWAY_TRUSTED_PROXIES excepted; more get 429; empty for no limit",
     )
+    max_messages_per_s: float | None = Field(
+        20,
+        gt=0,
+        description="messages a second one connection may send (WebSocket frames, "
+        "Socket.IO events), in bursts of twice that; more are dropped with an error; "
+        "empty for no limit",
+    )
     max_frame_bytes: int = Field(
         1024 * 1024,
         ge=1024,
@@ -279,6 +286,7 @@ class Settings(BaseModel):
         "upstream_read_timeout_s",
         "outbox_max_chars",
         "max_replies_per_user",
+        "max_messages_per_s",
         "max_connections_per_address",
         "password_hash_threads",
         mode="before",

@@ -44,6 +44,7 @@ from gateway.commands import ChatSignal, Resume
 from gateway.edge import access
 from gateway.edge.auth import Principal, find_token
 from gateway.edge.origins import OriginPolicy
+from gateway.edge.throttle import MessageRate
 from gateway.errors import AuthError, GatewayError, NotFound
 from gateway.events import Event
 from gateway.flavours.openwebui import OpenWebUIFlavour, decode_join, decode_resume
@@ -89,6 +90,8 @@ class Socket:
     handshake_resume: Resume | None = None
     # Uncounts it from `gateway_connections` when it ends.
     uncount: Callable[[], None] = lambda: None
+    # How fast the client may send events (GATEWAY_MAX_MESSAGES_PER_S).
+    rate: MessageRate = field(default_factory=lambda: MessageRate(None))
 
 
 class SocketIOTransport:
@@ -114,6 +117,7 @@ class SocketIOTransport:
             engineio_logger=False,
         )
         self._conns: dict[str, Socket] = {}
+        self._messages_per_s = settings.max_messages_per_s
         self._realtime = realtime
         self._chats = chats
         self._replies = replies
@@ -139,7 +143,7 @@ class SocketIOTransport:
 
     # -- events from clients --------------------------------------------------
     async def _on_connect(self, sid: str, environ: Mapping[str, Any], auth: Any) -> bool:
-        conn = Socket(sid)
+        conn = Socket(sid, rate=MessageRate(self._messages_per_s))
         self._conns[sid] = conn
         conn.eio_socket = engine.engine_socket(self.sio, sid)
         request: web.Request = environ["aiohttp.request"]
@@ -178,6 +182,8 @@ class SocketIOTransport:
         conn = self._conns.get(sid)
         if conn is None:
             return None
+        if not conn.rate.allow():
+            return _too_fast(conn)
         try:
             principal = await self._realtime.authenticate(decode_join(data).token)
         except GatewayError as exc:
@@ -190,6 +196,8 @@ class SocketIOTransport:
         conn = self._conns.get(sid)
         if conn is None or conn.principal is None:
             return None
+        if not conn.rate.allow():
+            return _too_fast(conn)
         try:
             event = FLAVOUR.decode(("events:chat", data))
         except GatewayError:
@@ -339,6 +347,12 @@ class SocketIOTransport:
         sock = conn.eio_socket
         tcp = conn.tcp or (self._front.upgrades.get(sock.sid) if sock is not None else None)
         await engine.abort(sock, tcp)
+
+
+def _too_fast(conn: Socket) -> dict[str, Any]:
+    """The ack of an event dropped for coming too fast (Socket.IO has no error frame)."""
+    error = conn.rate.error()
+    return {"error": {"code": error.code, "message": error.message}}
 
 
 # The transport is made when the services it needs exist (`gateway/app.py`).

@@ -42,6 +42,7 @@ from gateway.application.realtime import Attached, Outbox, Overflow, Realtime
 from gateway.edge import access, metrics
 from gateway.edge.auth import Principal, find_token
 from gateway.edge.proxy import upgrade_required
+from gateway.edge.throttle import MessageRate
 from gateway.errors import (
     WS_INTERNAL_ERROR,
     WS_TRY_AGAIN_LATER,
@@ -95,6 +96,8 @@ class Connection:
         self.state: dict[str, object] = {}
         # Replies being resumed into the outbox (`resume`), stopped when it closes.
         self.resuming: set[asyncio.Task[None]] = set()
+        # How fast the client may send (GATEWAY_MAX_MESSAGES_PER_S).
+        self.rate = MessageRate(request.app[SETTINGS].max_messages_per_s)
 
     @property
     def room(self) -> str:
@@ -231,6 +234,12 @@ async def serve(
 
 async def _read(conn: Connection, endpoint: Endpoint) -> None:
     async for msg in conn.ws:
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not conn.rate.allow():
+            # Dropped; said at most once a second, in the flavour's own error.
+            if conn.rate.tell():
+                for frame in endpoint.failed(conn.rate.error()):
+                    await conn.send(frame)
+            continue
         if msg.type == WSMsgType.TEXT:
             try:
                 await endpoint.received(conn, msg.data)
