@@ -62,7 +62,7 @@ class Access:
 _CURRENT: contextvars.ContextVar[Access | None] = contextvars.ContextVar(
     "gateway_access", default=None
 )
-_KEY = "gateway.access"
+_KEY = web.RequestKey("access", Access)
 
 
 def current_id() -> str | None:

@@ -64,7 +64,7 @@ async def app_url(tmp_path: Path) -> AsyncIterator[str]:
     app = build_app(settings)
 
     async def echo(request: web.Request) -> web.StreamResponse:
-        return await serve(request, Echo())
+        return await serve(request, Echo(), flavour="echo")
 
     app.router.add_get("/test/echo", echo)
     runner = web.AppRunner(app, handler_cancellation=True)
