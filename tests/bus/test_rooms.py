@@ -242,7 +242,7 @@ async def test_queue_is_bounded_while_redis_is_down(
 def _queued_seqs(one: Replica) -> list[int]:
     """The seqs of the room events queued (commands wait in a queue of their own)."""
     seqs = []
-    for rooms, message in one.rooms._sender.held:
+    for _since, (rooms, message) in one.rooms._sender.held:
         assert rooms == ["user:x"]
         _, event, _ = wire.decode(message)
         assert isinstance(event, TextDelta)
