@@ -82,6 +82,19 @@ async def test_both_replicas_answer_through_the_proxy(proxy: Proxy) -> None:
     assert "fake-slow" in [model["id"] for model in models["data"]]
 
 
+async def test_metrics_are_not_served_through_the_proxy(
+    proxy: Proxy, replicas: list[GatewayProcess]
+) -> None:
+    """Prometheus scrapes each replica on its own port; through the proxy: 404."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{proxy.base}/metrics") as resp:
+            assert resp.status == 404, await resp.text()
+        for replica in replicas:
+            async with http.get(f"{replica.url}/metrics") as resp:
+                assert resp.status == 200
+                assert "gateway_connections_opened_total" in await resp.text()
+
+
 async def sessions_by_replica(replicas: list[GatewayProcess]) -> dict[str, set[str]]:
     """Each replica's Engine.IO sessions, from its registry on Redis (`sessions:<id>`)."""
     prefix = replicas[0].env["GATEWAY_REDIS_KEY_PREFIX"]
