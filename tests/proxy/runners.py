@@ -205,10 +205,11 @@ def caddy_site(
     shipped = "reverse_proxy " + " ".join(SHIPPED_REPLICAS)
     ours = "reverse_proxy " + " ".join(f"127.0.0.1:{replica}" for replica in replicas)
     text = replace(text, shipped, ours, where)
-    # One server may not mix http and https: the site twice, once on each port.
-    plain = replace(text, "chat.example.com {", f"http://127.0.0.1:{port} {{", where)
+    # One server may not mix http and https: the site twice, once on each port (the
+    # snippets before it once: Caddy refuses a snippet declared twice).
+    head, site = replace(text, "chat.example.com {", "\0", where).split("\0", 1)
     secure = f"https://127.0.0.1:{tls_port} {{\n\ttls {cert} {key}"
-    text = plain + "\n" + replace(text, "chat.example.com {", secure, where)
+    text = f"{head}http://127.0.0.1:{port} {{{site}\n{secure}{site}"
     # No admin endpoint (it would take port 2019), nothing installed in the system trust,
     # no http->https redirect server on port 80.
     options = "\tadmin off\n\tskip_install_trust\n\tauto_https disable_redirects\n"

@@ -20,7 +20,15 @@ import websockets
 from ragflow_sdk import RAGFlow
 from ragflow_sdk.modules.chat import Chat
 
-from tests.clients import JSSocket, PySocket, get_json, post_json, text_of, turn_body
+from tests.clients import (
+    JSSocket,
+    PySocket,
+    completion_of,
+    get_json,
+    post_json,
+    text_of,
+    turn_body,
+)
 from tests.fakes.upstream import reply_text
 from tests.gatewayproc import GatewayProcess, make_token
 from tests.proxy.runners import (
@@ -162,6 +170,39 @@ async def test_the_js_socketio_client_completes_chats(proxy: Proxy, transports: 
     assert trouble == []
     upgraded = [line["transport"] for line in js.lines if line["kind"] == "upgraded"]
     assert upgraded == (["websocket"] if transports == "polling,websocket" else [])
+
+
+async def test_polling_clients_that_keep_no_cookies_stay_on_one_replica(proxy: Proxy) -> None:
+    """Node's socket.io-client as it runs by default (no cookie jar), over long-polling
+    only: every request of its session must reach the replica that holds it (a poll
+    that lands on the other gets 400), for each of several clients in turn."""
+    token = user()
+    for n in range(3):
+        js = await JSSocket().start(
+            proxy.origin,
+            token,
+            transports="polling",
+            replies=1,
+            path=proxy.sio_path,
+            with_credentials=False,
+        )
+        try:
+            body = turn_body(js.sid, f"cookieless {proxy.name} {n}")
+            await post_json(f"{proxy.base}/api/chat/completions", token, body)
+            await js.wait_for("done", timeout_s=30)
+        finally:
+            await js.close()
+        trouble = [
+            line
+            for line in js.lines
+            if line["kind"] == "error"
+            or (line["kind"] == "disconnected" and line["reason"] != "io client disconnect")
+        ]
+        assert trouble == [], js.lines
+        # The reply as stored and ended (its deltas' first few may race the bus's
+        # news that this replica now watches the user: that is the bus's to prove).
+        completion = completion_of(js.events, body["id"])
+        assert completion["content"] == expected(body["user_message"]["content"])
 
 
 # -- raw WebSockets (Nadoo, RAGFlow) ---------------------------------------------------------
