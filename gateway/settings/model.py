@@ -225,6 +225,11 @@ class Settings(BaseModel):
         "Socket.IO events), in bursts of twice that; more are dropped with an error; "
         "empty for no limit",
     )
+    websocket_compression: bool = Field(
+        False,
+        description="true or false: permessage-deflate on WebSockets (raw and Socket.IO) "
+        "when the client offers it (about 120 KB of memory per connection)",
+    )
     max_frame_bytes: int = Field(
         1024 * 1024,
         ge=1024,

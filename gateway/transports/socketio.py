@@ -130,7 +130,7 @@ class SocketIOTransport:
         # Open WebUI sends these; nothing to do with them here.
         for ignored in ("heartbeat", "usage"):
             self.sio.on(ignored, self._ignore)
-        self._front = FrontDoor(self.sio, origins, realtime)
+        self._front = FrontDoor(self.sio, origins, realtime, settings.websocket_compression)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         return await self._front.handle(request)

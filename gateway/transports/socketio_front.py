@@ -9,6 +9,8 @@ session     a `sid` this replica does not hold: 400 saying whether another
             handshake to its end so a replica can tell
 upgrades    while a polling session upgrades, its websocket's TCP transport
             is kept so a stuck client can be cut (`socketio.py`)
+compression permessage-deflate only with GATEWAY_WEBSOCKET_COMPRESSION: the
+            client's offer is taken off the handshake otherwise
 """
 
 from __future__ import annotations
@@ -25,12 +27,20 @@ from gateway.edge.origins import OriginPolicy
 from gateway.edge.proxy import STICKY_LINES, upgrade_required
 from gateway.errors import Forbidden
 
+EXTENSIONS = "Sec-WebSocket-Extensions"
+
 
 class FrontDoor:
     def __init__(
-        self, sio: socketio.AsyncServer, origins: OriginPolicy, realtime: Realtime
+        self,
+        sio: socketio.AsyncServer,
+        origins: OriginPolicy,
+        realtime: Realtime,
+        compression: bool = False,
     ) -> None:
         self.sio = sio
+        # permessage-deflate on the websocket transport (GATEWAY_WEBSOCKET_COMPRESSION).
+        self._compression = compression
         self._origins = origins
         self._realtime = realtime
         # Upgrades from polling: Engine.IO sid → the websocket's TCP transport.
@@ -68,6 +78,12 @@ class FrontDoor:
             return await self._unknown_session(eio_sid)
         if upgrading and eio_sid is not None and request.transport is not None:
             self.upgrades[eio_sid] = request.transport
+        if upgrading and not self._compression and EXTENSIONS in request.headers:
+            # Engine.IO's websocket accepts permessage-deflate whenever it is offered
+            # (browsers always offer it): without the offer there is nothing to accept.
+            headers = request.headers.copy()
+            del headers[EXTENSIONS]
+            request = request.clone(headers=headers)
         try:
             response: web.StreamResponse = await self.sio.handle_request(request)
             return response

@@ -185,8 +185,13 @@ async def serve(
     realtime = request.app[REALTIME]
     if not request.app[ORIGINS].allows(request.headers.get("Origin"), request.host):
         raise Forbidden(f"Origin {request.headers.get('Origin')} is not allowed")
+    settings = request.app[SETTINGS]
     ws = web.WebSocketResponse(
-        heartbeat=PING_INTERVAL_S, max_msg_size=request.app[SETTINGS].max_frame_bytes
+        heartbeat=PING_INTERVAL_S,
+        max_msg_size=settings.max_frame_bytes,
+        # permessage-deflate keeps two zlib contexts per connection, about 120 KB,
+        # for frames of a few dozen bytes (bench/bench_deflate.py): off by default.
+        compress=settings.websocket_compression,
     )
     if not ws.can_prepare(request).ok:
         return upgrade_required(request)
