@@ -9,7 +9,8 @@ by step, each step asserting what is on the screen:
     watch the reply stream · the chat in the sidebar · reload and find it · continue
     it · regenerate (2/2, then ‹ back to 1/2) · stop a slow reply (and find what was
     kept after a reload) · edit a message (a new branch, 2/2) · rename · pin ·
-    search · archive · delete · sign out
+    search · archive · delete · a model that thinks (its reasoning collapsed above
+    the answer, there after a reload, opened by a click) · sign out
 
 Any uncaught page error or console error fails the test (ALLOWED_CONSOLE and
 OPTIONAL_ROUTES say which are tolerated, and why).  Screenshots of every step go to
@@ -17,9 +18,8 @@ the test's temporary directory (printed at the end), never into the repository.
 
 Guarded by what the gateway offers (asserted once `/api/config` turns them on):
 model-written titles and follow-up suggestions, the model's avatar.  Left for later:
-tags (the app shows them only in a menu hidden by default), reasoning blocks (the
-"Thought for …" collapsible; needs a reasoning model in the flow), the changelog
-("What's New" shows to admins only; this user is a `user`).
+tags (the app shows them only in a menu hidden by default), the changelog ("What's
+New" shows to admins only; this user is a `user`).
 
 Open WebUI cannot be served under a sub-path (it asks for /_app/…, /api/… and
 /ws/socket.io from the root of the host and has no base-path setting): there, the
@@ -440,6 +440,25 @@ def _run(flow: Flow) -> None:
         gone = flow.page.request.get(f"{flow.base}/api/v1/chats/{doomed}")
         assert gone.status == 404, gone.status
 
+    def see_the_reasoning() -> None:
+        # A model that thinks: its reasoning in a collapsed block above the answer,
+        # as Open WebUI shows it, and still there after a reload (stored with it).
+        page.locator('[aria-label="New Chat"]:visible').first.click()
+        page.wait_for_url(flow.base + "/")
+        flow.pick_model("fake-think")
+        flow.send("Think first")
+        flow.see("Fake reply to: Think first")
+        thought = flow.responses().last.get_by_text(re.compile(r"^Thought for"))
+        thought.first.wait_for(state="visible")
+        page.reload()
+        flow.see("Fake reply to: Think first")
+        thought.first.wait_for(state="visible")
+        # Collapsed: the reasoning's words show only once the block is opened.
+        reasoning = flow.responses().last.get_by_text("still weighing.")
+        assert not reasoning.first.is_visible()
+        thought.first.click()
+        reasoning.first.wait_for(state="visible")
+
     def sign_out() -> None:
         page.get_by_role("button", name="Open User Profile Menu").first.click()
         page.get_by_text("Sign Out", exact=True).click()
@@ -463,6 +482,7 @@ def _run(flow: Flow) -> None:
         ("search", search),
         ("archive", archive),
         ("delete", delete),
+        ("reasoning", see_the_reasoning),
         ("sign-out", sign_out),
     ]:
         flow.step(name, action)
