@@ -10,6 +10,8 @@ passwords, access), realtime, assistants, readiness, the Socket.IO transport
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -54,6 +56,7 @@ from gateway.edge.proxy import ProxyPolicy, prefix
 from gateway.edge.secrets import load_or_create_secret
 from gateway.edge.throttle import SignInThrottle
 from gateway.edge.trace import Traces
+from gateway.errors import WS_GOING_AWAY
 from gateway.fanout.hub import Hub
 from gateway.fanout.presence import Presence
 from gateway.settings import Settings
@@ -126,7 +129,9 @@ def build_app(settings: Settings) -> web.Application:
 
     # Before the sub-application, which would claim "/chat" too.
     root.router.add_get(settings.base_path, to_base_path)
-    root.add_subapp(settings.base_path, _gateway_app(settings, []))
+    gateway = _gateway_app(settings, [])
+    root.add_subapp(settings.base_path, gateway)
+    root[GATEWAY] = gateway
     root.on_response_prepare.append(_server_header)
     return root
 
@@ -146,6 +151,35 @@ HUB = web.AppKey("hub", Hub)
 REPLICAS: web.AppKey[Replicas] = web.AppKey("replicas")
 CORE = web.AppKey("core", ChatService)
 ACCESS = web.AppKey("access", AccessGuard)
+# Under GATEWAY_BASE_PATH: the gateway's application, below the root's.
+GATEWAY = web.AppKey("gateway", web.Application)
+# A stopping replica's last replies' ends get this long to reach their sockets.
+ENDS_FLUSH_S = 0.3
+
+
+async def drain(app: web.Application, grace_s: float) -> None:
+    """A stopping replica (SIGTERM): not ready from now on, so balancers take it out of
+    rotation, while it still serves; returns once no reply runs here, or after
+    `grace_s` (what still runs then is stopped by the shutdown and stored as it is)."""
+    gateway = app.get(GATEWAY, app)
+    core = gateway[CORE]
+    gateway[READINESS].drain(core.replies_running)
+    if core.replies_running():
+        log.info("stopping: waiting for running replies", extra={"replies": core.replies_running()})
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(core.all_replies_ended(), grace_s)
+    if running := core.replies_running():
+        log.warning(
+            "stopping: replies still running after the grace period are stopped",
+            extra={"replies": running, "grace_s": grace_s},
+        )
+    # Stopped (each stored with what it had, its clients told), then the sockets
+    # closed, so nothing holds the shutdown: clients reconnect to another replica.
+    await core.replies.shutdown()
+    # Their ends are queued for each socket's writer: a moment to send them.
+    await asyncio.sleep(ENDS_FLUSH_S)
+    await gateway[REALTIME].close_sockets(WS_GOING_AWAY, "server stopping")
+    await gateway[SOCKETIO].shutdown()
 
 
 def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 # RFC 6455 §7.4.1 close codes used by the transports.
+WS_GOING_AWAY = 1001
 WS_POLICY_VIOLATION = 1008
 WS_MESSAGE_TOO_BIG = 1009
 WS_INTERNAL_ERROR = 1011

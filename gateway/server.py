@@ -3,7 +3,8 @@ that cannot succeed is one line and exit 2 before anything listens.
 
     settings read ─▶ preflight (data dir, files) ─▶ app resources opened
     (store, bus) ─▶ listen on host:port ─▶ "gateway listening on …"
-    ─▶ SIGINT/SIGTERM ─▶ connections and resources closed
+    ─▶ SIGINT/SIGTERM ─▶ not ready; running replies finish (GATEWAY_SHUTDOWN_GRACE_S;
+    a second signal cuts it short) ─▶ connections and resources closed
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 from aiohttp import web, web_response
 
 from gateway import preflight
-from gateway.app import build_app
+from gateway.app import build_app, drain
 from gateway.edge.access import AccessLogger
 from gateway.edge.connections import (
     SERVER_HEADER,
@@ -31,8 +32,10 @@ from gateway.store import StoreUnavailable
 
 log = logging.getLogger("gateway")
 
-# Seconds the last requests get to finish on SIGTERM (aiohttp's own default).
-SHUTDOWN_TIMEOUT_S = 60.0
+# Seconds what is still in flight once the replies are done (`app.drain`) gets
+# to finish: plain requests end well within it; event streams, which never end
+# by themselves, are cut then (their clients reconnect elsewhere).
+SHUTDOWN_TIMEOUT_S = 5.0
 
 
 def serve(loaded: Loaded) -> int:
@@ -68,6 +71,12 @@ async def _serve(loaded: Loaded) -> None:
     try:
         await stop.wait()
         log.info("gateway stopping")
+        draining = asyncio.ensure_future(drain(runner.app, settings.shutdown_grace_s))
+        # A second signal stops at once (the replies left are stored as they are).
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, draining.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await draining
     finally:
         await runner.cleanup()
 

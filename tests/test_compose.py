@@ -88,6 +88,19 @@ def test_every_healthy_condition_names_a_service_with_a_healthcheck(
             assert services[dependency].get("healthcheck", {}).get("test"), (name, dependency)
 
 
+def test_replicas_get_longer_to_stop_than_their_replies_get_to_finish(
+    config: dict[str, Any],
+) -> None:
+    """Docker kills a container 10 s after SIGTERM unless told otherwise; the gateway
+    lets its replies finish for GATEWAY_SHUTDOWN_GRACE_S (30 s) first."""
+    from gateway.settings import Settings
+
+    grace_s = Settings().shutdown_grace_s
+    for name in GATEWAYS:
+        period = config["services"][name]["stop_grace_period"]  # "40s", as written
+        assert period.endswith("s") and float(period[:-1]) > grace_s, (name, period)
+
+
 def test_nginx_config_and_snippets_are_mounted(config: dict[str, Any]) -> None:
     """The config itself runs, as the compose upstreams' stand-in, in tests/proxy/."""
     mounts = {Path(m["source"]): m["target"] for m in config["services"]["nginx"]["volumes"]}

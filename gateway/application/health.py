@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.bus import Bus
@@ -51,8 +51,18 @@ class Readiness:
         self._ttl_s = ttl_s
         self._results: dict[bool, Checked] = {}
         self._running: dict[bool, asyncio.Task[Checked]] = {}
+        # Set when the replica is stopping: how many replies it still finishes.
+        self._draining: Callable[[], int] | None = None
+
+    def drain(self, replies_running: Callable[[], int]) -> None:
+        """The replica is stopping: not ready from now on (the balancer takes it out of
+        rotation while its running replies finish)."""
+        self._draining = replies_running
 
     async def checked(self, upstreams: bool) -> Checked:
+        if self._draining is not None:
+            left = self._draining()
+            return Checked({"replica": f"stopping: {left} replies finishing"}, {})
         cached = self._results.get(upstreams)
         if cached is not None and time.monotonic() - cached.at < self._ttl_s:
             return cached

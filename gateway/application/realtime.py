@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.application.access import AccessGuard, End, Lease
 from gateway.bus import Sessions
@@ -33,7 +33,13 @@ from gateway.fanout.follow import into
 from gateway.fanout.hub import Hub, Outbox, Overflow
 from gateway.fanout.presence import Presence, Seat, stats
 
-__all__ = ["Attached", "Lease", "Outbox", "Overflow", "Realtime", "Seat"]
+__all__ = ["Attached", "Closable", "Lease", "Outbox", "Overflow", "Realtime", "Seat"]
+
+
+class Closable(Protocol):
+    """An open WebSocket as a stopping replica sees it (aiohttp's WebSocketResponse)."""
+
+    async def close(self, *, code: int, message: bytes) -> bool: ...
 
 
 class Realtime:
@@ -52,6 +58,8 @@ class Realtime:
         self._access = access
         self._authenticator = authenticator
         self._resuming: set[asyncio.Task[None]] = set()
+        # Open raw WebSockets, for a stopping replica to close (Socket.IO's are its own).
+        self._sockets: set[Closable] = set()
 
     async def authenticate(self, token: str | None) -> Principal:
         return await self._authenticator.authenticate(token)
@@ -125,6 +133,21 @@ class Realtime:
     async def session_replica(self, sid: str) -> str | None:
         """The live replica holding an Engine.IO session, if another one does."""
         return await self._sessions.session_replica(sid)
+
+    # -- open sockets, closed when the replica stops -----------------------------------
+    def track(self, socket: Closable) -> Callable[[], None]:
+        """An open WebSocket; call what is returned when it has closed."""
+        self._sockets.add(socket)
+        return lambda: self._sockets.discard(socket)
+
+    async def close_sockets(self, code: int, message: str) -> None:
+        """Every open WebSocket closed with `code` (1001: going away), at once: their
+        clients reconnect, through the balancer, to a replica that is not stopping."""
+        sockets, self._sockets = list(self._sockets), set()
+        await asyncio.gather(
+            *(socket.close(code=code, message=message.encode()) for socket in sockets),
+            return_exceptions=True,
+        )
 
     # -- access ----------------------------------------------------------------------
     def hold(self, principal: Principal, end: End) -> Lease:

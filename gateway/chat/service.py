@@ -116,6 +116,14 @@ class ChatService:
         self.traces = self._runner.traces
         self._background = background
 
+    def replies_running(self) -> int:
+        """Replies running in this replica, stored or not (pure-API streams too)."""
+        return self._slots.total()
+
+    async def all_replies_ended(self) -> None:
+        """Until no reply runs in this replica."""
+        await self._slots.idle()
+
     # -- opening a reply -------------------------------------------------------
     async def _open(
         self,

@@ -13,6 +13,8 @@ starts hundreds at once is told to wait instead of starving everyone else's.
 
 from __future__ import annotations
 
+import asyncio
+
 from gateway.errors import RateLimited
 
 
@@ -20,6 +22,9 @@ class ReplySlots:
     def __init__(self, per_user: int | None) -> None:
         self._per_user = per_user
         self._held: dict[str, int] = {}
+        self._total = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def take(self, user_id: str, count: int = 1) -> None:
         held = self._held.get(user_id, 0)
@@ -30,13 +35,27 @@ class ReplySlots:
                 retry_after_s=1,
             )
         self._held[user_id] = held + count
+        self._total += count
+        self._idle.clear()
 
     def release(self, user_id: str, count: int = 1) -> None:
-        left = self._held.get(user_id, 0) - count
+        held = self._held.get(user_id, 0)
+        left = held - count
         if left > 0:
             self._held[user_id] = left
         else:
             self._held.pop(user_id, None)
+        self._total -= min(held, count)
+        if self._total <= 0:
+            self._idle.set()
 
     def held(self, user_id: str) -> int:
         return self._held.get(user_id, 0)
+
+    def total(self) -> int:
+        """Every reply running in this replica, whoever's."""
+        return self._total
+
+    async def idle(self) -> None:
+        """Until no reply runs here (a stopping replica waits for this)."""
+        await self._idle.wait()

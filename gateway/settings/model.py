@@ -225,6 +225,12 @@ class Settings(BaseModel):
         "Socket.IO events), in bursts of twice that; more are dropped with an error; "
         "empty for no limit",
     )
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="seconds a stopping replica (SIGTERM) lets its running replies "
+        "finish, not ready meanwhile; those still running then are stored as they are",
+    )
     websocket_compression: bool = Field(
         False,
         description="true or false: permessage-deflate on WebSockets (raw and Socket.IO) "

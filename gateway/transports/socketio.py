@@ -117,6 +117,7 @@ class SocketIOTransport:
             engineio_logger=False,
         )
         self._conns: dict[str, Socket] = {}
+        self._stopped = False
         self._messages_per_s = settings.max_messages_per_s
         self._realtime = realtime
         self._chats = chats
@@ -136,6 +137,11 @@ class SocketIOTransport:
         return await self._front.handle(request)
 
     async def shutdown(self) -> None:
+        """Every socket disconnected (a stopping replica: its clients reconnect, through
+        the balancer, elsewhere); idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         for conn in list(self._conns.values()):
             self._release(conn)
             conn.uncount()

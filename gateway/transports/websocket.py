@@ -196,6 +196,22 @@ async def serve(
     if not ws.can_prepare(request).ok:
         return upgrade_required(request)
     await ws.prepare(request)
+    untrack = realtime.track(ws)
+    try:
+        return await _serve(request, ws, realtime, endpoint, authenticate, flavour, reason_for)
+    finally:
+        untrack()
+
+
+async def _serve(
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    realtime: Realtime,
+    endpoint: Endpoint,
+    authenticate: bool,
+    flavour: str,
+    reason_for: Callable[[GatewayError], str],
+) -> web.StreamResponse:
     conn = Connection(ws, realtime, request)
     try:
         if authenticate:

@@ -1,0 +1,107 @@
+"""A replica stopping (SIGTERM) stops being ready at once, lets its running replies
+finish within GATEWAY_SHUTDOWN_GRACE_S, then exits; a reply longer than the grace
+is stopped and stored with what it had, and its client is told it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+import websockets
+
+from tests.api.test_nadoo_ws import recv, user, ws_url
+from tests.fakes.upstream import FakeUpstream, deltas_of
+from tests.gatewayproc import GatewayProcess
+
+TIMEOUT_S = 20
+
+
+async def started(gw: GatewayProcess, token: str, model: str) -> tuple[Any, str]:
+    ws = await websockets.connect(ws_url(gw, f"/ws/chat/stop-{uuid.uuid4().hex[:6]}", token))
+    assert (await recv(ws))["type"] == "connected"
+    await ws.send(json.dumps({"type": "chat", "content": "go", "application_id": model}))
+    start = await recv(ws)
+    assert start["type"] == "response_start", start
+    return ws, start["chat_id"]
+
+
+async def until_end(ws: Any) -> tuple[str, dict[str, Any]]:
+    text = ""
+    while (frame := await recv(ws, TIMEOUT_S))["type"] != "response_end":
+        if frame["type"] == "text-delta":
+            text += frame["text"]
+    return text, frame
+
+
+async def exited(gw: GatewayProcess) -> int:
+    assert gw.proc is not None
+    code = await asyncio.wait_for(asyncio.to_thread(gw.proc.wait), TIMEOUT_S)
+    return int(code)
+
+
+async def test_running_replies_finish_while_the_replica_is_not_ready(
+    start_gateway: Any, fake_upstream: FakeUpstream
+) -> None:
+    gw: GatewayProcess = start_gateway(
+        {"OPENAI_API_BASE_URL": fake_upstream.url, "GATEWAY_SHUTDOWN_GRACE_S": "30"}
+    )
+    _, token = user()
+    ws, _ = await started(gw, token, "fake-slow")
+    assert gw.proc is not None
+    stopped_at = time.monotonic()
+    gw.proc.send_signal(signal.SIGTERM)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(50):  # at once (the signal is handled within a tick)
+            async with http.get(f"{gw.url}/ready?upstreams=0") as resp:
+                answer = await resp.json()
+            if resp.status == 503:
+                break
+            await asyncio.sleep(0.02)
+    assert resp.status == 503 and answer["checks"] == {"replica": "failed"}, answer
+    text, end = await until_end(ws)
+    await ws.close()
+    # Whole: the replica did not stop it.
+    expected = "".join(deltas_of("fake-slow", "go"))
+    assert text == expected and end["full_response"] == expected.strip(), end
+    assert not end.get("cancelled"), end
+    assert await exited(gw) == 0
+    # Not the grace period: it stopped once the reply had ended.
+    assert time.monotonic() - stopped_at < 15
+    assert "stopping: waiting for running replies" in gw.log()
+
+
+async def test_a_reply_longer_than_the_grace_is_stopped_and_kept(
+    start_gateway: Any, fake_upstream: FakeUpstream
+) -> None:
+    gw: GatewayProcess = start_gateway(
+        {"OPENAI_API_BASE_URL": fake_upstream.url, "GATEWAY_SHUTDOWN_GRACE_S": "0.5"}
+    )
+    _, token = user()
+    ws, chat_id = await started(gw, token, "fake-crawl")  # 15 s of deltas
+    first = await recv(ws)  # it streams
+    assert first["type"] == "text-delta", first
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGTERM)
+    rest, end = await until_end(ws)
+    text = first["text"] + rest
+    assert end.get("cancelled") is True and end["full_response"] == text, end
+    # Then the socket is closed "going away": its client reconnects elsewhere.
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await recv(ws)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert await exited(gw) == 0
+    assert "replies still running after the grace period are stopped" in gw.log()
+    # What streamed is stored: the next start finds it.
+    gw.start()
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.get(f"{gw.url}/api/v1/chats/{chat_id}", headers=headers) as resp:
+            chat = await resp.json()
+    stored = [m for m in chat["chat"]["history"]["messages"].values() if m["role"] == "assistant"]
+    assert [m["content"] for m in stored] == [text], stored
