@@ -49,6 +49,9 @@ class GatewayProcess:
             "WEBUI_SECRET_KEY": SECRET,
             "GATEWAY_DEMO_TOKEN_DELAY_S": "0.001",
             "GATEWAY_LOG_LEVEL": "INFO",
+            # A test's teardown waits for no reply it left running (tests of the
+            # grace itself set their own).
+            "GATEWAY_SHUTDOWN_GRACE_S": "1",
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
