@@ -68,7 +68,12 @@ def client_json(raw: str | bytes) -> Any:
     # NUL and lone surrogates reach a string only through a \u escape (or, in
     # bytes, the UTF-8 bytes of a surrogate, which json.loads lets through; a str
     # decoded from UTF-8 holds none).
-    escaped = b"\\u" in raw or b"\xed" in raw if isinstance(raw, bytes) else "\\u" in raw
+    # (json.loads reads UTF-16 and UTF-32 bodies too: their NUL bytes say so.)
+    escaped = (
+        b"\\u" in raw or b"\xed" in raw or b"\x00" in raw
+        if isinstance(raw, bytes)
+        else "\\u" in raw
+    )
     if not escaped:
         return value
     try:

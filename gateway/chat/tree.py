@@ -13,8 +13,12 @@ and never mutates its argument.  All are O(number of messages).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from typing import Any
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class TreeError(ValueError):
@@ -32,6 +36,21 @@ def _current_of(history: Mapping[str, Any]) -> Any:
     return history.get("current_id")
 
 
+def _copying(function: Callable[P, R]) -> Callable[P, R]:
+    """A function that deep-copies what a client sent: a value nested past Python's
+    recursion limit (a JSON body may nest about 1,000 deep) is a TreeError, not a crash."""
+
+    @functools.wraps(function)
+    def copying(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except RecursionError:
+            raise TreeError(None, "a value in the history is nested too deeply") from None
+
+    return copying
+
+
+@_copying
 def normalize(history: Mapping[str, Any]) -> dict[str, Any]:
     """A consistent copy: ids filled in, childrenIds derived, parents and currentId checked."""
     raw = history.get("messages") or {}
@@ -64,7 +83,7 @@ def normalize(history: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(hinted, list):
             actual_set = set(actual)
             for child in hinted:
-                if child in actual_set and child not in order:
+                if isinstance(child, str) and child in actual_set and child not in order:
                     order.append(child)
         seen = set(order)
         order += [child for child in actual if child not in seen]
@@ -102,6 +121,7 @@ def _check_acyclic(messages: Mapping[str, Mapping[str, Any]]) -> None:
         done.update(trail)
 
 
+@_copying
 def merge(stored: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     """Merge a partial history into a stored one, message by message, field by field.
 

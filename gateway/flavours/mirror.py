@@ -55,6 +55,7 @@ from gateway.events import (
 )
 from gateway.flavours.openwebui import SocketEncoder
 from gateway.flavours.sse import event_frame
+from gateway.text import storable
 
 MAX_CURSOR_REPLIES = 16
 MAX_CURSOR_CHARS = 4096
@@ -97,9 +98,11 @@ def reply_frames(event: Event) -> list[bytes]:
 
 def after_of(last_event_id: str | None) -> int | None:
     """A reply stream's `Last-Event-ID` as a seq; None when there is none or it is not one."""
-    if last_event_id is None or not last_event_id.strip().isdigit():
+    text = (last_event_id or "").strip()
+    # ASCII digits only ("²" and "１" are digits to Python), and few enough to be a seq.
+    if not text or len(text) > 16 or not text.isascii() or not text.isdigit():
         return None
-    seq = int(last_event_id.strip())
+    seq = int(text)
     return seq if seq < 2**53 else None
 
 
@@ -149,9 +152,11 @@ def cursor_of(last_event_id: str | None) -> Cursor | None:
         cursor = Cursor(int(head, 36))
         for part in rest[:MAX_CURSOR_REPLIES]:
             seq, _, mid = part.partition("-")
-            if not mid:
+            message_id = unquote(mid)
+            # An id this cursor could not write back (a header's undecodable bytes).
+            if not mid or storable(message_id) != message_id or not seq.isascii():
                 return None
-            cursor.seqs[unquote(mid)] = int(seq, 36)
+            cursor.seqs[message_id] = int(seq, 36)
     except ValueError:
         return None
     if cursor.ms < 0 or any(seq < -1 for seq in cursor.seqs.values()):

@@ -34,7 +34,6 @@ Pure: `now` is passed in (`time.time` by default) so vectors are exact.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -311,7 +310,7 @@ def debug_answer(text: str) -> str:
     if text.strip() == "ping":
         return "pong"
     try:
-        parsed = json.loads(text)
+        parsed = client_json(text)
     except ValueError:
         parsed = None
     if isinstance(parsed, dict) and parsed.get("type") == "ping":
