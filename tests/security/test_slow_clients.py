@@ -240,8 +240,10 @@ async def test_accept_errors_are_logged_once_per_interval(gateways: Any) -> None
     deadline = time.monotonic() + 5
     while True:
         try:
-            assert await health_s(gw, timeout_s=1) < 1
-            break
+            # An answer at the timeout's edge is not yet one: try again.
+            if await health_s(gw, timeout_s=1) < 1:
+                break
         except (aiohttp.ClientError, TimeoutError):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.2)
+            pass
+        assert time.monotonic() < deadline, "the gateway did not accept again within 5 s"
+        await asyncio.sleep(0.2)
