@@ -135,32 +135,46 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
-def connection_opened(
-    transport: str, flavour: str, user_id: str | None = None
-) -> Callable[[], None]:
-    """A client connection counted (`gateway_connections`) and logged; call what is
-    returned when it closes (logged again, with how long it lasted; once however
-    often it is called).  `user_id`: by default, whoever the request authenticated as."""
-    uncount = metrics.connection(transport, flavour)
-    current = _CURRENT.get()
-    request_id = None if current is None else current.request_id
-    if current is not None:
-        current.flavour = flavour
-        if user_id is None:
-            user_id = current.user_id
-    fields = {"transport": transport, "flavour": flavour, "user_id": user_id}
-    log.info("connection opened", extra={**fields, "request_id": request_id})
-    opened = time.monotonic()
+class OpenConnection:
+    """A client connection, counted (`gateway_connections`) and logged while open;
+    call it when the connection closes (logged again, with how long it lasted; once
+    however often it is called)."""
 
-    def closed() -> None:
-        if uncount():
-            took = round((time.monotonic() - opened) * 1000, 1)
+    def __init__(self, transport: str, flavour: str, user_id: str | None = None) -> None:
+        self._uncount = metrics.connection(transport, flavour)
+        current = _CURRENT.get()
+        self._request_id = None if current is None else current.request_id
+        if current is not None:
+            current.flavour = flavour
+            if user_id is None:
+                user_id = current.user_id
+        self._fields = {"transport": transport, "flavour": flavour, "user_id": user_id}
+        self._opened = time.monotonic()
+        log.info("connection opened", extra={**self._fields, "request_id": self._request_id})
+
+    def identified(self, user_id: str) -> None:
+        """Signed in after it opened (Socket.IO's `user-join`): its lines name the user."""
+        if self._fields["user_id"] != user_id:
+            self._fields["user_id"] = user_id
             log.info(
-                "connection closed",
-                extra={**fields, "request_id": request_id, "duration_ms": took},
+                "connection identified", extra={**self._fields, "request_id": self._request_id}
             )
 
-    return closed
+    def __call__(self) -> None:
+        if self._uncount():
+            took = round((time.monotonic() - self._opened) * 1000, 1)
+            log.info(
+                "connection closed",
+                extra={**self._fields, "request_id": self._request_id, "duration_ms": took},
+            )
+
+
+def connection_opened(
+    transport: str, flavour: str, user_id: str | None = None
+) -> OpenConnection:
+    """A client connection opened (`user_id`: by default, whoever the request
+    authenticated as); call what is returned when it closes."""
+    return OpenConnection(transport, flavour, user_id)
 
 
 def reply_ended(

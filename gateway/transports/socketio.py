@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +88,8 @@ class Socket:
     resuming: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # A resume the handshake asked for (`auth.resume`), done once it joins.
     handshake_resume: Resume | None = None
-    # Uncounts it from `gateway_connections` when it ends.
-    uncount: Callable[[], None] = lambda: None
+    # Counted and logged while open (`edge/access.py`); None until its connect ends.
+    opened: access.OpenConnection | None = None
     # How fast the client may send events (GATEWAY_MAX_MESSAGES_PER_S).
     rate: MessageRate = field(default_factory=lambda: MessageRate(None))
 
@@ -144,7 +144,8 @@ class SocketIOTransport:
         self._stopped = True
         for conn in list(self._conns.values()):
             self._release(conn)
-            conn.uncount()
+            if conn.opened is not None:
+                conn.opened()
         await self.sio.shutdown()
 
     # -- events from clients --------------------------------------------------
@@ -173,7 +174,7 @@ class SocketIOTransport:
                 await self._join(conn, await self._realtime.authenticate(token))
         if self._conns.get(sid) is conn:  # (not gone while it was being joined)
             user_id = conn.principal.user_id if conn.principal is not None else None
-            conn.uncount = access.connection_opened("socketio", "openwebui", user_id)
+            conn.opened = access.connection_opened("socketio", "openwebui", user_id)
         return True
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
@@ -181,7 +182,8 @@ class SocketIOTransport:
         if conn is None:
             return
         self._release(conn)
-        conn.uncount()
+        if conn.opened is not None:
+            conn.opened()
         engine.end_long_poll(conn.eio_socket)
 
     async def _on_user_join(self, sid: str, data: Any) -> dict[str, Any] | None:
@@ -196,6 +198,8 @@ class SocketIOTransport:
             log.info("user-join refused", extra={"sid": sid, "error": exc.message})
             return None
         await self._join(conn, principal)
+        if conn.opened is not None:
+            conn.opened.identified(principal.user_id)
         return {"id": principal.user_id, "name": principal.name}
 
     async def _on_chat_event(self, sid: str, data: Any) -> bool | dict[str, Any] | None:

@@ -480,6 +480,29 @@ async def test_connection_lines_name_their_user(json_gw: GatewayProcess) -> None
         assert [(r["transport"], r["user_id"]) for r in lines] == [(transport, user_id)] * 2
 
 
+async def test_a_socket_signed_in_after_it_opened_is_named_from_then_on(
+    json_gw: GatewayProcess,
+) -> None:
+    """A Socket.IO socket opened without a token, then signed in by `user-join` (as the
+    web app does after its sign-in): a "connection identified" line, and its close
+    line names the user."""
+    user_id, token = user()
+    request_id = rid("sio-join")
+    sock = await PySocket().connect(json_gw.url, None, headers={"X-Request-ID": request_id})
+    try:
+        joined = await sock.client.call("user-join", {"auth": {"token": token}}, timeout=10)
+        assert joined["id"] == user_id, joined
+    finally:
+        await sock.close()
+    lines = await wait_lines(json_gw, connection_lines(request_id), 3)
+    said = [(r["msg"], r["user_id"]) for r in lines]
+    assert said == [
+        ("connection opened", None),
+        ("connection identified", user_id),
+        ("connection closed", user_id),
+    ], said
+
+
 def http_200s(text: str) -> float:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
