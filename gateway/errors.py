@@ -131,6 +131,16 @@ class Unavailable(ServerError):
     code = "unavailable"
 
 
+class DatabaseDown(Unavailable):
+    """The database went away mid-run (a restart, a failover, the network): this
+    request failed cleanly; the next ones work once it is back."""
+
+    code = "store_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The database is unavailable; try again shortly", retry_after_s=2)
+
+
 class InternalError(ServerError):
     """A bug. Its message is safe to show; details go to the log only."""
 

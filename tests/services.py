@@ -4,12 +4,16 @@ Redis server of the test's own (on a free port) that the test may kill and resta
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import asyncpg
 import redis
@@ -91,3 +95,47 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of the test's own (Debian's binaries, trust auth, a free
+    port, its files in a directory of its own under /tmp), which the test may stop
+    and start again; run as the `postgres` user when the tests run as root
+    (PostgreSQL refuses root).  `remove()` deletes it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        # Not under pytest's tmp_path: the postgres user could not reach it.
+        self.directory = Path(tempfile.mkdtemp(prefix="gw-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        self.data = self.directory / "data"
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        assert versions, "PostgreSQL's binaries are needed (Debian package postgresql)"
+        self.bin = versions[-1].parent
+
+    def _run(self, *args: str) -> None:
+        command = [str(self.bin / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {done.stderr.strip() or done.stdout.strip()}")
+
+    def start(self) -> PostgresServer:
+        if not self.data.exists():
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+        log = str(self.directory / "log")  # the server's output (never our pipes)
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "-t", "30", "start")
+        return self
+
+    def stop(self) -> None:
+        """At once, as a crash or a restart does (`-m immediate`)."""
+        with contextlib.suppress(RuntimeError):
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -73,6 +73,19 @@ class JsonFormatter(logging.Formatter):
         return self._redact(json.dumps(masked, default=str, ensure_ascii=False))
 
 
+class OneLine(logging.Filter):
+    """A library's expected trouble in one line: its traceback becomes `error=` (the
+    exception's type and message).  For asyncpg's pool, which logs a traceback each
+    time it fails to reconnect while the database is down."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.error = f"{type(exc).__name__}: {exc}"[:300]
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def setup(loaded: Loaded) -> None:
     settings = loaded.settings
     redactor = redact.Redactor(
@@ -92,5 +105,6 @@ def setup(loaded: Loaded) -> None:
     handler.setFormatter(formatter)
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("asyncpg.pool").addFilter(OneLine())
     if not settings.access_log:
         logging.getLogger("gateway.access").setLevel(logging.WARNING)

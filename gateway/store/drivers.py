@@ -20,18 +20,22 @@ surrogate), here for both databases, whatever route or flavour it came from.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
+from gateway.errors import DatabaseDown
 from gateway.store.errors import StoreUnavailable, why_unavailable
 from gateway.text import storable_args
+
+log = logging.getLogger(__name__)
 
 # Seconds to wait for PostgreSQL at start-up before saying it is unreachable.
 CONNECT_TIMEOUT_S = 10.0
@@ -243,24 +247,52 @@ class PostgresDriver:
         return cls(pool)
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        async with self._pool.acquire() as conn:
-            return await _PostgresConnection(conn).execute(sql, args)
+        with _reachable():
+            async with self._pool.acquire() as conn:
+                return await _PostgresConnection(conn).execute(sql, args)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        async with self._pool.acquire() as conn:
-            return await _PostgresConnection(conn).fetch(sql, args)
+        with _reachable():
+            async with self._pool.acquire() as conn:
+                return await _PostgresConnection(conn).fetch(sql, args)
 
     async def batch(self, statements: Sequence[Statement]) -> list[int]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            return await _PostgresConnection(conn).batch(statements)
+        with _reachable():
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await _PostgresConnection(conn).batch(statements)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresConnection]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            yield _PostgresConnection(conn)
+        with _reachable():
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield _PostgresConnection(conn)
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+# What a database that went away raises, whichever step met it: connecting again
+# (refused, unresolvable, timed out), a connection the server dropped, or the
+# server shutting down or starting up.
+_GONE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """A database that went away mid-run: `DatabaseDown` (503 in every flavour, logged
+    once per statement at WARNING), not a traceback; asyncpg's pool reconnects by
+    itself once it is back."""
+    try:
+        yield
+    except _GONE as exc:
+        log.warning("the database is unavailable", extra={"error": type(exc).__name__})
+        raise DatabaseDown() from None
 
 
 def _statements(sql: str) -> list[str]:
