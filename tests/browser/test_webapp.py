@@ -9,8 +9,8 @@ by step, each step asserting what is on the screen:
     watch the reply stream · the chat in the sidebar · reload and find it · continue
     it · regenerate (2/2, then ‹ back to 1/2) · stop a slow reply (and find what was
     kept after a reload) · edit a message (a new branch, 2/2) · rename · pin ·
-    search · archive · delete · a model that thinks (its reasoning collapsed above
-    the answer, there after a reload, opened by a click) · sign out
+    search · archive · a model that thinks (its reasoning collapsed above the answer,
+    there after a reload, opened by a click) · delete · sign out
 
 Any uncaught page error or console error fails the test (ALLOWED_CONSOLE and
 OPTIONAL_ROUTES say which are tolerated, and why).  Screenshots of every step go to
@@ -481,8 +481,8 @@ def _run(flow: Flow) -> None:
         ("pin", pin),
         ("search", search),
         ("archive", archive),
-        ("delete", delete),
         ("reasoning", see_the_reasoning),
+        ("delete", delete),
         ("sign-out", sign_out),
     ]:
         flow.step(name, action)
