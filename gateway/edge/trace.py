@@ -37,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 MAX_RECORDS = 256
 MAX_QUEUED = 256
+SWEEP_EVERY_S = 1.0
 
 
 def safe_url(url: str) -> str:
@@ -114,6 +115,7 @@ class Traces:
         self._traces: OrderedDict[str, Trace] = OrderedDict()
         self._max = max_traces
         self._keep_s = keep_s
+        self._next_sweep = 0.0
 
     def begin(self, message_id: str, user_id: str) -> Trace:
         """A new trace, current in the calling task from now on."""
@@ -132,7 +134,12 @@ class Traces:
         return self._traces.get(message_id)
 
     def _expire(self) -> None:
+        """Traces ended longer than `keep_s` ago dropped; the sweep (over up to
+        `max_traces`) runs at most once a second, not at every reply's start."""
         now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_EVERY_S
         for message_id, trace in list(self._traces.items()):
             if trace.ended_at is not None and now - trace.ended_at > self._keep_s:
                 del self._traces[message_id]
