@@ -262,7 +262,13 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     journal = make_journal(
         redis_url, settings.redis_key_prefix, settings.replay_events, settings.replay_ttl_s
     )
-    hub = Hub(settings.outbox_max_events, settings.outbox_max_chars, bus, journal)
+    hub = Hub(
+        settings.outbox_max_events,
+        settings.outbox_max_chars,
+        bus,
+        journal,
+        stall_s=settings.stalled_client_s,
+    )
     background = Background(app[ROUTER], store, hub, settings.task_model)
     service = ChatService(
         app[ROUTER],

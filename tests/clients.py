@@ -112,6 +112,10 @@ class PySocket:
         await self.http.close()
 
 
+# The longest line the JS client may print (a finished 5 MB reply, JSON-escaped).
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
 class JSSocket:
     """The npm `socket.io-client`, run with node (`tests/js/sio_client.mjs`)."""
 
@@ -159,8 +163,9 @@ class JSSocket:
         if insecure:
             args.append("--insecure")
         self.proc = await asyncio.create_subprocess_exec(
-            node, *args, cwd=JS_DIR, stdout=asyncio.subprocess.PIPE
-        )
+            # A line per event: a finished reply's line holds its whole text.
+            node, *args, cwd=JS_DIR, stdout=asyncio.subprocess.PIPE, limit=MAX_LINE_BYTES
+        )  # fmt: skip
         self._reader = asyncio.create_task(self._read())
         await self.wait_for("connected")
         return self

@@ -6,6 +6,7 @@ when the buffer cannot serve; and an outbox that diverts a resumed reply."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from gateway import rooms
@@ -233,3 +234,49 @@ async def test_into_diverts_the_rooms_copies_so_each_event_comes_once() -> None:
     # Once the resume is over, the reply's events come from the rooms again.
     publish(hub, delta(9))
     assert (await connection.get()) == delta(9)
+
+
+async def test_a_follower_slower_than_the_model_goes_on_from_the_buffer() -> None:
+    """Its live queue (64 events here) overflows while it is not read: it listens
+    afresh and takes what it missed from the buffer, each event once, to the end."""
+    hub = hub_with_journal(max_events=1000)
+    publish(hub, started())
+    following = await follow(hub, USER, "m1", 0, no_store)
+    assert following is not None
+    got: list[Event] = []
+    async with contextlib.aclosing(following.events):
+        for seq in range(1, 201):  # three times what its queue holds
+            publish(hub, delta(seq))
+        got.append(await anext(following.events))  # the overflow is found here
+        for seq in range(201, 301):
+            publish(hub, delta(seq))
+            if seq % 50 == 0:  # overflowing again, while it reads
+                got.append(await anext(following.events))
+        publish(hub, finished(301, whole(300)))
+        got.extend([event async for event in following.events])
+    assert [getattr(e, "seq", None) for e in got] == list(range(1, 302))
+    assert isinstance(got[-1], ReplyFinished)
+
+
+async def test_into_waits_for_room_in_the_connection_and_loses_nothing() -> None:
+    """A connection whose consumer is slow gets a followed reply at its pace."""
+    hub = hub_with_journal(max_events=1000)
+    publish(hub, started())
+    connection = hub.subscribe([rooms.user(USER)])  # 64 events at most
+    following = await follow(hub, USER, "m1", 0, no_store)
+    assert following is not None
+    task = asyncio.create_task(into(connection, following))
+    for seq in range(1, 301):
+        publish(hub, delta(seq))
+        if seq % 20 == 0:
+            await asyncio.sleep(0)
+    publish(hub, finished(301, whole(300)))
+    got: list[Event] = []
+    while not (got and isinstance(got[-1], ReplyFinished)):
+        batch = await asyncio.wait_for(connection.batch(), 1)
+        assert len(batch) <= 32, "never more than half the outbox from the follower"
+        got.extend(batch)
+        connection.done()
+    await task
+    assert not connection.overflowed
+    assert "".join(e.text for e in got if isinstance(e, TextDelta)) == whole(300)

@@ -335,3 +335,88 @@ async def test_hub_subscribe_passes_deliver_through() -> None:
     hub.subscribe(["user:u"], deliver=consumer)
     hub.publish(["user:u"], text("x"))
     assert consumer.taken == [text("x")]
+
+
+# -- behind: a reply that outgrows a pacable outbox -----------------------------------------
+class Behind:
+    """An `on_behind` callback that records (event, after)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Event, int]] = []
+
+    def __call__(self, event: Event, after: int) -> None:
+        self.calls.append((event, after))
+
+
+async def test_a_reply_that_outgrows_a_pacable_outbox_is_handed_over_not_dropped() -> None:
+    overflows, behind = Counter(), Behind()
+    outbox = Outbox(max_events=100, max_chars=10, on_overflow=overflows)
+    outbox.on_behind = behind
+    outbox.put(text("ab", 0))
+    assert await outbox.get() == text("ab", 0)  # the consumer has seq 0
+    outbox.put(text("cdef", 1))
+    outbox.put(text("xy", 0, message_id="b1"))  # another reply, queued between
+    outbox.put(text("ghij", 2))
+    outbox.put(text("k", 3))  # 11 characters: no room
+    assert not outbox.overflowed and overflows.calls == 0
+    assert behind.calls == [(text("k", 3), 0)], "its rest follows seq 0, the last one taken"
+    # The reply's queued events are gone (its follower brings them); the other stays.
+    assert len(outbox) == 1 and outbox.queued_chars == 2
+    # From now on the rooms' copies of the reply are dropped; others come.
+    outbox.put(text("l", 4))
+    outbox.put(text("z", 1, message_id="b1"))
+    assert await outbox.batch() == [text("xy", 0, message_id="b1"), text("z", 1, message_id="b1")]
+    # The follower's events go in (resumed), and the reply is the rooms' again after.
+    outbox.done()
+    outbox.put(text("cdef", 1), resumed=True)
+    outbox.undivert("a1")
+    outbox.put(text("m", 5))
+    assert await outbox.batch() == [text("cdef", 1), text("m", 5)]
+    assert overflows.calls == 0
+
+
+async def test_behind_on_a_merged_delta_names_the_first_seq_merged() -> None:
+    behind = Behind()
+    outbox = Outbox(max_events=2, max_chars=8, on_overflow=Counter())
+    outbox.on_behind = behind
+    outbox.put(status(0, message_id="b1"))
+    outbox.put(text("ab", 1))
+    outbox.put(text("cd", 2))  # full: merged into seq 1
+    outbox.put(text("efg", 3))  # merged too
+    outbox.put(text("hij", 4))  # 10 characters: no room
+    assert behind.calls == [(text("hij", 4), 0)]
+    assert await outbox.batch() == [status(0, message_id="b1")]
+
+
+async def test_without_on_behind_or_for_non_reply_events_it_still_overflows() -> None:
+    overflows = Counter()
+    outbox = Outbox(max_events=100, max_chars=3, on_overflow=overflows)
+    outbox.put(text("abcd", 0, chat_id=None))
+    assert overflows.calls == 1, "no on_behind: overflowed"
+    paced, behind = Outbox(max_events=100, max_chars=3, on_overflow=Counter()), Behind()
+    paced.on_behind = behind
+    paced.put(text("abcd", 0, chat_id=None))
+    assert paced.overflowed and not behind.calls, "no chat: nothing to follow it from"
+
+
+async def test_room_for_waits_until_the_consumer_takes_then_a_stuck_one_overflows() -> None:
+    overflows = Counter()
+    outbox = Outbox(max_events=4, max_chars=100, on_overflow=overflows, stall_s=0.05)
+    outbox.put(text("a" * 40, 0))
+    assert outbox.fits(text("b" * 10, 1)) and not outbox.fits(text("b" * 11, 1))
+    waiting = asyncio.create_task(outbox.room_for(text("b" * 20, 1)))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    assert await outbox.batch() == [text("a" * 40, 0)]
+    await asyncio.wait_for(waiting, 1)
+    assert not outbox.overflowed
+    # Half the events is the bound too; an empty queue takes any size.
+    outbox.done()
+    assert outbox.fits(text("x" * 1000, 2))
+    for seq in range(2):
+        outbox.put(status(seq))
+    assert not outbox.fits(status(3))
+    started = time.monotonic()
+    await outbox.room_for(status(3))  # nobody takes: stuck after stall_s
+    assert outbox.overflowed and overflows.calls == 1
+    assert time.monotonic() - started >= 0.05

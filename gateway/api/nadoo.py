@@ -78,6 +78,13 @@ class ChatEndpoint(_NadooEndpoint):
     async def opened(self, conn: Connection) -> None:
         self.room = rooms.session(conn.user_id, self.session_id)
         await conn.join(self.room)
+        principal = conn.principal
+        assert principal is not None
+        conn.pace(
+            lambda message_id, after, chat_id: self.replies.attach(
+                principal, message_id, after, chat_id
+            )
+        )
         self._seat(conn, self.session_id)
         await conn.send(nadoo.connected(self.session_id, conn.user_id, time.time()))
 

@@ -28,7 +28,6 @@ from aiohttp import web
 from gateway import rooms
 from gateway.application.keys import AUTHENTICATOR, ORIGINS, REALTIME, REPLIES, SETTINGS
 from gateway.application.realtime import Attached, Outbox, Overflow
-from gateway.application.replies import Ended
 from gateway.edge import access, metrics
 from gateway.edge.auth import Principal, find_token
 from gateway.edge.origins import grant_stream
@@ -73,6 +72,13 @@ async def user_events(request: web.Request) -> web.StreamResponse:
     with replies.stream(principal):
         opened = mirror.Cursor(int(time.time() * 1000))
         outbox = realtime.subscribe([rooms.user(principal.user_id)])
+        # A reply that outgrows the stream's outbox goes on from the replay buffer.
+        realtime.pace(
+            outbox,
+            lambda message_id, after, chat_id: replies.attach(
+                principal, message_id, after, chat_id
+            ),
+        )
         resuming = []
         try:
             await realtime.watching(outbox.rooms)
@@ -147,8 +153,8 @@ async def _write(
                         keepalive.wrote()
                         metrics.HOT.delivered_sse += 1
                 await response.write_eof()
-        except (ConnectionResetError, Ended):
-            pass  # the client left, or fell so far behind it must resume
+        except ConnectionResetError:
+            pass  # the client left
         except asyncio.CancelledError:
             if not ended:
                 raise

@@ -13,6 +13,9 @@ access holds.
     resume(outbox, attached)       a resumed reply's events into the connection's
                                    outbox, in order, each once (a task; cancel it
                                    when the connection ends)
+    pace(outbox, attach)           a reply the connection falls behind on is fed
+                                   to it from the replay buffer as it reads, not
+                                   dropped (`Outbox.on_behind`)
 
 Transports (`gateway/transports/`) and the socket endpoints of `gateway/api/`
 reach the fan-out only through here.
@@ -21,19 +24,26 @@ reach the fan-out only through here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from gateway.application.access import AccessGuard, End, Lease
 from gateway.bus import Sessions
 from gateway.edge.auth import Authenticator, Principal
-from gateway.events import Event
+from gateway.errors import NotFound
+from gateway.events import Event, ReplyEvent
 from gateway.fanout.follow import Following as Attached
 from gateway.fanout.follow import into
 from gateway.fanout.hub import Hub, Outbox, Overflow
 from gateway.fanout.presence import Presence, Seat, stats
 
-__all__ = ["Attached", "Closable", "Lease", "Outbox", "Overflow", "Realtime", "Seat"]
+__all__ = ["Attach", "Attached", "Closable", "Lease", "Outbox", "Overflow", "Realtime", "Seat"]
+
+log = logging.getLogger(__name__)
+
+# A reply of the connection's user, followed after a seq: (message id, after, chat id).
+Attach = Callable[[str, int, str], Awaitable[Attached]]
 
 
 class Closable(Protocol):
@@ -101,6 +111,42 @@ class Realtime:
 
         task.add_done_callback(ended)
         return task
+
+    def pace(self, outbox: Outbox, attach: Attach) -> None:
+        """When `outbox` has no room for a reply's event (its client reads slower than
+        the model writes), that reply's rest is followed from the replay buffer and
+        put into it as it drains, instead of the connection being dropped."""
+
+        def behind(event: ReplyEvent, after: int) -> None:
+            assert event.chat_id is not None  # Outbox.on_behind's promise
+            task = asyncio.get_running_loop().create_task(
+                self._paced(outbox, attach, event.message_id, after, event.chat_id)
+            )
+            self._resuming.add(task)
+            task.add_done_callback(self._resuming.discard)
+
+        outbox.on_behind = behind
+
+    async def _paced(
+        self, outbox: Outbox, attach: Attach, message_id: str, after: int, chat_id: str
+    ) -> None:
+        # The outbox diverted the reply when it fell behind (`Outbox._no_room`); the
+        # follower's `resume` diverts it again at once, so this undivert never lets
+        # a room's copy through in between.
+        try:
+            if outbox.closed:
+                return
+            try:
+                attached = await attach(message_id, after, chat_id)
+            except NotFound:
+                log.warning("a reply fell behind on is gone", extra={"message_id": message_id})
+                return
+            if outbox.closed:
+                attached.close()
+                return
+            self.resume(outbox, attached)  # a task of its own, ended with the reply
+        finally:
+            outbox.undivert(message_id)
 
     def publish(self, rooms: Sequence[str], event: Event) -> None:
         self._hub.publish(rooms, event)

@@ -40,14 +40,12 @@ from gateway.edge.trace import Trace
 from gateway.errors import NotFound, RateLimited, UpstreamError
 from gateway.events import Event, ReplyFailed, ReplyFinished, ReplySnapshot
 from gateway.fanout import follow as followers
-from gateway.fanout.follow import Ended
 from gateway.fanout.follow import Following as Attached
 from gateway.fanout.hub import Hub, Outbox, until_finished
 from gateway.upstream import ModelInfo
 
 __all__ = [
     "Attached",
-    "Ended",
     "Following",
     "KeptReply",
     "Replies",
@@ -163,9 +161,7 @@ class Replies:
             raise NotFound("No such reply")
         return found
 
-    async def catch_up(
-        self, principal: Principal, skip: Iterable[str] = ()
-    ) -> list[Attached]:
+    async def catch_up(self, principal: Principal, skip: Iterable[str] = ()) -> list[Attached]:
         """Every running reply of the user (but those in `skip`), each as its text so
         far, then live."""
         found = []

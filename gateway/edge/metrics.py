@@ -14,6 +14,8 @@ scrapes every replica and sums.  The names, by what an operator asks::
                          gateway_reply_duration_seconds{model}             histogram
     how delivery goes    gateway_events_delivered_total{transport}   events written to clients
                          gateway_outbox_merges_total      deltas merged for a slow client
+                         gateway_paced_replies_total   replies a client fell behind on,
+                                                       then fed from the replay buffer
                          gateway_slow_client_disconnects_total
     who was refused      gateway_auth_failures_total{reason}
     the model servers    gateway_upstream_errors_total{kind}
@@ -159,6 +161,7 @@ class Hot:
         "delivered_sse",
         "delivered_websocket",
         "merges",
+        "paced",
         "slow_disconnects",
     )
 
@@ -168,6 +171,7 @@ class Hot:
         self.delivered_websocket = 0
         self.delivered_sse = 0
         self.merges = 0
+        self.paced = 0
         self.slow_disconnects = 0
         self.bus_published = 0
         self.bus_received = 0
@@ -178,6 +182,10 @@ HOT = Hot()
 
 _HOT_HELP = {
     "merges": ("gateway_outbox_merges", "Text deltas merged into the one before for a slow client"),
+    "paced": (
+        "gateway_paced_replies",
+        "Replies a client fell behind on, then fed to it from the replay buffer as it read",
+    ),
     "slow_disconnects": (
         "gateway_slow_client_disconnects",
         "Connections dropped because their client fell too far behind",

@@ -26,6 +26,14 @@ Theory of operation, for one follower::
                                          missing events sent; still missing: a stored
                                          ReplySnapshot, then on
           an end event (ReplyFinished, ReplyFailed) is always sent, once, and ends it
+          the live queue overflows (the follower's consumer is slower than the
+                model): a fresh subscription, and the buffer read again from the
+                last seq sent, as after a gap — a follower never gives up on a
+                reply the buffer still holds
+
+`into` puts a follower's events into a connection's outbox, each only when it
+has room (`Outbox.room_for`): what paces a connection that fell behind a reply
+(`Outbox.on_behind`) to the speed its client reads.
 
 A reply is found by (user, message id): another user's reply is never found.
 """
@@ -55,10 +63,6 @@ GAP_WAIT_S = 0.03
 
 # The stored state of a reply, as a snapshot (None: no such message of this chat).
 Stored = Callable[[str, str], Awaitable[ReplySnapshot | None]]
-
-
-class Ended(Exception):
-    """The follower's live queue overflowed: the client must resume again."""
 
 
 @dataclass(slots=True)
@@ -128,7 +132,8 @@ async def follow(
 ) -> Following | None:
     """The reply `message_id` of `user_id` from after `after`; None when neither the
     buffer nor the store (given `chat_id`) knows it."""
-    outbox = hub.subscribe([rooms.user(user_id)], merge=False)
+    live = _Live(hub, user_id)
+    outbox = live.outbox
     try:
         await hub.watching(outbox.rooms)
         kept = await hub.journal.read(user_id, message_id)
@@ -158,22 +163,38 @@ async def follow(
     except BaseException:
         hub.unsubscribe(outbox)
         raise
-    events = _events(hub, outbox, user_id, chat_id, message_id, first, stored)
+    events = _events(live, user_id, chat_id, message_id, first, stored)
     finished = first.ended and not first.replay
-    return Following(
-        chat_id, message_id, first.prefix, events, finished, lambda: hub.unsubscribe(outbox)
-    )
+    return Following(chat_id, message_id, first.prefix, events, finished, live.close)
+
+
+class _Live:
+    """A follower's subscription to the user's room (no merging: it counts seqs),
+    renewed when it overflows."""
+
+    def __init__(self, hub: Hub, user_id: str) -> None:
+        self.hub = hub
+        self._rooms = [rooms.user(user_id)]
+        self.outbox: Outbox = hub.subscribe(self._rooms, merge=False)
+
+    async def renew(self) -> None:
+        self.hub.unsubscribe(self.outbox)
+        self.outbox = self.hub.subscribe(self._rooms, merge=False)
+        await self.hub.watching(self._rooms)
+
+    def close(self) -> None:
+        self.hub.unsubscribe(self.outbox)
 
 
 async def _events(
-    hub: Hub,
-    outbox: Outbox,
+    live: _Live,
     user_id: str,
     chat_id: str,
     message_id: str,
     first: Plan,
     stored: Stored,
 ) -> AsyncGenerator[Event, None]:
+    hub = live.hub
     last = first.last
     try:
         for event in first.replay:
@@ -182,7 +203,24 @@ async def _events(
                 return
         if first.ended:
             return
-        while (got := await outbox.get()) is not None:
+        while True:
+            try:
+                got = await live.outbox.get()
+            except Overflow:
+                # Slower than the model: listen afresh, and take what was missed
+                # from the buffer (everything before the new subscription is in it
+                # once another replica's flush is in).
+                await live.renew()
+                if hub.journal.lag_s:
+                    await asyncio.sleep(hub.journal.lag_s)
+                async for missing in _after(hub, user_id, chat_id, message_id, last, stored):
+                    yield missing
+                    if isinstance(missing, ReplyFinished | ReplyFailed):
+                        return
+                    last = max(last, missing.seq) if isinstance(missing, ReplyEvent) else last
+                continue
+            if got is None:
+                return
             event = got
             if not isinstance(event, ReplyEvent) or event.message_id != message_id:
                 continue
@@ -198,10 +236,27 @@ async def _events(
             last = max(last, event.seq)
             if end:
                 return
-    except Overflow:
-        raise Ended("the follower fell behind") from None
     finally:
-        hub.unsubscribe(outbox)
+        live.close()
+
+
+async def _after(
+    hub: Hub, user_id: str, chat_id: str, message_id: str, last: int, stored: Stored
+) -> AsyncGenerator[Event, None]:
+    """What the buffer holds after `last`; the stored snapshot when it no longer
+    holds `last + 1`."""
+    kept = await hub.journal.read(user_id, message_id)
+    if kept is not None and kept.events and kept.events[0].seq <= last + 1:
+        for e in kept.events:
+            if e.seq > last:
+                yield e
+        return
+    snapshot = await stored(chat_id, message_id)
+    if snapshot is not None:
+        seq = kept.last_seq if kept is not None and kept.events else last
+        yield replace(snapshot, seq=max(seq, last))
+        if kept is not None and kept.ended and kept.events:
+            yield kept.events[-1]
 
 
 async def _fill(
@@ -231,14 +286,17 @@ async def _fill(
 
 
 async def into(outbox: Outbox, following: Following) -> None:
-    """A followed reply's events into a connection's own outbox, in order, each once:
-    meanwhile the copies its rooms bring are dropped (`Outbox.divert`)."""
+    """A followed reply's events into a connection's own outbox, in order, each once,
+    each when it has room: meanwhile the copies its rooms bring are dropped
+    (`Outbox.divert`)."""
     outbox.divert(following.message_id)  # again: idempotent (the caller did at once)
     try:
         async with contextlib.aclosing(following.events):
             async for event in following.events:
+                if not outbox.fits(event):
+                    await outbox.room_for(event)
+                if outbox.closed or outbox.overflowed:
+                    return
                 outbox.put(event, resumed=True)
-    except Ended:
-        pass  # the connection is as far behind: its own outbox overflows too
     finally:
         outbox.undivert(following.message_id)

@@ -17,8 +17,17 @@ Theory of operation, for one outbox::
                         │   (text is concatenable), so a slow client gets bigger
                         │   chunks, not more of them
                         └ text queued > max_chars, or full of events that cannot
-                            merge: overflowed; the connection must be dropped
-                            (its client reconnects and reloads the chat)
+                            merge:
+                              a reply's event, and the connection can be paced
+                              (`on_behind`): *behind* — that reply's queued events
+                              are dropped and it is diverted; its rest comes from
+                              the replay buffer through a follower (`follow.py`)
+                              that puts each event only when there is room
+                              (`room_for`), so a client that reads as fast as its
+                              network allows gets the whole reply, never dropped
+                              for a model faster than its network
+                              otherwise: overflowed; the connection must be
+                              dropped (its client reconnects and reloads the chat)
 
 Publishing never blocks and never awaits: a slow consumer cannot slow the
 reply or the other consumers.
@@ -75,9 +84,10 @@ class _Merged:
     """Deltas merged while the outbox is full: pieces kept in a list, joined once when
     taken (joining on every merge would copy the growing text each time)."""
 
-    __slots__ = ("last", "pieces")
+    __slots__ = ("first_seq", "last", "pieces")
 
     def __init__(self, first: TextDelta | ReasoningDelta) -> None:
+        self.first_seq = first.seq
         self.last = first
         self.pieces = [first.text]
 
@@ -98,6 +108,7 @@ class Outbox:
         on_overflow: Callable[[], None] | None = None,
         deliver: Callable[[Event], bool] | None = None,
         merge: bool = True,
+        stall_s: float | None = None,
     ) -> None:
         self._events: deque[Event | _Merged] = deque()
         # False: a full outbox overflows rather than merge (a follower counts seqs).
@@ -115,7 +126,16 @@ class Outbox:
         self._max_chars = max_chars
         self._chars = 0
         self._wakeup = asyncio.Event()
+        # Set whenever the consumer takes events (and at the end): a paced follower
+        # waits on it for room.
+        self._took = asyncio.Event()
+        # How long a follower waits for room with nothing taken before the consumer
+        # counts as stuck (and overflows); None: forever.
+        self._stall_s = stall_s
         self._on_overflow = on_overflow
+        # A reply's event that does not fit: (that event, the last seq of the reply the
+        # consumer was handed). The transport then follows the reply from the buffer.
+        self.on_behind: Callable[[ReplyEvent, int], None] | None = None
         self.overflowed = False
         self.closed = False
         self.rooms: set[str] = set()
@@ -182,8 +202,8 @@ class Outbox:
         ):
             return
         size = _text_size(event)
-        if self._max_chars is not None and self._chars + size > self._max_chars:
-            self._overflow()
+        if not resumed and self._max_chars is not None and self._chars + size > self._max_chars:
+            self._no_room(event)
             return
         if len(self._events) >= self._max:
             if not self._merge:
@@ -206,7 +226,10 @@ class Outbox:
                 self._chars += size
                 HOT.merges += 1
                 return
-            self._overflow()
+            if resumed:
+                self._overflow()
+            else:
+                self._no_room(event)
             return
         self._events.append(event)
         self._chars += size
@@ -229,16 +252,56 @@ class Outbox:
             del self._resumed_upto[next(iter(self._resumed_upto))]
         return fresh
 
+    def _no_room(self, event: Event) -> None:
+        """Behind on a reply when the connection can be paced; overflowed otherwise."""
+        if self.on_behind is None or not isinstance(event, ReplyEvent) or event.chat_id is None:
+            self._overflow()
+            return
+        message_id = event.message_id
+        after = event.seq - 1
+        for item in self._events:
+            queued = item.last if isinstance(item, _Merged) else item
+            if isinstance(queued, ReplyEvent) and queued.message_id == message_id:
+                # The oldest queued event of the reply: the consumer has all before it.
+                after = (item.first_seq if isinstance(item, _Merged) else queued.seq) - 1
+                break
+        self.divert(message_id)  # its queued events go; the follower brings them
+        HOT.paced += 1
+        self.on_behind(event, after)
+
+    def fits(self, event: Event) -> bool:
+        """Room for a follower's event: the queue at most half full (of events and of
+        text); an event bigger than that once the queue is empty."""
+        if len(self._events) >= max(1, self._max // 2):
+            return False
+        if self._max_chars is None or not self._chars:
+            return True
+        return self._chars + _text_size(event) <= self._max_chars // 2
+
+    async def room_for(self, event: Event) -> None:
+        """Until `fits(event)`, or the outbox is closed or overflowed; a consumer that
+        takes nothing for `stall_s` meanwhile is stuck, and overflows it."""
+        while not self.fits(event) and not (self.closed or self.overflowed):
+            self._took.clear()
+            try:
+                await asyncio.wait_for(self._took.wait(), self._stall_s)
+            except TimeoutError:
+                self._overflow()
+
     def _overflow(self) -> None:
+        if self.overflowed:
+            return  # several followers may find it stuck at once: dropped once
         self.overflowed = True
         HOT.slow_disconnects += 1
         self._wakeup.set()
+        self._took.set()
         if self._on_overflow is not None:
             self._on_overflow()
 
     def close(self) -> None:
         self.closed = True
         self._wakeup.set()
+        self._took.set()
 
     async def _wait(self) -> bool:
         """Wait for events; False once closed and drained. Raises Overflow."""
@@ -257,6 +320,7 @@ class Outbox:
             return None
         event = _taken(self._events.popleft())
         self._chars -= _text_size(event)
+        self._took.set()
         return event
 
     async def batch(self) -> list[Event]:
@@ -271,6 +335,7 @@ class Outbox:
         self._events.clear()
         self._chars = 0
         self._in_flight = True
+        self._took.set()
         return events
 
     def done(self) -> None:
@@ -291,10 +356,12 @@ class Hub:
         outbox_max_chars: int | None = None,
         bus: Bus | None = None,
         journal: Journal | None = None,
+        stall_s: float | None = None,
     ) -> None:
         self._rooms: dict[str, set[Outbox]] = {}
         self._outbox_max_events = outbox_max_events
         self._outbox_max_chars = outbox_max_chars
+        self._stall_s = stall_s
         self.bus: Bus = bus if bus is not None else LocalBus()
         self.journal: Journal = journal if journal is not None else LocalJournal(0, 1.0)
         ROOMS.count = self._rooms.__len__
@@ -307,7 +374,12 @@ class Hub:
         merge: bool = True,
     ) -> Outbox:
         outbox = Outbox(
-            self._outbox_max_events, self._outbox_max_chars, on_overflow, deliver, merge
+            self._outbox_max_events,
+            self._outbox_max_chars,
+            on_overflow,
+            deliver,
+            merge,
+            self._stall_s,
         )
         for room in rooms:
             self.join(outbox, room)

@@ -170,6 +170,12 @@ class Settings(BaseModel):
         description="characters of reply text queued per connection before it is dropped; "
         "empty for no limit",
     )
+    stalled_client_s: float = Field(
+        20.0,
+        gt=0,
+        description="seconds a connection may take nothing while a reply waits for room "
+        "in its queue before it is dropped (one that reads slowly is fed at its pace)",
+    )
     replay_events: int = Field(
         10000,
         ge=0,

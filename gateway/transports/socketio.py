@@ -20,8 +20,11 @@ python-socketio does the framing; this module owns a connection's life:
                 what followed each seq (`Replies.attach`); one follower per reply
     backpressure once that queue is full the events wait in the outbox instead
                 (merged there) and a pump task feeds them on as the queue
-                drains; a socket whose outbox overflows is closed at the
-                Engine.IO level, so socket.io-client reconnects by itself
+                drains; a reply that outgrows the outbox is fed from the replay
+                buffer as the socket reads (`Realtime.pace`), so a client that
+                reads as fast as its network allows is never dropped; a socket
+                whose outbox still overflows is closed at the Engine.IO level,
+                so socket.io-client reconnects by itself
 """
 
 from __future__ import annotations
@@ -277,6 +280,12 @@ class SocketIOTransport:
             [rooms.user(principal.user_id)],
             on_overflow=lambda: self._overflowed(conn),
             deliver=lambda event: self._deliver(conn, event),
+        )
+        self._realtime.pace(
+            conn.outbox,
+            lambda message_id, after, chat_id: self._replies.attach(
+                principal, message_id, after, chat_id
+            ),
         )
         conn.pump = asyncio.create_task(self._pump(conn, conn.outbox))
         self._realtime.seat(conn.sid, Seat("socketio", principal.user_id))

@@ -16,8 +16,11 @@ A connection's life, the same for every flavour::
                 endpoint's error frame and the connection stays open; anything
                 else is a bug: internal-error frame, close 1011
     delivery    events of its rooms → bounded `Outbox` → writer task →
-                `endpoint.encode` → text frames; a client that stops reading
-                until the outbox overflows is closed 1013 (it may reconnect)
+                `endpoint.encode` → text frames; a reply the client reads slower
+                than the model writes goes on from the replay buffer at its pace
+                (`Connection.pace`, set by the endpoints that carry replies); a
+                client that stops reading until the outbox overflows, or takes
+                nothing for `stalled_client_s`, is closed 1013 (it may reconnect)
     limits      a frame over `max_frame_bytes` is closed 1009 by aiohttp; pings
                 every `PING_INTERVAL_S` keep proxies' idle timers (nginx: 60 s) fed
 
@@ -38,7 +41,7 @@ from aiohttp import WSMsgType, web
 
 from gateway import rooms
 from gateway.application.keys import ORIGINS, REALTIME, SETTINGS
-from gateway.application.realtime import Attached, Outbox, Overflow, Realtime
+from gateway.application.realtime import Attach, Attached, Outbox, Overflow, Realtime
 from gateway.edge import access, metrics
 from gateway.edge.auth import Principal, find_token
 from gateway.edge.proxy import upgrade_required
@@ -139,6 +142,12 @@ class Connection:
         for event in attached.prefix:
             prime(event)
         self.resuming.add(self.realtime.resume(self.outbox, attached))
+
+    def pace(self, attach: Attach) -> None:
+        """Replies of the connection's user it falls behind on are fed to it from the
+        replay buffer as it reads (`Realtime.pace`), not dropped."""
+        if self.outbox is not None:
+            self.realtime.pace(self.outbox, attach)
 
     async def send(self, frame: str) -> None:
         """One text frame now (replies to the client's own frames: pong, errors)."""

@@ -6,7 +6,7 @@ front of the fake model server: directly, and behind the shipped nginx config
 by step, each step asserting what is on the screen:
 
     sign in (a user made by `gateway users add`) · pick a model · send a message and
-    watch the reply stream · the chat in the sidebar · reload and find it · continue
+    watch the reply stream · the chat in the sidebar · its tags · reload and find it · continue
     it · regenerate (2/2, then ‹ back to 1/2) · stop a slow reply (and find what was
     kept after a reload) · edit a message (a new branch, 2/2) · rename · pin ·
     search · archive · a model that thinks (its reasoning collapsed above the answer,
@@ -17,9 +17,9 @@ OPTIONAL_ROUTES say which are tolerated, and why).  Screenshots of every step go
 the test's temporary directory (printed at the end), never into the repository.
 
 Guarded by what the gateway offers (asserted once `/api/config` turns them on):
-model-written titles and follow-up suggestions, the model's avatar.  Left for later:
-tags (the app shows them only in a menu hidden by default), the changelog ("What's
-New" shows to admins only; this user is a `user`).
+model-written titles, tags (in the chat's "Chat actions" menu) and follow-up
+suggestions, the model's avatar.  Left for later: the changelog ("What's New"
+shows to admins only; this user is a `user`).
 
 Open WebUI cannot be served under a sub-path (it asks for /_app/…, /api/… and
 /ws/socket.io from the root of the host and has no base-path setting): there, the
@@ -275,7 +275,12 @@ def test_the_web_app_end_to_end(served: str, chromium: Any, tmp_path: Path) -> N
         _run(flow)
     finally:
         print(f"\nscreenshots in {shots} after {time.monotonic() - started:.1f} s: {flow.steps}")
-        guarded = ("enable_title_generation", "enable_follow_up_generation", "model_avatar")
+        guarded = (
+            "enable_title_generation",
+            "enable_tags_generation",
+            "enable_follow_up_generation",
+            "model_avatar",
+        )
         print("guarded checks on:", [name for name in guarded if flow.features.get(name)])
     assert not flow.errors, "errors in the page:\n" + "\n".join(flow.errors)
 
@@ -334,6 +339,25 @@ def _run(flow: Flow) -> None:
                 lambda: words in item.inner_text() if words else item.inner_text() != "New Chat",
                 f"the model-written title {title!r} in the sidebar",
             )
+
+    def see_the_tags() -> None:
+        # The model-written tags, in the chat's own menu (···, "Chat actions", at the
+        # top of the chat), as Open WebUI shows them.
+        if not flow.features.get("enable_tags_generation"):
+            return
+        expected = (_task_answer("Task: tags") or {}).get("tags") or []
+        assert expected, "the fake model answers the tags task"
+        _until(
+            lambda: len(flow.api(f"/api/v1/chats/{chat['id']}/tags")) == len(expected),
+            f"the model-written tags {expected} stored",
+        )
+        page.get_by_role("button", name="Chat actions").first.click()
+        menu = page.get_by_role("menu")
+        for tag in expected:
+            menu.get_by_text(tag, exact=True).first.wait_for(state="visible")
+        flow.shot("tags-in-the-chat-menu")
+        page.keyboard.press("Escape")
+        menu.first.wait_for(state="hidden")
 
     def reload_and_find_it() -> None:
         page.reload()
@@ -472,6 +496,7 @@ def _run(flow: Flow) -> None:
         ("pick-model", pick_model),
         ("send-and-stream", send_and_watch_it_stream),
         ("chat-in-sidebar", chat_in_sidebar),
+        ("tags", see_the_tags),
         ("reload", reload_and_find_it),
         ("continue", continue_the_chat),
         ("regenerate", regenerate_then_go_back),

@@ -45,6 +45,12 @@ function out(obj) {
   process.stdout.write(JSON.stringify(obj) + "\n");
 }
 
+// Exit once what was written has reached the pipe (process.exit alone may cut a
+// long last line: writes to a pipe are asynchronous).
+function exit() {
+  process.stdout.write("", () => process.exit(0));
+}
+
 const options = {
   path: args.path || "/ws/socket.io",
   transports,
@@ -63,7 +69,7 @@ let ended = 0;
 const timer = setTimeout(() => {
   out({ kind: "timeout" });
   socket.close();
-  process.exit(0);
+  exit();
 }, timeoutMs);
 
 // The engine may upgrade before Socket.IO's own connect: listen from its open.
@@ -89,7 +95,7 @@ socket.on("events", (data) => {
       clearTimeout(timer);
       out({ kind: "done" });
       socket.close();
-      process.exit(0);
+      exit();
     }
   }
 });
@@ -97,7 +103,7 @@ socket.on("events", (data) => {
 socket.on("connect_error", (err) => {
   out({ kind: "error", message: String(err && err.message) });
   clearTimeout(timer);
-  process.exit(0);
+  exit();
 });
 
 socket.on("disconnect", (reason) => out({ kind: "disconnected", reason }));

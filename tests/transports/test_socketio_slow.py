@@ -128,6 +128,9 @@ async def test_a_stuck_consumer_is_bounded_and_slows_no_one(
             # make RSS follow what is alive, which is what this test measures.
             "MALLOC_MMAP_THRESHOLD_": "65536",
             "MALLOC_TRIM_THRESHOLD_": "131072",
+            # A consumer that takes nothing for this long while a reply waits for
+            # room is stuck: dropped (20 s by default).
+            "GATEWAY_STALLED_CLIENT_S": "1",
         }
     )
     assert gw.proc is not None
@@ -146,7 +149,12 @@ async def test_a_stuck_consumer_is_bounded_and_slows_no_one(
         rss_before_stuck = process.memory_info().rss
         stuck = await phase(gw, slow_token, fast_token)
         rss_after_stuck = process.memory_info().rss
-        # Both were dropped, not kept waiting with their backlog.
+        # Both were dropped once stuck for GATEWAY_STALLED_CLIENT_S, not kept waiting
+        # with their backlog (the replies went on being fed to them until then).
+        for _ in range(100):
+            if gw.log().count("slow socket dropped") >= 2:
+                break
+            await asyncio.sleep(0.05)
         async with aiohttp.ClientSession() as session:
             poll = f"{gw.url}/ws/socket.io/?EIO=4&transport=polling&sid={polling_sid}"
             async with session.get(poll) as resp:
