@@ -34,6 +34,7 @@ import json
 import logging
 import time
 from collections import deque
+from dataclasses import replace
 from urllib.parse import quote
 
 from redis.exceptions import RedisError
@@ -242,11 +243,20 @@ class RedisJournal:
         if gone:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.hdel(index, *gone)
-        for (user, message_id), pending in self._pending.items():
-            if user == user_id and message_id not in found:
-                found[message_id] = KeptReply(
-                    pending.chat_id, message_id, pending.started_ms or now_ms, pending.ended_ms
-                )
+        # What this replica has not written yet (being written, then still pending)
+        # is newer than Redis: a reply whose end is not in Redis yet has ended all
+        # the same (a tab opening just then must not be sent it as running).
+        for batches in (self._in_flight, self._pending):
+            for (user, message_id), pending in batches.items():
+                if user != user_id:
+                    continue
+                there = found.get(message_id)
+                if there is None:
+                    found[message_id] = KeptReply(
+                        pending.chat_id, message_id, pending.started_ms or now_ms, pending.ended_ms
+                    )
+                elif there.ended_ms is None and pending.ended_ms is not None:
+                    found[message_id] = replace(there, ended_ms=pending.ended_ms)
         return list(found.values())
 
     async def close(self) -> None:

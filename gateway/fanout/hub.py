@@ -127,8 +127,9 @@ class Outbox:
         self._chars = 0
         self._wakeup = asyncio.Event()
         # Set whenever the consumer takes events (and at the end): a paced follower
-        # waits on it for room.
-        self._took = asyncio.Event()
+        # waits on it for room.  Made when one first waits (an Event costs about
+        # 700 bytes, and most connections never fall behind).
+        self._took: asyncio.Event | None = None
         # How long a follower waits for room with nothing taken before the consumer
         # counts as stuck (and overflows); None: forever.
         self._stall_s = stall_s
@@ -282,11 +283,17 @@ class Outbox:
         """Until `fits(event)`, or the outbox is closed or overflowed; a consumer that
         takes nothing for `stall_s` meanwhile is stuck, and overflows it."""
         while not self.fits(event) and not (self.closed or self.overflowed):
+            if self._took is None:
+                self._took = asyncio.Event()
             self._took.clear()
             try:
                 await asyncio.wait_for(self._took.wait(), self._stall_s)
             except TimeoutError:
                 self._overflow()
+
+    def _took_set(self) -> None:
+        if self._took is not None:
+            self._took.set()
 
     def _overflow(self) -> None:
         if self.overflowed:
@@ -294,14 +301,14 @@ class Outbox:
         self.overflowed = True
         HOT.slow_disconnects += 1
         self._wakeup.set()
-        self._took.set()
+        self._took_set()
         if self._on_overflow is not None:
             self._on_overflow()
 
     def close(self) -> None:
         self.closed = True
         self._wakeup.set()
-        self._took.set()
+        self._took_set()
 
     async def _wait(self) -> bool:
         """Wait for events; False once closed and drained. Raises Overflow."""
@@ -320,7 +327,7 @@ class Outbox:
             return None
         event = _taken(self._events.popleft())
         self._chars -= _text_size(event)
-        self._took.set()
+        self._took_set()
         return event
 
     async def batch(self) -> list[Event]:
@@ -335,7 +342,7 @@ class Outbox:
         self._events.clear()
         self._chars = 0
         self._in_flight = True
-        self._took.set()
+        self._took_set()
         return events
 
     def done(self) -> None:

@@ -61,6 +61,8 @@ SOCKETIO_PATH = "/ws/socket.io"
 # Engine.IO timings Open WebUI uses (and socket.io-client expects by default).
 PING_INTERVAL_S = 25
 PING_TIMEOUT_S = 20
+# A stopping replica's CLOSE packets go out, then the websockets still open are cut.
+CLOSE_WAIT_S = 0.2
 FLAVOUR = OpenWebUIFlavour()
 
 
@@ -145,10 +147,20 @@ class SocketIOTransport:
         if self._stopped:
             return
         self._stopped = True
+        tcps = {
+            conn.eio_socket.sid: conn.tcp
+            for conn in self._conns.values()
+            if conn.eio_socket is not None and conn.tcp is not None
+        }
         for conn in list(self._conns.values()):
             self._release(conn)
             if conn.opened is not None:
                 conn.opened()
+        await engine.close_all(
+            self.sio,
+            lambda sock: tcps.get(sock.sid) or self._front.upgrades.get(sock.sid),
+            CLOSE_WAIT_S,
+        )
         await self.sio.shutdown()
 
     # -- events from clients --------------------------------------------------

@@ -12,7 +12,8 @@ python-engineio's, not a documented API; every use of it is in this module.
                 `drained` while its outbox takes (and merges) what follows
     cut         `abort` closes at the Engine.IO level (no Socket.IO DISCONNECT,
                 after which socket.io-client would not reconnect by itself) and
-                aborts the TCP connection a stuck client is not reading
+                aborts the TCP connection a stuck client is not reading;
+                `close_all` does it to every session of a stopping replica
 """
 
 from __future__ import annotations
@@ -99,6 +100,25 @@ def end_long_poll(sock: Any) -> None:
     it until the next ping (25 s). A NOOP ends it now."""
     if sock is not None and not sock.upgraded:
         sock.queue.put_nowait(engineio.packet.Packet(engineio.packet.NOOP))
+
+
+async def close_all(
+    sio: socketio.AsyncServer, tcp_of: Callable[[Any], asyncio.Transport | None], wait_s: float
+) -> None:
+    """Every Engine.IO session of a stopping replica closed so that its client
+    reconnects (elsewhere): a CLOSE packet (a polling client gets it at its next
+    poll and reconnects), then, `wait_s` later, the TCP connection of each that
+    is still open cut (a websocket client reconnects on a transport close; a
+    Socket.IO DISCONNECT would stop it from reconnecting at all)."""
+    socks = [sock for sock in list(sio.eio.sockets.values()) if not sock.closed]
+    for sock in socks:
+        with contextlib.suppress(Exception):
+            await sock.close(wait=False)
+    cut = [tcp for sock in socks if (tcp := tcp_of(sock)) is not None and not tcp.is_closing()]
+    if cut:
+        await asyncio.sleep(wait_s)
+        for tcp in cut:
+            tcp.abort()
 
 
 async def abort(sock: Any, tcp: asyncio.Transport | None) -> None:

@@ -16,6 +16,7 @@ import pytest
 import websockets
 
 from tests.api.test_nadoo_ws import recv, user, ws_url
+from tests.clients import JSSocket
 from tests.fakes.upstream import FakeUpstream, deltas_of
 from tests.gatewayproc import GatewayProcess
 
@@ -105,3 +106,31 @@ async def test_a_reply_longer_than_the_grace_is_stopped_and_kept(
             chat = await resp.json()
     stored = [m for m in chat["chat"]["history"]["messages"].values() if m["role"] == "assistant"]
     assert [m["content"] for m in stored] == [text], stored
+
+
+async def test_socketio_clients_are_let_go_at_once_to_reconnect_elsewhere(
+    start_gateway: Any, fake_upstream: FakeUpstream
+) -> None:
+    """Idle web-app tabs on a stopping replica: each session closed at the Engine.IO
+    level (socket.io-client then reconnects, through the balancer, to a replica that
+    is not stopping; a Socket.IO DISCONNECT would keep it away for good), and the
+    process exits without waiting for their pings to time out."""
+    gw: GatewayProcess = start_gateway({"OPENAI_API_BASE_URL": fake_upstream.url})
+    _, token = user()
+    tabs = [
+        await JSSocket().start(gw.url, token, transports=transports, timeout_ms=30_000)
+        for transports in ("websocket", "polling", "polling,websocket")
+    ]
+    try:
+        assert gw.proc is not None
+        stopped_at = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        for tab in tabs:
+            gone = await tab.wait_for("disconnected", timeout_s=10)
+            # Not "io server disconnect": the client reconnects on its own.
+            assert gone["reason"] in ("transport close", "transport error"), gone
+        assert await exited(gw) == 0
+        assert time.monotonic() - stopped_at < 5, "no wait for a ping timeout"
+    finally:
+        for tab in tabs:
+            await tab.close()

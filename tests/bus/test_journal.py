@@ -189,6 +189,23 @@ async def test_redis_a_running_reply_is_listed_running(redis_journals: Made) -> 
     assert kept is not None and kept.ended and kept.last_seq == 4
 
 
+async def test_redis_an_end_not_written_yet_is_an_end_for_its_own_replica(
+    redis_journals: Made,
+) -> None:
+    """The writer's own list: a reply whose start is in Redis and whose end is still on
+    its way there has ended (a tab opening just then must not be sent it as running)."""
+    writer = redis_journals()
+    for event in reply("m1", 3, end=False):
+        writer.record("alice", event)
+    await flushed()
+    writer.record("alice", reply("m1", 3)[-1])  # the end: pending, its flush not yet run
+    (listed,) = await writer.replies_of("alice")
+    assert listed.ended_ms is not None, "still pending"
+    await flushed()
+    (listed,) = await writer.replies_of("alice")
+    assert listed.ended_ms is not None, "written"
+
+
 async def test_redis_ended_replies_expire_and_leave_the_list(redis_journals: Made) -> None:
     writer, reader = redis_journals(ttl_s=0.2), redis_journals(ttl_s=0.2)
     for event in reply("m1", 3):
