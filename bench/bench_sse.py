@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiohttp
 
@@ -73,14 +75,30 @@ async def load(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--streams", default="1,200")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+PATHS = ("direct", "relay", "gateway")
 
+
+def rounds_for(streams: int, rounds: int) -> int:
+    """A single stream gives one sample a round: take more rounds."""
+    return rounds if streams > 1 else max(rounds, 30)
+
+
+def measure(
+    levels: Sequence[int] = (1, 200),
+    rounds: int = 3,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Each level of concurrency through the three paths, in one run:
+    {"upstream": {"deltas", "delay_ms"}, "levels": [...],
+     "paths": {path: {"ttft_p50_ms": [...], "ttft_p99_ms": [...],
+                      "cpu_us_per_chunk": [...], "chunks": [...]}}} (a value per level;
+    the direct path's CPU is not measured: None)."""
     up_port, relay_port, gw_port = free_port(), free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{up_port}/v1"
+    found: dict[str, dict[str, list[Any]]] = {
+        path: {"ttft_p50_ms": [], "ttft_p99_ms": [], "cpu_us_per_chunk": [], "chunks": []}
+        for path in PATHS
+    }
     procs = [
         start(
             ["-m", "bench.servers", "upstream", str(up_port), str(DELTAS), str(DELAY_S)],
@@ -92,52 +110,59 @@ def main() -> None:
         procs.append(relay)
         gateway = start_gateway(gw_port, upstream_url)
         procs.append(gateway)
-        auth = bench_auth()
-        print(f"# OpenAI SSE bench — {time.strftime('%Y-%m-%d')} — {machine()}")
-        pace = f"{DELTAS} deltas, {DELAY_S * 1000:.0f} ms apart"
-        print(f"# {pace}; {args.rounds} rounds per row (30 for 1 stream)\n")
-        print("| streams | path | TTFT p50 ms | TTFT p99 ms | CPU µs/chunk | chunks |")
-        print("|---|---|---|---|---|---|")
-        for streams in [int(s) for s in args.streams.split(",")]:
-            # A single stream gives one sample a round: take more rounds.
-            rounds = args.rounds if streams > 1 else max(args.rounds, 30)
-            rows = {
-                "direct": asyncio.run(
-                    load(f"{upstream_url}/chat/completions", streams, rounds, None, {})
-                ),
-                "relay": asyncio.run(
-                    load(
-                        f"http://127.0.0.1:{relay_port}/v1/chat/completions",
-                        streams,
-                        rounds,
-                        relay.pid,
-                        {},
-                    )
-                ),
-                "gateway": asyncio.run(
-                    load(
-                        f"http://127.0.0.1:{gw_port}/v1/chat/completions",
-                        streams,
-                        rounds,
-                        gateway.pid,
-                        auth,
-                    )
-                ),
-            }
-            for name, row in rows.items():
-                print(
-                    f"| {streams} | {name} | {row['ttft_p50_ms']:.2f} | {row['ttft_p99_ms']:.2f} | "
-                    f"{row['cpu_us_per_chunk']:.1f} | {row['chunks']:.0f} |"
-                )
-            added50 = rows["gateway"]["ttft_p50_ms"] - rows["direct"]["ttft_p50_ms"]
-            added99 = rows["gateway"]["ttft_p99_ms"] - rows["direct"]["ttft_p99_ms"]
-            ratio = rows["gateway"]["cpu_us_per_chunk"] / rows["relay"]["cpu_us_per_chunk"]
-            summary = f"+{added50:.2f} | +{added99:.2f} | ×{ratio:.2f}"
-            print(f"| {streams} | **gateway − direct; gateway ÷ relay** | {summary} | |")
+        targets = {
+            "direct": (f"{upstream_url}/chat/completions", None, {}),
+            "relay": (f"http://127.0.0.1:{relay_port}/v1/chat/completions", relay.pid, {}),
+            "gateway": (
+                f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+                gateway.pid,
+                bench_auth(),
+            ),
+        }
+        for streams in levels:
+            for path, (url, pid, headers) in targets.items():
+                progress(f"OpenAI SSE, {streams} streams, {path}")
+                row = asyncio.run(load(url, streams, rounds_for(streams, rounds), pid, headers))
+                for key, values in found[path].items():
+                    value = row[key]
+                    values.append(None if key == "cpu_us_per_chunk" and pid is None else value)
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(10)
+    return {
+        "upstream": {"deltas": DELTAS, "delay_ms": DELAY_S * 1000},
+        "levels": list(levels),
+        "paths": found,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--streams", default="1,200")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    levels = [int(s) for s in args.streams.split(",")]
+    result = measure(levels, args.rounds)
+    print(f"# OpenAI SSE bench — {time.strftime('%Y-%m-%d')} — {machine()}")
+    pace = f"{DELTAS} deltas, {DELAY_S * 1000:.0f} ms apart"
+    print(f"# {pace}; {args.rounds} rounds per row (30 for 1 stream)\n")
+    print("| streams | path | TTFT p50 ms | TTFT p99 ms | CPU µs/chunk | chunks |")
+    print("|---|---|---|---|---|---|")
+    paths = result["paths"]
+    for i, streams in enumerate(levels):
+        for name in PATHS:
+            row = {key: values[i] for key, values in paths[name].items()}
+            cpu = "–" if row["cpu_us_per_chunk"] is None else f"{row['cpu_us_per_chunk']:.1f}"
+            print(
+                f"| {streams} | {name} | {row['ttft_p50_ms']:.2f} | {row['ttft_p99_ms']:.2f} | "
+                f"{cpu} | {row['chunks']:.0f} |"
+            )
+        added50 = paths["gateway"]["ttft_p50_ms"][i] - paths["direct"]["ttft_p50_ms"][i]
+        added99 = paths["gateway"]["ttft_p99_ms"][i] - paths["direct"]["ttft_p99_ms"][i]
+        ratio = paths["gateway"]["cpu_us_per_chunk"][i] / paths["relay"]["cpu_us_per_chunk"][i]
+        summary = f"+{added50:.2f} | +{added99:.2f} | ×{ratio:.2f}"
+        print(f"| {streams} | **gateway − direct; gateway ÷ relay** | {summary} | |")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,11 @@ def start_gateway(port: int, upstream_url: str) -> subprocess.Popen[bytes]:
             "WEBUI_SECRET_KEY": BENCH_SECRET,
             "DATA_DIR": "bench/out/data",
             "GATEWAY_LOG_LEVEL": "WARNING",
+            # One user and one address make the whole load: the bounds meant for a
+            # real client's share (LIMITS.md) are lifted.
+            "GATEWAY_MAX_REPLIES_PER_USER": "",
+            "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS": "",
+            "GATEWAY_MAX_FOLLOWERS_PER_USER": "100000",
         },
         health=f"http://127.0.0.1:{port}/health",
     )

@@ -1,0 +1,132 @@
+"""The benchmark suite in one command: where the gateway stands against a bare
+relay of each flavour, measured in the same run.
+
+    python -m bench                 # the whole suite, a few minutes
+    python -m bench --quick         # small loads, about three minutes: a smoke run
+    python -m bench --only idle,flavours
+    python -m bench --publish       # also into bench/results/latest/ (the README's plots)
+
+Sections, each a module of its own that also runs alone (`python -m bench.<module>`):
+
+    flavours      bench_flavours.py   every flavour (OpenAI SSE, RAGFlow SSE and
+                                      WebSocket, Nadoo WebSocket, Socket.IO) against a
+                                      bare relay of the same shape: TTFT at 1 stream,
+                                      CPU per chunk at many
+    concurrency   bench_sse.py        OpenAI SSE, CPU per chunk from 1 to 200 streams
+    idle          bench_idle.py       memory per idle connection, to 10,000
+
+It writes bench/results/<date-time>/report.json (every sample, the machine, the
+date) and the PNG plots of `bench/report.py`, prints the table of results
+against the targets, and shows a progress bar on the terminal.  The other
+benches (`bench_socketio`, `bench_scale`, `bench_replay`, `bench_deflate`,
+`bench_finish`, `bench_proxy`) keep their own commands; their figures are in
+bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from bench import report as reports
+from bench.common import ROOT, machine
+
+RESULTS = ROOT / "bench" / "results"
+
+# name: (how many progress steps it reports, roughly; how to run it)
+Measure = Callable[[bool, Callable[[str], None]], dict[str, Any]]
+
+
+def _flavours(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    from bench import bench_flavours
+
+    return bench_flavours.measure(quick=quick, progress=progress)
+
+
+def _concurrency(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    from bench import bench_sse
+
+    levels = (1, 10, 50) if quick else (1, 10, 50, 100, 200)
+    return bench_sse.measure(levels, rounds=1 if quick else 3, progress=progress)
+
+
+def _idle(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    from bench import bench_idle
+
+    return bench_idle.measure(quick=quick, progress=progress)
+
+
+SECTIONS: dict[str, tuple[int, Measure]] = {
+    "flavours": (25, _flavours),
+    "concurrency": (15, _concurrency),
+    "idle": (33, _idle),
+}
+
+
+def run(names: list[str], quick: bool, out: Path) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "quick": quick,
+        "sections": {},
+        "seconds": {},
+    }
+    total = sum(SECTIONS[name][0] for name in names)
+    with tqdm(total=total, unit="step", disable=None, file=sys.stderr) as bar:
+        for name in names:
+            steps, measure = SECTIONS[name]
+            done = 0
+
+            def progress(what: str, name: str = name, steps: int = steps) -> None:
+                nonlocal done
+                bar.set_description(f"{name}: {what}"[:60])
+                if done < steps:
+                    bar.update(1)
+                    done += 1
+
+            started = time.monotonic()
+            report["sections"][name] = measure(quick, progress)
+            report["seconds"][name] = round(time.monotonic() - started, 1)
+            bar.update(steps - done)  # a section that reported fewer steps
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small loads: a smoke run")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"sections, comma-separated: {', '.join(SECTIONS)}"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="directory for the report")
+    parser.add_argument(
+        "--publish", action="store_true", help="also copy it all to bench/results/latest/"
+    )
+    args = parser.parse_args()
+    names = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names:
+        parser.error(f"unknown section {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    out = args.out or RESULTS / time.strftime("%Y-%m-%d-%H%M")
+    report = run(names, args.quick, out)
+    made = reports.plots(report, out)
+    print(reports.table(report))
+    print(f"\nreport and plots: {out}/ ({', '.join(p.name for p in made)}, report.json)")
+    if args.publish:
+        latest = RESULTS / "latest"
+        shutil.rmtree(latest, ignore_errors=True)
+        shutil.copytree(out, latest)
+        print(f"published to {latest}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""What `python -m bench` makes of the sections' results: the table with the
+targets of the performance work, and the plots.  Pure apart from writing the
+PNG files; every figure is a ratio or a difference against a baseline measured
+in the same run (the machines are shared and noisy).
+
+    section       from                  plots
+    flavours      bench_flavours.py     ttft_cdf.png (one panel per flavour, 1 stream),
+                                        cpu_by_flavour.png (CPU per chunk at N streams)
+    concurrency   bench_sse.py          cpu_per_chunk.png (OpenAI SSE, CPU per chunk
+                                        against concurrent streams)
+    idle          bench_idle.py         memory.png (RSS against idle connections)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The targets of the performance issue, each read from one section.
+ADDED_TTFT_MS = 0.5  # gateway p50 − relay p50 at one stream, every flavour
+CPU_RATIO = 1.15  # gateway ÷ relay, CPU per chunk at the highest level
+KB_PER_CONNECTION = {"websocket": 16.0, "socketio": 32.0}
+IDLE_CONNECTIONS = 10_000
+
+FLAVOURS = ("openai-sse", "ragflow-sse", "ragflow-ws", "nadoo-ws", "socketio")
+# One colour per path (and transport) in every plot.
+COLOURS = {"direct": "tab:grey", "relay": "tab:blue", "gateway": "tab:orange",
+           "baseline": "tab:blue", "websocket": "tab:orange", "socketio": "tab:green"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: what was measured, against what, and the target."""
+
+    what: str
+    measured: str
+    target: str
+    met: bool | None  # None: no target, or not measured
+
+    def markdown(self) -> str:
+        mark = {True: "✓", False: "✗", None: "–"}[self.met]
+        return f"| {self.what} | {self.measured} | {self.target} | {mark} |"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(v for v in values if not math.isnan(v))
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _streams(level: int | str) -> str:
+    return "1 stream" if int(level) == 1 else f"{int(level):,} streams"
+
+
+def rows(report: dict[str, Any]) -> list[Row]:
+    sections = report["sections"]
+    found: list[Row] = []
+    if "flavours" in sections:
+        found += _flavour_rows(sections["flavours"])
+    if "concurrency" in sections:
+        found += _concurrency_rows(sections["concurrency"])
+    if "idle" in sections:
+        found += _idle_rows(sections["idle"], report.get("quick", False))
+    return found
+
+
+def _flavour_rows(section: dict[str, Any]) -> list[Row]:
+    found = []
+    levels = section["levels"]
+    one, most = str(min(levels)), str(max(levels))
+    for flavour, by_level in section["flavours"].items():
+        single = by_level.get(one, {})
+        if "gateway" in single and "relay" in single:
+            gateway = percentile(single["gateway"]["ttft_ms"], 50)
+            relay = percentile(single["relay"]["ttft_ms"], 50)
+            added = gateway - relay
+            found.append(
+                Row(
+                    f"{flavour}: TTFT p50 added to the bare relay's, {_streams(one)}",
+                    f"{added:+.2f} ms ({gateway:.2f} against {relay:.2f})",
+                    f"≤ {ADDED_TTFT_MS} ms",
+                    added <= ADDED_TTFT_MS if not math.isnan(added) else None,
+                )
+            )
+        loaded = by_level.get(most, {})
+        ratio = _cpu_ratio(loaded)
+        if ratio is not None:
+            found.append(
+                Row(
+                    f"{flavour}: CPU per chunk ÷ the bare relay's, {_streams(most)}",
+                    f"×{ratio:.2f}",
+                    f"≤ ×{CPU_RATIO}",
+                    ratio <= CPU_RATIO,
+                )
+            )
+    return found
+
+
+def _cpu_ratio(paths: dict[str, Any]) -> float | None:
+    gateway = (paths.get("gateway") or {}).get("cpu_us_per_chunk")
+    relay = (paths.get("relay") or {}).get("cpu_us_per_chunk")
+    if not gateway or not relay:
+        return None
+    return float(gateway) / float(relay)
+
+
+def _concurrency_rows(section: dict[str, Any]) -> list[Row]:
+    found = []
+    paths = section["paths"]
+    for i, level in enumerate(section["levels"]):
+        gateway, relay = paths["gateway"]["cpu_us_per_chunk"][i], paths["relay"]["cpu_us_per_chunk"][i]
+        if not gateway or not relay:
+            continue
+        ratio = gateway / relay
+        top = level == max(section["levels"])
+        found.append(
+            Row(
+                f"OpenAI SSE: CPU per chunk ÷ the bare relay's, {_streams(level)}",
+                f"×{ratio:.2f} ({gateway:.1f} against {relay:.1f} µs)",
+                f"≤ ×{CPU_RATIO}" if top else "",
+                (ratio <= CPU_RATIO) if top else None,
+            )
+        )
+    return found
+
+
+def _idle_rows(section: dict[str, Any], quick: bool) -> list[Row]:
+    found = []
+    transports = section["transports"]
+    for name, data in transports.items():
+        kb = data["kb_per_connection"]
+        limit = KB_PER_CONNECTION.get(name)
+        found.append(
+            Row(
+                f"{name}: memory per idle connection",
+                f"{kb:.1f} KB ({data['opened']:,} open, {data['failed']:,} failed)",
+                f"≤ {limit:.0f} KB" if limit else "the floor",
+                (kb <= limit) if limit else None,
+            )
+        )
+        if limit and not quick:
+            found.append(
+                Row(
+                    f"{name}: idle connections held by one process",
+                    f"{data['opened']:,}",
+                    f"{IDLE_CONNECTIONS:,}",
+                    data["opened"] >= IDLE_CONNECTIONS and not data["failed"],
+                )
+            )
+    return found
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        f"Benchmarks of {report['date']} on {report['machine']}"
+        + (" (quick: small loads, indicative only)" if report.get("quick") else ""),
+        "",
+        "| measured | result | target | met |",
+        "|---|---|---|---|",
+    ]
+    lines += [row.markdown() for row in rows(report)]
+    return "\n".join(lines)
+
+
+# -- plots --------------------------------------------------------------------------------
+def plots(report: dict[str, Any], out: Path) -> list[Path]:
+    """The PNG plots of the sections that ran, written into `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    sections = report["sections"]
+    made = []
+    stamp = f"{report['date']} · {report['machine']}"
+    if "flavours" in sections:
+        made.append(_ttft_cdfs(sections["flavours"], out / "ttft_cdf.png", stamp))
+        made.append(_cpu_by_flavour(sections["flavours"], out / "cpu_by_flavour.png", stamp))
+    if "concurrency" in sections:
+        made.append(_cpu_per_chunk(sections["concurrency"], out / "cpu_per_chunk.png", stamp))
+    if "idle" in sections:
+        made.append(_memory(sections["idle"], out / "memory.png", stamp))
+    return made
+
+
+def _figure(panels: int = 1, width: float = 7.0, height: float = 4.0) -> tuple[Any, Any]:
+    import matplotlib.pyplot as plt
+
+    columns = min(panels, 3)
+    rows_ = math.ceil(panels / columns)
+    fig, axes = plt.subplots(
+        rows_, columns, figsize=(width * columns / (2 if columns > 1 else 1), height * rows_),
+        squeeze=False,
+    )  # fmt: skip
+    return fig, [ax for row in axes for ax in row]
+
+
+def _save(fig: Any, path: Path, title: str, stamp: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.text(0.99, 0.005, stamp, ha="right", va="bottom", fontsize=7, color="grey")
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _ttft_cdfs(section: dict[str, Any], path: Path, stamp: str) -> Path:
+    one = str(min(section["levels"]))
+    flavours = [f for f in FLAVOURS if f in section["flavours"]] or list(section["flavours"])
+    fig, axes = _figure(len(flavours))
+    for ax, flavour in zip(axes, flavours, strict=False):
+        for name, paths in section["flavours"][flavour].get(one, {}).items():
+            samples = sorted(paths["ttft_ms"])
+            if not samples:
+                continue
+            ys = [(i + 1) / len(samples) for i in range(len(samples))]
+            ax.step(samples, ys, where="post", label=name, color=COLOURS.get(name))
+        ax.set_title(flavour)
+        ax.set_xlabel("time to first token, ms")
+        ax.set_ylabel("share of replies")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[len(flavours) :]:
+        ax.set_visible(False)
+    upstream = section["upstream"]
+    title = (
+        f"Time to first token at 1 stream (upstream: {upstream['deltas']} deltas "
+        f"{upstream['delay_ms']:.0f} ms apart)"
+    )
+    return _save(fig, path, title, stamp)
+
+
+def _cpu_by_flavour(section: dict[str, Any], path: Path, stamp: str) -> Path:
+    most = str(max(section["levels"]))
+    flavours = [f for f in FLAVOURS if f in section["flavours"]] or list(section["flavours"])
+    fig, (ax,) = _figure()
+    width = 0.38
+    for offset, name in ((-width / 2, "relay"), (width / 2, "gateway")):
+        values = [
+            (section["flavours"][f].get(most, {}).get(name) or {}).get("cpu_us_per_chunk") or 0.0
+            for f in flavours
+        ]
+        xs = [i + offset for i in range(len(flavours))]
+        ax.bar(xs, values, width, label=name, color=COLOURS[name])
+    ax.set_xticks(range(len(flavours)), flavours)
+    ax.set_ylabel("server CPU per delivered chunk, µs")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    return _save(fig, path, f"CPU per chunk at {_streams(most)}: gateway and bare relay", stamp)
+
+
+def _cpu_per_chunk(section: dict[str, Any], path: Path, stamp: str) -> Path:
+    fig, (ax,) = _figure()
+    for name in ("relay", "gateway"):
+        values = section["paths"][name]["cpu_us_per_chunk"]
+        ax.plot(section["levels"], values, marker="o", label=name, color=COLOURS[name])
+    ax.set_xscale("log")
+    ax.set_xticks(section["levels"], [str(level) for level in section["levels"]])
+    ax.minorticks_off()
+    ax.set_xlabel("concurrent streams")
+    ax.set_ylabel("server CPU per delivered chunk, µs")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path, "OpenAI SSE: CPU per chunk against concurrency", stamp)
+
+
+def _memory(section: dict[str, Any], path: Path, stamp: str) -> Path:
+    fig, (ax,) = _figure()
+    for name, data in section["transports"].items():
+        ax.plot(
+            data["connections"],
+            data["rss_mb"],
+            marker="o",
+            color=COLOURS.get(name),
+            label=f"{name} ({data['kb_per_connection']:.1f} KB each)",
+        )
+    ax.set_xlabel("idle connections")
+    ax.set_ylabel("server RSS, MB")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path, "Memory against idle connections, one process", stamp)

@@ -1,0 +1,109 @@
+"""`python -m bench` keeps working: its table and plots from a report of every section
+(made up here, so the check is fast and exact), and one real section run end to end
+(the OpenAI SSE concurrency sweep, quick) into a report and a plot.
+
+No figure is asserted: benchmarks are read by people, as ratios against the
+baselines measured in the same run (bench/RESULTS.md), never as timed tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def made_up() -> dict[str, Any]:
+    def path(ttft: float, cpu: float | None) -> dict[str, Any]:
+        return {"ttft_ms": [ttft, ttft + 1, ttft + 2], "cpu_us_per_chunk": cpu, "chunks": 64}
+
+    flavours = {
+        flavour: {
+            "1": {"direct": path(20.0, None), "relay": path(21.0, 100.0), "gateway": path(21.2, 110.0)},
+            "200": {"relay": path(30.0, 40.0), "gateway": path(31.0, 60.0)},
+        }
+        for flavour in report.FLAVOURS
+    }
+    return {
+        "date": "2026-12-05 09:00",
+        "machine": "2 cores, test",
+        "quick": False,
+        "sections": {
+            "flavours": {"upstream": {"deltas": 64, "delay_ms": 20.0}, "levels": [1, 200], "flavours": flavours},
+            "concurrency": {
+                "upstream": {"deltas": 64, "delay_ms": 20.0},
+                "levels": [1, 200],
+                "paths": {
+                    name: {"ttft_p50_ms": [1.0, 2.0], "ttft_p99_ms": [1.0, 2.0], "chunks": [64, 64],
+                           "cpu_us_per_chunk": cpu}
+                    for name, cpu in (("direct", [None, None]), ("relay", [100.0, 40.0]), ("gateway", [110.0, 44.0]))
+                },
+            },
+            "idle": {
+                "steps": [0, 10_000],
+                "transports": {
+                    "baseline": {"connections": [0, 10_000], "rss_mb": [30.0, 80.0], "kb_per_connection": 5.1, "opened": 10_000, "failed": 0},
+                    "websocket": {"connections": [0, 10_000], "rss_mb": [90.0, 240.0], "kb_per_connection": 15.4, "opened": 10_000, "failed": 0},
+                    "socketio": {"connections": [0, 10_000], "rss_mb": [90.0, 500.0], "kb_per_connection": 42.0, "opened": 9_990, "failed": 10},
+                },
+            },
+        },
+    }  # fmt: skip
+
+
+def test_the_table_reads_each_target_from_its_section() -> None:
+    rows = {row.what: row for row in report.rows(made_up())}
+    added = rows["nadoo-ws: TTFT p50 added to the bare relay's, 1 stream"]
+    assert added.measured.startswith("+0.20 ms") and added.met is True
+    cpu = rows["socketio: CPU per chunk ÷ the bare relay's, 200 streams"]
+    assert cpu.measured == "×1.50" and cpu.met is False
+    sweep = rows["OpenAI SSE: CPU per chunk ÷ the bare relay's, 200 streams"]
+    assert sweep.met is True and sweep.measured.startswith("×1.10")
+    assert rows["OpenAI SSE: CPU per chunk ÷ the bare relay's, 1 stream"].met is None
+    assert rows["websocket: memory per idle connection"].met is True
+    assert rows["socketio: memory per idle connection"].met is False
+    assert rows["socketio: idle connections held by one process"].met is False
+    assert rows["baseline: memory per idle connection"].met is None
+    table = report.table(made_up())
+    assert table.splitlines()[0] == "Benchmarks of 2026-12-05 09:00 on 2 cores, test"
+    assert "| websocket: memory per idle connection | 15.4 KB (10,000 open, 0 failed) | ≤ 16 KB | ✓ |" in table
+
+
+def test_every_plot_is_drawn(tmp_path: Path) -> None:
+    made = report.plots(made_up(), tmp_path)
+    names = sorted(p.name for p in made)
+    assert names == ["cpu_by_flavour.png", "cpu_per_chunk.png", "memory.png", "ttft_cdf.png"]
+    for png in made:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.timeout(300)
+def test_a_quick_section_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "concurrency", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = json.loads((out / "report.json").read_text())
+    section = written["sections"]["concurrency"]
+    assert section["levels"] == [1, 10, 50]
+    assert all(n > 0 for n in section["paths"]["gateway"]["chunks"])
+    assert (out / "cpu_per_chunk.png").stat().st_size > 10_000
+    assert "OpenAI SSE: CPU per chunk ÷ the bare relay's, 50 streams" in done.stdout
+    unknown = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "nope"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert unknown.returncode == 2 and "unknown section nope" in unknown.stderr
