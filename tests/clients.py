@@ -273,3 +273,12 @@ async def post_json(
 
 async def get_json(url: str, token: str | None, expect: int = 200) -> Any:
     return await post_json(url, token, None, expect, method="GET")
+
+
+async def metric_total(base_url: str, name: str) -> float:
+    """The sum of a metric's samples over every label, from `GET /metrics`."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base_url}/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)
+    )

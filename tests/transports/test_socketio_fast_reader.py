@@ -21,21 +21,11 @@ from typing import Any
 import aiohttp
 import socketio
 
-from tests.clients import JSSocket, ended, post_json, text_of, turn_body
+from tests.clients import JSSocket, ended, metric_total, post_json, text_of, turn_body
 from tests.fakes.upstream import FakeUpstream, reply_text
 from tests.gatewayproc import GatewayProcess, make_token
 
 WHOLE = reply_text("fake-flood", [])
-
-
-async def paced_count(gw: GatewayProcess) -> float:
-    async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/metrics") as resp:
-        text = await resp.text()
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("gateway_paced_replies_total")
-    )
 
 
 def check_whole_reply(events: list[dict[str, Any]], message_id: str) -> None:
@@ -92,7 +82,7 @@ async def test_python_socketio_reader_gets_a_5_mb_reply_whole(
             sid = client.get_sid()
             assert sid is not None
             body = turn_body(sid, "flood", model="fake-flood")
-            before = await paced_count(gw)
+            before = await metric_total(gw.url, "gateway_paced_replies_total")
             started = time.monotonic()
             await post_json(f"{gw.url}/api/chat/completions", token, body)
             deadline = started + 60
@@ -102,7 +92,7 @@ async def test_python_socketio_reader_gets_a_5_mb_reply_whole(
             took = time.monotonic() - started
             assert not disconnects, f"dropped after {len(text_of(events, body['id'])):,} chars"
             check_whole_reply(events, body["id"])
-            paced = await paced_count(gw) - before
+            paced = await metric_total(gw.url, "gateway_paced_replies_total") - before
             print(
                 f"\n5,000,000 characters over Socket.IO (python-socketio) in {took:.2f} s, "
                 f"{len(events)} events; replies paced from the buffer: {paced:.0f}"

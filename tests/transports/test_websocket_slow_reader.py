@@ -22,10 +22,9 @@ import time
 import uuid
 from typing import Any
 
-import aiohttp
 import websockets
 
-from tests.clients import post_json
+from tests.clients import metric_total, post_json
 from tests.fakes.upstream import FakeUpstream, reply_text
 from tests.gatewayproc import GatewayProcess, make_token
 
@@ -39,17 +38,6 @@ def slow_socket(port: int) -> socket.socket:
     sock.connect(("127.0.0.1", port))
     sock.setblocking(False)
     return sock
-
-
-async def paced_count(gw: GatewayProcess) -> float:
-
-    async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/metrics") as resp:
-        text = await resp.text()
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("gateway_paced_replies_total")
-    )
 
 
 async def slowly(ws: Any) -> dict[str, Any]:
@@ -72,7 +60,7 @@ async def test_a_slow_nadoo_reader_gets_a_5_mb_reply_whole(
     gw = start(fake_upstream, start_gateway)
     token = make_token(f"nadoo-slow-{uuid.uuid4().hex[:6]}")
     url = f"ws://127.0.0.1:{gw.port}/ws/chat/slow-{uuid.uuid4().hex[:6]}?token={token}"
-    before = await paced_count(gw)
+    before = await metric_total(gw.url, "gateway_paced_replies_total")
     started = time.monotonic()
     async with websockets.connect(url, sock=slow_socket(gw.port), max_size=None) as ws:
         assert (await slowly(ws))["type"] == "connected"
@@ -86,7 +74,7 @@ async def test_a_slow_nadoo_reader_gets_a_5_mb_reply_whole(
                 text += frame["text"]
                 indexes.append(frame["index"])
     took = time.monotonic() - started
-    paced = await paced_count(gw) - before
+    paced = await metric_total(gw.url, "gateway_paced_replies_total") - before
     print(
         f"\n5,000,000 characters to a slow Nadoo reader in {took:.2f} s, "
         f"{len(indexes)} text-deltas; replies paced from the buffer: {paced:.0f}"
@@ -115,7 +103,7 @@ async def test_a_slow_ragflow_reader_gets_the_whole_answer_in_both_modes(
         body = {"name": f"flood bot {mode}", "llm": llm}
         made = await post_json(f"{gw.url}/ragflow/api/v1/chats", key, body)
         whole = WHOLE[: deltas * len(WHOLE) // 1000]
-        before = await paced_count(gw)
+        before = await metric_total(gw.url, "gateway_paced_replies_total")
         async with websockets.connect(url, sock=slow_socket(gw.port), max_size=None) as ws:
             question = {"type": "chat", "chat_id": made["data"]["id"], "question": "flood"}
             await ws.send(json.dumps({**question, "answer_mode": mode}))
@@ -123,7 +111,7 @@ async def test_a_slow_ragflow_reader_gets_the_whole_answer_in_both_modes(
             while (frame := await slowly(ws))["data"] is not True:
                 assert frame["code"] == 0, frame
                 answers.append(frame["data"]["answer"])
-        paced = await paced_count(gw) - before
+        paced = await metric_total(gw.url, "gateway_paced_replies_total") - before
         print(
             f"\nRAGFlow {mode}: {len(whole):,} characters, {len(answers)} answers; paced: {paced:.0f}"
         )
