@@ -36,7 +36,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import socketio
 from aiohttp import web
 
 from gateway import rooms
@@ -54,6 +53,7 @@ from gateway.flavours.openwebui import OpenWebUIFlavour, decode_join, decode_res
 from gateway.settings import Settings
 from gateway.transports import socketio_queue as engine
 from gateway.transports.socketio_front import FrontDoor
+from gateway.transports.socketio_guard import GuardedServer
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class SocketIOTransport:
         replies: Replies,
     ) -> None:
         transports = ["polling", "websocket"] if settings.enable_websocket_support else ["polling"]
-        self.sio = socketio.AsyncServer(
+        self.sio = GuardedServer(
             async_mode="aiohttp",
             # CORS is the shared middleware's job; [] turns Engine.IO's own off.
             cors_allowed_origins=[],
@@ -201,10 +201,11 @@ class SocketIOTransport:
             conn.opened()
         engine.end_long_poll(conn.eio_socket)
 
-    async def _on_user_join(self, sid: str, data: Any) -> dict[str, Any] | None:
+    async def _on_user_join(self, sid: str, *args: Any) -> dict[str, Any] | None:
         conn = self._conns.get(sid)
-        if conn is None:
-            return None
+        if conn is None or len(args) != 1:
+            return None  # an empty ack: Open WebUI's client sends one argument
+        data = args[0]
         if not conn.rate.allow():
             return _too_fast(conn)
         try:
@@ -217,10 +218,11 @@ class SocketIOTransport:
             conn.opened.identified(principal.user_id)
         return {"id": principal.user_id, "name": principal.name}
 
-    async def _on_chat_event(self, sid: str, data: Any) -> bool | dict[str, Any] | None:
+    async def _on_chat_event(self, sid: str, *args: Any) -> bool | dict[str, Any] | None:
         conn = self._conns.get(sid)
-        if conn is None or conn.principal is None:
-            return None
+        if conn is None or conn.principal is None or len(args) != 1:
+            return None  # an empty ack: Open WebUI's client sends one argument
+        data = args[0]
         if not conn.rate.allow():
             return _too_fast(conn)
         try:
@@ -240,7 +242,7 @@ class SocketIOTransport:
             return await self._chats.owns(conn.principal, event.chat_id)
         return True if event.type == "leave" else None
 
-    async def _ignore(self, sid: str, data: Any = None) -> None:
+    async def _ignore(self, sid: str, *args: Any) -> None:
         return None
 
     async def _resume(self, conn: Socket, principal: Principal, resume: Resume) -> dict[str, Any]:

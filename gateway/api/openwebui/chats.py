@@ -102,9 +102,24 @@ async def by_tag(request: web.Request) -> web.Response:
     chats, principal = await _context(request)
     body = await read_json(request)
     name = _name(body)
-    skip = body.get("skip", 0) if isinstance(body.get("skip"), int) else 0
-    limit = body.get("limit") if isinstance(body.get("limit"), int) else None
+    skip = _page_bound(body, "skip") or 0
+    limit = _page_bound(body, "limit")
     return web.json_response(await chats.tagged(principal, name, skip, limit))
+
+
+# The largest `skip` or `limit` a page may name (what every database's OFFSET takes).
+MAX_PAGE_BOUND = 2**31 - 1
+
+
+def _page_bound(body: dict[str, Any], key: str) -> int | None:
+    """An integer `key` of the body from 0 to MAX_PAGE_BOUND; None when it is absent or
+    not an integer (the default, as before); BadRequest outside that range."""
+    value = body.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    if not 0 <= value <= MAX_PAGE_BOUND:
+        raise BadRequest(f"{key} must be an integer from 0 to {MAX_PAGE_BOUND}")
+    return value
 
 
 async def all_tags(request: web.Request) -> web.Response:

@@ -1,0 +1,165 @@
+"""python-socketio and python-engineio, hardened against what a client gets wrong.
+
+Fuzzing the Socket.IO path over the wire (tests/security/test_fuzz_wire.py)
+found that the libraries let a malformed packet through as an exception:
+
+    a websocket text frame that is no Engine.IO packet ("x", "", "b17")
+        libraries: the error escapes Engine.IO's loop, a 500 is written onto the
+                   upgraded socket, the session is kept until its ping timeout
+        here:      the frame ends the session as a broken transport would; the
+                   client reconnects
+    a Socket.IO packet that does not decode ("4x", "42[", "49", JSON 1,000
+    deep, a 101-digit number, an empty binary frame)
+        libraries: a traceback per packet; "45" leaves a binary packet awaiting
+                   attachments, and every later packet fails
+        here:      dropped, one debug line, the half-built packet forgotten; an
+                   event that asked for an ack gets an empty one
+    an event whose name is not a string, or is reserved ("disconnect", "connect")
+        libraries: a TypeError, or our `disconnect` handler run on a socket that
+                   stays open
+        here:      dropped, as above
+    a handled event with other than one argument
+        libraries: a TypeError in a task, no ack
+        here:      an empty ack (`socketio.py`)
+    a client gone while Engine.IO closes its websocket (aiohttp cancels the handler)
+        libraries: the session is never closed: kept, with its seat and outbox,
+                   until its ping timeout
+        here:      closed all the same
+    a second CONNECT on one Engine.IO session
+        libraries: a second Socket.IO session; the first is never disconnected
+                   (its seat, outbox and lease kept for ever)
+        here:      dropped
+
+Every use of the libraries' internals (`_handle_eio_message`, `_handle_connect`,
+`_handle_event`,
+`_binary_packet`, `packet_class`, the aiohttp driver's `WebSocket`, `_async`) is
+in this module; `socketio_queue.py` holds those of the outgoing side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import engineio
+import socketio
+from engineio.async_drivers import aiohttp as engineio_aiohttp
+
+log = logging.getLogger(__name__)
+
+# Event names the protocol keeps for itself (socket.io-client refuses to emit them).
+RESERVED = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+
+
+# OPEN, CLOSE, PING, PONG, MESSAGE, UPGRADE, NOOP.
+ENGINEIO_TYPES = frozenset(range(len(engineio.packet.packet_names)))
+
+
+class _CheckedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
+    """Engine.IO's aiohttp websocket, whose frames are Engine.IO packets or nothing:
+    a frame that does not decode ends the session as a broken transport would."""
+
+    async def __call__(self, environ: Any) -> Any:
+        try:
+            return await super().__call__(environ)
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler once the client's TCP connection is gone
+            # (handler_cancellation): Engine.IO's loop may be past its last read but
+            # not yet at its session's close, which must still happen (a session
+            # left open keeps its user's seat and outbox until the ping timeout).
+            sock = getattr(self.handler, "__self__", None)
+            if sock is not None and not sock.closed:
+                reason = sock.server.reason.TRANSPORT_CLOSE
+                await asyncio.shield(sock.close(wait=False, abort=True, reason=reason))
+                sock.server.sockets.pop(sock.sid, None)
+            raise
+
+    async def wait(self) -> Any:
+        data = await super().wait()
+        try:
+            known = engineio.packet.Packet(encoded_packet=data).packet_type in ENGINEIO_TYPES
+        except Exception as exc:
+            log.debug("engine.io frame refused: %s", type(exc).__name__)
+            raise OSError("not an Engine.IO packet") from None
+        if not known:
+            log.debug("engine.io frame refused: an unknown packet type")
+            raise OSError("not an Engine.IO packet")
+        return data
+
+
+class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The driver's table is shared by every server of the process: a copy.
+        table: dict[str, Any] = getattr(self, "_async")  # noqa: B009 (untyped library)
+        self._async = {**table, "websocket": _CheckedWebSocket}
+
+
+class _Packet(socketio.packet.Packet):  # type: ignore[misc]
+    """A Socket.IO packet; an event whose arguments do not decode (JSON cut short,
+    nested past the parser, a number past 100 digits) keeps its type and ack id,
+    with no data, so that its client still gets an (empty) ack."""
+
+    def decode(self, encoded_packet: Any) -> int:
+        try:
+            return int(super().decode(encoded_packet))
+        except (ValueError, RecursionError):
+            events = (socketio.packet.EVENT, socketio.packet.BINARY_EVENT)
+            if getattr(self, "packet_type", None) not in events or self.id is None:
+                raise
+            # An event of no arguments, whatever attachments it announced (they
+            # come as packets of their own, and are refused as such).
+            self.packet_type, self.data = socketio.packet.EVENT, None
+            return 0
+
+
+class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
+    """`socketio.AsyncServer` that drops a packet it cannot make sense of (an event
+    that asked for an ack gets an empty one)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.packet_class = _Packet
+
+    def _engineio_server_class(self) -> type:
+        return _EngineIOServer
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        pending = self._binary_packet
+        if eio_sid in pending and not isinstance(data, bytes):
+            # Attachments come as binary frames: a text packet means the client
+            # will not send them; what it sends now is read as itself.
+            del pending[eio_sid]
+            log.debug("socket.io packet refused: a binary packet without its attachments")
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except Exception as exc:
+            # Whatever was half-assembled from this client is forgotten too.
+            pending.pop(eio_sid, None)
+            log.debug("socket.io packet refused: %s", type(exc).__name__)
+            return
+        awaiting = pending.get(eio_sid)
+        if awaiting is not None and not awaiting.attachment_count:
+            # A binary packet that announces no attachment would wait for ever.
+            del pending[eio_sid]
+            log.debug("socket.io packet refused: a binary packet of no attachment")
+
+    async def _handle_connect(self, eio_sid: str, namespace: Any, data: Any) -> None:
+        # A second CONNECT on one Engine.IO session would make a second Socket.IO
+        # session, the first never disconnected (its seat and outbox kept for ever).
+        if self.manager.sid_from_eio_sid(eio_sid, namespace or "/") is not None:
+            raise ValueError("connected already")
+        await super()._handle_connect(eio_sid, namespace, data)
+
+    async def _handle_event(self, eio_sid: str, namespace: Any, id: Any, data: Any) -> None:
+        named = isinstance(data, list) and bool(data) and isinstance(data[0], str)
+        if named and data[0] not in RESERVED:
+            await super()._handle_event(eio_sid, namespace, id, data)
+            return
+        if id is not None:
+            ack = self.packet_class(socketio.packet.ACK, namespace=namespace, data=[], id=id)
+            await self._send_packet(eio_sid, ack)
+        raise ValueError("an event names itself first, by a name not reserved")
