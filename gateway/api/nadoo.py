@@ -17,6 +17,7 @@ accepted, then closed 1008 "Invalid token", as Nadoo documents.
 
 from __future__ import annotations
 
+import functools
 import time
 
 from aiohttp import web
@@ -78,13 +79,8 @@ class ChatEndpoint(_NadooEndpoint):
     async def opened(self, conn: Connection) -> None:
         self.room = rooms.session(conn.user_id, self.session_id)
         await conn.join(self.room)
-        principal = conn.principal
-        assert principal is not None
-        conn.pace(
-            lambda message_id, after, chat_id: self.replies.attach(
-                principal, message_id, after, chat_id
-            )
-        )
+        assert conn.principal is not None
+        conn.pace(functools.partial(self.replies.attach, conn.principal))
         self._seat(conn, self.session_id)
         await conn.send(nadoo.connected(self.session_id, conn.user_id, time.time()))
 

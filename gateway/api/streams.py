@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncGenerator
 
@@ -75,9 +76,7 @@ async def user_events(request: web.Request) -> web.StreamResponse:
         # A reply that outgrows the stream's outbox goes on from the replay buffer.
         realtime.pace(
             outbox,
-            lambda message_id, after, chat_id: replies.attach(
-                principal, message_id, after, chat_id
-            ),
+            functools.partial(replies.attach, principal),
         )
         resuming = []
         try:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -297,9 +298,7 @@ class SocketIOTransport:
         )
         self._realtime.pace(
             conn.outbox,
-            lambda message_id, after, chat_id: self._replies.attach(
-                principal, message_id, after, chat_id
-            ),
+            functools.partial(self._replies.attach, principal),
         )
         conn.pump = asyncio.create_task(self._pump(conn, conn.outbox))
         self._realtime.seat(conn.sid, Seat("socketio", principal.user_id))

@@ -20,6 +20,7 @@ close 1008.  A bad frame: an error frame, the connection stays open.
 
 from __future__ import annotations
 
+import functools
 import time
 
 from aiohttp import web
@@ -62,13 +63,8 @@ class ChatSocket:
         seq = conn.request.query.get("seq") == "1"
         conn.state["encoder"] = codec.AnswerEncoder(self.answer_mode, seq)
         conn.realtime.seat(conn.id, Seat("ragflow", conn.user_id))
-        principal = conn.principal
-        assert principal is not None
-        conn.pace(
-            lambda message_id, after, chat_id: self.replies.attach(
-                principal, message_id, after, chat_id
-            )
-        )
+        assert conn.principal is not None
+        conn.pace(functools.partial(self.replies.attach, conn.principal))
 
     async def received(self, conn: Connection, text: str) -> None:
         question = codec.decode_ws_frame(text, self.assistant_id)
