@@ -37,6 +37,7 @@ from collections import deque
 from dataclasses import replace
 from urllib.parse import quote
 
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from gateway import jsonwire
@@ -127,40 +128,8 @@ class RedisJournal:
         self._in_flight = taken
         pipe = self._redis.pipeline(transaction=False)
         for (user_id, message_id), pending in taken.items():
-            stream = self._stream(user_id, message_id)
-            if not pending.events:
-                continue
-            if pending.events[0].seq == 0:
-                pipe.delete(stream)  # a reply run again under its id starts afresh
-                self._expiring.pop((user_id, message_id), None)
-            batch = jsonwire.dumps([event_dict(event) for event in pending.events])
-            # The entry's id is its last event's seq: trimming by id bounds the events.
-            # Not at the end (a survivor numbers a dead replica's end far ahead).
-            last = pending.events[-1].seq
-            if pending.ended_ms is None:
-                oldest = f"{max(0, last - self._max_events + 1)}-0"
-                pipe.xadd(stream, {"e": batch}, id=f"{last}-1", minid=oldest, approximate=False)
-            else:
-                pipe.xadd(stream, {"e": batch}, id=f"{last}-1")
-            ended = pending.ended_ms is not None
-            # Expiries only when they change (XADD keeps a key's TTL): at the start,
-            # at the end, and about every half RUNNING_TTL_S of a long reply.
-            now = time.monotonic()
-            key = (user_id, message_id)
-            if ended:
-                pipe.pexpire(stream, self._ttl_ms)
-                self._expiring.pop(key, None)
-            elif now >= self._expiring.get(key, 0.0):
-                pipe.pexpire(stream, int(RUNNING_TTL_S * 1000))
-                self._expiring[key] = now + RUNNING_TTL_S / 2
-            index = self._index(user_id)
-            if pending.started_ms is not None:
-                start = {"c": pending.chat_id, "s": pending.started_ms}
-                pipe.hset(index, message_id, jsonwire.dumps(start))
-            if ended:
-                pipe.hset(index, ENDED + message_id, str(pending.ended_ms))
-            if pending.started_ms is not None or ended:
-                pipe.pexpire(index, int(RUNNING_TTL_S * 1000))
+            if pending.events:
+                self._queue(pipe, user_id, message_id, pending)
         try:
             results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError):
@@ -175,6 +144,41 @@ class RedisJournal:
             # retried: it would be refused for ever and hold up every other.
             self._refused.note(error=str(refused[0])[:200])
         return True
+
+    def _queue(self, pipe: Pipeline, user_id: str, message_id: str, pending: _Pending) -> None:
+        """One reply's pending events, and its expiries and index entries, into `pipe`."""
+        stream = self._stream(user_id, message_id)
+        if pending.events[0].seq == 0:
+            pipe.delete(stream)  # a reply run again under its id starts afresh
+            self._expiring.pop((user_id, message_id), None)
+        batch = jsonwire.dumps([event_dict(event) for event in pending.events])
+        # The entry's id is its last event's seq: trimming by id bounds the events.
+        # Not at the end (a survivor numbers a dead replica's end far ahead).
+        last = pending.events[-1].seq
+        if pending.ended_ms is None:
+            oldest = f"{max(0, last - self._max_events + 1)}-0"
+            pipe.xadd(stream, {"e": batch}, id=f"{last}-1", minid=oldest, approximate=False)
+        else:
+            pipe.xadd(stream, {"e": batch}, id=f"{last}-1")
+        ended = pending.ended_ms is not None
+        # Expiries only when they change (XADD keeps a key's TTL): at the start,
+        # at the end, and about every half RUNNING_TTL_S of a long reply.
+        now = time.monotonic()
+        key = (user_id, message_id)
+        if ended:
+            pipe.pexpire(stream, self._ttl_ms)
+            self._expiring.pop(key, None)
+        elif now >= self._expiring.get(key, 0.0):
+            pipe.pexpire(stream, int(RUNNING_TTL_S * 1000))
+            self._expiring[key] = now + RUNNING_TTL_S / 2
+        index = self._index(user_id)
+        if pending.started_ms is not None:
+            start = {"c": pending.chat_id, "s": pending.started_ms}
+            pipe.hset(index, message_id, jsonwire.dumps(start))
+        if ended:
+            pipe.hset(index, ENDED + message_id, str(pending.ended_ms))
+        if pending.started_ms is not None or ended:
+            pipe.pexpire(index, int(RUNNING_TTL_S * 1000))
 
     def _put_back(self, taken: dict[tuple[str, str], _Pending]) -> None:
         for key, pending in taken.items():

@@ -43,6 +43,20 @@ def now_s() -> int:
     return int(time.time())
 
 
+def new_chat(user_id: str, model: str) -> ChatRecord:
+    """A chat record not stored yet, titled "New Chat", for `model`."""
+    created = now_s()
+    return ChatRecord(
+        id=str(uuid.uuid4()),
+        user_id=user_id,
+        title=DEFAULT_TITLE,
+        current_id=None,
+        created_at=created,
+        updated_at=created,
+        extra={"timestamp": created * 1000, "models": [model]},
+    )
+
+
 def _history_of_request(chat_obj: Mapping[str, Any]) -> dict[str, Any]:
     """The history a client sent; older clients send only the flat `messages` list."""
     history = chat_obj.get("history")

@@ -60,6 +60,9 @@ async def reply_events(
     prompt_chars: int,
     split_reasoning: bool = False,
 ) -> AsyncGenerator[Event, None]:
+    # One generator for the whole reply, its loop inline: this runs once per
+    # upstream chunk of every reply, and a helper call or a list per chunk
+    # showed in the benches (bench/RESULTS.md, renovation step 4).
     started_wall = time.time()
     started = time.monotonic()
     seq = 0
@@ -106,16 +109,9 @@ async def reply_events(
         content = "".join(parts)
     if usage is None:
         usage = Usage(estimate_tokens(prompt_chars), estimate_tokens(len(content)), estimated=True)
-    seq += 1
+    elapsed = time.monotonic() - started
     yield ReplyFinished(
-        chat_id,
-        message_id,
-        seq,
-        content,
-        usage,
-        finish_reason,
-        time.monotonic() - started,
-        output=output,
+        chat_id, message_id, seq + 1, content, usage, finish_reason, elapsed, output=output
     )
 
 

@@ -30,7 +30,7 @@ from gateway import rooms
 from gateway.bus import Replicas
 from gateway.chat import tree
 from gateway.chat.background import Background
-from gateway.chat.chats import DEFAULT_TITLE, ChatBook, now_s, title_for
+from gateway.chat.chats import ChatBook, new_chat, now_s, title_for
 from gateway.chat.reply import reply_events
 from gateway.chat.runner import Opening, ReplyRunner, counted, refused
 from gateway.chat.running import Running, RunningReplies
@@ -38,10 +38,10 @@ from gateway.chat.shapes import history_of, message_record
 from gateway.chat.slots import ReplySlots
 from gateway.chat.turns import (
     check_reply_into,
+    conversation_for,
     new_placeholder,
     plan_turn,
     reanswer,
-    unanswered,
 )
 from gateway.commands import Ask, ReplyTarget, Say
 from gateway.edge.auth import Principal
@@ -216,7 +216,7 @@ class ChatService:
             if isinstance(parent_id, str) and parent_id in messages
             else []
         )
-        conversation = self._conversation(path, ask.messages)
+        conversation = conversation_for(path, ask.messages)
         record = message_record(chat.id, placeholder)
         chat.current_id = record.id
         chat.updated_at = now_s()
@@ -250,7 +250,7 @@ class ChatService:
         if ask.temporary:
             return self._start_temporary(principal, ask)
         if ask.chat_id is None:
-            chat, history = self._new_chat(principal, ask.model), _empty_history()
+            chat, history = new_chat(principal.user_id, ask.model), _empty_history()
         else:
             chat, history = await self._chat_and_history(principal, ask.chat_id)
         return await self._answer_turn(chat, history, ask, new=ask.chat_id is None, tasks=tasks)
@@ -268,7 +268,7 @@ class ChatService:
         the chat's current message (or starts a new chat) and is answered."""
         model = await self.pick_model(say.model)
         if say.chat_id is None:
-            chat, history = self._new_chat(principal, model), _empty_history()
+            chat, history = new_chat(principal.user_id, model), _empty_history()
         else:
             chat, history = await self._chat_and_history(principal, say.chat_id)
         now = now_s()
@@ -302,18 +302,6 @@ class ChatService:
             raise UpstreamError("No model is available: configure OPENAI_API_BASE_URL")
         return known[0]
 
-    def _new_chat(self, principal: Principal, model: str) -> ChatRecord:
-        created = now_s()
-        return ChatRecord(
-            id=str(uuid.uuid4()),
-            user_id=principal.user_id,
-            title=DEFAULT_TITLE,
-            current_id=None,
-            created_at=created,
-            updated_at=created,
-            extra={"timestamp": created * 1000, "models": [model]},
-        )
-
     async def _chat_and_history(
         self, principal: Principal, chat_id: str
     ) -> tuple[ChatRecord, dict[str, Any]]:
@@ -345,7 +333,7 @@ class ChatService:
             self._slots.release(chat.user_id, len(turn.replies))
             raise
         path = tree.path_to(turn.history, turn.question_id) if turn.question_id else []
-        conversation = self._conversation(path, ask.messages)
+        conversation = conversation_for(path, ask.messages)
         by_id = {record.id: record for record in records}
         # A title the model writes replaces the question's first words, when asked for.
         title = None if "title_generation" in tasks else title_for(chat, turn.history)
@@ -401,26 +389,6 @@ class ChatService:
             user_id=chat.user_id,
             parent_id=record.parent_id,
         )
-
-    def _conversation(
-        self, path: list[dict[str, Any]], requested: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """What the model sees: the path root → user message, and the request's system prompt.
-
-        An assistant message with no answer (failed before any text, stopped at
-        once, still a placeholder) is left out, as Open WebUI leaves it out
-        (`load_messages_from_db`): never `{"role": "assistant", "content": ""}`."""
-        turns = [
-            {"role": m.get("role"), "content": m.get("content") or ""}
-            for m in path
-            if m.get("role") in ("system", "user", "assistant") and not unanswered(m)
-        ]
-        if not any(t["role"] == "user" for t in turns):
-            return list(requested)
-        if not any(t["role"] == "system" for t in turns):
-            systems = [dict(m) for m in requested if m.get("role") == "system"]
-            turns = systems + turns
-        return turns
 
     # -- running a reply ---------------------------------------------------------
     def _run(

@@ -77,6 +77,27 @@ def unanswered(message: Mapping[str, Any]) -> bool:
     return not content or (isinstance(content, str) and not content.strip())
 
 
+def conversation_for(
+    path: list[dict[str, Any]], requested: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """What the model sees: the path root → user message, and the request's system prompt.
+
+    An assistant message with no answer (failed before any text, stopped at
+    once, still a placeholder) is left out, as Open WebUI leaves it out
+    (`load_messages_from_db`): never `{"role": "assistant", "content": ""}`."""
+    turns = [
+        {"role": m.get("role"), "content": m.get("content") or ""}
+        for m in path
+        if m.get("role") in ("system", "user", "assistant") and not unanswered(m)
+    ]
+    if not any(t["role"] == "user" for t in turns):
+        return list(requested)
+    if not any(t["role"] == "system" for t in turns):
+        systems = [dict(m) for m in requested if m.get("role") == "system"]
+        turns = systems + turns
+    return turns
+
+
 def check_answers(existing: Mapping[str, Any], question_id: str | None) -> None:
     """An existing message a reply would be written into must be an assistant message
     under the question being answered (`None`: any question will do); anything else

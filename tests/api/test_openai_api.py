@@ -453,7 +453,7 @@ def test_replies_reuse_the_connection_to_the_model_server(
             model=model, messages=messages, stream=True
         )
         assert collect(stream)[0] == reply_text(model, messages)
-        time.sleep(0.15)  # the connection is handed back once the upstream's body ended
+        time.sleep(0.5)  # the connection is handed back once the upstream's body ended
     peers = {record.peer for record in fake_upstream.requests_for(marker)}
     assert len(fake_upstream.requests_for(marker)) == 5
     assert len(peers) == 1, peers
