@@ -316,12 +316,13 @@ async def _accounts(app: web.Application) -> AsyncIterator[None]:
         if settings.jwt_public_key_file
         else None
     )
-    authenticator = Authenticator(
-        secret_key(settings), StoreDirectory(store, settings.api_keys), public_key
-    )
+    directory = StoreDirectory(store, settings.api_keys, settings.access_recheck_s)
+    authenticator = Authenticator(secret_key(settings), directory, public_key)
 
     async def stop_replies_of(user_id: str) -> None:
-        # A removed user's replies on this replica (each replica polls).
+        # A removed user: refused from now on, and their replies on this replica
+        # stopped (each replica polls).
+        directory.forget(user_id)
         for running in list(service.replies.running.values()):
             if running.user_id == user_id:
                 await service.replies.cancel(running)

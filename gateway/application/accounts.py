@@ -7,6 +7,14 @@ store exists: a verified JWT for an unknown id creates that user (role
 `user`, name from the `name` claim), API keys are looked up by their hash,
 and keys from `GATEWAY_API_KEYS` still work (their users are created on
 first use too).
+
+A JWT's principal (id, name, role: none of them changes while the user
+exists) is remembered for `remember_s`, the access recheck's period, so a
+busy user's requests do not each wait for a store read (bench/RESULTS.md,
+"Levers").  Removal is the one change that matters, and it is seen no later
+than before: `forget` runs where the access guard learns of a removal (at
+once on the replica that removed, at its next recheck on the others), which
+is when that replica's open sockets of the user are closed too.
 """
 
 from __future__ import annotations
@@ -40,13 +48,27 @@ def principal_for(user: UserRecord) -> Principal:
 KEY_USE_WRITE_S = 60.0
 # Keys whose last write is remembered (least recently used forgotten first).
 MAX_REMEMBERED_KEYS = 10_000
+# Users whose principal is remembered (oldest forgotten first; LIMITS.md).
+MAX_REMEMBERED_USERS = 10_000
 
 
 class StoreDirectory:
-    def __init__(self, store: UserStore, static_keys: Mapping[str, str]) -> None:
+    def __init__(
+        self, store: UserStore, static_keys: Mapping[str, str], remember_s: float = 0.0
+    ) -> None:
         self.store = store
         self._static = {hash_api_key(key): user for key, user in static_keys.items()}
         self._used: OrderedDict[str, float] = OrderedDict()
+        self._remember_s = remember_s
+        # user id → (read at, principal); `_forgotten` counts removals seen, so a
+        # read that overlapped one is not remembered.
+        self._principals: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+        self._forgotten = 0
+
+    def forget(self, user_id: str) -> None:
+        """`user_id` was removed: read it again (and refuse it) from now on."""
+        self._forgotten += 1
+        self._principals.pop(user_id, None)
 
     async def _note_use(self, digest: str) -> None:
         now = time.monotonic()
@@ -60,10 +82,21 @@ class StoreDirectory:
         await self.store.key_used(digest, int(time.time() * 1000))
 
     async def principal_for_jwt(self, user_id: str, claims: Mapping[str, Any]) -> Principal:
+        now = time.monotonic()
+        remembered = self._principals.get(user_id)
+        if remembered is not None and now - remembered[0] < self._remember_s:
+            return remembered[1]
+        forgotten = self._forgotten
         user = await self.store.get_user(user_id)
         if user is None:
             user = await self._create_jit(user_id, str(claims.get("name") or user_id))
-        return principal_for(user)
+        principal = principal_for(user)
+        if self._remember_s > 0 and forgotten == self._forgotten:
+            self._principals.pop(user_id, None)
+            self._principals[user_id] = (now, principal)
+            while len(self._principals) > MAX_REMEMBERED_USERS:
+                self._principals.popitem(last=False)
+        return principal
 
     async def _refuse_removed(self, user_id: str) -> None:
         # A removed user's tokens may still be valid JWTs: they must not make

@@ -149,7 +149,7 @@ class Settings(BaseModel):
         2.0,
         gt=0,
         description="seconds between checks for removed users and revoked keys, whose open "
-        "connections are then closed",
+        "connections are then closed; also how long a signed-in user's details are reused",
     )
     ragflow_sse_answer_mode: Literal["cumulative", "delta"] = Field(
         "cumulative",
