@@ -83,9 +83,9 @@ def _pip(venv: Path, args: list[str], log: Path) -> None:
 def _torch_resolves_to_cpu(venv: Path) -> bool:
     """What `pip install torch==2.13.0` would install, asked without installing:
     True when it is a `+cpu` build and brings no `nvidia-*` package."""
+    python = str(venv / "bin" / "python")
     report = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--dry-run", "--quiet"]
-        + ["--report", "-", TORCH],
+        [python, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", TORCH],
         capture_output=True,
         text=True,
         check=False,
@@ -191,9 +191,7 @@ def start(
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "open-webui.log"
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith("VIRTUAL_ENV")
-    }
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VIRTUAL_ENV")}
     env.update(environment(port, upstream_url, data_dir))
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -3,7 +3,9 @@ listens — by `gateway serve` and by `gateway check-config` alike — each
 failure one `SettingsError` line that names the setting and the fix.
 
     prepare(loaded)       the data dir (created only if its parent exists), a
-                          sqlite:/// file's directory, the JWT public key
+                          sqlite:/// file's directory, the JWT public key, the
+                          event loop
+    loop_factory(loaded)  the event loop `serve` runs on (uvloop's, or asyncio's)
     signing_key(loaded)   the key tokens are signed with, and where it came from
     bind_error(loaded, e) what an OSError from listening means, as one line
     probe_bind(loaded)    check-config: can the address be listened on?
@@ -18,6 +20,7 @@ import asyncio
 import errno
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +53,24 @@ def prepare(loaded: Loaded, *, create: bool = True) -> None:
             raise loaded.error("database_url", f"{path} exists and is not a file")
     if settings.jwt_public_key_file is not None:
         _public_key(loaded, settings.jwt_public_key_file)
+    loop_factory(loaded)
+
+
+def loop_factory(loaded: Loaded) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop, unless asyncio's is asked for, or uvloop is missing and `auto`
+    was (None: asyncio's)."""
+    choice = loaded.settings.event_loop
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise loaded.error(
+                "event_loop", "uvloop is not installed: pip install uvloop, or use auto"
+            ) from None
+        return None
+    return uvloop.new_event_loop
 
 
 def _writable_dir(

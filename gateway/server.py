@@ -40,9 +40,10 @@ SHUTDOWN_TIMEOUT_S = 5.0
 
 def serve(loaded: Loaded) -> int:
     """Run until SIGINT or SIGTERM; `SettingsError` for a start that cannot succeed."""
+    factory = preflight.loop_factory(loaded)
     # Ctrl-C before the signal handlers are in place: stop quietly all the same.
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(loaded))
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_serve(loaded))
     return 0
 
 
@@ -59,10 +60,11 @@ async def _serve(loaded: Loaded) -> None:
     runner = await _opened(loaded)
     await _listening(loaded, runner, max_connections)
     log.info(
-        "gateway listening on http://%s:%d (data dir %s)",
+        "gateway listening on http://%s:%d (data dir %s, event loop %s)",
         settings.host if ":" not in settings.host else f"[{settings.host}]",
         _bound_port(runner, settings.port),
         settings.data_dir.resolve(),
+        type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

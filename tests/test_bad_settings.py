@@ -59,6 +59,7 @@ CASES = [
     Case("port flag out of range", "--port 70000", args=["--port", "70000"]),
     Case("port flag not a number", "argument --port", args=["--port", "abc"], commands=("serve",)),
     Case("port variable", "GATEWAY_PORT='eighty'", {"GATEWAY_PORT": "eighty"}),
+    Case("event loop unknown", "GATEWAY_EVENT_LOOP='trio'", {"GATEWAY_EVENT_LOOP": "trio"}),
     Case("Open WebUI's PORT", "PORT='-1'", {"PORT": "-1"}),
     Case("host not a host", "GATEWAY_HOST='not a host'", {"GATEWAY_HOST": "not a host"}),
     Case(

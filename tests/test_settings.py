@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import jwt
@@ -18,7 +20,7 @@ import pytest
 from gateway import __version__
 from gateway.cli.logs import ExtraFormatter
 from gateway.edge import redact
-from gateway.settings import read
+from gateway.settings import SettingsError, read
 
 PASSWORD = "pw-Secret-4711"
 
@@ -268,3 +270,43 @@ def test_check_config_connect_reaches_each_service(tmp_path: Path, fake_upstream
     )
     assert missing_v1.returncode == 2
     assert "answered HTTP 404; is /v1 missing from the URL?" in missing_v1.stderr
+
+
+# -- the event loop ---------------------------------------------------------------------
+@pytest.mark.parametrize("choice", ["asyncio", "auto"])
+def test_the_event_loop_is_the_one_asked_for(tmp_path: Path, choice: str) -> None:
+    """auto is uvloop (locked, and installed here); asyncio is the standard library's.
+    The whole suite runs the gateway on auto; this runs one on asyncio to its answer."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", "0"],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "GATEWAY_EVENT_LOOP": choice},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    with proc.stderr:
+        try:
+            line = proc.stderr.readline()
+            port = int(line.split("http://127.0.0.1:")[1].split(" ")[0])
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as resp:
+                pytest.fail(f"answered {resp.status} without a token")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    expected = "uvloop" if choice == "auto" else "asyncio"
+    assert line.rstrip().endswith(f"event loop {expected})"), line
+
+
+def test_uvloop_asked_for_and_missing_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import preflight
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    with pytest.raises(SettingsError) as refused:
+        preflight.loop_factory(read(environ={"GATEWAY_EVENT_LOOP": "uvloop"}))
+    assert str(refused.value) == (
+        "GATEWAY_EVENT_LOOP='uvloop': uvloop is not installed: pip install uvloop, or use auto"
+    )
+    assert preflight.loop_factory(read(environ={"GATEWAY_EVENT_LOOP": "auto"})) is None
