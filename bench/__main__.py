@@ -5,6 +5,9 @@ relay of each flavour, measured in the same run.
     python -m bench --quick         # small loads, about three minutes: a smoke run
     python -m bench --only idle,flavours
     python -m bench --publish       # also into bench/results/latest/ (the README's plots)
+    python -m bench --peer openwebui  # also Open WebUI 0.12.4 in the web app section
+                                      # (installed into its own virtualenv on first use,
+                                      # about 3 GB: never part of the test command)
 
 Sections, each a module of its own that also runs alone (`python -m bench.<module>`):
 
@@ -14,6 +17,12 @@ Sections, each a module of its own that also runs alone (`python -m bench.<modul
                                       CPU per chunk at many
     concurrency   bench_sse.py        OpenAI SSE, CPU per chunk from 1 to 200 streams
     idle          bench_idle.py       memory per idle connection, to 10,000
+    disconnect    bench_disconnect.py a client gone mid-reply: time until the
+                                      model server's request is closed
+    webapp        bench_webapp.py     the web app's turn, 50 users at once on one
+                                      Socket.IO each: the gateway against a trivial
+                                      python-socketio server (the client's share)
+                                      and, with --peer openwebui, Open WebUI
 
 It writes bench/results/<date-time>/report.json (every sample, the machine, the
 date) and the PNG plots of `bench/report.py`, prints the table of results
@@ -64,18 +73,37 @@ def _idle(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
     return bench_idle.measure(quick=quick, progress=progress)
 
 
+def _disconnect(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    from bench import bench_disconnect
+
+    return bench_disconnect.measure(replies=10 if quick else 30, progress=progress)
+
+
+def _webapp(
+    quick: bool, progress: Callable[[str], None], peer: str | None = None
+) -> dict[str, Any]:
+    from bench import bench_webapp
+
+    return bench_webapp.measure(quick=quick, progress=progress, peer=peer)
+
+
 SECTIONS: dict[str, tuple[int, Measure]] = {
     "flavours": (25, _flavours),
     "concurrency": (15, _concurrency),
     "idle": (33, _idle),
+    "disconnect": (1, _disconnect),
+    "webapp": (4, _webapp),
 }
+# Sections that run a peer (`--peer`) beside the gateway.
+PEERED = {"webapp": _webapp}
 
 
-def run(names: list[str], quick: bool, out: Path) -> dict[str, Any]:
+def run(names: list[str], quick: bool, out: Path, peer: str | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
         "quick": quick,
+        "peer": peer,
         "sections": {},
         "seconds": {},
     }
@@ -93,7 +121,10 @@ def run(names: list[str], quick: bool, out: Path) -> dict[str, Any]:
                     done += 1
 
             started = time.monotonic()
-            report["sections"][name] = measure(quick, progress)
+            if name in PEERED:
+                report["sections"][name] = PEERED[name](quick, progress, peer)
+            else:
+                report["sections"][name] = measure(quick, progress)
             report["seconds"][name] = round(time.monotonic() - started, 1)
             bar.update(steps - done)  # a section that reported fewer steps
     out.mkdir(parents=True, exist_ok=True)
@@ -109,6 +140,12 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="directory for the report")
     parser.add_argument(
+        "--peer",
+        choices=["openwebui"],
+        default=None,
+        help="also run Open WebUI 0.12.4 in the webapp section (about 3 GB on first use)",
+    )
+    parser.add_argument(
         "--publish", action="store_true", help="also copy it all to bench/results/latest/"
     )
     args = parser.parse_args()
@@ -117,7 +154,7 @@ def main() -> None:
     if unknown or not names:
         parser.error(f"unknown section {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     out = args.out or RESULTS / time.strftime("%Y-%m-%d-%H%M")
-    report = run(names, args.quick, out)
+    report = run(names, args.quick, out, args.peer)
     made = reports.plots(report, out)
     print(reports.table(report))
     print(f"\nreport and plots: {out}/ ({', '.join(p.name for p in made)}, report.json)")

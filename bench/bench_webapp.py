@@ -1,6 +1,7 @@
 """The same client, N users: the web app's new-chat turn on three servers.
 
     python -m bench.bench_webapp [--quick] [--users 50] [--peer openwebui] [--json]
+                                 [--flow webapp|chats-new]
 
 N users (50; 10 with --quick), each a python-socketio client on /ws/socket.io
 (websocket transport, `auth={"token": …}`, then `user-join` as the web app
@@ -30,15 +31,17 @@ Targets, one after the other in one run, in front of the same paced upstream
                `bench.servers.flavour_relay_app` (answers the POST at once, reads the
                upstream, emits `chat:message:delta` per delta and `chat:completion`
                to the socket), plus `/api/models` and `/api/v1/chats/new`; run as
-               `python -m bench.bench_webapp --serve-trivial PORT UPSTREAM_URL`.
+               `python -m bench.bench_webapp --serve-trivial PORT UPSTREAM_URL`, on
+               the gateway's event loop (uvloop's unless GATEWAY_EVENT_LOOP=asyncio).
                Its TTFT is the client's and the upstream's share;
 * `gateway`  — `bench.common.start_gateway`; users are JWTs `{"id": "bench-<run>-<i>"}`
                signed with the bench secret;
 * `openwebui` — Open WebUI 0.12.4 (`bench.peer_openwebui`), only with
                `--peer openwebui`; users signed up on it.
 
-Per target: one warm-up round (first chats, caches, connections), then the
-measured round:
+Each server is started when its turn comes and stopped once measured, so the
+next one has the machine to itself (but for the idle upstream).  Per target:
+one warm-up round (first chats, caches, connections), then the measured round:
 
 * `complete`   — replies whose text equals the upstream's whole reply (the streamed
                  deltas exactly, the final content up to surrounding whitespace),
@@ -679,10 +682,9 @@ def measure(
             for q in ("p50", "p99")
         }
     result["cpu_openwebui_over_gateway"] = None
-    if "openwebui" in targets and gateway_row and gateway_row["cpu_ms_per_reply"]:
-        result["cpu_openwebui_over_gateway"] = round(
-            targets["openwebui"]["cpu_ms_per_reply"] / gateway_row["cpu_ms_per_reply"], 2
-        )
+    peer_cpu = targets["openwebui"]["cpu_ms_per_reply"] if "openwebui" in targets else None
+    if peer_cpu is not None and gateway_row and gateway_row["cpu_ms_per_reply"]:
+        result["cpu_openwebui_over_gateway"] = round(peer_cpu / gateway_row["cpu_ms_per_reply"], 2)
     return result
 
 
@@ -708,6 +710,8 @@ def trivial_app(upstream: str) -> web.Application:
 
 
 def serve_trivial(port: int, upstream: str) -> None:
+    from bench.servers import event_loop
+
     web.run_app(
         trivial_app(upstream),
         host="127.0.0.1",
@@ -715,6 +719,7 @@ def serve_trivial(port: int, upstream: str) -> None:
         print=None,
         access_log=None,
         backlog=1024,
+        loop=event_loop(),
     )
 
 
@@ -741,14 +746,14 @@ def table(result: dict[str, Any]) -> list[str]:
                 f"{row['ttft_p99_ms'] - trivial['ttft_p99_ms']:+.1f}"
             )
         ratio = "–"
-        if gateway and gateway["cpu_ms_per_reply"]:
+        if gateway and gateway["cpu_ms_per_reply"] and row["cpu_ms_per_reply"] is not None:
             ratio = f"×{row['cpu_ms_per_reply'] / gateway['cpu_ms_per_reply']:.2f}"
         wire = row["wire_bytes_per_reply"]
         lines.append(
             f"| {row['label']} | {row['users']} | {row['complete']} / {row['users']} "
             f"| {_num(row['ttft_p50_ms'])} / {_num(row['ttft_p99_ms'])} | {share} "
             f"| {_num(row['cpu_ms_per_reply'], 2)} | {ratio} | {_num(row['rss_mb'])} "
-            f"| {'–' if wire is None else f'{wire:,}'} | {row['events_per_reply']} |"
+            f"| {'–' if wire is None else f'{wire:,}'} | {_num(row['events_per_reply'])} |"
         )
     return lines
 

@@ -9,6 +9,8 @@ in the same run (the machines are shared and noisy).
     concurrency   bench_sse.py          cpu_per_chunk.png (OpenAI SSE, CPU per chunk
                                         against concurrent streams)
     idle          bench_idle.py         memory.png (RSS against idle connections)
+    disconnect    bench_disconnect.py   (a row of the table only)
+    webapp        bench_webapp.py       webapp_ttft.png (TTFT CDF per server, N users)
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ ADDED_TTFT_MS = 0.5  # gateway p50 − relay p50 at one stream, every flavour
 CPU_RATIO = 1.15  # gateway ÷ relay, CPU per chunk at the highest level
 KB_PER_CONNECTION = {"websocket": 16.0, "socketio": 32.0}
 IDLE_CONNECTIONS = 10_000
+CLOSED_MS = 50.0  # client gone → the model server's request closed
+WEBAPP_TTFT_P99_MS = 50.0  # the web app's turn, N users at once: the gateway's p99
+WEBAPP_CPU_BELOW_OPENWEBUI = 25.0  # Open WebUI's CPU per reply ÷ the gateway's, at least
 
 FLAVOURS = ("openai-sse", "ragflow-sse", "ragflow-ws", "nadoo-ws", "socketio")
 # One colour per path (and transport) in every plot.
 COLOURS = {"direct": "tab:grey", "relay": "tab:blue", "gateway": "tab:orange",
-           "baseline": "tab:blue", "websocket": "tab:orange", "socketio": "tab:green"}  # fmt: skip
+           "baseline": "tab:blue", "websocket": "tab:orange", "socketio": "tab:green",
+           "trivial": "tab:blue", "openwebui": "tab:red"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,19 @@ def rows(report: dict[str, Any]) -> list[Row]:
         found += _concurrency_rows(sections["concurrency"])
     if "idle" in sections:
         found += _idle_rows(sections["idle"], report.get("quick", False))
+    if "webapp" in sections:
+        found += _webapp_rows(sections["webapp"])
+    if "disconnect" in sections:
+        section = sections["disconnect"]
+        found.append(
+            Row(
+                "openai-sse: client gone → upstream request closed, worst of "
+                f"{section['replies']}",
+                f"{section['closed_max_ms']:.1f} ms (p50 {section['closed_p50_ms']:.1f})",
+                f"< {CLOSED_MS:.0f} ms",
+                section["closed_max_ms"] < CLOSED_MS,
+            )
+        )
     return found
 
 
@@ -155,6 +174,43 @@ def _idle_rows(section: dict[str, Any], quick: bool) -> list[Row]:
     return found
 
 
+def _webapp_rows(section: dict[str, Any]) -> list[Row]:
+    users, targets = section["users"], section["targets"]
+    found = []
+    for name, row in targets.items():
+        label = f"web app, {users} users, {row['label']}"
+        whole = row["complete"] == users
+        found.append(
+            Row(f"{label}: replies complete in 60 s", f"{row['complete']}/{users}",
+                f"{users}/{users}" if name == "gateway" else "", whole if name == "gateway" else None)
+        )  # fmt: skip
+        if row["ttft_p50_ms"] is None:
+            continue
+        p99 = row["ttft_p99_ms"]
+        measured = f"{row['ttft_p50_ms']:,.1f} / {p99:,.1f} ms"
+        share = section.get("gateway_share_ms")
+        if name == "gateway" and share:
+            measured += f" (the gateway's share {share['p50']:+.1f} / {share['p99']:+.1f})"
+        found.append(
+            Row(f"{label}: TTFT p50 / p99", measured,
+                f"p99 < {WEBAPP_TTFT_P99_MS:.0f} ms" if name == "gateway" else "",
+                p99 < WEBAPP_TTFT_P99_MS if name == "gateway" else None)
+        )  # fmt: skip
+        if row["cpu_ms_per_reply"] is not None:
+            found.append(
+                Row(f"{label}: server CPU per reply, memory after",
+                    f"{row['cpu_ms_per_reply']:.1f} ms, {row['rss_mb']:.0f} MB", "", None)
+            )  # fmt: skip
+    ratio = section.get("cpu_openwebui_over_gateway")
+    if ratio is not None:
+        found.append(
+            Row(f"web app, {users} users: Open WebUI's CPU per reply ÷ the gateway's",
+                f"×{ratio:.1f}", f"≥ ×{WEBAPP_CPU_BELOW_OPENWEBUI:.0f}",
+                ratio >= WEBAPP_CPU_BELOW_OPENWEBUI)
+        )  # fmt: skip
+    return found
+
+
 def table(report: dict[str, Any]) -> str:
     lines = [
         f"Benchmarks of {report['date']} on {report['machine']}"
@@ -183,6 +239,8 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
         made.append(_cpu_per_chunk(sections["concurrency"], out / "cpu_per_chunk.png", stamp))
     if "idle" in sections:
         made.append(_memory(sections["idle"], out / "memory.png", stamp))
+    if "webapp" in sections:
+        made.append(_webapp_ttft(sections["webapp"], out / "webapp_ttft.png", stamp))
     return made
 
 
@@ -284,3 +342,20 @@ def _memory(section: dict[str, Any], path: Path, stamp: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path, "Memory against idle connections, one process", stamp)
+
+
+def _webapp_ttft(section: dict[str, Any], path: Path, stamp: str) -> Path:
+    fig, (ax,) = _figure()
+    for name, row in section["targets"].items():
+        samples = sorted(row.get("ttft_ms") or [])
+        if not samples:
+            continue
+        ys = [(i + 1) / len(samples) for i in range(len(samples))]
+        ax.step(samples, ys, where="post", label=row["label"], color=COLOURS.get(name))
+    ax.set_xscale("log")
+    ax.set_xlabel("time to first token, ms (log scale)")
+    ax.set_ylabel("share of replies")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    title = f"The web app's turn, {section['users']} users at once: time to first token"
+    return _save(fig, path, title, stamp)

@@ -13,6 +13,8 @@ for "CPU per chunk".  The emit loop is the least a Socket.IO server can do:
 on a client's `start`, emit DELTAS Open WebUI `events` to it DELAY_S apart
 with `AsyncServer.emit`, then one end event.
 
+Every one of them runs on the event loop the gateway runs on (`event_loop`).
+
 The flavour relay is the bare relay of every flavour of the gateway, in one
 process (`bench.bench_flavours`): it reads the upstream's SSE and writes each
 delta in the flavour's own frame and transport, nothing more (no auth, no
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -52,28 +55,44 @@ def upstream_app(deltas: int, delay_s: float) -> web.Application:
         data = [{"id": "bench", "object": "model", "created": 0, "owned_by": "bench"}]
         return web.json_response({"object": "list", "data": data})
 
+    # When the request whose last message was a `closed:` marker lost its client
+    # (time.monotonic(), the machine's clock: `bench.bench_disconnect` reads it).
+    closed: dict[str, float] = {}
+
     async def completions(request: web.Request) -> web.StreamResponse:
-        await request.read()
+        body = await request.read()
+        marker = ""
+        if b'"closed:' in body:
+            marker = json.loads(body)["messages"][-1]["content"]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         head = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "bench"}
-        for index in range(deltas):
-            await asyncio.sleep(delay_s)
-            chunk = {
-                **head,
-                "choices": [
-                    {"index": 0, "delta": {"content": f"tok{index} "}, "finish_reason": None}
-                ],
-            }
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        try:
+            for index in range(deltas):
+                await asyncio.sleep(delay_s)
+                chunk = {
+                    **head,
+                    "choices": [
+                        {"index": 0, "delta": {"content": f"tok{index} "}, "finish_reason": None}
+                    ],
+                }
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        except (asyncio.CancelledError, ConnectionResetError):
+            if marker:  # the handler is cancelled as the connection is lost
+                closed[marker] = time.monotonic()
+            raise
         done = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         await response.write(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
         await response.write_eof()
         return response
 
+    async def closed_at(request: web.Request) -> web.Response:
+        return web.json_response(closed.pop(request.match_info["marker"], None))
+
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_get("/bench/closed/{marker}", closed_at)
     return app
 
 
@@ -294,7 +313,31 @@ def main() -> None:
         app = flavour_relay_app(sys.argv[3])
     else:
         app = relay_app(sys.argv[3])
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, backlog=1024)
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=port,
+        print=None,
+        access_log=None,
+        backlog=1024,
+        loop=event_loop(),
+        # A client gone cancels its handler at once (the upstream notes when).
+        handler_cancellation=True,
+    )
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """The loop the gateway runs on by default (`GATEWAY_EVENT_LOOP=auto`: uvloop's
+    where it is installed), so a baseline and the gateway differ in their code, not
+    in their event loop; `GATEWAY_EVENT_LOOP=asyncio` runs both on asyncio's."""
+    if os.environ.get("GATEWAY_EVENT_LOOP", "auto") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 if __name__ == "__main__":

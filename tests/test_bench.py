@@ -1,6 +1,6 @@
 """`python -m bench` keeps working: its table and plots from a report of every section
-(made up here, so the check is fast and exact), and one real section run end to end
-(the OpenAI SSE concurrency sweep, quick) into a report and a plot.
+(made up here, so the check is fast and exact), and two real sections run end to end
+(the OpenAI SSE concurrency sweep and the web app's turn, quick) into a report and plots.
 
 No figure is asserted: benchmarks are read by people, as ratios against the
 baselines measured in the same run (bench/RESULTS.md), never as timed tests."""
@@ -55,6 +55,18 @@ def made_up() -> dict[str, Any]:
                     "socketio": {"connections": [0, 10_000], "rss_mb": [90.0, 500.0], "kb_per_connection": 42.0, "opened": 9_990, "failed": 10},
                 },
             },
+            "webapp": {
+                "users": 50, "flow": "webapp", "upstream": {"deltas": 49, "delay_ms": 20.0},
+                "targets": {
+                    name: {"label": label, "users": 50, "complete": complete, "ttft_ms": [ttft, ttft * 2],
+                           "ttft_p50_ms": ttft, "ttft_p99_ms": ttft * 2, "cpu_ms_per_reply": cpu, "rss_mb": 80.0}
+                    for name, label, complete, ttft, cpu in (
+                        ("trivial", "trivial server", 50, 30.0, 4.0), ("gateway", "gateway", 50, 40.0, 7.0),
+                        ("openwebui", "Open WebUI 0.12.4", 49, 2900.0, 110.0))
+                },
+                "gateway_share_ms": {"p50": 10.0, "p99": 20.0}, "cpu_openwebui_over_gateway": 15.7,
+            },
+            "disconnect": {"replies": 30, "closed_p50_ms": 1.2, "closed_p99_ms": 2.5, "closed_max_ms": 2.7, "samples_ms": [1.2]},
         },
     }  # fmt: skip
 
@@ -72,6 +84,15 @@ def test_the_table_reads_each_target_from_its_section() -> None:
     assert rows["socketio: memory per idle connection"].met is False
     assert rows["socketio: idle connections held by one process"].met is False
     assert rows["baseline: memory per idle connection"].met is None
+    complete = rows["web app, 50 users, gateway: replies complete in 60 s"]
+    assert complete.measured == "50/50" and complete.met is True
+    assert rows["web app, 50 users, Open WebUI 0.12.4: replies complete in 60 s"].met is None
+    ttft = rows["web app, 50 users, gateway: TTFT p50 / p99"]
+    assert ttft.measured == "40.0 / 80.0 ms (the gateway's share +10.0 / +20.0)" and ttft.met is False
+    below = rows["web app, 50 users: Open WebUI's CPU per reply ÷ the gateway's"]
+    assert below.measured == "×15.7" and below.met is False
+    closed = rows["openai-sse: client gone → upstream request closed, worst of 30"]
+    assert closed.measured == "2.7 ms (p50 1.2)" and closed.met is True
     table = report.table(made_up())
     assert table.splitlines()[0] == "Benchmarks of 2026-12-05 09:00 on 2 cores, test"
     assert "| websocket: memory per idle connection | 15.4 KB (10,000 open, 0 failed) | ≤ 16 KB | ✓ |" in table
@@ -80,7 +101,9 @@ def test_the_table_reads_each_target_from_its_section() -> None:
 def test_every_plot_is_drawn(tmp_path: Path) -> None:
     made = report.plots(made_up(), tmp_path)
     names = sorted(p.name for p in made)
-    assert names == ["cpu_by_flavour.png", "cpu_per_chunk.png", "memory.png", "ttft_cdf.png"]
+    assert names == [
+        "cpu_by_flavour.png", "cpu_per_chunk.png", "memory.png", "ttft_cdf.png", "webapp_ttft.png"
+    ]
     for png in made:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
@@ -89,7 +112,7 @@ def test_every_plot_is_drawn(tmp_path: Path) -> None:
 def test_a_quick_section_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "results"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "concurrency", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--only", "concurrency,webapp", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -103,6 +126,12 @@ def test_a_quick_section_runs_end_to_end(tmp_path: Path) -> None:
     assert all(n > 0 for n in section["paths"]["gateway"]["chunks"])
     assert (out / "cpu_per_chunk.png").stat().st_size > 10_000
     assert "OpenAI SSE: CPU per chunk ÷ the bare relay's, 50 streams" in done.stdout
+    # The web app's turn, 10 users on the gateway and on the trivial server: every reply whole.
+    webapp = written["sections"]["webapp"]
+    assert {name: row["complete"] for name, row in webapp["targets"].items()} == {
+        "trivial": 10, "gateway": 10
+    }
+    assert (out / "webapp_ttft.png").stat().st_size > 10_000
     unknown = subprocess.run(
         [sys.executable, "-m", "bench", "--only", "nope"], cwd=ROOT, capture_output=True, text=True
     )

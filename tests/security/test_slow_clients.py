@@ -218,8 +218,19 @@ def test_connections_are_kept_below_the_open_files_limit(tmp_path: Path) -> None
 
 
 # -- out of descriptors: one line, not a flood --------------------------------------------
-async def test_accept_errors_are_logged_once_per_interval(gateways: Any) -> None:
-    gw = gateways({"GATEWAY_MAX_CONNECTIONS_PER_ADDRESS": "", "GATEWAY_KEEPALIVE_TIMEOUT_S": "30"})
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_accept_errors_are_logged_once_per_interval(gateways: Any, loop: str) -> None:
+    """asyncio's accept loop fails (and retries) many times a second once out of
+    descriptors: one line per interval says so.  uvloop's (libuv's) closes at once
+    what it cannot take, with a descriptor it keeps in reserve, and reports
+    nothing: no line then, and no flood either."""
+    gw = gateways(
+        {
+            "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS": "",
+            "GATEWAY_KEEPALIVE_TIMEOUT_S": "30",
+            "GATEWAY_EVENT_LOOP": loop,
+        }
+    )
     assert gw.proc is not None
     # Lowered under the running process (the cap it chose at start no longer fits).
     resource.prlimit(gw.proc.pid, resource.RLIMIT_NOFILE, (200, 200))
@@ -231,8 +242,11 @@ async def test_accept_errors_are_logged_once_per_interval(gateways: Any) -> None
     await asyncio.sleep(3)  # asyncio retries accepting meanwhile (many times a second)
     assert time.monotonic() - started < 8  # all within one log interval
     log = gw.log()
-    assert "cannot accept connections: Too many open files" in log
-    assert log.count("cannot accept connections") == 1
+    assert f"event loop {loop})" in log
+    if loop == "asyncio":
+        assert "cannot accept connections: Too many open files" in log
+        assert log.count("cannot accept connections") == 1
+    assert log.count("cannot accept connections") <= 1
     assert "Traceback" not in log and len(log) < 20_000
     for conn in held:
         conn.writer.close()
