@@ -67,7 +67,7 @@ from typing import Any
 import jwt
 import websockets
 
-from bench.common import BENCH_SECRET, ROOT, free_port, machine
+from bench.common import BENCH_SECRET, ROOT, free_port, machine, stop
 
 TRANSPORTS = ("baseline", "websocket", "socketio")
 TARGET_KB = {"websocket": 16.0, "socketio": 32.0}
@@ -122,16 +122,6 @@ def spawn(args: list[str], env: dict[str, str], health: str, log: Path) -> subpr
             time.sleep(0.05)
     stop(proc)
     raise RuntimeError(f"{args} did not come up at {health}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def token(user: str) -> str:

@@ -91,6 +91,7 @@ from bench.common import (
     percentile,
     start,
     start_gateway,
+    stop,
 )
 
 MODEL = "bench"  # the paced upstream's one model
@@ -534,18 +535,6 @@ async def run_target(target: Target, plan_: Plan, flow: str) -> dict[str, Any]:
 
 
 # -- the run ---------------------------------------------------------------------------
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop one process this bench started: terminate, wait, kill."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 def failed_row(name: str, users: int, error: str) -> dict[str, Any]:
     return {
         "label": TARGETS[name],
@@ -710,17 +699,9 @@ def trivial_app(upstream: str) -> web.Application:
 
 
 def serve_trivial(port: int, upstream: str) -> None:
-    from bench.servers import event_loop
+    from bench.servers import serve
 
-    web.run_app(
-        trivial_app(upstream),
-        host="127.0.0.1",
-        port=port,
-        print=None,
-        access_log=None,
-        backlog=1024,
-        loop=event_loop(),
-    )
+    serve(trivial_app(upstream), port)
 
 
 # -- the table -------------------------------------------------------------------------

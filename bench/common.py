@@ -59,6 +59,18 @@ def start(
     return proc
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop one process the bench started: terminate, wait, kill."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:

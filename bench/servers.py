@@ -313,6 +313,11 @@ def main() -> None:
         app = flavour_relay_app(sys.argv[3])
     else:
         app = relay_app(sys.argv[3])
+    serve(app, port)
+
+
+def serve(app: web.Application, port: int) -> None:
+    """Run `app` on loopback until killed, on the gateway's event loop."""
     web.run_app(
         app,
         host="127.0.0.1",
