@@ -69,8 +69,14 @@ async def test_a_database_restart_fails_requests_cleanly_then_recovers(
         database.stop()
         status = await chat_over_rest(http, gw, token)
         assert status == 503, status
-        # Who the token is cannot be looked up: the socket is refused "try again later".
-        assert await nadoo_turn(gw, token) == {
+        # A user seen a moment ago is remembered (application/accounts.py): the socket
+        # opens and the turn is refused in Nadoo's own frame.
+        frame = await nadoo_turn(gw, token)
+        assert (frame["type"], frame["code"]) == ("error", "store_unavailable"), frame
+        assert frame["message"] == "The database is unavailable; try again shortly"
+        # Who a new token is cannot be looked up: that socket is refused "try again later".
+        newcomer = make_token(f"outage-{uuid.uuid4().hex[:6]}")
+        assert await nadoo_turn(gw, newcomer) == {
             "closed": 1013,
             "reason": "The database is unavailable; try again shortly",
         }
