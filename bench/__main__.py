@@ -19,6 +19,8 @@ Sections, each a module of its own that also runs alone (`python -m bench.<modul
     idle          bench_idle.py       memory per idle connection, to 10,000
     disconnect    bench_disconnect.py a client gone mid-reply: time until the
                                       model server's request is closed
+    signin        bench_signin.py     running replies, quiet and while 50 users sign
+                                      in at once (password hashing off the loop)
     webapp        bench_webapp.py     the web app's turn, 50 users at once on one
                                       Socket.IO each: the gateway against a trivial
                                       python-socketio server (the client's share)
@@ -79,6 +81,12 @@ def _disconnect(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
     return bench_disconnect.measure(replies=10 if quick else 30, progress=progress)
 
 
+def _signin(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    from bench import bench_signin
+
+    return bench_signin.measure(pairs=1 if quick else 3, progress=progress)
+
+
 def _webapp(
     quick: bool, progress: Callable[[str], None], peer: str | None = None
 ) -> dict[str, Any]:
@@ -92,6 +100,7 @@ SECTIONS: dict[str, tuple[int, Measure]] = {
     "concurrency": (15, _concurrency),
     "idle": (33, _idle),
     "disconnect": (1, _disconnect),
+    "signin": (1, _signin),
     "webapp": (4, _webapp),
 }
 # Sections that run a peer (`--peer`) beside the gateway.
@@ -157,7 +166,8 @@ def main() -> None:
     report = run(names, args.quick, out, args.peer)
     made = reports.plots(report, out)
     print(reports.table(report))
-    print(f"\nreport and plots: {out}/ ({', '.join(p.name for p in made)}, report.json)")
+    written = ", ".join([*(p.name for p in made), "report.json"])
+    print(f"\nreport and plots: {out}/ ({written})")
     if args.publish:
         latest = RESULTS / "latest"
         shutil.rmtree(latest, ignore_errors=True)

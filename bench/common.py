@@ -91,8 +91,11 @@ def machine() -> str:
 BENCH_SECRET = "bench-secret-" + "x" * 32
 
 
-def start_gateway(port: int, upstream_url: str) -> subprocess.Popen[bytes]:
-    """A gateway process in front of `upstream_url` only (no demo model), quiet logs."""
+def start_gateway(
+    port: int, upstream_url: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A gateway process in front of `upstream_url` only (no demo model), quiet logs;
+    `env` adds or overrides settings."""
     return start(
         ["-m", "gateway", "serve", "--port", str(port)],
         env={
@@ -106,6 +109,7 @@ def start_gateway(port: int, upstream_url: str) -> subprocess.Popen[bytes]:
             "GATEWAY_MAX_REPLIES_PER_USER": "",
             "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS": "",
             "GATEWAY_MAX_FOLLOWERS_PER_USER": "100000",
+            **(env or {}),
         },
         health=f"http://127.0.0.1:{port}/health",
     )

@@ -10,6 +10,7 @@ in the same run (the machines are shared and noisy).
                                         against concurrent streams)
     idle          bench_idle.py         memory.png (RSS against idle connections)
     disconnect    bench_disconnect.py   (a row of the table only)
+    signin        bench_signin.py       (rows of the table only)
     webapp        bench_webapp.py       webapp_ttft.png (TTFT CDF per server, N users)
 """
 
@@ -27,6 +28,7 @@ CPU_RATIO = 1.15  # gateway ÷ relay, CPU per chunk at the highest level
 KB_PER_CONNECTION = {"websocket": 16.0, "socketio": 32.0}
 IDLE_CONNECTIONS = 10_000
 CLOSED_MS = 50.0  # client gone → the model server's request closed
+GAP_INTERVALS = 2.0  # a running reply's longest gap, in upstream intervals, at most
 WEBAPP_TTFT_P99_MS = 50.0  # the web app's turn, N users at once: the gateway's p99
 WEBAPP_CPU_BELOW_OPENWEBUI = 25.0  # Open WebUI's CPU per reply ÷ the gateway's, at least
 
@@ -72,6 +74,8 @@ def rows(report: dict[str, Any]) -> list[Row]:
         found += _concurrency_rows(sections["concurrency"])
     if "idle" in sections:
         found += _idle_rows(sections["idle"], report.get("quick", False))
+    if "signin" in sections:
+        found += _signin_rows(sections["signin"])
     if "webapp" in sections:
         found += _webapp_rows(sections["webapp"])
     if "disconnect" in sections:
@@ -172,6 +176,21 @@ def _idle_rows(section: dict[str, Any], quick: bool) -> list[Row]:
                 )
             )
     return found
+
+
+def _signin_rows(section: dict[str, Any]) -> list[Row]:
+    quiet, busy = section["cases"]["quiet"], section["cases"]["busy"]
+    limit = GAP_INTERVALS * section["interval_ms"]
+    what = f"{section['streams']} running replies while {section['signins']} users sign in"
+    return [
+        Row(f"{what}: longest gap between chunks",
+            f"{busy['gap_max_ms']:.1f} ms (quiet: {quiet['gap_max_ms']:.1f})",
+            f"< {limit:.0f} ms", busy["gap_max_ms"] < limit),
+        Row(f"{what}: TTFT p50 / p99",
+            f"{busy['ttft_p50_ms']:.1f} / {busy['ttft_p99_ms']:.1f} ms "
+            f"(quiet: {quiet['ttft_p50_ms']:.1f} / {quiet['ttft_p99_ms']:.1f}; "
+            f"sign-ins p50 {busy['signin_p50_ms']:,.0f} ms)", "", None),
+    ]  # fmt: skip
 
 
 def _webapp_rows(section: dict[str, Any]) -> list[Row]:

@@ -66,6 +66,15 @@ def made_up() -> dict[str, Any]:
                 },
                 "gateway_share_ms": {"p50": 10.0, "p99": 20.0}, "cpu_openwebui_over_gateway": 15.7,
             },
+            "signin": {
+                "streams": 20, "signins": 50, "pairs": 3, "interval_ms": 20.0,
+                "cases": {
+                    "quiet": {"ttft_p50_ms": 32.5, "ttft_p99_ms": 38.9, "gap_max_ms": 22.5, "gap_p99_ms": 22.5,
+                              "signin_p50_ms": None, "signin_max_ms": None},
+                    "busy": {"ttft_p50_ms": 41.0, "ttft_p99_ms": 50.9, "gap_max_ms": 22.9, "gap_p99_ms": 22.9,
+                             "signin_p50_ms": 894.0, "signin_max_ms": 1734.0},
+                },
+            },
             "disconnect": {"replies": 30, "closed_p50_ms": 1.2, "closed_p99_ms": 2.5, "closed_max_ms": 2.7, "samples_ms": [1.2]},
         },
     }  # fmt: skip
@@ -91,6 +100,8 @@ def test_the_table_reads_each_target_from_its_section() -> None:
     assert ttft.measured == "40.0 / 80.0 ms (the gateway's share +10.0 / +20.0)" and ttft.met is False
     below = rows["web app, 50 users: Open WebUI's CPU per reply ÷ the gateway's"]
     assert below.measured == "×15.7" and below.met is False
+    gap = rows["20 running replies while 50 users sign in: longest gap between chunks"]
+    assert gap.measured == "22.9 ms (quiet: 22.5)" and gap.target == "< 40 ms" and gap.met is True
     closed = rows["openai-sse: client gone → upstream request closed, worst of 30"]
     assert closed.measured == "2.7 ms (p50 1.2)" and closed.met is True
     table = report.table(made_up())
