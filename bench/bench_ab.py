@@ -1,7 +1,7 @@
 """One change, before and after, in the same run: the gateway of a git revision
 against the gateway of the working tree, under the same OpenAI SSE load.
 
-    python -m bench.bench_ab --before HEAD~1 [--streams 200] [--pairs 8]
+    python -m bench.bench_ab --before HEAD~1 [--streams 200] [--pairs 8] [--flavour socketio]
 
 How each lever of bench/RESULTS.md ("Levers") is measured.  The revision's
 `gateway/` package is extracted with `git archive` into bench/out/ab/<rev>/
@@ -12,7 +12,10 @@ dir of its own.  A pair is one load on each, the order alternating pair by
 pair (before-after, then after-before) so a drift of the shared machine
 falls on both sides; the figure is the median of the pairs' ratios of CPU
 per delivered chunk (after ÷ before; below 1 is cheaper), with the lowest
-and highest pair beside it, and the TTFT p50 of each side.
+and highest pair beside it, and the TTFT p50 of each side.  `--flavour socketio` runs the web app's turn
+instead (`bench.bench_socketio`: a stored chat, one python-socketio client per
+user): CPU per delivered event, and the p99 gap between events in place of
+the TTFT.
 """
 
 from __future__ import annotations
@@ -86,7 +89,21 @@ def start_from(code: Path, port: int, upstream_url: str, name: str) -> subproces
     raise RuntimeError(f"the gateway from {code} did not come up")
 
 
-def measure(before: str, streams: int, pairs: int, rounds: int = 1) -> dict[str, Any]:
+def load(flavour: str, url: str, pid: int, streams: int, rounds: int) -> dict[str, float]:
+    """One load on one gateway: {"cpu_us_per_chunk", "ttft_p50_ms"} (for Socket.IO the
+    CPU per event and the gap p99 between events)."""
+    if flavour == "socketio":
+        from bench import bench_socketio
+
+        base = url.removesuffix("/v1/chat/completions")
+        row = asyncio.run(bench_socketio.run(base, pid, streams, rounds, "bench"))
+        return {"cpu_us_per_chunk": row["cpu_us_per_event"], "ttft_p50_ms": row["gap_p99_ms"]}
+    return asyncio.run(bench_sse.load(url, streams, rounds, pid, bench_auth()))
+
+
+def measure(
+    before: str, streams: int, pairs: int, rounds: int = 1, flavour: str = "openai"
+) -> dict[str, Any]:
     up_port = free_port()
     upstream_url = f"http://127.0.0.1:{up_port}/v1"
     sides = {"before": extract(before), "after": ROOT}
@@ -112,14 +129,12 @@ def measure(before: str, streams: int, pairs: int, rounds: int = 1) -> dict[str,
             procs.append(proc)
             targets[side] = (f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid)
         for url, pid in targets.values():  # warm-up: connections, the user
-            asyncio.run(bench_sse.load(url, streams, 1, pid, bench_auth()))
+            load(flavour, url, pid, streams, 1)
         for pair in range(pairs):
             order = ("before", "after") if pair % 2 == 0 else ("after", "before")
             for side in order:
                 url, pid = targets[side]
-                rows[side].append(
-                    asyncio.run(bench_sse.load(url, streams, rounds, pid, bench_auth()))
-                )
+                rows[side].append(load(flavour, url, pid, streams, rounds))
             print(
                 f"pair {pair + 1}/{pairs}: before {rows['before'][-1]['cpu_us_per_chunk']:.1f}"
                 f" µs/chunk, after {rows['after'][-1]['cpu_us_per_chunk']:.1f}",
@@ -136,6 +151,7 @@ def measure(before: str, streams: int, pairs: int, rounds: int = 1) -> dict[str,
     return {
         "machine": machine(),
         "before": before,
+        "flavour": flavour,
         "streams": streams,
         "pairs": pairs,
         "cpu_us_per_chunk": {
@@ -156,14 +172,17 @@ def main() -> None:
     parser.add_argument("--before", default="HEAD", help="the git revision to compare against")
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--flavour", choices=["openai", "socketio"], default="openai")
     args = parser.parse_args()
-    found = measure(args.before, args.streams, args.pairs)
+    found = measure(args.before, args.streams, args.pairs, flavour=args.flavour)
     cpu, ttft = found["cpu_us_per_chunk"], found["ttft_p50_ms"]
-    print(f"{found['machine']}; {found['streams']} OpenAI SSE streams, {found['pairs']} pairs")
+    what = "OpenAI SSE streams" if found["flavour"] == "openai" else "Socket.IO web-app turns"
+    print(f"{found['machine']}; {found['streams']} {what}, {found['pairs']} pairs")
     print(f"| | before ({found['before']}) | after (working tree) |")
     print("|---|---|---|")
     print(f"| CPU µs per chunk, median | {cpu['before']:.1f} | {cpu['after']:.1f} |")
-    print(f"| TTFT p50 ms, median | {ttft['before']:.1f} | {ttft['after']:.1f} |")
+    second = "TTFT p50" if found["flavour"] == "openai" else "gap between events p99"
+    print(f"| {second} ms, median | {ttft['before']:.1f} | {ttft['after']:.1f} |")
     print(
         f"after ÷ before, CPU per chunk: ×{found['ratio_median']:.3f}"
         f" (pairs ×{found['ratio_min']:.3f}–×{found['ratio_max']:.3f})"

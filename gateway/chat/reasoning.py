@@ -31,6 +31,7 @@ text, blank ones left out, joined by a newline, the last one stripped.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -88,6 +89,26 @@ def _could_start(tail: str, tags: tuple[tuple[str, str, str], ...]) -> bool:
     return False
 
 
+_SOLUTIONS = tuple((start, end, TEXT) for start, end in SOLUTION_TAGS)
+# The tags looked for, by whether reasoning tags still are (`Splitter.reasoning_tags`).
+_TAGS = {
+    False: _SOLUTIONS,
+    True: _SOLUTIONS + tuple((start, end, REASONING) for start, end in REASONING_TAGS),
+}
+
+
+@functools.cache
+def _start_re(tag: str) -> re.Pattern[str]:
+    return re.compile(_start_pattern(tag))
+
+
+@functools.cache
+def _any_first(starts: tuple[str, ...]) -> re.Pattern[str]:
+    """Any first character of these start tags: text without one holds no tag and
+    nothing that may grow into one (the common case, a chunk of plain answer)."""
+    return re.compile("[" + re.escape("".join(sorted({start[0] for start in starts}))) + "]")
+
+
 class Splitter:
     """Streamed answer text in, (kind, text) pieces out; `feed` each piece, then `close`.
 
@@ -103,10 +124,7 @@ class Splitter:
         self._lead = False  # the start of a block, or just after one: drop whitespace
 
     def _tags(self) -> tuple[tuple[str, str, str], ...]:
-        tags = [(start, end, TEXT) for start, end in SOLUTION_TAGS]
-        if self.reasoning_tags:
-            tags += [(start, end, REASONING) for start, end in REASONING_TAGS]
-        return tuple(tags)
+        return _TAGS[self.reasoning_tags]
 
     def feed(self, text: str) -> list[Piece]:
         pieces: list[Piece] = []
@@ -140,9 +158,12 @@ class Splitter:
                 return ""
             buffer, self._lead = stripped, False
         tags = self._tags()
+        if _any_first(tuple(start for start, _, _ in tags)).search(buffer) is None:
+            pieces.append((TEXT, buffer))
+            return ""
         found: tuple[int, int, str, str] | None = None
         for start, end, kind in tags:
-            match = re.search(_start_pattern(start), buffer)
+            match = _start_re(start).search(buffer)
             if match and (found is None or match.start() < found[0]):
                 found = (match.start(), match.end(), end, kind)
         if found is not None:
