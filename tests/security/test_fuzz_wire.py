@@ -281,6 +281,11 @@ class Bystander:
 
     async def start(self) -> None:
         self.sock = await PySocket().connect(self.wire.gw.url, self.user.token)
+        # Joined before the first turn, as the web app is (its `user-join` after the
+        # connect): the connect is acked before the socket joins its user's room,
+        # and a reply begun in between reaches it as a snapshot, then deltas.
+        joined = await self.sock.client.call("user-join", {"auth": {"token": self.user.token}})
+        assert joined["id"] == self.user.user_id, joined
         self.task = asyncio.create_task(self._turns())
 
     async def _turns(self) -> None:
