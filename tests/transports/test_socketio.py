@@ -360,13 +360,21 @@ async def test_a_failed_reply_ends_with_error_events_and_is_stored(
 async def test_a_dead_session_id_with_a_chat_is_the_backend_controlled_flow(
     gateway: GatewayProcess,
 ) -> None:
-    _, token = user()
+    user_id, token = user()
     sock = await PySocket().connect(gateway.url, token)
     body = turn_body(sock.sid, "first")
     chat_id = (await turn(gateway, token, body))["chat_id"]
     await sock.wait_ended()
     dead_sid = sock.sid
     await sock.close()
+    # Dead once the server has seen it go (its seat in /ws/stats gone), not before.
+    for _ in range(100):
+        stats = await get_json(f"{gateway.url}/ws/stats", token)
+        if not stats["details"]["users"].get(user_id):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the closed socket still had its seat after 5 s")
     # A backend script reusing a stale sid: answered as the tutorial's flow (SSE/JSON).
     again = {"chat_id": chat_id, "id": body["id"], "model": "fake-model", "session_id": dead_sid}
     reply = await post_json(f"{gateway.url}/api/chat/completions", token, again)
