@@ -122,8 +122,10 @@ def test_every_plot_is_drawn(tmp_path: Path) -> None:
 @pytest.mark.timeout(300)
 def test_a_quick_section_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "results"
+    # Through `gateway bench`, which hands its arguments to `python -m bench`.
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "concurrency,webapp", "--out", str(out)],
+        [sys.executable, "-m", "gateway", "bench", "--quick", "--only", "concurrency,webapp",
+         "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -147,3 +149,21 @@ def test_a_quick_section_runs_end_to_end(tmp_path: Path) -> None:
         [sys.executable, "-m", "bench", "--only", "nope"], cwd=ROOT, capture_output=True, text=True
     )
     assert unknown.returncode == 2 and "unknown section nope" in unknown.stderr
+
+
+def test_gateway_bench_is_the_suite_with_its_own_arguments() -> None:
+    def gateway(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True
+        )
+
+    helped = gateway("bench", "--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m bench")
+    assert "--peer" in helped.stdout and "--only" in helped.stdout
+    unknown = gateway("bench", "--only", "nope")
+    assert unknown.returncode == 2 and "unknown section nope" in unknown.stderr
+    # Only `bench` passes arguments on: any other command still refuses what it does not take.
+    refused = gateway("token", "--user", "u", "--bogus")
+    assert refused.returncode == 2
+    assert refused.stderr == "gateway: unrecognized arguments: --bogus (see gateway --help)\n"
+    assert "bench" in gateway("--help").stdout

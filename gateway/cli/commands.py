@@ -442,3 +442,21 @@ def doctor(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 1 if report.faults else 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    """`python -m bench` with the arguments given, in the checkout this gateway runs
+    from: the suite is part of the source tree, not of an installed gateway."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "bench" / "__main__.py").is_file():
+        print(
+            f"gateway: the benchmark suite is not here ({root / 'bench'} is missing): it "
+            "runs from a source checkout (git clone, then `gateway bench` or "
+            "`python -m bench` in it)",
+            file=sys.stderr,
+        )
+        return 2
+    return subprocess.call([sys.executable, "-m", "bench", *args.bench_args], cwd=root)

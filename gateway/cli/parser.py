@@ -64,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     _admin(sub, common)
     _webui(sub, common)
     _doctor(sub)
+    _bench(sub)
     return top
 
 
@@ -241,3 +242,13 @@ def _doctor(sub: Subparsers) -> None:
         "--insecure", action="store_true", help="do not verify TLS certificates (self-signed)"
     )
     doctor.set_defaults(run=commands.doctor)
+
+
+def _bench(sub: Subparsers) -> None:
+    bench = sub.add_parser(
+        "bench",
+        add_help=False,  # `gateway bench --help` is the suite's own help
+        help="run the benchmark suite (`python -m bench`, from a source checkout): "
+        "every argument goes to it; `gateway bench --help` lists them",
+    )
+    bench.set_defaults(run=commands.bench)

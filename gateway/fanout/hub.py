@@ -100,6 +100,12 @@ def _taken(item: Event | _Merged) -> Event:
     return item.event() if isinstance(item, _Merged) else item
 
 
+# What an outbox holds while nothing is queued: most connections are idle, and an
+# empty deque costs about 700 bytes (its first block), so the queue is made by the
+# first `put` that must queue and let go once it is drained (bench_idle's figures).
+_NOTHING: tuple[()] = ()
+
+
 class Outbox:
     def __init__(
         self,
@@ -110,7 +116,7 @@ class Outbox:
         merge: bool = True,
         stall_s: float | None = None,
     ) -> None:
-        self._events: deque[Event | _Merged] = deque()
+        self._events: deque[Event | _Merged] | tuple[()] = _NOTHING
         # False: a full outbox overflows rather than merge (a follower counts seqs).
         self._merge = merge
         # Replies being resumed into this outbox (how many followers each): their
@@ -125,7 +131,9 @@ class Outbox:
         self._max = max_events
         self._max_chars = max_chars
         self._chars = 0
-        self._wakeup = asyncio.Event()
+        # What the consumer awaits while nothing is queued (one consumer per outbox;
+        # a bare future, not an Event: that costs about 700 bytes per idle connection).
+        self._waiter: asyncio.Future[None] | None = None
         # Set whenever the consumer takes events (and at the end): a paced follower
         # waits on it for room.  Made when one first waits (an Event costs about
         # 700 bytes, and most connections never fall behind).
@@ -160,7 +168,7 @@ class Outbox:
             != message_id
         ]
         if len(kept) != len(self._events):
-            self._events = deque(kept)
+            self._events = deque(kept) if kept else _NOTHING
             self._chars = sum(_text_size(_taken(item)) for item in kept)
 
     @contextlib.contextmanager
@@ -210,7 +218,8 @@ class Outbox:
             if not self._merge:
                 self._overflow()
                 return
-            tail = self._events[-1]
+            queued = self._queue()
+            tail = queued[-1]
             last = tail.last if isinstance(tail, _Merged) else tail
             if (
                 isinstance(event, TextDelta | ReasoningDelta)
@@ -223,7 +232,7 @@ class Outbox:
                 merged = tail if isinstance(tail, _Merged) else _Merged(last)
                 merged.pieces.append(event.text)
                 merged.last = event
-                self._events[-1] = merged
+                queued[-1] = merged
                 self._chars += size
                 HOT.merges += 1
                 return
@@ -232,9 +241,22 @@ class Outbox:
             else:
                 self._no_room(event)
             return
-        self._events.append(event)
+        self._queue().append(event)
         self._chars += size
-        self._wakeup.set()
+        self._wake()
+
+    def _queue(self) -> deque[Event | _Merged]:
+        """The queue, made if nothing is queued."""
+        if isinstance(self._events, deque):
+            return self._events
+        queued: deque[Event | _Merged] = deque()
+        self._events = queued
+        return queued
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _fresh(self, event: ReplyEvent) -> bool:
         """A follower's event the client does not have yet: a second follower of the
@@ -300,14 +322,14 @@ class Outbox:
             return  # several followers may find it stuck at once: dropped once
         self.overflowed = True
         HOT.slow_disconnects += 1
-        self._wakeup.set()
+        self._wake()
         self._took_set()
         if self._on_overflow is not None:
             self._on_overflow()
 
     def close(self) -> None:
         self.closed = True
-        self._wakeup.set()
+        self._wake()
         self._took_set()
 
     async def _wait(self) -> bool:
@@ -317,15 +339,21 @@ class Outbox:
                 raise Overflow("consumer fell behind")
             if self.closed:
                 return False
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         return True
 
     async def get(self) -> Event | None:
         """The next event; None once closed and drained. Raises Overflow."""
         if not await self._wait():
             return None
-        event = _taken(self._events.popleft())
+        queued = self._queue()
+        event = _taken(queued.popleft())
+        if not queued:
+            self._events = _NOTHING
         self._chars -= _text_size(event)
         self._took_set()
         return event
@@ -339,7 +367,7 @@ class Outbox:
         if not await self._wait():
             return []
         events = [_taken(item) for item in self._events]
-        self._events.clear()
+        self._events = _NOTHING
         self._chars = 0
         self._in_flight = True
         self._took_set()
