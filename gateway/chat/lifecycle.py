@@ -16,6 +16,7 @@ where the end is stored and published is `runner.py`'s one `_conclude`.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import Callable
@@ -80,6 +81,10 @@ class ReplyRun:
     first_token: float | None = None
     # Its live trace (`edge/trace.py`), for whoever debugs it.
     trace: Trace | None = None
+    # The write of its turn (the question and this placeholder), when that runs
+    # while the upstream opens; nothing of the reply is published or stored
+    # before it is done (`runner.py`).  None: written before the reply started.
+    written: asyncio.Future[None] | None = None
 
     @property
     def content(self) -> str:

@@ -9,6 +9,13 @@ A stored reply goes through three states, each one row write at most::
     finished     {content: <all>, done: true, usage, ...}  one write at the end
                  (or the partial text with an `error` note, or `cancelled`)
 
+A turn's rows (the question, the placeholders) are written while its
+replies' model servers are asked: the write is most of a turn's own time before
+its first token (bench/RESULTS.md).  Nothing of a reply is published or stored
+before that write is done; if it fails, the reply ends there, unpublished and
+unstored, and its upstream request is closed (`TurnNotWritten`): the turn's
+caller answers the failure in its client's protocol.
+
 The end event is published only after its row is written, so a client that
 reloads on it sees the final text.  Every event goes into the replay buffer as
 it is published (`Hub.reply_event`), so a client can resume the reply.  A
@@ -49,6 +56,10 @@ _ENDINGS = (ReplyFinished, ReplyFailed)
 Opening = Callable[[], Awaitable[AsyncGenerator[Event, None]]]
 
 
+class TurnNotWritten(Exception):
+    """The write of a reply's turn failed: the reply ends before anything of it."""
+
+
 class ReplyRunner:
     def __init__(
         self,
@@ -76,10 +87,12 @@ class ReplyRunner:
         record: MessageRecord | None = None,
         title: str | None = None,
         after: Callable[[ReplyFinished], None] | None = None,
+        written: asyncio.Future[None] | None = None,
     ) -> None:
         """Run the reply in its own task, registered (stop from anywhere) until it ends;
-        `after` is called with its end when it finished (not failed or stopped)."""
-        run = ReplyRun(running, record, title, after)
+        `after` is called with its end when it finished (not failed or stopped);
+        `written` is the write of its turn, when that is not done yet."""
+        run = ReplyRun(running, record, title, after, written=written)
         self._registry.start(running, self._run(run, opening))
 
     async def refused(self, record: MessageRecord, error: GatewayError, user_id: str) -> None:
@@ -103,9 +116,15 @@ class ReplyRunner:
         try:
             try:
                 end, checkpoint = await self._stream(run, opening)
+            except TurnNotWritten:
+                trace.log("error", "the turn could not be stored: the reply did not start")
+                trace.end()
+                return
             except asyncio.CancelledError:
-                # A stop request (or shutdown): keep what was streamed, end cleanly.
-                await asyncio.shield(self._conclude(run, run.cancelled()))
+                # A stop request (or shutdown): keep what was streamed, end cleanly
+                # (once its turn is written: there is nothing to end before).
+                if await _was_written(run):
+                    await asyncio.shield(self._conclude(run, run.cancelled()))
                 if not run.running.cancelled_by_user:
                     raise
                 return
@@ -138,10 +157,17 @@ class ReplyRunner:
         try:
             events = await opening()
         except GatewayError as exc:
+            await _written(run)
             return run.refused(exc), None
         publish, user_id, rooms = self._hub.reply_event, run.running.user_id, run.running.rooms
+        unwritten = run.written is not None
         async with contextlib.aclosing(events):
             async for event in events:
+                if unwritten:
+                    # At the first event (ReplyStarted, at once), not before: closing
+                    # a started generator closes the model server's request.
+                    await _written(run)
+                    unwritten = False
                 if run.first_token is None:
                     run.saw(event)
                     if run.first_token is not None and trace is not None:
@@ -231,6 +257,27 @@ class ReplyRunner:
             preview = preview[: NOTIFICATION_PREVIEW_CHARS - 1] + "…"
         note = Notification(running.user_id, "Reply ready", preview, f"/c/{running.chat_id}")
         self._hub.publish([rooms.notify(running.user_id)], note)
+
+
+async def _written(run: ReplyRun) -> None:
+    """Until the reply's turn is written; `TurnNotWritten` if that failed."""
+    if not await _was_written(run):
+        raise TurnNotWritten
+
+
+async def _was_written(run: ReplyRun) -> bool:
+    if run.written is None:
+        return True
+    try:
+        # Shielded: the write is the turn's, shared by its replies (and its caller).
+        await asyncio.shield(run.written)
+    except asyncio.CancelledError:
+        if run.written.cancelled():
+            return False
+        raise
+    except Exception:
+        return False  # the turn's caller logs and answers it
+    return True
 
 
 async def counted(

@@ -19,6 +19,7 @@ One entry point per command::
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import uuid
@@ -322,30 +323,29 @@ class ChatService:
         records = [message_record(chat.id, message) for message in turn.writes]
         chat.current_id = turn.history["currentId"]
         chat.updated_at = created
-        # One slot a reply, before anything is written (each given back at its end).
-        self._slots.take(chat.user_id, len(turn.replies))
-        try:
-            if new:
-                await self.store.insert_chat(chat, records)
-            else:
-                await self.store.save_chat(chat, records)
-        except BaseException:
-            self._slots.release(chat.user_id, len(turn.replies))
-            raise
         path = tree.path_to(turn.history, turn.question_id) if turn.question_id else []
         conversation = conversation_for(path, ask.messages)
         by_id = {record.id: record for record in records}
         # A title the model writes replaces the question's first words, when asked for.
         title = None if "title_generation" in tasks else title_for(chat, turn.history)
+        # One slot a reply (each given back at its end, by its runner).
+        self._slots.take(chat.user_id, len(turn.replies))
+        # The turn is written while its replies' model servers are asked; their
+        # events wait for the write, and a failed write ends them (`runner.py`).
+        # Shielded: a caller that leaves mid-write does not undo its turn.
+        written = asyncio.ensure_future(
+            self.store.insert_chat(chat, records) if new else self.store.save_chat(chat, records)
+        )
         task_ids = []
         for placeholder, target in turn.replies:
             record = by_id[placeholder["id"]]
             opening = self._opener(target.model, conversation, ask.params, record, chat)
             after = self._after(chat, record.id, target.model, tasks)
             running = self._run(
-                chat.id, record.id, chat.user_id, opening, record, title, ask.rooms, after
+                chat.id, record.id, chat.user_id, opening, record, title, ask.rooms, after, written
             )
             task_ids.append(running.task_id)
+        await asyncio.shield(written)
         return StartedTurn(chat.id, task_ids, [p["id"] for p, _ in turn.replies])
 
     def _start_temporary(self, principal: Principal, ask: Ask) -> StartedTurn:
@@ -401,6 +401,7 @@ class ChatService:
         title: str | None = None,
         rooms: tuple[str, ...] = (),
         after: Callable[[ReplyFinished], None] | None = None,
+        written: asyncio.Future[None] | None = None,
     ) -> Running:
         running = Running(
             uuid.uuid4().hex,
@@ -409,7 +410,7 @@ class ChatService:
             user_id,
             reply_rooms(user_id, chat_id, message_id, rooms),
         )
-        self._runner.start(running, opening, record, title, after)
+        self._runner.start(running, opening, record, title, after, written)
         return running
 
     def _after(

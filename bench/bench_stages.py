@@ -1,0 +1,217 @@
+"""Where a stored turn's time to first token goes: the stages of one Nadoo turn, timed.
+
+    python -m bench.bench_stages [--turns 40] [--database-url postgresql://…]
+    python -m bench.bench_stages serve PORT MARKS   (the timed gateway, run by the bench)
+
+A paced upstream (16 deltas 20 ms apart) and a gateway in front of it; the
+gateway runs in a process of its own with a time mark (`time.perf_counter`,
+the machine's monotonic clock, shared by the processes) at the entry and exit
+of each stage, set by wrapping the gateway's functions from outside (nothing in
+`gateway/` knows of it).  One Nadoo socket asks TURNS questions one after the
+other (a new chat each, after 3 unmeasured); per turn, each mark is placed
+against the moment the client sent its frame, and the medians are printed:
+
+    frame>            the socket's frame reaches the endpoint
+    answer_turn>      the turn planned, about to be written
+    db_batch> / <     the turn's rows written (the question and the placeholder)
+    upstream_open> /< the model server's request sent / its response's headers in
+    upstream_bytes    the model server's first content chunk read
+    publish_delta     the first delta published to the rooms
+    send_delta>       its frame handed to the socket
+    client_first      the client has it
+
+The upstream's own pace (its first delta 20 ms after its headers) is in the
+gap between `upstream_open<` and `upstream_bytes`; everything else is the
+gateway's, or the loopback's.  The marks cost a few microseconds each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import BENCH_SECRET, ROOT, free_port, machine, start, stop
+
+MARKS: list[tuple[str, float]] = []
+
+
+def _mark(name: str) -> None:
+    MARKS.append((name, time.perf_counter()))
+
+
+def _timed(owner: Any, name: str, label: str) -> None:
+    """`owner.name` (a coroutine function) with a mark at its entry and its exit."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        _mark(label + ">")
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            _mark(label + "<")
+
+    setattr(owner, name, timed)
+
+
+def serve(port: int, marks: Path) -> None:
+    """The gateway, with the marks; they are written to `marks` on SIGUSR1."""
+    from gateway.api import nadoo
+    from gateway.chat import runner, service
+    from gateway.events import TextDelta
+    from gateway.fanout import hub
+    from gateway.store import drivers
+    from gateway.transports import websocket
+    from gateway.upstream import chunks
+    from gateway.upstream import openai as upstream
+
+    signal.signal(signal.SIGUSR1, lambda *_: marks.write_text(json.dumps(MARKS)))
+    _timed(nadoo.ChatEndpoint, "received", "frame")
+    _timed(service.ChatService, "_answer_turn", "answer_turn")
+    _timed(drivers.SQLiteDriver, "batch", "db_batch")
+    _timed(drivers.PostgresDriver, "batch", "db_batch")
+    _timed(runner.ReplyRunner, "_run", "runner_run")
+    _timed(upstream.OpenAIUpstream, "open", "upstream_open")
+    feed = chunks.ChunkDecoder.feed
+
+    def fed(self: chunks.ChunkDecoder, data: bytes) -> Any:
+        _mark("upstream_bytes")
+        return feed(self, data)
+
+    chunks.ChunkDecoder.feed = fed  # type: ignore[method-assign]
+    reply_event = hub.Hub.reply_event
+
+    def published(self: hub.Hub, user_id: str, rooms: Any, event: Any) -> None:
+        if type(event) is TextDelta:
+            _mark("publish_delta")
+        reply_event(self, user_id, rooms, event)
+
+    hub.Hub.reply_event = published  # type: ignore[method-assign]
+    send = websocket._send
+
+    async def sent(conn: Any, frame: str) -> None:
+        if '"text-delta"' in frame:
+            _mark("send_delta>")
+        await send(conn, frame)
+
+    websocket._send = sent
+    from gateway.cli import main
+
+    sys.exit(main(["serve", "--port", str(port)]))
+
+
+async def _client(port: int, turns: int) -> list[tuple[float, float]]:
+    """(sent, first delta) per measured turn, on one Nadoo socket."""
+    import aiohttp
+
+    from bench import bench_flavours as flavours
+
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        client = flavours.NadooWsClient(http, base, flavours.Identities(base), 0)
+        await client.open(turns)
+        found = []
+        for index in range(turns + 3):
+            stream = flavours.Stream()
+            await client.turn(index, stream)
+            if index >= 3 and stream.times:
+                found.append((stream.began, stream.times[0]))
+            await asyncio.sleep(0.05)
+        await client.close()
+    return found
+
+
+def medians(marks: list[tuple[str, float]], turns: list[tuple[float, float]]) -> dict[str, float]:
+    """Per stage, the median of (its first mark in the turn − the frame sent), ms."""
+    by_stage: dict[str, list[float]] = {}
+    for sent, first in turns:
+        seen: dict[str, float] = {}
+        inside = [(name, at) for name, at in marks if sent <= at <= first]
+        publish = next((at for name, at in inside if name == "publish_delta"), None)
+        for name, at in inside:
+            if name == "upstream_bytes":
+                # The read that brought the first content: the last one before its publish.
+                if publish is not None and at <= publish:
+                    seen[name] = at
+            else:
+                seen.setdefault(name, at)
+        seen["client_first"] = first
+        for name, at in seen.items():
+            by_stage.setdefault(name, []).append((at - sent) * 1000)
+    return {name: round(statistics.median(v), 3) for name, v in by_stage.items()}
+
+
+def measure(
+    turns: int = 40,
+    progress: Callable[[str], None] = lambda _: None,
+    database_url: str | None = None,
+) -> dict[str, Any]:
+    up_port, gw_port = free_port(), free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}/v1"
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    marks = out / "stages.json"
+    procs = [
+        start(["-m", "bench.servers", "upstream", str(up_port), "16", "0.02"],
+              health=f"{upstream_url}/models")
+    ]  # fmt: skip
+    try:
+        progress("the timed gateway")
+        gateway = start(
+            ["-m", "bench.bench_stages", "serve", str(gw_port), str(marks)],
+            env={
+                "OPENAI_API_BASE_URL": upstream_url,
+                "GATEWAY_DEMO_MODEL": "false",
+                "WEBUI_SECRET_KEY": BENCH_SECRET,
+                "DATA_DIR": "bench/out/stages-data",
+                "GATEWAY_LOG_LEVEL": "WARNING",
+                **({"DATABASE_URL": database_url} if database_url else {}),
+            },
+            health=f"http://127.0.0.1:{gw_port}/health",
+        )
+        procs.append(gateway)
+        progress(f"{turns} turns")
+        measured = asyncio.run(_client(gw_port, turns))
+        os.kill(gateway.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not marks.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stages = medians([tuple(m) for m in json.loads(marks.read_text())], measured)
+        marks.unlink()
+    finally:
+        for proc in procs:
+            stop(proc)
+    return {"turns": len(measured), "stages_ms": dict(sorted(stages.items(), key=lambda i: i[1]))}
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["serve"]:
+        serve(int(sys.argv[2]), Path(sys.argv[3]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--turns", type=int, default=40)
+    parser.add_argument(
+        "--database-url", help="the gateway's DATABASE_URL (default: SQLite in bench/out)"
+    )
+    args = parser.parse_args()
+    progress = lambda what: print(f"… {what}", file=sys.stderr)  # noqa: E731
+    result = measure(args.turns, progress, args.database_url)
+    print(f"# Stages of a stored turn — {time.strftime('%Y-%m-%d %H:%M')} — {machine()}")
+    print(f"\nmedians of {result['turns']} Nadoo turns, ms after the client sent its frame:\n")
+    print("| stage | ms |\n|---|---|")
+    for name, ms in result["stages_ms"].items():
+        print(f"| {name} | {ms:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
