@@ -8,6 +8,7 @@ relay of each flavour, measured in the same run.
     python -m bench --peer openwebui  # also Open WebUI 0.12.4 in the web app section
                                       # (installed into its own virtualenv on first use,
                                       # about 3 GB: never part of the test command)
+    gateway bench ...               # the same, from the gateway's command
 
 Sections, each a module of its own that also runs alone (`python -m bench.<module>`):
 
@@ -25,6 +26,9 @@ Sections, each a module of its own that also runs alone (`python -m bench.<modul
                                       Socket.IO each: the gateway against a trivial
                                       python-socketio server (the client's share)
                                       and, with --peer openwebui, Open WebUI
+    wire          bench_wire.py       bytes on the wire per reply of 50, 500 and
+                                      2,000 tokens, every flavour, gateway and
+                                      bare relay: linear in the reply's length?
 
 It writes bench/results/<date-time>/report.json (every sample, the machine, the
 date) and the PNG plots of `bench/report.py`, prints the table of results
@@ -42,6 +46,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,49 +57,62 @@ from bench.common import ROOT, machine
 
 RESULTS = ROOT / "bench" / "results"
 
-# name: (how many progress steps it reports, roughly; how to run it)
-Measure = Callable[[bool, Callable[[str], None]], dict[str, Any]]
+@dataclass(frozen=True)
+class Options:
+    """What every section is run with."""
+
+    quick: bool = False
+    peer: str | None = None  # a server to run beside the gateway (the webapp section's)
 
 
-def _flavours(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+Progress = Callable[[str], None]
+Measure = Callable[[Options, Progress], dict[str, Any]]
+
+
+def _flavours(options: Options, progress: Progress) -> dict[str, Any]:
     from bench import bench_flavours
 
-    return bench_flavours.measure(quick=quick, progress=progress)
+    return bench_flavours.measure(quick=options.quick, progress=progress)
 
 
-def _concurrency(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+def _concurrency(options: Options, progress: Progress) -> dict[str, Any]:
     from bench import bench_sse
 
-    levels = (1, 10, 50) if quick else (1, 10, 50, 100, 200)
-    return bench_sse.measure(levels, rounds=1 if quick else 3, progress=progress)
+    levels = (1, 10, 50) if options.quick else (1, 10, 50, 100, 200)
+    return bench_sse.measure(levels, rounds=1 if options.quick else 3, progress=progress)
 
 
-def _idle(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+def _idle(options: Options, progress: Progress) -> dict[str, Any]:
     from bench import bench_idle
 
-    return bench_idle.measure(quick=quick, progress=progress)
+    return bench_idle.measure(quick=options.quick, progress=progress)
 
 
-def _disconnect(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+def _disconnect(options: Options, progress: Progress) -> dict[str, Any]:
     from bench import bench_disconnect
 
-    return bench_disconnect.measure(replies=10 if quick else 30, progress=progress)
+    return bench_disconnect.measure(replies=10 if options.quick else 30, progress=progress)
 
 
-def _signin(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+def _signin(options: Options, progress: Progress) -> dict[str, Any]:
     from bench import bench_signin
 
-    return bench_signin.measure(pairs=1 if quick else 3, progress=progress)
+    return bench_signin.measure(pairs=1 if options.quick else 3, progress=progress)
 
 
-def _webapp(
-    quick: bool, progress: Callable[[str], None], peer: str | None = None
-) -> dict[str, Any]:
+def _webapp(options: Options, progress: Progress) -> dict[str, Any]:
     from bench import bench_webapp
 
-    return bench_webapp.measure(quick=quick, progress=progress, peer=peer)
+    return bench_webapp.measure(quick=options.quick, progress=progress, peer=options.peer)
 
 
+def _wire(options: Options, progress: Progress) -> dict[str, Any]:
+    from bench import bench_wire
+
+    return bench_wire.measure(quick=options.quick, progress=progress)
+
+
+# name: (how many progress steps it reports, roughly; how to run it)
 SECTIONS: dict[str, tuple[int, Measure]] = {
     "flavours": (25, _flavours),
     "concurrency": (15, _concurrency),
@@ -102,9 +120,8 @@ SECTIONS: dict[str, tuple[int, Measure]] = {
     "disconnect": (1, _disconnect),
     "signin": (1, _signin),
     "webapp": (4, _webapp),
+    "wire": (42, _wire),
 }
-# Sections that run a peer (`--peer`) beside the gateway.
-PEERED = {"webapp": _webapp}
 
 
 def run(names: list[str], quick: bool, out: Path, peer: str | None = None) -> dict[str, Any]:
@@ -130,10 +147,7 @@ def run(names: list[str], quick: bool, out: Path, peer: str | None = None) -> di
                     done += 1
 
             started = time.monotonic()
-            if name in PEERED:
-                report["sections"][name] = PEERED[name](quick, progress, peer)
-            else:
-                report["sections"][name] = measure(quick, progress)
+            report["sections"][name] = measure(Options(quick, peer), progress)
             report["seconds"][name] = round(time.monotonic() - started, 1)
             bar.update(steps - done)  # a section that reported fewer steps
     out.mkdir(parents=True, exist_ok=True)

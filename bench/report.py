@@ -12,6 +12,8 @@ in the same run (the machines are shared and noisy).
     disconnect    bench_disconnect.py   (a row of the table only)
     signin        bench_signin.py       (rows of the table only)
     webapp        bench_webapp.py       webapp_ttft.png (TTFT CDF per server, N users)
+    wire          bench_wire.py         wire_bytes.png (bytes per reply against its
+                                        length, gateway and relay, per flavour)
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ CLOSED_MS = 50.0  # client gone → the model server's request closed
 GAP_INTERVALS = 2.0  # a running reply's longest gap, in upstream intervals, at most
 WEBAPP_TTFT_P99_MS = 50.0  # the web app's turn, N users at once: the gateway's p99
 WEBAPP_CPU_BELOW_OPENWEBUI = 25.0  # Open WebUI's CPU per reply ÷ the gateway's, at least
+# Bytes on the wire linear in the reply's length: the marginal bytes per token
+# between the longest lengths ÷ between the shortest, at most (a linear flavour
+# reads 1.00–1.03: the upstream's tokens grow a character at each power of ten).
+WIRE_LINEARITY = 1.1
 
 FLAVOURS = ("openai-sse", "ragflow-sse", "ragflow-ws", "nadoo-ws", "socketio")
 # One colour per path (and transport) in every plot.
@@ -78,6 +84,8 @@ def rows(report: dict[str, Any]) -> list[Row]:
         found += _signin_rows(sections["signin"])
     if "webapp" in sections:
         found += _webapp_rows(sections["webapp"])
+    if "wire" in sections:
+        found += _wire_rows(sections["wire"])
     if "disconnect" in sections:
         section = sections["disconnect"]
         found.append(
@@ -230,6 +238,34 @@ def _webapp_rows(section: dict[str, Any]) -> list[Row]:
     return found
 
 
+def _wire_rows(section: dict[str, Any]) -> list[Row]:
+    short, middle, longest = section["upstream"]["lengths"]
+    what = f"bytes on the wire per added token, {middle:,}→{longest:,} ÷ {short}→{middle:,}"
+    found = []
+    for name, row in section["rows"].items():
+        gateway, relay = row["paths"]["gateway"], row["paths"].get("relay")
+        linearity = gateway["linearity"]
+        per_token = gateway["lengths"][str(longest)]["per_token"]
+        if linearity is None or per_token is None:
+            found.append(Row(f"{name}: bytes on the wire per reply", "not measured", "", None))
+            continue
+        measured = f"{linearity:.2f} ({per_token:,.0f} B per token at {longest:,}"
+        if row["gateway_over_relay"] is not None:
+            measured += f"; ×{row['gateway_over_relay']:.2f} the relay's bytes"
+        measured += ")"
+        # RAGFlow's cumulative answers repeat the text so far in every chunk: quadratic
+        # by the protocol, on the bare relay as on the gateway, so no target.
+        cumulative = row.get("answer_mode") == "cumulative"
+        if cumulative and relay and relay["linearity"] is not None:
+            measured += f", the relay's {relay['linearity']:.2f}"
+        found.append(
+            Row(f"{name}: {what}",
+                measured, "quadratic by the protocol" if cumulative else f"≤ {WIRE_LINEARITY}",
+                None if cumulative else linearity <= WIRE_LINEARITY)
+        )  # fmt: skip
+    return found
+
+
 def table(report: dict[str, Any]) -> str:
     lines = [
         f"Benchmarks of {report['date']} on {report['machine']}"
@@ -260,6 +296,8 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
         made.append(_memory(sections["idle"], out / "memory.png", stamp))
     if "webapp" in sections:
         made.append(_webapp_ttft(sections["webapp"], out / "webapp_ttft.png", stamp))
+    if "wire" in sections:
+        made.append(_wire_bytes(sections["wire"], out / "wire_bytes.png", stamp))
     return made
 
 
@@ -378,3 +416,28 @@ def _webapp_ttft(section: dict[str, Any], path: Path, stamp: str) -> Path:
     ax.legend(fontsize=8)
     title = f"The web app's turn, {section['users']} users at once: time to first token"
     return _save(fig, path, title, stamp)
+
+
+def _wire_bytes(section: dict[str, Any], path: Path, stamp: str) -> Path:
+    lengths = section["upstream"]["lengths"]
+    fig, (ax,) = _figure(width=8.0, height=5.0)
+    colours = iter(["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+                    "tab:pink", "tab:olive", "tab:cyan"])  # fmt: skip
+    for name, row in section["rows"].items():
+        colour = next(colours, "tab:grey")
+        for where, style in (("gateway", "-"), ("relay", ":")):
+            report = row["paths"].get(where)
+            if report is None:
+                continue
+            totals = [report["lengths"][str(n)]["total_median"] for n in lengths]
+            points = [(n, t) for n, t in zip(lengths, totals, strict=True) if t]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, marker="o", color=colour,
+                        label=f"{name} ({where})" if where == "gateway" else None)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("reply length (tokens)")
+    ax.set_ylabel("bytes on the wire per reply, both ways")
+    ax.legend(fontsize="small", title="dotted: the bare relay", title_fontsize="small")
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path, "Bytes on the wire against the reply's length", stamp)

@@ -25,7 +25,8 @@ store, no fan-out):
   (`data:{json}`, cumulative `answer`, or deltas with `answer_mode: delta`),
   then the end marker;
 * `GET /ragflow/v1/ws/chat` — RAGFlow's WebSocket: one text frame per delta
-  (`answer` a delta, `final: false`), a `final: true` chunk and the end marker;
+  (`answer` a delta, `final: false`; the text so far with `answer_mode:
+  cumulative`), a `final: true` chunk and the end marker;
 * `GET /ws/chat/{session_id}` — Nadoo's chat socket: `connected`, then per
   question `response_start`, one `text-delta` per delta, `response_end`;
 * Socket.IO at `/ws/socket.io` and `POST /api/chat/completions` (the web app's
@@ -230,8 +231,12 @@ def flavour_relay_app(upstream: str) -> web.Application:
             session_id = frame.get("session_id") or uuid.uuid4().hex
             message_id = uuid.uuid4().hex
             session = request.app["session"]
+            cumulative = frame.get("answer_mode") == "cumulative"
+            parts: list[str] = []
             async for text in upstream_deltas(session, upstream, frame["question"]):
-                await ws.send_str(_ragflow_chunk(text, message_id, session_id, final=False))
+                parts.append(text)
+                answer = "".join(parts) if cumulative else text
+                await ws.send_str(_ragflow_chunk(answer, message_id, session_id, final=False))
             await ws.send_str(_ragflow_chunk("", message_id, session_id, final=True))
             await ws.send_str(RAGFLOW_END)
         return ws

@@ -76,6 +76,18 @@ def made_up() -> dict[str, Any]:
                 },
             },
             "disconnect": {"replies": 30, "closed_p50_ms": 1.2, "closed_p99_ms": 2.5, "closed_max_ms": 2.7, "samples_ms": [1.2]},
+            "wire": {
+                "upstream": {"lengths": [50, 500, 2000], "delay_ms": 1.0}, "replies": 3,
+                "rows": {
+                    name: {"flavour": name.split()[0], "answer_mode": mode, "gateway_over_relay": 1.02,
+                           "paths": {path: {"lengths": {str(n): {"total_median": n * per * (n / 100 if mode == "cumulative" else 1) + 300,
+                                                                "per_token": per, "failed": 0} for n in (50, 500, 2000)},
+                                            "marginal": [per, per * lin], "linearity": lin}
+                                     for path in ("relay", "gateway")}}
+                    for name, mode, per, lin in (("nadoo-ws", None, 95.6, 1.02), ("ragflow-sse cumulative", "cumulative", 7332.3, 4.57),
+                                                 ("socketio", None, 193.9, 1.2))
+                },
+            },
         },
     }  # fmt: skip
 
@@ -104,6 +116,13 @@ def test_the_table_reads_each_target_from_its_section() -> None:
     assert gap.measured == "22.9 ms (quiet: 22.5)" and gap.target == "< 40 ms" and gap.met is True
     closed = rows["openai-sse: client gone → upstream request closed, worst of 30"]
     assert closed.measured == "2.7 ms (p50 1.2)" and closed.met is True
+    wire = "bytes on the wire per added token, 500→2,000 ÷ 50→500"
+    linear = rows[f"nadoo-ws: {wire}"]
+    assert linear.measured == "1.02 (96 B per token at 2,000; ×1.02 the relay's bytes)" and linear.met is True
+    assert rows[f"socketio: {wire}"].met is False
+    # Quadratic by the protocol (each chunk repeats the text so far): no target, the relay beside it.
+    cumulative = rows[f"ragflow-sse cumulative: {wire}"]
+    assert cumulative.met is None and cumulative.measured.endswith("the relay's 4.57")
     table = report.table(made_up())
     assert table.splitlines()[0] == "Benchmarks of 2026-12-05 09:00 on 2 cores, test"
     assert "| websocket: memory per idle connection | 15.4 KB (10,000 open, 0 failed) | ≤ 16 KB | ✓ |" in table
@@ -113,7 +132,8 @@ def test_every_plot_is_drawn(tmp_path: Path) -> None:
     made = report.plots(made_up(), tmp_path)
     names = sorted(p.name for p in made)
     assert names == [
-        "cpu_by_flavour.png", "cpu_per_chunk.png", "memory.png", "ttft_cdf.png", "webapp_ttft.png"
+        "cpu_by_flavour.png", "cpu_per_chunk.png", "memory.png", "ttft_cdf.png", "webapp_ttft.png",
+        "wire_bytes.png",
     ]
     for png in made:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
