@@ -44,6 +44,11 @@ MAX_LINGERING = 64
 # Descriptors kept for everything but client connections (the listening socket,
 # the database, Redis, log files, a few upstream connections).
 FD_RESERVE = 128
+# Connections the kernel completes and queues while the loop is busy, before it
+# drops SYNs (a dropped SYN is sent again only after 1 s, then 3, then 7: a burst
+# of tabs reconnecting after a replica restart would wait seconds).  aiohttp's
+# default is 128; the kernel caps it at net.core.somaxconn (4096 on Linux ≥ 5.4).
+LISTEN_BACKLOG = 2048
 SERVER_HEADER = "chat-gateway"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -221,7 +226,7 @@ class GuardedSite(web.BaseSite):
     __slots__ = ("_guard", "_host", "_port")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard):
-        super().__init__(runner)
+        super().__init__(runner, backlog=LISTEN_BACKLOG)
         self._host, self._port, self._guard = host, port, guard
 
     @property

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -200,6 +202,46 @@ async def test_total_cap_refuses_with_503(gateways: Any) -> None:
         conn.writer.close()
     await asyncio.sleep(0.2)
     assert await health_s(gw, "127.0.0.12") < 0.5
+
+
+async def test_a_burst_of_connections_waits_in_the_kernel_queue_while_the_loop_is_busy(
+    gateways: Any,
+) -> None:
+    """A loop busy for a moment (here: stopped) while 600 clients connect: the kernel
+    completes and queues every handshake (the listen backlog, `LISTEN_BACKLOG`), none
+    has its SYN dropped (which a client retries only after a second); once the loop
+    runs again, every one is answered."""
+    gw = gateways({"GATEWAY_MAX_CONNECTIONS_PER_ADDRESS": ""})
+    assert gw.proc is not None
+    loop = asyncio.get_running_loop()
+    socks = [socket.socket() for _ in range(600)]
+    gw.proc.send_signal(signal.SIGSTOP)
+    try:
+        for sock in socks:
+            sock.setblocking(False)
+
+        async def connect(sock: socket.socket) -> bool:
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", gw.port)), 0.5)
+            except TimeoutError:
+                return False  # its SYN dropped: the accept queue was full
+            return True
+
+        connected = await asyncio.gather(*(connect(sock) for sock in socks))
+    finally:
+        gw.proc.send_signal(signal.SIGCONT)
+    assert all(connected), f"{connected.count(False)} of 600 SYNs dropped"
+    request = b"GET /health HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    for sock in socks:
+        await loop.sock_sendall(sock, request)
+
+    async def answer(sock: socket.socket) -> bytes:
+        return await asyncio.wait_for(loop.sock_recv(sock, 12), 10)
+
+    answers = await asyncio.gather(*(answer(sock) for sock in socks))
+    for sock in socks:
+        sock.close()
+    assert {reply[:12] for reply in answers} == {b"HTTP/1.1 200"}
 
 
 def test_connections_are_kept_below_the_open_files_limit(tmp_path: Path) -> None:
