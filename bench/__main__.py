@@ -29,6 +29,10 @@ Sections, each a module of its own that also runs alone (`python -m bench.<modul
     wire          bench_wire.py       bytes on the wire per reply of 50, 500 and
                                       2,000 tokens, every flavour, gateway and
                                       bare relay: linear in the reply's length?
+    sustained     bench_sustained.py  250 streams at 50 tokens/s on every flavour,
+                                      gateway and bare relay (every chunk, no gap
+                                      over 40 ms?), and 1,000 on two replicas on
+                                      Redis and PostgreSQL
 
 It writes bench/results/<date-time>/report.json (every sample, the machine, the
 date) and the PNG plots of `bench/report.py`, prints the table of results
@@ -106,6 +110,12 @@ def _webapp(options: Options, progress: Progress) -> dict[str, Any]:
     return bench_webapp.measure(quick=options.quick, progress=progress, peer=options.peer)
 
 
+def _sustained(options: Options, progress: Progress) -> dict[str, Any]:
+    from bench import bench_sustained
+
+    return bench_sustained.measure(quick=options.quick, progress=progress)
+
+
 def _wire(options: Options, progress: Progress) -> dict[str, Any]:
     from bench import bench_wire
 
@@ -121,6 +131,7 @@ SECTIONS: dict[str, tuple[int, Measure]] = {
     "signin": (1, _signin),
     "webapp": (4, _webapp),
     "wire": (42, _wire),
+    "sustained": (12, _sustained),
 }
 
 

@@ -14,6 +14,7 @@ in the same run (the machines are shared and noisy).
     webapp        bench_webapp.py       webapp_ttft.png (TTFT CDF per server, N users)
     wire          bench_wire.py         wire_bytes.png (bytes per reply against its
                                         length, gateway and relay, per flavour)
+    sustained     bench_sustained.py    (rows of the table only)
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def rows(report: dict[str, Any]) -> list[Row]:
         found += _webapp_rows(sections["webapp"])
     if "wire" in sections:
         found += _wire_rows(sections["wire"])
+    if "sustained" in sections:
+        found += _sustained_rows(sections["sustained"])
     if "disconnect" in sections:
         section = sections["disconnect"]
         found.append(
@@ -262,6 +265,42 @@ def _wire_rows(section: dict[str, Any]) -> list[Row]:
             Row(f"{name}: {what}",
                 measured, "quadratic by the protocol" if cumulative else f"≤ {WIRE_LINEARITY}",
                 None if cumulative else linearity <= WIRE_LINEARITY)
+        )  # fmt: skip
+    return found
+
+
+def _sustained_rows(section: dict[str, Any]) -> list[Row]:
+    """Each gateway row against the target (every chunk, no gap over 2× the upstream's
+    interval), with the bare relay's figures beside it: where the relay misses too,
+    the machine is the limit at that load, not the gateway."""
+    limit = section["gap_limit_ms"]
+    rate = 1000 / section["upstream"]["interval_ms"]
+    relays = {r["flavour"]: r for r in section["rows"] if r["path"] == "relay"}
+    found = []
+    for row in section["rows"]:
+        if row["path"] == "relay":
+            continue
+        gap = row["gap_ms"]
+        if gap["max"] is None:
+            found.append(Row(f"{row['flavour']}, {row['streams']:,} streams: sustained",
+                             "not measured", "", None))  # fmt: skip
+            continue
+        where = "" if row["part"] == "per core" else f", {row['path']}"
+        measured = (
+            f"{row['chunks']:,}/{row['expected']:,} chunks, gap max {gap['max']:,.0f} ms "
+            f"(p99.9 {gap['p99_9']:,.0f}), {row['gaps_over']:,} of {row['gaps']:,} over"
+        )
+        relay = relays.get(row["flavour"]) if row["part"] == "per core" else None
+        if relay is not None and relay["gap_ms"]["max"] is not None:
+            measured += (
+                f"; relay: gap max {relay['gap_ms']['max']:,.0f} ms, "
+                f"{relay['gaps_over']:,} over"
+            )
+        if row["streams_per_core"]:
+            measured += f"; CPU: {row['streams_per_core']:,} streams per core"
+        found.append(
+            Row(f"{row['flavour']}{where}: {row['streams']:,} streams at {rate:.0f} tokens/s",
+                measured, f"every chunk, no gap > {limit:.0f} ms", row["met"])
         )  # fmt: skip
     return found
 

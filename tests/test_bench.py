@@ -76,6 +76,21 @@ def made_up() -> dict[str, Any]:
                 },
             },
             "disconnect": {"replies": 30, "closed_p50_ms": 1.2, "closed_p99_ms": 2.5, "closed_max_ms": 2.7, "samples_ms": [1.2]},
+            "sustained": {
+                "upstream": {"deltas": 250, "interval_ms": 20.0}, "turns": 2, "ramp_s": 1.0, "clients": 2,
+                "gap_limit_ms": 40.0,
+                "rows": [
+                    {"part": part, "flavour": "nadoo-ws", "path": path, "streams": streams, "chunks": chunks,
+                     "expected": 125_000, "gaps": 124_500, "gaps_over": over,
+                     "gap_ms": {"p50": 20.0, "p99": 24.0, "p99_9": p999, "max": worst},
+                     "streams_per_core": per_core, "met": met}
+                    for part, path, streams, chunks, over, p999, worst, per_core, met in (
+                        ("per core", "relay", 250, 125_000, 3, 30.0, 56.0, 345, False),
+                        ("per core", "gateway", 250, 125_000, 0, 25.0, 39.0, 259, True),
+                        ("scale-out", "2 replicas", 1000, 124_000, 900, 150.0, 335.0, 378, False),
+                    )
+                ],
+            },
             "wire": {
                 "upstream": {"lengths": [50, 500, 2000], "delay_ms": 1.0}, "replies": 3,
                 "rows": {
@@ -123,6 +138,13 @@ def test_the_table_reads_each_target_from_its_section() -> None:
     # Quadratic by the protocol (each chunk repeats the text so far): no target, the relay beside it.
     cumulative = rows[f"ragflow-sse cumulative: {wire}"]
     assert cumulative.met is None and cumulative.measured.endswith("the relay's 4.57")
+    sustained = rows["nadoo-ws: 250 streams at 50 tokens/s"]
+    assert sustained.met is True and sustained.target == "every chunk, no gap > 40 ms"
+    assert sustained.measured == (
+        "125,000/125,000 chunks, gap max 39 ms (p99.9 25), 0 of 124,500 over; "
+        "relay: gap max 56 ms, 3 over; CPU: 259 streams per core"
+    )
+    assert rows["nadoo-ws, 2 replicas: 1,000 streams at 50 tokens/s"].met is False
     table = report.table(made_up())
     assert table.splitlines()[0] == "Benchmarks of 2026-12-05 09:00 on 2 cores, test"
     assert "| websocket: memory per idle connection | 15.4 KB (10,000 open, 0 failed) | ≤ 16 KB | ✓ |" in table
