@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 
@@ -59,6 +60,11 @@ async def _serve(loaded: Loaded) -> None:
     asyncio.get_running_loop().set_exception_handler(AcceptErrorLog(max_connections))
     runner = await _opened(loaded)
     await _listening(loaded, runner, max_connections)
+    # What start-up made (modules, the app, its resources) lives as long as the
+    # process: kept out of the collector's full passes, which otherwise walk it
+    # all and stall the loop tens of milliseconds each (bench/RESULTS.md).
+    gc.collect()
+    gc.freeze()
     log.info(
         "gateway listening on http://%s:%d (data dir %s, event loop %s)",
         settings.host if ":" not in settings.host else f"[{settings.host}]",

@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 DESCRIPTION = (
     "The chat gateway: serve it, make tokens, check settings, manage users and keys, "
-    "install the web app."
+    "install the web app, benchmark it."
 )
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[_Parser]"
