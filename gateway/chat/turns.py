@@ -154,15 +154,18 @@ def plan_turn(history: Mapping[str, Any], ask: Ask, now_s: int) -> Turn:
             )
         writes.append(placeholder)
         replies.append((placeholder, target))
-    update = {"messages": {m["id"]: m for m in writes}, "currentId": replies[0][0]["id"]}
     try:
-        merged = tree.merge(history, update)
+        # The stored history is consistent: only the turn's own messages are added.
+        merged = tree.grow(history, writes, replies[0][0]["id"])
+        if question_id not in merged["messages"]:
+            raise BadRequest(f"message '{question_id}' (the question to answer) does not exist")
+        # Its branch reaches a root (what the model is sent): checked here, where a
+        # broken stored chat is still a 400.
+        tree.path_to(merged, question_id)
     except tree.TreeError as exc:
         raise BadRequest(f"Inconsistent chat history: {exc}") from None
     for message in writes:
         # Written whole, not merged: a reanswered message drops its stale fields.
         children = merged["messages"][message["id"]]["childrenIds"]
         merged["messages"][message["id"]] = {**message, "childrenIds": children}
-    if question_id not in merged["messages"]:
-        raise BadRequest(f"message '{question_id}' (the question to answer) does not exist")
     return Turn(merged, writes, replies, question_id)
