@@ -223,16 +223,7 @@ class Meter:
 class RagflowSseModeClient(RagflowSseClient):
     """bench_flavours' RAGFlow SSE client, each question asking `answer_mode`."""
 
-    def __init__(
-        self,
-        http: aiohttp.ClientSession,
-        base: str,
-        ids: Identities | None,
-        index: int,
-        mode: str,
-    ) -> None:
-        super().__init__(http, base, ids, index)
-        self.mode = mode
+    mode = "delta"  # set by `client_for` from the row
 
     def _body(self, turn: int) -> dict[str, Any]:
         return {**super()._body(turn), "answer_mode": self.mode}
@@ -254,16 +245,7 @@ class RagflowSseModeClient(RagflowSseClient):
 class RagflowWsModeClient(RagflowWsClient):
     """bench_flavours' RAGFlow WebSocket client, each question asking `answer_mode`."""
 
-    def __init__(
-        self,
-        http: aiohttp.ClientSession,
-        base: str,
-        ids: Identities | None,
-        index: int,
-        mode: str,
-    ) -> None:
-        super().__init__(http, base, ids, index)
-        self.mode = mode
+    mode = "delta"  # set by `client_for` from the row
 
     async def turn(self, index: int, stream: Stream) -> None:
         assert self.ws is not None
@@ -292,10 +274,11 @@ def client_for(
     gateway = path == "gateway"
     base = servers.gateway if gateway else servers.relay
     who = ids if gateway else None
-    if row.flavour == "ragflow-sse" and row.answer_mode:
-        return RagflowSseModeClient(http, base, who, 0, row.answer_mode)
-    if row.flavour == "ragflow-ws" and row.answer_mode:
-        return RagflowWsModeClient(http, base, who, 0, row.answer_mode)
+    moded = {"ragflow-sse": RagflowSseModeClient, "ragflow-ws": RagflowWsModeClient}
+    if row.answer_mode and row.flavour in moded:
+        client = moded[row.flavour](http, base, who, 0)
+        client.mode = row.answer_mode
+        return client
     return make_client(row.flavour, path, 0, http, servers, ids)
 
 

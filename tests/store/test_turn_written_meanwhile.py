@@ -69,16 +69,25 @@ async def lock_chats(url: str) -> asyncpg.Connection:
     return holder
 
 
+async def asking_while_locked(
+    gw: GatewayProcess, database: str, who: str, question: str, model: str
+) -> tuple[str, Any, asyncpg.Connection]:
+    """A Nadoo socket that has asked `question` of `model` while the `chats` table is
+    locked: (its token, the socket, the connection holding the lock)."""
+    token = make_token(f"{who}-{uuid.uuid4().hex[:6]}")
+    ws = await nadoo_socket(gw, token)
+    holder = await lock_chats(database)
+    await ws.send(json.dumps({"type": "chat", "content": question, "application_id": model}))
+    return token, ws, holder
+
+
 async def test_the_model_server_is_asked_while_the_turn_is_written(
     database: str, start_gateway: Any, fake_upstream: FakeUpstream
 ) -> None:
     gw = start_gateway({"OPENAI_API_BASE_URL": fake_upstream.url, "DATABASE_URL": database})
-    token = make_token(f"writer-{uuid.uuid4().hex[:6]}")
     question = f"written meanwhile {uuid.uuid4().hex[:6]}"
-    ws = await nadoo_socket(gw, token)
-    holder = await lock_chats(database)
+    token, ws, holder = await asking_while_locked(gw, database, "writer", question, "fake-model")
     try:
-        await ws.send(json.dumps({"type": "chat", "content": question, "application_id": "fake-model"}))
         # Asked while the write waits for the lock ...
         request = await asked(fake_upstream, question)
         # ... and its whole reply (some 15 deltas 5 ms apart) has been sent by the model
@@ -108,13 +117,10 @@ async def test_a_turn_whose_write_fails_closes_its_model_request_and_sends_nothi
     database: str, start_gateway: Any, fake_upstream: FakeUpstream
 ) -> None:
     gw = start_gateway({"OPENAI_API_BASE_URL": fake_upstream.url, "DATABASE_URL": database})
-    token = make_token(f"unwritten-{uuid.uuid4().hex[:6]}")
     question = f"never written {uuid.uuid4().hex[:6]}"
-    ws = await nadoo_socket(gw, token)
-    holder = await lock_chats(database)
+    # fake-crawl streams for 15 s: its request is open when the write fails.
+    token, ws, holder = await asking_while_locked(gw, database, "unwritten", question, "fake-crawl")
     try:
-        # fake-crawl streams for 15 s: its request is open when the write fails.
-        await ws.send(json.dumps({"type": "chat", "content": question, "application_id": "fake-crawl"}))
         request = await asked(fake_upstream, question)
         killed = await holder.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
