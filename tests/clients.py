@@ -49,6 +49,8 @@ def _record(raw: dict[str, Any], t: float) -> dict[str, Any]:
         "message_id": raw["message_id"],
         "type": raw["data"]["type"],
         "data": raw["data"]["data"],
+        # A socket that asked for seqs (`auth.seq`) gets each reply envelope's.
+        "seq": raw.get("seq"),
     }
 
 
@@ -74,12 +76,15 @@ class PySocket:
         transports: list[str] | None = None,
         headers: dict[str, str] | None = None,
         path: str = SOCKETIO_PATH,
+        auth: dict[str, Any] | None = None,
     ) -> PySocket:
+        """`auth` adds to the handshake's `{token}` (`seq`, `resume`)."""
+        handshake = {**({"token": token} if token else {}), **(auth or {})}
         try:
             await self.client.connect(
                 url,
                 socketio_path=path,
-                auth={"token": token} if token else None,
+                auth=handshake or None,
                 transports=transports or ["websocket"],
                 headers=headers or {},
                 wait_timeout=10,
@@ -279,6 +284,4 @@ async def metric_total(base_url: str, name: str) -> float:
     """The sum of a metric's samples over every label, from `GET /metrics`."""
     async with aiohttp.ClientSession() as http, http.get(f"{base_url}/metrics") as resp:
         text = await resp.text()
-    return sum(
-        float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)
-    )
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))

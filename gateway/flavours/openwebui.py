@@ -38,6 +38,9 @@ One reply is::
 and on failure `chat:message:error {error: {content}}`, then
 `chat:completion {done: true, content, error: {content}}`, `chat:active false`.
 
+A socket that asked for seqs (`auth.seq` in its handshake) gets `"seq"` in every
+envelope of a reply, next to `message_id`: what it names to resume.
+
 A client that resumes a reply (`fanout/follow.py`) may first get its text at once,
 `chat:message {content, snapshot: "exact"|"stored"}` (the web app replaces the
 message's content with it), and for a finished reply whose events the buffer no
@@ -79,6 +82,7 @@ from gateway.events import (
     Event,
     MessageEvent,
     ReasoningDelta,
+    ReplyEvent,
     ReplyFailed,
     ReplyFinished,
     ReplySnapshot,
@@ -275,9 +279,25 @@ class SocketEncoder:
 
     Reasoning deltas are sent only with the index of their `output` item (the
     reasoning came first), as the deltas of the text that follows it.
+
+    With `seq` (a socket that asked for it in its handshake, `auth.seq`), every
+    envelope of a reply also carries the event's `seq` next to `message_id`: what
+    a resume names.  Counting envelopes cannot stand in for it: a catch-up
+    snapshot stands for every event before it, and a socket that fell behind
+    gets deltas merged.
     """
 
+    def __init__(self, seq: bool = False) -> None:
+        self._seq = seq
+
     def encode(self, event: Event) -> list[Frame]:
+        frames = self._encode(event)
+        if self._seq and isinstance(event, ReplyEvent):
+            for _, payload in frames:
+                payload["seq"] = event.seq
+        return frames
+
+    def _encode(self, event: Event) -> list[Frame]:
         if isinstance(event, TextDelta):
             if event.item is not None:
                 return [_item_delta(event, "text", "response.output_text.delta", event.item)]

@@ -17,7 +17,9 @@ python-socketio does the framing; this module owns a connection's life:
                 running replies (`chat:message`, then the live rest); `events:chat`
                 `{chat_id, data: {type: "resume", after: {<message id>: <seq>}}}`,
                 or `auth.resume` `{<message id>: <seq>}` in the handshake, replays
-                what followed each seq (`Replies.attach`); one follower per reply
+                what followed each seq (`Replies.attach`); one follower per reply.
+                The seq to name: a socket whose handshake has `auth.seq: true`
+                gets it in every envelope of a reply
     backpressure once that queue is full the events wait in the outbox instead
                 (merged there) and a pump task feeds them on as the queue
                 drains; a reply that outgrows the outbox is fed from the replay
@@ -94,6 +96,8 @@ class Socket:
     resuming: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # A resume the handshake asked for (`auth.resume`), done once it joins.
     handshake_resume: Resume | None = None
+    # Each envelope of a reply carries its `seq` (`auth.seq: true` in the handshake).
+    numbered: bool = False
     # Counted and logged while open (`edge/access.py`); None until its connect ends.
     opened: access.OpenConnection | None = None
     # How fast the client may send events (GATEWAY_MAX_MESSAGES_PER_S).
@@ -181,6 +185,8 @@ class SocketIOTransport:
             )
         except AuthError:
             token = None
+        if isinstance(auth, Mapping) and auth.get("seq") is True:
+            conn.numbered = True
         if isinstance(auth, Mapping) and "resume" in auth:
             # `auth: {token, resume: {<message id>: <seq>}}`: as an `events:chat` resume.
             with contextlib.suppress(GatewayError):
@@ -317,7 +323,7 @@ class SocketIOTransport:
         """The fast path: into Engine.IO's queue now, unless it is backed up."""
         if not engine.has_room(conn.eio_socket):
             return False
-        engine.enqueue(conn.eio_socket, event)
+        engine.enqueue(conn.eio_socket, event, conn.numbered)
         return True
 
     def _release(self, conn: Socket) -> None:
@@ -343,7 +349,7 @@ class SocketIOTransport:
                 if sock is None or sock.closed:
                     return
                 for event in events:
-                    engine.enqueue(sock, event)
+                    engine.enqueue(sock, event, conn.numbered)
                 if not await engine.drained(sock, lambda: outbox.overflowed or outbox.closed):
                     return
                 outbox.done()

@@ -6,7 +6,8 @@ python-engineio's, not a documented API; every use of it is in this module.
     enqueue     an event encoded (`SocketEncoder`, python-socketio's `Packet`)
                 straight into the socket's queue: what `AsyncServer.emit` would
                 queue, without its task per recipient, and encoded once for all
-                the sockets that get it (`ENCODED`)
+                the sockets that get it (`ENCODED`; `NUMBERED` for the sockets
+                that asked for each envelope's `seq`)
     room        the queue is unbounded, so `has_room` says no once it holds
                 `MAX_QUEUED_PACKETS`; the transport's pump then waits in
                 `drained` while its outbox takes (and merges) what follows
@@ -36,8 +37,6 @@ MESSAGE = engineio.packet.MESSAGE
 MAX_QUEUED_PACKETS = 16
 # How often a waiting pump looks whether it should give up meanwhile.
 DRAIN_TICK_S = 0.25
-# Stateless: one for every socket.
-ENCODER = SocketEncoder()
 
 
 def engine_socket(sio: socketio.AsyncServer, sid: str) -> Any:
@@ -54,9 +53,10 @@ class _EncodedOnce:
     hub hands the same event object to every socket of the user (every tab), one
     after another, so remembering the last one is enough."""
 
-    __slots__ = ("encodes", "event", "packets")
+    __slots__ = ("encoder", "encodes", "event", "packets")
 
-    def __init__(self) -> None:
+    def __init__(self, encoder: SocketEncoder) -> None:
+        self.encoder = encoder  # stateless: one for every socket
         self.event: Event | None = None
         self.packets: list[str] = []
         self.encodes = 0  # for tests and benches: how many times an event was encoded
@@ -67,19 +67,20 @@ class _EncodedOnce:
             # Our payloads are JSON, never binary: no scan for bytes.
             self.packets = [
                 socketio.packet.Packet(EVENT, data=[name, payload], binary=False).encode()
-                for name, payload in ENCODER.encode(event)
+                for name, payload in self.encoder.encode(event)
             ]
             self.event = event
         return self.packets
 
 
-ENCODED = _EncodedOnce()
+ENCODED = _EncodedOnce(SocketEncoder())
+NUMBERED = _EncodedOnce(SocketEncoder(seq=True))
 
 
-def enqueue(sock: Any, event: Event) -> None:
+def enqueue(sock: Any, event: Event, numbered: bool = False) -> None:
     put = sock.queue.put_nowait
     HOT.delivered_socketio += 1
-    for data in ENCODED(event):
+    for data in (NUMBERED if numbered else ENCODED)(event):
         put(engineio.packet.Packet(MESSAGE, data=data))
 
 

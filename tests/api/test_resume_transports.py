@@ -165,6 +165,19 @@ def of(events: list[dict[str, Any]], message_id: str) -> list[dict[str, Any]]:
     return [e for e in events if e["message_id"] == message_id]
 
 
+def rebuilt(events: list[dict[str, Any]], text: str = "") -> str:
+    """A reply's text as the web app applies its events (`chat:message` replaces the
+    text, a delta appends), up to its `chat:completion`."""
+    for event in events:
+        if event["type"] == "chat:message":
+            text = event["data"]["content"]
+        elif event["type"] == "chat:message:delta":
+            text += event["data"]["content"]
+        elif event["type"] == "chat:completion":
+            break
+    return text
+
+
 def deltas(events: list[dict[str, Any]]) -> list[str]:
     return [e["data"]["content"] for e in events if e["type"] == "chat:message:delta"]
 
@@ -463,15 +476,17 @@ async def test_socketio_resume_of_a_running_reply_at_random_cuts(
 
     async def one(cut: int) -> None:
         user = account()
-        first = await PySocket().connect(gateway.url, user.token)
+        # Each envelope with its seq (`auth.seq`): the last one is what the tab has.
+        first = await PySocket().connect(gateway.url, user.token, auth={"seq": True})
         try:
             chat_id, message_id = await webapp_turn(gateway, user, first)
-            await first.wait_until(lambda evs: len(deltas(of(evs, message_id))) >= cut)
+            await first.wait_until(lambda evs: any(e["seq"] >= cut for e in of(evs, message_id)))
         finally:
             await first.close()
-        had = deltas(of(first.events, message_id))
-        # chat:active (seq 0), then one delta per seq: the last seq the tab has.
-        last = len(had)
+        mine = of(first.events, message_id)
+        upto = next(i for i, e in enumerate(mine) if e["seq"] >= cut)
+        last = mine[upto]["seq"]
+        text = rebuilt(mine[: upto + 1])
         back = await PySocket().connect(gateway.url, user.token)
         try:
             ack = await back.client.call(
@@ -482,14 +497,8 @@ async def test_socketio_resume_of_a_running_reply_at_random_cuts(
         finally:
             await back.close()
         got = of(back.events, message_id)
-        text = "".join(had)
-        for event in got:
-            if event["type"] == "chat:message":
-                text = event["data"]["content"]
-            elif event["type"] == "chat:message:delta":
-                text += event["data"]["content"]
-            elif event["type"] == "chat:completion":
-                break
+        assert all(e["seq"] is None for e in got), "seqs only to a socket that asked"
+        text = rebuilt(got, text)
         more = deltas(got)
         assert len(more) == len(set(more)), f"a delta came twice after a cut at {last}: {more}"
         assert text == SLOW_TEXT, last

@@ -78,6 +78,31 @@ def test_openwebui_snapshot_replaces_the_content_and_a_done_one_ends_the_reply()
     assert done[1][1]["data"]["data"] == {"done": True, "content": "all", "snapshot": "stored"}
 
 
+def test_openwebui_seq_only_when_asked_on_every_envelope_of_a_reply() -> None:
+    # Unasked: Open WebUI's own envelope, nothing added.
+    plain = SocketEncoder().encode(delta(3))
+    assert plain == [
+        (
+            "events",
+            {
+                "chat_id": "c1",
+                "message_id": "m1",
+                "data": {"type": "chat:message:delta", "data": {"content": "w3 "}},
+            },
+        )
+    ]
+    numbered = SocketEncoder(seq=True)
+    assert numbered.encode(delta(3))[0][1] == {**plain[0][1], "seq": 3}
+    assert [f[1]["seq"] for f in numbered.encode(started())] == [0]
+    # A catch-up snapshot stands for every event up to its seq.
+    snapshot = numbered.encode(ReplySnapshot("c1", "m1", 4, "so far", False, True))
+    assert [(f[1]["data"]["type"], f[1]["seq"]) for f in snapshot] == [("chat:message", 4)]
+    # An end's envelopes (completion, title, active) all carry the end's seq.
+    ended = numbered.encode(finished(7, "all"))
+    assert [f[1]["data"]["type"] for f in ended] == ["chat:completion", "chat:active"]
+    assert {f[1]["seq"] for f in ended} == {7}
+
+
 def test_nadoo_seq_only_when_asked_and_the_index_goes_on_after_priming() -> None:
     plain = nadoo.Encoder(clock=lambda: NOW)
     assert "seq" not in json.loads(plain.encode(delta(1))[0])

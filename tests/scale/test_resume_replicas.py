@@ -257,56 +257,62 @@ def text_rebuilt(events: list[dict[str, Any]], message_id: str) -> str:
     return rebuilt([{"message_id": e["message_id"], "data": e} for e in events], message_id)
 
 
-def upto_delta(events: list[dict[str, Any]], message_id: str, count: int) -> list[dict[str, Any]]:
-    """The events up to the `count`th delta of the reply: what a client cut there has."""
-    seen = 0
+def upto_seq(events: list[dict[str, Any]], message_id: str, seq: int) -> list[dict[str, Any]]:
+    """The events up to the reply's envelope of `seq`: what a client cut there has."""
     for index, event in enumerate(events):
-        if event["type"] == "chat:message:delta" and event["message_id"] == message_id:
-            seen += 1
-            if seen == count:
-                return events[: index + 1]
-    raise AssertionError(f"fewer than {count} deltas")
+        if event["message_id"] == message_id and event["seq"] == seq:
+            return events[: index + 1]
+    raise AssertionError(f"no envelope of seq {seq}")
 
 
 async def test_socketio_resume_on_b_of_a_reply_cut_on_a(cluster: Start) -> None:
     a, b = cluster("a"), cluster("b")
 
-    async def one(cut: int, after_end: bool) -> tuple[list[Any], list[Any], Any, str]:
+    async def one(cut: int, after_end: bool) -> tuple[list[Any], list[Any], str]:
         _, token = user()
-        first = await PySocket().connect(a.url, token)
+        # Each envelope with its seq (`auth.seq`): what the resume names.  Counting
+        # deltas would not do: the reply may start before the socket has joined its
+        # room, and then comes first as a catch-up snapshot standing for several.
+        first = await PySocket().connect(a.url, token, auth={"seq": True})
         try:
             chat_id, message_id = await web_turn(a, token, first.sid)
-            await first.wait_until(lambda events: deltas_of(events, message_id) >= cut)
-            # What the client has when cut: up to its `cut`th delta, the seq `cut`.
-            had = upto_delta(first.events, message_id, cut)
+            await first.wait_until(
+                lambda events: any(
+                    e["message_id"] == message_id and e["seq"] >= cut for e in events
+                )
+            )
         finally:
             await first.close()
+        seq = next(
+            e["seq"] for e in first.events if e["message_id"] == message_id and e["seq"] >= cut
+        )
+        had = upto_seq(first.events, message_id, seq)
         if after_end:
             await reply_ended(b, token, chat_id, message_id)
         # Back on B, naming in the handshake what it has (`auth.resume`): that reply
         # is replayed after its seq, not caught up as a snapshot.
-        back = PySocket()
+        back = await PySocket().connect(
+            b.url, token, auth={"seq": True, "resume": {message_id: seq}}
+        )
         try:
-            await back.client.connect(
-                b.url,
-                socketio_path="/ws/socket.io",
-                auth={"token": token, "resume": {message_id: cut}},
-                transports=["websocket"],
-                wait_timeout=10,
-            )
             await back.wait_ended(timeout_s=10)
         finally:
             await back.close()
-        return had, back.events, None, message_id
+        return had, [e for e in back.events if e["message_id"] == message_id], message_id
 
     cut_points = cuts(3)
     runs = await asyncio.gather(*(one(cut, after_end) for cut, after_end in cut_points))
-    for (cut, after_end), (had, got, _ack, message_id) in zip(cut_points, runs, strict=True):
-        kinds = [e["type"] for e in got if e["message_id"] == message_id]
+    for (cut, after_end), (had, got, message_id) in zip(cut_points, runs, strict=True):
+        kinds = [e["type"] for e in got]
         assert text_rebuilt(had + got, message_id) == SLOW_TEXT, (cut, after_end, kinds)
         assert kinds.count("chat:completion") == 1 and kinds[-1] == "chat:active", kinds
+        # Only what followed the seq named, each once, in order (an end event's
+        # envelopes share its seq).
+        seqs = [e["seq"] for e in got]
+        assert seqs == sorted(seqs) and min(seqs) > had[-1]["seq"], (cut, seqs)
         if after_end:  # only the rest, and the end
-            assert kinds.count("chat:message:delta") == 64 - cut and "chat:message" not in kinds
+            assert kinds.count("chat:message:delta") == 64 - had[-1]["seq"], (cut, kinds)
+            assert "chat:message" not in kinds
 
 
 def attach_url(replica: GatewayProcess, chat_id: str, message_id: str) -> str:
