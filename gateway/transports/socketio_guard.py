@@ -46,6 +46,8 @@ import engineio
 import socketio
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 
+from gateway.transports.socketio_queue import PacketQueue
+
 log = logging.getLogger(__name__)
 
 # Event names the protocol keeps for itself (socket.io-client refuses to emit them).
@@ -96,6 +98,10 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         # The driver's table is shared by every server of the process: a copy.
         table: dict[str, Any] = getattr(self, "_async")  # noqa: B009 (untyped library)
         self._async = {**table, "websocket": _CheckedWebSocket}
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
+        """Each socket's packet queue (Engine.IO's utility hook): a lean one."""
+        return PacketQueue()
 
 
 class _Packet(socketio.packet.Packet):  # type: ignore[misc]
