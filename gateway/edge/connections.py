@@ -249,10 +249,15 @@ def body_deadline(timeout_s: float) -> Any:
     the handler waiting for the body).  aiohttp has no such timeout of its own."""
     slow = EveryInterval()
 
+    # Not a coroutine: a request with no body to wait for (a socket's handshake, a
+    # GET) gets the handler's own awaitable, and no frame is kept for its life.
     @web.middleware
-    async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def deadline(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
         if not request.body_exists or not request.can_read_body:
-            return await handler(request)
+            return handler(request)
+        return timed(request, handler)
+
+    async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
         transport = request.transport
 
         def expire() -> None:

@@ -85,12 +85,26 @@ class OriginPolicy:
     def middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
         policy = self
 
+        # Not a coroutine: where there is nothing to add to the response (no Origin,
+        # or a WebSocket handshake, which CORS does not govern) it hands on the
+        # handler's own awaitable and keeps no frame for the request's life.
         @web.middleware
-        async def cors(
+        def cors(
             request: web.Request,
             handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-        ) -> web.StreamResponse:
+        ) -> Awaitable[web.StreamResponse]:
             origin = request.headers.get("Origin")
+            if (origin is None and request.method != "OPTIONS") or request.headers.get(
+                "Upgrade", ""
+            ).lower() == "websocket":
+                return handler(request)
+            return granted(request, handler, origin)
+
+        async def granted(
+            request: web.Request,
+            handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+            origin: str | None,
+        ) -> web.StreamResponse:
             allowed = policy.allows(origin, request.host)
             if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
                 if not allowed:
@@ -119,10 +133,10 @@ class OriginPolicy:
         refusals = EveryInterval(log)
 
         @web.middleware
-        async def cross_site(
+        def cross_site(  # not a coroutine: no frame kept (see `forwarded`, proxy.py)
             request: web.Request,
             handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-        ) -> web.StreamResponse:
+        ) -> Awaitable[web.StreamResponse]:
             why = policy.refuses_cookie_write(request)
             if why is not None:
                 refusals.note(
@@ -136,7 +150,7 @@ class OriginPolicy:
                     "the token cookie must come from this site or an origin listed in "
                     "CORS_ALLOW_ORIGIN; other clients send 'Authorization: Bearer <token>'"
                 )
-            return await handler(request)
+            return handler(request)
 
         return cross_site
 

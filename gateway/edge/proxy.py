@@ -107,19 +107,21 @@ class ProxyPolicy:
     def middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
         policy = self
 
+        # Not a coroutine: it hands on the handler's own awaitable, so it keeps no
+        # frame for as long as the request runs (a socket's whole life).
         @web.middleware
-        async def forwarded(
+        def forwarded(
             request: web.Request,
             handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-        ) -> web.StreamResponse:
+        ) -> Awaitable[web.StreamResponse]:
             if not any(name in request.headers for name in _FORWARDED_HEADERS):
-                return await handler(request)
+                return handler(request)
             peer = request.transport.get_extra_info("peername") if request.transport else None
             peer_ip = peer[0] if isinstance(peer, tuple) else None
             if not policy.trusts(peer_ip):
                 policy._ignored(peer_ip)
-                return await handler(request)
-            return await handler(policy._as_sent(request))
+                return handler(request)
+            return handler(policy._as_sent(request))
 
         return forwarded
 

@@ -89,24 +89,30 @@ class WebApp:
     def middleware(self) -> Any:
         app = self
 
+        # Not a coroutine: a request for the gateway's own routes gets the handler's
+        # awaitable as it is, and no frame of this is kept for its life (a socket's).
         @web.middleware
-        async def web_app(request: web.Request, handler: Handler) -> web.StreamResponse:
+        def web_app(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
             if request.method not in ("GET", "HEAD") or prefix(request):
                 # Writes are the API's; under a proxy's sub-path the app cannot work.
-                return await handler(request)
+                return handler(request)
             path = request.path
             if path == "/":
-                return app.page()
+                return _given(app.page())
             if not isinstance(request.match_info.http_exception, web.HTTPNotFound):
-                return await handler(request)  # a route of the gateway's
+                return handler(request)  # a route of the gateway's
             relative = path[1:]
             if relative in app.files:
-                return app.response(relative)
+                return _given(app.response(relative))
             if _is_app_route(relative):
-                return app.page()
-            return await handler(request)  # the 404 it would be without the app
+                return _given(app.page())
+            return handler(request)  # the 404 it would be without the app
 
         return web_app
+
+
+async def _given(response: web.StreamResponse) -> web.StreamResponse:
+    return response
 
 
 def _is_app_route(relative: str) -> bool:

@@ -1,16 +1,18 @@
 """The raw WebSocket transport itself, on the real app served in-process, with an
 endpoint of the test's own (the flavours' endpoints are tested in tests/api):
 a bug in an endpoint is 1011, a client that stops reading is dropped (1013),
-a refused origin is 403 and a request without Upgrade is 426."""
+a refused origin is 403 and a request without Upgrade is 426; an open socket
+keeps no frame of the middlewares that have nothing to do after its handshake."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import pytest
@@ -66,7 +68,11 @@ async def app_url(tmp_path: Path) -> AsyncIterator[str]:
     async def echo(request: web.Request) -> web.StreamResponse:
         return await serve(request, Echo(), flavour="echo")
 
+    async def watched(request: web.Request) -> web.StreamResponse:
+        return await serve(request, Watched(), flavour="echo")
+
     app.router.add_get("/test/echo", echo)
+    app.router.add_get("/test/watched", watched)
     runner = web.AppRunner(app, handler_cancellation=True)
     await runner.setup()
     with socket.socket() as probe:
@@ -90,6 +96,42 @@ async def test_frames_go_both_ways_and_a_bad_token_is_refused(app_url: str) -> N
             assert await ws.receive_json() == {"refused": "invalid_token"}
             closed = await ws.receive()
             assert closed.type == aiohttp.WSMsgType.CLOSE and closed.data == 1008
+
+
+def running_inside() -> list[str]:
+    """The names of the functions the caller runs inside, innermost first."""
+    names, frame = [], sys._getframe(1)
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return names
+
+
+class Watched(Echo):
+    """Echo that notes what its connection runs inside once open."""
+
+    chain: ClassVar[list[str]] = []
+
+    async def opened(self, conn: Connection) -> None:
+        Watched.chain = running_inside()
+        await super().opened(conn)
+
+
+async def test_an_open_socket_keeps_no_frame_of_a_middleware_done_with_it(app_url: str) -> None:
+    # The request id and the error middleware wrap the socket's life; the proxy
+    # headers, CORS, the body deadline and the cookie guard act on the handshake
+    # only and hand on the handler's own awaitable (each frame kept ~0.5 KB a socket).
+    token = make_token("echo-user")
+    headers = {"Origin": "https://chat.example.com", "X-Forwarded-For": "203.0.113.9"}
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(
+            f"{app_url}/test/watched?token={token}", headers=headers
+        ) as ws:
+            assert await ws.receive_json() == {"hello": "echo-user"}
+    chain = Watched.chain
+    assert {"request_id", "errors", "watched", "opened"} <= set(chain), chain
+    done_with = {"forwarded", "cors", "granted", "deadline", "timed", "cross_site"}
+    assert not done_with & set(chain), chain
 
 
 async def test_a_bug_in_an_endpoint_is_an_error_frame_and_close_1011(app_url: str) -> None:
