@@ -1,6 +1,6 @@
 """Every flavour against a bare relay of its own shape: added TTFT and CPU per chunk.
 
-    python -m bench.bench_flavours [--quick] [--streams 200] [--flavours openai-sse,...]
+    python -m bench.bench_flavours [--quick] [--streams 200] [--deltas 32] [--flavours openai-sse,...]
 
 One paced upstream (`bench.servers upstream`), one bare relay of every flavour
 (`bench.servers flavour-relay`) and one gateway (`bench.common.start_gateway`)
@@ -68,7 +68,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -112,10 +112,16 @@ class Plan:
         return "".join(f"tok{index} " for index in range(self.deltas))
 
 
-def plan(quick: bool, streams: int | None = None) -> Plan:
+def plan(quick: bool, streams: int | None = None, deltas: int | None = None) -> Plan:
     if quick:
-        return Plan(deltas=16, delay_s=0.01, streams=streams or 20, rounds_one=12, rounds_many=3)
-    return Plan(deltas=32, delay_s=0.02, streams=streams or 200, rounds_one=30, rounds_many=3)
+        made = Plan(deltas=16, delay_s=0.01, streams=streams or 20, rounds_one=12, rounds_many=3)
+    else:
+        made = Plan(deltas=32, delay_s=0.02, streams=streams or 200, rounds_one=30, rounds_many=3)
+    if not deltas:
+        return made
+    # A longer reply: as many deltas at one stream in all (at least 5 rounds).
+    rounds_one = max(5, made.rounds_one * made.deltas // deltas)
+    return replace(made, deltas=deltas, rounds_one=rounds_one)
 
 
 @dataclass
@@ -713,6 +719,13 @@ def main() -> None:
     )
     parser.add_argument("--streams", type=int, default=None, help="N (default 200, quick 20)")
     parser.add_argument(
+        "--deltas",
+        type=int,
+        default=None,
+        help="a reply's length in deltas (default 32, quick 16): what each reply's fixed "
+        "costs (its turn written, its end) are shared over",
+    )
+    parser.add_argument(
         "--flavours",
         default=",".join(FLAVOURS),
         help="comma-separated subset of " + ", ".join(FLAVOURS),
@@ -722,7 +735,7 @@ def main() -> None:
     unknown = set(flavours) - set(FLAVOURS)
     if unknown:
         parser.error(f"unknown flavour(s): {', '.join(sorted(unknown))}")
-    plan_ = plan(args.quick, args.streams)
+    plan_ = plan(args.quick, args.streams, args.deltas)
     began = time.monotonic()
     result = run(plan_, flavours, lambda msg: print(f"… {msg}", file=sys.stderr, flush=True))
     took = time.monotonic() - began

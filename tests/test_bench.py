@@ -209,3 +209,15 @@ def test_gateway_bench_is_the_suite_with_its_own_arguments() -> None:
     assert refused.returncode == 2
     assert refused.stderr == "gateway: unrecognized arguments: --bogus (see gateway --help)\n"
     assert "bench" in gateway("--help").stdout
+
+
+def test_the_flavours_bench_takes_a_reply_of_any_length() -> None:
+    # `--deltas`: each reply's fixed costs shared over more chunks; as many deltas
+    # at one stream in all, in at least 5 rounds.
+    from bench.bench_flavours import plan
+
+    assert plan(False).deltas == 32 and plan(False).rounds_one == 30
+    longer = plan(False, deltas=256)
+    assert (longer.deltas, longer.rounds_one, longer.streams) == (256, 5, 200)
+    assert plan(False, deltas=64).rounds_one == 15
+    assert longer.text.split() == [f"tok{index}" for index in range(256)]
