@@ -120,6 +120,18 @@ class Assistants:
         end_user: str = "",
     ) -> ChatRecord:
         """A session begins with the assistant's opener as it is at that moment."""
+        chat = self.new_session(assistant, name, end_user)
+        await self.chats.insert_chat(chat, [])
+        return chat
+
+    @staticmethod
+    def new_session(
+        assistant: AssistantRecord,
+        name: str = defaults.DEFAULT_SESSION_NAME,
+        end_user: str = "",
+    ) -> ChatRecord:
+        """A session, not stored yet: `create_session` stores it alone, `ask` (with
+        `stored=False`) with its first turn, in one write."""
         opener = defaults.opener_of(assistant.config)
         created = now_s()
         chat = ChatRecord(
@@ -136,7 +148,6 @@ class Assistants:
             },
             assistant_id=assistant.id,
         )
-        await self.chats.insert_chat(chat, [])
         return chat
 
     async def session(
@@ -188,9 +199,12 @@ class Assistants:
         question: str,
         *,
         rooms: tuple[str, ...],
+        stored: bool = True,
     ) -> StartedTurn:
         """The question goes under the session's current message and is answered by
-        the assistant's model (the default one if it is gone), as its system prompt says."""
+        the assistant's model (the default one if it is gone), as its system prompt says.
+        `session` as `session()` found it (not read again), or, `stored=False`, as
+        `new_session` made it: stored with this first turn."""
         say = Say(question, session.id, self.model_of(assistant))
         return await self._replies.say(
             principal,
@@ -198,6 +212,8 @@ class Assistants:
             system=self.system_prompt(assistant),
             params=self.model_params(assistant),
             rooms=rooms,
+            chat=session,
+            stored=stored,
         )
 
     # -- what the assistant's config says ---------------------------------------------

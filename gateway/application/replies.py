@@ -42,6 +42,7 @@ from gateway.events import Event, ReplyFailed, ReplyFinished, ReplySnapshot
 from gateway.fanout import follow as followers
 from gateway.fanout.follow import Following as Attached
 from gateway.fanout.hub import Hub, Outbox, until_finished
+from gateway.store import ChatRecord
 from gateway.upstream import ModelInfo
 
 __all__ = [
@@ -121,8 +122,13 @@ class Replies:
         system: str | None = None,
         params: dict[str, Any] | None = None,
         rooms: tuple[str, ...] = (),
+        chat: ChatRecord | None = None,
+        stored: bool = True,
     ) -> StartedTurn:
-        return await self._service.say(principal, say, system=system, params=params, rooms=rooms)
+        """`chat`, `stored`: as `ChatService.say` (the chat the caller already has)."""
+        return await self._service.say(
+            principal, say, system=system, params=params, rooms=rooms, chat=chat, stored=stored
+        )
 
     # -- following -----------------------------------------------------------------
     @contextlib.asynccontextmanager

@@ -47,7 +47,7 @@ from gateway.chat.turns import (
 from gateway.commands import Ask, ReplyTarget, Say
 from gateway.edge.auth import Principal
 from gateway.edge.trace import Traces
-from gateway.errors import BadRequest, GatewayError, UpstreamError
+from gateway.errors import BadRequest, GatewayError, NotFound, UpstreamError
 from gateway.events import Event, ReplyFinished
 from gateway.fanout.hub import Hub, Outbox
 from gateway.fanout.presence import Presence
@@ -264,11 +264,26 @@ class ChatService:
         system: str | None = None,
         params: dict[str, Any] | None = None,
         rooms: tuple[str, ...] = (),
+        chat: ChatRecord | None = None,
+        stored: bool = True,
     ) -> StartedTurn:
         """A user message from a raw-WebSocket client (Nadoo, RAGFlow): it goes under
-        the chat's current message (or starts a new chat) and is answered."""
+        the chat's current message (or starts a new chat) and is answered.
+
+        `chat`: the chat `say.chat_id` names, as the caller already has it (read and
+        found the principal's), so it is not read again; `stored=False`: made by the
+        caller and not stored yet (a RAGFlow session opened by its first question),
+        written with the turn, in one write."""
         model = await self.pick_model(say.model)
-        if say.chat_id is None:
+        if chat is not None:
+            if chat.id != say.chat_id or chat.user_id != principal.user_id:
+                raise NotFound("Chat not found")
+            history = (
+                history_of(chat, await self.store.get_messages(chat.id))
+                if stored
+                else _empty_history()
+            )
+        elif say.chat_id is None:
             chat, history = new_chat(principal.user_id, model), _empty_history()
         else:
             chat, history = await self._chat_and_history(principal, say.chat_id)
@@ -289,7 +304,8 @@ class ChatService:
             rooms=rooms,
             params=params or {},
         )
-        return await self._answer_turn(chat, history, ask, new=say.chat_id is None)
+        new = say.chat_id is None or not stored
+        return await self._answer_turn(chat, history, ask, new=new)
 
     async def pick_model(self, hint: str | None) -> str:
         """The model a client named, if it exists; else the configured default; else

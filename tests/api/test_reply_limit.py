@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 from tests.api.test_nadoo_ws import recv, user, ws_url
-from tests.clients import turn_body
+from tests.clients import get_json, post_json, turn_body
 from tests.fakes.upstream import FakeUpstream
 from tests.gatewayproc import GatewayProcess
 
@@ -92,6 +92,52 @@ async def test_the_next_reply_past_the_limit_is_refused_in_each_flavour(
                 pass
             status, answer = await _eventually_ok(http, limited, token)
             assert status == 200, answer
+
+
+async def test_a_new_ragflow_session_refused_at_the_limit_is_not_stored(
+    limited: GatewayProcess,
+) -> None:
+    # A question without a session opens one, stored with its first turn in one
+    # write: refused before it, the session is not left behind, empty.
+    _, token = user()
+    key = (await post_json(f"{limited.url}/ragflow/v1/system/new_token", token, None))["data"]
+    api = f"{limited.url}/ragflow/api/v1/chats"
+    assistant = (await post_json(api, key["token"], {"name": "bot"}))["data"]["id"]
+    async with AsyncExitStack() as stack:
+        running = [await nadoo_reply(stack, limited, token) for _ in range(LIMIT)]
+        url = f"ws://127.0.0.1:{limited.port}/v1/ws/chat?token={key['token']}"
+        async with websockets.connect(url) as ws:
+            await ws.send(json.dumps({"type": "chat", "chat_id": assistant, "question": "more"}))
+            refused = await frame_of(ws)
+        assert refused["code"] != 0 and f"at most {LIMIT} at once" in refused["message"], refused
+        sessions = await get_json(f"{api}/{assistant}/sessions", key["token"])
+        assert sessions["code"] == 0 and sessions["data"] == [], sessions
+        for ws in running:  # stopped: their slots come back
+            await ws.send(json.dumps({"type": "cancel"}))
+            while (await recv(ws))["type"] != "response_end":
+                pass
+    # Below the limit again (once the stopped replies' slots are back), the same
+    # question opens a session with its turn in it.
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        async with websockets.connect(url) as ws:
+            await ws.send(json.dumps({"type": "chat", "chat_id": assistant, "question": "more"}))
+            first = await frame_of(ws)
+        if first["code"] == 0 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert first["code"] == 0, first
+    session_id = first["data"]["session_id"]
+    sessions = await get_json(f"{api}/{assistant}/sessions", key["token"])
+    (session,) = sessions["data"]
+    assert session["id"] == session_id
+    assert [m["content"] for m in session["messages"] if m["role"] == "user"] == ["more"]
+
+
+async def frame_of(ws: Any) -> dict[str, Any]:
+    """A RAGFlow socket's next frame."""
+    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+    return frame
 
 
 async def _eventually_ok(

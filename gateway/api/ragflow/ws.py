@@ -82,15 +82,17 @@ class ChatSocket:
         assistants = self.assistants
         assistant = await assistants.owned(conn.principal, question.assistant_id)
         if question.session_id is None:
-            session = await assistants.create_session(assistant)
+            # A new session, stored with its first turn (one write, not two).
+            session, stored = assistants.new_session(assistant), False
         else:
-            session = await assistants.session(assistant, question.session_id)
+            session, stored = await assistants.session(assistant, question.session_id), True
         turn = await assistants.ask(
             conn.principal,
             assistant,
             session,
             question.question,
             rooms=(conn.room,),
+            stored=stored,
         )
         self._encoder(conn).expect(turn.message_ids[0], question.answer_mode, question.stream)
 
