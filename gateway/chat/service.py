@@ -35,7 +35,7 @@ from gateway.chat.chats import ChatBook, new_chat, now_s, title_for
 from gateway.chat.reply import reply_events
 from gateway.chat.runner import Opening, ReplyRunner, counted, refused
 from gateway.chat.running import Running, RunningReplies
-from gateway.chat.shapes import history_of, message_record
+from gateway.chat.shapes import message_record
 from gateway.chat.slots import ReplySlots
 from gateway.chat.turns import (
     check_reply_into,
@@ -199,7 +199,7 @@ class ChatService:
 
     async def _start_reply(self, chat: ChatRecord, ask: Ask, message_id: str) -> StartedReply:
         """`start_reply` once its slot is taken (given back by the caller if this raises)."""
-        history = history_of(chat, await self.store.get_messages(chat.id))
+        history = await self.book.history(chat)
         messages = history["messages"]
         repaired = None
         if message_id in messages:
@@ -278,11 +278,7 @@ class ChatService:
         if chat is not None:
             if chat.id != say.chat_id or chat.user_id != principal.user_id:
                 raise NotFound("Chat not found")
-            history = (
-                history_of(chat, await self.store.get_messages(chat.id))
-                if stored
-                else _empty_history()
-            )
+            history = await self.book.history(chat) if stored else _empty_history()
         elif say.chat_id is None:
             chat, history = new_chat(principal.user_id, model), _empty_history()
         else:
@@ -323,7 +319,7 @@ class ChatService:
         self, principal: Principal, chat_id: str
     ) -> tuple[ChatRecord, dict[str, Any]]:
         chat = await self.book.owned(principal, chat_id)
-        return chat, history_of(chat, await self.store.get_messages(chat.id))
+        return chat, await self.book.history(chat)
 
     async def _answer_turn(
         self,
