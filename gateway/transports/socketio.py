@@ -21,8 +21,9 @@ python-socketio does the framing; this module owns a connection's life:
                 The seq to name: a socket whose handshake has `auth.seq: true`
                 gets it in every envelope of a reply
     backpressure once that queue is full the events wait in the outbox instead
-                (merged there) and a pump task feeds them on as the queue
-                drains; a reply that outgrows the outbox is fed from the replay
+                (merged there) and a pump task, made then and ended once the
+                outbox is empty (an idle socket holds none), feeds them on as
+                the queue drains; a reply that outgrows the outbox is fed from the replay
                 buffer as the socket reads (`Realtime.pace`), so a client that
                 reads as fast as its network allows is never dropped; a socket
                 whose outbox still overflows is closed at the Engine.IO level,
@@ -35,7 +36,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,7 @@ class Socket:
     sid: str
     principal: Principal | None = None
     outbox: Outbox | None = None
+    # Only while the outbox holds what the fast path could not take.
     pump: asyncio.Task[None] | None = None
     lease: Lease | None = None
     # Engine.IO's socket (its queue is what backpressure watches) and, for the
@@ -143,8 +145,9 @@ class SocketIOTransport:
             self.sio.on(ignored, self._ignore)
         self._front = FrontDoor(self.sio, origins, realtime, settings.websocket_compression)
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        return await self._front.handle(request)
+    def handle(self, request: web.Request) -> Awaitable[web.StreamResponse]:
+        # The front door's own awaitable: no frame of this one kept for a socket's life.
+        return self._front.handle(request)
 
     async def shutdown(self) -> None:
         """Every socket disconnected (a stopping replica: its clients reconnect, through
@@ -306,7 +309,6 @@ class SocketIOTransport:
             conn.outbox,
             functools.partial(self._replies.attach, principal),
         )
-        conn.pump = asyncio.create_task(self._pump(conn, conn.outbox))
         self._realtime.seat(conn.sid, Seat("socketio", principal.user_id))
         conn.lease = self._realtime.hold(principal, lambda why: self._end_access(conn, why))
         await self._realtime.watching(conn.outbox.rooms)
@@ -320,11 +322,14 @@ class SocketIOTransport:
             self._follow(conn, attached)
 
     def _deliver(self, conn: Socket, event: Event) -> bool:
-        """The fast path: into Engine.IO's queue now, unless it is backed up."""
-        if not engine.has_room(conn.eio_socket):
-            return False
-        engine.enqueue(conn.eio_socket, event, conn.numbered)
-        return True
+        """The fast path: into Engine.IO's queue now, unless it is backed up; then the
+        outbox queues the event, and the pump starts."""
+        if engine.has_room(conn.eio_socket):
+            engine.enqueue(conn.eio_socket, event, conn.numbered)
+            return True
+        if conn.pump is None and conn.outbox is not None:
+            conn.pump = asyncio.get_running_loop().create_task(self._pump(conn, conn.outbox))
+        return False
 
     def _release(self, conn: Socket) -> None:
         if conn.lease is not None:
@@ -342,7 +347,8 @@ class SocketIOTransport:
         conn.outbox, conn.pump = None, None
 
     async def _pump(self, conn: Socket, outbox: Outbox) -> None:
-        """The slow path: what the fast path could not take, in order, as the queue drains."""
+        """The slow path: what the fast path could not take, in order, as the queue
+        drains; over once the outbox is empty (the next event tries the fast path)."""
         try:
             while events := await outbox.batch():
                 sock = conn.eio_socket
@@ -353,6 +359,8 @@ class SocketIOTransport:
                 if not await engine.drained(sock, lambda: outbox.overflowed or outbox.closed):
                     return
                 outbox.done()
+                if not len(outbox):
+                    return
         except Overflow:
             pass
         except asyncio.CancelledError:
@@ -360,6 +368,9 @@ class SocketIOTransport:
         except Exception:
             log.exception("socket pump failed", extra={"sid": conn.sid})
             await self._close_transport(conn)
+        finally:
+            if conn.pump is asyncio.current_task():
+                conn.pump = None
 
     def _end_access(self, conn: Socket, why: str) -> None:
         """The token expired, its key was revoked or its user removed: a Socket.IO

@@ -85,7 +85,9 @@ class FrontDoor:
             del headers[EXTENSIONS]
             request = request.clone(headers=headers)
         try:
-            response: web.StreamResponse = await self.sio.handle_request(request)
+            # Engine.IO's server itself (python-socketio's `handle_request` only hands
+            # on to it, and its frame would be kept for the socket's life).
+            response: web.StreamResponse = await self.sio.eio.handle_request(request)
             return response
         finally:
             if upgrading and eio_sid is not None:
