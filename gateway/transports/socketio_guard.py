@@ -31,7 +31,7 @@ found that the libraries let a malformed packet through as an exception:
         here:      dropped
 
 Every use of the libraries' internals (`_handle_eio_message`, `_handle_connect`,
-`_handle_event`, Engine.IO's socket's `_send_ping`, the session's `environ`,
+`_handle_event`, Engine.IO's socket's class, the session's `environ`,
 `_binary_packet`, `packet_class`, the aiohttp driver's `WebSocket`, `_async`) is
 in this module; `socketio_queue.py` holds those of the outgoing side.
 """
@@ -106,17 +106,58 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         """Each socket's packet queue (Engine.IO's utility hook): a lean one."""
         return PacketQueue()
 
-    def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
-        """Engine.IO's tasks, but a socket's next ping is not a task asleep for the
-        ping interval (a task, its coroutine and its timer: about 1.1 KB per idle
-        socket, bench/RESULTS.md): it joins `_Pings`."""
-        if getattr(target, "__func__", None) is _SEND_PING:
-            self._pings.add(target.__self__)
-            return None  # Engine.IO's `schedule_ping` does not keep what this returns
-        return super().start_background_task(target, *args, **kwargs)
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "connect":
+            # A socket of this server's own class from its first event on, before
+            # its first ping is scheduled and its transport runs.
+            sock = self.sockets.get(args[0])
+            if sock is not None and type(sock) is engineio.async_socket.AsyncSocket:
+                sock.__class__ = _Socket
+        return await super()._trigger_event(event, *args, **kwargs)
 
 
-_SEND_PING = engineio.async_socket.AsyncSocket._send_ping
+class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
+    """Engine.IO's socket, with what each idle socket holds and each packet costs cut
+    (bench/RESULTS.md, issue 19):
+
+    schedule_ping  the next ping joins `_Pings` (one timer for all), where Engine.IO
+                   starts a task asleep for the interval (a task, its coroutine and
+                   its timer: about 1.1 KB a socket)
+    poll           the writer (or a long poll) awaits its queue's `get` itself,
+                   where Engine.IO wraps it in `wait_for` (a timer and a future
+                   made and dropped for every packet, and a task on Python 3.11).
+                   Its timeout was a safety net only: a ping is queued every
+                   interval, a closing socket queues its end (None), a long poll
+                   whose client left is cancelled by aiohttp, and a client that
+                   stops answering pings is closed by Engine.IO's reader or its
+                   service task
+    """
+
+    last_ping: float | None  # (Engine.IO's: when the last ping went, None once ponged)
+
+    def schedule_ping(self) -> None:
+        if self.last_ping:  # (as Engine.IO: once the last ping's pong is in)
+            self.last_ping = None
+            self.server._pings.add(self)
+
+    async def poll(self) -> list[Any]:
+        queue = self.queue
+        try:
+            first = await queue.get()
+        except asyncio.CancelledError:
+            raise engineio.exceptions.QueueEmpty() from None  # what Engine.IO raises
+        queue.task_done()
+        packets = [first] if first is not None else []
+        while packets and queue.qsize():
+            packet = queue.get_nowait()
+            queue.task_done()
+            if packet is None:
+                queue.put_nowait(None)  # the end: the next poll returns it
+                break
+            packets.append(packet)
+        return packets
+
+
 # A ping this close to its time is sent with the ones due (a timer may fire that early).
 PING_EARLY_S = 0.002
 

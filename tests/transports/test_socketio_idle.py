@@ -2,7 +2,8 @@
 test sees the server's own tasks): no task asleep for its next ping (pings still
 come every interval, and a client that stops answering them is closed), no pump
 task until its events back up (and none again once they have gone), and no copy
-of its handshake's headers once it is connected."""
+of its handshake's headers once it is connected; and its writer waits for packets
+with no timer of its own."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import engineio
 import pytest
 from aiohttp import web
 
@@ -23,7 +25,7 @@ from gateway.events import ReplyStarted, TextDelta
 from gateway.settings import Settings
 from gateway.transports import socketio as transport
 from gateway.transports import socketio_queue as engine
-from gateway.transports.socketio_guard import KEPT_ENVIRON
+from gateway.transports.socketio_guard import KEPT_ENVIRON, GuardedServer, _Socket
 from tests.gatewayproc import SECRET, make_token
 
 PING_S = 1  # Engine.IO announces whole seconds
@@ -150,3 +152,25 @@ async def test_a_pump_is_made_when_events_back_up_and_ends_once_they_are_sent(
         conn.outbox.put(TextDelta("c1", "m1", 40, "last"))
         assert conn.pump is None and len(conn.outbox) == 0
         await ws.close()
+
+
+async def test_a_poll_takes_what_is_queued_up_to_the_end_and_gives_up_as_engine_io() -> None:
+    # The writer's (or a long poll's) wait for packets: no timer and no task of
+    # its own for each packet; what it returns is what Engine.IO's own returns.
+    server = GuardedServer(async_mode="aiohttp").eio
+    sock = _Socket(server, "sid")
+    sock.queue.put_nowait("a")
+    sock.queue.put_nowait("b")
+    assert await sock.poll() == ["a", "b"]
+    waiting = asyncio.ensure_future(sock.poll())
+    await asyncio.sleep(0)
+    sock.queue.put_nowait("c")
+    sock.queue.put_nowait(None)  # the socket closes
+    assert await waiting == ["c"]
+    assert await sock.poll() == []  # the end, kept for the next poll
+    waiting = asyncio.ensure_future(sock.poll())
+    await asyncio.sleep(0)
+    waiting.cancel()  # a long poll whose client left
+    with pytest.raises(engineio.exceptions.QueueEmpty):
+        await waiting
+    await asyncio.wait_for(sock.queue.join(), 1)  # every packet taken is done
