@@ -1,4 +1,6 @@
-"""Run `python -m gateway serve` as a real process for a test, on a free port."""
+"""Run `python -m gateway serve` as a real process for a test, on a free port (or,
+where a test must see the server's own objects, the app served in the test's
+process: `served_in_process`)."""
 
 from __future__ import annotations
 
@@ -8,14 +10,29 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import jwt
+from aiohttp import web
 
 from tests.fakes.upstream import free_port
 
 SECRET = "test-secret-key-for-the-gateway-tests"
+
+
+@asynccontextmanager
+async def served_in_process(app: web.Application) -> AsyncIterator[str]:
+    """`app` served on a free loopback port in this process: its base URL."""
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    try:
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def make_token(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from gateway.settings import Settings
 from gateway.transports import socketio as transport
 from gateway.transports import socketio_queue as engine
 from gateway.transports.socketio_guard import KEPT_ENVIRON, GuardedServer, _Socket
-from tests.gatewayproc import SECRET, make_token
+from tests.gatewayproc import SECRET, make_token, served_in_process
 
 PING_S = 1  # Engine.IO announces whole seconds
 
@@ -38,14 +38,8 @@ async def served(
     monkeypatch.setattr(transport, "PING_INTERVAL_S", PING_S)
     monkeypatch.setattr(transport, "PING_TIMEOUT_S", PING_S)
     app = build_app(Settings(data_dir=tmp_path, secret_key=SECRET))
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield app, f"ws://127.0.0.1:{port}/ws/socket.io/?EIO=4&transport=websocket"
-    await runner.cleanup()
+    async with served_in_process(app) as base:
+        yield app, base.replace("http", "ws", 1) + "/ws/socket.io/?EIO=4&transport=websocket"
 
 
 async def connected(session: aiohttp.ClientSession, url: str, user: str) -> Any:
@@ -66,6 +60,20 @@ async def until(condition: Any) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the server did not get there in 2 s")
+
+
+@asynccontextmanager
+async def one_joined(
+    served: tuple[web.Application, str], user: str
+) -> AsyncIterator[tuple[transport.SocketIOTransport, transport.Socket, Any]]:
+    """The app's only socket, connected and joined to its user's room on the server."""
+    app, url = served
+    sockets = app[transport.SOCKETIO]
+    async with aiohttp.ClientSession() as session:
+        ws = await connected(session, url, user)
+        (conn,) = sockets._conns.values()
+        await until(lambda: conn.opened)
+        yield sockets, conn, ws
 
 
 def server_tasks() -> list[str]:
@@ -103,11 +111,7 @@ async def test_an_idle_socket_is_pinged_by_no_task_of_its_own_and_closed_when_si
 async def test_a_connected_socket_keeps_no_copy_of_its_handshake_headers(
     served: tuple[web.Application, str],
 ) -> None:
-    app, url = served
-    sockets = app[transport.SOCKETIO]
-    async with aiohttp.ClientSession() as session:
-        ws = await connected(session, url, "shed")
-        await until(lambda: all(conn.opened for conn in sockets._conns.values()))
+    async with one_joined(served, "shed") as (sockets, _, ws):
         environs = list(sockets.sio.environ.values())
         assert environs and all(set(environ) <= set(KEPT_ENVIRON) for environ in environs)
         assert "aiohttp.request" in environs[0]
@@ -120,12 +124,7 @@ async def test_a_connected_socket_keeps_no_copy_of_its_handshake_headers(
 async def test_a_pump_is_made_when_events_back_up_and_ends_once_they_are_sent(
     served: tuple[web.Application, str],
 ) -> None:
-    app, url = served
-    sockets = app[transport.SOCKETIO]
-    async with aiohttp.ClientSession() as session:
-        ws = await connected(session, url, "backed-up")
-        (conn,) = sockets._conns.values()
-        await until(lambda: conn.opened)
+    async with one_joined(served, "backed-up") as (_, conn, ws):
         assert conn.pump is None and conn.outbox is not None
         events: list[Any] = [ReplyStarted("c1", "m1", 0, "backed-up", None, "model", 1.0)]
         events += [TextDelta("c1", "m1", seq, f"w{seq} ") for seq in range(1, 40)]

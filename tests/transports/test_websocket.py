@@ -23,7 +23,7 @@ from gateway.errors import GatewayError
 from gateway.events import Event, TextDelta
 from gateway.settings import Settings
 from gateway.transports.websocket import Connection, serve
-from tests.gatewayproc import SECRET, make_token
+from tests.gatewayproc import SECRET, make_token, served_in_process
 
 
 class Echo:
@@ -73,14 +73,8 @@ async def app_url(tmp_path: Path) -> AsyncIterator[str]:
 
     app.router.add_get("/test/echo", echo)
     app.router.add_get("/test/watched", watched)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with served_in_process(app) as url:
+        yield url
 
 
 async def test_frames_go_both_ways_and_a_bad_token_is_refused(app_url: str) -> None:
