@@ -126,11 +126,14 @@ class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
     poll           the writer (or a long poll) awaits its queue's `get` itself,
                    where Engine.IO wraps it in `wait_for` (a timer and a future
                    made and dropped for every packet, and a task on Python 3.11).
-                   Its timeout was a safety net only: a ping is queued every
-                   interval, a closing socket queues its end (None), a long poll
-                   whose client left is cancelled by aiohttp, and a client that
-                   stops answering pings is closed by Engine.IO's reader or its
-                   service task
+                   What its timeout did, ending a wait on a session that is
+                   over, `close` does: pings are queued every interval while a
+                   client answers them, and a session that closes for any reason
+                   (a ping timeout among them, which queues nothing) queues its
+                   end, so a writer or a long poll never outlives it.  A poll
+                   cancelled as it is handed a packet (its client left) gives the
+                   packet back
+    close          Engine.IO's, then the end (None) queued for whatever still waits
     """
 
     last_ping: float | None  # (Engine.IO's: when the last ping went, None once ponged)
@@ -140,11 +143,20 @@ class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
             self.last_ping = None
             self.server._pings.add(self)
 
+    async def close(self, *args: Any, **kwargs: Any) -> None:
+        closing = not (self.closed or self.closing)
+        await super().close(*args, **kwargs)
+        if closing:
+            self.queue.put_nowait(None)
+
     async def poll(self) -> list[Any]:
         queue = self.queue
+        get = queue.get()
         try:
-            first = await queue.get()
+            first = await get
         except asyncio.CancelledError:
+            if get.done() and not get.cancelled():
+                queue.give_back(get.result())
             raise engineio.exceptions.QueueEmpty() from None  # what Engine.IO raises
         queue.task_done()
         packets = [first] if first is not None else []
@@ -186,7 +198,10 @@ class _Pings:
         self._timer = None
         due, now = self._due, loop.time() + PING_EARLY_S
         while due and due[0][0] <= now:
-            _ping_due(due.popleft()[1])
+            try:
+                _ping_due(due.popleft()[1])
+            except Exception:  # one socket's bug must not stop the others' pings
+                log.exception("engine.io ping failed")
         if due:
             self._timer = loop.call_at(due[0][0], self._fire, loop)
 

@@ -72,19 +72,8 @@ class PacketQueue:
 
     def put_nowait(self, item: Any) -> None:
         self._unfinished += 1
-        getters = self._getters
-        while getters:
-            getter = getters.pop(0)
-            if not getter.done():  # (one that gave up is cancelled: it takes nothing)
-                getter.set_result(item)
-                if not getters:
-                    self._getters = None
-                return
-        self._getters = None
-        items = self._items
-        if not isinstance(items, deque):
-            items = self._items = deque()
-        items.append(item)
+        if not self._handed(item):
+            self._queue().append(item)
 
     async def put(self, item: Any) -> None:
         self.put_nowait(item)
@@ -104,9 +93,9 @@ class PacketQueue:
         the next `put`'s item (a get cancelled before that takes nothing).  A
         future, not a coroutine: Engine.IO awaits it through `asyncio.wait_for`,
         which on Python 3.11 wraps a coroutine in a task of its own, held by every
-        idle socket's writer (bench/RESULTS.md).  An item handed over is the get's
-        (Python 3.11's `wait_for` returns it even when its timeout fires in the same
-        turn; and a poll that times out ends its Engine.IO session anyway)."""
+        idle socket's writer (bench/RESULTS.md).  An item handed over is the get's:
+        a task cancelled in the turn its get was handed one must `give_back` it
+        (Engine.IO's poll, `socketio_guard._Socket.poll`, does)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._items:
             future.set_result(self.get_nowait())
@@ -116,6 +105,32 @@ class PacketQueue:
             self._getters = [getter for getter in self._getters if not getter.done()]
             self._getters.append(future)
         return future
+
+    def give_back(self, item: Any) -> None:
+        """An item a get was handed and could not use, first again (it is still
+        unfinished: no second `task_done` is owed for it)."""
+        if not self._handed(item):
+            self._queue().appendleft(item)
+
+    def _handed(self, item: Any) -> bool:
+        """Given to the first get still waiting, if there is one (one that gave up is
+        cancelled: it takes nothing)."""
+        getters = self._getters
+        while getters:
+            getter = getters.pop(0)
+            if not getter.done():
+                getter.set_result(item)
+                if not getters:
+                    self._getters = None
+                return True
+        self._getters = None
+        return False
+
+    def _queue(self) -> deque[Any]:
+        items = self._items
+        if not isinstance(items, deque):
+            items = self._items = deque()
+        return items
 
     def task_done(self) -> None:
         if self._unfinished <= 0:

@@ -108,6 +108,21 @@ async def test_a_get_is_handed_its_item_and_a_cancelled_one_takes_nothing() -> N
     assert await second == "two" and queue.qsize() == 0
 
 
+async def test_an_item_given_back_comes_first_and_is_owed_one_task_done() -> None:
+    queue = PacketQueue()
+    queue.put_nowait("first")
+    queue.put_nowait("second")
+    taken = await queue.get()
+    queue.give_back(taken)  # its consumer could not use it
+    assert await queue.get() == "first" and queue.get_nowait() == "second"
+    waiting = queue.get()
+    queue.give_back("again")  # straight to a get that waits
+    assert await waiting == "again"
+    queue.task_done()
+    queue.task_done()
+    await asyncio.wait_for(queue.join(), 1)
+
+
 async def test_a_get_makes_no_task() -> None:
     # Engine.IO awaits `get()` through `asyncio.wait_for`, which on Python 3.11
     # wraps a coroutine (not a future) in a task: one more per idle socket.
