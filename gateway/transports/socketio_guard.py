@@ -125,14 +125,13 @@ class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
                    its timer: about 1.1 KB a socket)
     poll           the writer (or a long poll) awaits its queue's `get` itself,
                    where Engine.IO wraps it in `wait_for` (a timer and a future
-                   made and dropped for every packet, and a task on Python 3.11).
+                   made and dropped for every packet, and on Python 3.11 a task,
+                   held by every idle socket's writer).
                    What its timeout did, ending a wait on a session that is
                    over, `close` does: pings are queued every interval while a
                    client answers them, and a session that closes for any reason
                    (a ping timeout among them, which queues nothing) queues its
-                   end, so a writer or a long poll never outlives it.  A poll
-                   cancelled as it is handed a packet (its client left) gives the
-                   packet back
+                   end, so a writer or a long poll never outlives it
     close          Engine.IO's, then the end (None) queued for whatever still waits
     """
 
@@ -151,12 +150,9 @@ class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
 
     async def poll(self) -> list[Any]:
         queue = self.queue
-        get = queue.get()
         try:
-            first = await get
+            first = await queue.get()
         except asyncio.CancelledError:
-            if get.done() and not get.cancelled():
-                queue.give_back(get.result())
             raise engineio.exceptions.QueueEmpty() from None  # what Engine.IO raises
         queue.task_done()
         packets = [first] if first is not None else []

@@ -48,16 +48,16 @@ class PacketQueue:
     """An unbounded FIFO queue with asyncio.Queue's methods that Engine.IO and this
     module call (`put`, `put_nowait`, `get`, `get_nowait`, `task_done`, `join`,
     `qsize`, `empty`) and their behaviour, in about a tenth of its memory: the deque
-    is made by the first packet and let go once drained, a waiter's future only
-    while one waits, and `get` makes no task.  Engine.IO has one consumer per
-    socket (its writer, or a long-poll request); more are served in turn, and a
-    cancelled `get` (a poll that timed out) takes nothing."""
+    is made by the first packet and let go once drained, and a waiter's future
+    only while one waits.  Engine.IO has one consumer per socket (its writer, or a
+    long-poll request); more are served in turn, and a cancelled `get` (a poll
+    that timed out) takes nothing."""
 
     __slots__ = ("_getters", "_items", "_joiners", "_unfinished")
 
     def __init__(self) -> None:
         self._items: deque[Any] | tuple[()] = ()
-        self._getters: list[asyncio.Future[Any]] | None = None
+        self._getters: list[asyncio.Future[None]] | None = None
         self._joiners: list[asyncio.Future[None]] | None = None
         self._unfinished = 0
 
@@ -71,9 +71,13 @@ class PacketQueue:
         return False
 
     def put_nowait(self, item: Any) -> None:
+        items = self._items
+        if not isinstance(items, deque):
+            items = self._items = deque()
+        items.append(item)
         self._unfinished += 1
-        if not self._handed(item):
-            self._queue().append(item)
+        if self._getters:
+            _wake_one(self._getters)
 
     async def put(self, item: Any) -> None:
         self.put_nowait(item)
@@ -88,49 +92,25 @@ class PacketQueue:
             self._items = ()
         return item
 
-    def get(self) -> asyncio.Future[Any]:
-        """The next item, as a future: done at once when there is one, else handed
-        the next `put`'s item (a get cancelled before that takes nothing).  A
-        future, not a coroutine: Engine.IO awaits it through `asyncio.wait_for`,
-        which on Python 3.11 wraps a coroutine in a task of its own, held by every
-        idle socket's writer (bench/RESULTS.md).  An item handed over is the get's:
-        a task cancelled in the turn its get was handed one must `give_back` it
-        (Engine.IO's poll, `socketio_guard._Socket.poll`, does)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self._items:
-            future.set_result(self.get_nowait())
-        elif self._getters is None:
-            self._getters = [future]
-        else:
-            self._getters = [getter for getter in self._getters if not getter.done()]
-            self._getters.append(future)
-        return future
-
-    def give_back(self, item: Any) -> None:
-        """An item a get was handed and could not use, first again (it is still
-        unfinished: no second `task_done` is owed for it)."""
-        if not self._handed(item):
-            self._queue().appendleft(item)
-
-    def _handed(self, item: Any) -> bool:
-        """Given to the first get still waiting, if there is one (one that gave up is
-        cancelled: it takes nothing)."""
-        getters = self._getters
-        while getters:
-            getter = getters.pop(0)
-            if not getter.done():
-                getter.set_result(item)
-                if not getters:
+    async def get(self) -> Any:
+        while not self._items:
+            getter = asyncio.get_running_loop().create_future()
+            if self._getters is None:
+                self._getters = []
+            self._getters.append(getter)
+            try:
+                await getter
+            except asyncio.CancelledError:
+                # Woken and cancelled at once: the packet goes to the next getter.
+                if getter.done() and not getter.cancelled() and self._items:
+                    _wake_one(self._getters)
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._getters.remove(getter)
+                if not self._getters:
                     self._getters = None
-                return True
-        self._getters = None
-        return False
-
-    def _queue(self) -> deque[Any]:
-        items = self._items
-        if not isinstance(items, deque):
-            items = self._items = deque()
-        return items
+        return self.get_nowait()
 
     def task_done(self) -> None:
         if self._unfinished <= 0:
@@ -155,6 +135,13 @@ class PacketQueue:
             if self._joiners is not None:
                 with contextlib.suppress(ValueError):
                     self._joiners.remove(joiner)
+
+
+def _wake_one(getters: list[asyncio.Future[None]]) -> None:
+    for getter in getters:
+        if not getter.done():
+            getter.set_result(None)
+            return
 
 
 def engine_socket(sio: socketio.AsyncServer, sid: str) -> Any:

@@ -197,11 +197,11 @@ async def test_a_long_poll_on_a_session_that_times_out_ends_with_it(
             assert resp.status == 400  # the session is gone
 
 
-async def test_a_poll_cancelled_as_it_is_handed_a_packet_gives_it_back() -> None:
+async def test_a_poll_cancelled_as_it_is_woken_leaves_the_packet_queued() -> None:
     sock = _Socket(GuardedServer(async_mode="aiohttp").eio, "sid")
     waiting = asyncio.ensure_future(sock.poll())
     await asyncio.sleep(0)
-    sock.queue.put_nowait("p")  # handed to the waiting poll's get...
+    sock.queue.put_nowait("p")  # wakes the waiting poll...
     waiting.cancel()  # ...whose client leaves in the same turn
     with pytest.raises(engineio.exceptions.QueueEmpty):
         await waiting
