@@ -1,7 +1,7 @@
 """One change, before and after, in the same run: the gateway of a git revision
 against the gateway of the working tree, under the same OpenAI SSE load.
 
-    python -m bench.bench_ab --before HEAD~1 [--streams 200] [--pairs 8] [--flavour socketio]
+    python -m bench.bench_ab --before HEAD~1 [--streams 200] [--pairs 8] [--flavour nadoo-ws]
 
 How each lever of bench/RESULTS.md ("Levers") is measured.  The revision's
 `gateway/` package is extracted with `git archive` into bench/out/ab/<rev>/
@@ -15,7 +15,9 @@ per delivered chunk (after ÷ before; below 1 is cheaper), with the lowest
 and highest pair beside it, and the TTFT p50 of each side.  `--flavour socketio` runs the web app's turn
 instead (`bench.bench_socketio`: a stored chat, one python-socketio client per
 user): CPU per delivered event, and the p99 gap between events in place of
-the TTFT.
+the TTFT.  `--flavour nadoo-ws` (or `ragflow-ws`, `ragflow-sse`, `openai-sse`)
+runs that flavour's client of `bench.bench_flavours` instead, one user per
+stream on each side (made in the warm-up), against the same upstream.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench import bench_sse
+from bench import bench_flavours, bench_sse
 from bench.common import BENCH_SECRET, ROOT, bench_auth, free_port, machine, start
 
 OUT = ROOT / "bench" / "out" / "ab"
@@ -89,15 +91,39 @@ def start_from(code: Path, port: int, upstream_url: str, name: str) -> subproces
     raise RuntimeError(f"the gateway from {code} did not come up")
 
 
-def load(flavour: str, url: str, pid: int, streams: int, rounds: int) -> dict[str, float]:
+def load(
+    flavour: str, url: str, pid: int, streams: int, rounds: int, ids: Any = None
+) -> dict[str, float]:
     """One load on one gateway: {"cpu_us_per_chunk", "ttft_p50_ms"} (for Socket.IO the
-    CPU per event and the gap p99 between events)."""
+    CPU per event and the gap p99 between events).  `ids`: the side's
+    `bench_flavours.Identities`, for its flavours."""
+    base = url.removesuffix("/v1/chat/completions")
     if flavour == "socketio":
         from bench import bench_socketio
 
-        base = url.removesuffix("/v1/chat/completions")
         row = asyncio.run(bench_socketio.run(base, pid, streams, rounds, "bench"))
         return {"cpu_us_per_chunk": row["cpu_us_per_event"], "ttft_p50_ms": row["gap_p99_ms"]}
+    if flavour in bench_flavours.FLAVOURS:
+        plan = bench_flavours.Plan(
+            deltas=bench_sse.DELTAS,
+            delay_s=bench_sse.DELAY_S,
+            streams=streams,
+            rounds_one=rounds,
+            rounds_many=rounds,
+        )
+        servers = bench_flavours.Servers(
+            upstream="", relay="", gateway=base, relay_pid=0, gateway_pid=pid
+        )
+        found = asyncio.run(
+            bench_flavours.run_path(flavour, "gateway", streams, plan, servers, ids)
+        )
+        if found.errors:
+            raise RuntimeError(f"{len(found.errors)} stream(s) failed, first: {found.errors[0]}")
+        report = found.report()
+        return {
+            "cpu_us_per_chunk": report["cpu_us_per_chunk"],
+            "ttft_p50_ms": statistics.median(report["ttft_ms"]),
+        }
     return asyncio.run(bench_sse.load(url, streams, rounds, pid, bench_auth()))
 
 
@@ -123,18 +149,20 @@ def measure(
     rows: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     try:
         targets = {}
+        ids = {}
         for side, code in sides.items():
             port = free_port()
             proc = start_from(code, port, upstream_url, side)
             procs.append(proc)
             targets[side] = (f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid)
-        for url, pid in targets.values():  # warm-up: connections, the user
-            load(flavour, url, pid, streams, 1)
+            ids[side] = bench_flavours.Identities(f"http://127.0.0.1:{port}")
+        for side, (url, pid) in targets.items():  # warm-up: connections, the users
+            load(flavour, url, pid, streams, 1, ids[side])
         for pair in range(pairs):
             order = ("before", "after") if pair % 2 == 0 else ("after", "before")
             for side in order:
                 url, pid = targets[side]
-                rows[side].append(load(flavour, url, pid, streams, rounds))
+                rows[side].append(load(flavour, url, pid, streams, rounds, ids[side]))
             print(
                 f"pair {pair + 1}/{pairs}: before {rows['before'][-1]['cpu_us_per_chunk']:.1f}"
                 f" µs/chunk, after {rows['after'][-1]['cpu_us_per_chunk']:.1f}",
@@ -172,16 +200,24 @@ def main() -> None:
     parser.add_argument("--before", default="HEAD", help="the git revision to compare against")
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--flavour", choices=["openai", "socketio"], default="openai")
+    parser.add_argument(
+        "--flavour",
+        choices=["openai", "socketio", *bench_flavours.FLAVOURS],
+        default="openai",
+        help="openai: bench_sse's load; socketio: the web app's turn; the others: "
+        "bench_flavours' client of that flavour",
+    )
     args = parser.parse_args()
     found = measure(args.before, args.streams, args.pairs, flavour=args.flavour)
     cpu, ttft = found["cpu_us_per_chunk"], found["ttft_p50_ms"]
-    what = "OpenAI SSE streams" if found["flavour"] == "openai" else "Socket.IO web-app turns"
+    what = {"openai": "OpenAI SSE streams", "socketio": "Socket.IO web-app turns"}.get(
+        found["flavour"], f"{found['flavour']} streams"
+    )
     print(f"{found['machine']}; {found['streams']} {what}, {found['pairs']} pairs")
     print(f"| | before ({found['before']}) | after (working tree) |")
     print("|---|---|---|")
     print(f"| CPU µs per chunk, median | {cpu['before']:.1f} | {cpu['after']:.1f} |")
-    second = "TTFT p50" if found["flavour"] == "openai" else "gap between events p99"
+    second = "gap between events p99" if found["flavour"] == "socketio" else "TTFT p50"
     print(f"| {second} ms, median | {ttft['before']:.1f} | {ttft['after']:.1f} |")
     print(
         f"after ÷ before, CPU per chunk: ×{found['ratio_median']:.3f}"

@@ -1,6 +1,7 @@
 """`python -m bench` keeps working: its table and plots from a report of every section
 (made up here, so the check is fast and exact), and two real sections run end to end
-(the OpenAI SSE concurrency sweep and the web app's turn, quick) into a report and plots.
+(the OpenAI SSE concurrency sweep and the web app's turn, quick) into a report and plots;
+a lever measured by `bench_ab` on a flavour of `bench_flavours`.
 
 No figure is asserted: benchmarks are read by people, as ratios against the
 baselines measured in the same run (bench/RESULTS.md), never as timed tests."""
@@ -221,3 +222,16 @@ def test_the_flavours_bench_takes_a_reply_of_any_length() -> None:
     assert (longer.deltas, longer.rounds_one, longer.streams) == (256, 5, 200)
     assert plan(False, deltas=64).rounds_one == 15
     assert longer.text.split() == [f"tok{index}" for index in range(256)]
+
+
+def test_a_lever_is_measured_on_any_flavour() -> None:
+    # `bench_ab --flavour nadoo-ws`: the revision's gateway and the working tree's,
+    # each with users of its own, the same Nadoo load on both, a pair each way.
+    from bench import bench_ab
+
+    found = bench_ab.measure("HEAD", streams=4, pairs=2, flavour="nadoo-ws")
+    assert found["flavour"] == "nadoo-ws" and found["pairs"] == 2
+    for side in ("before", "after"):
+        assert found["cpu_us_per_chunk"][side] > 0
+        assert found["ttft_p50_ms"][side] > 0
+    assert found["ratio_min"] <= found["ratio_median"] <= found["ratio_max"]

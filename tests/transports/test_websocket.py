@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 import pytest
+import websockets
 from aiohttp import web
 
 from gateway.app import build_app
@@ -27,7 +28,11 @@ from tests.gatewayproc import SECRET, make_token, served_in_process
 
 
 class Echo:
-    """Sends each frame back; "boom" is a bug; "flood N" publishes N big deltas to itself."""
+    """Sends each frame back; "boom" is a bug; "flood N" publishes N big deltas to
+    itself; "burst N" N deltas of one reply, each 1 KiB and numbered; "narrow" makes
+    the socket's send buffers small; "status" says how many events went through the
+    pump and whether one is running.  A delta "raw:…" is sent as its text, bare; a
+    delta "bug" fails to encode."""
 
     def refused(self, error: GatewayError) -> list[str]:
         return [json.dumps({"refused": error.code})]
@@ -42,13 +47,44 @@ class Echo:
             for index in range(int(text.split()[1])):
                 conn.publish([conn.room], TextDelta("c", f"m{index}", index, "x" * 4096))
             return
+        if text.startswith("burst "):
+            for index in range(int(text.split()[1])):
+                conn.publish([conn.room], TextDelta("c", "m", index, f"{index:04d}" + "x" * 1020))
+            return
+        if text.startswith(("raw:", "bug")):
+            # "<lone>": a lone surrogate (what a model server may slip in; a client
+            # cannot send one: it is not UTF-8).
+            conn.publish([conn.room], TextDelta("c", "m", 0, text.replace("<lone>", "\ud800")))
+            return
+        if text == "narrow":
+            # The kernel's send buffer at its least, and the transport's low-water
+            # mark 1 KiB: a client that does not read backs the socket up at once.
+            transport = conn.request.transport
+            assert transport is not None
+            transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+            )
+            transport.set_write_buffer_limits(high=4096)
+            await conn.send("narrowed")
+            return
+        if text == "status":
+            pumped = conn.state.get("pumped", 0)
+            await conn.send(json.dumps({"pumped": pumped, "pump": conn.pump is not None}))
+            return
         await conn.send(text)
 
     def failed(self, error: GatewayError) -> list[str]:
         return [json.dumps({"failed": error.code})]
 
     def encode(self, conn: Connection, event: Event) -> list[str]:
-        return [json.dumps({"text": getattr(event, "text", "")})]
+        text = getattr(event, "text", "")
+        if conn.pump is not None and asyncio.current_task() is conn.pump:
+            conn.state["pumped"] = int(str(conn.state.get("pumped", 0))) + 1
+        if text == "bug":
+            raise RuntimeError("a bug in an encoder")
+        if text.startswith("raw:"):
+            return [text]
+        return [json.dumps({"text": text})]
 
     async def closed(self, conn: Connection) -> None:
         return None
@@ -143,8 +179,10 @@ async def test_a_client_that_stops_reading_is_dropped(
     app_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     token = make_token("echo-user")
-    # A small receive window, and nothing read after the greeting: the writer
-    # blocks, the outbox (8 events, 64 KiB) overflows, the connection is cut.
+    # A small receive window, and nothing read after the greeting: once the
+    # kernel's send buffer (at most 4 MiB here: tcp_wmem) is full, the socket's
+    # buffer passes its low-water mark, the outbox (8 events, 64 KiB) fills
+    # behind the pump and overflows, the connection is cut.
     host, port = app_url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port), limit=1024)
     raw = writer.get_extra_info("socket")
@@ -157,17 +195,19 @@ async def test_a_client_that_stops_reading_is_dropped(
         ).encode()
     )
     await reader.readuntil(b"\r\n\r\n")
-    # One masked text frame (RFC 6455 §5.2): "flood 200", 200 deltas of 4 KiB.
-    payload = b"flood 200"
+    # One masked text frame (RFC 6455 §5.2): "flood 2000", 2,000 deltas of 4 KiB.
+    payload = b"flood 2000"
     writer.write(bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
     await writer.drain()
     await asyncio.sleep(1.0)
-    # Now read: whatever was buffered, then the end of the connection.
+    # Now read (with a wide window, or the 4 MiB would take a minute): whatever
+    # was buffered, then the end of the connection.
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     received = 0
     while chunk := await asyncio.wait_for(reader.read(65536), 10):
         received += len(chunk)
     writer.close()
-    assert received < 200 * 4096  # not everything: the rest was never queued
+    assert received < 2000 * 4096  # not everything: the rest was never queued
     assert "slow websocket dropped" in caplog.text
 
 
@@ -190,3 +230,107 @@ async def test_handshake_refusals(app_url: str, headers: dict[str, str], status:
                 body: dict[str, Any] = await resp.json()
                 assert resp.status == 426
                 assert "proxy_set_header Upgrade $http_upgrade" in body["detail"]
+
+
+def writer_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks of this loop running a raw WebSocket's writer (the pump)."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") in {"_pump", "_write"}
+    ]
+
+
+async def test_an_idle_socket_holds_no_writer_task(app_url: str) -> None:
+    token = make_token("echo-user")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{app_url}/test/echo?token={token}") as ws:
+            assert await ws.receive_json() == {"hello": "echo-user"}
+            await ws.send_str("ping?")
+            assert await ws.receive_str() == "ping?"
+            assert writer_tasks() == []
+
+
+async def test_events_go_out_from_the_publisher_without_a_task(app_url: str) -> None:
+    # A client that reads: each event's frame is written as it is published.
+    token = make_token("echo-user")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{app_url}/test/echo?token={token}") as ws:
+            await ws.receive_json()
+            await ws.send_str("burst 5")
+            texts = [(await ws.receive_json())["text"] for _ in range(5)]
+            assert [text[:4] for text in texts] == ["0000", "0001", "0002", "0003", "0004"]
+            await ws.send_str("status")
+            assert await ws.receive_json() == {"pumped": 0, "pump": False}
+            assert writer_tasks() == []
+
+
+async def test_a_backed_up_socket_gets_a_pump_that_ends_once_it_is_drained(
+    app_url: str,
+) -> None:
+    # A client that reads nothing: a first burst of one reply (60 KiB, one loop
+    # turn) goes to the socket and backs it up; a second (20 KiB) queues in the
+    # outbox (merged once it is full) and the pump writes it as the client reads;
+    # then the pump is gone.  The client gets every delta, in order.
+    host, port = app_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    url = f"ws://{host}:{port}/test/echo?token={make_token('echo-user')}"
+    async with websockets.connect(url, sock=sock, max_queue=1, compression=None) as ws:
+        assert json.loads(await ws.recv()) == {"hello": "echo-user"}
+        await ws.send("narrow")
+        assert await ws.recv() == "narrowed"
+        await ws.send("burst 60")
+        await asyncio.sleep(0.2)  # written, and the socket backed up
+        await ws.send("burst 20")
+        await asyncio.sleep(0.2)
+        expected = "".join(f"{index:04d}" + "x" * 1020 for index in [*range(60), *range(20)])
+        text = ""
+        while len(text) < len(expected):
+            text += json.loads(await asyncio.wait_for(ws.recv(), 10))["text"]
+        assert text == expected
+        await ws.send("status")
+        status = json.loads(await ws.recv())
+        assert status["pumped"] > 0, status
+        assert status["pump"] is False
+        assert writer_tasks() == []
+
+
+async def test_a_burst_in_one_loop_turn_is_bounded_then_queued(app_url: str) -> None:
+    # More events in one turn than the fast path holds for the turn's end: the rest
+    # go through the outbox and the pump, after them, in order.
+    token = make_token("echo-user")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{app_url}/test/echo?token={token}") as ws:
+            await ws.receive_json()
+            await ws.send_str("burst 100")
+            text = ""
+            while len(text) < 100 * 1024:
+                text += (await ws.receive_json())["text"]
+            assert text == "".join(f"{index:04d}" + "x" * 1020 for index in range(100))
+            await ws.send_str("status")
+            status = await ws.receive_json()
+            assert status["pumped"] > 0 and status["pump"] is False, status
+
+
+async def test_the_fast_path_sends_what_utf_8_can_carry_and_survives_an_encoder_bug(
+    app_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = make_token("echo-user")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{app_url}/test/echo?token={token}") as ws:
+            await ws.receive_json()
+            await ws.send_str("raw:a<lone>b")
+            assert await ws.receive_str() == "raw:ab"
+        async with session.ws_connect(f"{app_url}/test/echo?token={token}") as ws:
+            await ws.receive_json()
+            await ws.send_str("bug")
+            closed = await ws.receive()
+            assert closed.type == aiohttp.WSMsgType.CLOSE and closed.data == 1011
+            assert "websocket delivery failed" in caplog.text
+        async with session.ws_connect(f"{app_url}/test/echo?token={token}") as ws:
+            await ws.receive_json()
+            await ws.send_str("ping?")
+            assert await ws.receive_str() == "ping?"

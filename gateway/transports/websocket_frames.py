@@ -1,0 +1,52 @@
+"""Writing a text frame without awaiting: the raw WebSocket transport's fast path.
+
+aiohttp's `WebSocketResponse.send_str` is a coroutine, though for an uncompressed
+frame it writes synchronously and only awaits when the send buffer is full.  Run
+from a publisher (which never awaits), each frame would need a task switch, so
+the transport writes through aiohttp's own frame writer here while the socket is
+*writable now*: uncompressed, its transport open and its writing not paused by
+flow control (`writing_paused`: the send buffer went over its high-water mark,
+64 KiB, and has not yet drained to its low-water mark), which is exactly when
+`send_str` would not await.  Anything else goes through `send_str` from a task.
+
+Not the buffer's size against the low-water mark: uvloop's is 16 bytes, so a
+frame waiting in the buffer for the loop to send it would send every later one
+down the slow path.
+
+aiohttp internals used, all of `aiohttp/_websocket/writer.py` (3.14; the lock
+pins the version, and the fast-path tests of `tests/transports/test_websocket.py` fail if they
+change): `WebSocketResponse._writer`, `WebSocketWriter._write_websocket_frame`
+(header, payload, `transport.write`), and its `_output_size`/`_limit` counter,
+which `send_frame` resets once over the limit (reset here the same way).
+"""
+
+from __future__ import annotations
+
+from aiohttp import WSMsgType, web
+
+from gateway.text import storable
+
+
+def writable_now(ws: web.WebSocketResponse) -> bool:
+    """A frame written now would go straight to the socket, as `send_str` would."""
+    writer = ws._writer
+    if writer is None or writer.compress or ws.closed:
+        return False
+    return not writer.protocol.writing_paused and not writer.transport.is_closing()
+
+
+def write_now(ws: web.WebSocketResponse, frame: str) -> None:
+    """One text frame, written now.  A frame that cannot be encoded as UTF-8 (a lone
+    surrogate) goes without what cannot be encoded, as the awaited path sends it.
+    Raises ConnectionResetError once the socket closes (its close frame is sent
+    or its transport is closing): nothing is written after the close."""
+    writer = ws._writer
+    if writer is None or ws.closed:
+        raise ConnectionResetError("the WebSocket is closed")
+    try:
+        payload = frame.encode()
+    except UnicodeEncodeError:
+        payload = storable(frame).encode()
+    writer._write_websocket_frame(payload, WSMsgType.TEXT, 0)
+    if writer._output_size > writer._limit:
+        writer._output_size = 0
