@@ -1,35 +1,20 @@
 """The settings model: every field with its unit, default and what it accepts.
 
-Values arrive as the operator wrote them — strings from the environment,
-YAML scalars or lists from the config file, flags — and the "before"
-validators here turn each form into the field's type, so the environment
-and the file accept the same things (`"a;b"` or a YAML list for a list).
-Each field's `description` is what the error line says it accepts.
-
-The module is about 400 lines because `Settings` is one flat class, a field
-per setting: it is the table the README, the example config and the error
-lines are made from, and split by topic it would be read in several places.
+One flat class, a field per setting: it is the table the README, the example
+config and the error lines are made from (`describe.py`, `sources.py`).  Each
+field's `description` is what the error line says it accepts; its type says
+which forms an operator may write and what the value must be
+(`forms.py`: `"a;b"` or a YAML list for a list, an empty string for none).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.edge import redact
-
-# A DNS name (RFC 1123 labels) for GATEWAY_HOST when it is not an address.
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
-# An origin as browsers send it: scheme://host[:port], no path.
-_ORIGIN = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#]+$")
-# What a base URL must not end in: the operator gave an endpoint, not the base.
-_ENDPOINTS = ("/chat/completions", "/completions", "/models", "/embeddings")
+from gateway.settings import forms
 
 
 def _list(description: str) -> Any:
@@ -39,7 +24,9 @@ def _list(description: str) -> Any:
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    host: str = Field("127.0.0.1", description="an interface address or host name, e.g. 0.0.0.0")
+    host: forms.Host = Field(
+        "127.0.0.1", description="an interface address or host name, e.g. 0.0.0.0"
+    )
     port: int = Field(8080, ge=0, le=65535, description="a TCP port, 0-65535")
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto",
@@ -47,20 +34,20 @@ class Settings(BaseModel):
         "macOS: about 12 % less CPU per streamed chunk), uvloop, or asyncio (the standard "
         "library's)",
     )
-    data_dir: Path = Field(Path("data"), description="a directory path")
-    secret_key: str | None = Field(
+    data_dir: forms.DataDir = Field(Path("data"), description="a directory path")
+    secret_key: forms.OrNone[str] = Field(
         None, description="any non-empty string; generated and kept in DATA_DIR when unset"
     )
-    jwt_public_key_file: Path | None = Field(
+    jwt_public_key_file: forms.OrNone[Path] = Field(
         None, description="a PEM file with an RS256/ES256 public key"
     )
-    jwt_expires_in_s: int | None = Field(
+    jwt_expires_in_s: forms.OrNone[int] = Field(
         7 * 24 * 3600, ge=1, description="seconds a sign-in token lives; empty for no expiry"
     )
-    openai_api_base_urls: list[str] = _list(
+    openai_api_base_urls: forms.BaseUrls = _list(
         "';'-separated http(s) base URLs, usually ending in /v1"
     )
-    openai_api_keys: list[str] = _list("';'-separated keys, one per base URL (empty for none)")
+    openai_api_keys: forms.List = _list("';'-separated keys, one per base URL (empty for none)")
     demo_model: bool = Field(True, description="true or false")
     default_model: str = Field(
         "",
@@ -73,25 +60,25 @@ class Settings(BaseModel):
         description="the model that writes titles, tags and follow-up questions the web app "
         "asks for; empty for the model of the reply",
     )
-    trusted_proxies: list[str] = Field(
+    trusted_proxies: forms.Proxies = Field(
         default_factory=lambda: ["127.0.0.1/32", "::1/128"],
         description="';'-separated addresses or CIDRs whose X-Forwarded-*/Forwarded headers "
         "are believed",
     )
-    base_path: str = Field(
+    base_path: forms.BasePath = Field(
         "", description="a path the whole gateway lives under, e.g. /chat (empty: the root)"
     )
-    cors_allow_origin: list[str] = Field(
+    cors_allow_origin: forms.Origins = Field(
         default_factory=lambda: ["*"],
         description="';'-separated origins like https://chat.example.com, or *",
     )
-    database_url: str = Field(
+    database_url: forms.DatabaseUrl = Field(
         "", description="empty (SQLite in DATA_DIR), sqlite:///<path> or postgresql://…"
     )
     websocket_manager: Literal["", "local", "redis"] = Field(
         "", description="empty, local or redis"
     )
-    redis_url: str = Field(
+    redis_url: forms.RedisUrl = Field(
         "redis://127.0.0.1:6379/0", description="a redis://, rediss:// or unix:// URL"
     )
     redis_key_prefix: str = Field(
@@ -103,11 +90,11 @@ class Settings(BaseModel):
         description="bytes of one event between replicas; bigger deltas are split, ≥ 4096",
     )
     enable_websocket_support: bool = Field(True, description="true or false")
-    api_keys: dict[str, str] = Field(
+    api_keys: forms.Pairs = Field(
         default_factory=dict, description="';'-separated key=user_id pairs"
     )
     upstream_connect_timeout_s: float = Field(10.0, gt=0, description="seconds")
-    upstream_read_timeout_s: float | None = Field(
+    upstream_read_timeout_s: forms.OrNone[float] = Field(
         300.0, gt=0, description="seconds of upstream silence before giving up; empty for none"
     )
     upstream_max_connections: int = Field(1000, ge=1, description="an integer ≥ 1")
@@ -140,7 +127,7 @@ class Settings(BaseModel):
     signin_max_lockout_s: float = Field(
         900.0, gt=0, description="seconds the longest sign-in lock lasts"
     )
-    password_hash_threads: int | None = Field(
+    password_hash_threads: forms.OrNone[int] = Field(
         None,
         ge=1,
         description="threads that hash passwords (scrypt: ~35 ms of CPU, 16 MiB each); "
@@ -174,7 +161,7 @@ class Settings(BaseModel):
     outbox_max_events: int = Field(
         256, ge=8, description="events queued per connection before deltas are merged"
     )
-    outbox_max_chars: int | None = Field(
+    outbox_max_chars: forms.OrNone[int] = Field(
         1024 * 1024,
         ge=1024,
         description="characters of reply text queued per connection before it is dropped; "
@@ -197,7 +184,7 @@ class Settings(BaseModel):
         gt=0,
         description="seconds a finished reply's events stay resumable",
     )
-    max_replies_per_user: int | None = Field(
+    max_replies_per_user: forms.OrNone[int] = Field(
         32,
         ge=1,
         description="replies one user may have running at once on a replica (model "
@@ -228,13 +215,13 @@ class Settings(BaseModel):
         description="client connections open at once (HTTP, SSE, WebSocket); more get 503; "
         "kept below the open-files limit",
     )
-    max_connections_per_address: int | None = Field(
+    max_connections_per_address: forms.OrNone[int] = Field(
         64,
         ge=1,
         description="client connections open at once from one address (an IPv6 /64), "
         "GATEWAY_TRUSTED_PROXIES excepted; more get 429; empty for no limit",
     )
-    max_messages_per_s: float | None = Field(
+    max_messages_per_s: forms.OrNone[float] = Field(
         20,
         gt=0,
         description="messages a second one connection may send (WebSocket frames, "
@@ -257,10 +244,12 @@ class Settings(BaseModel):
         ge=1024,
         description="bytes of one WebSocket frame or Socket.IO packet from a client, ≥ 1024",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], forms.Upper
+    ] = Field(
         "INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
     )
-    log_format: Literal["text", "json"] = Field(
+    log_format: Annotated[Literal["text", "json"], forms.Lower] = Field(
         "text", description="text (one line each) or json (one JSON object per line)"
     )
     access_log: bool = Field(
@@ -268,170 +257,8 @@ class Settings(BaseModel):
         description="true or false: one log line per HTTP request, connection and reply",
     )
     metrics: bool = Field(True, description="true or false: serve Prometheus metrics at /metrics")
-    metrics_token: str | None = Field(
+    metrics_token: forms.OrNone[str] = Field(
         None,
         description="a bearer token /metrics requires (Authorization: Bearer <token>); "
         "empty for none",
     )
-
-    # -- the forms an operator writes -------------------------------------------------
-    @field_validator(
-        "openai_api_base_urls",
-        "openai_api_keys",
-        "cors_allow_origin",
-        "trusted_proxies",
-        mode="before",
-    )
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        # "a;b" from the environment, or from YAML as Open WebUI's docs write it.
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(";") if part.strip()]
-        return value
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _pairs(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        parsed: dict[str, str] = {}
-        for pair in (part.strip() for part in value.split(";")):
-            if not pair:
-                continue
-            key, sep, user = pair.partition("=")
-            if not sep or not key.strip() or not user.strip():
-                # The pair holds a key: say where, never what.
-                raise ValueError(f"pair {len(parsed) + 1} is not key=user_id")
-            parsed[key.strip()] = user.strip()
-        return parsed
-
-    @field_validator(
-        "secret_key",
-        "metrics_token",
-        "jwt_public_key_file",
-        "jwt_expires_in_s",
-        "upstream_read_timeout_s",
-        "outbox_max_chars",
-        "max_replies_per_user",
-        "max_messages_per_s",
-        "max_connections_per_address",
-        "password_hash_threads",
-        mode="before",
-    )
-    @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and value.strip() == "" else value
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper(cls, value: Any) -> Any:
-        return value.strip().upper() if isinstance(value, str) else value
-
-    @field_validator("log_format", mode="before")
-    @classmethod
-    def _lower(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
-
-    # -- what each value must be ---------------------------------------------------------
-    @field_validator("host")
-    @classmethod
-    def _host(cls, host: str) -> str:
-        host = host.strip()
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-            return host.strip("[]")
-        except ValueError:
-            pass
-        if not _HOSTNAME.match(host):
-            raise ValueError("not an address or a host name")
-        return host
-
-    @field_validator("data_dir")
-    @classmethod
-    def _data_dir(cls, path: Path) -> Path:
-        if str(path).strip() in ("", "."):
-            return Path(".")
-        return path
-
-    @field_validator("openai_api_base_urls")
-    @classmethod
-    def _urls(cls, urls: list[str]) -> list[str]:
-        cleaned = []
-        for url in urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{_shown(url)} is not an http(s) URL")
-            url = url.rstrip("/")
-            endpoint = next((e for e in _ENDPOINTS if url.endswith(e)), None)
-            if endpoint:
-                raise ValueError(
-                    f"{_shown(url)} is an endpoint, not a base URL: "
-                    f"give {_shown(url.removesuffix(endpoint))}"
-                )
-            cleaned.append(url)
-        return cleaned
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _proxies(cls, entries: list[str]) -> list[str]:
-        for entry in entries:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(f"{entry!r} is not an address or a CIDR") from None
-        return entries
-
-    @field_validator("cors_allow_origin")
-    @classmethod
-    def _origins(cls, entries: list[str]) -> list[str]:
-        origins = []
-        for entry in entries:
-            entry = entry.rstrip("/")
-            if entry != "*" and not _ORIGIN.match(entry):
-                raise ValueError(
-                    f"{entry!r} is not an origin: write scheme://host[:port], "
-                    f"e.g. https://{entry.split('://')[-1].split('/')[0] or 'chat.example.com'}"
-                )
-            origins.append(entry)
-        return origins
-
-    @field_validator("base_path")
-    @classmethod
-    def _base_path(cls, path: str) -> str:
-        path = path.strip()
-        if path and (not path.startswith("/") or "?" in path or "#" in path):
-            raise ValueError("not a path like /chat")
-        return "" if path in ("", "/") else "/" + path.strip("/")
-
-    @field_validator("database_url")
-    @classmethod
-    def _database_url(cls, url: str) -> str:
-        url = url.strip()
-        if not url:
-            return url
-        if url.startswith("sqlite:///"):
-            if not url.removeprefix("sqlite:///"):
-                raise ValueError("sqlite:/// needs a file path, e.g. sqlite:///data/gateway.db")
-            return url
-        if url.startswith(("postgresql://", "postgres://")):
-            try:
-                parts = urlsplit(url)
-                parts.port  # noqa: B018 - raises on a port that is not a number
-            except ValueError as exc:
-                raise ValueError(f"not a valid URL ({exc})") from None
-            return url
-        scheme = url.partition("://")[0] if "://" in url else ""
-        raise ValueError(
-            f"the {scheme}:// scheme is not supported" if scheme else "not a database URL"
-        )
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, url: str) -> str:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("not a redis://, rediss:// or unix:// URL")
-        return url
-
-
-def _shown(url: str) -> str:
-    return repr(redact.url(url))
