@@ -7,6 +7,7 @@ keeps no frame of the middlewares that have nothing to do after its handshake.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import sys
@@ -49,7 +50,7 @@ class Echo:
             return
         if text.startswith("burst "):
             for index in range(int(text.split()[1])):
-                conn.publish([conn.room], TextDelta("c", "m", index, f"{index:04d}" + "x" * 1020))
+                conn.publish([conn.room], TextDelta("c", "m", index, delta_text(index)))
             return
         if text.startswith(("raw:", "bug")):
             # "<lone>": a lone surrogate (what a model server may slip in; a client
@@ -241,28 +242,38 @@ def writer_tasks() -> list[asyncio.Task[Any]]:
     ]
 
 
-async def test_an_idle_socket_holds_no_writer_task(app_url: str) -> None:
+def delta_text(index: int) -> str:
+    """The text of the "burst" command's delta `index` (1 KiB)."""
+    return f"{index:04d}" + "x" * 1020
+
+
+@contextlib.asynccontextmanager
+async def echo_socket(app_url: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A socket to the Echo endpoint, past its greeting."""
     token = make_token("echo-user")
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"{app_url}/test/echo?token={token}") as ws:
             assert await ws.receive_json() == {"hello": "echo-user"}
-            await ws.send_str("ping?")
-            assert await ws.receive_str() == "ping?"
-            assert writer_tasks() == []
+            yield ws
+
+
+async def test_an_idle_socket_holds_no_writer_task(app_url: str) -> None:
+    async with echo_socket(app_url) as ws:
+        await ws.send_str("ping?")
+        assert await ws.receive_str() == "ping?"
+        assert writer_tasks() == []
 
 
 async def test_events_go_out_from_the_publisher_without_a_task(app_url: str) -> None:
-    # A client that reads: each event's frame is written as it is published.
-    token = make_token("echo-user")
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{app_url}/test/echo?token={token}") as ws:
-            await ws.receive_json()
-            await ws.send_str("burst 5")
-            texts = [(await ws.receive_json())["text"] for _ in range(5)]
-            assert [text[:4] for text in texts] == ["0000", "0001", "0002", "0003", "0004"]
-            await ws.send_str("status")
-            assert await ws.receive_json() == {"pumped": 0, "pump": False}
-            assert writer_tasks() == []
+    # A client that reads: each event's frames are written in the turn it is published.
+    async with echo_socket(app_url) as ws:
+        await ws.send_str("burst 5")
+        assert [(await ws.receive_json())["text"] for _ in range(5)] == [
+            delta_text(index) for index in range(5)
+        ]
+        await ws.send_str("status")
+        assert await ws.receive_json() == {"pumped": 0, "pump": False}
+        assert writer_tasks() == []
 
 
 async def test_a_backed_up_socket_gets_a_pump_that_ends_once_it_is_drained(
@@ -286,7 +297,7 @@ async def test_a_backed_up_socket_gets_a_pump_that_ends_once_it_is_drained(
         await asyncio.sleep(0.2)  # written, and the socket backed up
         await ws.send("burst 20")
         await asyncio.sleep(0.2)
-        expected = "".join(f"{index:04d}" + "x" * 1020 for index in [*range(60), *range(20)])
+        expected = "".join(delta_text(index) for index in [*range(60), *range(20)])
         text = ""
         while len(text) < len(expected):
             text += json.loads(await asyncio.wait_for(ws.recv(), 10))["text"]
@@ -301,36 +312,28 @@ async def test_a_backed_up_socket_gets_a_pump_that_ends_once_it_is_drained(
 async def test_a_burst_in_one_loop_turn_is_bounded_then_queued(app_url: str) -> None:
     # More events in one turn than the fast path holds for the turn's end: the rest
     # go through the outbox and the pump, after them, in order.
-    token = make_token("echo-user")
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{app_url}/test/echo?token={token}") as ws:
-            await ws.receive_json()
-            await ws.send_str("burst 100")
-            text = ""
-            while len(text) < 100 * 1024:
-                text += (await ws.receive_json())["text"]
-            assert text == "".join(f"{index:04d}" + "x" * 1020 for index in range(100))
-            await ws.send_str("status")
-            status = await ws.receive_json()
-            assert status["pumped"] > 0 and status["pump"] is False, status
+    async with echo_socket(app_url) as ws:
+        await ws.send_str("burst 100")
+        text = ""
+        while len(text) < 100 * 1024:
+            text += (await ws.receive_json())["text"]
+        assert text == "".join(delta_text(index) for index in range(100))
+        await ws.send_str("status")
+        status = await ws.receive_json()
+        assert status["pumped"] > 0 and status["pump"] is False, status
 
 
 async def test_the_fast_path_sends_what_utf_8_can_carry_and_survives_an_encoder_bug(
     app_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    token = make_token("echo-user")
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{app_url}/test/echo?token={token}") as ws:
-            await ws.receive_json()
-            await ws.send_str("raw:a<lone>b")
-            assert await ws.receive_str() == "raw:ab"
-        async with session.ws_connect(f"{app_url}/test/echo?token={token}") as ws:
-            await ws.receive_json()
-            await ws.send_str("bug")
-            closed = await ws.receive()
-            assert closed.type == aiohttp.WSMsgType.CLOSE and closed.data == 1011
-            assert "websocket delivery failed" in caplog.text
-        async with session.ws_connect(f"{app_url}/test/echo?token={token}") as ws:
-            await ws.receive_json()
-            await ws.send_str("ping?")
-            assert await ws.receive_str() == "ping?"
+    async with echo_socket(app_url) as ws:
+        await ws.send_str("raw:a<lone>b")
+        assert await ws.receive_str() == "raw:ab"
+    async with echo_socket(app_url) as ws:
+        await ws.send_str("bug")
+        closed = await ws.receive()
+        assert closed.type == aiohttp.WSMsgType.CLOSE and closed.data == 1011
+        assert "websocket delivery failed" in caplog.text
+    async with echo_socket(app_url) as ws:  # the publisher and the app go on
+        await ws.send_str("ping?")
+        assert await ws.receive_str() == "ping?"
