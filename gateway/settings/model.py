@@ -244,10 +244,8 @@ class Settings(BaseModel):
         ge=1024,
         description="bytes of one WebSocket frame or Socket.IO packet from a client, ≥ 1024",
     )
-    log_level: Annotated[
-        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], forms.Upper
-    ] = Field(
-        "INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], forms.Upper] = (
+        Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL")
     )
     log_format: Annotated[Literal["text", "json"], forms.Lower] = Field(
         "text", description="text (one line each) or json (one JSON object per line)"
