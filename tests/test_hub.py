@@ -420,3 +420,27 @@ async def test_room_for_waits_until_the_consumer_takes_then_a_stuck_one_overflow
     await outbox.room_for(status(3))  # nobody takes: stuck after stall_s
     assert outbox.overflowed and overflows.calls == 1
     assert time.monotonic() - started >= 0.05
+
+
+def test_take_hands_the_queue_over_at_once_and_holds_deliver_until_done() -> None:
+    # The raw WebSocket's flush: the queue taken without awaiting; until done(), a
+    # new event queues behind the batch rather than overtake it through `deliver`.
+    offered: list[Event] = []
+
+    def later(event: Event) -> bool:
+        offered.append(event)
+        return False
+
+    outbox = Outbox(8, deliver=later)
+    assert outbox.take() == []
+    outbox.put(status(0))
+    outbox.put(status(1))
+    assert offered == [status(0)]  # only the first, into an empty outbox
+    assert outbox.take() == [status(0), status(1)] and len(outbox) == 0
+    outbox.put(status(2))
+    assert offered == [status(0)]  # in flight: queued, not offered
+    outbox.done()
+    assert outbox.take() == [status(2)]
+    outbox.done()
+    outbox.put(status(3))
+    assert offered == [status(0), status(3)]

@@ -10,7 +10,8 @@ Theory of operation, for one outbox::
                  │                  nothing queued, nothing in flight, consumer not
                  │                  backed up; no task switch per event)
                  └ False/none ─▶ [e1 e2 … en]  ──batch()──▶ the connection's writer,
-                                                           which calls done() after
+                                   (take(): the same,      which calls done() after
+                                    without waiting)
                         │
                         ├ full (max_events): a TextDelta/ReasoningDelta is merged
                         │   into the newest queued delta of the same reply and kind
@@ -365,6 +366,13 @@ class Outbox:
         rather than overtake it through `deliver`.
         """
         if not await self._wait():
+            return []
+        return self.take()
+
+    def take(self) -> list[Event]:
+        """What `batch` returns, without waiting: every queued event ([] if none), in
+        flight until `done()`."""
+        if not self._events:
             return []
         events = [_taken(item) for item in self._events]
         self._events = _NOTHING

@@ -16,15 +16,14 @@ A connection's life, the same for every flavour::
                 endpoint's error frame and the connection stays open; anything
                 else is a bug: internal-error frame, close 1011
     delivery    events of its rooms → bounded `Outbox` → `endpoint.encode` → text
-                frames.  Fast path: while flow control has not paused the
-                socket's writing and nothing is queued, the publisher encodes
-                the event at once and its frames are written at the end of the
-                loop turn (no task switch per event, no task per idle
-                connection: `_deliver`, `_flush`).  Otherwise the outbox queues
-                the events (merged there) and a pump task, made then and ended
-                once the outbox is empty, writes them as the client reads
-                (`_pump`).  A reply the client reads slower than the model
-                writes goes on from the replay buffer at its pace
+                frames.  While flow control has not paused the socket's
+                writing, what a loop turn queued is encoded and written at the
+                turn's end by a callback (no task switch per event, no task per
+                idle connection: `_deliver`, `_flush`); while it is paused, a
+                pump task, made then and ended once the outbox is empty,
+                writes the queue as the client reads (`_pump`).  A reply the
+                client reads slower than the model writes goes on from the
+                replay buffer at its pace
                 (`Connection.pace`, set by the endpoints that carry replies); a
                 client that stops reading until the outbox overflows, or takes
                 nothing for `stalled_client_s`, is closed 1013 (it may reconnect)
@@ -72,9 +71,6 @@ log = logging.getLogger(__name__)
 PING_INTERVAL_S = 25.0
 # How long a close handshake may take before the TCP connection is cut.
 CLOSE_TIMEOUT_S = 2.0
-# Frames a connection's fast path takes in one loop turn before events queue in
-# its outbox instead (a synchronous burst is bounded by the outbox, as ever).
-MAX_UNSENT = 64
 # What ends a connection's read loop (aiohttp has answered a close already).
 _ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 # Drops in progress (the loop holds tasks only weakly).
@@ -112,9 +108,9 @@ class Connection:
         self.state: dict[str, object] = {}
         # Replies being resumed into the outbox (`resume`), stopped when it closes.
         self.resuming: set[asyncio.Task[None]] = set()
-        # Frames the fast path took this loop turn, written at its end (`_flush`).
-        self.unsent: list[str] | None = None
-        # Writes what the fast path could not (`_pump`); only while events queue.
+        # A `_flush` of the outbox is due at the end of this loop turn.
+        self.flushing = False
+        # Writes the outbox while the socket is backed up (`_pump`); only then.
         self.pump: asyncio.Task[None] | None = None
         # How fast the client may send (GATEWAY_MAX_MESSAGES_PER_S).
         self.rate = MessageRate(request.app[SETTINGS].max_messages_per_s)
@@ -256,6 +252,8 @@ async def _serve(
         conn.phase = Phase.CLOSED
         return ws
     conn.phase = Phase.OPEN
+    if len(conn.outbox):
+        _writer_for(conn, endpoint)  # what the rooms brought while it opened
     counted = access.connection_opened(
         "websocket", flavour, conn.principal.user_id if conn.principal else None
     )
@@ -324,63 +322,61 @@ async def _send(conn: Connection, frame: str) -> None:
 
 
 def _deliver(conn: Connection, endpoint: Endpoint, event: Event) -> bool:
-    """The fast path (the outbox calls it when nothing is queued or in flight): the
-    event encoded now and its frames written at the end of this loop turn
-    (`_flush`), True.  False when the socket is backed up (flow control paused its
-    writing), compresses, has a pump already, or has `MAX_UNSENT` frames waiting
-    for the turn's end: the outbox queues the event and the pump, started here if
-    there is none, writes it after what waits."""
-    if conn.phase is not Phase.OPEN:
-        return True  # closing: nothing more is sent
-    unsent = conn.unsent
-    if (
-        conn.pump is not None
-        or (unsent is not None and len(unsent) >= MAX_UNSENT)
-        or not frames.writable_now(conn.ws)
-    ):
-        if conn.pump is None and conn.outbox is not None:
-            conn.pump = asyncio.get_running_loop().create_task(_pump(conn, endpoint, conn.outbox))
-        return False
+    """The outbox's first event after a quiet spell (it calls this when nothing is
+    queued or in flight): always queued (False), so the outbox's rules hold for it
+    (merging, its bounds, a resume's divert), and written from there at the end of
+    this loop turn by `_flush` — or, when the socket is backed up, by the pump."""
+    if conn.phase is Phase.OPEN:
+        _writer_for(conn, endpoint)
+    return False
+
+
+def _writer_for(conn: Connection, endpoint: Endpoint) -> None:
+    """What writes the outbox's queue: nothing if a flush or the pump will; a flush
+    at the end of the turn while the socket can take frames; else the pump."""
+    if conn.flushing or conn.pump is not None or conn.outbox is None:
+        return
+    if frames.writable_now(conn.ws):
+        conn.flushing = True
+        asyncio.get_running_loop().call_soon(_flush, conn, endpoint)
+    else:
+        conn.pump = asyncio.get_running_loop().create_task(_pump(conn, endpoint, conn.outbox))
+
+
+def _flush(conn: Connection, endpoint: Endpoint) -> None:
+    """The outbox's queue written now, without a task: the events the turn brought,
+    encoded and written together (written as each came, the socket's sends would
+    wake the client in the middle of the turn: `bench_ab --flavour nadoo-ws`
+    measured 5 % more CPU per chunk, all of it the kernel's).  Backed up meanwhile:
+    the pump takes over."""
+    conn.flushing = False
+    outbox = conn.outbox
+    if conn.phase is not Phase.OPEN or outbox is None or conn.pump is not None:
+        return
+    if not frames.writable_now(conn.ws):
+        _writer_for(conn, endpoint)
+        return
+    events = outbox.take()
     try:
-        made = endpoint.encode(conn, event)
+        for event in events:
+            for frame in endpoint.encode(conn, event):
+                frames.write_now(conn.ws, frame)
+    except ConnectionResetError:
+        return  # the client went away mid-write (or the socket closed); the reader sees it
     except Exception:
-        # A bug in an encoder must not reach the publisher (and its other rooms).
+        # A bug in an encoder must not reach the loop (or stall the connection).
         log.exception("websocket delivery failed", extra={"path": conn.request.path})
         _close_broken(conn)
-        return True
-    if unsent is None:
-        conn.unsent = list(made)
-        asyncio.get_running_loop().call_soon(_flush, conn)
-    else:
-        unsent.extend(made)
-    metrics.HOT.delivered_websocket += 1
-    return True
-
-
-def _flush(conn: Connection) -> None:
-    """The frames the fast path took this loop turn, written together at its end
-    (written as each event came, the socket's sends would wake the client in the
-    middle of the turn: `bench_ab --flavour nadoo-ws` measured 5 % more CPU per
-    chunk, all of it the kernel's)."""
-    unsent, conn.unsent = conn.unsent, None
-    if not unsent:
-        return  # the pump took them
-    try:
-        for frame in unsent:
-            frames.write_now(conn.ws, frame)
-    except ConnectionResetError:
-        pass  # the client went away mid-write (or the socket closed); the reader sees it
+        return
+    finally:
+        outbox.done()
+    metrics.HOT.delivered_websocket += len(events)
 
 
 async def _pump(conn: Connection, endpoint: Endpoint, outbox: Outbox) -> None:
-    """The slow path: what the fast path could not take, in order (the frames it
-    took first), as the client reads; over once the outbox is empty (the next
-    event tries the fast path)."""
+    """The slow path: the outbox's queue written as the client reads (each frame
+    awaited); over once the outbox is empty (the next event is flushed again)."""
     try:
-        if conn.unsent:
-            unsent, conn.unsent = conn.unsent, None
-            for frame in unsent:
-                await _send(conn, frame)
         while conn.phase is Phase.OPEN and (events := await outbox.batch()):
             for event in events:
                 for frame in endpoint.encode(conn, event):
@@ -391,7 +387,7 @@ async def _pump(conn: Connection, endpoint: Endpoint, outbox: Outbox) -> None:
                 return
     except Overflow:
         pass
-    except (ConnectionResetError, RuntimeError):
+    except ConnectionResetError:
         pass  # the client went away mid-write; the reader sees it too
     except Exception:
         log.exception("websocket delivery failed", extra={"path": conn.request.path})
@@ -426,7 +422,8 @@ def _end_access(
 
 
 def _close_broken(conn: Connection) -> None:
-    """Delivery failed (a bug): close 1011, as for a frame the endpoint failed on."""
+    """Delivery failed (a bug in an encoder): close 1011, the code a bug in handling
+    the client's own frame ends with (the client reconnects and reloads)."""
     if conn.phase is not Phase.OPEN:
         return
     _closing(conn, _drop(conn, WS_INTERNAL_ERROR, b"Internal server error"))

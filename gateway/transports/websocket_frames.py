@@ -7,7 +7,8 @@ the transport writes through aiohttp's own frame writer here while the socket is
 *writable now*: uncompressed, its transport open and its writing not paused by
 flow control (`writing_paused`: the send buffer went over its high-water mark,
 64 KiB, and has not yet drained to its low-water mark), which is exactly when
-`send_str` would not await.  Anything else goes through `send_str` from a task.
+`send_str` would not await (it awaits only once paused, and then not for every
+frame).  Anything else goes through `send_str` from a task.
 
 Not the buffer's size against the low-water mark: uvloop's is 16 bytes, so a
 frame waiting in the buffer for the loop to send it would send every later one
@@ -23,14 +24,20 @@ which `send_frame` resets once over the limit (reset here the same way).
 from __future__ import annotations
 
 from aiohttp import WSMsgType, web
+from aiohttp._websocket.writer import WebSocketWriter
 
 from gateway.text import storable
+
+# Another aiohttp without them: every frame goes through `send_str`, from the pump.
+_USABLE = all(
+    hasattr(WebSocketWriter, name) for name in ("_write_websocket_frame", "send_frame")
+)
 
 
 def writable_now(ws: web.WebSocketResponse) -> bool:
     """A frame written now would go straight to the socket, as `send_str` would."""
     writer = ws._writer
-    if writer is None or writer.compress or ws.closed:
+    if not _USABLE or writer is None or writer.compress or ws.closed:
         return False
     return not writer.protocol.writing_paused and not writer.transport.is_closing()
 
