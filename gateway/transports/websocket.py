@@ -21,7 +21,7 @@ A connection's life, the same for every flavour::
                 turn's end by a callback (no task switch per event, no task per
                 idle connection: `_deliver`, `_flush`); while it is paused, a
                 pump task, made then and ended once the outbox is empty,
-                writes the queue as the client reads (`_pump`).  A reply the
+                writes the queue as the client drains it (`_pump`).  A reply the
                 client reads slower than the model writes goes on from the
                 replay buffer at its pace
                 (`Connection.pace`, set by the endpoints that carry replies); a
@@ -252,7 +252,9 @@ async def _serve(
         conn.phase = Phase.CLOSED
         return ws
     conn.phase = Phase.OPEN
-    if len(conn.outbox):
+    if conn.outbox.overflowed:
+        _too_slow(conn)  # the rooms brought more while it opened than its outbox holds
+    elif len(conn.outbox):
         _writer_for(conn, endpoint)  # what the rooms brought while it opened
     counted = access.connection_opened(
         "websocket", flavour, conn.principal.user_id if conn.principal else None
@@ -334,7 +336,7 @@ def _deliver(conn: Connection, endpoint: Endpoint, event: Event) -> bool:
 def _writer_for(conn: Connection, endpoint: Endpoint) -> None:
     """What writes the outbox's queue: nothing if a flush or the pump will; a flush
     at the end of the turn while the socket can take frames; else the pump."""
-    if conn.flushing or conn.pump is not None or conn.outbox is None:
+    if conn.flushing or conn.pump is not None or conn.outbox is None or conn.outbox.closed:
         return
     if frames.writable_now(conn.ws):
         conn.flushing = True
@@ -361,7 +363,7 @@ def _flush(conn: Connection, endpoint: Endpoint) -> None:
         for event in events:
             for frame in endpoint.encode(conn, event):
                 frames.write_now(conn.ws, frame)
-    except ConnectionResetError:
+    except ConnectionError:
         return  # the client went away mid-write (or the socket closed); the reader sees it
     except Exception:
         # A bug in an encoder must not reach the loop (or stall the connection).
@@ -374,8 +376,10 @@ def _flush(conn: Connection, endpoint: Endpoint) -> None:
 
 
 async def _pump(conn: Connection, endpoint: Endpoint, outbox: Outbox) -> None:
-    """The slow path: the outbox's queue written as the client reads (each frame
-    awaited); over once the outbox is empty (the next event is flushed again)."""
+    """The slow path: the outbox's queue written with `send_str`, which waits for the
+    client to read whenever the socket is paused at one of aiohttp's checks (every
+    256 KiB written); over once the outbox is empty (the next event is flushed
+    again)."""
     try:
         while conn.phase is Phase.OPEN and (events := await outbox.batch()):
             for event in events:
@@ -387,8 +391,8 @@ async def _pump(conn: Connection, endpoint: Endpoint, outbox: Outbox) -> None:
                 return
     except Overflow:
         pass
-    except ConnectionResetError:
-        pass  # the client went away mid-write; the reader sees it too
+    except ConnectionError:
+        pass  # the client went away mid-write (aiohttp: "Connection lost"); the reader sees it
     except Exception:
         log.exception("websocket delivery failed", extra={"path": conn.request.path})
         _close_broken(conn)

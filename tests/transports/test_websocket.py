@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import struct
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,9 +40,10 @@ class Echo:
         return [json.dumps({"refused": error.code})]
 
     async def opened(self, conn: Connection) -> None:
-        if conn.request.query.get("early"):
-            # An event of its rooms while it opens (another tab's reply, say).
-            conn.publish([conn.room], TextDelta("c", "m", 0, "during-open"))
+        if early := int(conn.request.query.get("early", 0)):
+            # Events of its rooms while it opens (other tabs' replies, say).
+            for index in range(early):
+                conn.publish([conn.room], TextDelta("c", f"m{index}", 0, "during-open"))
             await asyncio.sleep(0.05)
         await conn.send(json.dumps({"hello": conn.user_id}))
 
@@ -187,10 +189,10 @@ async def test_a_client_that_stops_reading_is_dropped(
     app_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     token = make_token("echo-user")
-    # A small receive window, and nothing read after the greeting while one
-    # reply of 8 MiB is published: once the kernel's send buffer (at most 4 MiB
-    # here: tcp_wmem) and the socket's (64 KiB) are full, the outbox fills behind
-    # the pump (merging: one reply), passes 64 KiB, and the connection is cut.
+    # Small kernel buffers both ways ("narrow"), and nothing read after the
+    # greeting while one reply of 800 KiB is published: once they and the
+    # socket's own buffer are full, the outbox fills behind the pump (merging:
+    # one reply), passes its 64 KiB, and the connection is cut.
     host, port = app_url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port), limit=1024)
     raw = writer.get_extra_info("socket")
@@ -203,19 +205,21 @@ async def test_a_client_that_stops_reading_is_dropped(
         ).encode()
     )
     await reader.readuntil(b"\r\n\r\n")
-    # One masked text frame (RFC 6455 §5.2): "flood 2000", 2,000 deltas of 4 KiB.
-    payload = b"flood 2000"
-    writer.write(bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
-    await writer.drain()
+    await reader.readuntil(b"}")  # the greeting
+    # Masked text frames (RFC 6455 §5.2): "narrow", then "flood 200", 200 deltas of 4 KiB.
+    for payload in (b"narrow", b"flood 200"):
+        writer.write(bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+        await writer.drain()
+        await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)
-    # Now read (with a wide window, or the 4 MiB would take a minute): whatever
-    # was buffered, then the end of the connection.
+    # Now read (with a wide window: a 4 KiB one is slow): whatever was buffered,
+    # then the end of the connection.
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     received = 0
     while chunk := await asyncio.wait_for(reader.read(65536), 10):
         received += len(chunk)
     writer.close()
-    assert received < 2000 * 4096  # not everything: the rest was never queued
+    assert received < 200 * 4096  # not everything: the rest was never queued
     assert "slow websocket dropped" in caplog.text
 
 
@@ -339,6 +343,13 @@ async def test_what_the_rooms_bring_while_a_socket_opens_follows_its_greeting(
         async with session.ws_connect(f"{app_url}/test/echo?early=1&token={token}") as ws:
             assert await ws.receive_json() == {"hello": "echo-user"}
             assert await ws.receive_json() == {"text": "during-open"}
+        # More than its outbox holds (8 events of 8 replies: nothing to merge): it
+        # opens, and is dropped as a client that fell behind, to reconnect.
+        async with session.ws_connect(f"{app_url}/test/echo?early=20&token={token}") as ws:
+            assert await ws.receive_json() == {"hello": "echo-user"}
+            while (msg := await ws.receive(timeout=5)).type == aiohttp.WSMsgType.TEXT:
+                pass
+            assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1013
 
 
 async def test_an_encoder_bug_on_the_pump_path_is_logged_and_closes_1011(
@@ -363,6 +374,33 @@ async def test_an_encoder_bug_on_the_pump_path_is_logged_and_closes_1011(
                 await asyncio.wait_for(ws.recv(), 10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
     assert "websocket delivery failed" in caplog.text
+    assert "in _pump" in caplog.text  # the pump's, not a flush's
+
+
+async def test_a_client_reset_while_its_pump_waits_is_not_an_error(
+    app_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A backed-up client whose pump waits for it to read, then resets (a phone
+    # dropping off): aiohttp fails the wait with ConnectionError("Connection lost").
+    host, port = app_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    url = f"ws://{host}:{port}/test/echo?token={make_token('echo-user')}"
+    ws = await websockets.connect(url, sock=sock, max_queue=1, compression=None)
+    await ws.recv()
+    await ws.send("narrow")
+    await ws.recv()
+    for _ in range(6):  # past aiohttp's 256 KiB between its checks: the pump waits
+        await ws.send("burst 50")
+        await asyncio.sleep(0.1)
+    assert writer_tasks(), "the pump is waiting"
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ws.transport.abort()  # RST
+    await asyncio.sleep(0.5)
+    assert writer_tasks() == []
+    assert "websocket delivery failed" not in caplog.text
 
 
 async def test_the_fast_path_sends_what_utf_8_can_carry_and_survives_an_encoder_bug(
