@@ -80,9 +80,9 @@ _DROPPING: set[asyncio.Task[None]] = set()
 class Phase(enum.Enum):
     """A connection's life; only OPEN reads frames and writes events::
 
-    OPENING ──endpoint opened──▶ OPEN ──client left──────────────▶ CLOSED
-       │                          └──too slow / access ended──▶ CLOSING ──▶ CLOSED
-       └──refused (token, origin, endpoint)──────────────────▶ CLOSING ──▶ CLOSED
+    OPENING ──endpoint opened──▶ OPEN ──client left──────────────────────▶ CLOSED
+       │                          └──too slow / access ended / a bug──▶ CLOSING ──▶ CLOSED
+       └──refused (token, origin, endpoint)─────────────────────────▶ CLOSING ──▶ CLOSED
     """
 
     OPENING = "opening"
@@ -301,6 +301,7 @@ async def _read(conn: Connection, endpoint: Endpoint) -> None:
                     await conn.send(frame)
             except Exception:
                 log.exception("websocket endpoint failed", extra={"path": conn.request.path})
+                conn.phase = Phase.CLOSING
                 for frame in endpoint.failed(InternalError()):
                     await conn.send(frame)
                 await conn.ws.close(code=WS_INTERNAL_ERROR, message=b"Internal server error")
@@ -325,11 +326,14 @@ async def _send(conn: Connection, frame: str) -> None:
 
 def _deliver(conn: Connection, endpoint: Endpoint, event: Event) -> bool:
     """The outbox's first event after a quiet spell (it calls this when nothing is
-    queued or in flight): always queued (False), so the outbox's rules hold for it
+    queued or in flight): queued (False), so the outbox's rules hold for it
     (merging, its bounds, a resume's divert), and written from there at the end of
     this loop turn by `_flush` — or, when the socket is backed up, by the pump."""
-    if conn.phase is Phase.OPEN:
-        _writer_for(conn, endpoint)
+    if conn.phase is Phase.OPENING:
+        return False  # written once it is open
+    if conn.phase is not Phase.OPEN or conn.ws.closed:
+        return True  # closing: nothing more is sent
+    _writer_for(conn, endpoint)
     return False
 
 
