@@ -94,9 +94,7 @@ class Phase(enum.Enum):
 class Connection:
     """One accepted WebSocket, as an endpoint sees it."""
 
-    def __init__(
-        self, ws: web.WebSocketResponse, realtime: Realtime, request: web.Request
-    ) -> None:
+    def __init__(self, ws: web.WebSocketResponse, realtime: Realtime, request: web.Request) -> None:
         self.id = uuid.uuid4().hex
         self.ws = ws
         self.request = request

@@ -29,9 +29,7 @@ from aiohttp._websocket.writer import WebSocketWriter
 from gateway.text import storable
 
 # Another aiohttp without them: every frame goes through `send_str`, from the pump.
-_USABLE = all(
-    hasattr(WebSocketWriter, name) for name in ("_write_websocket_frame", "send_frame")
-)
+_USABLE = all(hasattr(WebSocketWriter, name) for name in ("_write_websocket_frame", "send_frame"))
 
 
 def writable_now(ws: web.WebSocketResponse) -> bool:

@@ -71,9 +71,7 @@ class Echo:
             # mark 1 KiB: a client that does not read backs the socket up at once.
             transport = conn.request.transport
             assert transport is not None
-            transport.get_extra_info("socket").setsockopt(
-                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
-            )
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             transport.set_write_buffer_limits(high=4096)
             await conn.send("narrowed")
             return
@@ -268,6 +266,25 @@ async def echo_socket(app_url: str) -> AsyncIterator[aiohttp.ClientWebSocketResp
             yield ws
 
 
+@contextlib.asynccontextmanager
+async def narrowed_socket(
+    app_url: str,
+) -> AsyncIterator[tuple[websockets.ClientConnection, socket.socket]]:
+    """A socket to the Echo endpoint with small kernel buffers both ways ("narrow"),
+    past its greeting: a client that reads nothing backs it up at once."""
+    host, port = app_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    url = f"ws://{host}:{port}/test/echo?token={make_token('echo-user')}"
+    async with websockets.connect(url, sock=sock, max_queue=1, compression=None) as ws:
+        assert json.loads(await ws.recv()) == {"hello": "echo-user"}
+        await ws.send("narrow")
+        assert await ws.recv() == "narrowed"
+        yield ws, sock
+
+
 async def test_an_idle_socket_holds_no_writer_task(app_url: str) -> None:
     async with echo_socket(app_url) as ws:
         await ws.send_str("ping?")
@@ -294,16 +311,7 @@ async def test_a_backed_up_socket_gets_a_pump_that_ends_once_it_is_drained(
     # turn) goes to the socket and backs it up; a second (20 KiB) queues in the
     # outbox (merged once it is full) and the pump writes it as the client reads;
     # then the pump is gone.  The client gets every delta, in order.
-    host, port = app_url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    url = f"ws://{host}:{port}/test/echo?token={make_token('echo-user')}"
-    async with websockets.connect(url, sock=sock, max_queue=1, compression=None) as ws:
-        assert json.loads(await ws.recv()) == {"hello": "echo-user"}
-        await ws.send("narrow")
-        assert await ws.recv() == "narrowed"
+    async with narrowed_socket(app_url) as (ws, _):
         await ws.send("burst 60")
         await asyncio.sleep(0.2)  # written, and the socket backed up
         await ws.send("burst 20")
@@ -355,16 +363,7 @@ async def test_what_the_rooms_bring_while_a_socket_opens_follows_its_greeting(
 async def test_an_encoder_bug_on_the_pump_path_is_logged_and_closes_1011(
     app_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    host, port = app_url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    url = f"ws://{host}:{port}/test/echo?token={make_token('echo-user')}"
-    async with websockets.connect(url, sock=sock, max_queue=1, compression=None) as ws:
-        await ws.recv()
-        await ws.send("narrow")
-        await ws.recv()
+    async with narrowed_socket(app_url) as (ws, _):
         await ws.send("burst 60")
         await asyncio.sleep(0.2)  # the socket backed up: the next event goes to the pump
         await ws.send("bug")
@@ -382,23 +381,14 @@ async def test_a_client_reset_while_its_pump_waits_is_not_an_error(
 ) -> None:
     # A backed-up client whose pump waits for it to read, then resets (a phone
     # dropping off): aiohttp fails the wait with ConnectionError("Connection lost").
-    host, port = app_url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    url = f"ws://{host}:{port}/test/echo?token={make_token('echo-user')}"
-    ws = await websockets.connect(url, sock=sock, max_queue=1, compression=None)
-    await ws.recv()
-    await ws.send("narrow")
-    await ws.recv()
-    for _ in range(6):  # past aiohttp's 256 KiB between its checks: the pump waits
-        await ws.send("burst 50")
-        await asyncio.sleep(0.1)
-    assert writer_tasks(), "the pump is waiting"
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    ws.transport.abort()  # RST
-    await asyncio.sleep(0.5)
+    async with narrowed_socket(app_url) as (ws, sock):
+        for _ in range(6):  # past aiohttp's 256 KiB between its checks: the pump waits
+            await ws.send("burst 50")
+            await asyncio.sleep(0.1)
+        assert writer_tasks(), "the pump is waiting"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        ws.transport.abort()  # RST
+        await asyncio.sleep(0.5)
     assert writer_tasks() == []
     assert "websocket delivery failed" not in caplog.text
 
