@@ -9,7 +9,8 @@ import pytest
 
 from gateway import rooms
 from gateway.events import Event, ReasoningDelta, StatusChanged, TextDelta
-from gateway.fanout.hub import Hub, Outbox, Overflow
+from gateway.fanout.hub import Hub
+from gateway.fanout.outbox import Outbox, Overflow
 
 
 def text(chars: str, seq: int = 0, message_id: str = "a1", chat_id: str = "c1") -> TextDelta:

@@ -35,7 +35,8 @@ from gateway.errors import NotFound
 from gateway.events import Event, ReplyEvent
 from gateway.fanout.follow import Following as Attached
 from gateway.fanout.follow import into
-from gateway.fanout.hub import Hub, Outbox, Overflow
+from gateway.fanout.hub import Hub
+from gateway.fanout.outbox import Outbox, Overflow
 from gateway.fanout.presence import Presence, Seat, stats
 
 __all__ = ["Attach", "Attached", "Closable", "Lease", "Outbox", "Overflow", "Realtime", "Seat"]

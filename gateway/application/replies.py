@@ -41,7 +41,8 @@ from gateway.errors import NotFound, RateLimited, UpstreamError
 from gateway.events import Event, ReplyFailed, ReplyFinished, ReplySnapshot
 from gateway.fanout import follow as followers
 from gateway.fanout.follow import Following as Attached
-from gateway.fanout.hub import Hub, Outbox, until_finished
+from gateway.fanout.hub import Hub, until_finished
+from gateway.fanout.outbox import Outbox
 from gateway.store import ChatRecord
 from gateway.upstream import ModelInfo
 

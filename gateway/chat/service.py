@@ -49,7 +49,8 @@ from gateway.edge.auth import Principal
 from gateway.edge.trace import Traces
 from gateway.errors import BadRequest, GatewayError, NotFound, UpstreamError
 from gateway.events import Event, ReplyFinished
-from gateway.fanout.hub import Hub, Outbox
+from gateway.fanout.hub import Hub
+from gateway.fanout.outbox import Outbox
 from gateway.fanout.presence import Presence
 from gateway.store import ChatStore
 from gateway.store.records import ChatRecord, MessageRecord

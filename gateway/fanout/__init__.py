@@ -1,2 +1,3 @@
-"""Fan-out inside one process: rooms of connections with bounded outboxes (`hub.py`)
-and who is connected (`presence.py`); `gateway/bus/` carries both across replicas."""
+"""Fan-out inside one process: rooms of connections (`hub.py`) with bounded outboxes
+(`outbox.py`), and who is connected (`presence.py`); `gateway/bus/` carries both across
+replicas."""

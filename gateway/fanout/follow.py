@@ -56,7 +56,8 @@ from gateway.events import (
     ReplySnapshot,
     TextDelta,
 )
-from gateway.fanout.hub import Hub, Outbox, Overflow
+from gateway.fanout.hub import Hub
+from gateway.fanout.outbox import Outbox, Overflow
 
 GAP_READS = 5
 GAP_WAIT_S = 0.03
