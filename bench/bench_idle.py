@@ -35,9 +35,17 @@ server's own count of connections is awaited (the gateway's `/ws/stats`, where a
 socket is only once authenticated; the baseline's `/count`), then RSS is
 sampled every 0.5 s until two samples agree within 256 KB (at most 6 s).
 
-Per transport: KB per connection = (RSS at N − RSS at 0) / N at the largest
-step, and the slope of a least-squares line through every step
-(`kb_per_connection_fit`).  `connections` are the sockets still open at each
+Per transport, KB per connection (`kb_per_connection`, the headline) is what
+one more connection costs once some are held: (RSS at N − RSS at the first
+step) / (N − the first step's count).  From zero instead, the first step would
+be billed whatever start-up left behind: memory it freed, which the first
+sockets reuse (a process whose modules were compiled from source frees more
+than one that loaded `.pyc` files: the same code measured 3 KB a connection
+apart an hour later, RSS at 0 14 MB apart), and one-time growth (tables,
+timers) the first sockets pay for.  Also given: (RSS at N − RSS at 0) / N
+(`kb_per_connection_from_zero`) and the slope of a least-squares line through
+every step (`kb_per_connection_fit`); with a single step, the headline is the
+one from zero.  `connections` are the sockets still open at each
 step (opened less those the server dropped); `failed` counts opens that failed
 and sockets dropped during the run.  `--hold S` keeps the last step open S
 seconds more (past the gateway's 25 s pings and 75 s keep-alive timeout) and
@@ -312,6 +320,13 @@ def slope(xs: list[int], ys: list[float]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
 
 
+def marginal(connections: list[int], rss: list[int]) -> float:
+    """KB per connection past the first step (from zero when there is no other)."""
+    first = 1 if len(connections) > 2 and connections[-1] > connections[1] else 0
+    held = connections[-1] - connections[first]
+    return (rss[-1] - rss[first]) / held if held else float("nan")
+
+
 async def measure_one(
     name: str, steps: list[int], progress: Callable[[str], None], hold_s: float = 0.0
 ) -> dict[str, Any]:
@@ -350,7 +365,7 @@ async def measure_one(
                 f"({held} seen by the server), RSS {kb / 1024:.1f} MB"
             )
         top = connections[-1]
-        per_connection = (rss[-1] - rss[0]) / top if top else float("nan")
+        from_zero = (rss[-1] - rss[0]) / top if top else float("nan")
         failed = sum(fleet.open_failures.values()) + sum(fleet.drops.values())
         for why, count in (fleet.open_failures + fleet.drops).most_common(5):
             progress(f"{name}: {count} × {why}")
@@ -361,7 +376,8 @@ async def measure_one(
         return {
             "connections": connections,
             "rss_mb": [round(kb / 1024, 2) for kb in rss],
-            "kb_per_connection": round(per_connection, 2),
+            "kb_per_connection": round(marginal(connections, rss), 2),
+            "kb_per_connection_from_zero": round(from_zero, 2),
             "kb_per_connection_fit": round(slope(connections, [float(k) for k in rss]), 2),
             "opened": fleet.opened,
             "failed": failed,
@@ -402,8 +418,8 @@ def measure(
 ) -> dict[str, Any]:
     """{"steps": [0, 1000, ...],
     "transports": {name: {"connections": [int, ...], "rss_mb": [float, ...],
-    "kb_per_connection": float, "kb_per_connection_fit": float, "opened": int,
-    "failed": int}}}"""
+    "kb_per_connection": float, "kb_per_connection_from_zero": float,
+    "kb_per_connection_fit": float, "opened": int, "failed": int}}}"""
     steps = plan(1000, 500) if quick else plan(10_000, 1000)
     return measure_steps(steps, progress)
 
@@ -432,20 +448,25 @@ def measure_steps(
     return box["result"]  # type: ignore[no-any-return]
 
 
+def _kb(row: dict[str, Any], key: str) -> str:
+    return f"{row[key]:.1f}" if key in row else "–"  # not in reports before 2026-12-06
+
+
 def table(result: dict[str, Any]) -> str:
     transports = result["transports"]
     base = transports.get("baseline", {}).get("kb_per_connection")
     lines = [
-        "| transport | connections | RSS MB at 0 → N | KB/connection | KB/connection (fit) "
-        "| ÷ baseline | target | opened / failed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| transport | connections | RSS MB at 0 → N | KB/connection past the first step "
+        "| from 0 | fit | ÷ baseline | target | opened / failed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in transports.items():
         ratio = f"×{r['kb_per_connection'] / base:.2f}" if base else "–"
         target = f"≤ {TARGET_KB[name]:.0f} KB" if name in TARGET_KB else "–"
         lines.append(
             f"| {name} | {r['connections'][-1]:,} | {r['rss_mb'][0]:.1f} → {r['rss_mb'][-1]:.1f} "
-            f"| {r['kb_per_connection']:.1f} | {r['kb_per_connection_fit']:.1f} | {ratio} "
+            f"| {r['kb_per_connection']:.1f} | {_kb(r, 'kb_per_connection_from_zero')} "
+            f"| {r['kb_per_connection_fit']:.1f} | {ratio} "
             f"| {target} | {r['opened']:,} / {r['failed']:,} |"
         )
     lines += ["", "RSS MB by step:", ""]

@@ -224,6 +224,24 @@ def test_the_flavours_bench_takes_a_reply_of_any_length() -> None:
     assert longer.text.split() == [f"tok{index}" for index in range(256)]
 
 
+def test_idle_memory_is_what_one_more_connection_costs_past_the_first_step() -> None:
+    # The first step pays for what start-up left (memory it freed, reused by the
+    # first sockets; tables grown once): the headline is the cost past it.
+    from bench.bench_idle import marginal, table
+
+    kb = [50_000, 60_000, 80_000, 100_000]  # RSS in KB at 0, 1,000, 2,000, 3,000
+    assert marginal([0, 1000, 2000, 3000], kb) == 20.0
+    assert marginal([0, 3000], [50_000, 110_000]) == 20.0  # one step: from zero
+    row = {"connections": [0, 1000, 2000, 3000], "rss_mb": [k / 1024 for k in kb],
+           "kb_per_connection": 20.0, "kb_per_connection_from_zero": 16.67,
+           "kb_per_connection_fit": 16.8, "opened": 3000, "failed": 0}
+    shown = table({"steps": [0, 1000, 2000, 3000], "transports": {"websocket": row}})
+    assert "| websocket | 3,000 | 48.8 → 97.7 | 20.0 | 16.7 | 16.8 | – | ≤ 16 KB | 3,000 / 0 |" in shown
+    # A report from before the split (no `from zero`) still reads.
+    del row["kb_per_connection_from_zero"]
+    assert "| 20.0 | – | 16.8 |" in table({"steps": [0, 1000, 2000, 3000], "transports": {"websocket": row}})
+
+
 def test_a_lever_is_measured_on_any_flavour() -> None:
     # `bench_ab --flavour nadoo-ws`: the revision's gateway and the working tree's,
     # each with users of its own, the same Nadoo load on both, a pair each way.

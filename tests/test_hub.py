@@ -60,6 +60,32 @@ async def test_publish_reaches_each_outbox_once() -> None:
     assert len(elsewhere) == 0
 
 
+async def test_a_room_of_one_grows_and_shrinks_through_every_size() -> None:
+    # A room of one member holds the outbox itself, a set from the second: every
+    # step delivers to exactly the members, once, and joining twice is joining once.
+    hub = Hub(outbox_max_events=8)
+    first = hub.subscribe(["user:u1"])
+    hub.join(first, "user:u1")
+    assert hub.room_sizes() == {"user:u1": 1} and first.rooms == ("user:u1",)
+    second, third = hub.subscribe(["user:u1"]), hub.subscribe(["user:u1", "chat:c1"])
+    assert hub.room_sizes() == {"user:u1": 3, "chat:c1": 1}
+    hub.publish(["user:u1", "chat:c1"], text("a"))
+    assert (len(first), len(second), len(third)) == (1, 1, 1)
+    hub.leave(second, "user:u1")
+    hub.leave(second, "user:u1")  # not a member any more: nothing changes
+    hub.unsubscribe(third)
+    assert hub.room_sizes() == {"user:u1": 1}
+    hub.publish(["user:u1"], text("b"))
+    assert (len(first), len(second), len(third)) == (2, 1, 1)
+    hub.leave(second, "user:u1")  # a room of one, not its member: nothing changes
+    assert hub.room_sizes() == {"user:u1": 1}
+    hub.unsubscribe(first)
+    assert hub.room_sizes() == {} and first.rooms == ()
+    hub.join(second, "user:u1")
+    hub.publish(["user:u1"], text("c"))
+    assert (len(first), len(second)) == (2, 2)
+
+
 async def test_unsubscribe_leaves_every_room_and_empty_rooms_are_forgotten() -> None:
     hub = Hub(outbox_max_events=8)
     leaving = hub.subscribe(["user:u1", "chat:c1"])
@@ -68,7 +94,7 @@ async def test_unsubscribe_leaves_every_room_and_empty_rooms_are_forgotten() -> 
 
     hub.unsubscribe(leaving)
     assert hub.room_sizes() == {"user:u1": 1}
-    assert leaving.rooms == set() and leaving.closed
+    assert leaving.rooms == () and leaving.closed
     hub.publish(["user:u1", "chat:c1"], text("hi"))
     assert len(leaving) == 0 and len(staying) == 1
     assert await leaving.get() is None

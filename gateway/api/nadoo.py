@@ -17,7 +17,6 @@ accepted, then closed 1008 "Invalid token", as Nadoo documents.
 
 from __future__ import annotations
 
-import functools
 import time
 
 from aiohttp import web
@@ -59,7 +58,7 @@ class _NadooEndpoint:
 
     def _seat(self, conn: Connection, session: str | None = None) -> None:
         # `?seq=1`: reply frames carry their seq, for `resume` (the gateway's own).
-        conn.state["encoder"] = nadoo.Encoder(conn.id, seq=conn.request.query.get("seq") == "1")
+        conn.state["encoder"] = nadoo.Encoder(conn.id, seq=conn.query.get("seq") == "1")
         conn.realtime.seat(conn.id, Seat(self.kind, conn.user_id, session))
 
     async def closed(self, conn: Connection) -> None:
@@ -80,7 +79,7 @@ class ChatEndpoint(_NadooEndpoint):
         self.room = rooms.session(conn.user_id, self.session_id)
         await conn.join(self.room)
         assert conn.principal is not None
-        conn.pace(functools.partial(self.replies.attach, conn.principal))
+        conn.pace(self.replies.attach)
         self._seat(conn, self.session_id)
         await conn.send(nadoo.connected(self.session_id, conn.user_id, time.time()))
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections.abc import AsyncGenerator
 
@@ -74,10 +73,7 @@ async def user_events(request: web.Request) -> web.StreamResponse:
         opened = mirror.Cursor(int(time.time() * 1000))
         outbox = realtime.subscribe([rooms.user(principal.user_id)])
         # A reply that outgrows the stream's outbox goes on from the replay buffer.
-        realtime.pace(
-            outbox,
-            functools.partial(replies.attach, principal),
-        )
+        realtime.pace(outbox, principal, replies.attach)
         resuming = []
         try:
             await realtime.watching(outbox.rooms)

@@ -43,8 +43,8 @@ __all__ = ["Attach", "Attached", "Closable", "Lease", "Outbox", "Overflow", "Rea
 
 log = logging.getLogger(__name__)
 
-# A reply of the connection's user, followed after a seq: (message id, after, chat id).
-Attach = Callable[[str, int, str], Awaitable[Attached]]
+# A reply of a user, followed after a seq: (the user, message id, after, chat id).
+Attach = Callable[[Principal, str, int, str], Awaitable[Attached]]
 
 
 class Closable(Protocol):
@@ -113,23 +113,31 @@ class Realtime:
         task.add_done_callback(ended)
         return task
 
-    def pace(self, outbox: Outbox, attach: Attach) -> None:
+    def pace(self, outbox: Outbox, principal: Principal, attach: Attach) -> None:
         """When `outbox` has no room for a reply's event (its client reads slower than
-        the model writes), that reply's rest is followed from the replay buffer and
-        put into it as it drains, instead of the connection being dropped."""
+        the model writes), that reply's rest is followed from the replay buffer
+        (`attach`, as `principal`) and put into it as it drains, instead of the
+        connection being dropped."""
+        outbox.on_behind = _Behind(self, outbox, principal, attach)
 
-        def behind(event: ReplyEvent, after: int) -> None:
-            assert event.chat_id is not None  # Outbox.on_behind's promise
-            task = asyncio.get_running_loop().create_task(
-                self._paced(outbox, attach, event.message_id, after, event.chat_id)
-            )
-            self._resuming.add(task)
-            task.add_done_callback(self._resuming.discard)
-
-        outbox.on_behind = behind
+    def _behind(
+        self, outbox: Outbox, principal: Principal, attach: Attach, event: ReplyEvent, after: int
+    ) -> None:
+        assert event.chat_id is not None  # Outbox.on_behind's promise
+        task = asyncio.get_running_loop().create_task(
+            self._paced(outbox, principal, attach, event.message_id, after, event.chat_id)
+        )
+        self._resuming.add(task)
+        task.add_done_callback(self._resuming.discard)
 
     async def _paced(
-        self, outbox: Outbox, attach: Attach, message_id: str, after: int, chat_id: str
+        self,
+        outbox: Outbox,
+        principal: Principal,
+        attach: Attach,
+        message_id: str,
+        after: int,
+        chat_id: str,
     ) -> None:
         # The outbox diverted the reply when it fell behind (`Outbox._no_room`); the
         # follower's `resume` diverts it again at once, so this undivert never lets
@@ -138,7 +146,7 @@ class Realtime:
             if outbox.closed:
                 return
             try:
-                attached = await attach(message_id, after, chat_id)
+                attached = await attach(principal, message_id, after, chat_id)
             except NotFound:
                 log.warning("a reply fell behind on is gone", extra={"message_id": message_id})
                 return
@@ -182,10 +190,12 @@ class Realtime:
         return await self._sessions.session_replica(sid)
 
     # -- open sockets, closed when the replica stops -----------------------------------
-    def track(self, socket: Closable) -> Callable[[], None]:
-        """An open WebSocket; call what is returned when it has closed."""
+    def track(self, socket: Closable) -> None:
+        """An open WebSocket, until `untrack` (once it has closed)."""
         self._sockets.add(socket)
-        return lambda: self._sockets.discard(socket)
+
+    def untrack(self, socket: Closable) -> None:
+        self._sockets.discard(socket)
 
     async def close_sockets(self, code: int, message: str) -> None:
         """Every open WebSocket closed with `code` (1001: going away), at once: their
@@ -199,3 +209,19 @@ class Realtime:
     # -- access ----------------------------------------------------------------------
     def hold(self, principal: Principal, end: End) -> Lease:
         return self._access.hold(principal, end)
+
+
+class _Behind:
+    """An outbox's `on_behind` (`Realtime.pace`): an object with slots, not a closure,
+    as every connection that carries replies holds one (`bench_idle`)."""
+
+    __slots__ = ("_attach", "_outbox", "_principal", "_realtime")
+
+    def __init__(
+        self, realtime: Realtime, outbox: Outbox, principal: Principal, attach: Attach
+    ) -> None:
+        self._realtime, self._outbox = realtime, outbox
+        self._principal, self._attach = principal, attach
+
+    def __call__(self, event: ReplyEvent, after: int) -> None:
+        self._realtime._behind(self._outbox, self._principal, self._attach, event, after)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
+from prometheus_client import Gauge
 
 from gateway.edge import metrics
 
@@ -138,40 +139,45 @@ class AccessLogger(AbstractAccessLogger):
 class OpenConnection:
     """A client connection, counted (`gateway_connections`) and logged while open;
     call it when the connection closes (logged again, with how long it lasted; once
-    however often it is called)."""
+    however often it is called).  Held by every open connection: slots, no dict."""
+
+    __slots__ = ("_flavour", "_gauge", "_opened", "_request_id", "_transport", "_user_id")
 
     def __init__(self, transport: str, flavour: str, user_id: str | None = None) -> None:
-        self._uncount = metrics.connection(transport, flavour)
+        self._gauge: Gauge | None = metrics.connection(transport, flavour)
         current = _CURRENT.get()
         self._request_id = None if current is None else current.request_id
         if current is not None:
             current.flavour = flavour
             if user_id is None:
                 user_id = current.user_id
-        self._fields = {"transport": transport, "flavour": flavour, "user_id": user_id}
+        self._transport, self._flavour, self._user_id = transport, flavour, user_id
         self._opened = time.monotonic()
-        log.info("connection opened", extra={**self._fields, "request_id": self._request_id})
+        log.info("connection opened", extra=self._fields())
+
+    def _fields(self) -> dict[str, object]:
+        return {
+            "transport": self._transport,
+            "flavour": self._flavour,
+            "user_id": self._user_id,
+            "request_id": self._request_id,
+        }
 
     def identified(self, user_id: str) -> None:
         """Signed in after it opened (Socket.IO's `user-join`): its lines name the user."""
-        if self._fields["user_id"] != user_id:
-            self._fields["user_id"] = user_id
-            log.info(
-                "connection identified", extra={**self._fields, "request_id": self._request_id}
-            )
+        if self._user_id != user_id:
+            self._user_id = user_id
+            log.info("connection identified", extra=self._fields())
 
     def __call__(self) -> None:
-        if self._uncount():
+        if self._gauge is not None:
+            self._gauge.dec()
+            self._gauge = None
             took = round((time.monotonic() - self._opened) * 1000, 1)
-            log.info(
-                "connection closed",
-                extra={**self._fields, "request_id": self._request_id, "duration_ms": took},
-            )
+            log.info("connection closed", extra={**self._fields(), "duration_ms": took})
 
 
-def connection_opened(
-    transport: str, flavour: str, user_id: str | None = None
-) -> OpenConnection:
+def connection_opened(transport: str, flavour: str, user_id: str | None = None) -> OpenConnection:
     """A client connection opened (`user_id`: by default, whoever the request
     authenticated as); call what is returned when it closes."""
     return OpenConnection(transport, flavour, user_id)

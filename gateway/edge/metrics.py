@@ -236,23 +236,12 @@ def render(accept: str = "") -> tuple[bytes, str]:
 
 
 # -- helpers for the places that count --------------------------------------------------------
-def connection(transport: str, flavour: str) -> Callable[[], bool]:
-    """A connection opened: counted now; call what is returned when it closes (True
-    the first time, when it uncounts it)."""
+def connection(transport: str, flavour: str) -> Gauge:
+    """A connection opened: counted now; `.dec()` what is returned when it closes."""
     CONNECTIONS_OPENED.labels(transport, flavour).inc()
     gauge = CONNECTIONS.labels(transport, flavour)
     gauge.inc()
-    closed = False
-
-    def close() -> bool:
-        nonlocal closed
-        if closed:
-            return False
-        closed = True
-        gauge.dec()
-        return True
-
-    return close
+    return gauge
 
 
 def reply_ended(

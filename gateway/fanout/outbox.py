@@ -94,6 +94,27 @@ _NOTHING: tuple[()] = ()
 
 
 class Outbox:
+    # One per connection, most of them idle: slots, and nothing made until needed.
+    __slots__ = (
+        "_chars",
+        "_deliver",
+        "_diverted",
+        "_events",
+        "_in_flight",
+        "_max",
+        "_max_chars",
+        "_merge",
+        "_on_overflow",
+        "_resumed_upto",
+        "_stall_s",
+        "_took",
+        "_waiter",
+        "closed",
+        "on_behind",
+        "overflowed",
+        "rooms",
+    )
+
     def __init__(
         self,
         max_events: int,
@@ -109,8 +130,9 @@ class Outbox:
         # Replies being resumed into this outbox (how many followers each): their
         # events from the rooms are dropped; the highest seq followers put for each
         # (`_ENDED` once its end was put), so a second follower never repeats one.
-        self._diverted: dict[str, int] = {}
-        self._resumed_upto: dict[str, int] = {}
+        # Each made when first needed.
+        self._diverted: dict[str, int] | None = None
+        self._resumed_upto: dict[str, int] | None = None
         # Tried first when nothing is queued or in flight; False means "not
         # now" (the consumer is backed up) and the event is queued instead.
         self._deliver = deliver
@@ -134,7 +156,8 @@ class Outbox:
         self.on_behind: Callable[[ReplyEvent, int], None] | None = None
         self.overflowed = False
         self.closed = False
-        self.rooms: set[str] = set()
+        # The rooms it is in (`Hub.join`), a tuple: most are in one or two.
+        self.rooms: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self._events)
@@ -147,6 +170,8 @@ class Outbox:
         """From now on, events of this reply come only through `put(…, resumed=True)`;
         the copies already queued go too (the follower sends them, in order).  Each
         `divert` is ended by one `undivert`."""
+        if self._diverted is None:
+            self._diverted = {}
         self._diverted[message_id] = self._diverted.get(message_id, 0) + 1
         kept = [
             item
@@ -172,13 +197,16 @@ class Outbox:
                 self.undivert(message_id)
 
     def undivert(self, message_id: str) -> None:
+        if self._diverted is None:
+            return
         left = self._diverted.get(message_id, 0) - 1
         if left > 0:
             self._diverted[message_id] = left
         else:
             # The last follower is done: a later resume is served in full again.
             self._diverted.pop(message_id, None)
-            self._resumed_upto.pop(message_id, None)
+            if self._resumed_upto is not None:
+                self._resumed_upto.pop(message_id, None)
 
     def put(self, event: Event, resumed: bool = False) -> None:
         if self.overflowed or self.closed:
@@ -250,6 +278,8 @@ class Outbox:
         same reply (a resume after a catch-up) goes on from the first, not again;
         after a reply's end, nothing more of it."""
         message_id = event.message_id
+        if self._resumed_upto is None:
+            self._resumed_upto = {}
         upto = self._resumed_upto.pop(message_id, -1)
         fresh = upto != _ENDED and (isinstance(event, ReplySnapshot) or event.seq > upto)
         if isinstance(event, ReplyFinished | ReplyFailed) and upto != _ENDED:

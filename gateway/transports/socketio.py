@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
@@ -305,10 +304,7 @@ class SocketIOTransport:
             on_overflow=lambda: self._overflowed(conn),
             deliver=lambda event: self._deliver(conn, event),
         )
-        self._realtime.pace(
-            conn.outbox,
-            functools.partial(self._replies.attach, principal),
-        )
+        self._realtime.pace(conn.outbox, principal, self._replies.attach)
         self._realtime.seat(conn.sid, Seat("socketio", principal.user_id))
         conn.lease = self._realtime.hold(principal, lambda why: self._end_access(conn, why))
         await self._realtime.watching(conn.outbox.rooms)

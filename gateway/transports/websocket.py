@@ -8,8 +8,8 @@ A connection's life, the same for every flavour::
                 → the endpoint's refusal frames, then close 1008; the same when,
                 later, the token expires, its key is revoked or its user is
                 removed (`gateway/access.py`)
-    open        the endpoint joins the connection to its rooms; the connection
-                always has its own room `conn:<id>` for the replies it asks for
+    open        the endpoint joins the connection to its rooms (its own room
+                `conn:<id>`, for the replies it asks for, among them if it uses it)
     resume      a reply the client names is followed from where it was
                 (`Connection.resume`): its missed events, then live, each once
     frames      text → `endpoint.received`; a `GatewayError` there becomes the
@@ -42,6 +42,7 @@ import logging
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Protocol
+from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
 
@@ -92,20 +93,52 @@ class Phase(enum.Enum):
 
 
 class Connection:
-    """One accepted WebSocket, as an endpoint sees it."""
+    """One accepted WebSocket, as an endpoint sees it.
 
-    def __init__(self, ws: web.WebSocketResponse, realtime: Realtime, request: web.Request) -> None:
+    Most connections are idle nearly all their life, so what each holds is kept
+    small (`bench_idle`): slots, no set until a reply is resumed, and the outbox's
+    and the lease's callbacks bound methods rather than closures."""
+
+    __slots__ = (
+        "endpoint",
+        "flushing",
+        "id",
+        "outbox",
+        "phase",
+        "principal",
+        "pump",
+        "rate",
+        "realtime",
+        "reason_for",
+        "request",
+        "resuming",
+        "state",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        realtime: Realtime,
+        request: web.Request,
+        endpoint: Endpoint,
+        reason_for: Callable[[GatewayError], str],
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.ws = ws
         self.request = request
+        self.endpoint = endpoint
+        # The close reason for a refusal (the flavour's own wording).
+        self.reason_for = reason_for
         self.principal: Principal | None = None
         self.realtime = realtime
         self.outbox: Outbox | None = None
         self.phase = Phase.OPENING
         # Per-connection state an endpoint keeps (running task ids, encoder...).
         self.state: dict[str, object] = {}
-        # Replies being resumed into the outbox (`resume`), stopped when it closes.
-        self.resuming: set[asyncio.Task[None]] = set()
+        # Replies being resumed into the outbox (`resume`), stopped when it closes;
+        # made by the first.
+        self.resuming: set[asyncio.Task[None]] | None = None
         # A `_flush` of the outbox is due at the end of this loop turn.
         self.flushing = False
         # Writes the outbox while the socket is backed up (`_pump`); only then.
@@ -115,8 +148,19 @@ class Connection:
 
     @property
     def room(self) -> str:
-        """The connection's own room: replies it asks for are also published here."""
+        """The connection's own room, for the replies it asks for (an endpoint that
+        uses it joins it when opened)."""
         return rooms.connection(self.id)
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The handshake URL's query (a name given twice: its first value), parsed
+        anew at each use: aiohttp's `request.query` would be kept on the request
+        for the socket's life, the token in it included (about 0.5 KB)."""
+        found: dict[str, str] = {}
+        for name, value in parse_qsl(self.request.rel_url.raw_query_string, True):
+            found.setdefault(name, value)
+        return found
 
     @property
     def user_id(self) -> str:
@@ -152,18 +196,30 @@ class Connection:
             return
         for event in attached.prefix:
             prime(event)
+        if self.resuming is None:
+            self.resuming = set()
         self.resuming.add(self.realtime.resume(self.outbox, attached))
 
     def pace(self, attach: Attach) -> None:
         """Replies of the connection's user it falls behind on are fed to it from the
         replay buffer as it reads (`Realtime.pace`), not dropped."""
-        if self.outbox is not None:
-            self.realtime.pace(self.outbox, attach)
+        if self.outbox is not None and self.principal is not None:
+            self.realtime.pace(self.outbox, self.principal, attach)
 
     async def send(self, frame: str) -> None:
         """One text frame now (replies to the client's own frames: pong, errors)."""
         if not self.ws.closed:
             await self.ws.send_str(frame)
+
+    # What the outbox and the lease call back.
+    def _arrived(self, event: Event) -> bool:
+        return _deliver(self, event)
+
+    def _overflowed(self) -> None:
+        _too_slow(self)
+
+    def _access_ended(self, why: str) -> None:
+        _end_access(self, AuthError(why))
 
 
 class Endpoint(Protocol):
@@ -216,72 +272,72 @@ async def serve(
     if not ws.can_prepare(request).ok:
         return upgrade_required(request)
     await ws.prepare(request)
-    untrack = realtime.track(ws)
+    conn = Connection(ws, realtime, request, endpoint, reason_for)
+    realtime.track(ws)
+    # The socket's life is awaited from here, `_read` directly: every coroutine in
+    # the chain keeps its frame for as long as the socket is open (`bench_idle`).
     try:
-        return await _serve(request, ws, realtime, endpoint, authenticate, flavour, reason_for)
+        if not await _open(conn, authenticate):
+            return ws
+        counted = access.connection_opened(
+            "websocket", flavour, conn.principal.user_id if conn.principal else None
+        )
+        lease = None
+        if conn.principal is not None:
+            lease = realtime.hold(conn.principal, conn._access_ended)
+        try:
+            await _read(conn)
+        finally:
+            if lease is not None:
+                lease.release()
+            await _closed(conn)
+            counted()
     finally:
-        untrack()
+        realtime.untrack(ws)
+    return ws
 
 
-async def _serve(
-    request: web.Request,
-    ws: web.WebSocketResponse,
-    realtime: Realtime,
-    endpoint: Endpoint,
-    authenticate: bool,
-    flavour: str,
-    reason_for: Callable[[GatewayError], str],
-) -> web.StreamResponse:
-    conn = Connection(ws, realtime, request)
+async def _open(conn: Connection, authenticate: bool) -> bool:
+    """Authenticated, subscribed and opened by its endpoint (True); else refused and
+    closed (False)."""
+    realtime, request = conn.realtime, conn.request
     try:
         if authenticate:
-            token = find_token(request.headers, request.cookies, request.query)
+            token = find_token(request.headers, request.cookies, conn.query)
             conn.principal = await realtime.authenticate(token)
-        conn.outbox = realtime.subscribe(
-            [conn.room],
-            on_overflow=lambda: _too_slow(conn),
-            deliver=lambda event: _deliver(conn, endpoint, event),
-        )
-        await endpoint.opened(conn)
+        conn.outbox = realtime.subscribe((), on_overflow=conn._overflowed, deliver=conn._arrived)
+        await conn.endpoint.opened(conn)
     except GatewayError as exc:
         if conn.outbox is not None:
             realtime.unsubscribe(conn.outbox)
-        await _refuse(conn, endpoint, exc, reason_for(exc))
+        await _refuse(conn, exc)
         conn.phase = Phase.CLOSED
-        return ws
+        return False
     conn.phase = Phase.OPEN
     if conn.outbox.overflowed:
         _too_slow(conn)  # the rooms brought more while it opened than its outbox holds
     elif len(conn.outbox):
-        _writer_for(conn, endpoint)  # what the rooms brought while it opened
-    counted = access.connection_opened(
-        "websocket", flavour, conn.principal.user_id if conn.principal else None
-    )
-    lease = None
-    if conn.principal is not None:
-        lease = realtime.hold(
-            conn.principal, lambda why: _end_access(conn, endpoint, AuthError(why), reason_for)
-        )
-    try:
-        await _read(conn, endpoint)
-    finally:
-        if lease is not None:
-            lease.release()
-        for task in conn.resuming:
-            task.cancel()
-        realtime.unsubscribe(conn.outbox)
-        if (pump := conn.pump) is not None:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-        with contextlib.suppress(Exception):
-            await endpoint.closed(conn)
-        conn.phase = Phase.CLOSED
-        counted()
-    return ws
+        _writer_for(conn)  # what the rooms brought while it opened
+    return True
 
 
-async def _read(conn: Connection, endpoint: Endpoint) -> None:
+async def _closed(conn: Connection) -> None:
+    """Its client left or it was closed: nothing more runs for it."""
+    for task in conn.resuming or ():
+        task.cancel()
+    if conn.outbox is not None:
+        conn.realtime.unsubscribe(conn.outbox)
+    if (pump := conn.pump) is not None:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+    with contextlib.suppress(Exception):
+        await conn.endpoint.closed(conn)
+    conn.phase = Phase.CLOSED
+
+
+async def _read(conn: Connection) -> None:
+    endpoint = conn.endpoint
     # `receive()` itself rather than `async for`: the iterator's frame would be
     # kept for the socket's life (about 0.2 KB).
     while (msg := await conn.ws.receive()).type not in _ENDS:
@@ -322,7 +378,7 @@ async def _send(conn: Connection, frame: str) -> None:
         await conn.ws.send_str(storable(frame))
 
 
-def _deliver(conn: Connection, endpoint: Endpoint, event: Event) -> bool:
+def _deliver(conn: Connection, event: Event) -> bool:
     """The outbox's first event after a quiet spell (it calls this when nothing is
     queued or in flight): queued (False), so the outbox's rules hold for it
     (merging, its bounds, a resume's divert), and written from there at the end of
@@ -331,23 +387,23 @@ def _deliver(conn: Connection, endpoint: Endpoint, event: Event) -> bool:
         return False  # written once it is open
     if conn.phase is not Phase.OPEN or conn.ws.closed:
         return True  # closing: nothing more is sent
-    _writer_for(conn, endpoint)
+    _writer_for(conn)
     return False
 
 
-def _writer_for(conn: Connection, endpoint: Endpoint) -> None:
+def _writer_for(conn: Connection) -> None:
     """What writes the outbox's queue: nothing if a flush or the pump will; a flush
     at the end of the turn while the socket can take frames; else the pump."""
     if conn.flushing or conn.pump is not None or conn.outbox is None or conn.outbox.closed:
         return
     if frames.writable_now(conn.ws):
         conn.flushing = True
-        asyncio.get_running_loop().call_soon(_flush, conn, endpoint)
+        asyncio.get_running_loop().call_soon(_flush, conn)
     else:
-        conn.pump = asyncio.get_running_loop().create_task(_pump(conn, endpoint, conn.outbox))
+        conn.pump = asyncio.get_running_loop().create_task(_pump(conn, conn.outbox))
 
 
-def _flush(conn: Connection, endpoint: Endpoint) -> None:
+def _flush(conn: Connection) -> None:
     """The outbox's queue written now, without a task: the events the turn brought,
     encoded and written together (written as each came, the socket's sends would
     wake the client in the middle of the turn: `bench_ab --flavour nadoo-ws`
@@ -358,12 +414,12 @@ def _flush(conn: Connection, endpoint: Endpoint) -> None:
     if conn.phase is not Phase.OPEN or outbox is None or conn.pump is not None:
         return
     if not frames.writable_now(conn.ws):
-        _writer_for(conn, endpoint)
+        _writer_for(conn)
         return
-    events = outbox.take()
+    events, encode = outbox.take(), conn.endpoint.encode
     try:
         for event in events:
-            for frame in endpoint.encode(conn, event):
+            for frame in encode(conn, event):
                 frames.write_now(conn.ws, frame)
     except ConnectionError:
         return  # the client went away mid-write (or the socket closed); the reader sees it
@@ -377,7 +433,7 @@ def _flush(conn: Connection, endpoint: Endpoint) -> None:
     metrics.HOT.delivered_websocket += len(events)
 
 
-async def _pump(conn: Connection, endpoint: Endpoint, outbox: Outbox) -> None:
+async def _pump(conn: Connection, outbox: Outbox) -> None:
     """The slow path: the outbox's queue written with `send_str`, which waits for the
     client to read whenever the socket is paused at one of aiohttp's checks (every
     256 KiB written); over once the outbox is empty (the next event is flushed
@@ -385,7 +441,7 @@ async def _pump(conn: Connection, endpoint: Endpoint, outbox: Outbox) -> None:
     try:
         while conn.phase is Phase.OPEN and (events := await outbox.batch()):
             for event in events:
-                for frame in endpoint.encode(conn, event):
+                for frame in conn.endpoint.encode(conn, event):
                     await _send(conn, frame)
             metrics.HOT.delivered_websocket += len(events)
             outbox.done()
@@ -403,20 +459,16 @@ async def _pump(conn: Connection, endpoint: Endpoint, outbox: Outbox) -> None:
             conn.pump = None
 
 
-async def _refuse(conn: Connection, endpoint: Endpoint, error: GatewayError, reason: str) -> None:
+async def _refuse(conn: Connection, error: GatewayError) -> None:
     conn.phase = Phase.CLOSING
-    for frame in endpoint.refused(error):
+    for frame in conn.endpoint.refused(error):
         await conn.send(frame)
+    reason = conn.reason_for(error)
     # Close reasons are at most 123 bytes (RFC 6455 §5.5).
     await conn.ws.close(code=error.ws_close_code, message=reason.encode()[:123])
 
 
-def _end_access(
-    conn: Connection,
-    endpoint: Endpoint,
-    error: AuthError,
-    reason_for: Callable[[GatewayError], str],
-) -> None:
+def _end_access(conn: Connection, error: AuthError) -> None:
     """The token expired, its key was revoked or its user removed: the flavour's
     refusal, as at open, then close 1008."""
     if conn.phase is not Phase.OPEN:
@@ -424,7 +476,7 @@ def _end_access(
     log.info(
         "websocket closed: access ended", extra={"path": conn.request.path, "why": error.message}
     )
-    _closing(conn, _refuse(conn, endpoint, error, reason_for(error)))
+    _closing(conn, _refuse(conn, error))
 
 
 def _close_broken(conn: Connection) -> None:

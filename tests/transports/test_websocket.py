@@ -40,7 +40,8 @@ class Echo:
         return [json.dumps({"refused": error.code})]
 
     async def opened(self, conn: Connection) -> None:
-        if early := int(conn.request.query.get("early", 0)):
+        await conn.join(conn.room)
+        if early := int(conn.query.get("early", 0)):
             # Events of its rooms while it opens (other tabs' replies, say).
             for index in range(early):
                 conn.publish([conn.room], TextDelta("c", f"m{index}", 0, "during-open"))

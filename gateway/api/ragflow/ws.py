@@ -20,7 +20,6 @@ close 1008.  A bad frame: an error frame, the connection stays open.
 
 from __future__ import annotations
 
-import functools
 import time
 
 from aiohttp import web
@@ -60,11 +59,12 @@ class ChatSocket:
             assert conn.principal is not None
             await self.assistants.owned(conn.principal, self.assistant_id)
         # `?seq=1`: chunks carry their seq, for `resume` (the gateway's own).
-        seq = conn.request.query.get("seq") == "1"
+        seq = conn.query.get("seq") == "1"
         conn.state["encoder"] = codec.AnswerEncoder(self.answer_mode, seq)
+        await conn.join(conn.room)  # where the answers it asks for are published
         conn.realtime.seat(conn.id, Seat("ragflow", conn.user_id))
         assert conn.principal is not None
-        conn.pace(functools.partial(self.replies.attach, conn.principal))
+        conn.pace(self.replies.attach)
 
     async def received(self, conn: Connection, text: str) -> None:
         question = codec.decode_ws_frame(text, self.assistant_id)
