@@ -448,8 +448,12 @@ def measure_steps(
     return box["result"]  # type: ignore[no-any-return]
 
 
-def _kb(row: dict[str, Any], key: str) -> str:
-    return f"{row[key]:.1f}" if key in row else "–"  # not in reports before 2026-12-06
+def _kb_columns(row: dict[str, Any]) -> tuple[str, str]:
+    """KB per connection past the first step and from zero; a report from before
+    2026-12-06 has only the one from zero (as `kb_per_connection`)."""
+    if "kb_per_connection_from_zero" not in row:
+        return "–", f"{row['kb_per_connection']:.1f}"
+    return f"{row['kb_per_connection']:.1f}", f"{row['kb_per_connection_from_zero']:.1f}"
 
 
 def table(result: dict[str, Any]) -> str:
@@ -465,7 +469,7 @@ def table(result: dict[str, Any]) -> str:
         target = f"≤ {TARGET_KB[name]:.0f} KB" if name in TARGET_KB else "–"
         lines.append(
             f"| {name} | {r['connections'][-1]:,} | {r['rss_mb'][0]:.1f} → {r['rss_mb'][-1]:.1f} "
-            f"| {r['kb_per_connection']:.1f} | {_kb(r, 'kb_per_connection_from_zero')} "
+            f"| {' | '.join(_kb_columns(r))} "
             f"| {r['kb_per_connection_fit']:.1f} | {ratio} "
             f"| {target} | {r['opened']:,} / {r['failed']:,} |"
         )

@@ -42,7 +42,7 @@ class TraceEndpoint:
         return [nadoo.debug_error(error.message)]
 
     def encode(self, conn: Connection, event: Event) -> list[str]:
-        return []  # the connection's room brings nothing for a trace
+        return []  # a trace's socket is in no room: nothing comes this way
 
     async def opened(self, conn: Connection) -> None:
         assert conn.principal is not None

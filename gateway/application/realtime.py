@@ -13,7 +13,8 @@ access holds.
     resume(outbox, attached)       a resumed reply's events into the connection's
                                    outbox, in order, each once (a task; cancel it
                                    when the connection ends)
-    pace(outbox, attach)           a reply the connection falls behind on is fed
+    pace(outbox, principal, attach)
+                                   a reply the connection falls behind on is fed
                                    to it from the replay buffer as it reads, not
                                    dropped (`Outbox.on_behind`)
 

@@ -155,8 +155,8 @@ class Connection:
     @property
     def query(self) -> dict[str, str]:
         """The handshake URL's query (a name given twice: its first value), parsed
-        anew at each use: aiohttp's `request.query` would be kept on the request
-        for the socket's life, the token in it included (about 0.5 KB)."""
+        anew at each use: aiohttp's `request.query` would keep its parsed copy on
+        the request for the socket's life (about 0.5 KB; the raw URL stays)."""
         found: dict[str, str] = {}
         for name, value in parse_qsl(self.request.rel_url.raw_query_string, True):
             found.setdefault(name, value)
@@ -313,6 +313,26 @@ async def _open(conn: Connection, authenticate: bool) -> bool:
         await _refuse(conn, exc)
         conn.phase = Phase.CLOSED
         return False
+    except ConnectionError:
+        # Its client went away while it was greeted: what the endpoint had set up
+        # (rooms, its seat) is undone.
+        conn.phase = Phase.CLOSING
+        await _closed(conn)
+        return False
+    except Exception:
+        # A bug in `opened`: as a bug in handling a frame, with what it had set up
+        # undone (left to the error middleware, its HTTP 500 would be written into
+        # the upgraded stream).
+        log.exception("websocket endpoint failed", extra={"path": request.path})
+        conn.phase = Phase.CLOSING
+        for frame in conn.endpoint.failed(InternalError()):
+            await conn.send(frame)
+        await conn.ws.close(code=WS_INTERNAL_ERROR, message=b"Internal server error")
+        await _closed(conn)
+        return False
+    except BaseException:  # cancelled (the replica stopping): undone, then on
+        await _closed(conn)
+        raise
     conn.phase = Phase.OPEN
     if conn.outbox.overflowed:
         _too_slow(conn)  # the rooms brought more while it opened than its outbox holds

@@ -25,7 +25,7 @@ from gateway.app import build_app
 from gateway.errors import GatewayError
 from gateway.events import Event, TextDelta
 from gateway.settings import Settings
-from gateway.transports.websocket import Connection, serve
+from gateway.transports.websocket import Connection, Phase, serve
 from tests.gatewayproc import SECRET, make_token, served_in_process
 
 
@@ -99,6 +99,25 @@ class Echo:
         return None
 
 
+class Broken(Echo):
+    """Echo whose `opened` fails once it has joined its room (a bug in it, or its
+    client gone while it is greeted)."""
+
+    opened_: ClassVar[list[Connection]] = []
+    closed_: ClassVar[list[Connection]] = []
+
+    async def opened(self, conn: Connection) -> None:
+        await conn.join(conn.room)
+        Broken.opened_.append(conn)
+        if conn.query.get("reset"):
+            # What aiohttp raises when the greeting finds its client gone.
+            raise ConnectionResetError("Cannot write to closing transport")
+        raise RuntimeError("a bug in opened")
+
+    async def closed(self, conn: Connection) -> None:
+        Broken.closed_.append(conn)
+
+
 @pytest.fixture
 async def app_url(tmp_path: Path) -> AsyncIterator[str]:
     settings = Settings(
@@ -116,7 +135,11 @@ async def app_url(tmp_path: Path) -> AsyncIterator[str]:
     async def watched(request: web.Request) -> web.StreamResponse:
         return await serve(request, Watched(), flavour="echo")
 
+    async def broken(request: web.Request) -> web.StreamResponse:
+        return await serve(request, Broken(), flavour="echo")
+
     app.router.add_get("/test/echo", echo)
+    app.router.add_get("/test/broken", broken)
     app.router.add_get("/test/watched", watched)
     async with served_in_process(app) as url:
         yield url
@@ -408,3 +431,57 @@ async def test_the_fast_path_sends_what_utf_8_can_carry_and_survives_an_encoder_
     async with echo_socket(app_url) as ws:  # the publisher and the app go on
         await ws.send_str("ping?")
         assert await ws.receive_str() == "ping?"
+
+
+async def test_an_endpoint_that_fails_while_opening_leaves_nothing_behind(
+    app_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, only a GatewayError undid what `opened` had set up: any other failure
+    # (its client reset while greeted, a bug) left the outbox in its rooms (and, for
+    # Nadoo, the seat counted by /ws/stats) for good, and `closed` never ran; a bug
+    # reached the error middleware, whose HTTP 500 was written into the upgraded
+    # stream (the client read a frame with reserved bits set).
+    Broken.opened_.clear()
+    Broken.closed_.clear()
+    token = make_token("echo-user")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{app_url}/test/broken?token={token}") as ws:
+            assert await ws.receive_json() == {"failed": "internal_error"}
+            closed = await ws.receive()
+            assert closed.type == aiohttp.WSMsgType.CLOSE and closed.data == 1011
+    assert "websocket endpoint failed" in caplog.text and "unhandled error" not in caplog.text
+    for _ in range(100):
+        if Broken.closed_:
+            break
+        await asyncio.sleep(0.02)
+    [conn] = Broken.opened_
+    assert Broken.closed_ == [conn]
+    assert conn.outbox is not None and conn.outbox.closed and conn.outbox.rooms == ()
+    assert conn.phase is Phase.CLOSED
+
+
+async def test_a_client_gone_while_greeted_leaves_nothing_behind_and_is_no_error(
+    app_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    Broken.opened_.clear()
+    Broken.closed_.clear()
+    token = make_token("echo-user")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{app_url}/test/broken?token={token}&reset=1") as ws:
+            assert (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    for _ in range(100):
+        if Broken.closed_:
+            break
+        await asyncio.sleep(0.02)
+    [conn] = Broken.opened_
+    assert Broken.closed_ == [conn] and conn.phase is Phase.CLOSED
+    assert conn.outbox is not None and conn.outbox.closed and conn.outbox.rooms == ()
+    assert "Traceback" not in caplog.text and "unhandled error" not in caplog.text
+    for _ in range(100):
+        if Broken.closed_:
+            break
+        await asyncio.sleep(0.02)
+    [conn] = Broken.opened_
+    assert Broken.closed_ == [conn]
+    assert conn.outbox is not None and conn.outbox.closed and conn.outbox.rooms == ()
+    assert conn.phase is Phase.CLOSED
