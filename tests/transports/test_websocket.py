@@ -433,6 +433,30 @@ async def test_the_fast_path_sends_what_utf_8_can_carry_and_survives_an_encoder_
         assert await ws.receive_str() == "ping?"
 
 
+@contextlib.asynccontextmanager
+async def broken_socket(
+    app_url: str, query: str = ""
+) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A socket to the Broken endpoint (whose `opened` fails)."""
+    Broken.opened_.clear()
+    Broken.closed_.clear()
+    token = make_token("echo-user")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{app_url}/test/broken?token={token}{query}") as ws:
+            yield ws
+
+
+async def left_nothing_behind() -> None:
+    """The Broken endpoint's connection ended, its `closed` run, out of every room."""
+    for _ in range(100):
+        if Broken.closed_:
+            break
+        await asyncio.sleep(0.02)
+    [conn] = Broken.opened_
+    assert Broken.closed_ == [conn] and conn.phase is Phase.CLOSED
+    assert conn.outbox is not None and conn.outbox.closed and conn.outbox.rooms == ()
+
+
 async def test_an_endpoint_that_fails_while_opening_leaves_nothing_behind(
     app_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -441,47 +465,18 @@ async def test_an_endpoint_that_fails_while_opening_leaves_nothing_behind(
     # Nadoo, the seat counted by /ws/stats) for good, and `closed` never ran; a bug
     # reached the error middleware, whose HTTP 500 was written into the upgraded
     # stream (the client read a frame with reserved bits set).
-    Broken.opened_.clear()
-    Broken.closed_.clear()
-    token = make_token("echo-user")
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{app_url}/test/broken?token={token}") as ws:
-            assert await ws.receive_json() == {"failed": "internal_error"}
-            closed = await ws.receive()
-            assert closed.type == aiohttp.WSMsgType.CLOSE and closed.data == 1011
+    async with broken_socket(app_url) as ws:
+        assert await ws.receive_json() == {"failed": "internal_error"}
+        closed = await ws.receive()
+        assert closed.type == aiohttp.WSMsgType.CLOSE and closed.data == 1011
     assert "websocket endpoint failed" in caplog.text and "unhandled error" not in caplog.text
-    for _ in range(100):
-        if Broken.closed_:
-            break
-        await asyncio.sleep(0.02)
-    [conn] = Broken.opened_
-    assert Broken.closed_ == [conn]
-    assert conn.outbox is not None and conn.outbox.closed and conn.outbox.rooms == ()
-    assert conn.phase is Phase.CLOSED
+    await left_nothing_behind()
 
 
 async def test_a_client_gone_while_greeted_leaves_nothing_behind_and_is_no_error(
     app_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    Broken.opened_.clear()
-    Broken.closed_.clear()
-    token = make_token("echo-user")
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{app_url}/test/broken?token={token}&reset=1") as ws:
-            assert (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-    for _ in range(100):
-        if Broken.closed_:
-            break
-        await asyncio.sleep(0.02)
-    [conn] = Broken.opened_
-    assert Broken.closed_ == [conn] and conn.phase is Phase.CLOSED
-    assert conn.outbox is not None and conn.outbox.closed and conn.outbox.rooms == ()
+    async with broken_socket(app_url, "&reset=1") as ws:
+        assert (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    await left_nothing_behind()
     assert "Traceback" not in caplog.text and "unhandled error" not in caplog.text
-    for _ in range(100):
-        if Broken.closed_:
-            break
-        await asyncio.sleep(0.02)
-    [conn] = Broken.opened_
-    assert Broken.closed_ == [conn]
-    assert conn.outbox is not None and conn.outbox.closed and conn.outbox.rooms == ()
-    assert conn.phase is Phase.CLOSED
