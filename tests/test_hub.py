@@ -8,6 +8,7 @@ import time
 import pytest
 
 from gateway import rooms
+from gateway.bus.memory import LocalBus
 from gateway.events import Event, ReasoningDelta, StatusChanged, TextDelta
 from gateway.fanout.hub import Hub
 from gateway.fanout.outbox import Outbox, Overflow
@@ -84,6 +85,39 @@ async def test_a_room_of_one_grows_and_shrinks_through_every_size() -> None:
     hub.join(second, "user:u1")
     hub.publish(["user:u1"], text("c"))
     assert (len(first), len(second)) == (2, 2)
+
+
+class WatchedBus(LocalBus):
+    """The in-process bus, noting what the hub asks other replicas to send here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+
+    def watch(self, room: str) -> None:
+        self.calls.append(("watch", room))
+
+    def unwatch(self, room: str) -> None:
+        self.calls.append(("unwatch", room))
+
+
+def test_a_room_is_watched_from_its_first_member_to_its_last_only() -> None:
+    # However its members come and go (one, a set, one again), a shared room is
+    # watched on the bus once when it is made and unwatched once when it empties;
+    # a connection's own room (local) never.
+    bus = WatchedBus()
+    hub = Hub(outbox_max_events=8, bus=bus)
+    first = hub.subscribe(["user:u1", rooms.connection("x")])
+    second = hub.subscribe(["user:u1"])
+    hub.leave(first, "user:u1")
+    third = hub.subscribe(["user:u1"])
+    assert bus.calls == [("watch", "user:u1")]
+    hub.unsubscribe(second)
+    hub.unsubscribe(third)
+    assert bus.calls == [("watch", "user:u1"), ("unwatch", "user:u1")]
+    hub.unsubscribe(first)
+    hub.join(first, "user:u1")
+    assert bus.calls[2:] == [("watch", "user:u1")] and hub.room_sizes() == {"user:u1": 1}
 
 
 async def test_unsubscribe_leaves_every_room_and_empty_rooms_are_forgotten() -> None:
