@@ -335,7 +335,13 @@ async def _run_job(job: Job, conn: Connection) -> dict[str, Any]:
                         try:
                             await asyncio.wait_for(client.turn(index, stream), job.timeout_s)
                         except TimeoutError:
-                            stream.fail(f"no end after {job.timeout_s:.0f} s")
+                            # How far it got says where it stopped: never began
+                            # (0 chunks), or lost its tail.
+                            stream.fail(
+                                f"no end after {job.timeout_s:.0f} s "
+                                f"({len(stream.times)} chunks, {len(stream.text)} of "
+                                f"{len(job.text)} characters)"
+                            )
                         except Exception as exc:  # a failed turn is reported, not fatal
                             stream.fail(f"{type(exc).__name__}: {exc}")
                     if stream.error is None and stream.text != job.text:
@@ -689,6 +695,9 @@ def _reported(row: Row, plan_: Plan) -> dict[str, Any]:
             f"turn(s) {found['error_kinds']}, first: {row.errors[0]}",
             file=sys.stderr,
         )
+        if len(set(row.errors)) > 1:
+            for error, count in collections.Counter(row.errors).most_common(5):
+                print(f"bench_sustained:   {count} × {error}", file=sys.stderr)
     return found
 
 

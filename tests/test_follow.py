@@ -280,3 +280,29 @@ async def test_into_waits_for_room_in_the_connection_and_loses_nothing() -> None
     await task
     assert not connection.overflowed
     assert "".join(e.text for e in got if isinstance(e, TextDelta)) == whole(300)
+
+
+async def test_a_follower_that_overflows_past_the_buffer_still_gets_the_end() -> None:
+    """Its live queue overflows (the client reads slower than the model) while
+    another replica's buffer has not flushed the reply's tail yet, its end among
+    it, and nothing more is published: the end still comes, from the buffer,
+    once it is flushed."""
+    journal = LocalJournal(1000, 60.0)
+    hub = Hub(64, None, journal=journal)
+    publish(hub, started())
+    following = await follow(hub, USER, "m1", 0, no_store)
+    assert following is not None
+    tail = [*(delta(seq) for seq in range(1, 201)), finished(201, whole(200))]
+    for event in tail:  # live, three times what its queue holds; the buffer later
+        hub.publish([rooms.user(USER)], event)
+
+    async def late() -> None:
+        await asyncio.sleep(0.2)
+        for event in tail:
+            journal.record(USER, event)
+
+    task = asyncio.create_task(late())
+    events = await asyncio.wait_for(collect(following), 5)
+    await task
+    assert [getattr(e, "seq", None) for e in events] == list(range(1, 202))
+    assert isinstance(events[-1], ReplyFinished)

@@ -26,6 +26,10 @@ Theory of operation, for one follower::
                                          missing events sent; still missing: a stored
                                          ReplySnapshot, then on
           an end event (ReplyFinished, ReplyFailed) is always sent, once, and ends it
+          the live queue silent for SILENT_REREAD_S: the buffer is read again
+                from the last seq sent (a tail published before the follower
+                subscribed may reach the buffer later than `lag_s`, with no
+                later event to show the gap)
           the live queue overflows (the follower's consumer is slower than the
                 model): a fresh subscription, and the buffer read again from the
                 last seq sent, as after a gap — a follower never gives up on a
@@ -61,6 +65,11 @@ from gateway.fanout.outbox import Outbox, Overflow
 
 GAP_READS = 5
 GAP_WAIT_S = 0.03
+# A follower whose live queue has been silent this long reads the buffer again:
+# the reply's tail, its end among it, may have been published before the
+# follower (re)subscribed and reached the buffer later than `journal.lag_s`
+# (another replica's loop behind), and nothing later would reveal it as a gap.
+SILENT_REREAD_S = 1.0
 
 # The stored state of a reply, as a snapshot (None: no such message of this chat).
 Stored = Callable[[str, str], Awaitable[ReplySnapshot | None]]
@@ -206,7 +215,17 @@ async def _events(
             return
         while True:
             try:
-                got = await live.outbox.get()
+                async with asyncio.timeout(SILENT_REREAD_S):
+                    got = await live.outbox.get()
+            except TimeoutError:
+                # Only what the buffer holds after `last` (no stored snapshot: a
+                # silent reply is not a lost one).
+                for flushed in _kept_after(await hub.journal.read(user_id, message_id), last):
+                    yield flushed
+                    if isinstance(flushed, ReplyFinished | ReplyFailed):
+                        return
+                    last = max(last, flushed.seq)
+                continue
             except Overflow:
                 # Slower than the model: listen afresh, and take what was missed
                 # from the buffer (everything before the new subscription is in it
@@ -241,6 +260,13 @@ async def _events(
         live.close()
 
 
+def _kept_after(kept: Replay | None, last: int) -> list[AnyReplyEvent]:
+    """The buffer's events after `last`, if it still holds `last + 1` (else none)."""
+    if kept is None or not kept.events or kept.events[0].seq > last + 1:
+        return []
+    return [event for event in kept.events if event.seq > last]
+
+
 async def _after(
     hub: Hub, user_id: str, chat_id: str, message_id: str, last: int, stored: Stored
 ) -> AsyncGenerator[Event, None]:
@@ -248,9 +274,8 @@ async def _after(
     holds `last + 1`."""
     kept = await hub.journal.read(user_id, message_id)
     if kept is not None and kept.events and kept.events[0].seq <= last + 1:
-        for e in kept.events:
-            if e.seq > last:
-                yield e
+        for e in _kept_after(kept, last):
+            yield e
         return
     snapshot = await stored(chat_id, message_id)
     if snapshot is not None:
