@@ -16,17 +16,13 @@ A connection's life, the same for every flavour::
                 endpoint's error frame and the connection stays open; anything
                 else is a bug: internal-error frame, close 1011
     delivery    events of its rooms → bounded `Outbox` → `endpoint.encode` → text
-                frames.  While flow control has not paused the socket's
-                writing, what a loop turn queued is encoded and written at the
-                turn's end by a callback (no task switch per event, no task per
-                idle connection: `_deliver`, `_flush`); while it is paused, a
-                pump task, made then and ended once the outbox is empty,
-                writes the queue as the client drains it (`_pump`).  A reply the
+                frames, written at the end of the loop turn, or by a pump while
+                the socket is backed up (`websocket_delivery.py`).  A reply the
                 client reads slower than the model writes goes on from the
-                replay buffer at its pace
-                (`Connection.pace`, set by the endpoints that carry replies); a
-                client that stops reading until the outbox overflows, or takes
-                nothing for `stalled_client_s`, is closed 1013 (it may reconnect)
+                replay buffer at its pace (`Connection.pace`, set by the
+                endpoints that carry replies); a client that stops reading
+                until the outbox overflows, or takes nothing for
+                `stalled_client_s`, is closed 1013 (it may reconnect)
     limits      a frame over `max_frame_bytes` is closed 1009 by aiohttp; pings
                 every `PING_INTERVAL_S` keep proxies' idle timers (nginx: 60 s) fed
 
@@ -37,10 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 from urllib.parse import parse_qsl
 
@@ -48,14 +43,13 @@ from aiohttp import WSMsgType, web
 
 from gateway import rooms
 from gateway.application.keys import ORIGINS, REALTIME, SETTINGS
-from gateway.application.realtime import Attach, Attached, Outbox, Overflow, Realtime
-from gateway.edge import access, metrics
-from gateway.edge.auth import Principal, find_token
+from gateway.application.realtime import Attach, Attached, Realtime
+from gateway.edge import access
+from gateway.edge.auth import find_token
 from gateway.edge.proxy import upgrade_required
 from gateway.edge.throttle import MessageRate
 from gateway.errors import (
     WS_INTERNAL_ERROR,
-    WS_TRY_AGAIN_LATER,
     AuthError,
     Forbidden,
     GatewayError,
@@ -63,58 +57,28 @@ from gateway.errors import (
     PeerError,
 )
 from gateway.events import Event
-from gateway.text import storable
-from gateway.transports import websocket_frames as frames
+from gateway.transports.websocket_delivery import Delivering, Phase
+
+__all__ = ["Connection", "Endpoint", "Phase", "serve"]
 
 log = logging.getLogger(__name__)
 
 # Below every common proxy idle timeout (nginx: 60 s).
 PING_INTERVAL_S = 25.0
-# How long a close handshake may take before the TCP connection is cut.
-CLOSE_TIMEOUT_S = 2.0
 # What ends a connection's read loop (aiohttp has answered a close already).
 _ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
-# Drops in progress (the loop holds tasks only weakly).
-_DROPPING: set[asyncio.Task[None]] = set()
 
 
-class Phase(enum.Enum):
-    """A connection's life; only OPEN reads frames and writes events::
-
-    OPENING ──endpoint opened──▶ OPEN ──client left──────────────────────▶ CLOSED
-       │                          └──too slow / access ended / a bug──▶ CLOSING ──▶ CLOSED
-       └──refused (token, origin, endpoint)─────────────────────────▶ CLOSING ──▶ CLOSED
-    """
-
-    OPENING = "opening"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-class Connection:
-    """One accepted WebSocket, as an endpoint sees it.
+class Connection(Delivering):
+    """One accepted WebSocket, as an endpoint sees it (how its events are written:
+    `Delivering`).
 
     Most connections are idle nearly all their life, so what each holds is kept
     small (`bench_idle`): slots, no set until a reply is resumed, and the outbox's
     and the lease's callbacks bound methods rather than closures."""
 
-    __slots__ = (
-        "endpoint",
-        "flushing",
-        "id",
-        "outbox",
-        "phase",
-        "principal",
-        "pump",
-        "rate",
-        "realtime",
-        "reason_for",
-        "request",
-        "resuming",
-        "state",
-        "ws",
-    )
+    __slots__ = ("id", "rate", "realtime", "reason_for", "resuming", "state")
+    endpoint: Endpoint
 
     def __init__(
         self,
@@ -124,25 +88,16 @@ class Connection:
         endpoint: Endpoint,
         reason_for: Callable[[GatewayError], str],
     ) -> None:
+        super().__init__(ws, request, endpoint)
         self.id = uuid.uuid4().hex
-        self.ws = ws
-        self.request = request
-        self.endpoint = endpoint
         # The close reason for a refusal (the flavour's own wording).
         self.reason_for = reason_for
-        self.principal: Principal | None = None
         self.realtime = realtime
-        self.outbox: Outbox | None = None
-        self.phase = Phase.OPENING
         # Per-connection state an endpoint keeps (running task ids, encoder...).
         self.state: dict[str, object] = {}
         # Replies being resumed into the outbox (`resume`), stopped when it closes;
         # made by the first.
         self.resuming: set[asyncio.Task[None]] | None = None
-        # A `_flush` of the outbox is due at the end of this loop turn.
-        self.flushing = False
-        # Writes the outbox while the socket is backed up (`_pump`); only then.
-        self.pump: asyncio.Task[None] | None = None
         # How fast the client may send (GATEWAY_MAX_MESSAGES_PER_S).
         self.rate = MessageRate(request.app[SETTINGS].max_messages_per_s)
 
@@ -206,20 +161,13 @@ class Connection:
         if self.outbox is not None and self.principal is not None:
             self.realtime.pace(self.outbox, self.principal, attach)
 
-    async def send(self, frame: str) -> None:
-        """One text frame now (replies to the client's own frames: pong, errors)."""
-        if not self.ws.closed:
-            await self.ws.send_str(frame)
-
-    # What the outbox and the lease call back.
-    def _arrived(self, event: Event) -> bool:
-        return _deliver(self, event)
-
-    def _overflowed(self) -> None:
-        _too_slow(self)
-
     def _access_ended(self, why: str) -> None:
-        _end_access(self, AuthError(why))
+        """The lease's call: the token expired, its key was revoked or its user
+        removed: the flavour's refusal, as at open, then close 1008."""
+        if self.phase is not Phase.OPEN:
+            return
+        log.info("websocket closed: access ended", extra={"path": self.request.path, "why": why})
+        self.closing(_refuse(self, AuthError(why)))
 
 
 class Endpoint(Protocol):
@@ -335,9 +283,9 @@ async def _open(conn: Connection, authenticate: bool) -> bool:
         raise
     conn.phase = Phase.OPEN
     if conn.outbox.overflowed:
-        _too_slow(conn)  # the rooms brought more while it opened than its outbox holds
+        conn._overflowed()  # the rooms brought more while it opened than its outbox holds
     elif len(conn.outbox):
-        _writer_for(conn)  # what the rooms brought while it opened
+        conn.writer()  # what the rooms brought while it opened
     return True
 
 
@@ -388,97 +336,6 @@ async def _read(conn: Connection) -> None:
         # (1009 for a frame over max_msg_size).
 
 
-async def _send(conn: Connection, frame: str) -> None:
-    """One frame; one that cannot be encoded as UTF-8 (a lone surrogate some other
-    client or a model server slipped in) goes without what cannot be encoded,
-    rather than end the writer and silence the connection for good."""
-    try:
-        await conn.ws.send_str(frame)
-    except UnicodeEncodeError:
-        await conn.ws.send_str(storable(frame))
-
-
-def _deliver(conn: Connection, event: Event) -> bool:
-    """The outbox's first event after a quiet spell (it calls this when nothing is
-    queued or in flight): queued (False), so the outbox's rules hold for it
-    (merging, its bounds, a resume's divert), and written from there at the end of
-    this loop turn by `_flush` — or, when the socket is backed up, by the pump."""
-    if conn.phase is Phase.OPENING:
-        return False  # written once it is open
-    if conn.phase is not Phase.OPEN or conn.ws.closed:
-        return True  # closing: nothing more is sent
-    _writer_for(conn)
-    return False
-
-
-def _writer_for(conn: Connection) -> None:
-    """What writes the outbox's queue: nothing if a flush or the pump will; a flush
-    at the end of the turn while the socket can take frames; else the pump."""
-    if conn.flushing or conn.pump is not None or conn.outbox is None or conn.outbox.closed:
-        return
-    if frames.writable_now(conn.ws):
-        conn.flushing = True
-        asyncio.get_running_loop().call_soon(_flush, conn)
-    else:
-        conn.pump = asyncio.get_running_loop().create_task(_pump(conn, conn.outbox))
-
-
-def _flush(conn: Connection) -> None:
-    """The outbox's queue written now, without a task: the events the turn brought,
-    encoded and written together (written as each came, the socket's sends would
-    wake the client in the middle of the turn: `bench_ab --flavour nadoo-ws`
-    measured 5 % more CPU per chunk, all of it the kernel's).  Backed up meanwhile:
-    the pump takes over."""
-    conn.flushing = False
-    outbox = conn.outbox
-    if conn.phase is not Phase.OPEN or outbox is None or conn.pump is not None:
-        return
-    if not frames.writable_now(conn.ws):
-        _writer_for(conn)
-        return
-    events, encode = outbox.take(), conn.endpoint.encode
-    try:
-        for event in events:
-            for frame in encode(conn, event):
-                frames.write_now(conn.ws, frame)
-    except ConnectionError:
-        return  # the client went away mid-write (or the socket closed); the reader sees it
-    except Exception:
-        # A bug in an encoder must not reach the loop (or stall the connection).
-        log.exception("websocket delivery failed", extra={"path": conn.request.path})
-        _close_broken(conn)
-        return
-    finally:
-        outbox.done()
-    metrics.HOT.delivered_websocket += len(events)
-
-
-async def _pump(conn: Connection, outbox: Outbox) -> None:
-    """The slow path: the outbox's queue written with `send_str`, which waits for the
-    client to read whenever the socket is paused at one of aiohttp's checks (every
-    256 KiB written); over once the outbox is empty (the next event is flushed
-    again)."""
-    try:
-        while conn.phase is Phase.OPEN and (events := await outbox.batch()):
-            for event in events:
-                for frame in conn.endpoint.encode(conn, event):
-                    await _send(conn, frame)
-            metrics.HOT.delivered_websocket += len(events)
-            outbox.done()
-            if not len(outbox):
-                return
-    except Overflow:
-        pass
-    except ConnectionError:
-        pass  # the client went away mid-write (aiohttp: "Connection lost"); the reader sees it
-    except Exception:
-        log.exception("websocket delivery failed", extra={"path": conn.request.path})
-        _close_broken(conn)
-    finally:
-        if conn.pump is asyncio.current_task():
-            conn.pump = None
-
-
 async def _refuse(conn: Connection, error: GatewayError) -> None:
     conn.phase = Phase.CLOSING
     for frame in conn.endpoint.refused(error):
@@ -486,50 +343,3 @@ async def _refuse(conn: Connection, error: GatewayError) -> None:
     reason = conn.reason_for(error)
     # Close reasons are at most 123 bytes (RFC 6455 §5.5).
     await conn.ws.close(code=error.ws_close_code, message=reason.encode()[:123])
-
-
-def _end_access(conn: Connection, error: AuthError) -> None:
-    """The token expired, its key was revoked or its user removed: the flavour's
-    refusal, as at open, then close 1008."""
-    if conn.phase is not Phase.OPEN:
-        return
-    log.info(
-        "websocket closed: access ended", extra={"path": conn.request.path, "why": error.message}
-    )
-    _closing(conn, _refuse(conn, error))
-
-
-def _close_broken(conn: Connection) -> None:
-    """Delivery failed (a bug in an encoder): close 1011, the code a bug in handling
-    the client's own frame ends with (the client reconnects and reloads)."""
-    if conn.phase is not Phase.OPEN:
-        return
-    _closing(conn, _drop(conn, WS_INTERNAL_ERROR, b"Internal server error"))
-
-
-def _too_slow(conn: Connection) -> None:
-    if conn.phase is not Phase.OPEN:
-        return
-    log.warning(
-        "slow websocket dropped: it fell behind",
-        extra={"path": conn.request.path, "user": conn.principal and conn.principal.user_id},
-    )
-    _closing(conn, _drop(conn, WS_TRY_AGAIN_LATER, b"Client too slow; reconnect"))
-
-
-def _closing(conn: Connection, close: Coroutine[None, None, None]) -> None:
-    """An open connection closes, from a callback (it cannot await): CLOSING at once,
-    so nothing more is sent, and `close` runs in a task of its own."""
-    conn.phase = Phase.CLOSING
-    task = asyncio.get_running_loop().create_task(close)
-    _DROPPING.add(task)
-    task.add_done_callback(_DROPPING.discard)
-
-
-async def _drop(conn: Connection, code: int, reason: bytes) -> None:
-    # A client that does not read (or is stuck) will not answer the close handshake.
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(conn.ws.close(code=code, message=reason), CLOSE_TIMEOUT_S)
-    transport = conn.request.transport
-    if transport is not None:
-        transport.abort()

@@ -271,7 +271,7 @@ def writer_tasks() -> list[asyncio.Task[Any]]:
     return [
         task
         for task in asyncio.all_tasks()
-        if getattr(task.get_coro(), "__qualname__", "") in {"_pump", "_write"}
+        if getattr(task.get_coro(), "__qualname__", "") == "Delivering._pump"
     ]
 
 
