@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import jwt
 
@@ -38,13 +39,16 @@ def start(
         # The gateway makes its data dir but never the parents (a typo must not
         # create directories all over the disk): the bench's tree is made here.
         (ROOT / data_dir).mkdir(parents=True, exist_ok=True)
+    log = _log_file(args)
     proc = subprocess.Popen(
         [sys.executable, *args],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
     )
+    if not isinstance(log, int):
+        log.close()  # the process has its own copy
     if health:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -57,6 +61,19 @@ def start(
         raise RuntimeError(f"{args} did not come up at {health}")
     time.sleep(0.5)
     return proc
+
+
+def _log_file(args: Sequence[str]) -> int | IO[bytes]:
+    """Where a started process's log goes: nowhere, unless `BENCH_LOGS`
+    names a directory (then one file per process, named by its command and the
+    time it started, to read what a replica said during a run)."""
+    directory = os.environ.get("BENCH_LOGS")
+    if not directory:
+        return subprocess.DEVNULL
+    name = "-".join(arg.strip("-").replace("/", "_") for arg in args if arg != "-m")[:80]
+    path = Path(directory) / f"{time.strftime('%H%M%S')}-{time.monotonic_ns()}-{name}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("wb")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -71,6 +71,15 @@ class Bus(Protocol):
         """To the other replicas; never blocks (bounded; held while unreachable)."""
         ...
 
+    def crowded(self) -> bool:
+        """Events are published faster than they go out: a producer that can
+        wait (a reply, between two reads of its model server) should `room()`."""
+        ...
+
+    async def room(self) -> None:
+        """Until no longer crowded, or a short while at most."""
+        ...
+
     def watch(self, room: str) -> None:
         """This replica has a member in `room` now: receive it."""
         ...

@@ -17,7 +17,10 @@ Theory of operation::
         pipelined batches of up to 512 (one round trip for many); held items
         wait while `gate()` is false (the rooms' mirror not synced); a batch
         that fails goes back to the front, in order, and is retried with the
-        same backoff.  Past `max_pending` the oldest are dropped and counted.
+        same backoff.  From half of `max_pending` queued it is `crowded`
+        until it is down to a quarter: a producer that can wait (a reply)
+        awaits `room()` before it makes more.  Past `max_pending` the oldest
+        are dropped, counted (`gateway_bus_dropped_total`) and logged.
 
     Background: work a handler must not await inline (a store read, a reply's
         cancellation) runs as a task; at most `limit` at once, the rest refused,
@@ -199,6 +202,19 @@ class Sender:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._high, self._low = max(1, max_pending // 2), max_pending // 4
+        self._roomy = asyncio.Event()  # set unless crowded
+        self._roomy.set()
+
+    @property
+    def crowded(self) -> bool:
+        """More is queued than sent of late: from half the bound down to a quarter."""
+        return not self._roomy.is_set()
+
+    async def room(self, timeout_s: float) -> None:
+        """Until no longer crowded (at most `timeout_s`: a producer waits, never for good)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._roomy.wait(), timeout_s)
 
     def command(self, *item: Any) -> None:
         """("publish", channel, message), ("hset", key, field, value), …"""
@@ -217,9 +233,12 @@ class Sender:
         if len(queue) >= self._max:
             queue.popleft()
             self.dropped += 1
+            metrics.HOT.bus_dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("bus queue full, dropping", extra={"dropped": self.dropped})
         queue.append(item)
+        if len(queue) >= self._high:
+            self._roomy.clear()
         self._idle.clear()
         self._wakeup.set()
 
@@ -239,6 +258,8 @@ class Sender:
             while self._sendable():
                 if await self._batch():
                     delay = BACKOFF_MIN_S
+                    if len(self.commands) + len(self.held) <= self._low:
+                        self._roomy.set()
                     continue
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)

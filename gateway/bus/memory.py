@@ -38,6 +38,12 @@ class LocalBus:
     def publish(self, rooms: Sequence[str], event: Event) -> None:
         return None
 
+    def crowded(self) -> bool:
+        return False
+
+    async def room(self) -> None:
+        return None
+
     def watch(self, room: str) -> None:
         return None
 

@@ -23,6 +23,12 @@ Theory of operation:
   replica has re-announced its rooms, or 6 s passed) they wait instead.  So
   an outage or a new replica loses nothing that fits in the queue; past its
   bound the oldest are dropped, counted and logged.
+* Events come faster than they go when this replica's loop is too busy to
+  send them (a flood of replies on a small machine): from half the bound
+  the bus is `crowded()`, and each reply awaits `room()` before it reads
+  its model server again (at most `ROOM_WAIT_S` each time).  The replies
+  slow down, and their model servers with them; nothing is dropped.  An
+  outage never makes a reply wait: Redis may be gone for minutes.
 * Each message is stamped with this replica's id and a number: a replica
   drops its own, and the copies of one event that reach it through several
   of its rooms, from the header alone.
@@ -67,6 +73,8 @@ ANNOUNCE_CHUNK = 500
 # Others reconnect within their backoff: wait that long to hear them again.
 RESYNC_S = BACKOFF_MAX_S + 1.0
 WATCH_TIMEOUT_S = 2.0
+# The longest a reply waits for a crowded queue to drain before it goes on.
+ROOM_WAIT_S = 2.0
 LOAD_TIMEOUT_S = 5.0
 STORE_READS = 64
 
@@ -185,6 +193,14 @@ class RedisRooms:
         for encoded in bodies:
             self._number += 1
             self._sender.hold((shared, wire.message(self.replica_id, self._number, encoded)))
+
+    def crowded(self) -> bool:
+        # Only while events are going out: waiting on an outage would stall replies.
+        return self._sender.crowded and self._listener.listening and self._mirror.synced
+
+    async def room(self) -> None:
+        metrics.HOT.bus_waits += 1
+        await self._sender.room(ROOM_WAIT_S)
 
     def _route(self, pipe: Pipeline, item: tuple[list[str], str]) -> None:
         """One held event, to the channels of the rooms another replica watches now."""

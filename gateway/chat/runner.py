@@ -160,6 +160,7 @@ class ReplyRunner:
             await _written(run)
             return run.refused(exc), None
         publish, user_id, rooms = self._hub.reply_event, run.running.user_id, run.running.rooms
+        crowded, room = self._hub.bus.crowded, self._hub.bus.room
         unwritten = run.written is not None
         async with contextlib.aclosing(events):
             async for event in events:
@@ -180,6 +181,8 @@ class ReplyRunner:
                 elif isinstance(event, _ENDINGS):
                     return event, checkpoint
                 publish(user_id, rooms, event)
+                if crowded():  # the other replicas' share waits to go out: so does the rest
+                    await room()
         return run.crashed("The model server's reply ended without finishing"), checkpoint
 
     def _checkpoint(

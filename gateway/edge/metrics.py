@@ -20,7 +20,8 @@ scrapes every replica and sums.  The names, by what an operator asks::
     who was refused      gateway_auth_failures_total{reason}
     the model servers    gateway_upstream_errors_total{kind}
     the bus (Redis)      gateway_bus_published_total, gateway_bus_received_total,
-                         gateway_bus_malformed_total, gateway_bus_send_lag_seconds
+                         gateway_bus_malformed_total, gateway_bus_send_lag_seconds,
+                         gateway_bus_dropped_total, gateway_bus_waits_total
     the store            gateway_store_seconds{op}                          histogram
     HTTP                 gateway_http_requests_total{status}
 
@@ -154,9 +155,11 @@ class Hot:
     """Counters bumped once per event: plain integers, collected at scrape time."""
 
     __slots__ = (
+        "bus_dropped",
         "bus_malformed",
         "bus_published",
         "bus_received",
+        "bus_waits",
         "delivered_socketio",
         "delivered_sse",
         "delivered_websocket",
@@ -176,6 +179,8 @@ class Hot:
         self.bus_published = 0
         self.bus_received = 0
         self.bus_malformed = 0
+        self.bus_dropped = 0
+        self.bus_waits = 0
 
 
 HOT = Hot()
@@ -193,6 +198,14 @@ _HOT_HELP = {
     "bus_published": ("gateway_bus_published", "Events published to the other replicas"),
     "bus_received": ("gateway_bus_received", "Events received from the other replicas"),
     "bus_malformed": ("gateway_bus_malformed", "Bus messages skipped as malformed"),
+    "bus_dropped": (
+        "gateway_bus_dropped",
+        "Events dropped unsent to the other replicas: their queue was full",
+    ),
+    "bus_waits": (
+        "gateway_bus_waits",
+        "Times a reply waited for the events queued for the other replicas to go",
+    ),
 }
 
 

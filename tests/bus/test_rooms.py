@@ -13,8 +13,17 @@ import time
 import pytest
 
 from gateway.bus import wire
+from gateway.edge import metrics
 from gateway.events import ReplyFinished, TextDelta, Usage
-from tests.bus.support import STORED_TEXT, Make, Replica, delta, eventually, sentinel
+from tests.bus.support import (
+    STORED_TEXT,
+    Make,
+    Replica,
+    delta,
+    eventually,
+    sentinel,
+    watched,
+)
 from tests.services import RedisServer
 
 # -- events for rooms --------------------------------------------------------------
@@ -237,6 +246,48 @@ async def test_queue_is_bounded_while_redis_is_down(
         assert len(a.rooms._sender.held) <= 10
         await asyncio.sleep(0.02)
     redis_server.start()  # so that closing the bus is not a series of retries
+
+
+async def test_a_crowded_queue_makes_a_reply_wait_until_it_drains_and_drops_nothing(
+    replica: Make,
+) -> None:
+    # A replica whose loop is too busy to send: events come faster than they go.
+    # From half the bound it is crowded; a reply then awaits `room()` (the runner
+    # does, before its next read of the model server) instead of racing on into
+    # the bound, where the oldest would be dropped.
+    a = await replica(max_pending=100)
+    b = await replica()
+    await watched(b, "user:x")
+    waits = metrics.HOT.bus_waits
+    sent: list[TextDelta] = []
+    for seq in range(300):
+        event = delta(f"{seq}", seq)
+        a.rooms.publish(["user:x"], event)  # never awaits: the sender gets no turn
+        sent.append(event)
+        if a.rooms.crowded():
+            assert len(a.rooms._sender.held) == 50  # half the bound: never near it
+            await a.rooms.room()
+            assert not a.rooms.crowded()
+            assert len(a.rooms._sender.held) <= 25  # down to a quarter
+    assert metrics.HOT.bus_waits - waits == 6  # at 50, 100, … 300 published
+    await eventually(lambda: len(b.delivered) == 300, what="every event reaches B")
+    assert b.events() == sent
+    assert a.rooms._sender.dropped == 0
+
+
+async def test_an_outage_never_makes_a_reply_wait(redis_server: RedisServer, replica: Make) -> None:
+    a = await replica(redis_server.url, max_pending=100)
+    b = await replica(redis_server.url)
+    await watched(b, "user:x")
+    redis_server.stop()
+    await eventually(a.rooms.problem)
+    for seq in range(60):
+        a.rooms.publish(["user:x"], delta(f"{seq}", seq))
+    assert a.rooms._sender.crowded  # more than half the bound waits for Redis…
+    assert not a.rooms.crowded()  # …but a reply goes on: Redis may be gone for minutes
+    redis_server.start()
+    await eventually(lambda: len(b.delivered) == 60, timeout_s=15, what="held, then sent")
+    await eventually(lambda: not a.rooms._sender.crowded)
 
 
 def _queued_seqs(one: Replica) -> list[int]:
