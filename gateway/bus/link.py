@@ -18,8 +18,9 @@ Theory of operation::
         wait while `gate()` is false (the rooms' mirror not synced); a batch
         that fails goes back to the front, in order, and is retried with the
         same backoff.  From half of `max_pending` queued it is `crowded`
-        until it is down to a quarter: a producer that can wait (a reply)
-        awaits `room()` before it makes more.  Past `max_pending` the oldest
+        until it is down to a quarter (never while sending fails: Redis may
+        be gone for minutes): a producer that can wait (a reply) awaits
+        `room()` before it makes more.  Past `max_pending` the oldest
         are dropped, counted (`gateway_bus_dropped_total`) and logged.
 
     Background: work a handler must not await inline (a store read, a reply's
@@ -205,11 +206,14 @@ class Sender:
         self._high, self._low = max(1, max_pending // 2), max_pending // 4
         self._roomy = asyncio.Event()  # set unless crowded
         self._roomy.set()
+        self._send_failed = False  # the last batch failed: Redis refuses, or is gone
 
     @property
     def crowded(self) -> bool:
-        """More is queued than sent of late: from half the bound down to a quarter."""
-        return not self._roomy.is_set()
+        """More is queued than sent of late: from half the bound down to a quarter.
+        Never while sending fails: waiting for Redis to come back would stall the
+        producers for as long."""
+        return not self._roomy.is_set() and not self._send_failed
 
     async def room(self, timeout_s: float) -> None:
         """Until no longer crowded (at most `timeout_s`: a producer waits, never for good)."""
@@ -277,12 +281,14 @@ class Sender:
                 self._route(pipe, item)
         try:
             await pipe.execute()
+            self._send_failed = False
             if held:
                 now = time.monotonic()
                 for since, _ in held:
                     metrics.BUS_SEND_LAG.observe(now - since)
             return True
         except RedisError as exc:
+            self._send_failed = True
             # Back at the front, in order, for when Redis answers again (the first
             # try after a restart often meets a dead pooled connection); only the
             # queues' bound drops anything.

@@ -7,12 +7,15 @@ events held until the mirror is synced after every (re)connect."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import socket
 import time
 
 import pytest
 
-from gateway.bus import wire
+from gateway.bus import link, wire
+from gateway.bus.link import Sender
 from gateway.edge import metrics
 from gateway.events import ReplyFinished, TextDelta, Usage
 from tests.bus.support import (
@@ -288,6 +291,32 @@ async def test_an_outage_never_makes_a_reply_wait(redis_server: RedisServer, rep
     redis_server.start()
     await eventually(lambda: len(b.delivered) == 60, timeout_s=15, what="held, then sent")
     await eventually(lambda: not a.rooms._sender.crowded)
+
+
+async def test_a_sender_that_fails_to_send_never_makes_a_reply_wait() -> None:
+    # Its listener may be up while its own connection is refused (Redis full of
+    # clients, an ACL): the queue then waits for Redis, and the replies do not.
+    redis = link.client(f"redis://127.0.0.1:{closed_port()}/0")
+    sender = Sender(redis, max_pending=10)
+    for seq in range(6):
+        sender.command("publish", "nowhere", str(seq))
+    assert sender.crowded  # past half the bound, and nothing tried yet
+    task = asyncio.create_task(sender.run())
+    try:
+        await eventually(lambda: not sender.crowded, what="a failed send lifts the pressure")
+        assert len(sender.commands) == 6  # kept, to be sent once Redis answers
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await redis.aclose()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then let go)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _queued_seqs(one: Replica) -> list[int]:
