@@ -35,6 +35,23 @@ def text_of(events: list[dict[str, Any]], message_id: str) -> str:
     )
 
 
+def content_of(events: list[dict[str, Any]], message_id: str) -> str:
+    """The reply as the web app shows it: deltas appended, and a `chat:message` of
+    it (its text so far, as a resume or a catch-up sends it) replacing the text.
+    A socket that connects while its own reply starts may be caught up on it
+    while it already gets it from its room: the deltas of that window come
+    twice, and the snapshot between them is what keeps the text exact."""
+    text = ""
+    for e in events:
+        if e["message_id"] != message_id:
+            continue
+        if e["type"] == "chat:message":
+            text = e["data"]["content"]
+        elif e["type"] == "chat:message:delta":
+            text += e["data"]["content"]
+    return text
+
+
 def completion_of(events: list[dict[str, Any]], message_id: str) -> dict[str, Any]:
     done = [e for e in events if e["message_id"] == message_id and e["type"] == "chat:completion"]
     assert len(done) == 1, [e["type"] for e in events]

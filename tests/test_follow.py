@@ -280,3 +280,64 @@ async def test_into_waits_for_room_in_the_connection_and_loses_nothing() -> None
     await task
     assert not connection.overflowed
     assert "".join(e.text for e in got if isinstance(e, TextDelta)) == whole(300)
+
+
+async def test_a_follower_that_overflows_past_the_buffer_still_gets_the_end() -> None:
+    """Its live queue overflows (the client reads slower than the model) while
+    another replica's buffer has not flushed the reply's tail yet, its end among
+    it, and nothing more of the reply is published: the end still comes, from the
+    buffer, once it is flushed, while the user's other reply goes on (its events
+    are not this reply's: they do not put the re-read off)."""
+    journal = LocalJournal(1000, 60.0)
+    journal.lag_s = 0.05  # as another replica's (Redis) buffer: flushed late
+    hub = Hub(64, None, journal=journal)
+    publish(hub, started())
+    following = await follow(hub, USER, "m1", 0, no_store)
+    assert following is not None
+    tail = [*(delta(seq) for seq in range(1, 201)), finished(201, whole(200))]
+    for event in tail:  # live, three times what its queue holds; the buffer later
+        hub.publish([rooms.user(USER)], event)
+
+    async def late() -> None:
+        await asyncio.sleep(0.2)
+        for event in tail:
+            journal.record(USER, event)
+
+    async def other_reply() -> None:  # 6 s of another reply, an event every 0.3 s
+        for seq in range(1, 21):
+            hub.publish([rooms.user(USER)], delta(seq, message_id="m2"))
+            await asyncio.sleep(0.3)
+
+    flushing, other = asyncio.create_task(late()), asyncio.create_task(other_reply())
+    events = await asyncio.wait_for(collect(following), 5)
+    await flushing
+    assert not other.done(), "the end waited for the other reply to fall silent"
+    other.cancel()
+    assert [getattr(e, "seq", None) for e in events] == list(range(1, 202))
+    assert isinstance(events[-1], ReplyFinished)
+
+
+async def test_a_silent_reply_is_read_again_without_repeats_or_snapshots() -> None:
+    """A reply with nothing new for longer than the re-read interval (a model
+    thinking): the buffer is read again, and nothing is sent twice, no stored
+    snapshot stands in for it; then it goes on live to its end."""
+    journal = LocalJournal(1000, 60.0)
+    journal.lag_s = 0.05
+    hub = Hub(64, None, journal=journal)
+    publish(hub, started())
+    publish(hub, delta(1))
+    following = await follow(hub, USER, "m1", 1, stored("w1 w2 ", True))
+    assert following is not None
+    got: list[Event] = []
+
+    async def read() -> None:
+        got.extend([event async for event in following.events])
+
+    reading = asyncio.create_task(read())
+    await asyncio.sleep(1.5)  # past the first re-read
+    assert got == []
+    publish(hub, delta(2))
+    publish(hub, finished(3, whole(2)))
+    await asyncio.wait_for(reading, 5)
+    assert [getattr(e, "seq", None) for e in got] == [2, 3]
+    assert not any(isinstance(e, ReplySnapshot) for e in got)

@@ -26,6 +26,11 @@ Theory of operation, for one follower::
                                          missing events sent; still missing: a stored
                                          ReplySnapshot, then on
           an end event (ReplyFinished, ReplyFailed) is always sent, once, and ends it
+          nothing of the reply for SILENT_REREAD_S (then twice as long, up to
+                SILENT_REREAD_MAX_S), where a flush can lag: the buffer is read
+                again from the last seq sent (a tail published before the
+                follower subscribed may reach it later than `lag_s`, with no
+                later event to show the gap)
           the live queue overflows (the follower's consumer is slower than the
                 model): a fresh subscription, and the buffer read again from the
                 last seq sent, as after a gap — a follower never gives up on a
@@ -61,6 +66,14 @@ from gateway.fanout.outbox import Outbox, Overflow
 
 GAP_READS = 5
 GAP_WAIT_S = 0.03
+# A follower that has had nothing of its reply for this long reads the buffer
+# again, then after twice as long, up to SILENT_REREAD_MAX_S: the reply's tail,
+# its end among it, may have been published before the follower (re)subscribed
+# and reached the buffer later than `journal.lag_s` (another replica's loop
+# behind), and nothing later would reveal it as a gap.  Only where a flush can
+# lag (`journal.lag_s`): never for the buffer in this process.
+SILENT_REREAD_S = 1.0
+SILENT_REREAD_MAX_S = 30.0
 
 # The stored state of a reply, as a snapshot (None: no such message of this chat).
 Stored = Callable[[str, str], Awaitable[ReplySnapshot | None]]
@@ -197,6 +210,9 @@ async def _events(
 ) -> AsyncGenerator[Event, None]:
     hub = live.hub
     last = first.last
+    loop = asyncio.get_running_loop()
+    quiet = SILENT_REREAD_S
+    reread_at = loop.time() + quiet if hub.journal.lag_s else None
     try:
         for event in first.replay:
             yield event
@@ -206,7 +222,21 @@ async def _events(
             return
         while True:
             try:
-                got = await live.outbox.get()
+                if reread_at is None or len(live.outbox):
+                    got = await live.outbox.get()
+                else:
+                    async with asyncio.timeout_at(reread_at):
+                        got = await live.outbox.get()
+            except TimeoutError:
+                quiet = min(quiet * 2, SILENT_REREAD_MAX_S)
+                reread_at = loop.time() + quiet
+                async for missing in _late(hub, user_id, chat_id, message_id, last, stored):
+                    yield missing
+                    if isinstance(missing, ReplyFinished | ReplyFailed):
+                        return
+                    last = max(last, missing.seq) if isinstance(missing, ReplyEvent) else last
+                    quiet, reread_at = SILENT_REREAD_S, loop.time() + SILENT_REREAD_S
+                continue
             except Overflow:
                 # Slower than the model: listen afresh, and take what was missed
                 # from the buffer (everything before the new subscription is in it
@@ -237,8 +267,32 @@ async def _events(
             last = max(last, event.seq)
             if end:
                 return
+            if reread_at is not None:
+                quiet, reread_at = SILENT_REREAD_S, loop.time() + SILENT_REREAD_S
     finally:
         live.close()
+
+
+async def _late(
+    hub: Hub, user_id: str, chat_id: str, message_id: str, last: int, stored: Stored
+) -> AsyncGenerator[Event, None]:
+    """After a silence: what the buffer holds after `last`, as `_after` (the stored
+    snapshot if it went on without `last + 1`); nothing when it holds nothing
+    newer (a silent reply is not a lost one: no snapshot, read after read)."""
+    kept = await hub.journal.read(user_id, message_id)
+    if kept is None or not kept.events or kept.events[-1].seq <= last:
+        return
+    if kept.events[0].seq <= last + 1:
+        for event in _kept_after(kept, last):
+            yield event
+        return
+    async for missing in _after(hub, user_id, chat_id, message_id, last, stored):
+        yield missing
+
+
+def _kept_after(kept: Replay, last: int) -> list[AnyReplyEvent]:
+    """The buffer's events after `last`."""
+    return [event for event in kept.events if event.seq > last]
 
 
 async def _after(
@@ -248,9 +302,8 @@ async def _after(
     holds `last + 1`."""
     kept = await hub.journal.read(user_id, message_id)
     if kept is not None and kept.events and kept.events[0].seq <= last + 1:
-        for e in kept.events:
-            if e.seq > last:
-                yield e
+        for e in _kept_after(kept, last):
+            yield e
         return
     snapshot = await stored(chat_id, message_id)
     if snapshot is not None:

@@ -34,7 +34,15 @@ import websockets
 
 from tests.api.test_nadoo_ws import recv, ws_url
 from tests.api.test_nadoo_ws import user as nadoo_user
-from tests.clients import PySocket, completion_of, ended, get_json, post_json, text_of, turn_body
+from tests.clients import (
+    PySocket,
+    completion_of,
+    content_of,
+    ended,
+    get_json,
+    post_json,
+    turn_body,
+)
 from tests.fakes.upstream import FakeUpstream, deltas_of
 from tests.gatewayproc import GatewayProcess, make_token
 
@@ -168,7 +176,7 @@ async def socketio(http: aiohttp.ClientSession, replica: GatewayProcess, reply: 
 
         # As the web app does: each event goes to the message it names.
         def progressed(events: list[dict[str, Any]]) -> bool:
-            reply.text = text_of(events, body["id"])
+            reply.text = content_of(events, body["id"])
             return any(ended(e) and e["message_id"] == body["id"] for e in events)
 
         await sock.wait_until(progressed, REPLY_TIMEOUT_S)
