@@ -72,12 +72,13 @@ async def user_events(request: web.Request) -> web.StreamResponse:
     with replies.stream(principal):
         opened = mirror.Cursor(int(time.time() * 1000))
         outbox = realtime.subscribe([rooms.user(principal.user_id)])
+        outbox.note_starts()  # for a catch-up (`_resumed`)
         # A reply that outgrows the stream's outbox goes on from the replay buffer.
         realtime.pace(outbox, principal, replies.attach)
         resuming = []
         try:
             await realtime.watching(outbox.rooms)
-            for attached in await _resumed(request, principal, cursor):
+            for attached in await _resumed(request, principal, outbox, cursor):
                 resuming.append(realtime.resume(outbox, attached))
             return await _write(request, principal, _drained(outbox), cursor or opened)
         finally:
@@ -87,11 +88,12 @@ async def user_events(request: web.Request) -> web.StreamResponse:
 
 
 async def _resumed(
-    request: web.Request, principal: Principal, cursor: mirror.Cursor | None
+    request: web.Request, principal: Principal, outbox: Outbox, cursor: mirror.Cursor | None
 ) -> list[Attached]:
     replies = request.app[REPLIES]
     if cursor is None:
-        return await replies.catch_up(principal)
+        return await replies.catch_up(principal, outbox)
+    outbox.stop_noting()
     found = []
     for kept in await replies.kept(principal, settled=True):
         after = cursor.wants(kept.message_id, kept.started_ms, kept.ended_ms is None)

@@ -168,13 +168,21 @@ class Replies:
             raise NotFound("No such reply")
         return found
 
-    async def catch_up(self, principal: Principal, skip: Iterable[str] = ()) -> list[Attached]:
+    async def catch_up(
+        self, principal: Principal, outbox: Outbox, skip: Iterable[str] = ()
+    ) -> list[Attached]:
         """Every running reply of the user (but those in `skip`), each as its text so
-        far, then live."""
+        far, then live — but those `outbox` (a connection just subscribed, noting
+        starts: `Outbox.note_starts`) has had from their start: its rooms bring them
+        whole.  Noting ends here."""
         found = []
         skipped = set(skip)
-        for kept in await self.kept(principal):
-            if kept.ended_ms is not None or kept.message_id in skipped:
+        try:
+            running = [kept for kept in await self.kept(principal) if kept.ended_ms is None]
+        finally:
+            skipped |= outbox.stop_noting()
+        for kept in running:
+            if kept.message_id in skipped:
                 continue
             one = await followers.follow(
                 self._hub,

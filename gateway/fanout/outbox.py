@@ -51,6 +51,7 @@ from gateway.events import (
     ReplyFailed,
     ReplyFinished,
     ReplySnapshot,
+    ReplyStarted,
     TextDelta,
 )
 
@@ -107,6 +108,7 @@ class Outbox:
         "_on_overflow",
         "_resumed_upto",
         "_stall_s",
+        "_starts",
         "_took",
         "_waiter",
         "closed",
@@ -133,6 +135,9 @@ class Outbox:
         # Each made when first needed.
         self._diverted: dict[str, int] | None = None
         self._resumed_upto: dict[str, int] | None = None
+        # While a connection opens (`note_starts` until `stop_noting`): the replies
+        # whose start came in, which it then has whole from its rooms.
+        self._starts: set[str] | None = None
         # Tried first when nothing is queued or in flight; False means "not
         # now" (the consumer is backed up) and the event is queued instead.
         self._deliver = deliver
@@ -165,6 +170,18 @@ class Outbox:
     @property
     def queued_chars(self) -> int:
         return self._chars
+
+    def note_starts(self) -> None:
+        """From now on, note the replies whose first event comes in: a
+        catch-up of the user's running replies skips them, as the rooms bring them
+        whole (caught up as well, the events between its read of the replay buffer
+        and its divert would come twice)."""
+        self._starts = set()
+
+    def stop_noting(self) -> set[str]:
+        """The replies whose start came in since `note_starts`; noting stops."""
+        started, self._starts = self._starts, None
+        return started or set()
 
     def divert(self, message_id: str) -> None:
         """From now on, events of this reply come only through `put(…, resumed=True)`;
@@ -211,6 +228,8 @@ class Outbox:
     def put(self, event: Event, resumed: bool = False) -> None:
         if self.overflowed or self.closed:
             return
+        if self._starts is not None and type(event) is ReplyStarted:
+            self._starts.add(event.message_id)
         if (
             self._diverted
             and isinstance(event, ReplyEvent)

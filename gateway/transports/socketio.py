@@ -304,18 +304,23 @@ class SocketIOTransport:
             on_overflow=lambda: self._overflowed(conn),
             deliver=lambda event: self._deliver(conn, event),
         )
+        conn.outbox.note_starts()  # for the catch-up below
         self._realtime.pace(conn.outbox, principal, self._replies.attach)
         self._realtime.seat(conn.sid, Seat("socketio", principal.user_id))
         conn.lease = self._realtime.hold(principal, lambda why: self._end_access(conn, why))
-        await self._realtime.watching(conn.outbox.rooms)
-        # What the handshake asked to resume exactly; every other running reply
-        # as its text so far (a tab that opens, or comes back, mid-reply).
-        named: set[str] = set()
-        if conn.handshake_resume is not None:
-            named = {message_id for message_id, _ in conn.handshake_resume.after}
-            await self._resume(conn, principal, conn.handshake_resume)
-        for attached in await self._replies.catch_up(principal, skip=named):
-            self._follow(conn, attached)
+        outbox = conn.outbox
+        try:
+            await self._realtime.watching(outbox.rooms)
+            # What the handshake asked to resume exactly; every other running reply
+            # as its text so far (a tab that opens, or comes back, mid-reply).
+            named: set[str] = set()
+            if conn.handshake_resume is not None:
+                named = {message_id for message_id, _ in conn.handshake_resume.after}
+                await self._resume(conn, principal, conn.handshake_resume)
+            for attached in await self._replies.catch_up(principal, outbox, skip=named):
+                self._follow(conn, attached)
+        finally:
+            outbox.stop_noting()  # (catch_up did, unless what came before it failed)
 
     def _deliver(self, conn: Socket, event: Event) -> bool:
         """The fast path: into Engine.IO's queue now, unless it is backed up; then the
