@@ -316,6 +316,8 @@ async def test_a_follower_that_overflows_past_the_buffer_still_gets_the_end() ->
     await flushing
     assert not other.done(), "the end waited for the other reply to fall silent"
     other.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await other
     assert [getattr(e, "seq", None) for e in events] == list(range(1, 202))
     assert isinstance(events[-1], ReplyFinished)
 
@@ -334,15 +336,23 @@ async def test_a_silent_reply_is_read_again_without_repeats_or_snapshots() -> No
     got: list[Event] = []
 
     async def read() -> None:
-        got.extend([event async for event in following.events])
+        async for event in following.events:
+            got.append(event)
 
     reading = asyncio.create_task(read())
-    await asyncio.sleep(1.5)  # past the first re-read
+    started_at = time.monotonic()
+    await asyncio.sleep(1.5)  # past the first re-read: nothing new, nothing sent
     assert got == []
-    publish(hub, delta(2))
-    publish(hub, finished(3, whole(2)))
+    journal.record(USER, delta(2))  # in the buffer only (its live copy lost)
+    while not got:  # the next re-read, 2 s after the first, brings it
+        assert time.monotonic() - started_at < 6, "the buffer was not read again"
+        await asyncio.sleep(0.05)
+    assert time.monotonic() - started_at > 2.5  # not before that re-read
+    hub.publish([rooms.user(USER)], delta(2))  # a late live copy: not sent again
+    publish(hub, delta(3))
+    publish(hub, finished(4, whole(3)))
     await asyncio.wait_for(reading, 5)
-    assert [getattr(e, "seq", None) for e in got] == [2, 3]
+    assert [getattr(e, "seq", None) for e in got] == [2, 3, 4]
     assert not any(isinstance(e, ReplySnapshot) for e in got)
 
 
@@ -381,3 +391,51 @@ async def test_a_catch_up_still_skips_what_the_client_named() -> None:
     outbox = hub.subscribe([rooms.user(USER)])
     outbox.note_starts()
     assert await replies.catch_up(Principal(USER, "Alice"), outbox, skip={"m1"}) == []
+
+
+async def test_a_catch_up_holds_back_the_rooms_copies_until_its_followers_take_over() -> None:
+    # Two replies that started before the connection joined: each caught up, from
+    # its text so far.  Their events published while the followers are set up (one
+    # after the other, each waiting out the buffer's lag) reach the connection once:
+    # through the follower, not also straight from the room.
+    journal = LocalJournal(1000, 60.0)
+    journal.lag_s = 0.05
+    hub = Hub(64, None, journal=journal)
+    replies = Replies(cast(Any, None), hub)
+    for message_id in ("m1", "m2"):
+        publish(hub, started(message_id))
+        publish(hub, delta(1, message_id))
+    got: list[Event] = []  # what the socket wrote, as each came (Engine.IO's queue)
+    outbox = hub.subscribe([rooms.user(USER)], deliver=lambda event: got.append(event) is None)
+    outbox.note_starts()
+
+    async def meanwhile() -> None:  # while the first follower waits out the lag, then the second
+        for seq in (2, 3, 4, 5):
+            await asyncio.sleep(0.03)
+            for message_id in ("m1", "m2"):
+                publish(hub, delta(seq, message_id))
+
+    publishing = asyncio.create_task(meanwhile())
+    caught = await replies.catch_up(Principal(USER, "Alice"), outbox)
+    following = []
+    for one in caught:  # as the transports do, before they await again (`Realtime.resume`)
+        outbox.divert(one.message_id)
+        following.append(asyncio.create_task(into(outbox, one)))
+    assert sorted(one.message_id for one in caught) == ["m1", "m2"]
+    await publishing
+    for message_id in ("m1", "m2"):
+        publish(hub, delta(6, message_id))
+        publish(hub, finished(7, whole(6), message_id))
+    await asyncio.wait_for(asyncio.gather(*following), 5)
+    for message_id in ("m1", "m2"):
+        mine = [e for e in got if getattr(e, "message_id", None) == message_id]
+        seqs = [e.seq for e in mine if isinstance(e, TextDelta)]
+        assert len(seqs) == len(set(seqs)), f"a delta of {message_id} came twice: {seqs}"
+        text = ""
+        for event in mine:
+            if isinstance(event, ReplySnapshot):
+                text = event.content
+            elif isinstance(event, TextDelta):
+                text += event.text
+        assert text == whole(6), message_id
+        assert isinstance(mine[-1], ReplyFinished)

@@ -11,8 +11,9 @@
     follow(rooms) / finished(events)  a private room's events; a reply run to its end
     attach(principal, message_id, after)  a reply from a point: what the replay
                                     buffer kept after it, then live (`fanout/follow.py`)
-    catch_up(principal)             the user's running replies, each as its text so far
-                                    then live (a new tab, a fresh event stream)
+    catch_up(principal, outbox)     the user's running replies, each as its text so far
+                                    then live (a new tab, a fresh event stream); not
+                                    those the new connection's rooms bring whole
     kept(principal)                 the user's replies the buffer keeps
     stream(principal)               one of the user's event streams, counted (429 past
                                     GATEWAY_MAX_FOLLOWERS_PER_USER)
@@ -174,27 +175,30 @@ class Replies:
         """Every running reply of the user (but those in `skip`), each as its text so
         far, then live — but those `outbox` (a connection just subscribed, noting
         starts: `Outbox.note_starts`) has had from their start: its rooms bring them
-        whole.  Noting ends here."""
+        whole.  Noting ends here.  While the followers are set up, the rooms' copies
+        of their replies are held back from `outbox` (the caller resumes them into
+        it before it awaits again): a copy between a follower's read of the buffer
+        and its divert would come twice."""
         found = []
         skipped = set(skip)
         try:
             running = [kept for kept in await self.kept(principal) if kept.ended_ms is None]
         finally:
             skipped |= outbox.stop_noting()
-        for kept in running:
-            if kept.message_id in skipped:
-                continue
-            one = await followers.follow(
-                self._hub,
-                principal.user_id,
-                kept.message_id,
-                -1,
-                self._stored(principal),
-                kept.chat_id,
-                catch_up=True,
-            )
-            if one is not None:
-                found.append(one)
+        caught = [kept for kept in running if kept.message_id not in skipped]
+        with outbox.held([kept.message_id for kept in caught]):
+            for kept in caught:
+                one = await followers.follow(
+                    self._hub,
+                    principal.user_id,
+                    kept.message_id,
+                    -1,
+                    self._stored(principal),
+                    kept.chat_id,
+                    catch_up=True,
+                )
+                if one is not None:
+                    found.append(one)
         return found
 
     async def kept(self, principal: Principal, settled: bool = False) -> list[KeptReply]:

@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 BATCH = 512
+# A batch on its way longer than this: Redis hangs (stopped, a long script, a
+# network that drops everything), and the queue stops counting as crowded.
+STALLED_S = 2.0
 COMPLAIN_EVERY_S = 10.0
 
 
@@ -192,8 +195,11 @@ class Sender:
         max_pending: int,
         gate: Callable[[], bool] = lambda: True,
         route: Callable[[Pipeline, Any], None] | None = None,
+        events: bool = False,
     ) -> None:
         self._redis = redis
+        # Its items are room events: what it drops counts in gateway_bus_dropped_total.
+        self._events = events
         self._max = max_pending
         self._gate = gate  # may the held items go now?
         self._route = route  # puts one held item's commands in a pipeline
@@ -207,18 +213,26 @@ class Sender:
         self._roomy = asyncio.Event()  # set unless crowded
         self._roomy.set()
         self._send_failed = False  # the last batch failed: Redis refuses, or is gone
+        self._sending_since: float | None = None  # a batch is on its way
+        self._running = False
 
     @property
     def crowded(self) -> bool:
         """More is queued than sent of late: from half the bound down to a quarter.
-        Never while sending fails: waiting for Redis to come back would stall the
-        producers for as long."""
-        return not self._roomy.is_set() and not self._send_failed
+        Only while sending goes on: not once a batch failed, nor while one has been
+        on its way for `STALLED_S`, nor with no `run` running — waiting for Redis to
+        come back would stall the producers for as long."""
+        if self._roomy.is_set() or self._send_failed or not self._running:
+            return False
+        since = self._sending_since
+        return since is None or time.monotonic() - since < STALLED_S
 
     async def room(self, timeout_s: float) -> None:
-        """Until no longer crowded (at most `timeout_s`: a producer waits, never for good)."""
+        """Until no longer crowded (at most `timeout_s`: a producer waits, never for
+        good).  A cancellation (a stop, a shutdown) always goes through."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._roomy.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._roomy.wait()
 
     def command(self, *item: Any) -> None:
         """("publish", channel, message), ("hset", key, field, value), …"""
@@ -237,7 +251,8 @@ class Sender:
         if len(queue) >= self._max:
             queue.popleft()
             self.dropped += 1
-            metrics.HOT.bus_dropped += 1
+            if self._events:
+                metrics.HOT.bus_dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("bus queue full, dropping", extra={"dropped": self.dropped})
         queue.append(item)
@@ -255,6 +270,14 @@ class Sender:
         return bool(self.commands or (self.held and self._gate()))
 
     async def run(self) -> None:
+        self._running = True
+        try:
+            await self._sending()
+        finally:
+            self._running = False
+            self._roomy.set()  # nobody waits for a sender that is gone
+
+    async def _sending(self) -> None:
         delay = BACKOFF_MIN_S
         while True:
             await self._wakeup.wait()
@@ -279,6 +302,7 @@ class Sender:
         if self._route is not None:
             for _, item in held:
                 self._route(pipe, item)
+        self._sending_since = time.monotonic()
         try:
             await pipe.execute()
             self._send_failed = False
@@ -289,6 +313,7 @@ class Sender:
             return True
         except RedisError as exc:
             self._send_failed = True
+            self._roomy.set()  # those waiting go on: Redis may be gone for minutes
             # Back at the front, in order, for when Redis answers again (the first
             # try after a restart often meets a dead pooled connection); only the
             # queues' bound drops anything.
@@ -299,6 +324,8 @@ class Sender:
                 extra={"queued": len(self.commands) + len(self.held), "error": str(exc)},
             )
             return False
+        finally:
+            self._sending_since = None
 
 
 def _take(queue: deque[Any]) -> list[Any]:

@@ -117,7 +117,9 @@ class RedisRooms:
         self._max_pending = max_pending
         self._redis = client(url)
         self._listener = Listener(url, self, "rooms")
-        self._sender = Sender(self._redis, max_pending, lambda: self._mirror.synced, self._route)
+        self._sender = Sender(
+            self._redis, max_pending, lambda: self._mirror.synced, self._route, events=True
+        )
         self._reads = Background("store reads", STORE_READS)
         self._number = 0
         self._highest: dict[str, int] = {}  # origin → the last event number delivered
@@ -331,6 +333,7 @@ class RedisRooms:
         if waiting is None:
             waiting = self._waiting[origin] = deque()
         if len(waiting) >= self._max_pending:
+            metrics.HOT.bus_dropped += 1
             self._crowded.note(origin=origin)
             return
         arrival = _Arrival(rooms, event, ready=not unread)

@@ -200,7 +200,8 @@ _HOT_HELP = {
     "bus_malformed": ("gateway_bus_malformed", "Bus messages skipped as malformed"),
     "bus_dropped": (
         "gateway_bus_dropped",
-        "Events dropped unsent to the other replicas: their queue was full",
+        "Events dropped between replicas: the queue to Redis was full (an outage), or "
+        "too many waited here behind a store read",
     ),
     "bus_waits": (
         "gateway_bus_waits",

@@ -19,6 +19,7 @@ from gateway.bus.link import Sender
 from gateway.edge import metrics
 from gateway.events import ReplyFinished, TextDelta, Usage
 from tests.bus.support import (
+    SHARED_URL,
     STORED_TEXT,
     Make,
     Replica,
@@ -300,7 +301,7 @@ async def test_a_sender_that_fails_to_send_never_makes_a_reply_wait() -> None:
     sender = Sender(redis, max_pending=10)
     for seq in range(6):
         sender.command("publish", "nowhere", str(seq))
-    assert sender.crowded  # past half the bound, and nothing tried yet
+    assert not sender.crowded  # past half the bound, but no sender runs: none to wait for
     task = asyncio.create_task(sender.run())
     try:
         await eventually(lambda: not sender.crowded, what="a failed send lifts the pressure")
@@ -310,6 +311,53 @@ async def test_a_sender_that_fails_to_send_never_makes_a_reply_wait() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await redis.aclose()
+
+
+async def test_a_redis_that_hangs_stops_making_replies_wait() -> None:
+    # Stopped, busy with a long script, or behind a network that drops everything:
+    # nothing fails, nothing comes back.  A batch on its way for `STALLED_S` lifts
+    # the pressure.
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass  # never a reply
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    redis = link.client(f"redis://127.0.0.1:{port}/0")
+    sender = Sender(redis, max_pending=10)
+    task = asyncio.create_task(sender.run())
+    try:
+        await asyncio.sleep(0)  # it runs
+        for seq in range(6):
+            sender.command("publish", "nowhere", str(seq))
+        await asyncio.sleep(0.3)
+        assert sender.crowded  # a batch on its way, not for long yet
+        started = time.monotonic()
+        await eventually(lambda: not sender.crowded, what="the pressure lifted")
+        assert time.monotonic() - started < link.STALLED_S + 0.5
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await redis.aclose()
+        server.close()
+
+
+async def test_a_reply_waiting_for_room_can_always_be_stopped() -> None:
+    # The room opens and the stop comes in the same turn (a user's stop, a replica
+    # stopping): the wait ends cancelled, so the reply ends; it never reads on.
+    redis = link.client(SHARED_URL)
+    sender = Sender(redis, max_pending=10)
+    for seq in range(6):
+        sender.command("publish", "nowhere", str(seq))  # crowded, had a sender run
+    waiter = asyncio.create_task(sender.room(5.0))
+    await asyncio.sleep(0)  # waiting
+    sender._roomy.set()  # drained (as `run` does)…
+    waiter.cancel()  # …and stopped at once
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await redis.aclose()
 
 
 def closed_port() -> int:
