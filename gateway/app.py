@@ -237,7 +237,9 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[STORE] = await open_store(settings.database_url, settings.data_dir)
+    app[STORE] = await open_store(
+        settings.database_url, settings.data_dir, settings.database_pool_size
+    )
     try:
         yield
     finally:

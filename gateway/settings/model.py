@@ -75,6 +75,18 @@ class Settings(BaseModel):
     database_url: forms.DatabaseUrl = Field(
         "", description="empty (SQLite in DATA_DIR), sqlite:///<path> or postgresql://…"
     )
+    # Under load each store call holds a connection for several trips through a
+    # busy event loop, so the pool runs out long before the server does
+    # (bench/RESULTS.md: 600 streams on two replicas lost 16 to 47 turns with 10
+    # connections each, 4 with 20, none with 40); 20 keeps 4 replicas under
+    # PostgreSQL's default of 100 connections.
+    database_pool_size: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections each replica may hold at once (keep replicas × "
+        "this under the server's max_connections, 100 by default)",
+    )
     websocket_manager: Literal["", "local", "redis"] = Field(
         "", description="empty, local or redis"
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
+from gateway.settings import Settings
 from gateway.store.errors import DuplicateKey, StoreError, StoreUnavailable, why_unavailable
 from gateway.store.protocols import AssistantStore, ChatStore, Pingable, Store, UserStore
 from gateway.store.records import (
@@ -45,10 +46,15 @@ __all__ = [
 ]
 
 SQLITE_FILE = "gateway.db"
+# PostgreSQL connections per replica: the setting's default (its reasons are there).
+DEFAULT_POOL_SIZE: int = Settings.model_fields["database_pool_size"].default
 
 
-async def open_store(database_url: str, data_dir: Path) -> Store:
-    """Open and migrate the store named by `database_url`."""
+async def open_store(
+    database_url: str, data_dir: Path, pool_size: int = DEFAULT_POOL_SIZE
+) -> Store:
+    """Open and migrate the store named by `database_url` (PostgreSQL: with at most
+    `pool_size` connections)."""
     from gateway.store.drivers import Driver, PostgresDriver, SQLiteDriver
     from gateway.store.sql import SQLStore
 
@@ -58,7 +64,7 @@ async def open_store(database_url: str, data_dir: Path) -> Store:
     elif database_url.startswith("sqlite:///"):
         driver = await SQLiteDriver.open(Path(database_url.removeprefix("sqlite:///")))
     elif database_url.startswith(("postgresql://", "postgres://")):
-        driver = await PostgresDriver.open(database_url)
+        driver = await PostgresDriver.open(database_url, pool_size)
     else:
         raise ValueError(
             "DATABASE_URL must be empty (SQLite in DATA_DIR), sqlite:///<path> or postgresql://…"

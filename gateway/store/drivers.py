@@ -237,10 +237,10 @@ class PostgresDriver:
         self._pool = pool
 
     @classmethod
-    async def open(cls, url: str) -> PostgresDriver:
+    async def open(cls, url: str, pool_size: int) -> PostgresDriver:
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=10, timeout=CONNECT_TIMEOUT_S
+                url, min_size=1, max_size=pool_size, timeout=CONNECT_TIMEOUT_S
             )
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(why_unavailable(exc)) from None

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from gateway.store import (
@@ -345,3 +347,26 @@ async def test_api_keys_listed_used_and_revoked_by_id(store: Store) -> None:
     assert [r.key_hash for r in await store.revocations_since(99)] == [first]
     (by_admin,) = await store.revoke_api_key(other[:12], 100)
     assert by_admin.user_id == "u2" and await store.user_for_api_key(other) is None
+
+
+async def test_a_replica_holds_at_most_its_pool_size_of_postgres_connections(
+    pg_url: str, tmp_path: Path
+) -> None:
+    # GATEWAY_DATABASE_POOL_SIZE: more calls at once wait for a connection.
+    store = await open_store(pg_url, tmp_path, pool_size=2)
+    tag = f"pool-probe-{uuid.uuid4().hex[:8]}"
+    sleeping = [
+        asyncio.create_task(store.db.fetch(f"SELECT pg_sleep(0.6), '{tag}'")) for _ in range(3)
+    ]
+    await asyncio.sleep(0.3)
+    watcher = await asyncpg.connect(pg_url)
+    try:
+        running = await watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE $1",
+            f"%pg_sleep%{tag}%",
+        )
+    finally:
+        await watcher.close()
+    await asyncio.gather(*sleeping)
+    await store.close()
+    assert running == 2, "the third call waits for one of the pool's two connections"
