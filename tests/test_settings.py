@@ -104,6 +104,9 @@ def test_flags_win_over_the_environment_and_the_file(tmp_path: Path) -> None:
             "GATEWAY_PROT is not a setting of the gateway and is ignored; did you mean GATEWAY_PORT?",
         ),
         ({"GATEWAY_DATABASE_URL": "x"}, "did you mean DATABASE_URL?"),
+        # A name the gateway reads, prefixed: the setting's own first variable.
+        ({"GATEWAY_JWT_EXPIRES_IN": "3600"}, "did you mean GATEWAY_JWT_EXPIRES_IN_S?"),
+        ({"GATEWAY_REDIS_URL": "redis://r"}, "did you mean WEBSOCKET_REDIS_URL?"),
         (
             {"OLLAMA_BASE_URL": "http://o:11434"},
             "OPENAI_API_BASE_URL=http://<ollama host>:11434/v1",

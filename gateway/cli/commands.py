@@ -83,7 +83,9 @@ def _with_store(args: argparse.Namespace, action: Any) -> int:
 
     async def run() -> int:
         try:
-            store = await open_store(settings.database_url, settings.data_dir)
+            store = await open_store(
+                settings.database_url, settings.data_dir, settings.database_pool_size
+            )
         except StoreUnavailable as exc:
             field = "database_url" if settings.database_url else "data_dir"
             raise loaded.error(field, f"cannot open the database: {exc}") from None

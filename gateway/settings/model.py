@@ -84,8 +84,8 @@ class Settings(BaseModel):
         20,
         ge=1,
         le=1000,
-        description="PostgreSQL connections each replica may hold at once (keep replicas × "
-        "this under the server's max_connections, 100 by default)",
+        description="an integer 1–1000: PostgreSQL connections each replica may hold at once "
+        "(keep replicas × this under the server's max_connections, 100 by default)",
     )
     websocket_manager: Literal["", "local", "redis"] = Field(
         "", description="empty, local or redis"

@@ -284,13 +284,13 @@ def _warnings(loaded: Loaded, env: Mapping[str, str]) -> list[str]:
     known = set(ENV_NAMES) | {CONFIGENV_VARS}
     for name in sorted(env):
         if name.startswith("GATEWAY_") and name not in known:
-            # GATEWAY_DATABASE_URL: an Open WebUI name with our prefix, meant as it is.
+            # GATEWAY_DATABASE_URL: a name the gateway reads, with our prefix added;
+            # the hint is that setting's first variable (DATABASE_URL).
             bare = name.removeprefix("GATEWAY_")
-            close = (
-                [bare]
-                if bare in known
-                else (difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6))
-            )
+            if bare in ENV_NAMES:
+                close = [ENV_VARS[ENV_NAMES[bare]][0].name]
+            else:
+                close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else ""
             found.append(f"{name} is not a setting of the gateway and is ignored{hint}")
         elif name in _NOT_READ and env[name].strip():

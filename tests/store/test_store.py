@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -352,21 +353,37 @@ async def test_api_keys_listed_used_and_revoked_by_id(store: Store) -> None:
 async def test_a_replica_holds_at_most_its_pool_size_of_postgres_connections(
     pg_url: str, tmp_path: Path
 ) -> None:
-    # GATEWAY_DATABASE_POOL_SIZE: more calls at once wait for a connection.
-    store = await open_store(pg_url, tmp_path, pool_size=2)
-    tag = f"pool-probe-{uuid.uuid4().hex[:8]}"
-    sleeping = [
-        asyncio.create_task(store.db.fetch(f"SELECT pg_sleep(0.6), '{tag}'")) for _ in range(3)
-    ]
-    await asyncio.sleep(0.3)
+    # GATEWAY_DATABASE_POOL_SIZE: more calls at once wait for a connection.  Three
+    # calls wait on a lock the test holds: two run (and wait), the third has none.
+    key = uuid.uuid4().int % 2**31
     watcher = await asyncpg.connect(pg_url)
+    store = await open_store(pg_url, tmp_path, pool_size=2)
+    waiting: list[asyncio.Task[Any]] = []
     try:
-        running = await watcher.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE $1",
-            f"%pg_sleep%{tag}%",
-        )
+        await watcher.execute("SELECT pg_advisory_lock($1)", key)
+        waiting = [
+            asyncio.create_task(store.db.fetch(f"SELECT pg_advisory_xact_lock_shared({key})"))
+            for _ in range(3)
+        ]
+
+        async def running() -> int:
+            count = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE $1",
+                f"%pg_advisory_xact_lock_shared({key})%",
+            )
+            return int(count)
+
+        deadline = time.monotonic() + 10
+        while await running() < 2:
+            assert time.monotonic() < deadline, "two calls never ran"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert await running() == 2, "the third call waits for one of the pool's two"
+        await watcher.execute("SELECT pg_advisory_unlock($1)", key)
+        await asyncio.wait_for(asyncio.gather(*waiting), 10)  # then it runs too
     finally:
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await store.close()
         await watcher.close()
-    await asyncio.gather(*sleeping)
-    await store.close()
-    assert running == 2, "the third call waits for one of the pool's two connections"
