@@ -256,7 +256,7 @@ class Sender:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("bus queue full, dropping", extra={"dropped": self.dropped})
         queue.append(item)
-        if len(queue) >= self._high:
+        if len(self.commands) + len(self.held) >= self._high:  # as `run` counts
             self._roomy.clear()
         self._idle.clear()
         self._wakeup.set()
