@@ -18,6 +18,9 @@ user): CPU per delivered event, and the p99 gap between events in place of
 the TTFT.  `--flavour nadoo-ws` (or `ragflow-ws`, `ragflow-sse`, `openai-sse`)
 runs that flavour's client of `bench.bench_flavours` instead, one user per
 stream on each side (made in the warm-up), against the same upstream.
+`--deltas 1` makes each reply one delta long, so the CPU per chunk is the CPU
+per reply: how a lever on what each request costs once (its token checked,
+its model server asked, its end) is measured.
 """
 
 from __future__ import annotations
@@ -92,7 +95,13 @@ def start_from(code: Path, port: int, upstream_url: str, name: str) -> subproces
 
 
 def load(
-    flavour: str, url: str, pid: int, streams: int, rounds: int, ids: Any = None
+    flavour: str,
+    url: str,
+    pid: int,
+    streams: int,
+    rounds: int,
+    ids: Any = None,
+    deltas: int = bench_sse.DELTAS,
 ) -> dict[str, float]:
     """One load on one gateway: {"cpu_us_per_chunk", "ttft_p50_ms"} (for Socket.IO the
     CPU per event and the gap p99 between events).  `ids`: the side's
@@ -105,7 +114,7 @@ def load(
         return {"cpu_us_per_chunk": row["cpu_us_per_event"], "ttft_p50_ms": row["gap_p99_ms"]}
     if flavour in bench_flavours.FLAVOURS:
         plan = bench_flavours.Plan(
-            deltas=bench_sse.DELTAS,
+            deltas=deltas,
             delay_s=bench_sse.DELAY_S,
             streams=streams,
             rounds_one=rounds,
@@ -128,7 +137,12 @@ def load(
 
 
 def measure(
-    before: str, streams: int, pairs: int, rounds: int = 1, flavour: str = "openai"
+    before: str,
+    streams: int,
+    pairs: int,
+    rounds: int = 1,
+    flavour: str = "openai",
+    deltas: int = bench_sse.DELTAS,
 ) -> dict[str, Any]:
     up_port = free_port()
     upstream_url = f"http://127.0.0.1:{up_port}/v1"
@@ -140,7 +154,7 @@ def measure(
                 "bench.servers",
                 "upstream",
                 str(up_port),
-                str(bench_sse.DELTAS),
+                str(deltas),
                 str(bench_sse.DELAY_S),
             ],
             health=f"{upstream_url}/models",
@@ -157,12 +171,12 @@ def measure(
             targets[side] = (f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid)
             ids[side] = bench_flavours.Identities(f"http://127.0.0.1:{port}")
         for side, (url, pid) in targets.items():  # warm-up: connections, the users
-            load(flavour, url, pid, streams, 1, ids[side])
+            load(flavour, url, pid, streams, 1, ids[side], deltas)
         for pair in range(pairs):
             order = ("before", "after") if pair % 2 == 0 else ("after", "before")
             for side in order:
                 url, pid = targets[side]
-                rows[side].append(load(flavour, url, pid, streams, rounds, ids[side]))
+                rows[side].append(load(flavour, url, pid, streams, rounds, ids[side], deltas))
             print(
                 f"pair {pair + 1}/{pairs}: before {rows['before'][-1]['cpu_us_per_chunk']:.1f}"
                 f" µs/chunk, after {rows['after'][-1]['cpu_us_per_chunk']:.1f}",
@@ -181,6 +195,7 @@ def measure(
         "before": before,
         "flavour": flavour,
         "streams": streams,
+        "deltas": deltas,
         "pairs": pairs,
         "cpu_us_per_chunk": {
             side: statistics.median(r["cpu_us_per_chunk"] for r in found)
@@ -201,6 +216,18 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument(
+        "--deltas",
+        type=int,
+        default=bench_sse.DELTAS,
+        help=f"a reply's length (default {bench_sse.DELTAS}); 1: the CPU per reply",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="loads per side in a pair (short replies need more: the CPU clock ticks every 10 ms)",
+    )
+    parser.add_argument(
         "--flavour",
         choices=["openai", "socketio", *bench_flavours.FLAVOURS],
         default="openai",
@@ -208,12 +235,22 @@ def main() -> None:
         "bench_flavours' client of that flavour",
     )
     args = parser.parse_args()
-    found = measure(args.before, args.streams, args.pairs, flavour=args.flavour)
+    found = measure(
+        args.before,
+        args.streams,
+        args.pairs,
+        args.rounds,
+        flavour=args.flavour,
+        deltas=args.deltas,
+    )
     cpu, ttft = found["cpu_us_per_chunk"], found["ttft_p50_ms"]
     what = {"openai": "OpenAI SSE streams", "socketio": "Socket.IO web-app turns"}.get(
         found["flavour"], f"{found['flavour']} streams"
     )
-    print(f"{found['machine']}; {found['streams']} {what}, {found['pairs']} pairs")
+    print(
+        f"{found['machine']}; {found['streams']} {what} of {found['deltas']} deltas, "
+        f"{found['pairs']} pairs"
+    )
     print(f"| | before ({found['before']}) | after (working tree) |")
     print("|---|---|---|")
     print(f"| CPU µs per chunk, median | {cpu['before']:.1f} | {cpu['after']:.1f} |")

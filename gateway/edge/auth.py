@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 
 # RFC 7518 §3.2: an HS256 key should have at least 256 bits.
 MIN_SECRET_BYTES = 32
+# JWTs remembered once verified (LIMITS.md), so a client that sends the same
+# token with every request (each REST call, each SSE reply) pays PyJWT's decode
+# once, not each time: about 80 µs of the loop a request for HS256 on the bench
+# machine, more for RS256/ES256 (bench/RESULTS.md, "Levers").  The oldest go
+# first; a remembered token is refused all the same once its `exp` has passed.
+MAX_VERIFIED_TOKENS = 4096
+# Longer tokens are verified at each use (an identity provider's usual JWT is
+# well under 2 KB): what the remembered ones hold stays small.
+MAX_VERIFIED_TOKEN_CHARS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +134,8 @@ class Authenticator:
         self._secret = secret_key
         self._public_key = public_key_pem
         self.directory = directory
+        # A verified token's text → its claims and the second it expires (None: never).
+        self._verified: dict[str, tuple[Mapping[str, Any], int | None]] = {}
         if len(secret_key.encode()) < MIN_SECRET_BYTES:
             # Open WebUI's historical default is short; accept it, but say so once.
             log.warning(
@@ -167,7 +178,31 @@ class Authenticator:
         expires = claims.get("exp")
         return replace(principal, expires_at=float(expires)) if expires is not None else principal
 
-    def verify_jwt(self, token: str) -> dict[str, Any]:
+    @property
+    def remembered(self) -> int:
+        """How many verified tokens are remembered now (at most `MAX_VERIFIED_TOKENS`)."""
+        return len(self._verified)
+
+    def verify_jwt(self, token: str) -> Mapping[str, Any]:
+        """The claims of a JWT signed with the gateway's key, unexpired; else `AuthError`.
+        A token verified before is not decoded again: its expiry is checked as PyJWT
+        checks it (expired from the second `exp` names)."""
+        found = self._verified.get(token)
+        if found is not None:
+            if found[1] is None or time.time() < found[1]:
+                return found[0]
+            del self._verified[token]
+            raise AuthError("Token expired", reason="expired")
+        claims = self._decode(token)
+        if len(token) <= MAX_VERIFIED_TOKEN_CHARS:
+            if len(self._verified) >= MAX_VERIFIED_TOKENS:
+                del self._verified[next(iter(self._verified))]
+            # PyJWT has checked that `exp`, if any, reads as an integer.
+            expires = claims.get("exp")
+            self._verified[token] = (claims, None if expires is None else int(expires))
+        return claims
+
+    def _decode(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

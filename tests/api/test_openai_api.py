@@ -188,6 +188,22 @@ async def test_bad_credentials_get_401_in_openai_shape(
     assert error["message"]
 
 
+async def test_a_token_used_before_is_refused_once_it_expires(gateway: GatewayProcess) -> None:
+    # The gateway remembers verified tokens (`edge/auth.py`): not past their `exp`.
+    token = make_token("alice", ttl_s=2)
+    expires = jwt.decode(token, SECRET, algorithms=["HS256"])["exp"]
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gateway.url + "/v1/models", headers=headers) as resp:
+            assert resp.status == 200
+        await asyncio.sleep(max(0.0, expires - time.time()) + 0.05)
+        async with session.get(gateway.url + "/v1/models", headers=headers) as resp:
+            assert resp.status == 401
+            error = (await resp.json())["error"]
+    assert error["code"] == "invalid_token"
+    assert error["message"] == "Token expired"
+
+
 def test_openai_package_raises_authentication_error(gateway: GatewayProcess) -> None:
     with pytest.raises(openai.AuthenticationError):
         client(gateway, make_token("alice", secret="wrong" * 8)).models.list()
