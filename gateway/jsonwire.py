@@ -1,4 +1,4 @@
-"""Compact JSON text, written once for every wire and the store.
+"""Compact JSON text, written once for every wire and the store; JSON read fast.
 
     {"type":"text-delta","text":"Grüße ✓"}      no spaces; non-ASCII as is (UTF-8 on
                                                 the wire, a third of `\\u00fc` escapes)
@@ -6,6 +6,24 @@
 A leaf module: codecs, the bus, the store and the upstream all import it, so
 it imports nothing of ours (a home in `events.py` would make the store depend
 on the canonical events for a JSON helper).
+
+Two helpers of the hot path go through orjson, which takes a fifth to a
+quarter of `json`'s time on a delta's text or a model server's chunk
+(bench/RESULTS.md, "Levers"), and fall back to `json` for whatever orjson
+refuses, so the answers are `json`'s:
+
+* `text` writes a string as `dumps` does, byte for byte (a lone surrogate,
+  which orjson refuses, goes to `json`);
+* `loads` reads the same values as `json.loads`, and raises the same
+  `ValueError` for what neither reads; what orjson refuses and `json` reads (a
+  lone surrogate escape, NaN, Infinity, a number past a double) is read by
+  `json`.  Integers past 64 bits come out as floats: nothing the gateway
+  reads with it is an integer that large (token counts).
+
+`dumps` stays `json`'s for every other value: orjson writes NaN and Infinity
+as `null` and a small float's exponent without its leading zero, and what is
+stored must read back as it was sent.  `tests/flavours/test_jsonwire.py`
+holds the helpers to `json` on random values.
 """
 
 from __future__ import annotations
@@ -13,7 +31,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 
 def dumps(value: Any) -> str:
     """`value` as compact JSON text: the byte-exact form the golden vectors pin."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def text(value: str) -> bytes:
+    """A string as `dumps` writes it, in UTF-8 (a lone surrogate, which no UTF-8
+    carries, raises `UnicodeEncodeError` as `dumps(value).encode()` does)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return dumps(value).encode()
+
+
+def loads(raw: str | bytes) -> Any:
+    """JSON as Python values, as `json.loads` reads it (see above); `ValueError` when
+    it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)

@@ -13,7 +13,6 @@ buffer passes its limit, so one huge event must never reach pub/sub whole
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -54,7 +53,7 @@ def _dumps(value: Any) -> str:
 
 def loads(data: str) -> Any:
     try:
-        return json.loads(data)
+        return jsonwire.loads(data)
     except ValueError as exc:  # JSONDecodeError, and bad surrogates
         raise Malformed(f"not JSON: {exc}") from None
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from gateway import jsonwire
 from gateway.commands import Ask, Command
 from gateway.errors import BadRequest, GatewayError
 from gateway.events import (
@@ -165,11 +166,9 @@ class ChunkEncoder:
 
     def encode(self, event: Event) -> list[bytes]:
         if isinstance(event, TextDelta):
-            return [self._data + self._content_prefix + _dumps(event.text).encode() + self._suffix]
+            return [self._data + self._content_prefix + jsonwire.text(event.text) + self._suffix]
         if isinstance(event, ReasoningDelta):
-            return [
-                self._data + self._reasoning_prefix + _dumps(event.text).encode() + self._suffix
-            ]
+            return [self._data + self._reasoning_prefix + jsonwire.text(event.text) + self._suffix]
         if isinstance(event, ReplyStarted):
             if not self._model_given:
                 self._model = event.model

@@ -24,6 +24,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from gateway import jsonwire
 from gateway.events import Usage
 from gateway.flavours.sse import SSEParser
 from gateway.upstream import Chunk
@@ -60,10 +61,20 @@ class ChunkDecoder:
 
     def feed(self, data: bytes) -> Iterator[Chunk]:
         """The chunks `data` completes, lazily: those before a fault come out before
-        its BadStream, however the body was cut.  Takes `data` at once."""
+        its BadStream, however the body was cut.  Takes `data` at once.  A piece that
+        is one whole event (the usual read) is decoded at once, its fault raised here."""
         if self.done:
             return iter(())
-        return self._chunks(self._parser.events(data))
+        payload = self._parser.single(data)
+        if payload is None:
+            return self._chunks(self._parser.events(data))
+        # One whole event, as model servers send them: no generator.
+        if payload.strip() == "[DONE]":
+            self.done = True
+            return iter(())
+        chunk = self._decode(payload)
+        self.finished = self.finished or chunk.finish_reason is not None
+        return iter((chunk,))
 
     def close(self) -> Iterator[Chunk]:
         """The body ended: a last event without its blank line still counts (and comes
@@ -123,7 +134,7 @@ class ChunkDecoder:
 
     def _object(self, payload: str) -> dict[str, Any]:
         try:
-            data = json.loads(payload)
+            data = jsonwire.loads(payload)
         except ValueError:
             raise BadStream(
                 f"The model server for '{self._model}' sent a chunk that is not JSON",

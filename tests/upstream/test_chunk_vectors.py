@@ -11,7 +11,8 @@ The vectors live in `tests/vectors/upstream/`, one kind of file::
                         | "closed"     the body ended, the reply whole
                         | {"error": {"message", "detail"}}}
 
-Each body is fed whole, one byte at a time, and cut in two at every byte: a
+Each body is fed whole, one event a piece (as model servers send them: the
+decoder's fast path), one byte at a time, and cut in two at every byte: a
 server's reads split anywhere (inside a line end, inside a UTF-8 character),
 and what comes out may not depend on where.
 """
@@ -79,6 +80,17 @@ def test_whole(path: Path) -> None:
     vector = load(path)
     expected = {"chunks": vector["chunks"], "end": vector["end"]}
     assert run(vector, [body_of(vector)]) == expected
+
+
+@pytest.mark.parametrize("path", VECTORS, ids=[p.stem for p in VECTORS])
+def test_one_event_a_piece(path: Path) -> None:
+    vector = load(path)
+    body = body_of(vector)
+    expected = {"chunks": vector["chunks"], "end": vector["end"]}
+    pieces = [event + b"\n\n" for event in body.split(b"\n\n")]
+    pieces[-1] = pieces[-1][:-2]  # what followed the last blank line, as it was
+    assert b"".join(pieces) == body
+    assert run(vector, pieces) == expected
 
 
 @pytest.mark.parametrize("path", VECTORS, ids=[p.stem for p in VECTORS])

@@ -1,0 +1,103 @@
+"""`jsonwire.text` and `jsonwire.loads` go through orjson, and must answer as
+`json` does (the module's docstring says where they may not): held to `json` on
+random values, the edges orjson refuses among them."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway import jsonwire
+
+
+def reference(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# Every string, lone surrogates and control characters among them; integers up to
+# and past 64 bits; keys that are not strings (json writes them as strings).
+TEXTS = st.text() | st.sampled_from(["\ud800", "a\udfffb", "\x00", "\u2028", '"\\', "\x7f"])
+LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1])
+    | TEXTS
+)
+KEYS = TEXTS | st.integers(-5, 5) | st.booleans() | st.none()
+VALUES = st.recursive(
+    LEAVES,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(KEYS, inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=5000, deadline=None)
+@given(TEXTS)
+def test_a_string_is_written_as_dumps_writes_it(value: str) -> None:
+    try:
+        expected = reference(value).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate has no UTF-8: json's text cannot be sent either.
+        with pytest.raises(UnicodeEncodeError):
+            jsonwire.text(value)
+        return
+    assert jsonwire.text(value) == expected
+
+
+@settings(max_examples=3000, deadline=None)
+@given(VALUES.filter(lambda value: reference(value) is not None))
+def test_read_as_json_reads_it(value: Any) -> None:
+    text = json.dumps(value)  # ASCII escapes, lone surrogates and all
+    read = jsonwire.loads(text)
+    expected = json.loads(text)
+    assert _same(read, expected)
+
+
+def _same(read: Any, expected: Any) -> bool:
+    """Equal, but for integers past 64 bits, which orjson reads as floats."""
+    if isinstance(expected, int) and not isinstance(expected, bool) and abs(expected) >= 2**63:
+        return read == expected or (isinstance(read, float) and read == float(expected))
+    if isinstance(expected, list):
+        return (
+            isinstance(read, list)
+            and len(read) == len(expected)
+            and all(_same(a, b) for a, b in zip(read, expected, strict=True))
+        )
+    if isinstance(expected, dict):
+        return (
+            isinstance(read, dict)
+            and read.keys() == expected.keys()
+            and all(_same(read[key], expected[key]) for key in expected)
+        )
+    return type(read) is type(expected) and read == expected
+
+
+@settings(max_examples=5000, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from('{}[]":,0123456789.eE+-tfrunlaNIy \\/u\t\nabc'), max_size=30)
+)
+def test_text_json_cannot_read_is_refused_as_json_refuses_it(text: str) -> None:
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            jsonwire.loads(text)
+        return
+    except RecursionError:
+        return
+    assert _same(jsonwire.loads(text), expected) or (
+        isinstance(expected, float) and math.isnan(expected)
+    )
+
+
+def test_the_edges_orjson_refuses_are_read_by_json() -> None:
+    assert jsonwire.loads('{"a":"\\ud800"}') == {"a": "\ud800"}
+    assert math.isnan(jsonwire.loads("NaN"))
+    assert jsonwire.loads("[Infinity, -Infinity, 1e400]") == [math.inf, -math.inf, math.inf]
+    assert jsonwire.loads('"\\ud83d\\ude00"') == "😀"  # a pair joined, as json joins it
