@@ -12,8 +12,8 @@ quarter of `json`'s time on a delta's text or a model server's chunk
 (bench/RESULTS.md, "Levers"), and fall back to `json` for whatever orjson
 refuses, so the answers are `json`'s:
 
-* `text` writes a string as `dumps` does, byte for byte (a lone surrogate,
-  which orjson refuses, goes to `json`);
+* `string` and `text` write a string as `dumps` does, byte for byte, as
+  text or in UTF-8 (a lone surrogate, which orjson refuses, goes to `json`);
 * `loads` reads the same values as `json.loads`, and raises the same
   `ValueError` for what neither reads; what orjson refuses and `json` reads (a
   lone surrogate escape, NaN, Infinity, a number past a double) is read by
@@ -37,6 +37,15 @@ import orjson
 def dumps(value: Any) -> str:
     """`value` as compact JSON text: the byte-exact form the golden vectors pin."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def string(value: str) -> str:
+    """A string as `dumps` writes it (a lone surrogate, which orjson refuses, is kept
+    as `dumps` keeps it)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return dumps(value)
 
 
 def text(value: str) -> bytes:

@@ -336,6 +336,18 @@ def chunk(answer: str, message_id: str | None, session_id: str, **extra: Any) ->
     return jsonwire.dumps({"code": SUCCESS, "message": "", "data": data})
 
 
+def delta_chunk(answer: str, message_id: str, session_id: str, tail: str = "") -> str:
+    """`chunk(answer, message_id, session_id, **extra)` with `extra` already written as
+    JSON members in `tail` (`,"final":false,"seq":7`): the same text, byte for byte
+    (`tests/flavours/test_spliced_frames.py`), spliced, not a dict and `json.dumps`
+    of it for each delta of every reply."""
+    return (
+        f'{{"code":{SUCCESS},"message":"","data":{{"answer":{jsonwire.string(answer)},'
+        f'"reference":{{}},"audio_binary":null,"id":{jsonwire.string(message_id)},'
+        f'"session_id":{jsonwire.string(session_id)}{tail}}}}}'
+    )
+
+
 def opener_frames(opener: str, session_id: str) -> list[str]:
     """RAGFlow ≤ 0.23 answers a question sent without a session with the new
     session's opener only (and its id)."""
@@ -381,10 +393,12 @@ class AnswerEncoder:
             answer.parts.append(event.text)
             if not answer.stream:
                 return []
-            seq = self._numbered(event)
+            numbered = f',"seq":{event.seq}' if self._seq else ""
             if answer.mode == "delta":
-                return [chunk(event.text, event.message_id, event.chat_id, final=False, **seq)]
-            return [chunk("".join(answer.parts), event.message_id, event.chat_id, **seq)]
+                tail = ',"final":false' + numbered
+                return [delta_chunk(event.text, event.message_id, event.chat_id, tail)]
+            whole = "".join(answer.parts)
+            return [delta_chunk(whole, event.message_id, event.chat_id, numbered)]
         if isinstance(event, ReplyFinished) and event.chat_id is not None:
             answer = self._answer(event.message_id)
             del self._answers[event.message_id]

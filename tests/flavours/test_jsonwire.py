@@ -1,4 +1,4 @@
-"""`jsonwire.text` and `jsonwire.loads` go through orjson, and must answer as
+"""`jsonwire.string`, `jsonwire.text` and `jsonwire.loads` go through orjson, and must answer as
 `json` does (the module's docstring says where they may not): held to `json` on
 random values, the edges orjson refuses among them."""
 
@@ -40,6 +40,7 @@ VALUES = st.recursive(
 @settings(max_examples=5000, deadline=None)
 @given(TEXTS)
 def test_a_string_is_written_as_dumps_writes_it(value: str) -> None:
+    assert jsonwire.string(value) == reference(value)
     try:
         expected = reference(value).encode()
     except UnicodeEncodeError:
