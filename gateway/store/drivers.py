@@ -9,8 +9,11 @@ Queries use `?` placeholders; the PostgreSQL driver rewrites them to `$1…`
 
 SQLite runs on one connection in one worker thread (stdlib `sqlite3`); each
 call is one hop to that thread and back, so `batch` is how a write of several
-rows stays one hop.  An asyncio lock keeps other coroutines' statements out
-of an open `transaction()`.  PostgreSQL uses an asyncpg pool; `batch` is one
+rows stays one hop.  Calls go to the thread as they come, and it takes them in
+order: a burst of replies' reads and writes is pipelined, not one round trip
+through the event loop after another.  An asyncio lock, held by an open
+`transaction()`, keeps other coroutines' statements out of it: a call that
+comes meanwhile waits for the lock.  PostgreSQL uses an asyncpg pool; `batch` is one
 acquire and one transaction.
 
 Every string argument is made storable first (`gateway/text.py`: no NUL, no lone
@@ -161,17 +164,22 @@ class SQLiteDriver:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, function, self._conn, *args)
 
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        """One call on the connection: to the thread at once, unless a `transaction()`
+        holds the connection (then after it)."""
+        if self._lock.locked():
+            async with self._lock:
+                return await self._run(function, *args)
+        return await self._run(function, *args)
+
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        async with self._lock:
-            return await self._run(_sqlite_execute, sql, args)
+        return await self._call(_sqlite_execute, sql, args)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        async with self._lock:
-            return await self._run(_sqlite_fetch, sql, args)
+        return await self._call(_sqlite_fetch, sql, args)
 
     async def batch(self, statements: Sequence[Statement]) -> list[int]:
-        async with self._lock:
-            return await self._run(_sqlite_batch, statements)
+        return await self._call(_sqlite_batch, statements)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SQLiteBound]:

@@ -1,0 +1,73 @@
+"""The SQLite driver sends calls to its one thread as they come (a burst is
+pipelined, not one event-loop round trip after another), and still keeps every
+other coroutine's statements out of an open `transaction()`."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.store.drivers import SQLiteDriver
+
+
+@pytest.fixture
+async def driver(tmp_path: Path) -> AsyncIterator[SQLiteDriver]:
+    opened = await SQLiteDriver.open(tmp_path / "db.sqlite")
+    await opened.execute("CREATE TABLE t (n INTEGER)")
+    yield opened
+    await opened.close()
+
+
+async def test_calls_meanwhile_never_land_inside_a_transaction(driver: SQLiteDriver) -> None:
+    seen: list[int] = []
+
+    async def count() -> None:
+        rows = await driver.fetch("SELECT count(*) FROM t")
+        seen.append(rows[0][0])
+
+    async def insert() -> None:
+        await driver.execute("INSERT INTO t (n) VALUES (7)")
+
+    with pytest.raises(RuntimeError, match="undone"):
+        async with driver.transaction() as tx:
+            await tx.execute("INSERT INTO t (n) VALUES (1)")
+            others = [asyncio.create_task(count()), asyncio.create_task(insert())]
+            await asyncio.sleep(0.05)  # they are waiting, not run inside the transaction
+            assert seen == []
+            assert [row[0] for row in await tx.fetch("SELECT n FROM t")] == [1]
+            raise RuntimeError("undone")
+    await asyncio.gather(*others)
+    # The count ran after the rollback: it never saw the transaction's row.
+    assert seen == [0]
+    assert [row[0] for row in await driver.fetch("SELECT n FROM t")] == [7]
+
+
+async def test_a_burst_goes_to_the_thread_without_waiting_for_the_loop(
+    driver: SQLiteDriver,
+) -> None:
+    # The thread is held; a burst of calls is made meanwhile.  Sent as they come,
+    # they are all queued for the thread before it is let go; one round trip after
+    # another, only the first would be.
+    held, release = threading.Event(), threading.Event()
+
+    def hold(_conn: object) -> None:
+        held.set()
+        release.wait(5)
+
+    blocker = asyncio.create_task(driver._run(hold))
+    await asyncio.to_thread(held.wait, 5)
+    calls = [
+        asyncio.create_task(driver.execute("INSERT INTO t (n) VALUES (?)", (n,))) for n in range(50)
+    ]
+    await asyncio.sleep(0.05)
+    queued = driver._executor._work_queue.qsize()
+    release.set()
+    await blocker
+    await asyncio.gather(*calls)
+    assert queued == 50
+    rows = await driver.fetch("SELECT n FROM t ORDER BY rowid")
+    assert [row[0] for row in rows] == list(range(50))  # and in the order they came
