@@ -15,10 +15,13 @@ refuses, so the answers are `json`'s:
 * `string` and `text` write a string as `dumps` does, byte for byte, as
   text or in UTF-8 (a lone surrogate, which orjson refuses, goes to `json`);
 * `loads` reads the same values as `json.loads`, and raises the same
-  `ValueError` for what neither reads; what orjson refuses and `json` reads (a
-  lone surrogate escape, NaN, Infinity, a number past a double) is read by
-  `json`.  Integers past 64 bits come out as floats: nothing the gateway
-  reads with it is an integer that large (token counts).
+  `ValueError` for what neither reads (nesting deeper than both read, about
+  1,000 levels, is a `ValueError` too, never a `RecursionError`); what
+  orjson refuses and `json` reads (a lone surrogate escape, NaN, Infinity, a
+  number past a double) is read by `json`.  Integers past 64 bits come out
+  as floats, so it reads a model server's chunks (whose only numbers are
+  token counts), never what a client sent: the bus, the store and the codecs
+  keep `json.loads`, and what clients send reaches its subscribers as sent.
 
 `dumps` stays `json`'s for every other value: orjson writes NaN and Infinity
 as `null` and a small float's exponent without its leading zero, and what is
@@ -58,9 +61,13 @@ def text(value: str) -> bytes:
 
 
 def loads(raw: str | bytes) -> Any:
-    """JSON as Python values, as `json.loads` reads it (see above); `ValueError` when
-    it is not JSON."""
+    """JSON as Python values, as `json.loads` reads it but for integers past 64 bits
+    (see above); `ValueError` when it is not JSON or is nested too deeply."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
+        pass
+    try:
         return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

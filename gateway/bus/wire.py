@@ -13,6 +13,7 @@ buffer passes its limit, so one huge event must never reach pub/sub whole
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -53,7 +54,9 @@ def _dumps(value: Any) -> str:
 
 def loads(data: str) -> Any:
     try:
-        return jsonwire.loads(data)
+        # `json`, not `jsonwire.loads`: a client's data (a message event's, a Nadoo
+        # workspace event's) may hold an integer past 64 bits, and must arrive whole.
+        return json.loads(data)
     except ValueError as exc:  # JSONDecodeError, and bad surrogates
         raise Malformed(f"not JSON: {exc}") from None
 

@@ -175,8 +175,8 @@ class Authenticator:
         if not isinstance(user_id, str) or not user_id:
             raise AuthError("Invalid token: no 'id' or 'sub' claim", reason="no_subject")
         principal = await self.directory.principal_for_jwt(user_id, claims)
-        expires = claims.get("exp")
-        return replace(principal, expires_at=float(expires)) if expires is not None else principal
+        expires = _expiry(claims.get("exp"))
+        return replace(principal, expires_at=expires) if expires is not None else principal
 
     @property
     def remembered(self) -> int:
@@ -226,6 +226,18 @@ class Authenticator:
         except jwt.PyJWTError:
             raise AuthError("Invalid token: bad signature or claims", reason="signature") from None
         return claims
+
+
+def _expiry(exp: Any) -> float | None:
+    """A verified token's `exp` as PyJWT reads it (its integer part: PyJWT has checked
+    that it reads as one); None when there is none, or it is past what a float holds
+    (a signed `exp` of 10**400 is never, not a 500)."""
+    if exp is None:
+        return None
+    try:
+        return float(int(exp))
+    except OverflowError:
+        return None
 
 
 @contextlib.contextmanager

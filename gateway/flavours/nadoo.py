@@ -73,9 +73,10 @@ def timestamp(now: float) -> str:
     a frame)."""
     global _stamped
     second = math.floor(now)
-    if _stamped[0] != second:
-        _stamped = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
-    return _stamped[1]
+    stamped = _stamped
+    if stamped[0] != second:
+        stamped = _stamped = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
+    return stamped[1]
 
 
 _stamped: tuple[int, str] = (0, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(0)))

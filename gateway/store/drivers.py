@@ -85,14 +85,24 @@ def _sqlite_fetch(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> li
         cursor.close()
 
 
+def _sqlite_roll_back(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _logged_if_failed(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and (error := done.exception()) is not None:
+        log.error("SQLite could not roll a transaction back: %s", error)
+
+
 def _sqlite_batch(conn: sqlite3.Connection, statements: Sequence[Statement]) -> list[int]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         counts = [_sqlite_execute(conn, sql, args) for sql, args in statements]
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _sqlite_roll_back(conn)  # a COMMIT refused leaves the transaction open too
         raise
-    conn.execute("COMMIT")
     return counts
 
 
@@ -160,16 +170,23 @@ class SQLiteDriver:
             raise StoreUnavailable(why_unavailable(exc)) from None
         return cls(conn, executor)
 
-    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+    def _submit(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """`function(conn, *args)` queued for the thread now (it takes calls in order)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, function, self._conn, *args)
+        return loop.run_in_executor(self._executor, function, self._conn, *args)
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        return await self._submit(function, *args)
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
         """One call on the connection: to the thread at once, unless a `transaction()`
-        holds the connection (then after it)."""
+        holds the connection (then as soon as it ends: the lock is held only to queue
+        the call, not while it runs, so the calls waiting behind one transaction go
+        to the thread together)."""
         if self._lock.locked():
             async with self._lock:
-                return await self._run(function, *args)
+                queued = self._submit(function, *args)
+            return await queued
         return await self._run(function, *args)
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
@@ -184,13 +201,24 @@ class SQLiteDriver:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SQLiteBound]:
         async with self._lock:
-            await self._run(_sqlite_execute, "BEGIN IMMEDIATE", ())
             try:
+                await self._run(_sqlite_execute, "BEGIN IMMEDIATE", ())
                 yield self._bound
+                await self._run(_sqlite_execute, "COMMIT", ())
             except BaseException:
-                await self._run(_sqlite_execute, "ROLLBACK", ())
+                # Whatever failed or was cancelled (the body, a COMMIT refused, or a
+                # BEGIN still run by the thread after its caller gave up), the
+                # connection must leave the transaction: a ROLLBACK queued now runs
+                # before any later call (the thread takes them in order).
+                self._roll_back()
                 raise
-            await self._run(_sqlite_execute, "COMMIT", ())
+
+    def _roll_back(self) -> None:
+        try:
+            undone = self._submit(_sqlite_roll_back)
+        except RuntimeError:  # the driver is closed: so is its connection
+            return
+        undone.add_done_callback(_logged_if_failed)
 
     async def close(self) -> None:
         async with self._lock:

@@ -54,10 +54,11 @@ def test_a_string_is_written_as_dumps_writes_it(value: str) -> None:
 @settings(max_examples=3000, deadline=None)
 @given(VALUES.filter(lambda value: reference(value) is not None))
 def test_read_as_json_reads_it(value: Any) -> None:
-    text = json.dumps(value)  # ASCII escapes, lone surrogates and all
-    read = jsonwire.loads(text)
-    expected = json.loads(text)
-    assert _same(read, expected)
+    for text in (
+        json.dumps(value),  # ASCII escapes, lone surrogates and all
+        json.dumps(value, ensure_ascii=False),  # raw non-ASCII (lone surrogates raw too)
+    ):
+        assert _same(jsonwire.loads(text), json.loads(text))
 
 
 def _same(read: Any, expected: Any) -> bool:
@@ -102,3 +103,11 @@ def test_the_edges_orjson_refuses_are_read_by_json() -> None:
     assert math.isnan(jsonwire.loads("NaN"))
     assert jsonwire.loads("[Infinity, -Infinity, 1e400]") == [math.inf, -math.inf, math.inf]
     assert jsonwire.loads('"\\ud83d\\ude00"') == "😀"  # a pair joined, as json joins it
+
+
+def test_nesting_too_deep_is_a_value_error_never_a_recursion_error() -> None:
+    shallow = "[" * 500 + "]" * 500
+    assert jsonwire.loads(shallow) == json.loads(shallow)
+    for depth in (1_025, 100_000):  # past orjson's bound (1,024) and json's
+        with pytest.raises(ValueError, match="nested too deeply"):
+            jsonwire.loads("[" * depth + "]" * depth)

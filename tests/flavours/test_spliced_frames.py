@@ -14,7 +14,11 @@ from gateway.events import ReplyStarted, TextDelta
 from gateway.flavours import nadoo, ragflow
 
 TEXTS = st.text() | st.sampled_from(["\ud800", '"\\', "\x00\n\t", "\u2028", "Grüße ✓ 😀"])
-NOW = st.floats(0, 4e9) | st.integers(0, 4_000_000_000) | st.sampled_from([1.0, 1.999999])
+NOW = (
+    st.floats(-4e9, 4e9)
+    | st.integers(-4_000_000_000, 4_000_000_000)
+    | st.sampled_from([1.0, 1.999999, -0.5, 0.0])
+)
 
 
 @settings(max_examples=2000, deadline=None)

@@ -109,3 +109,11 @@ def test_a_long_token_is_verified_each_time_not_remembered() -> None:
     assert authority.verify_jwt(text)["id"] == "ann"
     assert authority.verify_jwt(text)["id"] == "ann"
     assert authority.remembered == 0
+
+
+async def test_an_expiry_too_far_for_a_float_is_never_not_a_failure() -> None:
+    authority = authenticator()
+    principal = await authority.authenticate(token(exp=10**400))
+    assert principal.user_id == "ann" and principal.expires_at is None
+    # A fractional exp counts from its integer part, as PyJWT reads it.
+    assert (await authority.authenticate(token(exp=4_000_000_000.9))).expires_at == 4e9

@@ -5,6 +5,7 @@ other coroutine's statements out of an open `transaction()`."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -71,3 +72,34 @@ async def test_a_burst_goes_to_the_thread_without_waiting_for_the_loop(
     assert queued == 50
     rows = await driver.fetch("SELECT n FROM t ORDER BY rowid")
     assert [row[0] for row in rows] == list(range(50))  # and in the order they came
+
+
+async def test_a_transaction_given_up_while_its_begin_waits_leaves_none_open(
+    driver: SQLiteDriver, tmp_path: Path
+) -> None:
+    # Another connection (another process: the admin command, say) holds the write
+    # lock, so the driver's BEGIN waits in its thread; the caller gives up meanwhile.
+    # The BEGIN still runs once the lock goes: the connection must not be left inside
+    # a transaction nobody will end (later statements never committed, every later
+    # transaction refused).
+    other = sqlite3.connect(str(tmp_path / "db.sqlite"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    started = asyncio.Event()
+
+    async def write() -> None:
+        started.set()
+        async with driver.transaction() as tx:
+            await tx.execute("INSERT INTO t (n) VALUES (1)")
+
+    task = asyncio.create_task(write())
+    await started.wait()
+    await asyncio.sleep(0.2)  # the BEGIN is waiting for the other connection's lock
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    other.execute("COMMIT")  # the lock goes: the driver's BEGIN now succeeds
+    await driver.execute("INSERT INTO t (n) VALUES (2)")
+    await driver.batch([("INSERT INTO t (n) VALUES (?)", (3,))])
+    seen = [row[0] for row in other.execute("SELECT n FROM t ORDER BY rowid").fetchall()]
+    other.close()
+    assert seen == [2, 3]  # committed, and nothing of the given-up transaction

@@ -123,3 +123,10 @@ def test_nothing_is_taken_after_done() -> None:
     assert list(decoder.feed(b"data: [DONE]\n\n")) == [] and decoder.done
     assert list(decoder.feed(b'data: {"choices":[{"delta":{"content":"late"}}]}\n\n')) == []
     assert list(decoder.close()) == []
+
+
+def test_a_chunk_nested_too_deeply_is_a_bad_stream_not_a_crash() -> None:
+    decoder = ChunkDecoder("m")
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(BadStream, match="not JSON"):
+        list(decoder.feed(f"data: {deep}\n\n".encode()))
