@@ -66,7 +66,10 @@ def loads(raw: str | bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        pass
+        return _json_loads(raw)
+
+
+def _json_loads(raw: str | bytes) -> Any:
     try:
         return json.loads(raw)
     except RecursionError:
