@@ -75,11 +75,12 @@ def timestamp(now: float) -> str:
     second = math.floor(now)
     stamped = _stamped
     if stamped[0] != second:
-        stamped = _stamped = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
+        stamped = _stamped = (second, time.strftime(_STAMP, time.gmtime(second)))
     return stamped[1]
 
 
-_stamped: tuple[int, str] = (0, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(0)))
+_STAMP = "%Y-%m-%dT%H:%M:%SZ"
+_stamped: tuple[int, str] = (0, time.strftime(_STAMP, time.gmtime(0)))
 
 
 def frame(kind: str, now: float, fields: Mapping[str, Any] | None = None) -> str:
@@ -235,7 +236,7 @@ class Encoder:
             index = self._index.get(key, 0)
             self._index[key] = index + 1
             # `self._reply("text-delta", now, {"text", "index"}, event)`, byte for byte
-            # (`tests/flavours/test_nadoo_vectors.py`), spliced: no dict and no
+            # (`tests/flavours/test_spliced_frames.py`), spliced: no dict and no
             # `json.dumps` of one for each delta of every reply.
             seq = f',"seq":{event.seq}' if self._seq else ""
             return [

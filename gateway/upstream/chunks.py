@@ -69,12 +69,8 @@ class ChunkDecoder:
         if payload is None:
             return self._chunks(self._parser.events(data))
         # One whole event, as model servers send them: no generator.
-        if payload.strip() == "[DONE]":
-            self.done = True
-            return iter(())
-        chunk = self._decode(payload)
-        self.finished = self.finished or chunk.finish_reason is not None
-        return iter((chunk,))
+        chunk = self._payload(payload)
+        return iter(()) if chunk is None else iter((chunk,))
 
     def close(self) -> Iterator[Chunk]:
         """The body ended: a last event without its blank line still counts (and comes
@@ -91,16 +87,23 @@ class ChunkDecoder:
     def _chunks(self, payloads: Iterable[str]) -> Iterator[Chunk]:
         try:
             for payload in payloads:
-                if payload.strip() == "[DONE]":
-                    self.done = True
+                chunk = self._payload(payload)
+                if chunk is None:
                     return
-                chunk = self._decode(payload)
-                self.finished = self.finished or chunk.finish_reason is not None
                 yield chunk
         except ValueError as exc:  # the parser's bound
             raise BadStream(
                 f"The model server for '{self._model}' broke off the reply", str(exc)
             ) from None
+
+    def _payload(self, payload: str) -> Chunk | None:
+        """One event's chunk; None for `[DONE]`, after which nothing counts."""
+        if payload.strip() == "[DONE]":
+            self.done = True
+            return None
+        chunk = self._decode(payload)
+        self.finished = self.finished or chunk.finish_reason is not None
+        return chunk
 
     def _decode(self, payload: str) -> Chunk:
         data = self._object(payload)

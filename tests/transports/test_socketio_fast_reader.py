@@ -8,6 +8,14 @@ must then feed that reply from the replay buffer as the socket drains
 (`Outbox.on_behind`, `Realtime.pace`), not drop the socket: before, the tab
 was cut after a few hundred thousand characters with no `chat:completion`.
 
+Whether a fast reader falls behind is a race between two processes, and a
+busy machine has been seen to run the whole flood without it (CI, once, in
+0.32 s).  So the python-socketio reader is made to fall behind for sure: its
+event loop is busy for a second at the reply's first event (as a tab's is on
+a long layout), and its outbox holds 64 Ki characters, far less than the
+kernel's buffers and Engine.IO's queue leave of the 5 MB.  The npm client
+reads with the defaults, as fast as it can.
+
 Both clients the field uses: python-socketio's (its aiohttp websocket allowed
 messages over 4 MB: the finished reply's `chat:completion` carries the whole
 text) and the npm socket.io-client, over websocket and over long-polling.
@@ -26,6 +34,7 @@ from tests.fakes.upstream import FakeUpstream, reply_text
 from tests.gatewayproc import GatewayProcess, make_token
 
 WHOLE = reply_text("fake-flood", [])
+BUSY_S = 1.0
 
 
 def check_whole_reply(events: list[dict[str, Any]], message_id: str) -> None:
@@ -46,10 +55,14 @@ def check_whole_reply(events: list[dict[str, Any]], message_id: str) -> None:
 async def test_python_socketio_reader_gets_a_5_mb_reply_whole(
     start_gateway: Any, fake_upstream: FakeUpstream
 ) -> None:
-    gw: GatewayProcess = start_gateway({"OPENAI_API_BASE_URL": fake_upstream.url})
+    gw: GatewayProcess = start_gateway(
+        {"OPENAI_API_BASE_URL": fake_upstream.url, "GATEWAY_OUTBOX_MAX_CHARS": str(64 * 1024)}
+    )
     token = make_token("u-fast-reader")
     events: list[dict[str, Any]] = []
     disconnects: list[str] = []
+    busy: list[float] = []
+    flood: set[str] = set()
     async with aiohttp.ClientSession() as http:
         client = socketio.AsyncClient(
             reconnection=False,
@@ -59,6 +72,10 @@ async def test_python_socketio_reader_gets_a_5_mb_reply_whole(
 
         @client.on("events")
         async def on_event(data: dict[str, Any]) -> None:
+            if not busy and data["message_id"] in flood:
+                # The loop blocked: the socket takes nothing meanwhile, the model goes on.
+                busy.append(BUSY_S)
+                time.sleep(BUSY_S)  # noqa: ASYNC251 (blocking is the point)
             events.append(
                 {
                     "message_id": data["message_id"],
@@ -82,6 +99,7 @@ async def test_python_socketio_reader_gets_a_5_mb_reply_whole(
             sid = client.get_sid()
             assert sid is not None
             body = turn_body(sid, "flood", model="fake-flood")
+            flood.add(body["id"])
             before = await metric_total(gw.url, "gateway_paced_replies_total")
             started = time.monotonic()
             await post_json(f"{gw.url}/api/chat/completions", token, body)
@@ -97,6 +115,7 @@ async def test_python_socketio_reader_gets_a_5_mb_reply_whole(
                 f"\n5,000,000 characters over Socket.IO (python-socketio) in {took:.2f} s, "
                 f"{len(events)} events; replies paced from the buffer: {paced:.0f}"
             )
+            assert busy == [BUSY_S]
             assert paced >= 1, "the model was faster than the socket: the reply must be paced"
             # The socket is as good as before: a normal reply after it.
             after = turn_body(sid, "still there?")
