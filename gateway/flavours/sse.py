@@ -7,8 +7,9 @@ Writing::
 
 Reading (the upstream's stream): bytes arrive in arbitrary pieces; `SSEParser`
 buffers up to one event, splits on blank lines, joins multi-line `data:`
-fields with "\\n", ignores comments and other fields.  The buffer is bounded:
-an event larger than `max_event_bytes` raises `ValueError`.
+fields with "\\n", ignores comments and other fields.  Events are bounded:
+one larger than `max_event_bytes` raises `ValueError`, whether it is still
+being buffered or arrived whole in one piece.
 
 Lines end with CRLF, LF or CR, and with nothing else: U+2028, U+2029, U+0085
 (and the other breaks `str.splitlines` knows) are text, which an upstream may
@@ -61,6 +62,7 @@ class SSEParser:
             and not self._buffer
             and not self._after_cr
             and b"\r" not in chunk
+            and len(chunk) - 2 <= self._max
         ):
             return chunk[6:-2].decode("utf-8", errors="replace")
         return None
@@ -99,11 +101,15 @@ class SSEParser:
 
     def _complete(self) -> Iterator[str]:
         while (end := self._buffer.find(b"\n\n")) >= 0:
+            if end > self._max:
+                raise ValueError(f"SSE event larger than {self._max} bytes")
             raw, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
             data = _event_data(raw)
             if data is not None:
                 yield data
-        if len(self._buffer) > self._max:
+        # Not yet whole: past the bound already, unless the byte past it is the
+        # first half of its blank line.
+        if len(self._buffer) - self._buffer.endswith(b"\n") > self._max:
             raise ValueError(f"SSE event larger than {self._max} bytes")
 
 
