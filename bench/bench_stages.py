@@ -71,7 +71,7 @@ def serve(port: int, marks: Path) -> None:
     from gateway.events import TextDelta
     from gateway.fanout import hub
     from gateway.store import drivers
-    from gateway.transports import websocket
+    from gateway.transports import websocket_delivery, websocket_frames
     from gateway.upstream import chunks
     from gateway.upstream import openai as upstream
 
@@ -97,14 +97,25 @@ def serve(port: int, marks: Path) -> None:
         reply_event(self, user_id, rooms, event)
 
     hub.Hub.reply_event = published  # type: ignore[method-assign]
-    send = websocket._send
+    # A frame reaches the socket at the end of the publisher's loop turn
+    # (`Delivering._flush` → `websocket_frames.write_now`), or through the pump
+    # while the socket is backed up (`Delivering._send`).
+    write_now = websocket_frames.write_now
 
-    async def sent(conn: Any, frame: str) -> None:
+    def written(ws: Any, frame: str) -> None:
         if '"text-delta"' in frame:
             _mark("send_delta>")
-        await send(conn, frame)
+        write_now(ws, frame)
 
-    websocket._send = sent
+    websocket_frames.write_now = written
+    send = websocket_delivery.Delivering._send
+
+    async def sent(self: Any, frame: str) -> None:
+        if '"text-delta"' in frame:
+            _mark("send_delta>")
+        await send(self, frame)
+
+    websocket_delivery.Delivering._send = sent  # type: ignore[method-assign]
     from gateway.cli import main
 
     sys.exit(main(["serve", "--port", str(port)]))

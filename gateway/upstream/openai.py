@@ -8,6 +8,12 @@ joined by the core.  This module is the I/O only: what the streamed bytes
 mean (chunks, [DONE], the faults) is decoded by `chunks.py`, with a bounded
 buffer.
 
+Silence (`GATEWAY_UPSTREAM_READ_TIMEOUT_S`): until the response's headers,
+aiohttp's own `sock_read`; from then on, `Silence`, one timer per reply that
+is re-armed only when it fires, where `sock_read` re-arms a timer at every
+read (it showed in the benches: bench/RESULTS.md).  Past the limit with
+nothing read, the reply breaks off ("no data for N s").
+
 A stream that ended with `[DONE]` gives its connection back to the pool, so the
 next reply skips a TCP (and TLS) handshake.  A server's chunked terminator often
 comes a moment after `[DONE]`: the reply ends at `[DONE]` all the same, and the
@@ -63,6 +69,7 @@ class OpenAIUpstream:
         self._base_url = base_url.rstrip("/")
         self._session = session
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._read_timeout_s = read_timeout_s
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
@@ -151,7 +158,7 @@ class OpenAIUpstream:
             _called(traced, url, resp.status, sent)
             raise _status_error(self._base_url, model, resp.status, raw)
         _called(traced, url, resp.status, sent)
-        return OpenAIStream(resp, self._base_url, model)
+        return OpenAIStream(resp, self._base_url, model, self._read_timeout_s)
 
 
 def _called(traced: trace.Trace | None, url: str, status: int, sent: float) -> None:
@@ -192,11 +199,54 @@ def _status_error(base_url: str, model: str, status: int, raw: bytes) -> Gateway
     return failure(message, base_url, detail, kind="http_error")
 
 
+class Silence:
+    """How long a response's body has been silent, watched by one timer that is
+    re-armed only when it fires (at `last` + the limit): the reader sets `last`
+    (`loop.time()`) after each read.  Past the limit with nothing read, the body's
+    pending read raises TimeoutError.  Until then aiohttp's `sock_read` timer, re-armed
+    at every read, is off for this response (`read_timeout = None`, as aiohttp itself
+    does for a WebSocket once it is open)."""
+
+    __slots__ = ("_content", "_handle", "_limit_s", "_loop", "last")
+
+    def __init__(self, resp: aiohttp.ClientResponse, limit_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._content = resp.content
+        self._limit_s = limit_s
+        self.last = self._loop.time()
+        connection = resp.connection
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = None
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
+            self.last + limit_s, self._check
+        )
+
+    def _check(self) -> None:
+        due = self.last + self._limit_s
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        self._handle = None
+        self._content.set_exception(TimeoutError(f"no data for {self._limit_s:g} s"))
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class OpenAIStream:
-    def __init__(self, resp: aiohttp.ClientResponse, base_url: str, model: str) -> None:
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        base_url: str,
+        model: str,
+        read_timeout_s: float | None = None,
+    ) -> None:
         self._resp = resp
         self._base_url = base_url
         self._model = model
+        self._read_timeout_s = read_timeout_s
         self._handed_back = False
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
@@ -205,8 +255,13 @@ class OpenAIStream:
     async def _chunks(self) -> AsyncIterator[Chunk]:
         # What the bytes mean is `chunks.py`'s; here: reading them, and the log.
         decoder = ChunkDecoder(self._model, MAX_EVENT_BYTES)
+        limit_s = self._read_timeout_s
+        silence = None if limit_s is None else Silence(self._resp, limit_s)
+        now = asyncio.get_running_loop().time
         try:
             async for raw in self._resp.content.iter_any():
+                if silence is not None:
+                    silence.last = now()
                 for chunk in decoder.feed(raw):
                     yield chunk
                 if decoder.done:
@@ -224,6 +279,8 @@ class OpenAIStream:
         except BadStream as exc:
             raise failure(exc.message, self._base_url, exc.detail, kind="bad_stream") from None
         finally:
+            if silence is not None:
+                silence.stop()
             if decoder.unreadable:
                 log.warning(
                     "model server sent content deltas that are not text; they were skipped",
