@@ -14,6 +14,10 @@ refuses, so the answers are `json`'s:
 
 * `string` and `text` write a string as `dumps` does, byte for byte, as
   text or in UTF-8 (a lone surrogate, which orjson refuses, goes to `json`);
+* `plain` writes a value of strings, integers, booleans, None, lists and
+  dicts keyed by strings (a delta's Socket.IO envelope) as `dumps` does, byte
+  for byte, or says None where orjson refuses it (a lone surrogate, an integer
+  past 64 bits), for the caller's own way;
 * `loads` reads the same values as `json.loads`, and raises the same
   `ValueError` for what neither reads (nesting deeper than both read, about
   1,000 levels, is a `ValueError` too, never a `RecursionError`); what
@@ -58,6 +62,15 @@ def text(value: str) -> bytes:
         return orjson.dumps(value)
     except orjson.JSONEncodeError:
         return dumps(value).encode()
+
+
+def plain(value: Any) -> str | None:
+    """`value` (strings, integers, booleans, None, lists, dicts keyed by strings) as
+    `dumps` writes it; None where orjson refuses it."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return None
 
 
 def loads(raw: str | bytes) -> Any:

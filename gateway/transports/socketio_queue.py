@@ -7,7 +7,11 @@ python-engineio's, not a documented API; every use of it is in this module.
                 straight into the socket's queue: what `AsyncServer.emit` would
                 queue, without its task per recipient, and encoded once for all
                 the sockets that get it (`ENCODED`; `NUMBERED` for the sockets
-                that asked for each envelope's `seq`)
+                that asked for each envelope's `seq`).  A delta's packet, the
+                one of nearly every event, is written by orjson
+                (`jsonwire.plain`): the same JSON, its non-ASCII text as is
+                rather than `\\u`-escaped (as on every other wire of the
+                gateway)
     room        the queue is unbounded, so `has_room` says no once it holds
                 `MAX_QUEUED_PACKETS`; the transport's pump then waits in
                 `drained` while its outbox takes (and merges) what follows
@@ -32,8 +36,9 @@ from typing import Any
 import engineio
 import socketio
 
+from gateway import jsonwire
 from gateway.edge.metrics import HOT
-from gateway.events import Event
+from gateway.events import Event, ReasoningDelta, TextDelta
 from gateway.flavours.openwebui import SocketEncoder
 
 EVENT = socketio.packet.EVENT
@@ -169,13 +174,26 @@ class _EncodedOnce:
     def __call__(self, event: Event) -> list[str]:
         if event is not self.event:
             self.encodes += 1
-            # Our payloads are JSON, never binary: no scan for bytes.
+            plain = type(event) in _DELTAS
             self.packets = [
-                socketio.packet.Packet(EVENT, data=[name, payload], binary=False).encode()
-                for name, payload in self.encoder.encode(event)
+                _packet(name, payload, plain) for name, payload in self.encoder.encode(event)
             ]
             self.event = event
         return self.packets
+
+
+# Events whose envelopes hold only strings, integers and None (`jsonwire.plain`).
+_DELTAS = frozenset({TextDelta, ReasoningDelta})
+
+
+def _packet(name: str, payload: Any, plain: bool) -> str:
+    """A Socket.IO EVENT packet in the default namespace, `2["name",{…}]`."""
+    if plain and (text := jsonwire.plain([name, payload])) is not None:
+        return "2" + text
+    # Our payloads are JSON, never binary: no scan for bytes.  (python-socketio's
+    # `json` escapes what is not ASCII: a lone surrogate travels as `\ud83d`.)
+    encoded: str = socketio.packet.Packet(EVENT, data=[name, payload], binary=False).encode()
+    return encoded
 
 
 ENCODED = _EncodedOnce(SocketEncoder())

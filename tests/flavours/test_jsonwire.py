@@ -111,3 +111,34 @@ def test_nesting_too_deep_is_a_value_error_never_a_recursion_error() -> None:
     for depth in (1_025, 100_000):  # past orjson's bound (1,024) and json's
         with pytest.raises(ValueError, match="nested too deeply"):
             jsonwire.loads("[" * depth + "]" * depth)
+
+
+def _orjson_refuses(value: Any) -> bool:
+    """A lone surrogate, an integer past 64 bits or a key that is not a string, anywhere."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, int):
+        return not -(2**63) <= value <= 2**64 - 1
+    if isinstance(value, list):
+        return any(map(_orjson_refuses, value))
+    assert isinstance(value, dict)
+    return any(
+        not isinstance(key, str) or _orjson_refuses(key) or _orjson_refuses(item)
+        for key, item in value.items()
+    )
+
+
+@settings(max_examples=5000, deadline=None)
+@given(VALUES)
+def test_plain_writes_what_dumps_writes_or_says_it_cannot(value: Any) -> None:
+    text = jsonwire.plain(value)
+    if _orjson_refuses(value):
+        assert text is None
+    else:
+        assert text == reference(value)
