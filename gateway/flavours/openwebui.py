@@ -112,6 +112,21 @@ def is_stored_request(body: Any) -> bool:
     return bool(body.get("chat_id")) or bool(body.get("session_id") and answer_into)
 
 
+def lost_socket(body: Any) -> bool:
+    """A web-app turn (the message its reply goes into, no `messages` and no chat)
+    without the `session_id` its reply streams to: the page's socket is not
+    connected (socket.io-client's `socket.id` is undefined then, and the key is left
+    out).  Answered as the pure API, it would be refused for its missing `messages`:
+    say what is missing instead."""
+    return (
+        isinstance(body, Mapping)
+        and not body.get("session_id")
+        and not body.get("chat_id")
+        and "messages" not in body
+        and bool(body.get("id") or body.get("message_ids"))
+    )
+
+
 BACKGROUND_TASKS = ("title_generation", "tags_generation", "follow_up_generation")
 
 

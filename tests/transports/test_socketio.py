@@ -384,6 +384,24 @@ async def test_a_dead_session_id_with_a_chat_is_the_backend_controlled_flow(
     )
 
 
+async def test_a_turn_sent_while_the_socket_is_down_says_so(gateway: GatewayProcess) -> None:
+    """The web app's socket.io-client leaves `session_id` out while it reconnects: the
+    turn is refused naming what is missing, not as a pure-API call without
+    `messages`; nothing is stored."""
+    _, token = user()
+    body = turn_body("unused", "sent while reconnecting")
+    del body["session_id"]
+    error = await post_json(f"{gateway.url}/api/chat/completions", token, body, expect=400)
+    assert "'session_id' is missing" in error["detail"], error
+    assert "messages" not in error["detail"].split("'session_id'")[0]
+    assert await get_json(f"{gateway.url}/api/v1/chats/", token) == []
+    # With `messages`, the same fields make a pure-API call, as before.
+    body["messages"] = [{"role": "user", "content": "hello"}]
+    body["stream"] = False
+    reply = await post_json(f"{gateway.url}/api/chat/completions", token, body)
+    assert reply["choices"][0]["message"]["content"] == reply_text("fake-model", body["messages"])
+
+
 async def test_a_temporary_chat_streams_and_is_not_stored(gateway: GatewayProcess) -> None:
     _, token = user()
     sock = await PySocket().connect(gateway.url, token)

@@ -20,12 +20,14 @@ from gateway.api import openai
 from gateway.api.common import principal_of, read_json
 from gateway.application.keys import ORIGINS, REALTIME, REPLIES, SETTINGS
 from gateway.application.replies import finished
+from gateway.errors import BadRequest
 from gateway.flavours import openai as codec
 from gateway.flavours.openwebui import (
     background_tasks,
     decode_completion_request,
     is_stored_request,
     is_web_app_turn,
+    lost_socket,
 )
 from gateway.transports.sse import stream_events
 
@@ -36,6 +38,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     principal = await principal_of(request)
     body = await read_json(request)
     if not is_stored_request(body):
+        if lost_socket(body):
+            raise BadRequest(
+                "This turn names the message its reply goes into but not the socket it "
+                "streams to: 'session_id' is missing (the page's socket is not "
+                "connected). Reconnect and send it again, or send 'messages' for a "
+                "reply that is not stored."
+            )
         return await openai.pure_api(request, principal, body)
     replies = request.app[REPLIES]
     ask = decode_completion_request(body)
