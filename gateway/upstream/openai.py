@@ -202,29 +202,38 @@ def _status_error(base_url: str, model: str, status: int, raw: bytes) -> Gateway
 class Silence:
     """How long a response's body has been silent, watched by one timer that is
     re-armed only when it fires (at `last` + the limit): the reader sets `last`
-    (`loop.time()`) after each read.  Past the limit with nothing read, the body's
-    pending read raises TimeoutError.  Until then aiohttp's `sock_read` timer, re-armed
-    at every read, is off for this response (`read_timeout = None`, as aiohttp itself
-    does for a WebSocket once it is open)."""
+    (`loop.time()`) and adds what it read to `taken` after each read.  Past the
+    limit with nothing read, the body's pending read raises TimeoutError, unless
+    bytes came in that the reader has not taken: then the reader is the slow one
+    (its client is not reading), not the server, and the watch goes on.  aiohttp's
+    `sock_read` timer, re-armed at every packet, is off for this response
+    (`read_timeout = None` and its pending timer dropped, as aiohttp itself does
+    for a WebSocket once it is open)."""
 
-    __slots__ = ("_content", "_handle", "_limit_s", "_loop", "last")
+    __slots__ = ("_content", "_handle", "_limit_s", "_loop", "last", "taken")
 
     def __init__(self, resp: aiohttp.ClientResponse, limit_s: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._content = resp.content
         self._limit_s = limit_s
         self.last = self._loop.time()
+        self.taken = 0
         connection = resp.connection
         if connection is not None and connection.protocol is not None:
             connection.protocol.read_timeout = None
+            connection.protocol.start_timeout()  # with no timeout: drops the pending one
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(
             self.last + limit_s, self._check
         )
 
     def _check(self) -> None:
-        due = self.last + self._limit_s
-        if self._loop.time() < due:
+        due, now = self.last + self._limit_s, self._loop.time()
+        if now < due:
             self._handle = self._loop.call_at(due, self._check)
+            return
+        if self._content.total_bytes > self.taken:
+            self.last = now  # the server sent more than the reader took
+            self._handle = self._loop.call_at(now + self._limit_s, self._check)
             return
         self._handle = None
         self._content.set_exception(TimeoutError(f"no data for {self._limit_s:g} s"))
@@ -262,6 +271,7 @@ class OpenAIStream:
             async for raw in self._resp.content.iter_any():
                 if silence is not None:
                     silence.last = now()
+                    silence.taken += len(raw)
                 for chunk in decoder.feed(raw):
                     yield chunk
                 if decoder.done:
