@@ -49,10 +49,8 @@ def dumps(value: Any) -> str:
 def string(value: str) -> str:
     """A string as `dumps` writes it (a lone surrogate, which orjson refuses, is kept
     as `dumps` keeps it)."""
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
-        return dumps(value)
+    written = plain(value)
+    return dumps(value) if written is None else written
 
 
 def text(value: str) -> bytes:
