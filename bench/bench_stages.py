@@ -1,23 +1,30 @@
-"""Where a stored turn's time to first token goes: the stages of one Nadoo turn, timed.
+"""Where a stored turn's time to first token goes: the stages of one turn, timed.
 
-    python -m bench.bench_stages [--turns 40] [--database-url postgresql://…]
+    python -m bench.bench_stages [--flavour nadoo-ws|ragflow-ws|ragflow-sse]
+                                 [--turns 40] [--database-url postgresql://…]
     python -m bench.bench_stages serve PORT MARKS   (the timed gateway, run by the bench)
 
 A paced upstream (16 deltas 20 ms apart) and a gateway in front of it; the
 gateway runs in a process of its own with a time mark (`time.perf_counter`,
 the machine's monotonic clock, shared by the processes) at the entry and exit
 of each stage, set by wrapping the gateway's functions from outside (nothing in
-`gateway/` knows of it).  One Nadoo socket asks TURNS questions one after the
-other (a new chat each, after 3 unmeasured); per turn, each mark is placed
-against the moment the client sent its frame, and the medians are printed:
+`gateway/` knows of it).  One client of the flavour (`bench_flavours`' own)
+asks TURNS questions one after the other (after 3 unmeasured): a new chat each
+on Nadoo and on RAGFlow's socket, a session made beforehand on RAGFlow's SSE.
+Per turn, each mark is placed against the moment the client sent its question,
+and the medians are printed:
 
-    frame>            the socket's frame reaches the endpoint
+    request>          the question reaches the endpoint (a socket's frame, or
+                      the HTTP request's handler)
+    db_read> / <      the first read of the store (an API key, an assistant, a
+                      session, a history), and `db_reads`: how many reads came
+                      before the model server's request was sent
     answer_turn>      the turn planned, about to be written
     db_batch> / <     the turn's rows written (the question and the placeholder)
     upstream_open> /< the model server's request sent / its response's headers in
     upstream_bytes    the model server's first content chunk read
     publish_delta     the first delta published to the rooms
-    send_delta>       its frame handed to the socket
+    send_delta>       its frame handed to the socket, or its SSE event written
     client_first      the client has it
 
 The upstream's own pace (its first delta 20 ms after its headers) is in the
@@ -64,9 +71,16 @@ def _timed(owner: Any, name: str, label: str) -> None:
     setattr(owner, name, timed)
 
 
+FLAVOURS = ("nadoo-ws", "ragflow-ws", "ragflow-sse")
+
+
 def serve(port: int, marks: Path) -> None:
     """The gateway, with the marks; they are written to `marks` on SIGUSR1."""
+    from aiohttp import web
+
     from gateway.api import nadoo
+    from gateway.api.ragflow import http as ragflow_http
+    from gateway.api.ragflow import ws as ragflow_ws
     from gateway.chat import runner, service
     from gateway.events import TextDelta
     from gateway.fanout import hub
@@ -76,7 +90,12 @@ def serve(port: int, marks: Path) -> None:
     from gateway.upstream import openai as upstream
 
     signal.signal(signal.SIGUSR1, lambda *_: marks.write_text(json.dumps(MARKS)))
-    _timed(nadoo.ChatEndpoint, "received", "frame")
+    _timed(nadoo.ChatEndpoint, "received", "request")
+    _timed(ragflow_ws.ChatSocket, "received", "request")
+    # Its route is bound when the app is made, below: after this.
+    _timed(ragflow_http, "completions", "request")
+    _timed(drivers.SQLiteDriver, "fetch", "db_read")
+    _timed(drivers.PostgresDriver, "fetch", "db_read")
     _timed(service.ChatService, "_answer_turn", "answer_turn")
     _timed(drivers.SQLiteDriver, "batch", "db_batch")
     _timed(drivers.PostgresDriver, "batch", "db_batch")
@@ -116,25 +135,38 @@ def serve(port: int, marks: Path) -> None:
         await send(self, frame)
 
     websocket_delivery.Delivering._send = sent  # type: ignore[method-assign]
+    # RAGFlow's SSE: every write of the reply's response (the last one before the
+    # client has its first delta is the one that carried it).
+    write = web.StreamResponse.write
+
+    async def wrote(self: web.StreamResponse, data: bytes) -> None:
+        _mark("sse_write")
+        await write(self, data)
+
+    web.StreamResponse.write = wrote  # type: ignore[method-assign]
     from gateway.cli import main
 
     sys.exit(main(["serve", "--port", str(port)]))
 
 
-async def _client(port: int, turns: int) -> list[tuple[float, float]]:
-    """(sent, first delta) per measured turn, on one Nadoo socket."""
+async def _client(flavour: str, port: int, turns: int) -> list[tuple[float, float]]:
+    """(sent, first delta) per measured turn, from one client of `flavour`."""
     import aiohttp
 
     from bench import bench_flavours as flavours
 
     base = f"http://127.0.0.1:{port}"
+    servers = flavours.Servers(f"{base}/v1", base, base, 0, 0)
     async with aiohttp.ClientSession() as http:
-        client = flavours.NadooWsClient(http, base, flavours.Identities(base), 0)
-        await client.open(turns)
+        ids = flavours.Identities(base)
+        client = flavours.make_client(flavour, "gateway", 0, http, servers, ids)
+        await client.open(turns + 3)
         found = []
         for index in range(turns + 3):
             stream = flavours.Stream()
             await client.turn(index, stream)
+            if stream.error:
+                raise RuntimeError(f"turn {index}: {stream.error}")
             if index >= 3 and stream.times:
                 found.append((stream.began, stream.times[0]))
             await asyncio.sleep(0.05)
@@ -143,22 +175,30 @@ async def _client(port: int, turns: int) -> list[tuple[float, float]]:
 
 
 def medians(marks: list[tuple[str, float]], turns: list[tuple[float, float]]) -> dict[str, float]:
-    """Per stage, the median of (its first mark in the turn − the frame sent), ms."""
+    """Per stage, the median of (its first mark in the turn − the question sent), ms;
+    `db_reads`, the median count of store reads begun before the model server's
+    request was sent."""
     by_stage: dict[str, list[float]] = {}
     for sent, first in turns:
         seen: dict[str, float] = {}
         inside = [(name, at) for name, at in marks if sent <= at <= first]
         publish = next((at for name, at in inside if name == "publish_delta"), None)
+        opened = next((at for name, at in inside if name == "upstream_open>"), first)
         for name, at in inside:
             if name == "upstream_bytes":
                 # The read that brought the first content: the last one before its publish.
                 if publish is not None and at <= publish:
                     seen[name] = at
+            elif name == "sse_write":
+                # The write that carried the first delta: the last one before the client had it.
+                seen["send_delta>"] = at
             else:
                 seen.setdefault(name, at)
         seen["client_first"] = first
         for name, at in seen.items():
             by_stage.setdefault(name, []).append((at - sent) * 1000)
+        reads = sum(1 for name, at in inside if name == "db_read>" and at <= opened)
+        by_stage.setdefault("db_reads", []).append(reads)
     return {name: round(statistics.median(v), 3) for name, v in by_stage.items()}
 
 
@@ -166,6 +206,7 @@ def measure(
     turns: int = 40,
     progress: Callable[[str], None] = lambda _: None,
     database_url: str | None = None,
+    flavour: str = "nadoo-ws",
 ) -> dict[str, Any]:
     up_port, gw_port = free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{up_port}/v1"
@@ -192,7 +233,7 @@ def measure(
         )
         procs.append(gateway)
         progress(f"{turns} turns")
-        measured = asyncio.run(_client(gw_port, turns))
+        measured = asyncio.run(_client(flavour, gw_port, turns))
         os.kill(gateway.pid, signal.SIGUSR1)
         deadline = time.monotonic() + 10
         while not marks.exists() and time.monotonic() < deadline:
@@ -202,7 +243,9 @@ def measure(
     finally:
         for proc in procs:
             stop(proc)
-    return {"turns": len(measured), "stages_ms": dict(sorted(stages.items(), key=lambda i: i[1]))}
+    reads = stages.pop("db_reads")
+    ordered = dict(sorted(stages.items(), key=lambda i: i[1]))
+    return {"flavour": flavour, "turns": len(measured), "db_reads": reads, "stages_ms": ordered}
 
 
 def main() -> None:
@@ -210,15 +253,20 @@ def main() -> None:
         serve(int(sys.argv[2]), Path(sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flavour", choices=FLAVOURS, default="nadoo-ws")
     parser.add_argument("--turns", type=int, default=40)
     parser.add_argument(
         "--database-url", help="the gateway's DATABASE_URL (default: SQLite in bench/out)"
     )
     args = parser.parse_args()
     progress = lambda what: print(f"… {what}", file=sys.stderr)  # noqa: E731
-    result = measure(args.turns, progress, args.database_url)
+    result = measure(args.turns, progress, args.database_url, args.flavour)
     print(f"# Stages of a stored turn — {time.strftime('%Y-%m-%d %H:%M')} — {machine()}")
-    print(f"\nmedians of {result['turns']} Nadoo turns, ms after the client sent its frame:\n")
+    print(
+        f"\nmedians of {result['turns']} {args.flavour} turns, ms after the client sent"
+        f" its question; {result['db_reads']:g} store reads before the model server's"
+        " request:\n"
+    )
     print("| stage | ms |\n|---|---|")
     for name, ms in result["stages_ms"].items():
         print(f"| {name} | {ms:.3f} |")

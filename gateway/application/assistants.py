@@ -17,6 +17,7 @@ replies first.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Mapping
@@ -66,10 +67,8 @@ class Assistants:
     async def owned(
         self, principal: Principal, assistant_id: str, message: str | None = None
     ) -> AssistantRecord:
-        assistant = await self.store.get_assistant(assistant_id)
-        if assistant is None or assistant.user_id != principal.user_id:
-            raise NotFound(message or f"You don't own the chat {assistant_id}")
-        return assistant
+        found = await self.store.get_assistant(assistant_id)
+        return _assistant_of(principal, found, assistant_id, message)
 
     async def listed(
         self,
@@ -153,10 +152,27 @@ class Assistants:
     async def session(
         self, assistant: AssistantRecord, session_id: str, message: str | None = None
     ) -> ChatRecord:
-        chat = await self.chats.get_chat(session_id)
-        if chat is None or chat.user_id != assistant.user_id or chat.assistant_id != assistant.id:
-            raise NotFound(message or f"You don't own the session {session_id}")
-        return chat
+        return _session_of(assistant, await self.chats.get_chat(session_id), session_id, message)
+
+    async def asked(
+        self,
+        principal: Principal,
+        assistant_id: str,
+        session_id: str,
+        message: str | None = None,
+    ) -> tuple[AssistantRecord, ChatRecord, dict[str, Any]]:
+        """What a question to a stored session needs: the principal's assistant (as
+        `owned`), its session (as `session`) and the session's history.  The three are
+        read at once, not one after another: a question's first token waits for one
+        round trip to the store, not three (what is read of another's is dropped)."""
+        found, chat, messages = await asyncio.gather(
+            self.store.get_assistant(assistant_id),
+            self.chats.get_chat(session_id),
+            self.chats.get_messages(session_id),
+        )
+        assistant = _assistant_of(principal, found, assistant_id, message)
+        session = _session_of(assistant, chat, session_id)
+        return assistant, session, history_of(session, messages)
 
     async def sessions(
         self,
@@ -199,12 +215,14 @@ class Assistants:
         question: str,
         *,
         rooms: tuple[str, ...],
+        history: dict[str, Any] | None = None,
         stored: bool = True,
     ) -> StartedTurn:
         """The question goes under the session's current message and is answered by
         the assistant's model (the default one if it is gone), as its system prompt says.
-        `session` as `session()` found it (not read again), or, `stored=False`, as
-        `new_session` made it: stored with this first turn."""
+        `session` as `session()` found it (not read again, nor its `history` when
+        `asked()` read it too), or, `stored=False`, as `new_session` made it: stored
+        with this first turn."""
         say = Say(question, session.id, self.model_of(assistant))
         return await self._replies.say(
             principal,
@@ -213,6 +231,7 @@ class Assistants:
             params=self.model_params(assistant),
             rooms=rooms,
             chat=session,
+            history=history,
             stored=stored,
         )
 
@@ -238,3 +257,19 @@ class Assistants:
 def session_extra(chat: ChatRecord) -> dict[str, Any]:
     extra = chat.extra.get(SESSION_EXTRA)
     return dict(extra) if isinstance(extra, Mapping) else {}
+
+
+def _assistant_of(
+    principal: Principal, found: AssistantRecord | None, assistant_id: str, message: str | None
+) -> AssistantRecord:
+    if found is None or found.user_id != principal.user_id:
+        raise NotFound(message or f"You don't own the chat {assistant_id}")
+    return found
+
+
+def _session_of(
+    assistant: AssistantRecord, chat: ChatRecord | None, session_id: str, message: str | None = None
+) -> ChatRecord:
+    if chat is None or chat.user_id != assistant.user_id or chat.assistant_id != assistant.id:
+        raise NotFound(message or f"You don't own the session {session_id}")
+    return chat
