@@ -17,8 +17,9 @@ and the medians are printed:
     request>          the question reaches the endpoint (a socket's frame, or
                       the HTTP request's handler)
     db_read> / <      the first read of the store (an API key, an assistant, a
-                      session, a history), and `db_reads`: how many reads came
-                      before the model server's request was sent
+                      session, a history); and before the model server's request,
+                      how many reads, and how many waits for the store (reads in
+                      flight together are one wait)
     answer_turn>      the turn planned, about to be written
     db_batch> / <     the turn's rows written (the question and the placeholder)
     upstream_open> /< the model server's request sent / its response's headers in
@@ -122,25 +123,23 @@ def serve(port: int, marks: Path) -> None:
     write_now = websocket_frames.write_now
 
     def written(ws: Any, frame: str) -> None:
-        if '"text-delta"' in frame:
-            _mark("send_delta>")
+        _mark("sent")
         write_now(ws, frame)
 
     websocket_frames.write_now = written
     send = websocket_delivery.Delivering._send
 
     async def sent(self: Any, frame: str) -> None:
-        if '"text-delta"' in frame:
-            _mark("send_delta>")
+        _mark("sent")
         await send(self, frame)
 
     websocket_delivery.Delivering._send = sent  # type: ignore[method-assign]
-    # RAGFlow's SSE: every write of the reply's response (the last one before the
-    # client has its first delta is the one that carried it).
+    # RAGFlow's SSE: every write of the reply's response.  Of all these marks, the
+    # last one before the client has its first delta is the write that carried it.
     write = web.StreamResponse.write
 
-    async def wrote(self: web.StreamResponse, data: bytes) -> None:
-        _mark("sse_write")
+    async def wrote(self: web.StreamResponse, data: Any) -> None:
+        _mark("sent")
         await write(self, data)
 
     web.StreamResponse.write = wrote  # type: ignore[method-assign]
@@ -176,8 +175,8 @@ async def _client(flavour: str, port: int, turns: int) -> list[tuple[float, floa
 
 def medians(marks: list[tuple[str, float]], turns: list[tuple[float, float]]) -> dict[str, float]:
     """Per stage, the median of (its first mark in the turn − the question sent), ms;
-    `db_reads`, the median count of store reads begun before the model server's
-    request was sent."""
+    `db_reads` and `db_waits`, the median counts of store reads begun before the model
+    server's request was sent, and of the waits for them."""
     by_stage: dict[str, list[float]] = {}
     for sent, first in turns:
         seen: dict[str, float] = {}
@@ -189,7 +188,7 @@ def medians(marks: list[tuple[str, float]], turns: list[tuple[float, float]]) ->
                 # The read that brought the first content: the last one before its publish.
                 if publish is not None and at <= publish:
                     seen[name] = at
-            elif name == "sse_write":
+            elif name == "sent":
                 # The write that carried the first delta: the last one before the client had it.
                 seen["send_delta>"] = at
             else:
@@ -197,8 +196,18 @@ def medians(marks: list[tuple[str, float]], turns: list[tuple[float, float]]) ->
         seen["client_first"] = first
         for name, at in seen.items():
             by_stage.setdefault(name, []).append((at - sent) * 1000)
-        reads = sum(1 for name, at in inside if name == "db_read>" and at <= opened)
+        reads = waits = in_flight = 0
+        for name, at in inside:
+            if at > opened:
+                break
+            if name == "db_read>":
+                reads += 1
+                waits += in_flight == 0  # a read begun with none in flight: one more wait
+                in_flight += 1
+            elif name == "db_read<":
+                in_flight -= 1
         by_stage.setdefault("db_reads", []).append(reads)
+        by_stage.setdefault("db_waits", []).append(waits)
     return {name: round(statistics.median(v), 3) for name, v in by_stage.items()}
 
 
@@ -243,9 +252,15 @@ def measure(
     finally:
         for proc in procs:
             stop(proc)
-    reads = stages.pop("db_reads")
+    reads, waits = stages.pop("db_reads"), stages.pop("db_waits")
     ordered = dict(sorted(stages.items(), key=lambda i: i[1]))
-    return {"flavour": flavour, "turns": len(measured), "db_reads": reads, "stages_ms": ordered}
+    return {
+        "flavour": flavour,
+        "turns": len(measured),
+        "db_reads": reads,
+        "db_waits": waits,
+        "stages_ms": ordered,
+    }
 
 
 def main() -> None:
@@ -264,8 +279,9 @@ def main() -> None:
     print(f"# Stages of a stored turn — {time.strftime('%Y-%m-%d %H:%M')} — {machine()}")
     print(
         f"\nmedians of {result['turns']} {args.flavour} turns, ms after the client sent"
-        f" its question; {result['db_reads']:g} store reads before the model server's"
-        " request:\n"
+        f" its question; before the model server's request, {result['db_reads']:g} store"
+        f" reads, waited for {result['db_waits']:g} times (reads in flight together are one"
+        " wait):\n"
     )
     print("| stage | ms |\n|---|---|")
     for name, ms in result["stages_ms"].items():
