@@ -1,6 +1,6 @@
 """Where a stored turn's time to first token goes: the stages of one turn, timed.
 
-    python -m bench.bench_stages [--flavour nadoo-ws|ragflow-ws|ragflow-sse]
+    python -m bench.bench_stages [--flavour nadoo-ws|ragflow-ws|ragflow-sse|socketio]
                                  [--turns 40] [--database-url postgresql://…]
     python -m bench.bench_stages serve PORT MARKS   (the timed gateway, run by the bench)
 
@@ -10,12 +10,13 @@ the machine's monotonic clock, shared by the processes) at the entry and exit
 of each stage, set by wrapping the gateway's functions from outside (nothing in
 `gateway/` knows of it).  One client of the flavour (`bench_flavours`' own)
 asks TURNS questions one after the other (after 3 unmeasured): a new chat each
-on Nadoo and on RAGFlow's socket, a session made beforehand on RAGFlow's SSE.
+on Nadoo, on RAGFlow's socket and in the web app's turn (its POST, the reply on
+its Socket.IO socket), a session made beforehand on RAGFlow's SSE.
 Per turn, each mark is placed against the moment the client sent its question,
 and the medians are printed:
 
     request>          the question reaches the endpoint (a socket's frame, or
-                      the HTTP request's handler)
+                      the HTTP request's handler: RAGFlow's SSE, the web app's POST)
     db_read> / <      the first read of the store (an API key, an assistant, a
                       session, a history); and before the model server's request,
                       how many reads, and how many waits for the store (reads in
@@ -26,6 +27,7 @@ and the medians are printed:
     upstream_bytes    the model server's first content chunk read
     publish_delta     the first delta published to the rooms
     send_delta>       its frame handed to the socket, or its SSE event written
+                      (not marked on Socket.IO, whose writer is python-engineio's)
     client_first      the client has it
 
 The upstream's own pace (its first delta 20 ms after its headers) is in the
@@ -72,7 +74,7 @@ def _timed(owner: Any, name: str, label: str) -> None:
     setattr(owner, name, timed)
 
 
-FLAVOURS = ("nadoo-ws", "ragflow-ws", "ragflow-sse")
+FLAVOURS = ("nadoo-ws", "ragflow-ws", "ragflow-sse", "socketio")
 
 
 def serve(port: int, marks: Path) -> None:
@@ -80,6 +82,7 @@ def serve(port: int, marks: Path) -> None:
     from aiohttp import web
 
     from gateway.api import nadoo
+    from gateway.api.openwebui import completions as webapp
     from gateway.api.ragflow import http as ragflow_http
     from gateway.api.ragflow import ws as ragflow_ws
     from gateway.chat import runner, service
@@ -93,8 +96,9 @@ def serve(port: int, marks: Path) -> None:
     signal.signal(signal.SIGUSR1, lambda *_: marks.write_text(json.dumps(MARKS)))
     _timed(nadoo.ChatEndpoint, "received", "request")
     _timed(ragflow_ws.ChatSocket, "received", "request")
-    # Its route is bound when the app is made, below: after this.
+    # Their routes are bound when the app is made, below: after this.
     _timed(ragflow_http, "completions", "request")
+    _timed(webapp, "chat_completions", "request")
     _timed(drivers.SQLiteDriver, "fetch", "db_read")
     _timed(drivers.PostgresDriver, "fetch", "db_read")
     _timed(service.ChatService, "_answer_turn", "answer_turn")
