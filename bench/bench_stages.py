@@ -23,7 +23,9 @@ and the medians are printed:
                       flight together are one wait)
     answer_turn>      the turn planned, about to be written
     db_batch> / <     the turn's rows written (the question and the placeholder)
-    upstream_open> /< the model server's request sent / its response's headers in
+    upstream_open> /< the model server's request begun (`OpenAIUpstream.open`
+                      entered; its bytes go out within the next loop turn or two)
+                      / its response's headers in
     upstream_bytes    the model server's first content chunk read
     publish_delta     the first delta published to the rooms
     send_delta>       its frame handed to the socket, or its SSE event written

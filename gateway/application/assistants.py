@@ -17,7 +17,6 @@ replies first.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Mapping
@@ -67,8 +66,10 @@ class Assistants:
     async def owned(
         self, principal: Principal, assistant_id: str, message: str | None = None
     ) -> AssistantRecord:
-        found = await self.store.get_assistant(assistant_id)
-        return _assistant_of(principal, found, assistant_id, message)
+        assistant = await self.store.get_assistant(assistant_id)
+        if assistant is None or assistant.user_id != principal.user_id:
+            raise NotFound(message or f"You don't own the chat {assistant_id}")
+        return assistant
 
     async def listed(
         self,
@@ -152,27 +153,10 @@ class Assistants:
     async def session(
         self, assistant: AssistantRecord, session_id: str, message: str | None = None
     ) -> ChatRecord:
-        return _session_of(assistant, await self.chats.get_chat(session_id), session_id, message)
-
-    async def asked(
-        self,
-        principal: Principal,
-        assistant_id: str,
-        session_id: str,
-        message: str | None = None,
-    ) -> tuple[AssistantRecord, ChatRecord, dict[str, Any]]:
-        """What a question to a stored session needs: the principal's assistant (as
-        `owned`), its session (as `session`) and the session's history.  The three are
-        read at once, not one after another: a question's first token waits for one
-        round trip to the store, not three (what is read of another's is dropped)."""
-        found, chat, messages = await asyncio.gather(
-            self.store.get_assistant(assistant_id),
-            self.chats.get_chat(session_id),
-            self.chats.get_messages(session_id),
-        )
-        assistant = _assistant_of(principal, found, assistant_id, message)
-        session = _session_of(assistant, chat, session_id)
-        return assistant, session, history_of(session, messages)
+        chat = await self.chats.get_chat(session_id)
+        if chat is None or chat.user_id != assistant.user_id or chat.assistant_id != assistant.id:
+            raise NotFound(message or f"You don't own the session {session_id}")
+        return chat
 
     async def sessions(
         self,
@@ -215,14 +199,12 @@ class Assistants:
         question: str,
         *,
         rooms: tuple[str, ...],
-        history: dict[str, Any] | None = None,
         stored: bool = True,
     ) -> StartedTurn:
         """The question goes under the session's current message and is answered by
         the assistant's model (the default one if it is gone), as its system prompt says.
-        `session` as `session()` found it (not read again, nor its `history` when
-        `asked()` read it too), or, `stored=False`, as `new_session` made it: stored
-        with this first turn."""
+        `session` as `session()` found it (not read again), or, `stored=False`, as
+        `new_session` made it: stored with this first turn."""
         say = Say(question, session.id, self.model_of(assistant))
         return await self._replies.say(
             principal,
@@ -231,7 +213,6 @@ class Assistants:
             params=self.model_params(assistant),
             rooms=rooms,
             chat=session,
-            history=history,
             stored=stored,
         )
 
@@ -257,19 +238,3 @@ class Assistants:
 def session_extra(chat: ChatRecord) -> dict[str, Any]:
     extra = chat.extra.get(SESSION_EXTRA)
     return dict(extra) if isinstance(extra, Mapping) else {}
-
-
-def _assistant_of(
-    principal: Principal, found: AssistantRecord | None, assistant_id: str, message: str | None
-) -> AssistantRecord:
-    if found is None or found.user_id != principal.user_id:
-        raise NotFound(message or f"You don't own the chat {assistant_id}")
-    return found
-
-
-def _session_of(
-    assistant: AssistantRecord, chat: ChatRecord | None, session_id: str, message: str | None = None
-) -> ChatRecord:
-    if chat is None or chat.user_id != assistant.user_id or chat.assistant_id != assistant.id:
-        raise NotFound(message or f"You don't own the session {session_id}")
-    return chat

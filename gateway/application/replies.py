@@ -125,20 +125,11 @@ class Replies:
         params: dict[str, Any] | None = None,
         rooms: tuple[str, ...] = (),
         chat: ChatRecord | None = None,
-        history: dict[str, Any] | None = None,
         stored: bool = True,
     ) -> StartedTurn:
-        """`chat`, `history`, `stored`: as `ChatService.say` (the chat the caller
-        already has)."""
+        """`chat`, `stored`: as `ChatService.say` (the chat the caller already has)."""
         return await self._service.say(
-            principal,
-            say,
-            system=system,
-            params=params,
-            rooms=rooms,
-            chat=chat,
-            history=history,
-            stored=stored,
+            principal, say, system=system, params=params, rooms=rooms, chat=chat, stored=stored
         )
 
     # -- following -----------------------------------------------------------------

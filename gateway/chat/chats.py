@@ -8,7 +8,6 @@ here: `service.ChatService.generate` is their only writer.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -119,19 +118,6 @@ class ChatBook:
         if chat is None or chat.user_id != principal.user_id:
             raise NotFound("Chat not found")
         return chat
-
-    async def owned_history(
-        self, principal: Principal, chat_id: str
-    ) -> tuple[ChatRecord, dict[str, Any]]:
-        """`owned`, and the chat's history: its messages are read beside the chat, not
-        after it (one round trip to the store, not two, before a turn can start), and
-        dropped unseen when the chat is not the principal's."""
-        chat, messages = await asyncio.gather(
-            self.store.get_chat(chat_id), self.store.get_messages(chat_id)
-        )
-        if chat is None or chat.user_id != principal.user_id:
-            raise NotFound("Chat not found")
-        return chat, history_of(chat, messages)
 
     async def response(self, chat: ChatRecord) -> dict[str, Any]:
         return chat_response(chat, await self.store.get_messages(chat.id))

@@ -23,7 +23,7 @@ import asyncio
 import functools
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,18 +190,17 @@ class ChatService:
         if ask.chat_id is None or ask.message_id is None:
             raise BadRequest("'chat_id' and 'id' are required to answer into a chat")
         chat_id, message_id = ask.chat_id, ask.message_id
-        chat, history = await self.book.owned_history(principal, chat_id)
+        chat = await self.book.owned(principal, chat_id)
         self._slots.take(chat.user_id)
         try:
-            return await self._start_reply(chat, history, ask, message_id)
+            return await self._start_reply(chat, ask, message_id)
         except BaseException:
             self._slots.release(chat.user_id)
             raise
 
-    async def _start_reply(
-        self, chat: ChatRecord, history: dict[str, Any], ask: Ask, message_id: str
-    ) -> StartedReply:
+    async def _start_reply(self, chat: ChatRecord, ask: Ask, message_id: str) -> StartedReply:
         """`start_reply` once its slot is taken (given back by the caller if this raises)."""
+        history = await self.book.history(chat)
         messages = history["messages"]
         repaired = None
         if message_id in messages:
@@ -255,7 +254,7 @@ class ChatService:
         if ask.chat_id is None:
             chat, history = new_chat(principal.user_id, ask.model), _empty_history()
         else:
-            chat, history = await self.book.owned_history(principal, ask.chat_id)
+            chat, history = await self._chat_and_history(principal, ask.chat_id)
         return await self._answer_turn(chat, history, ask, new=ask.chat_id is None, tasks=tasks)
 
     async def say(
@@ -267,29 +266,24 @@ class ChatService:
         params: dict[str, Any] | None = None,
         rooms: tuple[str, ...] = (),
         chat: ChatRecord | None = None,
-        history: dict[str, Any] | None = None,
         stored: bool = True,
     ) -> StartedTurn:
         """A user message from a raw-WebSocket client (Nadoo, RAGFlow): it goes under
         the chat's current message (or starts a new chat) and is answered.
 
         `chat`: the chat `say.chat_id` names, as the caller already has it (read and
-        found the principal's), so it is not read again, nor is its `history` when the
-        caller has that too; `stored=False`: made by the caller and not stored yet (a
-        RAGFlow session opened by its first question), written with the turn, in one
-        write."""
+        found the principal's), so it is not read again; `stored=False`: made by the
+        caller and not stored yet (a RAGFlow session opened by its first question),
+        written with the turn, in one write."""
         model = await self.pick_model(say.model)
         if chat is not None:
             if chat.id != say.chat_id or chat.user_id != principal.user_id:
                 raise NotFound("Chat not found")
-            if not stored:
-                history = _empty_history()
-            elif history is None:
-                history = await self.book.history(chat)
+            history = await self.book.history(chat) if stored else _empty_history()
         elif say.chat_id is None:
             chat, history = new_chat(principal.user_id, model), _empty_history()
         else:
-            chat, history = await self.book.owned_history(principal, say.chat_id)
+            chat, history = await self._chat_and_history(principal, say.chat_id)
         now = now_s()
         reply_id = str(uuid.uuid4())
         ask = Ask(
@@ -322,6 +316,12 @@ class ChatService:
             raise UpstreamError("No model is available: configure OPENAI_API_BASE_URL")
         return known[0]
 
+    async def _chat_and_history(
+        self, principal: Principal, chat_id: str
+    ) -> tuple[ChatRecord, dict[str, Any]]:
+        chat = await self.book.owned(principal, chat_id)
+        return chat, await self.book.history(chat)
+
     async def _answer_turn(
         self,
         chat: ChatRecord,
@@ -347,12 +347,9 @@ class ChatService:
         # events wait for the write, and a failed write ends them (`runner.py`).
         # The write begins behind the requests (`_behind_the_replies`).
         # Shielded: a caller that leaves mid-write does not undo its turn.
+        write = self.store.insert_chat if new else self.store.save_chat
         written = asyncio.ensure_future(
-            _behind_the_replies(
-                self.store.insert_chat(chat, records)
-                if new
-                else self.store.save_chat(chat, records)
-            )
+            _behind_the_replies(functools.partial(write, chat, records))
         )
         task_ids = []
         for placeholder, target in turn.replies:
@@ -442,16 +439,20 @@ class ChatService:
         return lambda _end: background.after_reply(chat_id, message_id, user_id, model, tasks)
 
 
-async def _behind_the_replies(write: Coroutine[Any, Any, None]) -> None:
-    """`write`, begun one loop turn late: the tasks of the turn's replies, made just
-    after this one, send their model servers' requests first (only their first events
-    wait for the write).  Begun first, the write's serialising and its thread (which
-    takes the interpreter's lock in turns with the loop) held the requests back:
-    0.2 ms of a stored turn's time to first token on Nadoo, 0.7 on RAGFlow's SSE
-    (bench/RESULTS.md, "Levers")."""
-    try:
+# How many loop turns a turn's write waits before it begins (`_behind_the_replies`).
+WRITE_BEHIND_TURNS = 2
+
+
+async def _behind_the_replies(write: Callable[[], Awaitable[None]]) -> None:
+    """`write()`, begun `WRITE_BEHIND_TURNS` loop turns late, so that the model
+    servers' requests of the turn's replies (whose tasks are made just after this
+    one) go out first: in the first turn each reply's task builds its request, and
+    aiohttp on Python 3.11 hands the request's bytes to a task of its own, which
+    writes them in the second.  Only a reply's first event waits for the write.
+    Best effort: a reply that must first connect, or list the models, sends later.
+    Begun first, the write's serialising and its thread (which takes the
+    interpreter's lock in turns with the loop) held the requests back
+    (bench/RESULTS.md, "A stored turn, per flavour")."""
+    for _ in range(WRITE_BEHIND_TURNS):
         await asyncio.sleep(0)
-    except BaseException:
-        write.close()  # never begun
-        raise
-    await write
+    await write()

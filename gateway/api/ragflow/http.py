@@ -256,11 +256,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
     chat_id = request.match_info["chat_id"]
     body = await read_json(request)
     stream, _ = codec.decode_options(body)
-    not_yours = f"You don't own the chat {chat_id}"
+    assistant = await assistants.owned(principal, chat_id, f"You don't own the chat {chat_id}")
     if not body.get("session_id"):
         # RAGFlow ≤ 0.23: a question without a session opens one and answers
         # with its opener (and the new session's id) only.
-        assistant = await assistants.owned(principal, chat_id, not_yours)
         opener = assistants.opener(assistant)
         chat = await assistants.create_session(assistant)
         if stream is False:
@@ -268,9 +267,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         frames = codec.opener_frames(opener, chat.id)
         return await send_all(request, [codec.sse(f) for f in frames], request.app[ORIGINS])
     question = codec.decode_question(body, chat_id)
-    assistant, session, history = await assistants.asked(
-        principal, chat_id, question.session_id or "", not_yours
-    )
+    session = await assistants.session(assistant, question.session_id or "")
     settings = request.app[SETTINGS]
     async with request.app[REPLIES].follow() as (room, events):
         await assistants.ask(
@@ -279,7 +276,6 @@ async def completions(request: web.Request) -> web.StreamResponse:
             session,
             question.question,
             rooms=(room,),
-            history=history,
         )
         if question.stream:
             encoder = codec.AnswerEncoder(question.answer_mode or settings.ragflow_sse_answer_mode)

@@ -80,23 +80,18 @@ class ChatSocket:
                     conn.resume(attached, encoder.encode)
             return
         assistants = self.assistants
-        history = None
+        assistant = await assistants.owned(conn.principal, question.assistant_id)
         if question.session_id is None:
             # A new session, stored with its first turn (one write, not two).
-            assistant = await assistants.owned(conn.principal, question.assistant_id)
             session, stored = assistants.new_session(assistant), False
         else:
-            assistant, session, history = await assistants.asked(
-                conn.principal, question.assistant_id, question.session_id
-            )
-            stored = True
+            session, stored = await assistants.session(assistant, question.session_id), True
         turn = await assistants.ask(
             conn.principal,
             assistant,
             session,
             question.question,
             rooms=(conn.room,),
-            history=history,
             stored=stored,
         )
         self._encoder(conn).expect(turn.message_ids[0], question.answer_mode, question.stream)
