@@ -211,7 +211,7 @@ def medians(marks: list[tuple[str, float]], turns: list[tuple[float, float]]) ->
                 waits += in_flight == 0  # a read begun with none in flight: one more wait
                 in_flight += 1
             elif name == "db_read<":
-                in_flight -= 1
+                in_flight = max(0, in_flight - 1)  # one begun before the question: not ours
         by_stage.setdefault("db_reads", []).append(reads)
         by_stage.setdefault("db_waits", []).append(waits)
     return {name: round(statistics.median(v), 3) for name, v in by_stage.items()}
@@ -258,6 +258,8 @@ def measure(
     finally:
         for proc in procs:
             stop(proc)
+    if not measured:
+        raise RuntimeError("no turn was measured: ask for at least one (--turns)")
     reads, waits = stages.pop("db_reads"), stages.pop("db_waits")
     ordered = dict(sorted(stages.items(), key=lambda i: i[1]))
     return {

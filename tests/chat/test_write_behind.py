@@ -1,17 +1,27 @@
 """A stored turn's write begins behind its replies' requests (`service._behind_the_replies`):
 a reply's task made just after the write's sends its request first, even when the
 request's bytes are written by a task of their own (aiohttp on Python 3.11), and a
-write cancelled before it began is never begun, nor left un-awaited."""
+write cancelled before it began is never begun, nor left un-awaited; and a reply
+that fails inside the gateway before its turn is written ends only once the write
+is done (nothing of it at all when the write fails); one stopped before its task's
+first step gives its slot back all the same."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import warnings
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, cast
 
 import pytest
 
+from gateway.chat.runner import ReplyRunner
+from gateway.chat.running import Running, RunningReplies
 from gateway.chat.service import _behind_the_replies
+from gateway.chat.slots import ReplySlots
+from gateway.events import Event, ReplyFailed
+from gateway.fanout.presence import Presence
 
 
 async def test_a_reply_made_after_the_write_sends_its_request_first() -> None:
@@ -57,3 +67,73 @@ async def test_a_write_cancelled_before_it_began_is_never_begun(steps_first: int
         gc.collect()
     assert written.cancelled() and began == []
     assert not [w for w in caught if "never awaited" in str(w.message)], caught
+
+
+# -- a reply that fails inside the gateway before its turn is written ----------------
+class RecordingHub:
+    """What a running reply publishes, in order; the bus does nothing."""
+
+    def __init__(self) -> None:
+        self.published: list[Event] = []
+        self.bus = Quiet()
+
+    def reply_event(self, user_id: str, rooms: Sequence[str], event: Event) -> None:
+        self.published.append(event)
+
+
+class Quiet:
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+@pytest.mark.parametrize("write_fails", [False, True])
+async def test_a_reply_that_fails_before_its_turn_is_written_ends_after_the_write(
+    write_fails: bool,
+) -> None:
+    hub = RecordingHub()
+    registry = RunningReplies(cast(Any, None), cast(Any, hub))
+    runner = ReplyRunner(cast(Any, None), cast(Any, hub), registry, Presence(), 1.0)
+    running = Running("task-1", "c1", "a1", "alice", ["user:alice"])
+    written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def opening() -> AsyncGenerator[Event, None]:
+        raise RuntimeError("a bug before the model server is asked")
+
+    runner.start(running, opening, written=written)
+    await asyncio.sleep(0.05)
+    assert hub.published == []  # the turn is not written: nothing of its reply goes out
+    if write_fails:
+        written.set_exception(OSError("the store is gone"))
+    else:
+        written.set_result(None)
+    assert running.task is not None
+    await running.task
+    if write_fails:
+        assert hub.published == []
+    else:
+        [end] = hub.published
+        assert isinstance(end, ReplyFailed) and end.code == "internal_error"
+    assert registry.running == {}
+
+
+async def test_a_reply_stopped_before_its_first_step_gives_its_slot_back() -> None:
+    hub = RecordingHub()
+    registry = RunningReplies(cast(Any, None), cast(Any, hub))
+    slots = ReplySlots(1)
+    runner = ReplyRunner(cast(Any, None), cast(Any, hub), registry, Presence(), 1.0, slots=slots)
+    running = Running("task-1", "c1", "a1", "alice", ["user:alice"])
+    opened: list[str] = []
+
+    async def opening() -> AsyncGenerator[Event, None]:
+        opened.append("opened")
+        raise AssertionError("never asked")
+
+    slots.take("alice")  # as the turn takes it (`service.py`)
+    runner.start(running, opening)
+    assert running.task is not None
+    running.task.cancel()  # in the loop turn that started it: before its first step
+    await asyncio.gather(running.task, return_exceptions=True)
+    await asyncio.sleep(0)  # its done callbacks
+    assert opened == [] and hub.published == []
+    assert slots.held("alice") == 0 and registry.running == {}
+    slots.take("alice")  # the user's one slot is free again
