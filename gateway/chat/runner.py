@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -95,17 +94,6 @@ class ReplyRunner:
         `written` is the write of its turn, when that is not done yet."""
         run = ReplyRun(running, record, title, after, written=written)
         self._registry.start(running, self._run(run, opening))
-        assert running.task is not None
-        running.task.add_done_callback(functools.partial(self._never_begun, run))
-
-    def _never_begun(self, run: ReplyRun, _task: asyncio.Task[None]) -> None:
-        """A reply stopped before its task took its first step (a stop, or shutdown,
-        in the loop turn that started it): its `_run` never ran, nor the `finally`
-        that gives its slot back and takes it off the registry; done here.  (Its
-        trace is the first thing `_run` makes: none, it never began.)"""
-        if run.trace is None:
-            self.slots.release(run.running.user_id)
-            self._registry.ended(run.running)
 
     async def refused(self, record: MessageRecord, error: GatewayError, user_id: str) -> None:
         """A reply whose upstream would not open before it was started: stored as failed."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -120,6 +121,7 @@ class RunningReplies:
     async def cancel(self, running: Running) -> None:
         running.cancelled_by_user = True
         if running.task is not None and not running.task.done():
+            await _begun(running.task)
             running.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running.task
@@ -175,9 +177,22 @@ class RunningReplies:
     async def shutdown(self) -> None:
         for running in list(self.running.values()):
             if running.task is not None:
+                await _begun(running.task)
+        for running in list(self.running.values()):
+            if running.task is not None:
                 running.task.cancel()
         tasks = [r.task for r in self.running.values() if r.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _begun(task: asyncio.Task[None]) -> None:
+    """Until a reply's task has taken its first step.  Cancelled before it, its
+    coroutine would never run at all: not its stop path (the end stored and
+    published), nor the `finally` that gives its slot back and takes it off the
+    registry (`runner.py`).  Its first step is already due: one loop turn."""
+    coro = task.get_coro()
+    if isinstance(coro, Coroutine) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+        await asyncio.sleep(0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ request's bytes are written by a task of their own (aiohttp on Python 3.11), and
 write cancelled before it began is never begun, nor left un-awaited; and a reply
 that fails inside the gateway before its turn is written ends only once the write
 is done (nothing of it at all when the write fails); one stopped before its task's
-first step gives its slot back all the same."""
+first step still ends through its own stop path (its end published, its slot
+given back)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from gateway.chat.runner import ReplyRunner
 from gateway.chat.running import Running, RunningReplies
 from gateway.chat.service import _behind_the_replies
 from gateway.chat.slots import ReplySlots
-from gateway.events import Event, ReplyFailed
+from gateway.events import Event, ReplyFailed, ReplyFinished
 from gateway.fanout.presence import Presence
 
 
@@ -116,24 +117,29 @@ async def test_a_reply_that_fails_before_its_turn_is_written_ends_after_the_writ
     assert registry.running == {}
 
 
-async def test_a_reply_stopped_before_its_first_step_gives_its_slot_back() -> None:
+@pytest.mark.parametrize("how", ["stop", "shutdown"])
+async def test_a_reply_stopped_before_its_first_step_ends_as_any_stopped_reply(how: str) -> None:
     hub = RecordingHub()
     registry = RunningReplies(cast(Any, None), cast(Any, hub))
     slots = ReplySlots(1)
     runner = ReplyRunner(cast(Any, None), cast(Any, hub), registry, Presence(), 1.0, slots=slots)
     running = Running("task-1", "c1", "a1", "alice", ["user:alice"])
-    opened: list[str] = []
 
     async def opening() -> AsyncGenerator[Event, None]:
-        opened.append("opened")
-        raise AssertionError("never asked")
+        await asyncio.Event().wait()  # the model server takes its time
+        raise AssertionError("never reached")
 
     slots.take("alice")  # as the turn takes it (`service.py`)
     runner.start(running, opening)
-    assert running.task is not None
-    running.task.cancel()  # in the loop turn that started it: before its first step
-    await asyncio.gather(running.task, return_exceptions=True)
-    await asyncio.sleep(0)  # its done callbacks
-    assert opened == [] and hub.published == []
+    # In the loop turn that started it, before its task's first step.
+    if how == "stop":
+        await registry.cancel(running)
+    else:
+        await registry.shutdown()
+    assert running.task is not None and running.task.done()
+    # Its own stop path ran: the end published (stored, were it a stored reply) ...
+    [end] = hub.published
+    assert isinstance(end, ReplyFinished) and end.message_id == "a1"
+    # ... and its slot given back, the registry emptied.
     assert slots.held("alice") == 0 and registry.running == {}
     slots.take("alice")  # the user's one slot is free again
