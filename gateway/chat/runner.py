@@ -121,20 +121,24 @@ class ReplyRunner:
                 trace.end()
                 return
             except asyncio.CancelledError:
-                # A stop request (or shutdown): keep what was streamed, end cleanly
-                # (once its turn is written: there is nothing to end before).
-                if await _was_written(run):
-                    await asyncio.shield(self._conclude(run, run.cancelled()))
+                await self._stopped(run)
                 if not run.running.cancelled_by_user:
                     raise
                 return
             except Exception:
                 log.exception("reply failed", extra={"message_id": run.running.message_id})
                 trace.log("error", "the reply failed inside the gateway (see its log)")
-                # As a stop: nothing of the reply goes out, or is stored, before its
-                # turn is written (a failure before its first event can come first).
-                if not await _was_written(run):
-                    trace.end()
+                try:
+                    # As a stop: nothing of the reply goes out, or is stored, before
+                    # its turn is written (a failure before its first event can come
+                    # first).
+                    if not await _was_written(run):
+                        trace.end()
+                        return
+                except asyncio.CancelledError:
+                    await self._stopped(run)  # stopped while it waited: ended as such
+                    if not run.running.cancelled_by_user:
+                        raise
                     return
                 end = run.crashed()
             # Shielded: a stop that lands while the end is being stored must not
@@ -150,6 +154,12 @@ class ReplyRunner:
             metrics.REPLIES_RUNNING.dec()
             self.slots.release(run.running.user_id)
             self._registry.ended(run.running)
+
+    async def _stopped(self, run: ReplyRun) -> None:
+        """A stop request (or shutdown): what was streamed kept, the reply ended
+        cleanly, once its turn is written (there is nothing to end before)."""
+        if await _was_written(run):
+            await asyncio.shield(self._conclude(run, run.cancelled()))
 
     async def _stream(
         self, run: ReplyRun, opening: Opening

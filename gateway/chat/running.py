@@ -121,7 +121,8 @@ class RunningReplies:
     async def cancel(self, running: Running) -> None:
         running.cancelled_by_user = True
         if running.task is not None and not running.task.done():
-            await _begun(running.task)
+            if _unstarted(running.task):
+                await asyncio.sleep(0)  # its first step is due: one loop turn
             running.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running.task
@@ -175,9 +176,12 @@ class RunningReplies:
         return None if record is None else record.content
 
     async def shutdown(self) -> None:
-        for running in list(self.running.values()):
-            if running.task is not None:
-                await _begun(running.task)
+        # Every reply past its first step before any is cancelled, with no await
+        # between the last look and the cancels (a reply may start meanwhile).
+        for _ in range(SHUTDOWN_STEP_TURNS):
+            if not any(r.task is not None and _unstarted(r.task) for r in self.running.values()):
+                break
+            await asyncio.sleep(0)
         for running in list(self.running.values()):
             if running.task is not None:
                 running.task.cancel()
@@ -185,14 +189,17 @@ class RunningReplies:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _begun(task: asyncio.Task[None]) -> None:
-    """Until a reply's task has taken its first step.  Cancelled before it, its
-    coroutine would never run at all: not its stop path (the end stored and
-    published), nor the `finally` that gives its slot back and takes it off the
-    registry (`runner.py`).  Its first step is already due: one loop turn."""
+# How many loop turns `shutdown` gives replies started meanwhile to take their first step.
+SHUTDOWN_STEP_TURNS = 100
+
+
+def _unstarted(task: asyncio.Task[None]) -> bool:
+    """Whether a reply's task has yet to take its first step (due in the next loop
+    turn).  Cancelled before it, its coroutine would never run at all: not its stop
+    path (the end stored and published), nor the `finally` that gives its slot back
+    and takes it off the registry (`runner.py`)."""
     coro = task.get_coro()
-    if isinstance(coro, Coroutine) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
-        await asyncio.sleep(0)
+    return isinstance(coro, Coroutine) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
 
 
 @dataclass(frozen=True, slots=True)

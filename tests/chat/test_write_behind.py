@@ -4,8 +4,9 @@ request's bytes are written by a task of their own (aiohttp on Python 3.11), and
 write cancelled before it began is never begun, nor left un-awaited; and a reply
 that fails inside the gateway before its turn is written ends only once the write
 is done (nothing of it at all when the write fails); one stopped before its task's
-first step still ends through its own stop path (its end published, its slot
-given back)."""
+first step, or while its failure waits for the write, or one started while the
+gateway shuts down, still ends through its own stop path (its end published, its
+slot given back)."""
 
 from __future__ import annotations
 
@@ -143,3 +144,48 @@ async def test_a_reply_stopped_before_its_first_step_ends_as_any_stopped_reply(h
     # ... and its slot given back, the registry emptied.
     assert slots.held("alice") == 0 and registry.running == {}
     slots.take("alice")  # the user's one slot is free again
+
+
+async def test_a_reply_stopped_while_its_failure_waits_for_the_write_ends_as_stopped() -> None:
+    hub = RecordingHub()
+    registry = RunningReplies(cast(Any, None), cast(Any, hub))
+    slots = ReplySlots(1)
+    runner = ReplyRunner(cast(Any, None), cast(Any, hub), registry, Presence(), 1.0, slots=slots)
+    running = Running("task-1", "c1", "a1", "alice", ["user:alice"])
+    written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def opening() -> AsyncGenerator[Event, None]:
+        raise RuntimeError("a bug before the model server is asked")
+
+    slots.take("alice")
+    runner.start(running, opening, written=written)
+    await asyncio.sleep(0.02)  # failed; waiting for its turn's write
+    stopping = asyncio.ensure_future(registry.cancel(running))
+    await asyncio.sleep(0.02)
+    assert hub.published == []  # still nothing before the write
+    written.set_result(None)
+    await stopping
+    [end] = hub.published
+    assert isinstance(end, ReplyFinished) and end.message_id == "a1"
+    assert slots.held("alice") == 0 and registry.running == {}
+
+
+async def test_shutdown_lets_a_reply_started_meanwhile_take_its_first_step() -> None:
+    hub = RecordingHub()
+    registry = RunningReplies(cast(Any, None), cast(Any, hub))
+    slots = ReplySlots(2)
+    runner = ReplyRunner(cast(Any, None), cast(Any, hub), registry, Presence(), 1.0, slots=slots)
+    first = Running("task-1", "c1", "a1", "alice", ["user:alice"])
+    second = Running("task-2", "c1", "a2", "alice", ["user:alice"])
+
+    async def opening() -> AsyncGenerator[Event, None]:
+        await asyncio.Event().wait()
+        raise AssertionError("never reached")
+
+    slots.take("alice", 2)
+    runner.start(first, opening)
+    # The second starts in the next loop turn: while shutdown waits for the first.
+    asyncio.get_running_loop().call_soon(runner.start, second, opening)
+    await registry.shutdown()
+    assert sorted(cast(Any, end).message_id for end in hub.published) == ["a1", "a2"]
+    assert slots.held("alice") == 0 and registry.running == {}
