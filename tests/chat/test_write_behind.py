@@ -88,13 +88,25 @@ class Quiet:
         return lambda *args, **kwargs: None
 
 
+class Replies:
+    """A runner and its registry, in process, publishing to a `RecordingHub`; no store
+    (the replies are unstored), `per_user` reply slots."""
+
+    def __init__(self, per_user: int | None = None) -> None:
+        self.hub = RecordingHub()
+        self.registry = RunningReplies(cast(Any, None), cast(Any, self.hub))
+        self.slots = ReplySlots(per_user)
+        self.runner = ReplyRunner(
+            cast(Any, None), cast(Any, self.hub), self.registry, Presence(), 1.0, slots=self.slots
+        )
+
+
 @pytest.mark.parametrize("write_fails", [False, True])
 async def test_a_reply_that_fails_before_its_turn_is_written_ends_after_the_write(
     write_fails: bool,
 ) -> None:
-    hub = RecordingHub()
-    registry = RunningReplies(cast(Any, None), cast(Any, hub))
-    runner = ReplyRunner(cast(Any, None), cast(Any, hub), registry, Presence(), 1.0)
+    replies = Replies()
+    hub, registry, runner = replies.hub, replies.registry, replies.runner
     running = Running("task-1", "c1", "a1", "alice", ["user:alice"])
     written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -120,10 +132,8 @@ async def test_a_reply_that_fails_before_its_turn_is_written_ends_after_the_writ
 
 @pytest.mark.parametrize("how", ["stop", "shutdown"])
 async def test_a_reply_stopped_before_its_first_step_ends_as_any_stopped_reply(how: str) -> None:
-    hub = RecordingHub()
-    registry = RunningReplies(cast(Any, None), cast(Any, hub))
-    slots = ReplySlots(1)
-    runner = ReplyRunner(cast(Any, None), cast(Any, hub), registry, Presence(), 1.0, slots=slots)
+    replies = Replies(1)
+    hub, registry, slots, runner = replies.hub, replies.registry, replies.slots, replies.runner
     running = Running("task-1", "c1", "a1", "alice", ["user:alice"])
 
     async def opening() -> AsyncGenerator[Event, None]:
@@ -147,10 +157,8 @@ async def test_a_reply_stopped_before_its_first_step_ends_as_any_stopped_reply(h
 
 
 async def test_a_reply_stopped_while_its_failure_waits_for_the_write_ends_as_stopped() -> None:
-    hub = RecordingHub()
-    registry = RunningReplies(cast(Any, None), cast(Any, hub))
-    slots = ReplySlots(1)
-    runner = ReplyRunner(cast(Any, None), cast(Any, hub), registry, Presence(), 1.0, slots=slots)
+    replies = Replies(1)
+    hub, registry, slots, runner = replies.hub, replies.registry, replies.slots, replies.runner
     running = Running("task-1", "c1", "a1", "alice", ["user:alice"])
     written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -171,10 +179,8 @@ async def test_a_reply_stopped_while_its_failure_waits_for_the_write_ends_as_sto
 
 
 async def test_shutdown_lets_a_reply_started_meanwhile_take_its_first_step() -> None:
-    hub = RecordingHub()
-    registry = RunningReplies(cast(Any, None), cast(Any, hub))
-    slots = ReplySlots(2)
-    runner = ReplyRunner(cast(Any, None), cast(Any, hub), registry, Presence(), 1.0, slots=slots)
+    replies = Replies(2)
+    hub, registry, slots, runner = replies.hub, replies.registry, replies.slots, replies.runner
     first = Running("task-1", "c1", "a1", "alice", ["user:alice"])
     second = Running("task-2", "c1", "a2", "alice", ["user:alice"])
 
