@@ -103,7 +103,7 @@ def serve(port: int, marks: Path) -> None:
     _timed(webapp, "chat_completions", "request")
     _timed(drivers.SQLiteDriver, "fetch", "db_read")
     _timed(drivers.PostgresDriver, "fetch", "db_read")
-    _timed(service.ChatService, "_answer_turn", "answer_turn")
+    _timed(service.ChatService, "_answer", "answer_turn")
     _timed(drivers.SQLiteDriver, "batch", "db_batch")
     _timed(drivers.PostgresDriver, "batch", "db_batch")
     _timed(runner.ReplyRunner, "_run", "runner_run")

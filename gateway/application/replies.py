@@ -34,7 +34,8 @@ from typing import Any
 from gateway import rooms
 from gateway.bus import KeptReply
 from gateway.chat.running import StopTarget
-from gateway.chat.service import ChatService, StartedTurn
+from gateway.chat.service import ChatService
+from gateway.chat.starter import StartedTurn
 from gateway.commands import Ask, Say
 from gateway.edge.auth import Principal
 from gateway.edge.trace import Trace

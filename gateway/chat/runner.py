@@ -77,7 +77,8 @@ class ReplyRunner:
         self._presence = presence
         self._checkpoint_interval_s = checkpoint_interval_s
         self.traces = traces if traces is not None else Traces()
-        # Taken by whoever started the reply (`service.py`), given back at its end here.
+        # Taken by whoever started the reply (`service.py`, `starter.py`), given back
+        # at its end here.
         self.slots = slots if slots is not None else ReplySlots(None)
 
     def start(

@@ -1,7 +1,8 @@
 """The chat service: what each command does to the chat tree, and which replies
-it starts.  Running a reply is `runner.py`'s; the registry of running replies
-(stop anywhere, recovery) is `running.py`'s; a turn written into the tree is
-`turns.py`'s (pure).
+it asks for.  A turn written into the tree is `turns.py`'s (pure); starting the
+replies (their model servers opened, the turn written behind the requests) is
+`starter.py`'s; running one is `runner.py`'s; the registry of running replies
+(stop anywhere, recovery) is `running.py`'s.
 
 One entry point per command::
 
@@ -19,24 +20,19 @@ One entry point per command::
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import logging
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from gateway import rooms
 from gateway.bus import Replicas
 from gateway.chat import tree
 from gateway.chat.background import Background
 from gateway.chat.chats import ChatBook, new_chat, now_s, title_for
-from gateway.chat.reply import reply_events
-from gateway.chat.runner import Opening, ReplyRunner, counted, refused
-from gateway.chat.running import Running, RunningReplies
+from gateway.chat.runner import ReplyRunner, counted, refused
+from gateway.chat.running import RunningReplies
 from gateway.chat.shapes import message_record
 from gateway.chat.slots import ReplySlots
+from gateway.chat.starter import ReplyStarter, StartedReply, StartedTurn
 from gateway.chat.turns import (
     check_reply_into,
     conversation_for,
@@ -48,45 +44,16 @@ from gateway.commands import Ask, ReplyTarget, Say
 from gateway.edge.auth import Principal
 from gateway.edge.trace import Traces
 from gateway.errors import BadRequest, GatewayError, NotFound, UpstreamError
-from gateway.events import Event, ReplyFinished
+from gateway.events import Event
 from gateway.fanout.hub import Hub
-from gateway.fanout.outbox import Outbox
 from gateway.fanout.presence import Presence
 from gateway.store import ChatStore
-from gateway.store.records import ChatRecord, MessageRecord
+from gateway.store.records import ChatRecord
 from gateway.upstream.router import ModelRouter
-
-log = logging.getLogger(__name__)
 
 
 def _empty_history() -> dict[str, Any]:
     return {"messages": {}, "currentId": None}
-
-
-def _prompt_chars(messages: list[dict[str, Any]]) -> int:
-    return sum(len(str(message.get("content") or "")) for message in messages)
-
-
-def reply_rooms(
-    user_id: str, chat_id: str, message_id: str, extra: tuple[str, ...] = ()
-) -> list[str]:
-    return [rooms.user(user_id), rooms.chat(chat_id), rooms.reply(chat_id, message_id), *extra]
-
-
-@dataclass(slots=True)
-class StartedReply:
-    task_id: str
-    chat_id: str
-    message_id: str
-    outbox: Outbox
-    repaired: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StartedTurn:
-    chat_id: str
-    task_ids: list[str]
-    message_ids: list[str]
 
 
 class ChatService:
@@ -111,12 +78,12 @@ class ChatService:
         self.replies = RunningReplies(store, hub, replicas)
         self.book = ChatBook(store, self.replies.is_generating)
         self._slots = ReplySlots(max_replies_per_user)
-        self._runner = ReplyRunner(
+        runner = ReplyRunner(
             store, hub, self.replies, self.presence, checkpoint_interval_s, traces, self._slots
         )
         # The live traces of this replica's replies (`edge/trace.py`).
-        self.traces = self._runner.traces
-        self._background = background
+        self.traces = runner.traces
+        self._starter = ReplyStarter(router, store, hub, runner, self._slots, background)
 
     def replies_running(self) -> int:
         """Replies running in this replica, stored or not (pure-API streams too)."""
@@ -125,32 +92,6 @@ class ChatService:
     async def all_replies_ended(self) -> None:
         """Until no reply runs in this replica."""
         await self._slots.idle()
-
-    # -- opening a reply -------------------------------------------------------
-    async def _open(
-        self,
-        model: str,
-        conversation: list[dict[str, Any]],
-        params: dict[str, Any],
-        *,
-        chat_id: str | None,
-        message_id: str,
-        user_id: str,
-        parent_id: str | None,
-    ) -> AsyncGenerator[Event, None]:
-        """Resolve the model and open the upstream; raises before any event."""
-        upstream = await self.router.resolve(model)
-        stream = await upstream.open(model, conversation, params)
-        return reply_events(
-            stream,
-            chat_id=chat_id,
-            message_id=message_id,
-            user_id=user_id,
-            parent_id=parent_id,
-            model=model,
-            prompt_chars=_prompt_chars(conversation),
-            split_reasoning=chat_id is not None,
-        )
 
     # -- pure API mode -------------------------------------------------------
     async def open_reply(self, principal: Principal, ask: Ask) -> AsyncGenerator[Event, None]:
@@ -163,7 +104,7 @@ class ChatService:
         user_id = principal.user_id
         self._slots.take(user_id)
         try:
-            events = await self._open(
+            events = await self._starter.open(
                 ask.model,
                 ask.messages,
                 ask.params,
@@ -223,20 +164,8 @@ class ChatService:
         chat.current_id = record.id
         chat.updated_at = now_s()
         await self.store.save_chat(chat, [record])
-        outbox = self.hub.subscribe([rooms.reply(chat.id, record.id)])
-        try:
-            events = await self._opener(ask.model, conversation, ask.params, record, chat)()
-        except GatewayError as exc:
-            self.hub.unsubscribe(outbox)
-            await self._runner.refused(record, exc, chat.user_id)
-            raise
-
-        async def opened() -> AsyncGenerator[Event, None]:
-            return events
-
         title = title_for(chat, history)
-        running = self._run(chat.id, record.id, chat.user_id, opened, record, title, ask.rooms)
-        return StartedReply(running.task_id, chat.id, record.id, outbox, repaired)
+        return await self._starter.into(chat, record, ask, conversation, title, repaired)
 
     # -- frontend mode ----------------------------------------------------------
     async def start_turn(
@@ -250,12 +179,12 @@ class ChatService:
         generated title, tags, follow-ups: `background.py`).
         """
         if ask.temporary:
-            return self._start_temporary(principal, ask)
+            return self._starter.temporary(principal, ask)
         if ask.chat_id is None:
             chat, history = new_chat(principal.user_id, ask.model), _empty_history()
         else:
             chat, history = await self._chat_and_history(principal, ask.chat_id)
-        return await self._answer_turn(chat, history, ask, new=ask.chat_id is None, tasks=tasks)
+        return await self._answer(chat, history, ask, new=ask.chat_id is None, tasks=tasks)
 
     async def say(
         self,
@@ -302,7 +231,7 @@ class ChatService:
             params=params or {},
         )
         new = say.chat_id is None or not stored
-        return await self._answer_turn(chat, history, ask, new=new)
+        return await self._answer(chat, history, ask, new=new)
 
     async def pick_model(self, hint: str | None) -> str:
         """The model a client named, if it exists; else the configured default; else
@@ -322,7 +251,7 @@ class ChatService:
         chat = await self.book.owned(principal, chat_id)
         return chat, await self.book.history(chat)
 
-    async def _answer_turn(
+    async def _answer(
         self,
         chat: ChatRecord,
         history: dict[str, Any],
@@ -331,128 +260,11 @@ class ChatService:
         new: bool,
         tasks: frozenset[str] = frozenset(),
     ) -> StartedTurn:
+        """The turn `ask` makes under `history`, planned (`turns.py`) and started."""
         created = now_s()
         turn = plan_turn(history, ask, created)
-        records = [message_record(chat.id, message) for message in turn.writes]
         chat.current_id = turn.history["currentId"]
         chat.updated_at = created
-        path = tree.path_to(turn.history, turn.question_id) if turn.question_id else []
-        conversation = conversation_for(path, ask.messages)
-        by_id = {record.id: record for record in records}
         # A title the model writes replaces the question's first words, when asked for.
         title = None if "title_generation" in tasks else title_for(chat, turn.history)
-        # One slot a reply (each given back at its end, by its runner).
-        self._slots.take(chat.user_id, len(turn.replies))
-        # The turn is written while its replies' model servers are asked; their
-        # events wait for the write, and a failed write ends them (`runner.py`).
-        # The write begins behind the requests (`_behind_the_replies`).
-        # Shielded: a caller that leaves mid-write does not undo its turn.
-        write = self.store.insert_chat if new else self.store.save_chat
-        written = asyncio.ensure_future(
-            _behind_the_replies(functools.partial(write, chat, records))
-        )
-        task_ids = []
-        for placeholder, target in turn.replies:
-            record = by_id[placeholder["id"]]
-            opening = self._opener(target.model, conversation, ask.params, record, chat)
-            after = self._after(chat, record.id, target.model, tasks)
-            running = self._run(
-                chat.id, record.id, chat.user_id, opening, record, title, ask.rooms, after, written
-            )
-            task_ids.append(running.task_id)
-        await asyncio.shield(written)
-        return StartedTurn(chat.id, task_ids, [p["id"] for p, _ in turn.replies])
-
-    def _start_temporary(self, principal: Principal, ask: Ask) -> StartedTurn:
-        """An unsaved chat: the request carries the conversation; nothing is stored."""
-        assert ask.chat_id is not None
-        task_ids = []
-        self._slots.take(principal.user_id, len(ask.reply_targets()))
-        for target in ask.reply_targets():
-            opening = functools.partial(
-                self._open,
-                target.model,
-                ask.messages,
-                ask.params,
-                chat_id=ask.chat_id,
-                message_id=target.message_id,
-                user_id=principal.user_id,
-                parent_id=ask.parent_id,
-            )
-            running = self._run(
-                ask.chat_id, target.message_id, principal.user_id, opening, rooms=ask.rooms
-            )
-            task_ids.append(running.task_id)
-        return StartedTurn(ask.chat_id, task_ids, [t.message_id for t in ask.reply_targets()])
-
-    def _opener(
-        self,
-        model: str,
-        conversation: list[dict[str, Any]],
-        params: dict[str, Any],
-        record: MessageRecord,
-        chat: ChatRecord,
-    ) -> Opening:
-        """How a stored reply's upstream is opened (now, or inside its task)."""
-        return functools.partial(
-            self._open,
-            model,
-            conversation,
-            params,
-            chat_id=chat.id,
-            message_id=record.id,
-            user_id=chat.user_id,
-            parent_id=record.parent_id,
-        )
-
-    # -- running a reply ---------------------------------------------------------
-    def _run(
-        self,
-        chat_id: str,
-        message_id: str,
-        user_id: str,
-        opening: Opening,
-        record: MessageRecord | None = None,
-        title: str | None = None,
-        rooms: tuple[str, ...] = (),
-        after: Callable[[ReplyFinished], None] | None = None,
-        written: asyncio.Future[None] | None = None,
-    ) -> Running:
-        running = Running(
-            uuid.uuid4().hex,
-            chat_id,
-            message_id,
-            user_id,
-            reply_rooms(user_id, chat_id, message_id, rooms),
-        )
-        self._runner.start(running, opening, record, title, after, written)
-        return running
-
-    def _after(
-        self, chat: ChatRecord, message_id: str, model: str, tasks: frozenset[str]
-    ) -> Callable[[ReplyFinished], None] | None:
-        """What a finished reply of this turn sets off: its background tasks."""
-        background = self._background
-        if not tasks or background is None:
-            return None
-        chat_id, user_id = chat.id, chat.user_id
-        return lambda _end: background.after_reply(chat_id, message_id, user_id, model, tasks)
-
-
-# How many loop turns a turn's write waits before it begins (`_behind_the_replies`).
-WRITE_BEHIND_TURNS = 2
-
-
-async def _behind_the_replies(write: Callable[[], Awaitable[None]]) -> None:
-    """`write()`, begun `WRITE_BEHIND_TURNS` loop turns late, so that the model
-    servers' requests of the turn's replies (whose tasks are made just after this
-    one) go out first: in the first turn each reply's task builds its request, and
-    aiohttp on Python 3.11 hands the request's bytes to a task of its own, which
-    writes them in the second.  Only a reply's first event waits for the write.
-    Best effort: a reply that must first connect, or list the models, sends later.
-    Begun first, the write's serialising and its thread (which takes the
-    interpreter's lock in turns with the loop) held the requests back
-    (bench/RESULTS.md, "A stored turn, per flavour")."""
-    for _ in range(WRITE_BEHIND_TURNS):
-        await asyncio.sleep(0)
-    await write()
+        return await self._starter.turn(chat, turn, ask, new=new, title=title, tasks=tasks)

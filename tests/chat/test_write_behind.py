@@ -1,4 +1,4 @@
-"""A stored turn's write begins behind its replies' requests (`service._behind_the_replies`):
+"""A stored turn's write begins behind its replies' requests (`starter._behind_the_replies`):
 a reply's task made just after the write's sends its request first, even when the
 request's bytes are written by a task of their own (aiohttp on Python 3.11), and a
 write cancelled before it began is never begun, nor left un-awaited; and a reply
@@ -20,8 +20,8 @@ import pytest
 
 from gateway.chat.runner import ReplyRunner
 from gateway.chat.running import Running, RunningReplies
-from gateway.chat.service import _behind_the_replies
 from gateway.chat.slots import ReplySlots
+from gateway.chat.starter import _behind_the_replies
 from gateway.events import Event, ReplyFailed, ReplyFinished
 from gateway.fanout.presence import Presence
 
@@ -140,7 +140,7 @@ async def test_a_reply_stopped_before_its_first_step_ends_as_any_stopped_reply(h
         await asyncio.Event().wait()  # the model server takes its time
         raise AssertionError("never reached")
 
-    slots.take("alice")  # as the turn takes it (`service.py`)
+    slots.take("alice")  # as the turn takes it (`starter.py`)
     runner.start(running, opening)
     # In the loop turn that started it, before its task's first step.
     if how == "stop":

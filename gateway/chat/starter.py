@@ -1,0 +1,277 @@
+"""How a command's replies are started.  `service.py` decides what a command
+writes into the chat tree and which replies it asks for; this module starts
+them; `runner.py` runs each one.
+
+Starting a reply is three things, each in one place here::
+
+    open(...)     the reply's model server resolved and asked; raises before
+                  any event (unknown model, a refusal), so a caller that opens
+                  before answering can still answer with a plain error
+    run(...)      its `Running` (id, owner, rooms) made and handed to the
+                  runner, which opens it inside its task when not opened yet
+    turn(...)     a turn `service.py` planned: its rows written behind its
+                  replies' requests (`_behind_the_replies`), each reply run,
+                  the write awaited
+
+A stored reply's slot (`slots.py`) is taken here or by the service before it
+is started, and given back at its end by the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import rooms
+from gateway.chat import tree
+from gateway.chat.background import Background
+from gateway.chat.reply import reply_events
+from gateway.chat.runner import Opening, ReplyRunner
+from gateway.chat.running import Running
+from gateway.chat.shapes import message_record
+from gateway.chat.slots import ReplySlots
+from gateway.chat.turns import Turn, conversation_for
+from gateway.commands import Ask
+from gateway.edge.auth import Principal
+from gateway.errors import GatewayError
+from gateway.events import Event, ReplyFinished
+from gateway.fanout.hub import Hub
+from gateway.fanout.outbox import Outbox
+from gateway.store import ChatStore
+from gateway.store.records import ChatRecord, MessageRecord
+from gateway.upstream.router import ModelRouter
+
+
+def reply_rooms(
+    user_id: str, chat_id: str, message_id: str, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """Where a reply's events are published: its owner's every socket, its chat,
+    the reply itself, and the caller's own rooms."""
+    return [rooms.user(user_id), rooms.chat(chat_id), rooms.reply(chat_id, message_id), *extra]
+
+
+@dataclass(slots=True)
+class StartedReply:
+    task_id: str
+    chat_id: str
+    message_id: str
+    outbox: Outbox
+    repaired: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartedTurn:
+    chat_id: str
+    task_ids: list[str]
+    message_ids: list[str]
+
+
+class ReplyStarter:
+    def __init__(
+        self,
+        router: ModelRouter,
+        store: ChatStore,
+        hub: Hub,
+        runner: ReplyRunner,
+        slots: ReplySlots,
+        background: Background | None,
+    ) -> None:
+        self._router = router
+        self._store = store
+        self._hub = hub
+        self._runner = runner
+        self._slots = slots
+        self._background = background
+
+    # -- opening a reply ---------------------------------------------------------
+    async def open(
+        self,
+        model: str,
+        conversation: list[dict[str, Any]],
+        params: dict[str, Any],
+        *,
+        chat_id: str | None,
+        message_id: str,
+        user_id: str,
+        parent_id: str | None,
+    ) -> AsyncGenerator[Event, None]:
+        """Resolve the model and open the upstream; raises before any event."""
+        upstream = await self._router.resolve(model)
+        stream = await upstream.open(model, conversation, params)
+        return reply_events(
+            stream,
+            chat_id=chat_id,
+            message_id=message_id,
+            user_id=user_id,
+            parent_id=parent_id,
+            model=model,
+            prompt_chars=_prompt_chars(conversation),
+            split_reasoning=chat_id is not None,
+        )
+
+    def _opener(
+        self,
+        model: str,
+        conversation: list[dict[str, Any]],
+        params: dict[str, Any],
+        record: MessageRecord,
+        chat: ChatRecord,
+    ) -> Opening:
+        """How a stored reply's upstream is opened (now, or inside its task)."""
+        return functools.partial(
+            self.open,
+            model,
+            conversation,
+            params,
+            chat_id=chat.id,
+            message_id=record.id,
+            user_id=chat.user_id,
+            parent_id=record.parent_id,
+        )
+
+    # -- running a reply ---------------------------------------------------------
+    def _run(
+        self,
+        chat_id: str,
+        message_id: str,
+        user_id: str,
+        opening: Opening,
+        record: MessageRecord | None = None,
+        title: str | None = None,
+        rooms: tuple[str, ...] = (),
+        after: Callable[[ReplyFinished], None] | None = None,
+        written: asyncio.Future[None] | None = None,
+    ) -> Running:
+        running = Running(
+            uuid.uuid4().hex,
+            chat_id,
+            message_id,
+            user_id,
+            reply_rooms(user_id, chat_id, message_id, rooms),
+        )
+        self._runner.start(running, opening, record, title, after, written)
+        return running
+
+    def _after(
+        self, chat: ChatRecord, message_id: str, model: str, tasks: frozenset[str]
+    ) -> Callable[[ReplyFinished], None] | None:
+        """What a finished reply of this turn sets off: its background tasks."""
+        background = self._background
+        if not tasks or background is None:
+            return None
+        chat_id, user_id = chat.id, chat.user_id
+        return lambda _end: background.after_reply(chat_id, message_id, user_id, model, tasks)
+
+    # -- what the commands start -------------------------------------------------
+    async def into(
+        self,
+        chat: ChatRecord,
+        record: MessageRecord,
+        ask: Ask,
+        conversation: list[dict[str, Any]],
+        title: str | None,
+        repaired: str | None,
+    ) -> StartedReply:
+        """A stored placeholder answered (backend-controlled mode): its upstream is
+        opened before this returns, so "unknown model" is still the caller's error
+        (stored as the reply's failure); the caller's slot is the reply's."""
+        outbox = self._hub.subscribe([rooms.reply(chat.id, record.id)])
+        try:
+            events = await self._opener(ask.model, conversation, ask.params, record, chat)()
+        except GatewayError as exc:
+            self._hub.unsubscribe(outbox)
+            await self._runner.refused(record, exc, chat.user_id)
+            raise
+
+        async def opened() -> AsyncGenerator[Event, None]:
+            return events
+
+        running = self._run(chat.id, record.id, chat.user_id, opened, record, title, ask.rooms)
+        return StartedReply(running.task_id, chat.id, record.id, outbox, repaired)
+
+    async def turn(
+        self,
+        chat: ChatRecord,
+        turn: Turn,
+        ask: Ask,
+        *,
+        new: bool,
+        title: str | None,
+        tasks: frozenset[str] = frozenset(),
+    ) -> StartedTurn:
+        """A planned turn (`turns.py`) written and answered: returns once its rows
+        are stored (`new`: the chat's too), its replies running."""
+        records = [message_record(chat.id, message) for message in turn.writes]
+        path = tree.path_to(turn.history, turn.question_id) if turn.question_id else []
+        conversation = conversation_for(path, ask.messages)
+        by_id = {record.id: record for record in records}
+        # One slot a reply (each given back at its end, by its runner).
+        self._slots.take(chat.user_id, len(turn.replies))
+        # The turn is written while its replies' model servers are asked; their
+        # events wait for the write, and a failed write ends them (`runner.py`).
+        # The write begins behind the requests (`_behind_the_replies`).
+        # Shielded: a caller that leaves mid-write does not undo its turn.
+        write = self._store.insert_chat if new else self._store.save_chat
+        written = asyncio.ensure_future(
+            _behind_the_replies(functools.partial(write, chat, records))
+        )
+        task_ids = []
+        for placeholder, target in turn.replies:
+            record = by_id[placeholder["id"]]
+            opening = self._opener(target.model, conversation, ask.params, record, chat)
+            after = self._after(chat, record.id, target.model, tasks)
+            running = self._run(
+                chat.id, record.id, chat.user_id, opening, record, title, ask.rooms, after, written
+            )
+            task_ids.append(running.task_id)
+        await asyncio.shield(written)
+        return StartedTurn(chat.id, task_ids, [p["id"] for p, _ in turn.replies])
+
+    def temporary(self, principal: Principal, ask: Ask) -> StartedTurn:
+        """An unsaved chat: the request carries the conversation; nothing is stored."""
+        assert ask.chat_id is not None
+        task_ids = []
+        self._slots.take(principal.user_id, len(ask.reply_targets()))
+        for target in ask.reply_targets():
+            opening = functools.partial(
+                self.open,
+                target.model,
+                ask.messages,
+                ask.params,
+                chat_id=ask.chat_id,
+                message_id=target.message_id,
+                user_id=principal.user_id,
+                parent_id=ask.parent_id,
+            )
+            running = self._run(
+                ask.chat_id, target.message_id, principal.user_id, opening, rooms=ask.rooms
+            )
+            task_ids.append(running.task_id)
+        return StartedTurn(ask.chat_id, task_ids, [t.message_id for t in ask.reply_targets()])
+
+
+def _prompt_chars(messages: list[dict[str, Any]]) -> int:
+    return sum(len(str(message.get("content") or "")) for message in messages)
+
+
+# How many loop turns a turn's write waits before it begins (`_behind_the_replies`).
+WRITE_BEHIND_TURNS = 2
+
+
+async def _behind_the_replies(write: Callable[[], Awaitable[None]]) -> None:
+    """`write()`, begun `WRITE_BEHIND_TURNS` loop turns late, so that the model
+    servers' requests of the turn's replies (whose tasks are made just after this
+    one) go out first: in the first turn each reply's task builds its request, and
+    aiohttp on Python 3.11 hands the request's bytes to a task of its own, which
+    writes them in the second.  Only a reply's first event waits for the write.
+    Best effort: a reply that must first connect, or list the models, sends later.
+    Begun first, the write's serialising and its thread (which takes the
+    interpreter's lock in turns with the loop) held the requests back
+    (bench/RESULTS.md, "A stored turn, per flavour")."""
+    for _ in range(WRITE_BEHIND_TURNS):
+        await asyncio.sleep(0)
+    await write()
