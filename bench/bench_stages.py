@@ -103,6 +103,9 @@ def serve(port: int, marks: Path) -> None:
     _timed(webapp, "chat_completions", "request")
     _timed(drivers.SQLiteDriver, "fetch", "db_read")
     _timed(drivers.PostgresDriver, "fetch", "db_read")
+    for driver in (drivers.SQLiteDriver, drivers.PostgresDriver):
+        if hasattr(driver, "fetch_then"):  # a read and the read it decides, one call
+            _timed(driver, "fetch_then", "db_read")
     _timed(service.ChatService, "_answer", "answer_turn")
     _timed(drivers.SQLiteDriver, "batch", "db_batch")
     _timed(drivers.PostgresDriver, "batch", "db_batch")

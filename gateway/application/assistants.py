@@ -131,7 +131,7 @@ class Assistants:
         end_user: str = "",
     ) -> ChatRecord:
         """A session, not stored yet: `create_session` stores it alone, `ask` (with
-        `stored=False`) with its first turn, in one write."""
+        no history) with its first turn, in one write."""
         opener = defaults.opener_of(assistant.config)
         created = now_s()
         chat = ChatRecord(
@@ -157,6 +157,16 @@ class Assistants:
         if chat is None or chat.user_id != assistant.user_id or chat.assistant_id != assistant.id:
             raise NotFound(message or f"You don't own the session {session_id}")
         return chat
+
+    async def session_and_history(
+        self, assistant: AssistantRecord, session_id: str
+    ) -> tuple[ChatRecord, dict[str, Any]]:
+        """`session`, and its history, in one read of the store (a question's)."""
+        found = await self.chats.get_chat_and_messages(session_id, assistant.user_id)
+        if found is None or found[0].assistant_id != assistant.id:
+            raise NotFound(f"You don't own the session {session_id}")
+        session, records = found
+        return session, history_of(session, records)
 
     async def sessions(
         self,
@@ -196,15 +206,16 @@ class Assistants:
         principal: Principal,
         assistant: AssistantRecord,
         session: ChatRecord,
+        history: dict[str, Any] | None,
         question: str,
         *,
         rooms: tuple[str, ...],
-        stored: bool = True,
     ) -> StartedTurn:
         """The question goes under the session's current message and is answered by
         the assistant's model (the default one if it is gone), as its system prompt says.
-        `session` as `session()` found it (not read again), or, `stored=False`, as
-        `new_session` made it: stored with this first turn."""
+        `session` and its `history` as `session_and_history()` read them (not read
+        again), or, `history` None, `session` as `new_session` made it: stored with
+        this first turn."""
         say = Say(question, session.id, self.model_of(assistant))
         return await self._replies.say(
             principal,
@@ -213,7 +224,7 @@ class Assistants:
             params=self.model_params(assistant),
             rooms=rooms,
             chat=session,
-            stored=stored,
+            history=history,
         )
 
     # -- what the assistant's config says ---------------------------------------------

@@ -126,11 +126,11 @@ class Replies:
         params: dict[str, Any] | None = None,
         rooms: tuple[str, ...] = (),
         chat: ChatRecord | None = None,
-        stored: bool = True,
+        history: dict[str, Any] | None = None,
     ) -> StartedTurn:
-        """`chat`, `stored`: as `ChatService.say` (the chat the caller already has)."""
+        """`chat`, `history`: as `ChatService.say` (the chat the caller already has)."""
         return await self._service.say(
-            principal, say, system=system, params=params, rooms=rooms, chat=chat, stored=stored
+            principal, say, system=system, params=params, rooms=rooms, chat=chat, history=history
         )
 
     # -- following -----------------------------------------------------------------

@@ -119,6 +119,16 @@ class ChatBook:
             raise NotFound("Chat not found")
         return chat
 
+    async def owned_history(
+        self, principal: Principal, chat_id: str
+    ) -> tuple[ChatRecord, dict[str, Any]]:
+        """`owned`, and the chat's history, in one read of the store."""
+        found = await self.store.get_chat_and_messages(chat_id, principal.user_id)
+        if found is None:
+            raise NotFound("Chat not found")
+        chat, records = found
+        return chat, history_of(chat, records)
+
     async def response(self, chat: ChatRecord) -> dict[str, Any]:
         return chat_response(chat, await self.store.get_messages(chat.id))
 
@@ -171,9 +181,7 @@ class ChatBook:
         """`update`, and the stored messages whose text it changed (the owner's other
         tabs are told: Open WebUI's `chat:message`)."""
         chat_obj = _chat_object(body)
-        chat = await self.owned(principal, chat_id)
-        records = await self.store.get_messages(chat.id)
-        stored = history_of(chat, records)
+        chat, stored = await self.owned_history(principal, chat_id)
         update = chat_obj.get("history")
         update = dict(update) if isinstance(update, Mapping) else {}
         if "current_id" in chat_obj and "currentId" not in update:
@@ -207,8 +215,7 @@ class ChatBook:
     ) -> ChatRecord:
         if not isinstance(body, Mapping):
             raise BadRequest("Body must be an object")
-        chat = await self.owned(principal, chat_id)
-        stored = history_of(chat, await self.store.get_messages(chat.id))
+        chat, stored = await self.owned_history(principal, chat_id)
         fields = {k: v for k, v in body.items() if k not in ("id", "childrenIds")}
         if message_id not in stored["messages"]:
             fields = {"role": "assistant", "parentId": chat.current_id, **fields}

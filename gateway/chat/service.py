@@ -130,18 +130,18 @@ class ChatService:
         """
         if ask.chat_id is None or ask.message_id is None:
             raise BadRequest("'chat_id' and 'id' are required to answer into a chat")
-        chat_id, message_id = ask.chat_id, ask.message_id
-        chat = await self.book.owned(principal, chat_id)
+        chat, history = await self.book.owned_history(principal, ask.chat_id)
         self._slots.take(chat.user_id)
         try:
-            return await self._start_reply(chat, ask, message_id)
+            return await self._start_reply(chat, history, ask, ask.message_id)
         except BaseException:
             self._slots.release(chat.user_id)
             raise
 
-    async def _start_reply(self, chat: ChatRecord, ask: Ask, message_id: str) -> StartedReply:
+    async def _start_reply(
+        self, chat: ChatRecord, history: dict[str, Any], ask: Ask, message_id: str
+    ) -> StartedReply:
         """`start_reply` once its slot is taken (given back by the caller if this raises)."""
-        history = await self.book.history(chat)
         messages = history["messages"]
         repaired = None
         if message_id in messages:
@@ -183,7 +183,7 @@ class ChatService:
         if ask.chat_id is None:
             chat, history = new_chat(principal.user_id, ask.model), _empty_history()
         else:
-            chat, history = await self._chat_and_history(principal, ask.chat_id)
+            chat, history = await self.book.owned_history(principal, ask.chat_id)
         return await self._answer(chat, history, ask, new=ask.chat_id is None, tasks=tasks)
 
     async def say(
@@ -195,24 +195,26 @@ class ChatService:
         params: dict[str, Any] | None = None,
         rooms: tuple[str, ...] = (),
         chat: ChatRecord | None = None,
-        stored: bool = True,
+        history: dict[str, Any] | None = None,
     ) -> StartedTurn:
         """A user message from a raw-WebSocket client (Nadoo, RAGFlow): it goes under
         the chat's current message (or starts a new chat) and is answered.
 
-        `chat`: the chat `say.chat_id` names, as the caller already has it (read and
-        found the principal's), so it is not read again; `stored=False`: made by the
-        caller and not stored yet (a RAGFlow session opened by its first question),
-        written with the turn, in one write."""
+        `chat`, `history`: the chat `say.chat_id` names and its history, as the caller
+        already read them (`ChatBook.owned_history`: found the principal's), so they
+        are not read again; `chat` without `history`: made by the caller and not
+        stored yet (a RAGFlow session opened by its first question), written with
+        the turn, in one write."""
         model = await self.pick_model(say.model)
+        new = say.chat_id is None or (chat is not None and history is None)
         if chat is not None:
             if chat.id != say.chat_id or chat.user_id != principal.user_id:
                 raise NotFound("Chat not found")
-            history = await self.book.history(chat) if stored else _empty_history()
+            history = history if history is not None else _empty_history()
         elif say.chat_id is None:
             chat, history = new_chat(principal.user_id, model), _empty_history()
         else:
-            chat, history = await self._chat_and_history(principal, say.chat_id)
+            chat, history = await self.book.owned_history(principal, say.chat_id)
         now = now_s()
         reply_id = str(uuid.uuid4())
         ask = Ask(
@@ -230,7 +232,6 @@ class ChatService:
             rooms=rooms,
             params=params or {},
         )
-        new = say.chat_id is None or not stored
         return await self._answer(chat, history, ask, new=new)
 
     async def pick_model(self, hint: str | None) -> str:
@@ -244,12 +245,6 @@ class ChatService:
         if not known:
             raise UpstreamError("No model is available: configure OPENAI_API_BASE_URL")
         return known[0]
-
-    async def _chat_and_history(
-        self, principal: Principal, chat_id: str
-    ) -> tuple[ChatRecord, dict[str, Any]]:
-        chat = await self.book.owned(principal, chat_id)
-        return chat, await self.book.history(chat)
 
     async def _answer(
         self,

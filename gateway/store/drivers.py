@@ -5,6 +5,8 @@ Queries use `?` placeholders; the PostgreSQL driver rewrites them to `$1…`
 
     execute(sql, args) -> rows touched      fetch(sql, args) -> rows
     batch([(sql, args), ...]) -> [rows touched, ...]   one transaction, one round trip
+    fetch_then((sql, args), then) -> (rows, rows)     a read and the read it decides
+                                                      (`then(rows)`), one hop, one connection
     transaction() -> a driver bound to one connection (several awaits, rarely needed)
 
 SQLite runs on one connection in one worker thread (stdlib `sqlite3`); each
@@ -45,6 +47,8 @@ CONNECT_TIMEOUT_S = 10.0
 
 Row = Sequence[Any]
 Statement = tuple[str, Sequence[Any]]
+# What `fetch_then` reads second, decided from the first read's rows (None: nothing).
+Then = Callable[[list[Row]], Statement | None]
 T = TypeVar("T")
 
 
@@ -59,6 +63,15 @@ class Driver(Protocol):
 
     async def batch(self, statements: Sequence[Statement]) -> list[int]:
         """Run statements in one transaction; the rows each touched."""
+        ...
+
+    async def fetch_then(self, first: Statement, then: Then) -> tuple[list[Row], list[Row]]:
+        """`first`'s rows, and the rows of the statement `then(rows)` names (none when
+        it names none), read one after the other on one connection, in one hop to
+        SQLite's thread: a read that depends on another (a chat's messages, once its
+        row says whose it is) costs one call, not two.  `then` is pure and quick (on
+        SQLite it runs in the thread).  Not one snapshot: the second read may see
+        rows written after the first."""
         ...
 
     def transaction(self) -> Any:
@@ -83,6 +96,14 @@ def _sqlite_fetch(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> li
         return list(cursor.fetchall())
     finally:
         cursor.close()
+
+
+def _sqlite_fetch_then(
+    conn: sqlite3.Connection, first: Statement, then: Then
+) -> tuple[list[Row], list[Row]]:
+    rows = _sqlite_fetch(conn, *first)
+    second = then(rows)
+    return rows, ([] if second is None else _sqlite_fetch(conn, *second))
 
 
 def _sqlite_roll_back(conn: sqlite3.Connection) -> None:
@@ -119,6 +140,9 @@ class _SQLiteBound:
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         return await self._owner._run(_sqlite_fetch, sql, args)
+
+    async def fetch_then(self, first: Statement, then: Then) -> tuple[list[Row], list[Row]]:
+        return await self._owner._run(_sqlite_fetch_then, first, then)
 
     async def executescript(self, sql: str) -> None:
         # Statement by statement, inside the caller's transaction
@@ -195,6 +219,9 @@ class SQLiteDriver:
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         return await self._call(_sqlite_fetch, sql, args)
 
+    async def fetch_then(self, first: Statement, then: Then) -> tuple[list[Row], list[Row]]:
+        return await self._call(_sqlite_fetch_then, first, then)
+
     async def batch(self, statements: Sequence[Statement]) -> list[int]:
         return await self._call(_sqlite_batch, statements)
 
@@ -252,6 +279,11 @@ class _PostgresConnection:
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         return list(await self._conn.fetch(_numbered(sql), *storable_args(args)))
 
+    async def fetch_then(self, first: Statement, then: Then) -> tuple[list[Row], list[Row]]:
+        rows = await self.fetch(*first)
+        second = then(rows)
+        return rows, ([] if second is None else await self.fetch(*second))
+
     async def executescript(self, sql: str) -> None:
         for statement in _statements(sql):
             await self._conn.execute(statement)
@@ -291,6 +323,11 @@ class PostgresDriver:
         with _reachable():
             async with self._pool.acquire() as conn:
                 return await _PostgresConnection(conn).fetch(sql, args)
+
+    async def fetch_then(self, first: Statement, then: Then) -> tuple[list[Row], list[Row]]:
+        with _reachable():
+            async with self._pool.acquire() as conn:
+                return await _PostgresConnection(conn).fetch_then(first, then)
 
     async def batch(self, statements: Sequence[Statement]) -> list[int]:
         with _reachable():

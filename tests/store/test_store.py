@@ -123,6 +123,22 @@ async def test_chat_round_trip_keeps_unknown_fields(store: Store) -> None:
         await store.insert_chat(chat(), [])
 
 
+async def test_a_chat_and_its_messages_are_one_read_and_only_the_owners(store: Store) -> None:
+    """`get_chat_and_messages`: what `get_chat` and `get_messages` read, in one call;
+    None for another user's chat and an unknown one."""
+    record = chat(current_id="m3", meta={"tags": ["x"]})
+    await store.insert_chat(record, [msg("m1", None), msg("m2", "m1"), msg("m3", "m1")])
+    await store.insert_chat(chat("c2"), [msg("x1", None, cid="c2")])
+    found = await store.get_chat_and_messages("c1", "u1")
+    assert found is not None
+    assert found == (await store.get_chat("c1"), await store.get_messages("c1"))
+    assert found[0] == record and [m.id for m in found[1]] == ["m1", "m2", "m3"]
+    assert await store.get_chat_and_messages("c1", "u2") is None
+    assert await store.get_chat_and_messages("nope", "u1") is None
+    bare = await store.get_chat_and_messages("c2", "u1")
+    assert bare is not None and [m.id for m in bare[1]] == ["x1"]
+
+
 async def test_save_chat_upserts_and_keeps_positions(store: Store) -> None:
     await store.insert_chat(chat(), [msg("m1", None), msg("m2", "m1")])
     changed = chat(title="New", current_id="m3", updated=200)

@@ -267,15 +267,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
         frames = codec.opener_frames(opener, chat.id)
         return await send_all(request, [codec.sse(f) for f in frames], request.app[ORIGINS])
     question = codec.decode_question(body, chat_id)
-    session = await assistants.session(assistant, question.session_id or "")
+    session, history = await assistants.session_and_history(assistant, question.session_id or "")
     settings = request.app[SETTINGS]
     async with request.app[REPLIES].follow() as (room, events):
         await assistants.ask(
-            principal,
-            assistant,
-            session,
-            question.question,
-            rooms=(room,),
+            principal, assistant, session, history, question.question, rooms=(room,)
         )
         if question.stream:
             encoder = codec.AnswerEncoder(question.answer_mode or settings.ragflow_sse_answer_mode)

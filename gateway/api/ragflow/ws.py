@@ -83,16 +83,11 @@ class ChatSocket:
         assistant = await assistants.owned(conn.principal, question.assistant_id)
         if question.session_id is None:
             # A new session, stored with its first turn (one write, not two).
-            session, stored = assistants.new_session(assistant), False
+            session, history = assistants.new_session(assistant), None
         else:
-            session, stored = await assistants.session(assistant, question.session_id), True
+            session, history = await assistants.session_and_history(assistant, question.session_id)
         turn = await assistants.ask(
-            conn.principal,
-            assistant,
-            session,
-            question.question,
-            rooms=(conn.room,),
-            stored=stored,
+            conn.principal, assistant, session, history, question.question, rooms=(conn.room,)
         )
         self._encoder(conn).expect(turn.message_ids[0], question.answer_mode, question.stream)
 

@@ -19,7 +19,7 @@ from typing import Any
 from gateway.store.drivers import Driver, Row, Statement
 from gateway.store.records import ChatRecord, MessageRecord
 from gateway.store.sql.common import Tables, dumps, duplicate_as, qualified
-from gateway.store.sql.messages import upserts
+from gateway.store.sql.messages import messages_in, messages_of, upserts
 from gateway.store.sql.tags import drop_unused_tags, tag_id
 
 CHAT_COLUMNS = (
@@ -150,6 +150,18 @@ class SQLChats(Tables):
 
     async def get_chat(self, chat_id: str) -> ChatRecord | None:
         return await self._first(_chat, f"SELECT {CHAT_COLUMNS} FROM chats WHERE id = ?", chat_id)
+
+    async def get_chat_and_messages(
+        self, chat_id: str, user_id: str
+    ) -> tuple[ChatRecord, list[MessageRecord]] | None:
+        def then(rows: list[Row]) -> Statement | None:
+            return messages_in(chat_id) if rows else None
+
+        rows, messages = await self.db.fetch_then(
+            (f"SELECT {CHAT_COLUMNS} FROM chats WHERE id = ? AND user_id = ?", (chat_id, user_id)),
+            then,
+        )
+        return (_chat(rows[0]), messages_of(messages)) if rows else None
 
     async def get_chat_by_share_id(self, share_id: str) -> ChatRecord | None:
         return await self._first(

@@ -37,6 +37,15 @@ def _message(row: Row) -> MessageRecord:
     )
 
 
+def messages_in(chat_id: str) -> Statement:
+    """The read of a chat's messages, in the order they were written."""
+    return f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ? ORDER BY position", (chat_id,)
+
+
+def messages_of(rows: list[Row]) -> list[MessageRecord]:
+    return [_message(row) for row in rows]
+
+
 def _message_fields(message: MessageRecord) -> tuple[Any, ...]:
     """parent_id, role, content, done, fields, draft: what a message write sets."""
     return (
@@ -77,11 +86,7 @@ class SQLMessages(Tables):
     """The messages part of `ChatStore` on SQL."""
 
     async def get_messages(self, chat_id: str) -> list[MessageRecord]:
-        rows = await self.db.fetch(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ? ORDER BY position",
-            (chat_id,),
-        )
-        return [_message(row) for row in rows]
+        return messages_of(await self.db.fetch(*messages_in(chat_id)))
 
     async def get_message(self, chat_id: str, message_id: str) -> MessageRecord | None:
         return await self._first(

@@ -1,0 +1,90 @@
+"""`Driver.fetch_then`: a read and the read it decides are one call: one job for
+SQLite's thread, one PostgreSQL connection; a second read not named is not made."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.store.drivers import PostgresDriver, Row, SQLiteDriver, Statement
+from tests.services import fresh_pg_database
+
+
+@pytest.fixture
+async def sqlite(tmp_path: Path) -> AsyncIterator[SQLiteDriver]:
+    opened = await SQLiteDriver.open(tmp_path / "db.sqlite")
+    await opened.execute("CREATE TABLE t (n INTEGER)")
+    await opened.batch([("INSERT INTO t (n) VALUES (?)", (n,)) for n in (1, 2, 3)])
+    yield opened
+    await opened.close()
+
+
+def above_the_first(rows: list[Row]) -> Statement | None:
+    return ("SELECT n FROM t WHERE n > ? ORDER BY n", (rows[0][0],)) if rows else None
+
+
+async def test_sqlite_reads_both_in_one_job_for_its_thread(sqlite: SQLiteDriver) -> None:
+    held, release = threading.Event(), threading.Event()
+
+    def hold(_conn: object) -> None:
+        held.set()
+        release.wait(5)
+
+    blocker = asyncio.create_task(sqlite._run(hold))
+    await asyncio.to_thread(held.wait, 5)
+    read = asyncio.create_task(sqlite.fetch_then(("SELECT min(n) FROM t", ()), above_the_first))
+    await asyncio.sleep(0.05)
+    queued = sqlite._executor._work_queue.qsize()
+    release.set()
+    await blocker
+    first, second = await read
+    assert queued == 1  # both statements in one job, not a round trip each
+    assert [tuple(row) for row in first] == [(1,)]
+    assert [row[0] for row in second] == [2, 3]
+
+
+async def test_sqlite_makes_no_second_read_when_then_names_none(sqlite: SQLiteDriver) -> None:
+    seen: list[str] = []
+    sqlite._conn.set_trace_callback(seen.append)
+    try:
+        first, second = await sqlite.fetch_then(
+            ("SELECT n FROM t WHERE n > 10", ()), above_the_first
+        )
+    finally:
+        sqlite._conn.set_trace_callback(None)
+    assert (first, second) == ([], [])
+    assert seen == ["SELECT n FROM t WHERE n > 10"]
+
+
+async def test_sqlite_inside_a_transaction_reads_its_own_writes(sqlite: SQLiteDriver) -> None:
+    async with sqlite.transaction() as tx:
+        await tx.execute("INSERT INTO t (n) VALUES (9)")
+        _, second = await tx.fetch_then(("SELECT min(n) FROM t", ()), above_the_first)
+    assert [row[0] for row in second] == [2, 3, 9]
+
+
+async def test_postgres_reads_both_on_one_connection() -> None:
+    async with fresh_pg_database() as url:
+        driver = await PostgresDriver.open(url, pool_size=4)
+        try:
+
+            def same_backend(rows: list[Row]) -> Statement:
+                return "SELECT pg_backend_pid(), ?::int", (rows[0][0],)
+
+            reads = await asyncio.gather(
+                *(
+                    driver.fetch_then(("SELECT pg_backend_pid()", ()), same_backend)
+                    for _ in range(8)
+                )
+            )
+            for first, second in reads:
+                assert second[0][0] == first[0][0] == second[0][1]
+            assert len({first[0][0] for first, _ in reads}) > 1  # several connections in use
+            none = await driver.fetch_then(("SELECT 1 WHERE false", ()), above_the_first)
+            assert none == ([], [])
+        finally:
+            await driver.close()
