@@ -3,9 +3,10 @@
     python -m bench.bench_finish [--rounds 300]
 
 For each backend (SQLite file, PostgreSQL on 127.0.0.1:5432) a chat of N
-messages is stored, then the reply's completion is written the way
-`ChatService._finish` writes it (`finish_reply`: one transaction with the
-message row, the chat's `updated_at` and its title if still the default),
+messages is stored, then the reply's completion is written the way a reply's
+runner writes its end (`ReplyRunner._store_end`, `finish_reply`: one
+transaction with the message row, the chat's `updated_at` and its title if
+still the default),
 `--rounds` times.  Reported: µs per finish, and the ratio of
 N=2000 to N=2 measured in the same run.
 """

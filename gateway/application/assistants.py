@@ -131,7 +131,7 @@ class Assistants:
         end_user: str = "",
     ) -> ChatRecord:
         """A session, not stored yet: `create_session` stores it alone, `ask` (with
-        no history) with its first turn, in one write."""
+        `stored=False`) with its first turn, in one write."""
         opener = defaults.opener_of(assistant.config)
         created = now_s()
         chat = ChatRecord(
@@ -206,16 +206,17 @@ class Assistants:
         principal: Principal,
         assistant: AssistantRecord,
         session: ChatRecord,
-        history: dict[str, Any] | None,
         question: str,
         *,
         rooms: tuple[str, ...],
+        history: dict[str, Any] | None = None,
+        stored: bool = True,
     ) -> StartedTurn:
         """The question goes under the session's current message and is answered by
         the assistant's model (the default one if it is gone), as its system prompt says.
-        `session` and its `history` as `session_and_history()` read them (not read
-        again), or, `history` None, `session` as `new_session` made it: stored with
-        this first turn."""
+        `session` (and its `history`) as `session_and_history()` read them (not read
+        again), or, `stored=False`, as `new_session` made it: stored with this first
+        turn."""
         say = Say(question, session.id, self.model_of(assistant))
         return await self._replies.say(
             principal,
@@ -225,6 +226,7 @@ class Assistants:
             rooms=rooms,
             chat=session,
             history=history,
+            stored=stored,
         )
 
     # -- what the assistant's config says ---------------------------------------------

@@ -127,10 +127,19 @@ class Replies:
         rooms: tuple[str, ...] = (),
         chat: ChatRecord | None = None,
         history: dict[str, Any] | None = None,
+        stored: bool = True,
     ) -> StartedTurn:
-        """`chat`, `history`: as `ChatService.say` (the chat the caller already has)."""
+        """`chat`, `history`, `stored`: as `ChatService.say` (the chat the caller
+        already has)."""
         return await self._service.say(
-            principal, say, system=system, params=params, rooms=rooms, chat=chat, history=history
+            principal,
+            say,
+            system=system,
+            params=params,
+            rooms=rooms,
+            chat=chat,
+            history=history,
+            stored=stored,
         )
 
     # -- following -----------------------------------------------------------------

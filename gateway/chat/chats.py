@@ -3,7 +3,7 @@
 Every method takes the caller's `Principal` and raises `NotFound` for a chat
 that does not exist *or* is not theirs (Open WebUI's frontend logs users out
 on 401, and no one should learn which ids exist).  Replies are not written
-here: `service.ChatService.generate` is their only writer.
+here: a running reply's runner (`runner.py`) is their only writer.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from gateway.chat.slots import ReplySlots
 from gateway.edge import access, metrics
 from gateway.edge.trace import Traces
 from gateway.errors import GatewayError
-from gateway.events import Event, Notification, ReplyFailed, ReplyFinished, TextDelta
+from gateway.events import Event, Notification, ReplyFailed, ReplyFinished, TextDelta, Usage
 from gateway.fanout.hub import Hub
 from gateway.fanout.presence import Presence
 from gateway.store import ChatStore
@@ -100,6 +100,18 @@ class ReplyRunner:
         """A reply whose upstream would not open before it was started: stored as failed."""
         refused(user_id, record.chat_id, record.id, error)
         await self._store_end(record, ReplyFailed("", record.id, 0, error.code, error.message))
+
+    async def abandoned(self, record: MessageRecord, user_id: str) -> None:
+        """A reply whose caller left (its request cancelled) while its model server
+        was being opened, before it was started: its placeholder ended as a stopped
+        reply with no text, as a stop would have left it (shielded: the caller is
+        gone, the row must not stay unfinished)."""
+        end = ReplyFinished(
+            record.chat_id, record.id, 0, "", Usage(0, 0, estimated=True), "cancelled", 0.0,
+            cancelled=True,
+        )  # fmt: skip
+        _never_ran(Phase.CANCELLED, user_id, record.chat_id, record.id, None)
+        await asyncio.shield(self._store_end(record, end))
 
     async def _run(self, run: ReplyRun, opening: Opening) -> None:
         checkpoint: asyncio.Task[None] | None = None
@@ -332,16 +344,23 @@ async def counted(
 def refused(user_id: str, chat_id: str | None, message_id: str, error: GatewayError) -> None:
     """A reply the model server would not open, before it ran: counted and logged as
     failed (no model: it never answered)."""
-    metrics.reply_ended("failed", error.code, "", None, 0.0)
+    _never_ran(Phase.FAILED, user_id, chat_id, message_id, error.code)
+
+
+def _never_ran(
+    status: Phase, user_id: str, chat_id: str | None, message_id: str, code: str | None
+) -> None:
+    """A reply that ended before it ran, into the metrics and the access log."""
+    metrics.reply_ended(status.value, code, "", None, 0.0)
     access.reply_ended(
-        "failed",
+        status.value,
         user_id=user_id,
         chat_id=chat_id,
         message_id=message_id,
         model="",
         took_s=0.0,
         chars=0,
-        code=error.code,
+        code=code,
     )
 
 

@@ -196,21 +196,24 @@ class ChatService:
         rooms: tuple[str, ...] = (),
         chat: ChatRecord | None = None,
         history: dict[str, Any] | None = None,
+        stored: bool = True,
     ) -> StartedTurn:
         """A user message from a raw-WebSocket client (Nadoo, RAGFlow): it goes under
         the chat's current message (or starts a new chat) and is answered.
 
-        `chat`, `history`: the chat `say.chat_id` names and its history, as the caller
-        already read them (`ChatBook.owned_history`: found the principal's), so they
-        are not read again; `chat` without `history`: made by the caller and not
-        stored yet (a RAGFlow session opened by its first question), written with
-        the turn, in one write."""
+        `chat`: the chat `say.chat_id` names, as the caller already has it (read and
+        found the principal's), so it is not read again, nor its `history` when the
+        caller read it with the chat (`ChatBook.owned_history`: one read);
+        `stored=False`: made by the caller and not stored yet (a RAGFlow session
+        opened by its first question), written with the turn, in one write."""
         model = await self.pick_model(say.model)
-        new = say.chat_id is None or (chat is not None and history is None)
         if chat is not None:
             if chat.id != say.chat_id or chat.user_id != principal.user_id:
                 raise NotFound("Chat not found")
-            history = history if history is not None else _empty_history()
+            if not stored:
+                history = _empty_history()
+            elif history is None:
+                history = await self.book.history(chat)
         elif say.chat_id is None:
             chat, history = new_chat(principal.user_id, model), _empty_history()
         else:
@@ -232,7 +235,7 @@ class ChatService:
             rooms=rooms,
             params=params or {},
         )
-        return await self._answer(chat, history, ask, new=new)
+        return await self._answer(chat, history, ask, new=say.chat_id is None or not stored)
 
     async def pick_model(self, hint: str | None) -> str:
         """The model a client named, if it exists; else the configured default; else

@@ -7,7 +7,7 @@ Starting a reply is three things, each in one place here::
     open(...)     the reply's model server resolved and asked; raises before
                   any event (unknown model, a refusal), so a caller that opens
                   before answering can still answer with a plain error
-    run(...)      its `Running` (id, owner, rooms) made and handed to the
+    _run(...)     its `Running` (id, owner, rooms) made and handed to the
                   runner, which opens it inside its task when not opened yet
     turn(...)     a turn `service.py` planned: its rows written behind its
                   replies' requests (`_behind_the_replies`), each reply run,
@@ -182,9 +182,12 @@ class ReplyStarter:
         outbox = self._hub.subscribe([rooms.reply(chat.id, record.id)])
         try:
             events = await self._opener(ask.model, conversation, ask.params, record, chat)()
-        except GatewayError as exc:
+        except BaseException as exc:
             self._hub.unsubscribe(outbox)
-            await self._runner.refused(record, exc, chat.user_id)
+            if isinstance(exc, GatewayError):
+                await self._runner.refused(record, exc, chat.user_id)
+            elif isinstance(exc, asyncio.CancelledError):
+                await self._runner.abandoned(record, chat.user_id)  # its caller left
             raise
 
         async def opened() -> AsyncGenerator[Event, None]:

@@ -647,6 +647,22 @@ def test_unknown_session(gateway: GatewayProcess) -> None:
     assert deleted["code"] == 102, deleted
 
 
+def test_a_session_is_asked_only_through_its_own_assistant(gateway: GatewayProcess) -> None:
+    """The same user's other assistant cannot answer into a session (code 102, as
+    another user's); through its own, it can, and the session is untouched before."""
+    user = User(gateway)
+    own, other = user.chat()["id"], user.chat()["id"]
+    session_id = user.session(own)["id"]
+    for stream in (True, False):
+        body = {"question": "q", "stream": stream, "session_id": session_id}
+        refused = ask_raw(user, other, body).json()
+        assert refused["code"] == 102 and session_id in refused["message"], refused
+    [listed] = user.sessions(own)
+    assert [m["role"] for m in listed["messages"]] == ["assistant"]  # only its opener
+    answer = ask_raw(user, own, {"question": "q", "stream": False, "session_id": session_id})
+    assert answer.json()["code"] == 0, answer.text
+
+
 def test_unknown_chat(gateway: GatewayProcess) -> None:
     user = User(gateway)
     unknown = uuid.uuid4().hex

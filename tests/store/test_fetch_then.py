@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.store import ChatRecord, MessageRecord, open_store
 from gateway.store.drivers import PostgresDriver, Row, SQLiteDriver, Statement
 from tests.services import fresh_pg_database
 
@@ -38,13 +39,18 @@ async def test_sqlite_reads_both_in_one_job_for_its_thread(sqlite: SQLiteDriver)
     await asyncio.to_thread(held.wait, 5)
     read = asyncio.create_task(sqlite.fetch_then(("SELECT min(n) FROM t", ()), above_the_first))
     await asyncio.sleep(0.05)
-    queued = sqlite._executor._work_queue.qsize()
+    # A write that comes after the read: it goes to the thread behind the read's
+    # one job.  Were the second statement a job of its own, queued once the first
+    # came back, it would go behind this write and miss the row it deletes.
+    write = asyncio.create_task(sqlite.execute("DELETE FROM t WHERE n = 3"))
+    await asyncio.sleep(0.05)
     release.set()
     await blocker
     first, second = await read
-    assert queued == 1  # both statements in one job, not a round trip each
+    await write
     assert [tuple(row) for row in first] == [(1,)]
-    assert [row[0] for row in second] == [2, 3]
+    assert [row[0] for row in second] == [2, 3]  # both statements in one job
+    assert [row[0] for row in await sqlite.fetch("SELECT n FROM t ORDER BY n")] == [1, 2]
 
 
 async def test_sqlite_makes_no_second_read_when_then_names_none(sqlite: SQLiteDriver) -> None:
@@ -58,6 +64,30 @@ async def test_sqlite_makes_no_second_read_when_then_names_none(sqlite: SQLiteDr
         sqlite._conn.set_trace_callback(None)
     assert (first, second) == ([], [])
     assert seen == ["SELECT n FROM t WHERE n > 10"]
+
+
+async def test_another_users_chat_is_not_read_past_its_row(tmp_path: Path) -> None:
+    store = await open_store("", tmp_path)
+    try:
+        question = MessageRecord("c1", "q1", None, "user", "Hello?")
+        await store.insert_chat(ChatRecord("c1", "alice", "Hi", "q1", 100, 100), [question])
+        db = store.db
+        assert isinstance(db, SQLiteDriver)
+        seen: list[str] = []
+        db._conn.set_trace_callback(seen.append)
+        try:
+            assert await store.get_chat_and_messages("c1", "mallory") is None
+            found = await store.get_chat_and_messages("c1", "alice")
+        finally:
+            db._conn.set_trace_callback(None)
+        assert found is not None and [m.id for m in found[1]] == ["q1"]
+        assert [statement.split(" FROM ")[1].split()[0] for statement in seen] == [
+            "chats",  # mallory's ask: the chat's row only, found not hers
+            "chats",  # alice's: the row, then its messages
+            "messages",
+        ]
+    finally:
+        await store.close()
 
 
 async def test_sqlite_inside_a_transaction_reads_its_own_writes(sqlite: SQLiteDriver) -> None:

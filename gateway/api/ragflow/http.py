@@ -271,7 +271,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     async with request.app[REPLIES].follow() as (room, events):
         await assistants.ask(
-            principal, assistant, session, history, question.question, rooms=(room,)
+            principal, assistant, session, question.question, rooms=(room,), history=history
         )
         if question.stream:
             encoder = codec.AnswerEncoder(question.answer_mode or settings.ragflow_sse_answer_mode)

@@ -83,11 +83,18 @@ class ChatSocket:
         assistant = await assistants.owned(conn.principal, question.assistant_id)
         if question.session_id is None:
             # A new session, stored with its first turn (one write, not two).
-            session, history = assistants.new_session(assistant), None
+            session, history, stored = assistants.new_session(assistant), None, False
         else:
             session, history = await assistants.session_and_history(assistant, question.session_id)
+            stored = True
         turn = await assistants.ask(
-            conn.principal, assistant, session, history, question.question, rooms=(conn.room,)
+            conn.principal,
+            assistant,
+            session,
+            question.question,
+            rooms=(conn.room,),
+            history=history,
+            stored=stored,
         )
         self._encoder(conn).expect(turn.message_ids[0], question.answer_mode, question.stream)
 
