@@ -134,12 +134,21 @@ class Traces:
         return self._traces.get(message_id)
 
     def _expire(self) -> None:
-        """Traces ended longer than `keep_s` ago dropped; the sweep (over up to
-        `max_traces`) runs at most once a second, not at every reply's start."""
+        """Traces ended longer than `keep_s` ago dropped.  The sweep runs at most once
+        a second, not at every reply's start, and reads only the traces begun more
+        than `keep_s` ago: they are held in the order they began, and one begun
+        since cannot have ended that long ago, so it stops at the first of those (a
+        busy replica's thousand recent traces cost it nothing)."""
         now = time.monotonic()
         if now < self._next_sweep:
             return
         self._next_sweep = now + SWEEP_EVERY_S
-        for message_id, trace in list(self._traces.items()):
-            if trace.ended_at is not None and now - trace.ended_at > self._keep_s:
-                del self._traces[message_id]
+        horizon = now - self._keep_s
+        expired = []
+        for message_id, trace in self._traces.items():
+            if trace.started > horizon:
+                break
+            if trace.ended_at is not None and trace.ended_at < horizon:
+                expired.append(message_id)
+        for message_id in expired:
+            del self._traces[message_id]
