@@ -4,7 +4,6 @@ SQLite's thread, one PostgreSQL connection; a second read not named is not made.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from gateway.store import ChatRecord, MessageRecord, open_store
 from gateway.store.drivers import PostgresDriver, Row, SQLiteDriver, Statement
 from tests.services import fresh_pg_database
+from tests.store.held import thread_held
 
 
 @pytest.fixture
@@ -29,23 +29,14 @@ def above_the_first(rows: list[Row]) -> Statement | None:
 
 
 async def test_sqlite_reads_both_in_one_job_for_its_thread(sqlite: SQLiteDriver) -> None:
-    held, release = threading.Event(), threading.Event()
-
-    def hold(_conn: object) -> None:
-        held.set()
-        release.wait(5)
-
-    blocker = asyncio.create_task(sqlite._run(hold))
-    await asyncio.to_thread(held.wait, 5)
-    read = asyncio.create_task(sqlite.fetch_then(("SELECT min(n) FROM t", ()), above_the_first))
-    await asyncio.sleep(0.05)
-    # A write that comes after the read: it goes to the thread behind the read's
-    # one job.  Were the second statement a job of its own, queued once the first
-    # came back, it would go behind this write and miss the row it deletes.
-    write = asyncio.create_task(sqlite.execute("DELETE FROM t WHERE n = 3"))
-    await asyncio.sleep(0.05)
-    release.set()
-    await blocker
+    async with thread_held(sqlite):
+        read = asyncio.create_task(sqlite.fetch_then(("SELECT min(n) FROM t", ()), above_the_first))
+        await asyncio.sleep(0.05)
+        # A write that comes after the read: it goes to the thread behind the read's
+        # one job.  Were the second statement a job of its own, queued once the first
+        # came back, it would go behind this write and miss the row it deletes.
+        write = asyncio.create_task(sqlite.execute("DELETE FROM t WHERE n = 3"))
+        await asyncio.sleep(0.05)
     first, second = await read
     await write
     assert [tuple(row) for row in first] == [(1,)]

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gateway.store.drivers import SQLiteDriver
+from tests.store.held import thread_held
 
 
 @pytest.fixture
@@ -53,21 +53,13 @@ async def test_a_burst_goes_to_the_thread_without_waiting_for_the_loop(
     # The thread is held; a burst of calls is made meanwhile.  Sent as they come,
     # they are all queued for the thread before it is let go; one round trip after
     # another, only the first would be.
-    held, release = threading.Event(), threading.Event()
-
-    def hold(_conn: object) -> None:
-        held.set()
-        release.wait(5)
-
-    blocker = asyncio.create_task(driver._run(hold))
-    await asyncio.to_thread(held.wait, 5)
-    calls = [
-        asyncio.create_task(driver.execute("INSERT INTO t (n) VALUES (?)", (n,))) for n in range(50)
-    ]
-    await asyncio.sleep(0.05)
-    queued = driver._executor._work_queue.qsize()
-    release.set()
-    await blocker
+    async with thread_held(driver):
+        calls = [
+            asyncio.create_task(driver.execute("INSERT INTO t (n) VALUES (?)", (n,)))
+            for n in range(50)
+        ]
+        await asyncio.sleep(0.05)
+        queued = driver._executor._work_queue.qsize()
     await asyncio.gather(*calls)
     assert queued == 50
     rows = await driver.fetch("SELECT n FROM t ORDER BY rowid")
