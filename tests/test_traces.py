@@ -1,60 +1,89 @@
 """A replica's reply traces (`edge/trace.py`): each kept `keep_s` after its end, at
-most `max_traces`; the sweep reads only the traces begun more than `keep_s` ago."""
+most `max_traces`; the sweep reads only the traces begun more than `keep_s` ago.
+The clock is the edge here: a hand-moved one."""
 
 from __future__ import annotations
 
-import time
+from types import SimpleNamespace
 
 import pytest
 
 from gateway.edge import trace
 from gateway.edge.trace import Traces
 
-KEEP_S = 0.2
+KEEP_S = 60.0
 
 
-@pytest.fixture(autouse=True)
-def sweep_at_every_look(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(trace, "SWEEP_EVERY_S", 0.0)
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def pass_(self, seconds: float) -> None:
+        self.now += seconds
 
 
-def test_an_ended_trace_is_kept_its_time_then_dropped() -> None:
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    hands = Clock()
+    monkeypatch.setattr(trace, "time", SimpleNamespace(monotonic=hands.monotonic))
+    return hands
+
+
+def test_an_ended_trace_is_kept_its_time_then_dropped(clock: Clock) -> None:
     traces = Traces(keep_s=KEEP_S)
     traces.begin("a", "alice").end()
-    assert traces.get("a") is not None  # just ended
-    time.sleep(KEEP_S * 1.5)
+    clock.pass_(KEEP_S - 1)
+    assert traces.get("a") is not None
+    clock.pass_(2)
     assert traces.get("a") is None
 
 
-def test_a_running_trace_is_never_dropped_and_does_not_stop_the_sweep() -> None:
+def test_a_running_trace_is_never_dropped_and_does_not_stop_the_sweep(clock: Clock) -> None:
     traces = Traces(keep_s=KEEP_S)
     running = traces.begin("long", "alice")  # a reply that runs past keep_s
-    ended = traces.begin("short", "alice")
-    ended.end()
-    time.sleep(KEEP_S * 1.5)
+    traces.begin("short", "alice").end()
+    clock.pass_(KEEP_S + 1)
     recent = traces.begin("recent", "bob")
     recent.end()
     assert traces.get("short") is None  # begun after the running one, ended long ago
     assert traces.get("long") is running  # still running: kept
     assert traces.get("recent") is recent  # ended just now: kept
     running.end()
-    time.sleep(KEEP_S * 1.5)
+    clock.pass_(KEEP_S + 1)
     assert traces.get("long") is None and traces.get("recent") is None
 
 
-def test_a_trace_begun_again_is_swept_by_its_new_beginning() -> None:
+def test_the_sweep_runs_at_most_once_a_second(clock: Clock) -> None:
     traces = Traces(keep_s=KEEP_S)
     traces.begin("a", "alice").end()
+    clock.pass_(KEEP_S - 0.5)
+    assert traces.get("a") is not None  # a sweep: nothing old enough
+    clock.pass_(0.9)
+    assert traces.get("a") is not None  # old enough, but the last sweep was 0.9 s ago
+    clock.pass_(0.2)
+    assert traces.get("a") is None
+
+
+def test_a_trace_begun_again_is_swept_by_its_new_beginning(clock: Clock) -> None:
+    traces = Traces(keep_s=KEEP_S)
+    traces.begin("a", "alice")  # left running
     traces.begin("b", "alice").end()
-    time.sleep(KEEP_S * 1.5)
-    again = traces.begin("a", "alice")  # the same message answered again: the newest
-    again.end()
+    clock.pass_(KEEP_S - 0.2)
+    assert traces.get("b") is not None  # a sweep: `b` not old enough yet
+    again = traces.begin("a", "alice")  # the same message answered again (no sweep)
+    clock.pass_(1.1)
+    # `a` now stands where it began again, behind `b`: the sweep drops `b` (ended
+    # long ago), then stops at the new `a`.  Had `a` kept its first place, the
+    # sweep would have stopped there, at a trace begun just now, and kept `b`.
     assert traces.get("b") is None
     assert traces.get("a") is again
 
 
 def test_at_most_max_traces_the_oldest_ended_first() -> None:
-    traces = Traces(max_traces=3, keep_s=60.0)
+    traces = Traces(max_traces=3, keep_s=KEEP_S)
     first = traces.begin("m0", "alice")
     for index in range(1, 5):
         traces.begin(f"m{index}", "alice")

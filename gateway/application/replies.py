@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
+import functools
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,12 +62,15 @@ __all__ = [
 
 @dataclass(slots=True)
 class Following:
-    """A started reply and its events, for the request that asked for it."""
+    """A started reply and its events, for the request that asked for it; `close()`
+    leaves the hub even when `events` never started (closing a generator that never
+    ran does not run its `finally`: a request cancelled before its first event)."""
 
     chat_id: str
     message_id: str
     events: AsyncGenerator[Event, None]
     repaired: str | None = None
+    close: Callable[[], None] = lambda: None
 
 
 class Replies:
@@ -108,7 +112,8 @@ class Replies:
         """Into `history.messages[ask.message_id]` of chat `ask.chat_id`."""
         started = await self._service.start_reply(principal, ask)
         events = self._drained(started.outbox)
-        return Following(started.chat_id, started.message_id, events, started.repaired)
+        close = functools.partial(self._hub.unsubscribe, started.outbox)
+        return Following(started.chat_id, started.message_id, events, started.repaired, close)
 
     async def start_turn(
         self, principal: Principal, ask: Ask, tasks: frozenset[str] = frozenset()

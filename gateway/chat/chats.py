@@ -3,7 +3,8 @@
 Every method takes the caller's `Principal` and raises `NotFound` for a chat
 that does not exist *or* is not theirs (Open WebUI's frontend logs users out
 on 401, and no one should learn which ids exist).  Replies are not written
-here: a running reply's runner (`runner.py`) is their only writer.
+here: `runner.py` ends each one (and the placeholder of one never started),
+`running.py`'s start-up recovery those a crash left unfinished.
 """
 
 from __future__ import annotations

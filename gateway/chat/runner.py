@@ -96,22 +96,49 @@ class ReplyRunner:
         run = ReplyRun(running, record, title, after, written=written)
         self._registry.start(running, self._run(run, opening))
 
-    async def refused(self, record: MessageRecord, error: GatewayError, user_id: str) -> None:
-        """A reply whose upstream would not open before it was started: stored as failed."""
-        refused(user_id, record.chat_id, record.id, error)
-        await self._store_end(record, ReplyFailed("", record.id, 0, error.code, error.message))
+    async def unopened(
+        self,
+        record: MessageRecord,
+        user_id: str,
+        error: BaseException,
+        written: asyncio.Future[None],
+    ) -> None:
+        """A stored placeholder whose model server was not opened, its reply never
+        started (backend-controlled mode opens it before answering): ended once its
+        `written` is done (no row to end if that failed) as the reply would have
+        ended: failed with the model server's error (unknown model, a refusal),
+        stopped with no text (the caller left: its request cancelled), or failed
+        (a bug).  Shielded, so a caller that is gone still leaves no unfinished row;
+        an end that cannot be stored is logged, never raised over `error`."""
+        chat_id, message_id = record.chat_id, record.id
+        end: ReplyFinished | ReplyFailed
+        if isinstance(error, GatewayError):
+            end = ReplyFailed(chat_id, message_id, 0, error.code, error.message)
+            refused(user_id, chat_id, message_id, error)
+        elif isinstance(error, asyncio.CancelledError):
+            usage = Usage(0, 0, estimated=True)
+            end = ReplyFinished(chat_id, message_id, 0, "", usage, "cancelled", 0.0, cancelled=True)
+            _never_ran(Phase.CANCELLED, user_id, chat_id, message_id, None)
+        elif isinstance(error, Exception):
+            end = ReplyFailed(chat_id, message_id, 0, "internal_error", "Internal error")
+            _never_ran(Phase.FAILED, user_id, chat_id, message_id, "internal_error")
+        else:
+            return  # the process is going down: start-up recovery ends the row
+        await asyncio.shield(self._end_unopened(record, end, written))
 
-    async def abandoned(self, record: MessageRecord, user_id: str) -> None:
-        """A reply whose caller left (its request cancelled) while its model server
-        was being opened, before it was started: its placeholder ended as a stopped
-        reply with no text, as a stop would have left it (shielded: the caller is
-        gone, the row must not stay unfinished)."""
-        end = ReplyFinished(
-            record.chat_id, record.id, 0, "", Usage(0, 0, estimated=True), "cancelled", 0.0,
-            cancelled=True,
-        )  # fmt: skip
-        _never_ran(Phase.CANCELLED, user_id, record.chat_id, record.id, None)
-        await asyncio.shield(self._store_end(record, end))
+    async def _end_unopened(
+        self, record: MessageRecord, end: ReplyFinished | ReplyFailed, written: asyncio.Future[None]
+    ) -> None:
+        try:
+            await written
+        except BaseException:
+            return  # never written: nothing to end
+        try:
+            await self._store_end(record, end)
+        except Exception:
+            log.exception(
+                "the end of a reply that never ran was not stored", extra={"message_id": record.id}
+            )
 
     async def _run(self, run: ReplyRun, opening: Opening) -> None:
         checkpoint: asyncio.Task[None] | None = None

@@ -163,7 +163,6 @@ class ChatService:
         record = message_record(chat.id, placeholder)
         chat.current_id = record.id
         chat.updated_at = now_s()
-        await self.store.save_chat(chat, [record])
         title = title_for(chat, history)
         return await self._starter.into(chat, record, ask, conversation, title, repaired)
 
@@ -207,6 +206,7 @@ class ChatService:
         `stored=False`: made by the caller and not stored yet (a RAGFlow session
         opened by its first question), written with the turn, in one write."""
         model = await self.pick_model(say.model)
+        chat_given = chat is not None
         if chat is not None:
             if chat.id != say.chat_id or chat.user_id != principal.user_id:
                 raise NotFound("Chat not found")
@@ -235,7 +235,8 @@ class ChatService:
             rooms=rooms,
             params=params or {},
         )
-        return await self._answer(chat, history, ask, new=say.chat_id is None or not stored)
+        new = say.chat_id is None or (chat_given and not stored)
+        return await self._answer(chat, history, ask, new=new)
 
     async def pick_model(self, hint: str | None) -> str:
         """The model a client named, if it exists; else the configured default; else

@@ -37,7 +37,6 @@ from gateway.chat.slots import ReplySlots
 from gateway.chat.turns import Turn, conversation_for
 from gateway.commands import Ask
 from gateway.edge.auth import Principal
-from gateway.errors import GatewayError
 from gateway.events import Event, ReplyFinished
 from gateway.fanout.hub import Hub
 from gateway.fanout.outbox import Outbox
@@ -176,18 +175,20 @@ class ReplyStarter:
         title: str | None,
         repaired: str | None,
     ) -> StartedReply:
-        """A stored placeholder answered (backend-controlled mode): its upstream is
-        opened before this returns, so "unknown model" is still the caller's error
-        (stored as the reply's failure); the caller's slot is the reply's."""
+        """A placeholder answered (backend-controlled mode): written (with its chat's
+        row), then its upstream opened before this returns, so "unknown model" is
+        still the caller's error; a reply not opened, for that or any reason (its
+        caller left: the request cancelled), has its placeholder ended
+        (`ReplyRunner.unopened`).  The caller's slot is the reply's."""
+        written = asyncio.ensure_future(self._store.save_chat(chat, [record]))
         outbox = self._hub.subscribe([rooms.reply(chat.id, record.id)])
         try:
+            # Shielded: a caller that leaves mid-write does not cut the write short.
+            await asyncio.shield(written)
             events = await self._opener(ask.model, conversation, ask.params, record, chat)()
         except BaseException as exc:
             self._hub.unsubscribe(outbox)
-            if isinstance(exc, GatewayError):
-                await self._runner.refused(record, exc, chat.user_id)
-            elif isinstance(exc, asyncio.CancelledError):
-                await self._runner.abandoned(record, chat.user_id)  # its caller left
+            await self._runner.unopened(record, chat.user_id, exc, written)
             raise
 
         async def opened() -> AsyncGenerator[Event, None]:

@@ -1,79 +1,161 @@
-"""A backend-controlled reply (`ChatService.start_reply`) opens its model server
-before it returns (`starter.into`).  When its caller leaves meanwhile (the HTTP
-request cancelled: the client went away), the placeholder it wrote is ended as a
-stopped reply with no text, not left unfinished; the outbox it subscribed leaves
-the hub; the user's reply slot is given back."""
+"""A backend-controlled reply (`ChatService.start_reply`) writes its placeholder,
+then opens its model server before it returns (`starter.into`).  A reply that is
+not opened (its caller left: the HTTP request cancelled, during the write or
+while the model server is asked; or a bug) has its placeholder ended as the
+reply would have ended, not left unfinished; the outbox it subscribed leaves the
+hub; the user's reply slot is given back."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from gateway import rooms
+from gateway.application.replies import Replies
 from gateway.chat.service import ChatService
 from gateway.commands import Ask
 from gateway.edge.auth import Principal
 from gateway.fanout.hub import Hub
 from gateway.store import ChatRecord, MessageRecord, Store, open_store
+from gateway.store.drivers import SQLiteDriver
 from gateway.upstream import ModelInfo
+from gateway.upstream.openai import OpenAIUpstream
 from gateway.upstream.router import ModelRouter
+from tests.fakes.upstream import FakeUpstream
+from tests.store.held import Hold, thread_held
+
+ALICE = Principal("alice", "Alice")
+ASK = Ask(model="m", messages=[], chat_id="c1", message_id="a1")
+ROOM = rooms.reply("c1", "a1")
 
 
-class Hanging:
-    """The edge: a model server that takes the request and never answers."""
+class Upstream:
+    """The edge: a model server that takes the request and never answers, or one
+    whose client fails with a bug (`crash`)."""
 
-    name = "hanging"
+    name = "edge"
 
-    def __init__(self) -> None:
+    def __init__(self, crash: bool = False) -> None:
         self.asked = asyncio.Event()
+        self.crash = crash
 
     async def list_models(self) -> Sequence[ModelInfo]:
         return [ModelInfo("m", "m", "test", 0)]
 
     async def open(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> Any:
         self.asked.set()
+        if self.crash:
+            raise RuntimeError("a bug in the model server's client")
         await asyncio.Event().wait()
         raise AssertionError("never answered")
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await open_store("", tmp_path)
-    yield opened
-    await opened.close()
+@dataclass
+class Gateway:
+    store: Store
+    hub: Hub
+    upstream: Upstream
+    service: ChatService
 
 
-async def test_a_reply_whose_caller_left_while_it_opened_is_ended_as_stopped(
-    store: Store,
-) -> None:
-    upstream, hub = Hanging(), Hub(100)
-    service = ChatService(ModelRouter([upstream], 60.0), store, hub, max_replies_per_user=1)
-    alice = Principal("alice", "Alice")
+@pytest.fixture(params=[False, True], ids=["hangs", "crashes"])
+async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gateway]:
+    store = await open_store("", tmp_path)
     question = MessageRecord("c1", "q1", None, "user", "Hello?")
     await store.insert_chat(ChatRecord("c1", "alice", "Hi", "q1", 100, 100), [question])
-    ask = Ask(model="m", messages=[], chat_id="c1", message_id="a1")
-    room = rooms.reply("c1", "a1")
+    upstream, hub = Upstream(crash=request.param), Hub(100)
+    router = ModelRouter([upstream], 60.0)
+    yield Gateway(store, hub, upstream, ChatService(router, store, hub, max_replies_per_user=1))
+    await store.close()
 
-    started = asyncio.ensure_future(service.start_reply(alice, ask))
+
+async def ended_as(store: Store) -> tuple[bool | None, dict[str, Any], str]:
+    reply = await store.get_message("c1", "a1")
+    assert reply is not None
+    return reply.done, reply.fields, reply.content
+
+
+async def test_a_reply_not_opened_ends_its_placeholder(gateway: Gateway) -> None:
+    store, hub, upstream, service = gateway.store, gateway.hub, gateway.upstream, gateway.service
+    started = asyncio.ensure_future(service.start_reply(ALICE, ASK))
     await asyncio.wait_for(upstream.asked.wait(), 5)
-    placeholder = await store.get_message("c1", "a1")
-    assert placeholder is not None and placeholder.done is False  # written, then asked
-    assert room in hub._rooms and service.replies_running() == 1
-    started.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await started
-
-    ended = await store.get_message("c1", "a1")
-    assert ended is not None
-    assert ended.done is True and ended.fields.get("cancelled") is True and ended.content == ""
-    assert room not in hub._rooms  # its outbox left the hub
-    assert service.replies_running() == 0  # the slot is given back: the user may ask again
-    again = asyncio.ensure_future(service.start_reply(alice, ask))
-    await asyncio.sleep(0.05)
-    assert not again.done()  # asking, not refused for a slot never given back
+    if upstream.crash:
+        with pytest.raises(RuntimeError):
+            await started
+        done, fields, _ = await ended_as(store)
+        assert done is True and fields["error"] == {"content": "Internal error"}
+    else:
+        placeholder = await store.get_message("c1", "a1")
+        assert placeholder is not None and placeholder.done is False  # written, then asked
+        assert ROOM in hub._rooms and service.replies_running() == 1
+        started.cancel()  # the caller left while the model server was asked
+        with pytest.raises(asyncio.CancelledError):
+            await started
+        done, fields, content = await ended_as(store)
+        assert done is True and fields.get("cancelled") is True and content == ""
+    assert ROOM not in hub._rooms  # its outbox left the hub
+    assert service.replies_running() == 0
+    upstream.asked.clear()
+    again = asyncio.ensure_future(service.start_reply(ALICE, ASK))
+    await asyncio.wait_for(upstream.asked.wait(), 5)  # asked again: its slot was given back
     again.cancel()
     await asyncio.gather(again, return_exceptions=True)
+
+
+async def test_a_caller_that_leaves_during_the_write_leaves_no_unfinished_row(
+    gateway: Gateway,
+) -> None:
+    store, hub, upstream, service = gateway.store, gateway.hub, gateway.upstream, gateway.service
+    db = store.db
+    assert isinstance(db, SQLiteDriver)
+    async with thread_held(db):
+        started = asyncio.ensure_future(service.start_reply(ALICE, ASK))
+        await asyncio.sleep(0.05)  # its read of the chat waits for the thread
+        hold = Hold(db)  # behind that read: the placeholder's write will wait for it
+    await hold.until_running()
+    await asyncio.sleep(0.05)
+    started.cancel()  # the caller leaves while the placeholder is being written
+    await asyncio.sleep(0.05)
+    assert not started.done()  # it waits for the write, to end what it wrote
+    await hold.release()
+    with pytest.raises(asyncio.CancelledError):
+        await started
+    done, fields, content = await ended_as(store)
+    assert done is True and fields.get("cancelled") is True and content == ""
+    assert not upstream.asked.is_set()  # the model server was never asked
+    assert ROOM not in hub._rooms and service.replies_running() == 0
+
+
+async def test_a_started_reply_its_request_never_read_leaves_the_hub(tmp_path: Path) -> None:
+    """`Replies.start_reply`'s events are a generator: a request cancelled before
+    their first step (while its response's headers are sent) closes them without
+    their `finally`; the route's `Following.close()` still takes the outbox out of
+    the hub.  A real model server client, in front of the fake one."""
+    fake = FakeUpstream().start()
+    store = await open_store("", tmp_path)
+    try:
+        question = MessageRecord("c1", "q1", None, "user", "Hello?")
+        await store.insert_chat(ChatRecord("c1", "alice", "Hi", "q1", 100, 100), [question])
+        async with aiohttp.ClientSession() as session:
+            hub = Hub(100)
+            router = ModelRouter([OpenAIUpstream(fake.url, "", session, 5.0, None)], 60.0)
+            service = ChatService(router, store, hub)
+            replies = Replies(service, hub)
+            ask = Ask(model="fake-model", messages=[], chat_id="c1", message_id="a1")
+            following = await replies.start_reply(ALICE, ask)
+            assert ROOM in hub._rooms
+            await following.events.aclose()  # never started: its `finally` does not run
+            following.close()
+            assert ROOM not in hub._rooms
+            await asyncio.wait_for(service.all_replies_ended(), 5)  # the reply itself ran on
+        done, _, content = await ended_as(store)
+        assert done is True and content.startswith("Fake reply to:")
+    finally:
+        await store.close()
+        fake.stop()

@@ -10,20 +10,33 @@ from collections.abc import AsyncIterator
 from gateway.store.drivers import SQLiteDriver
 
 
+class Hold:
+    """A job for the driver's thread, queued now behind what is already queued,
+    that keeps the thread busy from when it runs until `release()`."""
+
+    def __init__(self, driver: SQLiteDriver) -> None:
+        self.running, self._released = threading.Event(), threading.Event()
+        self._job = asyncio.ensure_future(driver._run(self._hold))
+
+    def _hold(self, _conn: object) -> None:
+        self.running.set()
+        self._released.wait(5)
+
+    async def until_running(self) -> None:
+        await asyncio.to_thread(self.running.wait, 5)
+
+    async def release(self) -> None:
+        self._released.set()
+        await self._job
+
+
 @contextlib.asynccontextmanager
 async def thread_held(driver: SQLiteDriver) -> AsyncIterator[None]:
     """The driver's thread busy for the block (the calls made in it wait in its
     queue, in the order they came), let go at its end."""
-    held, release = threading.Event(), threading.Event()
-
-    def hold(_conn: object) -> None:
-        held.set()
-        release.wait(5)
-
-    blocker = asyncio.create_task(driver._run(hold))
-    await asyncio.to_thread(held.wait, 5)
+    hold = Hold(driver)
+    await hold.until_running()
     try:
         yield
     finally:
-        release.set()
-        await blocker
+        await hold.release()

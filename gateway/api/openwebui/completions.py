@@ -56,22 +56,25 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         answer = {"status": True, "task_ids": turn.task_ids, "chat_id": turn.chat_id}
         return web.json_response(answer)
     following = await replies.start_reply(principal, ask)
-    headers = {REPAIRED_HEADER: following.repaired} if following.repaired else {}
-    created = int(time.time())
-    if ask.stream:
-        encoder = codec.ChunkEncoder(ask.model, created, ask.include_usage)
-        return await stream_events(
-            request,
-            following.events,
-            encoder.encode,
-            origins=request.app[ORIGINS],
-            keepalive_s=request.app[SETTINGS].sse_keepalive_s,
-            flavour="openwebui",
-            headers=headers,
-        )
-    end, before = await finished(following.events)
-    reply = openai.completion(ask, created, end, before, following.message_id)
-    return web.json_response(reply, headers=headers)
+    try:
+        headers = {REPAIRED_HEADER: following.repaired} if following.repaired else {}
+        created = int(time.time())
+        if ask.stream:
+            encoder = codec.ChunkEncoder(ask.model, created, ask.include_usage)
+            return await stream_events(
+                request,
+                following.events,
+                encoder.encode,
+                origins=request.app[ORIGINS],
+                keepalive_s=request.app[SETTINGS].sse_keepalive_s,
+                flavour="openwebui",
+                headers=headers,
+            )
+        end, before = await finished(following.events)
+        reply = openai.completion(ask, created, end, before, following.message_id)
+        return web.json_response(reply, headers=headers)
+    finally:
+        following.close()  # cancelled before its first event, `events` never ran
 
 
 def add_routes(app: web.Application) -> None:
