@@ -80,6 +80,8 @@ class ReplyRunner:
         # Taken by whoever started the reply (`service.py`, `starter.py`), given back
         # at its end here.
         self.slots = slots if slots is not None else ReplySlots(None)
+        # The ends being stored of replies that never started (`unopened`).
+        self._ending: set[asyncio.Future[None]] = set()
 
     def start(
         self,
@@ -104,35 +106,55 @@ class ReplyRunner:
         written: asyncio.Future[None],
     ) -> None:
         """A stored placeholder whose model server was not opened, its reply never
-        started (backend-controlled mode opens it before answering): ended once its
-        `written` is done (no row to end if that failed) as the reply would have
-        ended: failed with the model server's error (unknown model, a refusal),
-        stopped with no text (the caller left: its request cancelled), or failed
-        (a bug).  Shielded, so a caller that is gone still leaves no unfinished row;
-        an end that cannot be stored is logged, never raised over `error`."""
+        started (backend-controlled mode opens it before answering): once its
+        `written` is done, ended as the reply would have ended, and counted: failed
+        with the model server's error (unknown model, a refusal), stopped with no
+        text (the caller left: its request cancelled), or failed (a bug).  Nothing
+        is ended or counted when the write failed (there is no row).  Shielded, so
+        a caller that is gone still leaves no unfinished row (`ends_stored` waits
+        for it); an end that cannot be stored is logged, never raised over `error`."""
         chat_id, message_id = record.chat_id, record.id
         end: ReplyFinished | ReplyFailed
         if isinstance(error, GatewayError):
             end = ReplyFailed(chat_id, message_id, 0, error.code, error.message)
-            refused(user_id, chat_id, message_id, error)
+            status, code = Phase.FAILED, error.code
         elif isinstance(error, asyncio.CancelledError):
             usage = Usage(0, 0, estimated=True)
             end = ReplyFinished(chat_id, message_id, 0, "", usage, "cancelled", 0.0, cancelled=True)
-            _never_ran(Phase.CANCELLED, user_id, chat_id, message_id, None)
+            status, code = Phase.CANCELLED, None
         elif isinstance(error, Exception):
             end = ReplyFailed(chat_id, message_id, 0, "internal_error", "Internal error")
-            _never_ran(Phase.FAILED, user_id, chat_id, message_id, "internal_error")
+            status, code = Phase.FAILED, "internal_error"
         else:
-            return  # the process is going down: start-up recovery ends the row
-        await asyncio.shield(self._end_unopened(record, end, written))
+            # The process is going down: start-up recovery ends the row.
+            written.add_done_callback(_retrieved)
+            return
+        ending = asyncio.ensure_future(
+            self._end_unopened(record, user_id, end, status, code, written)
+        )
+        self._ending.add(ending)
+        ending.add_done_callback(self._ending.discard)
+        await asyncio.shield(ending)
+
+    async def ends_stored(self) -> None:
+        """Until the ends of the replies that never started are stored."""
+        while self._ending:
+            await asyncio.wait(set(self._ending))
 
     async def _end_unopened(
-        self, record: MessageRecord, end: ReplyFinished | ReplyFailed, written: asyncio.Future[None]
+        self,
+        record: MessageRecord,
+        user_id: str,
+        end: ReplyFinished | ReplyFailed,
+        status: Phase,
+        code: str | None,
+        written: asyncio.Future[None],
     ) -> None:
         try:
             await written
         except BaseException:
-            return  # never written: nothing to end
+            return  # never written: nothing to end, no reply to count
+        _never_ran(status, user_id, record.chat_id, record.id, code)
         try:
             await self._store_end(record, end)
         except Exception:
@@ -366,6 +388,11 @@ async def counted(
         metrics.REPLIES_RUNNING.dec()
         done()
         _ended(run, status, code)
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()  # retrieved: not reported as never retrieved
 
 
 def refused(user_id: str, chat_id: str | None, message_id: str, error: GatewayError) -> None:

@@ -83,6 +83,7 @@ class ChatService:
         )
         # The live traces of this replica's replies (`edge/trace.py`).
         self.traces = runner.traces
+        self._runner = runner
         self._starter = ReplyStarter(router, store, hub, runner, self._slots, background)
 
     def replies_running(self) -> int:
@@ -90,8 +91,10 @@ class ChatService:
         return self._slots.total()
 
     async def all_replies_ended(self) -> None:
-        """Until no reply runs in this replica."""
+        """Until no reply runs in this replica (and the placeholders of those that
+        never started are ended)."""
         await self._slots.idle()
+        await self._runner.ends_stored()
 
     # -- pure API mode -------------------------------------------------------
     async def open_reply(self, principal: Principal, ask: Ask) -> AsyncGenerator[Event, None]:

@@ -180,8 +180,8 @@ class ReplyStarter:
         still the caller's error; a reply not opened, for that or any reason (its
         caller left: the request cancelled), has its placeholder ended
         (`ReplyRunner.unopened`).  The caller's slot is the reply's."""
-        written = asyncio.ensure_future(self._store.save_chat(chat, [record]))
         outbox = self._hub.subscribe([rooms.reply(chat.id, record.id)])
+        written = asyncio.ensure_future(self._store.save_chat(chat, [record]))
         try:
             # Shielded: a caller that leaves mid-write does not cut the write short.
             await asyncio.shield(written)

@@ -20,6 +20,7 @@ from gateway import rooms
 from gateway.application.replies import Replies
 from gateway.chat.service import ChatService
 from gateway.commands import Ask
+from gateway.edge import metrics
 from gateway.edge.auth import Principal
 from gateway.fanout.hub import Hub
 from gateway.store import ChatRecord, MessageRecord, Store, open_store
@@ -130,6 +131,29 @@ async def test_a_caller_that_leaves_during_the_write_leaves_no_unfinished_row(
     assert done is True and fields.get("cancelled") is True and content == ""
     assert not upstream.asked.is_set()  # the model server was never asked
     assert ROOM not in hub._rooms and service.replies_running() == 0
+
+
+async def test_a_placeholder_never_written_is_neither_ended_nor_counted(
+    gateway: Gateway,
+) -> None:
+    store, hub, upstream, service = gateway.store, gateway.hub, gateway.upstream, gateway.service
+    db = store.db
+    assert isinstance(db, SQLiteDriver)
+    # The database refuses the placeholder's write (a real refusal: a trigger).
+    await db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    counted = {status: replies_ended(status) for status in ("failed", "cancelled")}
+    with pytest.raises(Exception, match="refused"):
+        await service.start_reply(ALICE, ASK)
+    assert await store.get_message("c1", "a1") is None  # no row: nothing to end
+    assert {status: replies_ended(status) for status in counted} == counted
+    assert not upstream.asked.is_set()
+    assert ROOM not in hub._rooms and service.replies_running() == 0
+
+
+def replies_ended(status: str) -> float:
+    return metrics.REGISTRY.get_sample_value("gateway_replies_total", {"status": status}) or 0.0
 
 
 async def test_a_started_reply_its_request_never_read_leaves_the_hub(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ class Hold:
         self._released.wait(5)
 
     async def until_running(self) -> None:
-        await asyncio.to_thread(self.running.wait, 5)
+        assert await asyncio.to_thread(self.running.wait, 5), "the thread was never free"
 
     async def release(self) -> None:
         self._released.set()
