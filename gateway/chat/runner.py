@@ -110,7 +110,8 @@ class ReplyRunner:
         `written` is done, ended as the reply would have ended, and counted: failed
         with the model server's error (unknown model, a refusal), stopped with no
         text (the caller left: its request cancelled), or failed (a bug).  Nothing
-        is ended or counted when the write failed (there is no row).  Shielded, so
+        is ended or counted when the write failed (nothing of it to end: a row it
+        did not make stays as it was, for start-up recovery).  Shielded, so
         a caller that is gone still leaves no unfinished row (`ends_stored` waits
         for it); an end that cannot be stored is logged, never raised over `error`."""
         chat_id, message_id = record.chat_id, record.id
