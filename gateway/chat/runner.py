@@ -35,11 +35,12 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 
 from gateway import rooms
+from gateway.chat.accounting import ENDINGS, counted_end, never_ran, traced
 from gateway.chat.chats import DEFAULT_TITLES, now_s
 from gateway.chat.lifecycle import Phase, ReplyRun
 from gateway.chat.running import Running, RunningReplies
 from gateway.chat.slots import ReplySlots
-from gateway.edge import access, metrics
+from gateway.edge import metrics
 from gateway.edge.trace import Traces
 from gateway.errors import GatewayError
 from gateway.events import Event, Notification, ReplyFailed, ReplyFinished, TextDelta, Usage
@@ -51,7 +52,6 @@ from gateway.store.records import MessageRecord
 log = logging.getLogger(__name__)
 
 NOTIFICATION_PREVIEW_CHARS = 140
-_ENDINGS = (ReplyFinished, ReplyFailed)
 
 Opening = Callable[[], Awaitable[AsyncGenerator[Event, None]]]
 
@@ -155,7 +155,7 @@ class ReplyRunner:
             await written
         except BaseException:
             return  # never written: nothing to end, no reply to count
-        _never_ran(status, user_id, record.chat_id, record.id, code)
+        never_ran(status, user_id, record.chat_id, record.id, code)
         try:
             await self._store_end(record, end)
         except Exception:
@@ -256,7 +256,7 @@ class ReplyRunner:
                 if type(event) is TextDelta:
                     if run.record is not None:
                         checkpoint = self._checkpoint(run, checkpoint)
-                elif isinstance(event, _ENDINGS):
+                elif isinstance(event, ENDINGS):
                     return event, checkpoint
                 publish(user_id, rooms, event)
                 if crowded():  # the other replicas' share waits to go out: so does the rest
@@ -287,8 +287,8 @@ class ReplyRunner:
         logged, and the clients still get the end), then the end published, then —
         for a finished stored reply nobody watched — a notification."""
         run.advance(run.end_phase(end))
-        _count(run, end)
-        _traced(run, end)
+        counted_end(run, end)
+        traced(run, end)
         if run.record is not None:
             try:
                 titled = await self._store_end(run.record, end, run.title)
@@ -361,98 +361,6 @@ async def _was_written(run: ReplyRun) -> bool:
     return True
 
 
-async def counted(
-    events: AsyncGenerator[Event, None],
-    user_id: str,
-    message_id: str,
-    done: Callable[[], None] = lambda: None,
-) -> AsyncGenerator[Event, None]:
-    """A reply nothing stores (OpenAI's pure API: its caller consumes the events),
-    counted as the runner counts its replies.  Closed before its end (the client
-    left): cancelled."""
-    run = ReplyRun(Running("", "", message_id, user_id, []))
-    status, code = Phase.CANCELLED, None
-    metrics.REPLIES_RUNNING.inc()
-    try:
-        async with contextlib.aclosing(events):
-            async for event in events:
-                if isinstance(event, _ENDINGS):
-                    status = run.end_phase(event)
-                    code = event.code if isinstance(event, ReplyFailed) else None
-                else:
-                    run.saw(event)
-                yield event
-    except Exception as exc:
-        status, code = Phase.FAILED, getattr(exc, "code", "internal_error")
-        raise
-    finally:
-        metrics.REPLIES_RUNNING.dec()
-        done()
-        _ended(run, status, code)
-
-
 def _retrieved(done: asyncio.Future[None]) -> None:
     if not done.cancelled():
         done.exception()  # retrieved: not reported as never retrieved
-
-
-def refused(user_id: str, chat_id: str | None, message_id: str, error: GatewayError) -> None:
-    """A reply the model server would not open, before it ran: counted and logged as
-    failed (no model: it never answered)."""
-    _never_ran(Phase.FAILED, user_id, chat_id, message_id, error.code)
-
-
-def _never_ran(
-    status: Phase, user_id: str, chat_id: str | None, message_id: str, code: str | None
-) -> None:
-    """A reply that ended before it ran, into the metrics and the access log."""
-    metrics.reply_ended(status.value, code, "", None, 0.0)
-    access.reply_ended(
-        status.value,
-        user_id=user_id,
-        chat_id=chat_id,
-        message_id=message_id,
-        model="",
-        took_s=0.0,
-        chars=0,
-        code=code,
-    )
-
-
-def _traced(run: ReplyRun, end: ReplyFinished | ReplyFailed) -> None:
-    """The trace's last records: the finish step, then complete or error."""
-    trace = run.trace
-    if trace is None:
-        return
-    took = round((time.monotonic() - run.started) * 1000, 1)
-    trace.step("finish", status=run.phase.value)
-    if isinstance(end, ReplyFailed):
-        trace.add("execution_error", error=end.message, code=end.code, duration_ms=took)
-    else:
-        usage = None if end.cancelled else end.usage.as_dict()
-        result = {"status": run.phase.value, "chars": len(end.content), "duration_ms": took}
-        trace.add("execution_complete", result={**result, "usage": usage})
-    trace.end()
-
-
-def _count(run: ReplyRun, end: ReplyFinished | ReplyFailed) -> None:
-    code = end.code if isinstance(end, ReplyFailed) else None
-    _ended(run, run.phase, code)
-
-
-def _ended(run: ReplyRun, status: Phase, code: str | None) -> None:
-    """A reply's end into the metrics and the access log (ids and sizes, not its text)."""
-    took = time.monotonic() - run.started
-    ttft = None if run.first_token is None else run.first_token - run.started
-    metrics.reply_ended(status.value, code, run.model, ttft, took)
-    running = run.running
-    access.reply_ended(
-        status.value,
-        user_id=running.user_id,
-        chat_id=running.chat_id,
-        message_id=running.message_id,
-        model=run.model,
-        took_s=took,
-        chars=sum(map(len, run.parts)),
-        code=code,
-    )

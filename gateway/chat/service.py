@@ -26,9 +26,10 @@ from typing import Any
 
 from gateway.bus import Replicas
 from gateway.chat import tree
+from gateway.chat.accounting import counted, refused
 from gateway.chat.background import Background
 from gateway.chat.chats import ChatBook, new_chat, now_s, title_for
-from gateway.chat.runner import ReplyRunner, counted, refused
+from gateway.chat.runner import ReplyRunner
 from gateway.chat.running import RunningReplies
 from gateway.chat.shapes import message_record
 from gateway.chat.slots import ReplySlots

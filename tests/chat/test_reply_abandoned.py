@@ -64,6 +64,12 @@ class Gateway:
     upstream: Upstream
     service: ChatService
 
+    @property
+    def sqlite(self) -> SQLiteDriver:
+        db = self.store.db
+        assert isinstance(db, SQLiteDriver)
+        return db
+
 
 @pytest.fixture(params=[False, True], ids=["hangs", "crashes"])
 async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gateway]:
@@ -113,8 +119,7 @@ async def test_a_caller_that_leaves_during_the_write_leaves_no_unfinished_row(
     gateway: Gateway,
 ) -> None:
     store, hub, upstream, service = gateway.store, gateway.hub, gateway.upstream, gateway.service
-    db = store.db
-    assert isinstance(db, SQLiteDriver)
+    db = gateway.sqlite
     async with thread_held(db):
         started = asyncio.ensure_future(service.start_reply(ALICE, ASK))
         await asyncio.sleep(0.05)  # its read of the chat waits for the thread
@@ -137,8 +142,7 @@ async def test_a_placeholder_never_written_is_neither_ended_nor_counted(
     gateway: Gateway,
 ) -> None:
     store, hub, upstream, service = gateway.store, gateway.hub, gateway.upstream, gateway.service
-    db = store.db
-    assert isinstance(db, SQLiteDriver)
+    db = gateway.sqlite
     # The database refuses the placeholder's write (a real refusal: a trigger).
     await db.execute(
         "CREATE TRIGGER refuse BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'refused'); END"
