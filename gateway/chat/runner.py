@@ -129,12 +129,15 @@ class ReplyRunner:
         else:
             # The process is going down: start-up recovery ends the row.
             written.add_done_callback(_retrieved)
+            self._registry.release(chat_id, [message_id])
             return
         ending = asyncio.ensure_future(
             self._end_unopened(record, user_id, end, status, code, written)
         )
         self._ending.add(ending)
         ending.add_done_callback(self._ending.discard)
+        # Its message held (`RunningReplies.claim`) until its end is stored.
+        ending.add_done_callback(lambda _: self._registry.release(chat_id, [message_id]))
         await asyncio.shield(ending)
 
     async def ends_stored(self) -> None:
@@ -297,6 +300,9 @@ class ReplyRunner:
                 titled = None
             if titled is not None and isinstance(end, ReplyFinished):
                 end = replace(end, title=titled)
+        # Its message free before its end goes out: a client may answer into it
+        # again as soon as it has the end.
+        self._registry.ended(run.running)
         self._hub.reply_event(run.running.user_id, run.running.rooms, end)
         if run.phase is Phase.FINISHED:
             assert isinstance(end, ReplyFinished)

@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.bus import Replicas, TaskInfo
 from gateway.bus.memory import LocalReplicas
+from gateway.errors import Conflict
 from gateway.events import ReplyFailed
 from gateway.fanout.hub import Hub
 from gateway.store import ChatStore
@@ -58,16 +59,45 @@ class RunningReplies:
         self.replicas: Replicas = replicas if replicas is not None else LocalReplicas()
         # task id → reply; task ids are ours, message ids are the clients'.
         self.running: dict[str, Running] = {}
+        # (chat id, message id) of every reply being started or running here: one
+        # reply at a time into a message (`claim`).
+        self._answering: set[tuple[str, str]] = set()
+
+    def claim(self, chat_id: str, message_ids: list[str]) -> None:
+        """Hold messages for the replies about to be started into them, until each
+        has `ended` (or is `release`d unstarted).  A reply into one of them already
+        being started or running on this replica is a `Conflict` (409), and nothing
+        is held: two replies into one row would each write it, and the one that
+        ended last would overwrite the other's answer."""
+        keys = [(chat_id, message_id) for message_id in message_ids]
+        for key in keys:
+            if key in self._answering:
+                raise Conflict(
+                    f"a reply into message '{key[1]}' is already running: "
+                    "stop it first, or answer into a new id"
+                )
+        self._answering.update(keys)
+
+    def release(self, chat_id: str, message_ids: list[str]) -> None:
+        """Let go of messages `claim`ed for replies that will not run."""
+        for message_id in message_ids:
+            self._answering.discard((chat_id, message_id))
 
     def start(self, running: Running, generating: Coroutine[Any, Any, None]) -> None:
         """Register `running` here and in the registry, and run `generating` (which calls
         `ended` when it is over)."""
         self.running[running.task_id] = running
+        self._answering.add((running.chat_id, running.message_id))
         self.replicas.task_started(self._info(running))
         running.task = asyncio.create_task(generating)
 
     def ended(self, running: Running) -> None:
-        self.running.pop(running.task_id, None)
+        """A reply is over (its end stored, when it has one): off the registry, and its
+        message free to be answered again.  Called once its end is stored, again when
+        its task is done: the second call does nothing."""
+        if self.running.pop(running.task_id, None) is None:
+            return
+        self._answering.discard((running.chat_id, running.message_id))
         self.replicas.task_ended(running.task_id)
 
     # -- tasks: this replica's and the others' -------------------------------------
@@ -94,9 +124,8 @@ class RunningReplies:
         ]
 
     def is_generating(self, chat_id: str, message_id: str) -> bool:
-        return any(
-            r.chat_id == chat_id and r.message_id == message_id for r in self.running.values()
-        )
+        """Whether a reply into this message is being started or runs on this replica."""
+        return (chat_id, message_id) in self._answering
 
     async def stop(self, target: StopTarget) -> int:
         """Stop the replies `target` names, wherever they run: this replica's now,

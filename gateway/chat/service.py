@@ -85,7 +85,9 @@ class ChatService:
         # The live traces of this replica's replies (`edge/trace.py`).
         self.traces = runner.traces
         self._runner = runner
-        self._starter = ReplyStarter(router, store, hub, runner, self._slots, background)
+        self._starter = ReplyStarter(
+            router, store, hub, runner, self.replies, self._slots, background
+        )
 
     def replies_running(self) -> int:
         """Replies running in this replica, stored or not (pure-API streams too)."""

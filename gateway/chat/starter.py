@@ -31,7 +31,7 @@ from gateway.chat import tree
 from gateway.chat.background import Background
 from gateway.chat.reply import reply_events
 from gateway.chat.runner import Opening, ReplyRunner
-from gateway.chat.running import Running
+from gateway.chat.running import Running, RunningReplies
 from gateway.chat.shapes import message_record
 from gateway.chat.slots import ReplySlots
 from gateway.chat.turns import Turn, conversation_for
@@ -76,6 +76,7 @@ class ReplyStarter:
         store: ChatStore,
         hub: Hub,
         runner: ReplyRunner,
+        registry: RunningReplies,
         slots: ReplySlots,
         background: Background | None,
     ) -> None:
@@ -83,6 +84,7 @@ class ReplyStarter:
         self._store = store
         self._hub = hub
         self._runner = runner
+        self._registry = registry
         self._slots = slots
         self._background = background
 
@@ -179,7 +181,10 @@ class ReplyStarter:
         row), then its upstream opened before this returns, so "unknown model" is
         still the caller's error; a reply not opened, for that or any reason (its
         caller left: the request cancelled), has its placeholder ended
-        (`ReplyRunner.unopened`).  The caller's slot is the reply's."""
+        (`ReplyRunner.unopened`).  The caller's slot is the reply's.  A reply into
+        the same message already started or running here is a `Conflict` (409),
+        before anything is written."""
+        self._registry.claim(chat.id, [record.id])
         outbox = self._hub.subscribe([rooms.reply(chat.id, record.id)])
         written = asyncio.ensure_future(self._store.save_chat(chat, [record]))
         try:
@@ -208,13 +213,22 @@ class ReplyStarter:
         tasks: frozenset[str] = frozenset(),
     ) -> StartedTurn:
         """A planned turn (`turns.py`) written and answered: returns once its rows
-        are stored (`new`: the chat's too), its replies running."""
+        are stored (`new`: the chat's too), its replies running.  A reply into a
+        message another reply is being written into here is a `Conflict` (409),
+        before anything is written."""
         records = [message_record(chat.id, message) for message in turn.writes]
         path = tree.path_to(turn.history, turn.question_id) if turn.question_id else []
         conversation = conversation_for(path, ask.messages)
         by_id = {record.id: record for record in records}
-        # One slot a reply (each given back at its end, by its runner).
-        self._slots.take(chat.user_id, len(turn.replies))
+        message_ids = [placeholder["id"] for placeholder, _ in turn.replies]
+        # Each message held until its reply's end, one slot a reply given back
+        # then (both by its runner).
+        self._registry.claim(chat.id, message_ids)
+        try:
+            self._slots.take(chat.user_id, len(turn.replies))
+        except BaseException:
+            self._registry.release(chat.id, message_ids)
+            raise
         # The turn is written while its replies' model servers are asked; their
         # events wait for the write, and a failed write ends them (`runner.py`).
         # The write begins behind the requests (`_behind_the_replies`).
@@ -233,7 +247,7 @@ class ReplyStarter:
             )
             task_ids.append(running.task_id)
         await asyncio.shield(written)
-        return StartedTurn(chat.id, task_ids, [p["id"] for p, _ in turn.replies])
+        return StartedTurn(chat.id, task_ids, message_ids)
 
     def temporary(self, principal: Principal, ask: Ask) -> StartedTurn:
         """An unsaved chat: the request carries the conversation; nothing is stored."""

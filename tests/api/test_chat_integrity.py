@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -102,6 +103,44 @@ async def test_answering_the_same_placeholder_again_still_works(
     body = turn_body(sock.sid, "again?", chat_id=chat_id, user_message_id=u1, assistant_id=a1)
     await post_json(f"{gateway.url}/api/chat/completions", token, body)
     await sock.wait_ended(2)
+
+
+async def test_one_reply_at_a_time_into_a_message(
+    gateway: GatewayProcess, token: str, sock: PySocket
+) -> None:
+    """Two replies asked at once into one message: one runs, the other is refused
+    (409, in Open WebUI's error shape), in either mode; the stored answer is the
+    one that ran, whole; once it has ended the message is answered again."""
+    chat_id, u1, a1 = await turn(gateway, token, sock, "one at a time")
+    url = f"{gateway.url}/api/chat/completions"
+    slow = {"chat_id": chat_id, "id": a1, "model": "fake-slow", "stream": False}
+    quick = {**slow, "model": "fake-model"}
+
+    async def status_of(body: dict[str, Any]) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json=body, headers=headers) as resp:
+                return resp.status, await resp.json()
+
+    first, second = await asyncio.gather(status_of(slow), status_of(quick))
+    statuses = sorted([first[0], second[0]])
+    assert statuses == [200, 409], (first, second)
+    ran, refused = (first, second) if first[0] == 200 else (second, first)
+    assert "already running" in refused[1]["detail"]
+    answer = ran[1]["choices"][0]["message"]["content"]
+    stored = await get_json(f"{gateway.url}/api/v1/chats/{chat_id}", token)
+    assert stored["chat"]["history"]["messages"][a1]["content"] == answer
+
+    # Frontend mode (the web app's "continue") while a backend-controlled reply runs.
+    running = asyncio.ensure_future(status_of(slow))
+    await asyncio.sleep(0.3)  # fake-slow's 64 deltas take 1.3 s
+    body = turn_body(
+        sock.sid, "one at a time", chat_id=chat_id, user_message_id=u1, assistant_id=a1
+    )
+    refused_turn = await post_json(url, token, body, expect=409)
+    assert "already running" in refused_turn["detail"]
+    assert (await running)[0] == 200
+    assert (await status_of(quick))[0] == 200  # free again
 
 
 # -- 3. failed and empty answers are not replayed ------------------------------------------

@@ -156,6 +156,35 @@ async def test_a_placeholder_never_written_is_neither_ended_nor_counted(
     assert ROOM not in hub._rooms and service.replies_running() == 0
 
 
+async def test_an_end_that_cannot_be_stored_is_logged_not_raised(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The placeholder is written, its end refused by the database (a real refusal:
+    a trigger on a finished row): the caller still gets the reply's own error, the
+    failure is logged, the row is left unfinished for start-up recovery, and the
+    message is free again."""
+    store, hub, upstream, service = gateway.store, gateway.hub, gateway.upstream, gateway.service
+    await gateway.sqlite.execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON messages WHEN NEW.done "
+        "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    started = asyncio.ensure_future(service.start_reply(ALICE, ASK))
+    await asyncio.wait_for(upstream.asked.wait(), 5)
+    if upstream.crash:
+        with pytest.raises(RuntimeError):  # not the store's refusal
+            await started
+    else:
+        started.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await started
+        await asyncio.wait_for(service.all_replies_ended(), 5)
+    assert "the end of a reply that never ran was not stored" in caplog.text
+    done, _, _ = await ended_as(store)
+    assert done is False  # unfinished: start-up recovery ends it
+    assert not service.replies.is_generating("c1", "a1")
+    assert ROOM not in hub._rooms and service.replies_running() == 0
+
+
 def replies_ended(status: str) -> float:
     return metrics.REGISTRY.get_sample_value("gateway_replies_total", {"status": status}) or 0.0
 
