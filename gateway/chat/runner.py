@@ -31,8 +31,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import replace
+from typing import Any
 
 from gateway import rooms
 from gateway.chat.accounting import ENDINGS, counted_end, never_ran, traced
@@ -187,7 +188,7 @@ class ReplyRunner:
                 trace.end()
                 return
             except asyncio.CancelledError:
-                await self._stopped(run)
+                await _whole(self._stopped(run))
                 if not run.running.cancelled_by_user:
                     raise
                 return
@@ -202,15 +203,16 @@ class ReplyRunner:
                         trace.end()
                         return
                 except asyncio.CancelledError:
-                    await self._stopped(run)  # stopped while it waited: ended as such
+                    await _whole(self._stopped(run))  # stopped while it waited: ended as such
                     if not run.running.cancelled_by_user:
                         raise
                     return
                 end = run.crashed()
-            # Shielded: a stop that lands while the end is being stored must not
-            # leave the row half-written or the clients without their end.
+            # Whole: a stop that lands while the end is being stored must not leave
+            # the row half-written, the clients without their end, or the message
+            # free before its end is stored.
             try:
-                await asyncio.shield(self._conclude(run, end))
+                await _whole(self._conclude(run, end))
             except asyncio.CancelledError:
                 if not run.running.cancelled_by_user:
                     raise
@@ -225,7 +227,7 @@ class ReplyRunner:
         """A stop request (or shutdown): what was streamed kept, the reply ended
         cleanly, once its turn is written (there is nothing to end before)."""
         if await _was_written(run):
-            await asyncio.shield(self._conclude(run, run.cancelled()))
+            await self._conclude(run, run.cancelled())
 
     async def _stream(
         self, run: ReplyRun, opening: Opening
@@ -344,6 +346,26 @@ class ReplyRunner:
             preview = preview[: NOTIFICATION_PREVIEW_CHARS - 1] + "…"
         note = Notification(running.user_id, "Reply ready", preview, f"/c/{running.chat_id}")
         self._hub.publish([rooms.notify(running.user_id)], note)
+
+
+async def _whole(work: Coroutine[Any, Any, None]) -> None:
+    """`work` run to its end even if the reply's task is cancelled meanwhile (a
+    stop, a second stop, a shutdown): a reply ends once and wholly, and is over —
+    its message free, its slot given back, whoever stopped it answered — only
+    once its end is stored and sent.  A cancel that came meanwhile is raised
+    once `work` is done."""
+    done = asyncio.ensure_future(work)
+    cancelled = False
+    while not done.done():
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            if done.cancelled():
+                raise
+            cancelled = True
+    done.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def _written(run: ReplyRun) -> None:

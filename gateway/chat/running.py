@@ -74,7 +74,7 @@ class RunningReplies:
             if key in self._answering:
                 raise Conflict(
                     f"a reply into message '{key[1]}' is already running: "
-                    "stop it first, or answer into a new id"
+                    "stop it or wait for its end, or answer into a new id"
                 )
         self._answering.update(keys)
 

@@ -140,6 +140,11 @@ def plan_turn(history: Mapping[str, Any], ask: Ask, now_s: int) -> Turn:
         question_id = ask.parent_id or tree.last_user_message_id(history)
     if question_id is None:
         raise BadRequest("Nothing to answer: send 'user_message' or a 'parent_id'")
+    reply_ids = [target.message_id for target in ask.reply_targets()]
+    if len(set(reply_ids)) != len(reply_ids):
+        raise BadRequest("Each reply of a turn needs an id of its own")
+    if question_id in reply_ids and question_id not in messages:
+        raise BadRequest(f"'{question_id}' is the new question's id: a reply needs another")
     replies: list[tuple[dict[str, Any], ReplyTarget]] = []
     for target in ask.reply_targets():
         existing = messages.get(target.message_id)

@@ -29,9 +29,11 @@ from gateway.events import Event, ReplyFailed, ReplyFinished
 from gateway.fanout.hub import Hub
 from gateway.fanout.outbox import Outbox
 from gateway.store import ChatRecord, MessageRecord, Store, open_store
+from gateway.store.drivers import SQLiteDriver
 from gateway.upstream.openai import OpenAIUpstream
 from gateway.upstream.router import ModelRouter
 from tests.fakes.upstream import FakeUpstream
+from tests.store.held import Hold, thread_held
 
 ALICE = Principal("alice", "Alice")
 SLOW = Ask(model="fake-slow", messages=[], chat_id="c1", message_id="a1")
@@ -52,6 +54,13 @@ class Gateway:
     store: Store
     hub: Hub
     service: ChatService
+    fake: FakeUpstream
+
+    @property
+    def sqlite(self) -> SQLiteDriver:
+        db = self.store.db
+        assert isinstance(db, SQLiteDriver)
+        return db
 
 
 @pytest.fixture
@@ -65,7 +74,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
             hub = Hub(100)
             router = ModelRouter([OpenAIUpstream(fake.url, "", session, 5.0, None)], 60.0)
             service = ChatService(router, store, hub, max_replies_per_user=4)
-            yield Gateway(store, hub, service)
+            yield Gateway(store, hub, service, fake)
             await service.replies.stop(StopTarget("alice"))
             await asyncio.wait_for(service.all_replies_ended(), 10)
     finally:
@@ -178,6 +187,60 @@ async def test_a_turn_refused_for_the_users_cap_holds_no_message(gateway: Gatewa
     await asyncio.wait_for(service.all_replies_ended(), 10)
     started = await service.start_turn(ALICE, into_a9)
     assert started.message_ids == ["a9"]
+
+
+@pytest.mark.parametrize("stops", [1, 2], ids=["a stop", "two stops"])
+async def test_a_message_stopped_while_its_end_is_stored_is_held_until_stored(
+    gateway: Gateway, stops: int
+) -> None:
+    """A reply whose end is being stored (the database's thread held), then stopped
+    (once, or twice: a second click): the stop returns, and the message is free,
+    only once that end is stored; an answer into it then is not overwritten by it."""
+    store, service = gateway.store, gateway.service
+    first = await service.start_reply(ALICE, QUICK)
+    async with thread_held(gateway.sqlite):
+        await asyncio.sleep(0.5)  # its few deltas are in: its end waits for the thread
+        stopping = [asyncio.ensure_future(service.replies.stop(StopTarget("alice")))]
+        await asyncio.sleep(0.05)
+        if stops == 2:
+            stopping.append(asyncio.ensure_future(service.replies.stop(StopTarget("alice"))))
+            await asyncio.sleep(0.05)
+        assert not any(stop.done() for stop in stopping)  # the end is not stored yet
+        assert service.replies.is_generating("c1", "a1")
+    await asyncio.wait_for(asyncio.gather(*stopping), 10)
+    assert not service.replies.is_generating("c1", "a1")
+    end = await end_of(first.outbox)
+    assert isinstance(end, ReplyFinished) and end.content  # it had finished: kept whole
+    row = await reply_row(store)
+    assert row.done is True and row.content == end.content
+    again = await service.start_reply(ALICE, SLOW)
+    assert isinstance(await end_of(again.outbox), ReplyFinished)
+    row = await reply_row(store)
+    assert row.fields["model"] == "fake-slow" and row.content != end.content
+
+
+async def test_a_reply_that_never_started_holds_its_message_until_its_end_is_stored(
+    gateway: Gateway,
+) -> None:
+    """The model list is slow to come and the model unknown: the placeholder is
+    written, then, while the database's thread is held, its end waits, and so does
+    the message."""
+    gateway.fake.models_delay_s = 0.3
+    service = gateway.service
+    asking = asyncio.ensure_future(
+        service.start_reply(ALICE, Ask(model="not-a-model", messages=[], **IN_A1))
+    )
+    await asyncio.sleep(0.15)  # the placeholder is written; the model list is awaited
+    hold = Hold(gateway.sqlite)
+    await hold.until_running()
+    await asyncio.sleep(0.4)  # the model is found unknown: its end waits for the thread
+    assert not asking.done()
+    assert service.replies.is_generating("c1", "a1")
+    await hold.release()
+    with pytest.raises(Exception, match="not-a-model"):
+        await asking
+    assert not service.replies.is_generating("c1", "a1")
+    assert (await reply_row(gateway.store)).done is True
 
 
 IN_A1 = {"chat_id": "c1", "message_id": "a1"}

@@ -314,6 +314,21 @@ def test_user_message_role_is_forced() -> None:
             id="nothing to answer in an empty chat",
         ),
         pytest.param(
+            ONE_EXCHANGE,
+            ask(
+                user_message={"id": "u2"},
+                targets=(ReplyTarget("a2", "gpt"), ReplyTarget("a2", "other")),
+            ),
+            r"needs an id of its own",
+            id="two replies into one id",
+        ),
+        pytest.param(
+            ONE_EXCHANGE,
+            ask(message_id="u2", user_message={"id": "u2"}),
+            r"'u2' is the new question's id",
+            id="a reply into its new question's id",
+        ),
+        pytest.param(
             chat(answer("a0", "s0"), {"id": "s0", "role": "system", "content": "be brief"}),
             ask(message_id="a1"),
             r"send 'user_message' or a 'parent_id'",
