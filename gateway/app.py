@@ -294,7 +294,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await background.close()
-        await running.shutdown()
+        await service.shutdown()
         await journal.close()
         await bus.close()
         await replicas.close()

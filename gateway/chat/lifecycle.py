@@ -74,8 +74,8 @@ class ReplyRun:
     parts: list[str] = field(default_factory=list)
     seq: int = 0
     started: float = field(default_factory=time.monotonic)
-    # Draft checkpoints (runner.py): when the last one was taken.
-    checkpointed: float = field(default_factory=time.monotonic)
+    # Draft checkpoints (`drafts.py`): how many parts the last one held.
+    drafted: int = 0
     # For the metrics: the model that answered, and when its first text came.
     model: str = ""
     first_token: float | None = None

@@ -4,8 +4,8 @@ and its one end — `_conclude` is the only place a reply ends, whatever ended i
 A stored reply goes through three states, each one row write at most::
 
     placeholder  {content: "", done: false}            written before streaming
-    streaming    draft column checkpointed ~once a second (content untouched,
-                 so a poller never mistakes half a reply for a whole one)
+    streaming    draft column checkpointed ~once a second (`drafts.py`; content
+                 untouched, so a poller never mistakes half a reply for a whole one)
     finished     {content: <all>, done: true, usage, ...}  one write at the end
                  (or the partial text with an `error` note, or `cancelled`)
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 from gateway import rooms
 from gateway.chat.accounting import ENDINGS, counted_end, never_ran, traced
 from gateway.chat.chats import DEFAULT_TITLES, now_s
+from gateway.chat.drafts import Drafts
 from gateway.chat.lifecycle import Phase, ReplyRun
 from gateway.chat.running import Running, RunningReplies
 from gateway.chat.slots import ReplySlots
@@ -76,7 +76,8 @@ class ReplyRunner:
         self._hub = hub
         self._registry = registry
         self._presence = presence
-        self._checkpoint_interval_s = checkpoint_interval_s
+        # Every stored reply's text so far, in its row once an interval (`drafts.py`).
+        self.drafts = Drafts(store, checkpoint_interval_s)
         self.traces = traces if traces is not None else Traces()
         # Taken by whoever started the reply (`service.py`, `starter.py`), given back
         # at its end here.
@@ -168,7 +169,6 @@ class ReplyRunner:
             )
 
     async def _run(self, run: ReplyRun, opening: Opening) -> None:
-        checkpoint: asyncio.Task[None] | None = None
         metrics.REPLIES_RUNNING.inc()
         running = run.running
         run.trace = trace = self.traces.begin(running.message_id, running.user_id)
@@ -182,7 +182,7 @@ class ReplyRunner:
         )
         try:
             try:
-                end, checkpoint = await self._stream(run, opening)
+                end = await self._stream(run, opening)
             except TurnNotWritten:
                 trace.log("error", "the turn could not be stored: the reply did not start")
                 trace.end()
@@ -217,8 +217,7 @@ class ReplyRunner:
                 if not run.running.cancelled_by_user:
                     raise
         finally:
-            if checkpoint is not None and not checkpoint.done():
-                checkpoint.cancel()
+            self.drafts.forget(run)
             metrics.REPLIES_RUNNING.dec()
             self.slots.release(run.running.user_id)
             self._registry.ended(run.running)
@@ -229,11 +228,8 @@ class ReplyRunner:
         if await _was_written(run):
             await self._conclude(run, run.cancelled())
 
-    async def _stream(
-        self, run: ReplyRun, opening: Opening
-    ) -> tuple[ReplyFinished | ReplyFailed, asyncio.Task[None] | None]:
+    async def _stream(self, run: ReplyRun, opening: Opening) -> ReplyFinished | ReplyFailed:
         """The upstream's events to the rooms, until the one that ends the reply."""
-        checkpoint: asyncio.Task[None] | None = None
         trace = run.trace
         if trace is not None:
             trace.step("upstream_request")
@@ -241,51 +237,32 @@ class ReplyRunner:
             events = await opening()
         except GatewayError as exc:
             await _written(run)
-            return run.refused(exc), None
+            return run.refused(exc)
         publish, user_id, rooms = self._hub.reply_event, run.running.user_id, run.running.rooms
         crowded, room = self._hub.bus.crowded, self._hub.bus.room
-        unwritten = run.written is not None
+        starting = True
         async with contextlib.aclosing(events):
             async for event in events:
-                if unwritten:
+                if starting:
                     # At the first event (ReplyStarted, at once), not before: closing
                     # a started generator closes the model server's request.
-                    await _written(run)
-                    unwritten = False
+                    if run.written is not None:
+                        await _written(run)
+                    if run.record is not None:
+                        self.drafts.follow(run)  # its row is written: checkpointed
+                    starting = False
                 if run.first_token is None:
                     run.saw(event)
                     if run.first_token is not None and trace is not None:
                         trace.step("first_token", model=run.model)
                 else:
                     run.saw(event)
-                if type(event) is TextDelta:
-                    if run.record is not None:
-                        checkpoint = self._checkpoint(run, checkpoint)
-                elif isinstance(event, ENDINGS):
-                    return event, checkpoint
+                if type(event) is not TextDelta and isinstance(event, ENDINGS):
+                    return event
                 publish(user_id, rooms, event)
                 if crowded():  # the other replicas' share waits to go out: so does the rest
                     await room()
-        return run.crashed("The model server's reply ended without finishing"), checkpoint
-
-    def _checkpoint(
-        self, run: ReplyRun, pending: asyncio.Task[None] | None
-    ) -> asyncio.Task[None] | None:
-        """About once a second, the text so far into the draft column (never awaited
-        here: a slow database must not slow the stream)."""
-        now = time.monotonic()
-        if now - run.checkpointed < self._checkpoint_interval_s or (
-            pending is not None and not pending.done()
-        ):
-            return pending
-        if run.record is None:
-            return pending
-        run.checkpointed = now
-        chat_id, message_id = run.running.chat_id, run.running.message_id
-        content = run.content
-        if run.trace is not None:
-            run.trace.step("checkpoint", chars=len(content))
-        return asyncio.create_task(self._store.checkpoint_draft(chat_id, message_id, content))
+        return run.crashed("The model server's reply ended without finishing")
 
     async def _conclude(self, run: ReplyRun, end: ReplyFinished | ReplyFailed) -> None:
         """The one place a reply ends: its row written (a store that fails here is
@@ -295,6 +272,7 @@ class ReplyRunner:
         counted_end(run, end)
         traced(run, end)
         if run.record is not None:
+            self.drafts.forget(run)
             try:
                 titled = await self._store_end(run.record, end, run.title)
             except Exception:

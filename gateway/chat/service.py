@@ -93,6 +93,12 @@ class ChatService:
         """Replies running in this replica, stored or not (pure-API streams too)."""
         return self._slots.total()
 
+    async def shutdown(self) -> None:
+        """Every reply stopped and stored as it is (`RunningReplies.shutdown`), then
+        no more draft checkpoints."""
+        await self.replies.shutdown()
+        await self._runner.drafts.close()
+
     async def all_replies_ended(self) -> None:
         """Until no reply runs in this replica (and the placeholders of those that
         never started are ended)."""

@@ -154,7 +154,7 @@ async def test_update_message_touches_one_row_and_checkpoint_only_the_draft(stor
     before = await store.get_messages("c1")
     target = msg("m4", "m3", role="assistant", content="", done=False)
     await store.update_message(target)
-    await store.checkpoint_draft("c1", "m4", "half a rep")
+    await store.checkpoint_drafts([("c1", "m4", "half a rep")])
     after = await store.get_messages("c1")
     assert after[:4] == before[:4]
     assert after[4].content == "" and after[4].done is False and after[4].draft == "half a rep"
@@ -162,6 +162,8 @@ async def test_update_message_touches_one_row_and_checkpoint_only_the_draft(stor
     target.content, target.done, target.draft = "whole reply", True, None
     await store.update_message(target)
     assert await store.unfinished_messages() == []
+    await store.checkpoint_drafts([("c1", "m4", "a late draft")])  # never over a finished row
+    assert (await store.get_message("c1", "m4")).draft is None  # type: ignore[union-attr]
     assert (await store.get_message("c1", "m4")).content == "whole reply"  # type: ignore[union-attr]
 
 

@@ -128,10 +128,17 @@ class SQLMessages(Tables):
         counts = await self.db.batch(statements)
         return len(counts) == 3 and counts[2] > 0
 
-    async def checkpoint_draft(self, chat_id: str, message_id: str, draft: str) -> None:
-        await self.db.execute(
-            "UPDATE messages SET draft = ? WHERE chat_id = ? AND id = ?",
-            (draft, chat_id, message_id),
+    async def checkpoint_drafts(self, drafts: Sequence[tuple[str, str, str]]) -> None:
+        """(chat id, message id, text so far) of replies in progress, in one
+        transaction; never over a finished row (a late draft changes nothing)."""
+        await self.db.batch(
+            [
+                (
+                    "UPDATE messages SET draft = ? WHERE chat_id = ? AND id = ? AND done = ?",
+                    (draft, chat_id, message_id, False),
+                )
+                for chat_id, message_id, draft in drafts
+            ]
         )
 
     async def unfinished_messages(self) -> list[MessageRecord]:
