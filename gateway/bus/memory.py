@@ -25,7 +25,15 @@ from gateway.bus import (
     TaskInfo,
     started_ms,
 )
-from gateway.events import AnyReplyEvent, Event, ReplyEvent, ReplyFailed, ReplyFinished
+from gateway.events import (
+    AnyReplyEvent,
+    Event,
+    ReasoningDelta,
+    ReplyEvent,
+    ReplyFailed,
+    ReplyFinished,
+    TextDelta,
+)
 
 
 class LocalBus:
@@ -109,10 +117,48 @@ MAX_ENDED_CHARS = 64 * 1024 * 1024
 EVENT_COST = 64
 
 
-def _size(events: Iterable[AnyReplyEvent]) -> int:
+# A kept delta (nearly every event a buffer holds) as a tuple of its fields, its
+# kind first: a tuple of strings, numbers and None leaves the garbage collector's
+# view at the first collection that sees it, so the deltas of every reply kept
+# for resuming are never walked by a full collection, and a delta's object dies
+# once it is delivered.  Kept as objects, hundreds of thousands of deltas made
+# every full collection a pause of tens of milliseconds for every reply
+# (bench/RESULTS.md).  The other events, a few a reply, are kept as they are.
+Packed = tuple[bool, str | None, str, int, str, int | None]
+
+
+def _packed(event: AnyReplyEvent) -> AnyReplyEvent | Packed:
+    kind = type(event)
+    if kind is TextDelta or kind is ReasoningDelta:
+        delta: TextDelta | ReasoningDelta = event  # type: ignore[assignment]
+        return (
+            kind is TextDelta,
+            delta.chat_id,
+            delta.message_id,
+            delta.seq,
+            delta.text,
+            delta.item,
+        )
+    return event
+
+
+def _unpacked(kept: AnyReplyEvent | Packed) -> AnyReplyEvent:
+    if type(kept) is not tuple:
+        return kept  # type: ignore[return-value]
+    is_text, chat_id, message_id, seq, text, item = kept
+    kind = TextDelta if is_text else ReasoningDelta
+    return kind(chat_id, message_id, seq, text, item)
+
+
+def _size(events: Iterable[AnyReplyEvent | Packed]) -> int:
     size = 0
     for event in events:
-        size += EVENT_COST + len(getattr(event, "text", "") or getattr(event, "content", "") or "")
+        if type(event) is tuple:
+            size += EVENT_COST + len(event[4])
+        else:
+            size += EVENT_COST + len(
+                getattr(event, "text", "") or getattr(event, "content", "") or ""
+            )
     return size
 
 
@@ -122,7 +168,7 @@ class _Kept:
     def __init__(self, user_id: str, chat_id: str, max_events: int, started_ms: int) -> None:
         self.user_id = user_id
         self.chat_id = chat_id
-        self.events: deque[AnyReplyEvent] = deque(maxlen=max_events)
+        self.events: deque[AnyReplyEvent | Packed] = deque(maxlen=max_events)
         self.started_ms = started_ms
         self.ended_ms: int | None = None
         self.size = 0  # counted once the reply ends
@@ -160,7 +206,7 @@ class LocalJournal:
         kept = self._kept.get(key)
         if kept is None or (kept.ended_ms is not None and event.seq == 0):
             kept = self._begin(key, event.chat_id, started_ms(event))
-        kept.events.append(event)
+        kept.events.append(_packed(event))
         if isinstance(event, ReplyFinished | ReplyFailed):
             kept.ended_ms = int(time.time() * 1000)
             if key not in self._ended:
@@ -204,7 +250,7 @@ class LocalJournal:
         kept = self._kept.get((user_id, message_id))
         if kept is None:
             return None
-        return Replay(kept.chat_id, kept.user_id, list(kept.events))
+        return Replay(kept.chat_id, kept.user_id, [_unpacked(event) for event in kept.events])
 
     async def replies_of(self, user_id: str) -> list[KeptReply]:
         self._sweep()

@@ -5,6 +5,7 @@ by a second instance, as another replica would."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from gateway.bus.journal import FLUSH_S, RedisJournal
 from gateway.bus.memory import LocalJournal
 from gateway.events import (
     Event,
+    ReasoningDelta,
     ReplyFailed,
     ReplyFinished,
     ReplyStarted,
@@ -78,6 +80,24 @@ async def test_local_keeps_a_reply_in_order_and_lists_it() -> None:
     assert kept.complete and kept.ended and kept.last_seq == 6 and kept.chat_id == "c1"
     (listed,) = await journal.replies_of("alice")
     assert listed.message_id == "m1" and listed.ended_ms is not None
+
+
+async def test_local_keeps_deltas_out_of_the_garbage_collectors_view() -> None:
+    """What a reply is replayed as is what was recorded, and its deltas, however
+    many, are not walked by the collector's full collections: kept as tuples of
+    strings and numbers, which it stops tracking at its first look."""
+    journal = LocalJournal(100, 60.0)
+    recorded = reply("m1", 20)
+    recorded.insert(3, ReasoningDelta("c1", "m1", 3, "hmm", 0))
+    recorded.insert(4, TextDelta("c1", "m1", 3, "an item", 1))
+    for event in recorded:
+        journal.record("alice", event)
+    gc.collect()
+    kept = journal._kept["alice", "m1"].events
+    deltas = [e for e in kept if type(e) is tuple]
+    assert len(deltas) == 22 and not any(map(gc.is_tracked, deltas))
+    replayed = await journal.read("alice", "m1")
+    assert replayed is not None and replayed.events == recorded
 
 
 async def test_local_is_per_user() -> None:
