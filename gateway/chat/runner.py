@@ -272,7 +272,7 @@ class ReplyRunner:
         counted_end(run, end)
         traced(run, end)
         if run.record is not None:
-            self.drafts.forget(run)
+            await self.drafts.ended(run)  # a draft on its way lands first
             try:
                 titled = await self._store_end(run.record, end, run.title)
             except Exception:

@@ -65,6 +65,15 @@ class Driver(Protocol):
         """Run statements in one transaction; the rows each touched."""
         ...
 
+    async def each(self, statements: Sequence[Statement]) -> None:
+        """Run writes that do not depend on each other, one after the other, in one
+        call.  On PostgreSQL each is a transaction of its own, so no row stays
+        locked past its own statement: no other write waits for the rest of them,
+        none can deadlock with them, one that fails leaves the others done.  On
+        SQLite, whose one thread runs every write in turn anyway, they share one
+        transaction (one commit), and one that fails undoes them all."""
+        ...
+
     async def fetch_then(self, first: Statement, then: Then) -> tuple[list[Row], list[Row]]:
         """`first`'s rows, and the rows of the statement `then(rows)` names (none when
         it names none), read one after the other on one connection, in one hop to
@@ -153,6 +162,9 @@ class _SQLiteBound:
     async def batch(self, statements: Sequence[Statement]) -> list[int]:
         raise RuntimeError("batch() runs its own transaction: call it on the driver")
 
+    async def each(self, statements: Sequence[Statement]) -> None:
+        raise RuntimeError("each() runs its own transaction: call it on the driver")
+
     def transaction(self) -> Any:
         raise RuntimeError("already in a transaction")
 
@@ -225,6 +237,9 @@ class SQLiteDriver:
     async def batch(self, statements: Sequence[Statement]) -> list[int]:
         return await self._call(_sqlite_batch, statements)
 
+    async def each(self, statements: Sequence[Statement]) -> None:
+        await self._call(_sqlite_batch, statements)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SQLiteBound]:
         async with self._lock:
@@ -291,6 +306,9 @@ class _PostgresConnection:
     async def batch(self, statements: Sequence[Statement]) -> list[int]:
         return [await self.execute(sql, args) for sql, args in statements]
 
+    async def each(self, statements: Sequence[Statement]) -> None:
+        await self.batch(statements)  # inside the caller's transaction
+
     def transaction(self) -> Any:
         raise RuntimeError("already in a transaction")
 
@@ -333,6 +351,11 @@ class PostgresDriver:
         with _reachable():
             async with self._pool.acquire() as conn, conn.transaction():
                 return await _PostgresConnection(conn).batch(statements)
+
+    async def each(self, statements: Sequence[Statement]) -> None:
+        with _reachable():
+            async with self._pool.acquire() as conn:  # no transaction: each its own
+                await _PostgresConnection(conn).batch(statements)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresConnection]:

@@ -129,9 +129,10 @@ class SQLMessages(Tables):
         return len(counts) == 3 and counts[2] > 0
 
     async def checkpoint_drafts(self, drafts: Sequence[tuple[str, str, str]]) -> None:
-        """(chat id, message id, text so far) of replies in progress, in one
-        transaction; never over a finished row (a late draft changes nothing)."""
-        await self.db.batch(
+        """(chat id, message id, text so far) of replies in progress, in one call
+        (`Driver.each`: on PostgreSQL no draft's row stays locked past its own
+        statement); never over a finished row."""
+        await self.db.each(
             [
                 (
                     "UPDATE messages SET draft = ? WHERE chat_id = ? AND id = ? AND done = ?",
