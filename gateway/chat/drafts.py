@@ -3,15 +3,16 @@ its row's draft column, so that a process that dies mid-reply leaves what it had
 streamed for start-up recovery (`running.py`) or a surviving replica to keep.
 
 One tick an interval writes the draft of every reply whose text grew since its
-last one, all in one write (one hop to the store, one transaction)::
+last one, all in one call to the store (one hop to SQLite's thread and one
+transaction there; one pooled connection on PostgreSQL)::
 
-    runner: follow(run) ──▶ {message: run} ──tick, every interval──▶ one write:
-            forget(run) ──▶ (gone before its end is written)       draft = text
-                                                                    where not done
+    runner: follow(run) ──▶ {message: run} ──tick, every interval──▶ one call:
+            ended(run)  ──▶ (gone, and the write on its way          draft = text
+                             waited for, before its end is written)  where not done
 
 A reply's draft is at most one interval (and a write) behind its text, as it
 was when each reply wrote its own; what changed is the cost: at 250 replies,
-250 writes a second, each its own task, hop and commit, became one
+250 writes a second, each its own task, hop and commit, became one call
 (bench/RESULTS.md).  A reply's end waits for a tick's write that carries its
 draft (`ended`), so the draft lands first: never on the end, nor on the next
 reply's placeholder in the same message.  A draft is written only over a row
