@@ -73,7 +73,8 @@ async def _serve(loaded: Loaded) -> None:
     # generation, not every 10: each one stalls every reply at once (about 50 ms
     # under 250 streams), and at the default pace one came every few seconds.
     # Cycles that lived through two passes wait longer to be freed; memory
-    # measured the same (bench/RESULTS.md).
+    # measured the same (bench/RESULTS.md).  CPython 3.11–3.13's collector (the
+    # image's is 3.11); 3.14's incremental one has no such pass.
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
     log.info(

@@ -328,10 +328,10 @@ class ReplyRunner:
 
 async def _whole(work: Coroutine[Any, Any, None]) -> None:
     """`work` run to its end even if the reply's task is cancelled meanwhile (a
-    stop, a second stop, a shutdown): a reply ends once and wholly, and is over —
-    its message free, its slot given back, whoever stopped it answered — only
-    once its end is stored and sent.  A cancel that came meanwhile is raised
-    once `work` is done."""
+    stop, a second stop, a shutdown): a reply ends once and wholly.  Its message
+    is let go once its end's write is done (`_conclude`, before the end is
+    sent); its slot is given back, and whoever stopped it is answered, once the
+    end is sent.  A cancel that came meanwhile is raised once `work` is done."""
     done = asyncio.ensure_future(work)
     cancelled = False
     while not done.done():

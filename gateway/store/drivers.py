@@ -69,7 +69,8 @@ class Driver(Protocol):
         """Run writes that do not depend on each other, one after the other, in one
         call.  On PostgreSQL each is a transaction of its own, so no row stays
         locked past its own statement: no other write waits for the rest of them,
-        none can deadlock with them, one that fails leaves the others done.  On
+        none can deadlock with them; one that fails ends the call there (those
+        before it are done, those after it not run).  On
         SQLite, whose one thread runs every write in turn anyway, they share one
         transaction (one commit), and one that fails undoes them all."""
         ...

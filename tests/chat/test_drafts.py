@@ -19,8 +19,7 @@ from gateway.chat.drafts import Drafts
 from gateway.chat.lifecycle import ReplyRun
 from gateway.chat.running import Running
 from gateway.store import ChatRecord, MessageRecord, Store, open_store
-from gateway.store.drivers import SQLiteDriver
-from tests.store.held import Hold
+from tests.store.held import Hold, sqlite_of
 
 INTERVAL_S = 0.05
 
@@ -49,8 +48,7 @@ async def drafts_of(store: Store) -> dict[str, str | None]:
 def traced(store: Store) -> list[str]:
     """Every statement SQLite's thread runs from now on."""
     statements: list[str] = []
-    db = store.db
-    assert isinstance(db, SQLiteDriver)
+    db = sqlite_of(store)
     db._conn.set_trace_callback(statements.append)
     return statements
 
@@ -120,8 +118,7 @@ async def test_a_forgotten_or_finished_reply_gets_no_draft(store: Store) -> None
 async def test_a_failed_tick_is_logged_and_written_at_the_next(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    db = store.db
-    assert isinstance(db, SQLiteDriver)
+    db = sqlite_of(store)
     await db.execute(
         "CREATE TRIGGER refuse BEFORE UPDATE OF draft ON messages "
         "BEGIN SELECT RAISE(ABORT, 'refused'); END"
@@ -164,8 +161,7 @@ async def test_an_end_waits_for_a_write_on_its_way_with_its_draft(store: Store) 
     (`ended`) waits for it, so the draft cannot land after the end, nor on the
     placeholder of the next reply into the same message.  Another reply, not in
     that write, does not wait."""
-    db = store.db
-    assert isinstance(db, SQLiteDriver)
+    db = sqlite_of(store)
     drafts = Drafts(store, INTERVAL_S)
     carried = reply("a0")
     carried.parts.append("on its way")

@@ -33,7 +33,7 @@ from gateway.store.drivers import SQLiteDriver
 from gateway.upstream.openai import OpenAIUpstream
 from gateway.upstream.router import ModelRouter
 from tests.fakes.upstream import FakeUpstream
-from tests.store.held import Hold, thread_held
+from tests.store.held import Hold, sqlite_of, thread_held
 
 ALICE = Principal("alice", "Alice")
 SLOW = Ask(model="fake-slow", messages=[], chat_id="c1", message_id="a1")
@@ -58,9 +58,7 @@ class Gateway:
 
     @property
     def sqlite(self) -> SQLiteDriver:
-        db = self.store.db
-        assert isinstance(db, SQLiteDriver)
-        return db
+        return sqlite_of(self.store)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from gateway.upstream import ModelInfo
 from gateway.upstream.openai import OpenAIUpstream
 from gateway.upstream.router import ModelRouter
 from tests.fakes.upstream import FakeUpstream
-from tests.store.held import Hold, thread_held
+from tests.store.held import Hold, sqlite_of, thread_held
 
 ALICE = Principal("alice", "Alice")
 ASK = Ask(model="m", messages=[], chat_id="c1", message_id="a1")
@@ -66,9 +66,7 @@ class Gateway:
 
     @property
     def sqlite(self) -> SQLiteDriver:
-        db = self.store.db
-        assert isinstance(db, SQLiteDriver)
-        return db
+        return sqlite_of(self.store)
 
 
 @pytest.fixture(params=[False, True], ids=["hangs", "crashes"])

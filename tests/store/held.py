@@ -7,6 +7,7 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator
 
+from gateway.store import Store
 from gateway.store.drivers import SQLiteDriver
 
 
@@ -40,3 +41,10 @@ async def thread_held(driver: SQLiteDriver) -> AsyncIterator[None]:
         yield
     finally:
         await hold.release()
+
+
+def sqlite_of(store: Store) -> SQLiteDriver:
+    """The driver of a store opened on SQLite (what the helpers above hold)."""
+    db = store.db
+    assert isinstance(db, SQLiteDriver)
+    return db
