@@ -87,7 +87,6 @@ class RunningReplies:
         """Register `running` here and in the registry, and run `generating` (which calls
         `ended` when it is over)."""
         self.running[running.task_id] = running
-        self._answering.add((running.chat_id, running.message_id))
         self.replicas.task_started(self._info(running))
         running.task = asyncio.create_task(generating)
 
@@ -124,7 +123,8 @@ class RunningReplies:
         ]
 
     def is_generating(self, chat_id: str, message_id: str) -> bool:
-        """Whether a reply into this message is being started or runs on this replica."""
+        """Whether a stored reply into this message is being started or runs on this
+        replica (`claim`: a temporary chat's replies hold nothing)."""
         return (chat_id, message_id) in self._answering
 
     async def stop(self, target: StopTarget) -> int:

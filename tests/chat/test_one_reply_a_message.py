@@ -38,6 +38,7 @@ from tests.store.held import Hold, sqlite_of, thread_held
 ALICE = Principal("alice", "Alice")
 SLOW = Ask(model="fake-slow", messages=[], chat_id="c1", message_id="a1")
 QUICK = Ask(model="fake-model", messages=[], chat_id="c1", message_id="a1")
+IN_A1 = {"chat_id": "c1", "message_id": "a1"}
 # The web app's "continue": a turn whose question exists, answered into a1 again.
 CONTINUE = Ask(
     model="fake-model",
@@ -239,6 +240,3 @@ async def test_a_reply_that_never_started_holds_its_message_until_its_end_is_sto
         await asking
     assert not service.replies.is_generating("c1", "a1")
     assert (await reply_row(gateway.store)).done is True
-
-
-IN_A1 = {"chat_id": "c1", "message_id": "a1"}
