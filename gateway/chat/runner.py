@@ -107,35 +107,23 @@ class ReplyRunner:
         error: BaseException,
         written: asyncio.Future[None],
     ) -> None:
-        """A stored placeholder whose model server was not opened, its reply never
-        started (backend-controlled mode opens it before answering): once its
-        `written` is done, ended as the reply would have ended, and counted: failed
-        with the model server's error (unknown model, a refusal), stopped with no
-        text (the caller left: its request cancelled), or failed (a bug).  Nothing
-        is ended or counted when the write failed (nothing of it to end: a row it
-        did not make stays as it was, for start-up recovery).  Shielded, so
-        a caller that is gone still leaves no unfinished row (`ends_stored` waits
-        for it); an end that cannot be stored is logged, never raised over `error`."""
+        """A stored placeholder whose reply never started: its caller left while it
+        was being written (backend-controlled mode, `starter.into`).  Once `written`
+        is done, ended as a reply stopped with no text, and counted.  Nothing is
+        ended or counted when the write failed (nothing of it to end: a row it did
+        not make stays as it was, for start-up recovery).  Shielded, so a caller
+        that is gone still leaves no unfinished row (`ends_stored` waits for it); an
+        end that cannot be stored is logged, never raised over `error`."""
         chat_id, message_id = record.chat_id, record.id
-        end: ReplyFinished | ReplyFailed
-        if isinstance(error, GatewayError):
-            end = ReplyFailed(chat_id, message_id, 0, error.code, error.message)
-            status, code = Phase.FAILED, error.code
-        elif isinstance(error, asyncio.CancelledError):
-            usage = Usage(0, 0, estimated=True)
-            end = ReplyFinished(chat_id, message_id, 0, "", usage, "cancelled", 0.0, cancelled=True)
-            status, code = Phase.CANCELLED, None
-        elif isinstance(error, Exception):
-            end = ReplyFailed(chat_id, message_id, 0, "internal_error", "Internal error")
-            status, code = Phase.FAILED, "internal_error"
-        else:
-            # The process is going down: start-up recovery ends the row.
+        if not isinstance(error, asyncio.CancelledError):
+            # The write failed (nothing to end), or the process is going down
+            # (start-up recovery ends the row).
             written.add_done_callback(_retrieved)
             self._registry.release(chat_id, [message_id])
             return
-        ending = asyncio.ensure_future(
-            self._end_unopened(record, user_id, end, status, code, written)
-        )
+        usage = Usage(0, 0, estimated=True)
+        end = ReplyFinished(chat_id, message_id, 0, "", usage, "cancelled", 0.0, cancelled=True)
+        ending = asyncio.ensure_future(self._end_unopened(record, user_id, end, written))
         self._ending.add(ending)
         ending.add_done_callback(self._ending.discard)
         # Its message held (`RunningReplies.claim`) until its end is stored.
@@ -151,16 +139,14 @@ class ReplyRunner:
         self,
         record: MessageRecord,
         user_id: str,
-        end: ReplyFinished | ReplyFailed,
-        status: Phase,
-        code: str | None,
+        end: ReplyFinished,
         written: asyncio.Future[None],
     ) -> None:
         try:
             await written
         except BaseException:
             return  # never written: nothing to end, no reply to count
-        never_ran(status, user_id, record.chat_id, record.id, code)
+        never_ran(Phase.CANCELLED, user_id, record.chat_id, record.id, None)
         try:
             await self._store_end(record, end)
         except Exception:

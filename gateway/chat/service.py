@@ -9,8 +9,9 @@ One entry point per command::
     open_reply(principal, Ask)    pure API: nothing stored, the caller iterates
                                   the events (closing them stops the upstream)
     start_reply(principal, Ask)   backend-controlled (`chat_id` + `id`): one
-                                  placeholder; the upstream is opened before
-                                  returning, so "unknown model" is still an HTTP error
+                                  placeholder; returns once its model server has
+                                  answered (stoppable meanwhile), so "unknown
+                                  model" is still an HTTP error
     start_turn(principal, Ask)    frontend mode (the web app): user message and
                                   placeholders written, answered at once; a failure
                                   to open arrives as a ReplyFailed event
@@ -137,23 +138,14 @@ class ChatService:
         """Answer into `history.messages[message_id]` of an existing chat.
 
         The placeholder is created under the last user message when it is
-        missing (reported in `repaired`).  The chat and placeholder are
-        written before this returns; the reply then streams in its own task.
+        missing (reported in `repaired`).  Returns once the chat and placeholder
+        are written and the reply's model server has answered, in the reply's own
+        task, where a stop reaches it (`ReplyStarter.into`).
         """
         if ask.chat_id is None or ask.message_id is None:
             raise BadRequest("'chat_id' and 'id' are required to answer into a chat")
         chat, history = await self.book.owned_history(principal, ask.chat_id)
-        self._slots.take(chat.user_id)
-        try:
-            return await self._start_reply(chat, history, ask, ask.message_id)
-        except BaseException:
-            self._slots.release(chat.user_id)
-            raise
-
-    async def _start_reply(
-        self, chat: ChatRecord, history: dict[str, Any], ask: Ask, message_id: str
-    ) -> StartedReply:
-        """`start_reply` once its slot is taken (given back by the caller if this raises)."""
+        message_id = ask.message_id
         messages = history["messages"]
         repaired = None
         if message_id in messages:

@@ -8,13 +8,18 @@ Starting a reply is three things, each in one place here::
                   any event (unknown model, a refusal), so a caller that opens
                   before answering can still answer with a plain error
     _run(...)     its `Running` (id, owner, rooms) made and handed to the
-                  runner, which opens it inside its task when not opened yet
+                  runner, which opens it inside its task (listed and
+                  stoppable from then on)
     turn(...)     a turn `service.py` planned: its rows written behind its
                   replies' requests (`_behind_the_replies`), each reply run,
                   the write awaited
+    into(...)     a backend-controlled reply: its placeholder written, the
+                  reply run, its caller answered once the model server has
+                  (`_telling`)
 
-A stored reply's slot (`slots.py`) is taken here or by the service before it
-is started, and given back at its end by the runner.
+A stored reply's message is held (`RunningReplies.claim`) then its slot
+(`slots.py`) taken here before anything is written; both are given back at
+its end by the runner.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from gateway.chat.slots import ReplySlots
 from gateway.chat.turns import Turn, conversation_for
 from gateway.commands import Ask
 from gateway.edge.auth import Principal
+from gateway.errors import GatewayError
 from gateway.events import Event, ReplyFinished
 from gateway.fanout.hub import Hub
 from gateway.fanout.outbox import Outbox
@@ -177,29 +183,52 @@ class ReplyStarter:
         title: str | None,
         repaired: str | None,
     ) -> StartedReply:
-        """A placeholder answered (backend-controlled mode): written (with its chat's
-        row), then its upstream opened before this returns, so "unknown model" is
-        still the caller's error; a reply not opened, for that or any reason (its
-        caller left: the request cancelled), has its placeholder ended
-        (`ReplyRunner.unopened`).  The caller's slot is the reply's.  A reply into
-        the same message already started or running here is a `Conflict` (409),
-        before anything is written."""
+        """A placeholder answered (backend-controlled mode): its message held and a
+        reply slot taken (a `Conflict`, 409, then a `RateLimited`, 429, before
+        anything is written), the placeholder written (with its chat's row), then
+        the reply run, opening its model server in its own task: a stop reaches it
+        while the model server has not answered yet (a model being loaded can take
+        seconds).  Returns once the model server answered, or refused (its
+        `GatewayError` raised here once the reply's end is stored, so "unknown model"
+        is still the caller's plain error), or the reply was stopped or failed first (its
+        end comes in its events).  A caller that leaves before then stops it; one
+        that leaves during the write has its placeholder ended
+        (`ReplyRunner.unopened`)."""
         self._registry.claim(chat.id, [record.id])
+        try:
+            self._slots.take(chat.user_id)
+        except BaseException:
+            self._registry.release(chat.id, [record.id])
+            raise
         outbox = self._hub.subscribe([rooms.reply(chat.id, record.id)])
         written = asyncio.ensure_future(self._store.save_chat(chat, [record]))
         try:
             # Shielded: a caller that leaves mid-write does not cut the write short.
             await asyncio.shield(written)
-            events = await self._opener(ask.model, conversation, ask.params, record, chat)()
         except BaseException as exc:
             self._hub.unsubscribe(outbox)
+            self._slots.release(chat.user_id)
             await self._runner.unopened(record, chat.user_id, exc, written)
             raise
-
-        async def opened() -> AsyncGenerator[Event, None]:
-            return events
-
-        running = self._run(chat.id, record.id, chat.user_id, opened, record, title, ask.rooms)
+        # From here the reply is its runner's: its slot, its message, its end.
+        opened: asyncio.Future[GatewayError | None] = asyncio.get_running_loop().create_future()
+        opening = _telling(self._opener(ask.model, conversation, ask.params, record, chat), opened)
+        running = self._run(chat.id, record.id, chat.user_id, opening, record, title, ask.rooms)
+        try:
+            refused = await asyncio.shield(opened)
+        except asyncio.CancelledError:
+            # The caller left before the model server answered: the reply is stopped
+            # (its end stored) before the cancel goes on.
+            self._hub.unsubscribe(outbox)
+            await asyncio.shield(self._registry.cancel(running))
+            raise
+        if refused is not None:
+            self._hub.unsubscribe(outbox)
+            if running.task is not None:
+                # Answered once its end is stored and its message let go: a caller
+                # that asks again at once, with a model that exists, is not refused.
+                await asyncio.wait([running.task])
+            raise refused
         return StartedReply(running.task_id, chat.id, record.id, outbox, repaired)
 
     async def turn(
@@ -270,6 +299,25 @@ class ReplyStarter:
             )
             task_ids.append(running.task_id)
         return StartedTurn(ask.chat_id, task_ids, [t.message_id for t in ask.reply_targets()])
+
+
+def _telling(opening: Opening, opened: asyncio.Future[GatewayError | None]) -> Opening:
+    """`opening`, telling `opened` how it went: the model server's refusal, or None
+    (it answered; or the reply was stopped, or failed, first: its end says so)."""
+
+    async def told() -> AsyncGenerator[Event, None]:
+        refusal = None
+        try:
+            events = await opening()
+        except GatewayError as exc:
+            refusal = exc
+            raise
+        finally:
+            if not opened.done():
+                opened.set_result(refusal)
+        return events
+
+    return told
 
 
 def _prompt_chars(messages: list[dict[str, Any]]) -> int:

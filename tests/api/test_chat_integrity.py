@@ -143,6 +143,39 @@ async def test_one_reply_at_a_time_into_a_message(
     assert (await status_of(quick))[0] == 200  # free again
 
 
+async def test_a_reply_whose_model_server_has_not_answered_can_be_stopped(
+    gateway: GatewayProcess, token: str, sock: PySocket, fake_upstream: FakeUpstream
+) -> None:
+    """Backend-controlled, into a model server still loading its model (no response
+    headers for 30 s): the reply is in the chat's task list, a stop ends it at
+    once, stored as stopped; the request that asked is answered with the stopped
+    reply, and the model server's request is closed."""
+    marker = f"a model still loading {uuid.uuid4().hex}"
+    chat_id, _, a1 = await turn(gateway, token, sock, marker)
+    url = f"{gateway.url}/api/chat/completions"
+    body = {"chat_id": chat_id, "id": a1, "model": "fake-loading", "stream": False}
+    asking = asyncio.ensure_future(post_json(url, token, body))
+    tasks_url = f"{gateway.url}/api/tasks/chat/{chat_id}"
+    for _ in range(200):
+        listed = await get_json(tasks_url, token)
+        if listed["task_ids"] and len(fake_upstream.requests_for(marker)) == 2:
+            break
+        await asyncio.sleep(0.025)
+    [task_id] = listed["task_ids"]
+    assert not asking.done()  # the model server has not answered
+    stopped = await post_json(f"{gateway.url}/api/tasks/stop/{task_id}", token, None)
+    assert stopped["status"] is True
+    answer = await asyncio.wait_for(asking, 5)
+    assert answer["choices"][0]["message"]["content"] == ""
+    stored = await get_json(f"{gateway.url}/api/v1/chats/{chat_id}", token)
+    reply = stored["chat"]["history"]["messages"][a1]
+    assert reply["done"] is True and reply["content"] == "" and reply["model"] == "fake-loading"
+    assert (await get_json(tasks_url, token))["task_ids"] == []
+    loading = fake_upstream.requests_for(marker)[-1]
+    assert await asyncio.to_thread(loading.ended.wait, 5)
+    assert loading.disconnected and loading.body["model"] == "fake-loading"
+
+
 # -- 3. failed and empty answers are not replayed ------------------------------------------
 async def test_a_failed_answer_is_not_sent_back_to_the_model(
     gateway: GatewayProcess, token: str, sock: PySocket, fake_upstream: FakeUpstream

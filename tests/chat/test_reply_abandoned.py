@@ -1,15 +1,17 @@
 """A backend-controlled reply (`ChatService.start_reply`) writes its placeholder,
-then opens its model server before it returns (`starter.into`).  A reply that is
-not opened (its caller left: the HTTP request cancelled, during the write or
-while the model server is asked; or a bug) has its placeholder ended as the
-reply would have ended, not left unfinished; the outbox it subscribed leaves the
-hub; the user's reply slot is given back."""
+then runs its reply, which opens its model server in its own task, and returns
+once the model server answered (`starter.into`).  Whatever keeps it from running
+— its caller leaving during the write or before the model server answered, a
+stop meanwhile, a refusal, a bug — its placeholder is ended as the reply would
+have ended, not left unfinished; the outbox it subscribed leaves the hub when
+nobody will read it; the user's reply slot and the message are given back."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,13 @@ import aiohttp
 import pytest
 
 from gateway import rooms
-from gateway.application.replies import Replies
+from gateway.application.replies import Replies, finished
+from gateway.chat.running import StopTarget
 from gateway.chat.service import ChatService
 from gateway.commands import Ask
 from gateway.edge import metrics
 from gateway.edge.auth import Principal
+from gateway.errors import Conflict, NotFound, RateLimited, UpstreamError
 from gateway.fanout.hub import Hub
 from gateway.store import ChatRecord, MessageRecord, Store, open_store
 from gateway.store.drivers import SQLiteDriver
@@ -69,15 +73,32 @@ class Gateway:
         return sqlite_of(self.store)
 
 
-@pytest.fixture(params=[False, True], ids=["hangs", "crashes"])
-async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gateway]:
+@contextlib.asynccontextmanager
+async def running_gateway(tmp_path: Path, crash: bool) -> AsyncIterator[Gateway]:
     store = await open_store("", tmp_path)
     question = MessageRecord("c1", "q1", None, "user", "Hello?")
     await store.insert_chat(ChatRecord("c1", "alice", "Hi", "q1", 100, 100), [question])
-    upstream, hub = Upstream(crash=request.param), Hub(100)
+    upstream, hub = Upstream(crash=crash), Hub(100)
     router = ModelRouter([upstream], 60.0)
-    yield Gateway(store, hub, upstream, ChatService(router, store, hub, max_replies_per_user=1))
-    await store.close()
+    service = ChatService(router, store, hub, max_replies_per_user=1)
+    try:
+        yield Gateway(store, hub, upstream, service)
+    finally:
+        await service.shutdown()
+        await store.close()
+
+
+@pytest.fixture(params=[False, True], ids=["hangs", "crashes"])
+async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gateway]:
+    async with running_gateway(tmp_path, crash=request.param) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+async def hanging(tmp_path: Path) -> AsyncIterator[Gateway]:
+    """A model server that takes the request and never answers."""
+    async with running_gateway(tmp_path, crash=False) as gateway:
+        yield gateway
 
 
 async def ended_as(store: Store) -> tuple[bool | None, dict[str, Any], str]:
@@ -88,11 +109,15 @@ async def ended_as(store: Store) -> tuple[bool | None, dict[str, Any], str]:
 
 async def test_a_reply_not_opened_ends_its_placeholder(gateway: Gateway) -> None:
     store, hub, upstream, service = gateway.store, gateway.hub, gateway.upstream, gateway.service
-    started = asyncio.ensure_future(service.start_reply(ALICE, ASK))
+    started = asyncio.ensure_future(Replies(service, hub).start_reply(ALICE, ASK))
     await asyncio.wait_for(upstream.asked.wait(), 5)
     if upstream.crash:
-        with pytest.raises(RuntimeError):
-            await started
+        # A bug in the model server's client: the reply fails in its own events, as
+        # one that failed later would (no error outside the client's protocol).
+        following = await started
+        with pytest.raises(UpstreamError, match="Internal error"):
+            await finished(following.events)
+        following.close()
         done, fields, _ = await ended_as(store)
         assert done is True and fields["error"] == {"content": "Internal error"}
     else:
@@ -106,11 +131,55 @@ async def test_a_reply_not_opened_ends_its_placeholder(gateway: Gateway) -> None
         assert done is True and fields.get("cancelled") is True and content == ""
     assert ROOM not in hub._rooms  # its outbox left the hub
     assert service.replies_running() == 0
+    assert not service.replies.is_generating("c1", "a1")
     upstream.asked.clear()
     again = asyncio.ensure_future(service.start_reply(ALICE, ASK))
     await asyncio.wait_for(upstream.asked.wait(), 5)  # asked again: its slot was given back
     again.cancel()
     await asyncio.gather(again, return_exceptions=True)
+
+
+async def test_a_stop_reaches_a_reply_whose_model_server_has_not_answered(
+    hanging: Gateway,
+) -> None:
+    """A model server that takes long to answer (a model being loaded): the reply
+    is listed and a stop ends it, stored as stopped; its caller is answered with
+    the stopped reply in its events; the slot and the message are free."""
+    store, hub, upstream, service = hanging.store, hanging.hub, hanging.upstream, hanging.service
+    replies = Replies(service, hub)
+    started = asyncio.ensure_future(replies.start_reply(ALICE, ASK))
+    await asyncio.wait_for(upstream.asked.wait(), 5)
+    assert not started.done()  # the caller waits for the model server's answer
+    [task] = await service.replies.tasks(chat_id="c1")  # listed: Open WebUI's task list
+    assert task.message_id == "a1"
+    assert await replies.stop(StopTarget("alice", task_id=task.task_id)) == 1
+    done, fields, content = await ended_as(store)  # stored before the stop returned
+    assert done is True and fields.get("cancelled") is True and content == ""
+    following = await asyncio.wait_for(started, 5)
+    end, before = await finished(following.events)
+    following.close()
+    assert end.cancelled and end.content == "" and before == []
+    assert ROOM not in hub._rooms and service.replies_running() == 0
+    assert not service.replies.is_generating("c1", "a1")
+    upstream.asked.clear()
+    again = asyncio.ensure_future(service.start_reply(ALICE, ASK))  # not a 409, not a 429
+    await asyncio.wait_for(upstream.asked.wait(), 5)
+    again.cancel()
+    await asyncio.gather(again, return_exceptions=True)
+
+
+async def test_a_refusal_is_the_callers_error_and_ends_the_placeholder(
+    gateway: Gateway,
+) -> None:
+    """An unknown model: the caller gets the refusal itself (a plain error in its
+    route's shape), the placeholder ends failed with it, nothing is left held."""
+    store, hub, service = gateway.store, gateway.hub, gateway.service
+    with pytest.raises(NotFound):
+        await Replies(service, hub).start_reply(ALICE, replace(ASK, model="no-such-model"))
+    done, fields, _ = await ended_as(store)
+    assert done is True and "no-such-model" in fields["error"]["content"]
+    assert ROOM not in hub._rooms and service.replies_running() == 0
+    assert not service.replies.is_generating("c1", "a1")
 
 
 async def test_a_caller_that_leaves_during_the_write_leaves_no_unfinished_row(
@@ -158,7 +227,7 @@ async def test_an_end_that_cannot_be_stored_is_logged_not_raised(
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The placeholder is written, its end refused by the database (a real refusal:
-    a trigger on a finished row): the caller still gets the reply's own error, the
+    a trigger on a finished row): the caller is answered as without it, the
     failure is logged, the row is left unfinished for start-up recovery, and the
     message is free again."""
     store, hub, upstream, service = gateway.store, gateway.hub, gateway.upstream, gateway.service
@@ -169,14 +238,14 @@ async def test_an_end_that_cannot_be_stored_is_logged_not_raised(
     started = asyncio.ensure_future(service.start_reply(ALICE, ASK))
     await asyncio.wait_for(upstream.asked.wait(), 5)
     if upstream.crash:
-        with pytest.raises(RuntimeError):  # not the store's refusal
-            await started
+        started_reply = await started  # the reply's own failure, in its events
+        hub.unsubscribe(started_reply.outbox)
     else:
         started.cancel()
         with pytest.raises(asyncio.CancelledError):
             await started
-        await asyncio.wait_for(service.all_replies_ended(), 5)
-    assert "the end of a reply that never ran was not stored" in caplog.text
+    await asyncio.wait_for(service.all_replies_ended(), 5)
+    assert "storing a reply's end failed" in caplog.text
     done, _, _ = await ended_as(store)
     assert done is False  # unfinished: start-up recovery ends it
     assert not service.replies.is_generating("c1", "a1")
@@ -214,3 +283,23 @@ async def test_a_started_reply_its_request_never_read_leaves_the_hub(tmp_path: P
     finally:
         await store.close()
         fake.stop()
+
+
+async def test_a_second_reply_into_a_held_message_is_a_conflict_even_at_the_cap(
+    hanging: Gateway,
+) -> None:
+    """One reply slot a user (`max_replies_per_user=1`), taken by a reply into a1
+    whose model server has not answered: a second reply into a1 is told what is
+    wrong (409: the message is being answered), not to wait for a slot (429); a
+    reply into another message is the 429.  Neither writes anything."""
+    store, upstream, service = hanging.store, hanging.upstream, hanging.service
+    first = asyncio.ensure_future(service.start_reply(ALICE, ASK))
+    await asyncio.wait_for(upstream.asked.wait(), 5)
+    with pytest.raises(Conflict, match="already running"):
+        await service.start_reply(ALICE, ASK)
+    with pytest.raises(RateLimited):
+        await service.start_reply(ALICE, replace(ASK, message_id="a2"))
+    assert await store.get_message("c1", "a2") is None
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert service.replies_running() == 0

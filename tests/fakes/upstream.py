@@ -16,6 +16,8 @@ Models and what they do:
                    around its answer (`THINKING`), all cut in 3-character deltas
     fake-parts     like fake-model, each delta's content a list of content parts
     fake-nul       like fake-model, with a NUL character in its text
+    fake-loading   like fake-model, but its response's headers come only after 30 s (a
+                   model server loading the model; for stops before the first byte)
     fake-flood     1,000 deltas of 5,000 characters, no pause (5 MB: slow-consumer tests);
                    `max_tokens` caps the number of deltas
 
@@ -51,7 +53,9 @@ MODELS = [
     "fake-think",
     "fake-parts",
     "fake-nul",
+    "fake-loading",
 ]
+LOADING_S = 30.0
 # What fake-think reasons, before its answer.
 THINKING = "Weighing it…\nstill weighing."
 FLOOD_DELTAS = 1000
@@ -72,6 +76,16 @@ TASK_ANSWERS = {
     "Task: tags": 'Here you go: {"tags": ["Testing", "Fakes"]}',
     "Task: follow-ups": '```json\n{"follow_ups": ["Tell me more", "Why?"]}\n```',
 }
+
+
+async def loading(request: web.Request) -> None:
+    """`LOADING_S` before the response begins, or until the client closes its
+    connection (then counted as disconnected)."""
+    deadline = time.monotonic() + LOADING_S
+    while time.monotonic() < deadline:
+        if request.transport is None or request.transport.is_closing():
+            raise ConnectionResetError("the client left while the model was loading")
+        await asyncio.sleep(0.02)
 
 
 def reply_text(model: str, messages: list[dict[str, Any]]) -> str:
@@ -183,6 +197,8 @@ class FakeUpstream:
         if model == "fake-error":
             error = {"error": {"message": "fake failure", "type": "server_error", "code": None}}
             return web.json_response(error, status=500)
+        if model == "fake-loading":
+            await loading(request)
         text = reply_text(model, body["messages"])
         pieces = deltas_of(model, text)
         if model == "fake-flood" and isinstance(body.get("max_tokens"), int):
