@@ -20,8 +20,10 @@ The end event is published only after its row is written, so a client that
 reloads on it sees the final text.  Every event goes into the replay buffer as
 it is published (`Hub.reply_event`), so a client can resume the reply.  A
 reply runs in its own task: a client
-that disconnects does not stop it (it lands in the chat); a stop request
-cancels the task, and the reply ends CANCELLED with what streamed so far.
+that disconnects does not stop it (it lands in the chat; a backend-controlled
+caller that leaves before its model server answered does: `starter.into`); a
+stop request cancels the task, and the reply ends CANCELLED with what streamed
+so far.
 The phases are `lifecycle.py`'s.
 """
 
@@ -79,8 +81,8 @@ class ReplyRunner:
         # Every stored reply's text so far, in its row once an interval (`drafts.py`).
         self.drafts = Drafts(store, checkpoint_interval_s)
         self.traces = traces if traces is not None else Traces()
-        # Taken by whoever started the reply (`service.py`, `starter.py`), given back
-        # at its end here.
+        # Taken by the starter (`starter.py`) before the reply runs, given back at its
+        # end here.
         self.slots = slots if slots is not None else ReplySlots(None)
         # The ends being stored of replies that never started (`unopened`).
         self._ending: set[asyncio.Future[None]] = set()

@@ -140,7 +140,9 @@ class ChatService:
         The placeholder is created under the last user message when it is
         missing (reported in `repaired`).  Returns once the chat and placeholder
         are written and the reply's model server has answered, in the reply's own
-        task, where a stop reaches it (`ReplyStarter.into`).
+        task, where a stop reaches it, or the reply was stopped or failed first
+        (its end in its events); raises the model server's refusal (an unknown
+        model) once the reply's failed end is stored (`ReplyStarter.into`).
         """
         if ask.chat_id is None or ask.message_id is None:
             raise BadRequest("'chat_id' and 'id' are required to answer into a chat")

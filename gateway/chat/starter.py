@@ -18,8 +18,9 @@ Starting a reply is three things, each in one place here::
                   (`_telling`)
 
 A stored reply's message is held (`RunningReplies.claim`) then its slot
-(`slots.py`) taken here before anything is written; both are given back at
-its end by the runner.
+(`slots.py`) taken here before anything is written; both are given back by
+the runner at its end, or here (`into`: `ReplyRunner.unopened`) when its
+placeholder's write fails or its caller leaves during it.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class ReplyStarter:
         record: MessageRecord,
         chat: ChatRecord,
     ) -> Opening:
-        """How a stored reply's upstream is opened (now, or inside its task)."""
+        """How a stored reply's upstream is opened, inside its task."""
         return functools.partial(
             self.open,
             model,
@@ -190,8 +191,9 @@ class ReplyStarter:
         while the model server has not answered yet (a model being loaded can take
         seconds).  Returns once the model server answered, or refused (its
         `GatewayError` raised here once the reply's end is stored, so "unknown model"
-        is still the caller's plain error), or the reply was stopped or failed first (its
-        end comes in its events).  A caller that leaves before then stops it; one
+        is still the caller's plain error; the failed end is sent to the chat's
+        watchers like any end), or the reply was stopped or failed first (its end
+        comes in its events).  A caller that leaves before then stops it; one
         that leaves during the write has its placeholder ended
         (`ReplyRunner.unopened`)."""
         self._registry.claim(chat.id, [record.id])
@@ -214,13 +216,17 @@ class ReplyStarter:
         opened: asyncio.Future[GatewayError | None] = asyncio.get_running_loop().create_future()
         opening = _telling(self._opener(ask.model, conversation, ask.params, record, chat), opened)
         running = self._run(chat.id, record.id, chat.user_id, opening, record, title, ask.rooms)
+        if running.task is not None:  # a task that ends without opening still tells
+            running.task.add_done_callback(lambda _: _tell(opened, None))
         try:
             refused = await asyncio.shield(opened)
         except asyncio.CancelledError:
-            # The caller left before the model server answered: the reply is stopped
-            # (its end stored) before the cancel goes on.
             self._hub.unsubscribe(outbox)
-            await asyncio.shield(self._registry.cancel(running))
+            if not opened.done():
+                # The caller left before the model server answered: the reply is
+                # stopped (its end stored) before the cancel goes on.  Once it has
+                # answered, the reply runs on without its caller, as any reply does.
+                await asyncio.shield(self._registry.cancel(running))
             raise
         if refused is not None:
             self._hub.unsubscribe(outbox)
@@ -313,11 +319,15 @@ def _telling(opening: Opening, opened: asyncio.Future[GatewayError | None]) -> O
             refusal = exc
             raise
         finally:
-            if not opened.done():
-                opened.set_result(refusal)
+            _tell(opened, refusal)
         return events
 
     return told
+
+
+def _tell(opened: asyncio.Future[GatewayError | None], refusal: GatewayError | None) -> None:
+    if not opened.done():
+        opened.set_result(refusal)
 
 
 def _prompt_chars(messages: list[dict[str, Any]]) -> int:

@@ -161,6 +161,7 @@ async def test_a_reply_whose_model_server_has_not_answered_can_be_stopped(
         if listed["task_ids"] and len(fake_upstream.requests_for(marker)) == 2:
             break
         await asyncio.sleep(0.025)
+    assert listed["task_ids"], "the reply was not listed while its model server loaded"
     [task_id] = listed["task_ids"]
     assert not asking.done()  # the model server has not answered
     stopped = await post_json(f"{gateway.url}/api/tasks/stop/{task_id}", token, None)

@@ -303,3 +303,72 @@ async def test_a_second_reply_into_a_held_message_is_a_conflict_even_at_the_cap(
     first.cancel()
     await asyncio.gather(first, return_exceptions=True)
     assert service.replies_running() == 0
+
+
+async def test_a_caller_that_leaves_during_the_write_its_end_refused_is_logged(
+    hanging: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As above, with the stopped end refused by the database (a trigger on a
+    finished row): logged, the row left for start-up recovery, the message free."""
+    store, hub, service = hanging.store, hanging.hub, hanging.service
+    db = hanging.sqlite
+    await db.execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON messages WHEN NEW.done "
+        "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    async with thread_held(db):
+        started = asyncio.ensure_future(service.start_reply(ALICE, ASK))
+        await asyncio.sleep(0.05)
+        hold = Hold(db)
+    await hold.until_running()
+    started.cancel()  # the caller leaves while the placeholder is being written
+    await asyncio.sleep(0.05)
+    await hold.release()
+    with pytest.raises(asyncio.CancelledError):
+        await started
+    assert "the end of a reply that never ran was not stored" in caplog.text
+    done, _, _ = await ended_as(store)
+    assert done is False  # unfinished: start-up recovery ends it
+    assert not service.replies.is_generating("c1", "a1")
+    assert ROOM not in hub._rooms and service.replies_running() == 0
+
+
+async def test_a_caller_that_leaves_once_the_model_server_answered_does_not_stop_it(
+    tmp_path: Path,
+) -> None:
+    """The caller leaves in the moment between its model server's answer and its
+    hearing of it: the reply runs on without it, as any answered reply does, and
+    lands whole in the chat.  A real model server client in front of the fake one,
+    the caller's leaving timed from inside it."""
+    fake = FakeUpstream().start()
+    store = await open_store("", tmp_path)
+    caller: list[asyncio.Future[Any]] = []
+
+    class LeftAtTheAnswer(OpenAIUpstream):
+        async def open(
+            self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+        ) -> Any:
+            stream = await super().open(model, messages, params)
+            caller[0].cancel()  # before the caller hears the model server answered
+            return stream
+
+    try:
+        question = MessageRecord("c1", "q1", None, "user", "Hello?")
+        await store.insert_chat(ChatRecord("c1", "alice", "Hi", "q1", 100, 100), [question])
+        async with aiohttp.ClientSession() as session:
+            hub = Hub(100)
+            upstream = LeftAtTheAnswer(fake.url, "", session, 5.0, None)
+            service = ChatService(ModelRouter([upstream], 60.0), store, hub)
+            ask = Ask(model="fake-model", messages=[], chat_id="c1", message_id="a1")
+            caller.append(asyncio.ensure_future(service.start_reply(ALICE, ask)))
+            with pytest.raises(asyncio.CancelledError):
+                await caller[0]
+            assert ROOM not in hub._rooms  # nobody will read its outbox
+            await asyncio.wait_for(service.all_replies_ended(), 5)
+            await service.shutdown()
+        done, fields, content = await ended_as(store)
+        assert done is True and "cancelled" not in fields
+        assert content.startswith("Fake reply to:")
+    finally:
+        await store.close()
+        fake.stop()
