@@ -63,6 +63,7 @@ from gateway.settings import Settings
 from gateway.store import Store, open_store
 from gateway.transports import socketio
 from gateway.transports.socketio import SOCKETIO, SocketIOTransport
+from gateway.transports.websocket_pings import PINGS, Pings
 from gateway.upstream import Upstream
 from gateway.upstream.demo import DemoUpstream
 from gateway.upstream.openai import OpenAIUpstream
@@ -212,6 +213,7 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
             _assistants,
             _readiness,
             _socketio,
+            _websocket_pings,
         ]
     )
     app.on_response_prepare.append(_server_header)
@@ -233,6 +235,14 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
     ragflow.add_routes(app)
     ragflow_ws.add_routes(app)
     return app
+
+
+async def _websocket_pings(app: web.Application) -> AsyncIterator[None]:
+    app[PINGS] = Pings()
+    try:
+        yield
+    finally:
+        app[PINGS].close()
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:

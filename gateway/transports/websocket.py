@@ -23,8 +23,10 @@ A connection's life, the same for every flavour::
                 endpoints that carry replies); a client that stops reading
                 until the outbox overflows, or takes nothing for
                 `stalled_client_s`, is closed 1013 (it may reconnect)
-    limits      a frame over `max_frame_bytes` is closed 1009 by aiohttp; pings
-                every `PING_INTERVAL_S` keep proxies' idle timers (nginx: 60 s) fed
+    limits      a frame over `max_frame_bytes` is closed 1009 by aiohttp; a ping
+                every `PING_INTERVAL_S` keeps proxies' idle timers (nginx: 60 s)
+                fed, and a client that does not answer it is cut
+                (`websocket_pings.py`, one timer for every socket)
 
 The endpoint (the flavour's glue, in `gateway/api/`) never touches aiohttp.
 """
@@ -58,13 +60,12 @@ from gateway.errors import (
 )
 from gateway.events import Event
 from gateway.transports.websocket_delivery import Delivering, Phase
+from gateway.transports.websocket_pings import PINGS
 
 __all__ = ["Connection", "Endpoint", "Phase", "serve"]
 
 log = logging.getLogger(__name__)
 
-# Below every common proxy idle timeout (nginx: 60 s).
-PING_INTERVAL_S = 25.0
 # What ends a connection's read loop (aiohttp has answered a close already).
 _ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 
@@ -77,7 +78,7 @@ class Connection(Delivering):
     small (`bench_idle`): slots, no set until a reply is resumed, and the outbox's
     and the lease's callbacks bound methods rather than closures."""
 
-    __slots__ = ("id", "rate", "realtime", "reason_for", "resuming", "state")
+    __slots__ = ("id", "rate", "realtime", "reason_for", "resuming", "state", "unanswered")
     endpoint: Endpoint
 
     def __init__(
@@ -100,6 +101,8 @@ class Connection(Delivering):
         self.resuming: set[asyncio.Task[None]] | None = None
         # How fast the client may send (GATEWAY_MAX_MESSAGES_PER_S).
         self.rate = MessageRate(request.app[SETTINGS].max_messages_per_s)
+        # A ping went and nothing has come from the client since (`websocket_pings`).
+        self.unanswered = False
 
     @property
     def room(self) -> str:
@@ -211,7 +214,9 @@ async def serve(
         raise Forbidden(f"Origin {request.headers.get('Origin')} is not allowed")
     settings = request.app[SETTINGS]
     ws = web.WebSocketResponse(
-        heartbeat=PING_INTERVAL_S,
+        # Pings from one timer for every socket (`websocket_pings.py`), not a timer
+        # each; the client's own pings answered by `_read`.
+        autoping=False,
         max_msg_size=settings.max_frame_bytes,
         # permessage-deflate keeps two zlib contexts per connection, about 120 KB,
         # for frames of a few dozen bytes (bench/bench_deflate.py): off by default.
@@ -233,6 +238,7 @@ async def serve(
         lease = None
         if conn.principal is not None:
             lease = realtime.hold(conn.principal, conn._access_ended)
+        request.app[PINGS].add(conn)
         try:
             await _read(conn)
         finally:
@@ -309,6 +315,12 @@ async def _read(conn: Connection) -> None:
     # `receive()` itself rather than `async for`: the iterator's frame would be
     # kept for the socket's life (about 0.2 KB).
     while (msg := await conn.ws.receive()).type not in _ENDS:
+        conn.unanswered = False  # heard from (`websocket_pings.py`)
+        if msg.type is WSMsgType.PONG:
+            continue
+        if msg.type is WSMsgType.PING:
+            await conn.ws.pong(msg.data)
+            continue
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not conn.rate.allow():
             # Dropped; said at most once a second, in the flavour's own error.
             if conn.rate.tell():

@@ -55,3 +55,12 @@ def write_now(ws: web.WebSocketResponse, frame: str) -> None:
     writer._write_websocket_frame(payload, WSMsgType.TEXT, 0)
     if writer._output_size > writer._limit:
         writer._output_size = 0
+
+
+def ping_now(ws: web.WebSocketResponse) -> None:
+    """A ping frame (no payload), written now, as `ws.ping()` would write it; only
+    while `writable_now` (control frames are never compressed)."""
+    writer = ws._writer
+    if writer is None or ws.closed:
+        raise ConnectionResetError("the WebSocket is closed")
+    writer._write_websocket_frame(b"", WSMsgType.PING, 0)

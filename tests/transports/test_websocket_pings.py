@@ -1,0 +1,124 @@
+"""The raw WebSockets' pings (`transports/websocket_pings.py`): one timer for every
+socket, a client that answers nothing between two pings cut, the client's own
+pings answered.  A real gateway in this process (Nadoo's chat socket), its ping
+interval shortened once it has started, and aiohttp's client with its own
+answering of pings off, so each test decides what the client answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+
+from gateway.app import build_app
+from gateway.settings import Settings
+from gateway.transports.websocket_pings import PINGS, Pings
+from tests.gatewayproc import SECRET, make_token, served_in_process
+
+INTERVAL_S = 0.2
+
+
+@dataclass
+class Served:
+    url: str
+    pings: Pings
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    app = build_app(Settings(data_dir=tmp_path, secret_key=SECRET))
+    async with served_in_process(app) as url:
+        app[PINGS].interval_s = INTERVAL_S  # (no base path: the gateway's own app)
+        yield Served(url.replace("http", "ws", 1), app[PINGS])
+
+
+async def opened(
+    session: aiohttp.ClientSession, served: Served, user: str
+) -> aiohttp.ClientWebSocketResponse:
+    ws = await session.ws_connect(
+        f"{served.url}/ws/chat/s-{user}?token={make_token(user)}", autoping=False
+    )
+    first = await ws.receive(timeout=5)
+    assert first.type is WSMsgType.TEXT and '"connected"' in first.data
+    return ws
+
+
+async def test_a_client_that_answers_is_pinged_every_interval_and_kept(served: Served) -> None:
+    async with aiohttp.ClientSession() as session:
+        ws = await opened(session, served, "answers")
+        pings, began = 0, time.monotonic()
+        while time.monotonic() - began < 6 * INTERVAL_S:
+            msg = await ws.receive(timeout=5)
+            assert msg.type is WSMsgType.PING, msg
+            pings += 1
+            await ws.pong(msg.data)
+        assert pings >= 4 and not ws.closed
+        assert len(served.pings) == 1
+        await ws.close()
+
+
+async def test_a_client_that_answers_nothing_is_cut(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No pong, no frame: cut at its second turn, one to two intervals after it was
+    last heard from; it leaves the queue."""
+    caplog.set_level(logging.INFO, logger="gateway.transports.websocket_pings")
+    async with aiohttp.ClientSession() as session:
+        ws = await opened(session, served, "silent")
+        began = time.monotonic()
+        first = await ws.receive(timeout=5)
+        assert first.type is WSMsgType.PING  # not answered
+        ended = await ws.receive(timeout=5)
+        assert ended.type in (WSMsgType.CLOSED, WSMsgType.ERROR), ended
+        took = time.monotonic() - began
+        assert INTERVAL_S <= took < 2 * INTERVAL_S + 1.0, took
+    assert "its last ping was not answered" in caplog.text
+    for _ in range(50):
+        if len(served.pings) == 0:
+            break
+        await asyncio.sleep(INTERVAL_S / 4)
+    assert len(served.pings) == 0
+
+
+async def test_a_client_heard_from_by_its_frames_is_kept_without_pongs(served: Served) -> None:
+    """A client that never answers a ping but sends frames (Nadoo's `ping` message,
+    answered `pong`) is alive: it is heard from between every two pings."""
+    async with aiohttp.ClientSession() as session:
+        ws = await opened(session, served, "talks")
+        pings, began = 0, time.monotonic()
+        while time.monotonic() - began < 6 * INTERVAL_S:
+            await ws.send_str('{"type": "ping"}')
+            msg = await ws.receive(timeout=5)
+            if msg.type is WSMsgType.PING:
+                pings += 1  # not answered
+                continue
+            assert msg.type is WSMsgType.TEXT and "pong" in msg.data, msg
+            await asyncio.sleep(INTERVAL_S / 4)
+        assert pings >= 3 and not ws.closed
+        await ws.close()
+
+
+async def test_the_clients_own_ping_is_answered_with_its_payload(served: Served) -> None:
+    served.pings.interval_s = 60.0  # none of the gateway's own in the way
+    async with aiohttp.ClientSession() as session:
+        ws = await opened(session, served, "asks")
+        await ws.ping(b"are you there")
+        msg = await ws.receive(timeout=5)
+        assert msg.type is WSMsgType.PONG and msg.data == b"are you there"
+        await ws.close()
+
+
+async def test_pings_stop_with_the_application(tmp_path: Path) -> None:
+    app = build_app(Settings(data_dir=tmp_path, secret_key=SECRET))
+    async with served_in_process(app) as url, aiohttp.ClientSession() as session:
+        pings = app[PINGS]
+        await opened(session, Served(url.replace("http", "ws", 1), pings), "stays")
+        assert len(pings) == 1
+    assert len(pings) == 0 and pings._timer is None
