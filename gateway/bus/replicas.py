@@ -6,6 +6,8 @@ Keys and channels, all under `REDIS_KEY_PREFIX` (default `gw:`)::
 
     replica:<id>       string    heartbeat, expires 5 s after the replica stops
     tasks              hash      task id → the reply running (which replica, rooms)
+    answering          hash      [chat id, message id] → the replica whose reply is
+                                 being started or runs into that message
     presence           hash      replica id → its connections, for /ws/stats
     sessions:<id>      set       a replica's Engine.IO sessions: a misrouted poll says where
     takeover:<id>      string    the one survivor that ends a dead replica's replies
@@ -24,11 +26,20 @@ Theory of operation:
 * Commands are handled off the listener: each `on_control` (a reply's
   cancellation, which awaits its task) runs in a bounded set of tasks, so a
   slow one delays nothing else; a malformed command is counted and skipped.
+* One reply at a time into a message, across replicas: `claim` is one
+  round trip (a script: every message free or this replica's, then all of
+  them this replica's), `unclaim` a queued command that removes only this
+  replica's entries.  A message stays held while its holder's reply runs,
+  and after the holder died until a survivor has ended its replies (so a
+  new reply cannot be overwritten by the dead one's end).  With Redis
+  unreachable, `claim` holds nothing and says so in the log: each replica
+  still refuses its own duplicates.
 * A replica that stops beating is dead 3 s after its beat expired (5 s).
   The janitor (every 2 s, its own task) of whichever survivor wins
   `takeover:<id>` ends its replies through `on_orphan` (stored with their
   last draft and a note, `ReplyFailed` to their rooms), then removes its
-  presence and sessions, so nothing it leaves behind outlives it.  A reply
+  presence, sessions and held messages, so nothing it leaves behind
+  outlives it.  A reply
   whose `on_orphan` fails stays listed; another survivor retries once the
   takeover expires (60 s).
 """
@@ -59,6 +70,39 @@ MISSING_GRACE_S = 3.0
 TAKEOVER_TTL_S = 60
 START_TIMEOUT_S = 2.0
 CONTROL_HANDLERS = 64
+# The longest a reply's start waits for Redis to say whether its message is free.
+CLAIM_TIMEOUT_S = 0.5
+
+# KEYS[1]: the `answering` hash; ARGV[1]: this replica; ARGV[2…]: the messages.
+# Returns the first message another replica holds, or nothing once all are held.
+_CLAIM = """
+for i = 2, #ARGV do
+  local holder = redis.call('HGET', KEYS[1], ARGV[i])
+  if holder and holder ~= ARGV[1] then return ARGV[i] end
+end
+for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
+return false
+"""
+# The same arguments: the messages this replica holds let go (another's are not).
+_UNCLAIM = """
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return 0
+"""
+# KEYS[1]: the `answering` hash; ARGV[1]: a dead replica: every message it held let go.
+_FORGET = """
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if fields[i + 1] == ARGV[1] then redis.call('HDEL', KEYS[1], fields[i]) end
+end
+return 0
+"""
+
+
+def message_field(chat_id: str, message_id: str) -> str:
+    """A message's field in `answering` (ids are the clients': any text)."""
+    return json.dumps([chat_id, message_id])
 
 
 # -- what the hashes hold -------------------------------------------------------------------
@@ -128,6 +172,11 @@ class RedisReplicas:
         self._presence_dirty = True
         self._remote_seats: dict[str, list[Seat]] = {}
         self._local_tasks: dict[str, str] = {}  # task id → its registry entry
+        self._claimed: set[str] = set()  # the `answering` fields held here
+        self._claim = self._redis.register_script(_CLAIM)
+        self._claims_failed = Complaints(
+            "could not ask Redis whether a message is free: only this replica's replies checked"
+        )
         self._sessions: set[str] = set()
         self._missing_since: dict[str, float] = {}  # replica → when its beat was first missed
         self._tasks: list[asyncio.Task[None]] = []
@@ -164,6 +213,9 @@ class RedisReplicas:
             pipe.delete(self._key(f"replica:{self.replica_id}"))
             pipe.delete(self._key(f"sessions:{self.replica_id}"))
             pipe.hdel(self._key("presence"), self.replica_id)
+            # Whatever it still held (a let-go that did not go out): no janitor will
+            # know this replica once its presence is gone.
+            pipe.eval(_FORGET, 1, self._key("answering"), self.replica_id)
             await pipe.execute()
         await self._redis.aclose()
         await self._listener.close()
@@ -194,6 +246,8 @@ class RedisReplicas:
         pipe.set(self._key(f"replica:{self.replica_id}"), int(time.time()), ex=REPLICA_TTL_S)
         for task_id, entry in self._local_tasks.items():
             pipe.hset(self._key("tasks"), task_id, entry)
+        for field in self._claimed:  # (not over another's, taken meanwhile)
+            pipe.hsetnx(self._key("answering"), field, self.replica_id)
         if self._sessions:
             pipe.sadd(self._key(f"sessions:{self.replica_id}"), *self._sessions)
         await pipe.execute()
@@ -225,6 +279,30 @@ class RedisReplicas:
     def task_ended(self, task_id: str) -> None:
         self._local_tasks.pop(task_id, None)
         self._sender.command("hdel", self._key("tasks"), task_id)
+
+    async def claim(self, chat_id: str, message_ids: list[str]) -> str | None:
+        fields = [message_field(chat_id, message_id) for message_id in message_ids]
+        self._claimed.update(fields)  # let go by `unclaim` whatever the answer
+        if not self._listener.listening:
+            self._claims_failed.note(error="Redis is unreachable")
+            return None
+        try:
+            held = await asyncio.wait_for(
+                self._claim(keys=[self._key("answering")], args=[self.replica_id, *fields]),
+                CLAIM_TIMEOUT_S,
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._claims_failed.note(error=str(exc) or type(exc).__name__)
+            return None
+        if held is None:
+            return None
+        self.unclaim(chat_id, message_ids)
+        return message_ids[fields.index(str(held))]
+
+    def unclaim(self, chat_id: str, message_ids: list[str]) -> None:
+        fields = [message_field(chat_id, message_id) for message_id in message_ids]
+        self._claimed.difference_update(fields)
+        self._sender.command("eval", _UNCLAIM, 1, self._key("answering"), self.replica_id, *fields)
 
     async def _all_tasks(self) -> list[TaskInfo]:
         raw = cast(dict[str, str], await self._redis.hgetall(self._key("tasks")))
@@ -358,3 +436,4 @@ class RedisReplicas:
             await self._redis.hdel(self._key("tasks"), task.task_id)
         await self._redis.hdel(self._key("presence"), replica)
         await self._redis.delete(self._key(f"sessions:{replica}"))
+        await self._redis.eval(_FORGET, 1, self._key("answering"), replica)

@@ -63,25 +63,31 @@ class RunningReplies:
         # reply at a time into a message (`claim`).
         self._answering: set[tuple[str, str]] = set()
 
-    def claim(self, chat_id: str, message_ids: list[str]) -> None:
+    async def claim(self, chat_id: str, message_ids: list[str]) -> None:
         """Hold messages for the replies about to be started into them, until each
         has `ended` (or is `release`d unstarted).  A reply into one of them already
-        being started or running on this replica is a `Conflict` (409), and nothing
-        is held: two replies into one row would each write it, and the one that
-        ended last would overwrite the other's answer."""
+        being started or running, here or on another replica (`Replicas.claim`), is
+        a `Conflict` (409), and nothing is held: two replies into one row would each
+        write it, and the one that ended last would overwrite the other's answer."""
         keys = [(chat_id, message_id) for message_id in message_ids]
         for key in keys:
             if key in self._answering:
-                raise Conflict(
-                    f"a reply into message '{key[1]}' is already running: "
-                    "stop it or wait for its end, or answer into a new id"
-                )
+                raise _conflict(key[1])
         self._answering.update(keys)
+        try:
+            elsewhere = await self.replicas.claim(chat_id, message_ids)
+        except BaseException:
+            self.release(chat_id, message_ids)
+            raise
+        if elsewhere is not None:
+            self._answering.difference_update(keys)
+            raise _conflict(elsewhere, " on another replica")
 
     def release(self, chat_id: str, message_ids: list[str]) -> None:
         """Let go of messages `claim`ed for replies that will not run."""
         for message_id in message_ids:
             self._answering.discard((chat_id, message_id))
+        self.replicas.unclaim(chat_id, message_ids)
 
     def start(self, running: Running, generating: Coroutine[Any, Any, None]) -> None:
         """Register `running` here and in the registry, and run `generating` (which calls
@@ -96,7 +102,10 @@ class RunningReplies:
         its task is done: the second call does nothing."""
         if self.running.pop(running.task_id, None) is None:
             return
-        self._answering.discard((running.chat_id, running.message_id))
+        key = (running.chat_id, running.message_id)
+        if key in self._answering:  # (a temporary chat's replies hold nothing)
+            self._answering.discard(key)
+            self.replicas.unclaim(running.chat_id, [running.message_id])
         self.replicas.task_ended(running.task_id)
 
     # -- tasks: this replica's and the others' -------------------------------------
@@ -220,6 +229,13 @@ class RunningReplies:
 
 # How many loop turns `shutdown` gives replies started meanwhile to take their first step.
 SHUTDOWN_STEP_TURNS = 100
+
+
+def _conflict(message_id: str, where: str = "") -> Conflict:
+    return Conflict(
+        f"a reply into message '{message_id}' is already running{where}: "
+        "stop it or wait for its end, or answer into a new id"
+    )
 
 
 def _unstarted(task: asyncio.Task[None]) -> bool:

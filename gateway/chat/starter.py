@@ -196,7 +196,7 @@ class ReplyStarter:
         comes in its events).  A caller that leaves before then stops it; one
         that leaves during the write has its placeholder ended
         (`ReplyRunner.unopened`)."""
-        self._registry.claim(chat.id, [record.id])
+        await self._registry.claim(chat.id, [record.id])
         try:
             self._slots.take(chat.user_id)
         except BaseException:
@@ -258,7 +258,7 @@ class ReplyStarter:
         message_ids = [placeholder["id"] for placeholder, _ in turn.replies]
         # Each message held until its reply's end, one slot a reply given back
         # then (both by its runner).
-        self._registry.claim(chat.id, message_ids)
+        await self._registry.claim(chat.id, message_ids)
         try:
             self._slots.take(chat.user_id, len(turn.replies))
         except BaseException:

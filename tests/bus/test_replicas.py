@@ -7,6 +7,8 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from gateway.bus import TaskInfo
 from gateway.fanout.presence import Seat
 from tests.bus.support import Make, Replica, eventually, eventually_async
@@ -119,3 +121,77 @@ async def test_redis_restarted_empty_learns_again_what_runs_where(
         a.replicas.replica_id
     )
     assert b.orphans == [] and a.orphans == []
+
+
+# -- one reply at a time into a message, across replicas -------------------------------
+
+
+async def test_a_message_held_by_one_replica_is_refused_to_another(replica: Make) -> None:
+    a, b = await replica(), await replica()
+    assert await a.replicas.claim("c1", ["m1", "m2"]) is None
+    assert await b.replicas.claim("c1", ["m3", "m2"]) == "m2"
+    # Refused whole: B holds nothing of it, m3 is free.
+    assert await a.replicas.claim("c1", ["m3"]) is None
+    assert await a.replicas.claim("c2", ["m1"]) is None  # another chat's m1
+    a.replicas.unclaim("c1", ["m1", "m2"])
+    await eventually_async(lambda: _claims(b, "c1", ["m1", "m2"]))
+    # B's let-go of what it does not hold removes nothing of A's.
+    b.replicas.unclaim("c1", ["m3"])
+    await a.replicas._sender.drained(2)
+    await b.replicas._sender.drained(2)
+    assert await b.replicas.claim("c1", ["m3"]) == "m3"
+
+
+async def _claims(one: Replica, chat_id: str, message_ids: list[str]) -> bool:
+    return await one.replicas.claim(chat_id, message_ids) is None
+
+
+async def test_ids_with_any_characters_are_told_apart(replica: Make) -> None:
+    a, b = await replica(), await replica()
+    assert await a.replicas.claim('c"1', ["m\x00,1", "é😀"]) is None
+    assert await b.replicas.claim('c"1', ["é😀"]) == "é😀"
+    assert await b.replicas.claim("c", ['"1", "m']) is None
+
+
+async def test_a_dead_replicas_messages_are_free_once_its_replies_are_ended(
+    replica: Make,
+) -> None:
+    """Held while its replies are ended by a survivor (the dead one's end must not
+    overwrite a new reply), free after, with those it held without a task."""
+    a, b = await replica(), await replica()
+    a.replicas.task_started(TaskInfo("t1", "c1", "m1", "u1", ("user:u1",)))
+    assert await a.replicas.claim("c1", ["m1", "m2"]) is None  # m2: still starting
+    await a.replicas._sender.drained(2)
+    await a.crash()
+    assert await b.replicas.claim("c1", ["m1"]) == "m1"
+    await eventually(lambda: b.orphans, timeout_s=15)
+    await eventually_async(lambda: _claims(b, "c1", ["m1", "m2"]), timeout_s=5)
+
+
+async def test_a_redis_that_restarted_empty_learns_what_is_held_again(replica: Make) -> None:
+    a, b = await replica(), await replica()
+    assert await a.replicas.claim("c1", ["m1"]) is None
+    redis = a.replicas._redis
+    await redis.delete(a.replicas._key("answering"))  # what an empty restart leaves
+    pubsub = redis.pubsub()
+    try:
+        await a.replicas.connected(pubsub)  # what the listener runs on reconnecting
+    finally:
+        await pubsub.aclose()
+    assert await b.replicas.claim("c1", ["m1"]) == "m1"
+
+
+async def test_with_redis_unreachable_a_claim_holds_nothing_and_waits_for_nothing(
+    replica: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis = RedisServer().start()
+    try:
+        a = await replica(url=redis.url)
+        redis.stop()
+        await eventually(lambda: not a.replicas._listener.listening, timeout_s=10)
+        began = asyncio.get_running_loop().time()
+        assert await a.replicas.claim("c1", ["m1"]) is None
+        assert asyncio.get_running_loop().time() - began < 0.1
+        assert "could not ask Redis whether a message is free" in caplog.text
+    finally:
+        redis.stop()

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import aiohttp
 import redis.asyncio as aioredis
 import websockets
 
@@ -65,6 +66,38 @@ async def test_a_reply_run_on_b_reaches_a_socket_on_a_whole_and_in_order(cluster
     # In order: the deltas rebuild the text as sent, the completion carries it whole.
     completion = next(e for e in events if e["type"] == "chat:completion")
     assert completion["data"]["content"] == expected("across replicas")
+
+
+async def test_one_reply_at_a_time_into_a_message_across_replicas(cluster: Start) -> None:
+    """Two backend-controlled replies into one message, one asked of A and one of B at
+    once (a client's retry that the balancer sent elsewhere): one runs, the other is
+    refused (409) and writes nothing; the stored answer is the one that ran, whole;
+    once it has ended, the message is answered again through either replica."""
+    a, b = cluster("a"), cluster("b")
+    _, token = user()
+    async with connected(a.url, token) as sock:
+        body = turn_body(sock.sid, "one at a time across replicas")
+        chat_id = (await turn(a, token, body))["chat_id"]
+        await sock.wait_ended()
+    slow = {"chat_id": chat_id, "id": body["id"], "model": "fake-slow", "stream": False}
+
+    async def asked(replica: GatewayProcess) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"}
+        url = f"{replica.url}/api/chat/completions"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json=slow, headers=headers) as resp:
+                return resp.status, await resp.json()
+
+    first, second = await asyncio.gather(asked(a), asked(b))
+    assert sorted([first[0], second[0]]) == [200, 409], (first, second)
+    ran, refused = (first, second) if first[0] == 200 else (second, first)
+    assert "already running" in refused[1]["detail"]
+    answer = ran[1]["choices"][0]["message"]["content"]
+    assert answer == expected("", "fake-slow").strip()  # (stored trimmed, as Open WebUI)
+    stored = await get_json(f"{b.url}/api/v1/chats/{chat_id}", token)
+    assert stored["chat"]["history"]["messages"][body["id"]]["content"] == answer
+    for replica in (a, b):  # free again, on both
+        assert (await asked(replica))[0] == 200
 
 
 async def test_nadoo_members_on_two_replicas_share_a_session(cluster: Start) -> None:
