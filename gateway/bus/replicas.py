@@ -6,8 +6,9 @@ Keys and channels, all under `REDIS_KEY_PREFIX` (default `gw:`)::
 
     replica:<id>       string    heartbeat, expires 5 s after the replica stops
     tasks              hash      task id → the reply running (which replica, rooms)
-    answering          hash      [chat id, message id] → the replica whose reply is
-                                 being started or runs into that message
+    answering          hash      [chat id, message id] → the claim ("<replica id>
+                                 <claim id>") of the reply being started or
+                                 running into that message
     presence           hash      replica id → its connections, for /ws/stats
     sessions:<id>      set       a replica's Engine.IO sessions: a misrouted poll says where
     takeover:<id>      string    the one survivor that ends a dead replica's replies
@@ -28,8 +29,9 @@ Theory of operation:
   slow one delays nothing else; a malformed command is counted and skipped.
 * One reply at a time into a message, across replicas: `claim` is one
   round trip (a script: every message free or this replica's, then all of
-  them this replica's), `unclaim` a queued command that removes only this
-  replica's entries.  A message stays held while its holder's reply runs,
+  them this replica's), `unclaim` a queued command that removes only the
+  entries of that claim (a let-go that arrives after a new claim of the
+  same message leaves the new one).  A message stays held while its holder's reply runs,
   and after the holder died until a survivor has ended its replies (so a
   new reply cannot be overwritten by the dead one's end).  With Redis
   unreachable, `claim` holds nothing and says so in the log: each replica
@@ -73,28 +75,40 @@ CONTROL_HANDLERS = 64
 # The longest a reply's start waits for Redis to say whether its message is free.
 CLAIM_TIMEOUT_S = 0.5
 
-# KEYS[1]: the `answering` hash; ARGV[1]: this replica; ARGV[2…]: the messages.
-# Returns the first message another replica holds, or nothing once all are held.
+# Each held message's value is its holder's claim: "<replica id> <claim id>", a claim
+# id new at every claim, so a let-go that arrives late (queued, sent after a new
+# claim of the same message by the same replica) removes nothing but its own.
+#
+# KEYS[1]: the `answering` hash; ARGV[1]: this replica's id and a space; ARGV[2]: the
+# claim; ARGV[3…]: the messages.  Returns the first message another replica holds,
+# or nothing once all are held.  This replica's own entries are free: it refuses its
+# own duplicates itself (`RunningReplies.claim`), and an entry of its own still in
+# Redis is a let-go on its way.
 _CLAIM = """
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local holder = redis.call('HGET', KEYS[1], ARGV[i])
-  if holder and holder ~= ARGV[1] then return ARGV[i] end
+  if holder and string.sub(holder, 1, #ARGV[1]) ~= ARGV[1] then return ARGV[i] end
 end
-for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
+for i = 3, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[2]) end
 return false
 """
-# The same arguments: the messages this replica holds let go (another's are not).
+# ARGV: message, claim, message, claim…: each message let go if that claim holds it.
 _UNCLAIM = """
-for i = 2, #ARGV do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
 end
 return 0
 """
-# KEYS[1]: the `answering` hash; ARGV[1]: a dead replica: every message it held let go.
+# ARGV[1]: a replica's id and a space: every message it holds let go (it died, or is
+# closing).
 _FORGET = """
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
-  if fields[i + 1] == ARGV[1] then redis.call('HDEL', KEYS[1], fields[i]) end
+  if string.sub(fields[i + 1], 1, #ARGV[1]) == ARGV[1] then
+    redis.call('HDEL', KEYS[1], fields[i])
+  end
 end
 return 0
 """
@@ -172,7 +186,7 @@ class RedisReplicas:
         self._presence_dirty = True
         self._remote_seats: dict[str, list[Seat]] = {}
         self._local_tasks: dict[str, str] = {}  # task id → its registry entry
-        self._claimed: set[str] = set()  # the `answering` fields held here
+        self._claimed: dict[str, str] = {}  # the `answering` fields held here → claim
         self._claim = self._redis.register_script(_CLAIM)
         self._claims_failed = Complaints(
             "could not ask Redis whether a message is free: only this replica's replies checked"
@@ -215,7 +229,7 @@ class RedisReplicas:
             pipe.hdel(self._key("presence"), self.replica_id)
             # Whatever it still held (a let-go that did not go out): no janitor will
             # know this replica once its presence is gone.
-            pipe.eval(_FORGET, 1, self._key("answering"), self.replica_id)
+            pipe.eval(_FORGET, 1, self._key("answering"), self.replica_id + " ")
             await pipe.execute()
         await self._redis.aclose()
         await self._listener.close()
@@ -246,8 +260,8 @@ class RedisReplicas:
         pipe.set(self._key(f"replica:{self.replica_id}"), int(time.time()), ex=REPLICA_TTL_S)
         for task_id, entry in self._local_tasks.items():
             pipe.hset(self._key("tasks"), task_id, entry)
-        for field in self._claimed:  # (not over another's, taken meanwhile)
-            pipe.hsetnx(self._key("answering"), field, self.replica_id)
+        for field, claim in self._claimed.items():  # (not over another's, taken meanwhile)
+            pipe.hsetnx(self._key("answering"), field, claim)
         if self._sessions:
             pipe.sadd(self._key(f"sessions:{self.replica_id}"), *self._sessions)
         await pipe.execute()
@@ -282,13 +296,16 @@ class RedisReplicas:
 
     async def claim(self, chat_id: str, message_ids: list[str]) -> str | None:
         fields = [message_field(chat_id, message_id) for message_id in message_ids]
-        self._claimed.update(fields)  # let go by `unclaim` whatever the answer
+        mine = self.replica_id + " "
+        claim = mine + uuid.uuid4().hex[:12]
+        for field in fields:  # let go by `unclaim` whatever the answer
+            self._claimed[field] = claim
         if not self._listener.listening:
             self._claims_failed.note(error="Redis is unreachable")
             return None
         try:
             held = await asyncio.wait_for(
-                self._claim(keys=[self._key("answering")], args=[self.replica_id, *fields]),
+                self._claim(keys=[self._key("answering")], args=[mine, claim, *fields]),
                 CLAIM_TIMEOUT_S,
             )
         except (RedisError, OSError, TimeoutError) as exc:
@@ -300,9 +317,14 @@ class RedisReplicas:
         return message_ids[fields.index(str(held))]
 
     def unclaim(self, chat_id: str, message_ids: list[str]) -> None:
-        fields = [message_field(chat_id, message_id) for message_id in message_ids]
-        self._claimed.difference_update(fields)
-        self._sender.command("eval", _UNCLAIM, 1, self._key("answering"), self.replica_id, *fields)
+        pairs: list[str] = []
+        for message_id in message_ids:
+            field = message_field(chat_id, message_id)
+            claim = self._claimed.pop(field, None)
+            if claim is not None:
+                pairs += [field, claim]
+        if pairs:
+            self._sender.command("eval", _UNCLAIM, 1, self._key("answering"), *pairs)
 
     async def _all_tasks(self) -> list[TaskInfo]:
         raw = cast(dict[str, str], await self._redis.hgetall(self._key("tasks")))
@@ -436,4 +458,4 @@ class RedisReplicas:
             await self._redis.hdel(self._key("tasks"), task.task_id)
         await self._redis.hdel(self._key("presence"), replica)
         await self._redis.delete(self._key(f"sessions:{replica}"))
-        await self._redis.eval(_FORGET, 1, self._key("answering"), replica)
+        await self._redis.eval(_FORGET, 1, self._key("answering"), replica + " ")

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from gateway.bus import TaskInfo
+from gateway.bus.replicas import _UNCLAIM, message_field
 from gateway.fanout.presence import Seat
 from tests.bus.support import Make, Replica, eventually, eventually_async
 from tests.services import RedisServer
@@ -195,3 +196,19 @@ async def test_with_redis_unreachable_a_claim_holds_nothing_and_waits_for_nothin
         assert "could not ask Redis whether a message is free" in caplog.text
     finally:
         redis.stop()
+
+
+async def test_a_late_let_go_leaves_a_new_claim_of_the_same_message(replica: Make) -> None:
+    """A reply ends and another starts into its message on the same replica at once:
+    the first let-go, queued, may reach Redis after the new claim; it removes nothing
+    but its own claim."""
+    a, b = await replica(), await replica()
+    field = message_field("c1", "m1")
+    assert await a.replicas.claim("c1", ["m1"]) is None
+    first = a.replicas._claimed[field]
+    a.replicas.unclaim("c1", ["m1"])
+    await a.replicas._sender.drained(2)
+    assert await a.replicas.claim("c1", ["m1"]) is None
+    # The first let-go once more, as if it had arrived only now.
+    await a.replicas._redis.eval(_UNCLAIM, 1, a.replicas._key("answering"), field, first)
+    assert await b.replicas.claim("c1", ["m1"]) == "m1"
