@@ -212,6 +212,7 @@ class Sender:
         self._high, self._low = max(1, max_pending // 2), max_pending // 4
         self._roomy = asyncio.Event()  # set unless crowded
         self._roomy.set()
+        self._refused = Complaints("Redis refused bus commands; they are not sent again")
         self._send_failed = False  # the last batch failed: Redis refuses, or is gone
         self._sending_since: float | None = None  # a batch is on its way
         self._running = False
@@ -304,7 +305,13 @@ class Sender:
                 self._route(pipe, item)
         self._sending_since = time.monotonic()
         try:
-            await pipe.execute()
+            # A command Redis refuses (a user without a command's permission, a full
+            # Redis refusing writes) is logged and not sent again: retried, it would
+            # hold up everything behind it for good.  What fails to reach Redis is.
+            results = await pipe.execute(raise_on_error=False)
+            refused = [result for result in results if isinstance(result, RedisError)]
+            if refused:
+                self._refused.note(refused=len(refused), error=str(refused[0]))
             self._send_failed = False
             if held:
                 now = time.monotonic()

@@ -35,9 +35,7 @@ def make_bus(
     return RedisRooms(redis_url, replicas, prefix, max_message_bytes), replicas
 
 
-def make_journal(
-    redis_url: str | None, prefix: str, max_events: int, ttl_s: float
-) -> Journal:
+def make_journal(redis_url: str | None, prefix: str, max_events: int, ttl_s: float) -> Journal:
     """The replay buffer: on Redis when `redis_url` is given (any replica can read
     it); else in this process."""
     if redis_url is None:

@@ -223,13 +223,13 @@ class RedisReplicas:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._handlers.close()
         with contextlib.suppress(RedisError, OSError):
-            pipe = self._redis.pipeline(transaction=False)
+            # One transaction: whatever it still held (a let-go that did not go out)
+            # let go with its presence, through which a janitor would know of it.
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.eval(_FORGET, 1, self._key("answering"), self.replica_id + " ")
             pipe.delete(self._key(f"replica:{self.replica_id}"))
             pipe.delete(self._key(f"sessions:{self.replica_id}"))
             pipe.hdel(self._key("presence"), self.replica_id)
-            # Whatever it still held (a let-go that did not go out): no janitor will
-            # know this replica once its presence is gone.
-            pipe.eval(_FORGET, 1, self._key("answering"), self.replica_id + " ")
             await pipe.execute()
         await self._redis.aclose()
         await self._listener.close()
@@ -258,6 +258,9 @@ class RedisReplicas:
         here.  The heartbeat goes first, so no survivor takes these tasks for orphans."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(self._key(f"replica:{self.replica_id}"), int(time.time()), ex=REPLICA_TTL_S)
+        # Its presence too: how a janitor knows of it, should it die before its next
+        # beat, with nothing of it listed in `tasks`.
+        pipe.hset(self._key("presence"), self.replica_id, seats_entry(self._seats))
         for task_id, entry in self._local_tasks.items():
             pipe.hset(self._key("tasks"), task_id, entry)
         for field, claim in self._claimed.items():  # (not over another's, taken meanwhile)
@@ -446,6 +449,7 @@ class RedisReplicas:
             "replica stopped beating; ending its replies",
             extra={"replica": replica, "replies": len(orphans)},
         )
+        ended = True
         for task in orphans:
             try:
                 if self._on_orphan is not None:
@@ -454,8 +458,13 @@ class RedisReplicas:
                 raise
             except Exception:  # this reply stays listed: retried after the takeover expires
                 log.exception("could not end a dead replica's reply", extra={"task": task.task_id})
+                ended = False
                 continue
             await self._redis.hdel(self._key("tasks"), task.task_id)
+        if ended:
+            # Its messages free once its replies are ended (a new reply's row must
+            # not get the dead one's end), and before its presence goes, which is
+            # how a janitor knows of it while nothing of it is listed in `tasks`.
+            await self._redis.eval(_FORGET, 1, self._key("answering"), replica + " ")
         await self._redis.hdel(self._key("presence"), replica)
         await self._redis.delete(self._key(f"sessions:{replica}"))
-        await self._redis.eval(_FORGET, 1, self._key("answering"), replica + " ")

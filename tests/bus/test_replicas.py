@@ -212,3 +212,31 @@ async def test_a_late_let_go_leaves_a_new_claim_of_the_same_message(replica: Mak
     # The first let-go once more, as if it had arrived only now.
     await a.replicas._redis.eval(_UNCLAIM, 1, a.replicas._key("answering"), field, first)
     assert await b.replicas.claim("c1", ["m1"]) == "m1"
+
+
+async def test_a_dead_replicas_message_stays_held_while_its_reply_is_not_ended(
+    replica: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The survivor could not end the dead replica's reply (its store down): the reply
+    stays listed for a later try, and its message stays held meanwhile."""
+    a, b = await replica(), await replica()
+    a.replicas.task_started(TaskInfo("t1", "c1", "m1", "u1", ("user:u1",)))
+    assert await a.replicas.claim("c1", ["m1"]) is None
+    await a.replicas._sender.drained(2)
+
+    async def fails(task: TaskInfo) -> None:
+        raise RuntimeError("the store is down")
+
+    b.replicas._on_orphan = fails
+    await a.crash()
+    await eventually(lambda: "could not end a dead replica's reply" in caplog.text, timeout_s=15)
+    assert await b.replicas.claim("c1", ["m1"]) == "m1"
+    assert [task.task_id for task in await b.replicas._all_tasks()] == ["t1"]
+
+
+async def test_a_replica_that_closes_lets_go_of_what_it_still_held(replica: Make) -> None:
+    a, b = await replica(), await replica()
+    assert await a.replicas.claim("c1", ["m1"]) is None  # its let-go never queued
+    await a.close()
+    a.crashed = True  # closed here: not again by the fixture
+    assert await b.replicas.claim("c1", ["m1"]) is None

@@ -313,6 +313,33 @@ async def test_a_sender_that_fails_to_send_never_makes_a_reply_wait() -> None:
         await redis.aclose()
 
 
+async def test_a_command_redis_refuses_is_logged_and_holds_up_nothing(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A user without a command's permission, a full Redis refusing writes, a key of
+    # another type: the refused command is not sent again; those around it go.
+    redis = link.client(SHARED_URL)
+    sender = Sender(redis, max_pending=10)
+    task = asyncio.create_task(sender.run())
+    try:
+        sender.command("set", f"{prefix}text", "a string")
+        sender.command("hset", f"{prefix}text", "field", "refused: not a hash")
+        sender.command("set", f"{prefix}after", "sent")
+        await sender.drained(5)
+        assert not sender.commands and await redis.get(f"{prefix}after") == "sent"
+        [said] = [r for r in caplog.records if "Redis refused bus commands" in r.getMessage()]
+        assert "WRONGTYPE" in said.__dict__["error"] and said.__dict__["refused"] == 1
+        sender.command("set", f"{prefix}later", "sent too")  # the sender goes on
+        await sender.drained(5)
+        assert await redis.get(f"{prefix}later") == "sent too"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await redis.delete(f"{prefix}text", f"{prefix}after", f"{prefix}later")
+        await redis.aclose()
+
+
 async def test_a_redis_that_hangs_stops_making_replies_wait() -> None:
     # Stopped, busy with a long script, or behind a network that drops everything:
     # nothing fails, nothing comes back.  A batch on its way for `STALLED_S` lifts
