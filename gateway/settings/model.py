@@ -237,8 +237,8 @@ class Settings(BaseModel):
         20,
         gt=0,
         description="messages a second one connection may send (WebSocket frames, "
-        "Socket.IO events), in bursts of twice that; more are dropped with an error; "
-        "empty for no limit",
+        "pings among them, and Socket.IO events), in bursts of twice that; more are "
+        "dropped with an error (a ping, unanswered); empty for no limit",
     )
     shutdown_grace_s: float = Field(
         30.0,

@@ -78,7 +78,16 @@ class Connection(Delivering):
     small (`bench_idle`): slots, no set until a reply is resumed, and the outbox's
     and the lease's callbacks bound methods rather than closures."""
 
-    __slots__ = ("id", "rate", "realtime", "reason_for", "resuming", "state", "unanswered")
+    __slots__ = (
+        "busy",
+        "id",
+        "rate",
+        "realtime",
+        "reason_for",
+        "resuming",
+        "state",
+        "unanswered",
+    )
     endpoint: Endpoint
 
     def __init__(
@@ -101,8 +110,10 @@ class Connection(Delivering):
         self.resuming: set[asyncio.Task[None]] | None = None
         # How fast the client may send (GATEWAY_MAX_MESSAGES_PER_S).
         self.rate = MessageRate(request.app[SETTINGS].max_messages_per_s)
-        # A ping went and nothing has come from the client since (`websocket_pings`).
+        # A ping went and nothing has come from the client since; the read loop is
+        # busy with a frame (`websocket_pings`).
         self.unanswered = False
+        self.busy = False
 
     @property
     def room(self) -> str:
@@ -238,13 +249,15 @@ async def serve(
         lease = None
         if conn.principal is not None:
             lease = realtime.hold(conn.principal, conn._access_ended)
-        request.app[PINGS].add(conn)
+        pings = request.app[PINGS]
+        pings.add(conn)
         try:
             await _read(conn)
         finally:
             if lease is not None:
                 lease.release()
             await _closed(conn)
+            pings.forget()
             counted()
     finally:
         realtime.untrack(ws)
@@ -314,12 +327,17 @@ async def _read(conn: Connection) -> None:
     endpoint = conn.endpoint
     # `receive()` itself rather than `async for`: the iterator's frame would be
     # kept for the socket's life (about 0.2 KB).
-    while (msg := await conn.ws.receive()).type not in _ENDS:
-        conn.unanswered = False  # heard from (`websocket_pings.py`)
+    while True:
+        conn.busy = False
+        if (msg := await conn.ws.receive()).type in _ENDS:
+            return
+        conn.busy = True  # (a pong behind this frame waits: `websocket_pings.py`)
+        conn.unanswered = False  # heard from
         if msg.type is WSMsgType.PONG:
             continue
         if msg.type is WSMsgType.PING:
-            await conn.ws.pong(msg.data)
+            if conn.rate.allow():  # one past the rate: dropped, unanswered
+                await conn.ws.pong(msg.data)
             continue
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not conn.rate.allow():
             # Dropped; said at most once a second, in the flavour's own error.

@@ -23,6 +23,8 @@ which `send_frame` resets once over the limit (reset here the same way).
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import WSMsgType, web
 from aiohttp._websocket.writer import WebSocketWriter
 
@@ -57,10 +59,34 @@ def write_now(ws: web.WebSocketResponse, frame: str) -> None:
         writer._output_size = 0
 
 
+def pingable_now(ws: web.WebSocketResponse) -> bool:
+    """A ping written now would go straight to the socket: as `writable_now`, but
+    whatever the compression (control frames are never compressed)."""
+    writer = ws._writer
+    if writer is None or ws.closed:
+        return False
+    return not writer.protocol.writing_paused and not writer.transport.is_closing()
+
+
 def ping_now(ws: web.WebSocketResponse) -> None:
-    """A ping frame (no payload), written now, as `ws.ping()` would write it; only
-    while `writable_now` (control frames are never compressed)."""
+    """A ping frame (no payload), as `ws.ping()` would write it, now: only while
+    `pingable_now`.  Another aiohttp without the frame writer: `ws.ping()` in a task."""
     writer = ws._writer
     if writer is None or ws.closed:
         raise ConnectionResetError("the WebSocket is closed")
+    if not _USABLE:
+        task = asyncio.get_running_loop().create_task(ws.ping())
+        _PINGING.add(task)
+        task.add_done_callback(_pinged)
+        return
     writer._write_websocket_frame(b"", WSMsgType.PING, 0)
+
+
+# Pings sent by `ws.ping()` (the loop holds tasks only weakly).
+_PINGING: set[asyncio.Task[None]] = set()
+
+
+def _pinged(task: asyncio.Task[None]) -> None:
+    _PINGING.discard(task)
+    if not task.cancelled():
+        task.exception()  # a socket gone meanwhile: its reader sees it

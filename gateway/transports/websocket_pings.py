@@ -6,22 +6,28 @@ socket waits the same interval between two pings, so the order they were added i
 is the order they are due, and one timer over a queue serves them all (as
 `socketio_guard._Pings` does for Engine.IO's)::
 
-    add(conn)     an opened connection: its first ping due an interval on;
-                  any frame from its client (a pong, a text frame, a ping) since
-                  its last ping clears `conn.unanswered` (`websocket._read`)
+    add(conn)     an opened connection: its first ping due an interval on; any
+                  frame its read loop takes from its client (a pong, a text frame,
+                  a ping) clears `conn.unanswered` (`websocket._read`)
+    forget()      a connection closed: its entry goes at its turn, or sooner, when
+                  the closed ones are most of the queue (churn holds no memory)
     _fire         each connection due, in turn:
                     closed (or closing)          dropped from the queue
-                    its last ping not answered   gone: its transport cut (its read
-                                                 loop ends, and everything after it)
-                    backed up                    no ping (its writer's stall check
-                                                 watches it), due again
+                    backed up                    no ping (the client reads nothing
+                                                 of what is sent), due again
+                    its last ping not answered,  gone: its transport cut (its read
+                    its read loop idle           loop ends, and everything after it)
                     else                         a ping written now, due again
 
-So a client that stops answering is cut one to two intervals after it was last
-heard from (aiohttp: 1.5), and every open socket gets a frame at least once an
-interval, under every proxy's idle timeout (nginx: 60 s).  The client's own pings
-are answered by the read loop (`websocket.py`).  One `Pings` an application
-(`PINGS`, made and closed by its cleanup context in `gateway/app.py`).
+So a client that stops answering is cut one to two intervals after its read loop
+last took a frame from it (aiohttp: 1.5 after the last bytes came), unless the
+read loop is busy with a frame of its (a pong waiting behind it is not the
+client's fault); and every socket that can take a frame gets one at least once
+an interval, under every proxy's idle timeout (nginx: 60 s).  A socket backed
+up for good is not cut here: the outbox's stall check closes one that takes
+none of its events (`stalled_client_s`).  The client's own pings are answered
+by the read loop (`websocket.py`).  One `Pings` an application (`PINGS`, made
+and closed by its cleanup context in `gateway/app.py`).
 """
 
 from __future__ import annotations
@@ -47,24 +53,41 @@ PING_INTERVAL_S = 25.0
 PING_EARLY_S = 0.002
 
 
+# Closed connections' entries are swept out once they are more than this and half
+# the queue (`forget`).
+SWEEP_AFTER = 64
+
+
 class Pings:
-    __slots__ = ("_due", "_timer", "interval_s")
+    __slots__ = ("_closed", "_due", "_gone", "_timer", "interval_s")
 
     def __init__(self, interval_s: float = PING_INTERVAL_S) -> None:
         self.interval_s = interval_s
         self._due: deque[tuple[float, Connection]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._gone = 0  # closed connections still in the queue, about
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._due)
 
     def add(self, conn: Connection) -> None:
+        if self._closed:
+            return
         conn.unanswered = False
         loop = asyncio.get_running_loop()
         self._queue(conn, loop.time() + self.interval_s, loop)
 
+    def forget(self) -> None:
+        """A connection added here has closed (it leaves the queue at its turn)."""
+        self._gone += 1
+        if self._gone > SWEEP_AFTER and self._gone * 2 > len(self._due):
+            self._due = deque(entry for entry in self._due if _open(entry[1]))
+            self._gone = 0
+
     def close(self) -> None:
         """No more pings (the application is stopping)."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -84,27 +107,34 @@ class Pings:
             try:
                 if _ping(conn):
                     due.append((again, conn))
+                elif self._gone:
+                    self._gone -= 1
             except Exception:  # one socket's bug must not stop the others' pings
                 log.exception("websocket ping failed", extra={"path": conn.request.path})
         if due:
             self._timer = loop.call_at(due[0][0], self._fire, loop)
 
 
+def _open(conn: Connection) -> bool:
+    return conn.phase is Phase.OPEN and not conn.ws.closed
+
+
 def _ping(conn: Connection) -> bool:
     """One connection's turn: whether it stays in the queue."""
-    ws = conn.ws
-    if ws.closed or conn.phase is not Phase.OPEN:
+    if not _open(conn):
         return False
-    if conn.unanswered:
+    ws = conn.ws
+    if not frames.pingable_now(ws):
+        return True  # backed up: its client reads nothing now, a ping would wait
+    if conn.unanswered and not conn.busy:
         path = conn.request.path
         log.info("websocket closed: its last ping was not answered", extra={"path": path})
         transport = conn.request.transport
         if transport is not None:
             transport.abort()
         return False
-    if frames.writable_now(ws):
-        frames.ping_now(ws)
-        conn.unanswered = True
+    frames.ping_now(ws)
+    conn.unanswered = True
     return True
 
 
