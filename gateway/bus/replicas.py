@@ -6,9 +6,8 @@ Keys and channels, all under `REDIS_KEY_PREFIX` (default `gw:`)::
 
     replica:<id>       string    heartbeat, expires 5 s after the replica stops
     tasks              hash      task id → the reply running (which replica, rooms)
-    answering          hash      [chat id, message id] → the claim ("<replica id>
-                                 <claim id>") of the reply being started or
-                                 running into that message
+    answering          hash      [chat id, message id] → the claim of the reply
+                                 being started or running into it (`claims.py`)
     presence           hash      replica id → its connections, for /ws/stats
     sessions:<id>      set       a replica's Engine.IO sessions: a misrouted poll says where
     takeover:<id>      string    the one survivor that ends a dead replica's replies
@@ -27,15 +26,9 @@ Theory of operation:
 * Commands are handled off the listener: each `on_control` (a reply's
   cancellation, which awaits its task) runs in a bounded set of tasks, so a
   slow one delays nothing else; a malformed command is counted and skipped.
-* One reply at a time into a message, across replicas: `claim` is one
-  round trip (a script: every message free or this replica's, then all of
-  them this replica's), `unclaim` a queued command that removes only the
-  entries of that claim (a let-go that arrives after a new claim of the
-  same message leaves the new one).  A message stays held while its holder's reply runs,
-  and after the holder died until a survivor has ended its replies (so a
-  new reply cannot be overwritten by the dead one's end).  With Redis
-  unreachable, `claim` holds nothing and says so in the log: each replica
-  still refuses its own duplicates.
+* One reply at a time into a message, across replicas: `claims.py`.  A
+  replica's held messages are written again after a reconnect, and let go
+  when it closes, or when it died and a survivor has ended its replies.
 * A replica that stops beating is dead 3 s after its beat expired (5 s).
   The janitor (every 2 s, its own task) of whichever survivor wins
   `takeover:<id>` ends its replies through `on_orphan` (stored with their
@@ -61,6 +54,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from gateway.bus import OnControl, OnOrphan, Seat, TaskInfo, wire
+from gateway.bus.claims import Claims
 from gateway.bus.link import Background, Complaints, Listener, Sender, client
 
 log = logging.getLogger(__name__)
@@ -72,51 +66,6 @@ MISSING_GRACE_S = 3.0
 TAKEOVER_TTL_S = 60
 START_TIMEOUT_S = 2.0
 CONTROL_HANDLERS = 64
-# The longest a reply's start waits for Redis to say whether its message is free.
-CLAIM_TIMEOUT_S = 0.5
-
-# Each held message's value is its holder's claim: "<replica id> <claim id>", a claim
-# id new at every claim, so a let-go that arrives late (queued, sent after a new
-# claim of the same message by the same replica) removes nothing but its own.
-#
-# KEYS[1]: the `answering` hash; ARGV[1]: this replica's id and a space; ARGV[2]: the
-# claim; ARGV[3…]: the messages.  Returns the first message another replica holds,
-# or nothing once all are held.  This replica's own entries are free: it refuses its
-# own duplicates itself (`RunningReplies.claim`), and an entry of its own still in
-# Redis is a let-go on its way.
-_CLAIM = """
-for i = 3, #ARGV do
-  local holder = redis.call('HGET', KEYS[1], ARGV[i])
-  if holder and string.sub(holder, 1, #ARGV[1]) ~= ARGV[1] then return ARGV[i] end
-end
-for i = 3, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[2]) end
-return false
-"""
-# ARGV: message, claim, message, claim…: each message let go if that claim holds it.
-_UNCLAIM = """
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-  end
-end
-return 0
-"""
-# ARGV[1]: a replica's id and a space: every message it holds let go (it died, or is
-# closing).
-_FORGET = """
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  if string.sub(fields[i + 1], 1, #ARGV[1]) == ARGV[1] then
-    redis.call('HDEL', KEYS[1], fields[i])
-  end
-end
-return 0
-"""
-
-
-def message_field(chat_id: str, message_id: str) -> str:
-    """A message's field in `answering` (ids are the clients': any text)."""
-    return json.dumps([chat_id, message_id])
 
 
 # -- what the hashes hold -------------------------------------------------------------------
@@ -186,10 +135,13 @@ class RedisReplicas:
         self._presence_dirty = True
         self._remote_seats: dict[str, list[Seat]] = {}
         self._local_tasks: dict[str, str] = {}  # task id → its registry entry
-        self._claimed: dict[str, str] = {}  # the `answering` fields held here → claim
-        self._claim = self._redis.register_script(_CLAIM)
-        self._claims_failed = Complaints(
-            "could not ask Redis whether a message is free: only this replica's replies checked"
+        # One reply at a time into a message, across replicas (`claims.py`).
+        self._claims = Claims(
+            self._redis,
+            self._sender,
+            self._key("answering"),
+            self.replica_id,
+            lambda: self._listener.listening,
         )
         self._sessions: set[str] = set()
         self._missing_since: dict[str, float] = {}  # replica → when its beat was first missed
@@ -226,7 +178,7 @@ class RedisReplicas:
             # One transaction: whatever it still held (a let-go that did not go out)
             # let go with its presence, through which a janitor would know of it.
             pipe = self._redis.pipeline(transaction=True)
-            pipe.eval(_FORGET, 1, self._key("answering"), self.replica_id + " ")
+            self._claims.forget(pipe, self.replica_id)
             pipe.delete(self._key(f"replica:{self.replica_id}"))
             pipe.delete(self._key(f"sessions:{self.replica_id}"))
             pipe.hdel(self._key("presence"), self.replica_id)
@@ -263,8 +215,7 @@ class RedisReplicas:
         pipe.hset(self._key("presence"), self.replica_id, seats_entry(self._seats))
         for task_id, entry in self._local_tasks.items():
             pipe.hset(self._key("tasks"), task_id, entry)
-        for field, claim in self._claimed.items():  # (not over another's, taken meanwhile)
-            pipe.hsetnx(self._key("answering"), field, claim)
+        self._claims.rewrite(pipe)
         if self._sessions:
             pipe.sadd(self._key(f"sessions:{self.replica_id}"), *self._sessions)
         await pipe.execute()
@@ -298,36 +249,10 @@ class RedisReplicas:
         self._sender.command("hdel", self._key("tasks"), task_id)
 
     async def claim(self, chat_id: str, message_ids: list[str]) -> str | None:
-        fields = [message_field(chat_id, message_id) for message_id in message_ids]
-        mine = self.replica_id + " "
-        claim = mine + uuid.uuid4().hex[:12]
-        for field in fields:  # let go by `unclaim` whatever the answer
-            self._claimed[field] = claim
-        if not self._listener.listening:
-            self._claims_failed.note(error="Redis is unreachable")
-            return None
-        try:
-            held = await asyncio.wait_for(
-                self._claim(keys=[self._key("answering")], args=[mine, claim, *fields]),
-                CLAIM_TIMEOUT_S,
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._claims_failed.note(error=str(exc) or type(exc).__name__)
-            return None
-        if held is None:
-            return None
-        self.unclaim(chat_id, message_ids)
-        return message_ids[fields.index(str(held))]
+        return await self._claims.claim(chat_id, message_ids)
 
     def unclaim(self, chat_id: str, message_ids: list[str]) -> None:
-        pairs: list[str] = []
-        for message_id in message_ids:
-            field = message_field(chat_id, message_id)
-            claim = self._claimed.pop(field, None)
-            if claim is not None:
-                pairs += [field, claim]
-        if pairs:
-            self._sender.command("eval", _UNCLAIM, 1, self._key("answering"), *pairs)
+        self._claims.unclaim(chat_id, message_ids)
 
     async def _all_tasks(self) -> list[TaskInfo]:
         raw = cast(dict[str, str], await self._redis.hgetall(self._key("tasks")))
@@ -465,6 +390,8 @@ class RedisReplicas:
             # Its messages free once its replies are ended (a new reply's row must
             # not get the dead one's end), and before its presence goes, which is
             # how a janitor knows of it while nothing of it is listed in `tasks`.
-            await self._redis.eval(_FORGET, 1, self._key("answering"), replica + " ")
+            pipe = self._redis.pipeline(transaction=False)
+            self._claims.forget(pipe, replica)
+            await pipe.execute()
         await self._redis.hdel(self._key("presence"), replica)
         await self._redis.delete(self._key(f"sessions:{replica}"))

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from gateway.bus import TaskInfo
-from gateway.bus.replicas import _UNCLAIM, message_field
+from gateway.bus.claims import _UNCLAIM, message_field
 from gateway.fanout.presence import Seat
 from tests.bus.support import Make, Replica, eventually, eventually_async
 from tests.services import RedisServer
@@ -205,7 +205,7 @@ async def test_a_late_let_go_leaves_a_new_claim_of_the_same_message(replica: Mak
     a, b = await replica(), await replica()
     field = message_field("c1", "m1")
     assert await a.replicas.claim("c1", ["m1"]) is None
-    first = a.replicas._claimed[field]
+    first = a.replicas._claims._claimed[field]
     a.replicas.unclaim("c1", ["m1"])
     await a.replicas._sender.drained(2)
     assert await a.replicas.claim("c1", ["m1"]) is None
