@@ -9,8 +9,9 @@ the bus carries the same events to the other replicas and brings theirs in::
 A `Replicas` is the registry of the replicas themselves: who is alive
 (heartbeats), the replies running on each (tasks), who is connected where
 (presence, Engine.IO sessions), commands to all of them (stop a reply
-wherever it runs), and the replies of a replica that died (ended by one
-survivor).  Its callers get it explicitly: `chat/running.py` (tasks,
+wherever it runs), the messages being answered (one reply at a time into
+each, across replicas), and the replies of a replica that died (ended by
+one survivor).  Its callers get it explicitly: `chat/running.py` (tasks,
 commands, orphans), `fanout/presence.py` (seats), the Socket.IO front door
 (sessions).
 

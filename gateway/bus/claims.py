@@ -19,8 +19,11 @@ the messages replies are being started or run into, held in one Redis hash.
 A replica's own entries are free to it: it refuses its own duplicates itself
 (`RunningReplies.claim`), and an entry of its own still in Redis is a let-go
 on its way.  With Redis unreachable (the registry's listener down) or slower
-than `CLAIM_TIMEOUT_S`, `claim` holds nothing, says so in the log (at most
-every 10 s), and each replica refuses only its own duplicates.
+than `CLAIM_TIMEOUT_S`, `claim` does not wait: it says so in the log (at most
+every 10 s), the turn goes on refused only by this replica's own check, and
+the hold is written when the registry reconnects (`rewrite`), unless another
+replica took the message meanwhile (after a timeout the script may also have
+run).
 """
 
 from __future__ import annotations

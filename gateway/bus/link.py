@@ -16,11 +16,12 @@ Theory of operation::
     Sender: command(...) / hold(item) ──bounded deques──▶ one task sends them in
         pipelined batches of up to 512 (one round trip for many); held items
         wait while `gate()` is false (the rooms' mirror not synced); a batch
-        that fails goes back to the front, in order, and is retried with the
-        same backoff.  From half of `max_pending` queued it is `crowded`
-        until it is down to a quarter (never while sending fails: Redis may
-        be gone for minutes): a producer that can wait (a reply) awaits
-        `room()` before it makes more.  Past `max_pending` the oldest
+        that fails to reach Redis goes back to the front, in order, and is
+        retried with the same backoff; a command Redis refuses (an ACL, a full
+        Redis) is logged and dropped, not counted as dropped events.  From half
+        of `max_pending` queued it is `crowded` until it is down to a quarter
+        (never while sending fails: Redis may be gone for minutes): a producer
+        that can wait (a reply) awaits `room()` before it makes more.  Past `max_pending` the oldest
         are dropped, counted (`gateway_bus_dropped_total`) and logged.
 
     Background: work a handler must not await inline (a store read, a reply's

@@ -16,13 +16,14 @@ Keys and channels, all under `REDIS_KEY_PREFIX` (default `gw:`)::
 Theory of operation:
 
 * Writing never blocks: `task_started`, `session_opened`, `broadcast`, …
-  queue a command for the `Sender` (bounded, pipelined, retried).
+  queue a command for the `Sender` (bounded, pipelined, retried while Redis
+  cannot be reached; a command Redis refuses is logged and dropped).
 * Every second a heartbeat renews `replica:<id>`, writes this replica's
   presence when it changed and reads everyone's (`remote_seats` is that
   read, filtered to live replicas).  After every (re)connection the beat and
-  this replica's tasks and sessions are written again first: a Redis that
-  restarted empty learns what runs here before any survivor could take it
-  for dead.
+  this replica's presence, tasks, sessions and held messages are written
+  again first: a Redis that restarted empty learns what runs here before
+  any survivor could take it for dead.
 * Commands are handled off the listener: each `on_control` (a reply's
   cancellation, which awaits its task) runs in a bounded set of tasks, so a
   slow one delays nothing else; a malformed command is counted and skipped.
@@ -369,7 +370,8 @@ class RedisReplicas:
                 await self._end(replica, [task for task in tasks if task.replica == replica])
 
     async def _end(self, replica: str, orphans: list[TaskInfo]) -> None:
-        """What a dead replica left: its replies ended, its presence and sessions gone."""
+        """What a dead replica left: its replies ended, then (all of them ended) its held
+        messages let go, its presence and sessions gone."""
         log.warning(
             "replica stopped beating; ending its replies",
             extra={"replica": replica, "replies": len(orphans)},

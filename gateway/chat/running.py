@@ -55,7 +55,8 @@ class RunningReplies:
     def __init__(self, store: ChatStore, hub: Hub, replicas: Replicas | None = None) -> None:
         self.store = store
         self.hub = hub
-        # Tasks, commands and orphans across replicas (`gateway/bus/replicas.py`).
+        # Tasks, commands, orphans and held messages across replicas
+        # (`gateway/bus/replicas.py`, `claims.py`).
         self.replicas: Replicas = replicas if replicas is not None else LocalReplicas()
         # task id → reply; task ids are ours, message ids are the clients'.
         self.running: dict[str, Running] = {}

@@ -2,7 +2,7 @@
 writes into the chat tree and which replies it asks for; this module starts
 them; `runner.py` runs each one.
 
-Starting a reply is three things, each in one place here::
+Starting a reply is four things, each in one place here::
 
     open(...)     the reply's model server resolved and asked; raises before
                   any event (unknown model, a refusal), so a caller that opens
@@ -249,8 +249,8 @@ class ReplyStarter:
     ) -> StartedTurn:
         """A planned turn (`turns.py`) written and answered: returns once its rows
         are stored (`new`: the chat's too), its replies running.  A reply into a
-        message another reply is being written into here is a `Conflict` (409),
-        before anything is written."""
+        message another reply is being written into, here or on another replica,
+        is a `Conflict` (409), before anything is written."""
         records = [message_record(chat.id, message) for message in turn.writes]
         path = tree.path_to(turn.history, turn.question_id) if turn.question_id else []
         conversation = conversation_for(path, ask.messages)

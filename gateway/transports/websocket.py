@@ -79,6 +79,7 @@ class Connection(Delivering):
     and the lease's callbacks bound methods rather than closures."""
 
     __slots__ = (
+        "backed_up",
         "busy",
         "id",
         "rate",
@@ -114,6 +115,7 @@ class Connection(Delivering):
         # busy with a frame (`websocket_pings`).
         self.unanswered = False
         self.busy = False
+        self.backed_up = 0  # turns in a row it was (`websocket_pings`)
 
     @property
     def room(self) -> str:

@@ -1,4 +1,5 @@
-"""Writing a text frame without awaiting: the raw WebSocket transport's fast path.
+"""Writing a text frame (or a ping) without awaiting: the raw WebSocket transport's
+fast path.
 
 aiohttp's `WebSocketResponse.send_str` is a coroutine, though for an uncompressed
 frame it writes synchronously and only awaits when the send buffer is full.  Run

@@ -1,7 +1,8 @@
 """The raw WebSockets' pings (RAGFlow, Nadoo): one timer for every socket.
 
 aiohttp's `heartbeat` keeps a timer per socket, re-armed as frames come in: under
-uvloop about 0.6 KB of every idle socket's memory (bench/RESULTS.md).  Here every
+uvloop about 0.6 KB of every idle socket's memory, measured with it off; one
+timer for all gives back half of that (bench/RESULTS.md, "Levers").  Here every
 socket waits the same interval between two pings, so the order they were added in
 is the order they are due, and one timer over a queue serves them all (as
 `socketio_guard._Pings` does for Engine.IO's)::
@@ -14,7 +15,9 @@ is the order they are due, and one timer over a queue serves them all (as
     _fire         each connection due, in turn:
                     closed (or closing)          dropped from the queue
                     backed up                    no ping (the client reads nothing
-                                                 of what is sent), due again
+                                                 of what is sent), due again; cut
+                                                 at its third such turn in a row
+                                                 with none of its events waiting
                     its last ping not answered,  gone: its transport cut (its read
                     its read loop idle           loop ends, and everything after it)
                     else                         a ping written now, due again
@@ -24,8 +27,11 @@ last took a frame from it (aiohttp: 1.5 after the last bytes came), unless the
 read loop is busy with a frame of its (a pong waiting behind it is not the
 client's fault); and every socket that can take a frame gets one at least once
 an interval, under every proxy's idle timeout (nginx: 60 s).  A socket backed
-up for good is not cut here: the outbox's stall check closes one that takes
-none of its events (`stalled_client_s`).  The client's own pings are answered
+up while its events wait is the outbox's stall check's (`stalled_client_s`);
+one backed up with nothing waiting (its last frames unread, or the read
+loop's own answers to it) is cut here two to three intervals on: a client
+that reads slower than about 1 KB/s the 64 KiB a socket holds is taken for
+gone.  The client's own pings are answered
 by the read loop (`websocket.py`).  One `Pings` an application (`PINGS`, made
 and closed by its cleanup context in `gateway/app.py`).
 """
@@ -53,6 +59,10 @@ PING_INTERVAL_S = 25.0
 PING_EARLY_S = 0.002
 
 
+# Turns in a row a connection may spend backed up with nothing of its own waiting to be
+# sent before it is cut (the first may come right after it backed up: so two to three
+# intervals).
+BACKED_UP_TURNS = 3
 # Closed connections' entries are swept out once they are more than this and half
 # the queue (`forget`).
 SWEEP_AFTER = 64
@@ -125,17 +135,31 @@ def _ping(conn: Connection) -> bool:
         return False
     ws = conn.ws
     if not frames.pingable_now(ws):
-        return True  # backed up: its client reads nothing now, a ping would wait
+        # Backed up: its client reads nothing now, a ping would wait.  Backed up turn
+        # after turn with nothing of its events waiting (the outbox's stall check
+        # sees only those), it reads nothing at all: gone, or stuck.
+        outbox = conn.outbox
+        if conn.pump is None and (outbox is None or not len(outbox)):
+            conn.backed_up += 1
+            if conn.backed_up >= BACKED_UP_TURNS:
+                _cut(conn, "it read nothing of what it was sent for two intervals or more")
+                return False
+        return True
+    conn.backed_up = 0
     if conn.unanswered and not conn.busy:
-        path = conn.request.path
-        log.info("websocket closed: its last ping was not answered", extra={"path": path})
-        transport = conn.request.transport
-        if transport is not None:
-            transport.abort()
+        _cut(conn, "its last ping was not answered")
         return False
     frames.ping_now(ws)
     conn.unanswered = True
     return True
+
+
+def _cut(conn: Connection, why: str) -> None:
+    """Its TCP connection cut: its read loop ends, and everything after it runs."""
+    log.info("websocket closed: %s", why, extra={"path": conn.request.path})
+    transport = conn.request.transport
+    if transport is not None:
+        transport.abort()
 
 
 PINGS = web.AppKey("websocket_pings", Pings)

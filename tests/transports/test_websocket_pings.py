@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import websockets
 from aiohttp import WSMsgType, web
 
 from gateway.app import build_app
@@ -37,7 +39,8 @@ class Served:
 
 class Slow:
     """A raw WebSocket endpoint whose every text frame takes `SLOW_S` to handle (a
-    store that stalls): meanwhile its read loop takes nothing from the client."""
+    store that stalls): meanwhile its read loop takes nothing from the client;
+    "flood" is answered with more than a client that stops reading can hold."""
 
     def refused(self, error: GatewayError) -> list[str]:
         return [error.code]
@@ -46,6 +49,12 @@ class Slow:
         await conn.send('{"type": "connected"}')
 
     async def received(self, conn: Connection, text: str) -> None:
+        if text == "flood":
+            # Answers straight from the read loop (not its outbox): 16 MiB that no
+            # compression makes smaller.
+            for _ in range(256):
+                await conn.send(UNCOMPRESSIBLE)
+            return
         await asyncio.sleep(SLOW_S)
         await conn.send("handled")
 
@@ -60,6 +69,7 @@ class Slow:
 
 
 SLOW_S = 4 * INTERVAL_S
+UNCOMPRESSIBLE = secrets.token_urlsafe(49152)  # 64 KiB of text
 
 
 async def slow(request: web.Request) -> web.StreamResponse:
@@ -196,3 +206,31 @@ async def test_closed_connections_do_not_stay_in_the_queue(served: Served) -> No
             await ws.close()
         await asyncio.sleep(0.1)  # the last close reaches the server
     assert len(served.pings) <= SWEEP_AFTER + 1
+
+
+async def test_a_client_that_reads_nothing_is_cut_though_nothing_waits_for_it(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It asks for a flood and stops reading: the server's read loop waits on the
+    socket, its outbox is empty (the stall check has nothing to see), no ping can
+    go out.  Cut two to three intervals on; nothing of it is left."""
+    caplog.set_level(logging.INFO, logger="gateway.transports.websocket_pings")
+    token = make_token("stuck")
+    url = f"{served.url}/ws/slow?token={token}"
+    compression = "deflate" if served.compressed else None
+    async with websockets.connect(
+        url, max_queue=1, compression=compression, close_timeout=0.5
+    ) as ws:
+        await ws.recv()  # connected
+        await ws.send("flood")
+        said = "it read nothing of what it was sent"
+        for _ in range(100):
+            if said in caplog.text:
+                break
+            await asyncio.sleep(INTERVAL_S / 4)
+        assert said in caplog.text
+    for _ in range(50):
+        if len(served.pings) == 0:
+            break
+        await asyncio.sleep(INTERVAL_S / 4)
+    assert len(served.pings) == 0
