@@ -79,7 +79,6 @@ class Connection(Delivering):
     and the lease's callbacks bound methods rather than closures."""
 
     __slots__ = (
-        "backed_up",
         "busy",
         "id",
         "rate",
@@ -115,7 +114,6 @@ class Connection(Delivering):
         # busy with a frame (`websocket_pings`).
         self.unanswered = False
         self.busy = False
-        self.backed_up = 0  # turns in a row it was (`websocket_pings`)
 
     @property
     def room(self) -> str:
@@ -353,6 +351,8 @@ async def _read(conn: Connection) -> None:
             except GatewayError as exc:
                 for frame in endpoint.failed(exc):
                     await conn.send(frame)
+            except ConnectionError:
+                return  # its client went away (or was cut) while it was answered
             except Exception:
                 log.exception("websocket endpoint failed", extra={"path": conn.request.path})
                 conn.phase = Phase.CLOSING

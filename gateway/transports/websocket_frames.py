@@ -61,12 +61,13 @@ def write_now(ws: web.WebSocketResponse, frame: str) -> None:
 
 
 def pingable_now(ws: web.WebSocketResponse) -> bool:
-    """A ping written now would go straight to the socket: as `writable_now`, but
-    whatever the compression (control frames are never compressed)."""
+    """A ping may be written now: the socket open, whatever the compression (control
+    frames are never compressed) and the backlog (it waits behind it, as aiohttp's
+    heartbeat's did)."""
     writer = ws._writer
     if writer is None or ws.closed:
         return False
-    return not writer.protocol.writing_paused and not writer.transport.is_closing()
+    return not writer.transport.is_closing()
 
 
 def ping_now(ws: web.WebSocketResponse) -> None:
@@ -81,6 +82,8 @@ def ping_now(ws: web.WebSocketResponse) -> None:
         task.add_done_callback(_pinged)
         return
     writer._write_websocket_frame(b"", WSMsgType.PING, 0)
+    if writer._output_size > writer._limit:
+        writer._output_size = 0
 
 
 # Pings sent by `ws.ping()` (the loop holds tasks only weakly).

@@ -14,24 +14,23 @@ is the order they are due, and one timer over a queue serves them all (as
                   the closed ones are most of the queue (churn holds no memory)
     _fire         each connection due, in turn:
                     closed (or closing)          dropped from the queue
-                    backed up                    no ping (the client reads nothing
-                                                 of what is sent), due again; cut
-                                                 at its third such turn in a row
-                                                 with none of its events waiting
                     its last ping not answered,  gone: its transport cut (its read
                     its read loop idle           loop ends, and everything after it)
-                    else                         a ping written now, due again
+                    else                         a ping written now (behind what
+                                                 the socket still holds, if it is
+                                                 backed up), due again
 
 So a client that stops answering is cut one to two intervals after its read loop
 last took a frame from it (aiohttp: 1.5 after the last bytes came), unless the
 read loop is busy with a frame of its (a pong waiting behind it is not the
 client's fault); and every socket that can take a frame gets one at least once
-an interval, under every proxy's idle timeout (nginx: 60 s).  A socket backed
-up while its events wait is the outbox's stall check's (`stalled_client_s`);
-one backed up with nothing waiting (its last frames unread, or the read
-loop's own answers to it) is cut here two to three intervals on: a client
-that reads slower than about 1 KB/s the 64 KiB a socket holds is taken for
-gone.  The client's own pings are answered
+an interval, under every proxy's idle timeout (nginx: 60 s).  A ping waits
+behind what the socket holds: a client that cannot read through that within
+an interval is taken for gone, as with aiohttp's heartbeat (whose pong had
+half an interval).  A read loop stuck answering a client that reads nothing
+is not cut here (nor was it by aiohttp's heartbeat, whose close waited for
+the unsent frames); the outbox's stall check closes a socket whose events
+wait (`stalled_client_s`).  The client's own pings are answered
 by the read loop (`websocket.py`).  One `Pings` an application (`PINGS`, made
 and closed by its cleanup context in `gateway/app.py`).
 """
@@ -59,10 +58,6 @@ PING_INTERVAL_S = 25.0
 PING_EARLY_S = 0.002
 
 
-# Turns in a row a connection may spend backed up with nothing of its own waiting to be
-# sent before it is cut (the first may come right after it backed up: so two to three
-# intervals).
-BACKED_UP_TURNS = 3
 # Closed connections' entries are swept out once they are more than this and half
 # the queue (`forget`).
 SWEEP_AFTER = 64
@@ -121,6 +116,7 @@ class Pings:
                     self._gone -= 1
             except Exception:  # one socket's bug must not stop the others' pings
                 log.exception("websocket ping failed", extra={"path": conn.request.path})
+                due.append((again, conn))
         if due:
             self._timer = loop.call_at(due[0][0], self._fire, loop)
 
@@ -134,23 +130,12 @@ def _ping(conn: Connection) -> bool:
     if not _open(conn):
         return False
     ws = conn.ws
-    if not frames.pingable_now(ws):
-        # Backed up: its client reads nothing now, a ping would wait.  Backed up turn
-        # after turn with nothing of its events waiting (the outbox's stall check
-        # sees only those), it reads nothing at all: gone, or stuck.
-        outbox = conn.outbox
-        if conn.pump is None and (outbox is None or not len(outbox)):
-            conn.backed_up += 1
-            if conn.backed_up >= BACKED_UP_TURNS:
-                _cut(conn, "it read nothing of what it was sent for two intervals or more")
-                return False
-        return True
-    conn.backed_up = 0
     if conn.unanswered and not conn.busy:
         _cut(conn, "its last ping was not answered")
         return False
-    frames.ping_now(ws)
-    conn.unanswered = True
+    if frames.pingable_now(ws):
+        frames.ping_now(ws)
+        conn.unanswered = True
     return True
 
 
