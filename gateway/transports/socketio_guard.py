@@ -41,13 +41,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from typing import Any
 
 import engineio
 import socketio
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 
+from gateway.transports.due import DueQueue
 from gateway.transports.socketio_queue import PacketQueue
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         # The driver's table is shared by every server of the process: a copy.
         table: dict[str, Any] = getattr(self, "_async")  # noqa: B009 (untyped library)
         self._async = {**table, "websocket": _CheckedWebSocket}
-        self._pings = _Pings(self.ping_interval)
+        # The sockets due a ping, one timer for them all (`due.py`).
+        self._pings: DueQueue[Any] = DueQueue(self.ping_interval, _ping_due, "engine.io ping")
 
     def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
         """Each socket's packet queue (Engine.IO's utility hook): a lean one."""
@@ -120,7 +121,7 @@ class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
     """Engine.IO's socket, with what each idle socket holds and each packet costs cut
     (bench/RESULTS.md, issue 19):
 
-    schedule_ping  the next ping joins `_Pings` (one timer for all), where Engine.IO
+    schedule_ping  the next ping joins the server's `DueQueue` (one timer for all), where Engine.IO
                    starts a task asleep for the interval (a task, its coroutine and
                    its timer: about 1.1 KB a socket)
     poll           the writer (or a long poll) awaits its queue's `get` itself,
@@ -166,48 +167,14 @@ class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         return packets
 
 
-# A ping this close to its time is sent with the ones due (a timer may fire that early).
-PING_EARLY_S = 0.002
-
-
-class _Pings:
-    """The sockets due a ping, in the order they are due, and one timer for them all:
-    every socket waits the same interval, so the order they were added in is the
-    order they are due (about 100 bytes a socket, where a timer of their own costs
-    about 500 under uvloop)."""
-
-    __slots__ = ("_due", "_interval_s", "_timer")
-
-    def __init__(self, interval_s: float) -> None:
-        self._interval_s = interval_s
-        self._due: deque[tuple[float, Any]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, sock: Any) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time() + self._interval_s
-        self._due.append((due, sock))
-        if self._timer is None:
-            self._timer = loop.call_at(due, self._fire, loop)
-
-    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        due, now = self._due, loop.time() + PING_EARLY_S
-        while due and due[0][0] <= now:
-            try:
-                _ping_due(due.popleft()[1])
-            except Exception:  # one socket's bug must not stop the others' pings
-                log.exception("engine.io ping failed")
-        if due:
-            self._timer = loop.call_at(due[0][0], self._fire, loop)
-
-
-def _ping_due(sock: Any) -> None:
+def _ping_due(sock: Any) -> bool:
     """What Engine.IO's `_send_ping` does once its sleep ends: the ping queued and its
-    time noted (its pong, or the ping timeout, is Engine.IO's as before)."""
+    time noted (its pong, or the ping timeout, is Engine.IO's as before).  Not
+    queued again: its pong does that (`_Socket.schedule_ping`)."""
     if not sock.closing and not sock.closed:
         sock.last_ping = time.time()
         sock.queue.put_nowait(engineio.packet.Packet(engineio.packet.PING))
+    return False
 
 
 # What is left of a session's WSGI environ once its Socket.IO connect is done.

@@ -3,9 +3,8 @@
 aiohttp's `heartbeat` keeps a timer per socket, re-armed as frames come in: under
 uvloop about 0.6 KB of every idle socket's memory, measured with it off; one
 timer for all gives back half of that (bench/RESULTS.md, "Levers").  Here every
-socket waits the same interval between two pings, so the order they were added in
-is the order they are due, and one timer over a queue serves them all (as
-`socketio_guard._Pings` does for Engine.IO's)::
+socket waits the same interval between two pings, so one timer over a queue
+serves them all (`due.py`, as for Engine.IO's)::
 
     add(conn)     an opened connection: its first ping due an interval on; any
                   frame its read loop takes from its client (a pong, a text frame,
@@ -37,14 +36,13 @@ and closed by its cleanup context in `gateway/app.py`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from gateway.transports import websocket_frames as frames
+from gateway.transports.due import DueQueue
 from gateway.transports.websocket_delivery import Phase
 
 if TYPE_CHECKING:
@@ -54,8 +52,6 @@ log = logging.getLogger(__name__)
 
 # Below every common proxy idle timeout (nginx: 60 s).
 PING_INTERVAL_S = 25.0
-# A ping this close to its time is sent with the ones due (a timer may fire that early).
-PING_EARLY_S = 0.002
 
 
 # Closed connections' entries are swept out once they are more than this and half
@@ -63,62 +59,41 @@ PING_EARLY_S = 0.002
 SWEEP_AFTER = 64
 
 
-class Pings:
-    __slots__ = ("_closed", "_due", "_gone", "_timer", "interval_s")
+class Pings(DueQueue["Connection"]):
+    __slots__ = ("_closed", "_gone")
 
     def __init__(self, interval_s: float = PING_INTERVAL_S) -> None:
-        self.interval_s = interval_s
-        self._due: deque[tuple[float, Connection]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
+        super().__init__(interval_s, self._turn, "websocket ping")
         self._gone = 0  # closed connections still in the queue, about
         self._closed = False
-
-    def __len__(self) -> int:
-        return len(self._due)
 
     def add(self, conn: Connection) -> None:
         if self._closed:
             return
         conn.unanswered = False
-        loop = asyncio.get_running_loop()
-        self._queue(conn, loop.time() + self.interval_s, loop)
+        super().add(conn)
 
     def forget(self) -> None:
         """A connection added here has closed (it leaves the queue at its turn)."""
         self._gone += 1
-        if self._gone > SWEEP_AFTER and self._gone * 2 > len(self._due):
-            self._due = deque(entry for entry in self._due if _open(entry[1]))
+        if self._gone > SWEEP_AFTER and self._gone * 2 > len(self):
+            self.keep(_open)
             self._gone = 0
 
     def close(self) -> None:
         """No more pings (the application is stopping)."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._due.clear()
+        super().close()
 
-    def _queue(self, conn: Connection, due: float, loop: asyncio.AbstractEventLoop) -> None:
-        self._due.append((due, conn))
-        if self._timer is None:
-            self._timer = loop.call_at(due, self._fire, loop)
-
-    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        due, now = self._due, loop.time()
-        again = now + self.interval_s
-        while due and due[0][0] <= now + PING_EARLY_S:
-            conn = due.popleft()[1]
-            try:
-                if _ping(conn):
-                    due.append((again, conn))
-                elif self._gone:
-                    self._gone -= 1
-            except Exception:  # one socket's bug must not stop the others' pings
-                log.exception("websocket ping failed", extra={"path": conn.request.path})
-                due.append((again, conn))
-        if due:
-            self._timer = loop.call_at(due[0][0], self._fire, loop)
+    def _turn(self, conn: Connection) -> bool:
+        try:
+            kept = _ping(conn)
+        except Exception:  # queued again: one bug must not leave it never pinged
+            log.exception("websocket ping failed", extra={"path": conn.request.path})
+            return True
+        if not kept and self._gone:
+            self._gone -= 1
+        return kept
 
 
 def _open(conn: Connection) -> bool:
