@@ -9,7 +9,8 @@ failure one `SettingsError` line that names the setting and the fix.
     signing_key(loaded)   the key tokens are signed with, and where it came from
     bind_error(loaded, e) what an OSError from listening means, as one line
     probe_bind(loaded)    check-config: can the address be listened on?
-    connect(loaded)       check-config --connect: the database, Redis, each upstream
+    connect(loaded)       check-config --connect: the database, Redis (and whether it
+                          refuses any kind of command the bus sends), each upstream
 
 Nothing is ever created outside the data directory.
 """
@@ -23,6 +24,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -166,9 +168,7 @@ def bind_error(loaded: Loaded, exc: OSError) -> SettingsError:
             "127.0.0.1 (this machine only)",
         )
     if exc.errno == errno.EACCES:
-        return loaded.error(
-            "port", f"listening on {where} is not permitted; choose a port ≥ 1024"
-        )
+        return loaded.error("port", f"listening on {where} is not permitted; choose a port ≥ 1024")
     return loaded.error("host", f"cannot listen on {where} ({exc.strerror or exc})")
 
 
@@ -216,9 +216,7 @@ async def _database(loaded: Loaded) -> Probe:
     url = loaded.settings.database_url
     if not url.startswith(("postgresql://", "postgres://")):
         path = (
-            Path(url.removeprefix("sqlite:///"))
-            if url
-            else loaded.settings.data_dir / "gateway.db"
+            Path(url.removeprefix("sqlite:///")) if url else loaded.settings.data_dir / "gateway.db"
         )
         state = "exists" if path.exists() else "will be created at the first start"
         return Probe("database_url", True, f"SQLite {path.resolve()} ({state})")
@@ -242,11 +240,83 @@ async def _redis(loaded: Loaded) -> Probe:
     client = aioredis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S)
     try:
         await client.ping()
+        refused = await _refused_to_the_bus(client, loaded.settings.redis_key_prefix)
     except (RedisError, OSError) as exc:
         return Probe("redis_url", False, f"{redact.url(url)}: {redact.text(str(exc))}")
     finally:
         await client.aclose()
+    if refused:
+        return Probe(
+            "redis_url",
+            False,
+            f"{redact.url(url)}: Redis refused what the bus needs: {'; '.join(refused)}"
+            " (README, scale-out: what a Redis user's ACL must allow)",
+        )
     return Probe("redis_url", True, redact.url(url))
+
+
+# Keys and a channel of the check's own, under the deployment's prefix; the keys
+# expire by themselves if the check cannot delete them.
+_CHECK_KEY = "check-config"
+_CHECK_TTL_MS = 10_000
+
+
+async def _refused_to_the_bus(client: Any, prefix: str) -> list[str]:
+    """Each kind of command the bus sends, tried on keys and a channel of the check's
+    own: what this Redis (its version) or its user (an ACL) refuses, as
+    "COMMANDS: Redis's answer"; [] when everything is allowed."""
+    from redis.exceptions import ResponseError
+
+    key, stream, channel = f"{prefix}{_CHECK_KEY}", f"{prefix}{_CHECK_KEY}:s", prefix + _CHECK_KEY
+
+    async def transaction() -> None:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "f", "1").hsetnx(key, "g", "1").pexpire(key, _CHECK_TTL_MS)
+            await pipe.execute()
+
+    async def scripts() -> None:
+        await client.eval("return 1", 0)
+        await client.evalsha(await client.script_load("return 1"), 0)
+
+    async def streams() -> None:
+        # MINID: Redis 6.2 and later.
+        await client.xadd(stream, {"e": "1"}, minid="0", approximate=False)
+        await client.pexpire(stream, _CHECK_TTL_MS)
+        await client.xrange(stream, count=1)
+
+    async def pubsub() -> None:
+        await client.publish(channel, "check")
+        listener = client.pubsub()
+        try:
+            await listener.subscribe(channel)
+            await listener.get_message(timeout=1.0)  # the subscription's answer, or its refusal
+        finally:
+            await listener.aclose()
+
+    async def reads() -> None:
+        await client.hgetall(key)
+        await client.exists(key)
+        async for _ in client.scan_iter(match=f"{prefix}{_CHECK_KEY}*", count=10):
+            pass
+
+    async def cleanup() -> None:
+        await client.delete(key, stream)
+
+    tries = [
+        ("MULTI/EXEC with HSET, HSETNX, PEXPIRE", transaction),
+        ("EVAL, SCRIPT LOAD, EVALSHA", scripts),
+        ("XADD with MINID (Redis 6.2+), XRANGE", streams),
+        ("PUBLISH, SUBSCRIBE", pubsub),
+        ("HGETALL, EXISTS, SCAN", reads),
+        ("DEL", cleanup),
+    ]
+    refused = []
+    for names, attempt in tries:
+        try:
+            await attempt()
+        except ResponseError as exc:
+            refused.append(f"{names}: {redact.text(str(exc))}")
+    return refused
 
 
 async def _upstream(session: aiohttp.ClientSession, url: str, key: str) -> Probe:
@@ -262,8 +332,10 @@ async def _upstream(session: aiohttp.ClientSession, url: str, key: str) -> Probe
             if response.status != 200:
                 hint = hints.get(response.status, "")
                 return Probe(
-                    "openai_api_base_urls", False, f"{shown}/models answered HTTP {response.status}"
-                    + (f"; {hint}" if hint else "")
+                    "openai_api_base_urls",
+                    False,
+                    f"{shown}/models answered HTTP {response.status}"
+                    + (f"; {hint}" if hint else ""),
                 )
             body = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -273,4 +345,3 @@ async def _upstream(session: aiohttp.ClientSession, url: str, key: str) -> Probe
     if not isinstance(models, list):
         return Probe("openai_api_base_urls", False, f"{shown}/models is not an OpenAI model list")
     return Probe("openai_api_base_urls", True, f"{shown} ({len(models)} models)")
-

@@ -275,6 +275,59 @@ def test_check_config_connect_reaches_each_service(tmp_path: Path, fake_upstream
     assert "answered HTTP 404; is /v1 missing from the URL?" in missing_v1.stderr
 
 
+# What a Redis user's ACL refuses the bus: named by check-config, each kind of command
+# tried on keys of the check's own (README, scale-out).
+RESTRICTED = {
+    "no-scripting": (["~*", "&*", "+@all", "-@scripting"], "EVAL, SCRIPT LOAD, EVALSHA"),
+    "no-channels": (["~*", "resetchannels", "+@all"], "PUBLISH, SUBSCRIBE"),
+    "no-transactions": (["~*", "&*", "+@all", "-multi", "-exec"], "MULTI/EXEC"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RESTRICTED))
+def test_check_config_connect_names_what_redis_refuses_the_bus(
+    tmp_path: Path, fake_upstream: object, kind: str
+) -> None:
+    import redis
+
+    rules, named = RESTRICTED[kind]
+    user, prefix = f"gw-check-{kind}-{os.getpid()}", f"gw-check-{kind}-{os.getpid()}:"
+    admin = redis.Redis(host="127.0.0.1", port=6379)
+    admin.execute_command("ACL", "SETUSER", user, "on", f">{PASSWORD}", *rules)
+    env = {
+        "OPENAI_API_BASE_URL": fake_upstream.url,  # type: ignore[attr-defined]
+        "WEBSOCKET_MANAGER": "redis",
+        "GATEWAY_REDIS_KEY_PREFIX": prefix,
+        "WEBUI_SECRET_KEY": "k" * 32,
+    }
+    try:
+        refused = gateway(
+            "check-config",
+            "--connect",
+            cwd=tmp_path,
+            env={**env, "REDIS_URL": f"redis://{user}:{PASSWORD}@127.0.0.1:6379/0"},
+        )
+        allowed = gateway(
+            "check-config",
+            "--connect",
+            cwd=tmp_path,
+            env={**env, "REDIS_URL": "redis://127.0.0.1:6379/0"},
+        )
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+    assert refused.returncode == 2, refused.stderr
+    [line] = refused.stderr.splitlines()
+    assert (
+        line.startswith("gateway: configuration error: REDIS_URL=")
+        and "Redis refused what the bus needs: " in line
+    )
+    assert named in line and PASSWORD not in line
+    assert allowed.returncode == 0, allowed.stderr
+    # The check's own keys are gone (and would expire by themselves).
+    assert list(admin.scan_iter(match=f"{prefix}*")) == []
+    admin.close()
+
+
 # -- the event loop ---------------------------------------------------------------------
 @pytest.mark.parametrize("choice", ["asyncio", "auto"])
 def test_the_event_loop_is_the_one_asked_for(tmp_path: Path, choice: str) -> None:

@@ -213,7 +213,10 @@ class Sender:
         self._high, self._low = max(1, max_pending // 2), max_pending // 4
         self._roomy = asyncio.Event()  # set unless crowded
         self._roomy.set()
-        self._refused = Complaints("Redis refused bus commands; they are not sent again")
+        self._refused = Complaints(
+            "Redis refused bus commands; they are not sent again"
+            " (`gateway check-config --connect` names what Redis refuses)"
+        )
         self._send_failed = False  # the last batch failed: Redis refuses, or is gone
         self._sending_since: float | None = None  # a batch is on its way
         self._running = False

@@ -102,11 +102,14 @@ def _start_re(tag: str) -> re.Pattern[str]:
     return re.compile(_start_pattern(tag))
 
 
-@functools.cache
-def _any_first(starts: tuple[str, ...]) -> re.Pattern[str]:
+def _any_first(tags: tuple[tuple[str, str, str], ...]) -> re.Pattern[str]:
     """Any first character of these start tags: text without one holds no tag and
     nothing that may grow into one (the common case, a chunk of plain answer)."""
-    return re.compile("[" + re.escape("".join(sorted({start[0] for start in starts}))) + "]")
+    return re.compile("[" + re.escape("".join(sorted({start[0] for start, _, _ in tags}))) + "]")
+
+
+# `_any_first` of `_TAGS`, made once: it is asked of every chunk of answer.
+_FIRSTS = {looked_for: _any_first(tags) for looked_for, tags in _TAGS.items()}
 
 
 class Splitter:
@@ -157,10 +160,10 @@ class Splitter:
             if not stripped:
                 return ""
             buffer, self._lead = stripped, False
-        tags = self._tags()
-        if _any_first(tuple(start for start, _, _ in tags)).search(buffer) is None:
+        if _FIRSTS[self.reasoning_tags].search(buffer) is None:
             pieces.append((TEXT, buffer))
             return ""
+        tags = self._tags()
         found: tuple[int, int, str, str] | None = None
         for start, end, kind in tags:
             match = _start_re(start).search(buffer)

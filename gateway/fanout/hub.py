@@ -109,8 +109,16 @@ class Hub:
         self.journal.record(user_id, event)
         self.publish(rooms, event)
 
-    def deliver(self, rooms: Iterable[str], event: Event) -> None:
+    def deliver(self, rooms: Sequence[str], event: Event) -> None:
         """Once to every outbox here in any of `rooms` (an outbox in two rooms gets one copy)."""
+        if len(rooms) == 1:  # most replies: a room's members are one each (no `seen`)
+            members = self._rooms.get(rooms[0], ())
+            if isinstance(members, Outbox):
+                members.put(event)
+            else:
+                for outbox in members:
+                    outbox.put(event)
+            return
         seen: set[int] = set()
         for room in rooms:
             members = self._rooms.get(room, ())

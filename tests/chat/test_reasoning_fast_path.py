@@ -32,7 +32,7 @@ def feed(splitter: Splitter, cuts: list[str]) -> list[Piece]:
 
 def without_fast_path(reasoning_tags: bool, cuts: list[str]) -> list[Piece]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(reasoning, "_any_first", lambda _starts: EVERYTHING)
+        patch.setattr(reasoning, "_FIRSTS", {True: EVERYTHING, False: EVERYTHING})
         return feed(Splitter(reasoning_tags), cuts)
 
 
