@@ -24,7 +24,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import asyncpg
@@ -236,11 +235,17 @@ async def _redis(loaded: Loaded) -> Probe:
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
+    from gateway.bus import check
+
     url = loaded.settings.redis_url
-    client = aioredis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S)
+    client = aioredis.from_url(
+        url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S
+    )
     try:
         await client.ping()
-        refused = await _refused_to_the_bus(client, loaded.settings.redis_key_prefix)
+        refused = await check.refused(
+            client, loaded.settings.redis_key_prefix, timeout_s=CONNECT_TIMEOUT_S * 2
+        )
     except (RedisError, OSError) as exc:
         return Probe("redis_url", False, f"{redact.url(url)}: {redact.text(str(exc))}")
     finally:
@@ -249,74 +254,10 @@ async def _redis(loaded: Loaded) -> Probe:
         return Probe(
             "redis_url",
             False,
-            f"{redact.url(url)}: Redis refused what the bus needs: {'; '.join(refused)}"
-            " (README, scale-out: what a Redis user's ACL must allow)",
+            f"{redact.url(url)}: the bus cannot work with this Redis: {'; '.join(refused)}"
+            " (README, scale-out: what Redis and a user's ACL must allow)",
         )
     return Probe("redis_url", True, redact.url(url))
-
-
-# Keys and a channel of the check's own, under the deployment's prefix; the keys
-# expire by themselves if the check cannot delete them.
-_CHECK_KEY = "check-config"
-_CHECK_TTL_MS = 10_000
-
-
-async def _refused_to_the_bus(client: Any, prefix: str) -> list[str]:
-    """Each kind of command the bus sends, tried on keys and a channel of the check's
-    own: what this Redis (its version) or its user (an ACL) refuses, as
-    "COMMANDS: Redis's answer"; [] when everything is allowed."""
-    from redis.exceptions import ResponseError
-
-    key, stream, channel = f"{prefix}{_CHECK_KEY}", f"{prefix}{_CHECK_KEY}:s", prefix + _CHECK_KEY
-
-    async def transaction() -> None:
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.hset(key, "f", "1").hsetnx(key, "g", "1").pexpire(key, _CHECK_TTL_MS)
-            await pipe.execute()
-
-    async def scripts() -> None:
-        await client.eval("return 1", 0)
-        await client.evalsha(await client.script_load("return 1"), 0)
-
-    async def streams() -> None:
-        # MINID: Redis 6.2 and later.
-        await client.xadd(stream, {"e": "1"}, minid="0", approximate=False)
-        await client.pexpire(stream, _CHECK_TTL_MS)
-        await client.xrange(stream, count=1)
-
-    async def pubsub() -> None:
-        await client.publish(channel, "check")
-        listener = client.pubsub()
-        try:
-            await listener.subscribe(channel)
-            await listener.get_message(timeout=1.0)  # the subscription's answer, or its refusal
-        finally:
-            await listener.aclose()
-
-    async def reads() -> None:
-        await client.hgetall(key)
-        await client.exists(key)
-        async for _ in client.scan_iter(match=f"{prefix}{_CHECK_KEY}*", count=10):
-            pass
-
-    async def cleanup() -> None:
-        await client.delete(key, stream)
-
-    tries = [
-        ("MULTI/EXEC with HSET, HSETNX, PEXPIRE", transaction),
-        ("EVAL, SCRIPT LOAD, EVALSHA", scripts),
-        ("XADD with MINID (Redis 6.2+), XRANGE", streams),
-        ("PUBLISH, SUBSCRIBE", pubsub),
-        ("HGETALL, EXISTS, SCAN", reads),
-        ("DEL", cleanup),
-    ]
-    refused = []
-    for names, attempt in tries:
-        try:
-            await attempt()
-        except ResponseError as exc:
-            refused.append(f"{names}: {redact.text(str(exc))}")
-    return refused
 
 
 async def _upstream(session: aiohttp.ClientSession, url: str, key: str) -> Probe:

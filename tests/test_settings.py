@@ -21,6 +21,7 @@ from gateway import __version__
 from gateway.cli.logs import ExtraFormatter
 from gateway.edge import redact
 from gateway.settings import SettingsError, read
+from tests.fakes.upstream import free_port
 
 PASSWORD = "pw-Secret-4711"
 
@@ -217,6 +218,14 @@ def test_redacted_urls_keep_everything_but_the_password() -> None:
         redact.text("at https://u:p@h/v1 and ftp://x:y@z")
         == "at https://u:***@h/v1 and ftp://x:***@z"
     )
+    # Secrets in the query (redis-py and asyncpg take a password there), and only those.
+    assert (
+        redact.url("redis://r:6379/0?password=s3cret&db=1") == "redis://r:6379/0?password=***&db=1"
+    )
+    assert redact.url("http://h/v1?api_key=k1&x-api-key=k2&access_token=t&keyboard=1") == (
+        "http://h/v1?api_key=***&x-api-key=***&access_token=***&keyboard=1"
+    )
+    assert redact.text("GET /ws/chat/s?token=abc&lang=en") == "GET /ws/chat/s?token=***&lang=en"
 
 
 # -- commands -------------------------------------------------------------------------
@@ -276,11 +285,17 @@ def test_check_config_connect_reaches_each_service(tmp_path: Path, fake_upstream
 
 
 # What a Redis user's ACL refuses the bus: named by check-config, each kind of command
-# tried on keys of the check's own (README, scale-out).
+# the bus sends tried on keys and a channel of the check's own (gateway/bus/check.py).
+# Each user may use the deployment's prefix only, as README's scale-out section says.
 RESTRICTED = {
-    "no-scripting": (["~*", "&*", "+@all", "-@scripting"], "EVAL, SCRIPT LOAD, EVALSHA"),
-    "no-channels": (["~*", "resetchannels", "+@all"], "PUBLISH, SUBSCRIBE"),
-    "no-transactions": (["~*", "&*", "+@all", "-multi", "-exec"], "MULTI/EXEC"),
+    "all-it-needs": ([], None),
+    "no-scripting": (["-@scripting"], "the bus's scripts (EVALSHA"),
+    "scripts-without-hget": (["-hget"], "can't run this command"),
+    "no-channels": (["resetchannels"], "PUBLISH, SUBSCRIBE"),
+    "no-subscribe": (["-subscribe"], "PUBLISH, SUBSCRIBE"),
+    "no-transactions": (["-multi", "-exec"], "MULTI/EXEC"),
+    "no-sets": (["-sadd"], "SADD, SISMEMBER, SREM"),
+    "no-expiry": (["-pexpire"], "nothing else tried: it could not be made to expire"),
 }
 
 
@@ -291,41 +306,98 @@ def test_check_config_connect_names_what_redis_refuses_the_bus(
     import redis
 
     rules, named = RESTRICTED[kind]
-    user, prefix = f"gw-check-{kind}-{os.getpid()}", f"gw-check-{kind}-{os.getpid()}:"
+    user = prefix = f"gw-check-{kind}-{os.getpid()}"
+    prefix += ":"
     admin = redis.Redis(host="127.0.0.1", port=6379)
-    admin.execute_command("ACL", "SETUSER", user, "on", f">{PASSWORD}", *rules)
-    env = {
-        "OPENAI_API_BASE_URL": fake_upstream.url,  # type: ignore[attr-defined]
-        "WEBSOCKET_MANAGER": "redis",
-        "GATEWAY_REDIS_KEY_PREFIX": prefix,
-        "WEBUI_SECRET_KEY": "k" * 32,
-    }
     try:
-        refused = gateway(
+        admin.execute_command(
+            "ACL",
+            "SETUSER",
+            user,
+            "on",
+            f">{PASSWORD}",
+            f"~{prefix}*",
+            f"&{prefix}*",
+            "+@all",
+            *rules,
+        )
+        result = gateway(
             "check-config",
             "--connect",
             cwd=tmp_path,
-            env={**env, "REDIS_URL": f"redis://{user}:{PASSWORD}@127.0.0.1:6379/0"},
+            env={
+                "OPENAI_API_BASE_URL": fake_upstream.url,  # type: ignore[attr-defined]
+                "WEBSOCKET_MANAGER": "redis",
+                "GATEWAY_REDIS_KEY_PREFIX": prefix,
+                "WEBUI_SECRET_KEY": "k" * 32,
+                "REDIS_URL": f"redis://{user}:{PASSWORD}@127.0.0.1:6379/0",
+            },
         )
-        allowed = gateway(
-            "check-config",
-            "--connect",
-            cwd=tmp_path,
-            env={**env, "REDIS_URL": "redis://127.0.0.1:6379/0"},
-        )
+        # What the check wrote is gone, refused or not (and would expire by itself).
+        assert list(admin.scan_iter(match=f"{prefix}*")) == []
     finally:
         admin.execute_command("ACL", "DELUSER", user)
-    assert refused.returncode == 2, refused.stderr
-    [line] = refused.stderr.splitlines()
-    assert (
-        line.startswith("gateway: configuration error: REDIS_URL=")
-        and "Redis refused what the bus needs: " in line
+        admin.close()
+    assert PASSWORD not in result.stdout + result.stderr
+    if named is None:
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("gateway: configuration error: REDIS_URL=")
+    assert "the bus cannot work with this Redis: " in line and named in line
+
+
+def test_check_config_connect_names_a_read_only_redis(tmp_path: Path) -> None:
+    """A replica of the test Redis, read-only: one line that says so, nothing else tried."""
+    import shutil
+
+    server = shutil.which("redis-server")
+    assert server is not None, "the test command installs redis-server"
+    port = free_port()
+    replica = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--replicaof",
+            "127.0.0.1",
+            "6379",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    assert named in line and PASSWORD not in line
-    assert allowed.returncode == 0, allowed.stderr
-    # The check's own keys are gone (and would expire by themselves).
-    assert list(admin.scan_iter(match=f"{prefix}*")) == []
-    admin.close()
+    try:
+        deadline = time.monotonic() + 10
+        result = None
+        while time.monotonic() < deadline:
+            result = gateway(
+                "check-config",
+                "--connect",
+                cwd=tmp_path,
+                env={
+                    "WEBSOCKET_MANAGER": "redis",
+                    "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                    "WEBUI_SECRET_KEY": "k" * 32,
+                    "GATEWAY_DEMO_MODEL": "true",
+                },
+            )
+            if "read-only replica" in result.stderr:
+                break
+            time.sleep(0.3)  # the replica is still loading from its primary
+    finally:
+        replica.terminate()
+        replica.wait(10)
+    assert result is not None and result.returncode == 2, result and result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.endswith(
+        "the bus cannot work with this Redis: REDIS_URL names a read-only replica; point it at "
+        "the primary (README, scale-out: what Redis and a user's ACL must allow)"
+    ), line
 
 
 # -- the event loop ---------------------------------------------------------------------

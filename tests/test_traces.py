@@ -89,3 +89,28 @@ def test_at_most_max_traces_the_oldest_ended_first() -> None:
         traces.begin(f"m{index}", "alice")
     assert [traces.get(f"m{i}") is not None for i in range(5)] == [False, False, True, True, True]
     assert first.ended_at is not None  # ended when pushed out: its listeners are told
+
+
+def test_two_users_replies_under_one_message_id_are_two_traces(clock: Clock) -> None:
+    """Message ids are the clients': one user's reply cannot take another's trace."""
+    traces = Traces(keep_s=KEEP_S)
+    alices = traces.begin("m", "alice")
+    bobs = traces.begin("m", "bob")
+    assert traces.get("m", "alice") is alices and traces.get("m", "bob") is bobs
+    assert traces.get("m", "carol") is None
+    assert traces.get("m") is bobs  # an admin's view: the newest
+    assert not alices.ended_at  # not ended by bob's
+
+
+def test_past_the_bound_ended_traces_go_before_running_ones(clock: Clock) -> None:
+    traces = Traces(max_traces=3, keep_s=KEEP_S)
+    running = traces.begin("a", "alice")  # the oldest, still running
+    _, queue = running.listen()
+    traces.begin("b", "alice").end()
+    traces.begin("c", "bob").end()
+    traces.begin("d", "bob")  # past the bound: "b" goes, not the running "a"
+    assert traces.get("b") is None and traces.get("a") is running
+    assert queue.empty() and running.ended_at is None  # its listener still follows it
+    traces.begin("e", "carol")  # "c" goes
+    traces.begin("f", "carol")  # all running: the oldest goes, its listener ended
+    assert traces.get("a") is None and queue.get_nowait() is None

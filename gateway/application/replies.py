@@ -85,8 +85,11 @@ class Replies:
         """A reply's live trace (this replica's replies, kept a while after their end):
         its owner's or, for an admin, anyone's; NotFound otherwise (and for another
         user's, which is not told apart)."""
-        trace = self._service.traces.get(message_id)
-        if trace is None or (trace.user_id != principal.user_id and not principal.is_admin):
+        traces = self._service.traces
+        trace = traces.get(message_id, principal.user_id)
+        if trace is None and principal.is_admin:
+            trace = traces.get(message_id)
+        if trace is None:
             raise NotFound(f"No trace of reply {message_id!r} on this replica")
         return trace
 

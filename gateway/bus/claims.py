@@ -46,12 +46,14 @@ CLAIM_TIMEOUT_S = 0.5
 # id new at every claim, so a let-go that arrives late (queued, sent after a new
 # claim of the same message by the same replica) removes nothing but its own.
 #
+# The scripts are public for `check.py`, which runs them to see Redis allows them.
+#
 # KEYS[1]: the `answering` hash; ARGV[1]: this replica's id and a space; ARGV[2]: the
 # claim; ARGV[3…]: the messages.  Returns the first message another replica holds,
 # or nothing once all are held.  This replica's own entries are free: it refuses its
 # own duplicates itself (`RunningReplies.claim`), and an entry of its own still in
 # Redis is a let-go on its way.
-_CLAIM = """
+CLAIM = """
 for i = 3, #ARGV do
   local holder = redis.call('HGET', KEYS[1], ARGV[i])
   if holder and string.sub(holder, 1, #ARGV[1]) ~= ARGV[1] then return ARGV[i] end
@@ -60,7 +62,7 @@ for i = 3, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[2]) end
 return false
 """
 # ARGV: message, claim, message, claim…: each message let go if that claim holds it.
-_UNCLAIM = """
+UNCLAIM = """
 for i = 1, #ARGV, 2 do
   if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
     redis.call('HDEL', KEYS[1], ARGV[i])
@@ -70,7 +72,7 @@ return 0
 """
 # ARGV[1]: a replica's id and a space: every message it holds let go (it died, or is
 # closing).
-_FORGET = """
+FORGET = """
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   if string.sub(fields[i + 1], 1, #ARGV[1]) == ARGV[1] then
@@ -101,7 +103,7 @@ class Claims:
         self._mine = replica_id + " "
         self._reachable = reachable
         self._claimed: dict[str, str] = {}  # the fields held here → their claim
-        self._claim = redis.register_script(_CLAIM)
+        self._claim = redis.register_script(CLAIM)
         self._failed = Complaints(
             "could not ask Redis whether a message is free: only this replica's replies checked"
         )
@@ -135,11 +137,11 @@ class Claims:
             if claim is not None:
                 pairs += [field, claim]
         if pairs:
-            self._sender.command("eval", _UNCLAIM, 1, self._key, *pairs)
+            self._sender.command("eval", UNCLAIM, 1, self._key, *pairs)
 
     def rewrite(self, pipe: Pipeline) -> None:
         for field, claim in self._claimed.items():  # (not over another's, taken meanwhile)
             pipe.hsetnx(self._key, field, claim)
 
     def forget(self, pipe: Pipeline, replica_id: str) -> None:
-        pipe.eval(_FORGET, 1, self._key, replica_id + " ")
+        pipe.eval(FORGET, 1, self._key, replica_id + " ")

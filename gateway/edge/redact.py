@@ -3,7 +3,10 @@
 Two kinds of secret are masked:
 
 * the password part of a URL's user info (`postgresql://gw:s3cret@db/gw` →
-  `postgresql://gw:***@db/gw`), wherever such a URL appears in a text;
+  `postgresql://gw:***@db/gw`), and the value of a query parameter named like a
+  secret (`redis://r/0?password=…`, `…/v1?api_key=…`, `?token=…`: redis-py,
+  asyncpg and some model servers take them there), wherever such a URL appears
+  in a text;
 * tokens by their shape: our API keys (`sk-` + 32 hex, `ragflow-` + 43
   url-safe characters), JWTs (three base64url parts, the first `eyJ`), and
   any configured secret registered with `Redactor.add` (the signing key, the
@@ -21,6 +24,13 @@ MASK = "***"
 # scheme://user:password@  — the password is everything up to the last "@"
 # of the authority (a password may itself hold "@" or ":").
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s]*@")
+# ?password=… / &api_key=… — a query parameter whose name says it is a secret.
+_QUERY_SECRET = re.compile(
+    r"(?P<head>[?&](?:[\w.-]*[_.-])?"
+    r"(?:pass(?:word|wd)?|pwd|secret|token|key|apikey|auth(?:orization)?|sig(?:nature)?"
+    r"|credentials?)=)[^&#\s]+",
+    re.IGNORECASE,
+)
 _TOKENS = re.compile(
     r"\bsk-[0-9a-fA-F]{32}\b"
     r"|\bragflow-[A-Za-z0-9_-]{43}\b"
@@ -37,16 +47,23 @@ def url(value: str) -> str:
         parts = urlsplit(value)
     except ValueError:
         return text(value)
-    if parts.password is None:
-        return value
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+    if parts.query:
+        parts = parts._replace(query=_query_masked(parts.query))
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{user}:{MASK}@{host}")
+    return urlunsplit(parts)
+
+
+def _query_masked(query: str) -> str:
+    return _QUERY_SECRET.sub(lambda m: m["head"] + MASK, "?" + query)[1:]
 
 
 def text(value: str) -> str:
     """Passwords in URLs and token-shaped strings masked, anywhere in a text."""
     value = _URL_PASSWORD.sub(lambda m: m["head"] + MASK + "@", value)
+    value = _QUERY_SECRET.sub(lambda m: m["head"] + MASK, value)
     return _TOKENS.sub(MASK, value)
 
 

@@ -1,7 +1,8 @@
 """Live reply traces: what happened to one reply, step by step, for whoever debugs it.
 
-A trace is kept per stored reply, by its message id, in the replica that runs
-it (Nadoo's plugin-debug socket, `/api/v1/ws/plugin/debug/{execution_id}`,
+A trace is kept per stored reply, by its user and message id (message ids are
+the clients': another user's reply under the same id is another trace), in the
+replica that runs it (Nadoo's plugin-debug socket, `/api/v1/ws/plugin/debug/{execution_id}`,
 and `gateway trace` read it).  Its records are Nadoo's debug frames::
 
     {"type": "execution_info",     "data": {execution_id, chat_id, status, model, …}}
@@ -23,7 +24,9 @@ Theory of operation:
 * Nothing in a record is a secret or message text: URLs lose their user info
   and query, and a reply is described by its length, not its words.
 * Bounded: `MAX_RECORDS` per trace (checkpoints are the ones that repeat: the
-  oldest go first), `max_traces` traces, each kept `keep_s` after its end.
+  oldest go first), `max_traces` traces, each kept `keep_s` after its end; past
+  `max_traces` the oldest ended trace goes first, and a running one (its
+  listeners ended) only when every trace is running.
 """
 
 from __future__ import annotations
@@ -109,10 +112,10 @@ def current() -> Trace | None:
 
 
 class Traces:
-    """The traces of this replica's replies, by message id."""
+    """The traces of this replica's replies, by (user id, message id)."""
 
     def __init__(self, max_traces: int = 1000, keep_s: float = 60.0) -> None:
-        self._traces: OrderedDict[str, Trace] = OrderedDict()
+        self._traces: OrderedDict[tuple[str, str], Trace] = OrderedDict()
         self._max = max_traces
         self._keep_s = keep_s
         self._next_sweep = 0.0
@@ -121,17 +124,35 @@ class Traces:
         """A new trace, current in the calling task from now on."""
         self._expire()
         trace = Trace(message_id, user_id)
-        self._traces.pop(message_id, None)
-        self._traces[message_id] = trace
+        key = (user_id, message_id)
+        self._traces.pop(key, None)
+        self._traces[key] = trace
         while len(self._traces) > self._max:
-            _, oldest = self._traces.popitem(last=False)
-            oldest.end()
+            self._evict()
         _CURRENT.set(trace)
         return trace
 
-    def get(self, message_id: str) -> Trace | None:
+    def _evict(self) -> None:
+        """The oldest ended trace dropped; only when every trace is running, the oldest
+        (its listeners ended)."""
+        for key, trace in self._traces.items():
+            if trace.ended_at is not None:
+                del self._traces[key]
+                return
+        _, oldest = self._traces.popitem(last=False)
+        oldest.end()
+
+    def get(self, message_id: str, user_id: str | None = None) -> Trace | None:
+        """`user_id`'s trace of the reply; with no user, the newest of any user's (an
+        admin's view)."""
         self._expire()
-        return self._traces.get(message_id)
+        if user_id is not None:
+            return self._traces.get((user_id, message_id))
+        found = None
+        for (_, traced), trace in self._traces.items():  # in the order they began
+            if traced == message_id:
+                found = trace
+        return found
 
     def _expire(self) -> None:
         """Traces ended longer than `keep_s` ago dropped.  The sweep runs at most once
@@ -145,10 +166,10 @@ class Traces:
         self._next_sweep = now + SWEEP_EVERY_S
         horizon = now - self._keep_s
         expired = []
-        for message_id, trace in self._traces.items():
+        for key, trace in self._traces.items():
             if trace.started > horizon:
                 break
             if trace.ended_at is not None and trace.ended_at < horizon:
-                expired.append(message_id)
-        for message_id in expired:
-            del self._traces[message_id]
+                expired.append(key)
+        for key in expired:
+            del self._traces[key]

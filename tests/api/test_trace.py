@@ -15,6 +15,7 @@ from typing import Any
 import websockets
 
 from tests.api.test_nadoo_ws import recv, user, ws_url
+from tests.clients import post_json
 from tests.fakes.upstream import FakeUpstream
 from tests.gatewayproc import GatewayProcess, make_token
 
@@ -120,6 +121,52 @@ async def test_another_users_or_an_unknown_reply_is_refused_1008(
         async with websockets.connect(debug_url(gateway, message_id, "")) as trace:
             await asyncio.wait_for(trace.wait_closed(), TIMEOUT_S)
             assert trace.close_code == 1008
+
+
+async def test_another_users_reply_under_the_same_message_id_leaves_the_trace_alone(
+    gateway: GatewayProcess,
+) -> None:
+    """Message ids are the clients': a stranger who answers into a message of their own
+    under the owner's id has a trace of their own, and the owner's stays the owner's."""
+    _, owner = user()
+    _, stranger = user()
+    async with started(gateway, owner, "fake-slow") as (_, message_id):
+        step1 = {
+            "chat": {
+                "title": "mine",
+                "history": {
+                    "currentId": message_id,
+                    "messages": {
+                        "u1": {
+                            "id": "u1",
+                            "role": "user",
+                            "content": "hm",
+                            "childrenIds": [message_id],
+                        },
+                        message_id: {
+                            "id": message_id,
+                            "parentId": "u1",
+                            "role": "assistant",
+                            "content": "",
+                        },
+                    },
+                },
+            }
+        }
+        chat = await post_json(f"{gateway.url}/api/v1/chats/new", stranger, step1)
+        body = {"chat_id": chat["id"], "id": message_id, "model": "fake-model", "stream": False}
+        await post_json(f"{gateway.url}/api/chat/completions", stranger, body)
+        for token, chat_of in ((owner, None), (stranger, chat["id"])):
+            async with websockets.connect(debug_url(gateway, message_id, token)) as trace:
+                frame = json.loads(await asyncio.wait_for(trace.recv(), TIMEOUT_S))
+                # A running reply's trace opens with its info; an ended one's, whole.
+                records = frame["data"]["records"] if frame["type"] == "debug_data" else [frame]
+                [info] = of(records, "execution_info")
+                assert info["execution_id"] == message_id
+                if chat_of is not None:
+                    assert info["chat_id"] == chat_of  # the stranger's own
+                else:
+                    assert info["chat_id"] != chat["id"]  # the owner's, not the stranger's
 
 
 async def test_gateway_trace_prints_each_record_and_exits_with_the_replys_outcome(

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from gateway.bus import TaskInfo
-from gateway.bus.claims import _UNCLAIM, message_field
+from gateway.bus.claims import UNCLAIM, message_field
 from gateway.fanout.presence import Seat
 from tests.bus.support import Make, Replica, eventually, eventually_async
 from tests.services import RedisServer
@@ -210,7 +210,7 @@ async def test_a_late_let_go_leaves_a_new_claim_of_the_same_message(replica: Mak
     await a.replicas._sender.drained(2)
     assert await a.replicas.claim("c1", ["m1"]) is None
     # The first let-go once more, as if it had arrived only now.
-    await a.replicas._redis.eval(_UNCLAIM, 1, a.replicas._key("answering"), field, first)
+    await a.replicas._redis.eval(UNCLAIM, 1, a.replicas._key("answering"), field, first)
     assert await b.replicas.claim("c1", ["m1"]) == "m1"
 
 
