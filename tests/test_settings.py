@@ -364,10 +364,13 @@ def test_check_config_connect_names_a_read_only_redis(tmp_path: Path) -> None:
             "",
             "--appendonly",
             "no",
+            "--dir",
+            str(tmp_path),  # where the replica's copy of its primary goes
             "--replicaof",
             "127.0.0.1",
             "6379",
         ],
+        cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
