@@ -9,6 +9,8 @@ database drivers, for every argument of every statement, so no route, flavour
 or upstream can bring such text to a store.
 
 A leaf module, like `jsonwire.py`: the store, the routes and the codecs import it.
+It also cuts a WebSocket close frame's reason to size without splitting a character
+(`close_reason`).
 """
 
 from __future__ import annotations
@@ -80,3 +82,14 @@ def client_json(raw: str | bytes) -> Any:
         return storable_value(value)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+# The longest close reason a WebSocket close frame carries (RFC 6455 §5.5: a control
+# frame's payload is at most 125 bytes, two of them the code).
+MAX_CLOSE_REASON_BYTES = 123
+
+
+def close_reason(text: str) -> bytes:
+    """`text` as a close frame's reason: UTF-8, at most 123 bytes, cut between two
+    characters (a reason that is not valid UTF-8 makes clients drop the close code)."""
+    return storable(text).encode()[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode()

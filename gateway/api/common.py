@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.application.keys import AUTHENTICATOR
 from gateway.edge.auth import Principal, find_token
@@ -48,6 +49,12 @@ async def read_json(request: web.Request) -> Any:
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(
             f"Request body is larger than {request.client_max_size} bytes"
+        ) from None
+    except RequestPayloadError:
+        # A body its Content-Encoding does not decode (a "gzip" that is not).
+        encoding = (request.headers.get("Content-Encoding") or "none")[:40]
+        raise BadRequest(
+            f"Request body could not be decoded as its Content-Encoding says ({encoding})"
         ) from None
     try:
         # No NUL or lone surrogate in any string: no store can hold them.

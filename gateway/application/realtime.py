@@ -39,6 +39,7 @@ from gateway.fanout.follow import into
 from gateway.fanout.hub import Hub
 from gateway.fanout.outbox import Outbox, Overflow
 from gateway.fanout.presence import Presence, Seat, stats
+from gateway.text import close_reason
 
 __all__ = ["Attach", "Attached", "Closable", "Lease", "Outbox", "Overflow", "Realtime", "Seat"]
 
@@ -203,7 +204,7 @@ class Realtime:
         clients reconnect, through the balancer, to a replica that is not stopping."""
         sockets, self._sockets = list(self._sockets), set()
         await asyncio.gather(
-            *(socket.close(code=code, message=message.encode()) for socket in sockets),
+            *(socket.close(code=code, message=close_reason(message)) for socket in sockets),
             return_exceptions=True,
         )
 

@@ -281,5 +281,11 @@ def _without_children(message: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if k != "childrenIds"}
 
 
+# What every store's integer column holds (SQLite's INTEGER, PostgreSQL's BIGINT).
+_INT64 = range(-(2**63), 2**63)
+
+
 def _int_or(value: Any, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+    """A client's integer, if it is one a store can hold; else `default`."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value in _INT64
+    return value if ok else default

@@ -7,6 +7,9 @@ extras and traceback):
   `logger`, `msg`, the `extra=` fields, and `exc` for a traceback — for log
   shippers (Loki, Elasticsearch, CloudWatch).
 
+Two libraries' expected trouble is said in one line (`OneLine`: asyncpg's pool
+reconnecting; `BadRequests`: aiohttp refusing a request it cannot read).
+
 Every line written while a request is handled (or a reply it started runs)
 carries its `request_id` (`edge/access.py`).  `GATEWAY_ACCESS_LOG=false`
 silences the `gateway.access` lines (requests, connections, replies).
@@ -16,7 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
+
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.edge import access, redact
 from gateway.settings import Loaded
@@ -86,6 +93,38 @@ class OneLine(logging.Filter):
         return True
 
 
+class BadRequests(logging.Filter):
+    """aiohttp's "Error handling request" for a request that is not HTTP it can read
+    (a request line or header past its 8 KB, bytes that are no request), and its
+    "Unhandled exception" for a body that does not decode as its Content-Encoding
+    says (met again when aiohttp drains the body after the route's 400): the
+    client's fault, answered 400, and logged by aiohttp as an ERROR with a
+    traceback, for each such request, quoting the request line (a token in its
+    query among it).  Here: one INFO line at most every `every_s`, the last one's
+    kind and how many there were."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        super().__init__()
+        self._every_s = every_s
+        self._count = 0
+        self._next = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError | RequestPayloadError):
+            return True
+        self._count += 1
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        record.msg = "bad HTTP requests refused with 400: %d since the last line (the last: %s)"
+        record.args = (self._count, type(exc).__name__)
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text = None, None
+        self._count, self._next = 0, now + self._every_s
+        return True
+
+
 def setup(loaded: Loaded) -> None:
     settings = loaded.settings
     redactor = redact.Redactor(
@@ -106,5 +145,6 @@ def setup(loaded: Loaded) -> None:
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("asyncpg.pool").addFilter(OneLine())
+    logging.getLogger("aiohttp.server").addFilter(BadRequests())
     if not settings.access_log:
         logging.getLogger("gateway.access").setLevel(logging.WARNING)

@@ -165,6 +165,9 @@ class Authenticator:
             raise AuthError(
                 "Not authenticated: send 'Authorization: Bearer <token>'", reason="missing"
             )
+        if not token.isascii():
+            # JWTs and API keys are ASCII; bytes that are not UTF-8 arrive escaped.
+            raise AuthError("Invalid token: not ASCII", reason="malformed")
         if looks_like_api_key(token):
             principal = await self.directory.principal_for_api_key(token)
             if principal is None:

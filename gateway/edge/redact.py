@@ -3,10 +3,10 @@
 Two kinds of secret are masked:
 
 * the password part of a URL's user info (`postgresql://gw:s3cret@db/gw` →
-  `postgresql://gw:***@db/gw`), and the value of a query parameter named like a
-  secret (`redis://r/0?password=…`, `…/v1?api_key=…`, `?token=…`: redis-py,
-  asyncpg and some model servers take them there), wherever such a URL appears
-  in a text;
+  `postgresql://gw:***@db/gw`), and the value of a query or fragment parameter
+  named like a secret (`redis://r/0?password=…`, `…/v1?api_key=…`,
+  `?sslpassword=…`, `#access_token=…`: redis-py, asyncpg and some model servers
+  take them there), wherever such a URL appears in a text;
 * tokens by their shape: our API keys (`sk-` + 32 hex, `ragflow-` + 43
   url-safe characters), JWTs (three base64url parts, the first `eyJ`), and
   any configured secret registered with `Redactor.add` (the signing key, the
@@ -22,13 +22,22 @@ from urllib.parse import urlsplit, urlunsplit
 MASK = "***"
 
 # scheme://user:password@  — the password is everything up to the last "@"
-# of the authority (a password may itself hold "@" or ":").
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s]*@")
-# ?password=… / &api_key=… — a query parameter whose name says it is a secret.
+# of the authority (a password may itself hold "@" or ":").  A match begins only
+# where a scheme can (not inside a run of its characters), and its parts are
+# bounded: every line is masked, and an unbounded pattern was quadratic on a long
+# run of "x.x.x…".
+_URL_PASSWORD = re.compile(
+    r"(?P<head>(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^/\s:@]{0,256}:)"
+    r"[^/\s]{0,1024}@"
+)
+# ?password=… / &api_key=… / #access_token=… — a query (or fragment) parameter
+# whose name ends in a word that says it is a secret (`clientSecret`,
+# `sslpassword`, `x-api-key`).  The value stops at what ends a parameter, or a
+# quote or bracket around the URL (a JSON log line must stay JSON).
 _QUERY_SECRET = re.compile(
-    r"(?P<head>[?&](?:[\w.-]*[_.-])?"
-    r"(?:pass(?:word|wd)?|pwd|secret|token|key|apikey|auth(?:orization)?|sig(?:nature)?"
-    r"|credentials?)=)[^&#\s]+",
+    r"(?P<head>[?&#][\w.-]{0,64}?"
+    r"(?:pass(?:word|wd|phrase)?|pwd|secret|token|key|auth(?:orization)?|sig(?:nature)?"
+    r"|credentials?)=)[^&#\s\"'\\<>,;)\]}]+",
     re.IGNORECASE,
 )
 _TOKENS = re.compile(
@@ -42,28 +51,28 @@ MIN_SECRET_CHARS = 6
 
 
 def url(value: str) -> str:
-    """A URL with its password masked; anything that is not a URL unchanged."""
+    """A URL with its password and secret parameters masked, as written otherwise
+    (`sqlite:///…` stays so); anything that is not a URL unchanged."""
+    masked = _QUERY_SECRET.sub(_head_masked, value)
     try:
-        parts = urlsplit(value)
+        parts = urlsplit(masked)
     except ValueError:
         return text(value)
-    if parts.query:
-        parts = parts._replace(query=_query_masked(parts.query))
-    if parts.password is not None:
-        user = parts.username or ""
-        host = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{user}:{MASK}@{host}")
-    return urlunsplit(parts)
+    if parts.password is None:
+        return masked
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
 
 
-def _query_masked(query: str) -> str:
-    return _QUERY_SECRET.sub(lambda m: m["head"] + MASK, "?" + query)[1:]
+def _head_masked(match: re.Match[str]) -> str:
+    return match["head"] + MASK
 
 
 def text(value: str) -> str:
     """Passwords in URLs and token-shaped strings masked, anywhere in a text."""
     value = _URL_PASSWORD.sub(lambda m: m["head"] + MASK + "@", value)
-    value = _QUERY_SECRET.sub(lambda m: m["head"] + MASK, value)
+    value = _QUERY_SECRET.sub(_head_masked, value)
     return _TOKENS.sub(MASK, value)
 
 

@@ -124,8 +124,11 @@ class SocketIOTransport:
             ping_timeout=PING_TIMEOUT_S,
             transports=transports,
             max_http_buffer_size=settings.max_frame_bytes,
-            logger=False,
-            engineio_logger=False,
+            # Loggers of their own, not False: with False each library adds a handler
+            # of its own that writes tracebacks to stderr past the gateway's format
+            # and secret masking.  Their per-packet lines are INFO: kept out.
+            logger=_library_logger("socketio.server"),
+            engineio_logger=_library_logger("engineio.server"),
         )
         self._conns: dict[str, Socket] = {}
         self._stopped = False
@@ -139,9 +142,9 @@ class SocketIOTransport:
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("user-join", self._on_user_join)
         self.sio.on("events:chat", self._on_chat_event)
-        # Open WebUI sends these; nothing to do with them here.
-        for ignored in ("heartbeat", "usage"):
-            self.sio.on(ignored, self._ignore)
+        # Every other event: Open WebUI's `heartbeat` and `usage` (nothing to do with
+        # them here), and names nobody handles.
+        self.sio.on("*", self._on_other)
         self._front = FrontDoor(self.sio, origins, realtime, settings.websocket_compression)
 
     def handle(self, request: web.Request) -> Awaitable[web.StreamResponse]:
@@ -251,7 +254,13 @@ class SocketIOTransport:
             return await self._chats.owns(conn.principal, event.chat_id)
         return True if event.type == "leave" else None
 
-    async def _ignore(self, sid: str, *args: Any) -> None:
+    async def _on_other(self, event: str, sid: str, *args: Any) -> dict[str, Any] | None:
+        """Nothing to do, but counted against the socket's rate like any event, and
+        acked (empty) when asked: python-socketio leaves an event it has no handler
+        for unacked, and the client's callback waiting for ever."""
+        conn = self._conns.get(sid)
+        if conn is not None and not conn.rate.allow():
+            return _too_fast(conn)
         return None
 
     async def _resume(self, conn: Socket, principal: Principal, resume: Resume) -> dict[str, Any]:
@@ -397,6 +406,13 @@ class SocketIOTransport:
         sock = conn.eio_socket
         tcp = conn.tcp or (self._front.upgrades.get(sock.sid) if sock is not None else None)
         await engine.abort(sock, tcp)
+
+
+def _library_logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+    return logger
 
 
 def _too_fast(conn: Socket) -> dict[str, Any]:

@@ -7,6 +7,9 @@ session     a `sid` this replica does not hold: 400 saying whether another
             replica holds it (the proxy is not sticky) or it expired, with
             the fix; every session is registered on the bus from its
             handshake to its end so a replica can tell
+too long    a long-polling POST over GATEWAY_MAX_FRAME_BYTES: 413, its session
+            ended at once (Engine.IO's close would wait for a poll the client,
+            blocked on its POST, never sends)
 upgrades    while a polling session upgrades, its websocket's TCP transport
             is kept so a stuck client can be cut (`socketio.py`)
 compression permessage-deflate only with GATEWAY_WEBSOCKET_COMPRESSION: the
@@ -76,6 +79,13 @@ class FrontDoor:
             return upgrade_required(request)
         if eio_sid is not None and eio_sid not in self.sio.eio.sockets:
             return await self._unknown_session(eio_sid)
+        limit = self.sio.eio.max_http_buffer_size
+        if (
+            eio_sid is not None
+            and request.method == "POST"
+            and (request.content_length or 0) > limit
+        ):
+            return await self._too_long(eio_sid, limit)
         if upgrading and eio_sid is not None and request.transport is not None:
             self.upgrades[eio_sid] = request.transport
         if upgrading and not self._compression and EXTENSIONS in request.headers:
@@ -92,6 +102,15 @@ class FrontDoor:
         finally:
             if upgrading and eio_sid is not None:
                 self.upgrades.pop(eio_sid, None)
+
+    async def _too_long(self, eio_sid: str, limit: int) -> web.Response:
+        """A long-polling POST past the limit: its session ended now, and 413."""
+        sock = self.sio.eio.sockets.get(eio_sid)
+        if sock is not None:
+            await sock.close(wait=False, abort=True)
+            self.sio.eio.sockets.pop(eio_sid, None)
+        detail = f"A polling request's body is at most {limit} bytes (GATEWAY_MAX_FRAME_BYTES)"
+        return web.json_response({"detail": detail}, status=413)
 
     async def _unknown_session(self, eio_sid: str) -> web.Response:
         """A request for a session this replica does not hold: say why, and the fix."""

@@ -29,6 +29,15 @@ found that the libraries let a malformed packet through as an exception:
         libraries: a second Socket.IO session; the first is never disconnected
                    (its seat, outbox and lease kept for ever)
         here:      dropped
+    a long-polling POST whose body is no Engine.IO payload ("zzz", bytes that are
+    not UTF-8)
+        libraries: a traceback logged twice (once past the gateway's log format
+                   and masking), and 200
+        here:      the session ended at once, 400, one debug line
+    a long-polling POST longer than GATEWAY_MAX_FRAME_BYTES
+        libraries: the session's close waits for a poll the client, blocked on
+                   its POST, never sends: 60 s, then the body deadline's 408
+        here:      the session ended at once, 413 (`socketio_front.py`)
 
 Every use of the libraries' internals (`_handle_eio_message`, `_handle_connect`,
 `_handle_event`, Engine.IO's socket's class, the session's `environ`,
@@ -148,6 +157,21 @@ class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         await super().close(*args, **kwargs)
         if closing:
             self.queue.put_nowait(None)
+
+    async def handle_post_request(self, environ: Any) -> None:
+        """Engine.IO's, but a body that is no Engine.IO payload ends the session at
+        once (Engine.IO's server then answers 400), where Engine.IO logged its
+        traceback and answered 200; and one too long ends it without waiting for a
+        poll that will not come (Engine.IO's close waits for its queue to drain)."""
+        try:
+            await super().handle_post_request(environ)
+        except engineio.exceptions.EngineIOError:
+            await self.close(wait=False, abort=True)
+            raise
+        except Exception as exc:
+            log.debug("engine.io payload refused: %s", type(exc).__name__)
+            await self.close(wait=False, abort=True)
+            raise engineio.exceptions.EngineIOError("not an Engine.IO payload") from None
 
     async def poll(self) -> list[Any]:
         queue = self.queue

@@ -59,6 +59,7 @@ from gateway.errors import (
     PeerError,
 )
 from gateway.events import Event
+from gateway.text import close_reason
 from gateway.transports.websocket_delivery import Delivering, Phase
 from gateway.transports.websocket_pings import PINGS
 
@@ -372,6 +373,4 @@ async def _refuse(conn: Connection, error: GatewayError) -> None:
     conn.phase = Phase.CLOSING
     for frame in conn.endpoint.refused(error):
         await conn.send(frame)
-    reason = conn.reason_for(error)
-    # Close reasons are at most 123 bytes (RFC 6455 §5.5).
-    await conn.ws.close(code=error.ws_close_code, message=reason.encode()[:123])
+    await conn.ws.close(code=error.ws_close_code, message=close_reason(conn.reason_for(error)))

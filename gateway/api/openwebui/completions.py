@@ -12,6 +12,7 @@ SSE (`stream: true`) or returns the OpenAI JSON when it ends.
 
 from __future__ import annotations
 
+import re
 import time
 
 from aiohttp import web
@@ -57,7 +58,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return web.json_response(answer)
     following = await replies.start_reply(principal, ask)
     try:
-        headers = {REPAIRED_HEADER: following.repaired} if following.repaired else {}
+        headers = {REPAIRED_HEADER: header_value(following.repaired)} if following.repaired else {}
         created = int(time.time())
         if ask.stream:
             encoder = codec.ChunkEncoder(ask.model, created, ask.include_usage)
@@ -75,6 +76,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return web.json_response(reply, headers=headers)
     finally:
         following.close()  # cancelled before its first event, `events` never ran
+
+
+# A header value from what a client chose (a message id): at most this long.
+MAX_HEADER_CHARS = 256
+
+
+def header_value(text: str) -> str:
+    """`text` as a header's value: control characters (a CR or LF would end the
+    header, and aiohttp refuses to send it) escaped, and at most MAX_HEADER_CHARS."""
+    safe = _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+    return safe if len(safe) <= MAX_HEADER_CHARS else safe[: MAX_HEADER_CHARS - 1] + "…"
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,0 +1,164 @@
+"""What a probe of every HTTP route found (2026-12-07), each on the session's real
+gateway (its log read for tracebacks), each a 500 or a broken log line before:
+
+    an imported chat's `created_at` past a 64-bit integer      500 (OverflowError)
+        now: taken as absent, as any `created_at` that is no integer
+    a reply's message id with CR/LF (or 9,000 characters) in a chat without it:
+    the `X-Gateway-Repaired` header quoting it                  no response at all,
+                                                                or 500 when streaming
+        now: the header's control characters escaped, its length bounded
+    a token whose bytes are not UTF-8 (`Bearer \\xff\\xfe`)      500 on every route;
+                                                                an "endpoint failed"
+                                                                traceback on sockets
+        now: 401 "Invalid token", 1008 on sockets
+    `Content-Encoding: gzip` on a body that is not             500
+        now: 400 in the route's shape
+    a path with `%0d%0a` or `%00`                              the access line split
+                                                                in two, or a NUL in
+                                                                the log
+        now: the control characters escaped
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiohttp
+import pytest
+
+from tests.clients import get_json, post_json
+from tests.gatewayproc import GatewayProcess, make_token
+
+
+@pytest.fixture
+def token() -> str:
+    return make_token(f"probed-{uuid.uuid4().hex[:8]}")
+
+
+def troubles_since(gateway: GatewayProcess, offset: int) -> list[str]:
+    return [
+        line
+        for line in gateway.log()[offset:].splitlines()
+        if "Traceback" in line or " ERROR " in line
+    ]
+
+
+async def test_an_imported_chats_time_past_64_bits_is_taken_as_absent(
+    gateway: GatewayProcess, token: str
+) -> None:
+    offset = len(gateway.log())
+    for field in ("created_at", "updated_at"):
+        body = {"chat": {"title": "T", "history": {"messages": {}}}, field: 2**63}
+        chat = await post_json(f"{gateway.url}/api/v1/chats/import", token, body)
+        assert 0 < chat[field] < 2**63
+    assert troubles_since(gateway, offset) == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_message_id_is_quoted_in_a_header_safely(
+    gateway: GatewayProcess, token: str, stream: bool
+) -> None:
+    offset = len(gateway.log())
+    step1 = {
+        "chat": {
+            "title": "t",
+            "history": {"messages": {"u1": {"id": "u1", "role": "user", "content": "hm"}}},
+        }
+    }
+    for message_id in ("x\r\nSet-Cookie: pwn=1", "z" * 9000):
+        chat = await post_json(f"{gateway.url}/api/v1/chats/new", token, step1)
+        body = {"chat_id": chat["id"], "id": message_id, "model": "fake-model", "stream": stream}
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{gateway.url}/api/chat/completions", json=body, headers=headers) as resp,
+        ):
+            assert resp.status == 200
+            await resp.read()
+            repaired = resp.headers["X-Gateway-Repaired"]
+            assert "Set-Cookie" not in resp.headers
+            assert "\r" not in repaired and "\n" not in repaired and len(repaired) <= 256
+    assert troubles_since(gateway, offset) == []
+
+
+async def raw_get(gateway: GatewayProcess, path: str, header: bytes) -> bytes:
+    """A request written by hand: a header's bytes as they are (no client sends these)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
+            + header
+            + b"\r\n\r\n"
+        )
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_a_token_that_is_not_utf8_is_refused_401(gateway: GatewayProcess) -> None:
+    offset = len(gateway.log())
+    for header in (b"Authorization: Bearer \xff\xfe", b"x-api-key: \xc3", b"Cookie: token=\xff"):
+        answer = await raw_get(gateway, "/api/v1/chats/", header)
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    await asyncio.sleep(0.2)
+    assert troubles_since(gateway, offset) == []
+
+
+async def test_a_websocket_handshake_with_such_a_token_is_refused_without_a_traceback(
+    gateway: GatewayProcess,
+) -> None:
+    offset = len(gateway.log())
+    upgrade = (
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    )
+    for path in ("/ws/chat/s-bytes", "/ragflow/v1/ws/chat"):
+        answer = await raw_get(gateway, path, upgrade + b"Authorization: Bearer \xff\xfe")
+        assert answer.startswith(b"HTTP/1.1 101"), answer[:200]
+        assert b"Invalid token" in answer or b'"code": 109' in answer or b'"code":109' in answer
+    await asyncio.sleep(0.2)
+    assert troubles_since(gateway, offset) == []
+
+
+async def test_a_body_its_content_encoding_does_not_decode_is_400(
+    gateway: GatewayProcess, token: str
+) -> None:
+    offset = len(gateway.log())
+    body = b'{"name":"x"}'
+    for path, shape in (
+        (b"/api/v1/chats/tags", b'"detail"'),
+        (b"/v1/chat/completions", b'"error"'),
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        try:
+            writer.write(
+                b"POST "
+                + path
+                + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                + f"Authorization: Bearer {token}\r\n".encode()
+                + b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
+        assert shape in answer and b"Content-Encoding" in answer
+    assert troubles_since(gateway, offset) == []
+
+
+async def test_control_characters_in_a_path_do_not_split_the_access_line(
+    gateway: GatewayProcess, token: str
+) -> None:
+    offset = len(gateway.log())
+    await get_json(f"{gateway.url}/api/tasks/chat/%0d%0aFORGED%00", token)
+    await asyncio.sleep(0.2)
+    logged = gateway.log()[offset:]
+    assert "\x00" not in logged
+    [line] = [line for line in logged.splitlines() if "/api/tasks/chat/" in line]
+    assert "\\x0d\\x0aFORGED\\x00" in line
+    assert not any(line.startswith("FORGED") for line in logged.splitlines())

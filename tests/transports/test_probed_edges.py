@@ -1,0 +1,148 @@
+"""What a probe of the socket transports found (2026-12-07), each on the session's real
+gateway, each with what the libraries did on their own:
+
+    a long-polling POST whose body is no Engine.IO payload
+        was: a traceback logged twice (once past the log format and masking), 200
+        now: 400 at once, the session ended, no traceback
+    a long-polling POST over GATEWAY_MAX_FRAME_BYTES
+        was: nothing for 60 s (Engine.IO's close waits for a poll the client, blocked on
+             its POST, never sends), then the body deadline's 408
+        now: 413 at once, the session ended
+    a close reason past 123 bytes cut inside a character (a path of "é"s)
+        was: a reason that is not UTF-8: the client drops the close code
+        now: cut between two characters: the client reads 1008
+    a request line past aiohttp's 8 KB (a token in a long query)
+        was: an ERROR with a traceback per request, the first 100 bytes of the line in it
+        now: one line, a bounded number of them, the query's secrets masked
+    a Socket.IO event nobody handles, sent with an ack id
+        was: no ack: the client's callback waits for ever
+        now: an empty ack
+    Open WebUI's `heartbeat` and `usage`, and unknown events, sent past the rate
+        was: not counted: a client could send them as fast as it liked
+        now: counted as every event; past the rate, the ack is the rate error
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+import uuid
+
+import aiohttp
+import websockets
+
+from tests.api.test_nadoo_ws import user, ws_url
+from tests.clients import PySocket
+from tests.gatewayproc import GatewayProcess
+
+QUICK_S = 5.0  # each of these answers in milliseconds; the old hang was 60 s
+
+
+async def polling_session(http: aiohttp.ClientSession, base: str) -> str:
+    """An Engine.IO polling session that has connected to Socket.IO: its sid."""
+    async with http.get(f"{base}/ws/socket.io/?EIO=4&transport=polling") as resp:
+        assert resp.status == 200
+        opened = await resp.text()
+    sid = json.loads(opened[opened.index("{") :])["sid"]
+    url = f"{base}/ws/socket.io/?EIO=4&transport=polling&sid={sid}"
+    async with http.post(url, data=b"40") as resp:
+        assert resp.status == 200
+    async with http.get(url) as resp:
+        assert (await resp.text()).startswith("40")
+    return sid
+
+
+def tracebacks_since(gateway: GatewayProcess, offset: int) -> list[str]:
+    return [
+        line
+        for line in gateway.log()[offset:].splitlines()
+        if "Traceback" in line or " ERROR " in line
+    ]
+
+
+async def test_a_polling_post_that_is_no_engineio_payload_is_refused_at_once(
+    gateway: GatewayProcess,
+) -> None:
+    offset = len(gateway.log())
+    async with aiohttp.ClientSession() as http:
+        for body in (b"zzz", b'42["x\xff"]'):
+            sid = await polling_session(http, gateway.url)
+            url = f"{gateway.url}/ws/socket.io/?EIO=4&transport=polling&sid={sid}"
+            began = time.monotonic()
+            async with http.post(url, data=body) as resp:
+                assert resp.status == 400, await resp.text()
+            assert time.monotonic() - began < QUICK_S
+            async with http.get(url) as resp:  # the session is over
+                assert resp.status == 400
+    await asyncio.sleep(0.2)
+    assert tracebacks_since(gateway, offset) == []
+
+
+async def test_a_polling_post_past_the_frame_limit_is_413_at_once(gateway: GatewayProcess) -> None:
+    async with aiohttp.ClientSession() as http:
+        sid = await polling_session(http, gateway.url)
+        url = f"{gateway.url}/ws/socket.io/?EIO=4&transport=polling&sid={sid}"
+        began = time.monotonic()
+        body = io.BytesIO(b"4" + b"x" * (1024 * 1024 + 10))
+        async with http.post(url, data=body) as resp:
+            assert resp.status == 413
+            assert "GATEWAY_MAX_FRAME_BYTES" in (await resp.json())["detail"]
+        assert time.monotonic() - began < QUICK_S
+        async with http.get(url) as resp:  # the session is over
+            assert resp.status == 400
+
+
+async def test_a_long_close_reason_is_cut_between_two_characters(gateway: GatewayProcess) -> None:
+    _, token = user()
+    execution = "a" + "é" * 80  # a refusal that quotes it runs past 123 bytes
+    url = ws_url(gateway, f"/api/v1/ws/plugin/debug/{execution}", token)
+    async with websockets.connect(url) as ws:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), QUICK_S))
+        assert frame["type"] == "error"
+        await asyncio.wait_for(ws.wait_closed(), QUICK_S)
+    assert ws.close_code == 1008  # not None: the reason decoded
+    assert ws.close_reason and len(ws.close_reason.encode()) <= 123
+
+
+async def test_an_overlong_request_line_is_one_masked_line_in_the_log(
+    gateway: GatewayProcess,
+) -> None:
+    offset = len(gateway.log())
+    secret = uuid.uuid4().hex
+    async with aiohttp.ClientSession() as http:
+        for _ in range(20):
+            url = f"{gateway.url}/ws/chat/s?token={secret}{'x' * 10_000}"
+            async with http.get(url) as resp:
+                assert resp.status == 400
+        async with http.get(f"{gateway.url}/health", headers={"X-Big": "a" * 9000}) as resp:
+            assert resp.status == 400
+    await asyncio.sleep(0.3)
+    logged = gateway.log()[offset:]
+    assert "Traceback" not in logged and secret not in logged, logged[-2000:]
+    said = [line for line in logged.splitlines() if "bad HTTP request" in line]
+    # At most one line every 10 s, with a count (none here if another test's bad
+    # request was said in the last 10 s): not one per request.
+    assert len(said) <= 3, said
+
+
+async def test_an_event_nobody_handles_is_acked_and_every_event_counts_against_the_rate(
+    gateway: GatewayProcess,
+) -> None:
+    _, token = user()
+    sock = await PySocket().connect(gateway.url, token)
+    try:
+        call = sock.client.call
+        assert await call("no-such-event", {"a": 1}, timeout=QUICK_S) is None  # acked, empty
+        assert await call("heartbeat", {}, timeout=QUICK_S) is None
+        # GATEWAY_MAX_MESSAGES_PER_S (20, bursts of 40): a flood of heartbeats and unknown
+        # events is refused like one of any other event.
+        acks = await asyncio.gather(
+            *(call("heartbeat" if i % 2 else "nope", {}, timeout=QUICK_S) for i in range(120))
+        )
+        refused = [ack for ack in acks if isinstance(ack, dict) and "error" in ack]
+        assert len(refused) >= 60, acks
+        assert refused[0]["error"]["code"] == "rate_limited"
+    finally:
+        await sock.close()
