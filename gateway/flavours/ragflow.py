@@ -283,7 +283,8 @@ def decode_ws_frame(text: str, path_assistant_id: str | None = None) -> Question
     assistant_id = path_assistant_id
     if assistant_id is None:
         if body.get("type", "chat") != "chat":
-            raise _bad(f"Unknown message type {body.get('type')!r}; only 'chat' is supported", True)
+            shown = repr(body.get("type"))[:60]  # what the client sent, not all of it
+            raise _bad(f"Unknown message type {shown}; only 'chat' is supported", True)
         assistant_id = body.get("chat_id")
         if not isinstance(assistant_id, str) or not assistant_id:
             raise _missing("chat_id", True)
