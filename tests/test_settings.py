@@ -238,7 +238,11 @@ def test_redacted_urls_keep_everything_but_the_password() -> None:
         "http://h/?",
     ):
         assert redact.url(kept) == kept
-    # A masked value stops at a quote: a JSON log line stays JSON.
+    # A URL's secret is masked whole, whatever it holds.
+    for secret in ("ab;S3CR3T", '"S3CR3T"', "x,y)z]"):
+        assert redact.url(f"redis://r/0?password={secret}&db=1") == "redis://r/0?password=***&db=1"
+    assert "S3CR3T" not in redact.text("at 1-redis://:S3CR3T@h/0")
+    # In a text the value stops at a quote: a JSON log line stays JSON.
     logged = json.dumps({"upstream": "http://m/v1?api_key=k3y", "status": 502})
     assert json.loads(redact.text(logged)) == {"upstream": "http://m/v1?api_key=***", "status": 502}
 

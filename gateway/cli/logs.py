@@ -115,7 +115,7 @@ class BadRequests(logging.Filter):
             return True
         self._count += 1
         now = time.monotonic()
-        if now < self._next:
+        if now < self._next or not logging.getLogger().isEnabledFor(logging.INFO):
             return False
         record.msg = "bad HTTP requests refused with 400: %d since the last line (the last: %s)"
         record.args = (self._count, type(exc).__name__)

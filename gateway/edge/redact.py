@@ -22,24 +22,23 @@ from urllib.parse import urlsplit, urlunsplit
 MASK = "***"
 
 # scheme://user:password@  — the password is everything up to the last "@"
-# of the authority (a password may itself hold "@" or ":").  A match begins only
-# where a scheme can (not inside a run of its characters), and its parts are
-# bounded: every line is masked, and an unbounded pattern was quadratic on a long
-# run of "x.x.x…".
+# of the authority (a password may itself hold "@" or ":").  Its parts are
+# bounded: every line is masked, and the unbounded pattern was quadratic on a
+# long run of "x.x.x…".
 _URL_PASSWORD = re.compile(
-    r"(?P<head>(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^/\s:@]{0,256}:)"
-    r"[^/\s]{0,1024}@"
+    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^/\s:@]{0,256}:)[^/\s]{0,1024}@"
 )
 # ?password=… / &api_key=… / #access_token=… — a query (or fragment) parameter
 # whose name ends in a word that says it is a secret (`clientSecret`,
-# `sslpassword`, `x-api-key`).  The value stops at what ends a parameter, or a
-# quote or bracket around the URL (a JSON log line must stay JSON).
-_QUERY_SECRET = re.compile(
-    r"(?P<head>[?&#][\w.-]{0,64}?"
+# `sslpassword`, `x-api-key`).  Its value runs to what ends a parameter; in a
+# text, also to a double quote or a backslash (a JSON log line must stay JSON).
+_SECRET_NAME = (
+    r"(?P<head>[?&#][\w.-]{0,128}?"
     r"(?:pass(?:word|wd|phrase)?|pwd|secret|token|key|auth(?:orization)?|sig(?:nature)?"
-    r"|credentials?)=)[^&#\s\"'\\<>,;)\]}]+",
-    re.IGNORECASE,
+    r"|credentials?)=)"
 )
+_QUERY_SECRET = re.compile(_SECRET_NAME + r"[^&#\s]+", re.IGNORECASE)
+_QUERY_SECRET_IN_TEXT = re.compile(_SECRET_NAME + r"[^&#\s\"\\]+", re.IGNORECASE)
 _TOKENS = re.compile(
     r"\bsk-[0-9a-fA-F]{32}\b"
     r"|\bragflow-[A-Za-z0-9_-]{43}\b"
@@ -72,7 +71,7 @@ def _head_masked(match: re.Match[str]) -> str:
 def text(value: str) -> str:
     """Passwords in URLs and token-shaped strings masked, anywhere in a text."""
     value = _URL_PASSWORD.sub(lambda m: m["head"] + MASK + "@", value)
-    value = _QUERY_SECRET.sub(_head_masked, value)
+    value = _QUERY_SECRET_IN_TEXT.sub(_head_masked, value)
     return _TOKENS.sub(MASK, value)
 
 

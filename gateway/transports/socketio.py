@@ -126,7 +126,9 @@ class SocketIOTransport:
             max_http_buffer_size=settings.max_frame_bytes,
             # Loggers of their own, not False: with False each library adds a handler
             # of its own that writes tracebacks to stderr past the gateway's format
-            # and secret masking.  Their per-packet lines are INFO: kept out.
+            # and secret masking.  Below ERROR they say something per packet a
+            # client can send at will (INFO, and WARNING for an event before its
+            # CONNECT): kept out, as False did.
             logger=_library_logger("socketio.server"),
             engineio_logger=_library_logger("engineio.server"),
         )
@@ -215,11 +217,13 @@ class SocketIOTransport:
 
     async def _on_user_join(self, sid: str, *args: Any) -> dict[str, Any] | None:
         conn = self._conns.get(sid)
-        if conn is None or len(args) != 1:
-            return None  # an empty ack: Open WebUI's client sends one argument
-        data = args[0]
+        if conn is None:
+            return None
         if not conn.rate.allow():
             return _too_fast(conn)
+        if len(args) != 1:
+            return None  # an empty ack: Open WebUI's client sends one argument
+        data = args[0]
         try:
             principal = await self._realtime.authenticate(decode_join(data).token)
         except GatewayError as exc:
@@ -232,11 +236,13 @@ class SocketIOTransport:
 
     async def _on_chat_event(self, sid: str, *args: Any) -> bool | dict[str, Any] | None:
         conn = self._conns.get(sid)
-        if conn is None or conn.principal is None or len(args) != 1:
-            return None  # an empty ack: Open WebUI's client sends one argument
-        data = args[0]
+        if conn is None:
+            return None
         if not conn.rate.allow():
             return _too_fast(conn)
+        if conn.principal is None or len(args) != 1:
+            return None  # an empty ack: Open WebUI's client sends one argument
+        data = args[0]
         try:
             event = FLAVOUR.decode(("events:chat", data))
         except GatewayError:
@@ -411,7 +417,7 @@ class SocketIOTransport:
 def _library_logger(name: str) -> logging.Logger:
     logger = logging.getLogger(name)
     if logger.level == logging.NOTSET:
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(logging.ERROR)
     return logger
 
 

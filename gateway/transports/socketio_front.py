@@ -106,7 +106,7 @@ class FrontDoor:
     async def _too_long(self, eio_sid: str, limit: int) -> web.Response:
         """A long-polling POST past the limit: its session ended now, and 413."""
         sock = self.sio.eio.sockets.get(eio_sid)
-        if sock is not None:
+        if sock is not None and not sock.upgraded:  # (an upgraded one takes no POST anyway)
             await sock.close(wait=False, abort=True)
             self.sio.eio.sockets.pop(eio_sid, None)
         detail = f"A polling request's body is at most {limit} bytes (GATEWAY_MAX_FRAME_BYTES)"

@@ -54,6 +54,7 @@ from typing import Any
 
 import engineio
 import socketio
+from aiohttp.web_protocol import RequestPayloadError
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 
 from gateway.transports.due import DueQueue
@@ -61,9 +62,12 @@ from gateway.transports.socketio_queue import PacketQueue
 
 log = logging.getLogger(__name__)
 
-# Event names the protocol keeps for itself (socket.io-client refuses to emit them).
+# Event names the protocol keeps for itself (socket.io-client refuses to emit them),
+# and "*", python-socketio's name for its catch-all handler (an event so named would
+# reach it without its name, as if it were the handler's own call).
 RESERVED = frozenset(
     {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+    | {"*"}
 )
 
 
@@ -159,16 +163,23 @@ class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
             self.queue.put_nowait(None)
 
     async def handle_post_request(self, environ: Any) -> None:
-        """Engine.IO's, but a body that is no Engine.IO payload ends the session at
-        once (Engine.IO's server then answers 400), where Engine.IO logged its
-        traceback and answered 200; and one too long ends it without waiting for a
-        poll that will not come (Engine.IO's close waits for its queue to drain)."""
+        """Engine.IO's, but the body read whole (Engine.IO reads it with one
+        `read(length)`, which aiohttp answers with what it has buffered: a large
+        POST was cut short, its packets lost or taken for garbage); a body that is
+        no Engine.IO payload, or ends before its length, ends the session at once
+        (Engine.IO's server then answers 400), where Engine.IO logged its traceback
+        and answered 200; and one too long ends it without waiting for a poll that
+        will not come (Engine.IO's close waits for its queue to drain)."""
+        body = environ.get("wsgi.input")
+        if body is not None:
+            environ["wsgi.input"] = _WholeBody(body)
         try:
             await super().handle_post_request(environ)
         except engineio.exceptions.EngineIOError:
             await self.close(wait=False, abort=True)
             raise
-        except Exception as exc:
+        except (ValueError, KeyError, asyncio.IncompleteReadError, RequestPayloadError) as exc:
+            # (UnicodeDecodeError, a bad base64 attachment, too many packets: ValueError.)
             log.debug("engine.io payload refused: %s", type(exc).__name__)
             await self.close(wait=False, abort=True)
             raise engineio.exceptions.EngineIOError("not an Engine.IO payload") from None
@@ -189,6 +200,22 @@ class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
                 break
             packets.append(packet)
         return packets
+
+
+class _WholeBody:
+    """A request body whose `read(n)` returns n bytes (or fails)."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    async def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            data: bytes = await self._stream.read()
+            return data
+        exact: bytes = await self._stream.readexactly(n)
+        return exact
 
 
 def _ping_due(sock: Any) -> bool:

@@ -86,10 +86,11 @@ def header_value(text: str) -> str:
     """`text` as a header's value: control characters (a CR or LF would end the
     header, and aiohttp refuses to send it) escaped, and at most MAX_HEADER_CHARS."""
     safe = _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
-    return safe if len(safe) <= MAX_HEADER_CHARS else safe[: MAX_HEADER_CHARS - 1] + "…"
+    return safe if len(safe) <= MAX_HEADER_CHARS else safe[: MAX_HEADER_CHARS - 3] + "..."
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
+# Control characters, and the backslash (so an escaped CR is told from "\x0d").
+_CONTROL = re.compile("[\x00-\x1f\x7f\\\\]")
 
 
 def add_routes(app: web.Application) -> None:
