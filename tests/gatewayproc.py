@@ -105,6 +105,14 @@ class GatewayProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def troubles_since(self, offset: int) -> list[str]:
+        """The log's ERROR and traceback lines past `offset` (a `len(log())` taken before)."""
+        return [
+            line
+            for line in self.log()[offset:].splitlines()
+            if "Traceback" in line or " ERROR " in line
+        ]
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -36,14 +36,6 @@ def token() -> str:
     return make_token(f"probed-{uuid.uuid4().hex[:8]}")
 
 
-def troubles_since(gateway: GatewayProcess, offset: int) -> list[str]:
-    return [
-        line
-        for line in gateway.log()[offset:].splitlines()
-        if "Traceback" in line or " ERROR " in line
-    ]
-
-
 async def test_an_imported_chats_time_past_64_bits_is_taken_as_absent(
     gateway: GatewayProcess, token: str
 ) -> None:
@@ -52,7 +44,7 @@ async def test_an_imported_chats_time_past_64_bits_is_taken_as_absent(
         body = {"chat": {"title": "T", "history": {"messages": {}}}, field: 2**63}
         chat = await post_json(f"{gateway.url}/api/v1/chats/import", token, body)
         assert 0 < chat[field] < 2**63
-    assert troubles_since(gateway, offset) == []
+    assert gateway.troubles_since(offset) == []
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -79,7 +71,7 @@ async def test_a_message_id_is_quoted_in_a_header_safely(
             repaired = resp.headers["X-Gateway-Repaired"]
             assert "Set-Cookie" not in resp.headers
             assert "\r" not in repaired and "\n" not in repaired and len(repaired) <= 256
-    assert troubles_since(gateway, offset) == []
+    assert gateway.troubles_since(offset) == []
 
 
 async def raw_get(
@@ -113,7 +105,7 @@ async def test_a_token_that_is_not_utf8_is_refused_401(gateway: GatewayProcess) 
         answer = await raw_get(gateway, "/api/v1/chats/", header)
         assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     await asyncio.sleep(0.2)
-    assert troubles_since(gateway, offset) == []
+    assert gateway.troubles_since(offset) == []
 
 
 async def test_a_websocket_handshake_with_such_a_token_is_refused_without_a_traceback(
@@ -130,7 +122,7 @@ async def test_a_websocket_handshake_with_such_a_token_is_refused_without_a_trac
         assert answer.startswith(b"HTTP/1.1 101"), answer[:200]
         assert any(mark in answer for mark in marks), answer[:400]
     await asyncio.sleep(0.2)
-    assert troubles_since(gateway, offset) == []
+    assert gateway.troubles_since(offset) == []
 
 
 async def test_a_body_its_content_encoding_does_not_decode_is_400(
@@ -159,7 +151,7 @@ async def test_a_body_its_content_encoding_does_not_decode_is_400(
             writer.close()
         assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
         assert shape in answer and b"Content-Encoding" in answer
-    assert troubles_since(gateway, offset) == []
+    assert gateway.troubles_since(offset) == []
 
 
 async def test_control_characters_in_a_path_do_not_split_the_access_line(

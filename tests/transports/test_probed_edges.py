@@ -44,6 +44,12 @@ from tests.gatewayproc import GatewayProcess
 QUICK_S = 5.0  # each of these answers in milliseconds; the old hang was 60 s
 
 
+async def polling_url(http: aiohttp.ClientSession, base: str) -> str:
+    """The URL of an Engine.IO polling session that has connected to Socket.IO."""
+    sid = await polling_session(http, base)
+    return f"{base}/ws/socket.io/?EIO=4&transport=polling&sid={sid}"
+
+
 async def polling_session(http: aiohttp.ClientSession, base: str) -> str:
     """An Engine.IO polling session that has connected to Socket.IO: its sid."""
     async with http.get(f"{base}/ws/socket.io/?EIO=4&transport=polling") as resp:
@@ -58,22 +64,13 @@ async def polling_session(http: aiohttp.ClientSession, base: str) -> str:
     return sid
 
 
-def tracebacks_since(gateway: GatewayProcess, offset: int) -> list[str]:
-    return [
-        line
-        for line in gateway.log()[offset:].splitlines()
-        if "Traceback" in line or " ERROR " in line
-    ]
-
-
 async def test_a_polling_post_that_is_no_engineio_payload_is_refused_at_once(
     gateway: GatewayProcess,
 ) -> None:
     offset = len(gateway.log())
     async with aiohttp.ClientSession() as http:
         for body in (b"zzz", b'42["x\xff"]'):
-            sid = await polling_session(http, gateway.url)
-            url = f"{gateway.url}/ws/socket.io/?EIO=4&transport=polling&sid={sid}"
+            url = await polling_url(http, gateway.url)
             began = time.monotonic()
             async with http.post(url, data=body) as resp:
                 assert resp.status == 400, await resp.text()
@@ -81,13 +78,12 @@ async def test_a_polling_post_that_is_no_engineio_payload_is_refused_at_once(
             async with http.get(url) as resp:  # the session is over
                 assert resp.status == 400
     await asyncio.sleep(0.2)
-    assert tracebacks_since(gateway, offset) == []
+    assert gateway.troubles_since(offset) == []
 
 
 async def test_a_polling_post_past_the_frame_limit_is_413_at_once(gateway: GatewayProcess) -> None:
     async with aiohttp.ClientSession() as http:
-        sid = await polling_session(http, gateway.url)
-        url = f"{gateway.url}/ws/socket.io/?EIO=4&transport=polling&sid={sid}"
+        url = await polling_url(http, gateway.url)
         began = time.monotonic()
         body = io.BytesIO(b"4" + b"x" * (1024 * 1024 + 10))
         async with http.post(url, data=body) as resp:
@@ -165,13 +161,12 @@ async def test_an_event_named_like_the_catch_all_is_dropped_with_an_empty_ack(
     finally:
         await sock.close()
     await asyncio.sleep(0.2)
-    assert tracebacks_since(gateway, offset) == []
+    assert gateway.troubles_since(offset) == []
 
 
 async def test_a_large_polling_post_is_read_whole(gateway: GatewayProcess) -> None:
     async with aiohttp.ClientSession() as http:
-        sid = await polling_session(http, gateway.url)
-        url = f"{gateway.url}/ws/socket.io/?EIO=4&transport=polling&sid={sid}"
+        url = await polling_url(http, gateway.url)
         big = json.dumps(["heartbeat", {"note": "é" * 200_000}], ensure_ascii=False)
         body = ("421" + big).encode()  # about 400 KB, sent in two pieces: as TCP may
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
