@@ -27,6 +27,7 @@ from gateway.application.keys import ORIGINS, REPLIES, SETTINGS
 from gateway.application.replies import finished
 from gateway.commands import Ask
 from gateway.edge.auth import Principal
+from gateway.errors import ModelNotFound
 from gateway.events import (
     Event,
     ReasoningDelta,
@@ -43,6 +44,17 @@ async def list_models(request: web.Request) -> web.Response:
     await principal_of(request)
     models = await request.app[REPLIES].models()
     return web.json_response(codec.models_body(model.as_dict() for model in models))
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """One model by its id (the OpenAI SDK's `models.retrieve`); 404 `model_not_found`."""
+    await principal_of(request)
+    wanted = request.match_info["model"]
+    models = await request.app[REPLIES].models()
+    for model in models:
+        if model.id == wanted:
+            return web.json_response(codec.model_body(model.as_dict()))
+    raise ModelNotFound(wanted, [model.id for model in models])
 
 
 PROBE_HEADER = "X-Gateway-Probe"
@@ -129,4 +141,5 @@ def completion(
 
 def add_routes(app: web.Application, prefix: str) -> None:
     app.router.add_get(f"{prefix}/models", list_models)
+    app.router.add_get(f"{prefix}/models/{{model:.+}}", retrieve_model)
     app.router.add_post(f"{prefix}/chat/completions", chat_completions)

@@ -61,6 +61,10 @@ PASSTHROUGH_PARAMS = frozenset(
     }
 )
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+# Tool calling: the gateway relays a reply's text and reasoning, not a model's calls,
+# so a request that offers tools is refused rather than answered with its calls lost
+# (`finish_reason: "tool_calls"` and no `tool_calls`).
+TOOL_PARAMS = ("tools", "functions")
 
 
 def decode_common(body: Any) -> tuple[Mapping[str, Any], str, bool]:
@@ -86,6 +90,12 @@ def decode_request(body: Any) -> Ask:
     n = body.get("n", 1)
     if n != 1:
         raise BadRequest("Only n=1 is supported")
+    offered = [key for key in TOOL_PARAMS if body.get(key)]
+    if offered:
+        raise BadRequest(
+            f"Tool calling ({', '.join(repr(key) for key in offered)}) is not supported: "
+            "the gateway relays text replies; send the request without it"
+        )
     params = {key: body[key] for key in PASSTHROUGH_PARAMS if key in body}
     return Ask(
         model=model,
@@ -227,10 +237,14 @@ def error_for(error: GatewayError) -> dict[str, Any]:
 
 def models_body(models: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """`GET /v1/models`; each model mapping has id, created and owned_by."""
+    return {"object": "list", "data": [model_body(m) for m in models]}
+
+
+def model_body(model: Mapping[str, Any]) -> dict[str, Any]:
+    """`GET /v1/models/{id}`: one model, as it is in the list."""
     return {
-        "object": "list",
-        "data": [
-            {"id": m["id"], "object": "model", "created": m["created"], "owned_by": m["owned_by"]}
-            for m in models
-        ],
+        "id": model["id"],
+        "object": "model",
+        "created": model["created"],
+        "owned_by": model["owned_by"],
     }

@@ -46,6 +46,17 @@ async def raw_stream(
         return resp, payloads
 
 
+def test_the_sdk_retrieves_one_model_or_is_told_it_does_not_exist(
+    gateway: GatewayProcess, alice_token: str
+) -> None:
+    sdk = client(gateway, alice_token)
+    listed = {model.id: model for model in sdk.models.list()}
+    assert sdk.models.retrieve("fake-model") == listed["fake-model"]
+    with pytest.raises(openai.NotFoundError) as refused:
+        sdk.models.retrieve("no-such-model")
+    assert refused.value.code == "model_not_found"
+
+
 @pytest.mark.parametrize("prefix", ["/v1", "/api"])
 def test_streaming_text_and_usage(gateway: GatewayProcess, alice_token: str, prefix: str) -> None:
     stream = client(gateway, alice_token, prefix).chat.completions.create(
@@ -237,6 +248,12 @@ def test_unknown_model_is_404_with_the_known_ones(
     assert "no-such-model" in error["message"] and "fake-model" in error["message"]
 
 
+TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}},
+}
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
@@ -245,6 +262,12 @@ def test_unknown_model_is_404_with_the_known_ones(
         ({"model": "fake-model", "messages": [{"role": "wizard", "content": "x"}]}, "role"),
         ({"model": "fake-model", "messages": MESSAGES, "stream": "yes"}, "'stream'"),
         ({"model": "fake-model", "messages": MESSAGES, "n": 3}, "n=1"),
+        # Offered tools would be dropped on the way and the model's calls lost.
+        ({"model": "fake-model", "messages": MESSAGES, "tools": [TOOL]}, "Tool calling ('tools')"),
+        (
+            {"model": "fake-model", "messages": MESSAGES, "functions": [TOOL["function"]]},
+            "Tool calling ('functions')",
+        ),
     ],
 )
 async def test_bad_bodies_get_400(
