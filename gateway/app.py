@@ -174,8 +174,10 @@ async def drain(app: web.Application, grace_s: float) -> None:
             "stopping: replies still running after the grace period are stopped",
             extra={"replies": running, "grace_s": grace_s},
         )
-    # Stopped (each stored with what it had, its clients told), then the sockets
-    # closed, so nothing holds the shutdown: clients reconnect to another replica.
+    # Stopped (each stored with what it had, its clients told; a pure-API stream
+    # ended with an error event), then the sockets closed, so nothing holds the
+    # shutdown: clients reconnect to another replica.
+    core.stop_pure_replies()
     await core.replies.shutdown()
     # Their ends are queued for each socket's writer: a moment to send them.
     await asyncio.sleep(ENDS_FLUSH_S)

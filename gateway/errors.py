@@ -131,6 +131,16 @@ class Unavailable(ServerError):
     code = "unavailable"
 
 
+# A pure-API reply still running when a stopping replica's grace is over: its task
+# is cancelled with this message, and its client told so in its own protocol.
+SERVER_STOPPING = "The gateway is stopping; ask again (another replica will answer)"
+
+
+def stopping(cancelled: BaseException) -> bool:
+    """Whether a CancelledError is the stopping replica's (`SERVER_STOPPING`)."""
+    return SERVER_STOPPING in getattr(cancelled, "args", ())
+
+
 class DatabaseDown(Unavailable):
     """The database went away mid-run (a restart, a failover, the network): this
     request failed cleanly; the next ones work once it is back."""

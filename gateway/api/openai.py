@@ -27,7 +27,7 @@ from gateway.application.keys import ORIGINS, REPLIES, SETTINGS
 from gateway.application.replies import finished
 from gateway.commands import Ask
 from gateway.edge.auth import Principal
-from gateway.errors import ModelNotFound
+from gateway.errors import SERVER_STOPPING, ModelNotFound, Unavailable, stopping
 from gateway.events import (
     Event,
     ReasoningDelta,
@@ -118,7 +118,15 @@ async def answer(
             keepalive_s=request.app[SETTINGS].sse_keepalive_s,
             flavour="openai",
         )
-    end, before = await finished(events)
+    try:
+        end, before = await finished(events)
+    except asyncio.CancelledError as cancelled:
+        if not stopping(cancelled):
+            raise
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()  # handled: the caller gets a 503 in its protocol
+        raise Unavailable(SERVER_STOPPING) from None
     return web.json_response(completion(ask, created, end, before))
 
 

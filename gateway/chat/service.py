@@ -21,6 +21,7 @@ One entry point per command::
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -45,7 +46,13 @@ from gateway.chat.turns import (
 from gateway.commands import Ask, ReplyTarget, Say
 from gateway.edge.auth import Principal
 from gateway.edge.trace import Traces
-from gateway.errors import BadRequest, GatewayError, NotFound, UpstreamError
+from gateway.errors import (
+    SERVER_STOPPING,
+    BadRequest,
+    GatewayError,
+    NotFound,
+    UpstreamError,
+)
 from gateway.events import Event
 from gateway.fanout.hub import Hub
 from gateway.fanout.presence import Presence
@@ -80,6 +87,8 @@ class ChatService:
         self.replies = RunningReplies(store, hub, replicas)
         self.book = ChatBook(store, self.replies.is_generating)
         self._slots = ReplySlots(max_replies_per_user)
+        # The request tasks of pure-API replies running (`stop_pure_replies`).
+        self._pure: set[asyncio.Task[Any]] = set()
         runner = ReplyRunner(
             store, hub, self.replies, self.presence, checkpoint_interval_s, traces, self._slots
         )
@@ -100,6 +109,14 @@ class ChatService:
         await self.replies.shutdown()
         await self._runner.drafts.close()
 
+    def stop_pure_replies(self) -> int:
+        """A stopping replica past its grace: every pure-API reply's request cancelled
+        (`SERVER_STOPPING`), which ends its stream with an error event in its own
+        protocol (a stored reply is stopped and stored by `replies.shutdown`)."""
+        for task in list(self._pure):
+            task.cancel(SERVER_STOPPING)
+        return len(self._pure)
+
     async def all_replies_ended(self) -> None:
         """Until no reply runs in this replica (and the placeholders of those that
         never started are ended)."""
@@ -116,6 +133,10 @@ class ChatService:
         message_id = f"chatcmpl-{uuid.uuid4().hex}"
         user_id = principal.user_id
         self._slots.take(user_id)
+        task = asyncio.current_task()
+        if task is not None and task not in self._pure:
+            self._pure.add(task)
+            task.add_done_callback(self._pure.discard)
         try:
             events = await self._starter.open(
                 ask.model,

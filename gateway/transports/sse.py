@@ -18,7 +18,8 @@ from aiohttp import web
 
 from gateway.edge import access, metrics
 from gateway.edge.origins import OriginPolicy, grant_stream
-from gateway.events import Event
+from gateway.errors import SERVER_STOPPING, Unavailable, stopping
+from gateway.events import Event, ReplyFailed
 from gateway.flavours.sse import KEEPALIVE
 
 SSE_HEADERS = {
@@ -85,9 +86,30 @@ async def stream_events(
         except ConnectionResetError:
             # The client left; leaving the `async with` closes the upstream.
             pass
+        except asyncio.CancelledError as cancelled:
+            if not stopping(cancelled):
+                raise
+            # A stopping replica past its grace (`ChatService.stop_pure_replies`):
+            # the stream ends as a failed reply does, in its protocol, not cut.
+            _uncancel()
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(b"".join(encode(STOPPED)))
+                await response.write_eof()
         finally:
             counted()
     return response
+
+
+# What a stream cancelled by a stopping replica ends with (each flavour's failure).
+STOPPED = ReplyFailed(None, "", 0, Unavailable.code, SERVER_STOPPING)
+
+
+def _uncancel() -> None:
+    """The stopping replica's cancellation is handled here: the task goes on to
+    answer (its `cancelling()` count back to zero, as `asyncio.timeout` expects)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 async def send_all(

@@ -108,6 +108,53 @@ async def test_a_reply_longer_than_the_grace_is_stopped_and_kept(
     assert [m["content"] for m in stored] == [text], stored
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_pure_api_reply_longer_than_the_grace_ends_in_its_protocol(
+    start_gateway: Any, fake_upstream: FakeUpstream, stream: bool
+) -> None:
+    """Nothing stores a pure-API reply, and it is its request's: past the grace its
+    client is told the gateway is stopping (an error event and `[DONE]`, or a 503),
+    not cut, and the replica exits at once (it waited for aiohttp's own shutdown)."""
+    gw: GatewayProcess = start_gateway(
+        {"OPENAI_API_BASE_URL": fake_upstream.url, "GATEWAY_SHUTDOWN_GRACE_S": "0.5"}
+    )
+    _, token = user()
+    body = {"model": "fake-crawl", "messages": [{"role": "user", "content": "go"}]}
+    headers = {"Authorization": f"Bearer {token}"}
+    assert gw.proc is not None
+    async with aiohttp.ClientSession() as http:
+
+        async def ask() -> tuple[int, bytes]:
+            url = f"{gw.url}/v1/chat/completions"
+            async with http.post(url, json={**body, "stream": stream}, headers=headers) as resp:
+                if stream:
+                    first = await asyncio.wait_for(resp.content.readline(), TIMEOUT_S)
+                    assert first.startswith(b"data: {"), first
+                    asking.set()
+                return resp.status, await asyncio.wait_for(resp.read(), TIMEOUT_S)
+
+        asking = asyncio.Event()
+        asked = asyncio.create_task(ask())
+        if stream:
+            await asyncio.wait_for(asking.wait(), TIMEOUT_S)
+        else:
+            await asyncio.sleep(0.5)  # (its answer comes whole, at the end)
+        stopped_at = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        status, answer = await asked
+    if stream:
+        lines = [line for line in answer.decode().splitlines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]", lines[-3:]
+        error = json.loads(lines[-2].removeprefix("data: "))["error"]
+        assert error["code"] == "unavailable" and "stopping" in error["message"], error
+    else:
+        assert status == 503, answer
+        error = json.loads(answer)["error"]
+        assert error["code"] == "unavailable" and "stopping" in error["message"], error
+    assert await exited(gw) == 0
+    assert time.monotonic() - stopped_at < 8  # the grace, then at once: not ~10 s more
+
+
 async def test_socketio_clients_are_let_go_at_once_to_reconnect_elsewhere(
     start_gateway: Any, fake_upstream: FakeUpstream
 ) -> None:
