@@ -435,6 +435,29 @@ def test_check_config_connect_names_a_read_only_redis(tmp_path: Path) -> None:
     ), line
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["admin", "stats", "--url"], ["trace", "some-reply", "--url"], ["doctor"]],
+)
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("notaurl", "is not an http:// or https:// URL"),
+        ("http://127.0.0.1:99999", "is not a URL"),
+        ("http://[::1", "is not a URL"),
+        (f"http://u:{PASSWORD}@127.0.0.1:1", "without credentials"),
+        (f"http://127.0.0.1:1/?token={PASSWORD}", "without a query"),
+    ],
+)
+def test_a_gateway_url_that_cannot_be_is_one_line_and_masked(
+    tmp_path: Path, command: list[str], url: str, said: str
+) -> None:
+    result = gateway(*command, url, cwd=tmp_path, env={"WEBUI_SECRET_KEY": "k" * 32})
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert said in line and PASSWORD not in line and "Traceback" not in line
+
+
 # -- the event loop ---------------------------------------------------------------------
 @pytest.mark.parametrize("choice", ["asyncio", "auto"])
 def test_the_event_loop_is_the_one_asked_for(tmp_path: Path, choice: str) -> None:

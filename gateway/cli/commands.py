@@ -231,10 +231,12 @@ def admin_stats(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
+    url = _gateway_url(args)
+    if url is None:
+        return 2
     bearer = args.token or _admin_token(args)
     if bearer is None:
         return 1
-    url = _gateway_url(args)
     request = urllib.request.Request(
         f"{url}/ws/stats", headers={"Authorization": f"Bearer {bearer}"}
     )
@@ -276,12 +278,21 @@ def _admin_token(args: argparse.Namespace) -> str | None:
     return made[0] if made else None
 
 
-def _gateway_url(args: argparse.Namespace) -> str:
-    """--url, or where this config's gateway listens (on loopback when on every interface)."""
+def _gateway_url(args: argparse.Namespace) -> str | None:
+    """--url (None, said, if it is none a gateway can have), or where this config's
+    gateway listens (on loopback when on every interface)."""
+    from gateway.doctor.target import UsageError, gateway_url
+
+    if args.url:
+        try:
+            return str(gateway_url(args.url)).rstrip("/")
+        except UsageError as exc:
+            print(f"gateway: --url {exc}", file=sys.stderr)
+            return None
     settings = _load(args).settings
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
-    return str(args.url or f"http://{host}:{settings.port}{settings.base_path}").rstrip("/")
+    return f"http://{host}:{settings.port}{settings.base_path}".rstrip("/")
 
 
 def trace(args: argparse.Namespace) -> int:
@@ -291,10 +302,13 @@ def trace(args: argparse.Namespace) -> int:
 
     import aiohttp
 
+    base = _gateway_url(args)
+    if base is None:
+        return 2
     bearer = args.token or _admin_token(args)
     if bearer is None:
         return 1
-    url = _gateway_url(args).replace("http", "ws", 1)
+    url = base.replace("http", "ws", 1)
     url = f"{url}/api/v1/ws/plugin/debug/{args.message_id}"
 
     async def follow() -> int:
@@ -308,9 +322,7 @@ def trace(args: argparse.Namespace) -> int:
                 if message.type is not aiohttp.WSMsgType.TEXT:
                     break
                 frame = message.json()
-                records = (
-                    frame["data"]["records"] if frame.get("type") == "debug_data" else [frame]
-                )
+                records = frame["data"]["records"] if frame.get("type") == "debug_data" else [frame]
                 for record in records:
                     print(trace_line(record), flush=True)
                     if record.get("type") in ("execution_complete", "execution_error", "error"):

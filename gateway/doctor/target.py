@@ -20,6 +20,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.doctor.report import Skip
+from gateway.edge import redact
 
 # The gateway's Socket.IO route (gateway/transports/socketio.py), not imported:
 # that module brings the whole server with it.
@@ -75,17 +76,32 @@ def doctor_name() -> str:
     return f"doctor-{secrets.token_hex(4)}"
 
 
+def gateway_url(url: str) -> URL:
+    """A gateway's URL as an operator gives it (`doctor`, `admin stats --url`,
+    `trace --url`): http(s), a host and a port that can be, no credentials, query or
+    fragment; else `UsageError`, one line that shows the URL masked."""
+    shown = repr(redact.url(url.strip()))
+    try:
+        parsed = URL(url.strip())
+        origin = parsed.origin() if parsed.host else None  # (checks the port)
+    except ValueError as exc:
+        raise UsageError(f"{shown} is not a URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or origin is None:
+        raise UsageError(f"{shown} is not an http:// or https:// URL")
+    if parsed.user or parsed.password:
+        raise UsageError(f"{shown}: give the URL without credentials (a token: --token)")
+    if parsed.query_string or parsed.fragment:
+        raise UsageError(f"{shown}: give the URL without a query or a fragment")
+    return parsed
+
+
 class Target:
     def __init__(
         self, url: str, options: Options, progress: Callable[[str], None] | None = None
     ) -> None:
-        parsed = URL(url.strip())
+        parsed = gateway_url(url)
         # Told how a long check is going ("idle-stream: 20/65 s idle"); None: say nothing.
         self.progress = progress or (lambda _: None)
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise UsageError(f"{url!r} is not an http:// or https:// URL")
-        if parsed.query_string or parsed.fragment:
-            raise UsageError(f"{url!r}: give the URL without a query or a fragment")
         self.options = options
         self.root = str(parsed.origin())
         self.sub_path = parsed.path.rstrip("/")
