@@ -167,17 +167,20 @@ async def drain(app: web.Application, grace_s: float) -> None:
     gateway[READINESS].drain(core.replies_running)
     if core.replies_running():
         log.info("stopping: waiting for running replies", extra={"replies": core.replies_running()})
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(core.all_replies_ended(), grace_s)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(core.all_replies_ended(), grace_s)
+    finally:
+        # (also when a second signal cuts the wait short)
+        core.stop_pure_replies()
     if running := core.replies_running():
         log.warning(
             "stopping: replies still running after the grace period are stopped",
             extra={"replies": running, "grace_s": grace_s},
         )
     # Stopped (each stored with what it had, its clients told; a pure-API stream
-    # ended with an error event), then the sockets closed, so nothing holds the
-    # shutdown: clients reconnect to another replica.
-    core.stop_pure_replies()
+    # ended with an error event, above), then the sockets closed, so nothing holds
+    # the shutdown: clients reconnect to another replica.
     await core.replies.shutdown()
     # Their ends are queued for each socket's writer: a moment to send them.
     await asyncio.sleep(ENDS_FLUSH_S)

@@ -132,13 +132,9 @@ class Unavailable(ServerError):
 
 
 # A pure-API reply still running when a stopping replica's grace is over: its task
-# is cancelled with this message, and its client told so in its own protocol.
+# is cancelled with this message, and its client told so in its own protocol
+# (`edge/stopping.py`).
 SERVER_STOPPING = "The gateway is stopping; ask again (another replica will answer)"
-
-
-def stopping(cancelled: BaseException) -> bool:
-    """Whether a CancelledError is the stopping replica's (`SERVER_STOPPING`)."""
-    return SERVER_STOPPING in getattr(cancelled, "args", ())
 
 
 class DatabaseDown(Unavailable):

@@ -446,6 +446,7 @@ def test_check_config_connect_names_a_read_only_redis(tmp_path: Path) -> None:
         ("http://127.0.0.1:99999", "is not a URL"),
         ("http://[::1", "is not a URL"),
         (f"http://u:{PASSWORD}@127.0.0.1:1", "without credentials"),
+        (f"http://{PASSWORD}@127.0.0.1:1", "without credentials"),  # a token as the user
         (f"http://127.0.0.1:1/?token={PASSWORD}", "without a query"),
     ],
 )

@@ -27,7 +27,8 @@ from gateway.application.keys import ORIGINS, REPLIES, SETTINGS
 from gateway.application.replies import finished
 from gateway.commands import Ask
 from gateway.edge.auth import Principal
-from gateway.errors import SERVER_STOPPING, ModelNotFound, Unavailable, stopping
+from gateway.edge.stopping import stopped
+from gateway.errors import SERVER_STOPPING, ModelNotFound, Unavailable
 from gateway.events import (
     Event,
     ReasoningDelta,
@@ -121,12 +122,9 @@ async def answer(
     try:
         end, before = await finished(events)
     except asyncio.CancelledError as cancelled:
-        if not stopping(cancelled):
+        if not stopped(cancelled):
             raise
-        current = asyncio.current_task()
-        if current is not None:
-            current.uncancel()  # handled: the caller gets a 503 in its protocol
-        raise Unavailable(SERVER_STOPPING) from None
+        raise Unavailable(SERVER_STOPPING) from None  # a 503 in the caller's protocol
     return web.json_response(completion(ask, created, end, before))
 
 

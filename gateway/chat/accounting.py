@@ -7,6 +7,7 @@ stream's (`counted`, which nothing stores), and one that never ran (`never_ran`,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -14,7 +15,7 @@ from collections.abc import AsyncGenerator, Callable
 from gateway.chat.lifecycle import Phase, ReplyRun
 from gateway.chat.running import Running
 from gateway.edge import access, metrics
-from gateway.errors import GatewayError
+from gateway.errors import SERVER_STOPPING, GatewayError, Unavailable
 from gateway.events import Event, ReplyFailed, ReplyFinished
 
 ENDINGS = (ReplyFinished, ReplyFailed)
@@ -43,6 +44,10 @@ async def counted(
                 yield event
     except Exception as exc:
         status, code = Phase.FAILED, getattr(exc, "code", "internal_error")
+        raise
+    except asyncio.CancelledError as exc:
+        if SERVER_STOPPING in exc.args:  # a stopping replica's: its client told so
+            status, code = Phase.FAILED, Unavailable.code
         raise
     finally:
         metrics.REPLIES_RUNNING.dec()

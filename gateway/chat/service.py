@@ -45,12 +45,14 @@ from gateway.chat.turns import (
 )
 from gateway.commands import Ask, ReplyTarget, Say
 from gateway.edge.auth import Principal
+from gateway.edge.stopping import stopped
 from gateway.edge.trace import Traces
 from gateway.errors import (
     SERVER_STOPPING,
     BadRequest,
     GatewayError,
     NotFound,
+    Unavailable,
     UpstreamError,
 )
 from gateway.events import Event
@@ -89,6 +91,7 @@ class ChatService:
         self._slots = ReplySlots(max_replies_per_user)
         # The request tasks of pure-API replies running (`stop_pure_replies`).
         self._pure: set[asyncio.Task[Any]] = set()
+        self._stopping = False
         runner = ReplyRunner(
             store, hub, self.replies, self.presence, checkpoint_interval_s, traces, self._slots
         )
@@ -112,7 +115,9 @@ class ChatService:
     def stop_pure_replies(self) -> int:
         """A stopping replica past its grace: every pure-API reply's request cancelled
         (`SERVER_STOPPING`), which ends its stream with an error event in its own
-        protocol (a stored reply is stopped and stored by `replies.shutdown`)."""
+        protocol, or its answer with a 503 (a stored reply is stopped and stored by
+        `replies.shutdown`); and a new one refused with that 503."""
+        self._stopping = True
         for task in list(self._pure):
             task.cancel(SERVER_STOPPING)
         return len(self._pure)
@@ -130,13 +135,19 @@ class ChatService:
         Raises before any event when the model is unknown or the upstream
         refuses, so the caller can still answer with a plain HTTP error.
         """
+        if self._stopping:
+            raise Unavailable(SERVER_STOPPING)
         message_id = f"chatcmpl-{uuid.uuid4().hex}"
         user_id = principal.user_id
         self._slots.take(user_id)
         task = asyncio.current_task()
-        if task is not None and task not in self._pure:
-            self._pure.add(task)
-            task.add_done_callback(self._pure.discard)
+        if task is not None:
+            self._pure.add(task)  # until its reply ends (`ended`), not its request
+
+        def ended() -> None:
+            self._slots.release(user_id)
+            self._pure.discard(task)
+
         try:
             events = await self._starter.open(
                 ask.model,
@@ -148,11 +159,13 @@ class ChatService:
                 parent_id=None,
             )
         except BaseException as exc:
-            self._slots.release(user_id)
+            ended()
             if isinstance(exc, GatewayError):
                 refused(user_id, None, message_id, exc)
+            if stopped(exc):  # while its model server had not answered yet
+                raise Unavailable(SERVER_STOPPING) from None
             raise
-        return counted(events, user_id, message_id, lambda: self._slots.release(user_id))
+        return counted(events, user_id, message_id, ended)
 
     # -- backend-controlled mode ---------------------------------------------
     async def start_reply(self, principal: Principal, ask: Ask) -> StartedReply:

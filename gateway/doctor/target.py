@@ -76,11 +76,15 @@ def doctor_name() -> str:
     return f"doctor-{secrets.token_hex(4)}"
 
 
+_USER_INFO = re.compile(r"//[^/@\s]*@")
+
+
 def gateway_url(url: str) -> URL:
     """A gateway's URL as an operator gives it (`doctor`, `admin stats --url`,
     `trace --url`): http(s), a host and a port that can be, no credentials, query or
     fragment; else `UsageError`, one line that shows the URL masked."""
-    shown = repr(redact.url(url.strip()))
+    # Shown masked, the user part too (a token given as the URL's user).
+    shown = repr(_USER_INFO.sub("//***@", redact.url(url.strip())))
     try:
         parsed = URL(url.strip())
         origin = parsed.origin() if parsed.host else None  # (checks the port)

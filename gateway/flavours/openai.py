@@ -62,8 +62,9 @@ PASSTHROUGH_PARAMS = frozenset(
 )
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # Tool calling: the gateway relays a reply's text and reasoning, not a model's calls,
-# so a request that offers tools is refused rather than answered with its calls lost
-# (`finish_reason: "tool_calls"` and no `tool_calls`).
+# so a request that offers tools is refused rather than answered as if it offered
+# none (the tools never reached the model server, and a call it made anyway was lost:
+# `finish_reason: "tool_calls"` and no `tool_calls`).
 TOOL_PARAMS = ("tools", "functions")
 
 

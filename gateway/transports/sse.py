@@ -18,7 +18,8 @@ from aiohttp import web
 
 from gateway.edge import access, metrics
 from gateway.edge.origins import OriginPolicy, grant_stream
-from gateway.errors import SERVER_STOPPING, Unavailable, stopping
+from gateway.edge.stopping import stopped
+from gateway.errors import SERVER_STOPPING, Unavailable
 from gateway.events import Event, ReplyFailed
 from gateway.flavours.sse import KEEPALIVE
 
@@ -87,11 +88,13 @@ async def stream_events(
             # The client left; leaving the `async with` closes the upstream.
             pass
         except asyncio.CancelledError as cancelled:
-            if not stopping(cancelled):
+            if not stopped(cancelled):
                 raise
             # A stopping replica past its grace (`ChatService.stop_pure_replies`):
-            # the stream ends as a failed reply does, in its protocol, not cut.
-            _uncancel()
+            # the stream ends as a failed reply does, in its protocol, not cut
+            # (unless its end went out already: then it is done).
+            if not response.prepared or getattr(response, "_eof_sent", False):
+                return response
             with contextlib.suppress(ConnectionResetError):
                 await response.write(b"".join(encode(STOPPED)))
                 await response.write_eof()
@@ -100,16 +103,10 @@ async def stream_events(
     return response
 
 
-# What a stream cancelled by a stopping replica ends with (each flavour's failure).
+# What a pure-API stream cancelled by a stopping replica ends with (the OpenAI
+# encoder's failure: an error chunk, then `[DONE]`; only pure-API replies are
+# cancelled so).
 STOPPED = ReplyFailed(None, "", 0, Unavailable.code, SERVER_STOPPING)
-
-
-def _uncancel() -> None:
-    """The stopping replica's cancellation is handled here: the task goes on to
-    answer (its `cancelling()` count back to zero, as `asyncio.timeout` expects)."""
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
 
 
 async def send_all(

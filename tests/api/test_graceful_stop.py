@@ -108,18 +108,23 @@ async def test_a_reply_longer_than_the_grace_is_stopped_and_kept(
     assert [m["content"] for m in stored] == [text], stored
 
 
-@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize(
+    ("model", "stream"),
+    [("fake-crawl", True), ("fake-crawl", False), ("fake-loading", True)],
+)
 async def test_a_pure_api_reply_longer_than_the_grace_ends_in_its_protocol(
-    start_gateway: Any, fake_upstream: FakeUpstream, stream: bool
+    start_gateway: Any, fake_upstream: FakeUpstream, model: str, stream: bool
 ) -> None:
     """Nothing stores a pure-API reply, and it is its request's: past the grace its
-    client is told the gateway is stopping (an error event and `[DONE]`, or a 503),
+    client is told the gateway is stopping (an error event and `[DONE]` once it
+    streams; a 503 for a JSON answer, or while the model server has not answered),
     not cut, and the replica exits at once (it waited for aiohttp's own shutdown)."""
     gw: GatewayProcess = start_gateway(
         {"OPENAI_API_BASE_URL": fake_upstream.url, "GATEWAY_SHUTDOWN_GRACE_S": "0.5"}
     )
     _, token = user()
-    body = {"model": "fake-crawl", "messages": [{"role": "user", "content": "go"}]}
+    body = {"model": model, "messages": [{"role": "user", "content": "go"}]}
+    streams = stream and model == "fake-crawl"  # (fake-loading never answers)
     headers = {"Authorization": f"Bearer {token}"}
     assert gw.proc is not None
     async with aiohttp.ClientSession() as http:
@@ -127,7 +132,7 @@ async def test_a_pure_api_reply_longer_than_the_grace_ends_in_its_protocol(
         async def ask() -> tuple[int, bytes]:
             url = f"{gw.url}/v1/chat/completions"
             async with http.post(url, json={**body, "stream": stream}, headers=headers) as resp:
-                if stream:
+                if streams:
                     first = await asyncio.wait_for(resp.content.readline(), TIMEOUT_S)
                     assert first.startswith(b"data: {"), first
                     asking.set()
@@ -135,14 +140,14 @@ async def test_a_pure_api_reply_longer_than_the_grace_ends_in_its_protocol(
 
         asking = asyncio.Event()
         asked = asyncio.create_task(ask())
-        if stream:
+        if streams:
             await asyncio.wait_for(asking.wait(), TIMEOUT_S)
         else:
-            await asyncio.sleep(0.5)  # (its answer comes whole, at the end)
+            await asyncio.sleep(0.5)  # (its answer comes whole, at the end, or never)
         stopped_at = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
         status, answer = await asked
-    if stream:
+    if streams:
         lines = [line for line in answer.decode().splitlines() if line.startswith("data: ")]
         assert lines[-1] == "data: [DONE]", lines[-3:]
         error = json.loads(lines[-2].removeprefix("data: "))["error"]
