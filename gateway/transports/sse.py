@@ -75,11 +75,13 @@ async def stream_events(
     async with contextlib.aclosing(events):
         await response.prepare(request)
         counted = access.connection_opened("sse", flavour)
+        last: list[bytes] = []  # the frames written last
         try:
             async with Keepalive(response, keepalive_s) as keepalive:
                 async for event in events:
                     frames = encode(event)
                     if frames:
+                        last = frames
                         await response.write(frames[0] if len(frames) == 1 else b"".join(frames))
                         keepalive.wrote()
                         metrics.HOT.delivered_sse += 1
@@ -96,7 +98,8 @@ async def stream_events(
             if not response.prepared or getattr(response, "_eof_sent", False):
                 return response
             with contextlib.suppress(ConnectionResetError):
-                await response.write(b"".join(encode(STOPPED)))
+                if not (last and last[-1].rstrip().endswith(b"[DONE]")):
+                    await response.write(b"".join(encode(STOPPED)))
                 await response.write_eof()
         finally:
             counted()
