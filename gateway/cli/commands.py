@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from gateway.cli import logs
@@ -80,6 +81,8 @@ def _with_store(args: argparse.Namespace, action: Any) -> int:
     loaded = _load(args)
     preflight.prepare(loaded)
     settings = loaded.settings
+    sqlite = _sqlite_file(settings.database_url, settings.data_dir)
+    made = sqlite is not None and not sqlite.exists()
 
     async def run() -> int:
         try:
@@ -89,6 +92,14 @@ def _with_store(args: argparse.Namespace, action: Any) -> int:
         except StoreUnavailable as exc:
             field = "database_url" if settings.database_url else "data_dir"
             raise loaded.error(field, f"cannot open the database: {exc}") from None
+        if made:
+            # A command run with another DATA_DIR than the server's would otherwise
+            # work, unseen, on a store of its own.
+            print(
+                f"gateway: note: no database was at {sqlite}: a new one was made; if a "
+                "gateway already runs, give this command its DATA_DIR or DATABASE_URL",
+                file=sys.stderr,
+            )
         try:
             result: int = await action(store)
             return result
@@ -96,6 +107,17 @@ def _with_store(args: argparse.Namespace, action: Any) -> int:
             await store.close()
 
     return asyncio.run(run())
+
+
+def _sqlite_file(database_url: str, data_dir: Path) -> Path | None:
+    """The SQLite file the settings name (None: PostgreSQL)."""
+    from gateway.store import SQLITE_FILE
+
+    if not database_url:
+        return data_dir / SQLITE_FILE
+    if database_url.startswith("sqlite:///"):
+        return Path(database_url.removeprefix("sqlite:///"))
+    return None
 
 
 async def _find_user(store: Any, who: str) -> Any:

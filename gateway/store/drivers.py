@@ -25,7 +25,9 @@ surrogate), here for both databases, whatever route or flavour it came from.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -191,6 +193,10 @@ class SQLiteDriver:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
 
         def connect() -> sqlite3.Connection:
+            # A new database is made readable by its owner only (it holds password
+            # hashes); SQLite gives its WAL and shared-memory files the same mode.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             # isolation_level=None: BEGIN/COMMIT are ours.  The connection is
             # only ever used from the executor's one thread.
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)

@@ -141,6 +141,10 @@ def test_cli_users_and_api_keys(start_gateway: Any, tmp_path: Path) -> None:
         "admin",
     )
     assert added.returncode == 0, added.stderr
+    # The first command made the store: it says so (a wrong DATA_DIR shows), once;
+    # and the database, which holds password hashes, is its owner's alone.
+    assert "gateway: note: no database was at" in added.stderr, added.stderr
+    assert (data / "gateway.db").stat().st_mode & 0o777 == 0o600
     user_id = added.stdout.split("\t")[0]
     assert (
         run_cli(
@@ -148,8 +152,9 @@ def test_cli_users_and_api_keys(start_gateway: Any, tmp_path: Path) -> None:
         ).returncode
         == 1
     )
-    listed = run_cli(data, "users", "list").stdout
-    assert "root@example.com" in listed and "admin" in listed
+    listed = run_cli(data, "users", "list")
+    assert "root@example.com" in listed.stdout and "admin" in listed.stdout
+    assert "note:" not in listed.stderr
     key = run_cli(data, "apikey", "create", "--user", "root@example.com").stdout.strip()
     ragflow_key = run_cli(
         data, "apikey", "create", "--user", user_id, "--kind", "ragflow"
