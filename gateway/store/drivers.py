@@ -208,7 +208,7 @@ class SQLiteDriver:
 
         try:
             conn = await asyncio.get_running_loop().run_in_executor(executor, connect)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # (OSError: making the file)
             executor.shutdown(wait=False)
             raise StoreUnavailable(why_unavailable(exc)) from None
         return cls(conn, executor)
