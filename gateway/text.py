@@ -10,7 +10,8 @@ or upstream can bring such text to a store.
 
 A leaf module, like `jsonwire.py`: the store, the routes and the codecs import it.
 It also cuts a WebSocket close frame's reason to size without splitting a character
-(`close_reason`).
+(`close_reason`), and escapes a client's control characters for a header or a log
+line (`printable`).
 """
 
 from __future__ import annotations
@@ -93,3 +94,19 @@ def close_reason(text: str) -> bytes:
     """`text` as a close frame's reason: UTF-8, at most 123 bytes, cut between two
     characters (a reason that is not valid UTF-8 makes clients drop the close code)."""
     return storable(text).encode()[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode()
+
+
+# Control characters, and the backslash that starts an escape (so an escaped CR is
+# told from the text "\\x0d").
+_CONTROL = re.compile("[\x00-\x1f\x7f\\\\]")
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters (and backslashes) written as `\\xNN`: a
+    client's text in a header or a log line, which a CR, LF or NUL would split or
+    corrupt."""
+    return _CONTROL.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return f"\\x{ord(match[0]):02x}"

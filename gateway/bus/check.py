@@ -158,8 +158,9 @@ async def _tried(client: Any, keys: tuple[str, str, str, str]) -> list[str]:
         listener = client.pubsub()
         try:
             await listener.subscribe(string)
-            while await listener.get_message(timeout=1.0) is None:
-                pass  # until the subscription is confirmed or refused (bounded above)
+            said = None
+            while said is None:  # until the subscription is confirmed or refused (bounded)
+                said = await listener.get_message(timeout=1.0)
             await listener.unsubscribe(string)
         finally:
             await listener.aclose()

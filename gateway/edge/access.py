@@ -39,6 +39,7 @@ from aiohttp.web_request import BaseRequest
 from prometheus_client import Gauge
 
 from gateway.edge import metrics
+from gateway.text import printable
 
 log = logging.getLogger("gateway.access")
 
@@ -111,15 +112,6 @@ async def send_id(request: web.Request, response: web.StreamResponse) -> None:
         response.headers[HEADER] = access.request_id
 
 
-# A control character in a path (`%0d%0a`, `%00` decode to them) would split or
-# corrupt the text log's line: written escaped.
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
-
-
-def _escaped(match: re.Match[str]) -> str:
-    return f"\\x{ord(match[0]):02x}"
-
-
 class AccessLogger(AbstractAccessLogger):
     """aiohttp's access log hook: one line per request, and `gateway_http_requests_total`."""
 
@@ -133,7 +125,7 @@ class AccessLogger(AbstractAccessLogger):
             level,
             "%s %s %d",
             request.method,
-            _CONTROL.sub(_escaped, request.path),
+            printable(request.path),  # (`%0d%0a` or `%00` would split the line)
             response.status,
             extra={
                 "request_id": access.request_id if access else None,

@@ -12,7 +12,6 @@ SSE (`stream: true`) or returns the OpenAI JSON when it ends.
 
 from __future__ import annotations
 
-import re
 import time
 
 from aiohttp import web
@@ -30,6 +29,7 @@ from gateway.flavours.openwebui import (
     is_web_app_turn,
     lost_socket,
 )
+from gateway.text import printable
 from gateway.transports.sse import stream_events
 
 REPAIRED_HEADER = "X-Gateway-Repaired"
@@ -85,12 +85,8 @@ MAX_HEADER_CHARS = 256
 def header_value(text: str) -> str:
     """`text` as a header's value: control characters (a CR or LF would end the
     header, and aiohttp refuses to send it) escaped, and at most MAX_HEADER_CHARS."""
-    safe = _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+    safe = printable(text)
     return safe if len(safe) <= MAX_HEADER_CHARS else safe[: MAX_HEADER_CHARS - 3] + "..."
-
-
-# Control characters, and the backslash (so an escaped CR is told from "\x0d").
-_CONTROL = re.compile("[\x00-\x1f\x7f\\\\]")
 
 
 def add_routes(app: web.Application) -> None:
