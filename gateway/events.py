@@ -47,6 +47,19 @@ class ReasoningDelta(ReplyEvent):
     item: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta(ReplyEvent):
+    """A piece of a call the model makes to a tool its request offered (a pure API
+    reply's only: a stored chat offers none).  `index` names the call within the
+    reply; its first piece carries `call_id` and `name`, the pieces after it more of
+    `arguments`, a JSON text cut anywhere (`flavours/openai.py` joins them)."""
+
+    index: int
+    arguments: str = ""
+    call_id: str | None = None
+    name: str | None = None
+
+
 def output_item_id(kind: str, message_id: str, index: int) -> str:
     """The id of a reply's `output` item ("text" or "reasoning"), the same while it
     streams and once stored (Open WebUI's ids are "msg_…" and "r_…")."""
@@ -189,6 +202,7 @@ AnyReplyEvent = (
     ReplyStarted
     | TextDelta
     | ReasoningDelta
+    | ToolCallDelta
     | StatusChanged
     | SourcesFound
     | ReplyFinished

@@ -142,6 +142,7 @@ def completion(
         end.finish_reason,
         end.usage,
         reasoning,
+        codec.tool_calls(before),
     )
 
 

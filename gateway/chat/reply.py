@@ -1,12 +1,14 @@
 """One reply: an upstream stream turned into numbered canonical events.
 
-    ReplyStarted, (TextDelta | ReasoningDelta)*, ReplyFinished | ReplyFailed
+    ReplyStarted, (TextDelta | ReasoningDelta | ToolCallDelta)*, ReplyFinished | ReplyFailed
 
 `seq` counts from 0 within the reply, one number per event whatever its kind.
 A chat's reply (`split_reasoning`) has its reasoning cut from its text
 (`reasoning.py`: `<think>` tags and the like), its items numbered for Open
 WebUI's `output`, and its text trimmed as Open WebUI trims it; a pure API reply
-is the upstream's text as it came.
+is the upstream's text as it came, and the model's tool calls (`ToolCallDelta`)
+its request offered tools for.  A chat's request offers none, and a call a
+model makes anyway has nowhere to be shown or stored: it is not relayed.
 Upstream failures become a `ReplyFailed` carrying the text streamed so far;
 cancellation is not caught here (the caller decides what a cancelled reply
 means, and numbers its ending after `last_seq`), but the upstream request is
@@ -29,6 +31,7 @@ from gateway.events import (
     ReplyFinished,
     ReplyStarted,
     TextDelta,
+    ToolCallDelta,
     Usage,
 )
 from gateway.upstream import ReplyStream
@@ -86,6 +89,17 @@ async def reply_events(
                         parts.append(chunk.text)
                         seq += 1
                         yield TextDelta(chat_id, message_id, seq, chunk.text)
+                    for call in chunk.tool_calls:
+                        seq += 1
+                        yield ToolCallDelta(
+                            chat_id,
+                            message_id,
+                            seq,
+                            call.index,
+                            call.arguments,
+                            call.call_id,
+                            call.name,
+                        )
                 if chunk.finish_reason:
                     finish_reason = chunk.finish_reason
                 if chunk.usage is not None:

@@ -6,9 +6,22 @@ Stream shape, one SSE event per chunk::
            "model": "m", "choices": [{"index": 0, "delta": {"content": "Hel"},
                                       "finish_reason": null}]}
     ...
+    data: {... "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
+           "id": "call_1", "type": "function",                    a tool call's first piece
+           "function": {"name": "f", "arguments": ""}}]}, ...}]}
+    data: {... "delta": {"tool_calls": [{"index": 0,
+           "function": {"arguments": "{\\"a\\": 1}"}}]} ...}             and its arguments
     data: {... "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
     data: {... "choices": [], "usage": {...}}        only with stream_options.include_usage
     data: [DONE]
+
+Tool calling is relayed: the tools a request offers go to the model server with
+`tool_choice` and `parallel_tool_calls`, and the calls the model makes come
+back as `tool_calls` deltas (streamed) or the message's `tool_calls` (not
+streamed), `finish_reason: "tool_calls"`.  The conversation that follows
+(assistant messages with `tool_calls`, `tool` messages with the results) goes
+to the model server as the client wrote it.  OpenAI's deprecated `functions`
+are refused, with the name of their replacement.
 
 A failure mid-stream is one `data: {"error": {message, type, code}}` event
 then `[DONE]`: the `openai` package raises on it instead of hanging.
@@ -33,6 +46,7 @@ from gateway.events import (
     ReplyFinished,
     ReplyStarted,
     TextDelta,
+    ToolCallDelta,
     Usage,
 )
 from gateway.flavours.sse import data_frame
@@ -61,11 +75,12 @@ PASSTHROUGH_PARAMS = frozenset(
     }
 )
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-# Tool calling: the gateway relays a reply's text and reasoning, not a model's calls,
-# so a request that offers tools is refused rather than answered as if it offered
-# none (the tools never reached the model server, and a call it made anyway was lost:
-# `finish_reason: "tool_calls"` and no `tool_calls`).
-TOOL_PARAMS = ("tools", "functions")
+# Tool calling (module docstring): what goes to the model server as it came, checked
+# only for its shape; OpenAI's own bound on the tools one request offers.
+TOOL_PARAMS = ("tools", "tool_choice", "parallel_tool_calls")
+MAX_TOOLS = 128
+# OpenAI's deprecated form, which vLLM and Ollama do not take.
+LEGACY_TOOL_PARAMS = ("functions", "function_call")
 
 
 def decode_common(body: Any) -> tuple[Mapping[str, Any], str, bool]:
@@ -81,8 +96,10 @@ def decode_common(body: Any) -> tuple[Mapping[str, Any], str, bool]:
     return body, model, stream
 
 
-def decode_request(body: Any) -> Ask:
-    """Validate a `/v1/chat/completions` body; raise BadRequest naming the fault."""
+def decode_request(body: Any, tools: bool = True) -> Ask:
+    """Validate a `/v1/chat/completions` body; raise BadRequest naming the fault.
+    `tools`: whether the route relays tool calling (RAGFlow's answers with an
+    assistant's own prompt, and refuses a request that offers tools)."""
     body, model, stream = decode_common(body)
     messages = decode_messages(body.get("messages"))
     options = body.get("stream_options") or {}
@@ -91,13 +108,8 @@ def decode_request(body: Any) -> Ask:
     n = body.get("n", 1)
     if n != 1:
         raise BadRequest("Only n=1 is supported")
-    offered = [key for key in TOOL_PARAMS if body.get(key)]
-    if offered:
-        raise BadRequest(
-            f"Tool calling ({', '.join(repr(key) for key in offered)}) is not supported: "
-            "the gateway relays text replies; send the request without it"
-        )
     params = {key: body[key] for key in PASSTHROUGH_PARAMS if key in body}
+    params.update(decode_tools(body, tools))
     return Ask(
         model=model,
         messages=messages,
@@ -105,6 +117,33 @@ def decode_request(body: Any) -> Ask:
         include_usage=bool(options.get("include_usage", False)),
         params=params,
     )
+
+
+def decode_tools(body: Mapping[str, Any], relayed: bool = True) -> dict[str, Any]:
+    """The request's tool-calling parameters, for the model server (an empty `tools`
+    is left out: some servers refuse it); BadRequest for a shape no server takes."""
+    legacy = [key for key in LEGACY_TOOL_PARAMS if body.get(key) is not None]
+    if legacy:
+        raise BadRequest(
+            f"{' and '.join(repr(key) for key in legacy)}: OpenAI's deprecated form of tool "
+            "calling is not supported; send 'tools' (and 'tool_choice')"
+        )
+    params = {key: body[key] for key in TOOL_PARAMS if body.get(key) not in (None, [])}
+    if params and not relayed:
+        raise BadRequest(
+            f"Tool calling ({', '.join(repr(key) for key in params)}) is not supported on "
+            "this route: it answers with the assistant's own prompt; send the request without it"
+        )
+    offered = params.get("tools", [])
+    if not isinstance(offered, list) or not all(isinstance(tool, Mapping) for tool in offered):
+        raise BadRequest("'tools' must be an array of objects")
+    if len(offered) > MAX_TOOLS:
+        raise BadRequest(f"'tools' may offer at most {MAX_TOOLS} tools")
+    if not isinstance(params.get("tool_choice", ""), str | Mapping):
+        raise BadRequest("'tool_choice' must be a string or an object")
+    if not isinstance(params.get("parallel_tool_calls", True), bool):
+        raise BadRequest("'parallel_tool_calls' must be a boolean")
+    return params
 
 
 def decode_messages(messages: Any) -> list[dict[str, Any]]:
@@ -180,6 +219,8 @@ class ChunkEncoder:
             return [self._data + self._content_prefix + jsonwire.text(event.text) + self._suffix]
         if isinstance(event, ReasoningDelta):
             return [self._data + self._reasoning_prefix + jsonwire.text(event.text) + self._suffix]
+        if isinstance(event, ToolCallDelta):
+            return [self._chunk({"tool_calls": [tool_call_delta(event)]}, None)]
         if isinstance(event, ReplyStarted):
             if not self._model_given:
                 self._model = event.model
@@ -205,6 +246,41 @@ class ChunkEncoder:
         return data_frame(_dumps(chunk), self._space)
 
 
+def tool_call_delta(event: ToolCallDelta) -> dict[str, Any]:
+    """One piece of a call, as a streamed `delta.tool_calls` entry has it."""
+    call: dict[str, Any] = {"index": event.index}
+    if event.call_id is not None:
+        call["id"] = event.call_id
+    if event.call_id is not None or event.name is not None:
+        call["type"] = "function"
+    if event.name is None:
+        call["function"] = {"arguments": event.arguments}
+    else:
+        call["function"] = {"name": event.name, "arguments": event.arguments}
+    return call
+
+
+def tool_calls(events: Iterable[Event]) -> list[dict[str, Any]]:
+    """A reply's tool calls whole, as a `chat.completion` message has them: each
+    call's pieces joined, the calls in the order of their index."""
+    calls: dict[int, tuple[dict[str, Any], list[str]]] = {}
+    for event in events:
+        if not isinstance(event, ToolCallDelta):
+            continue
+        if event.index not in calls:
+            function = {"name": "", "arguments": ""}
+            calls[event.index] = ({"id": "", "type": "function", "function": function}, [])
+        call, arguments = calls[event.index]
+        if event.call_id is not None:
+            call["id"] = event.call_id
+        if event.name is not None:
+            call["function"]["name"] = event.name
+        arguments.append(event.arguments)
+    for call, arguments in calls.values():
+        call["function"]["arguments"] = "".join(arguments)
+    return [calls[index][0] for index in sorted(calls)]
+
+
 def completion_body(
     completion_id: str,
     model: str,
@@ -213,11 +289,15 @@ def completion_body(
     finish_reason: str,
     usage: Usage,
     reasoning: str = "",
+    calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The non-streaming `chat.completion` object."""
-    message: dict[str, Any] = {"role": "assistant", "content": content}
+    """The non-streaming `chat.completion` object; a message that is only tool calls
+    has no content (`null`, as OpenAI's)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
     if reasoning:
         message["reasoning_content"] = reasoning
+    if calls:
+        message["tool_calls"] = calls
     return {
         "id": completion_id,
         "object": "chat.completion",

@@ -17,11 +17,22 @@ from gateway.events import Usage
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallPiece:
+    """A piece of one of the model's tool calls (`events.ToolCallDelta`'s fields)."""
+
+    index: int
+    arguments: str = ""
+    call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     text: str = ""
     reasoning: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    tool_calls: tuple[ToolCallPiece, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

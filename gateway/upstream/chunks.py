@@ -5,6 +5,10 @@ Bytes in, as they arrive, in any pieces; `Chunk`s out (`upstream/__init__.py`)::
     data: {"choices": [{"delta": {"content": "Hel",              → Chunk(text="Hel")
                                   "reasoning_content": "…"},     → reasoning (vLLM, DeepSeek;
                         "finish_reason": null}]}                   Ollama says "reasoning")
+    data: {"choices": [{"delta": {"tool_calls": [{"index": 0,    → a piece of a tool call
+                        "id": "call_1", "function": {"name":      (`ToolCallPiece`: its id
+                        "f", "arguments": "{\\"a"}}]}}]}              and name come first, its
+                                                                   arguments in pieces)
     data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}  → Chunk(finish_reason="stop")
     data: {"choices": [], "usage": {"prompt_tokens": 3,          → Chunk(usage=Usage(3, 7))
                                     "completion_tokens": 7}}
@@ -27,9 +31,11 @@ from typing import Any
 from gateway import jsonwire
 from gateway.events import Usage
 from gateway.flavours.sse import SSEParser
-from gateway.upstream import Chunk
+from gateway.upstream import Chunk, ToolCallPiece
 
 MAX_EVENT_BYTES = 1024 * 1024
+# Tool calls in one reply (OpenAI's own bound on the tools a request may offer).
+MAX_TOOL_CALLS = 128
 # Characters of a bad payload quoted in the log detail.
 QUOTED_CHARS = 200
 
@@ -55,7 +61,8 @@ class ChunkDecoder:
         self._parser = SSEParser(max_event_bytes)
         self.done = False
         self.finished = False
-        # Content deltas that were not text, quoted for the log (`upstream/openai.py`
+        # Content deltas that were not text, and tool calls with nothing in them,
+        # quoted for the log (`upstream/openai.py`
         # warns once per reply): read leniently, never silently.
         self.unreadable: list[str] = []
 
@@ -128,12 +135,52 @@ class ChunkDecoder:
         if not text and content not in (None, "", []) and not isinstance(content, str):
             # A number, an object, parts with no text: nothing a reply can show.
             self.unreadable.append(repr(content)[:QUOTED_CHARS])
+        calls = delta.get("tool_calls")
         return Chunk(
             text=text,
             reasoning=_text(reasoning),
             finish_reason=reason if isinstance(reason, str) and reason else None,
             usage=usage,
+            tool_calls=self._tool_calls(calls) if calls else (),
         )
+
+    def _tool_calls(self, raw: Any) -> tuple[ToolCallPiece, ...]:
+        """A delta's pieces of tool calls.  A call with no `index` (a server that sends
+        each call whole) is numbered by its place in the list; an arguments object (not
+        the JSON text OpenAI sends) is written as that text."""
+        if not isinstance(raw, list):
+            self.unreadable.append(repr(raw)[:QUOTED_CHARS])
+            return ()
+        pieces = []
+        for position, entry in enumerate(raw):
+            function = entry.get("function") if isinstance(entry, dict) else None
+            if not isinstance(function, dict):
+                function = {}
+            index = entry.get("index") if isinstance(entry, dict) else None
+            if type(index) is not int or index < 0:
+                index = position
+            if index >= MAX_TOOL_CALLS:
+                raise BadStream(
+                    f"The model server for '{self._model}' made more than "
+                    f"{MAX_TOOL_CALLS} tool calls",
+                    f"a tool call numbered {index}",
+                )
+            call_id = entry.get("id") if isinstance(entry, dict) else None
+            name = function.get("name")
+            arguments = function.get("arguments")
+            if isinstance(arguments, dict | list):
+                arguments = jsonwire.dumps(arguments)
+            piece = ToolCallPiece(
+                index,
+                _text(arguments),
+                encodable(call_id) if isinstance(call_id, str) and call_id else None,
+                encodable(name) if isinstance(name, str) and name else None,
+            )
+            if piece.arguments or piece.call_id or piece.name:
+                pieces.append(piece)
+            else:
+                self.unreadable.append(repr(entry)[:QUOTED_CHARS])
+        return tuple(pieces)
 
     def _object(self, payload: str) -> dict[str, Any]:
         try:

@@ -293,7 +293,8 @@ class OpenAIStream:
                 silence.stop()
             if decoder.unreadable:
                 log.warning(
-                    "model server sent content deltas that are not text; they were skipped",
+                    "model server sent deltas with nothing readable (content that is not text, "
+                    "a tool call with no id, name or arguments); they were skipped",
                     extra={
                         "model": self._model,
                         "upstream": self._base_url,

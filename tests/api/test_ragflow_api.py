@@ -525,6 +525,26 @@ def test_openai_route_last_message_not_from_user(
     assert body["code"] == 102, body
 
 
+def test_openai_route_refuses_offered_tools_in_its_own_shape(
+    gateway: GatewayProcess, fake_upstream: FakeUpstream
+) -> None:
+    """The route answers with the assistant's own prompt: a request that offers tools
+    is told so, and nothing reaches the model server (an empty list is no offer)."""
+    user = User(gateway)
+    chat_id = user.chat()["id"]
+    question = f"tools {uuid.uuid4().hex[:8]}"
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {}}}
+    body = {"model": "m", "messages": [{"role": "user", "content": question}], "stream": False}
+    refused = user.api(
+        "POST", f"/chats_openai/{chat_id}/chat/completions", {**body, "tools": [tool]}
+    )
+    assert refused["code"] == 101 and "not supported on this route" in refused["message"], refused
+    assert fake_upstream.requests_for(question) == []
+    answered = user.api("POST", f"/chats_openai/{chat_id}/chat/completions", {**body, "tools": []})
+    assert answered["choices"][0]["message"]["content"] == reply(question), answered
+    assert "tools" not in fake_upstream.requests_for(question)[-1].body
+
+
 # -- errors ------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("method", "path", "body"),

@@ -21,6 +21,13 @@ Models and what they do:
     fake-flood     1,000 deltas of 5,000 characters, no pause (5 MB: slow-consumer tests);
                    `max_tokens` caps the number of deltas
 
+Offered tools (`tools`), any model calls them instead of answering, as a model
+would (`tool_call_deltas`): each offered tool (only the first with
+`parallel_tool_calls: false`, only the one `tool_choice` names) with arguments
+`{"question": <last user text>}`, the call's id and name first, then its arguments
+in 3-character pieces, and `finish_reason: "tool_calls"`.  Once the last message
+is a tool's result, it answers "Fake reply to tool result: <the result>".
+
 Every request is recorded (`requests`), with `disconnected=True` when the
 client closed the connection before the reply ended.  `GET /v1/models` calls are
 counted (`models_calls`); with `models_delay_s` set, each waits that long first
@@ -88,7 +95,33 @@ async def loading(request: web.Request) -> None:
         await asyncio.sleep(0.02)
 
 
+def tool_call_deltas(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The deltas of the calls a model makes to the tools `body` offers (none once
+    the conversation ends with a tool's result)."""
+    tools = [tool["function"]["name"] for tool in body.get("tools") or []]
+    messages = body["messages"]
+    if not tools or messages[-1].get("role") != "user":
+        return []
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        tools = [choice["function"]["name"]]
+    elif body.get("parallel_tool_calls") is False:
+        tools = tools[:1]
+    arguments = json.dumps({"question": last_user_text(messages)})
+    deltas = []
+    for index, name in enumerate(tools):
+        function = {"name": name, "arguments": ""}
+        first = {"index": index, "id": f"call_fake{index}", "type": "function"}
+        deltas.append({"tool_calls": [{**first, "function": function}]})
+        for start in range(0, len(arguments), 3):
+            piece = {"arguments": arguments[start : start + 3]}
+            deltas.append({"tool_calls": [{"index": index, "function": piece}]})
+    return deltas
+
+
 def reply_text(model: str, messages: list[dict[str, Any]]) -> str:
+    if messages and messages[-1].get("role") == "tool":
+        return "".join(deltas_of(model, f"Fake reply to tool result: {messages[-1]['content']}"))
     asked = last_user_text(messages)
     task = TASK_ANSWERS.get(asked.partition("\n")[0])
     if task is not None:
@@ -219,6 +252,12 @@ class FakeUpstream:
 
         delay = {"fake-slow": 0.02, "fake-crawl": 0.05, "fake-flood": 0.0}.get(model, self.delay_s)
         await send({"role": "assistant", "content": ""})
+        calls = tool_call_deltas(body)
+        for delta in calls:
+            await asyncio.sleep(delay)
+            await send(delta)
+        if calls:
+            pieces = []
         if model == "fake-reasoner":
             for piece in ("Let me ", "think."):
                 await send({"reasoning_content": piece})
@@ -233,7 +272,7 @@ class FakeUpstream:
                 await send({"content": [{"type": "text", "text": piece}]})
             else:
                 await send({"content": piece})
-        await send({}, "stop")
+        await send({}, "tool_calls" if calls else "stop")
         if model != "fake-nousage":
             usage = {
                 **head,

@@ -10,7 +10,7 @@ import pytest
 
 import gateway.events as events
 from gateway.errors import BadRequest
-from gateway.flavours.openai import ChunkEncoder, decode_request
+from gateway.flavours.openai import ChunkEncoder, decode_request, tool_calls
 from gateway.flavours.sse import SSEParser
 
 VECTORS = sorted((Path(__file__).parent.parent / "vectors" / "openai").glob("*.json"))
@@ -64,6 +64,13 @@ def test_encoder_matches_golden_frames(path: Path) -> None:
         ({"model": "m", "messages": ["x"]}, "messages[0]"),
         ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "content"),
         ({"model": "m", "messages": [{"role": "user"}], "stream_options": 3}, "stream_options"),
+        ({"model": "m", "messages": [{"role": "user"}], "tools": {"a": 1}}, "'tools' must be"),
+        ({"model": "m", "messages": [{"role": "user"}], "tools": ["f"]}, "'tools' must be"),
+        ({"model": "m", "messages": [{"role": "user"}], "tools": [{}] * 129}, "at most 128"),
+        ({"model": "m", "messages": [{"role": "user"}], "tool_choice": 1}, "'tool_choice'"),
+        ({"model": "m", "messages": [{"role": "user"}], "parallel_tool_calls": 1}, "'parallel"),
+        ({"model": "m", "messages": [{"role": "user"}], "functions": [{}]}, "deprecated"),
+        ({"model": "m", "messages": [{"role": "user"}], "function_call": "auto"}, "'tools'"),
     ],
 )
 def test_decode_refuses_bad_requests(body: Any, fragment: str) -> None:
@@ -83,6 +90,45 @@ def test_decode_keeps_only_known_params() -> None:
         }
     )
     assert ask.stream and ask.include_usage and ask.params == {"temperature": 0.5}
+
+
+def test_decode_passes_tool_calling_through_and_leaves_out_an_empty_tools() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [tool]}
+    choice = {"type": "function", "function": {"name": "f"}}
+    ask = decode_request({**body, "tool_choice": choice, "parallel_tool_calls": False})
+    assert ask.params == {"tools": [tool], "tool_choice": choice, "parallel_tool_calls": False}
+    assert decode_request({**body, "tools": []}).params == {}
+    # A route that does not relay tools (RAGFlow's) refuses them, not an empty list.
+    with pytest.raises(BadRequest, match="not supported on this route"):
+        decode_request(body, tools=False)
+    assert decode_request({**body, "tools": []}, tools=False).params == {}
+
+
+def test_a_streamed_reply_and_its_tool_calls_whole_say_the_same() -> None:
+    """What a client joins from the streamed pieces (as the `openai` package's stream
+    helper does) is the message of the same reply not streamed (`tool_calls`)."""
+    vector = json.loads((VECTORS[0].parent / "tool_calls.json").read_text())
+    built = [build(spec, vector["message_id"], seq) for seq, spec in enumerate(vector["events"])]
+    joined: dict[int, dict[str, Any]] = {}
+    for payload in SSEParser().feed("".join(vector["frames"]).encode())[:-1]:
+        for choice in json.loads(payload)["choices"]:
+            for piece in choice["delta"].get("tool_calls", []):
+                call = joined.setdefault(
+                    piece["index"],
+                    {"id": "", "type": "", "function": {"name": "", "arguments": ""}},
+                )
+                call["id"] += piece.get("id", "")
+                call["type"] += piece.get("type", "")
+                call["function"]["name"] += piece["function"].get("name", "")
+                call["function"]["arguments"] += piece["function"]["arguments"]
+    whole = tool_calls(built)
+    assert whole == [joined[index] for index in sorted(joined)]
+    assert [json.loads(call["function"]["arguments"]) for call in whole] == [
+        {"city": "Tromsø"},
+        {},
+    ]
+    assert [call["id"] for call in whole] == ["call_a", "call_b"]
 
 
 # SSE parsing, in h11's style: each vector whole, one byte at a time, and split before its end.

@@ -6,7 +6,9 @@ The vectors live in `tests/vectors/upstream/`, one kind of file::
     <case>.json   {"description", "model", "max_event_bytes"?: <the bound>,
                    "body": ["data: {...}\\n\\n", ...],         joined, sent as UTF-8
                    "chunks": [{"text"?, "reasoning"?, "finish_reason"?,
-                               "usage"?: {"prompt_tokens", "completion_tokens"}}, ...],
+                               "usage"?: {"prompt_tokens", "completion_tokens"},
+                               "tool_calls"?: [{"index", "id"?, "name"?,
+                                                "arguments"?}, ...]}, ...],
                    "end": "done"       [DONE] read: the connection goes back to the pool
                         | "closed"     the body ended, the reply whole
                         | {"error": {"message", "detail"}}}
@@ -51,6 +53,14 @@ def shape(chunk: Chunk) -> dict[str, Any]:
             "prompt_tokens": chunk.usage.prompt_tokens,
             "completion_tokens": chunk.usage.completion_tokens,
         }
+    if chunk.tool_calls:
+        shaped["tool_calls"] = [
+            {"index": call.index}
+            | ({"id": call.call_id} if call.call_id is not None else {})
+            | ({"name": call.name} if call.name is not None else {})
+            | ({"arguments": call.arguments} if call.arguments else {})
+            for call in chunk.tool_calls
+        ]
     return shaped
 
 

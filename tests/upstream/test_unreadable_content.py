@@ -1,5 +1,6 @@
-"""Content deltas that are not text are skipped, never silently: the decoder notes
-them (quoted, bounded) and `upstream/openai.py` logs them once per reply."""
+"""Content deltas that are not text (and tool calls with nothing in them) are skipped,
+never silently: the decoder notes them (quoted, bounded) and `upstream/openai.py`
+logs them once per reply."""
 
 from __future__ import annotations
 
@@ -27,3 +28,24 @@ def test_a_huge_unreadable_content_is_quoted_short() -> None:
     huge = "[" + ",".join(["1"] * 10_000) + "]"
     list(decoder.feed(f'data: {{"choices":[{{"delta":{{"content":{huge}}}}}]}}\n\n'.encode()))
     assert len(decoder.unreadable[0]) == QUOTED_CHARS
+
+
+def test_tool_calls_with_nothing_readable_are_noted() -> None:
+    """A `tool_calls` that is no list, or an entry with no id, name or arguments, is
+    skipped and noted; a readable call beside it still comes out."""
+    decoder = ChunkDecoder("m")
+    body = (
+        b'data: {"choices":[{"delta":{"tool_calls":"weather"}}]}\n\n'
+        b'data: {"choices":[{"delta":{"tool_calls":[{"index":0},'
+        b'{"index":1,"id":"c1","function":{"name":"f","arguments":7}}]}}]}\n\n'
+        b'data: {"choices":[{"delta":{"tool_calls":[]}}]}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    calls = [chunk.tool_calls for chunk in decoder.feed(body)]
+    assert [[(call.index, call.call_id, call.name) for call in pieces] for pieces in calls] == [
+        [],
+        [(1, "c1", "f")],
+        [],
+    ]
+    assert calls[1][0].arguments == ""  # arguments that are neither text nor an object
+    assert decoder.unreadable == ["'weather'", "{'index': 0}"]

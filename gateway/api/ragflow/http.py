@@ -301,7 +301,7 @@ async def openai_completions(request: web.Request) -> web.StreamResponse:
     principal, assistants = await _context(request)
     replies = request.app[REPLIES]
     chat_id = request.match_info["chat_id"]
-    ask = openai_codec.decode_request(await read_json(request))
+    ask = openai_codec.decode_request(await read_json(request), tools=False)
     assistant = await assistants.owned(principal, chat_id, f"You don't own the chat {chat_id}")
     messages = [m for m in ask.messages if m.get("role") != "system"]
     while messages and messages[0].get("role") == "assistant":
