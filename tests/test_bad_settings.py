@@ -82,6 +82,11 @@ CASES = [
     Case("config not YAML", "gateway.yaml:2:5: not valid YAML", config=b"port: [80\nhost: a\n"),
     Case("config not a mapping", "expected settings as `key: value` lines", config=b"- port\n"),
     Case(
+        "config key given twice",
+        "gateway.yaml:3: 'port' is given twice (first on line 1); keep one",
+        config=b"port: 8081\nhost: 127.0.0.1\nport: 8082\n",
+    ),
+    Case(
         "YAML value names the key and line",
         "gateway.yaml:2: port: 70000",
         config=b"# settings\nport: 70000\n",

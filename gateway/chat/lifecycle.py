@@ -33,6 +33,7 @@ from gateway.events import (
     ReplyFinished,
     ReplyStarted,
     TextDelta,
+    ToolCallDelta,
     Usage,
 )
 from gateway.store.records import MessageRecord
@@ -109,7 +110,7 @@ class ReplyRun:
             self.parts.append(event.text)
             if self.first_token is None:
                 self.first_token = time.monotonic()
-        elif type(event) is ReasoningDelta:
+        elif type(event) is ReasoningDelta or type(event) is ToolCallDelta:
             if self.first_token is None:
                 self.first_token = time.monotonic()
         elif type(event) is ReplyStarted:

@@ -70,6 +70,7 @@ async def reply_events(
     started = time.monotonic()
     seq = 0
     parts: list[str] = []
+    call_chars = 0  # the tool calls' arguments, output as the text is
     usage: Usage | None = None
     finish_reason = "stop"
     split = _Split(chat_id, message_id) if split_reasoning else None
@@ -90,6 +91,7 @@ async def reply_events(
                         seq += 1
                         yield TextDelta(chat_id, message_id, seq, chunk.text)
                     for call in chunk.tool_calls:
+                        call_chars += len(call.arguments)
                         seq += 1
                         yield ToolCallDelta(
                             chat_id,
@@ -122,7 +124,8 @@ async def reply_events(
     else:
         content = "".join(parts)
     if usage is None:
-        usage = Usage(estimate_tokens(prompt_chars), estimate_tokens(len(content)), estimated=True)
+        completion = estimate_tokens(len(content) + call_chars)
+        usage = Usage(estimate_tokens(prompt_chars), completion, estimated=True)
     elapsed = time.monotonic() - started
     yield ReplyFinished(
         chat_id, message_id, seq + 1, content, usage, finish_reason, elapsed, output=output

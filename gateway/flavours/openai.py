@@ -74,13 +74,64 @@ PASSTHROUGH_PARAMS = frozenset(
         "reasoning_effort",
     }
 )
+# What OpenAI-compatible servers take beyond those, from a client that writes for its
+# server (the `openai` package's `extra_body`): the pure API passes them on as well.
+# Not the web app's chats: Open WebUI keeps such options for Ollama's own API, and an
+# OpenAI server refuses a request that names one.
+SERVER_PARAMS = frozenset(
+    {
+        # OpenAI's newer options
+        "verbosity",
+        "prediction",
+        "service_tier",
+        "prompt_cache_key",
+        "safety_identifier",
+        # vLLM and SGLang (`chat_template_kwargs`: Qwen3's `enable_thinking`)
+        "chat_template_kwargs",
+        "repetition_penalty",
+        "min_tokens",
+        "stop_token_ids",
+        "ignore_eos",
+        "skip_special_tokens",
+        "include_stop_str_in_output",
+        "structured_outputs",
+        "guided_json",
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
+        # llama.cpp's server
+        "typical_p",
+        "repeat_last_n",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "grammar",
+        "json_schema",
+        "cache_prompt",
+        "dry_multiplier",
+        "dry_base",
+        "dry_allowed_length",
+        "xtc_probability",
+        "xtc_threshold",
+        # OpenRouter
+        "reasoning",
+        "provider",
+        "models",
+        "transforms",
+    }
+)
+# Options whose answer is part of the reply the gateway does not relay: refused, as
+# `n` other than 1 is, rather than answered without it.
+UNRELAYED_PARAMS = {
+    "logprobs": "token log probabilities",
+    "top_logprobs": "token log probabilities",
+    "audio": "audio output",
+}
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # Tool calling (module docstring): what goes to the model server as it came, checked
 # only for its shape; OpenAI's own bound on the tools one request offers.
 TOOL_PARAMS = ("tools", "tool_choice", "parallel_tool_calls")
 MAX_TOOLS = 128
-# OpenAI's deprecated form, which vLLM and Ollama do not take.
-LEGACY_TOOL_PARAMS = ("functions", "function_call")
 
 
 def decode_common(body: Any) -> tuple[Mapping[str, Any], str, bool]:
@@ -108,7 +159,13 @@ def decode_request(body: Any, tools: bool = True) -> Ask:
     n = body.get("n", 1)
     if n != 1:
         raise BadRequest("Only n=1 is supported")
-    params = {key: body[key] for key in PASSTHROUGH_PARAMS if key in body}
+    for key, what in UNRELAYED_PARAMS.items():
+        if body.get(key) not in (None, False):
+            raise BadRequest(f"{key!r} is not supported: the gateway does not relay {what}")
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise BadRequest("'modalities' other than [\"text\"] is not supported")
+    params = {key: body[key] for key in PASSTHROUGH_PARAMS | SERVER_PARAMS if key in body}
     params.update(decode_tools(body, tools))
     return Ask(
         model=model,
@@ -120,25 +177,28 @@ def decode_request(body: Any, tools: bool = True) -> Ask:
 
 
 def decode_tools(body: Mapping[str, Any], relayed: bool = True) -> dict[str, Any]:
-    """The request's tool-calling parameters, for the model server (an empty `tools`
-    is left out: some servers refuse it); BadRequest for a shape no server takes."""
-    legacy = [key for key in LEGACY_TOOL_PARAMS if body.get(key) is not None]
-    if legacy:
+    """The request's tool-calling parameters, for the model server; BadRequest for a
+    shape no server takes.  With no tools offered (none, or an empty list, which
+    some servers refuse) nothing goes: `tool_choice` and `parallel_tool_calls` alone
+    are refused by OpenAI and vLLM, and mean nothing without tools."""
+    if body.get("functions"):
         raise BadRequest(
-            f"{' and '.join(repr(key) for key in legacy)}: OpenAI's deprecated form of tool "
-            "calling is not supported; send 'tools' (and 'tool_choice')"
+            "'functions': OpenAI's deprecated form of tool calling is not supported; "
+            "send 'tools' (and 'tool_choice')"
         )
-    params = {key: body[key] for key in TOOL_PARAMS if body.get(key) not in (None, [])}
-    if params and not relayed:
+    offered = body.get("tools")
+    if offered is None or offered == []:
+        return {}
+    if not relayed:
         raise BadRequest(
-            f"Tool calling ({', '.join(repr(key) for key in params)}) is not supported on "
-            "this route: it answers with the assistant's own prompt; send the request without it"
+            "Tool calling ('tools') is not supported on this route: it answers with the "
+            "assistant's own prompt; send the request without it"
         )
-    offered = params.get("tools", [])
     if not isinstance(offered, list) or not all(isinstance(tool, Mapping) for tool in offered):
         raise BadRequest("'tools' must be an array of objects")
     if len(offered) > MAX_TOOLS:
         raise BadRequest(f"'tools' may offer at most {MAX_TOOLS} tools")
+    params = {key: body[key] for key in TOOL_PARAMS if body.get(key) is not None}
     if not isinstance(params.get("tool_choice", ""), str | Mapping):
         raise BadRequest("'tool_choice' must be a string or an object")
     if not isinstance(params.get("parallel_tool_calls", True), bool):

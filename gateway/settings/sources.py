@@ -237,7 +237,14 @@ def _from_file(path: Path) -> dict[str, Source]:
             f"config file {path}: expected settings as `key: value` lines, "
             f"found a {type(loaded).__name__}"
         )
-    lines = {str(key.value): key.start_mark.line + 1 for key, _ in node.value}
+    lines: dict[str, int] = {}
+    for key_node, _ in node.value:
+        key, line = str(key_node.value), key_node.start_mark.line + 1
+        if key in lines:  # YAML takes the last silently: one of them is a mistake
+            raise SettingsError(
+                f"{path}:{line}: {key!r} is given twice (first on line {lines[key]}); keep one"
+            )
+        lines[key] = line
     found: dict[str, Source] = {}
     for key, value in loaded.items():
         key = str(key)

@@ -6,9 +6,9 @@ Bytes in, as they arrive, in any pieces; `Chunk`s out (`upstream/__init__.py`)::
                                   "reasoning_content": "…"},     → reasoning (vLLM, DeepSeek;
                         "finish_reason": null}]}                   Ollama says "reasoning")
     data: {"choices": [{"delta": {"tool_calls": [{"index": 0,    → a piece of a tool call
-                        "id": "call_1", "function": {"name":      (`ToolCallPiece`: its id
-                        "f", "arguments": "{\\"a"}}]}}]}              and name come first, its
-                                                                   arguments in pieces)
+                        "id": "call_1", "function": {"name":      (`ToolCallPiece`, numbered
+                        "f", "arguments": "{\\"a"}}]}}]}              by `tool_calls.py` as the
+                                                                   client expects)
     data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}  → Chunk(finish_reason="stop")
     data: {"choices": [], "usage": {"prompt_tokens": 3,          → Chunk(usage=Usage(3, 7))
                                     "completion_tokens": 7}}
@@ -25,19 +25,20 @@ the log only, where `upstream/openai.py` puts it with the server's address.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from gateway import jsonwire
 from gateway.events import Usage
 from gateway.flavours.sse import SSEParser
 from gateway.upstream import Chunk, ToolCallPiece
+from gateway.upstream.tool_calls import BadCalls, Calls, Unreadable, made_up_id
 
 MAX_EVENT_BYTES = 1024 * 1024
-# Tool calls in one reply (OpenAI's own bound on the tools a request may offer).
-MAX_TOOL_CALLS = 128
 # Characters of a bad payload quoted in the log detail.
 QUOTED_CHARS = 200
+# Skipped deltas quoted, of a reply (the rest are counted).
+MAX_QUOTED = 8
 
 
 class BadStream(Exception):
@@ -56,14 +57,21 @@ class ChunkDecoder:
     a chunk had a finish_reason.
     """
 
-    def __init__(self, model: str, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+    def __init__(
+        self,
+        model: str,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        new_call_id: Callable[[], str] = made_up_id,
+    ) -> None:
         self._model = model
         self._parser = SSEParser(max_event_bytes)
+        self._calls = Calls(new_call_id)
         self.done = False
         self.finished = False
-        # Content deltas that were not text, and tool calls with nothing in them,
-        # quoted for the log (`upstream/openai.py`
-        # warns once per reply): read leniently, never silently.
+        # Deltas skipped (content that is not text, a tool call with nothing in it):
+        # counted, the first few quoted, for the log (`upstream/openai.py` warns once
+        # per reply): read leniently, never silently.
+        self.skipped = 0
         self.unreadable: list[str] = []
 
     def feed(self, data: bytes) -> Iterator[Chunk]:
@@ -134,7 +142,7 @@ class ChunkDecoder:
         text = _content(content)
         if not text and content not in (None, "", []) and not isinstance(content, str):
             # A number, an object, parts with no text: nothing a reply can show.
-            self.unreadable.append(repr(content)[:QUOTED_CHARS])
+            self._skipped(content)
         calls = delta.get("tool_calls")
         return Chunk(
             text=text,
@@ -145,42 +153,29 @@ class ChunkDecoder:
         )
 
     def _tool_calls(self, raw: Any) -> tuple[ToolCallPiece, ...]:
-        """A delta's pieces of tool calls.  A call with no `index` (a server that sends
-        each call whole) is numbered by its place in the list; an arguments object (not
-        the JSON text OpenAI sends) is written as that text."""
+        """A delta's pieces of tool calls, numbered as the client expects (`Calls`)."""
         if not isinstance(raw, list):
-            self.unreadable.append(repr(raw)[:QUOTED_CHARS])
+            self._skipped(raw)
             return ()
         pieces = []
-        for position, entry in enumerate(raw):
-            function = entry.get("function") if isinstance(entry, dict) else None
-            if not isinstance(function, dict):
-                function = {}
-            index = entry.get("index") if isinstance(entry, dict) else None
-            if type(index) is not int or index < 0:
-                index = position
-            if index >= MAX_TOOL_CALLS:
+        for entry in raw:
+            try:
+                piece = self._calls.piece(entry)
+            except Unreadable:
+                self._skipped(entry)
+                continue
+            except BadCalls as exc:
                 raise BadStream(
-                    f"The model server for '{self._model}' made more than "
-                    f"{MAX_TOOL_CALLS} tool calls",
-                    f"a tool call numbered {index}",
-                )
-            call_id = entry.get("id") if isinstance(entry, dict) else None
-            name = function.get("name")
-            arguments = function.get("arguments")
-            if isinstance(arguments, dict | list):
-                arguments = jsonwire.dumps(arguments)
-            piece = ToolCallPiece(
-                index,
-                _text(arguments),
-                encodable(call_id) if isinstance(call_id, str) and call_id else None,
-                encodable(name) if isinstance(name, str) and name else None,
-            )
-            if piece.arguments or piece.call_id or piece.name:
+                    f"The model server for '{self._model}' {exc}", quoted(entry)
+                ) from None
+            if piece is not None:
                 pieces.append(piece)
-            else:
-                self.unreadable.append(repr(entry)[:QUOTED_CHARS])
         return tuple(pieces)
+
+    def _skipped(self, value: Any) -> None:
+        self.skipped += 1
+        if len(self.unreadable) < MAX_QUOTED:
+            self.unreadable.append(quoted(value))
 
     def _object(self, payload: str) -> dict[str, Any]:
         try:
@@ -196,6 +191,15 @@ class ChunkDecoder:
                 repr(payload[:QUOTED_CHARS]),
             )
         return data
+
+
+def quoted(value: Any) -> str:
+    """A value a server sent, quoted short for the log (even one nested past what
+    `repr` can walk)."""
+    try:
+        return repr(value)[:QUOTED_CHARS]
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to quote>"
 
 
 def _usage(raw: Any) -> Usage | None:

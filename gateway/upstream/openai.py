@@ -291,14 +291,14 @@ class OpenAIStream:
         finally:
             if silence is not None:
                 silence.stop()
-            if decoder.unreadable:
+            if decoder.skipped:
                 log.warning(
                     "model server sent deltas with nothing readable (content that is not text, "
                     "a tool call with no id, name or arguments); they were skipped",
                     extra={
                         "model": self._model,
                         "upstream": self._base_url,
-                        "count": len(decoder.unreadable),
+                        "count": decoder.skipped,
                         "first": decoder.unreadable[0],
                     },
                 )

@@ -109,6 +109,27 @@ def test_upstream_sees_the_conversation(
     assert record.body["stream"] is True
 
 
+def test_a_servers_own_options_reach_it_and_unrelayed_ones_are_refused(
+    gateway: GatewayProcess, fake_upstream: FakeUpstream, alice_token: str
+) -> None:
+    """`extra_body` as the SDK sends it (vLLM's switch for Qwen3's thinking) reaches the
+    model server; `logprobs`, which the reply would come back without, is a 400."""
+    marker = [{"role": "user", "content": "marker-extra-5d1c"}]
+    sdk = client(gateway, alice_token)
+    sdk.chat.completions.create(
+        model="fake-model",
+        messages=marker,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}, "top_a": 1},
+    )
+    (record,) = fake_upstream.requests_for("marker-extra-5d1c")
+    assert record.body["chat_template_kwargs"] == {"enable_thinking": False}
+    assert "top_a" not in record.body  # a name no server we know takes
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model="fake-model", messages=marker, logprobs=True)
+    assert "'logprobs' is not supported" in str(refused.value)
+    assert len(fake_upstream.requests_for("marker-extra-5d1c")) == 1
+
+
 def test_non_streaming(gateway: GatewayProcess, alice_token: str) -> None:
     reply = client(gateway, alice_token).chat.completions.create(
         model="fake-model", messages=MESSAGES

@@ -179,3 +179,17 @@ def test_deprecated_functions_are_refused_with_their_replacement_named(
     error = refused.value.body
     assert isinstance(error, dict)
     assert "deprecated" in error["message"] and "'tools'" in error["message"]
+
+
+def test_a_reply_of_calls_alone_is_counted_when_the_server_reports_no_usage(
+    gateway: GatewayProcess, alice_token: str
+) -> None:
+    """Usage is estimated from what the model wrote: its calls' arguments too."""
+    reply = client(gateway, alice_token, "/v1").chat.completions.create(
+        model="fake-nousage", messages=Asked().messages, tools=TOOLS
+    )
+    calls = reply.choices[0].message.tool_calls
+    assert calls is not None and len(calls) == 2
+    written = sum(len(call.function.arguments) for call in calls)
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == (written + 3) // 4 > 0

@@ -67,10 +67,12 @@ def test_encoder_matches_golden_frames(path: Path) -> None:
         ({"model": "m", "messages": [{"role": "user"}], "tools": {"a": 1}}, "'tools' must be"),
         ({"model": "m", "messages": [{"role": "user"}], "tools": ["f"]}, "'tools' must be"),
         ({"model": "m", "messages": [{"role": "user"}], "tools": [{}] * 129}, "at most 128"),
-        ({"model": "m", "messages": [{"role": "user"}], "tool_choice": 1}, "'tool_choice'"),
-        ({"model": "m", "messages": [{"role": "user"}], "parallel_tool_calls": 1}, "'parallel"),
+        ({"model": "m", "messages": [{"role": "user"}], "tools": [{}], "tool_choice": 1}, "'tool_"),
+        (
+            {"model": "m", "messages": [{"role": "user"}], "tools": [{}], "parallel_tool_calls": 1},
+            "'parallel",
+        ),
         ({"model": "m", "messages": [{"role": "user"}], "functions": [{}]}, "deprecated"),
-        ({"model": "m", "messages": [{"role": "user"}], "function_call": "auto"}, "'tools'"),
     ],
 )
 def test_decode_refuses_bad_requests(body: Any, fragment: str) -> None:
@@ -92,17 +94,51 @@ def test_decode_keeps_only_known_params() -> None:
     assert ask.stream and ask.include_usage and ask.params == {"temperature": 0.5}
 
 
+def test_decode_passes_on_what_common_model_servers_take() -> None:
+    """vLLM's `chat_template_kwargs` (as the `openai` package's `extra_body` sends it),
+    llama.cpp's `grammar`, OpenRouter's `reasoning`: on to the model server as given."""
+    extras = {
+        "chat_template_kwargs": {"enable_thinking": False},
+        "repetition_penalty": 1.1,
+        "grammar": 'root ::= "yes" | "no"',
+        "reasoning": {"effort": "low"},
+    }
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], **extras}
+    assert decode_request({**body, "logprobs": False}).params == extras
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"logprobs": True}, "'logprobs' is not supported"),
+        ({"top_logprobs": 3}, "'top_logprobs' is not supported"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio output"),
+        ({"modalities": ["text", "audio"]}, "'modalities'"),
+    ],
+)
+def test_decode_refuses_what_the_reply_would_lack(extra: dict[str, Any], fragment: str) -> None:
+    """Options whose answer comes in a part of the reply the gateway does not relay
+    are refused, not answered without it (a client would read `logprobs: null`)."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], **extra}
+    with pytest.raises(BadRequest, match=fragment):
+        decode_request(body)
+    assert decode_request({**body, **dict.fromkeys(extra)}).params == {}
+
+
 def test_decode_passes_tool_calling_through_and_leaves_out_an_empty_tools() -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [tool]}
     choice = {"type": "function", "function": {"name": "f"}}
     ask = decode_request({**body, "tool_choice": choice, "parallel_tool_calls": False})
     assert ask.params == {"tools": [tool], "tool_choice": choice, "parallel_tool_calls": False}
-    assert decode_request({**body, "tools": []}).params == {}
+    # No tools offered: nothing of tool calling goes (servers refuse `tool_choice` alone).
+    alone = {**body, "tools": [], "tool_choice": "auto", "parallel_tool_calls": False}
+    assert decode_request(alone).params == {}
+    assert decode_request({**alone, "functions": [], "function_call": "none"}).params == {}
     # A route that does not relay tools (RAGFlow's) refuses them, not an empty list.
     with pytest.raises(BadRequest, match="not supported on this route"):
         decode_request(body, tools=False)
-    assert decode_request({**body, "tools": []}, tools=False).params == {}
+    assert decode_request(alone, tools=False).params == {}
 
 
 def test_a_streamed_reply_and_its_tool_calls_whole_say_the_same() -> None:

@@ -9,6 +9,7 @@ The vectors live in `tests/vectors/upstream/`, one kind of file::
                                "usage"?: {"prompt_tokens", "completion_tokens"},
                                "tool_calls"?: [{"index", "id"?, "name"?,
                                                 "arguments"?}, ...]}, ...],
+                                   (an id the decoder makes up is "call_made<n>")
                    "end": "done"       [DONE] read: the connection goes back to the pool
                         | "closed"     the body ended, the reply whole
                         | {"error": {"message", "detail"}}}
@@ -21,6 +22,7 @@ and what comes out may not depend on where.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,10 @@ def shape(chunk: Chunk) -> dict[str, Any]:
 
 def run(vector: dict[str, Any], pieces: list[bytes]) -> dict[str, Any]:
     """What `upstream/openai.py` does with the pieces, minus the I/O."""
-    decoder = ChunkDecoder(vector["model"], vector.get("max_event_bytes", MAX_EVENT_BYTES))
+    made_up = (f"call_made{number}" for number in itertools.count())
+    decoder = ChunkDecoder(
+        vector["model"], vector.get("max_event_bytes", MAX_EVENT_BYTES), made_up.__next__
+    )
     chunks: list[dict[str, Any]] = []
     try:
         for piece in pieces:

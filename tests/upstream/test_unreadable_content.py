@@ -4,7 +4,7 @@ logs them once per reply."""
 
 from __future__ import annotations
 
-from gateway.upstream.chunks import QUOTED_CHARS, ChunkDecoder
+from gateway.upstream.chunks import MAX_QUOTED, QUOTED_CHARS, BadStream, ChunkDecoder
 
 
 def test_content_that_is_not_text_is_noted() -> None:
@@ -31,21 +31,46 @@ def test_a_huge_unreadable_content_is_quoted_short() -> None:
 
 
 def test_tool_calls_with_nothing_readable_are_noted() -> None:
-    """A `tool_calls` that is no list, or an entry with no id, name or arguments, is
-    skipped and noted; a readable call beside it still comes out."""
+    """A `tool_calls` that is no list, or an entry that names no call and brings
+    nothing, is skipped and noted; a readable call beside it still comes out, and an
+    empty piece of a call already begun (which servers send) is no fault."""
     decoder = ChunkDecoder("m")
     body = (
         b'data: {"choices":[{"delta":{"tool_calls":"weather"}}]}\n\n'
         b'data: {"choices":[{"delta":{"tool_calls":[{"index":0},'
         b'{"index":1,"id":"c1","function":{"name":"f","arguments":7}}]}}]}\n\n'
-        b'data: {"choices":[{"delta":{"tool_calls":[]}}]}\n\n'
+        b'data: {"choices":[{"delta":{"tool_calls":[{"index":1,"function":{"arguments":""}}]}}]}\n\n'
         b"data: [DONE]\n\n"
     )
     calls = [chunk.tool_calls for chunk in decoder.feed(body)]
     assert [[(call.index, call.call_id, call.name) for call in pieces] for pieces in calls] == [
         [],
-        [(1, "c1", "f")],
+        [(0, "c1", "f")],
         [],
     ]
     assert calls[1][0].arguments == ""  # arguments that are neither text nor an object
-    assert decoder.unreadable == ["'weather'", "{'index': 0}"]
+    assert decoder.unreadable == ["'weather'", "{'index': 0}"] and decoder.skipped == 2
+
+
+def test_skipped_deltas_are_counted_and_only_the_first_few_quoted() -> None:
+    decoder = ChunkDecoder("m")
+    list(decoder.feed(b'data: {"choices":[{"delta":{"content":5}}]}\n\n' * 100))
+    assert decoder.skipped == 100 and len(decoder.unreadable) == MAX_QUOTED
+
+
+def test_arguments_nested_deeply_are_relayed_or_end_the_reply_never_a_traceback() -> None:
+    """Arguments nested about as deep as the JSON reader takes (orjson: 1,024 levels)
+    may be past what the writer can write out again, or what `repr` can quote: a
+    broken reply then (an error the client reads), never a traceback."""
+    ended = 0
+    for depth in range(900, 1040, 5):
+        deep = "[" * depth + "]" * depth
+        entry = f'{{"id":"c1","function":{{"name":"f","arguments":{{"a":{deep}}}}}}}'
+        event = f'data: {{"choices":[{{"delta":{{"tool_calls":[{entry}]}}}}]}}\n\n'
+        try:
+            (chunk,) = ChunkDecoder("m").feed(event.encode())
+        except BadStream:
+            ended += 1
+        else:
+            assert len(chunk.tool_calls[0].arguments) == 2 * depth + 6
+    assert 0 < ended < 28
