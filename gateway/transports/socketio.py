@@ -418,7 +418,23 @@ def _library_logger(name: str) -> logging.Logger:
     logger = logging.getLogger(name)
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.ERROR)
+    if not any(isinstance(f, _ClientsFault) for f in logger.filters):
+        logger.addFilter(_ClientsFault())
     return logger
+
+
+class _ClientsFault(logging.Filter):
+    """What the libraries log as an ERROR that is a client's fault, not the server's,
+    said at INFO: Engine.IO's first "unsupported version" of a process (a Socket.IO
+    client of another major version; it is answered 400, and the access log has it).
+    An operator's alert on ERROR lines is for the gateway's own faults."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(
+            "The client is using an unsupported version"
+        ):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 def _too_fast(conn: Socket) -> dict[str, Any]:

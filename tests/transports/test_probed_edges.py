@@ -33,6 +33,7 @@ import io
 import json
 import time
 import uuid
+from typing import Any
 
 import aiohttp
 import websockets
@@ -187,3 +188,20 @@ async def test_a_large_polling_post_is_read_whole(gateway: GatewayProcess) -> No
         assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
         async with http.get(url) as resp:
             assert "431" in await resp.text()  # the event's ack: it arrived whole
+
+
+async def test_a_client_of_another_engineio_version_is_refused_without_an_error_line(
+    start_gateway: Any,
+) -> None:
+    """Engine.IO logs the first of a process as an ERROR (the next ones at INFO): a
+    client's fault is said at INFO, so an alert on ERROR lines is not set off."""
+    gateway = start_gateway()
+    offset = len(gateway.log())
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):
+            async with http.get(f"{gateway.url}/ws/socket.io/?EIO=3&transport=polling") as resp:
+                assert resp.status == 400
+    await asyncio.sleep(0.3)
+    logged = gateway.log()[offset:]
+    assert gateway.troubles_since(offset) == [], logged[-2000:]
+    assert "unsupported version" in logged
