@@ -156,8 +156,8 @@ def decode_request(body: Any, tools: bool = True) -> Ask:
     options = body.get("stream_options") or {}
     if not isinstance(options, Mapping):
         raise BadRequest("'stream_options' must be an object")
-    n = body.get("n", 1)
-    if n != 1:
+    n = body.get("n")
+    if n is not None and n != 1:
         raise BadRequest("Only n=1 is supported")
     for key, what in UNRELAYED_PARAMS.items():
         if body.get(key) not in (None, False):

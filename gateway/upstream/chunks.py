@@ -125,7 +125,7 @@ class ChunkDecoder:
         if "error" in data:
             raise BadStream(
                 f"The model server for '{self._model}' failed mid-reply",
-                json.dumps(data["error"], default=str),
+                _as_json(data["error"]),
             )
         usage = _usage(data.get("usage"))
         choices = data.get("choices")
@@ -169,7 +169,7 @@ class ChunkDecoder:
                     f"The model server for '{self._model}' {exc}", quoted(entry)
                 ) from None
             if piece is not None:
-                pieces.append(piece)
+                pieces.append(_encodable_piece(piece))
         return tuple(pieces)
 
     def _skipped(self, value: Any) -> None:
@@ -191,6 +191,25 @@ class ChunkDecoder:
                 repr(payload[:QUOTED_CHARS]),
             )
         return data
+
+
+def _encodable_piece(piece: ToolCallPiece) -> ToolCallPiece:
+    """A piece whose text every client encoding can carry (`encodable`)."""
+    arguments = encodable(piece.arguments)
+    call_id = None if piece.call_id is None else encodable(piece.call_id)
+    name = None if piece.name is None else encodable(piece.name)
+    if (arguments, call_id, name) == (piece.arguments, piece.call_id, piece.name):
+        return piece
+    return ToolCallPiece(piece.index, arguments, call_id, name)
+
+
+def _as_json(value: Any) -> str:
+    """A server's error object as it sent it, for the log (quoted when nested past
+    what can be written)."""
+    try:
+        return json.dumps(value, default=str)
+    except RecursionError:
+        return quoted(value)
 
 
 def quoted(value: Any) -> str:

@@ -2,25 +2,33 @@
 
 The OpenAI way, which the `openai` package's stream helper and agent frameworks
 rely on: calls numbered 0, 1, 2… by `index`, each call's first piece with its
-`id` and `name`, every later piece only more of its `arguments`.  Servers stray
-from it, and a client joining the pieces by `index` then merges two calls into
-one (`"{…}{…}"`, `id` "call_acall_b") or fails on an index it has not seen:
+`id` and `name`, every later piece only more of its `arguments` (a JSON text cut
+anywhere).  Servers stray from it, and a client joining the pieces by `index`
+then merges two calls into one (`"{…}{…}"`, `id` "call_acall_b") or fails on an
+index it has not seen:
 
     two calls under one index (a parser that restarts it at each chunk)
     no `index` at all, each call whole in its own chunk
-    an index that starts at 1 or goes back
+    an index that starts at 1, goes back, or is the tool's place in the request
     the id and name repeated on every piece, or a call with no id
+    an id that changes after the first piece (a new one on every piece, even)
 
 `Calls` reads each server's delta entries in order and gives each piece the
-number the client expects: a call is new when it brings an id not seen yet (or,
-with none, a name or an index that is not the latest call's); anything else is
-more of the call it names, or, named by nothing, of the latest one.  Its id and
-name go out once, with its first piece; a call with no id gets one made up,
-since a client answers each call by its id.  No I/O, one instance per reply.
+number the client expects.  An entry belongs to the call its id names, else to
+the call at its index (none given: the latest call).  It starts a new call when
+there is none there, when it names another function, or when it brings what
+starts a call (an id not seen, the name again, arguments sent whole as an
+object) to a call whose arguments are already one whole JSON value (`_Call`
+follows their brackets and strings); otherwise it is more of that call, a stray
+id ignored.  A piece of bare arguments at an index not seen is more of the
+latest call while that one is unfinished.  A call's id and name go out once,
+with its first piece; a call with no id gets one made up, since a client
+answers each call by its id.  No I/O, one instance per reply.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -45,14 +53,60 @@ def made_up_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
+# What changes where a JSON text is: a quote, a backslash, a bracket.
+_STRUCTURE = re.compile(r'["\\{}\[\]]')
+
+
+class _Call:
+    """One call: its id and name, and whether its arguments so far are one whole
+    JSON value (their depth in brackets, and whether a string is open)."""
+
+    __slots__ = ("call_id", "depth", "escaped", "in_string", "name", "whole")
+
+    def __init__(self, call_id: str, name: str | None) -> None:
+        self.call_id = call_id
+        self.name = name
+        self.whole = False  # a whole JSON value (an object or array closed)
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+
+    def took(self, arguments: str, sent_whole: bool) -> None:
+        if sent_whole:
+            self.whole = True
+            return
+        # The character after a backslash in a string is escaped: skipped (it may be
+        # the first of the next piece, when a piece ended with the backslash).
+        skip = 0
+        if self.escaped:
+            self.escaped, skip = False, 1
+        for match in _STRUCTURE.finditer(arguments, skip):
+            if match.start() < skip:
+                continue
+            char = match[0]
+            if self.in_string:
+                if char == "\\":
+                    skip = match.end() + 1
+                    self.escaped = skip > len(arguments)
+                elif char == '"':
+                    self.in_string = False
+            elif char == '"':
+                self.in_string = True
+            elif char in "{[":
+                self.depth += 1
+                self.whole = False
+            elif char in "}]" and self.depth > 0:
+                self.depth -= 1
+                self.whole = self.depth == 0
+
+
 class Calls:
     """The calls of one reply so far; `piece(entry)` for each entry of each delta's
     `tool_calls` list, in order."""
 
     def __init__(self, new_id: Callable[[], str] = made_up_id) -> None:
         self._new_id = new_id
-        self._ids: list[str] = []
-        self._names: list[str | None] = []
+        self._calls: list[_Call] = []
         self._by_id: dict[str, int] = {}
         self._by_index: dict[int, int] = {}  # the server's index → the latest call at it
 
@@ -69,53 +123,71 @@ class Calls:
             index = None
         call_id = _text(entry.get("id"))
         name = _text(function.get("name"))
-        arguments = _arguments(function.get("arguments"))
+        raw = function.get("arguments")
+        arguments = _arguments(raw)
+        sent_whole = isinstance(raw, dict | list)
         if call_id is None and name is None and not arguments:
-            if self._ids and (index is None or index in self._by_index):
+            if self._calls and (index is None or index in self._by_index):
                 return None  # servers send empty pieces
             raise Unreadable
-        number = self._known(index, call_id, name)
+        number = self._of(index, call_id, name, sent_whole)
         if number is None:
-            return self._start(call_id, name, index, arguments)
+            number = self._start(call_id, name)
+            call = self._calls[number]
+            self._map(index, number)
+            call.took(arguments, sent_whole)
+            return ToolCallPiece(number, arguments, call.call_id, name)
+        call = self._calls[number]
+        self._map(index, number)
+        call.took(arguments, sent_whole)
         if name is not None:
-            if self._names[number] is None:
-                self._names[number] = name  # a name that came after the id: sent once
+            if call.name is None:
+                call.name = name  # a name that came after the id: sent once
             else:
                 name = None  # repeated
         if not arguments and name is None:
             return None
         return ToolCallPiece(number, arguments, None, name)
 
-    def _known(self, index: int | None, call_id: str | None, name: str | None) -> int | None:
+    def _of(
+        self, index: int | None, call_id: str | None, name: str | None, sent_whole: bool
+    ) -> int | None:
         """The call an entry is more of; None when it starts one."""
-        if call_id is not None:
-            number = self._by_id.get(call_id)
-            if number is not None and index is not None:
-                self._by_index[index] = number
-            return number
-        if index is not None:
-            number = self._by_index.get(index)
-        elif self._ids:
-            number = len(self._ids) - 1
+        if call_id is not None and call_id in self._by_id:
+            return self._by_id[call_id]
+        if not self._calls:
+            return None
+        latest = len(self._calls) - 1
+        if index is None:
+            number = latest
+        elif index in self._by_index:
+            number = self._by_index[index]
+        elif call_id is None and name is None and not self._calls[latest].whole:
+            return latest  # bare arguments at an index not seen: the unfinished call's
         else:
             return None
-        if number is not None and name is not None and self._names[number] not in (None, name):
-            return None  # another function under the same index (or none): another call
+        call = self._calls[number]
+        if name is not None and call.name is not None and name != call.name:
+            return None  # another function: another call
+        starts = call_id is not None or name is not None or sent_whole
+        if starts and call.whole:
+            return None  # what starts a call, after a call that is whole: another
         return number
 
-    def _start(
-        self, call_id: str | None, name: str | None, index: int | None, arguments: str
-    ) -> ToolCallPiece:
-        number = len(self._ids)
+    def _start(self, call_id: str | None, name: str | None) -> int:
+        number = len(self._calls)
         if number >= MAX_TOOL_CALLS:
             raise BadCalls(f"made more than {MAX_TOOL_CALLS} tool calls")
         call_id = call_id if call_id is not None else self._new_id()
-        self._ids.append(call_id)
-        self._names.append(name)
+        self._calls.append(_Call(call_id, name))
         self._by_id[call_id] = number
-        if index is not None:
+        return number
+
+    def _map(self, index: int | None, number: int) -> None:
+        """The server's index now names call `number` (bounded: at most one entry per
+        index a server used, and no more indexes than calls can be)."""
+        if index is not None and (index in self._by_index or len(self._by_index) < MAX_TOOL_CALLS):
             self._by_index[index] = number
-        return ToolCallPiece(number, arguments, call_id, name)
 
 
 def _text(value: Any) -> str | None:
