@@ -52,12 +52,15 @@ class ToolCallDelta(ReplyEvent):
     """A piece of a call the model makes to a tool its request offered (a pure API
     reply's only: a stored chat offers none).  `index` names the call within the
     reply; its first piece carries `call_id` and `name`, the pieces after it more of
-    `arguments`, a JSON text cut anywhere (`flavours/openai.py` joins them)."""
+    `arguments`, a JSON text cut anywhere (`flavours/openai.py` joins them).  `extra`:
+    what else the server put on the call, relayed as it came (Gemini's
+    `extra_content`, its thought signature, which must come back with the call)."""
 
     index: int
     arguments: str = ""
     call_id: str | None = None
     name: str | None = None
+    extra: dict[str, Any] | None = None
 
 
 def output_item_id(kind: str, message_id: str, index: int) -> str:

@@ -101,6 +101,7 @@ async def reply_events(
                             call.arguments,
                             call.call_id,
                             call.name,
+                            call.extra,
                         )
                 if chunk.finish_reason:
                     finish_reason = chunk.finish_reason

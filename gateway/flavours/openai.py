@@ -317,6 +317,8 @@ def tool_call_delta(event: ToolCallDelta) -> dict[str, Any]:
         call["function"] = {"arguments": event.arguments}
     else:
         call["function"] = {"name": event.name, "arguments": event.arguments}
+    if event.extra:
+        call.update({key: value for key, value in event.extra.items() if key not in call})
     return call
 
 
@@ -335,6 +337,8 @@ def tool_calls(events: Iterable[Event]) -> list[dict[str, Any]]:
             call["id"] = event.call_id
         if event.name is not None:
             call["function"]["name"] = event.name
+        if event.extra:
+            call.update({k: v for k, v in event.extra.items() if k not in ("id", "function")})
         arguments.append(event.arguments)
     for call, arguments in calls.values():
         call["function"]["arguments"] = "".join(arguments)

@@ -24,6 +24,7 @@ class ToolCallPiece:
     arguments: str = ""
     call_id: str | None = None
     name: str | None = None
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from typing import Any
 from gateway import jsonwire
 from gateway.events import Usage
 from gateway.flavours.sse import SSEParser
+from gateway.text import storable_value
 from gateway.upstream import Chunk, ToolCallPiece
 from gateway.upstream.tool_calls import BadCalls, Calls, Unreadable, made_up_id
 
@@ -195,12 +196,13 @@ class ChunkDecoder:
 
 def _encodable_piece(piece: ToolCallPiece) -> ToolCallPiece:
     """A piece whose text every client encoding can carry (`encodable`)."""
-    arguments = encodable(piece.arguments)
-    call_id = None if piece.call_id is None else encodable(piece.call_id)
-    name = None if piece.name is None else encodable(piece.name)
-    if (arguments, call_id, name) == (piece.arguments, piece.call_id, piece.name):
-        return piece
-    return ToolCallPiece(piece.index, arguments, call_id, name)
+    return ToolCallPiece(
+        piece.index,
+        encodable(piece.arguments),
+        None if piece.call_id is None else encodable(piece.call_id),
+        None if piece.name is None else encodable(piece.name),
+        None if piece.extra is None else storable_value(piece.extra),
+    )
 
 
 def _as_json(value: Any) -> str:

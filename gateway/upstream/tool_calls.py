@@ -23,7 +23,8 @@ follows their brackets and strings); otherwise it is more of that call, a stray
 id ignored.  A piece of bare arguments at an index not seen is more of the
 latest call while that one is unfinished.  A call's id and name go out once,
 with its first piece; a call with no id gets one made up, since a client
-answers each call by its id.  No I/O, one instance per reply.
+answers each call by its id.  Whatever else a server puts on a call (Gemini's
+`extra_content`) goes with the piece it came on.  No I/O, one instance per reply.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ class Calls:
         raw = function.get("arguments")
         arguments = _arguments(raw)
         sent_whole = isinstance(raw, dict | list)
-        if call_id is None and name is None and not arguments:
+        extra = _extra(entry)
+        if call_id is None and name is None and not arguments and extra is None:
             if self._calls and (index is None or index in self._by_index):
                 return None  # servers send empty pieces
             raise Unreadable
@@ -136,7 +138,7 @@ class Calls:
             call = self._calls[number]
             self._map(index, number)
             call.took(arguments, sent_whole)
-            return ToolCallPiece(number, arguments, call.call_id, name)
+            return ToolCallPiece(number, arguments, call.call_id, name, extra)
         call = self._calls[number]
         self._map(index, number)
         call.took(arguments, sent_whole)
@@ -145,9 +147,9 @@ class Calls:
                 call.name = name  # a name that came after the id: sent once
             else:
                 name = None  # repeated
-        if not arguments and name is None:
+        if not arguments and name is None and extra is None:
             return None
-        return ToolCallPiece(number, arguments, None, name)
+        return ToolCallPiece(number, arguments, None, name, extra)
 
     def _of(
         self, index: int | None, call_id: str | None, name: str | None, sent_whole: bool
@@ -188,6 +190,24 @@ class Calls:
         index a server used, and no more indexes than calls can be)."""
         if index is not None and (index in self._by_index or len(self._by_index) < MAX_TOOL_CALLS):
             self._by_index[index] = number
+
+
+# An entry's own keys; the rest is the server's, relayed (`_extra`).
+_KNOWN = frozenset({"index", "id", "type", "function"})
+
+
+def _extra(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """What else the server put on a call (Gemini's `extra_content` with its thought
+    signature, which the client must send back with the call), as it came; BadCalls
+    for what cannot be written out again."""
+    extra = {key: value for key, value in entry.items() if key not in _KNOWN}
+    if not extra:
+        return None
+    try:
+        jsonwire.dumps(extra)
+    except (RecursionError, ValueError, TypeError):
+        raise BadCalls("sent a tool call that cannot be written as JSON") from None
+    return extra
 
 
 def _text(value: Any) -> str | None:

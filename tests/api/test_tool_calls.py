@@ -77,6 +77,11 @@ def test_streamed_tool_calls_reach_the_sdk_whole(
         ("call_fake1", "function", "clock"),
     ]
     assert [json.loads(call.function.arguments) for call in calls] == [{"question": question}] * 2
+    # What else the server put on a call comes with it (Gemini's thought signature).
+    assert [(call.model_extra or {}).get("extra_content") for call in calls] == [
+        {"google": {"thought_signature": "sig0"}},
+        {"google": {"thought_signature": "sig1"}},
+    ]
     # Streamed as it came: the arguments in many pieces, not one.
     assert len(pieces) > 4
     assert choice.message.content in (None, "")
@@ -130,6 +135,7 @@ def test_an_agent_loop_with_the_sdk(
                 "id": "call_fake0",
                 "type": "function",
                 "function": {"name": "weather", "arguments": call.function.arguments},
+                "extra_content": {"google": {"thought_signature": "sig0"}},
             }
         ],
     }

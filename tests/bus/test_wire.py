@@ -51,7 +51,7 @@ EVERY_EVENT: list[Event] = [
     ReplyStarted(None, "m1", 0, "u1", None, "gpt-4o", 0.0),
     TextDelta("c1", "m1", 1, 'héllo 中文 😀 \x01\n"quoted" \\'),
     ReasoningDelta("c1", "m1", 2, "думаю…"),
-    ToolCallDelta(None, "m1", 2, 0, "", "call_1", "wetter_für"),
+    ToolCallDelta(None, "m1", 2, 0, "", "call_1", "wetter_für", {"extra_content": {"g": [1]}}),
     ToolCallDelta(None, "m1", 3, 0, '{"stadt": "Zürich"}'),
     StatusChanged("c1", "m1", 3, "Recherche « web »", False),
     StatusChanged("c1", "m1", 4, "done", True, action="web_search"),

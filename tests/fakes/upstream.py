@@ -25,7 +25,8 @@ Offered tools (`tools`), any model calls them instead of answering, as a model
 would (`tool_call_deltas`): each offered tool (only the first with
 `parallel_tool_calls: false`, only the one `tool_choice` names) with arguments
 `{"question": <last user text>}`, the call's id and name first, then its arguments
-in 3-character pieces, and `finish_reason: "tool_calls"`.  Once the last message
+in 3-character pieces, and `finish_reason: "tool_calls"`; the first piece also
+carries `extra_content` (Gemini's thought signature, `sig<index>`).  Once the last message
 is a tool's result, it answers "Fake reply to tool result: <the result>".
 
 Every request is recorded (`requests`), with `disconnected=True` when the
@@ -112,6 +113,7 @@ def tool_call_deltas(body: dict[str, Any]) -> list[dict[str, Any]]:
     for index, name in enumerate(tools):
         function = {"name": name, "arguments": ""}
         first = {"index": index, "id": f"call_fake{index}", "type": "function"}
+        first["extra_content"] = {"google": {"thought_signature": f"sig{index}"}}
         deltas.append({"tool_calls": [{**first, "function": function}]})
         for start in range(0, len(arguments), 3):
             piece = {"arguments": arguments[start : start + 3]}

@@ -167,6 +167,28 @@ def test_a_streamed_reply_and_its_tool_calls_whole_say_the_same() -> None:
     assert [call["id"] for call in whole] == ["call_a", "call_b"]
 
 
+def test_what_else_a_server_put_on_a_call_is_relayed_streamed_and_whole() -> None:
+    """Gemini's `extra_content` (a thought signature the client must send back)."""
+    signature = {"google": {"thought_signature": "c2ln"}}
+    pieces = [
+        events.ToolCallDelta(
+            None, "m1", 1, 0, "", "call_1", "weather", {"extra_content": signature}
+        ),
+        events.ToolCallDelta(None, "m1", 2, 0, '{"city": "Paris"}'),
+    ]
+    encoder = ChunkEncoder("m", 1700000000, False)
+    (frame,) = encoder.encode(pieces[0])
+    (call,) = json.loads(frame.decode()[len("data: ") :])["choices"][0]["delta"]["tool_calls"]
+    assert call["extra_content"] == signature and call["id"] == "call_1"
+    (whole,) = tool_calls(pieces)
+    assert whole == {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+        "extra_content": signature,
+    }
+
+
 # SSE parsing, in h11's style: each vector whole, one byte at a time, and split before its end.
 SSE_VECTORS = [
     (b"data: a\n\n", ["a"]),

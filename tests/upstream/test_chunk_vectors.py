@@ -8,7 +8,7 @@ The vectors live in `tests/vectors/upstream/`, one kind of file::
                    "chunks": [{"text"?, "reasoning"?, "finish_reason"?,
                                "usage"?: {"prompt_tokens", "completion_tokens"},
                                "tool_calls"?: [{"index", "id"?, "name"?,
-                                                "arguments"?}, ...]}, ...],
+                                                "arguments"?, "extra"?}, ...]}, ...],
                                    (an id the decoder makes up is "call_made<n>")
                    "end": "done"       [DONE] read: the connection goes back to the pool
                         | "closed"     the body ended, the reply whole
@@ -61,6 +61,7 @@ def shape(chunk: Chunk) -> dict[str, Any]:
             | ({"id": call.call_id} if call.call_id is not None else {})
             | ({"name": call.name} if call.name is not None else {})
             | ({"arguments": call.arguments} if call.arguments else {})
+            | ({"extra": call.extra} if call.extra is not None else {})
             for call in chunk.tool_calls
         ]
     return shaped
