@@ -164,6 +164,13 @@ def _optional_str(body: Mapping[str, Any], key: str) -> str | None:
 
 def decode_completion_request(body: Any) -> Ask:
     body, model, stream = decode_common(body)
+    if body.get("tools"):
+        # Relayed on the pure API (`flavours/openai.py`); a stored chat has nowhere to
+        # keep the calls, and answering as if none were offered would lose them.
+        raise BadRequest(
+            "Tool calling ('tools') is relayed only for a reply that is not stored: "
+            "send the request without 'chat_id', or without 'tools'"
+        )
     raw_messages = body.get("messages")
     messages = decode_messages(raw_messages) if raw_messages else []
     chat_id = _optional_str(body, "chat_id")

@@ -313,6 +313,21 @@ async def test_other_users_chat_is_404_for_completions(api: Api, gateway: Gatewa
     assert status == 404
 
 
+async def test_tools_offered_to_a_stored_reply_are_refused_and_nothing_is_written(
+    api: Api,
+) -> None:
+    """Tool calling is relayed on the pure API only: a stored chat has nowhere to keep
+    the calls, and answering as if no tools were offered would lose them."""
+    u1, a1 = str(uuid.uuid4()), str(uuid.uuid4())
+    _, created, _ = await api.call("POST", "/api/v1/chats/new", step1_body(u1, a1))
+    body = step2_body(created["id"], a1, [], stream=False)
+    body["tools"] = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
+    status, error, _ = await api.call("POST", "/api/chat/completions", body)
+    assert status == 400 and "without 'chat_id'" in error["detail"], error
+    _, chat, _ = await api.call("GET", f"/api/v1/chats/{created['id']}")
+    assert chat["chat"]["history"]["messages"][a1]["content"] == ""
+
+
 async def test_upstream_failure_is_stored_on_the_message(api: Api) -> None:
     u1, a1 = str(uuid.uuid4()), str(uuid.uuid4())
     _, created, _ = await api.call(
