@@ -150,28 +150,25 @@ def test_parallel_tool_calls_false_reaches_the_model_server(
     gateway: GatewayProcess, fake_upstream: FakeUpstream, alice_token: str
 ) -> None:
     ask = Asked()
-    messages = ask.messages
-    reply = client(gateway, alice_token, "/v1").chat.completions.create(
-        model="fake-model", messages=messages, tools=TOOLS, parallel_tool_calls=False
+    sdk = client(gateway, alice_token, "/v1")
+    reply = sdk.chat.completions.create(
+        model="fake-model", messages=ask.messages, tools=TOOLS, parallel_tool_calls=False
     )
     calls = reply.choices[0].message.tool_calls
     assert calls is not None and [call.function.name for call in calls] == ["weather"]
-    (sent,) = ask.sent(fake_upstream)
-    assert sent["parallel_tool_calls"] is False
+    assert ask.sent(fake_upstream)[0]["parallel_tool_calls"] is False
 
 
 def test_a_reply_without_tools_offered_has_no_tool_calls(
     gateway: GatewayProcess, fake_upstream: FakeUpstream, alice_token: str
 ) -> None:
     ask = Asked()
-    messages = ask.messages
-    reply = client(gateway, alice_token, "/v1").chat.completions.create(
-        model="fake-model", messages=messages
-    )
-    assert reply.choices[0].message.tool_calls is None
-    assert reply.choices[0].message.content == reply_text("fake-model", messages)
-    (sent,) = ask.sent(fake_upstream)
-    assert "tools" not in sent
+    sdk = client(gateway, alice_token, "/v1")
+    reply = sdk.chat.completions.create(model="fake-model", messages=ask.messages)
+    message = reply.choices[0].message
+    assert message.tool_calls is None
+    assert message.content == reply_text("fake-model", ask.messages)
+    assert "tools" not in ask.sent(fake_upstream)[0]
 
 
 def test_deprecated_functions_are_refused_with_their_replacement_named(
