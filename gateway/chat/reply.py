@@ -6,9 +6,10 @@
 A chat's reply (`split_reasoning`) has its reasoning cut from its text
 (`reasoning.py`: `<think>` tags and the like), its items numbered for Open
 WebUI's `output`, and its text trimmed as Open WebUI trims it; a pure API reply
-is the upstream's text as it came, and the model's tool calls (`ToolCallDelta`)
-its request offered tools for.  A chat's request offers none, and a call a
-model makes anyway has nowhere to be shown or stored: it is not relayed.
+is the upstream's text as it came, and the model's tool calls (`ToolCallDelta`;
+its request offered the tools, or the model made them anyway: relayed as made).
+A chat's request offers none, and a call a model makes anyway has nowhere to be
+shown or stored: it is not relayed.
 Upstream failures become a `ReplyFailed` carrying the text streamed so far;
 cancellation is not caught here (the caller decides what a cancelled reply
 means, and numbers its ending after `last_seq`), but the upstream request is

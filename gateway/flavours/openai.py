@@ -198,6 +198,10 @@ def decode_tools(body: Mapping[str, Any], relayed: bool = True) -> dict[str, Any
         raise BadRequest("'tools' must be an array of objects")
     if len(offered) > MAX_TOOLS:
         raise BadRequest(f"'tools' may offer at most {MAX_TOOLS} tools")
+    for index, tool in enumerate(offered):
+        if tool.get("type", "function") != "function":
+            # OpenAI's custom tools come back in another shape, which is not relayed.
+            raise BadRequest(f"tools[{index}]: only 'function' tools are supported")
     params = {key: body[key] for key in TOOL_PARAMS if body.get(key) is not None}
     if not isinstance(params.get("tool_choice", ""), str | Mapping):
         raise BadRequest("'tool_choice' must be a string or an object")

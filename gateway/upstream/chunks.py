@@ -31,13 +31,16 @@ from typing import Any
 from gateway import jsonwire
 from gateway.events import Usage
 from gateway.flavours.sse import SSEParser
-from gateway.text import storable_value
 from gateway.upstream import Chunk, ToolCallPiece
 from gateway.upstream.tool_calls import BadCalls, Calls, Unreadable, made_up_id
 
 MAX_EVENT_BYTES = 1024 * 1024
-# Characters of a bad payload quoted in the log detail.
+# How a bad payload is described in the log (`shape`): at most this many characters,
+# levels, keys of an object, characters of a key.
 QUOTED_CHARS = 200
+SHAPE_DEPTH = 3
+SHAPE_KEYS = 8
+SHAPE_KEY_CHARS = 40
 # Skipped deltas quoted, of a reply (the rest are counted).
 MAX_QUOTED = 8
 
@@ -66,6 +69,7 @@ class ChunkDecoder:
     ) -> None:
         self._model = model
         self._parser = SSEParser(max_event_bytes)
+        self._max_event_bytes = max_event_bytes
         self._calls = Calls(new_call_id)
         self.done = False
         self.finished = False
@@ -109,7 +113,9 @@ class ChunkDecoder:
                 yield chunk
         except ValueError as exc:  # the parser's bound
             raise BadStream(
-                f"The model server for '{self._model}' broke off the reply", str(exc)
+                f"The model server for '{self._model}' sent an event past the gateway's "
+                f"bound of {self._max_event_bytes} bytes (one chunk, or a tool call sent whole)",
+                str(exc),
             ) from None
 
     def _payload(self, payload: str) -> Chunk | None:
@@ -167,7 +173,7 @@ class ChunkDecoder:
                 continue
             except BadCalls as exc:
                 raise BadStream(
-                    f"The model server for '{self._model}' {exc}", quoted(entry)
+                    f"The model server for '{self._model}' {exc}", shape(entry)
                 ) from None
             if piece is not None:
                 pieces.append(_encodable_piece(piece))
@@ -176,20 +182,20 @@ class ChunkDecoder:
     def _skipped(self, value: Any) -> None:
         self.skipped += 1
         if len(self.unreadable) < MAX_QUOTED:
-            self.unreadable.append(quoted(value))
+            self.unreadable.append(shape(value))
 
     def _object(self, payload: str) -> dict[str, Any]:
         try:
             data = jsonwire.loads(payload)
-        except ValueError:
+        except ValueError as exc:
             raise BadStream(
                 f"The model server for '{self._model}' sent a chunk that is not JSON",
-                repr(payload[:QUOTED_CHARS]),
+                f"{len(payload)} characters: {str(exc)[:QUOTED_CHARS]}",
             ) from None
         if not isinstance(data, dict):
             raise BadStream(
                 f"The model server for '{self._model}' sent a chunk that is not an object",
-                repr(payload[:QUOTED_CHARS]),
+                shape(data),
             )
         return data
 
@@ -201,7 +207,7 @@ def _encodable_piece(piece: ToolCallPiece) -> ToolCallPiece:
         encodable(piece.arguments),
         None if piece.call_id is None else encodable(piece.call_id),
         None if piece.name is None else encodable(piece.name),
-        None if piece.extra is None else storable_value(piece.extra),
+        piece.extra,  # made storable where it was read (`tool_calls._extra`)
     )
 
 
@@ -211,16 +217,34 @@ def _as_json(value: Any) -> str:
     try:
         return json.dumps(value, default=str)
     except RecursionError:
-        return quoted(value)
+        return shape(value)
 
 
-def quoted(value: Any) -> str:
-    """A value a server sent, quoted short for the log (even one nested past what
-    `repr` can walk)."""
-    try:
-        return repr(value)[:QUOTED_CHARS]
-    except RecursionError:
-        return f"<a {type(value).__name__} nested too deeply to quote>"
+def shape(value: Any, depth: int = 0) -> str:
+    """What a value a server sent is, for the log, without what it says: a reply's
+    text must never reach the log (SECURITY.md), and a delta the gateway could not
+    read may hold it.  Strings by their length, numbers by their type, objects by
+    their keys, arrays by their first item and length, three levels deep, cut to
+    `QUOTED_CHARS`: `{index: int, function: {name: str(7), arguments: str(24)}}`."""
+    if isinstance(value, str):
+        return f"str({len(value)})"
+    if value is None or isinstance(value, bool | int | float):
+        return "null" if value is None else type(value).__name__
+    if depth >= SHAPE_DEPTH:
+        return "…"
+    if isinstance(value, dict):
+        keys = list(value)[:SHAPE_KEYS]
+        items = ", ".join(
+            f"{str(key)[:SHAPE_KEY_CHARS]}: {shape(value[key], depth + 1)}" for key in keys
+        )
+        more = ", …" if len(value) > len(keys) else ""
+        return f"{{{items}{more}}}"[:QUOTED_CHARS]
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        more = f", … {len(value)} items" if len(value) > 1 else ""
+        return f"[{shape(value[0], depth + 1)}{more}]"[:QUOTED_CHARS]
+    return type(value).__name__
 
 
 def _usage(raw: Any) -> Usage | None:

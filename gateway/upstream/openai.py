@@ -130,6 +130,12 @@ class OpenAIUpstream:
             resp = await self._session.post(
                 url, json=body, headers=headers, timeout=self._stream_timeout
             )
+        except RecursionError:
+            # A body the client's JSON reader took (about 1,000 levels) that the writer
+            # cannot write again, a few levels short of it: the client's to fix.
+            raise BadRequest(
+                "The request is nested too deeply to be sent to the model server"
+            ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             if traced is not None:
                 took = round((time.monotonic() - sent) * 1000, 1)

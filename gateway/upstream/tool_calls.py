@@ -29,12 +29,13 @@ answers each call by its id.  Whatever else a server puts on a call (Gemini's
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from gateway import jsonwire
+from gateway.text import storable_value
 from gateway.upstream import ToolCallPiece
 
 # Tool calls in one reply (OpenAI's own bound on the tools a request may offer).
@@ -204,10 +205,17 @@ def _extra(entry: dict[str, Any]) -> dict[str, Any] | None:
     if not extra:
         return None
     try:
-        jsonwire.dumps(extra)
+        _strict(extra)
+        stored: dict[str, Any] = storable_value(extra)  # as client encodings can carry
     except (RecursionError, ValueError, TypeError):
         raise BadCalls("sent a tool call that cannot be written as JSON") from None
-    return extra
+    return stored
+
+
+def _strict(value: Any) -> str:
+    """`value` as JSON every parser reads (no NaN); ValueError, RecursionError for
+    what cannot be written so."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _text(value: Any) -> str | None:
@@ -221,7 +229,7 @@ def _arguments(value: Any) -> str:
         return value
     if isinstance(value, dict | list):
         try:
-            return jsonwire.dumps(value)
-        except (RecursionError, ValueError, TypeError):  # nested past what can be written
+            return _strict(value)
+        except (RecursionError, ValueError, TypeError):  # nested past writing, or NaN
             raise BadCalls("sent tool call arguments that cannot be written as JSON") from None
     return ""

@@ -165,3 +165,28 @@ async def test_control_characters_in_a_path_do_not_split_the_access_line(
     [line] = [line for line in logged.splitlines() if "/api/tasks/chat/" in line]
     assert "\\x0d\\x0aFORGED\\x00" in line
     assert not any(line.startswith("FORGED") for line in logged.splitlines())
+
+
+async def test_a_request_nested_nearly_as_deep_as_the_reader_takes_is_never_a_500(
+    gateway: GatewayProcess, token: str
+) -> None:
+    """The body's JSON reader takes about 1,000 levels; a request a few levels short
+    of that (in a content part, or tool parameters) could not be written again for the model
+    server: a 500 and a traceback (found by the tool-calling probe, 2026-12-07).
+    Now a 400 naming the depth, or the model server's own answer."""
+    offset = len(gateway.log())
+    statuses = set()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http:
+        for depth in range(930, 1010, 5):
+            deep = "[" * depth + "]" * depth
+            part = '{"type":"text","text":"x","extra":' + deep + "}"
+            raw = '{"model":"fake-model","messages":[{"role":"user","content":[' + part + "]}]}"
+            url = f"{gateway.url}/v1/chat/completions"
+            async with http.post(url, data=raw, headers=headers) as resp:
+                statuses.add(resp.status)
+                if resp.status == 400:
+                    assert "error" in await resp.json()
+    assert 500 not in statuses and 400 in statuses, statuses
+    await asyncio.sleep(0.2)
+    assert gateway.troubles_since(offset) == []

@@ -73,6 +73,10 @@ def test_encoder_matches_golden_frames(path: Path) -> None:
             "'parallel",
         ),
         ({"model": "m", "messages": [{"role": "user"}], "functions": [{}]}, "deprecated"),
+        (
+            {"model": "m", "messages": [{"role": "user"}], "tools": [{"type": "custom"}]},
+            "only 'function' tools",
+        ),
     ],
 )
 def test_decode_refuses_bad_requests(body: Any, fragment: str) -> None:

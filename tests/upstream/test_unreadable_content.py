@@ -20,14 +20,22 @@ def test_content_that_is_not_text_is_noted() -> None:
     )
     texts = [chunk.text for chunk in decoder.feed(body)]
     assert texts == ["", "", "", "", "", "ok"]
-    assert decoder.unreadable == ["5", "{'x': 1}", "[{'type': 'image_url'}]"]
+    # Described by their shape, never quoted: what a server sent may be the reply's text.
+    assert decoder.unreadable == ["int", "{x: int}", "[{type: str(9)}]"]
 
 
-def test_a_huge_unreadable_content_is_quoted_short() -> None:
+def test_a_huge_or_deep_unreadable_content_is_described_short() -> None:
     decoder = ChunkDecoder("m")
-    huge = "[" + ",".join(["1"] * 10_000) + "]"
-    list(decoder.feed(f'data: {{"choices":[{{"delta":{{"content":{huge}}}}}]}}\n\n'.encode()))
-    assert len(decoder.unreadable[0]) == QUOTED_CHARS
+    huge = "[" + ",".join(['"secret text"'] * 10_000) + "]"
+    deep = "[" * 900 + "]" * 900
+    wide = "{" + ",".join(f'"k{n}": "{n}"' for n in range(100)) + "}"
+    for content in (huge, deep, wide):
+        body = f'data: {{"choices":[{{"delta":{{"content":{content}}}}}]}}\n\n'
+        list(decoder.feed(body.encode()))
+    assert decoder.unreadable[0] == "[str(11), … 10000 items]"
+    assert decoder.unreadable[1] == "[[[…]]]"
+    assert decoder.unreadable[2].endswith(", …}") and len(decoder.unreadable[2]) <= QUOTED_CHARS
+    assert not any("secret" in said for said in decoder.unreadable)
 
 
 def test_tool_calls_with_nothing_readable_are_noted() -> None:
@@ -49,7 +57,7 @@ def test_tool_calls_with_nothing_readable_are_noted() -> None:
         [],
     ]
     assert calls[1][0].arguments == ""  # arguments that are neither text nor an object
-    assert decoder.unreadable == ["'weather'", "{'index': 0}"] and decoder.skipped == 2
+    assert decoder.unreadable == ["str(7)", "{index: int}"] and decoder.skipped == 2
 
 
 def test_skipped_deltas_are_counted_and_only_the_first_few_quoted() -> None:
