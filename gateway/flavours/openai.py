@@ -120,6 +120,7 @@ SERVER_PARAMS = frozenset(
         "transforms",
     }
 )
+_PURE_API_PARAMS = PASSTHROUGH_PARAMS | SERVER_PARAMS
 # Options whose answer is part of the reply the gateway does not relay: refused, as
 # `n` other than 1 is, rather than answered without it.
 UNRELAYED_PARAMS = {
@@ -165,7 +166,7 @@ def decode_request(body: Any, tools: bool = True) -> Ask:
     modalities = body.get("modalities")
     if modalities is not None and modalities != ["text"]:
         raise BadRequest("'modalities' other than [\"text\"] is not supported")
-    params = {key: body[key] for key in PASSTHROUGH_PARAMS | SERVER_PARAMS if key in body}
+    params = {key: value for key, value in body.items() if key in _PURE_API_PARAMS}
     params.update(decode_tools(body, tools))
     return Ask(
         model=model,
