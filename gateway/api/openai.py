@@ -28,7 +28,7 @@ from gateway.application.replies import finished
 from gateway.commands import Ask
 from gateway.edge.auth import Principal
 from gateway.edge.stopping import stopped
-from gateway.errors import SERVER_STOPPING, ModelNotFound, Unavailable
+from gateway.errors import SERVER_STOPPING, Unavailable
 from gateway.events import (
     Event,
     ReasoningDelta,
@@ -48,14 +48,11 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
-    """One model by its id (the OpenAI SDK's `models.retrieve`); 404 `model_not_found`."""
+    """One model by its id (the OpenAI SDK's `models.retrieve`), found as a reply
+    finds it: 404 `model_not_found`, or 502 when the server that may serve it is down."""
     await principal_of(request)
-    wanted = request.match_info["model"]
-    models = await request.app[REPLIES].models()
-    for model in models:
-        if model.id == wanted:
-            return web.json_response(codec.model_body(model.as_dict()))
-    raise ModelNotFound(wanted, [model.id for model in models])
+    model = await request.app[REPLIES].model(request.match_info["model"])
+    return web.json_response(codec.model_body(model.as_dict()))
 
 
 PROBE_HEADER = "X-Gateway-Probe"

@@ -97,6 +97,11 @@ class Replies:
     async def models(self) -> list[ModelInfo]:
         return await self._service.router.models()
 
+    async def model(self, model_id: str) -> ModelInfo:
+        """One model, found as a reply would find it (`ModelNotFound`, or
+        `UpstreamError` when the server that may serve it is down)."""
+        return (await self._service.router.lookup(model_id))[0]
+
     async def model_ids(self) -> list[str]:
         return [model.id for model in await self.models()]
 

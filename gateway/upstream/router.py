@@ -36,6 +36,11 @@ class ModelRouter:
         return [model for model, _ in self._table().values()]
 
     async def resolve(self, model_id: str) -> Upstream:
+        return (await self.lookup(model_id))[1]
+
+    async def lookup(self, model_id: str) -> tuple[ModelInfo, Upstream]:
+        """A model and the upstream that serves it: `ModelNotFound`, or `UpstreamError`
+        when a server that could serve it cannot be reached."""
         await self._refresh()
         table = self._table()
         if model_id not in table and time.monotonic() - self._fetched_at > FORCED_REFRESH_GAP_S:
@@ -50,7 +55,7 @@ class ModelRouter:
                 down = "; ".join(self._failures.values())
                 raise UpstreamError(f"Model '{model_id}' is not available: {down}")
             raise ModelNotFound(model_id, sorted(table))
-        return table[model_id][1]
+        return table[model_id]
 
     def _table(self) -> dict[str, tuple[ModelInfo, Upstream]]:
         table: dict[str, tuple[ModelInfo, Upstream]] = {}

@@ -409,6 +409,24 @@ async def test_upstream_going_down_after_listing_is_502_and_not_ready(
     assert caught.value.status_code == 502 and "unreachable" in str(caught.value)
 
 
+def test_a_model_is_retrieved_as_a_reply_would_find_it(
+    start_gateway: Any, fake_upstream: FakeUpstream, alice_token: str
+) -> None:
+    """With one of two model servers down, a model the other lists is there, and one
+    it does not is "not available" (it may live on the server that is down): a 502,
+    as a reply naming it gets, not a 404."""
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    gw = start_gateway({"OPENAI_API_BASE_URLS": f"{fake_upstream.url};{down}"})
+    sdk = client(gw, alice_token)
+    assert sdk.models.retrieve("fake-model").id == "fake-model"
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk.models.retrieve("on-the-server-that-is-down")
+    assert refused.value.status_code == 502 and "not available" in str(refused.value)
+    with pytest.raises(openai.APIStatusError) as same:
+        sdk.chat.completions.create(model="on-the-server-that-is-down", messages=MESSAGES)
+    assert same.value.status_code == 502
+
+
 async def test_cors_allowlist(start_gateway: Any) -> None:
     gw = start_gateway({"CORS_ALLOW_ORIGIN": "https://good.example;http://localhost:5173"})
     preflight = {
