@@ -323,7 +323,7 @@ def tool_call_delta(event: ToolCallDelta) -> dict[str, Any]:
     else:
         call["function"] = {"name": event.name, "arguments": event.arguments}
     if event.extra:
-        call.update({key: value for key, value in event.extra.items() if key not in call})
+        call.update(event.extra)  # none of a call's own keys (`upstream/tool_calls.py`)
     return call
 
 
@@ -343,7 +343,7 @@ def tool_calls(events: Iterable[Event]) -> list[dict[str, Any]]:
         if event.name is not None:
             call["function"]["name"] = event.name
         if event.extra:
-            call.update({k: v for k, v in event.extra.items() if k not in ("id", "function")})
+            call.update(event.extra)
         arguments.append(event.arguments)
     for call, arguments in calls.values():
         call["function"]["arguments"] = "".join(arguments)

@@ -169,7 +169,7 @@ def decode_completion_request(body: Any) -> Ask:
         # keep the calls, and answering as if none were offered would lose them.
         raise BadRequest(
             "Tool calling ('tools') is relayed only for a reply that is not stored: "
-            "send the request without 'chat_id', or without 'tools'"
+            "send the request without 'chat_id' and 'session_id', or without 'tools'"
         )
     raw_messages = body.get("messages")
     messages = decode_messages(raw_messages) if raw_messages else []

@@ -18,8 +18,9 @@ Bytes in, as they arrive, in any pieces; `Chunk`s out (`upstream/__init__.py`)::
 A stream that breaks the rules raises `BadStream`: a chunk that is not a JSON
 object, an `{"error": …}` chunk, an event past the size bound, or a body that
 ends with neither a finish_reason nor [DONE].  Its `message` names the model
-and the fault, for the client; its `detail` (what the server sent) is for
-the log only, where `upstream/openai.py` puts it with the server's address.
+and the fault, for the client; its `detail` (what was wrong: the server's own
+error object, or the shape of what it sent, never its text) is for the log
+only, where `upstream/openai.py` puts it with the server's address.
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ from gateway.upstream.tool_calls import BadCalls, Calls, Unreadable, made_up_id
 MAX_EVENT_BYTES = 1024 * 1024
 # How a bad payload is described in the log (`shape`): at most this many characters,
 # levels, keys of an object, characters of a key.
-QUOTED_CHARS = 200
+SHAPE_CHARS = 200
 SHAPE_DEPTH = 3
 SHAPE_KEYS = 8
 SHAPE_KEY_CHARS = 40
-# Skipped deltas quoted, of a reply (the rest are counted).
-MAX_QUOTED = 8
+# Skipped deltas described in the log, of a reply (the rest are counted).
+MAX_SHAPES = 8
 
 
 class BadStream(Exception):
@@ -74,8 +75,8 @@ class ChunkDecoder:
         self.done = False
         self.finished = False
         # Deltas skipped (content that is not text, a tool call with nothing in it):
-        # counted, the first few quoted, for the log (`upstream/openai.py` warns once
-        # per reply): read leniently, never silently.
+        # counted, the first few described by their shape (`shape`), for the log
+        # (`upstream/openai.py` warns once per reply): read leniently, never silently.
         self.skipped = 0
         self.unreadable: list[str] = []
 
@@ -181,7 +182,7 @@ class ChunkDecoder:
 
     def _skipped(self, value: Any) -> None:
         self.skipped += 1
-        if len(self.unreadable) < MAX_QUOTED:
+        if len(self.unreadable) < MAX_SHAPES:
             self.unreadable.append(shape(value))
 
     def _object(self, payload: str) -> dict[str, Any]:
@@ -190,7 +191,7 @@ class ChunkDecoder:
         except ValueError as exc:
             raise BadStream(
                 f"The model server for '{self._model}' sent a chunk that is not JSON",
-                f"{len(payload)} characters: {str(exc)[:QUOTED_CHARS]}",
+                f"{len(payload)} characters: {str(exc)[:SHAPE_CHARS]}",
             ) from None
         if not isinstance(data, dict):
             raise BadStream(
@@ -212,7 +213,7 @@ def _encodable_piece(piece: ToolCallPiece) -> ToolCallPiece:
 
 
 def _as_json(value: Any) -> str:
-    """A server's error object as it sent it, for the log (quoted when nested past
+    """A server's error object as it sent it, for the log (its shape when nested past
     what can be written)."""
     try:
         return json.dumps(value, default=str)
@@ -225,7 +226,7 @@ def shape(value: Any, depth: int = 0) -> str:
     text must never reach the log (SECURITY.md), and a delta the gateway could not
     read may hold it.  Strings by their length, numbers by their type, objects by
     their keys, arrays by their first item and length, three levels deep, cut to
-    `QUOTED_CHARS`: `{index: int, function: {name: str(7), arguments: str(24)}}`."""
+    `SHAPE_CHARS`: `{index: int, function: {name: str(7), arguments: str(24)}}`."""
     if isinstance(value, str):
         return f"str({len(value)})"
     if value is None or isinstance(value, bool | int | float):
@@ -238,12 +239,12 @@ def shape(value: Any, depth: int = 0) -> str:
             f"{str(key)[:SHAPE_KEY_CHARS]}: {shape(value[key], depth + 1)}" for key in keys
         )
         more = ", …" if len(value) > len(keys) else ""
-        return f"{{{items}{more}}}"[:QUOTED_CHARS]
+        return f"{{{items}{more}}}"[:SHAPE_CHARS]
     if isinstance(value, list):
         if not value:
             return "[]"
         more = f", … {len(value)} items" if len(value) > 1 else ""
-        return f"[{shape(value[0], depth + 1)}{more}]"[:QUOTED_CHARS]
+        return f"[{shape(value[0], depth + 1)}{more}]"[:SHAPE_CHARS]
     return type(value).__name__
 
 

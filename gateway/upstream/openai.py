@@ -305,7 +305,7 @@ class OpenAIStream:
                         "model": self._model,
                         "upstream": self._base_url,
                         "count": decoder.skipped,
-                        "first": decoder.unreadable[0],
+                        "shapes": decoder.unreadable,
                     },
                 )
 

@@ -11,19 +11,21 @@ index it has not seen:
     no `index` at all, each call whole in its own chunk
     an index that starts at 1, goes back, or is the tool's place in the request
     the id and name repeated on every piece, or a call with no id
+    one id for several calls (DeepSeek's parallel calls share one)
     an id that changes after the first piece (a new one on every piece, even)
 
 `Calls` reads each server's delta entries in order and gives each piece the
-number the client expects.  An entry belongs to the call its id names, else to
-the call at its index (none given: the latest call).  It starts a new call when
-there is none there, when it names another function, or when it brings what
-starts a call (an id not seen, the name again, arguments sent whole as an
-object) to a call whose arguments are already one whole JSON value (`_Call`
-follows their brackets and strings); otherwise it is more of that call, a stray
+number the client expects.  An entry belongs to the call at its index, else to
+the call its id names, else (no index) to the latest call.  It starts a new call
+when there is none there, when it names another function, or, once that call's
+arguments are one whole JSON value (`_Call` follows their brackets and strings),
+when it brings another id, arguments sent whole as an object, or the call's own
+id or name again with more arguments; otherwise it is more of that call, a stray
 id ignored.  A piece of bare arguments at an index not seen is more of the
-latest call while that one is unfinished.  A call's id and name go out once,
-with its first piece; a call with no id gets one made up, since a client
-answers each call by its id.  Whatever else a server puts on a call (Gemini's
+latest call while that one is unfinished.  A call's id and name go out once
+(with its first piece, or the piece that brings the name late); a call with no
+id, or with one another call has, gets one made up, since a client answers each
+call by its id.  Whatever else a server puts on a call (Gemini's
 `extra_content`) goes with the piece it came on.  No I/O, one instance per reply.
 """
 
@@ -42,11 +44,11 @@ from gateway.upstream import ToolCallPiece
 MAX_TOOL_CALLS = 128
 
 
-class Unreadable(ValueError):
+class Unreadable(Exception):
     """An entry that is no piece of a call: skipped (and noted for the log)."""
 
 
-class BadCalls(ValueError):
+class BadCalls(Exception):
     """Calls that cannot be relayed, which ends the reply: the text says what the
     server did ("made more than 128 tool calls")."""
 
@@ -63,11 +65,14 @@ class _Call:
     """One call: its id and name, and whether its arguments so far are one whole
     JSON value (their depth in brackets, and whether a string is open)."""
 
-    __slots__ = ("call_id", "depth", "escaped", "in_string", "name", "whole")
+    __slots__ = ("announced", "call_id", "depth", "escaped", "in_string", "name", "whole")
 
     def __init__(self, call_id: str, name: str | None) -> None:
         self.call_id = call_id
         self.name = name
+        # Its id or name came again, alone, once it was whole: another call's head,
+        # if arguments follow (`Calls.piece`).
+        self.announced = False
         self.whole = False  # a whole JSON value (an object or array closed)
         self.depth = 0
         self.in_string = False
@@ -77,6 +82,8 @@ class _Call:
         if sent_whole:
             self.whole = True
             return
+        if not arguments:
+            return  # an empty piece leaves a backslash before it escaping what follows
         # The character after a backslash in a string is escaped: skipped (it may be
         # the first of the next piece, when a piece ended with the backslash).
         skip = 0
@@ -133,14 +140,33 @@ class Calls:
             if self._calls and (index is None or index in self._by_index):
                 return None  # servers send empty pieces
             raise Unreadable
-        number = self._of(index, call_id, name, sent_whole)
-        if number is None:
+        at = self._addressed(index, call_id, name, sent_whole)
+        call = None if at is None else self._calls[at]
+        if (
+            call is not None
+            and call.whole
+            and not (arguments or sent_whole)
+            and (call_id is not None or name is not None)
+            and call_id in (None, call.call_id)
+            and name in (None, call.name)
+        ):
+            # Its own id or name again, and nothing more, once it is whole: the head
+            # of another call of the same function (a server that gives parallel
+            # calls one id and one index) if arguments follow, else nothing.
+            call.announced = True
+            return None
+        fresh = index is not None and index not in self._by_index
+        if call is None or self._starts(call, fresh, call_id, name, arguments, sent_whole):
+            if call is not None and call.announced:
+                name = name or call.name
+                call.announced = False
             number = self._start(call_id, name)
             call = self._calls[number]
             self._map(index, number)
             call.took(arguments, sent_whole)
             return ToolCallPiece(number, arguments, call.call_id, name, extra)
-        call = self._calls[number]
+        assert at is not None
+        number = at
         self._map(index, number)
         call.took(arguments, sent_whole)
         if name is not None:
@@ -152,36 +178,54 @@ class Calls:
             return None
         return ToolCallPiece(number, arguments, None, name, extra)
 
-    def _of(
+    def _addressed(
         self, index: int | None, call_id: str | None, name: str | None, sent_whole: bool
     ) -> int | None:
-        """The call an entry is more of; None when it starts one."""
+        """The call an entry names: the one at its index, else the one its id names,
+        else (no index, or bare arguments at an index not seen) the latest."""
+        if index is not None and index in self._by_index:
+            return self._by_index[index]
         if call_id is not None and call_id in self._by_id:
             return self._by_id[call_id]
         if not self._calls:
             return None
-        latest = len(self._calls) - 1
-        if index is None:
-            number = latest
-        elif index in self._by_index:
-            number = self._by_index[index]
-        elif call_id is None and name is None and not self._calls[latest].whole:
-            return latest  # bare arguments at an index not seen: the unfinished call's
-        else:
-            return None
-        call = self._calls[number]
+        if index is None or (call_id is None and name is None and not sent_whole):
+            return len(self._calls) - 1
+        return None
+
+    @staticmethod
+    def _starts(
+        call: _Call,
+        fresh: bool,
+        call_id: str | None,
+        name: str | None,
+        arguments: str,
+        sent_whole: bool,
+    ) -> bool:
+        """Whether an entry addressed to `call` is another call's start (`fresh`: at an
+        index not seen before)."""
         if name is not None and call.name is not None and name != call.name:
-            return None  # another function: another call
-        starts = call_id is not None or name is not None or sent_whole
-        if starts and call.whole:
-            return None  # what starts a call, after a call that is whole: another
-        return number
+            return True  # another function
+        if not call.whole:
+            return False  # more of it, whatever id it says (one that changes mid-call)
+        return (
+            (call_id is not None and call_id != call.call_id)  # another id
+            or sent_whole
+            # More arguments once it is whole: with its own id or name again (a
+            # server whose parallel calls share one id), after its head came again
+            # (`announced`), or at an index not seen.
+            or (
+                bool(arguments)
+                and (call_id is not None or name is not None or call.announced or fresh)
+            )
+        )
 
     def _start(self, call_id: str | None, name: str | None) -> int:
         number = len(self._calls)
         if number >= MAX_TOOL_CALLS:
             raise BadCalls(f"made more than {MAX_TOOL_CALLS} tool calls")
-        call_id = call_id if call_id is not None else self._new_id()
+        if call_id is None or call_id in self._by_id:
+            call_id = self._new_id()  # a client answers each call by its id: one each
         self._calls.append(_Call(call_id, name))
         self._by_id[call_id] = number
         return number

@@ -323,7 +323,7 @@ async def test_tools_offered_to_a_stored_reply_are_refused_and_nothing_is_writte
     body = step2_body(created["id"], a1, [], stream=False)
     body["tools"] = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
     status, error, _ = await api.call("POST", "/api/chat/completions", body)
-    assert status == 400 and "without 'chat_id'" in error["detail"], error
+    assert status == 400 and "without 'chat_id' and 'session_id'" in error["detail"], error
     _, chat, _ = await api.call("GET", f"/api/v1/chats/{created['id']}")
     assert chat["chat"]["history"]["messages"][a1]["content"] == ""
 

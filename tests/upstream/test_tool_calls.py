@@ -1,6 +1,7 @@
 """The numbering of a reply's tool calls (`gateway/upstream/tool_calls.py`), beyond
-the golden vectors: any calls, cut anywhere, sent in each of the ways servers send
-them, come out as the same calls, each whole, in OpenAI's numbering.  No I/O."""
+the golden vectors: any calls, cut anywhere, sent in each of the nine ways servers
+send them, come out as the same calls, each whole, in OpenAI's numbering, each with
+an id of its own.  No I/O."""
 
 from __future__ import annotations
 
@@ -62,9 +63,10 @@ def interleaved(calls: list[Call], cuts: list[int]) -> Iterator[dict[str, Any]]:
 
 
 def repeated(calls: list[Call], cuts: list[int]) -> Iterator[dict[str, Any]]:
-    """The id, type and name on every piece (TGI, some proxies)."""
+    """The id, type and name on every piece (TGI, some proxies), and once more with
+    nothing after the call is whole."""
     for number, (name, arguments) in enumerate(calls):
-        for piece in cut(json.dumps(arguments), cuts):
+        for piece in [*cut(json.dumps(arguments), cuts), ""]:
             function = {"name": name, "arguments": piece}
             yield {
                 "index": number,
@@ -72,6 +74,22 @@ def repeated(calls: list[Call], cuts: list[int]) -> Iterator[dict[str, Any]]:
                 "type": "function",
                 "function": function,
             }
+
+
+def shared_id(calls: list[Call], cuts: list[int]) -> Iterator[dict[str, Any]]:
+    """One id for every call, each its own index (DeepSeek's, GLM's parallel calls)."""
+    for number, (name, arguments) in enumerate(calls):
+        yield {"index": number, "id": "call_0", "function": {"name": name, "arguments": ""}}
+        for piece in cut(json.dumps(arguments), cuts):
+            yield {"index": number, "id": "call_0", "function": {"arguments": piece}}
+
+
+def shared_id_and_index(calls: list[Call], cuts: list[int]) -> Iterator[dict[str, Any]]:
+    """One id and index 0 for every call, its name on its first piece alone."""
+    for name, arguments in calls:
+        yield {"index": 0, "id": "call_x", "function": {"name": name, "arguments": ""}}
+        for piece in cut(json.dumps(arguments), cuts):
+            yield {"index": 0, "function": {"arguments": piece}}
 
 
 def id_changing(calls: list[Call], cuts: list[int]) -> Iterator[dict[str, Any]]:
@@ -106,7 +124,17 @@ def objects(calls: list[Call], cuts: list[int]) -> Iterator[dict[str, Any]]:
         yield {"function": {"name": name, "arguments": arguments}}
 
 
-STYLES = [openai, interleaved, repeated, id_changing, reused_index, no_index_no_id, objects]
+STYLES = [
+    openai,
+    interleaved,
+    repeated,
+    shared_id,
+    shared_id_and_index,
+    id_changing,
+    reused_index,
+    no_index_no_id,
+    objects,
+]
 
 
 def joined(pieces: list[ToolCallPiece]) -> list[dict[str, str]]:
