@@ -141,32 +141,43 @@ class Calls:
                 return None  # servers send empty pieces
             raise Unreadable
         at = self._addressed(index, call_id, name, sent_whole)
-        call = None if at is None else self._calls[at]
-        if (
-            call is not None
-            and call.whole
-            and not (arguments or sent_whole)
-            and (call_id is not None or name is not None)
-            and call_id in (None, call.call_id)
-            and name in (None, call.name)
-        ):
-            # Its own id or name again, and nothing more, once it is whole: the head
-            # of another call of the same function (a server that gives parallel
-            # calls one id and one index) if arguments follow, else nothing.
-            call.announced = True
-            return None
-        fresh = index is not None and index not in self._by_index
-        if call is None or self._starts(call, fresh, call_id, name, arguments, sent_whole):
-            if call is not None and call.announced:
+        if at is not None:
+            call = self._calls[at]
+            if (
+                call.whole
+                and not (arguments or sent_whole)
+                and (call_id is not None or name is not None)
+                and call_id in (None, call.call_id)
+                and name in (None, call.name)
+            ):
+                # Its own id or name again, and nothing more, once it is whole: the
+                # head of another call of the same function (a server that gives
+                # parallel calls one id and one index) if arguments follow.
+                call.announced = True
+                return None
+            fresh = index is not None and index not in self._by_index
+            if not self._starts(call, fresh, call_id, name, arguments, sent_whole):
+                return self._more(at, index, name, arguments, sent_whole, extra)
+            if call.announced:
                 name = name or call.name
                 call.announced = False
-            number = self._start(call_id, name)
-            call = self._calls[number]
-            self._map(index, number)
-            call.took(arguments, sent_whole)
-            return ToolCallPiece(number, arguments, call.call_id, name, extra)
-        assert at is not None
-        number = at
+        number = self._start(call_id, name)
+        call = self._calls[number]
+        self._map(index, number)
+        call.took(arguments, sent_whole)
+        return ToolCallPiece(number, arguments, call.call_id, name, extra)
+
+    def _more(
+        self,
+        number: int,
+        index: int | None,
+        name: str | None,
+        arguments: str,
+        sent_whole: bool,
+        extra: dict[str, Any] | None,
+    ) -> ToolCallPiece | None:
+        """More of call `number`: its id is not sent again, nor its name but late."""
+        call = self._calls[number]
         self._map(index, number)
         call.took(arguments, sent_whole)
         if name is not None:
