@@ -18,7 +18,9 @@ Stream shape, one SSE event per chunk::
 Tool calling is relayed: the tools a request offers go to the model server with
 `tool_choice` and `parallel_tool_calls`, and the calls the model makes come
 back as `tool_calls` deltas (streamed) or the message's `tool_calls` (not
-streamed), `finish_reason: "tool_calls"`.  The conversation that follows
+streamed), numbered the OpenAI way whatever the server did
+(`upstream/tool_calls.py`), with the server's `finish_reason` (`"tool_calls"`,
+or `"stop"` from some when `tool_choice` forced the call).  The conversation that follows
 (assistant messages with `tool_calls`, `tool` messages with the results) goes
 to the model server as the client wrote it.  OpenAI's deprecated `functions`
 are refused, with the name of their replacement.
