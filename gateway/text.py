@@ -9,9 +9,10 @@ database drivers, for every argument of every statement, so no route, flavour
 or upstream can bring such text to a store.
 
 A leaf module, like `jsonwire.py`: the store, the routes and the codecs import it.
-It also cuts a WebSocket close frame's reason to size without splitting a character
-(`close_reason`), and escapes a client's control characters for a header or a log
-line (`printable`).
+A model server's text is made `encodable` where it is read (a lone surrogate
+becomes U+FFFD, so every client encoding can carry it).  It also cuts a WebSocket
+close frame's reason to size without splitting a character (`close_reason`), and
+escapes a client's control characters for a header or a log line (`printable`).
 """
 
 from __future__ import annotations
@@ -110,3 +111,19 @@ def printable(text: str) -> str:
 
 def _escaped(match: re.Match[str]) -> str:
     return f"\\x{ord(match[0]):02x}"
+
+
+def encodable(text: str) -> str:
+    """The text with lone UTF-16 surrogates (JSON "\\ud83d" without its pair, which a
+    broken tokenizer can send) replaced by U+FFFD: no client encoding can carry them.
+    (json.loads joins the valid pairs, so any surrogate left is a lone one.)  NUL
+    characters are dropped: no store can hold them, and no reply needs them."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
+    return text

@@ -32,6 +32,7 @@ from typing import Any
 from gateway import jsonwire
 from gateway.events import Usage
 from gateway.flavours.sse import SSEParser
+from gateway.text import encodable
 from gateway.upstream import Chunk, ToolCallPiece
 from gateway.upstream.tool_calls import BadCalls, Calls, Unreadable, made_up_id
 
@@ -177,7 +178,7 @@ class ChunkDecoder:
                     f"The model server for '{self._model}' {exc}", shape(entry)
                 ) from None
             if piece is not None:
-                pieces.append(_encodable_piece(piece))
+                pieces.append(piece)
         return tuple(pieces)
 
     def _skipped(self, value: Any) -> None:
@@ -199,17 +200,6 @@ class ChunkDecoder:
                 shape(data),
             )
         return data
-
-
-def _encodable_piece(piece: ToolCallPiece) -> ToolCallPiece:
-    """A piece whose text every client encoding can carry (`encodable`)."""
-    return ToolCallPiece(
-        piece.index,
-        encodable(piece.arguments),
-        None if piece.call_id is None else encodable(piece.call_id),
-        None if piece.name is None else encodable(piece.name),
-        piece.extra,  # made storable where it was read (`tool_calls._extra`)
-    )
 
 
 def _as_json(value: Any) -> str:
@@ -289,19 +279,3 @@ def _content(value: Any) -> str:
         and part.get("type", "text") in _TEXT_PARTS
     ]
     return encodable("".join(texts))
-
-
-def encodable(text: str) -> str:
-    """The text with lone UTF-16 surrogates (JSON "\\ud83d" without its pair, which a
-    broken tokenizer can send) replaced by U+FFFD: no client encoding can carry them.
-    (json.loads joins the valid pairs, so any surrogate left is a lone one.)  NUL
-    characters are dropped: no store can hold them, and no reply needs them."""
-    if "\x00" in text:
-        text = text.replace("\x00", "")
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
-    return text

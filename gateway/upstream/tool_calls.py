@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from gateway.text import storable_value
+from gateway.text import encodable, storable_value
 from gateway.upstream import ToolCallPiece
 
 # Tool calls in one reply (OpenAI's own bound on the tools a request may offer).
@@ -274,17 +274,17 @@ def _strict(value: Any) -> str:
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    return encodable(value) if isinstance(value, str) and value else None
 
 
 def _arguments(value: Any) -> str:
     """A call's arguments as the JSON text OpenAI sends: a string as it came, an
     object (some servers send one) written as that text."""
     if isinstance(value, str):
-        return value
+        return encodable(value)
     if isinstance(value, dict | list):
         try:
-            return _strict(value)
+            return encodable(_strict(value))
         except (RecursionError, ValueError, TypeError):  # nested past writing, or NaN
             raise BadCalls("sent tool call arguments that cannot be written as JSON") from None
     return ""
