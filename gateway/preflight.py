@@ -8,7 +8,9 @@ failure one `SettingsError` line that names the setting and the fix.
     loop_factory(loaded)  the event loop `serve` runs on (uvloop's, or asyncio's)
     signing_key(loaded)   the key tokens are signed with, and where it came from
     bind_error(loaded, e) what an OSError from listening means, as one line
-    probe_bind(loaded)    check-config: can the address be listened on?
+    probe_bind(loaded)    check-config: can the address be listened on?  (Held by a
+                          running gateway: a note, not an error: the check before a
+                          restart.)
     connect(loaded)       check-config --connect: the database, Redis (and whether it
                           refuses any kind of command the bus sends), each upstream
 
@@ -19,8 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import http.client
 import socket
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,7 @@ import aiohttp
 import asyncpg
 
 from gateway.edge import redact
+from gateway.edge.connections import SERVER_HEADER
 from gateway.edge.secrets import SECRET_KEY_FILE, load_or_create_secret
 from gateway.settings import Loaded, SettingsError
 from gateway.store.errors import why_unavailable
@@ -171,8 +177,10 @@ def bind_error(loaded: Loaded, exc: OSError) -> SettingsError:
     return loaded.error("host", f"cannot listen on {where} ({exc.strerror or exc})")
 
 
-def probe_bind(loaded: Loaded) -> None:
-    """Listen on the address for a moment, as `serve` would."""
+def probe_bind(loaded: Loaded) -> str | None:
+    """Listen on the address for a moment, as `serve` would.  An address a running
+    gateway holds is not an error here (the configuration is checked before that
+    gateway is restarted with it): a note saying so is returned instead."""
     settings = loaded.settings
     try:
         infos = socket.getaddrinfo(
@@ -184,7 +192,29 @@ def probe_bind(loaded: Loaded) -> None:
                 sock.bind(address)
                 sock.listen(1)
     except OSError as exc:
+        if exc.errno == errno.EADDRINUSE and _a_gateway_answers(settings.host, settings.port):
+            return (
+                f"{settings.host}:{settings.port} is in use by a running gateway; "
+                "this configuration needs it free (stop that gateway, then start this one)"
+            )
         raise bind_error(loaded, exc) from None
+    return None
+
+
+def _a_gateway_answers(host: str, port: int) -> bool:
+    """Whether what listens on host:port answers HTTP as this gateway does (its
+    `Server` header, on any answer, whatever its base path)."""
+    near = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    at = f"[{near}]" if ":" in near else near
+    try:
+        with urllib.request.urlopen(f"http://{at}:{port}/health", timeout=2) as response:
+            server = response.headers.get("Server")
+    except urllib.error.HTTPError as refused:
+        with refused:
+            server = refused.headers.get("Server")
+    except (OSError, ValueError, http.client.HTTPException):
+        return False
+    return bool(server == SERVER_HEADER)
 
 
 # -- check-config --connect ----------------------------------------------------------

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -222,6 +223,24 @@ def test_a_port_in_use_is_refused_before_listening(
         args=["--port", str(port_in_use)],
     )
     assert_refused(run(command, case, tmp_path), case.expect)
+
+
+@pytest.mark.parametrize("base_path", ["", "/chat"])
+def test_check_config_on_a_running_gateways_port_says_so_and_passes(
+    base_path: str, start_gateway: Any, tmp_path: Path
+) -> None:
+    """The check before a restart: the address is the running gateway's, which is
+    no fault of the configuration (`serve` is still refused: the port is taken)."""
+    running = start_gateway({"GATEWAY_BASE_PATH": base_path} if base_path else None)
+    case = Case("port of a running gateway", "", args=["--port", str(running.port)])
+    checked = run("check-config", case, tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert f"warning: 127.0.0.1:{running.port} is in use by a running gateway" in checked.stderr
+    assert "Traceback" not in checked.stderr
+    assert f"port: {running.port}" in checked.stdout
+    served = Case("port of a running gateway", f"127.0.0.1:{running.port} is already in use")
+    served.args = case.args
+    assert_refused(run("serve", served, tmp_path), served.expect)
 
 
 def test_the_refusals_cover_every_kind_of_source() -> None:

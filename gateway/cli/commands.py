@@ -52,7 +52,7 @@ def check_config(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     preflight.prepare(loaded, create=False)
-    preflight.probe_bind(loaded)
+    held = preflight.probe_bind(loaded)
     probes = asyncio.run(preflight.connect(loaded)) if args.connect else []
     failed = [probe for probe in probes if not probe.ok]
     for probe in failed:
@@ -63,7 +63,7 @@ def check_config(args: argparse.Namespace) -> int:
         )
     if failed:
         return 2
-    for warning in loaded.warnings:
+    for warning in [*loaded.warnings, *([held] if held else [])]:
         print(f"gateway: warning: {warning}", file=sys.stderr)
     print(yaml.safe_dump(describe(loaded), sort_keys=True, allow_unicode=True), end="")
     for probe in probes:
