@@ -20,9 +20,12 @@ Nothing is ever created outside the data directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import http.client
+import os
 import socket
+import sqlite3
 import tempfile
 import urllib.error
 import urllib.request
@@ -60,6 +63,15 @@ def prepare(loaded: Loaded, *, create: bool = True) -> None:
             raise loaded.error("database_url", f"{path} exists and is not a file")
     if settings.jwt_public_key_file is not None:
         _public_key(loaded, settings.jwt_public_key_file)
+    if not settings.secret_key:
+        _kept_key(loaded, missing_ok=True)
+    sqlite = settings.database_url.removeprefix("sqlite:///") if settings.database_url else ""
+    db = Path(sqlite) if sqlite else settings.data_dir / "gateway.db"
+    if (not settings.database_url or sqlite) and db.is_file() and not os.access(db, os.W_OK):
+        raise loaded.error(
+            "database_url",
+            f"{db.resolve()} is read-only for this user; the gateway writes every turn there",
+        )
     loop_factory(loaded)
 
 
@@ -116,6 +128,7 @@ def _writable_dir(
 
 
 def _public_key(loaded: Loaded, path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     try:
@@ -123,11 +136,59 @@ def _public_key(loaded: Loaded, path: Path) -> None:
     except OSError as exc:
         raise loaded.error("jwt_public_key_file", f"cannot read it ({exc.strerror})") from None
     try:
-        load_pem_public_key(data)
+        key = load_pem_public_key(data)
     except (ValueError, TypeError):
         raise loaded.error(
             "jwt_public_key_file", "is not a PEM public key (-----BEGIN PUBLIC KEY-----)"
         ) from None
+    if not isinstance(key, rsa.RSAPublicKey) and not (
+        isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+    ):
+        raise loaded.error(
+            "jwt_public_key_file",
+            "is neither an RSA key (RS256) nor an EC P-256 key (ES256), the two kinds of "
+            "signature the gateway verifies",
+        )
+
+
+def _kept_key(loaded: Loaded, *, missing_ok: bool) -> str:
+    """The signing key kept in the data dir ("" when there is none yet and
+    `missing_ok`), or one line saying why it cannot be used."""
+    path = key_file(loaded)
+    fix = "or set WEBUI_SECRET_KEY"
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        if missing_ok:
+            return ""
+        raise SettingsError(
+            f"no signing key: {path} does not exist; run this where the gateway runs "
+            f"(same DATA_DIR or --config), {fix}"
+        ) from None
+    except IsADirectoryError:
+        raise loaded.error(
+            "secret_key",
+            f"unset, and the key file {path} is a directory; "
+            f"remove it (a key is made at the next start) {fix}",
+        ) from None
+    except OSError as exc:
+        raise loaded.error(
+            "secret_key",
+            f"unset, and the key file {path} cannot be read ({exc.strerror}); "
+            f"let this user read it {fix}",
+        ) from None
+    except UnicodeDecodeError:
+        raise loaded.error(
+            "secret_key", f"unset, and the key file {path} is not UTF-8 text; {fix}"
+        ) from None
+    if not key:
+        raise loaded.error(
+            "secret_key",
+            f"unset, and the key file {path} is empty (a start that stopped while writing "
+            f"it?); remove it (a key is made at the next start: sign-ins made with another "
+            f"key end) {fix}",
+        )
+    return key
 
 
 def key_file(loaded: Loaded) -> Path:
@@ -142,16 +203,7 @@ def signing_key(loaded: Loaded, *, create: bool) -> tuple[str, str]:
         return settings.secret_key, loaded.source("secret_key").label()
     path = key_file(loaded)
     if not create:
-        try:
-            key = path.read_text(encoding="utf-8").strip()
-        except OSError:
-            key = ""
-        if not key:
-            raise SettingsError(
-                f"no signing key: {path} does not exist; run this where the gateway runs "
-                f"(same DATA_DIR or --config), or set WEBUI_SECRET_KEY"
-            )
-        return key, str(path)
+        return _kept_key(loaded, missing_ok=False), str(path)
     prepare(loaded)
     return load_or_create_secret(settings.data_dir), str(path)
 
@@ -247,18 +299,33 @@ async def _database(loaded: Loaded) -> Probe:
         path = (
             Path(url.removeprefix("sqlite:///")) if url else loaded.settings.data_dir / "gateway.db"
         )
-        state = "exists" if path.exists() else "will be created at the first start"
-        return Probe("database_url", True, f"SQLite {path.resolve()} ({state})")
+        if not path.exists():
+            return Probe(
+                "database_url",
+                True,
+                f"SQLite {path.resolve()} (will be created at the first start)",
+            )
+        try:
+            await asyncio.to_thread(_open_sqlite, path)
+        except (OSError, sqlite3.Error) as exc:
+            return Probe("database_url", False, f"{path.resolve()}: {why_unavailable(exc)}")
+        return Probe("database_url", True, f"SQLite {path.resolve()} (exists, opened)")
     shown = redact.url(url)
     try:
         conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return Probe("database_url", False, f"{shown}: {why_unavailable(exc)}")
     try:
         version = await conn.fetchval("SHOW server_version")
     finally:
         await conn.close()
     return Probe("database_url", True, f"{shown} (PostgreSQL {version})")
+
+
+def _open_sqlite(path: Path) -> None:
+    """Open the file read-only and read its schema, as the first start would."""
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        db.execute("PRAGMA schema_version").fetchone()
 
 
 async def _redis(loaded: Loaded) -> Probe:

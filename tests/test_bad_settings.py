@@ -107,11 +107,6 @@ CASES = [
         },
     ),
     Case(
-        "a key without a URL",
-        "OPENAI_API_KEY has 1 key(s) for 0 base URL(s)",
-        {"OPENAI_API_KEY": KEY},
-    ),
-    Case(
         "an endpoint for a base URL",
         "is an endpoint, not a base URL: give 'http://127.0.0.1:9/v1'",
         {"OPENAI_API_BASE_URL": "http://127.0.0.1:9/v1/chat/completions"},
@@ -157,6 +152,74 @@ CASES = [
         commands=("token",),
     ),
     Case("token without a key", "no signing key", args=["--user", "a"], commands=("token",)),
+    Case(
+        "token for nobody", "a user id must not be empty", args=["--user", " "], commands=("token",)
+    ),
+    # A password with a raw '/', '?', '#' or '@' ends the host part early: each client
+    # reads such a URL its own way, and the password was shown as the host or path.
+    Case(
+        "a base URL's password with '/'",
+        "percent-encode them (%40, %2F, %3F, %23)",
+        {"OPENAI_API_BASE_URL": f"http://u:pa/{PASSWORD}@127.0.0.1:9/v1"},
+    ),
+    Case(
+        "a database password with '#'",
+        "percent-encode them",
+        {"DATABASE_URL": f"postgresql://u:pa#{PASSWORD}@127.0.0.1/postgres"},
+    ),
+    Case(
+        "a database password with '@'",
+        "percent-encode them",
+        {"DATABASE_URL": f"postgresql://u:pa@{PASSWORD}@127.0.0.1/postgres"},
+    ),
+    Case(
+        "a Redis port out of range",
+        "REDIS_URL='redis://:***@127.0.0.1:99999/0': its port is not a number from 0 to 65535",
+        {"WEBSOCKET_MANAGER": "redis", "REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:99999/0"},
+    ),
+    Case(
+        "a base URL's port out of range",
+        "its port is not a number from 0 to 65535",
+        {"OPENAI_API_BASE_URL": f"http://u:{PASSWORD}@127.0.0.1:99999/v1"},
+    ),
+    Case(
+        "a base URL with a query",
+        "has a query or fragment, which no request would carry",
+        {"OPENAI_API_BASE_URL": f"http://127.0.0.1:9/v1?api_key={PASSWORD}"},
+    ),
+    Case(
+        "a base URL's user and a key",
+        "URL 1 holds a user name and OPENAI_API_KEY a key for it",
+        {"OPENAI_API_BASE_URL": f"http://u:{PASSWORD}@127.0.0.1:9/v1", "OPENAI_API_KEY": KEY},
+    ),
+    Case(
+        "an unknown sslmode",
+        "sslmode must be one of disable, allow, prefer",
+        {"DATABASE_URL": f"postgresql://u:{PASSWORD}@127.0.0.1/postgres?sslmode=bogus"},
+    ),
+    Case("a base path with '..'", "not a path like /chat", {"GATEWAY_BASE_PATH": "/chat/../x"}),
+    Case("a base path with a space", "not a path like /chat", {"GATEWAY_BASE_PATH": "/a b"}),
+    Case(
+        "a signing key that is not UTF-8",
+        "WEBUI_SECRET_KEY='***': holds bytes that are not UTF-8 text",
+        {"WEBUI_SECRET_KEY": os.fsdecode(b"\xff" + PASSWORD.encode())},
+    ),
+    Case(
+        "a static key no request could use",
+        "the key of pair 1 does not start with sk- or ragflow-",
+        {"GATEWAY_API_KEYS": f"{PASSWORD}=alice"},
+    ),
+    Case(
+        "a static key twice",
+        "the key of pair 2 is given twice",
+        {"GATEWAY_API_KEYS": f"sk-{PASSWORD}=alice;sk-{PASSWORD}=bob"},
+    ),
+    Case("YAML's yes for a port", "gateway.yaml:1: port: True: true (YAML", config=b"port: yes\n"),
+    Case(
+        "too many hashing threads",
+        "less than or equal to 8",
+        {"GATEWAY_PASSWORD_HASH_THREADS": "99999999999999999999"},
+    ),
 ]
 
 

@@ -165,8 +165,8 @@ def test_check_config_masks_every_secret(tmp_path: Path) -> None:
         "REDIS_URL": f"redis://:{PASSWORD}@redis.example:6379/0",
         "WEBSOCKET_MANAGER": "redis",
         "WEBUI_SECRET_KEY": f"signing-{PASSWORD}",
-        "OPENAI_API_BASE_URL": f"https://user:{PASSWORD}@models.example/v1",
-        "OPENAI_API_KEY": f"sk-upstream-{PASSWORD}",
+        "OPENAI_API_BASE_URLS": f"https://user:{PASSWORD}@models.example/v1;https://m.example/v1",
+        "OPENAI_API_KEYS": f";sk-upstream-{PASSWORD}",
         "GATEWAY_API_KEYS": f"sk-static-{PASSWORD}=alice",
     }
     result = gateway("check-config", cwd=tmp_path, env=env)
@@ -497,3 +497,91 @@ def test_uvloop_asked_for_and_missing_is_one_line(monkeypatch: pytest.MonkeyPatc
         "GATEWAY_EVENT_LOOP='uvloop': uvloop is not installed: pip install uvloop, or use auto"
     )
     assert preflight.loop_factory(read(environ={"GATEWAY_EVENT_LOOP": "auto"})) is None
+
+
+# -- what the data dir holds ----------------------------------------------------------
+@pytest.mark.parametrize("kind", ["empty", "a directory", "not UTF-8"])
+def test_a_kept_signing_key_that_cannot_be_used_is_one_line_everywhere(
+    kind: str, tmp_path: Path
+) -> None:
+    """An empty key file (a start that stopped while writing it) used to start a
+    server whose every sign-in failed with a 500; a directory or an unreadable file
+    was a traceback; `token` said the file did not exist."""
+    data = tmp_path / "data"
+    data.mkdir()
+    kept = data / ".webui_secret_key"
+    if kind == "empty":
+        kept.write_text("")
+    elif kind == "a directory":
+        kept.mkdir()
+    else:
+        kept.write_bytes(b"\xff" * 40)
+    for command in (
+        ["serve", "--port", str(free_port())],
+        ["check-config"],
+        ["token", "--user", "a"],
+    ):
+        result = gateway(*command, cwd=tmp_path)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        assert f"the key file {kept.resolve()} is {kind}" in result.stderr, result.stderr
+
+
+def test_check_config_connect_opens_an_existing_sqlite_file(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "gateway.db").write_text("not a database\n" * 100)
+    result = gateway("check-config", "--connect", cwd=tmp_path)
+    assert result.returncode == 2 and "file is not a database" in result.stderr, result.stderr
+    (tmp_path / "data" / "gateway.db").unlink()
+    made = gateway(
+        "users", "add", "--email", "a@example.com", "--password", "a-secret-1", cwd=tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    result = gateway("check-config", "--connect", cwd=tmp_path)
+    assert result.returncode == 0 and "(exists, opened)" in result.stdout, result.stderr
+
+
+def test_a_read_only_database_is_refused_before_listening(tmp_path: Path) -> None:
+    """Not root's: root writes a read-only file anyway (the check is run without the
+    capability that lets it)."""
+    made = gateway(
+        "users", "add", "--email", "a@example.com", "--password", "a-secret-1", cwd=tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    db = tmp_path / "data" / "gateway.db"
+    db.chmod(0o400)
+    unprivileged = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-fowner", "--"]
+    result = subprocess.run(
+        [*unprivileged, sys.executable, "-m", "gateway", "check-config"],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{db.resolve()} is read-only for this user" in result.stderr
+
+
+def test_an_api_key_with_no_model_server_is_a_warning_not_a_refusal(tmp_path: Path) -> None:
+    """Many shells export OPENAI_API_KEY: the quick start must still run."""
+    key = "sk-proj-" + "x" * 40
+    result = gateway("check-config", cwd=tmp_path, env={"OPENAI_API_KEY": key})
+    assert result.returncode == 0, result.stderr
+    assert "OPENAI_API_KEY is set but no model server is: the key is not used" in result.stderr
+    assert key not in result.stdout + result.stderr
+
+
+def test_a_public_key_of_a_kind_never_verified_is_refused(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    for key in (ed25519.Ed25519PrivateKey.generate(), ec.generate_private_key(ec.SECP384R1())):
+        pem = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        (tmp_path / "key.pem").write_bytes(pem)
+        env = {"GATEWAY_JWT_PUBLIC_KEY_FILE": str(tmp_path / "key.pem")}
+        result = gateway("check-config", cwd=tmp_path, env=env)
+        assert result.returncode == 2, result.stderr
+        assert "is neither an RSA key (RS256) nor an EC P-256 key (ES256)" in result.stderr

@@ -138,6 +138,11 @@ def users_add(args: argparse.Namespace) -> int:
     passwords = Passwords(_load(args).settings.password_min_chars, threads=1)
 
     async def action(store: Any) -> int:
+        role = args.role
+        if role is None and not any(u.role == "admin" for u in await store.list_users()):
+            # Users a token made first (`gateway token`, an identity provider's JWTs)
+            # are no admins: the operator's first `users add` makes one.
+            role = "admin"
         try:
             user = await add_user(
                 store,
@@ -145,7 +150,7 @@ def users_add(args: argparse.Namespace) -> int:
                 email=args.email,
                 password=args.password,
                 name=args.name,
-                role=args.role,
+                role=role,
             )
         except GatewayError as exc:
             print(f"gateway: {exc.message}", file=sys.stderr)
@@ -321,6 +326,7 @@ def trace(args: argparse.Namespace) -> int:
     """A reply's live trace from a running gateway's plugin-debug socket, one line per
     record, until the reply ends (exit 0) or fails (exit 1)."""
     import asyncio
+    import urllib.parse
 
     import aiohttp
 
@@ -331,7 +337,7 @@ def trace(args: argparse.Namespace) -> int:
     if bearer is None:
         return 1
     url = base.replace("http", "ws", 1)
-    url = f"{url}/api/v1/ws/plugin/debug/{args.message_id}"
+    url = f"{url}/api/v1/ws/plugin/debug/{urllib.parse.quote(args.message_id, safe='')}"
 
     async def follow() -> int:
         headers = {"Authorization": f"Bearer {bearer}"}

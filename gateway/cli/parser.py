@@ -11,25 +11,31 @@ from gateway.cli import commands
 from gateway.webui.layout import DEFAULT_VERSION
 
 
-def _positive(value: str) -> float:
+def number(value: str) -> float:  # (argparse names a bad value by the type's name)
     number = float(value)
     if number <= 0:
         raise argparse.ArgumentTypeError(f"{value} is not a positive number")
     return number
 
 
-def _count(value: str) -> int:
+def count(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a count of at least 1")
     return number
 
 
-def _seconds(value: str) -> int:
+def seconds(value: str) -> int:
     number = int(value)
     if number < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative; give seconds ≥ 0 (0: no expiry)")
     return number
+
+
+def user_id(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("a user id must not be empty")
+    return value.strip()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,9 +95,11 @@ def _serving(sub: Subparsers, common: _Parser) -> None:
     token = sub.add_parser(
         "token", help="print a JWT signed with the configured secret", parents=[common]
     )
-    token.add_argument("--user", required=True, help="user id (the token's 'id' claim)")
+    token.add_argument(
+        "--user", required=True, type=user_id, help="user id (the token's 'id' claim)"
+    )
     token.add_argument("--name", help="display name (claim 'name')")
-    token.add_argument("--ttl", type=_seconds, help="seconds until expiry; 0 for none")
+    token.add_argument("--ttl", type=seconds, help="seconds until expiry; 0 for none")
     token.set_defaults(run=commands.token)
 
 
@@ -148,7 +156,7 @@ def _admin(sub: Subparsers, common: _Parser) -> None:
     )
     stats.add_argument("--json", action="store_true", help="print /ws/stats as JSON")
     stats.add_argument(
-        "--timeout", type=_positive, default=10.0, metavar="S", help="seconds (default 10)"
+        "--timeout", type=number, default=10.0, metavar="S", help="seconds (default 10)"
     )
     stats.set_defaults(run=commands.admin_stats)
 
@@ -166,7 +174,7 @@ def _admin(sub: Subparsers, common: _Parser) -> None:
     )
     trace.add_argument(
         "--timeout",
-        type=_positive,
+        type=number,
         default=120.0,
         metavar="S",
         help="seconds without a record before giving up (default 120)",
@@ -218,14 +226,14 @@ def _doctor(sub: Subparsers) -> None:
     )
     doctor.add_argument(
         "--idle-seconds",
-        type=_positive,
+        type=number,
         default=65.0,
         metavar="S",
         help="how long --slow holds the WebSocket without chat traffic (default 65)",
     )
     doctor.add_argument(
         "--polls",
-        type=_count,
+        type=count,
         default=10,
         metavar="N",
         help="Socket.IO polling sessions, to catch a proxy without stickiness (default 10)",
@@ -233,7 +241,7 @@ def _doctor(sub: Subparsers) -> None:
     doctor.add_argument("--model", help="the model the chats use (default: the first listed)")
     doctor.add_argument(
         "--timeout",
-        type=_positive,
+        type=number,
         default=20.0,
         metavar="S",
         help="seconds each check may take (default 20)",

@@ -7,8 +7,9 @@ Two kinds of secret are masked:
   named like a secret (`redis://r/0?password=…`, `…/v1?api_key=…`,
   `?sslpassword=…`, `#access_token=…`: redis-py, asyncpg and some model servers
   take them there), wherever such a URL appears in a text;
-* tokens by their shape: our API keys (`sk-` + 32 hex, `ragflow-` + 43
-  url-safe characters), JWTs (three base64url parts, the first `eyJ`), and
+* tokens by their shape: API keys (ours, `sk-` + 32 hex and `ragflow-` + 43
+  url-safe characters, and any `sk-` + 20 or more key characters, as OpenAI's
+  and others' are), JWTs (three base64url parts, the first `eyJ`), and
   any configured secret registered with `Redactor.add` (the signing key, the
   model servers' API keys, static keys), which have no shape of their own.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -25,8 +25,11 @@ MASK = "***"
 # of the authority (a password may itself hold "@" or ":").  Its parts are
 # bounded: every line is masked, and the unbounded pattern was quadratic on a
 # long run of "x.x.x…".
+# A password written with a raw "/", "?" or "#" (settings refuse it, yet it may
+# reach a log line) is masked to the last "@" as well: better a host masked too
+# than a password shown.
 _URL_PASSWORD = re.compile(
-    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^/\s:@]{0,256}:)[^/\s]{0,1024}@"
+    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^/\s:@]{0,256}:)[^\s\"'\\]{0,1024}@"
 )
 # ?password=… / &api_key=… / #access_token=… — a query (or fragment) parameter
 # whose name ends in a word that says it is a secret (`clientSecret`,
@@ -40,7 +43,7 @@ _SECRET_NAME = (
 _QUERY_SECRET = re.compile(_SECRET_NAME + r"[^&#\s]+", re.IGNORECASE)
 _QUERY_SECRET_IN_TEXT = re.compile(_SECRET_NAME + r"[^&#\s\"\\]+", re.IGNORECASE)
 _TOKENS = re.compile(
-    r"\bsk-[0-9a-fA-F]{32}\b"
+    r"\bsk-[A-Za-z0-9_-]{20,}"  # ours (sk- + 32 hex), and OpenAI's and others' sk-…
     r"|\bragflow-[A-Za-z0-9_-]{43}\b"
     r"|\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}"
 )
@@ -51,17 +54,17 @@ MIN_SECRET_CHARS = 6
 
 def url(value: str) -> str:
     """A URL with its password and secret parameters masked, as written otherwise
-    (`sqlite:///…` stays so); anything that is not a URL unchanged."""
+    (`sqlite:///…` stays so); a token-shaped value masked too (a key written where
+    a URL belongs)."""
     masked = _QUERY_SECRET.sub(_head_masked, value)
-    try:
-        parts = urlsplit(masked)
-    except ValueError:
-        return text(value)
-    if parts.password is None:
-        return masked
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+    scheme, sep, rest = masked.partition("://")
+    info, at, host = rest.rpartition("@")
+    user, colon, _ = info.partition(":")
+    if sep and at and colon and "/" not in user:
+        # The password runs to the last "@", raw "/", "?" or "#" in it included
+        # (`urlsplit` would end the host part at the first of them and show the rest).
+        masked = f"{scheme}://{user}:{MASK}@{host}"
+    return _TOKENS.sub(MASK, masked)
 
 
 def _head_masked(match: re.Match[str]) -> str:

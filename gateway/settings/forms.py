@@ -17,11 +17,12 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from pydantic import AfterValidator, BeforeValidator
 
 from gateway.edge import redact
+from gateway.edge.secrets import looks_like_api_key
 
 # A DNS name (RFC 1123 labels) for GATEWAY_HOST when it is not an address.
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -30,6 +31,10 @@ _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _ORIGIN = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#]+$")
 # What a base URL must not end in: the operator gave an endpoint, not the base.
 _ENDPOINTS = ("/chat/completions", "/completions", "/models", "/embeddings")
+# A segment of GATEWAY_BASE_PATH: what a URL path carries without escaping.
+_SEGMENT = re.compile(r"^[A-Za-z0-9._~-]+$")
+# libpq's (and asyncpg's) sslmode values.
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 # -- the forms an operator writes -------------------------------------------------------
@@ -40,19 +45,37 @@ def split(value: Any) -> Any:
     return value
 
 
+def positions(value: Any) -> Any:
+    """A list whose places matter, written `a;b`: an empty part keeps its place
+    (`;sk-b` is no key for the first URL, sk-b for the second); empty parts at the
+    end say nothing and are dropped."""
+    if not isinstance(value, str):
+        return value
+    parts = [part.strip() for part in value.split(";")]
+    while parts and not parts[-1]:
+        parts.pop()
+    return parts
+
+
 def pairs(value: Any) -> Any:
     """Pairs written `key=user_id;key2=user_id2`, into a mapping."""
     if not isinstance(value, str):
         return value
     parsed: dict[str, str] = {}
-    for pair in (part.strip() for part in value.split(";")):
-        if not pair:
-            continue
+    for number, pair in enumerate((p.strip() for p in value.split(";") if p.strip()), 1):
         key, sep, user = pair.partition("=")
-        if not sep or not key.strip() or not user.strip():
-            # The pair holds a key: say where, never what.
-            raise ValueError(f"pair {len(parsed) + 1} is not key=user_id")
-        parsed[key.strip()] = user.strip()
+        key, user = key.strip(), user.strip()
+        # Each pair holds a key: say which pair, never what it holds.
+        if not sep or not key or not user:
+            raise ValueError(f"pair {number} is not key=user_id")
+        if not looks_like_api_key(key):  # only such a bearer token is looked up as a key
+            raise ValueError(
+                f"the key of pair {number} does not start with sk- or ragflow-, "
+                "so no request could use it (clients send it as a bearer token)"
+            )
+        if key in parsed:
+            raise ValueError(f"the key of pair {number} is given twice; each key names one user")
+        parsed[key] = user
     return parsed
 
 
@@ -81,18 +104,30 @@ def host(value: str) -> str:
     return value
 
 
-def data_dir(path: Path) -> Path:
-    if str(path).strip() in ("", "."):
-        return Path(".")
-    return path
+def data_dir_written(value: Any) -> Any:
+    """An empty DATA_DIR is the default (`data`), as an unset one is; `~` is home."""
+    if isinstance(value, str):
+        return "data" if not value.strip() else value
+    return value
+
+
+def path(value: Path) -> Path:
+    return value.expanduser()
 
 
 def base_urls(urls: list[str]) -> list[str]:
     cleaned = []
     for url in urls:
+        _written_out(url)
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{_shown(url)} is not an http(s) URL")
+        _port(parts)
+        if parts.query or parts.fragment:
+            raise ValueError(
+                f"{_shown(url)} has a query or fragment, which no request would carry: "
+                "give the bare base URL (a key goes in OPENAI_API_KEYS)"
+            )
         url = url.rstrip("/")
         endpoint = next((e for e in _ENDPOINTS if url.endswith(e)), None)
         if endpoint:
@@ -128,9 +163,15 @@ def origins(entries: list[str]) -> list[str]:
 
 def base_path(path: str) -> str:
     path = path.strip()
-    if path and (not path.startswith("/") or "?" in path or "#" in path):
-        raise ValueError("not a path like /chat")
-    return "" if path in ("", "/") else "/" + path.strip("/")
+    segments = [segment for segment in path.split("/") if segment]
+    if path and (
+        not path.startswith("/")
+        or not all(_SEGMENT.match(s) and s not in (".", "..") for s in segments)
+    ):
+        raise ValueError(
+            "not a path like /chat (segments of letters, digits, '-', '_', '.' and '~')"
+        )
+    return "/" + "/".join(segments) if segments else ""
 
 
 def database_url(url: str) -> str:
@@ -142,11 +183,15 @@ def database_url(url: str) -> str:
             raise ValueError("sqlite:/// needs a file path, e.g. sqlite:///data/gateway.db")
         return url
     if url.startswith(("postgresql://", "postgres://")):
+        _written_out(url)
         try:
             parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises on a port that is not a number
         except ValueError as exc:
             raise ValueError(f"not a valid URL ({exc})") from None
+        _port(parts)
+        modes = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "sslmode"]
+        if any(mode not in _SSL_MODES for mode in modes):
+            raise ValueError(f"sslmode must be one of {', '.join(_SSL_MODES)}")
         return url
     scheme = url.partition("://")[0] if "://" in url else ""
     raise ValueError(f"the {scheme}:// scheme is not supported" if scheme else "not a database URL")
@@ -155,7 +200,41 @@ def database_url(url: str) -> str:
 def redis_url(url: str) -> str:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("not a redis://, rediss:// or unix:// URL")
+    _written_out(url)
+    if not url.startswith("unix://"):
+        _port(urlsplit(url))
     return url
+
+
+def text(value: str) -> str:
+    """A secret or token the gateway sends or signs with: it must be UTF-8 text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("holds bytes that are not UTF-8 text") from None
+    return value
+
+
+def _written_out(url: str) -> None:
+    """A URL's user info must be percent-encoded: a raw '/', '?' or '#' ends the
+    host part early, a second '@' is read differently by each client, and either
+    way the password would be shown as if it were the host or the path."""
+    rest = url.partition("://")[2]
+    if "@" not in rest:
+        return
+    info = rest.rpartition("@")[0]
+    if "@" in info or any(c in info for c in "/?#"):
+        raise ValueError(
+            "the user or password holds '@', '/', '?' or '#': percent-encode them "
+            "(%40, %2F, %3F, %23)"
+        )
+
+
+def _port(parts: SplitResult) -> None:
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number 0-65535
+    except ValueError:
+        raise ValueError("its port is not a number from 0 to 65535") from None
 
 
 def _shown(url: str) -> str:
@@ -166,11 +245,14 @@ def _shown(url: str) -> str:
 T = TypeVar("T")
 
 Host = Annotated[str, AfterValidator(host)]
-DataDir = Annotated[Path, AfterValidator(data_dir)]
+DataDir = Annotated[Path, BeforeValidator(data_dir_written), AfterValidator(path)]
+FilePath = Annotated[Path, AfterValidator(path)]
 BasePath = Annotated[str, AfterValidator(base_path)]
 DatabaseUrl = Annotated[str, AfterValidator(database_url)]
 RedisUrl = Annotated[str, AfterValidator(redis_url)]
 List = Annotated[list[str], BeforeValidator(split)]
+Keys = Annotated[list[str], BeforeValidator(positions)]
+Text = Annotated[str, AfterValidator(text)]
 BaseUrls = Annotated[list[str], BeforeValidator(split), AfterValidator(base_urls)]
 Proxies = Annotated[list[str], BeforeValidator(split), AfterValidator(proxies)]
 Origins = Annotated[list[str], BeforeValidator(split), AfterValidator(origins)]

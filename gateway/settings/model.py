@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from gateway.settings import forms
 
@@ -23,6 +23,16 @@ def _list(description: str) -> Any:
 
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yes_no(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic takes true as 1 for a number; YAML reads yes, no, on and off as
+        # true and false, so `port: yes` would listen on port 1.
+        field = cls.model_fields[info.field_name or ""]
+        if isinstance(value, bool) and field.annotation is not bool:
+            raise ValueError(f"{str(value).lower()} (YAML reads yes/no/on/off so) is not a value")
+        return value
 
     host: forms.Host = Field(
         "127.0.0.1", description="an interface address or host name, e.g. 0.0.0.0"
@@ -35,10 +45,10 @@ class Settings(BaseModel):
         "library's)",
     )
     data_dir: forms.DataDir = Field(Path("data"), description="a directory path")
-    secret_key: forms.OrNone[str] = Field(
+    secret_key: forms.OrNone[forms.Text] = Field(
         None, description="any non-empty string; generated and kept in DATA_DIR when unset"
     )
-    jwt_public_key_file: forms.OrNone[Path] = Field(
+    jwt_public_key_file: forms.OrNone[forms.FilePath] = Field(
         None, description="a PEM file with an RS256/ES256 public key"
     )
     jwt_expires_in_s: forms.OrNone[int] = Field(
@@ -47,7 +57,10 @@ class Settings(BaseModel):
     openai_api_base_urls: forms.BaseUrls = _list(
         "';'-separated http(s) base URLs, usually ending in /v1"
     )
-    openai_api_keys: forms.List = _list("';'-separated keys, one per base URL (empty for none)")
+    openai_api_keys: forms.Keys = _list(
+        "';'-separated keys, one per base URL in the same order (empty for none: ';sk-b' is "
+        "no key for the first URL, sk-b for the second)"
+    )
     demo_model: bool = Field(True, description="true or false")
     default_model: str = Field(
         "",
@@ -142,6 +155,7 @@ class Settings(BaseModel):
     password_hash_threads: forms.OrNone[int] = Field(
         None,
         ge=1,
+        le=8,
         description="threads that hash passwords (scrypt: ~35 ms of CPU, 16 MiB each); "
         "empty for half the CPUs, 1 to 8",
     )
@@ -267,7 +281,7 @@ class Settings(BaseModel):
         description="true or false: one log line per HTTP request, connection and reply",
     )
     metrics: bool = Field(True, description="true or false: serve Prometheus metrics at /metrics")
-    metrics_token: forms.OrNone[str] = Field(
+    metrics_token: forms.OrNone[forms.Text] = Field(
         None,
         description="a bearer token /metrics requires (Authorization: Bearer <token>); "
         "empty for none",

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import ValidationError
@@ -276,13 +277,19 @@ def _check_across(loaded: Loaded) -> None:
     """What no single field can check."""
     settings = loaded.settings
     keys, urls = settings.openai_api_keys, settings.openai_api_base_urls
-    if len(keys) > len(urls):
-        key_label = loaded.source("openai_api_keys").label()
-        url_label = loaded.source("openai_api_base_urls").label()
+    key_label = loaded.source("openai_api_keys").label()
+    url_label = loaded.source("openai_api_base_urls").label()
+    if urls and len(keys) > len(urls):  # (keys and no URL at all: a warning)
         raise SettingsError(
             f"{key_label} has {len(keys)} key(s) for {len(urls)} base URL(s) in {url_label}; "
             f"give one key per URL, ';'-separated, in the same order (empty for none)"
         )
+    for number, (url, key) in enumerate(zip(urls, keys, strict=False), 1):
+        if key and urlsplit(url).username is not None:
+            raise SettingsError(
+                f"{url_label}: URL {number} holds a user name and {key_label} a key for it; "
+                "a request carries one or the other: give the key alone"
+            )
 
 
 def _warnings(loaded: Loaded, env: Mapping[str, str]) -> list[str]:
@@ -314,8 +321,19 @@ def _warnings(loaded: Loaded, env: Mapping[str, str]) -> list[str]:
             "WEBSOCKET_MANAGER=redis without WEBUI_SECRET_KEY: each replica would sign with "
             "its own key; set the same WEBUI_SECRET_KEY on every replica"
         )
+    if settings.openai_api_keys and not settings.openai_api_base_urls:
+        found.append(
+            f"{loaded.source('openai_api_keys').label()} is set but no model server is: the "
+            "key is not used; set OPENAI_API_BASE_URL (https://api.openai.com/v1 for OpenAI) "
+            "to use it"
+        )
     redis_source = loaded.sources.get("redis_url")
-    if redis_source is not None and settings.websocket_manager != "redis":
+    default_redis = Settings.model_fields["redis_url"].default
+    if (
+        redis_source is not None
+        and settings.redis_url != default_redis  # the example config's value
+        and settings.websocket_manager != "redis"
+    ):
         found.append(
             f"{redis_source.label()} is set but WEBSOCKET_MANAGER is not redis: "
             f"this replica runs alone and does not use Redis"

@@ -335,7 +335,8 @@ class PostgresDriver:
             pool = await asyncpg.create_pool(
                 url, min_size=1, max_size=pool_size, timeout=CONNECT_TIMEOUT_S
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # (InterfaceError: the URL's options refused, e.g. a bad sslrootcert file.)
             raise StoreUnavailable(why_unavailable(exc)) from None
         return cls(pool)
 

@@ -31,6 +31,8 @@ def why_unavailable(exc: BaseException) -> str:
         return f"{exc} (create the role or fix the user in the URL)"
     if isinstance(exc, asyncpg.PostgresError):
         return f"PostgreSQL refused: {exc}"
+    if isinstance(exc, asyncpg.InterfaceError):
+        return f"the URL's options cannot be used: {exc}"
     if isinstance(exc, socket.gaierror):
         return f"the host name cannot be resolved ({exc.strerror})"
     if isinstance(exc, TimeoutError):

@@ -166,3 +166,24 @@ def test_cli_users_and_api_keys(start_gateway: Any, tmp_path: Path) -> None:
     for token in (key, ragflow_key):
         models = openai.OpenAI(base_url=gw.url + "/v1", api_key=token, max_retries=0).models.list()
         assert [m.id for m in models] == ["gateway-demo"]
+
+
+def test_the_first_user_the_cli_adds_is_an_admin_when_tokens_made_users_first(
+    start_gateway: Any, tmp_path: Path
+) -> None:
+    """The README's order: a token's user first (`gateway token`, then a request),
+    then `gateway users add`: that user is the store's first admin, so `admin`
+    commands work; the next one added is a user."""
+    data = tmp_path / "order"
+    gw = start_gateway({"DATA_DIR": str(data)}, data_dir=data)
+    token = run_cli(data, "token", "--user", "alice").stdout.strip()
+    models = openai.OpenAI(base_url=gw.url + "/v1", api_key=token, max_retries=0).models.list()
+    assert [m.id for m in models] == ["gateway-demo"]  # alice is in the store now
+    gw.stop()
+    first = run_cli(data, "users", "add", "--email", "op@example.com", "--password", "op-secret-1")
+    assert first.returncode == 0 and first.stdout.strip().endswith("\tadmin"), first
+    second = run_cli(data, "users", "add", "--email", "bo@example.com", "--password", "bo-secret-1")
+    assert second.returncode == 0 and second.stdout.strip().endswith("\tuser"), second
+    gw = start_gateway({"DATA_DIR": str(data)}, data_dir=data)
+    stats = run_cli(data, "admin", "stats", "--url", gw.url)
+    assert stats.returncode == 0, stats.stderr

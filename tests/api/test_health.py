@@ -5,14 +5,20 @@ for: `/health` (the loop runs), `/health/db` (the database answers), `/ready`
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
+import yaml
 
+from tests.fakes.upstream import free_port
 from tests.gatewayproc import GatewayProcess
 from tests.services import PG_ADMIN, fresh_pg_database
 
@@ -57,3 +63,37 @@ def test_the_containers_health_check_asks_for_readiness_without_the_model_server
     assert check is not None and "/ready?upstreams=0" in check.group(1)
     compose = (ROOT / "docker-compose.yml").read_text()
     assert compose.count("/ready?upstreams=0") >= 1
+
+
+def _health_checks() -> list[str]:
+    """The Python of the Dockerfile's HEALTHCHECK and of the compose file's."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    found = re.findall(r'CMD python -c "([^"]+)"', dockerfile)
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for service in compose["services"].values():
+        test = service.get("healthcheck", {}).get("test", [])
+        if test[:3] == ["CMD", "python", "-c"]:
+            found.append(test[3])
+    return found
+
+
+@pytest.mark.parametrize("base_path", ["", "/chat"])
+def test_the_containers_health_check_follows_the_port_and_base_path(
+    base_path: str, start_gateway: Any
+) -> None:
+    """Run as the container runs it, with the container's settings: a gateway on
+    another port, under a base path, is found; one that is not there fails."""
+    gw = start_gateway({"GATEWAY_BASE_PATH": base_path} if base_path else None)
+    checks = _health_checks()
+    assert len(checks) >= 2, checks  # the image's, and each gateway service's
+    for code in checks:
+        env = {"PATH": os.environ["PATH"], "GATEWAY_PORT": str(gw.port)}
+        if base_path:
+            env["GATEWAY_BASE_PATH"] = base_path + "/"
+        ok = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30)
+        assert ok.returncode == 0, ok.stderr
+        env["GATEWAY_PORT"] = str(free_port())
+        down = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, timeout=30
+        )
+        assert down.returncode != 0

@@ -535,3 +535,32 @@ def test_replies_reuse_the_connection_to_the_model_server(
     peers = {record.peer for record in fake_upstream.requests_for(marker)}
     assert len(fake_upstream.requests_for(marker)) == 5
     assert len(peers) == 1, peers
+
+
+def test_each_model_server_gets_the_key_in_its_place(start_gateway: Any, alice_token: str) -> None:
+    """`OPENAI_API_KEYS=";sk-b"`: no key for the first server, sk-b for the second
+    (an empty place was dropped, and the second server's key went to the first)."""
+    first, second = FakeUpstream().start(), FakeUpstream().start()
+    try:
+        gw = start_gateway(
+            {
+                "OPENAI_API_BASE_URLS": f"{first.url};{second.url}",
+                "OPENAI_API_KEYS": ";sk-the-second-servers-key",
+            }
+        )
+        client(gw, alice_token).chat.completions.create(model="fake-model", messages=MESSAGES)
+        (asked,) = first.requests  # the first server that lists the model answers
+        assert "Authorization" not in asked.headers, asked.headers
+        gw.stop()
+        gw = start_gateway(
+            {
+                "OPENAI_API_BASE_URLS": f"{second.url};{first.url}",
+                "OPENAI_API_KEYS": "sk-the-second-servers-key;",
+            }
+        )
+        client(gw, alice_token).chat.completions.create(model="fake-model", messages=MESSAGES)
+        (asked,) = second.requests
+        assert asked.headers.get("Authorization") == "Bearer sk-the-second-servers-key"
+    finally:
+        first.stop()
+        second.stop()
