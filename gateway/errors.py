@@ -17,6 +17,10 @@ WS_POLICY_VIOLATION = 1008
 WS_MESSAGE_TOO_BIG = 1009
 WS_INTERNAL_ERROR = 1011
 WS_TRY_AGAIN_LATER = 1013
+# The status a request's access line carries when its client left before any answer
+# could be written (a WebSocket handshake cut off): nginx's "client closed request".
+# Nothing is sent; aiohttp, finding the connection gone, logs only the access line.
+CLIENT_GONE = 499
 
 
 class GatewayError(Exception):

@@ -52,9 +52,13 @@ class _NadooEndpoint:
         return [nadoo.error_for(error, time.time())]
 
     def encode(self, conn: Connection, event: Event) -> list[str]:
+        return self._encoder(conn).encode(event)
+
+    @staticmethod
+    def _encoder(conn: Connection) -> nadoo.Encoder:
         encoder = conn.state.get("encoder")
         assert isinstance(encoder, nadoo.Encoder)
-        return encoder.encode(event)
+        return encoder
 
     def _seat(self, conn: Connection, session: str | None = None) -> None:
         # `?seq=1`: reply frames carry their seq, for `resume` (the gateway's own).
@@ -101,7 +105,9 @@ class ChatEndpoint(_NadooEndpoint):
                     attached = await self.replies.attach(
                         conn.principal, message_id, after, command.chat_id
                     )
-                    conn.resume(attached, lambda event: self.encode(conn, event))
+                    encoder = self._encoder(conn)
+                    # (Followed already: its `index` goes on as it was sent.)
+                    conn.resume(attached, None if encoder.follows(message_id) else encoder.encode)
 
     async def closed(self, conn: Connection) -> None:
         await super().closed(conn)

@@ -121,7 +121,7 @@ class ReplyRunner:
             # The write failed (nothing to end), or the process is going down
             # (start-up recovery ends the row).
             written.add_done_callback(_retrieved)
-            self._registry.release(chat_id, [message_id])
+            self._registry.release(chat_id, [message_id], user_id)
             return
         usage = Usage(0, 0, estimated=True)
         end = ReplyFinished(chat_id, message_id, 0, "", usage, "cancelled", 0.0, cancelled=True)
@@ -129,7 +129,7 @@ class ReplyRunner:
         self._ending.add(ending)
         ending.add_done_callback(self._ending.discard)
         # Its message held (`RunningReplies.claim`) until its end is stored.
-        ending.add_done_callback(lambda _: self._registry.release(chat_id, [message_id]))
+        ending.add_done_callback(lambda _: self._registry.release(chat_id, [message_id], user_id))
         await asyncio.shield(ending)
 
     async def ends_stored(self) -> None:

@@ -63,32 +63,47 @@ class RunningReplies:
         # (chat id, message id) of every reply being started or running here: one
         # reply at a time into a message (`claim`).
         self._answering: set[tuple[str, str]] = set()
+        # (user id, message id) → the chat of each of those replies: a user's running
+        # replies are found by message id alone (the replay buffer, a resume, the
+        # stream route), so one id runs in one chat of a user at a time (`claim`).
+        self._chat_of: dict[tuple[str, str], str] = {}
 
-    async def claim(self, chat_id: str, message_ids: list[str]) -> None:
+    async def claim(self, chat_id: str, message_ids: list[str], user_id: str = "") -> None:
         """Hold messages for the replies about to be started into them, until each
         has `ended` (or is `release`d unstarted).  A reply into one of them already
         being started or running, here or on another replica (`Replicas.claim`), is
         a `Conflict` (409), and nothing is held: two replies into one row would each
-        write it, and the one that ended last would overwrite the other's answer."""
+        write it, and the one that ended last would overwrite the other's answer.
+        So is one whose id the user's reply in another chat runs under on this
+        replica: their events would be one reply's to every follower of either."""
         keys = [(chat_id, message_id) for message_id in message_ids]
         for key in keys:
             if key in self._answering:
                 raise _conflict(key[1])
+            if self._chat_of.get((user_id, key[1]), chat_id) != chat_id:
+                raise _conflict(key[1], " in another of your chats")
         self._answering.update(keys)
+        self._chat_of.update(((user_id, message_id), chat_id) for message_id in message_ids)
         try:
             elsewhere = await self.replicas.claim(chat_id, message_ids)
         except BaseException:
-            self.release(chat_id, message_ids)
+            self.release(chat_id, message_ids, user_id)
             raise
         if elsewhere is not None:
             self._answering.difference_update(keys)
+            self._forget(user_id, message_ids)
             raise _conflict(elsewhere, " on another replica")
 
-    def release(self, chat_id: str, message_ids: list[str]) -> None:
+    def release(self, chat_id: str, message_ids: list[str], user_id: str = "") -> None:
         """Let go of messages `claim`ed for replies that will not run."""
         for message_id in message_ids:
             self._answering.discard((chat_id, message_id))
+        self._forget(user_id, message_ids)
         self.replicas.unclaim(chat_id, message_ids)
+
+    def _forget(self, user_id: str, message_ids: list[str]) -> None:
+        for message_id in message_ids:
+            self._chat_of.pop((user_id, message_id), None)
 
     def start(self, running: Running, generating: Coroutine[Any, Any, None]) -> None:
         """Register `running` here and in the registry, and run `generating` (which calls
@@ -106,6 +121,7 @@ class RunningReplies:
         key = (running.chat_id, running.message_id)
         if key in self._answering:  # (a temporary chat's replies hold nothing)
             self._answering.discard(key)
+            self._forget(running.user_id, [running.message_id])
             self.replicas.unclaim(running.chat_id, [running.message_id])
         self.replicas.task_ended(running.task_id)
 

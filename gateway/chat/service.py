@@ -22,6 +22,7 @@ One entry point per command::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -51,6 +52,7 @@ from gateway.errors import (
     SERVER_STOPPING,
     BadRequest,
     GatewayError,
+    ModelNotFound,
     NotFound,
     Unavailable,
     UpstreamError,
@@ -280,10 +282,18 @@ class ChatService:
 
     async def pick_model(self, hint: str | None) -> str:
         """The model a client named, if it exists; else the configured default; else
-        the first model the upstreams list."""
+        the first model the upstreams list.  A name that may be a model of a server
+        that cannot be reached raises (`UpstreamError`): another model answering in
+        its place (the demo, say) would pass for it."""
         known = [model.id for model in await self.router.models()]
         if hint and hint in known:
             return hint
+        if hint:
+            # (Raises while a server is down; not looked for again: a Nadoo
+            # application id is often no model.)
+            with contextlib.suppress(ModelNotFound):
+                await self.router.lookup(hint, look_again=False)
+                return hint
         if self._default_model:
             return self._default_model
         if not known:

@@ -196,11 +196,11 @@ class ReplyStarter:
         comes in its events).  A caller that leaves before then stops it; one
         that leaves during the write has its placeholder ended
         (`ReplyRunner.unopened`)."""
-        await self._registry.claim(chat.id, [record.id])
+        await self._registry.claim(chat.id, [record.id], chat.user_id)
         try:
             self._slots.take(chat.user_id)
         except BaseException:
-            self._registry.release(chat.id, [record.id])
+            self._registry.release(chat.id, [record.id], chat.user_id)
             raise
         outbox = self._hub.subscribe([rooms.reply(chat.id, record.id)])
         written = asyncio.ensure_future(self._store.save_chat(chat, [record]))
@@ -258,11 +258,11 @@ class ReplyStarter:
         message_ids = [placeholder["id"] for placeholder, _ in turn.replies]
         # Each message held until its reply's end, one slot a reply given back
         # then (both by its runner).
-        await self._registry.claim(chat.id, message_ids)
+        await self._registry.claim(chat.id, message_ids, chat.user_id)
         try:
             self._slots.take(chat.user_id, len(turn.replies))
         except BaseException:
-            self._registry.release(chat.id, message_ids)
+            self._registry.release(chat.id, message_ids, chat.user_id)
             raise
         # The turn is written while its replies' model servers are asked; their
         # events wait for the write, and a failed write ends them (`runner.py`).

@@ -309,7 +309,11 @@ class SocketIOTransport:
 
     # -- helpers --------------------------------------------------------------
     async def _join(self, conn: Socket, principal: Principal) -> None:
-        """Into room user:<id>, here and (once subscribed) on every replica."""
+        """Into room user:<id>, here and (once subscribed) on every replica.  Not for a
+        socket gone while its token was read: its seat, outbox and lease would be
+        kept for good (nothing would release them)."""
+        if self._conns.get(conn.sid) is not conn:
+            return
         if conn.principal == principal and conn.outbox is not None:
             return
         self._release(conn)
@@ -329,11 +333,14 @@ class SocketIOTransport:
             # What the handshake asked to resume exactly; every other running reply
             # as its text so far (a tab that opens, or comes back, mid-reply).
             named: set[str] = set()
-            if conn.handshake_resume is not None:
+            if conn.handshake_resume is not None and self._conns.get(conn.sid) is conn:
                 named = {message_id for message_id, _ in conn.handshake_resume.after}
                 await self._resume(conn, principal, conn.handshake_resume)
             for attached in await self._replies.catch_up(principal, outbox, skip=named):
-                self._follow(conn, attached)
+                if conn.outbox is outbox:  # (not released meanwhile: gone, joined again)
+                    self._follow(conn, attached)
+                else:
+                    attached.close()
         finally:
             outbox.stop_noting()  # (catch_up did, unless what came before it failed)
 
@@ -370,10 +377,10 @@ class SocketIOTransport:
                 sock = conn.eio_socket
                 if sock is None or sock.closed:
                     return
-                for event in events:
+                for event in events:  # into Engine.IO's queue as it drains (LIMITS.md)
+                    if not await engine.drained(sock, lambda: outbox.overflowed or outbox.closed):
+                        return
                     engine.enqueue(sock, event, conn.numbered)
-                if not await engine.drained(sock, lambda: outbox.overflowed or outbox.closed):
-                    return
                 outbox.done()
                 if not len(outbox):
                     return
@@ -425,16 +432,25 @@ def _library_logger(name: str) -> logging.Logger:
 
 class _ClientsFault(logging.Filter):
     """What the libraries log as an ERROR that is a client's fault, not the server's,
-    said at INFO: Engine.IO's first "unsupported version" of a process (a Socket.IO
-    client of another major version; it is answered 400, and the access log has it).
-    An operator's alert on ERROR lines is for the gateway's own faults."""
+    said at INFO: Engine.IO logs the first of each kind of bad request in a process
+    as an ERROR, the next at INFO ("unsupported version", a Socket.IO client of
+    another major version; "Invalid transport", "Invalid session", "Invalid JSONP
+    index number", a poll of a closed or upgraded session…).  Each is answered 400,
+    and the access log has it.  An operator's alert on ERROR lines is for the
+    gateway's own faults (Engine.IO's one of its own, no WebSocket support, stays)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and str(record.msg).startswith(
-            "The client is using an unsupported version"
+        if (
+            record.levelno >= logging.ERROR
+            and str(record.msg).endswith(_ONCE)
+            and not str(record.msg).startswith("The WebSocket transport is not available")
         ):
             record.levelno, record.levelname = logging.INFO, "INFO"
         return True
+
+
+# What Engine.IO's `_log_error_once` adds to the first of each kind it logs.
+_ONCE = "(further occurrences of this error will be logged with level INFO)"
 
 
 def _too_fast(conn: Socket) -> dict[str, Any]:

@@ -80,6 +80,12 @@ class FrontDoor:
         if eio_sid is not None and eio_sid not in self.sio.eio.sockets:
             return await self._unknown_session(eio_sid)
         limit = self.sio.eio.max_http_buffer_size
+        if eio_sid is not None and request.method == "POST" and request.content_length is None:
+            # Engine.IO reads a polling body by its Content-Length: a chunked one was
+            # read as empty and answered 200, its packets lost.  Every Engine.IO
+            # client sends the length.
+            detail = "A polling request's body needs a Content-Length (it is not read chunked)"
+            return web.json_response({"detail": detail}, status=411)
         if (
             eio_sid is not None
             and request.method == "POST"

@@ -54,11 +54,13 @@ from typing import Any
 
 import engineio
 import socketio
+from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 
+from gateway.errors import CLIENT_GONE
 from gateway.transports.due import DueQueue
-from gateway.transports.socketio_queue import PacketQueue
+from gateway.transports.socketio_queue import MAX_QUEUED_PACKETS, PacketQueue
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,11 @@ RESERVED = frozenset(
 )
 
 
+# Binary attachments one Socket.IO packet may announce.  No event the gateway reads
+# carries any (Open WebUI's are JSON); a client's library may still send bytes as
+# one, so a few are read, all of them within the packet bound (`max_frame_bytes`).
+MAX_ATTACHMENTS = 16
+
 # OPEN, CLOSE, PING, PONG, MESSAGE, UPGRADE, NOOP.
 ENGINEIO_TYPES = frozenset(range(len(engineio.packet.packet_names)))
 
@@ -80,19 +87,30 @@ class _CheckedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
     a frame that does not decode ends the session as a broken transport would."""
 
     async def __call__(self, environ: Any) -> Any:
+        sock = getattr(self.handler, "__self__", None)
         try:
             return await super().__call__(environ)
+        except ConnectionError:
+            if getattr(self, "environ", None) is not None:
+                raise  # (past the handshake: Engine.IO's own to handle)
+            # Its client left during the handshake: not the server's fault (a 500
+            # and a traceback in the log, no token needed).
+            return web.Response(status=CLIENT_GONE)
         except asyncio.CancelledError:
             # aiohttp cancels the handler once the client's TCP connection is gone
             # (handler_cancellation): Engine.IO's loop may be past its last read but
             # not yet at its session's close, which must still happen (a session
             # left open keeps its user's seat and outbox until the ping timeout).
-            sock = getattr(self.handler, "__self__", None)
-            if sock is not None and not sock.closed:
+            # Only the session's own transport ends it: an upgrade from long-polling
+            # cut before it finished leaves the polling session as it was.
+            if sock is not None and not sock.closed and not _upgrade_given_up(sock):
                 reason = sock.server.reason.TRANSPORT_CLOSE
                 await asyncio.shield(sock.close(wait=False, abort=True, reason=reason))
                 sock.server.sockets.pop(sock.sid, None)
             raise
+        finally:
+            if sock is not None:
+                _upgrade_given_up(sock)
 
     async def wait(self) -> Any:
         data = await super().wait()
@@ -105,6 +123,17 @@ class _CheckedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             log.debug("engine.io frame refused: an unknown packet type")
             raise OSError("not an Engine.IO packet")
         return data
+
+
+def _upgrade_given_up(sock: Any) -> bool:
+    """An upgrade from long-polling that did not finish (its connection cut before
+    its probe, or its probe never came) lets the polling session go on: Engine.IO
+    holds every packet back from the polls while `upgrading`, and on a cut before
+    the probe it leaves the flag set (its polls then get nothing but NOOPs)."""
+    if sock.upgrading and not sock.upgraded:
+        sock.upgrading = False
+        return True
+    return False
 
 
 class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
@@ -137,7 +166,9 @@ class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
     schedule_ping  the next ping joins the server's `DueQueue` (one timer for all), where Engine.IO
                    starts a task asleep for the interval (a task, its coroutine and
                    its timer: about 1.1 KB a socket)
-    poll           the writer (or a long poll) awaits its queue's `get` itself,
+    poll           at most MAX_QUEUED_PACKETS at once (a long poll's response: more
+                   and python-socketio's client drops the session); the writer (or a
+                   long poll) awaits its queue's `get` itself,
                    where Engine.IO wraps it in `wait_for` (a timer and a future
                    made and dropped for every packet, and on Python 3.11 a task,
                    held by every idle socket's writer).
@@ -192,7 +223,9 @@ class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
             raise engineio.exceptions.QueueEmpty() from None  # what Engine.IO raises
         queue.task_done()
         packets = [first] if first is not None else []
-        while packets and queue.qsize():
+        # At most MAX_QUEUED_PACKETS a poll: python-engineio's client refuses a payload
+        # of more (`Payload.max_decode_packets`, 16) and drops its session.
+        while packets and queue.qsize() and len(packets) < MAX_QUEUED_PACKETS:
             packet = queue.get_nowait()
             queue.task_done()
             if packet is None:
@@ -279,6 +312,15 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
             # will not send them; what it sends now is read as itself.
             del pending[eio_sid]
             log.debug("socket.io packet refused: a binary packet without its attachments")
+        elif eio_sid in pending:
+            # A packet and its attachments are one packet: bounded as one (LIMITS.md),
+            # not each frame alone (a packet announcing 100,000 attachments of 1 MiB
+            # held them all until its socket closed).
+            held = sum(map(len, pending[eio_sid].attachments)) + len(data)
+            if held > self.eio.max_http_buffer_size:
+                del pending[eio_sid]
+                log.debug("socket.io packet refused: its attachments past the packet bound")
+                return
         try:
             await super()._handle_eio_message(eio_sid, data)
         except Exception as exc:
@@ -287,10 +329,11 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
             log.debug("socket.io packet refused: %s", type(exc).__name__)
             return
         awaiting = pending.get(eio_sid)
-        if awaiting is not None and not awaiting.attachment_count:
-            # A binary packet that announces no attachment would wait for ever.
+        if awaiting is not None and not 0 < awaiting.attachment_count <= MAX_ATTACHMENTS:
+            # A binary packet that announces no attachment would wait for ever; one
+            # that announces more than any event of ours carries is refused at once.
             del pending[eio_sid]
-            log.debug("socket.io packet refused: a binary packet of no attachment")
+            log.debug("socket.io packet refused: %d attachments", awaiting.attachment_count)
 
     async def _handle_connect(self, eio_sid: str, namespace: Any, data: Any) -> None:
         # A second CONNECT on one Engine.IO session would make a second Socket.IO

@@ -36,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -51,6 +53,7 @@ from gateway.edge.auth import find_token
 from gateway.edge.proxy import upgrade_required
 from gateway.edge.throttle import MessageRate
 from gateway.errors import (
+    CLIENT_GONE,
     WS_INTERNAL_ERROR,
     AuthError,
     Forbidden,
@@ -60,7 +63,7 @@ from gateway.errors import (
 )
 from gateway.events import Event
 from gateway.text import close_reason
-from gateway.transports.websocket_delivery import Delivering, Phase
+from gateway.transports.websocket_delivery import CLOSE_TIMEOUT_S, Delivering, Phase
 from gateway.transports.websocket_pings import PINGS
 
 __all__ = ["Connection", "Endpoint", "Phase", "serve"]
@@ -156,16 +159,18 @@ class Connection(Delivering):
         with self.outbox.held(message_ids):
             yield
 
-    def resume(self, attached: Attached, prime: Callable[[Event], object]) -> None:
+    def resume(self, attached: Attached, prime: Callable[[Event], object] | None) -> None:
         """A reply resumed on this connection: `prime` (the endpoint's encoder, its
         frames thrown away) is fed what the client already has, so per-reply state
-        (Nadoo's index, RAGFlow's running text) goes on from there; then what
-        followed goes out through the writer, in order, each once."""
+        (Nadoo's index, RAGFlow's running text) goes on from there — None for a
+        reply the connection follows already, whose state is what it sent; then
+        what followed goes out through the writer, in order, each once."""
         if self.outbox is None:
             attached.close()
             return
-        for event in attached.prefix:
-            prime(event)
+        if prime is not None:
+            for event in attached.prefix:
+                prime(event)
         if self.resuming is None:
             self.resuming = set()
         self.resuming.add(self.realtime.resume(self.outbox, attached))
@@ -182,7 +187,7 @@ class Connection(Delivering):
         if self.phase is not Phase.OPEN:
             return
         log.info("websocket closed: access ended", extra={"path": self.request.path, "why": why})
-        self.closing(_refuse(self, AuthError(why)))
+        self.closing(_cut_off(self, AuthError(why)))
 
 
 class Endpoint(Protocol):
@@ -236,7 +241,12 @@ async def serve(
     )
     if not ws.can_prepare(request).ok:
         return upgrade_required(request)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:
+        # Its client left during the handshake: not the server's fault (left to the
+        # error middleware, a 500 and a traceback, no token needed).
+        return web.Response(status=CLIENT_GONE)
     conn = Connection(ws, realtime, request, endpoint, reason_for)
     realtime.track(ws)
     # The socket's life is awaited from here, `_read` directly: every coroutine in
@@ -332,6 +342,8 @@ async def _read(conn: Connection) -> None:
         conn.busy = False
         if (msg := await conn.ws.receive()).type in _ENDS:
             return
+        if conn.phase is not Phase.OPEN:
+            continue  # closing (access ended, too slow): read to the close, nothing done
         conn.busy = True  # (a pong behind this frame waits: `websocket_pings.py`)
         conn.unanswered = False  # heard from
         if msg.type is WSMsgType.PONG:
@@ -367,6 +379,35 @@ async def _read(conn: Connection) -> None:
                 await conn.send(frame)
         # ERROR and CLOSE end the loop; aiohttp has already answered them
         # (1009 for a frame over max_msg_size).
+
+
+async def _cut_off(conn: Connection, error: GatewayError) -> None:
+    """Access ended: the flavour's refusal and close 1008, then the connection cut
+    (at the latest CLOSE_TIMEOUT_S on).  Cut, not closed: a close waits for what is
+    still buffered for the client to be read, so one that reads nothing kept the
+    connection past `exp` for as long as it liked.  With SO_LINGER at 0 the
+    kernel drops what it holds and resets; a client that answered the close has
+    read everything before it."""
+    transport = conn.request.transport
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    try:
+        await asyncio.wait_for(_refuse(conn, error), CLOSE_TIMEOUT_S)
+    except (TimeoutError, ConnectionError):
+        pass
+    except asyncio.CancelledError:
+        # aiohttp cancels a close's wait for the buffer to drain once the socket's
+        # handler is over; only this task's own cancellation goes on up.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    if transport is not None:
+        transport.abort()  # (also when closing: a close waits for its buffer to drain)
+
+
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets
 
 
 async def _refuse(conn: Connection, error: GatewayError) -> None:

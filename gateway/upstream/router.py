@@ -38,12 +38,17 @@ class ModelRouter:
     async def resolve(self, model_id: str) -> Upstream:
         return (await self.lookup(model_id))[1]
 
-    async def lookup(self, model_id: str) -> tuple[ModelInfo, Upstream]:
+    async def lookup(self, model_id: str, *, look_again: bool = True) -> tuple[ModelInfo, Upstream]:
         """A model and the upstream that serves it: `ModelNotFound`, or `UpstreamError`
-        when a server that could serve it cannot be reached."""
+        when a server that could serve it cannot be reached.  `look_again=False`: an
+        unknown name is not looked for once more (a name that is often no model)."""
         await self._refresh()
         table = self._table()
-        if model_id not in table and time.monotonic() - self._fetched_at > FORCED_REFRESH_GAP_S:
+        if (
+            look_again
+            and model_id not in table
+            and time.monotonic() - self._fetched_at > FORCED_REFRESH_GAP_S
+        ):
             # A model added upstream since the last fetch: look once more (but
             # not for every request naming an unknown model).
             await self._refresh(force=True)

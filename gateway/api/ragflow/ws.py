@@ -76,6 +76,9 @@ class ChatSocket:
                     attached = await self.replies.attach(
                         conn.principal, message_id, after, question.chat_id
                     )
+                    if encoder.follows(message_id):  # its text goes on as it was sent
+                        conn.resume(attached, None)
+                        continue
                     encoder.expect(message_id, question.answer_mode)
                     conn.resume(attached, encoder.encode)
             return
