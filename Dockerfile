@@ -16,9 +16,10 @@ EXPOSE 8080
 # /ready?upstreams=0, not /health: a replica that cannot reach Redis or its
 # database takes no traffic; a model server that is down is down for every
 # replica, and marking them all unhealthy would not bring it back.
-# The port and base path are the container's own settings (GATEWAY_PORT or
-# PORT, GATEWAY_BASE_PATH).
+# The port and base path are the container's environment (GATEWAY_PORT or
+# PORT, GATEWAY_BASE_PATH); set there, not only in a config file, for the check
+# to follow them.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD python -c "import os, urllib.request as u; e = os.environ.get; u.urlopen('http://127.0.0.1:%s%s/ready?upstreams=0' % (e('GATEWAY_PORT') or e('PORT') or '8080', (e('GATEWAY_BASE_PATH') or '').strip().rstrip('/')), timeout=4)"
+    CMD python -c "import os, urllib.request as u; e = os.environ.get; b = '/'.join(filter(None, (e('GATEWAY_BASE_PATH') or '').strip().split('/'))); u.urlopen('http://127.0.0.1:%s%s/ready?upstreams=0' % (e('GATEWAY_PORT') or e('PORT') or '8080', '/' + b if b else ''), timeout=4)"
 
 CMD ["gateway", "serve"]

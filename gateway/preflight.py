@@ -259,7 +259,9 @@ def _a_gateway_answers(host: str, port: int) -> bool:
     near = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     at = f"[{near}]" if ":" in near else near
     try:
-        with urllib.request.urlopen(f"http://{at}:{port}/health", timeout=2) as response:
+        # Not through a proxy the environment names (HTTP_PROXY): this host's own port.
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(f"http://{at}:{port}/health", timeout=2) as response:
             server = response.headers.get("Server")
     except urllib.error.HTTPError as refused:
         with refused:

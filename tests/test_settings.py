@@ -585,3 +585,35 @@ def test_a_public_key_of_a_kind_never_verified_is_refused(tmp_path: Path) -> Non
         result = gateway("check-config", cwd=tmp_path, env=env)
         assert result.returncode == 2, result.stderr
         assert "is neither an RSA key (RS256) nor an EC P-256 key (ES256)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("DATABASE_URL", "postgresql://db.example/gw?user=admin@myserver"),  # no user info
+        ("DATABASE_URL", "postgresql://gw@db.example:5432/gw?sslmode=verify_full"),  # asyncpg's
+        ("DATABASE_URL", "postgresql://[::1]:5432/gw?application_name=a@b"),
+        ("OPENAI_API_BASE_URL", "http://models.example:8080/team@x/v1"),
+        ("OPENAI_API_BASE_URL", "http://user:pa%2Fss@models.example/v1"),  # percent-encoded
+    ],
+)
+def test_an_at_sign_outside_the_user_info_is_no_refusal(variable: str, url: str) -> None:
+    assert read(environ={variable: url}).settings is not None
+
+
+@pytest.mark.parametrize(
+    ("written", "secret"),
+    [
+        ("postgresql://gw:it's@db/gw", "it's"),  # a quote is legal in user info
+        ('in JSON: "redis://:p\\"w@h/0"', 'p\\"w'),  # an escaped quote in a JSON string
+        ("postgresql://us/er:hunter2@db/gw", "hunter2"),  # a raw '/' before the password
+        ("http://u:pa/ss#x@models.example/v1", "pa/ss"),  # (refused as a setting)
+    ],
+)
+def test_a_password_is_masked_whatever_it_holds(written: str, secret: str) -> None:
+    """In a log line (`text`: a password holding a raw '/' never gets there, the
+    settings refuse it) and as a setting is shown (`url`)."""
+    if "/" not in secret:
+        assert secret not in redact.text(written), redact.text(written)
+    url = written.removeprefix('in JSON: "').removesuffix('"')
+    assert secret not in redact.url(url), redact.url(url)

@@ -105,9 +105,7 @@ class ChatEndpoint(_NadooEndpoint):
                     attached = await self.replies.attach(
                         conn.principal, message_id, after, command.chat_id
                     )
-                    encoder = self._encoder(conn)
-                    # (Followed already: its `index` goes on as it was sent.)
-                    conn.resume(attached, None if encoder.follows(message_id) else encoder.encode)
+                    conn.resume(attached, self._encoder(conn).encode)
 
     async def closed(self, conn: Connection) -> None:
         await super().closed(conn)

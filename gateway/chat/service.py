@@ -62,6 +62,7 @@ from gateway.fanout.hub import Hub
 from gateway.fanout.presence import Presence
 from gateway.store import ChatStore
 from gateway.store.records import ChatRecord
+from gateway.upstream.demo import DEMO_MODEL_ID
 from gateway.upstream.router import ModelRouter
 
 
@@ -283,16 +284,15 @@ class ChatService:
     async def pick_model(self, hint: str | None) -> str:
         """The model a client named, if it exists; else the configured default; else
         the first model the upstreams list.  A name that may be a model of a server
-        that cannot be reached raises (`UpstreamError`): another model answering in
-        its place (the demo, say) would pass for it."""
+        that cannot be reached, where only the demo model would answer in its place,
+        raises (`UpstreamError`): the demo would pass for it.  (A Nadoo application
+        id is often no model: with a real model to fall back on, it does.)"""
         known = [model.id for model in await self.router.models()]
         if hint and hint in known:
             return hint
-        if hint:
-            # (Raises while a server is down; not looked for again: a Nadoo
-            # application id is often no model.)
+        if hint and not self._default_model and all(m == DEMO_MODEL_ID for m in known):
             with contextlib.suppress(ModelNotFound):
-                await self.router.lookup(hint, look_again=False)
+                await self.router.lookup(hint, look_again=False)  # (raises: a server down)
                 return hint
         if self._default_model:
             return self._default_model

@@ -25,11 +25,14 @@ MASK = "***"
 # of the authority (a password may itself hold "@" or ":").  Its parts are
 # bounded: every line is masked, and the unbounded pattern was quadratic on a
 # long run of "x.x.x…".
-# A password written with a raw "/", "?" or "#" (settings refuse it, yet it may
-# reach a log line) is masked to the last "@" as well: better a host masked too
-# than a password shown.
+# In a text the password stops at a "/" (a run of "x://y:" would otherwise be
+# scanned 1,024 characters from each start) and at a raw double quote or
+# backslash (a JSON log line must stay JSON; an escaped one, `\"`, is stepped
+# over); a user name may hold a "/".  A password with a raw "/", "?" or "#" is
+# refused by the settings, and `url()` masks it to the last "@" where a
+# refusal shows it.
 _URL_PASSWORD = re.compile(
-    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^/\s:@]{0,256}:)[^\s\"'\\]{0,1024}@"
+    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^\s:@\"\\]{0,256}:)(?:[^/\s\"\\]|\\.){0,1024}@"
 )
 # ?password=… / &api_key=… / #access_token=… — a query (or fragment) parameter
 # whose name ends in a word that says it is a secret (`clientSecret`,
@@ -60,7 +63,7 @@ def url(value: str) -> str:
     scheme, sep, rest = masked.partition("://")
     info, at, host = rest.rpartition("@")
     user, colon, _ = info.partition(":")
-    if sep and at and colon and "/" not in user:
+    if sep and at and colon:
         # The password runs to the last "@", raw "/", "?" or "#" in it included
         # (`urlsplit` would end the host part at the first of them and show the rest).
         masked = f"{scheme}://{user}:{MASK}@{host}"

@@ -224,11 +224,6 @@ class Encoder:
         self._seq = seq
         self._index: dict[tuple[str | None, str], int] = {}
 
-    def follows(self, message_id: str) -> bool:
-        """Whether this reply's frames are going out already (a resume of it then
-        primes nothing: its `index` goes on from what was sent)."""
-        return any(key[1] == message_id for key in self._index)
-
     def _reply(self, kind: str, now: float, fields: dict[str, Any], event: ReplyEvent) -> str:
         if self._seq:
             fields["seq"] = event.seq

@@ -379,11 +379,6 @@ class AnswerEncoder:
     def _numbered(self, event: Event) -> dict[str, Any]:
         return {"seq": event.seq} if self._seq and isinstance(event, ReplyEvent) else {}
 
-    def follows(self, message_id: str) -> bool:
-        """Whether this answer's chunks are going out already (a resume of it then
-        primes nothing and keeps its mode: its text goes on from what was sent)."""
-        return message_id in self._answers
-
     def expect(self, message_id: str, mode: AnswerMode | None = None, stream: bool = True) -> None:
         self._answers[message_id] = _Answer(mode or self.mode, stream, [])
 

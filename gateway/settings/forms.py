@@ -104,14 +104,9 @@ def host(value: str) -> str:
     return value
 
 
-def data_dir_written(value: Any) -> Any:
-    """An empty DATA_DIR is the default (`data`), as an unset one is; `~` is home."""
-    if isinstance(value, str):
-        return "data" if not value.strip() else value
-    return value
-
-
 def path(value: Path) -> Path:
+    """A path as written, `~` its user's home (an empty one is `.`, as Open WebUI's
+    empty DATA_DIR is the working directory)."""
     return value.expanduser()
 
 
@@ -189,8 +184,9 @@ def database_url(url: str) -> str:
         except ValueError as exc:
             raise ValueError(f"not a valid URL ({exc})") from None
         _port(parts)
-        modes = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "sslmode"]
-        if any(mode not in _SSL_MODES for mode in modes):
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        modes = [value.replace("_", "-") for key, value in query if key == "sslmode"]
+        if any(mode not in _SSL_MODES for mode in modes):  # (asyncpg reads verify_full too)
             raise ValueError(f"sslmode must be one of {', '.join(_SSL_MODES)}")
         return url
     scheme = url.partition("://")[0] if "://" in url else ""
@@ -216,14 +212,19 @@ def text(value: str) -> str:
 
 
 def _written_out(url: str) -> None:
-    """A URL's user info must be percent-encoded: a raw '/', '?' or '#' ends the
-    host part early, a second '@' is read differently by each client, and either
-    way the password would be shown as if it were the host or the path."""
+    """A URL's user info must be percent-encoded: a second '@' is read differently by
+    each client, and a raw '/', '?' or '#' ends the host part early (`user:pa`, a
+    port that is no number, with an '@' further on), the password then taken for
+    the host or the path.  An '@' in the path or query alone is no user info."""
     rest = url.partition("://")[2]
-    if "@" not in rest:
-        return
-    info = rest.rpartition("@")[0]
-    if "@" in info or any(c in info for c in "/?#"):
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    cut_short = (
+        "@" not in authority
+        and "@" in rest
+        and ":" in authority
+        and not authority.rpartition(":")[2].isdigit()
+    )
+    if authority.count("@") > 1 or cut_short:
         raise ValueError(
             "the user or password holds '@', '/', '?' or '#': percent-encode them "
             "(%40, %2F, %3F, %23)"
@@ -245,7 +246,7 @@ def _shown(url: str) -> str:
 T = TypeVar("T")
 
 Host = Annotated[str, AfterValidator(host)]
-DataDir = Annotated[Path, BeforeValidator(data_dir_written), AfterValidator(path)]
+DataDir = Annotated[Path, AfterValidator(path)]
 FilePath = Annotated[Path, AfterValidator(path)]
 BasePath = Annotated[str, AfterValidator(base_path)]
 DatabaseUrl = Annotated[str, AfterValidator(database_url)]

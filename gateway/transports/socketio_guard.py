@@ -94,7 +94,12 @@ class _CheckedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             if getattr(self, "environ", None) is not None:
                 raise  # (past the handshake: Engine.IO's own to handle)
             # Its client left during the handshake: not the server's fault (a 500
-            # and a traceback in the log, no token needed).
+            # and a traceback in the log, no token needed).  A session the handshake
+            # opened goes with it (kept, it waited for its ping timeout); one it was
+            # to upgrade from long-polling goes on.
+            if sock is not None and not sock.connected and not sock.closed:
+                await sock.close(wait=False, abort=True)
+                sock.server.sockets.pop(sock.sid, None)
             return web.Response(status=CLIENT_GONE)
         except asyncio.CancelledError:
             # aiohttp cancels the handler once the client's TCP connection is gone

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import struct
 import uuid
@@ -111,7 +112,7 @@ class Connection(Delivering):
         self.state: dict[str, object] = {}
         # Replies being resumed into the outbox (`resume`), stopped when it closes;
         # made by the first.
-        self.resuming: set[asyncio.Task[None]] | None = None
+        self.resuming: dict[str, asyncio.Task[None]] | None = None
         # How fast the client may send (GATEWAY_MAX_MESSAGES_PER_S).
         self.rate = MessageRate(request.app[SETTINGS].max_messages_per_s)
         # A ping went and nothing has come from the client since; the read loop is
@@ -159,21 +160,31 @@ class Connection(Delivering):
         with self.outbox.held(message_ids):
             yield
 
-    def resume(self, attached: Attached, prime: Callable[[Event], object] | None) -> None:
+    def resumes(self, message_id: str) -> bool:
+        """Whether a resume of this reply is being followed here (a resume of it again
+        primes nothing: what the encoder holds is what went out)."""
+        task = (self.resuming or {}).get(message_id)
+        return task is not None and not task.done()
+
+    def resume(self, attached: Attached, prime: Callable[[Event], object]) -> None:
         """A reply resumed on this connection: `prime` (the endpoint's encoder, its
         frames thrown away) is fed what the client already has, so per-reply state
-        (Nadoo's index, RAGFlow's running text) goes on from there — None for a
-        reply the connection follows already, whose state is what it sent; then
-        what followed goes out through the writer, in order, each once."""
+        (Nadoo's index, RAGFlow's running text) goes on from there — unless the
+        reply is being resumed here already (its state is what went out: primed
+        again, Nadoo's index began at 0 once more); then what followed goes out
+        through the writer, in order, each once."""
         if self.outbox is None:
             attached.close()
             return
-        if prime is not None:
+        if not self.resumes(attached.message_id):
             for event in attached.prefix:
                 prime(event)
         if self.resuming is None:
-            self.resuming = set()
-        self.resuming.add(self.realtime.resume(self.outbox, attached))
+            self.resuming = {}
+        earlier = self.resuming.get(attached.message_id)
+        if earlier is not None:
+            earlier.cancel()  # (the new one goes on from where the socket is)
+        self.resuming[attached.message_id] = self.realtime.resume(self.outbox, attached)
 
     def pace(self, attach: Attach) -> None:
         """Replies of the connection's user it falls behind on are fed to it from the
@@ -321,7 +332,7 @@ async def _open(conn: Connection, authenticate: bool) -> bool:
 
 async def _closed(conn: Connection) -> None:
     """Its client left or it was closed: nothing more runs for it."""
-    for task in conn.resuming or ():
+    for task in (conn.resuming or {}).values():
         task.cancel()
     if conn.outbox is not None:
         conn.realtime.unsubscribe(conn.outbox)
@@ -382,17 +393,14 @@ async def _read(conn: Connection) -> None:
 
 
 async def _cut_off(conn: Connection, error: GatewayError) -> None:
-    """Access ended: the flavour's refusal and close 1008, then the connection cut
-    (at the latest CLOSE_TIMEOUT_S on).  Cut, not closed: a close waits for what is
-    still buffered for the client to be read, so one that reads nothing kept the
-    connection past `exp` for as long as it liked.  With SO_LINGER at 0 the
-    kernel drops what it holds and resets; a client that answered the close has
-    read everything before it."""
-    transport = conn.request.transport
-    sock = None if transport is None else transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    """Access ended: the flavour's refusal and close 1008; a client that does not
+    take them within CLOSE_TIMEOUT_S is cut.  Cut, not closed: a close waits for
+    what is buffered for the client to be read, so one that reads nothing kept
+    the connection past `exp` for as long as it liked (SO_LINGER 0: what is
+    buffered is dropped, and the client reset).  One that reads gets everything,
+    the refusal and the close included, as before."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CLOSE_TIMEOUT_S
     try:
         await asyncio.wait_for(_refuse(conn, error), CLOSE_TIMEOUT_S)
     except (TimeoutError, ConnectionError):
@@ -403,10 +411,32 @@ async def _cut_off(conn: Connection, error: GatewayError) -> None:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
-    if transport is not None:
-        transport.abort()  # (also when closing: a close waits for its buffer to drain)
+    transport = conn.request.transport
+    if transport is None:
+        return
+    if await _taken(transport, deadline):
+        return  # all of it handed to the kernel: the close goes on as any close
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    transport.abort()  # (also when closing: a close waits for its buffer to drain)
 
 
+async def _taken(transport: asyncio.BaseTransport, deadline: float) -> bool:
+    """Whether what is buffered for the client leaves the buffer by `deadline` (a
+    client that reads takes it meanwhile), looked at every DRAIN_TICK_S."""
+    loop = asyncio.get_running_loop()
+    buffered = getattr(transport, "get_write_buffer_size", lambda: 0)
+    for _ in range(max(0, math.ceil((deadline - loop.time()) / DRAIN_TICK_S))):
+        if not buffered():
+            return True
+        await asyncio.sleep(DRAIN_TICK_S)
+    return not buffered()
+
+
+# How often a cut-off connection's buffer is looked at while its client may read it.
+DRAIN_TICK_S = 0.05
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets
 
 

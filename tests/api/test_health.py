@@ -89,7 +89,7 @@ def test_the_containers_health_check_follows_the_port_and_base_path(
     for code in checks:
         env = {"PATH": os.environ["PATH"], "GATEWAY_PORT": str(gw.port)}
         if base_path:
-            env["GATEWAY_BASE_PATH"] = base_path + "/"
+            env["GATEWAY_BASE_PATH"] = "/" + base_path + "/"  # ("//chat/": the settings' /chat)
         ok = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30)
         assert ok.returncode == 0, ok.stderr
         env["GATEWAY_PORT"] = str(free_port())

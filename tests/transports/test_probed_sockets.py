@@ -288,6 +288,19 @@ async def test_a_model_named_on_a_server_that_is_down_is_an_error_not_the_demo(
     assert end["type"] == "response_end" and text, (end, text)
 
 
+async def test_an_application_id_falls_back_on_a_real_model_while_another_server_is_down(
+    start_gateway: Any, fake_upstream: FakeUpstream
+) -> None:
+    """A Nadoo application id is often no model: with one server down and a real
+    model listed by another, it is answered by that model, as before."""
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    gateway = start_gateway({"OPENAI_API_BASE_URLS": f"{fake_upstream.url};{down}"})
+    _, token = nadoo_user()
+    end, text, _ = await chat_client(gateway, token, "hello", application_id="app-7f3a")
+    assert end["type"] == "response_end", end
+    assert text.strip() == reply_text("fake-model", [{"role": "user", "content": "hello"}]).strip()
+
+
 async def test_a_second_resume_of_a_followed_reply_keeps_its_index(
     gateway: GatewayProcess,
 ) -> None:

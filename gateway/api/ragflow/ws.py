@@ -76,10 +76,8 @@ class ChatSocket:
                     attached = await self.replies.attach(
                         conn.principal, message_id, after, question.chat_id
                     )
-                    if encoder.follows(message_id):  # its text goes on as it was sent
-                        conn.resume(attached, None)
-                        continue
-                    encoder.expect(message_id, question.answer_mode)
+                    if not conn.resumes(message_id):  # (else its text goes on as it went)
+                        encoder.expect(message_id, question.answer_mode)
                     conn.resume(attached, encoder.encode)
             return
         assistants = self.assistants
