@@ -301,15 +301,18 @@ def _missing(field: str, ws: bool) -> ProtocolError:
     return ProtocolError(message, error_frame(ARGUMENT_ERROR, message))
 
 
-def error_frame(code: int, message: str) -> str:
-    """An error chunk, the shape RAGFlow streams (and sends before closing a socket)."""
-    return jsonwire.dumps(
-        {
-            "code": code,
-            "message": message,
-            "data": {"answer": f"**ERROR**: {message}", "reference": []},
-        }
-    )
+def error_frame(
+    code: int, message: str, message_id: str | None = None, session_id: str | None = None
+) -> str:
+    """An error chunk, the shape RAGFlow streams (and sends before closing a socket).
+    An answer's failure also names the answer and its session, as its chunks do
+    (the gateway's addition: with two questions in flight on one socket, or a
+    first question whose new session the failure is the only word of, the client
+    can tell which)."""
+    data: dict[str, Any] = {"answer": f"**ERROR**: {message}", "reference": []}
+    if message_id is not None and session_id is not None:
+        data |= {"id": message_id, "session_id": session_id}
+    return jsonwire.dumps({"code": code, "message": message, "data": data})
 
 
 def failure_frame(error: GatewayError) -> str:
@@ -411,7 +414,7 @@ class AnswerEncoder:
             return [END]
         if isinstance(event, ReplyFailed) and event.chat_id is not None:
             self._answers.pop(event.message_id, None)
-            return [error_frame(SERVER_ERROR, event.message), END]
+            return [error_frame(SERVER_ERROR, event.message, event.message_id, event.chat_id), END]
         if isinstance(event, ReplySnapshot) and event.chat_id is not None:
             # A resumed answer's text at once (it replaces what the client holds),
             # and what follows goes on from it.

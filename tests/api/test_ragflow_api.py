@@ -437,10 +437,14 @@ def test_upstream_failure(gateway: GatewayProcess, stream: bool) -> None:
         assert frames[-1] == END, frames
         assert frames[-2]["code"] == 500, frames
         assert frames[-2]["data"]["answer"].startswith("**ERROR**"), frames
+        failed = frames[-2]["data"]
     else:
         body = resp.json()
         assert body["code"] == 500, body
         assert body["data"]["answer"].startswith("**ERROR**"), body
+        failed = body["data"]
+    # Which answer failed, in which session, as its chunks say (the gateway's addition).
+    assert failed["session_id"] == session_id and failed["id"], failed
 
 
 # -- RAGFlow's OpenAI-compatible route ---------------------------------------------

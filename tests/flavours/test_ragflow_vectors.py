@@ -128,7 +128,8 @@ def test_encoder_matches_golden_chunks(path: Path) -> None:
 def test_every_chunk_has_ragflows_shape(path: Path) -> None:
     # Independently of the golden chunks (docs/PROTOCOLS.md §3): an envelope; a chunk's
     # data is exactly CHUNK_KEYS (+ final when streamed in delta mode) for its own
-    # message and session; a failure's data is {"answer": "**ERROR**: …", "reference": []};
+    # message and session; a failure's data is {"answer": "**ERROR**: …", "reference": []}
+    # and its answer's id and session_id;
     # every answer, finished or failed, ends with one end marker.
     vector = load(path)
     ends = 0
@@ -145,7 +146,12 @@ def test_every_chunk_has_ragflows_shape(path: Path) -> None:
                 assert body == {
                     "code": 500,
                     "message": spec["message"],
-                    "data": {"answer": f"**ERROR**: {spec['message']}", "reference": []},
+                    "data": {
+                        "answer": f"**ERROR**: {spec['message']}",
+                        "reference": [],
+                        "id": spec["message_id"],
+                        "session_id": spec["chat_id"],
+                    },
                 }
                 continue
             mode, stream = answer_mode(vector, spec["message_id"])

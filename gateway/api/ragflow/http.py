@@ -270,7 +270,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     session, history = await assistants.session_and_history(assistant, question.session_id or "")
     settings = request.app[SETTINGS]
     async with request.app[REPLIES].follow() as (room, events):
-        await assistants.ask(
+        turn = await assistants.ask(
             principal, assistant, session, question.question, rooms=(room,), history=history
         )
         if question.stream:
@@ -286,13 +286,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
         try:
             end, _ = await finished(events)
         except UpstreamError as exc:
-            return web.json_response(_failed(exc.message))
+            failed = codec.error_frame(
+                codec.SERVER_ERROR, exc.message, turn.message_ids[0], session.id
+            )
+            return web.Response(text=failed, content_type="application/json")
         return _ok(codec.answer_data(end.content, end.message_id, session.id))
-
-
-def _failed(message: str) -> dict[str, Any]:
-    data = {"answer": f"**ERROR**: {message}", "reference": []}
-    return {"code": codec.SERVER_ERROR, "message": message, "data": data}
 
 
 async def openai_completions(request: web.Request) -> web.StreamResponse:
