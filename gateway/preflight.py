@@ -40,6 +40,7 @@ from gateway.edge import redact
 from gateway.edge.connections import SERVER_HEADER
 from gateway.edge.secrets import SECRET_KEY_FILE, load_or_create_secret
 from gateway.settings import Loaded, SettingsError
+from gateway.store import sqlite_file
 from gateway.store.errors import why_unavailable
 
 CONNECT_TIMEOUT_S = 5.0
@@ -65,9 +66,8 @@ def prepare(loaded: Loaded, *, create: bool = True) -> None:
         _public_key(loaded, settings.jwt_public_key_file)
     if not settings.secret_key:
         _kept_key(loaded, missing_ok=True)
-    sqlite = settings.database_url.removeprefix("sqlite:///") if settings.database_url else ""
-    db = Path(sqlite) if sqlite else settings.data_dir / "gateway.db"
-    if (not settings.database_url or sqlite) and db.is_file() and not os.access(db, os.W_OK):
+    db = sqlite_file(settings.database_url, settings.data_dir)
+    if db is not None and db.is_file() and not os.access(db, os.W_OK):
         raise loaded.error(
             "database_url",
             f"{db.resolve()} is read-only for this user; the gateway writes every turn there",
@@ -297,10 +297,7 @@ async def connect(loaded: Loaded) -> list[Probe]:
 
 async def _database(loaded: Loaded) -> Probe:
     url = loaded.settings.database_url
-    if not url.startswith(("postgresql://", "postgres://")):
-        path = (
-            Path(url.removeprefix("sqlite:///")) if url else loaded.settings.data_dir / "gateway.db"
-        )
+    if (path := sqlite_file(url, loaded.settings.data_dir)) is not None:
         if not path.exists():
             return Probe(
                 "database_url",

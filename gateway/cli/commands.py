@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from gateway.cli import logs
@@ -76,12 +75,12 @@ def _with_store(args: argparse.Namespace, action: Any) -> int:
     import asyncio
 
     from gateway import preflight
-    from gateway.store import StoreUnavailable, open_store
+    from gateway.store import StoreUnavailable, open_store, sqlite_file
 
     loaded = _load(args)
     preflight.prepare(loaded)
     settings = loaded.settings
-    sqlite = _sqlite_file(settings.database_url, settings.data_dir)
+    sqlite = sqlite_file(settings.database_url, settings.data_dir)
     made = sqlite is not None and not sqlite.exists()
 
     async def run() -> int:
@@ -107,17 +106,6 @@ def _with_store(args: argparse.Namespace, action: Any) -> int:
             await store.close()
 
     return asyncio.run(run())
-
-
-def _sqlite_file(database_url: str, data_dir: Path) -> Path | None:
-    """The SQLite file the settings name (None: PostgreSQL)."""
-    from gateway.store import SQLITE_FILE
-
-    if not database_url:
-        return data_dir / SQLITE_FILE
-    if database_url.startswith("sqlite:///"):
-        return Path(database_url.removeprefix("sqlite:///"))
-    return None
 
 
 async def _find_user(store: Any, who: str) -> Any:

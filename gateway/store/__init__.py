@@ -43,11 +43,21 @@ __all__ = [
     "UserRecord",
     "UserStore",
     "open_store",
+    "sqlite_file",
 ]
 
 SQLITE_FILE = "gateway.db"
 # PostgreSQL connections per replica: the setting's default (its reasons are there).
 DEFAULT_POOL_SIZE: int = Settings.model_fields["database_pool_size"].default
+
+
+def sqlite_file(database_url: str, data_dir: Path) -> Path | None:
+    """The SQLite file the settings name (None: PostgreSQL)."""
+    if not database_url:
+        return data_dir / SQLITE_FILE
+    if database_url.startswith("sqlite:///"):
+        return Path(database_url.removeprefix("sqlite:///"))
+    return None
 
 
 async def open_store(
@@ -59,10 +69,8 @@ async def open_store(
     from gateway.store.sql import SQLStore
 
     driver: Driver
-    if not database_url:
-        driver = await SQLiteDriver.open(data_dir / SQLITE_FILE)
-    elif database_url.startswith("sqlite:///"):
-        driver = await SQLiteDriver.open(Path(database_url.removeprefix("sqlite:///")))
+    if (path := sqlite_file(database_url, data_dir)) is not None:
+        driver = await SQLiteDriver.open(path)
     elif database_url.startswith(("postgresql://", "postgres://")):
         driver = await PostgresDriver.open(database_url, pool_size)
     else:

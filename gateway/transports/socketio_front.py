@@ -29,6 +29,7 @@ from gateway.application.realtime import Realtime
 from gateway.edge.origins import OriginPolicy
 from gateway.edge.proxy import STICKY_LINES, upgrade_required
 from gateway.errors import Forbidden
+from gateway.transports.socketio_guard import end_session
 
 EXTENSIONS = "Sec-WebSocket-Extensions"
 
@@ -113,8 +114,7 @@ class FrontDoor:
         """A long-polling POST past the limit: its session ended now, and 413."""
         sock = self.sio.eio.sockets.get(eio_sid)
         if sock is not None and not sock.upgraded:  # (an upgraded one takes no POST anyway)
-            await sock.close(wait=False, abort=True)
-            self.sio.eio.sockets.pop(eio_sid, None)
+            await end_session(sock)
         detail = f"A polling request's body is at most {limit} bytes (GATEWAY_MAX_FRAME_BYTES)"
         return web.json_response({"detail": detail}, status=413)
 

@@ -98,8 +98,7 @@ class _CheckedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             # opened goes with it (kept, it waited for its ping timeout); one it was
             # to upgrade from long-polling goes on.
             if sock is not None and not sock.connected and not sock.closed:
-                await sock.close(wait=False, abort=True)
-                sock.server.sockets.pop(sock.sid, None)
+                await end_session(sock)
             return web.Response(status=CLIENT_GONE)
         except asyncio.CancelledError:
             # aiohttp cancels the handler once the client's TCP connection is gone
@@ -109,9 +108,7 @@ class _CheckedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             # Only the session's own transport ends it: an upgrade from long-polling
             # cut before it finished leaves the polling session as it was.
             if sock is not None and not sock.closed and not _upgrade_given_up(sock):
-                reason = sock.server.reason.TRANSPORT_CLOSE
-                await asyncio.shield(sock.close(wait=False, abort=True, reason=reason))
-                sock.server.sockets.pop(sock.sid, None)
+                await end_session(sock, sock.server.reason.TRANSPORT_CLOSE)
             raise
         finally:
             if sock is not None:
@@ -128,6 +125,14 @@ class _CheckedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             log.debug("engine.io frame refused: an unknown packet type")
             raise OSError("not an Engine.IO packet")
         return data
+
+
+async def end_session(sock: Any, reason: Any = None) -> None:
+    """An Engine.IO session closed at once and forgotten by its server (Engine.IO's
+    own close waits for its queue to drain, and keeps it listed meanwhile)."""
+    closing = sock.close(wait=False, abort=True, **({} if reason is None else {"reason": reason}))
+    await asyncio.shield(closing)
+    sock.server.sockets.pop(sock.sid, None)
 
 
 def _upgrade_given_up(sock: Any) -> bool:
