@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from gateway.bus import TaskInfo
@@ -121,8 +121,18 @@ async def sentinel(sender: Replica, receiver: Replica, room: str) -> None:
     receiver.delivered.remove(([room], marker))
 
 
-async def watched(one: Replica, *rooms: str) -> None:
-    """`one` has a member in each room, received from every replica."""
+async def watched(one: Replica, *rooms: str, told: Sequence[Replica] = ()) -> None:
+    """`one` has a member in each room, and each replica in `told` knows it.
+
+    `watching()` returns once Redis has handed the announcement to every replica;
+    a replica that has not read it yet would still publish the room to no one,
+    so a test that publishes at once waits until its publishers have read it."""
     for room in rooms:
         one.rooms.watch(room)
     await one.rooms.watching(rooms)
+    for other in told:
+        mirror = other.rooms._mirror
+        await eventually(
+            lambda mirror=mirror: mirror.synced and len(mirror.watched(rooms)) == len(rooms),
+            what=f"replica {other.replicas.replica_id} knows who watches {rooms}",
+        )

@@ -67,7 +67,7 @@ async def test_malformed_room_messages_are_counted_and_skipped(
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.bus")
     a, b = await replica(), await replica()
-    await watched(b, "user:x")
+    await watched(b, "user:x", told=[a])
 
     for message in MALFORMED_ANNOUNCEMENTS:
         await raw.publish(f"{prefix}mirror", message)
@@ -108,7 +108,7 @@ async def test_a_slow_command_holds_up_neither_room_events_nor_other_commands(
     replica: Make, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, b = await replica(), await replica()
-    await watched(b, "user:x")
+    await watched(b, "user:x", told=[a])
     b.control_gate = asyncio.Event()  # B's cancellation waits for a reply that will not end
 
     a.replicas.broadcast({"cancel": {"task_id": "t1"}})
@@ -132,7 +132,7 @@ async def test_a_slow_takeover_holds_up_no_room_event(
     monkeypatch.setattr(replicas, "MISSING_GRACE_S", 0.5)
     monkeypatch.setattr(replicas, "JANITOR_S", 0.2)
     a, b = await replica(), await replica()
-    await watched(b, "user:x")
+    await watched(b, "user:x", told=[a])
     b.orphan_gate = asyncio.Event()  # the survivor's store read of the orphan hangs
     a.replicas.task_started(TaskInfo("t1", "c1", "m1", "u1", ("user:x",)))
     await eventually_async(b.replicas.remote_tasks)
@@ -156,7 +156,7 @@ async def test_a_slow_store_read_holds_up_only_its_own_replicas_events(
     replica: Make, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, b, c = await replica(), await replica(), await replica()
-    await watched(b, "chat:c1")
+    await watched(b, "chat:c1", told=[a, c])
     b.load_gate = asyncio.Event()
 
     finished = ReplyFinished("c1", "m1", 12, "x" * 1_000_000, Usage(3, 4, True), "stop", 2.5)

@@ -35,8 +35,7 @@ from tests.services import RedisServer
 
 async def test_delivered_once_and_only_for_watched_rooms(replica: Make) -> None:
     a, b = await replica(), await replica()
-    b.rooms.watch("user:x")
-    await b.rooms.watching(["user:x"])
+    await watched(b, "user:x", told=[a])
 
     first = delta("to x and y")
     a.rooms.publish(["user:x", "user:y"], first)
@@ -64,9 +63,7 @@ async def test_a_replica_just_started_reaches_rooms_watched_elsewhere(replica: M
 
 async def test_an_event_for_two_watched_rooms_arrives_once(replica: Make) -> None:
     a, b = await replica(), await replica()
-    for room in ("user:x", "chat:c1"):
-        b.rooms.watch(room)
-    await b.rooms.watching(["user:x", "chat:c1"])
+    await watched(b, "user:x", "chat:c1", told=[a])
 
     event = delta("both")
     a.rooms.publish(["user:x", "chat:c1"], event)
@@ -76,9 +73,8 @@ async def test_an_event_for_two_watched_rooms_arrives_once(replica: Make) -> Non
 
 async def test_own_events_are_not_delivered_to_oneself(replica: Make) -> None:
     a, b = await replica(), await replica()
-    for one in (a, b):
-        one.rooms.watch("user:x")
-        await one.rooms.watching(["user:x"])
+    for one, other in ((a, b), (b, a)):
+        await watched(one, "user:x", told=[other])
 
     own, last = delta("from b"), delta("from b, last")
     b.rooms.publish(["user:x"], own)
@@ -94,9 +90,7 @@ async def test_connection_and_reply_rooms_never_leave_the_process(replica: Make)
     a, b = await replica(), await replica()
     # The hub never watches these; B does here only to see whether they are published.
     rooms = ["conn:k1", "reply:c1/m1", "user:x"]
-    for room in rooms:
-        b.rooms.watch(room)
-    await b.rooms.watching(rooms)
+    await watched(b, *rooms, told=[a])
 
     event = delta("mixed")
     a.rooms.publish(rooms, event)
@@ -110,8 +104,7 @@ async def test_connection_and_reply_rooms_never_leave_the_process(replica: Make)
 
 async def test_order_of_many_deltas_is_kept(replica: Make) -> None:
     a, b = await replica(), await replica()
-    b.rooms.watch("chat:c1")
-    await b.rooms.watching(["chat:c1"])
+    await watched(b, "chat:c1", told=[a])
 
     sent = [delta(f"token {seq} ", seq) for seq in range(500)]
     for event in sent:
@@ -122,9 +115,7 @@ async def test_order_of_many_deltas_is_kept(replica: Make) -> None:
 
 async def test_unwatched_room_no_longer_arrives(replica: Make) -> None:
     a, b = await replica(), await replica()
-    for room in ("user:x", "user:z"):
-        b.rooms.watch(room)
-    await b.rooms.watching(["user:x", "user:z"])
+    await watched(b, "user:x", "user:z", told=[a])
     a.rooms.publish(["user:x"], delta("before"))
     await eventually(lambda: b.delivered)
 
@@ -136,8 +127,7 @@ async def test_unwatched_room_no_longer_arrives(replica: Make) -> None:
     assert b.events() == [delta("before")]
 
     # Watching again receives again.
-    b.rooms.watch("user:x")
-    await b.rooms.watching(["user:x"])
+    await watched(b, "user:x", told=[a])
     a.rooms.publish(["user:x"], delta("again"))
     await eventually(lambda: delta("again") in b.events())
 
@@ -147,8 +137,7 @@ async def test_unwatched_room_no_longer_arrives(replica: Make) -> None:
 
 async def test_big_delta_arrives_in_pieces(replica: Make) -> None:
     a, b = await replica(max_message_bytes=4096), await replica()
-    b.rooms.watch("chat:c1")
-    await b.rooms.watching(["chat:c1"])
+    await watched(b, "chat:c1", told=[a])
 
     text = ("abcdefghi\x01é中😀" * 2_000)[:20_000]
     assert len(text) == 20_000
@@ -166,8 +155,7 @@ def _texts(one: Replica) -> str:
 
 async def test_huge_finished_reply_is_read_from_the_store(replica: Make) -> None:
     a, b = await replica(), await replica()
-    b.rooms.watch("chat:c1")
-    await b.rooms.watching(["chat:c1"])
+    await watched(b, "chat:c1", told=[a])
 
     finished = ReplyFinished("c1", "m1", 12, "x" * 1_000_000, Usage(3, 4, True), "stop", 2.5)
     a.rooms.publish(["chat:c1"], finished)
@@ -181,8 +169,7 @@ async def test_redis_down_and_back_watched_rooms_are_received_again(
     redis_server: RedisServer, replica: Make
 ) -> None:
     a, b = await replica(redis_server.url), await replica(redis_server.url)
-    b.rooms.watch("user:x")
-    await b.rooms.watching(["user:x"])
+    await watched(b, "user:x", told=[a])
     assert b.rooms.problem() is None
     a.rooms.publish(["user:x"], delta("before", 0))
     await eventually(lambda: b.delivered)
@@ -206,8 +193,7 @@ async def test_events_published_while_redis_is_down_are_delivered_after(
     redis_server: RedisServer, replica: Make, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, b = await replica(redis_server.url), await replica(redis_server.url)
-    b.rooms.watch("user:x")
-    await b.rooms.watching(["user:x"])
+    await watched(b, "user:x", told=[a])
 
     redis_server.stop()
     await eventually(b.rooms.problem)
@@ -234,8 +220,7 @@ async def test_queue_is_bounded_while_redis_is_down(
 ) -> None:
     a = await replica(redis_server.url, max_pending=10)
     b = await replica(redis_server.url)
-    b.rooms.watch("user:x")  # else A has no reason to send anything
-    await b.rooms.watching(["user:x"])
+    await watched(b, "user:x", told=[a])  # else A has no reason to send anything
     redis_server.stop()
     await eventually(a.rooms.problem)
 
@@ -261,7 +246,7 @@ async def test_a_crowded_queue_makes_a_reply_wait_until_it_drains_and_drops_noth
     # the bound, where the oldest would be dropped.
     a = await replica(max_pending=100)
     b = await replica()
-    await watched(b, "user:x")
+    await watched(b, "user:x", told=[a])
     waits = metrics.HOT.bus_waits
     sent: list[TextDelta] = []
     for seq in range(300):
@@ -282,7 +267,7 @@ async def test_a_crowded_queue_makes_a_reply_wait_until_it_drains_and_drops_noth
 async def test_an_outage_never_makes_a_reply_wait(redis_server: RedisServer, replica: Make) -> None:
     a = await replica(redis_server.url, max_pending=100)
     b = await replica(redis_server.url)
-    await watched(b, "user:x")
+    await watched(b, "user:x", told=[a])
     redis_server.stop()
     await eventually(a.rooms.problem)
     for seq in range(60):
