@@ -109,6 +109,19 @@ def _parse(text: str, now: float) -> dict[str, Any]:
     return data
 
 
+def _id(data: dict[str, Any], key: str, now: float) -> str | None:
+    """An optional id of a chat frame: absent, null or "" say none; any other
+    non-string is refused (read as none, a message meant for a chat would start
+    another)."""
+    value = data.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        message = f'"{key}" must be a string'
+        raise ProtocolError(message, error_frame(message, "invalid_frame", now))
+    return value
+
+
 def decode_chat(text: str, now: float) -> Command:
     """A frame of `/ws/chat/{session_id}`; raises ProtocolError carrying the error frame."""
     data = _parse(text, now)
@@ -120,13 +133,7 @@ def decode_chat(text: str, now: float) -> Command:
         if not isinstance(content, str) or not content.strip():
             message = 'A chat frame needs "content", a non-empty string'
             raise ProtocolError(message, error_frame(message, "missing_content", now))
-        chat_id = data.get("chat_id")
-        application_id = data.get("application_id")
-        return Say(
-            content,
-            chat_id if isinstance(chat_id, str) and chat_id else None,
-            application_id if isinstance(application_id, str) and application_id else None,
-        )
+        return Say(content, _id(data, "chat_id", now), _id(data, "application_id", now))
     if kind == "ping":
         return Ping()
     if kind == "typing":
