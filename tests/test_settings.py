@@ -617,3 +617,43 @@ def test_a_password_is_masked_whatever_it_holds(written: str, secret: str) -> No
         assert secret not in redact.text(written), redact.text(written)
     url = written.removeprefix('in JSON: "').removesuffix('"')
     assert secret not in redact.url(url), redact.url(url)
+
+
+def test_a_configured_password_is_masked_where_the_patterns_stop(tmp_path: Path) -> None:
+    """A raw double quote ends `text()`'s pattern (a JSON line must stay JSON); the
+    passwords of the configured URLs are masked by value as well, as written and
+    percent-decoded."""
+    loaded = read(
+        environ={
+            "DATABASE_URL": 'postgresql://gw:hun"ter2x@db/gw',
+            "REDIS_URL": "redis://:r%40dis-pw@r:6379/0",
+        }
+    )
+    assert loaded.settings is not None
+    settings = loaded.settings
+    found = redact.passwords(
+        [settings.database_url, settings.redis_url, *settings.openai_api_base_urls]
+    )
+    assert found == ['hun"ter2x', 'hun"ter2x', "r%40dis-pw", "r@dis-pw"]
+    line = 'store postgresql://gw:hun"ter2x@db/gw unreachable; redis said r@dis-pw'
+    assert 'hun"ter2x' in redact.text(line)  # what the pattern alone leaves
+    # The serving process's logging, as `serve` sets it up, in a process of its own.
+    script = (
+        "import logging, sys\n"
+        "from gateway.cli import logs\n"
+        "from gateway.settings import read\n"
+        "logs.setup(read())\n"
+        "logging.getLogger('gateway.test').warning(sys.argv[1])\n"
+    )
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
+    done = subprocess.run(
+        [sys.executable, "-c", script, line],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    logged = done.stderr
+    assert "unreachable" in logged, logged
+    assert "ter2x" not in logged and "r@dis-pw" not in logged, logged

@@ -133,6 +133,9 @@ def setup(loaded: Loaded) -> None:
             settings.metrics_token or "",
             *settings.openai_api_keys,
             *settings.api_keys,
+            *redact.passwords(
+                [settings.database_url, settings.redis_url, *settings.openai_api_base_urls]
+            ),
         ]
     )
     handler = logging.StreamHandler()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 MASK = "***"
 
@@ -68,6 +69,20 @@ def url(value: str) -> str:
         # (`urlsplit` would end the host part at the first of them and show the rest).
         masked = f"{scheme}://{user}:{MASK}@{host}"
     return _TOKENS.sub(MASK, masked)
+
+
+def passwords(urls: Iterable[str | None]) -> list[str]:
+    """The passwords in configured URLs, as written and percent-decoded: secrets
+    for `Redactor`, so a log line is masked by value where the patterns of
+    `text()` stop early (at a raw double quote, in a text-format line)."""
+    found = []
+    for value in urls:
+        _, sep, rest = (value or "").partition("://")
+        info, at, _ = rest.rpartition("@")
+        _, colon, password = info.partition(":")
+        if sep and at and colon and password:
+            found += [password, unquote(password)]
+    return found
 
 
 def _head_masked(match: re.Match[str]) -> str:
