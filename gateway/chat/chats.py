@@ -9,15 +9,17 @@ here: `runner.py` ends each one (and the placeholder of one never started),
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
 
 from gateway.chat import tree
 from gateway.chat.shapes import chat_extra, chat_response, history_of, message_record
 from gateway.edge.auth import Principal
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.store import ChatStore
 from gateway.store.records import ChatRecord, MessageRecord
 
@@ -26,6 +28,18 @@ DEFAULT_TITLE = "New Chat"
 # A chat titled so has no title of its own yet: its first reply gives it one.
 DEFAULT_TITLES = ("", DEFAULT_TITLE)
 TITLE_CHARS = 60
+# A tree of more messages is checked and merged in a thread: pure Python still,
+# but the loop gets its turns (every 5 ms) instead of waiting out a whole walk
+# of a chat of tens of thousands of messages (about 1 s for 100,000).
+OFF_LOOP_MESSAGES = 2_000
+
+T = TypeVar("T")
+
+
+async def _tree_work(size: int, work: Callable[..., T], *args: Any) -> T:
+    if size > OFF_LOOP_MESSAGES:
+        return await asyncio.to_thread(work, *args)
+    return work(*args)
 
 
 def title_for(chat: ChatRecord, history: Mapping[str, Any]) -> str | None:
@@ -112,6 +126,26 @@ class ChatBook:
         # Replies being generated have one writer, the generator: updates
         # from clients (which may hold a stale copy) must not overwrite them.
         self._is_generating = is_generating
+        # A chat's edits read, merge and write its tree: one at a time per chat
+        # (on this replica), or two at once would each write what the other did
+        # not see (one's fields lost, or a parentId cycle neither made alone).
+        self._edits: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _editing(self, chat_id: str) -> AsyncIterator[None]:
+        lock, users = self._edits.get(chat_id, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._edits[chat_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._edits[chat_id]
+            if users == 1:
+                del self._edits[chat_id]
+            else:
+                self._edits[chat_id] = (lock, users - 1)
 
     # -- reading -----------------------------------------------------------
     async def owned(self, principal: Principal, chat_id: str) -> ChatRecord:
@@ -151,7 +185,8 @@ class ChatBook:
         imported: bool = False,
     ) -> ChatRecord:
         chat_obj = _chat_object(body)
-        history = normalized(_history_of_request(chat_obj))
+        request_history = _history_of_request(chat_obj)
+        history = await _tree_work(_size(request_history), normalized, request_history)
         created = now_s()
         if imported:
             created = _int_or(body.get("created_at"), created)
@@ -182,26 +217,24 @@ class ChatBook:
         """`update`, and the stored messages whose text it changed (the owner's other
         tabs are told: Open WebUI's `chat:message`)."""
         chat_obj = _chat_object(body)
-        chat, stored = await self.owned_history(principal, chat_id)
         update = chat_obj.get("history")
         update = dict(update) if isinstance(update, Mapping) else {}
         if "current_id" in chat_obj and "currentId" not in update:
             update["current_id"] = chat_obj["current_id"]
-        try:
-            merged = tree.merge(stored, update)
-        except tree.TreeError as exc:
-            raise BadRequest(f"Inconsistent chat history: {exc}") from None
-        changed = [
-            record
-            for record in _changed_messages(chat.id, stored["messages"], merged["messages"])
-            if not self._is_generating(chat.id, record.id)
-        ]
-        if "title" in chat_obj:
-            chat.title = str(chat_obj["title"] or DEFAULT_TITLE)
-        chat.extra = {**chat.extra, **chat_extra(chat_obj)}
-        chat.current_id = merged["currentId"]
-        chat.updated_at = now_s()
-        await self.store.save_chat(chat, changed)
+        async with self._editing(chat_id):
+            chat, stored = await self.owned_history(principal, chat_id)
+            merged = await self._merged(stored, update)
+            changed = [
+                record
+                for record in _changed_messages(chat.id, stored["messages"], merged["messages"])
+                if not self._is_generating(chat.id, record.id)
+            ]
+            if "title" in chat_obj:
+                chat.title = str(chat_obj["title"] or DEFAULT_TITLE)
+            chat.extra = {**chat.extra, **chat_extra(chat_obj)}
+            chat.current_id = merged["currentId"]
+            chat.updated_at = now_s()
+            await self.store.save_chat(chat, changed)
         before, after = stored["messages"], merged["messages"]
         edited = [
             record
@@ -216,19 +249,29 @@ class ChatBook:
     ) -> ChatRecord:
         if not isinstance(body, Mapping):
             raise BadRequest("Body must be an object")
-        chat, stored = await self.owned_history(principal, chat_id)
-        fields = {k: v for k, v in body.items() if k not in ("id", "childrenIds")}
-        if message_id not in stored["messages"]:
-            fields = {"role": "assistant", "parentId": chat.current_id, **fields}
-        # Merged into the whole tree so a new parent that is missing, the
-        # message itself or one of its descendants is refused (400), not stored.
+        async with self._editing(chat_id):
+            chat, stored = await self.owned_history(principal, chat_id)
+            if self._is_generating(chat.id, message_id):
+                # Its one writer is the reply: an edit now would be overwritten by
+                # its end, or show a half-written reply as something else.
+                raise Conflict(f"Message {message_id!r} is being generated; edit it after")
+            fields = {k: v for k, v in body.items() if k not in ("id", "childrenIds")}
+            if message_id not in stored["messages"]:
+                fields = {"role": "assistant", "parentId": chat.current_id, **fields}
+            # Merged into the whole tree so a new parent that is missing, the
+            # message itself or one of its descendants is refused (400), not stored.
+            merged = await self._merged(stored, {"messages": {message_id: fields}})
+            chat.updated_at = now_s()
+            record = message_record(chat.id, merged["messages"][message_id])
+            await self.store.save_chat(chat, [record])
+        return chat
+
+    @staticmethod
+    async def _merged(stored: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            merged = tree.merge(stored, {"messages": {message_id: fields}})
+            return await _tree_work(_size(stored), tree.merge, stored, update)
         except tree.TreeError as exc:
             raise BadRequest(f"Inconsistent chat history: {exc}") from None
-        chat.updated_at = now_s()
-        await self.store.save_chat(chat, [message_record(chat.id, merged["messages"][message_id])])
-        return chat
 
     async def set_flags(self, chat: ChatRecord, **changes: Any) -> ChatRecord:
         for name, value in changes.items():
@@ -263,6 +306,11 @@ class ChatBook:
         ]
         await self.store.insert_chat(chat, copies)
         return chat
+
+
+def _size(history: Mapping[str, Any]) -> int:
+    messages = history.get("messages")
+    return len(messages) if isinstance(messages, Mapping) else 0
 
 
 def _changed_messages(

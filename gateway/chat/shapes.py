@@ -61,17 +61,50 @@ def message_dict(record: MessageRecord, children: list[str]) -> dict[str, Any]:
 
 
 def history_of(chat: ChatRecord, records: Iterable[MessageRecord]) -> dict[str, Any]:
+    """The stored rows as a tree.  Every write checks the tree, but two edits
+    written at once on two replicas could each be right alone and together
+    store a parentId cycle: read, a message whose parent is missing or
+    closes a cycle is a root, so a chat always reads (and can be edited again)."""
     ordered = list(records)
+    parents = _parents(ordered)
     children: dict[str, list[str]] = {record.id: [] for record in ordered}
     for record in ordered:
-        if record.parent_id is not None and record.parent_id in children:
-            children[record.parent_id].append(record.id)
+        parent = parents[record.id]
+        if parent is not None:
+            children[parent].append(record.id)
     messages = {record.id: message_dict(record, children[record.id]) for record in ordered}
+    for record in ordered:
+        if parents[record.id] != record.parent_id:
+            messages[record.id]["parentId"] = None
     current = chat.current_id if chat.current_id in messages else None
     if current is None and ordered:
         leaves = [record.id for record in ordered if not children[record.id]]
         current = leaves[-1] if leaves else None
     return {"messages": messages, "currentId": current}
+
+
+def _parents(ordered: list[MessageRecord]) -> dict[str, str | None]:
+    """Each message's parent; None for one whose parent is missing, and for the
+    link that closes a parentId cycle (where a walk up from the rows, in their
+    order, meets its own trail); O(n)."""
+    parents = {record.id: record.parent_id for record in ordered}
+    for mid, parent in parents.items():
+        if parent is not None and parent not in parents:
+            parents[mid] = None
+    done: set[str] = set()
+    for start in parents:
+        trail: list[str] = []
+        on_trail: set[str] = set()
+        node: str | None = start
+        while node is not None and node not in done:
+            if node in on_trail:
+                parents[trail[-1]] = None  # its parent is on the trail: the cycle's last link
+                break
+            trail.append(node)
+            on_trail.add(node)
+            node = parents[node]
+        done.update(trail)
+    return parents
 
 
 def chat_object(chat: ChatRecord, records: Iterable[MessageRecord]) -> dict[str, Any]:

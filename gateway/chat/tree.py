@@ -81,12 +81,13 @@ def normalize(history: Mapping[str, Any]) -> dict[str, Any]:
         actual = children[mid]
         hinted = message.get("childrenIds")
         order: list[str] = []
+        seen: set[str] = set()
         if isinstance(hinted, list):
             actual_set = set(actual)
             for child in hinted:
-                if isinstance(child, str) and child in actual_set and child not in order:
+                if isinstance(child, str) and child in actual_set and child not in seen:
                     order.append(child)
-        seen = set(order)
+                    seen.add(child)
         order += [child for child in actual if child not in seen]
         message["childrenIds"] = order
     _check_acyclic(messages)

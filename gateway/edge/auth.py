@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # RFC 7518 §3.2: an HS256 key should have at least 256 bits.
 MIN_SECRET_BYTES = 32
+# The role of a user who signed up and waits for an admin to let them in.
+PENDING = "pending"
 # JWTs remembered once verified (LIMITS.md), so a client that sends the same
 # token with every request (each REST call, each SSE reply) pays PyJWT's decode
 # once, not each time: about 80 µs of the loop a request for HS256 on the bench
@@ -150,10 +152,18 @@ class Authenticator:
         with _short_key_allowed():
             return jwt.encode(payload, self._secret, algorithm="HS256")
 
-    async def authenticate(self, token: str | None) -> Principal:
-        """Who `token` (a JWT or an API key) is; `AuthError` (counted by its reason)."""
+    async def authenticate(self, token: str | None, *, pending_too: bool = False) -> Principal:
+        """Who `token` (a JWT or an API key) is; `AuthError` (counted by its reason).
+        A user whose role is `pending` (signed up, not yet let in by an admin) is
+        refused as Open WebUI refuses one, but where `pending_too` (their own
+        session and the web app's config, which show them the waiting page)."""
         try:
             principal = await self._authenticate(token)
+            if principal.role == PENDING and not pending_too:
+                raise AuthError(
+                    "Your account is pending: an administrator must activate it first",
+                    reason="pending",
+                )
         except AuthError as exc:
             metrics.AUTH_FAILURES.labels(exc.reason).inc()
             raise

@@ -148,6 +148,7 @@ AUTH_REASONS = (
     "signature",
     "no_subject",
     "removed",
+    "pending",
 )
 
 

@@ -20,17 +20,23 @@ from aiohttp import web
 from gateway.api.common import principal_of, read_json
 from gateway.application.accounts import UserRecord
 from gateway.application.keys import ACCOUNTS, AUTHENTICATOR, SETTINGS
+from gateway.edge.auth import find_token
 from gateway.edge.proxy import prefix
 from gateway.errors import BadRequest, NotFound
 
 
 def _session(request: web.Request, user: UserRecord) -> dict[str, Any]:
+    """A new session: a token issued now (sign-in, sign-up)."""
     ttl = request.app[SETTINGS].jwt_expires_in_s
     token = request.app[AUTHENTICATOR].issue(user.id, ttl_s=ttl, name=user.name)
+    return _session_of(user, token, int(time.time()) + ttl if ttl else None)
+
+
+def _session_of(user: UserRecord, token: str, expires_at: int | None) -> dict[str, Any]:
     return {
         "token": token,
         "token_type": "Bearer",
-        "expires_at": int(time.time()) + ttl if ttl else None,
+        "expires_at": expires_at,
         "id": user.id,
         "email": user.email,
         "name": user.name,
@@ -95,8 +101,15 @@ async def add(request: web.Request) -> web.Response:
 
 
 async def current(request: web.Request) -> web.Response:
-    user = await request.app[ACCOUNTS].user(await principal_of(request))
-    return web.json_response(_session(request, user))
+    """The caller's session, with the token it came with (as Open WebUI answers):
+    never a new one, which would outlive a revoked API key or renew a JWT for ever."""
+    token = find_token(request.headers, request.cookies)
+    principal = await request.app[AUTHENTICATOR].authenticate(token, pending_too=True)
+    user = await request.app[ACCOUNTS].user(principal)
+    expires_at = principal.expires_at
+    return web.json_response(
+        _session_of(user, token or "", int(expires_at) if expires_at is not None else None)
+    )
 
 
 async def signout(request: web.Request) -> web.Response:

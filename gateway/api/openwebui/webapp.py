@@ -64,7 +64,9 @@ CHANGELOG = {
 async def _principal_or_none(request: web.Request) -> Principal | None:
     try:
         token = find_token(request.headers, request.cookies)
-        return await request.app[AUTHENTICATOR].authenticate(token) if token else None
+        if not token:
+            return None
+        return await request.app[AUTHENTICATOR].authenticate(token, pending_too=True)
     except GatewayError:
         # An expired cookie must not break the sign-in page: answer as to a stranger.
         return None
