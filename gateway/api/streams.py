@@ -31,7 +31,7 @@ from gateway.application.realtime import Attached, Outbox, Overflow
 from gateway.edge import access, metrics
 from gateway.edge.auth import Principal, find_token
 from gateway.edge.origins import grant_stream
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import CLIENT_GONE, BadRequest, NotFound
 from gateway.events import Event
 from gateway.flavours import mirror
 from gateway.transports.sse import SSE_HEADERS, Keepalive
@@ -134,7 +134,11 @@ async def _write(
 
     lease = request.app[REALTIME].hold(principal, access_ended)
     async with contextlib.aclosing(events):
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            lease.release()  # its client left as the headers went out
+            return web.Response(status=CLIENT_GONE)
         flavour = "mirror" if cursor is not None else "openwebui"
         counted = access.connection_opened("sse", flavour, principal.user_id)
         try:

@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway.edge import access, metrics
 from gateway.edge.origins import OriginPolicy, grant_stream
 from gateway.edge.stopping import stopped
-from gateway.errors import SERVER_STOPPING, Unavailable
+from gateway.errors import CLIENT_GONE, SERVER_STOPPING, Unavailable
 from gateway.events import Event, ReplyFailed
 from gateway.flavours.sse import KEEPALIVE
 
@@ -72,8 +72,16 @@ async def stream_events(
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={**SSE_HEADERS, **(headers or {})})
     grant_stream(request, response, origins)
-    async with contextlib.aclosing(events):
+    try:
         await response.prepare(request)
+    except BaseException as exc:
+        # Its client left as the headers went out (the write refused, or the
+        # handler cancelled): its reply ends as any other whose client leaves.
+        close_unstarted(events)
+        if isinstance(exc, ConnectionError):
+            return web.Response(status=CLIENT_GONE)  # not the error middleware's 500
+        raise
+    async with contextlib.aclosing(events):
         counted = access.connection_opened("sse", flavour)
         last: list[bytes] = []  # the frames written last
         try:
@@ -106,6 +114,33 @@ async def stream_events(
     return response
 
 
+def close_unstarted(events: AsyncGenerator[Event, None]) -> None:
+    """Closes a reply's events that were never iterated, in a task of its own.
+
+    An async generator closed before its first step never runs its body, so
+    never its `finally`, where a pure-API reply gives back its slot and closes
+    its model server's request (`accounting.counted`, the upstream's stream).
+    It is started, and cancelled where it first waits.  In a task of its own:
+    the handler that owned the events may be cancelled already (its client
+    left), and would be interrupted at its first wait."""
+    task = asyncio.get_running_loop().create_task(_started_and_cancelled(events))
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+async def _started_and_cancelled(events: AsyncGenerator[Event, None]) -> None:
+    step = asyncio.ensure_future(anext(events))
+    await asyncio.sleep(0)  # the step runs until its first wait
+    step.cancel()
+    await asyncio.wait([step])
+    if not step.cancelled():
+        step.exception()  # (retrieved: there is no one left to tell)
+    await events.aclose()  # when the step gave an event: closed at it
+
+
 # What a pure-API stream cancelled by a stopping replica ends with (the OpenAI
 # encoder's failure: an error chunk, then `[DONE]`; only pure-API replies are
 # cancelled so).
@@ -118,7 +153,11 @@ async def send_all(
     """A short event stream whose every frame is known now."""
     response = web.StreamResponse(headers=SSE_HEADERS)
     grant_stream(request, response, origins)
-    await response.prepare(request)
-    await response.write(b"".join(frames))
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        await response.write(b"".join(frames))
+        await response.write_eof()
+    except ConnectionError:
+        if not response.prepared:
+            return web.Response(status=CLIENT_GONE)  # its client left
     return response
