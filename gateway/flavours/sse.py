@@ -7,7 +7,11 @@ Writing::
 
 Reading (the upstream's stream): bytes arrive in arbitrary pieces; `SSEParser`
 buffers up to one event, splits on blank lines, joins multi-line `data:`
-fields with "\\n", ignores comments and other fields.  Events are bounded:
+fields with "\\n", ignores comments and other fields, but for a failure told
+outside `data:` (llama.cpp's server sends `error: {"code": 500, "message": …}`,
+others `event: error`): its payload comes out as `{"error": …}`, which the
+chunk decoder reads as the failure it is (not skipped, so a cut reply
+followed by `[DONE]` does not pass for a whole one).  Events are bounded:
 one larger than `max_event_bytes` raises `ValueError`, whether it is still
 being buffered or arrived whole in one piece.
 
@@ -28,6 +32,8 @@ the general path.  Both give the same payloads, however the bytes are cut
 from __future__ import annotations
 
 from collections.abc import Iterator
+
+from gateway import jsonwire
 
 KEEPALIVE = b": keepalive\n\n"
 
@@ -114,10 +120,22 @@ class SSEParser:
 
 
 def _event_data(raw: bytes) -> str | None:
-    lines: list[str] = []
+    fields: dict[str, list[str]] = {"data": [], "error": [], "event": []}
     # Line ends are LF only by now (see `_lf_ended`); never `str.splitlines`.
     for line in raw.decode("utf-8", errors="replace").split("\n"):
-        if line.startswith("data:"):
-            value = line[5:]
-            lines.append(value[1:] if value.startswith(" ") else value)
-    return "\n".join(lines) if lines else None
+        name, colon, value = line.partition(":")
+        if colon and name in fields:
+            fields[name].append(value[1:] if value.startswith(" ") else value)
+    data, error = "\n".join(fields["data"]), "\n".join(fields["error"])
+    if fields["error"] or (fields["event"][-1:] == ["error"] and fields["data"]):
+        return _failure(error or data)
+    return data if fields["data"] else None
+
+
+def _failure(told: str) -> str:
+    """`{"error": …}`: what the server told, as it wrote it when it is a JSON object
+    (its message for the log), else as a string."""
+    told = told.strip()
+    if told.startswith("{") and told.endswith("}"):
+        return '{"error":' + told + "}"
+    return '{"error":' + jsonwire.string(told) + "}"
