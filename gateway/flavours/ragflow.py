@@ -315,6 +315,14 @@ def error_frame(
     return jsonwire.dumps({"code": code, "message": message, "data": data})
 
 
+STOPPED = "The answer was stopped before its end"
+
+
+def stopped_frame(message_id: str, session_id: str) -> str:
+    """An answer stopped before its end, told as a failure (streamed or not)."""
+    return error_frame(SERVER_ERROR, STOPPED, message_id, session_id)
+
+
 def failure_frame(error: GatewayError) -> str:
     """The frame for a question that failed (on a socket: the connection stays open,
     unless it is our fault: then code 500 and the socket is closed 1011)."""
@@ -406,6 +414,11 @@ class AnswerEncoder:
         if isinstance(event, ReplyFinished) and event.chat_id is not None:
             answer = self._answer(event.message_id)
             del self._answers[event.message_id]
+            if event.cancelled:
+                # Stopped before its end (its session deleted, the replica stopping):
+                # RAGFlow has no "cancelled", and an end marker alone would pass
+                # the partial text for the whole answer.
+                return [stopped_frame(event.message_id, event.chat_id), END]
             seq = self._numbered(event)
             if not answer.stream:
                 return [chunk(event.content, event.message_id, event.chat_id, **seq), END]

@@ -290,6 +290,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 codec.SERVER_ERROR, exc.message, turn.message_ids[0], session.id
             )
             return web.Response(text=failed, content_type="application/json")
+        if end.cancelled:
+            stopped = codec.stopped_frame(end.message_id, session.id)
+            return web.Response(text=stopped, content_type="application/json")
         return _ok(codec.answer_data(end.content, end.message_id, session.id))
 
 
