@@ -114,6 +114,7 @@ async def answer(
             encoder.encode,
             origins=request.app[ORIGINS],
             keepalive_s=request.app[SETTINGS].sse_keepalive_s,
+            stall_s=request.app[SETTINGS].stalled_client_s,
             flavour="openai",
         )
     try:

@@ -142,7 +142,9 @@ async def _write(
         flavour = "mirror" if cursor is not None else "openwebui"
         counted = access.connection_opened("sse", flavour, principal.user_id)
         try:
-            async with Keepalive(response, keepalive_s) as keepalive:
+            stall_s = request.app[SETTINGS].stalled_client_s
+            watch = Keepalive(response, keepalive_s, transport=request.transport, stall_s=stall_s)
+            async with watch as keepalive:
                 async for event in events:
                     if cursor is None:
                         frame = mirror.reply_frames(event)[0]

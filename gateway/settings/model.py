@@ -197,7 +197,8 @@ class Settings(BaseModel):
         20.0,
         gt=0,
         description="seconds a connection may take nothing while a reply waits for room "
-        "in its queue before it is dropped (one that reads slowly is fed at its pace)",
+        "in its queue (on an SSE stream: while bytes wait for it) before it is dropped and "
+        "its model server's request closed (one that reads slowly is fed at its pace)",
     )
     replay_events: int = Field(
         10000,

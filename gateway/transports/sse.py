@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 
@@ -23,6 +24,8 @@ from gateway.errors import CLIENT_GONE, SERVER_STOPPING, Unavailable
 from gateway.events import Event, ReplyFailed
 from gateway.flavours.sse import KEEPALIVE
 
+log = logging.getLogger(__name__)
+
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -32,11 +35,26 @@ SSE_HEADERS = {
 
 class Keepalive:
     """A comment line on a prepared stream after every `every_s` of silence; call
-    `wrote()` after each write.  `async with` runs it beside the writer."""
+    `wrote()` after each write.  `async with` runs it beside the writer.
 
-    def __init__(self, response: web.StreamResponse, every_s: float) -> None:
+    With `stall_s`, it also drops a client that takes nothing for that long while
+    bytes wait for it (a frozen reader, a closed TCP window): its transport is
+    aborted, so the writer's waiting write fails as a client's leaving does and
+    the reply's model server request is closed.  A client that reads slowly is
+    fed at its pace (each write it takes counts)."""
+
+    def __init__(
+        self,
+        response: web.StreamResponse,
+        every_s: float,
+        *,
+        transport: asyncio.BaseTransport | None = None,
+        stall_s: float | None = None,
+    ) -> None:
         self._response = response
         self._every_s = every_s
+        self._transport = transport
+        self._stall_s = stall_s
         self._last = time.monotonic()
         self._task: asyncio.Task[None] | None = None
 
@@ -44,10 +62,29 @@ class Keepalive:
         self._last = time.monotonic()
 
     async def _ping(self) -> None:
+        tick = self._every_s if self._stall_s is None else min(self._every_s, self._stall_s / 4)
         while True:
-            await asyncio.sleep(self._every_s)
-            if time.monotonic() - self._last >= self._every_s:
+            await asyncio.sleep(tick)
+            silent_s = time.monotonic() - self._last
+            if self._waiting():
+                if self._stall_s is not None and silent_s >= self._stall_s:
+                    self._drop()
+                    return
+                continue  # what waits for the client is traffic enough
+            if silent_s >= self._every_s:
                 await self._response.write(KEEPALIVE)
+
+    def _waiting(self) -> bool:
+        # (uvloop's transports are no `asyncio.WriteTransport`: by what they do.)
+        buffered = getattr(self._transport, "get_write_buffer_size", None)
+        return buffered is not None and buffered() > 0
+
+    def _drop(self) -> None:
+        metrics.HOT.slow_disconnects += 1
+        log.warning("slow event stream dropped: it took nothing for %.0f s", self._stall_s)
+        abort = getattr(self._transport, "abort", None)
+        if abort is not None:
+            abort()
 
     async def __aenter__(self) -> Keepalive:
         self._task = asyncio.create_task(self._ping())
@@ -67,6 +104,7 @@ async def stream_events(
     *,
     origins: OriginPolicy,
     keepalive_s: float,
+    stall_s: float | None = None,
     flavour: str,
     headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
@@ -85,7 +123,8 @@ async def stream_events(
         counted = access.connection_opened("sse", flavour)
         last: list[bytes] = []  # the frames written last
         try:
-            async with Keepalive(response, keepalive_s) as keepalive:
+            watch = Keepalive(response, keepalive_s, transport=request.transport, stall_s=stall_s)
+            async with watch as keepalive:
                 async for event in events:
                     frames = encode(event)
                     if frames:

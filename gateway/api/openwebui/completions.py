@@ -68,6 +68,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 encoder.encode,
                 origins=request.app[ORIGINS],
                 keepalive_s=request.app[SETTINGS].sse_keepalive_s,
+                stall_s=request.app[SETTINGS].stalled_client_s,
                 flavour="openwebui",
                 headers=headers,
             )

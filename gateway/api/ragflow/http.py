@@ -281,6 +281,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 lambda event: [codec.sse(frame) for frame in encoder.encode(event)],
                 origins=request.app[ORIGINS],
                 keepalive_s=settings.sse_keepalive_s,
+                stall_s=settings.stalled_client_s,
                 flavour="ragflow",
             )
         try:

@@ -1,0 +1,146 @@
+"""What a probe of the OpenAI and RAGFlow HTTP APIs found (2026-12-07), on real
+gateways, the fake model server and raw sockets:
+
+    a client that reads nothing more of a streamed reply     the model server's
+    (a frozen reader, a closed TCP window)                    request held open as
+                                                              long as it stays
+                                                              connected (32 of
+                                                              them per user)
+        now: dropped after GATEWAY_STALLED_CLIENT_S of taking nothing while
+        bytes wait for it, its model server's request closed
+    a client that reads slowly                                 (unchanged: fed at
+                                                              its pace, whole)
+
+The probe's other findings are pinned where their code is: the client gone as
+the headers go out (`tests/transports/test_sse_client_gone.py`), llama.cpp's
+`error:` field (`tests/vectors/upstream/error_field_mid_reply.json`), a RAGFlow
+answer stopped before its end (`tests/vectors/ragflow/answers_cancelled.json`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from typing import Any
+
+from tests.bus.support import eventually
+from tests.fakes.upstream import FakeUpstream, reply_text
+from tests.gatewayproc import GatewayProcess, make_token
+
+STALL_S = 1.0
+WHOLE = reply_text("fake-flood", [])
+
+
+def start(fake_upstream: FakeUpstream, start_gateway: Any) -> GatewayProcess:
+    gw: GatewayProcess = start_gateway(
+        {"OPENAI_API_BASE_URL": fake_upstream.url, "GATEWAY_STALLED_CLIENT_S": str(STALL_S)}
+    )
+    return gw
+
+
+def ask_for_a_flood(gw: GatewayProcess, question: str) -> socket.socket:
+    """A streamed OpenAI request for the fake model's 5 MB reply, on a socket with a
+    small receive buffer; its response's headers read, nothing more."""
+    body = json.dumps(
+        {
+            "model": "fake-flood",
+            "stream": True,
+            "messages": [{"role": "user", "content": question}],
+        }
+    ).encode()
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
+        f"Authorization: Bearer {make_token('stalled-reader')}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gw.port))
+    sock.sendall(request)
+    sock.settimeout(10)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+async def test_a_stream_whose_client_takes_nothing_is_dropped_and_its_model_request_closed(
+    fake_upstream: FakeUpstream, start_gateway: Any
+) -> None:
+    gw = start(fake_upstream, start_gateway)
+    question = f"frozen reader {time.monotonic_ns()}"
+    sock = await asyncio.to_thread(ask_for_a_flood, gw, question)
+    try:
+        # The client reads nothing: the gateway's writes wait, then it is dropped and
+        # its reply ended (the model server's request closed with it), long before
+        # the model's 5 MB are through.
+        await eventually(
+            lambda: "reply cancelled" in gw.log(), timeout_s=STALL_S * 8, what="the reply ended"
+        )
+        log = gw.log()
+        assert "slow event stream dropped: it took nothing for 1 s" in log
+        ended = next(line for line in log.splitlines() if "reply cancelled" in line)
+        assert 'model="fake-flood"' in ended and f"chars={len(WHOLE)}" not in ended
+        # The connection is gone for the client too: reading finds its end.
+        got = await asyncio.to_thread(read_to_the_end, sock)
+        assert len(got) < len(WHOLE)
+    finally:
+        sock.close()
+
+
+def read_to_the_end(sock: socket.socket) -> bytes:
+    got = b""
+    try:
+        while piece := sock.recv(65536):
+            got += piece
+    except ConnectionResetError:
+        pass  # aborted: what a dropped client sees
+    return got
+
+
+async def test_a_stream_whose_client_reads_slowly_gets_the_whole_reply(
+    fake_upstream: FakeUpstream, start_gateway: Any
+) -> None:
+    gw = start(fake_upstream, start_gateway)
+    question = f"slow reader {time.monotonic_ns()}"
+    sock = await asyncio.to_thread(ask_for_a_flood, gw, question)
+    try:
+        body = await asyncio.to_thread(read_slowly, sock)
+    finally:
+        sock.close()
+    texts = []
+    for line in body.split(b"\n"):
+        if line.startswith(b"data: {"):
+            chunk = json.loads(line[6:])
+            texts.append(chunk["choices"][0]["delta"].get("content") or "")
+    assert "".join(texts) == WHOLE
+    assert body.rstrip().endswith(b"data: [DONE]")
+    assert [r.finished for r in fake_upstream.requests_for(question)] == [True]
+    assert "slow event stream dropped" not in gw.log()
+
+
+def read_slowly(sock: socket.socket) -> bytes:
+    """The whole chunked body, 16 KB at a time with a pause between: slower than the
+    model writes, never still for as long as the stall bound."""
+    got = b""
+    while not got.endswith(b"0\r\n\r\n"):
+        piece = sock.recv(16384)
+        if not piece:
+            break
+        got += piece
+        time.sleep(0.002)
+    return dechunked(got)
+
+
+def dechunked(raw: bytes) -> bytes:
+    out, rest = b"", raw
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        out, rest = out + rest[:size], rest[size + 2 :]
+    return out

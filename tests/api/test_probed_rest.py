@@ -1,0 +1,462 @@
+"""What a probe of Open WebUI's REST API found (2026-12-07), each on a real gateway,
+each with what the code did before:
+
+    two edits of one chat at once (two siblings each moved under the other; a
+    message's text and its rating)
+        was: both read the same tree, each wrote what the other had not seen: a
+             parentId cycle stored, or one of the two fields lost
+        now: one at a time per chat: the second move is refused (400, a cycle),
+             both fields are kept
+    a parentId cycle or a missing parent already in the store (written there by
+    hand, as two replicas writing at once could leave it)
+        was: the chat, and every chat list holding it, a 500
+        now: the message reads as a root: the chat reads (a tree, its flat
+             `messages` the path to currentId), lists, renames and is edited
+    an edit of a message while its reply is being generated
+        was: taken, then overwritten by the reply's end
+        now: 409 with a `detail` (the question beside it may be edited); once the
+             reply has ended it is the model's text, and an edit then is 200
+    a rename of a chat of 40,000 replies under one message (childrenIds as the
+    web app sends them)
+        was: childrenIds ordered in quadratic time, on the event loop: every
+             other user's request waited out the rename's merge (20 s)
+        now: merged in a thread: another user's requests are answered while the
+             rename is under way (held at its write by a lock the test takes)
+    `/api/v1/auths/`
+        was: a new 7-day JWT each call, also for an API key (which outlived the
+             key's revocation)
+        now: the caller's own token: a JWT with its `exp` (or null), an API key as
+             itself, refused (401) once the key is deleted
+    a user of role `pending`
+        was: let in everywhere
+        now: signs in, reads its session and the web app's config; refused (401,
+             the account is pending) by the chat routes, the OpenAI route,
+             Socket.IO's authentication and the Nadoo socket (1008)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import sqlite3
+import uuid
+from collections.abc import Mapping
+from contextlib import closing
+from typing import Any, NamedTuple
+
+import aiohttp
+import jwt
+import pytest
+import websockets
+
+from tests.api.test_nadoo_ws import ws_url
+from tests.clients import PySocket, ended, get_json, post_json, turn_body
+from tests.fakes.upstream import deltas_of
+from tests.gatewayproc import GatewayProcess, make_token
+
+CHATS = "/api/v1/chats"
+AUTHS = "/api/v1/auths"
+# The gateway's request body limit (GATEWAY_MAX_REQUEST_BODY_BYTES' default).
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class Reply(NamedTuple):
+    status: int
+    body: Any
+    text: str
+    set_cookies: list[str]
+
+
+async def call(
+    method: str,
+    url: str,
+    token: str | None,
+    body: Any = None,
+    session: aiohttp.ClientSession | None = None,
+) -> Reply:
+    """One request, its status and body as they came (the JSON read when there is any)."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    own = session is None
+    http = session or aiohttp.ClientSession()
+    try:
+        async with http.request(method, url, json=body, headers=headers) as resp:
+            text = await resp.text()
+            data = json.loads(text) if text else None
+            return Reply(resp.status, data, text, resp.headers.getall("Set-Cookie", []))
+    finally:
+        if own:
+            await http.close()
+
+
+def new_user(prefix: str) -> str:
+    """A JWT for a user not seen before (made just in time by its first request)."""
+    return make_token(f"{prefix}-{uuid.uuid4().hex[:8]}")
+
+
+def message(mid: str, parent: str | None, content: str = "", **fields: Any) -> dict[str, Any]:
+    role = "assistant" if parent is not None else "user"
+    return {"id": mid, "parentId": parent, "role": role, "content": content, **fields}
+
+
+async def new_chat(
+    gw: GatewayProcess, token: str, messages: list[dict[str, Any]], current: str
+) -> str:
+    """A chat made over REST with these messages (childrenIds derived from parentId)."""
+    history = {"currentId": current, "messages": {m["id"]: m for m in messages}}
+    made = await post_json(
+        f"{gw.url}{CHATS}/new", token, {"chat": {"title": "probe", "history": history}}
+    )
+    return str(made["id"])
+
+
+def assert_a_tree(chat: Mapping[str, Any]) -> list[str]:
+    """The chat's history is a tree (parentId and childrenIds agree, no cycle) and its
+    flat `messages` is the path from a root to currentId: that path's ids."""
+    history = chat["chat"]["history"]
+    messages = history["messages"]
+    for mid, msg in messages.items():
+        parent = msg["parentId"]
+        if parent is not None:
+            assert mid in messages[parent]["childrenIds"], (mid, parent)
+        for child in msg["childrenIds"]:
+            assert messages[child]["parentId"] == mid, (mid, child)
+    path: list[str] = []
+    node = history["currentId"]
+    while node is not None:
+        assert node not in path, f"a parentId cycle through {node!r}"
+        path.append(node)
+        node = messages[node]["parentId"]
+    path.reverse()
+    assert [m["id"] for m in chat["chat"]["messages"]] == path
+    return path
+
+
+# -- 1. two edits of one chat at once ------------------------------------------------------
+async def test_two_siblings_moved_under_each_other_at_once_store_no_cycle(
+    gateway: GatewayProcess,
+) -> None:
+    token = new_user("rest-moves")
+    for _ in range(10):
+        chat_id = await new_chat(
+            gateway, token, [message("r", None, "q"), message("a", "r"), message("b", "r")], "a"
+        )
+        url = f"{gateway.url}{CHATS}/{chat_id}"
+        a_under_b, b_under_a = await asyncio.gather(
+            call("POST", f"{url}/messages/a", token, {"parentId": "b"}),
+            call("POST", f"{url}/messages/b", token, {"parentId": "a"}),
+        )
+        # One move is made; the other would close a cycle with it and is refused.
+        assert sorted([a_under_b.status, b_under_a.status]) == [200, 400], (a_under_b, b_under_a)
+        refused = a_under_b if a_under_b.status == 400 else b_under_a
+        assert "cycle" in refused.body["detail"]
+        chat = await get_json(url, token)
+        parents = {mid: m["parentId"] for mid, m in chat["chat"]["history"]["messages"].items()}
+        assert parents in ({"r": None, "a": "b", "b": "r"}, {"r": None, "a": "r", "b": "a"})
+        assert_a_tree(chat)
+        assert chat_id in [c["id"] for c in await get_json(f"{gateway.url}{CHATS}/all", token)]
+
+
+async def test_a_text_and_a_rating_sent_at_once_are_both_kept(gateway: GatewayProcess) -> None:
+    token = new_user("rest-fields")
+    for round_ in range(20):
+        chat_id = await new_chat(
+            gateway, token, [message("q", None, "question"), message("x", "q", "old")], "x"
+        )
+        url = f"{gateway.url}{CHATS}/{chat_id}"
+        text = f"NEW {round_}"
+        edits = await asyncio.gather(
+            call("POST", f"{url}/messages/x", token, {"content": text}),
+            call("POST", f"{url}/messages/x", token, {"annotation": {"rating": 1}}),
+        )
+        assert [edit.status for edit in edits] == [200, 200], edits
+        stored = (await get_json(url, token))["chat"]["history"]["messages"]["x"]
+        assert (stored["content"], stored.get("annotation")) == (text, {"rating": 1})
+
+
+# -- 2. a cycle or a missing parent in the store --------------------------------------------
+def write_to_store(gw: GatewayProcess, *statements: tuple[str, tuple[Any, ...]]) -> None:
+    """Statements run straight on the gateway's SQLite file while it runs (WAL)."""
+    with closing(sqlite3.connect(gw.data_dir / "gateway.db", timeout=10)) as db, db:
+        for sql, args in statements:
+            db.execute(sql, args)
+
+
+async def assert_read_renamed_and_edited(
+    gw: GatewayProcess, token: str, chat_id: str, edit: str
+) -> dict[str, Any]:
+    """The chat reads as a tree, is listed, renamed and one message edited: the chat read
+    first."""
+    url = f"{gw.url}{CHATS}/{chat_id}"
+    chat: dict[str, Any] = await get_json(url, token)
+    assert_a_tree(chat)
+    assert chat_id in [c["id"] for c in await get_json(f"{gw.url}{CHATS}/all", token)]
+    renamed = await post_json(url, token, {"chat": {"title": "renamed after the damage"}})
+    assert renamed["title"] == "renamed after the damage"
+    await post_json(f"{url}/messages/{edit}", token, {"content": "edited after the damage"})
+    after = await get_json(url, token)
+    assert after["title"] == "renamed after the damage"
+    assert after["chat"]["history"]["messages"][edit]["content"] == "edited after the damage"
+    assert_a_tree(after)
+    return chat
+
+
+async def test_a_stored_cycle_or_missing_parent_reads_as_a_root(start_gateway: Any) -> None:
+    gw: GatewayProcess = start_gateway()
+    token = new_user("rest-damaged")
+    # r ← a ← b, then r's parent set to b in the store: r → b → a → r.
+    looped = await new_chat(
+        gw, token, [message("r", None, "q"), message("a", "r", "1"), message("b", "a", "2")], "b"
+    )
+    write_to_store(
+        gw, ("UPDATE messages SET parent_id = 'b' WHERE chat_id = ? AND id = 'r'", (looped,))
+    )
+    chat = await assert_read_renamed_and_edited(gw, token, looped, "r")
+    messages = chat["chat"]["history"]["messages"]
+    assert len(messages) == 3
+    assert chat["chat"]["history"]["currentId"] == "b"
+    assert [m for m in messages.values() if m["parentId"] is None] != []
+
+    # A row whose parent is missing, made the chat's current message.
+    orphaned = await new_chat(gw, token, [message("r", None, "q"), message("a", "r", "1")], "a")
+    write_to_store(
+        gw,
+        (
+            "INSERT INTO messages (chat_id, id, parent_id, role, content, done, fields, draft, "
+            "position) VALUES (?, 'o', 'ghost', 'assistant', 'orphan', NULL, '{}', NULL, "
+            "(SELECT MAX(position) + 1 FROM messages WHERE chat_id = ?))",
+            (orphaned, orphaned),
+        ),
+        ("UPDATE chats SET current_id = 'o' WHERE id = ?", (orphaned,)),
+    )
+    chat = await assert_read_renamed_and_edited(gw, token, orphaned, "o")
+    assert chat["chat"]["history"]["messages"]["o"]["parentId"] is None
+    assert [m["id"] for m in chat["chat"]["messages"]] == ["o"]
+    assert chat["chat"]["messages"][0]["content"] == "orphan"
+
+
+# -- 3. a message being generated ------------------------------------------------------------
+async def test_a_reply_being_generated_cannot_be_edited(gateway: GatewayProcess) -> None:
+    token = new_user("rest-generating")
+    sock = await PySocket().connect(gateway.url, token)
+    try:
+        # fake-slow: 64 deltas 20 ms apart, so the reply is still running below.
+        body = turn_body(sock.sid, "a slow one", model="fake-slow")
+        reply_id, question_id = body["id"], body["user_message"]["id"]
+        answer = await post_json(f"{gateway.url}/api/chat/completions", token, body)
+        url = f"{gateway.url}{CHATS}/{answer['chat_id']}"
+        await sock.wait_until(
+            lambda events: any(
+                e["message_id"] == reply_id and e["type"] == "chat:message:delta" for e in events
+            )
+        )
+        refused = await call("POST", f"{url}/messages/{reply_id}", token, {"content": "too soon"})
+        assert refused.status == 409 and "being generated" in refused.body["detail"], refused
+        # The question beside it is not being generated: it may be edited meanwhile.
+        await post_json(f"{url}/messages/{question_id}", token, {"content": "a slow one, edited"})
+        assert not any(map(ended, sock.events)), "the reply ended before the edits"
+        await sock.wait_ended()
+    finally:
+        await sock.close()
+    stored = (await get_json(url, token))["chat"]["history"]["messages"]
+    assert stored[reply_id]["content"] == "".join(deltas_of("fake-slow", "")).strip()
+    assert stored[question_id]["content"] == "a slow one, edited"
+    await post_json(f"{url}/messages/{reply_id}", token, {"content": "edited once ended"})
+    stored = (await get_json(url, token))["chat"]["history"]["messages"]
+    assert stored[reply_id]["content"] == "edited once ended"
+
+
+# -- 4. a big chat's rename and another user's requests ----------------------------------------
+REPLIES = 40_000
+
+
+def big_chat_body() -> bytes:
+    """One question with REPLIES replies under it, each with its childrenIds as the web
+    app sends them (the question's listing every reply), as compact JSON."""
+    ids = [f"m{i}" for i in range(REPLIES)]
+    messages = {"q": {**message("q", None, "many answers"), "childrenIds": ids}}
+    for mid in ids:
+        messages[mid] = {**message(mid, "q"), "childrenIds": []}
+    chat = {"title": "big", "history": {"currentId": ids[-1], "messages": messages}}
+    return json.dumps({"chat": chat}, separators=(",", ":")).encode()
+
+
+class WritesHeld:
+    """A write transaction the test holds on the gateway's SQLite file: the gateway
+    reads on (WAL), but its next write waits (its busy timeout: 10 s) until `release`."""
+
+    def __init__(self, gw: GatewayProcess) -> None:
+        self._db = sqlite3.connect(gw.data_dir / "gateway.db", timeout=10, isolation_level=None)
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self._db.close()
+
+
+async def test_a_big_chats_rename_does_not_hold_up_another_users_requests(
+    start_gateway: Any,
+) -> None:
+    """While a rename of a chat of 40,000 messages runs, another user's chat list and
+    /health are answered: the rename's write is held back (by the test's lock on the
+    store) until they have been, and only then is the rename answered, 200.  Before,
+    the rename walked the tree on the loop: nothing else was answered until its merge
+    had ended (20 s), and the chat list, which reads the store, then waited behind the
+    held write."""
+    gw: GatewayProcess = start_gateway()
+    owner, other = new_user("rest-big"), new_user("rest-other")
+    raw = big_chat_body()
+    assert len(raw) < MAX_BODY_BYTES
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {owner}", "Content-Type": "application/json"}
+        async with http.post(f"{gw.url}{CHATS}/new", data=io.BytesIO(raw), headers=headers) as resp:
+            assert resp.status == 200
+            chat_id = (await resp.json())["id"]
+    # The other user, and a chat of theirs, exist before the store is held.
+    other_chat = await new_chat(gw, other, [message("q", None, "mine")], "q")
+
+    finished: list[str] = []
+    rename_sent = asyncio.Event()
+
+    async def on_sent(*_: Any) -> None:
+        rename_sent.set()
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_chunk_sent.append(on_sent)
+
+    async def rename() -> Reply:
+        async with aiohttp.ClientSession(trace_configs=[tracing]) as http:
+            done = await call(
+                "POST",
+                f"{gw.url}{CHATS}/{chat_id}",
+                owner,
+                {"chat": {"title": "big, renamed"}},
+                http,
+            )
+        finished.append("rename")
+        return done
+
+    async def request(name: str, path: str, token: str | None) -> Reply:
+        done = await call("GET", f"{gw.url}{path}", token)
+        finished.append(name)
+        return done
+
+    held = WritesHeld(gw)
+    try:
+        renaming = asyncio.create_task(rename())
+        await rename_sent.wait()
+        others = asyncio.gather(
+            request("other user's chats", f"{CHATS}/all", other), request("health", "/health", None)
+        )
+        await asyncio.wait([renaming, others], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        held.release()
+    listed, health = await others
+    renamed = await renaming
+    assert finished[-1] == "rename", finished
+    assert sorted(finished) == ["health", "other user's chats", "rename"]
+    assert health.status == 200
+    assert listed.status == 200 and [c["id"] for c in listed.body] == [other_chat]
+    assert renamed.status == 200 and renamed.body["title"] == "big, renamed", renamed.status
+    assert len(renamed.body["chat"]["history"]["messages"]) == REPLIES + 1
+
+
+# -- 5. /api/v1/auths/ answers with the caller's own token -------------------------------------
+TOKEN_LIKE = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+|sk-[A-Za-z0-9]+")
+
+
+def assert_no_other_token(reply: Reply, sent: str) -> None:
+    """No JWT or API key in the reply's body or cookies but the one the request sent."""
+    carried = set(TOKEN_LIKE.findall(reply.text + "\n".join(reply.set_cookies)))
+    assert carried <= {sent}, carried - {sent}
+
+
+async def session_of(gw: GatewayProcess, token: str) -> dict[str, Any]:
+    reply = await call("GET", f"{gw.url}{AUTHS}/", token)
+    assert reply.status == 200, reply
+    assert reply.set_cookies == []
+    assert_no_other_token(reply, token)
+    session: dict[str, Any] = reply.body
+    return session
+
+
+async def test_the_session_route_answers_with_the_callers_own_token(
+    gateway: GatewayProcess,
+) -> None:
+    user_id = f"rest-session-{uuid.uuid4().hex[:8]}"
+    token = make_token(user_id, name="Session")
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    session = await session_of(gateway, token)
+    assert session["token"] == token and session["id"] == user_id
+    assert session["expires_at"] == exp and type(session["expires_at"]) is int
+    lasting = make_token(user_id, ttl_s=None)
+    session = await session_of(gateway, lasting)
+    assert session["token"] == lasting and session["expires_at"] is None
+
+    # An API key: answered with itself; deleted, refused.
+    made = await post_json(f"{gateway.url}{AUTHS}/api_key", token, {})
+    key = made["api_key"]
+    session = await session_of(gateway, key)
+    assert session["token"] == key and session["id"] == user_id
+    assert session["expires_at"] is None
+    deleted = await call("DELETE", f"{gateway.url}{AUTHS}/api_key", token)
+    assert deleted.status == 200 and deleted.body is True
+    assert_no_other_token(deleted, token)
+    refused = await call("GET", f"{gateway.url}{AUTHS}/", key)
+    assert refused.status == 401 and refused.body["detail"], refused
+    assert_no_other_token(refused, key)
+    assert (await session_of(gateway, token))["token"] == token
+
+
+# -- 6. a user of role pending -----------------------------------------------------------------
+async def test_a_pending_user_has_only_a_session_and_the_config(start_gateway: Any) -> None:
+    gw: GatewayProcess = start_gateway()
+    admin = await post_json(
+        f"{gw.url}{AUTHS}/signup",
+        None,
+        {"name": "Ada", "email": "ada@example.com", "password": "ada-secret"},
+    )
+    assert admin["role"] == "admin"
+    credentials = {"email": "pat@example.com", "password": "pat-secret"}
+    added = await post_json(
+        f"{gw.url}{AUTHS}/add", admin["token"], {"name": "Pat", "role": "pending", **credentials}
+    )
+    assert added["role"] == "pending"
+    signed_in = await post_json(f"{gw.url}{AUTHS}/signin", None, credentials)
+    token = signed_in["token"]
+    assert (await get_json(f"{gw.url}{AUTHS}/", token))["role"] == "pending"
+    config = await get_json(f"{gw.url}/api/config", token)
+    assert "ui" in config  # the signed-in shape: the web app shows its waiting page
+
+    refusals = [
+        ("POST", "/api/v1/chats/new", {"chat": {"title": "mine"}}),
+        ("POST", "/api/chat/completions", turn_body("no-socket", "let me in")),
+        ("GET", f"{CHATS}/all", None),
+    ]
+    for method, path, body in refusals:
+        refused = await call(method, f"{gw.url}{path}", token, body)
+        assert refused.status == 401 and "pending" in refused.body["detail"], (path, refused)
+    openai_body = {"model": "gateway-demo", "messages": [{"role": "user", "content": "hi"}]}
+    refused = await call("POST", f"{gw.url}/v1/chat/completions", token, openai_body)
+    assert refused.status == 401, refused
+
+    # Socket.IO: the handshake's token and `user-join` authenticate an admin, not Pat.
+    join = {"chat_id": "any-chat", "data": {"type": "join"}}
+    for who, expected in ((admin, {"id": admin["id"], "name": "Ada"}), (signed_in, None)):
+        sock = await PySocket().connect(gw.url, who["token"])
+        try:
+            assert await sock.client.call("user-join", {"auth": {"token": who["token"]}}) == (
+                expected
+            )
+            # An authenticated socket is told the chat is not its own; Pat's is not answered.
+            assert await sock.client.call("events:chat", join) is (
+                False if expected is not None else None
+            )
+        finally:
+            await sock.close()
+    async with websockets.connect(ws_url(gw, "/ws/chat/s1", token)) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
