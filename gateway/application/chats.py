@@ -10,7 +10,6 @@ to them, with the store behind it.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 from gateway import rooms
@@ -132,9 +131,10 @@ class Chats:
         return await self.book.set_flags(chat, **changes)
 
     async def share(self, chat: ChatRecord) -> ChatRecord:
-        if chat.share_id is not None:
-            return chat
-        return await self.book.set_flags(chat, share_id=str(uuid.uuid4()))
+        return await self.book.share(chat)
+
+    async def unshare(self, chat: ChatRecord) -> bool:
+        return await self.book.unshare(chat)
 
     async def clone(
         self, principal: Principal, source: ChatRecord, title: str | None
@@ -163,6 +163,8 @@ class Chats:
     # -- deleting (replies stop first) ---------------------------------------------
     async def delete(self, chat: ChatRecord) -> bool:
         await self._running.stop(StopTarget(chat.user_id, chat_id=chat.id))
+        if chat.share_id is not None:
+            await self._store.delete_chat(chat.share_id)  # its snapshot
         return await self._store.delete_chat(chat.id)
 
     async def delete_all(self, principal: Principal) -> None:

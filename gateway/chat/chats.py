@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -21,7 +22,7 @@ from gateway.chat.shapes import chat_extra, chat_response, history_of, message_r
 from gateway.edge.auth import Principal
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.store import ChatStore
-from gateway.store.records import ChatRecord, MessageRecord
+from gateway.store.records import SHARED_BY, ChatRecord, MessageRecord
 
 PAGE_SIZE = 60  # Open WebUI's page size for chat lists
 DEFAULT_TITLE = "New Chat"
@@ -171,10 +172,49 @@ class ChatBook:
         return history_of(chat, await self.store.get_messages(chat.id))
 
     async def shared(self, share_id: str) -> ChatRecord:
-        chat = await self.store.get_chat_by_share_id(share_id)
-        if chat is None:
-            raise NotFound("Shared chat not found")
-        return chat
+        """A shared chat's snapshot, as anyone with its link sees it (`_shown`)."""
+        snapshot = await self.store.get_chat(share_id)
+        if snapshot is None or not snapshot.user_id.startswith(SHARED_BY):
+            # Shared before snapshots were made: its snapshot is made now.
+            chat = await self.store.get_chat_by_share_id(share_id)
+            if chat is None:
+                raise NotFound("Shared chat not found")
+            snapshot = await self._snapshot(chat, share_id)
+        return _shown(snapshot)
+
+    async def share(self, chat: ChatRecord) -> ChatRecord:
+        """The chat as it is now, copied under its share id (made, or made again: the
+        web app's "update and copy link"), as `shared` shows it: what is written in
+        the chat after is not shared, as the web app tells its user."""
+        share_id = chat.share_id or str(uuid.uuid4())
+        snapshot = await self._snapshot(chat, share_id)
+        if chat.share_id is None:
+            await self.set_flags(chat, share_id=share_id)
+        return _shown(snapshot)
+
+    async def unshare(self, chat: ChatRecord) -> bool:
+        """The link and its snapshot gone; False when the chat was not shared."""
+        if chat.share_id is None:
+            return False
+        await self.store.delete_chat(chat.share_id)
+        await self.set_flags(chat, share_id=None)
+        return True
+
+    async def _snapshot(self, chat: ChatRecord, share_id: str) -> ChatRecord:
+        records = await self.store.get_messages(chat.id)
+        snapshot = ChatRecord(
+            id=share_id,
+            user_id=SHARED_BY + chat.user_id,
+            title=chat.title,
+            current_id=chat.current_id,
+            created_at=chat.created_at,
+            updated_at=now_s(),
+            meta=dict(chat.meta),
+            extra=dict(chat.extra),
+        )
+        await self.store.delete_chat(share_id)  # the snapshot before, if any
+        await self.store.insert_chat(snapshot, _copies(share_id, records))
+        return snapshot
 
     # -- writing -----------------------------------------------------------
     async def create(
@@ -300,12 +340,24 @@ class ChatBook:
                 "branchPointMessageId": source.current_id,
             },
         )
-        copies = [
-            MessageRecord(chat.id, r.id, r.parent_id, r.role, r.content, r.done, dict(r.fields))
-            for r in records
-        ]
-        await self.store.insert_chat(chat, copies)
+        await self.store.insert_chat(chat, _copies(chat.id, records))
         return chat
+
+
+def _copies(chat_id: str, records: list[MessageRecord]) -> list[MessageRecord]:
+    return [
+        MessageRecord(chat_id, r.id, r.parent_id, r.role, r.content, r.done, dict(r.fields))
+        for r in records
+    ]
+
+
+def _shown(snapshot: ChatRecord) -> ChatRecord:
+    """A snapshot as a link shows it: its own id (the share id, as Open WebUI's
+    snapshot has), not the chat's, and no user id of the sharer's (a made-up one,
+    in the form Open WebUI gives its snapshots)."""
+    return dataclasses.replace(
+        snapshot, user_id=f"shared-{snapshot.id}", share_id=snapshot.id, folder_id=None
+    )
 
 
 def _size(history: Mapping[str, Any]) -> int:

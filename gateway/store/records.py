@@ -19,6 +19,12 @@ class UserRecord:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+# The owner of a shared chat's snapshot (Open WebUI's share: a copy made when
+# the link is made or updated): "shared:<the sharer's user id>", so it is in no
+# one's list and goes with the sharer's chats.
+SHARED_BY = "shared:"
+
+
 @dataclass(slots=True)
 class ChatRecord:
     id: str

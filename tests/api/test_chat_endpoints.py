@@ -460,8 +460,25 @@ async def test_share_view_and_unshare(alice: Client, bob: Client) -> None:
     assert (await alice.call("GET", f"/{cid}"))["share_id"] == share_id
     view = await bob.call("GET", f"/share/{share_id}")
     assert set(view) == RESPONSE_KEYS
-    assert view["id"] == cid and view["user_id"] == alice.user_id
+    # A snapshot, under its own id (as Open WebUI's), naming neither the chat nor
+    # its owner.
+    assert view["id"] == share_id and view["share_id"] == share_id
+    assert view["user_id"] == f"shared-{share_id}"
+    assert cid not in json.dumps(view) and alice.user_id not in json.dumps(view)
     assert view["chat"]["history"]["messages"] == sample_history()["messages"]
+    # What is written after the link is made is not shared, until it is made again.
+    later = {"chat": {"title": "Renamed", "history": {"messages": {"a1": {"content": "later"}}}}}
+    await alice.call("POST", f"/{cid}", later)
+    view = await bob.call("GET", f"/share/{share_id}")
+    assert view["title"] == "Shared one"
+    assert view["chat"]["history"]["messages"] == sample_history()["messages"]
+    again = await alice.call("POST", f"/{cid}/share")
+    assert again["id"] == share_id and again["title"] == "Renamed"
+    view = await bob.call("GET", f"/share/{share_id}")
+    assert view["chat"]["history"]["messages"]["a1"]["content"] == "later"
+    # The snapshot is no chat of anyone's: not listed, not reachable as a chat.
+    assert ids(await alice.call("GET", "/")) == {cid}
+    await alice.call("GET", f"/{share_id}", expect=404)
     await bob.call("GET", f"/share/{MISSING}", expect=404)
     # Only the owner may share / unshare.
     await bob.call("POST", f"/{cid}/share", expect=404)
@@ -471,6 +488,11 @@ async def test_share_view_and_unshare(alice: Client, bob: Client) -> None:
     assert await alice.call("DELETE", f"/{cid}/share") is True
     assert await alice.call("DELETE", f"/{cid}/share") is False
     assert (await alice.call("GET", f"/{cid}"))["share_id"] is None
+    await bob.call("GET", f"/share/{share_id}", expect=404)
+    # A chat deleted takes its snapshot with it.
+    share_id = (await alice.call("POST", f"/{cid}/share"))["share_id"]
+    await bob.call("GET", f"/share/{share_id}")
+    await alice.call("DELETE", f"/{cid}")
     await bob.call("GET", f"/share/{share_id}", expect=404)
 
 

@@ -227,7 +227,9 @@ async def test_share_view_unshare_and_clone_shared(alice: User, bob: User) -> No
     share_id = (await alice.call("POST", f"/{chat_id}/share"))["share_id"]
     assert share_id and (await alice.call("POST", f"/{chat_id}/share"))["share_id"] == share_id
     view = await bob.call("GET", f"/share/{share_id}")
-    assert view["id"] == chat_id and view["chat"]["history"]["messages"]["a"]["content"] == "answer"
+    assert (
+        view["id"] == share_id and view["chat"]["history"]["messages"]["a"]["content"] == "answer"
+    )
     copy = await bob.call("POST", f"/{share_id}/clone/shared")
     assert copy["user_id"] == bob.id and copy["id"] != chat_id
     assert copy["chat"]["history"]["messages"]["a"]["content"] == "answer"

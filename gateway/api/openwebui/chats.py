@@ -218,10 +218,7 @@ async def share(request: web.Request) -> web.Response:
 
 async def unshare(request: web.Request) -> web.Response:
     chats, _, chat = await _one(request)
-    if chat.share_id is None:
-        return web.json_response(False)
-    await chats.set_flags(chat, share_id=None)
-    return web.json_response(True)
+    return web.json_response(await chats.unshare(chat))
 
 
 async def shared_view(request: web.Request) -> web.Response:

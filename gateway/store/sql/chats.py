@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.store.drivers import Driver, Row, Statement
-from gateway.store.records import ChatRecord, MessageRecord
+from gateway.store.records import SHARED_BY, ChatRecord, MessageRecord
 from gateway.store.sql.common import Tables, dumps, duplicate_as, qualified
 from gateway.store.sql.messages import messages_in, messages_of, upserts
 from gateway.store.sql.tags import drop_unused_tags, tag_id
@@ -130,11 +130,13 @@ def _page(dialect: str, skip: int, limit: int | None) -> tuple[str, list[Any]]:
 
 # -- shared with a user's removal ------------------------------------------------------
 async def delete_chats_of(db: Driver, user_id: str) -> int:
-    """Every chat of a user with its messages and tag links, inside the caller's
-    transaction; the number of chats."""
-    await db.execute(f"DELETE FROM messages WHERE chat_id IN ({_OWNED})", (user_id,))
-    await db.execute(f"DELETE FROM chat_tags WHERE chat_id IN ({_OWNED})", (user_id,))
-    return await db.execute("DELETE FROM chats WHERE user_id = ?", (user_id,))
+    """Every chat of a user with its messages and tag links, and the snapshots of
+    those the user shared, inside the caller's transaction; the number of chats."""
+    for owner in (SHARED_BY + user_id, user_id):
+        await db.execute(f"DELETE FROM messages WHERE chat_id IN ({_OWNED})", (owner,))
+        await db.execute(f"DELETE FROM chat_tags WHERE chat_id IN ({_OWNED})", (owner,))
+        deleted = await db.execute("DELETE FROM chats WHERE user_id = ?", (owner,))
+    return deleted
 
 
 class SQLChats(Tables):
