@@ -37,6 +37,9 @@ __all__ = ["Accounts", "StoreDirectory", "UserRecord", "add_user", "principal_fo
 
 DEFAULT_AVATAR = "/user.png"
 ROLES = ("admin", "user", "pending")
+# An address's longest (RFC 5321's path, less its brackets); a display name's.
+MAX_EMAIL_CHARS = 254
+MAX_NAME_CHARS = 256
 SIGNUP_DISABLED = "Sign-up is disabled; ask an admin to add you"
 
 
@@ -143,8 +146,14 @@ async def add_user(
     admin and the others users; with `only_first` (sign-up disabled), only the
     first may be made at all."""
     email = email.strip().lower()
-    if "@" not in email:
-        raise BadRequest("A valid email address is required")
+    local, at, domain = email.rpartition("@")
+    if not (local and at and domain) or len(email) > MAX_EMAIL_CHARS:
+        raise BadRequest(
+            f"A valid email address is required (at most {MAX_EMAIL_CHARS} characters)"
+        )
+    if name is not None and len(name) > MAX_NAME_CHARS:
+        # (It goes into every token the user is issued: a header past 8 KB is refused.)
+        raise BadRequest(f"A name has at most {MAX_NAME_CHARS} characters")
     if role is not None and role not in ROLES:
         raise BadRequest(f"role must be one of {', '.join(ROLES)}")
     passwords.check_new(password)

@@ -18,7 +18,7 @@ from gateway.chat.chats import ChatBook, page_bounds
 from gateway.chat.running import RunningReplies, StopTarget
 from gateway.chat.shapes import list_item
 from gateway.edge.auth import Principal
-from gateway.errors import NotFound
+from gateway.errors import BadRequest, NotFound
 from gateway.events import MessageEvent
 from gateway.fanout.hub import Hub
 from gateway.store import ChatRecord, ChatStore
@@ -27,6 +27,8 @@ from gateway.store.records import MessageRecord
 __all__ = ["ChatRecord", "Chats"]
 
 Tag = dict[str, Any]
+# A tag's name, at most (Open WebUI has no bound; a tag list carries every name).
+MAX_TAG_CHARS = 100
 
 
 class Chats:
@@ -182,6 +184,9 @@ class Chats:
         return _tags(principal, await self._store.chat_tags(chat.id))
 
     async def tag(self, principal: Principal, chat: ChatRecord, name: str) -> list[Tag]:
+        if len(name) > MAX_TAG_CHARS:
+            # (Every tag list of the user would carry it.)
+            raise BadRequest(f"A tag has at most {MAX_TAG_CHARS} characters")
         await self._store.add_tag(principal.user_id, chat.id, name)
         return await self.chat_tags(principal, chat)
 

@@ -32,6 +32,11 @@ each with what the code did before:
         now: signs in, reads its session and the web app's config; refused (401,
              the account is pending) by the chat routes, the OpenAI route,
              Socket.IO's authentication and the Nadoo socket (1008)
+    a 10,000-character name, an address like `@` or `a@`, a 3 MB tag
+        was: taken (the name made a token no request could carry; the tag made
+             every tag list 6 MB)
+        now: 400 past 256, 254 and 100 characters (LIMITS.md), or without a
+             local part and a domain
 """
 
 from __future__ import annotations
@@ -460,3 +465,32 @@ async def test_a_pending_user_has_only_a_session_and_the_config(start_gateway: A
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_names_addresses_and_tags_are_bounded(start_gateway: Any) -> None:
+    gw: GatewayProcess = start_gateway()
+    signup = f"{gw.url}{AUTHS}/signup"
+    for email, name in [
+        ("@", "At"),
+        ("a@", "A"),
+        ("@example.com", "Nobody"),
+        ("x" * 250 + "@example.com", "Long"),  # past 254 characters
+        ("named@example.com", "n" * 10_000),  # would go into every token
+    ]:
+        refused = await call(
+            "POST", signup, None, {"email": email, "password": "pw-12345", "name": name}
+        )
+        assert refused.status == 400 and refused.body["detail"], (email, refused)
+    longest = "x" * 242 + "@example.com"  # 254
+    made = await call(
+        "POST", signup, None, {"email": longest, "password": "pw-12345", "name": "n" * 256}
+    )
+    assert made.status == 200, made
+    token = made.body["token"]
+    assert (await get_json(f"{gw.url}{AUTHS}/", token))["name"] == "n" * 256
+
+    chat_id = await new_chat(gw, token, [message("q", None, "hi")], "q")
+    too_long = await call("POST", f"{gw.url}{CHATS}/{chat_id}/tags", token, {"name": "t" * 101})
+    assert too_long.status == 400 and "100" in too_long.body["detail"]
+    tagged = await call("POST", f"{gw.url}{CHATS}/{chat_id}/tags", token, {"name": "t" * 100})
+    assert tagged.status == 200 and [tag["name"] for tag in tagged.body] == ["t" * 100]
