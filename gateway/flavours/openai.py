@@ -34,6 +34,7 @@ is rendered once per reply, and only the delta text is JSON-escaped.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -168,15 +169,32 @@ def decode_request(body: Any, tools: bool = True) -> Ask:
     modalities = body.get("modalities")
     if modalities is not None and modalities != ["text"]:
         raise BadRequest("'modalities' other than [\"text\"] is not supported")
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise BadRequest("'stream_options.include_usage' must be a boolean")
     params = {key: value for key, value in body.items() if key in _PURE_API_PARAMS}
+    for key, value in params.items():
+        if not _finite(value):
+            # (JSON has no NaN: the model server would get a body it cannot read.)
+            raise BadRequest(f"{key!r} must hold finite numbers (not NaN or Infinity)")
     params.update(decode_tools(body, tools))
     return Ask(
         model=model,
         messages=messages,
         stream=stream,
-        include_usage=bool(options.get("include_usage", False)),
+        include_usage=include_usage,
         params=params,
     )
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_finite(item) for item in value)
+    return True
 
 
 def decode_tools(body: Mapping[str, Any], relayed: bool = True) -> dict[str, Any]:
@@ -380,7 +398,9 @@ def completion_body(
 
 
 def error_body(message: str, type_: str, code: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "code": code}}
+    """OpenAI's error object; `param` is always there, as OpenAI's (null: the message
+    names the field)."""
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
 def error_for(error: GatewayError) -> dict[str, Any]:

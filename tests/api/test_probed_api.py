@@ -10,6 +10,11 @@ gateways, the fake model server and raw sockets:
         bytes wait for it, its model server's request closed
     a client that reads slowly                                 (unchanged: fed at
                                                               its pace, whole)
+    `temperature: NaN` (Python's JSON reads it)                relayed: a body the
+                                                              model server could
+                                                              not read
+    `stream_options.include_usage: "false"`                    read as true
+        now: 400 in OpenAI's shape, whose error object now has its `param` (null)
 
 The probe's other findings are pinned where their code is: the client gone as
 the headers go out (`tests/transports/test_sse_client_gone.py`), llama.cpp's
@@ -24,6 +29,8 @@ import json
 import socket
 import time
 from typing import Any
+
+import aiohttp
 
 from tests.bus.support import eventually
 from tests.fakes.upstream import FakeUpstream, reply_text
@@ -144,3 +151,38 @@ def dechunked(raw: bytes) -> bytes:
             break
         out, rest = out + rest[:size], rest[size + 2 :]
     return out
+
+
+async def test_parameters_the_model_server_could_not_read_are_refused_in_openais_shape(
+    gateway: GatewayProcess,
+) -> None:
+    headers = {
+        "Authorization": f"Bearer {make_token('params')}",
+        "Content-Type": "application/json",
+    }
+    question = '"messages":[{"role":"user","content":"hi"}]'
+    for body, named in [
+        # JSON has no NaN: relayed, it made a body the model server could not read.
+        ('{"model":"fake-model",' + question + ',"temperature":NaN}', "'temperature'"),
+        (
+            '{"model":"fake-model",' + question + ',"logit_bias":{"50256":-Infinity}}',
+            "'logit_bias'",
+        ),
+        # The string "false" read as true.
+        (
+            '{"model":"fake-model","stream":true,'
+            + question
+            + ',"stream_options":{"include_usage":"false"}}',
+            "include_usage",
+        ),
+    ]:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{gateway.url}/v1/chat/completions", data=body, headers=headers
+            ) as resp:
+                assert resp.status == 400
+                error = (await resp.json())["error"]
+        # OpenAI's error object, `param` included.
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["type"] == "invalid_request_error" and error["param"] is None
+        assert named in error["message"]

@@ -45,7 +45,7 @@ def test_encoder_matches_golden_frames(path: Path) -> None:
     for payload in payloads[:-1]:
         chunk = json.loads(payload)
         if "error" in chunk:
-            assert set(chunk["error"]) == {"message", "type", "code"}
+            assert set(chunk["error"]) == {"message", "type", "param", "code"}
             continue
         assert chunk["object"] == "chat.completion.chunk" and chunk["id"] == vector["message_id"]
         for choice in chunk["choices"]:
