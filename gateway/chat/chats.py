@@ -237,7 +237,7 @@ class ChatBook:
             current_id=history["currentId"],
             created_at=created,
             updated_at=_int_or(body.get("updated_at"), created) if imported else created,
-            pinned=bool(body.get("pinned", False)) if imported else False,
+            pinned=imported and body.get("pinned") is True,  # (not the string "false")
             folder_id=body.get("folder_id") if isinstance(body.get("folder_id"), str) else None,
             meta=dict(body["meta"]) if isinstance(body.get("meta"), Mapping) else {},
             extra={"timestamp": created * 1000, **chat_extra(chat_obj)},
@@ -381,11 +381,12 @@ def _without_children(message: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if k != "childrenIds"}
 
 
-# What every store's integer column holds (SQLite's INTEGER, PostgreSQL's BIGINT).
-_INT64 = range(-(2**63), 2**63)
+# A time a client gives: epoch seconds a store's integer column holds (SQLite's
+# INTEGER, PostgreSQL's BIGINT), none before 1970.
+_TIMES = range(0, 2**63)
 
 
 def _int_or(value: Any, default: int) -> int:
-    """A client's integer, if it is one a store can hold; else `default`."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value in _INT64
+    """A client's time, if it is one (see `_TIMES`); else `default`."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value in _TIMES
     return value if ok else default

@@ -746,6 +746,13 @@ async def test_import_honours_metadata(alice: Client, bob: Client) -> None:
     plain = await alice.call("POST", "/new", {**body, "chat": {"title": "fresh"}})
     assert plain["pinned"] is False
     assert plain["created_at"] >= int(time.time()) - 60
+    # A pin that is not true, a time before 1970: taken as absent (they read as
+    # pinned, and as a time from before the epoch).
+    odd = await alice.call(
+        "POST", "/import", {**body, "pinned": "false", "created_at": -5, "updated_at": -5}
+    )
+    assert odd["pinned"] is False
+    assert odd["created_at"] >= int(time.time()) - 60 and odd["updated_at"] == odd["created_at"]
     # Bad bodies.
     await alice.call("POST", "/import", {"created_at": 1}, expect=400)
     bad = {"chat": {"history": {"messages": {"m": {"parentId": "gone"}}}}}

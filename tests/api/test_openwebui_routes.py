@@ -261,6 +261,17 @@ async def test_empty_lists(gateway: GatewayProcess, path: str) -> None:
     assert status == 401 and isinstance(body["detail"], str)
 
 
+async def test_folders_are_not_offered_and_making_one_says_why(gateway: GatewayProcess) -> None:
+    # The config offered folders and making one was a bare 405.
+    headers = bearer(new_user_id())
+    status, config = await call("GET", gateway.url + "/api/config", headers=headers)
+    assert status == 200 and config["features"]["enable_folders"] is False
+    status, body = await call(
+        "POST", gateway.url + "/api/v1/folders/", headers=headers, body={"name": "Work"}
+    )
+    assert status == 400 and "Folders are not supported" in body["detail"]
+
+
 # --- /api/chat/completed ----------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ GET  /api/v1/users/user/settings          the user's stored settings ({"ui": {}}
 POST /api/v1/users/user/settings/update   stores them and echoes them
 GET  /api/v1/{tools,skills,functions,folders}/, /api/v1/folders/shared,
      /api/v1/configs/banners   []
+POST /api/v1/folders/         400: no folders (the config says `enable_folders: false`)
 POST /api/chat/completed      older clients' end-of-reply call: the messages as stored
 """
 
@@ -88,7 +89,9 @@ def _features(settings: Settings, signed_in: bool) -> dict[str, Any]:
             {
                 "enable_api_keys": True,
                 "enable_direct_connections": False,
-                "enable_folders": True,
+                # No folders to make (`POST /api/v1/folders/` says so): the app
+                # hides them.
+                "enable_folders": False,
                 "enable_channels": False,
                 "enable_notes": False,
                 "enable_web_search": False,
@@ -199,6 +202,11 @@ async def chat_completed(request: web.Request) -> web.Response:
     return web.json_response({**body, "messages": messages})
 
 
+async def no_folders(request: web.Request) -> web.Response:
+    await principal_of(request)
+    raise BadRequest("Folders are not supported by the gateway (a chat's folder_id is kept)")
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/config", config)
@@ -216,6 +224,7 @@ def add_routes(app: web.Application) -> None:
         "/api/v1/configs/banners",
     ):
         r.add_get(path, empty_list)
+    r.add_post("/api/v1/folders/", no_folders)
     r.add_get("/api/v1/search", search)
     r.add_get("/ollama/api/version", ollama_version)
     r.add_post("/api/chat/completed", chat_completed)
