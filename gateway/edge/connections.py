@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import time
@@ -31,6 +32,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from aiohttp import web
+
+from gateway.edge.refusals import json_refusals
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +242,10 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         guard = self._guard
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Guarded(guard, server), self._host, self._port, backlog=self._backlog
+            lambda: _Guarded(guard, functools.partial(json_refusals, server)),
+            self._host,
+            self._port,
+            backlog=self._backlog,
         )
 
 

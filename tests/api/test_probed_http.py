@@ -17,11 +17,18 @@ gateway (its log read for tracebacks), each a 500 or a broken log line before:
                                                                 in two, or a NUL in
                                                                 the log
         now: the control characters escaped
+    a header past 8,190 bytes, a body in Brotli, a request line that is not HTTP
+                                                                aiohttp's text/plain
+                                                                400, quoting the
+                                                                header (a token)
+        now: 400 `{"detail": …}` naming the fault's kind, quoting nothing
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import uuid
 
 import aiohttp
@@ -194,3 +201,48 @@ async def test_a_request_nested_nearly_as_deep_as_the_reader_takes_is_never_a_50
     assert any("nested too deeply to be sent" in message for message in said), said
     await asyncio.sleep(0.2)
     assert gateway.troubles_since(offset) == []
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request written as is; the response's status, headers and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while piece := sock.recv(65536):
+            answer += piece
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "said"),
+    [
+        # A header past aiohttp's 8,190 bytes: its text quoted the header's start,
+        # the caller's token with it.
+        (
+            b"GET /api/v1/chats/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer eyJ"
+            + b"A" * 9000
+            + b"\r\n\r\n",
+            "too long",
+        ),
+        # A body in Brotli, which aiohttp reads only with a package not installed.
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}",
+            "Content-Encoding",
+        ),
+        (b"G\x00ET / HTTP/1.1\r\nHost: x\r\n\r\n", "not valid HTTP"),
+    ],
+    ids=["header_too_long", "brotli_body", "bad_method"],
+)
+async def test_what_aiohttp_refuses_before_any_route_is_json_quoting_nothing(
+    gateway: GatewayProcess, request_bytes: bytes, said: str
+) -> None:
+    status, headers, body = await asyncio.to_thread(raw_exchange, gateway.port, request_bytes)
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    detail = json.loads(body)["detail"]
+    assert said in detail
+    assert b"eyJ" not in body and b"AAAA" not in body
