@@ -85,25 +85,13 @@ def history_of(chat: ChatRecord, records: Iterable[MessageRecord]) -> dict[str, 
 
 def _parents(ordered: list[MessageRecord]) -> dict[str, str | None]:
     """Each message's parent; None for one whose parent is missing, and for the
-    link that closes a parentId cycle (where a walk up from the rows, in their
-    order, meets its own trail); O(n)."""
+    link that closes a parentId cycle (`tree.closing_links`)."""
     parents = {record.id: record.parent_id for record in ordered}
     for mid, parent in parents.items():
         if parent is not None and parent not in parents:
             parents[mid] = None
-    done: set[str] = set()
-    for start in parents:
-        trail: list[str] = []
-        on_trail: set[str] = set()
-        node: str | None = start
-        while node is not None and node not in done:
-            if node in on_trail:
-                parents[trail[-1]] = None  # its parent is on the trail: the cycle's last link
-                break
-            trail.append(node)
-            on_trail.add(node)
-            node = parents[node]
-        done.update(trail)
+    for link in tree.closing_links(parents):
+        parents[link] = None
     return parents
 
 

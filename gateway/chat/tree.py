@@ -108,19 +108,30 @@ def normalize(history: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_acyclic(messages: Mapping[str, Mapping[str, Any]]) -> None:
-    # Walk up from each message; colour nodes so the whole check stays O(n).
+    parents = {mid: message["parentId"] for mid, message in messages.items()}
+    for link in closing_links(parents):
+        raise TreeError(parents[link], "is part of a parentId cycle")
+
+
+def closing_links(parents: Mapping[str, str | None]) -> list[str]:
+    """The messages whose parentId closes a cycle, one per cycle: where a walk up
+    from each message (in order) meets its own trail.  Every parent named is in
+    `parents`, or None.  Nodes are coloured so the whole walk stays O(n)."""
+    links: list[str] = []
     done: set[str] = set()
-    for start in messages:
+    for start in parents:
         trail: list[str] = []
         on_trail: set[str] = set()
         node: str | None = start
         while node is not None and node not in done:
             if node in on_trail:
-                raise TreeError(node, "is part of a parentId cycle")
+                links.append(trail[-1])  # its parent is on the trail
+                break
             trail.append(node)
             on_trail.add(node)
-            node = messages[node]["parentId"]
+            node = parents[node]
         done.update(trail)
+    return links
 
 
 @_copying

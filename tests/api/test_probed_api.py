@@ -25,9 +25,11 @@ answer stopped before its end (`tests/vectors/ragflow/answers_cancelled.json`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -40,11 +42,21 @@ STALL_S = 1.0
 WHOLE = reply_text("fake-flood", [])
 
 
-def start(fake_upstream: FakeUpstream, start_gateway: Any) -> GatewayProcess:
+@contextlib.asynccontextmanager
+async def flooded(
+    fake_upstream: FakeUpstream, start_gateway: Any, asking: str
+) -> AsyncIterator[tuple[GatewayProcess, socket.socket, str]]:
+    """A gateway of its own (the stall bound lowered), and a socket on it that asked
+    for the flood (`ask_for_a_flood`); the question asked."""
     gw: GatewayProcess = start_gateway(
         {"OPENAI_API_BASE_URL": fake_upstream.url, "GATEWAY_STALLED_CLIENT_S": str(STALL_S)}
     )
-    return gw
+    question = f"{asking} {time.monotonic_ns()}"
+    sock = await asyncio.to_thread(ask_for_a_flood, gw, question)
+    try:
+        yield gw, sock, question
+    finally:
+        sock.close()
 
 
 def ask_for_a_flood(gw: GatewayProcess, question: str) -> socket.socket:
@@ -77,10 +89,7 @@ def ask_for_a_flood(gw: GatewayProcess, question: str) -> socket.socket:
 async def test_a_stream_whose_client_takes_nothing_is_dropped_and_its_model_request_closed(
     fake_upstream: FakeUpstream, start_gateway: Any
 ) -> None:
-    gw = start(fake_upstream, start_gateway)
-    question = f"frozen reader {time.monotonic_ns()}"
-    sock = await asyncio.to_thread(ask_for_a_flood, gw, question)
-    try:
+    async with flooded(fake_upstream, start_gateway, "frozen reader") as (gw, sock, _):
         # The client reads nothing: the gateway's writes wait, then it is dropped and
         # its reply ended (the model server's request closed with it), long before
         # the model's 5 MB are through.
@@ -94,8 +103,6 @@ async def test_a_stream_whose_client_takes_nothing_is_dropped_and_its_model_requ
         # The connection is gone for the client too: reading finds its end.
         got = await asyncio.to_thread(read_to_the_end, sock)
         assert len(got) < len(WHOLE)
-    finally:
-        sock.close()
 
 
 def read_to_the_end(sock: socket.socket) -> bytes:
@@ -111,13 +118,8 @@ def read_to_the_end(sock: socket.socket) -> bytes:
 async def test_a_stream_whose_client_reads_slowly_gets_the_whole_reply(
     fake_upstream: FakeUpstream, start_gateway: Any
 ) -> None:
-    gw = start(fake_upstream, start_gateway)
-    question = f"slow reader {time.monotonic_ns()}"
-    sock = await asyncio.to_thread(ask_for_a_flood, gw, question)
-    try:
+    async with flooded(fake_upstream, start_gateway, "slow reader") as (gw, sock, question):
         body = await asyncio.to_thread(read_slowly, sock)
-    finally:
-        sock.close()
     texts = []
     for line in body.split(b"\n"):
         if line.startswith(b"data: {"):

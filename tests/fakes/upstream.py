@@ -176,6 +176,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, int]:
+    """`app` served on loopback, its handlers cancelled when their client leaves
+    (as the gateway's are); its runner (to clean up) and port."""
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
 class FakeUpstream:
     def __init__(self) -> None:
         self.port = free_port()

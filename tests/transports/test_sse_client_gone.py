@@ -25,7 +25,7 @@ from gateway.edge.origins import OriginPolicy
 from gateway.events import Event, TextDelta
 from gateway.transports.sse import close_unstarted, stream_events
 from tests.bus.support import eventually
-from tests.fakes.upstream import free_port
+from tests.fakes.upstream import serve_app
 
 
 class Upstream:
@@ -63,10 +63,7 @@ async def test_a_client_gone_as_the_headers_go_out_ends_its_reply() -> None:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_app(app)
     try:
         async with aiohttp.ClientSession() as http:
             try:

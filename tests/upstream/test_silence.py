@@ -33,7 +33,7 @@ import pytest
 from aiohttp import web
 
 from gateway.upstream.openai import Silence
-from tests.fakes.upstream import FakeUpstream, Recorded, free_port
+from tests.fakes.upstream import FakeUpstream, Recorded, serve_app
 from tests.gatewayproc import GatewayProcess, make_token
 
 LIMIT_S = 0.6
@@ -182,10 +182,7 @@ async def _server(sends: int, gap_s: float) -> tuple[web.AppRunner, str]:
 
     app = web.Application()
     app.router.add_get("/", body)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_app(app)
     return runner, f"http://127.0.0.1:{port}/"
 
 
