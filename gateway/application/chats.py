@@ -122,6 +122,11 @@ class Chats:
             self._edited(chat, message_id, body["content"])
         return chat
 
+    async def delete_message(
+        self, principal: Principal, chat_id: str, message_id: str
+    ) -> ChatRecord:
+        return await self.book.delete_message(principal, chat_id, message_id)
+
     def _edited(self, chat: ChatRecord, message_id: str, content: Any) -> None:
         """A message's text changed through REST: the owner's tabs (every socket of
         the user, as Open WebUI's `update_chat_message_by_id` emits) show the new text."""

@@ -306,6 +306,29 @@ class ChatBook:
             await self.store.save_chat(chat, [record])
         return chat
 
+    async def delete_message(
+        self, principal: Principal, chat_id: str, message_id: str
+    ) -> ChatRecord:
+        """The message and its replies deleted, their replies moved up under its parent
+        (`tree.remove`), as the web app shows it; 409 while one of them is generated."""
+        async with self._editing(chat_id):
+            chat, stored = await self.owned_history(principal, chat_id)
+            try:
+                removal = tree.remove(stored, message_id)
+            except tree.TreeError:
+                raise NotFound("Message not found") from None
+            if any(self._is_generating(chat.id, mid) for mid in removal.removed):
+                raise Conflict("A reply being generated cannot be deleted; stop it first")
+            messages = stored["messages"]
+            moved = [
+                message_record(chat.id, {**messages[mid], "parentId": parent})
+                for mid, parent in removal.moved.items()
+            ]
+            chat.current_id = removal.current_id
+            chat.updated_at = now_s()
+            await self.store.save_chat(chat, moved, removed=removal.removed)
+        return chat
+
     @staticmethod
     async def _merged(stored: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -196,6 +197,61 @@ def grow(
     if current_id not in messages:
         raise TreeError(current_id, "currentId names a message that does not exist")
     return {**history, "messages": messages, "currentId": current_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """What deleting a message does to a consistent history (Open WebUI's web app
+    does the same to its copy, then asks the server to: `deleteMessage`)."""
+
+    removed: list[str]  # the message and its children
+    moved: dict[str, str | None]  # each grandchild: its new parent (the message's)
+    current_id: str | None
+
+
+def remove(history: Mapping[str, Any], message_id: str) -> Removal:
+    """The message and its children go; their children (the grandchildren) move up
+    under the message's parent; the current message, if it went, becomes the
+    deepest last child under that parent (the parent itself when none is left)."""
+    messages = history["messages"]
+    if message_id not in messages:
+        raise TreeError(message_id, "does not exist")
+    parent = messages[message_id].get("parentId")
+    children = list(messages[message_id].get("childrenIds") or [])
+    removed = [message_id, *children]
+    moved = {
+        grandchild: parent
+        for child in children
+        for grandchild in messages[child].get("childrenIds") or []
+    }
+    current = _current_of(history)
+    if current in removed:
+        current = _deepest_under(messages, parent, set(removed), moved)
+    return Removal(removed, moved, current)
+
+
+def _deepest_under(
+    messages: Mapping[str, Mapping[str, Any]],
+    parent: str | None,
+    removed: set[str],
+    moved: Mapping[str, str | None],
+) -> str | None:
+    """Following last children down from `parent` once the removal is done."""
+
+    def children_of(mid: str | None) -> list[str]:
+        if mid is None:
+            kept = [m for m, message in messages.items() if message.get("parentId") is None]
+        else:
+            kept = list(messages[mid].get("childrenIds") or [])
+        kept = [child for child in kept if child not in removed]
+        return kept + [child for child, above in moved.items() if above == mid]
+
+    node = parent
+    seen: set[str | None] = set()
+    while (below := children_of(node)) and node not in seen:
+        seen.add(node)
+        node = below[-1]
+    return node
 
 
 def add_message(

@@ -93,7 +93,12 @@ class ChatStore(Protocol):
 
     async def get_chat_by_share_id(self, share_id: str) -> ChatRecord | None: ...
     async def update_chat(self, chat: ChatRecord) -> None: ...
-    async def save_chat(self, chat: ChatRecord, messages: Sequence[MessageRecord]) -> None: ...
+    async def save_chat(
+        self, chat: ChatRecord, messages: Sequence[MessageRecord], removed: Sequence[str] = ()
+    ) -> None:
+        """The chat's row, `messages` written and the messages `removed` deleted, at once."""
+        ...
+
     async def list_chats(
         self,
         user_id: str,

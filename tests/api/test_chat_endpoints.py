@@ -760,6 +760,42 @@ async def test_import_honours_metadata(alice: Client, bob: Client) -> None:
     assert "'m'" in err["detail"]
 
 
+# -- deleting a message -------------------------------------------------------
+def turn_pair(user: str, reply: str, parent: str | None) -> dict[str, Any]:
+    return {
+        user: {"id": user, "parentId": parent, "role": "user", "content": f"q {user}"},
+        reply: {"id": reply, "parentId": user, "role": "assistant", "content": f"r {reply}"},
+    }
+
+
+async def test_a_message_deleted_takes_its_replies_and_moves_theirs_up(
+    alice: Client, bob: Client
+) -> None:
+    # The web app 0.12.4's `deleteChatMessageById` (DELETE …/messages/{id}): before,
+    # no such route (405), and the message was back at the next reload.
+    messages = {**turn_pair("u1", "a1", None), **turn_pair("u2", "a2", "a1")}
+    messages |= turn_pair("u3", "a3", "a2")
+    chat = {"title": "Three turns", "history": {"currentId": "a3", "messages": messages}}
+    cid = (await alice.call("POST", "/new", {"chat": chat}))["id"]
+    await bob.call("DELETE", f"/{cid}/messages/u2", expect=404)  # not bob's chat
+    await alice.call("DELETE", f"/{cid}/messages/nope", expect=404)
+
+    # u2 and its reply a2 go; a2's reply (u3) moves up under a1.
+    after = await alice.call("DELETE", f"/{cid}/messages/u2")
+    history = after["chat"]["history"]
+    assert set(history["messages"]) == {"u1", "a1", "u3", "a3"}
+    assert history["messages"]["u3"]["parentId"] == "a1"
+    assert history["messages"]["a1"]["childrenIds"] == ["u3"]
+    assert history["currentId"] == "a3"
+    assert [m["id"] for m in after["chat"]["messages"]] == ["u1", "a1", "u3", "a3"]
+    assert await alice.call("GET", f"/{cid}") == after  # stored so
+
+    # The current message deleted: the deepest under its parent becomes current.
+    after = await alice.call("DELETE", f"/{cid}/messages/a3")
+    assert after["chat"]["history"]["currentId"] == "u3"
+    assert set(after["chat"]["history"]["messages"]) == {"u1", "a1", "u3"}
+
+
 # -- found by these tests and fixed ------------------------------------------
 @pytest.mark.parametrize(("mid", "parent"), [("a1", "a1"), ("u1", "a1")])
 async def test_upsert_message_cannot_create_a_cycle(alice: Client, mid: str, parent: str) -> None:

@@ -258,6 +258,10 @@ async def test_a_reply_being_generated_cannot_be_edited(gateway: GatewayProcess)
         )
         refused = await call("POST", f"{url}/messages/{reply_id}", token, {"content": "too soon"})
         assert refused.status == 409 and "being generated" in refused.body["detail"], refused
+        # Nor deleted, alone or with the question it answers.
+        for mid in (reply_id, question_id):
+            refused = await call("DELETE", f"{url}/messages/{mid}", token)
+            assert refused.status == 409 and "being generated" in refused.body["detail"], refused
         # The question beside it is not being generated: it may be edited meanwhile.
         await post_json(f"{url}/messages/{question_id}", token, {"content": "a slow one, edited"})
         assert not any(map(ended, sock.events)), "the reply ended before the edits"

@@ -184,3 +184,23 @@ def test_paths_are_root_to_leaf_and_normalize_is_idempotent(h: dict[str, Any]) -
     current = tree.current_path(h)
     if h["currentId"] is not None:
         assert current[-1]["id"] == h["currentId"]
+
+
+def test_remove_takes_the_children_and_moves_the_grandchildren_up() -> None:
+    # a ─ b ─ c ─ d        removing b: b and c go, d moves under a
+    #       └ e            (e, b's other child, goes too)
+    h = tree.normalize(history(("a", None), ("b", "a"), ("c", "b"), ("d", "c"), ("e", "b")))
+    removal = tree.remove({**h, "currentId": "d"}, "b")
+    assert removal.removed == ["b", "c", "e"]
+    assert removal.moved == {"d": "a"}
+    assert removal.current_id == "d"  # still there
+    # The current message removed: the deepest last child under the parent, once
+    # the removal is done (d, moved up), else the parent itself.
+    assert tree.remove({**h, "currentId": "e"}, "b").current_id == "d"
+    assert tree.remove({**h, "currentId": "d"}, "d").current_id == "c"
+    # A root removed: its replies' replies become roots.
+    assert tree.remove({**h, "currentId": "d"}, "a") == tree.Removal(
+        ["a", "b"], {"c": None, "e": None}, "d"
+    )
+    with pytest.raises(tree.TreeError):
+        tree.remove(h, "zz")

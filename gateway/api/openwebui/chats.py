@@ -171,6 +171,15 @@ async def upsert_message(request: web.Request) -> web.Response:
     return await _respond(chats, chat)
 
 
+async def delete_message(request: web.Request) -> web.Response:
+    """The web app's message deletion (`deleteChatMessageById`); the chat after it."""
+    chats, principal = await _context(request)
+    chat = await chats.delete_message(
+        principal, request.match_info["id"], request.match_info["mid"]
+    )
+    return await _respond(chats, chat)
+
+
 async def message_event(request: web.Request) -> web.Response:
     """Relay `{type, data}` to the owner's live connections (Open WebUI's message events)."""
     chats, _, chat = await _one(request)
@@ -310,6 +319,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post(f"{p}/{{id}}", update_chat)
     r.add_delete(f"{p}/{{id}}", delete_chat)
     r.add_post(f"{p}/{{id}}/messages/{{mid}}", upsert_message)
+    r.add_delete(f"{p}/{{id}}/messages/{{mid}}", delete_message)
     r.add_post(f"{p}/{{id}}/messages/{{mid}}/event", message_event)
     r.add_get(f"{p}/{{id}}/pinned", is_pinned)
     r.add_post(f"{p}/{{id}}/pin", toggle_pin)

@@ -173,8 +173,14 @@ class SQLChats(Tables):
     async def update_chat(self, chat: ChatRecord) -> None:
         await self.db.execute(*_chat_update(chat))
 
-    async def save_chat(self, chat: ChatRecord, messages: Sequence[MessageRecord]) -> None:
-        await self.db.batch([_chat_update(chat), *upserts(chat.id, messages)])
+    async def save_chat(
+        self, chat: ChatRecord, messages: Sequence[MessageRecord], removed: Sequence[str] = ()
+    ) -> None:
+        deletes: list[Statement] = [
+            ("DELETE FROM messages WHERE chat_id = ? AND id = ?", (chat.id, message_id))
+            for message_id in removed
+        ]
+        await self.db.batch([_chat_update(chat), *deletes, *upserts(chat.id, messages)])
 
     async def list_chats(
         self,
