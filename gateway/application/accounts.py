@@ -32,6 +32,7 @@ from gateway.edge.secrets import hash_api_key, new_api_key
 from gateway.edge.throttle import SignInThrottle
 from gateway.errors import AuthError, BadRequest, Conflict, Forbidden, NotFound
 from gateway.store import ApiKeyRecord, DuplicateKey, Revocation, UserRecord, UserStore
+from gateway.store.records import SHARED_BY
 
 __all__ = ["Accounts", "StoreDirectory", "UserRecord", "add_user", "principal_for"]
 
@@ -85,6 +86,9 @@ class StoreDirectory:
         await self.store.key_used(digest, int(time.time() * 1000))
 
     async def principal_for_jwt(self, user_id: str, claims: Mapping[str, Any]) -> Principal:
+        if user_id.startswith(SHARED_BY):
+            # Shared chats' snapshots are owned so (`chat/chats.py`): no one is.
+            raise AuthError(f"Invalid token: user ids beginning {SHARED_BY!r} are reserved")
         now = time.monotonic()
         remembered = self._principals.get(user_id)
         if remembered is not None and now - remembered[0] < self._remember_s:

@@ -195,7 +195,7 @@ class Assistants:
     async def rename_session(self, session: ChatRecord, name: str) -> None:
         session.title = name
         session.updated_at = now_s()
-        await self.chats.update_chat(session)
+        await self.chats.change_chat(session, "title", "updated_at")
 
     async def delete_session(self, session: ChatRecord) -> None:
         await self._replies.stop(StopTarget(session.user_id, chat_id=session.id))

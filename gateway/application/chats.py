@@ -155,7 +155,7 @@ class Chats:
         except NotFound:
             return False
         chat.last_read_at = int(time.time())
-        await self._store.update_chat(chat)
+        await self._store.change_chat(chat, "last_read_at")
         return True
 
     async def relay_message_event(
@@ -170,9 +170,7 @@ class Chats:
     # -- deleting (replies stop first) ---------------------------------------------
     async def delete(self, chat: ChatRecord) -> bool:
         await self._running.stop(StopTarget(chat.user_id, chat_id=chat.id))
-        if chat.share_id is not None:
-            await self._store.delete_chat(chat.share_id)  # its snapshot
-        return await self._store.delete_chat(chat.id)
+        return await self._store.delete_chat(chat.id)  # (its share's snapshot too)
 
     async def delete_all(self, principal: Principal) -> None:
         await self._running.stop(StopTarget(principal.user_id))

@@ -204,7 +204,7 @@ class Background:
             return
         chat.title = text[:TITLE_CHARS]
         chat.updated_at = now_s()
-        await self._store.update_chat(chat)
+        await self._store.change_chat(chat, "title", "updated_at")
         self._emit(chat_id, message_id, user_id, "chat:title", chat.title)
 
     async def _follow_ups(self, chat_id: str, message_id: str, follow_ups: list[str]) -> bool:

@@ -174,30 +174,42 @@ class ChatBook:
     async def shared(self, share_id: str) -> ChatRecord:
         """A shared chat's snapshot, as anyone with its link sees it (`_shown`)."""
         snapshot = await self.store.get_chat(share_id)
-        if snapshot is None or not snapshot.user_id.startswith(SHARED_BY):
-            # Shared before snapshots were made: its snapshot is made now.
+        if snapshot is not None and snapshot.user_id.startswith(SHARED_BY):
+            return _shown(snapshot)
+        # Shared before snapshots were made: its snapshot is made now (under the
+        # chat's edit lock, the link read again: an unshare meanwhile wins).
+        chat = await self.store.get_chat_by_share_id(share_id)
+        if chat is None:
+            raise NotFound("Shared chat not found")
+        async with self._editing(chat.id):
             chat = await self.store.get_chat_by_share_id(share_id)
             if chat is None:
                 raise NotFound("Shared chat not found")
-            snapshot = await self._snapshot(chat, share_id)
-        return _shown(snapshot)
+            return _shown(await self._snapshot(chat, share_id))
 
     async def share(self, chat: ChatRecord) -> ChatRecord:
         """The chat as it is now, copied under its share id (made, or made again: the
         web app's "update and copy link"), as `shared` shows it: what is written in
         the chat after is not shared, as the web app tells its user."""
-        share_id = chat.share_id or str(uuid.uuid4())
-        snapshot = await self._snapshot(chat, share_id)
-        if chat.share_id is None:
-            await self.set_flags(chat, share_id=share_id)
+        async with self._editing(chat.id):
+            fresh = await self.store.get_chat(chat.id)  # (a share made meanwhile kept)
+            if fresh is None:
+                raise NotFound("Chat not found")
+            share_id = fresh.share_id or str(uuid.uuid4())
+            snapshot = await self._snapshot(fresh, share_id)
+            if fresh.share_id is None:
+                await self.set_flags(fresh, share_id=share_id)
         return _shown(snapshot)
 
     async def unshare(self, chat: ChatRecord) -> bool:
-        """The link and its snapshot gone; False when the chat was not shared."""
-        if chat.share_id is None:
-            return False
-        await self.store.delete_chat(chat.share_id)
-        await self.set_flags(chat, share_id=None)
+        """The link, then its snapshot, gone; False when the chat was not shared."""
+        async with self._editing(chat.id):
+            fresh = await self.store.get_chat(chat.id)
+            if fresh is None or fresh.share_id is None:
+                return False
+            share_id = fresh.share_id
+            await self.set_flags(fresh, share_id=None)
+            await self.store.delete_chat(share_id)
         return True
 
     async def _snapshot(self, chat: ChatRecord, share_id: str) -> ChatRecord:
@@ -210,10 +222,11 @@ class ChatBook:
             created_at=chat.created_at,
             updated_at=now_s(),
             meta=dict(chat.meta),
-            extra=dict(chat.extra),
+            # Not what names another chat or a person (a clone's source, a RAGFlow
+            # session's end user).
+            extra={k: v for k, v in chat.extra.items() if k not in _NOT_SHARED},
         )
-        await self.store.delete_chat(share_id)  # the snapshot before, if any
-        await self.store.insert_chat(snapshot, _copies(share_id, records))
+        await self.store.put_chat(snapshot, _copies(share_id, records))
         return snapshot
 
     # -- writing -----------------------------------------------------------
@@ -340,7 +353,7 @@ class ChatBook:
         for name, value in changes.items():
             setattr(chat, name, value)
         chat.updated_at = now_s()
-        await self.store.update_chat(chat)
+        await self.store.change_chat(chat, *changes, "updated_at")
         return chat
 
     async def clone(
@@ -365,6 +378,9 @@ class ChatBook:
         )
         await self.store.insert_chat(chat, _copies(chat.id, records))
         return chat
+
+
+_NOT_SHARED = frozenset({"originalChatId", "branchPointMessageId", "ragflow"})
 
 
 def _copies(chat_id: str, records: list[MessageRecord]) -> list[MessageRecord]:

@@ -25,7 +25,7 @@ or `"stop"` from some when `tool_choice` forced the call).  The conversation tha
 to the model server as the client wrote it.  OpenAI's deprecated `functions`
 are refused, with the name of their replacement.
 
-A failure mid-stream is one `data: {"error": {message, type, code}}` event
+A failure mid-stream is one `data: {"error": {message, type, param, code}}` event
 then `[DONE]`: the `openai` package raises on it instead of hanging.
 
 Per-delta encoding is on the hot path: the constant part of a content chunk
@@ -148,7 +148,38 @@ def decode_common(body: Any) -> tuple[Mapping[str, Any], str, bool]:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean")
+    for key, value in body.items():
+        if not _finite(value):
+            # (JSON has no NaN: relayed, the model server would get a body it cannot read.)
+            raise BadRequest(f"{key!r} must hold finite numbers (not NaN or Infinity)")
     return body, model, stream
+
+
+def include_usage_of(body: Mapping[str, Any]) -> bool:
+    """`stream_options.include_usage`, a boolean (the string "false" is no false)."""
+    options = body.get("stream_options") or {}
+    if not isinstance(options, Mapping):
+        raise BadRequest("'stream_options' must be an object")
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise BadRequest("'stream_options.include_usage' must be a boolean")
+    return include_usage
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or Infinity anywhere in `value` (walked without recursion: a client's
+    JSON may nest as deep as the reader takes)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return True
 
 
 def decode_request(body: Any, tools: bool = True) -> Ask:
@@ -157,9 +188,7 @@ def decode_request(body: Any, tools: bool = True) -> Ask:
     assistant's own prompt, and refuses a request that offers tools)."""
     body, model, stream = decode_common(body)
     messages = decode_messages(body.get("messages"))
-    options = body.get("stream_options") or {}
-    if not isinstance(options, Mapping):
-        raise BadRequest("'stream_options' must be an object")
+    include_usage = include_usage_of(body)
     n = body.get("n")
     if n is not None and n != 1:
         raise BadRequest("Only n=1 is supported")
@@ -169,14 +198,7 @@ def decode_request(body: Any, tools: bool = True) -> Ask:
     modalities = body.get("modalities")
     if modalities is not None and modalities != ["text"]:
         raise BadRequest("'modalities' other than [\"text\"] is not supported")
-    include_usage = options.get("include_usage", False)
-    if not isinstance(include_usage, bool):
-        raise BadRequest("'stream_options.include_usage' must be a boolean")
     params = {key: value for key, value in body.items() if key in _PURE_API_PARAMS}
-    for key, value in params.items():
-        if not _finite(value):
-            # (JSON has no NaN: the model server would get a body it cannot read.)
-            raise BadRequest(f"{key!r} must hold finite numbers (not NaN or Infinity)")
     params.update(decode_tools(body, tools))
     return Ask(
         model=model,
@@ -185,16 +207,6 @@ def decode_request(body: Any, tools: bool = True) -> Ask:
         include_usage=include_usage,
         params=params,
     )
-
-
-def _finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(item) for item in value.values())
-    if isinstance(value, list):
-        return all(_finite(item) for item in value)
-    return True
 
 
 def decode_tools(body: Mapping[str, Any], relayed: bool = True) -> dict[str, Any]:

@@ -92,7 +92,12 @@ from gateway.events import (
     TextDelta,
     output_item_id,
 )
-from gateway.flavours.openai import PASSTHROUGH_PARAMS, decode_common, decode_messages
+from gateway.flavours.openai import (
+    PASSTHROUGH_PARAMS,
+    decode_common,
+    decode_messages,
+    include_usage_of,
+)
 
 EVENTS = "events"
 # The web app names unsaved chats "temporary:<socket id>" (before 0.10: "local:");
@@ -183,7 +188,6 @@ def decode_completion_request(body: Any) -> Ask:
         not isinstance(user_message, Mapping) or not isinstance(user_message.get("id"), str)
     ):
         raise BadRequest("'user_message' must be an object with a string 'id'")
-    options = body.get("stream_options") or {}
     targets = _targets(body.get("message_ids"), model)
     if targets and message_id is None:
         message_id = targets[0].message_id
@@ -191,7 +195,7 @@ def decode_completion_request(body: Any) -> Ask:
         model=model,
         messages=messages,
         stream=stream,
-        include_usage=bool(isinstance(options, Mapping) and options.get("include_usage")),
+        include_usage=include_usage_of(body),
         params=_params(body),
         chat_id=chat_id,
         message_id=message_id,

@@ -120,8 +120,20 @@ class SSEParser:
 
 
 def _event_data(raw: bytes) -> str | None:
-    fields: dict[str, list[str]] = {"data": [], "error": [], "event": []}
+    lines: list[str] = []
     # Line ends are LF only by now (see `_lf_ended`); never `str.splitlines`.
+    for line in raw.decode("utf-8", errors="replace").split("\n"):
+        if line.startswith("data:"):
+            value = line[5:]
+            lines.append(value[1:] if value.startswith(" ") else value)
+        elif line.startswith(("error:", "event:")):
+            return _told(raw)  # (no model server's event but a failure's)
+    return "\n".join(lines) if lines else None
+
+
+def _told(raw: bytes) -> str | None:
+    """An event with an `error:` or `event:` field: a failure's, read as one."""
+    fields: dict[str, list[str]] = {"data": [], "error": [], "event": []}
     for line in raw.decode("utf-8", errors="replace").split("\n"):
         name, colon, value = line.partition(":")
         if colon and name in fields:

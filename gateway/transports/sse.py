@@ -34,14 +34,16 @@ SSE_HEADERS = {
 
 
 class Keepalive:
-    """A comment line on a prepared stream after every `every_s` of silence; call
-    `wrote()` after each write.  `async with` runs it beside the writer.
+    """A comment line on a prepared stream after every `every_s` of silence (its own
+    lines count as traffic); call `wrote()` after each write.  `async with` runs it
+    beside the writer.
 
     With `stall_s`, it also drops a client that takes nothing for that long while
     bytes wait for it (a frozen reader, a closed TCP window): its transport is
     aborted, so the writer's waiting write fails as a client's leaving does and
-    the reply's model server request is closed.  A client that reads slowly is
-    fed at its pace (each write it takes counts)."""
+    the reply's model server request is closed.  Taking anything counts: a write
+    done, or what waits growing less; a client that reads slowly is fed at its
+    pace, and a long silence of the model's is no stall."""
 
     def __init__(
         self,
@@ -55,29 +57,39 @@ class Keepalive:
         self._every_s = every_s
         self._transport = transport
         self._stall_s = stall_s
-        self._last = time.monotonic()
+        self._last = time.monotonic()  # the last line written, ours or the writer's
+        self._waited = 0  # bytes waiting at the last look
+        self._stuck_since: float | None = None  # since when they have waited, untaken
         self._task: asyncio.Task[None] | None = None
 
     def wrote(self) -> None:
         self._last = time.monotonic()
+        self._stuck_since = None
 
     async def _ping(self) -> None:
         tick = self._every_s if self._stall_s is None else min(self._every_s, self._stall_s / 4)
         while True:
             await asyncio.sleep(tick)
-            silent_s = time.monotonic() - self._last
-            if self._waiting():
-                if self._stall_s is not None and silent_s >= self._stall_s:
+            now = time.monotonic()
+            waiting = self._waiting()
+            if waiting:
+                if self._stuck_since is None or waiting < self._waited:
+                    self._stuck_since = now  # (newly waiting, or some was taken)
+                self._waited = waiting
+                if self._stall_s is not None and now - self._stuck_since >= self._stall_s:
                     self._drop()
                     return
                 continue  # what waits for the client is traffic enough
-            if silent_s >= self._every_s:
+            self._stuck_since, self._waited = None, 0
+            if now - self._last >= self._every_s:
                 await self._response.write(KEEPALIVE)
+                self._last = time.monotonic()
 
-    def _waiting(self) -> bool:
-        # (uvloop's transports are no `asyncio.WriteTransport`: by what they do.)
+    def _waiting(self) -> int:
+        """Bytes written and not yet taken by the client (uvloop's transports are no
+        `asyncio.WriteTransport`: asked by what they do)."""
         buffered = getattr(self._transport, "get_write_buffer_size", None)
-        return buffered is not None and buffered() > 0
+        return int(buffered()) if buffered is not None else 0
 
     def _drop(self) -> None:
         metrics.HOT.slow_disconnects += 1
@@ -197,6 +209,5 @@ async def send_all(
         await response.write(b"".join(frames))
         await response.write_eof()
     except ConnectionError:
-        if not response.prepared:
-            return web.Response(status=CLIENT_GONE)  # its client left
+        return web.Response(status=CLIENT_GONE)  # its client left
     return response

@@ -182,7 +182,7 @@ async def test_list_filters_paging_and_search(store: Store) -> None:
     c1 = await store.get_chat("c1")
     assert c1 is not None
     c1.pinned, c1.archived, c1.folder_id = True, True, "f1"
-    await store.update_chat(c1)
+    await store.change_chat(c1, "pinned", "archived", "folder_id")
     assert [c.id for c in await store.list_chats("u1", pinned=True, archived=None)] == ["c1"]
     assert "c1" not in [c.id for c in await store.list_chats("u1")]
     assert [c.id for c in await store.list_chats("u1", folder_id="f1", archived=None)] == ["c1"]
@@ -195,6 +195,40 @@ async def test_share_id_lookup(store: Store) -> None:
     await store.insert_chat(chat(share_id="s1"), [])
     assert (await store.get_chat_by_share_id("s1")).id == "c1"  # type: ignore[union-attr]
     assert await store.get_chat_by_share_id("s2") is None
+
+
+async def test_writes_of_a_chat_touch_only_their_own_columns(store: Store) -> None:
+    # A flag set and a tree written, each from a copy read before the other's write:
+    # neither undoes the other (a pin lost to an edit, an edit to a pin).
+    await store.insert_chat(chat(current_id="m1"), [msg("m1", None)])
+    flagged, edited = await store.get_chat("c1"), await store.get_chat("c1")
+    assert flagged is not None and edited is not None
+    flagged.pinned, flagged.share_id = True, "s1"
+    await store.change_chat(flagged, "pinned", "share_id")
+    edited.title, edited.current_id = "Edited", "m2"
+    await store.save_chat(edited, [msg("m2", "m1")])
+    both = await store.get_chat("c1")
+    assert both is not None and (both.pinned, both.share_id) == (True, "s1")
+    assert (both.title, both.current_id) == ("Edited", "m2")
+    with pytest.raises(ValueError):
+        await store.change_chat(both, "id")  # a row's id is not changed so
+    # Messages removed with a write, at once.
+    await store.save_chat(both, [], removed=["m2"])
+    assert [m.id for m in await store.get_messages("c1")] == ["m1"]
+
+
+async def test_a_chat_put_in_place_and_deleted_with_its_snapshot(store: Store) -> None:
+    await store.insert_chat(chat(share_id="s1"), [msg("m1", None)])
+    for text in ("first", "second"):  # put twice: the second replaces the first whole
+        snapshot = chat("s1", "shared:u1", title=text)
+        await store.put_chat(snapshot, [msg("m1", None, cid="s1", content=text)])
+    got = await store.get_chat("s1")
+    assert got is not None and got.title == "second"
+    assert [m.content for m in await store.get_messages("s1")] == ["second"]
+    # Deleting the chat deletes the snapshot its share id names, in one go.
+    assert await store.delete_chat("c1") is True
+    assert await store.get_chat("s1") is None and await store.get_messages("s1") == []
+    assert await store.delete_chat("c1") is False
 
 
 async def test_tags_lifecycle_and_delete_cascades(store: Store) -> None:

@@ -74,13 +74,20 @@ def _chat_values(chat: ChatRecord) -> tuple[Any, ...]:
     )
 
 
-def _chat_update(chat: ChatRecord) -> Statement:
-    return (
-        "UPDATE chats SET user_id = ?, title = ?, current_id = ?, created_at = ?, updated_at = ?, "
-        "share_id = ?, archived = ?, pinned = ?, folder_id = ?, meta = ?, extra = ?, "
-        "last_read_at = ?, assistant_id = ? WHERE id = ?",
-        (*_chat_values(chat)[1:], chat.id),
-    )
+# What a write of a chat's messages changes in its row (`save_chat`); the flags
+# (pin, archive, share, folder, last read) are `change_chat`'s.
+TREE_COLUMNS = ("title", "current_id", "updated_at", "extra")
+_JSON_COLUMNS = frozenset({"meta", "extra"})
+
+
+def _columns_update(chat: ChatRecord, columns: Sequence[str]) -> Statement:
+    known = [column.strip() for column in CHAT_COLUMNS.split(",")][1:]
+    if not columns or any(column not in known for column in columns):
+        raise ValueError(f"not columns of a chat's row: {columns!r}")
+    values = [getattr(chat, column) for column in columns]
+    values = [dumps(v) if c in _JSON_COLUMNS else v for c, v in zip(columns, values, strict=True)]
+    assignments = ", ".join(f"{column} = ?" for column in columns)
+    return (f"UPDATE chats SET {assignments} WHERE id = ?", (*values, chat.id))
 
 
 def _chat_filter(
@@ -170,8 +177,11 @@ class SQLChats(Tables):
             _chat, f"SELECT {CHAT_COLUMNS} FROM chats WHERE share_id = ?", share_id
         )
 
-    async def update_chat(self, chat: ChatRecord) -> None:
-        await self.db.execute(*_chat_update(chat))
+    async def change_chat(self, chat: ChatRecord, *columns: str) -> None:
+        """Only the named columns of the chat's row written, from `chat`: a flag set
+        (a pin, the last read time, a title) does not write back the rest of a row
+        read earlier, over another writer's change."""
+        await self.db.execute(*_columns_update(chat, columns))
 
     async def save_chat(
         self, chat: ChatRecord, messages: Sequence[MessageRecord], removed: Sequence[str] = ()
@@ -180,7 +190,8 @@ class SQLChats(Tables):
             ("DELETE FROM messages WHERE chat_id = ? AND id = ?", (chat.id, message_id))
             for message_id in removed
         ]
-        await self.db.batch([_chat_update(chat), *deletes, *upserts(chat.id, messages)])
+        row = _columns_update(chat, TREE_COLUMNS)
+        await self.db.batch([row, *deletes, *upserts(chat.id, messages)])
 
     async def list_chats(
         self,
@@ -212,12 +223,32 @@ class SQLChats(Tables):
         return [_chat(row) for row in await self.db.fetch(sql, [*args, *page_args])]
 
     async def delete_chat(self, chat_id: str) -> bool:
+        """The chat, and the snapshot of it a share link shows, in one transaction:
+        no link outlives its chat, whichever route deletes it."""
         async with self.db.transaction() as tx:
-            await tx.execute("DELETE FROM messages WHERE chat_id = ?", (chat_id,))
-            await tx.execute("DELETE FROM chat_tags WHERE chat_id = ?", (chat_id,))
-            deleted = await tx.execute("DELETE FROM chats WHERE id = ?", (chat_id,))
+            rows = await tx.fetch("SELECT share_id FROM chats WHERE id = ?", (chat_id,))
+            shared = [row[0] for row in rows if row[0] is not None]
+            for gone in (chat_id, *shared):
+                await tx.execute("DELETE FROM messages WHERE chat_id = ?", (gone,))
+                await tx.execute("DELETE FROM chat_tags WHERE chat_id = ?", (gone,))
+                deleted = await tx.execute("DELETE FROM chats WHERE id = ?", (gone,))
+                if gone == chat_id:
+                    found = int(deleted) > 0
             await drop_unused_tags(tx)
-        return int(deleted) > 0
+        return found
+
+    async def put_chat(self, chat: ChatRecord, messages: Sequence[MessageRecord]) -> None:
+        """The chat as given, in place of what is stored under its id (its messages
+        too), in one transaction; two at once leave one of the two whole."""
+        columns = [column.strip() for column in CHAT_COLUMNS.split(",")]
+        changed = ", ".join(f"{column} = excluded.{column}" for column in columns[1:])
+        put = (
+            f"INSERT INTO chats ({CHAT_COLUMNS}) VALUES ({_CHAT_MARKS}) "
+            f"ON CONFLICT (id) DO UPDATE SET {changed}",
+            _chat_values(chat),
+        )
+        clear = ("DELETE FROM messages WHERE chat_id = ?", (chat.id,))
+        await self.db.batch([put, clear, *upserts(chat.id, messages)])
 
     async def delete_user_chats(self, user_id: str) -> int:
         async with self.db.transaction() as tx:
