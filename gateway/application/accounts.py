@@ -8,8 +8,9 @@ store exists: a verified JWT for an unknown id creates that user (role
 and keys from `GATEWAY_API_KEYS` still work (their users are created on
 first use too).
 
-A JWT's principal (id, name, role: none of them changes while the user
-exists) is remembered for `remember_s`, the access recheck's period, so a
+A JWT's principal (id, name, role: only an admin's role change, `set_role`,
+changes one, and is taken within that time) is remembered for `remember_s`, the
+access recheck's period, so a
 busy user's requests do not each wait for a store read (bench/RESULTS.md,
 "Levers").  Removal is the one change that matters, and it is seen no later
 than before: `forget` runs where the access guard learns of a removal (at
@@ -134,6 +135,20 @@ class StoreDirectory:
                 raise
             return existing
         return user
+
+
+async def set_role(store: UserStore, user_id: str, role: str) -> UserRecord:
+    """The user's role changed (`pending` → `user` lets them in); NotFound, or
+    BadRequest for a role that is none of ROLES."""
+    if role not in ROLES:
+        raise BadRequest(f"role must be one of {', '.join(ROLES)}")
+    user = await store.get_user(user_id)
+    if user is None:
+        raise NotFound("User not found")
+    user.role = role
+    user.updated_at = int(time.time())
+    await store.update_user(user)
+    return user
 
 
 async def add_user(
@@ -307,6 +322,16 @@ class Accounts:
             raise NotFound("User not found")
         for revocation in revocations:
             await self._access.revoked(revocation)
+
+    async def set_role(self, admin: Principal, user_id: str, role: str) -> UserRecord:
+        """An admin lets a `pending` user in, or changes anyone's role but their own."""
+        if not admin.is_admin:
+            raise Forbidden("Only admins change roles")
+        if user_id == admin.user_id:
+            raise Forbidden("You cannot change your own role")
+        # Taken by every replica within the access recheck's period (principals are
+        # remembered that long: `StoreDirectory`).
+        return await set_role(self._store, user_id, role)
 
     async def new_key(self, principal: Principal, kind: str = "openwebui") -> str:
         """A new key; for Open WebUI the one before is revoked (one key per user)."""

@@ -182,6 +182,21 @@ def users_remove(args: argparse.Namespace) -> int:
     return _with_store(args, action)
 
 
+def users_role(args: argparse.Namespace) -> int:
+    from gateway.application.accounts import set_role
+
+    async def action(store: Any) -> int:
+        user = await _find_user(store, args.user)
+        if user is None:
+            return 1
+        await set_role(store, user.id, args.role)
+        # Running gateways take it within a few seconds (they remember users briefly).
+        print(f"{user.id}\t{user.email or '-'}\t{args.role}")
+        return 0
+
+    return _with_store(args, action)
+
+
 def apikey_create(args: argparse.Namespace) -> int:
     from gateway.application.accounts import create_api_key
 

@@ -121,6 +121,12 @@ def _accounts(sub: Subparsers, common: _Parser) -> None:
     )
     remove.add_argument("user", help="user id or email")
     remove.set_defaults(run=commands.users_remove)
+    role = users_sub.add_parser(
+        "role", help="change a user's role (pending → user lets them in)", parents=[common]
+    )
+    role.add_argument("user", help="user id or email")
+    role.add_argument("role", choices=["admin", "user", "pending"])
+    role.set_defaults(run=commands.users_role)
 
     apikey = sub.add_parser("apikey", help="manage API keys", parents=[common])
     apikey_sub = apikey.add_subparsers(dest="apikey_command", required=True, parser_class=_Parser)

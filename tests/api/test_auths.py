@@ -155,6 +155,12 @@ def test_cli_users_and_api_keys(start_gateway: Any, tmp_path: Path) -> None:
     listed = run_cli(data, "users", "list")
     assert "root@example.com" in listed.stdout and "admin" in listed.stdout
     assert "note:" not in listed.stderr
+    # A role changed (how a pending user is let in), then back.
+    pending = run_cli(data, "users", "role", "root@example.com", "pending")
+    assert pending.returncode == 0 and pending.stdout.strip().endswith("pending"), pending
+    assert "\tpending\t" in run_cli(data, "users", "list").stdout
+    assert run_cli(data, "users", "role", "root@example.com", "admin").returncode == 0
+    assert run_cli(data, "users", "role", "nobody@example.com", "user").returncode == 1
     key = run_cli(data, "apikey", "create", "--user", "root@example.com").stdout.strip()
     ragflow_key = run_cli(
         data, "apikey", "create", "--user", user_id, "--kind", "ragflow"

@@ -498,3 +498,38 @@ async def test_names_addresses_and_tags_are_bounded(start_gateway: Any) -> None:
     assert too_long.status == 400 and "100" in too_long.body["detail"]
     tagged = await call("POST", f"{gw.url}{CHATS}/{chat_id}/tags", token, {"name": "t" * 100})
     assert tagged.status == 200 and [tag["name"] for tag in tagged.body] == ["t" * 100]
+
+
+async def test_an_admin_lets_a_pending_user_in(start_gateway: Any) -> None:
+    # Refused while pending, nothing could change a role: the account was dead.
+    gw: GatewayProcess = start_gateway({"GATEWAY_ACCESS_RECHECK_S": "0.2"})
+    admin = await post_json(
+        f"{gw.url}{AUTHS}/signup",
+        None,
+        {"name": "Ada", "email": "ada@example.com", "password": "ada-secret"},
+    )
+    credentials = {"email": "pat@example.com", "password": "pat-secret"}
+    pat = await post_json(
+        f"{gw.url}{AUTHS}/add", admin["token"], {"name": "Pat", "role": "pending", **credentials}
+    )
+    token = (await post_json(f"{gw.url}{AUTHS}/signin", None, credentials))["token"]
+    role_url = f"{gw.url}/api/v1/users/update/role"
+    refused = await call("POST", role_url, token, {"id": pat["id"], "role": "user"})
+    assert refused.status == 401  # a pending user cannot let themselves in
+    mine = await call("POST", role_url, admin["token"], {"id": admin["id"], "role": "user"})
+    assert mine.status == 403  # nor an admin change their own role
+    let_in = await call("POST", role_url, admin["token"], {"id": pat["id"], "role": "user"})
+    assert let_in.status == 200 and let_in.body["role"] == "user"
+    assert "password" not in let_in.text
+    made = await eventually_status(gw, token, 200)
+    assert made.body["user_id"] == pat["id"]
+
+
+async def eventually_status(gw: GatewayProcess, token: str, status: int) -> Reply:
+    """A chat made once the role is taken (principals are remembered a recheck long)."""
+    for _ in range(50):
+        made = await call("POST", f"{gw.url}{CHATS}/new", token, {"chat": {"title": "in"}})
+        if made.status == status:
+            return made
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"still {made.status}: {made.body}")
