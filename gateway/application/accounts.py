@@ -42,6 +42,11 @@ ROLES = ("admin", "user", "pending")
 # An address's longest (RFC 5321's path, less its brackets); a display name's.
 MAX_EMAIL_CHARS = 254
 MAX_NAME_CHARS = 256
+# A picture (a data URL, as the web app makes one) and the prompt variables a user
+# keeps (Settings › Account), at most.
+MAX_PICTURE_CHARS = 1024 * 1024
+MAX_VARIABLES, MAX_VARIABLE_CHARS = 100, 4096
+VARIABLES = "variables"  # their key in the user's stored settings
 SIGNUP_DISABLED = "Sign-up is disabled; ask an admin to add you"
 
 
@@ -308,8 +313,51 @@ class Accounts:
 
     async def save_settings(self, principal: Principal, settings: dict[str, Any]) -> None:
         user = await self.user(principal)
-        user.settings = settings
+        kept = {VARIABLES: user.settings[VARIABLES]} if VARIABLES in user.settings else {}
+        user.settings = {**kept, **settings}
         await self._store.update_user(user)
+
+    async def variables(self, principal: Principal) -> dict[str, str]:
+        """The user's own prompt variables (the web app's Settings › Account)."""
+        found = (await self.user(principal)).settings.get(VARIABLES)
+        return dict(found) if isinstance(found, dict) else {}
+
+    async def save_variables(self, principal: Principal, variables: Any) -> dict[str, str]:
+        if not (
+            isinstance(variables, dict)
+            and len(variables) <= MAX_VARIABLES
+            and all(
+                isinstance(v, str) and len(k) <= MAX_NAME_CHARS and len(v) <= MAX_VARIABLE_CHARS
+                for k, v in variables.items()
+            )
+        ):
+            raise BadRequest(
+                f"'variables' must be an object of at most {MAX_VARIABLES} names (of at most "
+                f"{MAX_NAME_CHARS} characters) to strings of at most {MAX_VARIABLE_CHARS}"
+            )
+        user = await self.user(principal)
+        user.settings = {**user.settings, VARIABLES: dict(variables)}
+        await self._store.update_user(user)
+        return dict(variables)
+
+    async def update_profile(
+        self, principal: Principal, name: Any, profile_image_url: Any
+    ) -> UserRecord:
+        """The user's own name and picture (the web app's Settings › Account)."""
+        user = await self.user(principal)
+        if name is not None:
+            if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS:
+                raise BadRequest(f"'name' must be a string of 1 to {MAX_NAME_CHARS} characters")
+            user.name = name.strip()
+        if profile_image_url is not None:
+            if not isinstance(profile_image_url, str) or len(profile_image_url) > MAX_PICTURE_CHARS:
+                raise BadRequest(
+                    f"'profile_image_url' must be a URL of at most {MAX_PICTURE_CHARS:,} characters"
+                )
+            user.profile_image_url = profile_image_url
+        user.updated_at = int(time.time())
+        await self._store.update_user(user)
+        return user
 
     async def remove(self, admin: Principal, user_id: str) -> None:
         if not admin.is_admin:

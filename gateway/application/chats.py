@@ -148,6 +148,34 @@ class Chats:
     ) -> ChatRecord:
         return await self.book.clone(principal, source, title)
 
+    async def fork(self, principal: Principal, source: ChatRecord, up_to: str) -> ChatRecord:
+        """The web app's "Fork chat": the conversation down to a message, a chat of its
+        own under the same title."""
+        return await self.book.clone(principal, source, source.title, up_to=up_to)
+
+    async def shared_items(self, principal: Principal, page: int | None) -> list[Any]:
+        """The user's shared chats (Settings › Data Controls › Shared Chats)."""
+        skip, limit = page_bounds(page)
+        chats = await self._store.list_chats(
+            principal.user_id, shared=True, archived=None, skip=skip, limit=limit
+        )
+        return [{**list_item(chat), "share_id": chat.share_id} for chat in chats]
+
+    async def unshare_all(self, principal: Principal) -> None:
+        for chat in await self._store.list_chats(principal.user_id, shared=True, archived=None):
+            await self.book.unshare(chat)
+
+    async def archived_count(self, principal: Principal) -> int:
+        return len(await self._store.list_chats(principal.user_id, archived=True))
+
+    async def mark_all_read(self, principal: Principal) -> None:
+        await self._store.mark_all_read(principal.user_id, int(time.time()))
+
+    async def mark_unread(self, principal: Principal, chat_id: str) -> None:
+        chat = await self.book.owned(principal, chat_id)
+        chat.last_read_at = None
+        await self._store.change_chat(chat, "last_read_at")
+
     async def mark_read(self, principal: Principal, chat_id: str) -> bool:
         """The web app tells when a chat was last read; False for another's chat."""
         try:

@@ -357,15 +357,29 @@ class ChatBook:
         return chat
 
     async def clone(
-        self, principal: Principal, source: ChatRecord, title: str | None
+        self,
+        principal: Principal,
+        source: ChatRecord,
+        title: str | None,
+        up_to: str | None = None,
     ) -> ChatRecord:
+        """A copy of the chat, its own; `up_to` a message: only the messages from the
+        root down to it (the web app's "fork"), it the current one."""
         records = await self.store.get_messages(source.id)
+        current = source.current_id
+        if up_to is not None:
+            by_id = {record.id: record for record in records}
+            path = tree.path_to(history_of(source, records), up_to) if up_to in by_id else []
+            if not path:
+                raise NotFound("Message not found")
+            records = [by_id[message["id"]] for message in path]
+            current = up_to
         created = now_s()
         chat = ChatRecord(
             id=str(uuid.uuid4()),
             user_id=principal.user_id,
             title=title or f"Clone of {source.title}",
-            current_id=source.current_id,
+            current_id=current,
             created_at=created,
             updated_at=created,
             folder_id=source.folder_id if source.user_id == principal.user_id else None,
@@ -373,7 +387,7 @@ class ChatBook:
             extra={
                 **source.extra,
                 "originalChatId": source.id,
-                "branchPointMessageId": source.current_id,
+                "branchPointMessageId": current,
             },
         )
         await self.store.insert_chat(chat, _copies(chat.id, records))

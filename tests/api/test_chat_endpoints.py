@@ -796,6 +796,47 @@ async def test_a_message_deleted_takes_its_replies_and_moves_theirs_up(
     assert set(after["chat"]["history"]["messages"]) == {"u1", "a1", "u3"}
 
 
+# -- the 0.12.4 web app's other chat calls (each a 404, or another route's 400) --------
+async def test_fork_shared_list_read_marks_and_archived_count(alice: Client, bob: Client) -> None:
+    messages = {**turn_pair("u1", "a1", None), **turn_pair("u2", "a2", "a1")}
+    chat = {"title": "Forked", "history": {"currentId": "a2", "messages": messages}}
+    cid = (await alice.call("POST", "/new", {"chat": chat}))["id"]
+
+    # "Fork chat" under a reply: the conversation down to it, a chat of its own.
+    fork = await alice.call("POST", f"/{cid}/fork", {"message_id": "a1"})
+    assert fork["id"] != cid and fork["title"] == "Forked"
+    assert [m["id"] for m in fork["chat"]["messages"]] == ["u1", "a1"]
+    assert set(fork["chat"]["history"]["messages"]) == {"u1", "a1"}
+    whole = await alice.call("POST", f"/{cid}/fork", {"message_id": None})  # the current one
+    assert [m["id"] for m in whole["chat"]["messages"]] == ["u1", "a1", "u2", "a2"]
+    await alice.call("POST", f"/{cid}/fork", {"message_id": "nope"}, expect=404)
+    await bob.call("POST", f"/{cid}/fork", {"message_id": "a1"}, expect=404)
+
+    # Shared chats, listed and unshared at once.
+    assert await alice.call("GET", "/shared?page=1") == []
+    share_id = (await alice.call("POST", f"/{cid}/share"))["share_id"]
+    listed = await alice.call("GET", "/shared?page=1")
+    assert [(c["id"], c["share_id"]) for c in listed] == [(cid, share_id)]
+    assert await bob.call("GET", "/shared?page=1") == []
+    assert await alice.call("DELETE", "/share/all") is True
+    assert await alice.call("GET", "/shared") == []
+    await bob.call("GET", f"/share/{share_id}", expect=404)
+
+    # Read marks: all read, one unread.
+    assert await alice.call("POST", "/read") is True
+    items = {c["id"]: c for c in await alice.call("GET", "/")}
+    assert all(isinstance(c["last_read_at"], int) for c in items.values())
+    assert await alice.call("POST", f"/{cid}/unread") is True
+    assert {c["id"]: c for c in await alice.call("GET", "/")}[cid]["last_read_at"] is None
+    await bob.call("POST", f"/{cid}/unread", expect=404)
+
+    # Archived, counted.
+    assert await alice.call("GET", "/archived/count") == 0
+    await alice.call("POST", f"/{cid}/archive")
+    assert await alice.call("GET", "/archived/count") == 1
+    assert await bob.call("GET", "/archived/count") == 0
+
+
 # -- found by these tests and fixed ------------------------------------------
 @pytest.mark.parametrize(("mid", "parent"), [("a1", "a1"), ("u1", "a1")])
 async def test_upsert_message_cannot_create_a_cycle(alice: Client, mid: str, parent: str) -> None:

@@ -395,3 +395,53 @@ async def test_completed_refuses_a_non_object(
 async def test_completed_needs_a_token(gateway: GatewayProcess, path: str) -> None:
     status, answer = await call("POST", gateway.url + path, body={"model": "fake-model"})
     assert status == 401 and isinstance(answer["detail"], str)
+
+
+# --- Settings › Account (the 0.12.4 web app's calls on opening and saving it) ------------
+
+
+async def test_account_settings_keep_variables_name_and_picture(gateway: GatewayProcess) -> None:
+    # Each was a 404: a toast at every opening, a red MFA section, nothing saved.
+    user_id = new_user_id()
+    headers = bearer(user_id)
+    base = gateway.url + "/api/v1"
+    status, body = await call("GET", base + "/auths/mfa/status", headers=headers)
+    assert status == 200 and body == {"enabled": False, "required": False}
+    status, body = await call("GET", base + "/users/user/variables", headers=headers)
+    assert status == 200 and body == {"variables": {}}
+    variables = {"city": "Lyon", "tone": "brief"}
+    status, body = await call(
+        "POST",
+        base + "/users/user/variables/update",
+        headers=headers,
+        body={"variables": variables},
+    )
+    assert status == 200 and body == {"variables": variables}
+    # Kept beside the web app's own settings, which it saves whole.
+    await call("POST", base + "/users/user/settings/update", headers=headers, body={"ui": {"a": 1}})
+    status, body = await call("GET", base + "/users/user/variables", headers=headers)
+    assert body == {"variables": variables}
+    status, body = await call(
+        "POST",
+        base + "/users/user/variables/update",
+        headers=headers,
+        body={"variables": {"x": 1}},
+    )
+    assert status == 400 and "variables" in body["detail"]
+
+    picture = "data:image/png;base64,iVBORw0KGgo="
+    profile = {"name": "  Renamed ", "profile_image_url": picture, "bio": "ignored"}
+    status, body = await call("POST", base + "/auths/update/profile", headers=headers, body=profile)
+    assert status == 200 and body["name"] == "Renamed" and body["id"] == user_id
+    status, session = await call("GET", base + "/auths/", headers=headers)
+    assert session["name"] == "Renamed" and session["profile_image_url"] == picture
+    status, body = await call(
+        "POST", base + "/auths/update/profile", headers=headers, body={"name": "n" * 257}
+    )
+    assert status == 400
+
+
+async def test_the_config_hides_what_the_gateway_does_not_do(gateway: GatewayProcess) -> None:
+    status, config = await call("GET", gateway.url + "/api/config", headers=bearer(new_user_id()))
+    assert status == 200 and config["features"]["enable_user_status"] is False
+    assert config["ui"]["visibility"] == {"chat.merge": False, "settings.usage": False}

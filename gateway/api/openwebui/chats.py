@@ -246,6 +246,47 @@ async def clone(request: web.Request) -> web.Response:
     return await _respond(chats, await chats.clone(principal, chat, title))
 
 
+async def fork(request: web.Request) -> web.Response:
+    """`{message_id}`: the conversation down to it (the current message when null)."""
+    chats, principal, chat = await _one(request)
+    body = await read_json(request) if request.can_read_body else {}
+    up_to = body.get("message_id") if isinstance(body, Mapping) else None
+    if up_to is not None and not isinstance(up_to, str):
+        raise BadRequest("'message_id' must be a string or null")
+    up_to = up_to or chat.current_id
+    if up_to is None:
+        raise BadRequest("The chat has no message to fork from")
+    return await _respond(chats, await chats.fork(principal, chat, up_to))
+
+
+async def shared_list(request: web.Request) -> web.Response:
+    chats, principal = await _context(request)
+    return web.json_response(await chats.shared_items(principal, _page(request)))
+
+
+async def unshare_all(request: web.Request) -> web.Response:
+    chats, principal = await _context(request)
+    await chats.unshare_all(principal)
+    return web.json_response(True)
+
+
+async def mark_all_read(request: web.Request) -> web.Response:
+    chats, principal = await _context(request)
+    await chats.mark_all_read(principal)
+    return web.json_response(True)
+
+
+async def mark_unread(request: web.Request) -> web.Response:
+    chats, principal = await _context(request)
+    await chats.mark_unread(principal, request.match_info["id"])
+    return web.json_response(True)
+
+
+async def archived_count(request: web.Request) -> web.Response:
+    chats, principal = await _context(request)
+    return web.json_response(await chats.archived_count(principal))
+
+
 async def clone_shared(request: web.Request) -> web.Response:
     chats, principal = await _context(request)
     source = await chats.shared(request.match_info["id"])
@@ -311,7 +352,11 @@ def add_routes(app: web.Application) -> None:
     r.add_post(f"{p}/archive/all", archive_all)
     r.add_post(f"{p}/unarchive/all", unarchive_all)
     r.add_delete(f"{p}/", delete_all)
+    r.add_get(f"{p}/shared", shared_list)
+    r.add_delete(f"{p}/share/all", unshare_all)
     r.add_get(f"{p}/share/{{share_id}}", shared_view)
+    r.add_post(f"{p}/read", mark_all_read)
+    r.add_get(f"{p}/archived/count", archived_count)
     r.add_post(f"{p}/tags", by_tag)
     r.add_get(f"{p}/folder/{{fid}}", by_folder)
     r.add_get(f"{p}/folder/{{fid}}/list", by_folder_list)
@@ -325,6 +370,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post(f"{p}/{{id}}/pin", toggle_pin)
     r.add_post(f"{p}/{{id}}/clone", clone)
     r.add_post(f"{p}/{{id}}/clone/shared", clone_shared)
+    r.add_post(f"{p}/{{id}}/fork", fork)
+    r.add_post(f"{p}/{{id}}/unread", mark_unread)
     r.add_post(f"{p}/{{id}}/archive", toggle_archive)
     r.add_post(f"{p}/{{id}}/share", share)
     r.add_delete(f"{p}/{{id}}/share", unshare)

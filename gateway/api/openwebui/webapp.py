@@ -11,6 +11,10 @@ POST /api/v1/users/user/settings/update   stores them and echoes them
 GET  /api/v1/{tools,skills,functions,folders}/, /api/v1/folders/shared,
      /api/v1/configs/banners   []
 POST /api/v1/folders/         400: no folders (the config says `enable_folders: false`)
+GET  /api/v1/users/user/variables, POST .../variables/update   the user's prompt
+                              variables ({"variables": {name: text}})
+POST /api/v1/auths/update/profile   the user's own name and picture → the user
+GET  /api/v1/auths/mfa/status  {"enabled": false, "required": false}: no second factor
 POST /api/chat/completed      older clients' end-of-reply call: the messages as stored
 """
 
@@ -23,6 +27,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.api.common import principal_of, read_json
+from gateway.api.openwebui.users import user_view
 from gateway.application.keys import ACCOUNTS, AUTHENTICATOR, CHATS, SETTINGS
 from gateway.edge.auth import Principal, find_token
 from gateway.errors import BadRequest, GatewayError
@@ -107,6 +112,7 @@ def _features(settings: Settings, signed_in: bool) -> dict[str, Any]:
                 "enable_message_rating": False,
                 "enable_memories": False,
                 "enable_version_update_check": False,
+                "enable_user_status": False,  # (no status to keep)
             }
         )
     return features
@@ -130,7 +136,10 @@ async def config(request: web.Request) -> web.Response:
                 "default_prompt_suggestions": [],
                 "file": {"max_size": None, "max_count": None},
                 "permissions": {},
-                "ui": {},
+                # Controls of what the gateway does not do, hidden (for users: the
+                # app shows everything to admins): merging several models' replies,
+                # the usage tab.
+                "ui": {"visibility": {"chat.merge": False, "settings.usage": False}},
             }
         )
     return web.json_response(body)
@@ -161,6 +170,38 @@ async def update_user_settings(request: web.Request) -> web.Response:
         raise BadRequest("Body must be an object of settings")
     await request.app[ACCOUNTS].save_settings(principal, dict(body))
     return web.json_response(dict(body))
+
+
+async def user_variables(request: web.Request) -> web.Response:
+    variables = await request.app[ACCOUNTS].variables(await principal_of(request))
+    return web.json_response({"variables": variables})
+
+
+async def update_user_variables(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    body = await read_json(request)
+    variables = body.get("variables") if isinstance(body, Mapping) else None
+    saved = await request.app[ACCOUNTS].save_variables(principal, variables)
+    return web.json_response({"variables": saved})
+
+
+async def update_profile(request: web.Request) -> web.Response:
+    """The user's own name and picture; the rest of the form (bio, gender, birth
+    date) is not kept."""
+    principal = await principal_of(request)
+    body = await read_json(request)
+    if not isinstance(body, Mapping):
+        raise BadRequest("Body must be an object")
+    user = await request.app[ACCOUNTS].update_profile(
+        principal, body.get("name"), body.get("profile_image_url")
+    )
+    return web.json_response(user_view(user))
+
+
+async def mfa_status(request: web.Request) -> web.Response:
+    """No second factor here (SECURITY.md): none enabled, none required."""
+    await principal_of(request)
+    return web.json_response({"enabled": False, "required": False})
 
 
 async def empty_list(request: web.Request) -> web.Response:
@@ -214,6 +255,10 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/changelog", changelog)
     r.add_get("/api/v1/users/user/settings", user_settings)
     r.add_post("/api/v1/users/user/settings/update", update_user_settings)
+    r.add_get("/api/v1/users/user/variables", user_variables)
+    r.add_post("/api/v1/users/user/variables/update", update_user_variables)
+    r.add_post("/api/v1/auths/update/profile", update_profile)
+    r.add_get("/api/v1/auths/mfa/status", mfa_status)
     for path in (
         "/api/v1/tools/",
         "/api/v1/skills/",

@@ -99,10 +99,13 @@ def _chat_filter(
     tag: str | None,
     text: str | None,
     assistant_id: str | None,
+    shared: bool | None = None,
 ) -> tuple[list[str], list[Any]]:
     """The WHERE conditions of `list_chats` (on `chats c`) and their arguments."""
     where = ["c.user_id = ?"]
     args: list[Any] = [user_id]
+    if shared is not None:
+        where.append("c.share_id IS NOT NULL" if shared else "c.share_id IS NULL")
     equal = (
         ("c.assistant_id", assistant_id),
         ("c.archived", archived),
@@ -177,6 +180,11 @@ class SQLChats(Tables):
             _chat, f"SELECT {CHAT_COLUMNS} FROM chats WHERE share_id = ?", share_id
         )
 
+    async def mark_all_read(self, user_id: str, at: int) -> int:
+        return await self.db.execute(
+            "UPDATE chats SET last_read_at = ? WHERE user_id = ?", (at, user_id)
+        )
+
     async def change_chat(self, chat: ChatRecord, *columns: str) -> None:
         """Only the named columns of the chat's row written, from `chat`: a flag set
         (a pin, the last read time, a title) does not write back the rest of a row
@@ -203,6 +211,7 @@ class SQLChats(Tables):
         tag: str | None = None,
         text: str | None = None,
         assistant_id: str | None = None,
+        shared: bool | None = None,
         skip: int = 0,
         limit: int | None = None,
     ) -> list[ChatRecord]:
@@ -214,6 +223,7 @@ class SQLChats(Tables):
             tag=tag,
             text=text,
             assistant_id=assistant_id,
+            shared=shared,
         )
         page, page_args = _page(self.db.dialect, skip, limit)
         sql = (
