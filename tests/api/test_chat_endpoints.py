@@ -818,6 +818,11 @@ async def test_fork_shared_list_read_marks_and_archived_count(alice: Client, bob
     listed = await alice.call("GET", "/shared?page=1")
     assert [(c["id"], c["share_id"]) for c in listed] == [(cid, share_id)]
     assert await bob.call("GET", "/shared?page=1") == []
+    # A link is for anyone signed in: no grants, and none to give.
+    assert await alice.call("GET", f"/shared/{cid}/access") == []
+    refused = await alice.call("POST", f"/shared/{cid}/access/update", {}, expect=400)
+    assert "anyone signed in" in refused["detail"]
+    await bob.call("GET", f"/shared/{cid}/access", expect=404)
     assert await alice.call("DELETE", "/share/all") is True
     assert await alice.call("GET", "/shared") == []
     await bob.call("GET", f"/share/{share_id}", expect=404)

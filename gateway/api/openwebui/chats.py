@@ -264,6 +264,20 @@ async def shared_list(request: web.Request) -> web.Response:
     return web.json_response(await chats.shared_items(principal, _page(request)))
 
 
+async def access_grants(request: web.Request) -> web.Response:
+    """A share link is for anyone signed in: no grants to list…"""
+    chats, principal = await _context(request)
+    await chats.owned(principal, request.match_info["id"])
+    return web.json_response([])
+
+
+async def update_access_grants(request: web.Request) -> web.Response:
+    """…nor to give."""
+    chats, principal = await _context(request)
+    await chats.owned(principal, request.match_info["id"])
+    raise BadRequest("A share link is for anyone signed in: access cannot be limited here")
+
+
 async def unshare_all(request: web.Request) -> web.Response:
     chats, principal = await _context(request)
     await chats.unshare_all(principal)
@@ -353,6 +367,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post(f"{p}/unarchive/all", unarchive_all)
     r.add_delete(f"{p}/", delete_all)
     r.add_get(f"{p}/shared", shared_list)
+    r.add_get(f"{p}/shared/{{id}}/access", access_grants)
+    r.add_post(f"{p}/shared/{{id}}/access/update", update_access_grants)
     r.add_delete(f"{p}/share/all", unshare_all)
     r.add_get(f"{p}/share/{{share_id}}", shared_view)
     r.add_post(f"{p}/read", mark_all_read)
