@@ -18,6 +18,7 @@ escapes a client's control characters for a header or a log line (`printable`).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -64,9 +65,11 @@ def _unstorable(text: str) -> bool:
 def client_json(raw: str | bytes) -> Any:
     """JSON a client sent, parsed: `ValueError` for what is not JSON or is nested
     too deeply for the parser (Python's recursion limit, about 1,000 levels: no
-    chat client nests a tenth of that), every string storable."""
+    chat client nests a tenth of that), every string storable.  `NaN`,
+    `Infinity` and numbers past a double (`1e999`) are no JSON (Python's reader
+    takes them): relayed, they made a body a model server could not read."""
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     # NUL and lone surrogates reach a string only through a \u escape (or, in
@@ -84,6 +87,17 @@ def client_json(raw: str | bytes) -> Any:
         return storable_value(value)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]} is past a double")
+    return number
 
 
 # The longest close reason a WebSocket close frame carries (RFC 6455 §5.5: a control

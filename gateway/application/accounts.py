@@ -32,6 +32,7 @@ from gateway.edge.passwords import Passwords
 from gateway.edge.secrets import hash_api_key, new_api_key
 from gateway.edge.throttle import SignInThrottle
 from gateway.errors import AuthError, BadRequest, Conflict, Forbidden, NotFound
+from gateway.flavours.avatars import data_url_image
 from gateway.store import ApiKeyRecord, DuplicateKey, Revocation, UserRecord, UserStore
 from gateway.store.records import SHARED_BY
 
@@ -142,6 +143,14 @@ class StoreDirectory:
         return user
 
 
+def _a_picture(url: Any) -> bool:
+    """What a user may give as their picture: a raster data: URL (what the web app
+    makes), the default, or nothing; never a page (SVG) or another site's URL."""
+    if not isinstance(url, str) or len(url) > MAX_PICTURE_CHARS:
+        return False
+    return url in ("", DEFAULT_AVATAR) or data_url_image(url) is not None
+
+
 async def set_role(store: UserStore, user_id: str, role: str) -> UserRecord:
     """The user's role changed (`pending` → `user` lets them in); NotFound, or
     BadRequest for a role that is none of ROLES."""
@@ -152,7 +161,7 @@ async def set_role(store: UserStore, user_id: str, role: str) -> UserRecord:
         raise NotFound("User not found")
     user.role = role
     user.updated_at = int(time.time())
-    await store.update_user(user)
+    await store.change_user(user, "role", "updated_at")
     return user
 
 
@@ -312,10 +321,13 @@ class Accounts:
         return await self._store.get_user(user_id)
 
     async def save_settings(self, principal: Principal, settings: dict[str, Any]) -> None:
+        """The web app's settings, merged key by key into the stored ones (it sends
+        one part at a time: `{ui}`, `{keybindings}`); the prompt variables are
+        `save_variables`'."""
         user = await self.user(principal)
-        kept = {VARIABLES: user.settings[VARIABLES]} if VARIABLES in user.settings else {}
-        user.settings = {**kept, **settings}
-        await self._store.update_user(user)
+        given = {key: value for key, value in settings.items() if key != VARIABLES}
+        user.settings = {**user.settings, **given}
+        await self._store.change_user(user, "settings")
 
     async def variables(self, principal: Principal) -> dict[str, str]:
         """The user's own prompt variables (the web app's Settings › Account)."""
@@ -337,7 +349,7 @@ class Accounts:
             )
         user = await self.user(principal)
         user.settings = {**user.settings, VARIABLES: dict(variables)}
-        await self._store.update_user(user)
+        await self._store.change_user(user, "settings")
         return dict(variables)
 
     async def update_profile(
@@ -350,13 +362,14 @@ class Accounts:
                 raise BadRequest(f"'name' must be a string of 1 to {MAX_NAME_CHARS} characters")
             user.name = name.strip()
         if profile_image_url is not None:
-            if not isinstance(profile_image_url, str) or len(profile_image_url) > MAX_PICTURE_CHARS:
+            if not _a_picture(profile_image_url):
                 raise BadRequest(
-                    f"'profile_image_url' must be a URL of at most {MAX_PICTURE_CHARS:,} characters"
+                    "'profile_image_url' must be a PNG, JPEG, GIF or WebP picture as a base64 "
+                    f"data: URL of at most {MAX_PICTURE_CHARS:,} characters, or empty"
                 )
-            user.profile_image_url = profile_image_url
+            user.profile_image_url = profile_image_url or DEFAULT_AVATAR
         user.updated_at = int(time.time())
-        await self._store.update_user(user)
+        await self._store.change_user(user, "name", "profile_image_url", "updated_at")
         return user
 
     async def remove(self, admin: Principal, user_id: str) -> None:
@@ -377,6 +390,13 @@ class Accounts:
             raise Forbidden("Only admins change roles")
         if user_id == admin.user_id:
             raise Forbidden("You cannot change your own role")
+        admins = sorted(
+            (u for u in await self._store.list_users() if u.role == "admin"),
+            key=lambda u: (u.created_at, u.id),
+        )
+        if role != "admin" and admins and admins[0].id == user_id:
+            # As in Open WebUI: the first admin stays one (the operator's CLI can).
+            raise Forbidden("The first admin's role cannot be changed here")
         # Taken by every replica within the access recheck's period (principals are
         # remembered that long: `StoreDirectory`).
         return await set_role(self._store, user_id, role)

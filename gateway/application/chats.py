@@ -137,6 +137,9 @@ class Chats:
     async def set_flags(self, chat: ChatRecord, **changes: Any) -> ChatRecord:
         return await self.book.set_flags(chat, **changes)
 
+    async def set_params(self, chat: ChatRecord, params: dict[str, Any]) -> ChatRecord:
+        return await self.book.set_params(chat, params)
+
     async def share(self, chat: ChatRecord) -> ChatRecord:
         return await self.book.share(chat)
 
@@ -171,10 +174,13 @@ class Chats:
     async def mark_all_read(self, principal: Principal) -> None:
         await self._store.mark_all_read(principal.user_id, int(time.time()))
 
-    async def mark_unread(self, principal: Principal, chat_id: str) -> None:
+    async def mark_unread(self, principal: Principal, chat_id: str) -> dict[str, Any]:
+        """Read at 0: before anything in it (the web app's unread is `updated_at` past
+        `last_read_at`); the chat's new read state, as the app reads it."""
         chat = await self.book.owned(principal, chat_id)
-        chat.last_read_at = None
+        chat.last_read_at = 0
         await self._store.change_chat(chat, "last_read_at")
+        return {"chat_id": chat.id, "last_read_at": 0}
 
     async def mark_read(self, principal: Principal, chat_id: str) -> bool:
         """The web app tells when a chat was last read; False for another's chat."""

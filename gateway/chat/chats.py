@@ -174,13 +174,15 @@ class ChatBook:
     async def shared(self, share_id: str) -> ChatRecord:
         """A shared chat's snapshot, as anyone with its link sees it (`_shown`)."""
         snapshot = await self.store.get_chat(share_id)
+        chat = await self.store.get_chat_by_share_id(share_id)
+        if chat is None:
+            # No chat carries the link (any more): a snapshot left by an unshare cut
+            # short, or a share that lost to another at once, is never shown.
+            raise NotFound("Shared chat not found")
         if snapshot is not None and snapshot.user_id.startswith(SHARED_BY):
             return _shown(snapshot)
         # Shared before snapshots were made: its snapshot is made now (under the
         # chat's edit lock, the link read again: an unshare meanwhile wins).
-        chat = await self.store.get_chat_by_share_id(share_id)
-        if chat is None:
-            raise NotFound("Shared chat not found")
         async with self._editing(chat.id):
             chat = await self.store.get_chat_by_share_id(share_id)
             if chat is None:
@@ -287,7 +289,7 @@ class ChatBook:
             chat.extra = {**chat.extra, **chat_extra(chat_obj)}
             chat.current_id = merged["currentId"]
             chat.updated_at = now_s()
-            await self.store.save_chat(chat, changed)
+            await self.store.save_chat(chat, changed, columns=EDITED_COLUMNS)
         before, after = stored["messages"], merged["messages"]
         edited = [
             record
@@ -327,11 +329,14 @@ class ChatBook:
         async with self._editing(chat_id):
             chat, stored = await self.owned_history(principal, chat_id)
             try:
-                removal = tree.remove(stored, message_id)
+                removal = await _tree_work(_size(stored), tree.remove, stored, message_id)
             except tree.TreeError:
                 raise NotFound("Message not found") from None
-            if any(self._is_generating(chat.id, mid) for mid in removal.removed):
-                raise Conflict("A reply being generated cannot be deleted; stop it first")
+            # (A reply that moves would end under its old parent: its end is written
+            # as it began.)
+            touched = [*removal.removed, *removal.moved]
+            if any(self._is_generating(chat.id, mid) for mid in touched):
+                raise Conflict("A reply being generated cannot be deleted or moved; stop it first")
             messages = stored["messages"]
             moved = [
                 message_record(chat.id, {**messages[mid], "parentId": parent})
@@ -348,6 +353,17 @@ class ChatBook:
             return await _tree_work(_size(stored), tree.merge, stored, update)
         except tree.TreeError as exc:
             raise BadRequest(f"Inconsistent chat history: {exc}") from None
+
+    async def set_params(self, chat: ChatRecord, params: dict[str, Any]) -> ChatRecord:
+        """The chat's model parameters merged with `params` (`extra.params`), read and
+        written under its edit lock (an edit of the chat writes `extra` too)."""
+        async with self._editing(chat.id):
+            fresh = await self.store.get_chat(chat.id)
+            if fresh is None:
+                raise NotFound("Chat not found")
+            kept = fresh.extra.get("params")
+            kept = kept if isinstance(kept, dict) else {}
+            return await self.set_flags(fresh, extra={**fresh.extra, "params": {**kept, **params}})
 
     async def set_flags(self, chat: ChatRecord, **changes: Any) -> ChatRecord:
         for name, value in changes.items():
@@ -394,6 +410,8 @@ class ChatBook:
         return chat
 
 
+# What an edit of the chat object writes of its row (`update_edits`).
+EDITED_COLUMNS = ("title", "current_id", "updated_at", "extra")
 _NOT_SHARED = frozenset({"originalChatId", "branchPointMessageId", "ragflow"})
 
 

@@ -236,15 +236,17 @@ def _deepest_under(
     removed: set[str],
     moved: Mapping[str, str | None],
 ) -> str | None:
-    """Following last children down from `parent` once the removal is done."""
+    """Following last children down from `parent` once the removal is done; O(n)."""
+    moved_under: dict[str | None, list[str]] = {}
+    for child, above in moved.items():
+        moved_under.setdefault(above, []).append(child)
 
     def children_of(mid: str | None) -> list[str]:
         if mid is None:
             kept = [m for m, message in messages.items() if message.get("parentId") is None]
         else:
             kept = list(messages[mid].get("childrenIds") or [])
-        kept = [child for child in kept if child not in removed]
-        return kept + [child for child, above in moved.items() if above == mid]
+        return [child for child in kept if child not in removed] + moved_under.get(mid, [])
 
     node = parent
     seen: set[str | None] = set()

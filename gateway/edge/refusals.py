@@ -43,7 +43,9 @@ class JsonRefusals(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         plain = super().handle_error(request, status, exc, message)  # logged, checked
-        said = next((text for kind, text in _SAID if isinstance(exc, kind)), None)
+        said = None
+        if status == 400:  # (a request not read; not a handler's failure)
+            said = next((text for kind, text in _SAID if isinstance(exc, kind)), None)
         detail = said or (
             "Internal server error" if status >= 500 else f"{status} {HTTPStatus(status).phrase}"
         )
@@ -53,7 +55,11 @@ class JsonRefusals(RequestHandler):
 
 
 def json_refusals(server: web.Server) -> RequestHandler:
-    """A protocol for one connection of `server`, as `server()` makes one."""
+    """A protocol for one connection of `server`, as `server()` makes one; aiohttp's
+    own where its options do not fit this class (another aiohttp: refusals in text)."""
     options: dict[str, Any] = getattr(server, "_kwargs", {})
     loop: asyncio.AbstractEventLoop = getattr(server, "_loop", asyncio.get_running_loop())
-    return JsonRefusals(server, loop=loop, **options)
+    try:
+        return JsonRefusals(server, loop=loop, **options)
+    except TypeError:
+        return server()

@@ -29,7 +29,9 @@ PALETTE = (
     "#9c4a4a",
 )
 SVG = "image/svg+xml"
-_DATA_URL = re.compile(r"^data:(image/(?:png|jpeg|gif|webp|svg\+xml));base64,(.+)$", re.S)
+# Raster pictures only (the web app's canvas makes PNG): an SVG can carry script,
+# and it would run in the gateway's origin.
+_DATA_URL = re.compile(r"^data:(image/(?:png|jpeg|gif|webp));base64,(.+)$", re.S)
 
 
 def initials(name: str) -> str:

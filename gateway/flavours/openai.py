@@ -34,7 +34,6 @@ is rendered once per reply, and only the delta text is JSON-escaped.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -148,10 +147,6 @@ def decode_common(body: Any) -> tuple[Mapping[str, Any], str, bool]:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean")
-    for key, value in body.items():
-        if not _finite(value):
-            # (JSON has no NaN: relayed, the model server would get a body it cannot read.)
-            raise BadRequest(f"{key!r} must hold finite numbers (not NaN or Infinity)")
     return body, model, stream
 
 
@@ -164,22 +159,6 @@ def include_usage_of(body: Mapping[str, Any]) -> bool:
     if not isinstance(include_usage, bool):
         raise BadRequest("'stream_options.include_usage' must be a boolean")
     return include_usage
-
-
-def _finite(value: Any) -> bool:
-    """No NaN or Infinity anywhere in `value` (walked without recursion: a client's
-    JSON may nest as deep as the reader takes)."""
-    todo = [value]
-    while todo:
-        item = todo.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                return False
-        elif isinstance(item, dict):
-            todo.extend(item.values())
-        elif isinstance(item, list):
-            todo.extend(item)
-    return True
 
 
 def decode_request(body: Any, tools: bool = True) -> Ask:

@@ -45,6 +45,7 @@ class UserStore(Protocol):
     async def count_users(self) -> int: ...
     async def list_users(self) -> list[UserRecord]: ...
     async def update_user(self, user: UserRecord) -> None: ...
+    async def change_user(self, user: UserRecord, *columns: str) -> None: ...
 
     async def add_api_key(
         self,
@@ -95,9 +96,14 @@ class ChatStore(Protocol):
     async def get_chat_by_share_id(self, share_id: str) -> ChatRecord | None: ...
     async def change_chat(self, chat: ChatRecord, *columns: str) -> None: ...
     async def save_chat(
-        self, chat: ChatRecord, messages: Sequence[MessageRecord], removed: Sequence[str] = ()
+        self,
+        chat: ChatRecord,
+        messages: Sequence[MessageRecord],
+        removed: Sequence[str] = (),
+        columns: Sequence[str] = ("current_id", "updated_at"),
     ) -> None:
-        """The chat's row, `messages` written and the messages `removed` deleted, at once."""
+        """The chat's row (only `columns` of it), `messages` written and the messages
+        `removed` deleted, at once."""
         ...
 
     async def list_chats(

@@ -815,6 +815,10 @@ async def test_fork_shared_list_read_marks_and_archived_count(alice: Client, bob
     # Shared chats, listed and unshared at once.
     assert await alice.call("GET", "/shared?page=1") == []
     share_id = (await alice.call("POST", f"/{cid}/share"))["share_id"]
+    # The shared page's "fork" names the share id: anyone signed in may.
+    forked = await bob.call("POST", f"/{share_id}/fork", {"message_id": "a1"})
+    assert forked["user_id"] == bob.user_id
+    assert [m["id"] for m in forked["chat"]["messages"]] == ["u1", "a1"]
     listed = await alice.call("GET", "/shared?page=1")
     assert [(c["id"], c["share_id"]) for c in listed] == [(cid, share_id)]
     assert await bob.call("GET", "/shared?page=1") == []
@@ -831,8 +835,9 @@ async def test_fork_shared_list_read_marks_and_archived_count(alice: Client, bob
     assert await alice.call("POST", "/read") is True
     items = {c["id"]: c for c in await alice.call("GET", "/")}
     assert all(isinstance(c["last_read_at"], int) for c in items.values())
-    assert await alice.call("POST", f"/{cid}/unread") is True
-    assert {c["id"]: c for c in await alice.call("GET", "/")}[cid]["last_read_at"] is None
+    unread = await alice.call("POST", f"/{cid}/unread")
+    assert unread == {"chat_id": cid, "last_read_at": 0}
+    assert {c["id"]: c for c in await alice.call("GET", "/")}[cid]["last_read_at"] == 0
     await bob.call("POST", f"/{cid}/unread", expect=404)
 
     # Archived, counted.

@@ -224,6 +224,11 @@ async def test_settings_start_empty_then_round_trip(gateway: GatewayProcess) -> 
     assert status == 200 and body == settings
     status, body = await call("GET", url, headers=alice)
     assert status == 200 and body == settings
+    # The web app sends one part at a time (`{keybindings}`, `{ui}`): merged, key by key.
+    keys = {"keybindings": {"newChat": "mod+shift+o"}}
+    await call("POST", url + "/update", headers=alice, body=keys)
+    status, body = await call("GET", url, headers=alice)
+    assert status == 200 and body == {**settings, **keys}
     # Settings are per user.
     status, body = await call("GET", url, headers=bob)
     assert status == 200 and body == {"ui": {}}
@@ -417,10 +422,17 @@ async def test_account_settings_keep_variables_name_and_picture(gateway: Gateway
         body={"variables": variables},
     )
     assert status == 200 and body == {"variables": variables}
-    # Kept beside the web app's own settings, which it saves whole.
-    await call("POST", base + "/users/user/settings/update", headers=headers, body={"ui": {"a": 1}})
+    # Kept beside the web app's own settings, not among them, nor changed by them.
+    await call(
+        "POST",
+        base + "/users/user/settings/update",
+        headers=headers,
+        body={"ui": {"a": 1}, "variables": {"sneaked": "in"}},
+    )
     status, body = await call("GET", base + "/users/user/variables", headers=headers)
     assert body == {"variables": variables}
+    status, body = await call("GET", base + "/users/user/settings", headers=headers)
+    assert body == {"ui": {"a": 1}}
     status, body = await call(
         "POST",
         base + "/users/user/variables/update",
@@ -439,6 +451,20 @@ async def test_account_settings_keep_variables_name_and_picture(gateway: Gateway
         "POST", base + "/auths/update/profile", headers=headers, body={"name": "n" * 257}
     )
     assert status == 400
+    # A picture is a raster data: URL: an SVG carries script (served from the
+    # gateway's origin, it would run there), another site's URL was a redirect.
+    svg = "data:image/svg+xml;base64,PHN2ZyBvbmxvYWQ9ImFsZXJ0KDEpIi8+"
+    for url in (svg, "https://evil.example/x.png", "javascript:alert(1)"):
+        status, body = await call(
+            "POST", base + "/auths/update/profile", headers=headers, body={"profile_image_url": url}
+        )
+        assert status == 400 and "data: URL" in body["detail"], url
+    async with aiohttp.ClientSession() as http:
+        picture_url = f"{base}/users/{user_id}/profile/image"
+        async with http.get(picture_url, headers=headers) as resp:
+            assert resp.status == 200 and resp.content_type == "image/png"
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            assert "sandbox" in resp.headers["Content-Security-Policy"]
 
 
 async def test_the_config_hides_what_the_gateway_does_not_do(gateway: GatewayProcess) -> None:

@@ -164,12 +164,14 @@ async def test_parameters_the_model_server_could_not_read_are_refused_in_openais
     }
     question = '"messages":[{"role":"user","content":"hi"}]'
     for body, named in [
-        # JSON has no NaN: relayed, it made a body the model server could not read.
-        ('{"model":"fake-model",' + question + ',"temperature":NaN}', "'temperature'"),
+        # JSON has no NaN (Python's reader takes it): relayed, it made a body the
+        # model server could not read.
+        ('{"model":"fake-model",' + question + ',"temperature":NaN}', "NaN is not JSON"),
         (
             '{"model":"fake-model",' + question + ',"logit_bias":{"50256":-Infinity}}',
-            "'logit_bias'",
+            "-Infinity is not JSON",
         ),
+        ('{"model":"fake-model",' + question + ',"top_p":1e999}', "past a double"),
         # The string "false" read as true.
         (
             '{"model":"fake-model","stream":true,'

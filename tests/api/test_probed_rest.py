@@ -276,6 +276,33 @@ async def test_a_reply_being_generated_cannot_be_edited(gateway: GatewayProcess)
     assert stored[reply_id]["content"] == "edited once ended"
 
 
+async def test_a_reply_being_generated_is_not_moved_by_a_deletion_above_it(
+    gateway: GatewayProcess,
+) -> None:
+    # Deleting the first answer moves the second turn's reply up; while it is
+    # generated, its end would be written under its old parent, deleted by then.
+    token = new_user("rest-moved")
+    sock = await PySocket().connect(gateway.url, token)
+    try:
+        first = turn_body(sock.sid, "first")
+        chat_id = (await post_json(f"{gateway.url}/api/chat/completions", token, first))["chat_id"]
+        await sock.wait_ended()
+        second = turn_body(
+            sock.sid, "second", model="fake-slow", chat_id=chat_id, parent_id=first["id"]
+        )
+        await post_json(f"{gateway.url}/api/chat/completions", token, second)
+        url = f"{gateway.url}{CHATS}/{chat_id}"
+        refused = await call("DELETE", f"{url}/messages/{first['id']}", token)
+        assert refused.status == 409 and "being generated" in refused.body["detail"], refused
+        await sock.wait_ended(2)
+    finally:
+        await sock.close()
+    deleted = await call("DELETE", f"{url}/messages/{first['id']}", token)
+    assert deleted.status == 200
+    messages = deleted.body["chat"]["history"]["messages"]
+    assert messages[second["id"]]["parentId"] == first["user_message"]["id"]
+
+
 # -- 4. a big chat's rename and another user's requests ----------------------------------------
 REPLIES = 40_000
 
@@ -518,6 +545,10 @@ async def test_an_admin_lets_a_pending_user_in(start_gateway: Any) -> None:
     assert refused.status == 401  # a pending user cannot let themselves in
     mine = await call("POST", role_url, admin["token"], {"id": admin["id"], "role": "user"})
     assert mine.status == 403  # nor an admin change their own role
+    second = {"name": "Bo", "email": "bo@example.com", "password": "bo-secret", "role": "admin"}
+    bo = await post_json(f"{gw.url}{AUTHS}/add", admin["token"], second)
+    first = await call("POST", role_url, bo["token"], {"id": admin["id"], "role": "user"})
+    assert first.status == 403  # nor another admin the first one's (as in Open WebUI)
     let_in = await call("POST", role_url, admin["token"], {"id": pat["id"], "role": "user"})
     assert let_in.status == 200 and let_in.body["role"] == "user"
     assert "password" not in let_in.text

@@ -142,7 +142,11 @@ async def test_a_chat_and_its_messages_are_one_read_and_only_the_owners(store: S
 async def test_save_chat_upserts_and_keeps_positions(store: Store) -> None:
     await store.insert_chat(chat(), [msg("m1", None), msg("m2", "m1")])
     changed = chat(title="New", current_id="m3", updated=200)
-    await store.save_chat(changed, [msg("m1", None, content="edited"), msg("m3", "m1")])
+    await store.save_chat(
+        changed,
+        [msg("m1", None, content="edited"), msg("m3", "m1")],
+        columns=("title", "current_id", "updated_at"),
+    )
     got = {m.id: m for m in await store.get_messages("c1")}
     assert got["m1"].content == "edited" and got["m1"].position == 0
     assert got["m2"].position == 1 and got["m3"].position > 1
@@ -206,7 +210,7 @@ async def test_writes_of_a_chat_touch_only_their_own_columns(store: Store) -> No
     flagged.pinned, flagged.share_id = True, "s1"
     await store.change_chat(flagged, "pinned", "share_id")
     edited.title, edited.current_id = "Edited", "m2"
-    await store.save_chat(edited, [msg("m2", "m1")])
+    await store.save_chat(edited, [msg("m2", "m1")], columns=("title", "current_id"))
     both = await store.get_chat("c1")
     assert both is not None and (both.pinned, both.share_id) == (True, "s1")
     assert (both.title, both.current_id) == ("Edited", "m2")

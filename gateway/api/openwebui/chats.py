@@ -16,7 +16,7 @@ from gateway.api.common import principal_of, read_json
 from gateway.application.chats import ChatRecord, Chats
 from gateway.application.keys import CHATS
 from gateway.edge.auth import Principal
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, NotFound
 
 
 def _page(request: web.Request) -> int | None:
@@ -247,8 +247,14 @@ async def clone(request: web.Request) -> web.Response:
 
 
 async def fork(request: web.Request) -> web.Response:
-    """`{message_id}`: the conversation down to it (the current message when null)."""
-    chats, principal, chat = await _one(request)
+    """`{message_id}`: the conversation down to it (the current message when null).
+    The id is the user's chat, or a share id (the shared page's "fork")."""
+    chats, principal = await _context(request)
+    chat_id = request.match_info["id"]
+    try:
+        chat = await chats.owned(principal, chat_id)
+    except NotFound:
+        chat = await chats.shared(chat_id)
     body = await read_json(request) if request.can_read_body else {}
     up_to = body.get("message_id") if isinstance(body, Mapping) else None
     if up_to is not None and not isinstance(up_to, str):
@@ -292,8 +298,7 @@ async def mark_all_read(request: web.Request) -> web.Response:
 
 async def mark_unread(request: web.Request) -> web.Response:
     chats, principal = await _context(request)
-    await chats.mark_unread(principal, request.match_info["id"])
-    return web.json_response(True)
+    return web.json_response(await chats.mark_unread(principal, request.match_info["id"]))
 
 
 async def archived_count(request: web.Request) -> web.Response:
@@ -322,10 +327,7 @@ async def update_params(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, Mapping):
         raise BadRequest("Body must be an object of model parameters")
-    params = chat.extra.get("params")
-    params = params if isinstance(params, dict) else {}
-    extra = {**chat.extra, "params": {**params, **body}}
-    return await _respond(chats, await chats.set_flags(chat, extra=extra))
+    return await _respond(chats, await chats.set_params(chat, dict(body)))
 
 
 async def chat_tags(request: web.Request) -> web.Response:

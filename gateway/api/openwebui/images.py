@@ -23,7 +23,15 @@ CACHE = "private, max-age=86400"
 
 
 def _picture(body: bytes, content_type: str) -> web.Response:
-    return web.Response(body=body, content_type=content_type, headers={"Cache-Control": CACHE})
+    # A picture, never a page: no script runs in it, its type is not guessed.
+    headers = {"Cache-Control": CACHE, **PICTURE_HEADERS}
+    return web.Response(body=body, content_type=content_type, headers=headers)
+
+
+PICTURE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+}
 
 
 async def user_image(request: web.Request) -> web.StreamResponse:

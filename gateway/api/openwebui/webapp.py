@@ -28,6 +28,7 @@ from aiohttp import web
 from gateway import __version__
 from gateway.api.common import principal_of, read_json
 from gateway.api.openwebui.users import user_view
+from gateway.application.accounts import VARIABLES
 from gateway.application.keys import ACCOUNTS, AUTHENTICATOR, CHATS, SETTINGS
 from gateway.edge.auth import Principal, find_token
 from gateway.errors import BadRequest, GatewayError
@@ -160,7 +161,8 @@ async def changelog(request: web.Request) -> web.Response:
 
 async def user_settings(request: web.Request) -> web.Response:
     user = await request.app[ACCOUNTS].user(await principal_of(request))
-    return web.json_response(user.settings or {"ui": {}})
+    settings = {key: value for key, value in user.settings.items() if key != VARIABLES}
+    return web.json_response(settings or {"ui": {}})
 
 
 async def update_user_settings(request: web.Request) -> web.Response:

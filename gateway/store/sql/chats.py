@@ -74,9 +74,10 @@ def _chat_values(chat: ChatRecord) -> tuple[Any, ...]:
     )
 
 
-# What a write of a chat's messages changes in its row (`save_chat`); the flags
-# (pin, archive, share, folder, last read) are `change_chat`'s.
-TREE_COLUMNS = ("title", "current_id", "updated_at", "extra")
+# What a write of a chat's messages changes in its row (`save_chat`; an edit of
+# the chat object names its title and extra too); the flags (pin, archive,
+# share, folder, last read, params) are `change_chat`'s.
+TREE_COLUMNS = ("current_id", "updated_at")
 _JSON_COLUMNS = frozenset({"meta", "extra"})
 
 
@@ -192,13 +193,17 @@ class SQLChats(Tables):
         await self.db.execute(*_columns_update(chat, columns))
 
     async def save_chat(
-        self, chat: ChatRecord, messages: Sequence[MessageRecord], removed: Sequence[str] = ()
+        self,
+        chat: ChatRecord,
+        messages: Sequence[MessageRecord],
+        removed: Sequence[str] = (),
+        columns: Sequence[str] = TREE_COLUMNS,
     ) -> None:
         deletes: list[Statement] = [
             ("DELETE FROM messages WHERE chat_id = ? AND id = ?", (chat.id, message_id))
             for message_id in removed
         ]
-        row = _columns_update(chat, TREE_COLUMNS)
+        row = _columns_update(chat, columns)
         await self.db.batch([row, *deletes, *upserts(chat.id, messages)])
 
     async def list_chats(

@@ -116,6 +116,21 @@ class SQLUsers(Tables):
         rows = await self.db.fetch(f"SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id")
         return [_user(row) for row in rows]
 
+    async def change_user(self, user: UserRecord, *columns: str) -> None:
+        """Only the named columns of the user's row written, from `user`: an admin's
+        role change and the user's own settings or profile, made at once, each keep
+        what the other wrote."""
+        known = [column.strip() for column in USER_COLUMNS.split(",")][1:]
+        if not columns or any(column not in known for column in columns):
+            raise ValueError(f"not columns of a user's row: {columns!r}")
+        values = [getattr(user, column) for column in columns]
+        values = [
+            dumps(value) if column == "settings" else _email(user) if column == "email" else value
+            for column, value in zip(columns, values, strict=True)
+        ]
+        assignments = ", ".join(f"{column} = ?" for column in columns)
+        await self.db.execute(f"UPDATE users SET {assignments} WHERE id = ?", (*values, user.id))
+
     async def update_user(self, user: UserRecord) -> None:
         await self.db.execute(
             "UPDATE users SET name = ?, email = ?, role = ?, password_hash = ?, profile_image_url = ?, "
