@@ -7,12 +7,12 @@ everything when absent).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from gateway.api.common import principal_of, read_json
+from gateway.api.common import Handler, principal_of, read_json
 from gateway.application.chats import ChatRecord, Chats
 from gateway.application.keys import CHATS
 from gateway.edge.auth import Principal
@@ -156,10 +156,22 @@ async def delete_chat(request: web.Request) -> web.Response:
     return web.json_response(await chats.delete(chat))
 
 
-async def delete_all(request: web.Request) -> web.Response:
-    chats, principal = await _context(request)
-    await chats.delete_all(principal)
-    return web.json_response(True)
+def _for_all_chats(act: Callable[[Chats, Principal], Awaitable[object]]) -> Handler:
+    """A route that does one thing to all the user's chats, and answers true."""
+
+    async def handler(request: web.Request) -> web.Response:
+        chats, principal = await _context(request)
+        await act(chats, principal)
+        return web.json_response(True)
+
+    return handler
+
+
+delete_all = _for_all_chats(Chats.delete_all)
+archive_all = _for_all_chats(lambda chats, principal: chats.archive_all(principal, True))
+unarchive_all = _for_all_chats(lambda chats, principal: chats.archive_all(principal, False))
+unshare_all = _for_all_chats(Chats.unshare_all)
+mark_all_read = _for_all_chats(Chats.mark_all_read)
 
 
 async def upsert_message(request: web.Request) -> web.Response:
@@ -206,18 +218,6 @@ async def toggle_archive(request: web.Request) -> web.Response:
     if changes["archived"]:
         changes["pinned"] = False  # as Open WebUI: archiving unpins
     return await _respond(chats, await chats.set_flags(chat, **changes))
-
-
-async def archive_all(request: web.Request) -> web.Response:
-    chats, principal = await _context(request)
-    await chats.archive_all(principal, True)
-    return web.json_response(True)
-
-
-async def unarchive_all(request: web.Request) -> web.Response:
-    chats, principal = await _context(request)
-    await chats.archive_all(principal, False)
-    return web.json_response(True)
 
 
 async def share(request: web.Request) -> web.Response:
@@ -282,18 +282,6 @@ async def update_access_grants(request: web.Request) -> web.Response:
     chats, principal = await _context(request)
     await chats.owned(principal, request.match_info["id"])
     raise BadRequest("A share link is for anyone signed in: access cannot be limited here")
-
-
-async def unshare_all(request: web.Request) -> web.Response:
-    chats, principal = await _context(request)
-    await chats.unshare_all(principal)
-    return web.json_response(True)
-
-
-async def mark_all_read(request: web.Request) -> web.Response:
-    chats, principal = await _context(request)
-    await chats.mark_all_read(principal)
-    return web.json_response(True)
 
 
 async def mark_unread(request: web.Request) -> web.Response:
