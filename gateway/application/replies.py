@@ -40,7 +40,7 @@ from gateway.chat.starter import StartedTurn
 from gateway.commands import Ask, Say
 from gateway.edge.auth import Principal
 from gateway.edge.trace import Trace
-from gateway.errors import NotFound, RateLimited, UpstreamError
+from gateway.errors import BadRequest, NotFound, RateLimited, UpstreamError
 from gateway.events import Event, ReplyFailed, ReplyFinished, ReplySnapshot
 from gateway.fanout import follow as followers
 from gateway.fanout.follow import Following as Attached
@@ -71,6 +71,11 @@ class Following:
     events: AsyncGenerator[Event, None]
     repaired: str | None = None
     close: Callable[[], None] = lambda: None
+
+
+# The messages a title is asked for with, at most (the prompt quotes the end of
+# their text: `background.CONVERSATION_CHARS`).
+MAX_TITLE_MESSAGES = 10_000
 
 
 class Replies:
@@ -104,6 +109,13 @@ class Replies:
 
     async def model_ids(self) -> list[str]:
         return [model.id for model in await self.models()]
+
+    async def suggest_title(self, model: Any, messages: Any) -> str:
+        """The web app's rename › generate: a title for the conversation it sends."""
+        if not isinstance(messages, list) or len(messages) > MAX_TITLE_MESSAGES:
+            raise BadRequest(f"'messages' must be a list of at most {MAX_TITLE_MESSAGES}")
+        hint = model if isinstance(model, str) and model else None
+        return await self._service.suggest_title(hint, messages)
 
     async def pick_model(self, hint: str | None) -> str:
         """The model a client named, if it exists; else the configured default; else

@@ -147,6 +147,29 @@ class Background:
                     answer = {}
                 await self._apply(name, answer, chat_id, message_id, user_id, path)
 
+    async def title(self, model: str, messages: Sequence[Any]) -> str:
+        """A title for a conversation, asked for (the web app's rename › generate):
+        the model's, as a finished reply's is made; its first question's words when
+        the model gives none."""
+        path = [message for message in messages if isinstance(message, dict)]
+        async with self._slots:
+            try:
+                answer = await asyncio.wait_for(
+                    self._ask(
+                        self._task_model or model, "title_generation", conversation_text(path)
+                    ),
+                    TASK_TIMEOUT_S,
+                )
+            except Exception:
+                log.warning("title task failed", exc_info=True)
+                answer = {}
+        title = answer.get("title")
+        text = " ".join(title.split()) if isinstance(title, str) else ""
+        if not text:
+            first = next((m.get("content") for m in path if m.get("role") == "user"), "")
+            text = " ".join(first.split()) if isinstance(first, str) else ""
+        return text[:TITLE_CHARS]
+
     async def _ask(self, model: str, name: str, conversation: str) -> dict[str, Any]:
         upstream = await self._router.resolve(model)
         prompt = PROMPTS[name].format(conversation=conversation)

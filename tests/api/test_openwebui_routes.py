@@ -471,3 +471,30 @@ async def test_the_config_hides_what_the_gateway_does_not_do(gateway: GatewayPro
     status, config = await call("GET", gateway.url + "/api/config", headers=bearer(new_user_id()))
     assert status == 200 and config["features"]["enable_user_status"] is False
     assert config["ui"]["visibility"] == {"chat.merge": False, "settings.usage": False}
+
+
+async def test_a_title_is_generated_when_asked(gateway: GatewayProcess) -> None:
+    # The rename's ✨ "generate" (`generateTitle`): a 404 before, an error toast.
+    url = gateway.url + "/api/v1/tasks/title/completions"
+    messages = [
+        {"role": "user", "content": "How do zebras sleep?"},
+        {"role": "assistant", "content": "Standing up, mostly."},
+    ]
+    headers = bearer(new_user_id())
+    status, body = await call(
+        "POST", url, headers=headers, body={"model": "fake-model", "messages": messages}
+    )
+    assert status == 200
+    assert json.loads(body["choices"][0]["message"]["content"]) == {"title": "🧪 Fake title"}
+    # A model that gives none: the first question's words.
+    status, body = await call(
+        "POST", url, headers=headers, body={"model": "fake-error", "messages": messages}
+    )
+    assert status == 200
+    assert json.loads(body["choices"][0]["message"]["content"]) == {"title": "How do zebras sleep?"}
+    status, body = await call(
+        "POST", url, headers=headers, body={"model": "fake-model", "messages": "x"}
+    )
+    assert status == 400
+    status, body = await call("POST", url, body={"model": "fake-model", "messages": messages})
+    assert status == 401

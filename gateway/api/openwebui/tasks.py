@@ -8,6 +8,8 @@ is the client's and repeats across chats)::
                                                                       ([] for others' chats)
     POST /api/tasks/chat/{chat_id}/stop   {"status": true, "message"} 404 if not the caller's
     POST /api/tasks/stop/{task_id}        {"status": true, "message"} owner or admin
+    POST /api/v1/tasks/title/completions  {model, messages} → a completion whose text is
+                                          {"title": …} (the rename's "generate")
 
 The web app's Stop button calls the chat route; on every socket (re)connect
 it asks the chat's task list to know whether a reply is still running.
@@ -15,12 +17,15 @@ it asks the chat's task list to know whether a reply is still running.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+
 from aiohttp import web
 
-from gateway.api.common import principal_of
+from gateway.api.common import principal_of, read_json
 from gateway.application.keys import CHATS, REPLIES
 from gateway.application.replies import StopTarget
-from gateway.errors import Forbidden, NotFound
+from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.flavours.openwebui import is_temporary_chat
 
 
@@ -57,8 +62,24 @@ async def stop_task(request: web.Request) -> web.Response:
     return web.json_response({"status": True, "message": f"Task {task_id} stopped."})
 
 
+async def title_completion(request: web.Request) -> web.Response:
+    """The web app's rename › generate (`generateTitle`): `{model, messages}` →
+    an OpenAI completion whose message is `{"title": …}` as JSON text."""
+    await principal_of(request)
+    body = await read_json(request)
+    if not isinstance(body, Mapping):
+        raise BadRequest("Body must be an object with 'model' and 'messages'")
+    title = await request.app[REPLIES].suggest_title(body.get("model"), body.get("messages"))
+    content = json.dumps({"title": title}, ensure_ascii=False)
+    message = {"role": "assistant", "content": content}
+    return web.json_response(
+        {"object": "chat.completion", "choices": [{"index": 0, "message": message}]}
+    )
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/tasks", list_all)
     app.router.add_get("/api/tasks/chat/{chat_id}", list_chat)
     app.router.add_post("/api/tasks/chat/{chat_id}/stop", stop_chat)
     app.router.add_post("/api/tasks/stop/{task_id}", stop_task)
+    app.router.add_post("/api/v1/tasks/title/completions", title_completion)
