@@ -412,6 +412,12 @@ async def test_account_settings_keep_variables_name_and_picture(gateway: Gateway
     base = gateway.url + "/api/v1"
     status, body = await call("GET", base + "/auths/mfa/status", headers=headers)
     assert status == 200 and body == {"enabled": False, "required": False}
+    # The interface's location toggle: its position taken, not kept.
+    position = {"location": "45.76, 4.84"}
+    status, body = await call(
+        "POST", base + "/users/user/info/update", headers=headers, body=position
+    )
+    assert status == 200 and body == {}
     status, body = await call("GET", base + "/users/user/variables", headers=headers)
     assert status == 200 and body == {"variables": {}}
     variables = {"city": "Lyon", "tone": "brief"}

@@ -15,6 +15,7 @@ GET  /api/v1/users/user/variables, POST .../variables/update   the user's prompt
                               variables ({"variables": {name: text}})
 POST /api/v1/auths/update/profile   the user's own name and picture → the user
 GET  /api/v1/auths/mfa/status  {"enabled": false, "required": false}: no second factor
+POST /api/v1/users/user/info/update  {}: the browser's position, not kept
 POST /api/chat/completed      older clients' end-of-reply call: the messages as stored
 """
 
@@ -200,6 +201,16 @@ async def update_profile(request: web.Request) -> web.Response:
     return web.json_response(user_view(user))
 
 
+async def update_user_info(request: web.Request) -> web.Response:
+    """The interface's "user location" toggle sends the browser's position: taken,
+    and not kept (nothing here uses it, and a position is no one's business)."""
+    await principal_of(request)
+    body = await read_json(request)
+    if not isinstance(body, Mapping):
+        raise BadRequest("Body must be an object")
+    return web.json_response({})
+
+
 async def mfa_status(request: web.Request) -> web.Response:
     """No second factor here (SECURITY.md): none enabled, none required."""
     await principal_of(request)
@@ -259,6 +270,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/v1/users/user/settings/update", update_user_settings)
     r.add_get("/api/v1/users/user/variables", user_variables)
     r.add_post("/api/v1/users/user/variables/update", update_user_variables)
+    r.add_post("/api/v1/users/user/info/update", update_user_info)
     r.add_post("/api/v1/auths/update/profile", update_profile)
     r.add_get("/api/v1/auths/mfa/status", mfa_status)
     for path in (
