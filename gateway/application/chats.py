@@ -156,11 +156,14 @@ class Chats:
         own under the same title."""
         return await self.book.clone(principal, source, source.title, up_to=up_to)
 
-    async def shared_items(self, principal: Principal, page: int | None) -> list[Any]:
-        """The user's shared chats (Settings › Data Controls › Shared Chats)."""
+    async def shared_items(
+        self, principal: Principal, page: int | None, query: str | None = None
+    ) -> list[Any]:
+        """The user's shared chats (Settings › Data Controls › Shared Chats), those
+        whose title or text holds `query` when one is given."""
         skip, limit = page_bounds(page)
         chats = await self._store.list_chats(
-            principal.user_id, shared=True, archived=None, skip=skip, limit=limit
+            principal.user_id, shared=True, archived=None, text=query, skip=skip, limit=limit
         )
         return [{**list_item(chat), "share_id": chat.share_id} for chat in chats]
 

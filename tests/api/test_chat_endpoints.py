@@ -821,6 +821,8 @@ async def test_fork_shared_list_read_marks_and_archived_count(alice: Client, bob
     assert [m["id"] for m in forked["chat"]["messages"]] == ["u1", "a1"]
     listed = await alice.call("GET", "/shared?page=1")
     assert [(c["id"], c["share_id"]) for c in listed] == [(cid, share_id)]
+    assert [c["id"] for c in await alice.call("GET", "/shared?page=1&query=forked")] == [cid]
+    assert await alice.call("GET", "/shared?page=1&query=zebra") == []
     assert await bob.call("GET", "/shared?page=1") == []
     # A link is for anyone signed in: no grants, and none to give.
     assert await alice.call("GET", f"/shared/{cid}/access") == []

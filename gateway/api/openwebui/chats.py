@@ -267,7 +267,8 @@ async def fork(request: web.Request) -> web.Response:
 
 async def shared_list(request: web.Request) -> web.Response:
     chats, principal = await _context(request)
-    return web.json_response(await chats.shared_items(principal, _page(request)))
+    query = request.query.get("query") or None  # (the modal's search box)
+    return web.json_response(await chats.shared_items(principal, _page(request), query))
 
 
 async def access_grants(request: web.Request) -> web.Response:
