@@ -143,6 +143,9 @@ class Chats:
     async def share(self, chat: ChatRecord) -> ChatRecord:
         return await self.book.share(chat)
 
+    async def sharer(self, shown_user_id: str) -> str | None:
+        return await self.book.sharer(shown_user_id)
+
     async def unshare(self, chat: ChatRecord) -> bool:
         return await self.book.unshare(chat)
 

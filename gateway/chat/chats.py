@@ -189,6 +189,18 @@ class ChatBook:
                 raise NotFound("Shared chat not found")
             return _shown(await self._snapshot(chat, share_id))
 
+    async def sharer(self, shown_user_id: str) -> str | None:
+        """Whose chat a link shows, from the user id a snapshot is shown with
+        (`_shown`); None when it names no snapshot a chat still links."""
+        if not shown_user_id.startswith(SHOWN_SHARER):
+            return None
+        try:
+            snapshot = await self.shared(shown_user_id.removeprefix(SHOWN_SHARER))
+        except NotFound:
+            return None
+        stored = await self.store.get_chat(snapshot.id)
+        return stored.user_id.removeprefix(SHARED_BY) if stored is not None else None
+
     async def share(self, chat: ChatRecord) -> ChatRecord:
         """The chat as it is now, copied under its share id (made, or made again: the
         web app's "update and copy link"), as `shared` shows it: what is written in
@@ -412,6 +424,8 @@ class ChatBook:
 
 # What an edit of the chat object writes of its row (`update_edits`).
 EDITED_COLUMNS = ("title", "current_id", "updated_at", "extra")
+# How a snapshot's sharer is shown: "shared-<share id>" (`sharer` reads it back).
+SHOWN_SHARER = "shared-"
 _NOT_SHARED = frozenset({"originalChatId", "branchPointMessageId", "ragflow"})
 
 
@@ -427,7 +441,7 @@ def _shown(snapshot: ChatRecord) -> ChatRecord:
     snapshot has), not the chat's, and no user id of the sharer's (a made-up one,
     in the form Open WebUI gives its snapshots)."""
     return dataclasses.replace(
-        snapshot, user_id=f"shared-{snapshot.id}", share_id=snapshot.id, folder_id=None
+        snapshot, user_id=f"{SHOWN_SHARER}{snapshot.id}", share_id=snapshot.id, folder_id=None
     )
 
 

@@ -479,6 +479,9 @@ async def test_share_view_and_unshare(alice: Client, bob: Client) -> None:
     # The snapshot is no chat of anyone's: not listed, not reachable as a chat.
     assert ids(await alice.call("GET", "/")) == {cid}
     await alice.call("GET", f"/{share_id}", expect=404)
+    # The shared page shows its sharer's name (as Open WebUI's), by the id shown.
+    shown = await user_info(bob, view["user_id"])
+    assert shown == {"id": view["user_id"], "name": alice.user_id}
     await bob.call("GET", f"/share/{MISSING}", expect=404)
     # Only the owner may share / unshare.
     await bob.call("POST", f"/{cid}/share", expect=404)
@@ -489,11 +492,21 @@ async def test_share_view_and_unshare(alice: Client, bob: Client) -> None:
     assert await alice.call("DELETE", f"/{cid}/share") is False
     assert (await alice.call("GET", f"/{cid}"))["share_id"] is None
     await bob.call("GET", f"/share/{share_id}", expect=404)
+    assert await user_info(bob, f"shared-{share_id}", expect=404)
     # A chat deleted takes its snapshot with it.
     share_id = (await alice.call("POST", f"/{cid}/share"))["share_id"]
     await bob.call("GET", f"/share/{share_id}")
     await alice.call("DELETE", f"/{cid}")
     await bob.call("GET", f"/share/{share_id}", expect=404)
+
+
+async def user_info(client: Client, user_id: str, expect: int = 200) -> Any:
+    """`GET /api/v1/users/{id}/info` as `client`."""
+    url = client.base.removesuffix("/chats") + f"/users/{user_id}/info"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers=client.headers) as resp:
+            assert resp.status == expect, resp.status
+            return await resp.json()
 
 
 # -- clone -------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Open WebUI's admin routes for users, `/api/v1/users/*` (docs/PROTOCOLS.md §1.2).
 
     DELETE /api/v1/users/{user_id}    admins only, never oneself → true
+    GET  /api/v1/users/{user_id}/info {id, name}: any signed-in user (the shared
+                                      page's sharer, by its shown id)
     POST /api/v1/users/update/role    {id, role}: admins only, never their own →
                                       the user (the admin panel's role switch;
                                       how a `pending` user is let in)
@@ -19,14 +21,26 @@ from aiohttp import web
 
 from gateway.api.common import principal_of, read_json
 from gateway.application.accounts import UserRecord
-from gateway.application.keys import ACCOUNTS
-from gateway.errors import BadRequest
+from gateway.application.keys import ACCOUNTS, CHATS
+from gateway.errors import BadRequest, NotFound
 
 
 async def delete_user(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     await request.app[ACCOUNTS].remove(principal, request.match_info["user_id"])
     return web.json_response(True)
+
+
+async def user_info(request: web.Request) -> web.Response:
+    """A user's name, as any signed-in user sees it (the shared page shows its
+    sharer's, named by the id its snapshot is shown with: the name, not the id)."""
+    await principal_of(request)
+    user_id = request.match_info["user_id"]
+    owner = await request.app[CHATS].sharer(user_id) or user_id
+    user = await request.app[ACCOUNTS].profile(owner)
+    if user is None:
+        raise NotFound("User not found")
+    return web.json_response({"id": user_id, "name": user.name})
 
 
 async def update_role(request: web.Request) -> web.Response:
@@ -57,3 +71,4 @@ def user_view(user: UserRecord) -> dict[str, Any]:
 def add_routes(app: web.Application) -> None:
     app.router.add_delete("/api/v1/users/{user_id}", delete_user)
     app.router.add_post("/api/v1/users/update/role", update_role)
+    app.router.add_get("/api/v1/users/{user_id}/info", user_info)

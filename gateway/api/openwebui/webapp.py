@@ -279,6 +279,7 @@ def add_routes(app: web.Application) -> None:
         "/api/v1/functions/",
         "/api/v1/folders/",
         "/api/v1/folders/shared",
+        "/api/v1/groups/",
         "/api/v1/channels/",
         "/api/v1/configs/banners",
     ):
