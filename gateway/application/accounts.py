@@ -390,13 +390,6 @@ class Accounts:
             raise Forbidden("Only admins change roles")
         if user_id == admin.user_id:
             raise Forbidden("You cannot change your own role")
-        admins = sorted(
-            (u for u in await self._store.list_users() if u.role == "admin"),
-            key=lambda u: (u.created_at, u.id),
-        )
-        if role != "admin" and admins and admins[0].id == user_id:
-            # As in Open WebUI: the first admin stays one (the operator's CLI can).
-            raise Forbidden("The first admin's role cannot be changed here")
         # Taken by every replica within the access recheck's period (principals are
         # remembered that long: `StoreDirectory`).
         return await set_role(self._store, user_id, role)

@@ -30,6 +30,7 @@ from gateway import rooms
 from gateway.chat import tree
 from gateway.chat.chats import DEFAULT_TITLES, TITLE_CHARS, now_s
 from gateway.chat.shapes import history_of
+from gateway.errors import GatewayError
 from gateway.events import MessageEvent
 from gateway.fanout.hub import Hub
 from gateway.store import ChatStore
@@ -99,6 +100,17 @@ def strings(value: Any, limit: int, chars: int) -> list[str]:
     return [item for item in kept if item][:limit]
 
 
+def _failed(task: str, exc: Exception) -> None:
+    """A task's failure, in the log: one line when the model server or the request
+    is at fault (the message says which), a traceback only for a fault of ours."""
+    if isinstance(exc, GatewayError | TimeoutError):
+        log.warning(
+            "background task failed: %s", str(exc) or type(exc).__name__, extra={"task": task}
+        )
+    else:
+        log.warning("background task failed", extra={"task": task}, exc_info=exc)
+
+
 class Background:
     def __init__(
         self, router: ModelRouter, store: ChatStore, hub: Hub, task_model: str = ""
@@ -141,9 +153,9 @@ class Background:
                     answer = await asyncio.wait_for(
                         self._ask(self._task_model or model, name, text), TASK_TIMEOUT_S
                     )
-                except Exception:
+                except Exception as exc:
                     # A task is a nicety: its failure is logged, never the reply's.
-                    log.warning("background task failed", extra={"task": name}, exc_info=True)
+                    _failed(name, exc)
                     answer = {}
                 await self._apply(name, answer, chat_id, message_id, user_id, path)
 
@@ -160,8 +172,8 @@ class Background:
                     ),
                     TASK_TIMEOUT_S,
                 )
-            except Exception:
-                log.warning("title task failed", exc_info=True)
+            except Exception as exc:
+                _failed("title_generation", exc)
                 answer = {}
         title = answer.get("title")
         text = " ".join(title.split()) if isinstance(title, str) else ""
