@@ -191,15 +191,11 @@ class ChatBook:
 
     async def sharer(self, shown_user_id: str) -> str | None:
         """Whose chat a link shows, from the user id a snapshot is shown with
-        (`_shown`); None when it names no snapshot a chat still links."""
+        (`_shown`): the owner of the chat that carries the link; None when none does."""
         if not shown_user_id.startswith(SHOWN_SHARER):
             return None
-        try:
-            snapshot = await self.shared(shown_user_id.removeprefix(SHOWN_SHARER))
-        except NotFound:
-            return None
-        stored = await self.store.get_chat(snapshot.id)
-        return stored.user_id.removeprefix(SHARED_BY) if stored is not None else None
+        chat = await self.store.get_chat_by_share_id(shown_user_id.removeprefix(SHOWN_SHARER))
+        return chat.user_id if chat is not None else None
 
     async def share(self, chat: ChatRecord) -> ChatRecord:
         """The chat as it is now, copied under its share id (made, or made again: the
