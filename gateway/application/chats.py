@@ -175,7 +175,7 @@ class Chats:
             await self.book.unshare(chat)
 
     async def archived_count(self, principal: Principal) -> int:
-        return len(await self._store.list_chats(principal.user_id, archived=True))
+        return await self._store.count_chats(principal.user_id, archived=True)
 
     async def mark_all_read(self, principal: Principal) -> None:
         await self._store.mark_all_read(principal.user_id, int(time.time()))

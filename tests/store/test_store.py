@@ -190,9 +190,13 @@ async def test_list_filters_paging_and_search(store: Store) -> None:
     assert [c.id for c in await store.list_chats("u1", pinned=True, archived=None)] == ["c1"]
     assert "c1" not in [c.id for c in await store.list_chats("u1")]
     assert [c.id for c in await store.list_chats("u1", folder_id="f1", archived=None)] == ["c1"]
+    # Counted by the database, with the list's filter: the owner's only.
+    assert [await store.count_chats("u1", archived=a) for a in (False, True, None)] == [4, 1, 5]
     assert await store.set_archived_all("u1", True) == 4
     assert await store.list_chats("u1") == []
     assert len(await store.list_chats("u1", archived=True)) == 5
+    assert await store.count_chats("u1", archived=True) == 5
+    assert await store.count_chats("u2", archived=None) == 1
 
 
 async def test_share_id_lookup(store: Store) -> None:

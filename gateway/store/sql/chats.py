@@ -237,6 +237,22 @@ class SQLChats(Tables):
         )
         return [_chat(row) for row in await self.db.fetch(sql, [*args, *page_args])]
 
+    async def count_chats(self, user_id: str, *, archived: bool | None = False) -> int:
+        """How many of the user's chats `list_chats` would list, counted by the database."""
+        where, args = _chat_filter(
+            user_id,
+            archived=archived,
+            pinned=None,
+            folder_id=None,
+            tag=None,
+            text=None,
+            assistant_id=None,
+        )
+        rows = await self.db.fetch(
+            f"SELECT COUNT(*) FROM chats c WHERE {' AND '.join(where)}", args
+        )
+        return int(rows[0][0])
+
     async def delete_chat(self, chat_id: str) -> bool:
         """The chat, and the snapshot of it a share link shows, in one transaction:
         no link outlives its chat, whichever route deletes it."""
