@@ -27,6 +27,15 @@ refuses, so the answers are `json`'s:
   token counts), never what a client sent: the bus, the store and the codecs
   keep `json.loads`, and what clients send reaches its subscribers as sent.
 
+* `body` writes a request body for a model server in UTF-8, whatever its size:
+  a stored chat's whole history goes out with every turn (0.5 MB: `json`
+  3.9 ms of the event loop, orjson 0.1 ms). It is not byte for byte `json`'s
+  (a float's exponent may be shorter), which no server reads differently;
+  what orjson refuses (an integer past 64 bits, a lone surrogate, nesting
+  past 254 levels) is written by `json` as before, and NaN, which orjson
+  would write as `null`, cannot reach it: clients' JSON refuses it
+  (`text.client_json`).
+
 `dumps` stays `json`'s for every other value: orjson writes NaN and Infinity
 as `null` and a small float's exponent without its leading zero, and what is
 stored must read back as it was sent.  `tests/flavours/test_jsonwire.py`
@@ -69,6 +78,15 @@ def plain(value: Any) -> str | None:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:
         return None
+
+
+def body(value: Any) -> bytes:
+    """A model server's request body as UTF-8 JSON (see above); `RecursionError`
+    for what is nested past writing, as `json.dumps` raises it."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value).encode()
 
 
 def loads(raw: str | bytes) -> Any:

@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway import jsonwire
 from gateway.edge import access, metrics, trace
 from gateway.edge.access import HEADER
 from gateway.errors import BadRequest, GatewayError, RateLimited, UpstreamError
@@ -69,6 +70,7 @@ class OpenAIUpstream:
         self._base_url = base_url.rstrip("/")
         self._session = session
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._post_headers = {**self._headers, "Content-Type": "application/json"}
         self._read_timeout_s = read_timeout_s
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
@@ -123,12 +125,14 @@ class OpenAIUpstream:
         }
         url = f"{self._base_url}/chat/completions"
         request_id = access.current_id()
-        headers = self._headers if request_id is None else {**self._headers, HEADER: request_id}
+        headers = self._post_headers
+        if request_id is not None:
+            headers = {**headers, HEADER: request_id}
         traced = trace.current()
         sent = time.monotonic()
         try:
             resp = await self._session.post(
-                url, json=body, headers=headers, timeout=self._stream_timeout
+                url, data=jsonwire.body(body), headers=headers, timeout=self._stream_timeout
             )
         except RecursionError:
             # A body the client's JSON reader took (about 1,000 levels) that the writer
