@@ -2,6 +2,7 @@
 gateway used) against `jsonwire.body` (orjson, `json` for what it refuses).
 
     python -m bench.bench_body [--rounds 7] [--json]
+    python -m bench.bench_body --turns 30 [--messages 2000] [--json]
 
 A stored chat's turn sends the chat's whole conversation to the model server,
 and the body is written in one call on the event loop: while it is written, no
@@ -11,18 +12,33 @@ messages are) are written both ways, alternating, best of ROUNDS runs of a loop
 long enough to take about 0.2 s; reported per body: its size, each writer's
 time per write, the ratio (orjson ÷ json).  The time per write is the loop's
 stall for that turn.
+
+With `--turns`, what a chat's length costs a stored turn: one gateway (SQLite)
+in front of a paced upstream (4 deltas 20 ms apart), a chat of 2 messages and
+one of MESSAGES (made with `POST /api/v1/chats/new`, each message about 250
+bytes), and one Nadoo socket that asks a question in each, alternating, TURNS
+times each: the time to first token (p50, min) of each chat and the
+difference, which is what the long chat's turn does before the model server is
+asked (its read, its tree, its conversation, its body): the replica's event
+loop is held for most of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
-from bench.common import machine
+import aiohttp
+import websockets
+
+from bench.common import bench_auth, free_port, machine, start, start_gateway, stop
 from gateway import jsonwire
 
 SIZES = (1, 20, 200, 2_000)
@@ -85,11 +101,107 @@ def measure(rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _chat(messages: int) -> dict[str, Any]:
+    """A linear chat of `messages` as the web app makes one."""
+    history: dict[str, dict[str, Any]] = {}
+    parent: str | None = None
+    for i in range(messages):
+        mid = str(uuid.uuid4())
+        history[mid] = {
+            "id": mid,
+            "parentId": parent,
+            "childrenIds": [],
+            "role": "user" if i % 2 == 0 else "assistant",
+            "content": f"{i}: {TEXT[:240]}",
+            "timestamp": 1_700_000_000 + i,
+        }
+        if parent is not None:
+            history[parent]["childrenIds"].append(mid)
+        parent = mid
+    return {"title": f"{messages} messages", "history": {"messages": history, "currentId": parent}}
+
+
+async def _turns(port: int, sizes: tuple[int, ...], turns: int) -> dict[int, list[float]]:
+    base, auth = f"http://127.0.0.1:{port}", bench_auth()
+    chats = {}
+    async with aiohttp.ClientSession() as http:
+        for size in sizes:
+            async with http.post(
+                f"{base}/api/v1/chats/new", json={"chat": _chat(size)}, headers=auth
+            ) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"a chat of {size}: HTTP {resp.status} {await resp.text()}")
+                chats[size] = (await resp.json())["id"]
+    token = auth["Authorization"].split()[1]
+    ttft: dict[int, list[float]] = {size: [] for size in sizes}
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/bench?token={token}") as ws:
+        await ws.recv()  # connected
+        for turn in range(turns):
+            for size in sizes if turn % 2 == 0 else sizes[::-1]:
+                began, first = time.perf_counter(), None
+                await ws.send(json.dumps({"type": "chat", "content": "go", "chat_id": chats[size]}))
+                while True:
+                    frame = json.loads(await ws.recv())
+                    if frame["type"] == "text-delta" and first is None:
+                        first = time.perf_counter() - began
+                    if frame["type"] == "error":
+                        raise RuntimeError(f"a turn in the chat of {size}: {frame}")
+                    if frame["type"] == "response_end":
+                        break
+                if turn:  # the first of each is a warm-up
+                    assert first is not None
+                    ttft[size].append(first * 1000)
+    return ttft
+
+
+def measure_turns(messages: int, turns: int) -> list[dict[str, Any]]:
+    up_port, port = free_port(), free_port()
+    upstream = start(["-m", "bench.servers", "upstream", str(up_port), "4", "0.02"])
+    try:
+        gateway = start_gateway(
+            port,
+            f"http://127.0.0.1:{up_port}/v1",
+            env={"DATA_DIR": f"bench/out/body-{port}"},
+        )
+        try:
+            found = asyncio.run(_turns(port, (2, messages), turns + 1))
+        finally:
+            stop(gateway)
+    finally:
+        stop(upstream)
+    return [
+        {
+            "messages": size,
+            "ttft_p50_ms": statistics.median(values),
+            "ttft_min_ms": min(values),
+        }
+        for size, values in found.items()
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_body", description=__doc__)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--turns", type=int, help="a stored turn's TTFT, short and long chat")
+    parser.add_argument("--messages", type=int, default=2_000, help="the long chat's length")
     args = parser.parse_args(argv)
+    if args.turns:
+        rows = measure_turns(args.messages, args.turns)
+        if args.json:
+            print(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+            return 0
+        print(f"# {machine()}")
+        print("| chat | TTFT p50 | TTFT min |")
+        print("|---|---|---|")
+        for row in rows:
+            print(
+                f"| {row['messages']:,} messages | {row['ttft_p50_ms']:.1f} ms"
+                f" | {row['ttft_min_ms']:.1f} ms |"
+            )
+        short, long = rows
+        print(f"the long chat's turn: +{long['ttft_p50_ms'] - short['ttft_p50_ms']:.1f} ms (p50)")
+        return 0
     rows = measure(args.rounds)
     if args.json:
         print(json.dumps({"machine": machine(), "rows": rows}, indent=2))
