@@ -44,7 +44,7 @@ from gateway.application.keys import (
 from gateway.application.realtime import Realtime
 from gateway.application.replies import Replies
 from gateway.bus import Replicas
-from gateway.bus.make import make_bus, make_journal
+from gateway.bus.make import make_bus, make_journal, make_locks
 from gateway.chat.background import Background
 from gateway.chat.service import ChatService
 from gateway.edge import access
@@ -321,8 +321,14 @@ async def _replies(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _chats(app: web.Application) -> AsyncIterator[None]:
-    app[CHATS] = Chats(app[STORE], app[CORE].replies, app[HUB])
-    yield
+    settings = app[SETTINGS]
+    redis_url = settings.redis_url if settings.websocket_manager == "redis" else None
+    locks = make_locks(redis_url, settings.redis_key_prefix)
+    app[CHATS] = Chats(app[STORE], app[CORE].replies, app[HUB], locks)
+    try:
+        yield
+    finally:
+        await locks.close()
 
 
 async def _accounts(app: web.Application) -> AsyncIterator[None]:

@@ -320,6 +320,7 @@ RESTRICTED = {
     "no-scripting": (["-@scripting"], "the bus's scripts ("),
     "no-script-load": (["-script|load"], "the bus's scripts ("),
     "scripts-without-hget": (["-hget"], "the bus's scripts ("),
+    "lock-release-without-get": (["-get"], "a chat's edit lock ("),
     "no-mget": (["-mget", "-sadd"], "MGET: "),
     "no-channels": (["resetchannels"], "PUBLISH, SUBSCRIBE"),
     "no-subscribe": (["-subscribe"], "PUBLISH, SUBSCRIBE"),

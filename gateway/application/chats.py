@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from gateway import rooms
+from gateway.bus import Locks
 from gateway.chat import search, tree
 from gateway.chat.chats import ChatBook, page_bounds
 from gateway.chat.running import RunningReplies, StopTarget
@@ -32,11 +33,14 @@ MAX_TAG_CHARS = 100
 
 
 class Chats:
-    def __init__(self, store: ChatStore, running: RunningReplies, hub: Hub) -> None:
+    def __init__(
+        self, store: ChatStore, running: RunningReplies, hub: Hub, locks: Locks | None = None
+    ) -> None:
         self._store = store
         self._running = running
         self._hub = hub
-        self.book = ChatBook(store, running.is_generating)
+        # `locks`: a chat's edits one at a time (across replicas, on Redis).
+        self.book = ChatBook(store, running.is_generating, locks)
 
     # -- reading -----------------------------------------------------------------
     async def owned(self, principal: Principal, chat_id: str) -> ChatRecord:

@@ -27,15 +27,23 @@ connection can ask for what it missed, here or on another replica
                  one process (the default)     WEBSOCKET_MANAGER=redis
     Journal      memory.LocalJournal           journal.RedisJournal (a stream per reply)
 
-`make.make_bus` builds the three.  Rooms named `conn:` and `reply:` belong to
-one connection or one HTTP response, always local: they never leave the
-process.
+`Locks` holds one lock per key (a chat's edits, one at a time): in one
+process an `asyncio.Lock` per key; on Redis, the same in each replica and
+then Redis's own, so edits reaching two replicas are one after the other too::
+
+                 one process (the default)     WEBSOCKET_MANAGER=redis
+    Locks        memory.LocalLocks             locks.RedisLocks
+
+`make.make_bus` builds the three (`make.make_locks` the locks).  Rooms named
+`conn:` and `reply:` belong to one connection or one HTTP response, always
+local: they never leave the process.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -159,6 +167,15 @@ def started_ms(event: Event) -> int:
     if isinstance(event, ReplyStarted):
         return int(event.started_at * 1000)
     return int(time.time() * 1000)
+
+
+class Locks(Protocol):
+    """`async with locks(key):` one holder of `key` at a time (across replicas when
+    they share Redis)."""
+
+    def __call__(self, key: str) -> AbstractAsyncContextManager[None]: ...
+
+    async def close(self) -> None: ...
 
 
 class Journal(Protocol):

@@ -2,10 +2,11 @@
 
 Every kind of command the bus sends — the rooms' pub/sub, the replay journal's
 streams, the registry's keys, hashes and sets, its close's transaction, the
-claims' scripts, the sender's queue — tried on keys and a channel of the check's
-own, `<prefix>check-config:<random>…`, so a user's ACL must cover `<prefix>*`
-(what README's scale-out section asks for).  The bus's scripts run as they are:
-Redis checks the ACL on the commands a script calls too.
+claims' scripts, the edit locks, the sender's queue — tried on keys and a
+channel of the check's own, `<prefix>check-config:<random>…`, so a user's ACL
+must cover `<prefix>*` (what README's scale-out section asks for).  The bus's
+scripts run as they are: Redis checks the ACL on the commands a script calls
+too.
 
 What is refused is told apart:
 
@@ -81,7 +82,7 @@ async def refused(client: Any, prefix: str, timeout_s: float) -> list[str]:
     """What this Redis refuses the bus, one line a kind ("XADD …: <Redis's answer>");
     [] when everything is allowed."""
     base = f"{prefix}check-config:{uuid.uuid4().hex[:12]}"
-    keys = (base, f"{base}:h", f"{base}:s", f"{base}:x")
+    keys = (base, f"{base}:h", f"{base}:s", f"{base}:x", f"{base}:l")
     try:
         async with asyncio.timeout(timeout_s):
             return await _tried(client, keys)
@@ -95,8 +96,8 @@ async def refused(client: Any, prefix: str, timeout_s: float) -> list[str]:
                 await client.delete(*keys)
 
 
-async def _tried(client: Any, keys: tuple[str, str, str, str]) -> list[str]:
-    string, fields, members, stream = keys
+async def _tried(client: Any, keys: tuple[str, str, str, str, str]) -> list[str]:
+    string, fields, members, stream, locked = keys
     mine = "check-config "  # a replica id the claims' scripts hold fields for
 
     async def expiring() -> None:  # the registry's beat and its takeover
@@ -125,6 +126,11 @@ async def _tried(client: Any, keys: tuple[str, str, str, str]) -> list[str]:
         await client.evalsha(sha, 1, fields, mine, mine + "c", "m")
         await client.eval(claims.UNCLAIM, 1, fields, "m", mine + "c")
         await client.eval(claims.FORGET, 1, fields, mine)
+
+    async def lock() -> None:  # a chat's edits across replicas (`bus/locks.py`)
+        held = client.lock(locked, timeout=TTL_S, blocking_timeout=1)
+        if await held.acquire():
+            await held.release()
 
     async def sets() -> None:  # the Engine.IO sessions of each replica
         await (
@@ -176,6 +182,7 @@ async def _tried(client: Any, keys: tuple[str, str, str, str]) -> list[str]:
         ("MGET", strings),
         ("HSET, HSETNX, HGETALL, HKEYS, HDEL", hashes),
         ("the bus's scripts (SCRIPT LOAD, EVALSHA, EVAL; HGET, HSET, HDEL, HGETALL)", scripts),
+        ("a chat's edit lock (SET … PX NX; its release script: GET, DEL)", lock),
         ("SADD, SISMEMBER, SREM", sets),
         ("XADD … MINID, XRANGE", streams),
         ("MULTI/EXEC", transaction),

@@ -13,14 +13,16 @@
     await replicas.close()                then the tasks' removal, beat, presence
 
 The rooms ask the registry who is alive, so they share its replica id.
-`make_journal` builds the replay buffer, on the same Redis when there is one.
+`make_journal` builds the replay buffer, on the same Redis when there is one;
+`make_locks` the locks of a chat's edits, the same way.
 """
 
 from __future__ import annotations
 
-from gateway.bus import Bus, Journal, Replicas
+from gateway.bus import Bus, Journal, Locks, Replicas
 from gateway.bus.journal import RedisJournal
-from gateway.bus.memory import LocalBus, LocalJournal, LocalReplicas
+from gateway.bus.locks import RedisLocks
+from gateway.bus.memory import LocalBus, LocalJournal, LocalLocks, LocalReplicas
 from gateway.bus.replicas import RedisReplicas
 from gateway.bus.rooms import RedisRooms
 
@@ -41,3 +43,11 @@ def make_journal(redis_url: str | None, prefix: str, max_events: int, ttl_s: flo
     if redis_url is None:
         return LocalJournal(max_events, ttl_s)
     return RedisJournal(redis_url, prefix, max_events, ttl_s)
+
+
+def make_locks(redis_url: str | None, prefix: str) -> Locks:
+    """A lock per key: on Redis when `redis_url` is given (held across replicas);
+    else in this process."""
+    if redis_url is None:
+        return LocalLocks()
+    return RedisLocks(redis_url, prefix)

@@ -8,10 +8,12 @@ sessions, has connections or hears commands, and none ever dies under us;
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from gateway.bus import (
@@ -34,6 +36,36 @@ from gateway.events import (
     ReplyFinished,
     TextDelta,
 )
+
+
+class LocalLocks:
+    """An `asyncio.Lock` per key while anyone holds or waits for it (then dropped:
+    no lock outlives its last user)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    async def close(self) -> None:
+        return None
 
 
 class LocalBus:

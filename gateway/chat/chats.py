@@ -10,13 +10,15 @@ here: `runner.py` ends each one (and the placeholder of one never started),
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
+from gateway.bus import Locks
+from gateway.bus.memory import LocalLocks
 from gateway.chat import tree
 from gateway.chat.shapes import chat_extra, chat_response, history_of, message_record
 from gateway.edge.auth import Principal
@@ -121,32 +123,23 @@ def page_bounds(page: int | None) -> tuple[int, int | None]:
 
 class ChatBook:
     def __init__(
-        self, store: ChatStore, is_generating: Callable[[str, str], bool] = lambda _c, _m: False
+        self,
+        store: ChatStore,
+        is_generating: Callable[[str, str], bool] = lambda _c, _m: False,
+        locks: Locks | None = None,
     ) -> None:
         self.store = store
         # Replies being generated have one writer, the generator: updates
         # from clients (which may hold a stale copy) must not overwrite them.
         self._is_generating = is_generating
         # A chat's edits read, merge and write its tree: one at a time per chat
-        # (on this replica), or two at once would each write what the other did
-        # not see (one's fields lost, or a parentId cycle neither made alone).
-        self._edits: dict[str, tuple[asyncio.Lock, int]] = {}
+        # (across replicas when they share Redis), or two at once would each
+        # write what the other did not see (one's fields lost, or a parentId
+        # cycle neither made alone).
+        self._locks = LocalLocks() if locks is None else locks
 
-    @contextlib.asynccontextmanager
-    async def _editing(self, chat_id: str) -> AsyncIterator[None]:
-        lock, users = self._edits.get(chat_id, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._edits[chat_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._edits[chat_id]
-            if users == 1:
-                del self._edits[chat_id]
-            else:
-                self._edits[chat_id] = (lock, users - 1)
+    def _editing(self, chat_id: str) -> AbstractAsyncContextManager[None]:
+        return self._locks(f"chat:{chat_id}")
 
     # -- reading -----------------------------------------------------------
     async def owned(self, principal: Principal, chat_id: str) -> ChatRecord:
