@@ -37,6 +37,7 @@ import aiohttp
 import asyncpg
 
 from gateway.edge import redact
+from gateway.edge.auth import MIN_SECRET_BYTES
 from gateway.edge.connections import SERVER_HEADER
 from gateway.edge.secrets import SECRET_KEY_FILE, load_or_create_secret
 from gateway.settings import Loaded, SettingsError
@@ -73,6 +74,18 @@ def prepare(loaded: Loaded, *, create: bool = True) -> None:
             f"{db.resolve()} is read-only for this user; the gateway writes every turn there",
         )
     loop_factory(loaded)
+
+
+def short_key(loaded: Loaded) -> str | None:
+    """The warning `serve` logs for a signing key shorter than HS256 wants (the
+    configured one, or the one kept in the data dir), for check-config to say too."""
+    key = loaded.settings.secret_key or _kept_key(loaded, missing_ok=True)
+    if not key or len(key.encode()) >= MIN_SECRET_BYTES:
+        return None
+    return (
+        f"WEBUI_SECRET_KEY has fewer than {MIN_SECRET_BYTES} bytes; use a longer one "
+        "(openssl rand -hex 32)"
+    )
 
 
 def loop_factory(loaded: Loaded) -> Callable[[], asyncio.AbstractEventLoop] | None:

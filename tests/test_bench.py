@@ -212,6 +212,29 @@ def test_gateway_bench_is_the_suite_with_its_own_arguments() -> None:
     assert "bench" in gateway("--help").stdout
 
 
+def test_gateway_bench_without_the_bench_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    # tqdm hidden from the interpreter, as in a gateway installed without the extra.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'tqdm':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+    )
+    hidden = subprocess.run(
+        [sys.executable, "-m", "gateway", "bench", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert hidden.returncode == 2, hidden.stderr
+    assert hidden.stdout == "" and "Traceback" not in hidden.stderr
+    [line] = hidden.stderr.splitlines()
+    assert "needs the bench extra (tqdm missing)" in line and "--extra bench" in line
+
+
 def test_the_flavours_bench_takes_a_reply_of_any_length() -> None:
     # `--deltas`: each reply's fixed costs shared over more chunks; as many deltas
     # at one stream in all, in at least 5 rounds.

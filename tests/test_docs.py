@@ -50,3 +50,15 @@ def test_every_link_in_the_docs_stays_inside_the_repository() -> None:
             if "://" in target:
                 continue
             assert (doc.parent / target).exists(), f"{doc.name} links {target}"
+
+
+def test_every_source_path_the_docs_name_exists() -> None:
+    """`gateway/…py`, `tests/…py`, `bench/…py` named in a document is a file here (a
+    module that moved is renamed in the documents too)."""
+    import re
+
+    docs = [ROOT / name for name in ("README.md", "LIMITS.md", "SECURITY.md")]
+    for doc in [*docs, *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "RESULTS.md"]:
+        named = set(re.findall(r"\b((?:gateway|tests|bench)/[\w/]+\.py)\b", doc.read_text()))
+        missing = sorted(path for path in named if not (ROOT / path).is_file())
+        assert missing == [], f"{doc.name} names files that are not here: {missing}"

@@ -187,6 +187,19 @@ def test_check_config_says_which_key_signs(tmp_path: Path) -> None:
     after = gateway("check-config", cwd=tmp_path)
     assert f"*** (generated, kept in {tmp_path / 'data' / '.webui_secret_key'})" in after.stdout
     assert "k" * 40 not in after.stdout
+    assert "fewer than 32 bytes" not in after.stderr
+
+
+def test_check_config_warns_of_a_short_key_as_serve_does(tmp_path: Path) -> None:
+    # Configured, or kept in the data dir (Open WebUI's start script makes a short one).
+    configured = gateway("check-config", cwd=tmp_path, env={"WEBUI_SECRET_KEY": "short-key"})
+    assert configured.returncode == 0, configured.stderr
+    assert "gateway: warning: WEBUI_SECRET_KEY has fewer than 32 bytes" in configured.stderr
+    assert "short-key" not in configured.stdout + configured.stderr
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / ".webui_secret_key").write_text("k" * 16)
+    kept = gateway("check-config", cwd=tmp_path)
+    assert "gateway: warning: WEBUI_SECRET_KEY has fewer than 32 bytes" in kept.stderr
 
 
 def test_log_lines_mask_secrets() -> None:

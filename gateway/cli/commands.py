@@ -62,7 +62,8 @@ def check_config(args: argparse.Namespace) -> int:
         )
     if failed:
         return 2
-    for warning in [*loaded.warnings, *([held] if held else [])]:
+    short = preflight.short_key(loaded)
+    for warning in [*loaded.warnings, *([held] if held else []), *([short] if short else [])]:
         print(f"gateway: warning: {warning}", file=sys.stderr)
     print(yaml.safe_dump(describe(loaded), sort_keys=True, allow_unicode=True), end="")
     for probe in probes:
@@ -198,12 +199,21 @@ def users_role(args: argparse.Namespace) -> int:
 
 
 def apikey_create(args: argparse.Namespace) -> int:
-    from gateway.application.accounts import create_api_key
+    from gateway.application.accounts import create_api_key, revoke_api_keys
 
     async def action(store: Any) -> int:
         user = await _find_user(store, args.user)
         if user is None:
             return 1
+        if args.kind == "openwebui":
+            # One `sk-` key per user, as over REST: the one before is revoked.
+            revoked = await revoke_api_keys(store, user.id, args.kind)
+            if revoked:
+                print(
+                    f"gateway: the user's earlier sk- key ({len(revoked)}) revoked: refused "
+                    "by running gateways within GATEWAY_ACCESS_RECHECK_S",
+                    file=sys.stderr,
+                )
         print(await create_api_key(store, user.id, args.kind))
         return 0
 
@@ -489,6 +499,16 @@ def doctor(args: argparse.Namespace) -> int:
     return 1 if report.faults else 0
 
 
+def _absent(module: str) -> bool:
+    """Whether `module` cannot be imported here (found without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
 def bench(args: argparse.Namespace) -> int:
     """`python -m bench` with the arguments given, in the checkout this gateway runs
     from: the suite is part of the source tree, not of an installed gateway."""
@@ -499,8 +519,17 @@ def bench(args: argparse.Namespace) -> int:
     if not (root / "bench" / "__main__.py").is_file():
         print(
             f"gateway: the benchmark suite is not here ({root / 'bench'} is missing): it "
-            "runs from a source checkout (git clone, then `gateway bench` or "
-            "`python -m bench` in it)",
+            "runs from a source checkout, with the gateway installed from it (in the "
+            "checkout: `pip install -e '.[bench]'`, or `python -m bench`)",
+            file=sys.stderr,
+        )
+        return 2
+    missing = [name for name in ("matplotlib", "tqdm", "psutil", "websockets") if _absent(name)]
+    if missing:
+        print(
+            f"gateway: the benchmark suite needs the bench extra ({', '.join(missing)} "
+            f"missing): `.tools/bin/uv sync --locked --extra bench` in {root}, or "
+            "`pip install -e '.[bench]'`",
             file=sys.stderr,
         )
         return 2

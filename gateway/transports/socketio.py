@@ -123,6 +123,8 @@ class SocketIOTransport:
             ping_interval=PING_INTERVAL_S,
             ping_timeout=PING_TIMEOUT_S,
             transports=transports,
+            # Polling only: the handshake offers no upgrade a client would then try.
+            allow_upgrades=settings.enable_websocket_support,
             max_http_buffer_size=settings.max_frame_bytes,
             # Loggers of their own, not False: with False each library adds a handler
             # of its own that writes tracebacks to stderr past the gateway's format

@@ -149,3 +149,24 @@ async def test_the_cli_lists_and_revokes_keys_a_running_gateway_then_refuses(
     assert missing.returncode == 1 and "no API key" in missing.stderr
     unknown = cli(data, "apikey", "list", "--user", "nobody@example.com")
     assert unknown.returncode == 1 and "no user" in unknown.stderr
+
+
+async def test_a_new_sk_key_from_the_cli_revokes_the_one_before(
+    start_gateway: Any, tmp_path: Path
+) -> None:
+    # One `sk-` key per user, from a shell as over REST (RAGFlow keys are many).
+    data = tmp_path / "keys"
+    added = cli(data, "users", "add", "--email", "op@example.com", "--password", "op-secret-1")
+    assert added.returncode == 0, added.stderr
+    first = cli(data, "apikey", "create", "--user", "op@example.com")
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    ragflow = cli(data, "apikey", "create", "--user", "op@example.com", "--kind", "ragflow")
+    second = cli(data, "apikey", "create", "--user", "op@example.com")
+    assert second.returncode == 0, second.stderr
+    assert "earlier sk- key (1) revoked" in second.stderr
+    assert first.stdout.strip() not in second.stdout + second.stderr
+    gw = start_gateway(data_dir=data)
+    assert not await works(gw, first.stdout.strip())
+    assert await works(gw, second.stdout.strip()) and await works(gw, ragflow.stdout.strip())
+    listed = cli(data, "apikey", "list", "--user", "op@example.com").stdout.strip().splitlines()
+    assert sorted(row.split("\t")[2] for row in listed[1:]) == ["openwebui", "ragflow"]

@@ -4,6 +4,7 @@ the JS socket.io-client and python-socketio, tabs and strangers, stop, failures,
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -453,6 +454,11 @@ async def test_websocket_support_off_leaves_polling(
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{gw.url}/api/config") as resp:
             assert (await resp.json())["features"]["enable_websocket"] is False
+        # The handshake offers no upgrade (a client would try it, and be refused).
+        polled = f"{gw.url}/ws/socket.io/?EIO=4&transport=polling&token={token}"
+        async with session.get(polled) as resp:
+            opened = json.loads((await resp.text())[1:])
+            assert opened["upgrades"] == [], opened
     with pytest.raises(socketio.exceptions.ConnectionError):
         await PySocket().connect(gw.url, token, ["websocket"])
     sock = await JSSocket().start(gw.url, token, transports="polling,websocket")
