@@ -72,17 +72,28 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_store(args: argparse.Namespace, action: Any) -> int:
+def _with_store(args: argparse.Namespace, action: Any, *, may_make: bool = False) -> int:
+    """`action(store)` on the gateway's store.  Only a command that adds to it
+    (`may_make`: users add) makes an SQLite store that is not there yet; any other
+    refuses, making nothing: run with another DATA_DIR than the server's, it would
+    list, change or find nothing, unseen."""
     import asyncio
 
     from gateway import preflight
     from gateway.store import StoreUnavailable, open_store, sqlite_file
 
     loaded = _load(args)
-    preflight.prepare(loaded)
     settings = loaded.settings
     sqlite = sqlite_file(settings.database_url, settings.data_dir)
     made = sqlite is not None and not sqlite.exists()
+    preflight.prepare(loaded, create=may_make or not made)
+    if made and not may_make:
+        print(
+            f"gateway: no database at {sqlite}: run this where the gateway runs (its "
+            "DATA_DIR or --config), or give it the gateway's DATABASE_URL",
+            file=sys.stderr,
+        )
+        return 1
 
     async def run() -> int:
         try:
@@ -154,7 +165,7 @@ def users_add(args: argparse.Namespace) -> int:
         print(f"gateway: {exc.message}", file=sys.stderr)
         return 1
     try:
-        return _with_store(args, action)
+        return _with_store(args, action, may_make=True)
     finally:
         passwords.close()
 

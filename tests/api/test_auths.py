@@ -127,6 +127,28 @@ def run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_cli_store_commands_without_a_store_refuse_and_make_nothing(tmp_path: Path) -> None:
+    # Run with another DATA_DIR than the server's (another directory): they would
+    # list, change or find nothing, unseen, on a store of their own.
+    data = tmp_path / "elsewhere"
+    for args in (
+        ("users", "list"),
+        ("users", "remove", "a@example.com"),
+        ("users", "role", "a@example.com", "user"),
+        ("apikey", "list"),
+        ("apikey", "create", "--user", "a@example.com"),
+        ("apikey", "revoke", "k1"),
+        ("admin", "stats", "--url", "http://127.0.0.1:9"),
+    ):
+        ran = run_cli(data, *args)
+        assert ran.returncode == 1, (args, ran.stderr)
+        assert ran.stderr == (
+            f"gateway: no database at {data / 'gateway.db'}: run this where the gateway "
+            "runs (its DATA_DIR or --config), or give it the gateway's DATABASE_URL\n"
+        ), args
+        assert not data.exists(), args
+
+
 def test_cli_users_and_api_keys(start_gateway: Any, tmp_path: Path) -> None:
     data = tmp_path / "cli"
     added = run_cli(
