@@ -126,7 +126,11 @@ class Settings(BaseModel):
     upstream_models_ttl_s: float = Field(60.0, ge=0, description="seconds to cache model lists")
     sse_keepalive_s: float = Field(15.0, gt=0, description="seconds between SSE comment lines")
     enable_signup: bool = Field(
-        True, description="true or false (false: only the first user of an empty store, who is admin; a token's user counts)"
+        True,
+        description=(
+            "true or false (false: only the first user of an empty store, who is admin; "
+            "a token's user counts)"
+        ),
     )
     password_min_chars: int = Field(
         8,
