@@ -309,3 +309,29 @@ def test_check_config_on_a_running_gateways_port_says_so_and_passes(
 def test_the_refusals_cover_every_kind_of_source() -> None:
     """Environment, config file and flags each have refused cases above."""
     assert any(c.env for c in CASES) and any(c.config for c in CASES) and any(c.args for c in CASES)
+
+
+def test_a_command_group_without_its_command_names_the_commands_it_has() -> None:
+    import argparse
+
+    from gateway.cli.parser import parser
+
+    groups = [
+        action
+        for action in parser()._subparsers._group_actions  # type: ignore[union-attr]
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    [top] = groups
+    for name, group in top.choices.items():
+        nested = [a for a in group._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in nested:
+            # The usage line and "the following arguments are required: …" name them.
+            assert action.metavar == "{" + ",".join(action.choices) + "}", name
+    missing = subprocess.run(
+        [sys.executable, "-m", "gateway", "users"], capture_output=True, text=True
+    )
+    assert missing.returncode == 2
+    assert missing.stderr == (
+        "gateway users: the following arguments are required: {add,list,remove,role} "
+        "(see gateway users --help)\n"
+    )

@@ -12,8 +12,10 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.application.keys import AUTHENTICATOR
+from gateway.edge import metrics
 from gateway.edge.auth import Principal, find_token
 from gateway.errors import (
+    AuthError,
     BadRequest,
     GatewayError,
     InternalError,
@@ -32,6 +34,15 @@ Renderer = Callable[[GatewayError], web.Response]
 
 async def principal_of(request: web.Request) -> Principal:
     token = find_token(request.headers, request.cookies)
+    if not token and ("token" in request.query or "authorization" in request.query):
+        # A token in the URL ends up in access logs, proxies' and browsers' histories:
+        # read only where a client cannot send a header (SSE, WebSocket routes).
+        metrics.AUTH_FAILURES.labels("missing").inc()
+        raise AuthError(
+            "Not authenticated: a token in the URL (?token=) is read only by the "
+            "event streams and WebSockets; send 'Authorization: Bearer <token>'",
+            reason="missing",
+        )
     return await request.app[AUTHENTICATOR].authenticate(token)
 
 

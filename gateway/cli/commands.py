@@ -172,6 +172,7 @@ def users_add(args: argparse.Namespace) -> int:
 
 def users_list(args: argparse.Namespace) -> int:
     async def action(store: Any) -> int:
+        print("id\temail\trole\tname")  # as `apikey list`: a header, then a row a user
         for user in await store.list_users():
             print(f"{user.id}\t{user.email or '-'}\t{user.role}\t{user.name}")
         return 0

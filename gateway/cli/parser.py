@@ -105,7 +105,9 @@ def _serving(sub: Subparsers, common: _Parser) -> None:
 
 def _accounts(sub: Subparsers, common: _Parser) -> None:
     users = sub.add_parser("users", help="manage users", parents=[common])
-    users_sub = users.add_subparsers(dest="users_command", required=True, parser_class=_Parser)
+    users_sub = users.add_subparsers(
+        dest="users_command", required=True, parser_class=_Parser, metavar="{add,list,remove,role}"
+    )
     add = users_sub.add_parser("add", help="create a user with a password", parents=[common])
     add.add_argument("--email", required=True)
     add.add_argument("--password", required=True)
@@ -129,7 +131,9 @@ def _accounts(sub: Subparsers, common: _Parser) -> None:
     role.set_defaults(run=commands.users_role)
 
     apikey = sub.add_parser("apikey", help="manage API keys", parents=[common])
-    apikey_sub = apikey.add_subparsers(dest="apikey_command", required=True, parser_class=_Parser)
+    apikey_sub = apikey.add_subparsers(
+        dest="apikey_command", required=True, parser_class=_Parser, metavar="{create,list,revoke}"
+    )
     create = apikey_sub.add_parser("create", help="print a new API key", parents=[common])
     create.add_argument("--user", required=True, help="user id or email")
     create.add_argument("--kind", choices=["openwebui", "ragflow"], default="openwebui")
@@ -148,7 +152,9 @@ def _accounts(sub: Subparsers, common: _Parser) -> None:
 
 def _admin(sub: Subparsers, common: _Parser) -> None:
     admin = sub.add_parser("admin", help="look at a running deployment", parents=[common])
-    admin_sub = admin.add_subparsers(dest="admin_command", required=True, parser_class=_Parser)
+    admin_sub = admin.add_subparsers(
+        dest="admin_command", required=True, parser_class=_Parser, metavar="{stats}"
+    )
     stats = admin_sub.add_parser(
         "stats",
         help="connections of every replica (via the bus), by replica and kind",
@@ -192,7 +198,9 @@ def _webui(sub: Subparsers, common: _Parser) -> None:
     webui = sub.add_parser(
         "webui", help="install Open WebUI's web app for gateway serve to serve", parents=[common]
     )
-    webui_sub = webui.add_subparsers(dest="webui_command", required=True, parser_class=_Parser)
+    webui_sub = webui.add_subparsers(
+        dest="webui_command", required=True, parser_class=_Parser, metavar="{install,status}"
+    )
     install = webui_sub.add_parser(
         "install",
         help="fetch the open-webui wheel with pip and unpack its built frontend into the data dir",

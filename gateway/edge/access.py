@@ -57,7 +57,8 @@ class Access:
 
     request_id: str
     user_id: str | None = None
-    # The flavour of the connection the request became (a socket, a stream), if any.
+    # The flavour of the connection the request became (a socket, a stream), or that
+    # it asked in (`noted_flavour`), if any.
     flavour: str | None = None
 
 
@@ -78,6 +79,15 @@ def noted_user(user_id: str) -> None:
     access = _CURRENT.get()
     if access is not None:
         access.user_id = user_id
+
+
+def noted_flavour(flavour: str) -> None:
+    """The request being handled asks in this flavour (a reply it starts without a
+    connection of its own, such as the web app's POST whose reply goes to its socket,
+    logs it)."""
+    access = _CURRENT.get()
+    if access is not None:
+        access.flavour = flavour
 
 
 def request_ids(

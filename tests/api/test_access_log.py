@@ -252,6 +252,7 @@ async def test_a_trusted_request_id_follows_its_request_everywhere(
     turn_reply = await reply_line(ids["turn"])
     assert turn_reply["msg"] == "reply finished" and turn_reply["message_id"] == message_id
     assert turn_reply["user_id"] == user_id
+    assert turn_reply["flavour"] == "openwebui"  # asked by a POST, streamed to a socket
 
     # The model server was asked with each request's id.
     for key in ("sse", "nadoo", "turn"):

@@ -175,6 +175,7 @@ def test_cli_users_and_api_keys(start_gateway: Any, tmp_path: Path) -> None:
         == 1
     )
     listed = run_cli(data, "users", "list")
+    assert listed.stdout.splitlines()[0] == "id\temail\trole\tname"
     assert "root@example.com" in listed.stdout and "admin" in listed.stdout
     assert "note:" not in listed.stderr
     # A role changed (how a pending user is let in), then back.

@@ -246,6 +246,12 @@ async def test_a_token_in_the_query_is_for_socket_handshakes_only(guarded: Gatew
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{guarded.url}/v1/models", params={"token": token}) as resp:
             assert resp.status == 401
+            # Told why, in the route's own shape (OpenAI's error object here).
+            error = (await resp.json())["error"]
+            assert "a token in the URL (?token=) is read only by the event streams" in (
+                error["message"]
+            )
+            assert token not in await resp.text()
         async with session.get(
             f"{guarded.url}/v1/models", headers={"Authorization": f"Bearer {token}"}
         ) as resp:

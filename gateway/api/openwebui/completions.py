@@ -20,6 +20,7 @@ from gateway.api import openai
 from gateway.api.common import principal_of, read_json
 from gateway.application.keys import ORIGINS, REALTIME, REPLIES, SETTINGS
 from gateway.application.replies import finished
+from gateway.edge import access
 from gateway.errors import BadRequest
 from gateway.flavours import openai as codec
 from gateway.flavours.openwebui import (
@@ -48,6 +49,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             )
         return await openai.pure_api(request, principal, body)
     replies = request.app[REPLIES]
+    access.noted_flavour("openwebui")  # its reply's log line says so, wherever it streams
     ask = decode_completion_request(body)
     if ask.session_id is not None and (
         is_web_app_turn(ask) or request.app[REALTIME].owner_of(ask.session_id) == principal.user_id
