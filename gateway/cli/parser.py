@@ -76,8 +76,10 @@ def parser() -> argparse.ArgumentParser:
 
 def _serving(sub: Subparsers, common: _Parser) -> None:
     serve = sub.add_parser("serve", help="run the gateway", parents=[common])
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--host", help="the address to listen on (default: GATEWAY_HOST, 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, help="the port to listen on (default: GATEWAY_PORT or PORT, 8080)"
+    )
     serve.set_defaults(run=commands.serve)
 
     check = sub.add_parser(
@@ -157,7 +159,8 @@ def _admin(sub: Subparsers, common: _Parser) -> None:
     )
     stats = admin_sub.add_parser(
         "stats",
-        help="connections of every replica (via the bus), by replica and kind",
+        help="connections of every replica, by replica and kind (asks a running gateway's "
+        "/ws/stats)",
         parents=[common],
     )
     stats.add_argument(
