@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 from gateway.edge.auth import Principal
+from gateway.errors import DatabaseDown
 from gateway.store import Revocation, UserStore
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,11 @@ class AccessGuard:
             await asyncio.sleep(self._recheck_s)
             try:
                 await self.check_now()
+            except DatabaseDown:
+                # A store that is briefly away: try again at the next tick (one line;
+                # the store's own log says what went away).
+                log.warning("access recheck failed: the database is unavailable; retrying")
             except Exception:
-                # A store that is briefly away: try again at the next tick.
                 log.warning("access recheck failed; retrying", exc_info=True)
 
     async def check_now(self) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
@@ -45,7 +46,7 @@ from gateway.chat.running import Running, RunningReplies
 from gateway.chat.slots import ReplySlots
 from gateway.edge import metrics
 from gateway.edge.trace import Traces
-from gateway.errors import GatewayError
+from gateway.errors import DatabaseDown, GatewayError
 from gateway.events import Event, Notification, ReplyFailed, ReplyFinished, TextDelta, Usage
 from gateway.fanout.hub import Hub
 from gateway.fanout.presence import Presence
@@ -55,6 +56,12 @@ from gateway.store.records import MessageRecord
 log = logging.getLogger(__name__)
 
 NOTIFICATION_PREVIEW_CHARS = 140
+# A reply's end written while the database is briefly away: tried again, the first
+# wait this long, doubling up to END_WRITE_WAIT_MAX_S, for at most END_WRITE_RETRY_S
+# (LIMITS.md); its end goes out once it is written (or given up on).
+END_WRITE_WAIT_S = 0.2
+END_WRITE_WAIT_MAX_S = 5.0
+END_WRITE_RETRY_S = 60.0
 
 Opening = Callable[[], Awaitable[AsyncGenerator[Event, None]]]
 
@@ -261,11 +268,7 @@ class ReplyRunner:
         traced(run, end)
         if run.record is not None:
             await self.drafts.ended(run)  # a draft on its way lands first
-            try:
-                titled = await self._store_end(run.record, end, run.title)
-            except Exception:
-                log.exception("storing a reply's end failed", extra={"message_id": end.message_id})
-                titled = None
+            titled = await self._stored_end(run.record, end, run.title)
             if titled is not None and isinstance(end, ReplyFinished):
                 end = replace(end, title=titled)
         # Its message free before its end goes out: a client may answer into it
@@ -278,6 +281,42 @@ class ReplyRunner:
                 self._notify_if_unwatched(run.running, end.content)
             if run.after is not None:
                 run.after(end)
+
+    async def _stored_end(
+        self, record: MessageRecord, end: ReplyFinished | ReplyFailed, title: str | None
+    ) -> str | None:
+        """`_store_end`, tried again while the database is unavailable (a restart, a
+        failover): the reply is held meanwhile (its message claimed, its end not yet
+        sent), so no replica takes it for one a crash left unfinished and no client
+        sees an end the store does not have.  Given up after END_WRITE_RETRY_S."""
+        extra = {"message_id": end.message_id, "chat_id": end.chat_id}
+        deadline = time.monotonic() + END_WRITE_RETRY_S
+        wait, tries = END_WRITE_WAIT_S, 0
+        while True:
+            tries += 1
+            try:
+                titled = await self._store_end(record, end, title)
+            except DatabaseDown:
+                if time.monotonic() + wait > deadline:
+                    log.error(
+                        "storing a reply's end failed: the database stayed unavailable",
+                        extra={**extra, "tries": tries},
+                    )
+                    return None
+                if tries == 1:
+                    log.warning(
+                        "storing a reply's end: the database is unavailable; trying again",
+                        extra=extra,
+                    )
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, END_WRITE_WAIT_MAX_S)
+                continue
+            except Exception:
+                log.exception("storing a reply's end failed", extra=extra)
+                return None
+            if tries > 1:
+                log.info("a reply's end stored once the database was back", extra=extra)
+            return titled
 
     async def _store_end(
         self, record: MessageRecord, end: ReplyFinished | ReplyFailed, title: str | None = None

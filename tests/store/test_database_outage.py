@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import websockets
 
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, deltas_of
 from tests.gatewayproc import GatewayProcess, make_token
 from tests.services import PostgresServer
 
@@ -91,4 +91,49 @@ async def test_a_database_restart_fails_requests_cleanly_then_recovers(
             await asyncio.sleep(0.2)
         assert (await nadoo_turn(gw, token))["type"] == "response_end"
     log = gw.log()
+    assert "Traceback" not in log, log[-3000:]
+
+
+async def test_a_reply_that_ends_while_the_database_is_away_is_stored_once_it_is_back(
+    start_gateway: Any, fake_upstream: FakeUpstream, database: PostgresServer
+) -> None:
+    # The reply runs on (the model server is not the database); its end is written
+    # once the database is back, and only then sent: no client sees an end the store
+    # does not have, and a reload or a late resume finds the whole text.
+    gw: GatewayProcess = start_gateway(
+        {"OPENAI_API_BASE_URL": fake_upstream.url, "DATABASE_URL": database.url}
+    )
+    token = make_token(f"outage-end-{uuid.uuid4().hex[:6]}")
+    url = f"ws://127.0.0.1:{gw.port}/ws/chat/o-{uuid.uuid4().hex[:6]}?token={token}"
+    expected = "".join(deltas_of("fake-slow", ""))
+    text, back_at, end_at = "", 0.0, 0.0
+    async with websockets.connect(url) as ws:
+        json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))  # connected
+        await ws.send(json.dumps({"type": "chat", "content": "hi", "application_id": "fake-slow"}))
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+            if frame["type"] == "response_start":  # its turn is written: now the outage
+                chat_id, message_id = frame["chat_id"], frame["message_id"]
+                await asyncio.to_thread(database.stop)
+            elif frame["type"] == "text-delta":
+                text += frame["text"]
+                if text == expected:  # the model server is done: the end waits for the store
+                    await asyncio.sleep(1.0)
+                    await asyncio.to_thread(database.start)
+                    back_at = time.monotonic()
+            else:
+                assert frame["type"] == "response_end", frame
+                end_at = time.monotonic()
+                break
+    assert frame["full_response"] == expected.strip() and back_at and end_at > back_at
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gw.url}/api/v1/chats/{chat_id}", headers=headers) as resp:
+            assert resp.status == 200
+            stored = (await resp.json())["chat"]["history"]["messages"][message_id]
+    assert (stored["content"], stored["done"]) == (expected.strip(), True), stored
+    assert "error" not in stored
+    log = gw.log()
+    assert "storing a reply's end: the database is unavailable; trying again" in log
+    assert "a reply's end stored once the database was back" in log
     assert "Traceback" not in log, log[-3000:]
