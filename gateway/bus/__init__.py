@@ -237,14 +237,16 @@ class Replicas(Sessions, Protocol):
 
     def task_ended(self, task_id: str) -> None: ...
 
-    async def claim(self, chat_id: str, message_ids: list[str]) -> str | None:
+    async def claim(self, chat_id: str, message_ids: list[str], user_id: str = "") -> str | None:
         """Hold messages for replies about to be started into them here: None, or
-        the first of them another replica holds (nothing is then held).  Held
-        until `unclaim`, or until the holder dies and a survivor has ended its
-        replies.  Fails open (None) while the registry cannot be reached."""
+        the first of them another replica holds (nothing is then held) — in this
+        chat, or (given `user_id`) under the same id in another of the user's
+        chats, whose events would reach every follower of either.  Held until
+        `unclaim`, or until the holder dies and a survivor has ended its replies.
+        Fails open (None) while the registry cannot be reached."""
         ...
 
-    def unclaim(self, chat_id: str, message_ids: list[str]) -> None:
+    def unclaim(self, chat_id: str, message_ids: list[str], user_id: str = "") -> None:
         """Let go of messages `claim`ed here (never blocks)."""
         ...
 

@@ -2,7 +2,10 @@
 the messages replies are being started or run into, held in one Redis hash.
 
     answering   hash   [chat id, message id] → the claim holding it:
-                       "<replica id> <claim id>", a claim id new at every claim
+                       "<replica id> <claim id>", a claim id new at every claim;
+                       ["user", user id, message id] → the same claim: a user's
+                       replies run under different ids, whatever their chats
+                       (their events are found by the user and the id alone)
 
     claim(chat, ids)    one round trip (a script): every message free or this
                         replica's, then all of them this replica's; else the
@@ -88,6 +91,20 @@ def message_field(chat_id: str, message_id: str) -> str:
     return json.dumps([chat_id, message_id])
 
 
+def user_field(user_id: str, message_id: str) -> str:
+    """A user's reply id's field in `answering`, whichever chat it is in."""
+    return json.dumps(["user", user_id, message_id])
+
+
+def _fields(chat_id: str, message_ids: list[str], user_id: str) -> list[tuple[str, str]]:
+    """Each field a claim holds and its message: the chat's first, so a message held
+    in this very chat is named as such; then the user's, when known."""
+    held = [(message_field(chat_id, message_id), message_id) for message_id in message_ids]
+    if user_id:
+        held += [(user_field(user_id, message_id), message_id) for message_id in message_ids]
+    return held
+
+
 class Claims:
     def __init__(
         self,
@@ -108,8 +125,9 @@ class Claims:
             "could not ask Redis whether a message is free: only this replica's replies checked"
         )
 
-    async def claim(self, chat_id: str, message_ids: list[str]) -> str | None:
-        fields = [message_field(chat_id, message_id) for message_id in message_ids]
+    async def claim(self, chat_id: str, message_ids: list[str], user_id: str = "") -> str | None:
+        held_fields = _fields(chat_id, message_ids, user_id)
+        fields = [field for field, _ in held_fields]
         claim = self._mine + uuid.uuid4().hex[:12]
         for field in fields:  # let go by `unclaim` whatever the answer
             self._claimed[field] = claim
@@ -126,13 +144,12 @@ class Claims:
             return None
         if held is None:
             return None
-        self.unclaim(chat_id, message_ids)
-        return message_ids[fields.index(str(held))]
+        self.unclaim(chat_id, message_ids, user_id)
+        return held_fields[fields.index(str(held))][1]
 
-    def unclaim(self, chat_id: str, message_ids: list[str]) -> None:
+    def unclaim(self, chat_id: str, message_ids: list[str], user_id: str = "") -> None:
         pairs: list[str] = []
-        for message_id in message_ids:
-            field = message_field(chat_id, message_id)
+        for field, _ in _fields(chat_id, message_ids, user_id):
             claim = self._claimed.pop(field, None)
             if claim is not None:
                 pairs += [field, claim]

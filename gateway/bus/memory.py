@@ -121,10 +121,10 @@ class LocalReplicas:
     def task_ended(self, task_id: str) -> None:
         return None
 
-    async def claim(self, chat_id: str, message_ids: list[str]) -> str | None:
+    async def claim(self, chat_id: str, message_ids: list[str], user_id: str = "") -> str | None:
         return None
 
-    def unclaim(self, chat_id: str, message_ids: list[str]) -> None:
+    def unclaim(self, chat_id: str, message_ids: list[str], user_id: str = "") -> None:
         return None
 
     async def remote_tasks(self) -> list[TaskInfo]:

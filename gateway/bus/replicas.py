@@ -249,11 +249,11 @@ class RedisReplicas:
         self._local_tasks.pop(task_id, None)
         self._sender.command("hdel", self._key("tasks"), task_id)
 
-    async def claim(self, chat_id: str, message_ids: list[str]) -> str | None:
-        return await self._claims.claim(chat_id, message_ids)
+    async def claim(self, chat_id: str, message_ids: list[str], user_id: str = "") -> str | None:
+        return await self._claims.claim(chat_id, message_ids, user_id)
 
-    def unclaim(self, chat_id: str, message_ids: list[str]) -> None:
-        self._claims.unclaim(chat_id, message_ids)
+    def unclaim(self, chat_id: str, message_ids: list[str], user_id: str = "") -> None:
+        self._claims.unclaim(chat_id, message_ids, user_id)
 
     async def _all_tasks(self) -> list[TaskInfo]:
         raw = cast(dict[str, str], await self._redis.hgetall(self._key("tasks")))

@@ -74,8 +74,9 @@ class RunningReplies:
         being started or running, here or on another replica (`Replicas.claim`), is
         a `Conflict` (409), and nothing is held: two replies into one row would each
         write it, and the one that ended last would overwrite the other's answer.
-        So is one whose id the user's reply in another chat runs under on this
-        replica: their events would be one reply's to every follower of either."""
+        So is one whose id the user's reply in another chat runs under, here or on
+        another replica: their events would be one reply's to every follower of
+        either."""
         keys = [(chat_id, message_id) for message_id in message_ids]
         for key in keys:
             if key in self._answering:
@@ -85,7 +86,7 @@ class RunningReplies:
         self._answering.update(keys)
         self._chat_of.update(((user_id, message_id), chat_id) for message_id in message_ids)
         try:
-            elsewhere = await self.replicas.claim(chat_id, message_ids)
+            elsewhere = await self.replicas.claim(chat_id, message_ids, user_id)
         except BaseException:
             self.release(chat_id, message_ids, user_id)
             raise
@@ -99,7 +100,7 @@ class RunningReplies:
         for message_id in message_ids:
             self._answering.discard((chat_id, message_id))
         self._forget(user_id, message_ids)
-        self.replicas.unclaim(chat_id, message_ids)
+        self.replicas.unclaim(chat_id, message_ids, user_id)
 
     def _forget(self, user_id: str, message_ids: list[str]) -> None:
         for message_id in message_ids:
@@ -122,7 +123,7 @@ class RunningReplies:
         if key in self._answering:  # (a temporary chat's replies hold nothing)
             self._answering.discard(key)
             self._forget(running.user_id, [running.message_id])
-            self.replicas.unclaim(running.chat_id, [running.message_id])
+            self.replicas.unclaim(running.chat_id, [running.message_id], running.user_id)
         self.replicas.task_ended(running.task_id)
 
     # -- tasks: this replica's and the others' -------------------------------------
