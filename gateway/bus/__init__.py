@@ -169,6 +169,10 @@ def started_ms(event: Event) -> int:
     return int(time.time() * 1000)
 
 
+class Unreachable(Exception):
+    """The registry cannot be reached (Redis down): what runs elsewhere is unknown."""
+
+
 class Locks(Protocol):
     """`async with locks(key):` one holder of `key` at a time (across replicas when
     they share Redis)."""
@@ -250,8 +254,10 @@ class Replicas(Sessions, Protocol):
         """Let go of messages `claim`ed here (never blocks)."""
         ...
 
-    async def remote_tasks(self) -> list[TaskInfo]:
-        """Replies running on the other live replicas."""
+    async def remote_tasks(self, *, strict: bool = False) -> list[TaskInfo]:
+        """Replies running on the other live replicas ([] while the registry cannot be
+        reached; `strict`: `Unreachable` then, for a caller to whom "none" and "cannot
+        tell" differ)."""
         ...
 
     def presence_changed(self, seats: list[Seat]) -> None: ...

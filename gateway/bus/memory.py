@@ -127,7 +127,7 @@ class LocalReplicas:
     def unclaim(self, chat_id: str, message_ids: list[str], user_id: str = "") -> None:
         return None
 
-    async def remote_tasks(self) -> list[TaskInfo]:
+    async def remote_tasks(self, *, strict: bool = False) -> list[TaskInfo]:
         return []
 
     def session_opened(self, sid: str) -> None:

@@ -54,7 +54,7 @@ from typing import Any, cast
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from gateway.bus import OnControl, OnOrphan, Seat, TaskInfo, wire
+from gateway.bus import OnControl, OnOrphan, Seat, TaskInfo, Unreachable, wire
 from gateway.bus.claims import Claims
 from gateway.bus.link import Background, Complaints, Listener, Sender, client
 
@@ -269,11 +269,13 @@ class RedisReplicas:
         self.malformed_entries += 1
         self._bad_entries.note(key=key, error=str(exc)[:200])
 
-    async def remote_tasks(self) -> list[TaskInfo]:
+    async def remote_tasks(self, *, strict: bool = False) -> list[TaskInfo]:
         try:
             tasks = [task for task in await self._all_tasks() if task.replica != self.replica_id]
             alive = await self.alive(task.replica for task in tasks)
-        except RedisError:
+        except RedisError as exc:
+            if strict:
+                raise Unreachable(str(exc) or type(exc).__name__) from None
             return []
         return [task for task in tasks if task.replica in alive]
 

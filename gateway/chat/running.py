@@ -17,8 +17,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.bus import Replicas, TaskInfo
+from gateway.bus import Replicas, TaskInfo, Unreachable
+from gateway.bus.link import BACKOFF_MAX_S
 from gateway.bus.memory import LocalReplicas
+from gateway.bus.replicas import HEARTBEAT_S
 from gateway.errors import Conflict
 from gateway.events import ReplyFailed
 from gateway.fanout.hub import Hub
@@ -67,6 +69,8 @@ class RunningReplies:
         # replies are found by message id alone (the replay buffer, a resume, the
         # stream route), so one id runs in one chat of a user at a time (`claim`).
         self._chat_of: dict[tuple[str, str], str] = {}
+        # `recover_unfinished` tried again while the registry cannot be reached.
+        self._recovering: asyncio.Task[None] | None = None
 
     async def claim(self, chat_id: str, message_ids: list[str], user_id: str = "") -> None:
         """Hold messages for the replies about to be started into them, until each
@@ -193,8 +197,22 @@ class RunningReplies:
         await self.store.update_message(record)
 
     async def recover_unfinished(self) -> int:
-        """Finalise replies a crash left with done=false, unless a live replica runs them."""
-        elsewhere = {(t.chat_id, t.message_id) for t in await self.replicas.remote_tasks()}
+        """Finalise replies a crash left with done=false, unless a live replica runs them.
+        While the registry cannot say which run elsewhere (Redis unreachable), none:
+        a reply another replica is running would be marked crashed under it; tried
+        again every RECOVER_RETRY_S until it can say (`_recover_later`)."""
+        try:
+            remote = await self.replicas.remote_tasks(strict=True)
+        except Unreachable as exc:
+            if self._recovering is None or self._recovering.done():
+                log.warning(
+                    "replies left unfinished by a crash not finalised yet: which run on "
+                    "other replicas is unknown while Redis is unreachable; trying again",
+                    extra={"error": str(exc)[:200], "retry_s": RECOVER_RETRY_S},
+                )
+                self._recovering = asyncio.get_running_loop().create_task(self._recover_later())
+            return 0
+        elsewhere = {(t.chat_id, t.message_id) for t in remote}
         recovered = 0
         for record in await self.store.unfinished_messages():
             key = (record.chat_id, record.id)
@@ -205,6 +223,34 @@ class RunningReplies:
         if recovered:
             log.warning("finalised replies left unfinished by a crash", extra={"count": recovered})
         return recovered
+
+    async def _recover_later(self) -> None:
+        """`recover_unfinished` once Redis has answered for REJOIN_S on end: a Redis
+        that restarted empty lists a live replica's replies again only once that
+        replica has reconnected (its backoff) and written them back."""
+        answering_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(RECOVER_RETRY_S)
+            try:
+                await self.replicas.remote_tasks(strict=True)
+            except Unreachable:
+                answering_since = None
+                continue
+            except Exception:
+                log.warning("finding replies left unfinished failed; trying again", exc_info=True)
+                continue
+            if answering_since is None:
+                answering_since = loop.time()
+            if loop.time() - answering_since < REJOIN_S:
+                continue
+            self._recovering = None
+            log.info("Redis answers again: finalising the replies no replica runs")
+            try:
+                await self.recover_unfinished()
+            except Exception:
+                log.warning("finalising replies left unfinished failed", exc_info=True)
+            return
 
     async def on_orphan(self, task: TaskInfo) -> None:
         """A reply whose replica died (the registry calls this on one survivor): stored with
@@ -232,6 +278,8 @@ class RunningReplies:
         return None if record is None else record.content
 
     async def shutdown(self) -> None:
+        if self._recovering is not None:
+            self._recovering.cancel()
         # Every reply past its first step before any is cancelled, with no await
         # between the last look and the cancels (a reply may start meanwhile).
         for _ in range(SHUTDOWN_STEP_TURNS):
@@ -244,6 +292,12 @@ class RunningReplies:
         tasks = [r.task for r in self.running.values() if r.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
+
+# How often `recover_unfinished` is tried again while Redis is unreachable, and how
+# long Redis must have answered before it is: every live replica reconnected (its
+# backoff) and its running replies written back (its first round trip).
+RECOVER_RETRY_S = 2.0
+REJOIN_S = BACKOFF_MAX_S + 2 * HEARTBEAT_S
 
 # How many loop turns `shutdown` gives replies started meanwhile to take their first step.
 SHUTDOWN_STEP_TURNS = 100
