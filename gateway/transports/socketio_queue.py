@@ -229,16 +229,20 @@ def end_long_poll(sock: Any) -> None:
 async def close_all(
     sio: socketio.AsyncServer, tcp_of: Callable[[Any], asyncio.Transport | None], wait_s: float
 ) -> None:
-    """Every Engine.IO session of a stopping replica closed so that its client
-    reconnects (elsewhere): a CLOSE packet (a polling client gets it at its next
-    poll and reconnects), then, `wait_s` later, the TCP connection of each that
-    is still open cut (a websocket client reconnects on a transport close; a
-    Socket.IO DISCONNECT would stop it from reconnecting at all)."""
+    """Every Engine.IO session of a stopping replica ended so that its client
+    reconnects (elsewhere), whichever client it is: no CLOSE packet (python-engineio's
+    client takes one for "the server is done with you" and never reconnects; a
+    Socket.IO DISCONNECT would stop every client from reconnecting), but the
+    session closed: a long poll waiting is ended at once (a NOOP) and the next
+    poll is refused (400), a websocket's TCP connection is cut `wait_s` later
+    (what it had queued goes out meanwhile); each client reconnects on that
+    transport error, as on any lost connection."""
     socks = [sock for sock in list(sio.eio.sockets.values()) if not sock.closed]
+    cut = [tcp for sock in socks if (tcp := tcp_of(sock)) is not None and not tcp.is_closing()]
     for sock in socks:
         with contextlib.suppress(Exception):
-            await sock.close(wait=False)
-    cut = [tcp for sock in socks if (tcp := tcp_of(sock)) is not None and not tcp.is_closing()]
+            await sock.close(wait=False, abort=True)
+        end_long_poll(sock)
     if cut:
         await asyncio.sleep(wait_s)
         for tcp in cut:

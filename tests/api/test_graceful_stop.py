@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import socketio
 import websockets
 
 from tests.api.test_nadoo_ws import recv, user, ws_url
@@ -186,3 +187,50 @@ async def test_socketio_clients_are_let_go_at_once_to_reconnect_elsewhere(
     finally:
         for tab in tabs:
             await tab.close()
+
+
+async def test_python_socketio_clients_reconnect_once_the_replica_is_back(
+    start_gateway: Any, fake_upstream: FakeUpstream
+) -> None:
+    """python-socketio's client, as a script or a bot runs it: on an Engine.IO CLOSE
+    packet it takes the server for done with it and never reconnects; a stopping
+    replica now ends its sessions as a lost connection, which it reconnects after
+    (here, to the same replica restarted: through a balancer, to another)."""
+    gw: GatewayProcess = start_gateway({"OPENAI_API_BASE_URL": fake_upstream.url})
+    _, token = user()
+    sessions, clients, reasons = [], [], []
+    for transports in (["websocket"], ["polling"]):
+        http = aiohttp.ClientSession()
+        client = socketio.AsyncClient(
+            reconnection=True,
+            reconnection_delay=0.2,
+            reconnection_delay_max=0.5,
+            randomization_factor=0,
+            http_session=http,
+        )
+
+        async def gone(*why: Any, seen: list[Any] = reasons) -> None:
+            seen.append(why)
+
+        client.on("disconnect", gone)
+        await client.connect(
+            gw.url, socketio_path="/ws/socket.io", auth={"token": token}, transports=transports
+        )
+        sessions.append(http)
+        clients.append(client)
+    try:
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGTERM)
+        assert await exited(gw) == 0
+        assert len(reasons) == 2 and not any(client.connected for client in clients), reasons
+        assert all("server disconnect" not in str(why) for why in reasons), reasons
+        await asyncio.to_thread(gw.start)
+        deadline = time.monotonic() + TIMEOUT_S
+        while not all(client.connected for client in clients):
+            assert time.monotonic() < deadline, [client.connected for client in clients]
+            await asyncio.sleep(0.1)
+    finally:
+        for client in clients:
+            await client.disconnect()
+        for http in sessions:
+            await http.close()
