@@ -247,7 +247,11 @@ class SocketIOTransport:
         data = args[0]
         try:
             event = FLAVOUR.decode(("events:chat", data))
-        except GatewayError:
+        except GatewayError as exc:
+            if _asks_resume(data):
+                # Told, as the raw WebSocket flavours tell it (`bad_resume`): an empty
+                # ack would read as "nothing to resume".
+                return {"error": {"code": "bad_resume", "message": exc.message}}
             return None
         if isinstance(event, Resume):
             return await self._resume(conn, conn.principal, event)
@@ -453,6 +457,11 @@ class _ClientsFault(logging.Filter):
 
 # What Engine.IO's `_log_error_once` adds to the first of each kind it logs.
 _ONCE = "(further occurrences of this error will be logged with level INFO)"
+
+
+def _asks_resume(data: Any) -> bool:
+    inner = data.get("data") if isinstance(data, Mapping) else None
+    return isinstance(inner, Mapping) and inner.get("type") == "resume"
 
 
 def _too_fast(conn: Socket) -> dict[str, Any]:

@@ -865,3 +865,30 @@ async def test_a_bad_last_event_id_is_a_400(gateway: GatewayProcess) -> None:
         # The same stream with a good one is served.
         events = await sse_read_all(http, url, user.token, str(len(SLOW) - 1))
     assert [e.data["content"] for e in events if e.type == "chat:message:delta"] == SLOW[-1:]
+
+
+async def test_a_bad_socketio_resume_is_acked_with_a_bad_resume_error(
+    gateway: GatewayProcess,
+) -> None:
+    # As the raw WebSocket flavours tell it: an empty ack read as "nothing to resume".
+    user = account()
+    sock = await PySocket().connect(gateway.url, user.token)
+    try:
+        for after in ({"m": "x"}, {"m": -7}, {"m": None}, {"m": [1]}, {"m": True}, {}, "m"):
+            ack = await sock.client.call(
+                "events:chat",
+                {"chat_id": "c1", "data": {"type": "resume", "after": after}},
+                timeout=RECV_TIMEOUT_S,
+            )
+            assert ack["error"]["code"] == "bad_resume", (after, ack)
+            assert "resume" in ack["error"]["message"], ack
+        many = {f"m{i}": 0 for i in range(40)}  # past the 32 one resume may name
+        ack = await sock.client.call("events:chat", sio_resume("c1", many), timeout=RECV_TIMEOUT_S)
+        assert ack["error"]["code"] == "bad_resume", ack
+        # A good one of an unknown reply is still "unknown", and the socket still answers.
+        ack = await sock.client.call(
+            "events:chat", sio_resume("c1", {"m": 3}), timeout=RECV_TIMEOUT_S
+        )
+        assert ack == {"resumed": [], "unknown": ["m"]}
+    finally:
+        await sock.close()

@@ -524,6 +524,13 @@ def ack_problem(name: str, data: list[Any], ack: tuple[Any, ...], alice: User) -
             and all(isinstance(ids, list) for ids in answer.values())
         ):
             return None
+        if (
+            isinstance(answer, dict)
+            and set(answer) == {"error"}
+            and answer["error"].get("code") == "bad_resume"
+            and isinstance(answer["error"].get("message"), str)
+        ):
+            return None  # a resume of the wrong shape, told
     return f"an ack of the wrong shape: {shown(ack)[:120]}"
 
 
