@@ -334,14 +334,18 @@ class SocketIOTransport:
         self._realtime.seat(conn.sid, Seat("socketio", principal.user_id))
         conn.lease = self._realtime.hold(principal, lambda why: self._end_access(conn, why))
         outbox = conn.outbox
+        # What the handshake asked to resume exactly: its replies' live copies held
+        # back from the subscription on (one arriving while the room is watched
+        # would go straight out, and its follower send it again); every other
+        # running reply as its text so far (a tab that opens, or comes back,
+        # mid-reply: its snapshot replaces whatever came before it).
+        resume = conn.handshake_resume
+        named = {message_id for message_id, _ in resume.after} if resume is not None else set()
         try:
-            await self._realtime.watching(outbox.rooms)
-            # What the handshake asked to resume exactly; every other running reply
-            # as its text so far (a tab that opens, or comes back, mid-reply).
-            named: set[str] = set()
-            if conn.handshake_resume is not None and self._conns.get(conn.sid) is conn:
-                named = {message_id for message_id, _ in conn.handshake_resume.after}
-                await self._resume(conn, principal, conn.handshake_resume)
+            with outbox.held(named):
+                await self._realtime.watching(outbox.rooms)
+                if resume is not None and self._conns.get(conn.sid) is conn:
+                    await self._resume(conn, principal, resume)
             for attached in await self._replies.catch_up(principal, outbox, skip=named):
                 if conn.outbox is outbox:  # (not released meanwhile: gone, joined again)
                     self._follow(conn, attached)
