@@ -179,6 +179,14 @@ def measure_turns(messages: int, turns: int) -> list[dict[str, Any]]:
     ]
 
 
+def _table(head: list[str], lines: list[str]) -> None:
+    print(f"# {machine()}")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for line in lines:
+        print(line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_body", description=__doc__)
     parser.add_argument("--rounds", type=int, default=7)
@@ -186,33 +194,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, help="a stored turn's TTFT, short and long chat")
     parser.add_argument("--messages", type=int, default=2_000, help="the long chat's length")
     args = parser.parse_args(argv)
-    if args.turns:
-        rows = measure_turns(args.messages, args.turns)
-        if args.json:
-            print(json.dumps({"machine": machine(), "rows": rows}, indent=2))
-            return 0
-        print(f"# {machine()}")
-        print("| chat | TTFT p50 | TTFT min |")
-        print("|---|---|---|")
-        for row in rows:
-            print(
-                f"| {row['messages']:,} messages | {row['ttft_p50_ms']:.1f} ms"
-                f" | {row['ttft_min_ms']:.1f} ms |"
-            )
-        short, long = rows
-        print(f"the long chat's turn: +{long['ttft_p50_ms'] - short['ttft_p50_ms']:.1f} ms (p50)")
-        return 0
-    rows = measure(args.rounds)
+    rows = measure_turns(args.messages, args.turns) if args.turns else measure(args.rounds)
     if args.json:
         print(json.dumps({"machine": machine(), "rows": rows}, indent=2))
-        return 0
-    print(f"# {machine()}")
-    print("| messages | body | json | jsonwire.body | ÷ |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        print(
-            f"| {row['messages']:,} | {row['bytes'] / 1024:,.1f} KB | {row['json_us']:,.1f} µs"
-            f" | {row['orjson_us']:,.1f} µs | ×{row['ratio']:.3f} |"
+    elif args.turns:
+        _table(
+            ["chat", "TTFT p50", "TTFT min"],
+            [
+                f"| {row['messages']:,} messages | {row['ttft_p50_ms']:.1f} ms"
+                f" | {row['ttft_min_ms']:.1f} ms |"
+                for row in rows
+            ],
+        )
+        short, long = rows
+        print(f"the long chat's turn: +{long['ttft_p50_ms'] - short['ttft_p50_ms']:.1f} ms (p50)")
+    else:
+        _table(
+            ["messages", "body", "json", "jsonwire.body", "÷"],
+            [
+                f"| {row['messages']:,} | {row['bytes'] / 1024:,.1f} KB | {row['json_us']:,.1f} µs"
+                f" | {row['orjson_us']:,.1f} µs | ×{row['ratio']:.3f} |"
+                for row in rows
+            ],
         )
     return 0
 

@@ -139,45 +139,64 @@ def assert_a_tree(chat: Mapping[str, Any]) -> list[str]:
 
 
 # -- 1. two edits of one chat at once ------------------------------------------------------
-async def test_two_siblings_moved_under_each_other_at_once_store_no_cycle(
-    gateway: GatewayProcess,
+async def siblings_moved_under_each_other(
+    first: GatewayProcess, second: GatewayProcess, token: str, rounds: int
 ) -> None:
-    token = new_user("rest-moves")
-    for _ in range(10):
+    """Two siblings moved under each other at once, one move through each gateway:
+    one is made, the other (it would close a cycle) refused, and the chat reads as
+    a tree on both."""
+    for _ in range(rounds):
         chat_id = await new_chat(
-            gateway, token, [message("r", None, "q"), message("a", "r"), message("b", "r")], "a"
+            first, token, [message("r", None, "q"), message("a", "r"), message("b", "r")], "a"
         )
-        url = f"{gateway.url}{CHATS}/{chat_id}"
         a_under_b, b_under_a = await asyncio.gather(
-            call("POST", f"{url}/messages/a", token, {"parentId": "b"}),
-            call("POST", f"{url}/messages/b", token, {"parentId": "a"}),
+            call("POST", f"{first.url}{CHATS}/{chat_id}/messages/a", token, {"parentId": "b"}),
+            call("POST", f"{second.url}{CHATS}/{chat_id}/messages/b", token, {"parentId": "a"}),
         )
-        # One move is made; the other would close a cycle with it and is refused.
         assert sorted([a_under_b.status, b_under_a.status]) == [200, 400], (a_under_b, b_under_a)
         refused = a_under_b if a_under_b.status == 400 else b_under_a
         assert "cycle" in refused.body["detail"]
-        chat = await get_json(url, token)
-        parents = {mid: m["parentId"] for mid, m in chat["chat"]["history"]["messages"].items()}
-        assert parents in ({"r": None, "a": "b", "b": "r"}, {"r": None, "a": "r", "b": "a"})
-        assert_a_tree(chat)
-        assert chat_id in [c["id"] for c in await get_json(f"{gateway.url}{CHATS}/all", token)]
+        for gw in {first, second}:
+            chat = await get_json(f"{gw.url}{CHATS}/{chat_id}", token)
+            parents = {mid: m["parentId"] for mid, m in chat["chat"]["history"]["messages"].items()}
+            assert parents in ({"r": None, "a": "b", "b": "r"}, {"r": None, "a": "r", "b": "a"})
+            assert_a_tree(chat)
+            assert chat_id in [c["id"] for c in await get_json(f"{gw.url}{CHATS}/all", token)]
+
+
+async def a_text_and_a_rating_at_once(
+    first: GatewayProcess, second: GatewayProcess, token: str, rounds: int
+) -> None:
+    """A message's text through one gateway and its rating through the other, at once:
+    both kept."""
+    for round_ in range(rounds):
+        chat_id = await new_chat(
+            first, token, [message("q", None, "question"), message("x", "q", "old")], "x"
+        )
+        text = f"NEW {round_}"
+        edits = await asyncio.gather(
+            call("POST", f"{first.url}{CHATS}/{chat_id}/messages/x", token, {"content": text}),
+            call(
+                "POST",
+                f"{second.url}{CHATS}/{chat_id}/messages/x",
+                token,
+                {"annotation": {"rating": 1}},
+            ),
+        )
+        assert [edit.status for edit in edits] == [200, 200], edits
+        stored = await get_json(f"{second.url}{CHATS}/{chat_id}", token)
+        x = stored["chat"]["history"]["messages"]["x"]
+        assert (x["content"], x.get("annotation")) == (text, {"rating": 1})
+
+
+async def test_two_siblings_moved_under_each_other_at_once_store_no_cycle(
+    gateway: GatewayProcess,
+) -> None:
+    await siblings_moved_under_each_other(gateway, gateway, new_user("rest-moves"), 10)
 
 
 async def test_a_text_and_a_rating_sent_at_once_are_both_kept(gateway: GatewayProcess) -> None:
-    token = new_user("rest-fields")
-    for round_ in range(20):
-        chat_id = await new_chat(
-            gateway, token, [message("q", None, "question"), message("x", "q", "old")], "x"
-        )
-        url = f"{gateway.url}{CHATS}/{chat_id}"
-        text = f"NEW {round_}"
-        edits = await asyncio.gather(
-            call("POST", f"{url}/messages/x", token, {"content": text}),
-            call("POST", f"{url}/messages/x", token, {"annotation": {"rating": 1}}),
-        )
-        assert [edit.status for edit in edits] == [200, 200], edits
-        stored = (await get_json(url, token))["chat"]["history"]["messages"]["x"]
-        assert (stored["content"], stored.get("annotation")) == (text, {"rating": 1})
+    await a_text_and_a_rating_at_once(gateway, gateway, new_user("rest-fields"), 20)
 
 
 # -- 2. a cycle or a missing parent in the store --------------------------------------------

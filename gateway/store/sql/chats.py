@@ -95,11 +95,11 @@ def _chat_filter(
     user_id: str,
     *,
     archived: bool | None,
-    pinned: bool | None,
-    folder_id: str | None,
-    tag: str | None,
-    text: str | None,
-    assistant_id: str | None,
+    pinned: bool | None = None,
+    folder_id: str | None = None,
+    tag: str | None = None,
+    text: str | None = None,
+    assistant_id: str | None = None,
     shared: bool | None = None,
 ) -> tuple[list[str], list[Any]]:
     """The WHERE conditions of `list_chats` (on `chats c`) and their arguments."""
@@ -239,15 +239,7 @@ class SQLChats(Tables):
 
     async def count_chats(self, user_id: str, *, archived: bool | None = False) -> int:
         """How many of the user's chats `list_chats` would list, counted by the database."""
-        where, args = _chat_filter(
-            user_id,
-            archived=archived,
-            pinned=None,
-            folder_id=None,
-            tag=None,
-            text=None,
-            assistant_id=None,
-        )
+        where, args = _chat_filter(user_id, archived=archived)
         rows = await self.db.fetch(
             f"SELECT COUNT(*) FROM chats c WHERE {' AND '.join(where)}", args
         )
