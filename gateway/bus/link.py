@@ -61,10 +61,16 @@ STALLED_S = 2.0
 COMPLAIN_EVERY_S = 10.0
 
 
-def client(url: str, *, text: bool = True) -> aioredis.Redis:
-    """A connection pool to `url`; `text=False` for the listener (it decodes itself)."""
+def client(url: str, *, text: bool = True, timeout_s: float | None = None) -> aioredis.Redis:
+    """A connection pool to `url`; `text=False` for the listener (it decodes itself);
+    `timeout_s`: each command's answer waited for at most that long (a Redis that
+    hangs rather than refuses)."""
     return aioredis.Redis.from_url(
-        url, decode_responses=text, socket_connect_timeout=2, health_check_interval=10
+        url,
+        decode_responses=text,
+        socket_connect_timeout=2 if timeout_s is None else timeout_s,
+        socket_timeout=timeout_s,
+        health_check_interval=10,
     )
 
 

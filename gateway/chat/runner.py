@@ -288,7 +288,8 @@ class ReplyRunner:
         """`_store_end`, tried again while the database is unavailable (a restart, a
         failover): the reply is held meanwhile (its message claimed, its end not yet
         sent), so no replica takes it for one a crash left unfinished and no client
-        sees an end the store does not have.  Given up after END_WRITE_RETRY_S."""
+        sees an end the store does not have.  Given up after END_WRITE_RETRY_S, or
+        at once when the replica shuts down (`RunningReplies.stopping`)."""
         extra = {"message_id": end.message_id, "chat_id": end.chat_id}
         deadline = time.monotonic() + END_WRITE_RETRY_S
         wait, tries = END_WRITE_WAIT_S, 0
@@ -297,7 +298,10 @@ class ReplyRunner:
             try:
                 titled = await self._store_end(record, end, title)
             except DatabaseDown:
-                if time.monotonic() + wait > deadline:
+                # Given up past the bound, or once the replica is shutting down (past
+                # its grace: the orchestrator's kill is near, and the store may be
+                # closing): the end goes out, the row keeps its last checkpoint.
+                if self._registry.stopping or time.monotonic() + wait > deadline:
                     log.error(
                         "storing a reply's end failed: the database stayed unavailable",
                         extra={**extra, "tries": tries},

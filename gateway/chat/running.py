@@ -21,7 +21,7 @@ from gateway.bus import Replicas, TaskInfo, Unreachable
 from gateway.bus.link import BACKOFF_MAX_S
 from gateway.bus.memory import LocalReplicas
 from gateway.bus.replicas import HEARTBEAT_S
-from gateway.errors import Conflict
+from gateway.errors import Conflict, DatabaseDown
 from gateway.events import ReplyFailed
 from gateway.fanout.hub import Hub
 from gateway.store import ChatStore
@@ -71,6 +71,8 @@ class RunningReplies:
         self._chat_of: dict[tuple[str, str], str] = {}
         # `recover_unfinished` tried again while the registry cannot be reached.
         self._recovering: asyncio.Task[None] | None = None
+        # Shutting down (past the grace): `ReplyRunner._stored_end` stops retrying.
+        self.stopping = False
 
     async def claim(self, chat_id: str, message_ids: list[str], user_id: str = "") -> None:
         """Hold messages for the replies about to be started into them, until each
@@ -194,15 +196,17 @@ class RunningReplies:
         record.content = record.draft or record.content
         record.done = True
         record.draft = None
-        await self.store.update_message(record)
+        # Only over a row still unfinished: a reply that ended since it was read (its
+        # end written meanwhile) keeps its end.
+        await self.store.finish_unfinished(record)
 
     async def recover_unfinished(self) -> int:
         """Finalise replies a crash left with done=false, unless a live replica runs them.
         While the registry cannot say which run elsewhere (Redis unreachable), none:
         a reply another replica is running would be marked crashed under it; tried
-        again every RECOVER_RETRY_S until it can say (`_recover_later`)."""
+        again until it can say (`_recover_later`)."""
         try:
-            remote = await self.replicas.remote_tasks(strict=True)
+            return await self._recover_now()
         except Unreachable as exc:
             if self._recovering is None or self._recovering.done():
                 log.warning(
@@ -212,9 +216,15 @@ class RunningReplies:
                 )
                 self._recovering = asyncio.get_running_loop().create_task(self._recover_later())
             return 0
+
+    async def _recover_now(self) -> int:
+        # The rows first, then what runs elsewhere: a reply started on another replica
+        # in between is listed there (its row is written after its registration).
+        unfinished = await self.store.unfinished_messages()
+        remote = await self.replicas.remote_tasks(strict=True)
         elsewhere = {(t.chat_id, t.message_id) for t in remote}
         recovered = 0
-        for record in await self.store.unfinished_messages():
+        for record in unfinished:
             key = (record.chat_id, record.id)
             if self.is_generating(*key) or key in elsewhere:
                 continue
@@ -225,31 +235,31 @@ class RunningReplies:
         return recovered
 
     async def _recover_later(self) -> None:
-        """`recover_unfinished` once Redis has answered for REJOIN_S on end: a Redis
-        that restarted empty lists a live replica's replies again only once that
-        replica has reconnected (its backoff) and written them back."""
+        """`_recover_now` once Redis has answered for REJOIN_S on end: a Redis that
+        restarted empty lists a live replica's replies again only once that replica
+        has reconnected (its backoff) and written them back."""
         answering_since: float | None = None
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(RECOVER_RETRY_S)
             try:
                 await self.replicas.remote_tasks(strict=True)
+                if answering_since is None:
+                    answering_since = loop.time()
+                if loop.time() - answering_since < REJOIN_S:
+                    continue
+                log.info("Redis answers again: finalising the replies no replica runs")
+                await self._recover_now()
             except Unreachable:
                 answering_since = None
                 continue
-            except Exception:
-                log.warning("finding replies left unfinished failed; trying again", exc_info=True)
+            except DatabaseDown:
+                log.warning("finalising replies left unfinished: the database is unavailable")
                 continue
-            if answering_since is None:
-                answering_since = loop.time()
-            if loop.time() - answering_since < REJOIN_S:
-                continue
-            self._recovering = None
-            log.info("Redis answers again: finalising the replies no replica runs")
-            try:
-                await self.recover_unfinished()
             except Exception:
                 log.warning("finalising replies left unfinished failed", exc_info=True)
+                continue
+            self._recovering = None
             return
 
     async def on_orphan(self, task: TaskInfo) -> None:
@@ -278,6 +288,7 @@ class RunningReplies:
         return None if record is None else record.content
 
     async def shutdown(self) -> None:
+        self.stopping = True  # a reply's end no longer waits for a database that is away
         if self._recovering is not None:
             self._recovering.cancel()
         # Every reply past its first step before any is cancelled, with no await

@@ -5,7 +5,9 @@ down, and once it is back everything works again without restarting the gateway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -137,3 +139,41 @@ async def test_a_reply_that_ends_while_the_database_is_away_is_stored_once_it_is
     assert "storing a reply's end: the database is unavailable; trying again" in log
     assert "a reply's end stored once the database was back" in log
     assert "Traceback" not in log, log[-3000:]
+
+
+async def test_a_replica_stopping_while_a_reply_end_waits_for_the_database_exits_in_time(
+    start_gateway: Any, fake_upstream: FakeUpstream, database: PostgresServer
+) -> None:
+    # The end's write is retried for a minute, but not past the replica's grace: the
+    # orchestrator's kill would come first, and nothing would be sent at all.
+    gw: GatewayProcess = start_gateway(
+        {"OPENAI_API_BASE_URL": fake_upstream.url, "DATABASE_URL": database.url}
+    )
+    token = make_token(f"outage-stop-{uuid.uuid4().hex[:6]}")
+    url = f"ws://127.0.0.1:{gw.port}/ws/chat/o-{uuid.uuid4().hex[:6]}?token={token}"
+    expected = "".join(deltas_of("fake-slow", ""))
+    text, frame = "", {}
+    async with websockets.connect(url) as ws:
+        json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))  # connected
+        await ws.send(json.dumps({"type": "chat", "content": "hi", "application_id": "fake-slow"}))
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+            if frame["type"] == "response_start":
+                await asyncio.to_thread(database.stop)
+            elif frame["type"] == "text-delta":
+                text += frame["text"]
+                if text == expected:
+                    break
+        await asyncio.sleep(0.5)  # its end's write is being retried now
+        assert gw.proc is not None
+        stopped_at = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)  # a grace of 1 s (tests/gatewayproc.py)
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while frame["type"] != "response_end":
+                frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+        code = await asyncio.wait_for(asyncio.to_thread(gw.proc.wait), TIMEOUT_S)
+    assert time.monotonic() - stopped_at < 10, "the end's retry held the stop up"
+    assert code == 0
+    # Its end went out once given up on (the row keeps its last checkpoint).
+    assert frame["type"] == "response_end", frame
+    assert "storing a reply's end failed: the database stayed unavailable" in gw.log()

@@ -169,6 +169,13 @@ async def test_update_message_touches_one_row_and_checkpoint_only_the_draft(stor
     await store.checkpoint_drafts([("c1", "m4", "a late draft")])  # never over a finished row
     assert (await store.get_message("c1", "m4")).draft is None  # type: ignore[union-attr]
     assert (await store.get_message("c1", "m4")).content == "whole reply"  # type: ignore[union-attr]
+    # A crash's finalising, read before the reply's own end was written, keeps that end.
+    stale = msg("m4", "m3", role="assistant", content="half a rep", done=True)
+    await store.finish_unfinished(stale)
+    assert (await store.get_message("c1", "m4")).content == "whole reply"  # type: ignore[union-attr]
+    await store.update_message(msg("m3", "m2", role="assistant", content="", done=False))
+    await store.finish_unfinished(msg("m3", "m2", role="assistant", content="draft", done=True))
+    assert (await store.get_message("c1", "m3")).content == "draft"  # type: ignore[union-attr]
 
 
 async def test_list_filters_paging_and_search(store: Store) -> None:

@@ -103,6 +103,12 @@ class SQLMessages(Tables):
     async def update_message(self, message: MessageRecord) -> None:
         await self.db.execute(*_message_update(message))
 
+    async def finish_unfinished(self, message: MessageRecord) -> None:
+        """`update_message`, only while the stored row is still unfinished: a reply
+        whose own end was written meanwhile keeps it."""
+        sql, args = _message_update(message)
+        await self.db.execute(sql + " AND done = ?", (*args, False))
+
     async def finish_reply(
         self,
         message: MessageRecord,
