@@ -40,7 +40,8 @@ Theory of operation:
   without its text; the store read that completes it runs in a bounded set
   of tasks, and the events of the same origin that follow it wait behind it
   (a replica's events stay in order; the other replicas' are not held up).
-* Messages are bounded (`wire.split`): a huge delta is cut, a huge finished
+* Messages are bounded (`wire.split`): a huge delta is cut (and put together
+  again by the receiving replica, one event as it was published), a huge finished
   reply travels without its text, anything else huge is refused and logged;
   one event can never break pub/sub for everyone (Open WebUI #25975).
 """
@@ -63,7 +64,7 @@ from gateway.bus import Deliver, LoadContent, room_set, wire
 from gateway.bus.link import BACKOFF_MAX_S, Background, Complaints, Listener, Sender, client
 from gateway.bus.mirror import Mirror
 from gateway.edge import metrics
-from gateway.events import Event, ReplyFinished
+from gateway.events import Event, ReasoningDelta, ReplyFinished, TextDelta
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ WATCH_TIMEOUT_S = 2.0
 ROOM_WAIT_S = 2.0
 LOAD_TIMEOUT_S = 5.0
 STORE_READS = 64
+# Cut deltas being put together again at once (`_pieced`): one a reply being relayed.
+MAX_PIECED = 64
 
 
 class Liveness(Protocol):
@@ -124,6 +127,10 @@ class RedisRooms:
         self._number = 0
         self._highest: dict[str, int] = {}  # origin → the last event number delivered
         self._waiting: dict[str, deque[_Arrival]] = {}  # origin → events behind a store read
+        # A cut delta's pieces so far (`wire.split`), until its last: (origin, reply,
+        # seq, kind) → texts.  At most MAX_PIECED at once (a replica that died mid-delta
+        # leaves one behind: the oldest goes).
+        self._pieces: dict[tuple[str, str, int, type], list[str]] = {}
         self._crowded = Complaints("bus dropped events waiting behind a store read")
         self._mirror = Mirror()
         self._gone_since: dict[str, float] = {}  # replica → when its beat was first missed
@@ -324,7 +331,12 @@ class RedisRooms:
             return  # ours, or a copy already delivered through another room
         self._highest[origin] = number
         metrics.HOT.bus_received += 1
-        rooms, event, in_store = wire.decode(data)
+        rooms, event, in_store, more = wire.decode(data)
+        if isinstance(event, TextDelta | ReasoningDelta):
+            whole = self._pieced(origin, event, more)
+            if whole is None:
+                return  # more of it to come
+            event = whole
         unread = in_store and isinstance(event, ReplyFinished) and event.chat_id is not None
         waiting = self._waiting.get(origin)
         if not unread and not waiting:
@@ -342,6 +354,25 @@ class RedisRooms:
             arrival.ready = not self._reads.spawn(self._read(origin, arrival, event))
             # (no reader free: on at once without its text, rather than never)
         self._flush(origin)
+
+    def _pieced(
+        self, origin: str, event: TextDelta | ReasoningDelta, more: bool
+    ) -> TextDelta | ReasoningDelta | None:
+        """A delta put together again from its pieces (None until its last): one event
+        to every outbox, as it was published.  Pieces of one seq delivered apart, a
+        connection that fell behind between two would be followed from before that
+        seq and get the pieces it had again."""
+        key = (origin, event.message_id, event.seq, type(event))
+        texts = self._pieces.pop(key, None)
+        if texts is None and not more:
+            return event  # the usual case: not cut
+        texts = [*(texts or []), event.text]
+        if more:
+            self._pieces[key] = texts
+            if len(self._pieces) > MAX_PIECED:
+                del self._pieces[next(iter(self._pieces))]
+            return None
+        return dataclasses.replace(event, text="".join(texts))
 
     async def _read(self, origin: str, arrival: _Arrival, event: ReplyFinished) -> None:
         """A finished reply's text from the store, then it and what waited behind it."""

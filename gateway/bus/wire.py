@@ -38,6 +38,8 @@ _FIELDS: dict[type[Any], tuple[str, ...]] = {
 # `output` items: a web app keeps those it was streamed); receivers read the
 # stored reply (it is written before ReplyFinished is published).
 CONTENT_IN_STORE = "content_in_store"
+# Beside "rooms" and "e": a piece of a delta cut by `split`, more pieces to come.
+MORE = "more"
 
 
 class Undeliverable(ValueError):
@@ -141,11 +143,17 @@ def event_of(shaped: dict[str, Any]) -> Event:
 #
 # The header lets a replica drop its own messages, and the copies of an event it
 # receives through several of its rooms' channels, before decoding anything.  A
-# finished reply too big to carry has "content_in_store": true beside its fields.
-def body(rooms: Sequence[str], event: Event, content_in_store: bool = False) -> str:
+# finished reply too big to carry has "content_in_store": true beside its fields;
+# each piece of a cut delta but its last has "more": true beside "rooms" (a replica
+# that does not know it reads the pieces as deltas of one seq, as before).
+def body(
+    rooms: Sequence[str], event: Event, content_in_store: bool = False, more: bool = False
+) -> str:
     shaped = event_dict(event)
     if content_in_store:
         shaped[CONTENT_IN_STORE] = True
+    if more:
+        return _dumps({"rooms": list(rooms), "e": shaped, MORE: True})
     return _dumps({"rooms": list(rooms), "e": shaped})
 
 
@@ -162,8 +170,16 @@ def header(message: str) -> tuple[str, int]:
     return origin, int(number)
 
 
-def decode(message: str) -> tuple[list[str], Event, bool]:
-    """Rooms, event, and whether its content must be read from the store."""
+class Decoded(NamedTuple):
+    rooms: list[str]
+    event: Event
+    in_store: bool  # its content must be read from the store
+    more: bool  # a piece of a delta, more to come (`split`)
+
+
+def decode(message: str) -> Decoded:
+    """Rooms, event, whether its content must be read from the store, and whether it
+    is a delta's piece with more to come."""
     _, _, encoded = message.partition("\n")
     data = loads(encoded)
     if not isinstance(data, dict) or not isinstance(data.get("e"), dict):
@@ -173,13 +189,14 @@ def decode(message: str) -> tuple[list[str], Event, bool]:
         raise Malformed("no rooms")
     shaped = data["e"]
     in_store = shaped.pop(CONTENT_IN_STORE, False) is True
-    return rooms, event_of(shaped), in_store
+    return Decoded(rooms, event_of(shaped), in_store, data.get(MORE) is True)
 
 
 def split(rooms: Sequence[str], event: Event, max_bytes: int) -> list[str]:
     """The event as one or more bodies of at most `max_bytes` each.
 
-    A text delta too big is cut into several (same seq: they concatenate back);
+    A text delta too big is cut into several, each but the last marked "more" (the
+    receiving replica puts them together again: one event, as it was published);
     a finished reply too big goes without its content (read from the store);
     anything else too big is `Undeliverable`.
     """
@@ -188,11 +205,15 @@ def split(rooms: Sequence[str], event: Event, max_bytes: int) -> list[str]:
     if size <= max_bytes:
         return [encoded]
     if isinstance(event, TextDelta | ReasoningDelta):
-        overhead = len(body(rooms, dataclasses.replace(event, text="")).encode())
+        overhead = len(body(rooms, dataclasses.replace(event, text=""), more=True).encode())
         # A character takes up to 6 bytes once JSON-escaped (\\uXXXX).
         step = max(1, (max_bytes - overhead) // 6)
         pieces = [event.text[i : i + step] for i in range(0, len(event.text), step)]
-        return [body(rooms, dataclasses.replace(event, text=piece)) for piece in pieces]
+        last = len(pieces) - 1
+        return [
+            body(rooms, dataclasses.replace(event, text=piece), more=i < last)
+            for i, piece in enumerate(pieces)
+        ]
     if isinstance(event, ReplyFinished) and event.chat_id is not None:
         bare = body(
             rooms, dataclasses.replace(event, content="", output=None), content_in_store=True

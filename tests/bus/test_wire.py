@@ -86,7 +86,7 @@ def test_every_event_type_is_covered() -> None:
 def test_round_trip(event: Event) -> None:
     message = through_the_wire(ROOMS, event)
     assert wire.header(message) == (ORIGIN, 7)
-    rooms, decoded, in_store = wire.decode(message)
+    rooms, decoded, in_store, _ = wire.decode(message)
     assert rooms == ROOMS
     assert decoded == event
     assert type(decoded) is type(event)
@@ -96,7 +96,7 @@ def test_round_trip(event: Event) -> None:
 def test_usage_keeps_estimated() -> None:
     for estimated in (True, False):
         event = ReplyFinished("c1", "m1", 3, "x", Usage(5, 7, estimated), "stop", 0.5)
-        _, decoded, _ = wire.decode(through_the_wire(ROOMS, event))
+        _, decoded, _, _ = wire.decode(through_the_wire(ROOMS, event))
         assert isinstance(decoded, ReplyFinished)
         assert decoded.usage == Usage(5, 7, estimated)
         assert decoded.usage.total_tokens == 12
@@ -154,16 +154,19 @@ def test_split_big_delta_into_bounded_pieces(
     assert size(wire.body(ROOMS, event)) > max_bytes
     bodies = wire.split(ROOMS, event, max_bytes)
     assert len(bodies) > 1
-    pieces = []
+    pieces, marks = [], []
     for encoded in bodies:
         assert size(encoded) <= max_bytes
-        rooms, piece, in_store = wire.decode(wire.message(ORIGIN, 1, encoded))
+        rooms, piece, in_store, more = wire.decode(wire.message(ORIGIN, 1, encoded))
         assert rooms == ROOMS and in_store is False
         assert type(piece) is kind
         assert (piece.chat_id, piece.message_id, piece.seq) == ("c1", "m1", 17)
         assert piece.text
         pieces.append(piece.text)
+        marks.append(more)
     assert "".join(pieces) == text
+    # Every piece but the last says more is to come (the receiver puts them together).
+    assert marks == [True] * (len(bodies) - 1) + [False]
 
 
 def test_split_big_delta_of_an_api_completion() -> None:
@@ -183,7 +186,7 @@ def test_split_big_finished_reply_goes_without_content() -> None:
     bodies = wire.split(ROOMS, event, 4096)
     assert len(bodies) == 1
     assert size(bodies[0]) <= 4096
-    rooms, decoded, in_store = wire.decode(wire.message(ORIGIN, 1, bodies[0]))
+    rooms, decoded, in_store, _ = wire.decode(wire.message(ORIGIN, 1, bodies[0]))
     assert rooms == ROOMS
     assert in_store is True
     assert decoded == dataclasses.replace(event, content="")
@@ -192,7 +195,7 @@ def test_split_big_finished_reply_goes_without_content() -> None:
 def test_split_finished_reply_that_fits_keeps_its_content() -> None:
     event = ReplyFinished("c1", "m1", 40, "short", Usage(1, 2), "stop", 0.1)
     (encoded,) = wire.split(ROOMS, event, 4096)
-    _, decoded, in_store = wire.decode(wire.message(ORIGIN, 1, encoded))
+    _, decoded, in_store, _ = wire.decode(wire.message(ORIGIN, 1, encoded))
     assert decoded == event and in_store is False
 
 
@@ -263,7 +266,7 @@ def test_decode_refuses_what_it_cannot_trust(message: str) -> None:
 
 def test_a_float_field_takes_an_integer() -> None:
     shaped = {**FINISHED, "elapsed_s": 2}
-    _, event, _ = wire.decode(shaped_message(ROOMS, shaped))
+    _, event, _, _ = wire.decode(shaped_message(ROOMS, shaped))
     assert isinstance(event, ReplyFinished) and event.elapsed_s == 2
 
 
