@@ -8,22 +8,14 @@ import sys
 from typing import Any
 
 from gateway.cli import logs
-from gateway.settings import Loaded, describe, read
-
-
-def _load(args: argparse.Namespace) -> Loaded:
-    flags: dict[str, tuple[str, Any]] = {}
-    if getattr(args, "host", None) is not None:
-        flags["host"] = ("--host", args.host)
-    if getattr(args, "port", None) is not None:
-        flags["port"] = ("--port", args.port)
-    return read(getattr(args, "config", None), flags=flags)
+from gateway.cli.store import load_settings, with_store
+from gateway.settings import describe
 
 
 def serve(args: argparse.Namespace) -> int:
     from gateway.server import serve
 
-    loaded = _load(args)
+    loaded = load_settings(args)
     logs.setup(loaded)
     return serve(loaded)
 
@@ -32,7 +24,7 @@ def token(args: argparse.Namespace) -> int:
     from gateway import preflight
     from gateway.edge.auth import Authenticator, StaticDirectory
 
-    loaded = _load(args)
+    loaded = load_settings(args)
     key, where = preflight.signing_key(loaded, create=False)
     authenticator = Authenticator(key, StaticDirectory({}))
     ttl = args.ttl if args.ttl is not None else loaded.settings.jwt_expires_in_s
@@ -49,7 +41,7 @@ def check_config(args: argparse.Namespace) -> int:
 
     from gateway import preflight
 
-    loaded = _load(args)
+    loaded = load_settings(args)
     preflight.prepare(loaded, create=False)
     held = preflight.probe_bind(loaded)
     probes = asyncio.run(preflight.connect(loaded)) if args.connect else []
@@ -70,210 +62,6 @@ def check_config(args: argparse.Namespace) -> int:
         print(f"# reached {probe.field}: {probe.detail}")
     print("# configuration OK", file=sys.stderr)
     return 0
-
-
-def _with_store(args: argparse.Namespace, action: Any, *, may_make: bool = False) -> int:
-    """`action(store)` on the gateway's store.  Only a command that adds to it
-    (`may_make`: users add) makes an SQLite store that is not there yet; any other
-    refuses, making nothing: run with another DATA_DIR than the server's, it would
-    list, change or find nothing, unseen."""
-    import asyncio
-
-    from gateway import preflight
-    from gateway.store import StoreUnavailable, open_store, sqlite_file
-
-    loaded = _load(args)
-    settings = loaded.settings
-    sqlite = sqlite_file(settings.database_url, settings.data_dir)
-    made = sqlite is not None and not sqlite.exists()
-    preflight.prepare(loaded, create=may_make or not made)
-    if made and not may_make:
-        print(
-            f"gateway: no database at {sqlite}: run this where the gateway runs (its "
-            "DATA_DIR or --config), or give it the gateway's DATABASE_URL",
-            file=sys.stderr,
-        )
-        return 1
-
-    async def run() -> int:
-        try:
-            store = await open_store(
-                settings.database_url, settings.data_dir, settings.database_pool_size
-            )
-        except StoreUnavailable as exc:
-            field = "database_url" if settings.database_url else "data_dir"
-            raise loaded.error(field, f"cannot open the database: {exc}") from None
-        if made:
-            # A command run with another DATA_DIR than the server's would otherwise
-            # work, unseen, on a store of its own.
-            print(
-                f"gateway: note: no database was at {sqlite}: a new one was made; if a "
-                "gateway already runs, give this command its DATA_DIR or DATABASE_URL",
-                file=sys.stderr,
-            )
-        try:
-            result: int = await action(store)
-            return result
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
-async def _find_user(store: Any, who: str) -> Any:
-    """A user by id or email; None (and the reason on stderr) when there is none."""
-    user = await store.get_user_by_email(who) if "@" in who else None
-    user = user or await store.get_user(who)
-    if user is None:
-        print(f"gateway: no user {who!r} (give an id or an email)", file=sys.stderr)
-    return user
-
-
-def users_add(args: argparse.Namespace) -> int:
-    from gateway.application.accounts import add_user
-    from gateway.edge.passwords import Passwords
-    from gateway.errors import GatewayError
-
-    # One hash, no server to keep responsive: one thread is enough.
-    passwords = Passwords(_load(args).settings.password_min_chars, threads=1)
-
-    async def action(store: Any) -> int:
-        role = args.role
-        if role is None and not any(u.role == "admin" for u in await store.list_users()):
-            # Users a token made first (`gateway token`, an identity provider's JWTs)
-            # are no admins: the operator's first `users add` makes one.
-            role = "admin"
-        try:
-            user = await add_user(
-                store,
-                passwords,
-                email=args.email,
-                password=args.password,
-                name=args.name,
-                role=role,
-            )
-        except GatewayError as exc:
-            print(f"gateway: {exc.message}", file=sys.stderr)
-            return 1
-        print(f"{user.id}\t{user.email}\t{user.role}")
-        return 0
-
-    try:
-        # A password too short is refused before the database is opened (or made).
-        passwords.check_new(args.password)
-    except GatewayError as exc:
-        print(f"gateway: {exc.message}", file=sys.stderr)
-        return 1
-    try:
-        return _with_store(args, action, may_make=True)
-    finally:
-        passwords.close()
-
-
-def users_list(args: argparse.Namespace) -> int:
-    async def action(store: Any) -> int:
-        print("id\temail\trole\tname")  # as `apikey list`: a header, then a row a user
-        for user in await store.list_users():
-            print(f"{user.id}\t{user.email or '-'}\t{user.role}\t{user.name}")
-        return 0
-
-    return _with_store(args, action)
-
-
-def users_remove(args: argparse.Namespace) -> int:
-    from gateway.application.accounts import remove_user
-
-    async def action(store: Any) -> int:
-        user = await _find_user(store, args.user)
-        if user is None:
-            return 1
-        await remove_user(store, user.id)
-        # Running gateways close the user's connections at their next recheck.
-        print(f"removed {user.id}\t{user.email or '-'}")
-        return 0
-
-    return _with_store(args, action)
-
-
-def users_role(args: argparse.Namespace) -> int:
-    from gateway.application.accounts import set_role
-
-    async def action(store: Any) -> int:
-        user = await _find_user(store, args.user)
-        if user is None:
-            return 1
-        await set_role(store, user.id, args.role)
-        # Running gateways take it within a few seconds (they remember users briefly).
-        print(f"{user.id}\t{user.email or '-'}\t{args.role}")
-        return 0
-
-    return _with_store(args, action)
-
-
-def apikey_create(args: argparse.Namespace) -> int:
-    from gateway.application.accounts import create_api_key, revoke_api_keys
-
-    async def action(store: Any) -> int:
-        user = await _find_user(store, args.user)
-        if user is None:
-            return 1
-        if args.kind == "openwebui":
-            # One `sk-` key per user, as over REST: the one before is revoked.
-            revoked = await revoke_api_keys(store, user.id, args.kind)
-            if revoked:
-                print(
-                    f"gateway: the user's earlier sk- key ({len(revoked)}) revoked: refused "
-                    "by running gateways within GATEWAY_ACCESS_RECHECK_S",
-                    file=sys.stderr,
-                )
-        print(await create_api_key(store, user.id, args.kind))
-        return 0
-
-    return _with_store(args, action)
-
-
-def _when(seconds: int | None) -> str:
-    import datetime
-
-    if seconds is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def apikey_list(args: argparse.Namespace) -> int:
-    async def action(store: Any) -> int:
-        user_id = None
-        if args.user:
-            user = await _find_user(store, args.user)
-            if user is None:
-                return 1
-            user_id = user.id
-        print("id\tuser\tkind\thint\tcreated\tlast used")
-        for key in await store.list_api_keys(user_id):
-            shown = key.as_dict()
-            print(
-                f"{key.id}\t{key.user_id}\t{key.kind or '-'}\t{key.hint or '-'}\t"
-                f"{_when(shown['created_at'])}\t{_when(shown['last_used_at'])}"
-            )
-        return 0
-
-    return _with_store(args, action)
-
-
-def apikey_revoke(args: argparse.Namespace) -> int:
-    import time
-
-    async def action(store: Any) -> int:
-        revoked = await store.revoke_api_key(args.key_id, int(time.time() * 1000))
-        if not revoked:
-            print(f"gateway: no API key {args.key_id!r} (see gateway apikey list)", file=sys.stderr)
-            return 1
-        # Running gateways refuse it at once and close its connections at their
-        # next recheck (GATEWAY_ACCESS_RECHECK_S).
-        print(f"revoked {args.key_id}\t{revoked[0].user_id}")
-        return 0
-
-    return _with_store(args, action)
 
 
 def admin_stats(args: argparse.Namespace) -> int:
@@ -314,7 +102,7 @@ def _admin_token(args: argparse.Namespace) -> str | None:
     from gateway import preflight
     from gateway.edge.auth import Authenticator, StaticDirectory
 
-    loaded = _load(args)
+    loaded = load_settings(args)
     made: list[str] = []
 
     async def first_admin(store: Any) -> int:
@@ -326,7 +114,7 @@ def _admin_token(args: argparse.Namespace) -> str | None:
         made.append(Authenticator(key, StaticDirectory({})).issue(admins[0].id, ttl_s=60))
         return 0
 
-    _with_store(args, first_admin)
+    with_store(args, first_admin)
     return made[0] if made else None
 
 
@@ -341,7 +129,7 @@ def _gateway_url(args: argparse.Namespace) -> str | None:
         except UsageError as exc:
             print(f"gateway: --url {exc}", file=sys.stderr)
             return None
-    settings = _load(args).settings
+    settings = load_settings(args).settings
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{settings.port}{settings.base_path}".rstrip("/")
@@ -422,7 +210,7 @@ def stats_table(stats: dict[str, Any]) -> list[str]:
 def webui_install(args: argparse.Namespace) -> int:
     from gateway.webui.install import InstallError, describe, install
 
-    data_dir = _load(args).settings.data_dir
+    data_dir = load_settings(args).settings.data_dir
     if not data_dir.is_dir() and not data_dir.parent.is_dir():
         # As `gateway serve`: the data dir may be made, never its parents.
         print(
@@ -447,7 +235,7 @@ def webui_install(args: argparse.Namespace) -> int:
 def webui_status(args: argparse.Namespace) -> int:
     from gateway.webui.layout import NotInstalled, installed
 
-    data_dir = _load(args).settings.data_dir
+    data_dir = load_settings(args).settings.data_dir
     try:
         app = installed(data_dir)
     except NotInstalled as exc:

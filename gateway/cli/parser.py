@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import NoReturn, TypeAlias
 
 from gateway import __version__
-from gateway.cli import commands
+from gateway.cli import commands, store
 from gateway.webui.layout import DEFAULT_VERSION
 
 
@@ -115,22 +115,22 @@ def _accounts(sub: Subparsers, common: _Parser) -> None:
     add.add_argument("--password", required=True)
     add.add_argument("--name")
     add.add_argument("--role", choices=["admin", "user", "pending"])
-    add.set_defaults(run=commands.users_add)
+    add.set_defaults(run=store.users_add)
     listed = users_sub.add_parser("list", help="list users", parents=[common])
-    listed.set_defaults(run=commands.users_list)
+    listed.set_defaults(run=store.users_list)
     remove = users_sub.add_parser(
         "remove",
         help="remove a user: their chats and keys go, their tokens are refused",
         parents=[common],
     )
     remove.add_argument("user", help="user id or email")
-    remove.set_defaults(run=commands.users_remove)
+    remove.set_defaults(run=store.users_remove)
     role = users_sub.add_parser(
         "role", help="change a user's role (pending → user lets them in)", parents=[common]
     )
     role.add_argument("user", help="user id or email")
     role.add_argument("role", choices=["admin", "user", "pending"])
-    role.set_defaults(run=commands.users_role)
+    role.set_defaults(run=store.users_role)
 
     apikey = sub.add_parser("apikey", help="manage API keys", parents=[common])
     apikey_sub = apikey.add_subparsers(
@@ -139,17 +139,17 @@ def _accounts(sub: Subparsers, common: _Parser) -> None:
     create = apikey_sub.add_parser("create", help="print a new API key", parents=[common])
     create.add_argument("--user", required=True, help="user id or email")
     create.add_argument("--kind", choices=["openwebui", "ragflow"], default="openwebui")
-    create.set_defaults(run=commands.apikey_create)
+    create.set_defaults(run=store.apikey_create)
     listed = apikey_sub.add_parser(
         "list", help="list API keys (id, user, kind, hint, created, last used)", parents=[common]
     )
     listed.add_argument("--user", help="only this user's (id or email)")
-    listed.set_defaults(run=commands.apikey_list)
+    listed.set_defaults(run=store.apikey_list)
     revoke = apikey_sub.add_parser(
         "revoke", help="revoke one API key by its id (`apikey list`)", parents=[common]
     )
     revoke.add_argument("key_id", help="the key's id, as `gateway apikey list` shows it")
-    revoke.set_defaults(run=commands.apikey_revoke)
+    revoke.set_defaults(run=store.apikey_revoke)
 
 
 def _admin(sub: Subparsers, common: _Parser) -> None:
