@@ -23,8 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.application.replies import Replies, StartedTurn, StopTarget
-from gateway.chat.chats import now_s
-from gateway.chat.shapes import history_of
+from gateway.chat.chats import now_s, shaped_history
 from gateway.chat.tree import current_path
 from gateway.commands import Say
 from gateway.edge.auth import Principal
@@ -166,7 +165,7 @@ class Assistants:
         if found is None or found[0].assistant_id != assistant.id:
             raise NotFound(f"You don't own the session {session_id}")
         session, records = found
-        return session, history_of(session, records)
+        return session, await shaped_history(session, records)
 
     async def sessions(
         self,
@@ -189,7 +188,7 @@ class Assistants:
 
     async def messages(self, session: ChatRecord) -> list[dict[str, Any]]:
         """The session's conversation: root to its current message."""
-        history = history_of(session, await self.chats.get_messages(session.id))
+        history = await shaped_history(session, await self.chats.get_messages(session.id))
         return current_path(history) if history["currentId"] else []
 
     async def rename_session(self, session: ChatRecord, name: str) -> None:

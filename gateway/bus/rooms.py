@@ -362,10 +362,12 @@ class RedisRooms:
         to every outbox, as it was published.  Pieces of one seq delivered apart, a
         connection that fell behind between two would be followed from before that
         seq and get the pieces it had again."""
+        if not more and not self._pieces:
+            return event  # the usual case: not cut, nothing being put together
         key = (origin, event.message_id, event.seq, type(event))
         texts = self._pieces.pop(key, None)
         if texts is None and not more:
-            return event  # the usual case: not cut
+            return event  # not cut
         texts = [*(texts or []), event.text]
         if more:
             self._pieces[key] = texts

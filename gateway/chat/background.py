@@ -28,8 +28,7 @@ from typing import Any
 
 from gateway import rooms
 from gateway.chat import tree
-from gateway.chat.chats import DEFAULT_TITLES, TITLE_CHARS, now_s
-from gateway.chat.shapes import history_of
+from gateway.chat.chats import DEFAULT_TITLES, TITLE_CHARS, now_s, shaped_history
 from gateway.errors import GatewayError
 from gateway.events import MessageEvent
 from gateway.fanout.hub import Hub
@@ -145,7 +144,7 @@ class Background:
             chat = await self._store.get_chat(chat_id)
             if chat is None:
                 return
-            history = history_of(chat, await self._store.get_messages(chat_id))
+            history = await shaped_history(chat, await self._store.get_messages(chat_id))
             path = tree.path_to(history, message_id)
             text = conversation_text(path)
             for name in tasks:

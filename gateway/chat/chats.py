@@ -39,10 +39,16 @@ OFF_LOOP_MESSAGES = 2_000
 T = TypeVar("T")
 
 
-async def _tree_work(size: int, work: Callable[..., T], *args: Any) -> T:
+async def tree_work(size: int, work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` on a tree of `size` messages: in a thread past `OFF_LOOP_MESSAGES`."""
     if size > OFF_LOOP_MESSAGES:
         return await asyncio.to_thread(work, *args)
     return work(*args)
+
+
+async def shaped_history(chat: ChatRecord, records: list[MessageRecord]) -> dict[str, Any]:
+    """`history_of` (the stored rows as the web app's tree), off the loop for a long chat."""
+    return await tree_work(len(records), history_of, chat, records)
 
 
 def title_for(chat: ChatRecord, history: Mapping[str, Any]) -> str | None:
@@ -156,13 +162,14 @@ class ChatBook:
         if found is None:
             raise NotFound("Chat not found")
         chat, records = found
-        return chat, history_of(chat, records)
+        return chat, await shaped_history(chat, records)
 
     async def response(self, chat: ChatRecord) -> dict[str, Any]:
-        return chat_response(chat, await self.store.get_messages(chat.id))
+        records = await self.store.get_messages(chat.id)
+        return await tree_work(len(records), chat_response, chat, records)
 
     async def history(self, chat: ChatRecord) -> dict[str, Any]:
-        return history_of(chat, await self.store.get_messages(chat.id))
+        return await shaped_history(chat, await self.store.get_messages(chat.id))
 
     async def shared(self, share_id: str) -> ChatRecord:
         """A shared chat's snapshot, as anyone with its link sees it (`_shown`)."""
@@ -242,7 +249,7 @@ class ChatBook:
     ) -> ChatRecord:
         chat_obj = _chat_object(body)
         request_history = _history_of_request(chat_obj)
-        history = await _tree_work(_size(request_history), normalized, request_history)
+        history = await tree_work(_size(request_history), normalized, request_history)
         created = now_s()
         if imported:
             created = _int_or(body.get("created_at"), created)
@@ -330,7 +337,7 @@ class ChatBook:
         async with self._editing(chat_id):
             chat, stored = await self.owned_history(principal, chat_id)
             try:
-                removal = await _tree_work(_size(stored), tree.remove, stored, message_id)
+                removal = await tree_work(_size(stored), tree.remove, stored, message_id)
             except tree.TreeError:
                 raise NotFound("Message not found") from None
             # (A reply that moves would end under its old parent: its end is written
@@ -351,7 +358,7 @@ class ChatBook:
     @staticmethod
     async def _merged(stored: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            return await _tree_work(_size(stored), tree.merge, stored, update)
+            return await tree_work(_size(stored), tree.merge, stored, update)
         except tree.TreeError as exc:
             raise BadRequest(f"Inconsistent chat history: {exc}") from None
 
@@ -386,7 +393,8 @@ class ChatBook:
         current = source.current_id
         if up_to is not None:
             by_id = {record.id: record for record in records}
-            path = tree.path_to(history_of(source, records), up_to) if up_to in by_id else []
+            history = await shaped_history(source, records)
+            path = tree.path_to(history, up_to) if up_to in by_id else []
             if not path:
                 raise NotFound("Message not found")
             records = [by_id[message["id"]] for message in path]

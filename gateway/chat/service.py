@@ -31,7 +31,7 @@ from gateway.bus import Replicas
 from gateway.chat import tree
 from gateway.chat.accounting import counted, refused
 from gateway.chat.background import Background
-from gateway.chat.chats import ChatBook, new_chat, now_s, title_for
+from gateway.chat.chats import ChatBook, new_chat, now_s, title_for, tree_work
 from gateway.chat.runner import ReplyRunner
 from gateway.chat.running import RunningReplies
 from gateway.chat.shapes import message_record
@@ -317,7 +317,7 @@ class ChatService:
     ) -> StartedTurn:
         """The turn `ask` makes under `history`, planned (`turns.py`) and started."""
         created = now_s()
-        turn = plan_turn(history, ask, created)
+        turn = await tree_work(len(history["messages"]), plan_turn, history, ask, created)
         chat.current_id = turn.history["currentId"]
         chat.updated_at = created
         # A title the model writes replaces the question's first words, when asked for.

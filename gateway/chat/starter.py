@@ -33,14 +33,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import rooms
-from gateway.chat import tree
 from gateway.chat.background import Background
 from gateway.chat.reply import reply_events
 from gateway.chat.runner import Opening, ReplyRunner
 from gateway.chat.running import Running, RunningReplies
 from gateway.chat.shapes import message_record
 from gateway.chat.slots import ReplySlots
-from gateway.chat.turns import Turn, conversation_for
+from gateway.chat.turns import Turn
 from gateway.commands import Ask
 from gateway.edge.auth import Principal
 from gateway.errors import GatewayError
@@ -252,8 +251,6 @@ class ReplyStarter:
         message another reply is being written into, here or on another replica,
         is a `Conflict` (409), before anything is written."""
         records = [message_record(chat.id, message) for message in turn.writes]
-        path = tree.path_to(turn.history, turn.question_id) if turn.question_id else []
-        conversation = conversation_for(path, ask.messages)
         by_id = {record.id: record for record in records}
         message_ids = [placeholder["id"] for placeholder, _ in turn.replies]
         # Each message held until its reply's end, one slot a reply given back
@@ -275,7 +272,7 @@ class ReplyStarter:
         task_ids = []
         for placeholder, target in turn.replies:
             record = by_id[placeholder["id"]]
-            opening = self._opener(target.model, conversation, ask.params, record, chat)
+            opening = self._opener(target.model, turn.conversation, ask.params, record, chat)
             after = self._after(chat, record.id, target.model, tasks)
             running = self._run(
                 chat.id, record.id, chat.user_id, opening, record, title, ask.rooms, after, written

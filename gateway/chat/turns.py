@@ -37,7 +37,8 @@ class Turn:
     history: dict[str, Any]  # the whole tree after the turn
     writes: list[dict[str, Any]]  # messages to write, new or changed
     replies: list[tuple[dict[str, Any], ReplyTarget]]  # placeholder, who answers it
-    question_id: str | None  # the user message the replies answer
+    question_id: str  # the user message the replies answer
+    conversation: list[dict[str, Any]]  # what the model is sent (`conversation_for`)
 
 
 def new_placeholder(
@@ -164,13 +165,13 @@ def plan_turn(history: Mapping[str, Any], ask: Ask, now_s: int) -> Turn:
         merged = tree.grow(history, writes, replies[0][0]["id"])
         if question_id not in merged["messages"]:
             raise BadRequest(f"message '{question_id}' (the question to answer) does not exist")
+        for message in writes:
+            # Written whole, not merged: a reanswered message drops its stale fields.
+            children = merged["messages"][message["id"]]["childrenIds"]
+            merged["messages"][message["id"]] = {**message, "childrenIds": children}
         # Its branch reaches a root (what the model is sent): checked here, where a
         # broken stored chat is still a 400.
-        tree.path_to(merged, question_id)
+        path = tree.path_to(merged, question_id)
     except tree.TreeError as exc:
         raise BadRequest(f"Inconsistent chat history: {exc}") from None
-    for message in writes:
-        # Written whole, not merged: a reanswered message drops its stale fields.
-        children = merged["messages"][message["id"]]["childrenIds"]
-        merged["messages"][message["id"]] = {**message, "childrenIds": children}
-    return Turn(merged, writes, replies, question_id)
+    return Turn(merged, writes, replies, question_id, conversation_for(path, ask.messages))

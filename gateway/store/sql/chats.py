@@ -19,7 +19,7 @@ from typing import Any
 from gateway.store.drivers import Driver, Row, Statement
 from gateway.store.records import SHARED_BY, ChatRecord, MessageRecord
 from gateway.store.sql.common import Tables, dumps, duplicate_as, qualified
-from gateway.store.sql.messages import messages_in, messages_of, upserts
+from gateway.store.sql.messages import messages_in, records_of, upserts
 from gateway.store.sql.tags import drop_unused_tags, tag_id
 
 CHAT_COLUMNS = (
@@ -174,7 +174,7 @@ class SQLChats(Tables):
             (f"SELECT {CHAT_COLUMNS} FROM chats WHERE id = ? AND user_id = ?", (chat_id, user_id)),
             then,
         )
-        return (_chat(rows[0]), messages_of(messages)) if rows else None
+        return (_chat(rows[0]), await records_of(messages)) if rows else None
 
     async def get_chat_by_share_id(self, share_id: str) -> ChatRecord | None:
         return await self._first(
