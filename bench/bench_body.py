@@ -19,8 +19,10 @@ one of MESSAGES (made with `POST /api/v1/chats/new`, each message about 250
 bytes), and one Nadoo socket that asks a question in each, alternating, TURNS
 times each: the time to first token (p50, min) of each chat and the
 difference, which is what the long chat's turn does before the model server is
-asked (its read, its tree, its conversation, its body): the replica's event
-loop is held for most of it.
+asked (its read, its tree, its conversation, its body).  Meanwhile a client
+asks `GET /health` again and again; its longest answer during each turn's wait
+for the first token is that turn's stall of the event loop (p50 and max per
+chat): what every other reply on the replica waited.
 """
 
 from __future__ import annotations
@@ -121,7 +123,35 @@ def _chat(messages: int) -> dict[str, Any]:
     return {"title": f"{messages} messages", "history": {"messages": history, "currentId": parent}}
 
 
-async def _turns(port: int, sizes: tuple[int, ...], turns: int) -> dict[int, list[float]]:
+async def _probe(base: str, probes: list[tuple[float, float]]) -> None:
+    """`GET /health`, one after the other until cancelled: (sent, answered) of each.
+    Its answer waits for nothing but the event loop, so its time is the loop's stall."""
+    async with aiohttp.ClientSession() as http:
+        while True:
+            sent = time.perf_counter()
+            async with http.get(f"{base}/health") as resp:
+                await resp.read()
+            probes.append((sent, time.perf_counter()))
+            await asyncio.sleep(0.001)
+
+
+def _stall(probes: list[tuple[float, float]], began: float, ended: float) -> float:
+    """The longest probe (ms) that overlapped the window."""
+    return max(
+        (
+            (answered - sent) * 1000
+            for sent, answered in probes
+            if sent < ended and answered > began
+        ),
+        default=0.0,
+    )
+
+
+async def _turns(
+    port: int, sizes: tuple[int, ...], turns: int
+) -> tuple[dict[int, list[float]], dict[int, list[float]]]:
+    """Each chat's TTFTs, and the longest `/health` answer during each turn's wait for
+    its first token (the loop's stall)."""
     base, auth = f"http://127.0.0.1:{port}", bench_auth()
     chats = {}
     async with aiohttp.ClientSession() as http:
@@ -134,24 +164,39 @@ async def _turns(port: int, sizes: tuple[int, ...], turns: int) -> dict[int, lis
                 chats[size] = (await resp.json())["id"]
     token = auth["Authorization"].split()[1]
     ttft: dict[int, list[float]] = {size: [] for size in sizes}
-    async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/bench?token={token}") as ws:
-        await ws.recv()  # connected
-        for turn in range(turns):
-            for size in sizes if turn % 2 == 0 else sizes[::-1]:
-                began, first = time.perf_counter(), None
-                await ws.send(json.dumps({"type": "chat", "content": "go", "chat_id": chats[size]}))
-                while True:
-                    frame = json.loads(await ws.recv())
-                    if frame["type"] == "text-delta" and first is None:
-                        first = time.perf_counter() - began
-                    if frame["type"] == "error":
-                        raise RuntimeError(f"a turn in the chat of {size}: {frame}")
-                    if frame["type"] == "response_end":
-                        break
-                if turn:  # the first of each is a warm-up
-                    assert first is not None
-                    ttft[size].append(first * 1000)
-    return ttft
+    stalls: dict[int, list[float]] = {size: [] for size in sizes}
+    probes: list[tuple[float, float]] = []
+    prober = asyncio.ensure_future(_probe(base, probes))
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/bench?token={token}") as ws:
+            await ws.recv()  # connected
+            for turn in range(turns):
+                for size in sizes if turn % 2 == 0 else sizes[::-1]:
+                    first = await _turn(ws, chats[size], size)
+                    if turn:  # the first of each is a warm-up
+                        began, answered = first
+                        ttft[size].append((answered - began) * 1000)
+                        await asyncio.sleep(0.01)  # the probe that overlapped it is back
+                        stalls[size].append(_stall(probes, began, answered))
+    finally:
+        prober.cancel()
+    return ttft, stalls
+
+
+async def _turn(ws: websockets.ClientConnection, chat_id: str, size: int) -> tuple[float, float]:
+    """A question asked in the chat: when, and when its first token came."""
+    began, first = time.perf_counter(), None
+    await ws.send(json.dumps({"type": "chat", "content": "go", "chat_id": chat_id}))
+    while True:
+        frame = json.loads(await ws.recv())
+        if frame["type"] == "text-delta" and first is None:
+            first = time.perf_counter()
+        if frame["type"] == "error":
+            raise RuntimeError(f"a turn in the chat of {size}: {frame}")
+        if frame["type"] == "response_end":
+            break
+    assert first is not None
+    return began, first
 
 
 def measure_turns(messages: int, turns: int) -> list[dict[str, Any]]:
@@ -161,10 +206,14 @@ def measure_turns(messages: int, turns: int) -> list[dict[str, Any]]:
         gateway = start_gateway(
             port,
             f"http://127.0.0.1:{up_port}/v1",
-            env={"DATA_DIR": f"bench/out/body-{port}"},
+            # A chat past 20,000 messages is made in one request.
+            env={
+                "DATA_DIR": f"bench/out/body-{port}",
+                "GATEWAY_MAX_REQUEST_BODY_BYTES": "67108864",
+            },
         )
         try:
-            found = asyncio.run(_turns(port, (2, messages), turns + 1))
+            found, stalls = asyncio.run(_turns(port, (2, messages), turns + 1))
         finally:
             stop(gateway)
     finally:
@@ -174,6 +223,8 @@ def measure_turns(messages: int, turns: int) -> list[dict[str, Any]]:
             "messages": size,
             "ttft_p50_ms": statistics.median(values),
             "ttft_min_ms": min(values),
+            "stall_p50_ms": statistics.median(stalls[size]),
+            "stall_max_ms": max(stalls[size]),
         }
         for size, values in found.items()
     ]
@@ -199,10 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     elif args.turns:
         _table(
-            ["chat", "TTFT p50", "TTFT min"],
+            ["chat", "TTFT p50", "TTFT min", "loop stall p50", "loop stall max"],
             [
                 f"| {row['messages']:,} messages | {row['ttft_p50_ms']:.1f} ms"
-                f" | {row['ttft_min_ms']:.1f} ms |"
+                f" | {row['ttft_min_ms']:.1f} ms | {row['stall_p50_ms']:.1f} ms"
+                f" | {row['stall_max_ms']:.1f} ms |"
                 for row in rows
             ],
         )

@@ -90,7 +90,7 @@ def upstream_app(deltas: int, delay_s: float) -> web.Application:
     async def closed_at(request: web.Request) -> web.Response:
         return web.json_response(closed.pop(request.match_info["marker"], None))
 
-    app = web.Application()
+    app = web.Application(client_max_size=64 << 20)  # a long chat's whole conversation
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_get("/bench/closed/{marker}", closed_at)
