@@ -378,6 +378,7 @@ class Accounts:
         if user_id == admin.user_id:
             # Open WebUI refuses this too: an admin would lock themselves out.
             raise Forbidden("You cannot remove yourself")
+        await self._not_the_primary_admin(user_id)
         revocations = await remove_user(self._store, user_id)
         if not revocations:
             raise NotFound("User not found")
@@ -390,9 +391,24 @@ class Accounts:
             raise Forbidden("Only admins change roles")
         if user_id == admin.user_id:
             raise Forbidden("You cannot change your own role")
+        await self._not_the_primary_admin(user_id)
         # Taken by every replica within the access recheck's period (principals are
         # remembered that long: `StoreDirectory`).
         return await set_role(self._store, user_id, role)
+
+    async def _not_the_primary_admin(self, user_id: str) -> None:
+        """As Open WebUI: no admin changes or removes the primary admin (here the admin
+        whose account is oldest: accounts are dated in seconds, and of two made in
+        the same second the one with the smaller id), and no admin changes their
+        own role: one admin cannot lock out the deployment's first.  The operator
+        can, from the command line (`gateway users role`, `gateway users remove`)."""
+        primary = await self._store.first_admin()
+        if primary is not None and primary.id == user_id:
+            raise Forbidden(
+                "The primary admin (the oldest admin account) cannot be changed or removed "
+                "by another admin; an operator can, with `gateway users role` or "
+                "`gateway users remove`"
+            )
 
     async def new_key(self, principal: Principal, kind: str = "openwebui") -> str:
         """A new key; for Open WebUI the one before is revoked (one key per user)."""

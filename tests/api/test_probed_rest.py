@@ -44,8 +44,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Mapping
 from contextlib import closing
@@ -569,6 +572,55 @@ async def test_an_admin_lets_a_pending_user_in(start_gateway: Any) -> None:
     assert "password" not in let_in.text
     made = await eventually_status(gw, token, 200)
     assert made.body["user_id"] == pat["id"]
+
+
+async def test_no_admin_changes_or_removes_the_primary_admin(start_gateway: Any) -> None:
+    # Any admin could demote or remove any other: a second admin could lock out the
+    # deployment's first.  As Open WebUI: the primary admin (the oldest admin account)
+    # is changed or removed only by the operator, from the command line.
+    gw: GatewayProcess = start_gateway()
+    ada = await post_json(
+        f"{gw.url}{AUTHS}/signup",
+        None,
+        {"name": "Ada", "email": "ada@example.com", "password": "ada-secret"},
+    )
+    assert ada["role"] == "admin"
+    await asyncio.sleep(1.1)  # accounts are dated in seconds (one second: by id)
+    credentials = {"email": "bob@example.com", "password": "bob-secret"}
+    bob = await post_json(
+        f"{gw.url}{AUTHS}/add", ada["token"], {"name": "Bob", "role": "admin", **credentials}
+    )
+    bob_token = (await post_json(f"{gw.url}{AUTHS}/signin", None, credentials))["token"]
+    role_url = f"{gw.url}/api/v1/users/update/role"
+    demoted = await call("POST", role_url, bob_token, {"id": ada["id"], "role": "user"})
+    assert demoted.status == 403 and "primary admin" in demoted.body["detail"], demoted
+    removed = await call("DELETE", f"{gw.url}/api/v1/users/{ada['id']}", bob_token)
+    assert removed.status == 403 and "primary admin" in removed.body["detail"], removed
+    signed_in = await post_json(
+        f"{gw.url}{AUTHS}/signin", None, {"email": "ada@example.com", "password": "ada-secret"}
+    )
+    assert signed_in["role"] == "admin"
+    # The primary admin changes the others' roles, and removes them, as before.
+    assert (
+        await call("POST", role_url, ada["token"], {"id": bob["id"], "role": "user"})
+    ).status == 200
+    assert (
+        await call("POST", role_url, ada["token"], {"id": bob["id"], "role": "admin"})
+    ).status == 200
+    # The operator can, from the command line; then the next oldest admin is the primary.
+    env = {"PATH": os.environ["PATH"], "DATA_DIR": str(gw.data_dir)}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway", "users", "role", "ada@example.com", "user"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    bob_removes = await call("DELETE", f"{gw.url}/api/v1/users/{ada['id']}", bob_token)
+    assert bob_removes.status == 200, bob_removes
+    refused = await call("POST", role_url, bob_token, {"id": bob["id"], "role": "user"})
+    assert refused.status == 403  # their own role, as before
 
 
 async def eventually_status(gw: GatewayProcess, token: str, status: int) -> Reply:

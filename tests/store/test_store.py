@@ -104,6 +104,20 @@ async def test_users_and_case_insensitive_email(store: Store) -> None:
     assert [u.id for u in await store.list_users()] == ["u1"]
 
 
+async def test_the_first_admin_is_the_oldest_admin_account(store: Store) -> None:
+    assert await store.first_admin() is None
+    dated = [("u-c", 300, "admin"), ("u-b", 100, "user"), ("u-z", 200, "admin")]
+    for uid, created, role in dated:
+        record = dataclasses.replace(user(uid, f"{uid}@example.com"), role=role)
+        record.created_at = created
+        await store.create_user(record)
+    assert (await store.first_admin()).id == "u-z"  # type: ignore[union-attr]
+    same_second = dataclasses.replace(user("u-a", "u-a@example.com"), role="admin")
+    same_second.created_at = 200
+    await store.create_user(same_second)
+    assert (await store.first_admin()).id == "u-a"  # type: ignore[union-attr]
+
+
 async def test_api_keys(store: Store) -> None:
     await store.create_user(user())
     await store.add_api_key("hash1", "u1", 5)

@@ -1,9 +1,11 @@
 """Open WebUI's admin routes for users, `/api/v1/users/*` (docs/PROTOCOLS.md §1.2).
 
-    DELETE /api/v1/users/{user_id}    admins only, never oneself → true
+    DELETE /api/v1/users/{user_id}    admins only, never oneself nor the primary
+                                      admin (the oldest admin account) → true
     GET  /api/v1/users/{user_id}/info {id, name}: any signed-in user (the shared
                                       page's sharer, by its shown id)
-    POST /api/v1/users/update/role    {id, role}: admins only, never their own →
+    POST /api/v1/users/update/role    {id, role}: admins only, never their own nor
+                                      the primary admin's →
                                       the user (the admin panel's role switch;
                                       how a `pending` user is let in)
 

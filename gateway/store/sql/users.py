@@ -112,6 +112,13 @@ class SQLUsers(Tables):
         rows = await self.db.fetch("SELECT COUNT(*) FROM users")
         return int(rows[0][0])
 
+    async def first_admin(self) -> UserRecord | None:
+        return await self._first(
+            _user,
+            f"SELECT {USER_COLUMNS} FROM users WHERE role = ? ORDER BY created_at, id LIMIT 1",
+            "admin",
+        )
+
     async def list_users(self) -> list[UserRecord]:
         rows = await self.db.fetch(f"SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id")
         return [_user(row) for row in rows]
