@@ -260,6 +260,13 @@ class Replicas(Sessions, Protocol):
         tell" differ)."""
         ...
 
+    async def claimed_elsewhere(self) -> set[tuple[str, str]]:
+        """The messages (chat id, message id) the other live replicas hold for replies
+        being started or run into them (`claim`); `Unreachable` while the registry
+        cannot be reached.  A claim is taken, and waited for, before a reply's row
+        is written; its entry in `remote_tasks` may come a little after."""
+        ...
+
     def presence_changed(self, seats: list[Seat]) -> None: ...
 
     def remote_seats(self) -> list[Seat]:

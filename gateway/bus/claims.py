@@ -35,6 +35,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -159,6 +160,20 @@ class Claims:
     def rewrite(self, pipe: Pipeline) -> None:
         for field, claim in self._claimed.items():  # (not over another's, taken meanwhile)
             pipe.hsetnx(self._key, field, claim)
+
+    async def held(self) -> dict[tuple[str, str], str]:
+        """Every message held, by any replica: (chat id, message id) → its holder's
+        replica id (a user's fields, and entries that are not ours, left out)."""
+        raw = cast(dict[str, str], await self._redis.hgetall(self._key))
+        held = {}
+        for field, claim in raw.items():
+            try:
+                key = json.loads(field)
+            except ValueError:
+                continue
+            if isinstance(key, list) and len(key) == 2 and all(isinstance(k, str) for k in key):
+                held[(key[0], key[1])] = claim.partition(" ")[0]
+        return held
 
     def forget(self, pipe: Pipeline, replica_id: str) -> None:
         pipe.eval(FORGET, 1, self._key, replica_id + " ")

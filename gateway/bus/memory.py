@@ -130,6 +130,9 @@ class LocalReplicas:
     async def remote_tasks(self, *, strict: bool = False) -> list[TaskInfo]:
         return []
 
+    async def claimed_elsewhere(self) -> set[tuple[str, str]]:
+        return set()
+
     def session_opened(self, sid: str) -> None:
         return None
 

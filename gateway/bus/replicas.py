@@ -279,6 +279,15 @@ class RedisReplicas:
             return []
         return [task for task in tasks if task.replica in alive]
 
+    async def claimed_elsewhere(self) -> set[tuple[str, str]]:
+        try:
+            held = await self._claims.held()
+            others = {replica for replica in held.values() if replica != self.replica_id}
+            alive = await self.alive(others)
+        except RedisError as exc:
+            raise Unreachable(str(exc) or type(exc).__name__) from None
+        return {key for key, replica in held.items() if replica in alive}
+
     # -- Engine.IO sessions ------------------------------------------------------------------
     def session_opened(self, sid: str) -> None:
         self._sessions.add(sid)

@@ -218,11 +218,13 @@ class RunningReplies:
             return 0
 
     async def _recover_now(self) -> int:
-        # The rows first, then what runs elsewhere: a reply started on another replica
-        # in between is listed there (its row is written after its registration).
+        # The rows first, then what runs and what is held elsewhere: a reply started on
+        # another replica in between holds its message (`claim`, waited for) before its
+        # row is written; its registration among the tasks is queued, and may come later.
         unfinished = await self.store.unfinished_messages()
         remote = await self.replicas.remote_tasks(strict=True)
         elsewhere = {(t.chat_id, t.message_id) for t in remote}
+        elsewhere |= await self.replicas.claimed_elsewhere()
         recovered = 0
         for record in unfinished:
             key = (record.chat_id, record.id)

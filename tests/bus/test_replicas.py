@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
-from gateway.bus import TaskInfo
+from gateway.bus import TaskInfo, Unreachable
 from gateway.bus.claims import UNCLAIM, message_field
+from gateway.chat.running import RunningReplies
+from gateway.fanout.hub import Hub
 from gateway.fanout.presence import Seat
+from gateway.store import ChatRecord, MessageRecord, open_store
 from tests.bus.support import Make, Replica, eventually, eventually_async
 from tests.services import RedisServer
 
@@ -182,6 +186,57 @@ async def test_a_redis_that_restarted_empty_learns_what_is_held_again(replica: M
     assert await b.replicas.claim("c1", ["m1"]) == "m1"
 
 
+async def test_a_recovery_leaves_a_reply_alone_while_another_replica_holds_its_message(
+    replica: Make, tmp_path: Path
+) -> None:
+    """A reply's start holds its message (`claim`, waited for), then writes its row;
+    its task is listed after (queued).  A replica that recovers in between read the
+    row, then the tasks without it, and finalised the reply as crashed under the
+    replica starting it; the messages held elsewhere are now left alone too."""
+    a, b = await replica(), await replica()
+    store = await open_store("", tmp_path)
+    try:
+        rows = [
+            MessageRecord("c1", "q", None, "user", "hi"),
+            MessageRecord("c1", "m1", "q", "assistant", "", done=False, draft="half"),
+        ]
+        await store.insert_chat(ChatRecord("c1", "u1", "t", "m1", 100, 100), rows)
+        assert await a.replicas.claim("c1", ["m1"], "u1") is None
+        assert await b.replicas.claimed_elsewhere() == {("c1", "m1")}
+        assert await a.replicas.claimed_elsewhere() == set()  # its own are not elsewhere
+        assert await b.replicas.remote_tasks() == []
+        running = RunningReplies(store, Hub(8), b.replicas)
+        assert await running.recover_unfinished() == 0
+        assert (await store.get_message("c1", "m1")).done is False  # type: ignore[union-attr]
+
+        # Let go (the reply never started, or ended and its row was written): a crash's.
+        a.replicas.unclaim("c1", ["m1"], "u1")
+        await a.replicas._sender.drained(2)
+        assert await b.replicas.claimed_elsewhere() == set()
+        assert await running.recover_unfinished() == 1
+        finalised = await store.get_message("c1", "m1")
+        assert finalised is not None and finalised.done is True and finalised.content == "half"
+    finally:
+        await store.close()
+
+
+async def test_a_dead_replicas_held_messages_are_not_held_elsewhere(replica: Make) -> None:
+    a, b = await replica(), await replica()
+    assert await a.replicas.claim("c1", ["m1"]) is None
+    await a.replicas._sender.drained(2)
+    assert await b.replicas.claimed_elsewhere() == {("c1", "m1")}
+    await a.crash()
+    # Its heartbeat expires (5 s): then it is no live replica's.
+    await eventually_async(_nothing_held_elsewhere(b), timeout_s=10)
+
+
+def _nothing_held_elsewhere(one: Replica) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await one.replicas.claimed_elsewhere() == set()
+
+    return check
+
+
 async def test_with_redis_unreachable_a_claim_holds_nothing_and_waits_for_nothing(
     replica: Make, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -194,6 +249,8 @@ async def test_with_redis_unreachable_a_claim_holds_nothing_and_waits_for_nothin
         assert await a.replicas.claim("c1", ["m1"]) is None
         assert asyncio.get_running_loop().time() - began < 0.1
         assert "could not ask Redis whether a message is free" in caplog.text
+        with pytest.raises(Unreachable):  # not "nothing is held": a recovery waits
+            await a.replicas.claimed_elsewhere()
     finally:
         redis.stop()
 
