@@ -89,6 +89,13 @@ def admin_stats(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"gateway: cannot read {url}/ws/stats: {exc}", file=sys.stderr)
         return 1
+    if "replicas" not in stats.get("details", {}):
+        # /ws/stats shows a user who is no admin the totals and their own only.
+        print(
+            "gateway: the token is not an admin's: the totals only (no replicas, no kinds); "
+            "give an admin's --token for the rest",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
         return 0
@@ -106,12 +113,12 @@ def _admin_token(args: argparse.Namespace) -> str | None:
     made: list[str] = []
 
     async def first_admin(store: Any) -> int:
-        admins = [user for user in await store.list_users() if user.role == "admin"]
-        if not admins:
+        admin = await store.first_admin()
+        if admin is None:
             print("gateway: no admin user in the store; give --token", file=sys.stderr)
             return 1
         key, _ = preflight.signing_key(loaded, create=False)
-        made.append(Authenticator(key, StaticDirectory({})).issue(admins[0].id, ttl_s=60))
+        made.append(Authenticator(key, StaticDirectory({})).issue(admin.id, ttl_s=60))
         return 0
 
     with_store(args, first_admin)
@@ -193,12 +200,14 @@ def trace_line(record: dict[str, Any]) -> str:
 def stats_table(stats: dict[str, Any]) -> list[str]:
     """`/ws/stats` as aligned rows: per replica, per kind, then the totals."""
     details = stats.get("details", {})
-    rows: list[tuple[str, str]] = [("replica", "connections")]
-    rows += [(name, str(n)) for name, n in details.get("replicas", {}).items()]
-    rows += [("", ""), ("kind", "connections")]
-    rows += [(name, str(n)) for name, n in sorted(details.get("kinds", {}).items())]
+    rows: list[tuple[str, str]] = []
+    if "replicas" in details:  # (an admin's view)
+        rows += [("replica", "connections")]
+        rows += [(name, str(n)) for name, n in details["replicas"].items()]
+        rows += [("", ""), ("kind", "connections")]
+        rows += [(name, str(n)) for name, n in sorted(details.get("kinds", {}).items())]
+        rows += [("", "")]
     rows += [
-        ("", ""),
         ("connections", str(stats.get("total_connections", 0))),
         ("users", str(stats.get("active_users", 0))),
         ("sessions", str(stats.get("active_sessions", 0))),

@@ -216,3 +216,9 @@ def test_the_first_user_the_cli_adds_is_an_admin_when_tokens_made_users_first(
     gw = start_gateway({"DATA_DIR": str(data)}, data_dir=data)
     stats = run_cli(data, "admin", "stats", "--url", gw.url)
     assert stats.returncode == 0, stats.stderr
+    assert stats.stdout.startswith("replica") and "not an admin's" not in stats.stderr, stats
+    # A user's token sees the totals only: said, not shown as empty sections.
+    partial = run_cli(data, "admin", "stats", "--url", gw.url, "--token", token)
+    assert partial.returncode == 0, partial.stderr
+    assert partial.stdout.startswith("connections") and "replica" not in partial.stdout
+    assert "the token is not an admin's: the totals only" in partial.stderr
