@@ -10,7 +10,6 @@ that died) are stored with their last draft and a note.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Coroutine
@@ -35,6 +34,8 @@ CRASH_NOTE = (
 REPLICA_LOST_NOTE = (
     "The gateway replica running this reply stopped; the text up to the last checkpoint is kept."
 )
+# The longest a stop waits for its reply's end before it is answered.
+STOP_WAIT_S = 5.0
 # How far past the shared buffer's last event a survivor numbers a dead replica's
 # reply's end: more than that replica could send between two buffer flushes.
 LOST_END_SEQ_GAP = 100_000
@@ -181,13 +182,16 @@ class RunningReplies:
                     await self.cancel(running)
 
     async def cancel(self, running: Running) -> None:
+        """Stop a reply of this replica's; returns once its end is stored and sent, or
+        after STOP_WAIT_S: an end whose write waits for a database that is away
+        (`ReplyRunner._stored_end`, up to a minute) goes out later, on its own."""
         running.cancelled_by_user = True
-        if running.task is not None and not running.task.done():
-            if _unstarted(running.task):
+        task = running.task
+        if task is not None and not task.done():
+            if _unstarted(task):
                 await asyncio.sleep(0)  # its first step is due: one loop turn
-            running.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running.task
+            task.cancel()
+            await asyncio.wait([task], timeout=STOP_WAIT_S)
 
     # -- recovery ----------------------------------------------------------------
     async def _recover(self, record: MessageRecord, note: str) -> None:

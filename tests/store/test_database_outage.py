@@ -177,3 +177,48 @@ async def test_a_replica_stopping_while_a_reply_end_waits_for_the_database_exits
     # Its end went out once given up on (the row keeps its last checkpoint).
     assert frame["type"] == "response_end", frame
     assert "storing a reply's end failed: the database stayed unavailable" in gw.log()
+
+
+async def test_a_stop_while_the_database_is_away_is_answered_and_its_end_stored_later(
+    start_gateway: Any, fake_upstream: FakeUpstream, database: PostgresServer
+) -> None:
+    # A stop waited for its reply's end, whose write waits for the database (up to a
+    # minute): the user's stop hung as long.  It is answered after STOP_WAIT_S (5 s);
+    # the end goes out, and is stored, once the database is back.
+    gw: GatewayProcess = start_gateway(
+        {"OPENAI_API_BASE_URL": fake_upstream.url, "DATABASE_URL": database.url}
+    )
+    token = make_token(f"outage-cancel-{uuid.uuid4().hex[:6]}")
+    url = f"ws://127.0.0.1:{gw.port}/ws/chat/o-{uuid.uuid4().hex[:6]}?token={token}"
+    headers = {"Authorization": f"Bearer {token}"}
+    text, frame = "", {}
+    async with aiohttp.ClientSession() as http, websockets.connect(url) as ws:
+        json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))  # connected
+        ask = {"type": "chat", "content": "hi", "application_id": "fake-crawl"}
+        await ws.send(json.dumps(ask))
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+            if frame["type"] == "response_start":
+                chat_id, message_id = frame["chat_id"], frame["message_id"]
+                await asyncio.to_thread(database.stop)
+            elif frame["type"] == "text-delta":
+                text += frame["text"]
+                if len(text.split()) == 3:
+                    break
+        asked_at = time.monotonic()
+        stop_url = f"{gw.url}/api/tasks/chat/{chat_id}/stop"
+        async with http.post(stop_url, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+        answered_s = time.monotonic() - asked_at
+        assert 4 < answered_s < 8, answered_s  # STOP_WAIT_S, not the end write's minute
+        await asyncio.to_thread(database.start)
+        while frame["type"] != "response_end":
+            frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+            if frame["type"] == "text-delta":
+                text += frame["text"]
+        assert frame["full_response"] == text  # what was streamed, kept
+        async with http.get(f"{gw.url}/api/v1/chats/{chat_id}", headers=headers) as resp:
+            assert resp.status == 200
+            stored = (await resp.json())["chat"]["history"]["messages"][message_id]
+    assert (stored["content"], stored["done"]) == (text, True), stored
+    assert "Traceback" not in gw.log(), gw.log()[-3000:]
