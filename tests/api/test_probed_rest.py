@@ -469,14 +469,20 @@ async def test_the_session_route_answers_with_the_callers_own_token(
 
 
 # -- 6. a user of role pending -----------------------------------------------------------------
-async def test_a_pending_user_has_only_a_session_and_the_config(start_gateway: Any) -> None:
-    gw: GatewayProcess = start_gateway()
-    admin = await post_json(
+async def first_admin(gw: GatewayProcess) -> dict[str, Any]:
+    """Ada signs up first: the store's first user, its admin (her session)."""
+    ada: dict[str, Any] = await post_json(
         f"{gw.url}{AUTHS}/signup",
         None,
         {"name": "Ada", "email": "ada@example.com", "password": "ada-secret"},
     )
-    assert admin["role"] == "admin"
+    assert ada["role"] == "admin"
+    return ada
+
+
+async def test_a_pending_user_has_only_a_session_and_the_config(start_gateway: Any) -> None:
+    gw: GatewayProcess = start_gateway()
+    admin = await first_admin(gw)
     credentials = {"email": "pat@example.com", "password": "pat-secret"}
     added = await post_json(
         f"{gw.url}{AUTHS}/add", admin["token"], {"name": "Pat", "role": "pending", **credentials}
@@ -552,11 +558,7 @@ async def test_names_addresses_and_tags_are_bounded(start_gateway: Any) -> None:
 async def test_an_admin_lets_a_pending_user_in(start_gateway: Any) -> None:
     # Refused while pending, nothing could change a role: the account was dead.
     gw: GatewayProcess = start_gateway({"GATEWAY_ACCESS_RECHECK_S": "0.2"})
-    admin = await post_json(
-        f"{gw.url}{AUTHS}/signup",
-        None,
-        {"name": "Ada", "email": "ada@example.com", "password": "ada-secret"},
-    )
+    admin = await first_admin(gw)
     credentials = {"email": "pat@example.com", "password": "pat-secret"}
     pat = await post_json(
         f"{gw.url}{AUTHS}/add", admin["token"], {"name": "Pat", "role": "pending", **credentials}
@@ -579,12 +581,7 @@ async def test_no_admin_changes_or_removes_the_primary_admin(start_gateway: Any)
     # deployment's first.  As Open WebUI: the primary admin (the oldest admin account)
     # is changed or removed only by the operator, from the command line.
     gw: GatewayProcess = start_gateway()
-    ada = await post_json(
-        f"{gw.url}{AUTHS}/signup",
-        None,
-        {"name": "Ada", "email": "ada@example.com", "password": "ada-secret"},
-    )
-    assert ada["role"] == "admin"
+    ada = await first_admin(gw)
     await asyncio.sleep(1.1)  # accounts are dated in seconds (one second: by id)
     credentials = {"email": "bob@example.com", "password": "bob-secret"}
     bob = await post_json(

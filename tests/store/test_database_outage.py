@@ -31,6 +31,26 @@ def database() -> Iterator[PostgresServer]:
     server.remove()
 
 
+@pytest.fixture
+def gw(start_gateway: Any, fake_upstream: FakeUpstream, database: PostgresServer) -> GatewayProcess:
+    """A gateway on the test's own PostgreSQL and the fake model server."""
+    started: GatewayProcess = start_gateway(
+        {"OPENAI_API_BASE_URL": fake_upstream.url, "DATABASE_URL": database.url}
+    )
+    return started
+
+
+def socket_url(gw: GatewayProcess, token: str) -> str:
+    """A Nadoo chat socket's address, a session of its own."""
+    return f"ws://127.0.0.1:{gw.port}/ws/chat/o-{uuid.uuid4().hex[:6]}?token={token}"
+
+
+async def ask(ws: Any, model: str) -> None:
+    """The socket's `connected` read, then a question to `model`."""
+    json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))  # connected
+    await ws.send(json.dumps({"type": "chat", "content": "hi", "application_id": model}))
+
+
 async def chat_over_rest(http: aiohttp.ClientSession, gw: GatewayProcess, token: str) -> int:
     body = {"chat": {"title": "outage", "messages": []}}
     headers = {"Authorization": f"Bearer {token}"}
@@ -42,12 +62,9 @@ async def chat_over_rest(http: aiohttp.ClientSession, gw: GatewayProcess, token:
 
 async def nadoo_turn(gw: GatewayProcess, token: str) -> dict[str, Any]:
     """The turn's last frame; a socket closed instead: {"closed": its code, "reason"}."""
-    url = f"ws://127.0.0.1:{gw.port}/ws/chat/o-{uuid.uuid4().hex[:6]}?token={token}"
     try:
-        async with websockets.connect(url) as ws:
-            json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))  # connected
-            ask = {"type": "chat", "content": "hi", "application_id": "fake-model"}
-            await ws.send(json.dumps(ask))
+        async with websockets.connect(socket_url(gw, token)) as ws:
+            await ask(ws, "fake-model")
             while True:
                 frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
                 if frame["type"] in ("response_end", "error"):
@@ -58,11 +75,8 @@ async def nadoo_turn(gw: GatewayProcess, token: str) -> dict[str, Any]:
 
 
 async def test_a_database_restart_fails_requests_cleanly_then_recovers(
-    start_gateway: Any, fake_upstream: FakeUpstream, database: PostgresServer
+    gw: GatewayProcess, database: PostgresServer
 ) -> None:
-    gw: GatewayProcess = start_gateway(
-        {"OPENAI_API_BASE_URL": fake_upstream.url, "DATABASE_URL": database.url}
-    )
     token = make_token(f"outage-{uuid.uuid4().hex[:6]}")
     async with aiohttp.ClientSession() as http:
         assert await chat_over_rest(http, gw, token) == 200
@@ -97,21 +111,17 @@ async def test_a_database_restart_fails_requests_cleanly_then_recovers(
 
 
 async def test_a_reply_that_ends_while_the_database_is_away_is_stored_once_it_is_back(
-    start_gateway: Any, fake_upstream: FakeUpstream, database: PostgresServer
+    gw: GatewayProcess, database: PostgresServer
 ) -> None:
     # The reply runs on (the model server is not the database); its end is written
     # once the database is back, and only then sent: no client sees an end the store
     # does not have, and a reload or a late resume finds the whole text.
-    gw: GatewayProcess = start_gateway(
-        {"OPENAI_API_BASE_URL": fake_upstream.url, "DATABASE_URL": database.url}
-    )
     token = make_token(f"outage-end-{uuid.uuid4().hex[:6]}")
-    url = f"ws://127.0.0.1:{gw.port}/ws/chat/o-{uuid.uuid4().hex[:6]}?token={token}"
+    url = socket_url(gw, token)
     expected = "".join(deltas_of("fake-slow", ""))
     text, back_at, end_at = "", 0.0, 0.0
     async with websockets.connect(url) as ws:
-        json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))  # connected
-        await ws.send(json.dumps({"type": "chat", "content": "hi", "application_id": "fake-slow"}))
+        await ask(ws, "fake-slow")
         while True:
             frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
             if frame["type"] == "response_start":  # its turn is written: now the outage
@@ -142,20 +152,16 @@ async def test_a_reply_that_ends_while_the_database_is_away_is_stored_once_it_is
 
 
 async def test_a_replica_stopping_while_a_reply_end_waits_for_the_database_exits_in_time(
-    start_gateway: Any, fake_upstream: FakeUpstream, database: PostgresServer
+    gw: GatewayProcess, database: PostgresServer
 ) -> None:
     # The end's write is retried for a minute, but not past the replica's grace: the
     # orchestrator's kill would come first, and nothing would be sent at all.
-    gw: GatewayProcess = start_gateway(
-        {"OPENAI_API_BASE_URL": fake_upstream.url, "DATABASE_URL": database.url}
-    )
     token = make_token(f"outage-stop-{uuid.uuid4().hex[:6]}")
-    url = f"ws://127.0.0.1:{gw.port}/ws/chat/o-{uuid.uuid4().hex[:6]}?token={token}"
+    url = socket_url(gw, token)
     expected = "".join(deltas_of("fake-slow", ""))
     text, frame = "", {}
     async with websockets.connect(url) as ws:
-        json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))  # connected
-        await ws.send(json.dumps({"type": "chat", "content": "hi", "application_id": "fake-slow"}))
+        await ask(ws, "fake-slow")
         while True:
             frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
             if frame["type"] == "response_start":
@@ -180,22 +186,17 @@ async def test_a_replica_stopping_while_a_reply_end_waits_for_the_database_exits
 
 
 async def test_a_stop_while_the_database_is_away_is_answered_and_its_end_stored_later(
-    start_gateway: Any, fake_upstream: FakeUpstream, database: PostgresServer
+    gw: GatewayProcess, database: PostgresServer
 ) -> None:
     # A stop waited for its reply's end, whose write waits for the database (up to a
     # minute): the user's stop hung as long.  It is answered after STOP_WAIT_S (5 s);
     # the end goes out, and is stored, once the database is back.
-    gw: GatewayProcess = start_gateway(
-        {"OPENAI_API_BASE_URL": fake_upstream.url, "DATABASE_URL": database.url}
-    )
     token = make_token(f"outage-cancel-{uuid.uuid4().hex[:6]}")
-    url = f"ws://127.0.0.1:{gw.port}/ws/chat/o-{uuid.uuid4().hex[:6]}?token={token}"
+    url = socket_url(gw, token)
     headers = {"Authorization": f"Bearer {token}"}
     text, frame = "", {}
     async with aiohttp.ClientSession() as http, websockets.connect(url) as ws:
-        json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))  # connected
-        ask = {"type": "chat", "content": "hi", "application_id": "fake-crawl"}
-        await ws.send(json.dumps(ask))
+        await ask(ws, "fake-crawl")
         while True:
             frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
             if frame["type"] == "response_start":
