@@ -346,9 +346,8 @@ async def _accounts(app: web.Application) -> AsyncIterator[None]:
         # A removed user: refused from now on, and their replies on this replica
         # stopped (each replica polls).
         directory.forget(user_id)
-        for running in list(service.replies.running.values()):
-            if running.user_id == user_id:
-                await service.replies.cancel(running)
+        replies = service.replies
+        await replies.cancel(*(r for r in replies.running.values() if r.user_id == user_id))
 
     access = AccessGuard(store, settings.access_recheck_s, stop_replies_of)
     passwords = Passwords(

@@ -392,6 +392,8 @@ class Accounts:
         if user_id == admin.user_id:
             raise Forbidden("You cannot change your own role")
         await self._not_the_primary_admin(user_id)
+        if role == "admin":
+            await self._primary_stays(user_id)
         # Taken by every replica within the access recheck's period (principals are
         # remembered that long: `StoreDirectory`).
         return await set_role(self._store, user_id, role)
@@ -410,6 +412,20 @@ class Accounts:
                 "`gateway users remove`"
             )
 
+    async def _primary_stays(self, user_id: str) -> None:
+        """An account older than the primary admin's made an admin would become the
+        primary admin, and the one before it could then be changed or removed: an
+        operator's decision (`gateway users role`), never an admin's."""
+        primary = await self._store.first_admin()
+        user = await self._store.get_user(user_id)
+        if primary is None or user is None:
+            return
+        if (user.created_at, user.id) < (primary.created_at, primary.id):
+            raise Forbidden(
+                "This account is older than the primary admin's: made an admin, it would "
+                "become the primary admin. An operator can, with `gateway users role`"
+            )
+
     async def new_key(self, principal: Principal, kind: str = "openwebui") -> str:
         """A new key; for Open WebUI the one before is revoked (one key per user)."""
         if kind == "openwebui":
@@ -425,8 +441,16 @@ class Accounts:
         return await self._store.list_api_keys(None)
 
     async def revoke_key(self, principal: Principal, key_id: str) -> None:
-        """One key by its id: the caller's own, or anyone's for an admin."""
+        """One key by its id: the caller's own, or anyone's for an admin but the
+        primary admin's (`_not_the_primary_admin`: a key-only admin is locked out
+        without their key)."""
         owner = None if principal.is_admin else principal.user_id
+        if owner is None:
+            primary = await self._store.first_admin()
+            if primary is not None and primary.id != principal.user_id:
+                theirs = await self._store.list_api_keys(primary.id)
+                if any(key.id == key_id for key in theirs):
+                    raise Forbidden("The primary admin's keys are revoked by them, or an operator")
         revocations = await self._store.revoke_api_key(key_id, int(time.time() * 1000), owner)
         if not revocations:
             raise NotFound("API key not found")

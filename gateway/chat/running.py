@@ -19,7 +19,7 @@ from typing import Any
 from gateway.bus import Replicas, TaskInfo, Unreachable
 from gateway.bus.link import BACKOFF_MAX_S
 from gateway.bus.memory import LocalReplicas
-from gateway.bus.replicas import HEARTBEAT_S
+from gateway.bus.replicas import HEARTBEAT_S, REPLICA_TTL_S
 from gateway.errors import Conflict, DatabaseDown
 from gateway.events import ReplyFailed
 from gateway.fanout.hub import Hub
@@ -119,6 +119,7 @@ class RunningReplies:
         self.running[running.task_id] = running
         self.replicas.task_started(self._info(running))
         running.task = asyncio.create_task(generating)
+        running.task.add_done_callback(_failed)
 
     def ended(self, running: Running) -> None:
         """A reply is over (its end stored, when it has one): off the registry, and its
@@ -165,8 +166,7 @@ class RunningReplies:
         """Stop the replies `target` names, wherever they run: this replica's now,
         the others' by a control message to them.  The number of replies stopped."""
         local = [r for r in self.running.values() if target.matches(self._info(r))]
-        for running in local:
-            await self.cancel(running)
+        await self.cancel(*local)
         remote = [task for task in await self.replicas.remote_tasks() if target.matches(task)]
         if remote:
             self.replicas.broadcast({"cancel": target.as_dict()})
@@ -177,21 +177,25 @@ class RunningReplies:
         spec = message.get("cancel")
         if isinstance(spec, dict):
             target = StopTarget.of(spec)
-            for running in list(self.running.values()):
-                if target.matches(self._info(running)):
-                    await self.cancel(running)
+            await self.cancel(*(r for r in self.running.values() if target.matches(self._info(r))))
 
-    async def cancel(self, running: Running) -> None:
-        """Stop a reply of this replica's; returns once its end is stored and sent, or
-        after STOP_WAIT_S: an end whose write waits for a database that is away
-        (`ReplyRunner._stored_end`, up to a minute) goes out later, on its own."""
-        running.cancelled_by_user = True
-        task = running.task
-        if task is not None and not task.done():
-            if _unstarted(task):
-                await asyncio.sleep(0)  # its first step is due: one loop turn
+    async def cancel(self, *runnings: Running) -> None:
+        """Stop replies of this replica's, all at once; returns once their ends are
+        stored and sent, or after STOP_WAIT_S: an end whose write waits for a
+        database that is away (`ReplyRunner._stored_end`, up to a minute) goes out
+        later, on its own."""
+        tasks = []
+        for running in runnings:
+            running.cancelled_by_user = True
+            if running.task is not None and not running.task.done():
+                tasks.append(running.task)
+        if not tasks:
+            return
+        if any(_unstarted(task) for task in tasks):
+            await asyncio.sleep(0)  # their first step is due: one loop turn
+        for task in tasks:
             task.cancel()
-            await asyncio.wait([task], timeout=STOP_WAIT_S)
+        await asyncio.wait(tasks, timeout=STOP_WAIT_S)
 
     # -- recovery ----------------------------------------------------------------
     async def _recover(self, record: MessageRecord, note: str) -> None:
@@ -221,24 +225,41 @@ class RunningReplies:
                 self._recovering = asyncio.get_running_loop().create_task(self._recover_later())
             return 0
 
-    async def _recover_now(self) -> int:
+    async def _recover_now(self, *, again: bool = True) -> int:
         # The rows first, then what runs and what is held elsewhere: a reply started on
         # another replica in between holds its message (`claim`, waited for) before its
         # row is written; its registration among the tasks is queued, and may come later.
         unfinished = await self.store.unfinished_messages()
         remote = await self.replicas.remote_tasks(strict=True)
-        elsewhere = {(t.chat_id, t.message_id) for t in remote}
-        elsewhere |= await self.replicas.claimed_elsewhere()
-        recovered = 0
+        running = {(t.chat_id, t.message_id) for t in remote}
+        held = await self.replicas.claimed_elsewhere()
+        recovered, held_only = 0, 0
         for record in unfinished:
             key = (record.chat_id, record.id)
-            if self.is_generating(*key) or key in elsewhere:
+            if self.is_generating(*key) or key in running:
+                continue
+            if key in held:
+                held_only += 1
                 continue
             await self._recover(record, CRASH_NOTE)
             recovered += 1
         if recovered:
             log.warning("finalised replies left unfinished by a crash", extra={"count": recovered})
+        if held_only and again and (self._recovering is None or self._recovering.done()):
+            # Held without a task listed: a reply starting, or one of a replica that
+            # died a moment ago (still taken for live), which no survivor ends
+            # (`on_orphan` ends listed tasks): looked at again once it would be seen dead.
+            self._recovering = asyncio.get_running_loop().create_task(self._look_again())
         return recovered
+
+    async def _look_again(self) -> None:
+        await asyncio.sleep(LOOK_AGAIN_S)
+        try:
+            await self._recover_now(again=False)
+        except Unreachable:
+            await self._recover_later()
+        except Exception:
+            log.warning("finalising replies left unfinished failed", exc_info=True)
 
     async def _recover_later(self) -> None:
         """`_recover_now` once Redis has answered for REJOIN_S on end: a Redis that
@@ -315,6 +336,9 @@ class RunningReplies:
 # backoff) and its running replies written back (its first round trip).
 RECOVER_RETRY_S = 2.0
 REJOIN_S = BACKOFF_MAX_S + 2 * HEARTBEAT_S
+# When a recovery looks again at the messages held elsewhere without a task listed:
+# a replica that died holding them is no live replica's by then (its heartbeat gone).
+LOOK_AGAIN_S = REPLICA_TTL_S + 2 * HEARTBEAT_S
 
 # How many loop turns `shutdown` gives replies started meanwhile to take their first step.
 SHUTDOWN_STEP_TURNS = 100
@@ -325,6 +349,13 @@ def _conflict(message_id: str, where: str = "") -> Conflict:
         f"a reply into message '{message_id}' is already running{where}: "
         "stop it or wait for its end, or answer into a new id"
     )
+
+
+def _failed(task: asyncio.Task[None]) -> None:
+    """A reply's task that failed past its own handling (it handles all but a
+    cancel): logged, whether or not anyone waits for it (a stop waits a while)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a reply's task failed", exc_info=task.exception())
 
 
 def _unstarted(task: asyncio.Task[None]) -> bool:

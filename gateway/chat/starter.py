@@ -223,7 +223,8 @@ class ReplyStarter:
             self._hub.unsubscribe(outbox)
             if not opened.done():
                 # The caller left before the model server answered: the reply is
-                # stopped (its end stored) before the cancel goes on.  Once it has
+                # stopped (its end stored, or on its way past `STOP_WAIT_S`) before
+                # the cancel goes on.  Once it has
                 # answered, the reply runs on without its caller, as any reply does.
                 await asyncio.shield(self._registry.cancel(running))
             raise

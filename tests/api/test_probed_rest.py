@@ -597,6 +597,12 @@ async def test_no_admin_changes_or_removes_the_primary_admin(start_gateway: Any)
         f"{gw.url}{AUTHS}/signin", None, {"email": "ada@example.com", "password": "ada-secret"}
     )
     assert signed_in["role"] == "admin"
+    # Nor are the primary admin's keys revoked by another admin (a key-only admin
+    # would be locked out): by them, or an operator.
+    await post_json(f"{gw.url}{AUTHS}/api_key", ada["token"], {})
+    (ada_key,) = await get_json(f"{gw.url}{AUTHS}/api_keys", ada["token"])
+    revoked = await call("DELETE", f"{gw.url}{AUTHS}/api_keys/{ada_key['id']}", bob_token)
+    assert revoked.status == 403 and "primary admin" in revoked.body["detail"], revoked
     # The primary admin changes the others' roles, and removes them, as before.
     assert (
         await call("POST", role_url, ada["token"], {"id": bob["id"], "role": "user"})
@@ -605,19 +611,58 @@ async def test_no_admin_changes_or_removes_the_primary_admin(start_gateway: Any)
         await call("POST", role_url, ada["token"], {"id": bob["id"], "role": "admin"})
     ).status == 200
     # The operator can, from the command line; then the next oldest admin is the primary.
+    await operator(gw, "users", "role", "ada@example.com", "user")
+    bob_removes = await call("DELETE", f"{gw.url}/api/v1/users/{ada['id']}", bob_token)
+    assert bob_removes.status == 200, bob_removes
+    refused = await call("POST", role_url, bob_token, {"id": bob["id"], "role": "user"})
+    assert refused.status == 403  # their own role, as before
+
+
+async def test_an_account_older_than_the_primary_admin_is_made_an_admin_by_the_operator_only(
+    start_gateway: Any,
+) -> None:
+    # A token's user, made before the first admin (the README's order): promoted, it
+    # would have become the primary admin (the oldest admin account), and the one
+    # before it could then be demoted or removed by any admin.
+    gw: GatewayProcess = start_gateway()
+    older = new_user("rest-older")
+    older_id = (await get_json(f"{gw.url}{AUTHS}/", older))["id"]
+    await asyncio.sleep(1.1)  # accounts are dated in seconds
+    ada_id = (
+        await operator(gw, "users", "add", "--email", "ada@example.com", "--password", "ada-secret")
+    ).split("\t")[0]
+    ada = await post_json(
+        f"{gw.url}{AUTHS}/signin", None, {"email": "ada@example.com", "password": "ada-secret"}
+    )
+    assert (ada["id"], ada["role"]) == (ada_id, "admin")
+    await asyncio.sleep(1.1)
+    credentials = {"email": "bob@example.com", "password": "bob-secret"}
+    await post_json(
+        f"{gw.url}{AUTHS}/add", ada["token"], {"name": "Bob", "role": "admin", **credentials}
+    )
+    bob = (await post_json(f"{gw.url}{AUTHS}/signin", None, credentials))["token"]
+    role_url = f"{gw.url}/api/v1/users/update/role"
+    for admin in (bob, ada["token"]):
+        promoted = await call("POST", role_url, admin, {"id": older_id, "role": "admin"})
+        assert promoted.status == 403 and "older than the primary admin" in promoted.body["detail"]
+    demoted = await call("POST", role_url, bob, {"id": ada_id, "role": "user"})
+    assert demoted.status == 403, demoted  # Ada is still the primary admin
+    await operator(gw, "users", "role", older_id, "admin")
+    assert (await call("POST", role_url, bob, {"id": ada_id, "role": "user"})).status == 200
+
+
+async def operator(gw: GatewayProcess, *args: str) -> str:
+    """A `gateway` command run by the operator on the gateway's store: its output."""
     env = {"PATH": os.environ["PATH"], "DATA_DIR": str(gw.data_dir)}
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "gateway", "users", "role", "ada@example.com", "user"],
+        [sys.executable, "-m", "gateway", *args],
         env=env,
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    bob_removes = await call("DELETE", f"{gw.url}/api/v1/users/{ada['id']}", bob_token)
-    assert bob_removes.status == 200, bob_removes
-    refused = await call("POST", role_url, bob_token, {"id": bob["id"], "role": "user"})
-    assert refused.status == 403  # their own role, as before
+    return done.stdout
 
 
 async def eventually_status(gw: GatewayProcess, token: str, status: int) -> Reply:

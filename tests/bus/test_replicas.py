@@ -12,7 +12,7 @@ import pytest
 
 from gateway.bus import TaskInfo, Unreachable
 from gateway.bus.claims import UNCLAIM, message_field
-from gateway.chat.running import RunningReplies
+from gateway.chat.running import LOOK_AGAIN_S, RunningReplies
 from gateway.fanout.hub import Hub
 from gateway.fanout.presence import Seat
 from gateway.store import ChatRecord, MessageRecord, open_store
@@ -217,6 +217,38 @@ async def test_a_recovery_leaves_a_reply_alone_while_another_replica_holds_its_m
         finalised = await store.get_message("c1", "m1")
         assert finalised is not None and finalised.done is True and finalised.content == "half"
     finally:
+        await store.close()
+
+
+async def test_a_reply_held_by_a_replica_that_just_died_is_finalised_once_it_is_seen_dead(
+    replica: Make, tmp_path: Path
+) -> None:
+    """Its message held, its row written, its task not listed yet, and the replica
+    dies: a recovery within its heartbeat's life takes it for live and leaves it;
+    no survivor ends it (only listed tasks are orphans), so the recovery looks
+    again once the replica would be seen dead (`LOOK_AGAIN_S`)."""
+    a, b = await replica(), await replica()
+    store = await open_store("", tmp_path)
+    running: RunningReplies | None = None
+    try:
+        rows = [
+            MessageRecord("c1", "q", None, "user", "hi"),
+            MessageRecord("c1", "m1", "q", "assistant", "", done=False, draft="half"),
+        ]
+        await store.insert_chat(ChatRecord("c1", "u1", "t", "m1", 100, 100), rows)
+        assert await a.replicas.claim("c1", ["m1"], "u1") is None
+        await a.crash()
+        running = RunningReplies(store, Hub(8), b.replicas)
+        assert await running.recover_unfinished() == 0  # a is taken for live a while
+
+        async def finalised() -> bool:
+            record = await store.get_message("c1", "m1")
+            return record is not None and record.done is True and record.content == "half"
+
+        await eventually_async(finalised, timeout_s=LOOK_AGAIN_S + 8)
+    finally:
+        if running is not None:
+            await running.shutdown()
         await store.close()
 
 
