@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import jsonwire
+
 
 @dataclass(frozen=True, slots=True)
 class ReplyEvent:
@@ -198,6 +200,13 @@ class WorkspaceEvent:
     type: str
     data: dict[str, Any] = field(default_factory=dict)
     origin: str = ""
+    # Its data's size (bytes of JSON), counted against an outbox's bound as a reply's
+    # text is: a reader that stops reading holds no more of a workspace's 1 MB
+    # events than of a reply.  Not sent between replicas: each one counts it.
+    size: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", len(jsonwire.body(self.data)))
 
 
 # The events of one reply (each a `ReplyEvent`: chat_id, message_id, seq).

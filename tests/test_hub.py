@@ -9,7 +9,7 @@ import pytest
 
 from gateway import rooms
 from gateway.bus.memory import LocalBus
-from gateway.events import Event, ReasoningDelta, StatusChanged, TextDelta
+from gateway.events import Event, ReasoningDelta, StatusChanged, TextDelta, WorkspaceEvent
 from gateway.fanout.hub import Hub
 from gateway.fanout.outbox import Outbox, Overflow
 
@@ -270,6 +270,20 @@ async def test_max_chars_bounds_the_queued_text() -> None:
     outbox.put(text("r", 5))
     assert overflows.calls == 1 and outbox.overflowed
     assert await drain(outbox) == [status(2), text("hij", 3), text("klmnopq", 4)]
+
+
+async def test_max_chars_bounds_the_queued_workspace_events_too() -> None:
+    # Found by the probe of LIMITS.md: a Nadoo workspace's events were bounded by
+    # their number alone; 256 events of 1 MB each, about 300 MB, for one reader that
+    # stopped reading.  Their data counts as a reply's text does.
+    overflows = Counter()
+    outbox = Outbox(max_events=100, max_chars=1000, on_overflow=overflows)
+    big = WorkspaceEvent("w1", "u1", "document_updated", {"doc": "x" * 580})
+    assert big.size == len('{"doc":""}') + 580
+    outbox.put(big)
+    assert outbox.queued_chars == big.size and overflows.calls == 0
+    outbox.put(WorkspaceEvent("w1", "u2", "document_updated", {"doc": "y" * 580}))
+    assert overflows.calls == 1 and outbox.overflowed
 
 
 async def test_max_chars_counts_merged_text() -> None:

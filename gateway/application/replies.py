@@ -110,12 +110,12 @@ class Replies:
     async def model_ids(self) -> list[str]:
         return [model.id for model in await self.models()]
 
-    async def suggest_title(self, model: Any, messages: Any) -> str:
+    async def suggest_title(self, principal: Principal, model: Any, messages: Any) -> str:
         """The web app's rename › generate: a title for the conversation it sends."""
         if not isinstance(messages, list) or len(messages) > MAX_TITLE_MESSAGES:
             raise BadRequest(f"'messages' must be a list of at most {MAX_TITLE_MESSAGES}")
         hint = model if isinstance(model, str) and model else None
-        return await self._service.suggest_title(hint, messages)
+        return await self._service.suggest_title(principal, hint, messages)
 
     async def pick_model(self, hint: str | None) -> str:
         """The model a client named, if it exists; else the configured default; else

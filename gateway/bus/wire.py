@@ -32,7 +32,8 @@ from gateway.events import (
 # Derived from the `Event` union: a new event class travels without being listed here.
 _TYPES: dict[str, type[Any]] = dict(EVENT_TYPES)
 _FIELDS: dict[type[Any], tuple[str, ...]] = {
-    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TYPES.values()
+    # (Not a field made by the event itself: `WorkspaceEvent.size`.)
+    cls: tuple(f.name for f in dataclasses.fields(cls) if f.init) for cls in _TYPES.values()
 }
 # A ReplyFinished whose text is too big travels without it (and without its
 # `output` items: a web app keeps those it was streamed); receivers read the

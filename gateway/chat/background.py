@@ -20,16 +20,18 @@ The prompts are the gateway's own; the first line of each names its task
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from gateway import rooms
 from gateway.chat import tree
 from gateway.chat.chats import DEFAULT_TITLES, TITLE_CHARS, now_s, shaped_history
-from gateway.errors import GatewayError
+from gateway.edge.connections import EveryInterval
+from gateway.errors import GatewayError, RateLimited
 from gateway.events import MessageEvent
 from gateway.fanout.hub import Hub
 from gateway.store import ChatStore
@@ -40,6 +42,12 @@ log = logging.getLogger(__name__)
 TASKS = ("title_generation", "tags_generation", "follow_up_generation")
 # Background tasks running at once on this replica; past it, new ones wait.
 MAX_RUNNING = 8
+# Running or waiting: at most this many of one user's (one turn's tasks are one),
+# and this many in all; past either, a finished reply's tasks are skipped (logged)
+# and an asked title is refused, 429: one user's slow model cannot hold everyone's
+# titles behind the 8 running, and the waiting are not an unbounded set of tasks.
+MAX_PER_USER = 4
+MAX_QUEUED = 256
 # Seconds a task's model call may take before it is given up.
 TASK_TIMEOUT_S = 60.0
 MAX_TAGS = 3
@@ -120,13 +128,37 @@ class Background:
         self._task_model = task_model
         self._slots = asyncio.Semaphore(MAX_RUNNING)
         self._running: set[asyncio.Task[None]] = set()
+        self._by_user: dict[str, int] = {}  # running or waiting, per user
+        self._queued = 0
+        self._skipped = EveryInterval()
+
+    def _full(self, user_id: str) -> bool:
+        return self._queued >= MAX_QUEUED or self._by_user.get(user_id, 0) >= MAX_PER_USER
+
+    @contextlib.contextmanager
+    def _counted(self, user_id: str) -> Iterator[None]:
+        self._queued += 1
+        self._by_user[user_id] = self._by_user.get(user_id, 0) + 1
+        try:
+            yield
+        finally:
+            self._queued -= 1
+            left = self._by_user[user_id] - 1
+            if left:
+                self._by_user[user_id] = left
+            else:
+                del self._by_user[user_id]
 
     def after_reply(
         self, chat_id: str, message_id: str, user_id: str, model: str, tasks: Iterable[str]
     ) -> None:
-        """Run the turn's tasks for a finished reply, in the background."""
+        """Run the turn's tasks for a finished reply, in the background (skipped past
+        MAX_PER_USER or MAX_QUEUED: the title then stays the question's first words)."""
         wanted = [name for name in TASKS if name in set(tasks)]
         if not wanted:
+            return
+        if self._full(user_id):
+            self._skipped.note("background tasks skipped: too many waiting (%d)", self._queued)
             return
         task = asyncio.create_task(self._run(chat_id, message_id, user_id, model, wanted))
         self._running.add(task)
@@ -140,29 +172,42 @@ class Background:
     async def _run(
         self, chat_id: str, message_id: str, user_id: str, model: str, tasks: list[str]
     ) -> None:
-        async with self._slots:
-            chat = await self._store.get_chat(chat_id)
-            if chat is None:
-                return
-            history = await shaped_history(chat, await self._store.get_messages(chat_id))
-            path = tree.path_to(history, message_id)
-            text = conversation_text(path)
-            for name in tasks:
-                try:
-                    answer = await asyncio.wait_for(
-                        self._ask(self._task_model or model, name, text), TASK_TIMEOUT_S
-                    )
-                except Exception as exc:
-                    # A task is a nicety: its failure is logged, never the reply's.
-                    _failed(name, exc)
-                    answer = {}
-                await self._apply(name, answer, chat_id, message_id, user_id, path)
+        with self._counted(user_id):
+            async with self._slots:
+                await self._run_now(chat_id, message_id, user_id, model, tasks)
 
-    async def title(self, model: str, messages: Sequence[Any]) -> str:
+    async def _run_now(
+        self, chat_id: str, message_id: str, user_id: str, model: str, tasks: list[str]
+    ) -> None:
+        chat = await self._store.get_chat(chat_id)
+        if chat is None:
+            return
+        history = await shaped_history(chat, await self._store.get_messages(chat_id))
+        path = tree.path_to(history, message_id)
+        text = conversation_text(path)
+        for name in tasks:
+            try:
+                answer = await asyncio.wait_for(
+                    self._ask(self._task_model or model, name, text), TASK_TIMEOUT_S
+                )
+            except Exception as exc:
+                # A task is a nicety: its failure is logged, never the reply's.
+                _failed(name, exc)
+                answer = {}
+            await self._apply(name, answer, chat_id, message_id, user_id, path)
+
+    async def title(self, user_id: str, model: str, messages: Sequence[Any]) -> str:
         """A title for a conversation, asked for (the web app's rename › generate):
         the model's, as a finished reply's is made; its first question's words when
-        the model gives none."""
+        the model gives none.  Past MAX_PER_USER of the user's or MAX_QUEUED in all,
+        `RateLimited` (429)."""
+        if self._full(user_id):
+            raise RateLimited("Too many titles and background tasks at once; try again shortly")
         path = [message for message in messages if isinstance(message, dict)]
+        with self._counted(user_id):
+            return await self._title_now(model, path)
+
+    async def _title_now(self, model: str, path: list[dict[str, Any]]) -> str:
         async with self._slots:
             try:
                 answer = await asyncio.wait_for(

@@ -106,10 +106,13 @@ class ChatService:
         )
         self._background = background or Background(router, store, hub)
 
-    async def suggest_title(self, model_hint: str | None, messages: list[Any]) -> str:
+    async def suggest_title(
+        self, principal: Principal, model_hint: str | None, messages: list[Any]
+    ) -> str:
         """A title for a conversation (`Background.title`), by the model named or the
         one a reply would take."""
-        return await self._background.title(await self.pick_model(model_hint), messages)
+        model = await self.pick_model(model_hint)
+        return await self._background.title(principal.user_id, model, messages)
 
     def replies_running(self) -> int:
         """Replies running in this replica, stored or not (pure-API streams too)."""

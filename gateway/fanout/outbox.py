@@ -14,7 +14,8 @@ Theory of operation, for one outbox::
                         │   into the newest queued delta of the same reply and kind
                         │   (text is concatenable), so a slow client gets bigger
                         │   chunks, not more of them
-                        └ text queued > max_chars, or full of events that cannot
+                        └ text queued > max_chars (a reply's text, a workspace
+                          event's data), or full of events that cannot
                             merge:
                               a reply's event, and the connection can be paced
                               (`on_behind`): *behind* — that reply's queued events
@@ -53,6 +54,7 @@ from gateway.events import (
     ReplySnapshot,
     ReplyStarted,
     TextDelta,
+    WorkspaceEvent,
 )
 
 # What a connection's followers have put, per reply: kept for this many replies.
@@ -65,7 +67,9 @@ class Overflow(Exception):
 
 
 def _text_size(event: Event) -> int:
-    return len(event.text) if isinstance(event, TextDelta | ReasoningDelta) else 0
+    if isinstance(event, TextDelta | ReasoningDelta):
+        return len(event.text)
+    return event.size if isinstance(event, WorkspaceEvent) else 0
 
 
 class _Merged:

@@ -49,13 +49,14 @@ from gateway.commands import ChatSignal, Resume
 from gateway.edge import access
 from gateway.edge.auth import Principal, find_token
 from gateway.edge.origins import OriginPolicy
+from gateway.edge.proxy import ProxyPolicy
 from gateway.edge.throttle import MessageRate
 from gateway.errors import AuthError, GatewayError, NotFound
 from gateway.events import Event
 from gateway.flavours.openwebui import OpenWebUIFlavour, decode_join, decode_resume
 from gateway.settings import Settings
 from gateway.transports import socketio_queue as engine
-from gateway.transports.socketio_front import FrontDoor
+from gateway.transports.socketio_front import FrontDoor, Sessions
 from gateway.transports.socketio_guard import GuardedServer
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,14 @@ class SocketIOTransport:
         # Every other event: Open WebUI's `heartbeat` and `usage` (nothing to do with
         # them here), and names nobody handles.
         self.sio.on("*", self._on_other)
-        self._front = FrontDoor(self.sio, origins, realtime, settings.websocket_compression)
+        sessions = Sessions(
+            settings.max_connections,
+            settings.max_connections_per_address,
+            ProxyPolicy(settings.trusted_proxies).trusts,
+        )
+        self._front = FrontDoor(
+            self.sio, origins, realtime, sessions, settings.websocket_compression
+        )
 
     def handle(self, request: web.Request) -> Awaitable[web.StreamResponse]:
         # The front door's own awaitable: no frame of this one kept for a socket's life.

@@ -14,24 +14,105 @@ upgrades    while a polling session upgrades, its websocket's TCP transport
             is kept so a stuck client can be cut (`socketio.py`)
 compression permessage-deflate only with GATEWAY_WEBSOCKET_COMPRESSION: the
             client's offer is taken off the handshake otherwise
+sessions    a new session (a request without `sid`) past GATEWAY_MAX_CONNECTIONS
+            sessions open: 503; past GATEWAY_MAX_CONNECTIONS_PER_ADDRESS from one
+            address (its TCP peer's; GATEWAY_TRUSTED_PROXIES excepted, as for
+            connections): 429.  A long-polling session holds no connection
+            between its requests, so the connection bounds alone never saw it:
+            one address opened 35,000 (`Sessions`)
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import socketio
 from aiohttp import web
 
 from gateway.application.realtime import Realtime
+from gateway.edge.connections import EveryInterval, address_key
 from gateway.edge.origins import OriginPolicy
 from gateway.edge.proxy import STICKY_LINES, upgrade_required
 from gateway.errors import Forbidden
 from gateway.transports.socketio_guard import end_session
 
 EXTENSIONS = "Sec-WebSocket-Extensions"
+# The address key a session's handshake request counts against (None: exempt).
+_SESSION_KEY = "gateway.session_address"
+
+
+class Sessions:
+    """Engine.IO sessions open, in total and per address: checked at each handshake
+    (a request without `sid`), counted from it until the session closes.  A
+    handshake under way counts too (`pending`), so a burst of them cannot all
+    pass one look."""
+
+    def __init__(
+        self,
+        max_total: int,
+        max_per_address: int | None,
+        exempt: Callable[[str], bool] = lambda peer: False,
+    ) -> None:
+        self.max_total = max_total
+        self.max_per_address = max_per_address
+        self._exempt = exempt
+        self.open: dict[str, str] = {}  # Engine.IO sid → its address key ("" exempt)
+        self._by_address: dict[str, int] = {}
+        self.pending = 0
+        self._refusals = EveryInterval()
+
+    def key_of(self, request: web.Request) -> str:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        ip = peer[0] if isinstance(peer, tuple) else ""
+        return "" if not ip or self._exempt(ip) else address_key(ip)
+
+    def refusal(self, key: str) -> web.Response | None:
+        if len(self.open) + self.pending >= self.max_total:
+            self._refusals.note("Socket.IO session refused: GATEWAY_MAX_CONNECTIONS reached")
+            return _refused(503, "Too many Socket.IO sessions; try again shortly")
+        limit = self.max_per_address
+        if key and limit is not None and self._by_address.get(key, 0) >= limit:
+            self._refusals.note(
+                "Socket.IO session from %s refused: GATEWAY_MAX_CONNECTIONS_PER_ADDRESS (%d)",
+                key,
+                limit,
+            )
+            return _refused(429, "Too many Socket.IO sessions from your address; close some first")
+        return None
+
+    def reserve(self, key: str) -> None:
+        self.pending += 1
+        if key:
+            self._by_address[key] = self._by_address.get(key, 0) + 1
+
+    def unreserve(self, key: str) -> None:
+        """A handshake that made no session."""
+        self.pending -= 1
+        self._less(key)
+
+    def opened(self, sid: str, key: str) -> None:
+        """A reserved handshake made its session: counted until `closed`."""
+        self.pending -= 1
+        self.open[sid] = key
+
+    def closed(self, sid: str) -> None:
+        key = self.open.pop(sid, None)
+        if key is not None:
+            self._less(key)
+
+    def _less(self, key: str) -> None:
+        if key:
+            left = self._by_address.get(key, 1) - 1
+            if left > 0:
+                self._by_address[key] = left
+            else:
+                self._by_address.pop(key, None)
+
+
+def _refused(status: int, detail: str) -> web.Response:
+    return web.json_response({"detail": detail}, status=status, headers={"Retry-After": "1"})
 
 
 class FrontDoor:
@@ -40,9 +121,11 @@ class FrontDoor:
         sio: socketio.AsyncServer,
         origins: OriginPolicy,
         realtime: Realtime,
+        sessions: Sessions,
         compression: bool = False,
     ) -> None:
         self.sio = sio
+        self.sessions = sessions
         # permessage-deflate on the websocket transport (GATEWAY_WEBSOCKET_COMPRESSION).
         self._compression = compression
         self._origins = origins
@@ -61,10 +144,14 @@ class FrontDoor:
         opened, closed = eio.handlers["connect"], eio.handlers["disconnect"]
 
         async def on_open(eio_sid: str, environ: Mapping[str, Any]) -> Any:
+            request = environ.get("aiohttp.request")
+            if isinstance(request, web.Request) and _SESSION_KEY in request:
+                self.sessions.opened(eio_sid, request.pop(_SESSION_KEY))
             self._realtime.session_opened(eio_sid)
             return await opened(eio_sid, environ)
 
         async def on_close(eio_sid: str, reason: Any) -> Any:
+            self.sessions.closed(eio_sid)
             self._realtime.session_closed(eio_sid)
             return await closed(eio_sid, reason)
 
@@ -101,6 +188,13 @@ class FrontDoor:
             headers = request.headers.copy()
             del headers[EXTENSIONS]
             request = request.clone(headers=headers)
+        if eio_sid is None:
+            key = self.sessions.key_of(request)
+            refused = self.sessions.refusal(key)
+            if refused is not None:
+                return refused
+            self.sessions.reserve(key)
+            request[_SESSION_KEY] = key  # taken by `on_open` with the session's sid
         try:
             # Engine.IO's server itself (python-socketio's `handle_request` only hands
             # on to it, and its frame would be kept for the socket's life).
@@ -109,6 +203,8 @@ class FrontDoor:
         finally:
             if upgrading and eio_sid is not None:
                 self.upgrades.pop(eio_sid, None)
+            if eio_sid is None and _SESSION_KEY in request:  # no session was made
+                self.sessions.unreserve(request.pop(_SESSION_KEY))
 
     async def _too_long(self, eio_sid: str, limit: int) -> web.Response:
         """A long-polling POST past the limit: its session ended now, and 413."""

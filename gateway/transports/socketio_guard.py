@@ -254,11 +254,17 @@ class _WholeBody:
         self._stream = stream
 
     async def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            data: bytes = await self._stream.read()
-            return data
-        exact: bytes = await self._stream.readexactly(n)
-        return exact
+        try:
+            if n < 0:
+                data: bytes = await self._stream.read()
+                return data
+            exact: bytes = await self._stream.readexactly(n)
+            return exact
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            # Cut short: its client left, or the body deadline closed the connection
+            # (its 408 written).  Engine.IO logs a traceback for an error it does not
+            # know, once per request, and ends the session for this one.
+            raise engineio.exceptions.EngineIOError("request body cut short") from None
 
 
 def _ping_due(sock: Any) -> bool:

@@ -7,7 +7,9 @@ gateway process.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.chat.background import MAX_PER_USER
+from tests.fakes.upstream import FakeUpstream
 from tests.gatewayproc import GatewayProcess, make_token
 
 # Keys only a signed-in user's config carries (Open WebUI's `get_app_config`).
@@ -504,3 +508,41 @@ async def test_a_title_is_generated_when_asked(gateway: GatewayProcess) -> None:
     assert status == 400
     status, body = await call("POST", url, body={"model": "fake-model", "messages": messages})
     assert status == 401
+
+
+async def test_one_user_cannot_hold_everyones_titles_behind_a_slow_model(
+    start_gateway: Any, fake_upstream: FakeUpstream
+) -> None:
+    # Found by the probe of LIMITS.md: asked titles waited for the 8 background slots
+    # without a per-user share or a bound: one user's 24 titles by a model that takes
+    # 30 s held another user's title 87 s.  Past MAX_PER_USER of a user's, 429 at once.
+    gw: GatewayProcess = start_gateway({"OPENAI_API_BASE_URL": fake_upstream.url})
+    url = gw.url + "/api/v1/tasks/title/completions"
+    question = f"How do zebras sleep? {uuid.uuid4().hex[:8]}"
+    messages = [{"role": "user", "content": question}]
+    slow, other = bearer(new_user_id()), bearer(new_user_id())
+    body = {"model": "fake-loading", "messages": messages}
+    waiting = [
+        asyncio.ensure_future(call("POST", url, headers=slow, body=body))
+        for _ in range(MAX_PER_USER)
+    ]
+    try:
+        for _ in range(50):  # until the gateway holds all of them
+            if len(fake_upstream.requests_for(question)) >= MAX_PER_USER:
+                break
+            await asyncio.sleep(0.1)
+        status, refused = await call("POST", url, headers=slow, body=body)
+        assert status == 429, refused
+        assert "Too many titles" in refused["detail"]
+        began = time.monotonic()
+        status, answered = await call(
+            "POST", url, headers=other, body={"model": "fake-model", "messages": messages}
+        )
+        assert status == 200 and time.monotonic() - began < 5
+        assert json.loads(answered["choices"][0]["message"]["content"]) == {
+            "title": "🧪 Fake title"
+        }
+    finally:
+        for request in waiting:
+            request.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)

@@ -309,3 +309,13 @@ def test_commands_there_and_back() -> None:
 def test_command_refuses_what_it_cannot_trust(data: str) -> None:
     with pytest.raises(wire.Malformed):
         wire.command_of(data)
+
+
+def test_a_workspace_events_size_is_not_sent_but_counted_again_by_its_receiver() -> None:
+    # Counted against an outbox's bound (`WorkspaceEvent.size`): each replica counts
+    # it as it makes the event, so the wire stays what replicas before it read.
+    event = WorkspaceEvent("w1", "u1", "doc", {"text": "é" * 10})
+    shaped = wire.event_dict(event)
+    assert "size" not in shaped
+    back = wire.event_of(json.loads(json.dumps(shaped)))
+    assert back == event and isinstance(back, WorkspaceEvent) and back.size == event.size > 20

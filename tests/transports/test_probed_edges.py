@@ -20,6 +20,10 @@ gateway, each with what the libraries did on their own:
     Open WebUI's `heartbeat` and `usage`, and unknown events, sent past the rate
         was: not counted: a client could send them as fast as it liked
         now: counted as every event; past the rate, the ack is the rate error
+    a long-polling POST whose body never comes whole (found by the probe of LIMITS.md)
+        was: its 408, and a traceback logged at ERROR (Engine.IO's "post request
+             handler error"), one per request, no token needed
+        now: its 408, the session ended, nothing but the throttled line
     a long-polling POST of a large payload (a question of 900 KB)
         was: read with one `read(length)`, which aiohttp answers with what it has
              buffered: the payload cut short, its event lost
@@ -205,3 +209,27 @@ async def test_a_client_of_another_engineio_version_is_refused_without_an_error_
     logged = gateway.log()[offset:]
     assert gateway.troubles_since(offset) == [], logged[-2000:]
     assert "unsupported version" in logged
+
+
+async def test_a_polling_post_whose_body_never_comes_whole_logs_no_traceback(
+    start_gateway: Any,
+) -> None:
+    gw: GatewayProcess = start_gateway({"GATEWAY_REQUEST_BODY_TIMEOUT_S": "1"})
+    async with aiohttp.ClientSession() as http:
+        sid = await polling_session(http, gw.url)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(
+            f"POST /ws/socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{gw.port}\r\nContent-Type: text/plain\r\n"
+            "Content-Length: 2\r\n\r\n4".encode()
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), QUICK_S)  # until it is closed
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        async with http.get(f"{gw.url}/ws/socket.io/?EIO=4&transport=polling&sid={sid}") as resp:
+            assert resp.status == 400  # the session was ended
+    await asyncio.sleep(0.2)
+    log = gw.log()
+    assert "request body not in after 1 s" in log
+    assert "Traceback" not in log and "post request handler error" not in log, log[-3000:]

@@ -65,11 +65,12 @@ async def stop_task(request: web.Request) -> web.Response:
 async def title_completion(request: web.Request) -> web.Response:
     """The web app's rename › generate (`generateTitle`): `{model, messages}` →
     an OpenAI completion whose message is `{"title": …}` as JSON text."""
-    await principal_of(request)
+    principal = await principal_of(request)
     body = await read_json(request)
     if not isinstance(body, Mapping):
         raise BadRequest("Body must be an object with 'model' and 'messages'")
-    title = await request.app[REPLIES].suggest_title(body.get("model"), body.get("messages"))
+    replies = request.app[REPLIES]
+    title = await replies.suggest_title(principal, body.get("model"), body.get("messages"))
     content = json.dumps({"title": title}, ensure_ascii=False)
     message = {"role": "assistant", "content": content}
     return web.json_response(
