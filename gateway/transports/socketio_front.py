@@ -39,8 +39,9 @@ from gateway.errors import Forbidden
 from gateway.transports.socketio_guard import end_session
 
 EXTENSIONS = "Sec-WebSocket-Extensions"
-# The address key a session's handshake request counts against (None: exempt).
-_SESSION_KEY = "gateway.session_address"
+# The address key a session's handshake request counts against ("": exempt), until
+# `on_open` takes it with the session's sid.
+_SESSION_KEY = web.RequestKey("session_address", str)
 
 
 class Sessions:
