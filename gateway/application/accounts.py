@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from gateway import jsonwire
 from gateway.application.access import AccessGuard
 from gateway.edge.auth import Principal
 from gateway.edge.passwords import Passwords
@@ -47,6 +48,9 @@ MAX_NAME_CHARS = 256
 # keeps (Settings › Account), at most.
 MAX_PICTURE_CHARS = 1024 * 1024
 MAX_VARIABLES, MAX_VARIABLE_CHARS = 100, 4096
+# A user's stored web app settings, as JSON (the web app's are a few KB; each save
+# merges its keys into them, so without a bound they grew a request at a time).
+MAX_SETTINGS_BYTES = 256 * 1024
 VARIABLES = "variables"  # their key in the user's stored settings
 SIGNUP_DISABLED = "Sign-up is disabled; ask an admin to add you"
 
@@ -326,7 +330,13 @@ class Accounts:
         `save_variables`'."""
         user = await self.user(principal)
         given = {key: value for key, value in settings.items() if key != VARIABLES}
-        user.settings = {**user.settings, **given}
+        merged = {**user.settings, **given}
+        if len(jsonwire.body(merged)) > MAX_SETTINGS_BYTES:
+            raise BadRequest(
+                f"Settings are at most {MAX_SETTINGS_BYTES // 1024} KiB of JSON, "
+                "all of them together"
+            )
+        user.settings = merged
         await self._store.change_user(user, "settings")
 
     async def variables(self, principal: Principal) -> dict[str, str]:

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.application.accounts import MAX_SETTINGS_BYTES
 from gateway.chat.background import MAX_PER_USER
 from tests.fakes.upstream import FakeUpstream
 from tests.gatewayproc import GatewayProcess, make_token
@@ -443,6 +444,16 @@ async def test_account_settings_keep_variables_name_and_picture(gateway: Gateway
     assert body == {"variables": variables}
     status, body = await call("GET", base + "/users/user/settings", headers=headers)
     assert body == {"ui": {"a": 1}}
+    # Bounded all together (found by the probe of LIMITS.md: each save merged its
+    # keys in, so 3 MB a request grew the user's row without end).
+    half = "x" * (MAX_SETTINGS_BYTES // 2)
+    settings_url = base + "/users/user/settings/update"
+    status, _ = await call("POST", settings_url, headers=headers, body={"one": half})
+    assert status == 200
+    status, body = await call("POST", settings_url, headers=headers, body={"two": half})
+    assert status == 400 and "at most 256 KiB" in body["detail"]
+    status, body = await call("GET", base + "/users/user/settings", headers=headers)
+    assert set(body) == {"ui", "one"}
     status, body = await call(
         "POST",
         base + "/users/user/variables/update",
