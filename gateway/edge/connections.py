@@ -112,6 +112,37 @@ def address_key(peer: str) -> str:
     return str(address)
 
 
+class PerAddress:
+    """How many of something each address holds, against a limit (None: none).  The
+    key "" (a trusted proxy's, which carries many clients) counts nothing."""
+
+    __slots__ = ("_counts", "exempt", "limit")
+
+    def __init__(self, limit: int | None, exempt: Callable[[str], bool]) -> None:
+        self.limit = limit
+        self.exempt = exempt
+        self._counts: dict[str, int] = {}
+
+    def key(self, peer: str) -> str:
+        """Whom `peer` counts against: "" when exempt, else its `address_key`."""
+        return "" if not peer or self.exempt(peer) else address_key(peer)
+
+    def full(self, key: str) -> bool:
+        return bool(key) and self.limit is not None and self._counts.get(key, 0) >= self.limit
+
+    def add(self, key: str) -> None:
+        if key:
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def remove(self, key: str) -> None:
+        if key:
+            left = self._counts.get(key, 1) - 1
+            if left > 0:
+                self._counts[key] = left
+            else:
+                self._counts.pop(key, None)
+
+
 class ConnectionGuard:
     """Counts open client connections, in total and per address."""
 
@@ -122,10 +153,8 @@ class ConnectionGuard:
         exempt: Callable[[str], bool] = lambda peer: False,
     ) -> None:
         self.max_total = max_total
-        self.max_per_address = max_per_address
-        self._exempt = exempt
         self.open = 0
-        self._by_address: dict[str, int] = {}
+        self._by_address = PerAddress(max_per_address, exempt)
         self.lingering = 0
         self._total_refusals = EveryInterval()
         self._address_refusals = EveryInterval()
@@ -137,28 +166,21 @@ class ConnectionGuard:
                 "connection refused: %d open, GATEWAY_MAX_CONNECTIONS reached", self.open
             )
             return None, TOO_MANY
-        key = "" if self._exempt(peer) else address_key(peer)
-        limit = self.max_per_address
-        if key and limit is not None and self._by_address.get(key, 0) >= limit:
+        key = self._by_address.key(peer)
+        if self._by_address.full(key):
             self._address_refusals.note(
                 "connection from %s refused: GATEWAY_MAX_CONNECTIONS_PER_ADDRESS (%d) reached",
                 key,
-                limit,
+                self._by_address.limit,
             )
             return None, TOO_MANY_FROM_YOU
         self.open += 1
-        if key:
-            self._by_address[key] = self._by_address.get(key, 0) + 1
+        self._by_address.add(key)
         return key, None
 
     def release(self, key: str) -> None:
         self.open -= 1
-        if key:
-            left = self._by_address.get(key, 1) - 1
-            if left > 0:
-                self._by_address[key] = left
-            else:
-                self._by_address.pop(key, None)
+        self._by_address.remove(key)
 
 
 class _Guarded(asyncio.Protocol):

@@ -32,7 +32,7 @@ import socketio
 from aiohttp import web
 
 from gateway.application.realtime import Realtime
-from gateway.edge.connections import EveryInterval, address_key
+from gateway.edge.connections import EveryInterval, PerAddress
 from gateway.edge.origins import OriginPolicy
 from gateway.edge.proxy import STICKY_LINES, upgrade_required
 from gateway.errors import Forbidden
@@ -57,41 +57,36 @@ class Sessions:
         exempt: Callable[[str], bool] = lambda peer: False,
     ) -> None:
         self.max_total = max_total
-        self.max_per_address = max_per_address
-        self._exempt = exempt
         self.open: dict[str, str] = {}  # Engine.IO sid → its address key ("" exempt)
-        self._by_address: dict[str, int] = {}
+        self._by_address = PerAddress(max_per_address, exempt)
         self.pending = 0
         self._refusals = EveryInterval()
 
     def key_of(self, request: web.Request) -> str:
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        ip = peer[0] if isinstance(peer, tuple) else ""
-        return "" if not ip or self._exempt(ip) else address_key(ip)
+        return self._by_address.key(peer[0] if isinstance(peer, tuple) else "")
 
     def refusal(self, key: str) -> web.Response | None:
         if len(self.open) + self.pending >= self.max_total:
             self._refusals.note("Socket.IO session refused: GATEWAY_MAX_CONNECTIONS reached")
             return _refused(503, "Too many Socket.IO sessions; try again shortly")
-        limit = self.max_per_address
-        if key and limit is not None and self._by_address.get(key, 0) >= limit:
+        if self._by_address.full(key):
             self._refusals.note(
                 "Socket.IO session from %s refused: GATEWAY_MAX_CONNECTIONS_PER_ADDRESS (%d)",
                 key,
-                limit,
+                self._by_address.limit,
             )
             return _refused(429, "Too many Socket.IO sessions from your address; close some first")
         return None
 
     def reserve(self, key: str) -> None:
         self.pending += 1
-        if key:
-            self._by_address[key] = self._by_address.get(key, 0) + 1
+        self._by_address.add(key)
 
     def unreserve(self, key: str) -> None:
         """A handshake that made no session."""
         self.pending -= 1
-        self._less(key)
+        self._by_address.remove(key)
 
     def opened(self, sid: str, key: str) -> None:
         """A reserved handshake made its session: counted until `closed`."""
@@ -101,15 +96,7 @@ class Sessions:
     def closed(self, sid: str) -> None:
         key = self.open.pop(sid, None)
         if key is not None:
-            self._less(key)
-
-    def _less(self, key: str) -> None:
-        if key:
-            left = self._by_address.get(key, 1) - 1
-            if left > 0:
-                self._by_address[key] = left
-            else:
-                self._by_address.pop(key, None)
+            self._by_address.remove(key)
 
 
 def _refused(status: int, detail: str) -> web.Response:

@@ -15,7 +15,7 @@ from gateway.bus.claims import UNCLAIM, message_field
 from gateway.chat.running import LOOK_AGAIN_S, RunningReplies
 from gateway.fanout.hub import Hub
 from gateway.fanout.presence import Seat
-from gateway.store import ChatRecord, MessageRecord, open_store
+from gateway.store import ChatRecord, MessageRecord, Store, open_store
 from tests.bus.support import Make, Replica, eventually, eventually_async
 from tests.services import RedisServer
 
@@ -186,6 +186,16 @@ async def test_a_redis_that_restarted_empty_learns_what_is_held_again(replica: M
     assert await b.replicas.claim("c1", ["m1"]) == "m1"
 
 
+async def unfinished_reply(store: Store) -> None:
+    """Chat c1: a question, and m1, a reply not finished (its draft "half"), as a reply
+    running or one a crash left."""
+    rows = [
+        MessageRecord("c1", "q", None, "user", "hi"),
+        MessageRecord("c1", "m1", "q", "assistant", "", done=False, draft="half"),
+    ]
+    await store.insert_chat(ChatRecord("c1", "u1", "t", "m1", 100, 100), rows)
+
+
 async def test_a_recovery_leaves_a_reply_alone_while_another_replica_holds_its_message(
     replica: Make, tmp_path: Path
 ) -> None:
@@ -196,11 +206,7 @@ async def test_a_recovery_leaves_a_reply_alone_while_another_replica_holds_its_m
     a, b = await replica(), await replica()
     store = await open_store("", tmp_path)
     try:
-        rows = [
-            MessageRecord("c1", "q", None, "user", "hi"),
-            MessageRecord("c1", "m1", "q", "assistant", "", done=False, draft="half"),
-        ]
-        await store.insert_chat(ChatRecord("c1", "u1", "t", "m1", 100, 100), rows)
+        await unfinished_reply(store)
         assert await a.replicas.claim("c1", ["m1"], "u1") is None
         assert await b.replicas.claimed_elsewhere() == {("c1", "m1")}
         assert await a.replicas.claimed_elsewhere() == set()  # its own are not elsewhere
@@ -231,11 +237,7 @@ async def test_a_reply_held_by_a_replica_that_just_died_is_finalised_once_it_is_
     store = await open_store("", tmp_path)
     running: RunningReplies | None = None
     try:
-        rows = [
-            MessageRecord("c1", "q", None, "user", "hi"),
-            MessageRecord("c1", "m1", "q", "assistant", "", done=False, draft="half"),
-        ]
-        await store.insert_chat(ChatRecord("c1", "u1", "t", "m1", 100, 100), rows)
+        await unfinished_reply(store)
         assert await a.replicas.claim("c1", ["m1"], "u1") is None
         await a.crash()
         running = RunningReplies(store, Hub(8), b.replicas)
