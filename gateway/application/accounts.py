@@ -401,40 +401,35 @@ class Accounts:
             raise Forbidden("Only admins change roles")
         if user_id == admin.user_id:
             raise Forbidden("You cannot change your own role")
-        await self._not_the_primary_admin(user_id)
-        if role == "admin":
-            await self._primary_stays(user_id)
+        await self._not_the_primary_admin(user_id, role)
         # Taken by every replica within the access recheck's period (principals are
         # remembered that long: `StoreDirectory`).
         return await set_role(self._store, user_id, role)
 
-    async def _not_the_primary_admin(self, user_id: str) -> None:
+    async def _not_the_primary_admin(self, user_id: str, role: str | None = None) -> None:
         """As Open WebUI: no admin changes or removes the primary admin (here the admin
         whose account is oldest: accounts are dated in seconds, and of two made in
         the same second the one with the smaller id), and no admin changes their
-        own role: one admin cannot lock out the deployment's first.  The operator
-        can, from the command line (`gateway users role`, `gateway users remove`)."""
+        own role: one admin cannot lock out the deployment's first.  Nor is an
+        account older than the primary admin's made an admin (`role`): it would
+        become the primary admin, and the one before it could then be removed.
+        The operator can, from the command line (`gateway users role`, `remove`)."""
         primary = await self._store.first_admin()
-        if primary is not None and primary.id == user_id:
+        if primary is None:
+            return
+        if primary.id == user_id:
             raise Forbidden(
                 "The primary admin (the oldest admin account) cannot be changed or removed "
                 "by another admin; an operator can, with `gateway users role` or "
                 "`gateway users remove`"
             )
-
-    async def _primary_stays(self, user_id: str) -> None:
-        """An account older than the primary admin's made an admin would become the
-        primary admin, and the one before it could then be changed or removed: an
-        operator's decision (`gateway users role`), never an admin's."""
-        primary = await self._store.first_admin()
-        user = await self._store.get_user(user_id)
-        if primary is None or user is None:
-            return
-        if (user.created_at, user.id) < (primary.created_at, primary.id):
-            raise Forbidden(
-                "This account is older than the primary admin's: made an admin, it would "
-                "become the primary admin. An operator can, with `gateway users role`"
-            )
+        if role == "admin":
+            user = await self._store.get_user(user_id)
+            if user is not None and (user.created_at, user.id) < (primary.created_at, primary.id):
+                raise Forbidden(
+                    "This account is older than the primary admin's: made an admin, it would "
+                    "become the primary admin. An operator can, with `gateway users role`"
+                )
 
     async def new_key(self, principal: Principal, kind: str = "openwebui") -> str:
         """A new key; for Open WebUI the one before is revoked (one key per user)."""

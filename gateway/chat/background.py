@@ -20,11 +20,10 @@ The prompts are the gateway's own; the first line of each names its task
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gateway import rooms
@@ -135,19 +134,19 @@ class Background:
     def _full(self, user_id: str) -> bool:
         return self._queued >= MAX_QUEUED or self._by_user.get(user_id, 0) >= MAX_PER_USER
 
-    @contextlib.contextmanager
-    def _counted(self, user_id: str) -> Iterator[None]:
+    def _take(self, user_id: str) -> None:
+        """One more of the user's running or waiting: counted when it is made, so a
+        burst of them in one loop turn cannot all pass `_full` (`_give` when done)."""
         self._queued += 1
         self._by_user[user_id] = self._by_user.get(user_id, 0) + 1
-        try:
-            yield
-        finally:
-            self._queued -= 1
-            left = self._by_user[user_id] - 1
-            if left:
-                self._by_user[user_id] = left
-            else:
-                del self._by_user[user_id]
+
+    def _give(self, user_id: str) -> None:
+        self._queued -= 1
+        left = self._by_user[user_id] - 1
+        if left:
+            self._by_user[user_id] = left
+        else:
+            del self._by_user[user_id]
 
     def after_reply(
         self, chat_id: str, message_id: str, user_id: str, model: str, tasks: Iterable[str]
@@ -160,9 +159,15 @@ class Background:
         if self._full(user_id):
             self._skipped.note("background tasks skipped: too many waiting (%d)", self._queued)
             return
+        self._take(user_id)
         task = asyncio.create_task(self._run(chat_id, message_id, user_id, model, wanted))
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._running.discard(task)
+            self._give(user_id)
+
+        task.add_done_callback(done)
 
     async def close(self) -> None:
         for task in list(self._running):
@@ -172,29 +177,23 @@ class Background:
     async def _run(
         self, chat_id: str, message_id: str, user_id: str, model: str, tasks: list[str]
     ) -> None:
-        with self._counted(user_id):
-            async with self._slots:
-                await self._run_now(chat_id, message_id, user_id, model, tasks)
-
-    async def _run_now(
-        self, chat_id: str, message_id: str, user_id: str, model: str, tasks: list[str]
-    ) -> None:
-        chat = await self._store.get_chat(chat_id)
-        if chat is None:
-            return
-        history = await shaped_history(chat, await self._store.get_messages(chat_id))
-        path = tree.path_to(history, message_id)
-        text = conversation_text(path)
-        for name in tasks:
-            try:
-                answer = await asyncio.wait_for(
-                    self._ask(self._task_model or model, name, text), TASK_TIMEOUT_S
-                )
-            except Exception as exc:
-                # A task is a nicety: its failure is logged, never the reply's.
-                _failed(name, exc)
-                answer = {}
-            await self._apply(name, answer, chat_id, message_id, user_id, path)
+        async with self._slots:
+            chat = await self._store.get_chat(chat_id)
+            if chat is None:
+                return
+            history = await shaped_history(chat, await self._store.get_messages(chat_id))
+            path = tree.path_to(history, message_id)
+            text = conversation_text(path)
+            for name in tasks:
+                try:
+                    answer = await asyncio.wait_for(
+                        self._ask(self._task_model or model, name, text), TASK_TIMEOUT_S
+                    )
+                except Exception as exc:
+                    # A task is a nicety: its failure is logged, never the reply's.
+                    _failed(name, exc)
+                    answer = {}
+                await self._apply(name, answer, chat_id, message_id, user_id, path)
 
     async def title(self, user_id: str, model: str, messages: Sequence[Any]) -> str:
         """A title for a conversation, asked for (the web app's rename › generate):
@@ -204,8 +203,11 @@ class Background:
         if self._full(user_id):
             raise RateLimited("Too many titles and background tasks at once; try again shortly")
         path = [message for message in messages if isinstance(message, dict)]
-        with self._counted(user_id):
+        self._take(user_id)
+        try:
             return await self._title_now(model, path)
+        finally:
+            self._give(user_id)
 
     async def _title_now(self, model: str, path: list[dict[str, Any]]) -> str:
         async with self._slots:
