@@ -215,6 +215,24 @@ CASES = [
         {"GATEWAY_API_KEYS": f"sk-{PASSWORD}=alice;sk-{PASSWORD}=bob"},
     ),
     Case("YAML's yes for a port", "gateway.yaml:1: port: True: true (YAML", config=b"port: yes\n"),
+    # Numbers that are not finite, or times past a year: a timer or Redis's expiry
+    # took them at start (inf crashed it; 1e300 made Redis refuse every expiry).
+    Case("a time of inf", "GATEWAY_REPLAY_TTL_S='inf'", {"GATEWAY_REPLAY_TTL_S": "inf"}),
+    Case(
+        "a rate of nan", "GATEWAY_MAX_MESSAGES_PER_S='nan'", {"GATEWAY_MAX_MESSAGES_PER_S": "nan"}
+    ),
+    Case("a time past a year", "at most 31536000 seconds", {"GATEWAY_REPLAY_TTL_S": "1e300"}),
+    Case(
+        "YAML's .inf",
+        "gateway.yaml:1: upstream_read_timeout_s",
+        config=b"upstream_read_timeout_s: .inf\n",
+    ),
+    # A check that runs all the time, this often, kept an idle core busy.
+    Case(
+        "an interval of a microsecond",
+        "greater than or equal to 0.1",
+        {"GATEWAY_ACCESS_RECHECK_S": "0.000001"},
+    ),
     Case(
         "too many hashing threads",
         "less than or equal to 8",

@@ -120,7 +120,8 @@ async def _write(
     events: AsyncGenerator[Event, None],
     cursor: mirror.Cursor | None,
 ) -> web.StreamResponse:
-    """The events as SSE until they end, the client leaves or its access ends."""
+    """The events as SSE until they end, the client leaves, its access ends or the
+    replica stops."""
     response = web.StreamResponse(headers=SSE_HEADERS)
     grant_stream(request, response, request.app[ORIGINS])
     keepalive_s = request.app[SETTINGS].sse_keepalive_s
@@ -132,39 +133,45 @@ async def _write(
         ended.append(why)
         handler.cancel()
 
-    lease = request.app[REALTIME].hold(principal, access_ended)
-    async with contextlib.aclosing(events):
-        try:
-            await response.prepare(request)
-        except ConnectionError:
-            lease.release()  # its client left as the headers went out
-            return web.Response(status=CLIENT_GONE)
-        flavour = "mirror" if cursor is not None else "openwebui"
-        counted = access.connection_opened("sse", flavour, principal.user_id)
-        try:
-            stall_s = request.app[SETTINGS].stalled_client_s
-            watch = Keepalive(response, keepalive_s, transport=request.transport, stall_s=stall_s)
-            async with watch as keepalive:
-                async for event in events:
-                    if cursor is None:
-                        frame = mirror.reply_frames(event)[0]
-                    else:
-                        cursor.saw(event)
-                        frame = mirror.frames(event, cursor.id())
-                    if frame:
-                        await response.write(frame)
-                        keepalive.wrote()
-                        metrics.HOT.delivered_sse += 1
-                await response.write_eof()
-        except ConnectionResetError:
-            pass  # the client left
-        except asyncio.CancelledError:
-            if not ended:
-                raise
-            handler.uncancel()  # its access ended: the stream is over
-        finally:
-            lease.release()
-            counted()
+    realtime = request.app[REALTIME]
+    # Ended as when its access ends once the replica stops (`drain`): EventSource
+    # reconnects, through the balancer, elsewhere.
+    with realtime.streaming(access_ended):
+        lease = realtime.hold(principal, access_ended)
+        async with contextlib.aclosing(events):
+            try:
+                await response.prepare(request)
+            except ConnectionError:
+                lease.release()  # its client left as the headers went out
+                return web.Response(status=CLIENT_GONE)
+            flavour = "mirror" if cursor is not None else "openwebui"
+            counted = access.connection_opened("sse", flavour, principal.user_id)
+            try:
+                stall_s = request.app[SETTINGS].stalled_client_s
+                watch = Keepalive(
+                    response, keepalive_s, transport=request.transport, stall_s=stall_s
+                )
+                async with watch as keepalive:
+                    async for event in events:
+                        if cursor is None:
+                            frame = mirror.reply_frames(event)[0]
+                        else:
+                            cursor.saw(event)
+                            frame = mirror.frames(event, cursor.id())
+                        if frame:
+                            await response.write(frame)
+                            keepalive.wrote()
+                            metrics.HOT.delivered_sse += 1
+                    await response.write_eof()
+            except ConnectionResetError:
+                pass  # the client left
+            except asyncio.CancelledError:
+                if not ended:
+                    raise
+                handler.uncancel()  # its access ended, or the replica stops: it is over
+            finally:
+                lease.release()
+                counted()
     return response
 
 

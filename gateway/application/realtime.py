@@ -10,6 +10,8 @@ access holds.
                                    workspace member's event); replies are the core's
     seat / unseat / owner_of       presence, for `/ws/stats` and "is anyone watching"
     hold(principal, end) → Lease   closes the connection when its access ends
+    track / untrack, streaming     open WebSockets and event streams, which a
+                                   stopping replica closes (`close_sockets`)
     resume(outbox, attached)       a resumed reply's events into the connection's
                                    outbox, in order, each once (a task; cancel it
                                    when the connection ends)
@@ -25,14 +27,15 @@ reach the fan-out only through here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from gateway.application.access import AccessGuard, End, Lease
 from gateway.bus import Sessions
 from gateway.edge.auth import Authenticator, Principal
-from gateway.errors import NotFound
+from gateway.errors import SERVER_STOPPING, NotFound, Unavailable
 from gateway.events import Event, ReplyEvent
 from gateway.fanout.follow import Following as Attached
 from gateway.fanout.follow import into
@@ -71,8 +74,11 @@ class Realtime:
         self._access = access
         self._authenticator = authenticator
         self._resuming: set[asyncio.Task[None]] = set()
-        # Open raw WebSockets, for a stopping replica to close (Socket.IO's are its own).
+        # Open raw WebSockets, for a stopping replica to close (Socket.IO's are its own),
+        # and how to end each open event stream.
         self._sockets: set[Closable] = set()
+        self._streams: set[End] = set()
+        self._stopping = False
 
     async def authenticate(self, token: str | None) -> Principal:
         return await self._authenticator.authenticate(token)
@@ -199,9 +205,26 @@ class Realtime:
     def untrack(self, socket: Closable) -> None:
         self._sockets.discard(socket)
 
+    @contextlib.contextmanager
+    def streaming(self, end: End) -> Iterator[None]:
+        """An open event stream (SSE), ended by `end(why)` when the replica stops; one
+        opened after that is refused (Unavailable)."""
+        if self._stopping:
+            raise Unavailable(SERVER_STOPPING)
+        self._streams.add(end)
+        try:
+            yield
+        finally:
+            self._streams.discard(end)
+
     async def close_sockets(self, code: int, message: str) -> None:
-        """Every open WebSocket closed with `code` (1001: going away), at once: their
-        clients reconnect, through the balancer, to a replica that is not stopping."""
+        """Every open WebSocket closed with `code` (1001: going away), at once, and
+        every event stream ended: their clients reconnect, through the balancer, to a
+        replica that is not stopping (EventSource does so by itself)."""
+        self._stopping = True
+        streams, self._streams = list(self._streams), set()
+        for end in streams:
+            end(message)
         sockets, self._sockets = list(self._sockets), set()
         await asyncio.gather(
             *(socket.close(code=code, message=close_reason(message)) for socket in sockets),

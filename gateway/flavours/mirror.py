@@ -59,6 +59,11 @@ from gateway.text import storable
 
 MAX_CURSOR_REPLIES = 16
 MAX_CURSOR_CHARS = 4096
+# A cursor's numbers (a time in ms, seqs) are below 2**53, as JavaScript's are:
+# 11 base-36 digits.  A longer one is no cursor this stream wrote, and writing
+# a 4,000-digit number back in base 36 at every event held the loop 7 ms each.
+MAX_NUMBER = 2**53
+_MAX_DIGITS = 11
 _RUNNING = (ReplyStarted, TextDelta, ReasoningDelta, StatusChanged, SourcesFound, ReplySnapshot)
 _ENCODER = SocketEncoder()
 
@@ -149,19 +154,30 @@ def cursor_of(last_event_id: str | None) -> Cursor | None:
         return None
     head, *rest = last_event_id.strip().split(".")
     try:
-        cursor = Cursor(int(head, 36))
+        cursor = Cursor(_number(head))
         for part in rest[:MAX_CURSOR_REPLIES]:
             seq, _, mid = part.partition("-")
             message_id = unquote(mid)
             # An id this cursor could not write back (a header's undecodable bytes).
-            if not mid or storable(message_id) != message_id or not seq.isascii():
+            if not mid or storable(message_id) != message_id:
                 return None
-            cursor.seqs[message_id] = int(seq, 36)
+            cursor.seqs[message_id] = _number(seq)
     except ValueError:
         return None
     if cursor.ms < 0 or any(seq < -1 for seq in cursor.seqs.values()):
         return None
     return cursor
+
+
+def _number(text: str) -> int:
+    """One of a cursor's base-36 numbers, below MAX_NUMBER, or ValueError."""
+    digits = text.removeprefix("-")
+    if not 0 < len(digits) <= _MAX_DIGITS or not digits.isascii() or not digits.isalnum():
+        raise ValueError(text)
+    number = int(text, 36)
+    if abs(number) >= MAX_NUMBER:
+        raise ValueError(text)
+    return number
 
 
 def comment(text: str) -> bytes:

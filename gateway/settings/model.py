@@ -21,8 +21,19 @@ def _list(description: str) -> Any:
     return Field(default_factory=list, description=description)
 
 
+# The longest any time setting may be: a year.  Longer is no one's intent, and
+# past what a timer or Redis's expiry takes (`inf`, `1e300`) it crashed the start
+# or every expiry sent to Redis.
+MAX_SECONDS = 365 * 24 * 3600
+# The shortest interval of the settings that set a timer running all the time
+# (checks, keepalives, checkpoints): 1e-6 kept an idle gateway's core busy.
+MIN_TICK_S = 0.1
+
+
 class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No inf or nan in any number: a time, a rate or a bound that is not finite is
+    # a typing slip, and crashed what took it.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -32,6 +43,14 @@ class Settings(BaseModel):
         field = cls.model_fields[info.field_name or ""]
         if isinstance(value, bool) and field.annotation is not bool:
             raise ValueError(f"{str(value).lower()} (YAML reads yes/no/on/off so) is not a value")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _at_most_a_year(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or ""
+        if name.endswith("_s") and isinstance(value, int | float) and value > MAX_SECONDS:
+            raise ValueError(f"at most {MAX_SECONDS} seconds (a year)")
         return value
 
     host: forms.Host = Field(
@@ -124,7 +143,9 @@ class Settings(BaseModel):
     )
     upstream_max_connections: int = Field(1000, ge=1, description="an integer ≥ 1")
     upstream_models_ttl_s: float = Field(60.0, ge=0, description="seconds to cache model lists")
-    sse_keepalive_s: float = Field(15.0, gt=0, description="seconds between SSE comment lines")
+    sse_keepalive_s: float = Field(
+        15.0, ge=MIN_TICK_S, description="seconds between SSE comment lines"
+    )
     enable_signup: bool = Field(
         True,
         description=(
@@ -170,11 +191,11 @@ class Settings(BaseModel):
         "(64 wait about 2 s on one thread)",
     )
     checkpoint_interval_s: float = Field(
-        1.0, gt=0, description="seconds between draft checkpoints of a streaming reply"
+        1.0, ge=MIN_TICK_S, description="seconds between draft checkpoints of a streaming reply"
     )
     access_recheck_s: float = Field(
         2.0,
-        gt=0,
+        ge=MIN_TICK_S,
         description="seconds between checks for removed users and revoked keys, whose open "
         "connections are then closed; also how long a signed-in user's details are reused",
     )
@@ -199,7 +220,7 @@ class Settings(BaseModel):
     )
     stalled_client_s: float = Field(
         20.0,
-        gt=0,
+        ge=MIN_TICK_S,
         description="seconds a connection may take nothing while a reply waits for room "
         "in its queue (on an SSE stream: while bytes wait for it) before it is dropped and "
         "its model server's request closed (one that reads slowly is fed at its pace)",

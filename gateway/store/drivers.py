@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 # Seconds to wait for PostgreSQL at start-up before saying it is unreachable.
 CONNECT_TIMEOUT_S = 10.0
+# Seconds a statement waits for one of the pool's connections (all busy: a burst,
+# or statements held up by a lock) before its request is answered 503 instead.
+POOL_WAIT_S = 10.0
 
 Row = Sequence[Any]
 Statement = tuple[str, Sequence[Any]]
@@ -340,35 +343,39 @@ class PostgresDriver:
             raise StoreUnavailable(why_unavailable(exc)) from None
         return cls(pool)
 
+    def _acquire(self) -> Any:
+        """One of the pool's connections, waited for at most POOL_WAIT_S."""
+        return self._pool.acquire(timeout=POOL_WAIT_S)
+
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         with _reachable():
-            async with self._pool.acquire() as conn:
+            async with self._acquire() as conn:
                 return await _PostgresConnection(conn).execute(sql, args)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         with _reachable():
-            async with self._pool.acquire() as conn:
+            async with self._acquire() as conn:
                 return await _PostgresConnection(conn).fetch(sql, args)
 
     async def fetch_then(self, first: Statement, then: Then) -> tuple[list[Row], list[Row]]:
         with _reachable():
-            async with self._pool.acquire() as conn:
+            async with self._acquire() as conn:
                 return await _PostgresConnection(conn).fetch_then(first, then)
 
     async def batch(self, statements: Sequence[Statement]) -> list[int]:
         with _reachable():
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._acquire() as conn, conn.transaction():
                 return await _PostgresConnection(conn).batch(statements)
 
     async def each(self, statements: Sequence[Statement]) -> None:
         with _reachable():
-            async with self._pool.acquire() as conn:  # no transaction: each its own
+            async with self._acquire() as conn:  # no transaction: each its own
                 await _PostgresConnection(conn).batch(statements)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresConnection]:
         with _reachable():
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._acquire() as conn, conn.transaction():
                 yield _PostgresConnection(conn)
 
     async def close(self) -> None:
@@ -389,9 +396,9 @@ _GONE = (
 
 @contextmanager
 def _reachable() -> Iterator[None]:
-    """A database that went away mid-run: `DatabaseDown` (503 in every flavour, logged
-    once per statement at WARNING), not a traceback; asyncpg's pool reconnects by
-    itself once it is back."""
+    """A database that went away mid-run, or whose pool had no connection free for
+    POOL_WAIT_S: `DatabaseDown` (503 in every flavour, logged once per statement at
+    WARNING), not a traceback; asyncpg's pool reconnects by itself once it is back."""
     try:
         yield
     except _GONE as exc:

@@ -9,10 +9,8 @@ python-socketio does the framing; this module owns a connection's life:
                 later `user-join`; a socket without a valid one stays anonymous
                 and receives nothing
     delivery    an authenticated socket has one bounded `Outbox` on room
-                `user:<id>`.  Fast path: the publisher encodes the event
-                straight into Engine.IO's queue for the socket, no task switch
-                per event (`socketio_queue.py`, the only user of Engine.IO's
-                internals).
+                `user:<id>`, written into Engine.IO's queue as events come,
+                with backpressure (`socketio_delivery.py`)
     resume      a socket that joins gets the text so far of each of the user's
                 running replies (`chat:message`, then the live rest); `events:chat`
                 `{chat_id, data: {type: "resume", after: {<message id>: <seq>}}}`,
@@ -20,14 +18,6 @@ python-socketio does the framing; this module owns a connection's life:
                 what followed each seq (`Replies.attach`); one follower per reply.
                 The seq to name: a socket whose handshake has `auth.seq: true`
                 gets it in every envelope of a reply
-    backpressure once that queue is full the events wait in the outbox instead
-                (merged there) and a pump task, made then and ended once the
-                outbox is empty (an idle socket holds none), feeds them on as
-                the queue drains; a reply that outgrows the outbox is fed from the replay
-                buffer as the socket reads (`Realtime.pace`), so a client that
-                reads as fast as its network allows is never dropped; a socket
-                whose outbox still overflows is closed at the Engine.IO level,
-                so socket.io-client reconnects by itself
 """
 
 from __future__ import annotations
@@ -36,14 +26,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from gateway import rooms
 from gateway.application.chats import Chats
-from gateway.application.realtime import Attached, Lease, Outbox, Overflow, Realtime, Seat
+from gateway.application.realtime import Attached, Realtime, Seat
 from gateway.application.replies import Replies
 from gateway.commands import ChatSignal, Resume
 from gateway.edge import access
@@ -52,12 +41,13 @@ from gateway.edge.origins import OriginPolicy
 from gateway.edge.proxy import ProxyPolicy
 from gateway.edge.throttle import MessageRate
 from gateway.errors import AuthError, GatewayError, NotFound
-from gateway.events import Event
 from gateway.flavours.openwebui import OpenWebUIFlavour, decode_join, decode_resume
 from gateway.settings import Settings
 from gateway.transports import socketio_queue as engine
+from gateway.transports.socketio_delivery import Delivery, Socket
 from gateway.transports.socketio_front import FrontDoor, Sessions
 from gateway.transports.socketio_guard import GuardedServer
+from gateway.transports.socketio_logs import library_logger
 
 log = logging.getLogger(__name__)
 
@@ -82,30 +72,6 @@ def add_routes(app: web.Application, path: str = SOCKETIO_PATH) -> None:
         app.router.add_route("POST", route, handle)
 
 
-@dataclass(slots=True, eq=False)
-class Socket:
-    sid: str
-    principal: Principal | None = None
-    outbox: Outbox | None = None
-    # Only while the outbox holds what the fast path could not take.
-    pump: asyncio.Task[None] | None = None
-    lease: Lease | None = None
-    # Engine.IO's socket (its queue is what backpressure watches) and, for the
-    # websocket transport, the TCP transport to abort when the client is stuck.
-    eio_socket: Any = None
-    tcp: asyncio.Transport | None = None
-    # Replies being resumed into the outbox, by message id.
-    resuming: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    # A resume the handshake asked for (`auth.resume`), done once it joins.
-    handshake_resume: Resume | None = None
-    # Each envelope of a reply carries its `seq` (`auth.seq: true` in the handshake).
-    numbered: bool = False
-    # Counted and logged while open (`edge/access.py`); None until its connect ends.
-    opened: access.OpenConnection | None = None
-    # How fast the client may send events (GATEWAY_MAX_MESSAGES_PER_S).
-    rate: MessageRate = field(default_factory=lambda: MessageRate(None))
-
-
 class SocketIOTransport:
     def __init__(
         self,
@@ -127,13 +93,9 @@ class SocketIOTransport:
             # Polling only: the handshake offers no upgrade a client would then try.
             allow_upgrades=settings.enable_websocket_support,
             max_http_buffer_size=settings.max_frame_bytes,
-            # Loggers of their own, not False: with False each library adds a handler
-            # of its own that writes tracebacks to stderr past the gateway's format
-            # and secret masking.  Below ERROR they say something per packet a
-            # client can send at will (INFO, and WARNING for an event before its
-            # CONNECT): kept out, as False did.
-            logger=_library_logger("socketio.server"),
-            engineio_logger=_library_logger("engineio.server"),
+            # Not False: that would write tracebacks past the gateway's log format.
+            logger=library_logger("socketio.server"),
+            engineio_logger=library_logger("engineio.server"),
         )
         self._conns: dict[str, Socket] = {}
         self._stopped = False
@@ -141,8 +103,6 @@ class SocketIOTransport:
         self._realtime = realtime
         self._chats = chats
         self._replies = replies
-        # Drops in progress (a task the loop holds only weakly must be kept).
-        self._closing: set[asyncio.Task[None]] = set()
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("user-join", self._on_user_join)
@@ -158,6 +118,7 @@ class SocketIOTransport:
         self._front = FrontDoor(
             self.sio, origins, realtime, sessions, settings.websocket_compression
         )
+        self._delivery = Delivery(realtime, self._front.upgrades)
 
     def handle(self, request: web.Request) -> Awaitable[web.StreamResponse]:
         # The front door's own awaitable: no frame of this one kept for a socket's life.
@@ -175,7 +136,7 @@ class SocketIOTransport:
             if conn.eio_socket is not None and conn.tcp is not None
         }
         for conn in list(self._conns.values()):
-            self._release(conn)
+            self._delivery.release(conn)
             if conn.opened is not None:
                 conn.opened()
         await engine.close_all(
@@ -220,7 +181,7 @@ class SocketIOTransport:
         conn = self._conns.pop(sid, None)
         if conn is None:
             return
-        self._release(conn)
+        self._delivery.release(conn)
         if conn.opened is not None:
             conn.opened()
         engine.end_long_poll(conn.eio_socket)
@@ -330,13 +291,9 @@ class SocketIOTransport:
             return
         if conn.principal == principal and conn.outbox is not None:
             return
-        self._release(conn)
+        self._delivery.release(conn)
         conn.principal = principal
-        conn.outbox = self._realtime.subscribe(
-            [rooms.user(principal.user_id)],
-            on_overflow=lambda: self._overflowed(conn),
-            deliver=lambda event: self._deliver(conn, event),
-        )
+        conn.outbox = self._delivery.subscribe(conn, [rooms.user(principal.user_id)])
         conn.outbox.note_starts()  # for the catch-up below
         self._realtime.pace(conn.outbox, principal, self._replies.attach)
         self._realtime.seat(conn.sid, Seat("socketio", principal.user_id))
@@ -362,113 +319,14 @@ class SocketIOTransport:
         finally:
             outbox.stop_noting()  # (catch_up did, unless what came before it failed)
 
-    def _deliver(self, conn: Socket, event: Event) -> bool:
-        """The fast path: into Engine.IO's queue now, unless it is backed up; then the
-        outbox queues the event, and the pump starts."""
-        if engine.has_room(conn.eio_socket):
-            engine.enqueue(conn.eio_socket, event, conn.numbered)
-            return True
-        if conn.pump is None and conn.outbox is not None:
-            conn.pump = asyncio.get_running_loop().create_task(self._pump(conn, conn.outbox))
-        return False
-
-    def _release(self, conn: Socket) -> None:
-        if conn.lease is not None:
-            conn.lease.release()
-            conn.lease = None
-        if conn.principal is not None:
-            self._realtime.unseat(conn.sid)
-        for task in conn.resuming.values():
-            task.cancel()
-        conn.resuming = {}
-        if conn.outbox is not None:
-            self._realtime.unsubscribe(conn.outbox)
-        if conn.pump is not None and conn.pump is not asyncio.current_task():
-            conn.pump.cancel()
-        conn.outbox, conn.pump = None, None
-
-    async def _pump(self, conn: Socket, outbox: Outbox) -> None:
-        """The slow path: what the fast path could not take, in order, as the queue
-        drains; over once the outbox is empty (the next event tries the fast path)."""
-        try:
-            while events := await outbox.batch():
-                sock = conn.eio_socket
-                if sock is None or sock.closed:
-                    return
-                for event in events:  # into Engine.IO's queue as it drains (LIMITS.md)
-                    if not await engine.drained(sock, lambda: outbox.overflowed or outbox.closed):
-                        return
-                    engine.enqueue(sock, event, conn.numbered)
-                outbox.done()
-                if not len(outbox):
-                    return
-        except Overflow:
-            pass
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("socket pump failed", extra={"sid": conn.sid})
-            await self._close_transport(conn)
-        finally:
-            if conn.pump is asyncio.current_task():
-                conn.pump = None
-
     def _end_access(self, conn: Socket, why: str) -> None:
         """The token expired, its key was revoked or its user removed: a Socket.IO
         disconnect (socket.io-client does not reconnect after one; the web app
         signs in again)."""
         conn.lease = None
-        self._release(conn)
+        self._delivery.release(conn)
         log.info("socket disconnected: access ended", extra={"sid": conn.sid, "why": why})
-        task = asyncio.get_running_loop().create_task(self.sio.disconnect(conn.sid))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    def _overflowed(self, conn: Socket) -> None:
-        user = conn.principal.user_id if conn.principal else None
-        log.warning("slow socket dropped: it fell behind", extra={"sid": conn.sid, "user": user})
-        task = asyncio.get_running_loop().create_task(self._close_transport(conn))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    async def _close_transport(self, conn: Socket) -> None:
-        """Close at the Engine.IO level so the client sees a transport close and reconnects."""
-        self._release(conn)
-        sock = conn.eio_socket
-        tcp = conn.tcp or (self._front.upgrades.get(sock.sid) if sock is not None else None)
-        await engine.abort(sock, tcp)
-
-
-def _library_logger(name: str) -> logging.Logger:
-    logger = logging.getLogger(name)
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.ERROR)
-    if not any(isinstance(f, _ClientsFault) for f in logger.filters):
-        logger.addFilter(_ClientsFault())
-    return logger
-
-
-class _ClientsFault(logging.Filter):
-    """What the libraries log as an ERROR that is a client's fault, not the server's,
-    said at INFO: Engine.IO logs the first of each kind of bad request in a process
-    as an ERROR, the next at INFO ("unsupported version", a Socket.IO client of
-    another major version; "Invalid transport", "Invalid session", "Invalid JSONP
-    index number", a poll of a closed or upgraded session…).  Each is answered 400,
-    and the access log has it.  An operator's alert on ERROR lines is for the
-    gateway's own faults (Engine.IO's one of its own, no WebSocket support, stays)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if (
-            record.levelno >= logging.ERROR
-            and str(record.msg).endswith(_ONCE)
-            and not str(record.msg).startswith("The WebSocket transport is not available")
-        ):
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
-# What Engine.IO's `_log_error_once` adds to the first of each kind it logs.
-_ONCE = "(further occurrences of this error will be logged with level INFO)"
+        self._delivery.in_background(self.sio.disconnect(conn.sid))
 
 
 def _asks_resume(data: Any) -> bool:

@@ -161,6 +161,29 @@ async def test_a_pure_api_reply_longer_than_the_grace_ends_in_its_protocol(
     assert time.monotonic() - stopped_at < 8  # the grace, then at once: not ~10 s more
 
 
+async def test_an_event_stream_ends_whole_and_does_not_hold_the_stop(
+    start_gateway: Any, fake_upstream: FakeUpstream
+) -> None:
+    """An idle `/api/v1/events` stream (a web-app tab may hold one): its body ends
+    whole at the stop (EventSource reconnects, through the balancer, elsewhere), and
+    the process exits without aiohttp's own wait for it (5 s, twice; with the default
+    grace, past Compose's 40 s before SIGKILL)."""
+    gw: GatewayProcess = start_gateway(
+        {"OPENAI_API_BASE_URL": fake_upstream.url, "GATEWAY_SHUTDOWN_GRACE_S": "2"}
+    )
+    _, token = user()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gw.url}/api/v1/events", headers=headers) as stream:
+            assert stream.status == 200
+            assert gw.proc is not None
+            stopped_at = time.monotonic()
+            gw.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(stream.read(), TIMEOUT_S) == b""
+    assert await exited(gw) == 0
+    assert time.monotonic() - stopped_at < 4
+
+
 async def test_socketio_clients_are_let_go_at_once_to_reconnect_elsewhere(
     start_gateway: Any, fake_upstream: FakeUpstream
 ) -> None:

@@ -585,8 +585,11 @@ def test_mirror_last_event_ids(last_event_id: str) -> None:
     assert after is None or (type(after) is int and 0 <= after < 2**53)
     cursor = attempt("mirror.cursor_of", lambda: written_cursor(last_event_id), ())
     if cursor is not None:
-        assert cursor.ms >= 0 and len(cursor.seqs) <= mirror.MAX_CURSOR_REPLIES
-        assert all(isinstance(mid, str) and seq >= -1 for mid, seq in cursor.seqs.items())
+        assert 0 <= cursor.ms < mirror.MAX_NUMBER and len(cursor.seqs) <= mirror.MAX_CURSOR_REPLIES
+        assert all(
+            isinstance(mid, str) and -1 <= seq < mirror.MAX_NUMBER
+            for mid, seq in cursor.seqs.items()
+        )
 
 
 # -- JSON from a client, and a chat's history ------------------------------------------

@@ -184,9 +184,32 @@ def test_a_stream_behind_names_only_what_its_client_got() -> None:
     assert cursor.wants("unseen", 2500, False) == -1
 
 
-@pytest.mark.parametrize("raw", ["", "zz..", "abc.1", "1.-x", "1." + "a" * 5000, "-5"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "zz..",
+        "abc.1",
+        "1.-x",
+        "1." + "a" * 5000,
+        "-5",
+        # Numbers this stream never writes: past 2**53, or not plain base-36 digits.
+        "z" * 4090,
+        "2gosa7pa2gw",
+        "1." + "z" * 4000 + "-m",
+        "1.2gosa7pa2gw-m",
+        "1_0",
+        "1.1_0-m",
+    ],
+)
 def test_a_cursor_that_is_not_one_is_a_fresh_stream(raw: str) -> None:
     assert mirror.cursor_of(raw) is None
+
+
+def test_a_cursor_reads_every_number_it_can_write() -> None:
+    largest = mirror.MAX_NUMBER - 1
+    cursor = mirror.Cursor(largest, {"m": largest, "o": 0})
+    assert mirror.cursor_of(cursor.id()) == cursor
 
 
 def test_cursor_names_at_most_a_bounded_number_of_replies() -> None:

@@ -146,7 +146,7 @@ async def test_a_pump_is_made_when_events_back_up_and_ends_once_they_are_sent(
                 texts.append(envelope["data"]["data"]["content"])
         assert "".join(texts) == "".join(f"w{seq} " for seq in range(1, 40))
         await until(lambda: conn.pump is None)
-        assert "SocketIOTransport._pump" not in server_tasks()
+        assert "Delivery._pump" not in server_tasks()
         # The next event takes the fast path again.
         conn.outbox.put(TextDelta("c1", "m1", 40, "last"))
         assert conn.pump is None and len(conn.outbox) == 0
