@@ -78,9 +78,10 @@ async def _serve(loaded: Loaded) -> None:
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
     log.info(
-        "gateway listening on http://%s:%d (data dir %s, event loop %s)",
+        "gateway listening on http://%s:%d%s (data dir %s, event loop %s)",
         settings.host if ":" not in settings.host else f"[{settings.host}]",
         _bound_port(runner, settings.port),
+        settings.base_path + "/",
         settings.data_dir.resolve(),
         type(asyncio.get_running_loop()).__module__.split(".")[0],
     )

@@ -70,6 +70,17 @@ CASES = [
     ),
     Case("data dir not creatable", "DATA_DIR='/proc/nope'", {"DATA_DIR": "/proc/nope"}),
     Case(
+        "data dir's parent a file",
+        "/etc/passwd is a file, not a directory",
+        {"DATA_DIR": "/etc/passwd/data"},
+    ),
+    Case(
+        "a command's timeout of nan",
+        "argument --timeout: nan is not a positive number",
+        args=["http://127.0.0.1:1", "--timeout", "nan"],
+        commands=("doctor",),
+    ),
+    Case(
         "data dir's parent missing",
         f"{MISSING} does not exist",
         {"DATA_DIR": f"{MISSING}/data"},
@@ -319,6 +330,8 @@ def test_check_config_on_a_running_gateways_port_says_so_and_passes(
     assert f"warning: 127.0.0.1:{running.port} is in use by a running gateway" in checked.stderr
     assert "Traceback" not in checked.stderr
     assert f"port: {running.port}" in checked.stdout
+    # Where it listens, its base path included.
+    assert f"gateway listening on http://127.0.0.1:{running.port}{base_path}/ " in running.log()
     served = Case("port of a running gateway", f"127.0.0.1:{running.port} is already in use")
     served.args = case.args
     assert_refused(run("serve", served, tmp_path), served.expect)

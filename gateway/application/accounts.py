@@ -169,6 +169,26 @@ async def set_role(store: UserStore, user_id: str, role: str) -> UserRecord:
     return user
 
 
+def check_new_user(
+    passwords: Passwords, *, email: str, password: str, name: str | None, role: str | None
+) -> str:
+    """What `add_user` refuses, checked with no store (the command line checks it
+    before it opens, or makes, one): BadRequest, or the e-mail as it is kept."""
+    email = email.strip().lower()
+    local, at, domain = email.rpartition("@")
+    if not (local and at and domain) or len(email) > MAX_EMAIL_CHARS:
+        raise BadRequest(
+            f"A valid email address is required (at most {MAX_EMAIL_CHARS} characters)"
+        )
+    if name is not None and len(name) > MAX_NAME_CHARS:
+        # (It goes into every token the user is issued: a header past 8 KB is refused.)
+        raise BadRequest(f"A name has at most {MAX_NAME_CHARS} characters")
+    if role is not None and role not in ROLES:
+        raise BadRequest(f"role must be one of {', '.join(ROLES)}")
+    passwords.check_new(password)
+    return email
+
+
 async def add_user(
     store: UserStore,
     passwords: Passwords,
@@ -182,18 +202,7 @@ async def add_user(
     """Create a user with a password. Without a role, the very first user is an
     admin and the others users; with `only_first` (sign-up disabled), only the
     first may be made at all."""
-    email = email.strip().lower()
-    local, at, domain = email.rpartition("@")
-    if not (local and at and domain) or len(email) > MAX_EMAIL_CHARS:
-        raise BadRequest(
-            f"A valid email address is required (at most {MAX_EMAIL_CHARS} characters)"
-        )
-    if name is not None and len(name) > MAX_NAME_CHARS:
-        # (It goes into every token the user is issued: a header past 8 KB is refused.)
-        raise BadRequest(f"A name has at most {MAX_NAME_CHARS} characters")
-    if role is not None and role not in ROLES:
-        raise BadRequest(f"role must be one of {', '.join(ROLES)}")
-    passwords.check_new(password)
+    email = check_new_user(passwords, email=email, password=password, name=name, role=role)
     now = int(time.time())
     user = UserRecord(
         str(uuid.uuid4()),

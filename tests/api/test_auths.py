@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import pytest
 
 from tests.gatewayproc import SECRET, GatewayProcess, make_token
 
@@ -147,6 +148,24 @@ def test_cli_store_commands_without_a_store_refuse_and_make_nothing(tmp_path: Pa
             "runs (its DATA_DIR or --config), or give it the gateway's DATABASE_URL\n"
         ), args
         assert not data.exists(), args
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("--email", "not-an-email", "--password", "long-enough-1"), "A valid email address"),
+        (("--email", "a@example.com", "--password", "short"), "at least 8"),
+        (("--email", "a@example.com", "--password", "long-enough-1", "--name", "n" * 300), "name"),
+    ],
+)
+def test_a_user_the_cli_would_refuse_makes_no_store(
+    args: tuple[str, ...], said: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "first"
+    refused = run_cli(data, "users", "add", *args)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert said in refused.stderr and "note:" not in refused.stderr
+    assert not data.exists()
 
 
 def test_cli_users_and_api_keys(start_gateway: Any, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.api.openwebui.webapp import OPENWEBUI_VERSION
+from gateway.webui.install import _pip_error
 from gateway.webui.layout import DEFAULT_VERSION, installed
 from tests.browser.conftest import gateway_command
 
@@ -145,3 +146,37 @@ def test_a_data_dir_whose_parent_is_missing_is_not_made(tmp_path: Path) -> None:
         f"gateway: the data dir {data} cannot be made: {data.parent} does not exist\n"
     )
     assert not data.parent.exists()
+
+
+def test_a_wheel_dir_that_is_a_file_is_one_line_and_nothing_is_made(tmp_path: Path) -> None:
+    kept, data = tmp_path / "kept", tmp_path / "data"
+    kept.write_text("a file")
+    done = gateway_command(
+        data, "webui", "install", "--version", VERSION, "--wheel-dir", str(kept),
+        extra=offline(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == f"gateway: --wheel-dir {kept} is a file, not a directory\n"
+    assert not (data / "webui").exists()
+
+
+@pytest.mark.parametrize(
+    ("stderr", "said"),
+    [
+        # pip's own failure: a heading, its traceback, then what failed.
+        (
+            b'ERROR: Exception:\nTraceback (most recent call last):\n  File "x", line 1\n'
+            b"NotADirectoryError: [Errno 20] Not a directory: '/x'\n",
+            "Exception: NotADirectoryError: [Errno 20] Not a directory: '/x'",
+        ),
+        (
+            b"ERROR: Could not find a version that satisfies the requirement open-webui==9 "
+            b"(from versions: 0.1, 0.2)\nERROR: No matching distribution found for open-webui==9\n",
+            "Could not find a version that satisfies the requirement open-webui==9",
+        ),
+        (b"WARNING: something\nno ERROR line at all\n", "no ERROR line at all"),
+        (b"", "it failed without saying why"),
+    ],
+)
+def test_what_pip_said_is_one_line_that_says_why(stderr: bytes, said: str) -> None:
+    assert _pip_error(stderr) == said
