@@ -489,7 +489,7 @@ def test_the_event_loop_is_the_one_asked_for(tmp_path: Path, choice: str) -> Non
     with proc.stderr:
         try:
             line = proc.stderr.readline()
-            port = int(line.split("http://127.0.0.1:")[1].split(" ")[0])
+            port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as resp:
                 pytest.fail(f"answered {resp.status} without a token")
         except urllib.error.HTTPError as exc:
