@@ -276,3 +276,19 @@ def test_a_lever_is_measured_on_any_flavour() -> None:
         assert found["cpu_us_per_chunk"][side] > 0
         assert found["ttft_p50_ms"][side] > 0
     assert found["ratio_min"] <= found["ratio_median"] <= found["ratio_max"]
+
+
+def test_the_trickle_bench_reads_one_event_at_every_read_size() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bench_trickle", "--rounds", "1", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["event_bytes"] > 1_000_000
+    assert [row["read_bytes"] for row in result["rows"]] == [4096, 1024, 256, 64]
+    assert result["rows"][0]["ratio"] == 1.0
