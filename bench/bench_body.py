@@ -2,7 +2,7 @@
 gateway used) against `jsonwire.body` (orjson, `json` for what it refuses).
 
     python -m bench.bench_body [--rounds 7] [--json]
-    python -m bench.bench_body --turns 30 [--messages 2000] [--json]
+    python -m bench.bench_body --turns 30 [--messages 2000] [--together 1] [--json]
 
 A stored chat's turn sends the chat's whole conversation to the model server,
 and the body is written in one call on the event loop: while it is written, no
@@ -23,6 +23,11 @@ asked (its read, its tree, its conversation, its body).  Meanwhile a client
 asks `GET /health` again and again; its longest answer during each turn's wait
 for the first token is that turn's stall of the event loop (p50 and max per
 chat): what every other reply on the replica waited.
+
+With `--together K`, K sockets each ask in a chat of their own at once (K chats
+of each length): the stall is the longest `/health` answer from the first
+question to the last first token, and every turn's TTFT counts.  Long chats'
+turns run in threads beside the loop; how many at once is what this shows.
 """
 
 from __future__ import annotations
@@ -148,38 +153,46 @@ def _stall(probes: list[tuple[float, float]], began: float, ended: float) -> flo
 
 
 async def _turns(
-    port: int, sizes: tuple[int, ...], turns: int
+    port: int, sizes: tuple[int, ...], turns: int, together: int = 1
 ) -> tuple[dict[int, list[float]], dict[int, list[float]]]:
     """Each chat's TTFTs, and the longest `/health` answer during each turn's wait for
     its first token (the loop's stall)."""
     base, auth = f"http://127.0.0.1:{port}", bench_auth()
-    chats = {}
+    chats: dict[int, list[str]] = {size: [] for size in sizes}
     async with aiohttp.ClientSession() as http:
         for size in sizes:
-            async with http.post(
-                f"{base}/api/v1/chats/new", json={"chat": _chat(size)}, headers=auth
-            ) as resp:
-                if resp.status != 200:
-                    raise RuntimeError(f"a chat of {size}: HTTP {resp.status} {await resp.text()}")
-                chats[size] = (await resp.json())["id"]
+            for _ in range(together):
+                async with http.post(
+                    f"{base}/api/v1/chats/new", json={"chat": _chat(size)}, headers=auth
+                ) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"a chat of {size}: {resp.status} {await resp.text()}")
+                    chats[size].append((await resp.json())["id"])
     token = auth["Authorization"].split()[1]
     ttft: dict[int, list[float]] = {size: [] for size in sizes}
     stalls: dict[int, list[float]] = {size: [] for size in sizes}
     probes: list[tuple[float, float]] = []
     prober = asyncio.ensure_future(_probe(base, probes))
+    # A workspace each: a Nadoo socket gets every reply of its workspace.
+    url = f"ws://127.0.0.1:{port}/ws/chat/bench-{{}}?token={token}"
+    sockets = [await websockets.connect(url.format(i)) for i in range(together)]
     try:
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/bench?token={token}") as ws:
+        for ws in sockets:
             await ws.recv()  # connected
-            for turn in range(turns):
-                for size in sizes if turn % 2 == 0 else sizes[::-1]:
-                    first = await _turn(ws, chats[size], size)
-                    if turn:  # the first of each is a warm-up
-                        began, answered = first
-                        ttft[size].append((answered - began) * 1000)
-                        await asyncio.sleep(0.01)  # the probe that overlapped it is back
-                        stalls[size].append(_stall(probes, began, answered))
+        for turn in range(turns):
+            for size in sizes if turn % 2 == 0 else sizes[::-1]:
+                firsts = await asyncio.gather(
+                    *(_turn(ws, chat, size) for ws, chat in zip(sockets, chats[size], strict=True))
+                )
+                if turn:  # the first of each is a warm-up
+                    ttft[size] += [(answered - began) * 1000 for began, answered in firsts]
+                    await asyncio.sleep(0.01)  # the probe that overlapped them is back
+                    began = min(began for began, _ in firsts)
+                    stalls[size].append(_stall(probes, began, max(a for _, a in firsts)))
     finally:
         prober.cancel()
+        for ws in sockets:
+            await ws.close()
     return ttft, stalls
 
 
@@ -199,7 +212,7 @@ async def _turn(ws: websockets.ClientConnection, chat_id: str, size: int) -> tup
     return began, first
 
 
-def measure_turns(messages: int, turns: int) -> list[dict[str, Any]]:
+def measure_turns(messages: int, turns: int, together: int = 1) -> list[dict[str, Any]]:
     up_port, port = free_port(), free_port()
     upstream = start(["-m", "bench.servers", "upstream", str(up_port), "4", "0.02"])
     try:
@@ -213,7 +226,7 @@ def measure_turns(messages: int, turns: int) -> list[dict[str, Any]]:
             },
         )
         try:
-            found, stalls = asyncio.run(_turns(port, (2, messages), turns + 1))
+            found, stalls = asyncio.run(_turns(port, (2, messages), turns + 1, together))
         finally:
             stop(gateway)
     finally:
@@ -244,8 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--turns", type=int, help="a stored turn's TTFT, short and long chat")
     parser.add_argument("--messages", type=int, default=2_000, help="the long chat's length")
+    parser.add_argument("--together", type=int, default=1, help="sockets that ask at once")
     args = parser.parse_args(argv)
-    rows = measure_turns(args.messages, args.turns) if args.turns else measure(args.rounds)
+    if args.turns:
+        rows = measure_turns(args.messages, args.turns, args.together)
+    else:
+        rows = measure(args.rounds)
     if args.json:
         print(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     elif args.turns:

@@ -9,7 +9,6 @@ here: `runner.py` ends each one (and the placeholder of one never started),
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 import uuid
@@ -17,6 +16,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
+from gateway import offloop
 from gateway.bus import Locks
 from gateway.bus.memory import LocalLocks
 from gateway.chat import tree
@@ -42,7 +42,7 @@ T = TypeVar("T")
 async def tree_work(size: int, work: Callable[..., T], *args: Any) -> T:
     """`work(*args)` on a tree of `size` messages: in a thread past `OFF_LOOP_MESSAGES`."""
     if size > OFF_LOOP_MESSAGES:
-        return await asyncio.to_thread(work, *args)
+        return await offloop.run(work, *args)
     return work(*args)
 
 

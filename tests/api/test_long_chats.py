@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -42,6 +43,18 @@ async def test_tree_work_runs_past_its_bound_in_another_thread() -> None:
     assert await tree_work(OFF_LOOP_MESSAGES, threading.get_ident) == loop_thread
     assert await tree_work(OFF_LOOP_MESSAGES + 1, threading.get_ident) != loop_thread
     assert await tree_work(OFF_LOOP_MESSAGES + 1, sorted, [3, 1, 2]) == [1, 2, 3]
+
+
+async def test_long_chats_at_once_share_one_thread_of_their_own() -> None:
+    """Not the loop's default executor (aiohttp's host-name lookups), and not a thread
+    each: threads of pure Python would take the interpreter from the loop in turn."""
+
+    def held() -> tuple[int, str]:
+        time.sleep(0.05)
+        return threading.get_ident(), threading.current_thread().name
+
+    ran = await asyncio.gather(*(tree_work(LONG, held) for _ in range(4)))
+    assert len(set(ran)) == 1 and ran[0][1].startswith("gateway-offloop"), ran
 
 
 async def test_records_of_gives_what_messages_of_gives_on_either_side_of_its_bound() -> None:

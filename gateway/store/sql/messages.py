@@ -12,11 +12,11 @@ still `done` false at start-up are replies a crash left unfinished.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
 
+from gateway import offloop
 from gateway.store.drivers import Row, Statement
 from gateway.store.records import MessageRecord
 from gateway.store.sql.common import Tables, dumps
@@ -54,7 +54,7 @@ def messages_of(rows: list[Row]) -> list[MessageRecord]:
 async def records_of(rows: list[Row]) -> list[MessageRecord]:
     """`messages_of`, in a thread past `OFF_LOOP_ROWS`."""
     if len(rows) > OFF_LOOP_ROWS:
-        return await asyncio.to_thread(messages_of, rows)
+        return await offloop.run(messages_of, rows)
     return messages_of(rows)
 
 
