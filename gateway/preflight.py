@@ -117,8 +117,9 @@ def _writable_dir(
         if not may_be_made:
             raise loaded.error(field, f"the directory {path} does not exist; create it first")
         parent = path.absolute().parent
-        if parent.exists() and not parent.is_dir():
-            raise loaded.error(field, f"{parent} is a file, not a directory; choose another")
+        beneath = next((p for p in (parent, *parent.parents) if p.exists()), parent)
+        if not beneath.is_dir():
+            raise loaded.error(field, f"{beneath} is a file, not a directory; choose another")
         if not parent.is_dir():
             raise loaded.error(field, f"{parent} does not exist; create it or choose another")
         try:

@@ -75,6 +75,11 @@ CASES = [
         {"DATA_DIR": "/etc/passwd/data"},
     ),
     Case(
+        "data dir beneath a file",
+        "/etc/passwd is a file, not a directory",
+        {"DATA_DIR": "/etc/passwd/a/data"},
+    ),
+    Case(
         "a command's timeout of nan",
         "argument --timeout: nan is not a positive number",
         args=["http://127.0.0.1:1", "--timeout", "nan"],

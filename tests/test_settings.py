@@ -50,6 +50,9 @@ def gateway(
         ({"JWT_EXPIRES_IN": "4w"}, "jwt_expires_in_s", 4 * 7 * 86400),
         ({"JWT_EXPIRES_IN": "1h30m"}, "jwt_expires_in_s", 5400),
         ({"JWT_EXPIRES_IN": "-1"}, "jwt_expires_in_s", None),
+        # A token may live past a year (the year's bound is for timers), a rate be high.
+        ({"JWT_EXPIRES_IN": "400d"}, "jwt_expires_in_s", 400 * 86400),
+        ({"GATEWAY_MAX_MESSAGES_PER_S": "1e8"}, "max_messages_per_s", 1e8),
         ({"JWT_EXPIRES_IN": "4w", "GATEWAY_JWT_EXPIRES_IN_S": "60"}, "jwt_expires_in_s", 60),
         (
             {"REDIS_URL": "redis://a/0", "WEBSOCKET_REDIS_URL": "redis://b/0"},
@@ -155,7 +158,7 @@ def test_serve_logs_the_warnings_before_listening(tmp_path: Path) -> None:
             proc.terminate()
             proc.wait(10)
     assert "WARNING" in first and "did you mean GATEWAY_PORT?" in first
-    assert "gateway listening on http://127.0.0.1:" in second and ":0 " not in second
+    assert "gateway listening on http://127.0.0.1:" in second and ":0/" not in second
 
 
 # -- secrets --------------------------------------------------------------------------

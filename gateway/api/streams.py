@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from aiohttp import web
 
@@ -130,23 +130,24 @@ async def _write(
     ended: list[str] = []
 
     def access_ended(why: str) -> None:
-        ended.append(why)
-        handler.cancel()
+        if not ended:  # (once: a stop and an access end may both come)
+            ended.append(why)
+            handler.cancel()
 
     realtime = request.app[REALTIME]
     # Ended as when its access ends once the replica stops (`drain`): EventSource
     # reconnects, through the balancer, elsewhere.
     with realtime.streaming(access_ended):
         lease = realtime.hold(principal, access_ended)
-        async with contextlib.aclosing(events):
-            try:
-                await response.prepare(request)
-            except ConnectionError:
-                lease.release()  # its client left as the headers went out
-                return web.Response(status=CLIENT_GONE)
-            flavour = "mirror" if cursor is not None else "openwebui"
-            counted = access.connection_opened("sse", flavour, principal.user_id)
-            try:
+        counted: Callable[[], None] | None = None
+        try:
+            async with contextlib.aclosing(events):
+                try:
+                    await response.prepare(request)
+                except ConnectionError:
+                    return web.Response(status=CLIENT_GONE)  # it left as the headers went out
+                flavour = "mirror" if cursor is not None else "openwebui"
+                counted = access.connection_opened("sse", flavour, principal.user_id)
                 stall_s = request.app[SETTINGS].stalled_client_s
                 watch = Keepalive(
                     response, keepalive_s, transport=request.transport, stall_s=stall_s
@@ -163,14 +164,16 @@ async def _write(
                             keepalive.wrote()
                             metrics.HOT.delivered_sse += 1
                     await response.write_eof()
-            except ConnectionResetError:
-                pass  # the client left
-            except asyncio.CancelledError:
-                if not ended:
-                    raise
-                handler.uncancel()  # its access ended, or the replica stops: it is over
-            finally:
-                lease.release()
+        except ConnectionResetError:
+            pass  # the client left
+        except asyncio.CancelledError:
+            if not ended:
+                raise
+            # Its access ended, or the replica stops, wherever it was: it is over.
+            handler.uncancel()
+        finally:
+            lease.release()
+            if counted is not None:
                 counted()
     return response
 

@@ -10,8 +10,10 @@ access holds.
                                    workspace member's event); replies are the core's
     seat / unseat / owner_of       presence, for `/ws/stats` and "is anyone watching"
     hold(principal, end) → Lease   closes the connection when its access ends
-    track / untrack, streaming     open WebSockets and event streams, which a
-                                   stopping replica closes (`close_sockets`)
+    admit, track / untrack, streaming
+                                   open WebSockets and event streams, which a
+                                   stopping replica closes (`close_sockets`) and
+                                   then refuses (503)
     resume(outbox, attached)       a resumed reply's events into the connection's
                                    outbox, in order, each once (a task; cancel it
                                    when the connection ends)
@@ -198,6 +200,12 @@ class Realtime:
         return await self._sessions.session_replica(sid)
 
     # -- open sockets, closed when the replica stops -----------------------------------
+    def admit(self) -> None:
+        """A new socket or event stream: refused (Unavailable, 503) once the replica
+        stops, as nothing would close it any more."""
+        if self._stopping:
+            raise Unavailable(SERVER_STOPPING)
+
     def track(self, socket: Closable) -> None:
         """An open WebSocket, until `untrack` (once it has closed)."""
         self._sockets.add(socket)
@@ -209,8 +217,7 @@ class Realtime:
     def streaming(self, end: End) -> Iterator[None]:
         """An open event stream (SSE), ended by `end(why)` when the replica stops; one
         opened after that is refused (Unavailable)."""
-        if self._stopping:
-            raise Unavailable(SERVER_STOPPING)
+        self.admit()
         self._streams.add(end)
         try:
             yield

@@ -59,19 +59,28 @@ REASONING = "reasoning"
 BREAK = "break"
 
 Piece = tuple[str, str]  # (TEXT | REASONING | BREAK, text)
+# The longest start tag with attributes (`<think effort="low">`).  Without a bound,
+# a line that began `<think ` and never closed its `>` was held back whole, copied
+# and searched again at each piece of the reply: a review's 80 KB line cost 15 s of
+# the loop.  Longer is text, as a line with no `>` at all is.
+MAX_TAG_CHARS = 256
 
 
 def _start_pattern(tag: str) -> str:
     # As Open WebUI's `_start_tag_pattern`: `<name>` also matches `<name attr="…">`,
-    # on one line (Open WebUI's pattern lets a line end follow the name: not here).
+    # on one line (Open WebUI's pattern lets a line end follow the name: not here),
+    # at most MAX_TAG_CHARS long.
     if tag.startswith("<") and tag.endswith(">") and tag[1:2] not in ("|", "/"):
-        return re.escape(tag[:-1]) + r"(?:[^\S\n][^>\n]*)?>"
+        attributes = MAX_TAG_CHARS - len(tag) - 1
+        return re.escape(tag[:-1]) + rf"(?:[^\S\n][^>\n]{{0,{attributes}}})?>"
     return re.escape(tag)
 
 
 def _could_start(tail: str, tags: tuple[tuple[str, str, str], ...]) -> bool:
     """Whether `tail` (from a tag's first character to the end) may still grow into
     one of the start tags."""
+    if len(tail) >= MAX_TAG_CHARS:
+        return False
     for start, _, _ in tags:
         if start.startswith(tail):
             return True

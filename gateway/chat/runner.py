@@ -156,12 +156,9 @@ class ReplyRunner:
         except BaseException:
             return  # never written: nothing to end, no reply to count
         never_ran(Phase.CANCELLED, user_id, record.chat_id, record.id, None)
-        try:
-            await self._store_end(record, end)
-        except Exception:
-            log.exception(
-                "the end of a reply that never ran was not stored", extra={"message_id": record.id}
-            )
+        # Tried again while the database is unavailable, as any reply's end (and a
+        # failure logged there).
+        await self._stored_end(record, end, None)
 
     async def _run(self, run: ReplyRun, opening: Opening) -> None:
         metrics.REPLIES_RUNNING.inc()

@@ -93,7 +93,9 @@ class SSEParser:
 
     def close(self) -> list[str]:
         """End of stream: a last event without its blank line still counts."""
-        rest, self._buffer, self._searched = bytes(self._buffer), bytearray(), 0
+        # Emptied in place: an events() iterator still held sees the same buffer.
+        rest, self._searched = bytes(self._buffer), 0
+        self._buffer.clear()
         data = _event_data(rest) if rest.strip() else None
         return [] if data is None else [data]
 

@@ -48,8 +48,7 @@ class Settings(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _at_most_a_year(cls, value: Any, info: ValidationInfo) -> Any:
-        name = info.field_name or ""
-        if name.endswith("_s") and isinstance(value, int | float) and value > MAX_SECONDS:
+        if info.field_name in _TIMERS and isinstance(value, int | float) and value > MAX_SECONDS:
             raise ValueError(f"at most {MAX_SECONDS} seconds (a year)")
         return value
 
@@ -312,3 +311,13 @@ class Settings(BaseModel):
         description="a bearer token /metrics requires (Authorization: Bearer <token>); "
         "empty for none",
     )
+
+
+# The times a timer, a wait or Redis's expiry takes (every `…_s` setting but a rate,
+# `max_messages_per_s`, and a token's lifetime, `jwt_expires_in_s`: only written
+# into the token, as Open WebUI's `JWT_EXPIRES_IN` of years is).
+_TIMERS = frozenset(
+    name
+    for name in Settings.model_fields
+    if name.endswith("_s") and not name.endswith("_per_s") and name != "jwt_expires_in_s"
+)

@@ -402,7 +402,15 @@ def _reachable() -> Iterator[None]:
     try:
         yield
     except _GONE as exc:
-        log.warning("the database is unavailable", extra={"error": type(exc).__name__})
+        if isinstance(exc, TimeoutError):
+            # (No connection within POOL_WAIT_S: every one busy, or none can be made.)
+            log.warning(
+                "no database connection within %.0f s: the database is down, or every "
+                "connection of the pool (GATEWAY_DATABASE_POOL_SIZE) is busy",
+                POOL_WAIT_S,
+            )
+        else:
+            log.warning("the database is unavailable", extra={"error": type(exc).__name__})
         raise DatabaseDown() from None
 
 

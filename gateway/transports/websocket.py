@@ -252,6 +252,7 @@ async def serve(
     )
     if not ws.can_prepare(request).ok:
         return upgrade_required(request)
+    realtime.admit()  # (a stopping replica's: 503)
     try:
         await ws.prepare(request)
     except ConnectionError:

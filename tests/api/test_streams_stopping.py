@@ -1,6 +1,7 @@
 """Event streams (`/api/v1/events`) on a stopping replica: ended at once, each
 body whole, so EventSource reconnects (through the balancer, elsewhere) and the
-shutdown does not wait for them; one asked for after that gets 503.  On the real
+shutdown does not wait for them; one asked for after that gets 503, as does a
+raw WebSocket.  On the real
 app served in-process (the stop is `drain`, what SIGTERM runs:
 `tests/api/test_graceful_stop.py` has the signal)."""
 
@@ -46,3 +47,7 @@ async def test_event_streams_end_whole_when_the_replica_stops(
         async with http.get(f"{base}/api/v1/events", headers=headers) as late:
             assert late.status == 503
             assert SERVER_STOPPING in await late.text()
+        # Nor a raw WebSocket: nothing would close it, and the exit would wait for it.
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"{base}/ws/chat/late?token={make_token('stopping-user')}")
+        assert refused.value.status == 503

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from gateway.chat.reasoning import BREAK, Piece, Splitter
+from gateway.chat.reasoning import BREAK, MAX_TAG_CHARS, Piece, Splitter
 
 VECTORS = sorted((Path(__file__).parent.parent / "vectors" / "reasoning").glob("*.json"))
 
@@ -82,3 +82,16 @@ def test_every_vector_is_well_formed() -> None:
         vector = load(path)
         assert set(vector) <= {"description", "reasoning_tags", "input", "blocks"}
         assert all(kind in ("text", "reasoning") for kind, _ in vector["blocks"])
+
+
+def test_a_line_that_never_closes_its_start_tag_is_not_held_back_while_it_grows() -> None:
+    # A model's 80 KB line "<think …" with no ">": held whole, it was copied and
+    # searched again at each delta (15 s of the loop).  At most a tag's length is.
+    splitter = Splitter()
+    deltas = ["<think "] + ["word " for _ in range(4000)]
+    out: list[Piece] = []
+    for delta in deltas:
+        out += splitter.feed(delta)
+        assert len(splitter._held) < MAX_TAG_CHARS
+    out += splitter.close()
+    assert blocks(out) == [["text", "".join(deltas)]]

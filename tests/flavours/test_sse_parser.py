@@ -166,3 +166,17 @@ def test_one_oversize_event_in_one_read_is_refused() -> None:
         assert "larger than 105 bytes" in str(exc)
     else:
         raise AssertionError("an event past the bound was read")
+
+
+def test_an_iterator_left_open_across_close_sees_what_the_parser_sees() -> None:
+    # `events` is lazy; one left half read, then resumed after `close`, reads the
+    # parser's state then (nothing), not what it had buffered before.
+    parser = SSEParser()
+    pending = parser.events(b"data: a\n\ndata: b\n\n")
+    assert next(pending) == "a"
+    assert parser.close() == ["b"]
+    assert list(pending) == []
+    assert parser.feed(b"data: c\n\n") == ["c"]
+    assert (
+        parser.feed(b"da") == [] and parser.feed(b"ta: d\n") == [] and parser.feed(b"\n") == ["d"]
+    )

@@ -21,7 +21,7 @@ WAIT_S = 0.3
 
 
 async def test_a_statement_waits_for_a_busy_pool_a_bounded_time(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(drivers, "POOL_WAIT_S", WAIT_S)
     async with fresh_pg_database() as url:
@@ -43,6 +43,9 @@ async def test_a_statement_waits_for_a_busy_pool_a_bounded_time(
             with pytest.raises(DatabaseDown):
                 await driver.fetch("SELECT v FROM t")
             assert WAIT_S <= time.monotonic() - started < WAIT_S + 2
+            assert (
+                "every connection of the pool (GATEWAY_DATABASE_POOL_SIZE) is busy" in caplog.text
+            )
             await holding.commit()
             assert await asyncio.wait_for(blocked, 5) == 1
             assert await driver.fetch("SELECT v FROM t") == [("w",)]
