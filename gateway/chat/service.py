@@ -38,6 +38,7 @@ from gateway.chat.shapes import message_record
 from gateway.chat.slots import ReplySlots
 from gateway.chat.starter import ReplyStarter, StartedReply, StartedTurn
 from gateway.chat.turns import (
+    check_ids,
     check_reply_into,
     conversation_for,
     new_placeholder,
@@ -192,6 +193,7 @@ class ChatService:
         """
         if ask.chat_id is None or ask.message_id is None:
             raise BadRequest("'chat_id' and 'id' are required to answer into a chat")
+        check_ids(ask)
         chat, history = await self.book.owned_history(principal, ask.chat_id)
         message_id = ask.message_id
         messages = history["messages"]
@@ -229,6 +231,7 @@ class ChatService:
         are the web app's background tasks for each finished reply (a
         generated title, tags, follow-ups: `background.py`).
         """
+        check_ids(ask)
         if ask.temporary:
             return self._starter.temporary(principal, ask)
         if ask.chat_id is None:

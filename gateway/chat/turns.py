@@ -30,6 +30,22 @@ from gateway.errors import BadRequest, Conflict
 
 # Fields of an old answer that a new answer into the same message drops.
 _STALE_REPLY_FIELDS = ("error", "usage", "cancelled", "output")
+# The longest chat or message id a client may name for a reply (Open WebUI's are
+# UUIDs, 36 characters).  Every event of the reply carries both, and the event
+# streams' cursors quote the message id at each event: a probe's 1 MB id made one
+# reply of 56 tokens cost 48 s of the loop over 16 streams.
+MAX_ID_CHARS = 256
+
+
+def check_ids(ask: Ask) -> None:
+    """BadRequest for an id past MAX_ID_CHARS among those a reply carries or names."""
+    named = [ask.chat_id, ask.message_id, ask.parent_id, ask.session_id]
+    named += [target.message_id for target in ask.targets]
+    if ask.user_message is not None:
+        named.append(ask.user_message.get("id"))
+    for value in named:
+        if isinstance(value, str) and len(value) > MAX_ID_CHARS:
+            raise BadRequest(f"An id has at most {MAX_ID_CHARS} characters")
 
 
 @dataclass(frozen=True, slots=True)

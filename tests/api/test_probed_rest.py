@@ -555,6 +555,29 @@ async def test_names_addresses_and_tags_are_bounded(start_gateway: Any) -> None:
     assert tagged.status == 200 and [tag["name"] for tag in tagged.body] == ["t" * 100]
 
 
+async def test_the_ids_a_reply_carries_are_bounded(gateway: GatewayProcess) -> None:
+    """Every event of a reply carries its chat's and its message's ids (and the event
+    streams' cursors quote the message id at each): a client's 1 MB id cost 48 s of
+    the loop for one short reply; past 256 characters an id is refused first."""
+    token = new_user("rest-long-ids")
+    sock = await PySocket().connect(gateway.url, token)
+    url = f"{gateway.url}/api/chat/completions"
+    try:
+        for body in (
+            turn_body(sock.sid, "q", assistant_id="a" * 257),
+            turn_body(sock.sid, "q", user_message_id="u" * 257),
+            turn_body(sock.sid, "q", chat_id="local:" + "c" * 300),  # a temporary chat
+        ):
+            refused = await call("POST", url, token, body)
+            assert refused.status == 400 and "256" in refused.body["detail"], refused
+        answered = await post_json(url, token, turn_body(sock.sid, "q", assistant_id="a" * 256))
+        await sock.wait_ended()
+        chat = await get_json(f"{gateway.url}{CHATS}/{answered['chat_id']}", token)
+        assert "a" * 256 in chat["chat"]["history"]["messages"]
+    finally:
+        await sock.close()
+
+
 async def test_an_admin_lets_a_pending_user_in(start_gateway: Any) -> None:
     # Refused while pending, nothing could change a role: the account was dead.
     gw: GatewayProcess = start_gateway({"GATEWAY_ACCESS_RECHECK_S": "0.2"})
