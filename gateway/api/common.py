@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from gateway import jsonwire
 from gateway.application.keys import AUTHENTICATOR
 from gateway.edge import metrics
 from gateway.edge.auth import Principal, find_token
@@ -190,3 +191,29 @@ def prefix_hint(path: str, base_path: str = "") -> str:
         f"X-Forwarded-Prefix: {prefix} (nginx: location {prefix}/ {{ ... proxy_pass "
         f"http://gateway/; }} with the trailing slash; Caddy: handle_path {prefix}/*)"
     )
+
+
+async def json_array(
+    request: web.Request, items: AsyncIterator[Any], *, headers: Mapping[str, str] | None = None
+) -> web.StreamResponse:
+    """A JSON array written as its items come, each encoded alone: a list of whole
+    chats (`/api/v1/chats/all`) is as big as everything a user has, and built in one
+    piece it held the loop for seconds and the process's memory for gigabytes.  A
+    failure past the first item cuts the body (its client sees it broken, never a
+    shorter list that reads as whole)."""
+    kind = {"Content-Type": "application/json; charset=utf-8"}
+    response = web.StreamResponse(headers={**kind, **(headers or {})})
+    first = True
+    async for item in items:
+        if first:
+            await response.prepare(request)
+            await response.write(b"[")
+        else:
+            await response.write(b",")
+        await response.write(jsonwire.dumps(item).encode())
+        first = False
+    if first:
+        return web.json_response([], headers=headers)
+    await response.write(b"]")
+    await response.write_eof()
+    return response

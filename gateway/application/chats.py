@@ -10,6 +10,7 @@ to them, with the store behind it.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway import rooms
@@ -79,9 +80,13 @@ class Chats:
         )
         return [list_item(chat) for chat in chats]
 
-    async def responses(self, principal: Principal, **filters: Any) -> list[dict[str, Any]]:
+    async def responses(
+        self, principal: Principal, **filters: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Each chat whole, one after the other (read as it is sent)."""
         chats = await self._store.list_chats(principal.user_id, **filters)
-        return [await self.book.response(chat) for chat in chats]
+        for chat in chats:
+            yield await self.book.response(chat)
 
     async def search(self, principal: Principal, query: str, page: int) -> dict[str, Any]:
         """Open WebUI 0.12's workspace search, over the caller's chats (`chat/search.py`)."""

@@ -448,6 +448,21 @@ async def test_all_is_callers_only(alice: Client, bob: Client) -> None:
     assert everything[0] == await alice.call("GET", f"/{mine['id']}")
 
 
+async def test_all_is_written_a_chat_at_a_time_in_utf8(alice: Client) -> None:
+    # Every chat whole is as big as everything a user has: written as it is read
+    # (not built in one piece, seconds of the loop and gigabytes for a big user),
+    # its text as UTF-8, a third of `\u` escapes for non-Latin scripts.
+    made = [await alice.new(f"Grüße Привет {i}") for i in range(3)]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(alice.base + "/all", headers=alice.headers) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+            assert "Content-Length" not in resp.headers  # streamed
+            raw = await resp.read()
+    assert "Grüße Привет 0".encode() in raw
+    assert {chat["id"] for chat in json.loads(raw)} == {chat["id"] for chat in made}
+
+
 # -- share -------------------------------------------------------------------
 async def test_share_view_and_unshare(alice: Client, bob: Client) -> None:
     data = await alice.new("Shared one")

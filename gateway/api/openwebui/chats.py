@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.common import Handler, principal_of, read_json
+from gateway.api.common import Handler, json_array, principal_of, read_json
 from gateway.application.chats import ChatRecord, Chats
 from gateway.application.keys import CHATS
 from gateway.edge.auth import Principal
@@ -44,9 +44,9 @@ async def _items(request: web.Request, **filters: Any) -> web.Response:
     return web.json_response(await chats.items(principal, _page(request), **filters))
 
 
-async def _responses(request: web.Request, **filters: Any) -> web.Response:
+async def _responses(request: web.Request, **filters: Any) -> web.StreamResponse:
     chats, principal = await _context(request)
-    return web.json_response(await chats.responses(principal, **filters))
+    return await json_array(request, chats.responses(principal, **filters))
 
 
 async def _one(request: web.Request) -> tuple[Chats, Principal, ChatRecord]:
@@ -82,15 +82,15 @@ async def archived(request: web.Request) -> web.Response:
     return await _items(request, archived=True)
 
 
-async def all_chats(request: web.Request) -> web.Response:
+async def all_chats(request: web.Request) -> web.StreamResponse:
     return await _responses(request, archived=None)
 
 
-async def all_archived(request: web.Request) -> web.Response:
+async def all_archived(request: web.Request) -> web.StreamResponse:
     return await _responses(request, archived=True)
 
 
-async def by_folder(request: web.Request) -> web.Response:
+async def by_folder(request: web.Request) -> web.StreamResponse:
     return await _responses(request, folder_id=request.match_info["fid"], archived=None)
 
 
