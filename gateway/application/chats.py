@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway import rooms
+from gateway import offloop, rooms
 from gateway.bus import Locks
 from gateway.chat import search, tree
 from gateway.chat.chats import ChatBook, page_bounds
@@ -97,15 +97,24 @@ class Chats:
         )
         start = (max(1, page) - 1) * search.PAGE_SIZE
         items: list[dict[str, Any]] = []
+        read, cut = 0, False
         for chat in search.ordered(found, query)[: search.MAX_CANDIDATES]:
-            messages = await self._store.get_messages(chat.id)
-            if not search.matches(chat, messages, query):
-                continue
             if len(items) == start + search.PAGE_SIZE + 1:
                 break
-            items.append(search.item(chat, messages, query))
+            if read >= search.MAX_READ_CHARS:
+                cut = True  # read enough for one search: what was found, more to ask for
+                break
+            messages = await self._store.get_messages(chat.id)
+            size = sum(len(m.content) for m in messages)
+            read += size
+            if size > search.OFF_LOOP_CHARS:
+                hit = await offloop.run(search.found, chat, messages, query)
+            else:
+                hit = search.found(chat, messages, query)
+            if hit is not None:
+                items.append(hit)
         page_items = items[start : start + search.PAGE_SIZE]
-        more = len(items) > start + search.PAGE_SIZE
+        more = cut or len(items) > start + search.PAGE_SIZE
         return {"items": page_items, "has_more": more, "scopes": [], "kinds": ["chat"]}
 
     async def shared(self, share_id: str) -> ChatRecord:

@@ -23,6 +23,12 @@ PAGE_SIZE = 24
 # Chats read to find a page (each costs its messages): a query of common words
 # over thousands of chats stops here rather than read them all.
 MAX_CANDIDATES = 500
+# Characters of messages one search reads at most: the candidates bound counts
+# chats, not their size (a probe's 40 chats of 4 MB cost 5 s of CPU a search).
+# Past it the search ends with what it found, `has_more` set.
+MAX_READ_CHARS = 32 * 1024 * 1024
+# A chat of more is matched and excerpted in the off-loop thread (`offloop.py`).
+OFF_LOOP_CHARS = 256 * 1024
 MAX_TERMS = 12
 SNIPPET_CHARS = 200
 PREVIEW_CHARS = 2400
@@ -41,14 +47,17 @@ def excerpt(content: str, query: str, length: int) -> str:
     return ("…" if start else "") + text + ("…" if start + length < len(content) else "")
 
 
-def passage(messages: Sequence[MessageRecord], query: str) -> tuple[str, str | None]:
+def passage(
+    messages: Sequence[MessageRecord], query: str, lowered: Sequence[str] | None = None
+) -> tuple[str, str | None]:
     """The message holding every word (else any word) of the query: its text and id;
-    the last message's text when none does."""
+    the last message's text when none does.  `lowered`: each message's text in
+    lower case, made once for every word."""
     terms = terms_of(query)
-    every = next(
-        (m for m in messages if terms and all(t in m.content.lower() for t in terms)), None
-    )
-    match = every or next((m for m in messages if any(t in m.content.lower() for t in terms)), None)
+    lowered = lowered if lowered is not None else [m.content.lower() for m in messages]
+    pairs = list(zip(messages, lowered, strict=True))
+    every = next((m for m, low in pairs if terms and all(t in low for t in terms)), None)
+    match = every or next((m for m, low in pairs if any(t in low for t in terms)), None)
     if match is not None:
         return match.content, match.id
     return (messages[-1].content if messages else ""), None
@@ -63,8 +72,13 @@ def rank(chat: ChatRecord, query: str) -> int:
     return 1 if wanted in title else 3
 
 
-def item(chat: ChatRecord, messages: Sequence[MessageRecord], query: str) -> dict[str, Any]:
-    content, message_id = passage(messages, query)
+def item(
+    chat: ChatRecord,
+    messages: Sequence[MessageRecord],
+    query: str,
+    lowered: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    content, message_id = passage(messages, query, lowered)
     url = f"/c/{chat.id}" + (f"?{urlencode({'message': message_id})}" if message_id else "")
     return {
         "id": chat.id,
@@ -84,6 +98,15 @@ def matches(chat: ChatRecord, messages: Sequence[MessageRecord], query: str) -> 
     """Every word in the title or in the messages (the store matched one of them)."""
     text = " ".join([chat.title, *(m.content for m in messages)]).lower()
     return all(term in text for term in terms_of(query))
+
+
+def found(chat: ChatRecord, messages: Sequence[MessageRecord], query: str) -> dict[str, Any] | None:
+    """The chat's item if it `matches`, each message lowered once for both."""
+    lowered = [m.content.lower() for m in messages]
+    text = "\n".join([chat.title.lower(), *lowered])
+    if not all(term in text for term in terms_of(query)):
+        return None
+    return item(chat, messages, query, lowered)
 
 
 def ordered(chats: Sequence[ChatRecord], query: str) -> list[ChatRecord]:
