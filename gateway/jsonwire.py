@@ -45,6 +45,7 @@ holds the helpers to `json` on random values.
 from __future__ import annotations
 
 import json
+from copy import deepcopy
 from typing import Any
 
 import orjson
@@ -87,6 +88,28 @@ def body(value: Any) -> bytes:
         return orjson.dumps(value)
     except orjson.JSONEncodeError:
         return json.dumps(value).encode()
+
+
+def copy(value: Any) -> Any:
+    """A deep copy of a JSON value (a chat's history: what a client sent, what the
+    store read) through orjson, about a fiftieth of `copy.deepcopy`'s time on a
+    value of many small parts (a message field of 1.3 million empty lists, which
+    a probe sent: 1 s of the loop); `copy.deepcopy` for whatever orjson would not
+    give back as it was (an integer past 64 bits, a lone surrogate, a subclass, a
+    dataclass, a key that is no string, nesting past 254 levels)."""
+    try:
+        return orjson.loads(orjson.dumps(value, option=_EXACT))
+    except (orjson.JSONEncodeError, orjson.JSONDecodeError):
+        return deepcopy(value)
+
+
+# What orjson writes in its own way (a dataclass as an object, a str subclass as a
+# string…) refused instead, so `copy` leaves it to `deepcopy`.
+_EXACT = (
+    orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
 
 
 def loads(raw: str | bytes) -> Any:

@@ -13,11 +13,12 @@ which adds a turn's few messages to a history already consistent.
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
+
+from gateway import jsonwire
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -62,7 +63,7 @@ def normalize(history: Mapping[str, Any]) -> dict[str, Any]:
     for key, message in raw.items():
         if not isinstance(message, Mapping):
             raise TreeError(str(key), "must be an object")
-        copied = copy.deepcopy(dict(message))
+        copied = jsonwire.copy(dict(message))
         mid = copied.setdefault("id", key)
         if mid != key:
             raise TreeError(str(key), f"its id {mid!r} differs from its key")
@@ -101,7 +102,7 @@ def normalize(history: Mapping[str, Any]) -> dict[str, Any]:
         leaves = [mid for mid, m in messages.items() if not m["childrenIds"]]
         current = leaves[-1] if leaves else None
     extra = {
-        k: copy.deepcopy(v)
+        k: jsonwire.copy(v)
         for k, v in history.items()
         if k not in ("messages", "currentId", "current_id")
     }
@@ -151,7 +152,7 @@ def merge(stored: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any
         if not isinstance(fields, Mapping):
             raise TreeError(str(key), "must be an object")
         merged = dict(messages.get(key, {"id": key}))
-        merged.update(copy.deepcopy(dict(fields)))
+        merged.update(jsonwire.copy(dict(fields)))
         messages[key] = merged
     result: dict[str, Any] = {**base, "messages": messages}
     update_current = _current_of(update)
@@ -159,7 +160,7 @@ def merge(stored: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any
         result["currentId"] = update_current
     for key, value in update.items():
         if key not in ("messages", "currentId", "current_id"):
-            result[key] = copy.deepcopy(value)
+            result[key] = jsonwire.copy(value)
     return normalize(result)
 
 
@@ -175,7 +176,7 @@ def grow(
     (bench/RESULTS.md)."""
     messages = dict(history.get("messages") or {})
     for message in added:
-        copied = copy.deepcopy(dict(message))
+        copied = jsonwire.copy(dict(message))
         mid = copied.get("id")
         if not isinstance(mid, str) or not mid:
             raise TreeError(None, "a new message needs a string id")
@@ -268,7 +269,7 @@ def add_message(
     if parent_id is not None and parent_id not in base["messages"]:
         raise TreeError(mid, f"parent {parent_id!r} does not exist")
     base["messages"][mid] = {
-        **copy.deepcopy(dict(message)),
+        **jsonwire.copy(dict(message)),
         "parentId": parent_id,
         "childrenIds": [],
     }

@@ -172,3 +172,42 @@ def test_a_request_body_nested_past_writing_raises_as_json_does() -> None:
         nested = [nested]
     with pytest.raises(RecursionError):
         jsonwire.body(nested)
+
+
+def typed(value: Any) -> Any:
+    """`value` with each leaf's type beside it: 1 and 1.0 and True differ."""
+    if isinstance(value, dict):
+        return {(type(k).__name__, k): typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed(v) for v in value]
+    if isinstance(value, float) and value == 0:
+        return ("float", math.copysign(1, value))
+    return (type(value).__name__, value)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(BODIES)
+def test_a_copy_is_the_value_again_leaf_for_leaf(value: Any) -> None:
+    copied = jsonwire.copy(value)
+    assert typed(copied) == typed(value)
+    if isinstance(value, dict | list) and value:
+        assert copied is not value
+
+
+def test_a_copy_of_what_orjson_would_change_is_deepcopys() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Point:
+        x: int
+
+    class Name(str):
+        pass
+
+    for value in ({"p": Point(1)}, [Name("n")], {1: "int key"}, [2**70], ["\ud800"]):
+        copied = jsonwire.copy(value)
+        assert typed(copied) == typed(value) and copied is not value
+    nested: Any = []
+    for _ in range(300):  # past orjson's 254 levels
+        nested = [nested]
+    assert jsonwire.copy(nested) == nested
