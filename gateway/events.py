@@ -200,13 +200,18 @@ class WorkspaceEvent:
     type: str
     data: dict[str, Any] = field(default_factory=dict)
     origin: str = ""
-    # Its data's size (bytes of JSON), counted against an outbox's bound as a reply's
-    # text is: a reader that stops reading holds no more of a workspace's 1 MB
-    # events than of a reply.  Not sent between replicas: each one counts it.
+    # Its data as JSON text, written once for every member that gets it (the
+    # flavour's frames splice it in: `flavours/nadoo.py`), and its size, counted
+    # against an outbox's bound as a reply's text is: a reader that stops reading
+    # holds no more of a workspace's 1 MB events than of a reply.  Neither is sent
+    # between replicas: each one makes them.
+    data_json: str = field(init=False, repr=False, compare=False)
     size: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "size", len(jsonwire.body(self.data)))
+        written = jsonwire.dumps(self.data)
+        object.__setattr__(self, "data_json", written)
+        object.__setattr__(self, "size", len(written))
 
 
 # The events of one reply (each a `ReplyEvent`: chat_id, message_id, seq).

@@ -32,7 +32,7 @@ from gateway.events import (
 # Derived from the `Event` union: a new event class travels without being listed here.
 _TYPES: dict[str, type[Any]] = dict(EVENT_TYPES)
 _FIELDS: dict[type[Any], tuple[str, ...]] = {
-    # (Not a field made by the event itself: `WorkspaceEvent.size`.)
+    # (Not the fields made by the event itself: `WorkspaceEvent.size`, `data_json`.)
     cls: tuple(f.name for f in dataclasses.fields(cls) if f.init) for cls in _TYPES.values()
 }
 # A ReplyFinished whose text is too big travels without it (and without its

@@ -93,6 +93,28 @@ def frame(kind: str, now: float, fields: Mapping[str, Any] | None = None) -> str
     return jsonwire.dumps(shaped)
 
 
+def member_frame(event: WorkspaceEvent, now: float) -> str:
+    """A workspace member's frame as sent, with who sent it: `frame`'s text, its data
+    spliced in as the event wrote it once (`WorkspaceEvent.data_json`), not written
+    again for each member that gets it (a 1 MB frame to 20 members was 20 writes)."""
+    data = event.data
+    if "type" in data or "timestamp" in data or "user_id" in data:
+        return frame(event.type, now, {**data, "user_id": event.user_id})
+    inner = event.data_json[1:-1]
+    return "".join(
+        (
+            '{"type":',
+            jsonwire.string(event.type),
+            "," + inner if inner else "",
+            ',"user_id":',
+            jsonwire.string(event.user_id),
+            ',"timestamp":',
+            jsonwire.string(timestamp(now)),
+            "}",
+        )
+    )
+
+
 # -- client frames ----------------------------------------------------------------
 def _parse(text: str, now: float) -> dict[str, Any]:
     try:
@@ -307,8 +329,7 @@ class Encoder:
         if isinstance(event, UserJoined):
             return [frame("user_joined", now, {"user_id": event.user_id})]
         if isinstance(event, WorkspaceEvent):
-            # The member's frame as sent, with who sent it.
-            return [frame(event.type, now, {**event.data, "user_id": event.user_id})]
+            return [member_frame(event, now)]
         if isinstance(event, Notification):
             note = {"title": event.title, "body": event.body, "action_url": event.action_url}
             return [frame("notification", now, {"notification": note})]

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gateway.commands as commands
 import gateway.errors as errors
@@ -42,7 +44,6 @@ SERVER_FRAMES = "server_frames"
 
 # Nadoo's documentation shows whole seconds in UTC with a Z (docs/PROTOCOLS.md §4).
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -63,7 +64,6 @@ def exact(value: Any) -> str:
 def iso(now: float) -> str:
     # Computed here, not by the codec: whole seconds, truncated.
     return datetime.fromtimestamp(int(now), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 
 def encoder_for(vector: dict[str, Any]) -> nadoo.Encoder:
@@ -251,3 +251,31 @@ def test_server_frames(case: dict[str, Any]) -> None:
     assert text == wire(case["frame"])
     assert exact(json.loads(text)) == exact(case["frame"])
     assert next(iter(json.loads(text))) == "type"
+
+
+NOW = 1_700_000_000.25
+JSON_LEAVES = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+JSON_DATA = st.dictionaries(
+    st.sampled_from(["a", "b", "type", "timestamp", "user_id", "ü", "\u2028"])
+    | st.text(max_size=4),
+    st.recursive(
+        JSON_LEAVES,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+        max_leaves=8,
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(nadoo.WORKSPACE_EVENTS)), data=JSON_DATA, user=st.text(max_size=6)
+)
+def test_a_member_frame_spliced_is_the_frame_written_whole(
+    kind: str, data: dict[str, Any], user: str
+) -> None:
+    # The data's JSON is written once per event, for every member it goes to.
+    event = events.WorkspaceEvent("w", user, kind, data)
+    whole = nadoo.frame(kind, NOW, {**data, "user_id": user})
+    assert nadoo.member_frame(event, NOW) == whole
+    assert event.size == len(event.data_json) and json.loads(event.data_json) == data
