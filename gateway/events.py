@@ -201,10 +201,10 @@ class WorkspaceEvent:
     data: dict[str, Any] = field(default_factory=dict)
     origin: str = ""
     # Its data as JSON text, written once for every member that gets it (the
-    # flavour's frames splice it in: `flavours/nadoo.py`), and its size, counted
-    # against an outbox's bound as a reply's text is: a reader that stops reading
-    # holds no more of a workspace's 1 MB events than of a reply.  Neither is sent
-    # between replicas: each one makes them.
+    # flavour's frames splice it in: `flavours/nadoo.py`), and its size in
+    # characters, counted against an outbox's bound as a reply's text is: a reader
+    # that stops reading holds no more of a workspace's 1 MB events than of a
+    # reply.  Neither is sent between replicas: each one makes them.
     data_json: str = field(init=False, repr=False, compare=False)
     size: int = field(init=False, repr=False, compare=False)
 

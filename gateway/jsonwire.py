@@ -94,9 +94,12 @@ def copy(value: Any) -> Any:
     """A deep copy of a JSON value (a chat's history: what a client sent, what the
     store read) through orjson, about a fiftieth of `copy.deepcopy`'s time on a
     value of many small parts (a message field of 1.3 million empty lists, which
-    a probe sent: 1 s of the loop); `copy.deepcopy` for whatever orjson would not
-    give back as it was (an integer past 64 bits, a lone surrogate, a subclass, a
-    dataclass, a key that is no string, nesting past 254 levels)."""
+    a probe sent: 1 s of the loop); `copy.deepcopy` for what orjson refuses or
+    would write as something else (an integer past 64 bits, a lone surrogate, a
+    subclass, a dataclass, a key that is no string, nesting past 254 levels).
+    For JSON values only: what JSON cannot hold comes back as JSON would have it
+    (a tuple as a list, NaN as None), and no history holds that (clients' JSON
+    refuses NaN: `text.client_json`)."""
     try:
         return orjson.loads(orjson.dumps(value, option=_EXACT))
     except (orjson.JSONEncodeError, orjson.JSONDecodeError):

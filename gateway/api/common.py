@@ -12,10 +12,12 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import jsonwire
-from gateway.application.keys import AUTHENTICATOR
+from gateway.application.keys import AUTHENTICATOR, ORIGINS
 from gateway.edge import metrics
 from gateway.edge.auth import Principal, find_token
+from gateway.edge.origins import grant_stream
 from gateway.errors import (
+    CLIENT_GONE,
     AuthError,
     BadRequest,
     GatewayError,
@@ -199,21 +201,34 @@ async def json_array(
     """A JSON array written as its items come, each encoded alone: a list of whole
     chats (`/api/v1/chats/all`) is as big as everything a user has, and built in one
     piece it held the loop for seconds and the process's memory for gigabytes.  A
-    failure past the first item cuts the body (its client sees it broken, never a
-    shorter list that reads as whole)."""
+    failure before the first item is the route's error as usual; past it, the
+    status is sent already, so it is logged and the connection cut: its client
+    sees the body broken, never a shorter list that reads as whole."""
     kind = {"Content-Type": "application/json; charset=utf-8"}
     response = web.StreamResponse(headers={**kind, **(headers or {})})
+    # (The CORS middleware adds its headers only to a response not yet sent.)
+    grant_stream(request, response, request.app[ORIGINS])
     first = True
-    async for item in items:
+    try:
+        async for item in items:
+            chunk = jsonwire.dumps(item).encode()
+            if first:
+                await response.prepare(request)
+            await response.write((b"[" if first else b",") + chunk)
+            first = False
         if first:
-            await response.prepare(request)
-            await response.write(b"[")
+            return web.json_response([], headers=headers)
+        await response.write(b"]")
+        await response.write_eof()
+    except ConnectionError:
+        return web.Response(status=CLIENT_GONE) if first else response  # its client left
+    except Exception as exc:
+        if first:
+            raise  # nothing sent: the error middleware answers in the route's shape
+        if isinstance(exc, GatewayError):
+            log.warning("a streamed list was cut: %s", exc.message, extra={"path": request.path})
         else:
-            await response.write(b",")
-        await response.write(jsonwire.dumps(item).encode())
-        first = False
-    if first:
-        return web.json_response([], headers=headers)
-    await response.write(b"]")
-    await response.write_eof()
+            log.exception("a streamed list was cut", extra={"path": request.path})
+        if request.transport is not None:
+            request.transport.abort()
     return response

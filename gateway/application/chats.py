@@ -97,12 +97,12 @@ class Chats:
         )
         start = (max(1, page) - 1) * search.PAGE_SIZE
         items: list[dict[str, Any]] = []
-        read, cut = 0, False
+        read = 0
         for chat in search.ordered(found, query)[: search.MAX_CANDIDATES]:
-            if len(items) == start + search.PAGE_SIZE + 1:
-                break
-            if read >= search.MAX_READ_CHARS:
-                cut = True  # read enough for one search: what was found, more to ask for
+            # Past the read bound the search ends with what it found: a later page,
+            # which reads the same chats first, finds nothing more (so its client
+            # stops asking), as past the candidates' bound.
+            if len(items) == start + search.PAGE_SIZE + 1 or read >= search.MAX_READ_CHARS:
                 break
             messages = await self._store.get_messages(chat.id)
             size = sum(len(m.content) for m in messages)
@@ -114,7 +114,7 @@ class Chats:
             if hit is not None:
                 items.append(hit)
         page_items = items[start : start + search.PAGE_SIZE]
-        more = cut or len(items) > start + search.PAGE_SIZE
+        more = len(items) > start + search.PAGE_SIZE
         return {"items": page_items, "has_more": more, "scopes": [], "kinds": ["chat"]}
 
     async def shared(self, share_id: str) -> ChatRecord:

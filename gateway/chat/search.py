@@ -25,7 +25,7 @@ PAGE_SIZE = 24
 MAX_CANDIDATES = 500
 # Characters of messages one search reads at most: the candidates bound counts
 # chats, not their size (a probe's 40 chats of 4 MB cost 5 s of CPU a search).
-# Past it the search ends with what it found, `has_more` set.
+# Past it the search ends with what it found, as past MAX_CANDIDATES.
 MAX_READ_CHARS = 32 * 1024 * 1024
 # A chat of more is matched and excerpted in the off-loop thread (`offloop.py`).
 OFF_LOOP_CHARS = 256 * 1024

@@ -1,7 +1,7 @@
 """The sidebar search (`chat/search.py`, `Chats.search`): each message lowered once
 for the match and the excerpt (`found`, the same answer as `matches` then `item`),
 a big chat matched in the off-loop thread, and at most MAX_READ_CHARS of messages
-read by one search (then what it found, `has_more` set)."""
+read by one search (then what it found)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,18 @@ async def test_one_search_reads_a_bounded_amount(
         # A big chat is matched off the loop: the same answer.
         monkeypatch.setattr(search, "OFF_LOOP_CHARS", 1000)
         assert await found() == whole
-        # Two chats' worth read at most: the search ends there, and says there is more.
+        # Two chats' worth read at most: the search ends there with what it found, and
+        # a later page (which reads the same chats first) finds nothing more: a client
+        # paging while `has_more` stops.
         monkeypatch.setattr(search, "MAX_READ_CHARS", 2 * len(text))
         cut = await found()
-        assert len(cut["items"]) == 2 and cut["has_more"] is True  # type: ignore[arg-type]
+        assert len(cut["items"]) == 2 and cut["has_more"] is False  # type: ignore[arg-type]
+        monkeypatch.setattr(search, "PAGE_SIZE", 1)
+        assert (await found())["has_more"] is True
+        async with http.get(f"{served}/api/v1/search?q=moon&page=3") as resp:
+            assert await resp.json() == {
+                "items": [],
+                "has_more": False,
+                "scopes": [],
+                "kinds": ["chat"],
+            }
