@@ -12,6 +12,12 @@ from typing import Any, Literal
 
 # How RAGFlow sends an answer: the text so far in each chunk, or each delta.
 AnswerMode = Literal["cumulative", "delta"]
+# The longest id a client may name for what its commands carry: a reply's chat and
+# message (`chat/turns.py` `check_ids`), a Nadoo session or workspace in a socket's
+# path.  Open WebUI's are UUIDs, 36 characters.  Every event of a reply carries
+# its ids, and a session's room name travels with each on the bus: a probe's 1 MB
+# message id made one reply of 56 tokens cost 48 s of the loop over 16 streams.
+MAX_ID_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)

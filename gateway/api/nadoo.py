@@ -26,8 +26,8 @@ from gateway.api.common import principal_of
 from gateway.application.keys import REALTIME, REPLIES
 from gateway.application.realtime import Seat
 from gateway.application.replies import Replies, StopTarget
-from gateway.commands import Broadcast, Cancel, Ping, Resume, Say, Typing
-from gateway.errors import AuthError, Forbidden, GatewayError
+from gateway.commands import MAX_ID_CHARS, Broadcast, Cancel, Ping, Resume, Say, Typing
+from gateway.errors import AuthError, BadRequest, Forbidden, GatewayError
 from gateway.events import Event, UserJoined, UserLeft, UserTyping, WorkspaceEvent
 from gateway.flavours import nadoo
 from gateway.transports.websocket import Connection, serve
@@ -156,8 +156,17 @@ class WorkspaceEndpoint(_NadooEndpoint):
         conn.publish([self.room], UserLeft(self.room, conn.user_id, conn.id))
 
 
+def _path_id(request: web.Request, name: str) -> str:
+    """A session's or workspace's id from the path, at most MAX_ID_CHARS (400 past it,
+    before the upgrade)."""
+    value = request.match_info[name]
+    if len(value) > MAX_ID_CHARS:
+        raise BadRequest(f"{name} has at most {MAX_ID_CHARS} characters")
+    return value
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
-    endpoint = ChatEndpoint(request.app[REPLIES], request.match_info["session_id"])
+    endpoint = ChatEndpoint(request.app[REPLIES], _path_id(request, "session_id"))
     return await serve(request, endpoint, flavour="nadoo", reason_for=_reason)
 
 
@@ -167,7 +176,7 @@ async def notifications(request: web.Request) -> web.StreamResponse:
 
 
 async def workspaces(request: web.Request) -> web.StreamResponse:
-    endpoint = WorkspaceEndpoint(request.match_info["workspace_id"])
+    endpoint = WorkspaceEndpoint(_path_id(request, "workspace_id"))
     return await serve(request, endpoint, flavour="nadoo", reason_for=_reason)
 
 

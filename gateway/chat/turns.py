@@ -25,17 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.chat import tree
-from gateway.commands import Ask, ReplyTarget
+from gateway.commands import MAX_ID_CHARS, Ask, ReplyTarget
 from gateway.errors import BadRequest, Conflict
 
 # Fields of an old answer that a new answer into the same message drops.
 _STALE_REPLY_FIELDS = ("error", "usage", "cancelled", "output")
-# The longest chat or message id a client may name for a reply (Open WebUI's are
-# UUIDs, 36 characters).  Every event of the reply carries both, and the event
-# streams' cursors quote the message id at each event: a probe's 1 MB id made one
-# reply of 56 tokens cost 48 s of the loop over 16 streams.
-MAX_ID_CHARS = 256
-
 
 def check_ids(ask: Ask) -> None:
     """BadRequest for an id past MAX_ID_CHARS among those a reply carries or names."""

@@ -369,3 +369,16 @@ async def test_ws_stats_count_connections_sessions_and_users(start_gateway: Any)
             break
         await asyncio.sleep(0.05)
     assert (await get_json(f"{gw.url}/ws/stats", admin))["total_connections"] == 0
+
+
+@pytest.mark.parametrize("path", ["/ws/chat/", "/ws/workspaces/"])
+async def test_a_path_id_past_its_bound_is_refused_before_the_upgrade(
+    gateway: GatewayProcess, path: str
+) -> None:
+    # A session's id goes into its room's name, on every one of its events.
+    _, token = user()
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(ws_url(gateway, path + "s" * 257, token))
+    assert refused.value.response.status_code == 400
+    async with websockets.connect(ws_url(gateway, path + "s" * 256, token)) as ws:
+        assert ws.response is not None and ws.response.status_code == 101
