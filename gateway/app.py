@@ -21,7 +21,13 @@ from aiohttp.typedefs import Middleware
 from yarl import URL
 
 from gateway.api import health, nadoo, openai, streams, trace
-from gateway.api.common import Renderer, error_middleware, render_detail, render_openai
+from gateway.api.common import (
+    Renderer,
+    error_middleware,
+    plain_bodies,
+    render_detail,
+    render_openai,
+)
 from gateway.api.openwebui import auths, chats, completions, images, tasks, users, webapp
 from gateway.api.ragflow import http as ragflow
 from gateway.api.ragflow import ws as ragflow_ws
@@ -197,8 +203,9 @@ def _gateway_app(settings: Settings, outer: list[Middleware]) -> web.Application
             body_deadline(settings.request_body_timeout_s),
             origins.middleware(),
             error_middleware(ERROR_SHAPES, default=render_detail, base_path=settings.base_path),
-            # Inside the error middleware: its 403 comes in the route's own shape.
+            # Inside the error middleware: their 403 and 415 come in the route's own shape.
             origins.cookie_write_guard(),
+            plain_bodies,
         ],
     )
     app[SETTINGS] = settings

@@ -117,6 +117,9 @@ async def _opened(loaded: Loaded) -> web.AppRunner:
         # Also how long a new connection may take to send its request line and
         # headers: the timer runs from its start until a whole request is in.
         keepalive_timeout=settings.keepalive_timeout_s,
+        # Bodies as sent: a compressed one is refused 415, never inflated
+        # (`api/common.py` `plain_bodies`).
+        auto_decompress=False,
     )
     try:
         await runner.setup()

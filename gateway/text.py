@@ -66,10 +66,13 @@ def client_json(raw: str | bytes) -> Any:
     """JSON a client sent, parsed: `ValueError` for what is not JSON or is nested
     too deeply for the parser (Python's recursion limit, about 1,000 levels: no
     chat client nests a tenth of that), every string storable.  `NaN`,
-    `Infinity` and numbers past a double (`1e999`) are no JSON (Python's reader
-    takes them): relayed, they made a body a model server could not read."""
+    `Infinity`, numbers past a double (`1e999`) and integers past 64 bits are no
+    JSON here (Python's reader takes them): relayed, they made a body a model
+    server could not read."""
     try:
-        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+        value = json.loads(
+            raw, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_int64
+        )
     except RecursionError:
         raise ValueError("nested too deeply") from None
     # NUL and lone surrogates reach a string only through a \u escape (or, in
@@ -91,6 +94,19 @@ def client_json(raw: str | bytes) -> Any:
 
 def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
+
+
+def _int64(text: str) -> int:
+    # Past 64 bits no chat client writes a number (JavaScript's are exact to 2**53),
+    # no model server reads one, and orjson refuses them: one in a chat's history
+    # sent its copies back to `copy.deepcopy`, and 4,000 digits cost quadratic time
+    # to read and to write again.  Checked by length before it is read.
+    if len(text) > _INT64_CHARS or not -(2**63) <= (number := int(text)) < 2**64:
+        raise ValueError(f"the integer {text[:40]} is past 64 bits")
+    return number
+
+
+_INT64_CHARS = len(str(-(2**63)))  # 20
 
 
 def _finite_float(text: str) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -49,6 +49,22 @@ async def principal_of(request: web.Request) -> Principal:
     return await request.app[AUTHENTICATOR].authenticate(token)
 
 
+@web.middleware
+def plain_bodies(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """415 (in the route's error shape: place it inside the error middleware) for a body
+    sent compressed.  No client of the gateway's flavours compresses what it sends,
+    and decompressing was the costliest thing anyone could make a replica do without
+    signing in: a 1 MiB gzip body of 1 GiB held the loop 1.2 s before any route
+    refused it (the server reads bodies as sent: `auto_decompress=False`).  Not a
+    coroutine: no frame kept for a socket's life."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity") and request.body_exists:
+        raise UnsupportedMediaType(
+            f"Send the body uncompressed: Content-Encoding {encoding[:40]!r} is not accepted"
+        )
+    return handler(request)
+
+
 async def read_json(request: web.Request) -> Any:
     # Only a JSON type: text/plain, forms and multipart are what a page on another
     # site can send without a preflight (SECURITY.md, "Cross-site requests").  No
@@ -64,12 +80,9 @@ async def read_json(request: web.Request) -> Any:
         raise PayloadTooLarge(
             f"Request body is larger than {request.client_max_size} bytes"
         ) from None
-    except RequestPayloadError:
-        # A body its Content-Encoding does not decode (a "gzip" that is not).
-        encoding = (request.headers.get("Content-Encoding") or "none")[:40]
-        raise BadRequest(
-            f"Request body could not be decoded as its Content-Encoding says ({encoding})"
-        ) from None
+    except RequestPayloadError as exc:
+        # A body its framing does not hold (a chunk size that is no number…).
+        raise BadRequest(f"Request body could not be read: {str(exc)[:100]}") from None
     try:
         # No NUL or lone surrogate in any string: no store can hold them.
         return client_json(raw)
@@ -196,16 +209,22 @@ def prefix_hint(path: str, base_path: str = "") -> str:
 
 
 async def json_array(
-    request: web.Request, items: AsyncIterator[Any], *, headers: Mapping[str, str] | None = None
+    request: web.Request,
+    items: AsyncIterator[Any],
+    *,
+    inside: tuple[bytes, bytes] = (b"", b""),
 ) -> web.StreamResponse:
-    """A JSON array written as its items come, each encoded alone: a list of whole
-    chats (`/api/v1/chats/all`) is as big as everything a user has, and built in one
-    piece it held the loop for seconds and the process's memory for gigabytes.  A
-    failure before the first item is the route's error as usual; past it, the
-    status is sent already, so it is logged and the connection cut: its client
-    sees the body broken, never a shorter list that reads as whole."""
+    """A JSON array written as its items come, each encoded alone, between
+    `inside`'s two halves (RAGFlow's `{"code":0,"message":"","data":` and `}`): a
+    list of whole chats (`/api/v1/chats/all`, a RAGFlow assistant's sessions) is as
+    big as everything a user has, and built in one piece it held the loop for
+    seconds and the process's memory for gigabytes.  A failure before the first
+    item is the route's error as usual; past it, the status is sent already, so it
+    is logged and the connection cut: its client sees the body broken, never a
+    shorter list that reads as whole."""
+    before, after = inside
     kind = {"Content-Type": "application/json; charset=utf-8"}
-    response = web.StreamResponse(headers={**kind, **(headers or {})})
+    response = web.StreamResponse(headers=kind)
     # (The CORS middleware adds its headers only to a response not yet sent.)
     grant_stream(request, response, request.app[ORIGINS])
     first = True
@@ -214,11 +233,11 @@ async def json_array(
             chunk = jsonwire.dumps(item).encode()
             if first:
                 await response.prepare(request)
-            await response.write((b"[" if first else b",") + chunk)
+            await response.write((before + b"[" if first else b",") + chunk)
             first = False
         if first:
-            return web.json_response([], headers=headers)
-        await response.write(b"]")
+            return web.Response(body=before + b"[]" + after, headers=kind)
+        await response.write(b"]" + after)
         await response.write_eof()
     except ConnectionError:
         return web.Response(status=CLIENT_GONE) if first else response  # its client left

@@ -172,6 +172,9 @@ async def test_parameters_the_model_server_could_not_read_are_refused_in_openais
             "-Infinity is not JSON",
         ),
         ('{"model":"fake-model",' + question + ',"top_p":1e999}', "past a double"),
+        # Past 64 bits: no model server reads one, and 4,000 digits cost quadratic time.
+        ('{"model":"fake-model",' + question + ',"seed":18446744073709551616}', "past 64 bits"),
+        ('{"model":"fake-model",' + question + ',"seed":1' + "0" * 4000 + "}", "past 64 bits"),
         # The string "false" read as true.
         (
             '{"model":"fake-model","stream":true,'
