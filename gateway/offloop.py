@@ -25,3 +25,11 @@ _THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-offloop"
 async def run(work: Callable[..., T], *args: Any) -> T:
     """`work(*args)` in the off-loop thread, after what was handed to it before."""
     return await asyncio.get_running_loop().run_in_executor(_THREAD, work, *args)
+
+
+async def run_if(heavy: bool, work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)`: in the off-loop thread when `heavy` (past its caller's bound),
+    else at once on the loop, where a small piece costs less than the hop."""
+    if heavy:
+        return await run(work, *args)
+    return work(*args)

@@ -107,10 +107,9 @@ class Chats:
             messages = await self._store.get_messages(chat.id)
             size = sum(len(m.content) for m in messages)
             read += size
-            if size > search.OFF_LOOP_CHARS:
-                hit = await offloop.run(search.found, chat, messages, query)
-            else:
-                hit = search.found(chat, messages, query)
+            hit = await offloop.run_if(
+                size > search.OFF_LOOP_CHARS, search.found, chat, messages, query
+            )
             if hit is not None:
                 items.append(hit)
         page_items = items[start : start + search.PAGE_SIZE]

@@ -41,9 +41,7 @@ T = TypeVar("T")
 
 async def tree_work(size: int, work: Callable[..., T], *args: Any) -> T:
     """`work(*args)` on a tree of `size` messages: in a thread past `OFF_LOOP_MESSAGES`."""
-    if size > OFF_LOOP_MESSAGES:
-        return await offloop.run(work, *args)
-    return work(*args)
+    return await offloop.run_if(size > OFF_LOOP_MESSAGES, work, *args)
 
 
 async def shaped_history(chat: ChatRecord, records: list[MessageRecord]) -> dict[str, Any]:

@@ -94,14 +94,10 @@ def item(
     }
 
 
-def matches(chat: ChatRecord, messages: Sequence[MessageRecord], query: str) -> bool:
-    """Every word in the title or in the messages (the store matched one of them)."""
-    text = " ".join([chat.title, *(m.content for m in messages)]).lower()
-    return all(term in text for term in terms_of(query))
-
-
 def found(chat: ChatRecord, messages: Sequence[MessageRecord], query: str) -> dict[str, Any] | None:
-    """The chat's item if it `matches`, each message lowered once for both."""
+    """The chat's item if every word is in its title or its messages (the store
+    matched one of them), None if not; each message lowered once for the match and
+    the excerpt."""
     lowered = [m.content.lower() for m in messages]
     text = "\n".join([chat.title.lower(), *lowered])
     if not all(term in text for term in terms_of(query)):

@@ -53,9 +53,7 @@ def messages_of(rows: list[Row]) -> list[MessageRecord]:
 
 async def records_of(rows: list[Row]) -> list[MessageRecord]:
     """`messages_of`, in a thread past `OFF_LOOP_ROWS`."""
-    if len(rows) > OFF_LOOP_ROWS:
-        return await offloop.run(messages_of, rows)
-    return messages_of(rows)
+    return await offloop.run_if(len(rows) > OFF_LOOP_ROWS, messages_of, rows)
 
 
 def _message_fields(message: MessageRecord) -> tuple[Any, ...]:
