@@ -21,6 +21,7 @@ from gateway.bus import Locks
 from gateway.bus.memory import LocalLocks
 from gateway.chat import tree
 from gateway.chat.shapes import chat_extra, chat_response, history_of, message_record
+from gateway.commands import MAX_ID_CHARS
 from gateway.edge.auth import Principal
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.store import ChatStore
@@ -98,9 +99,36 @@ def _history_of_request(chat_obj: Mapping[str, Any]) -> dict[str, Any]:
     return dict(history) if isinstance(history, Mapping) else {"messages": {}, "currentId": None}
 
 
+def _check_ids(history: Mapping[str, Any]) -> None:
+    """BadRequest for a message id, `parentId` or `currentId` a client sends past
+    MAX_ID_CHARS: the bound a reply's ids have (`turns.check_ids`), so that no chat
+    is saved that a turn would then refuse, and no error echoes a megabyte id.
+    Histories already stored are read as they are."""
+    messages = history.get("messages")
+    named: list[Any] = [history.get("currentId"), history.get("current_id")]
+    if isinstance(messages, Mapping):
+        for key, message in messages.items():
+            named.append(key)
+            if isinstance(message, Mapping):
+                named += (message.get("id"), message.get("parentId"))
+    if any(isinstance(value, str) and len(value) > MAX_ID_CHARS for value in named):
+        raise BadRequest(f"A message id has at most {MAX_ID_CHARS} characters")
+
+
 def normalized(history: Mapping[str, Any]) -> dict[str, Any]:
+    """A new chat's history, checked (`_check_ids`, `tree.normalize`)."""
+    _check_ids(history)
     try:
         return tree.normalize(history)
+    except tree.TreeError as exc:
+        raise BadRequest(f"Inconsistent chat history: {exc}") from None
+
+
+def _merged_update(stored: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """The client's `update` checked (`_check_ids`) and merged into the stored tree."""
+    _check_ids(update)
+    try:
+        return tree.merge(stored, update)
     except tree.TreeError as exc:
         raise BadRequest(f"Inconsistent chat history: {exc}") from None
 
@@ -355,10 +383,7 @@ class ChatBook:
 
     @staticmethod
     async def _merged(stored: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-        try:
-            return await tree_work(_size(stored), tree.merge, stored, update)
-        except tree.TreeError as exc:
-            raise BadRequest(f"Inconsistent chat history: {exc}") from None
+        return await tree_work(_size(stored) + _size(update), _merged_update, stored, update)
 
     async def set_params(self, chat: ChatRecord, params: dict[str, Any]) -> ChatRecord:
         """The chat's model parameters merged with `params` (`extra.params`), read and

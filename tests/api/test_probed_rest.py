@@ -578,6 +578,42 @@ async def test_the_ids_a_reply_carries_are_bounded(gateway: GatewayProcess) -> N
         await sock.close()
 
 
+async def test_the_ids_a_saved_chat_names_are_bounded(gateway: GatewayProcess) -> None:
+    """A chat saved with a message id past 256 characters would be refused at its
+    next turn (the test above); it is refused when saved, and the error does not
+    echo the id. Every way a client saves a history: new, update, one message."""
+    token = new_user("rest-saved-long-ids")
+    long_id = "m" * 257
+    new_url = f"{gateway.url}{CHATS}/new"
+    for messages, current in (
+        ([message(long_id, None, "hi")], long_id),
+        ([message("q", long_id, "hi")], "q"),  # a parent that does not exist either
+        ([message("q", None, "hi")], long_id),
+    ):
+        history = {"currentId": current, "messages": {m["id"]: m for m in messages}}
+        refused = await call("POST", new_url, token, {"chat": {"history": history}})
+        assert refused.status == 400 and "256" in refused.body["detail"], refused
+        assert long_id not in refused.text
+    flat = {"chat": {"messages": [{"id": long_id, "role": "user", "content": "hi"}]}}
+    refused = await call("POST", new_url, token, flat)
+    assert refused.status == 400 and "256" in refused.body["detail"], refused
+
+    chat_id = await new_chat(gateway, token, [message("q", None, "hi")], "q")
+    update = {"history": {"messages": {long_id: message(long_id, "q", "there")}}}
+    refused = await call("POST", f"{gateway.url}{CHATS}/{chat_id}", token, {"chat": update})
+    assert refused.status == 400 and "256" in refused.body["detail"], refused
+    one = f"{gateway.url}{CHATS}/{chat_id}/messages/{long_id}"
+    refused = await call("POST", one, token, {"role": "user", "content": "there"})
+    assert refused.status == 400 and "256" in refused.body["detail"], refused
+
+    fits = "m" * 256
+    update = {"history": {"messages": {fits: message(fits, "q", "there")}, "currentId": fits}}
+    saved = await call("POST", f"{gateway.url}{CHATS}/{chat_id}", token, {"chat": update})
+    assert saved.status == 200, saved
+    chat = await get_json(f"{gateway.url}{CHATS}/{chat_id}", token)
+    assert set(chat["chat"]["history"]["messages"]) == {"q", fits}
+
+
 async def test_an_admin_lets_a_pending_user_in(start_gateway: Any) -> None:
     # Refused while pending, nothing could change a role: the account was dead.
     gw: GatewayProcess = start_gateway({"GATEWAY_ACCESS_RECHECK_S": "0.2"})
