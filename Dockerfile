@@ -3,10 +3,22 @@
 # DATABASE_URL (PostgreSQL) and WEBSOCKET_MANAGER=redis; see docker-compose.yml.
 FROM python:3.11-slim
 
+# The runtime dependencies exactly as uv.lock says (--locked: a lock that no
+# longer matches pyproject.toml stops the build), installed by the uv that made
+# the lock (scripts/lib.sh's UV_VERSION; tests/test_image.py keeps the two
+# equal and runs this install on loopback). No extras: nothing of the tests'.
+# uv uses the image's Python and never downloads one.
+ARG UV_VERSION=0.13.9
+ENV UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy
+RUN pip install --no-cache-dir --only-binary=:all: "uv==${UV_VERSION}"
+
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml uv.lock README.md ./
 COPY gateway ./gateway
-RUN pip install --no-cache-dir .
+RUN uv sync --locked --no-editable --no-cache --python /usr/local/bin/python3
+ENV PATH="/app/.venv/bin:${PATH}"
 
 ENV GATEWAY_HOST=0.0.0.0 \
     GATEWAY_PORT=8080 \

@@ -123,7 +123,7 @@ def test_the_replicas_believe_nginx_on_the_compose_network(config: dict[str, Any
 def test_the_image_runs_the_gateway() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "\nFROM python:3.11" in dockerfile
-    assert "RUN pip install --no-cache-dir ." in dockerfile
+    assert "RUN uv sync --locked" in dockerfile  # tests/test_image.py runs it
     assert 'CMD ["gateway", "serve"]' in dockerfile and "EXPOSE 8080" in dockerfile
     # A model server is one uncommented block away.
     assert "# ollama:" in (ROOT / "docker-compose.yml").read_text()
