@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.errors import RateLimited
+from gateway.errors import PeerError, RateLimited
 
 # Records per table (accounts, addresses): 300 bytes and the key each, so the two
 # tables hold 50 MB at most (keys cut to MAX_KEY_CHARS), about 30 MB with real e-mails.
@@ -200,13 +200,21 @@ class SignInAttempt:
         self._throttle.addresses.end(self._address, failed=False)
 
 
+# A connection that sends more than this many times its burst past its rate within
+# one second is flooding, not typing fast: its frames cost the loop their reading
+# whether or not they are handled (a probe's 100,000 empty pings a second held
+# every other client's replies for 0.6 s at a time), so it is cut off.
+FLOOD_BURSTS = 10
+
+
 class MessageRate:
     """Messages from one connection, a token bucket: `per_s` a second on average,
     bursts of up to `2 × per_s`; None for no limit.  `allow()` says whether this
     message may be handled; `tell()` whether to say so to the client (at most
-    once a second, so the refusals cannot become a flood of their own)."""
+    once a second, so the refusals cannot become a flood of their own);
+    `flooding()` whether the connection is to be cut off (`FLOOD_BURSTS`)."""
 
-    __slots__ = ("_burst", "_clock", "_last", "_per_s", "_tokens", "_told")
+    __slots__ = ("_burst", "_clock", "_last", "_per_s", "_refused", "_since", "_tokens", "_told")
 
     def __init__(self, per_s: float | None, clock: Callable[[], float] = time.monotonic) -> None:
         self._per_s = per_s
@@ -215,6 +223,9 @@ class MessageRate:
         self._last = clock()
         self._told = -math.inf
         self._clock = clock
+        # Refused since `_since`, a window of a second at most.
+        self._refused = 0
+        self._since = -math.inf
 
     def allow(self) -> bool:
         if self._per_s is None:
@@ -225,7 +236,14 @@ class MessageRate:
         if self._tokens >= 1:
             self._tokens -= 1
             return True
+        if now - self._since >= 1.0:
+            self._since, self._refused = now, 0
+        self._refused += 1
         return False
+
+    def flooding(self) -> bool:
+        """More than FLOOD_BURSTS × the burst refused within a second."""
+        return self._per_s is not None and self._refused > FLOOD_BURSTS * self._burst
 
     def tell(self) -> bool:
         now = self._clock()
@@ -239,4 +257,11 @@ class MessageRate:
             f"Too many messages: at most {self._per_s:g} a second on one connection; "
             "this one was dropped",
             retry_after_s=1,
+        )
+
+    def flood_error(self) -> PeerError:
+        """Why a flooding connection is cut off (1008 on a WebSocket)."""
+        return PeerError(
+            f"Too many messages: over {FLOOD_BURSTS * self._burst:g} in a second past the "
+            f"rate of {self._per_s:g} a second; the connection is closed"
         )

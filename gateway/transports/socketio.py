@@ -93,6 +93,7 @@ class SocketIOTransport:
             # Polling only: the handshake offers no upgrade a client would then try.
             allow_upgrades=settings.enable_websocket_support,
             max_http_buffer_size=settings.max_frame_bytes,
+            frames_per_s=settings.max_messages_per_s,
             # Not False: that would write tracebacks past the gateway's log format.
             logger=library_logger("socketio.server"),
             engineio_logger=library_logger("engineio.server"),

@@ -54,10 +54,12 @@ from typing import Any
 
 import engineio
 import socketio
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from aiohttp.web_protocol import RequestPayloadError
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 
+from gateway.edge.connections import EveryInterval
+from gateway.edge.throttle import MessageRate
 from gateway.errors import CLIENT_GONE
 from gateway.transports.due import DueQueue
 from gateway.transports.socketio_queue import MAX_QUEUED_PACKETS, PacketQueue
@@ -78,6 +80,12 @@ RESERVED = frozenset(
 # one, so a few are read, all of them within the packet bound (`max_frame_bytes`).
 MAX_ATTACHMENTS = 16
 
+# Frames read one after another before the loop gets a turn (as the raw
+# WebSocket transport's `_read`).
+FRAMES_PER_TURN = 64
+
+_flooding = EveryInterval(log)
+
 # OPEN, CLOSE, PING, PONG, MESSAGE, UPGRADE, NOOP.
 ENGINEIO_TYPES = frozenset(range(len(engineio.packet.packet_names)))
 
@@ -89,7 +97,7 @@ class _CheckedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
     async def __call__(self, environ: Any) -> Any:
         sock = getattr(self.handler, "__self__", None)
         try:
-            return await super().__call__(environ)
+            return await self._serve(environ)
         except ConnectionError:
             if getattr(self, "environ", None) is not None:
                 raise  # (past the handshake: Engine.IO's own to handle)
@@ -114,8 +122,47 @@ class _CheckedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             if sock is not None:
                 _upgrade_given_up(sock)
 
+    async def _serve(self, environ: Any) -> Any:
+        """The driver's own `__call__`, but pings are not answered by aiohttp: no
+        Engine.IO client sends one (its pings are packets), and aiohttp answered
+        each at once, with no bound and no turn for the loop (a probe's 100,000
+        in one write: 1 s in which no other client got anything)."""
+        self._sock = web.WebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size, autoping=False
+        )
+        self._read = 0
+        self._rate: MessageRate | None = None
+        await self._sock.prepare(environ["aiohttp.request"])
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
+
     async def wait(self) -> Any:
-        data = await super().wait()
+        """The next frame's data, as the driver's `wait`, and an Engine.IO packet.
+        Frames already buffered come without a wait: the loop gets a turn every
+        FRAMES_PER_TURN. A WebSocket ping is answered within the connection's
+        message rate (`frames_per_s`); far past it the session ends as a broken
+        transport would (`MessageRate.flooding`)."""
+        while True:
+            msg = await self._sock.receive()
+            self._read += 1
+            if self._read == FRAMES_PER_TURN:
+                self._read = 0
+                await asyncio.sleep(0)
+            if msg.type not in (WSMsgType.PING, WSMsgType.PONG):
+                break
+            if self._rate is None:
+                self._rate = MessageRate(self.server.frames_per_s)
+            if not self._rate.allow():
+                if self._rate.flooding():
+                    _flooding.note("engine.io websocket closed: flooding pings")
+                    raise OSError("flooding pings")
+                continue
+            if msg.type is WSMsgType.PING:
+                await self._sock.pong(msg.data)
+        data = msg.data
+        if not isinstance(data, str | bytes):
+            raise OSError()  # (the driver's own: a close, an error)
         try:
             known = engineio.packet.Packet(encoded_packet=data).packet_type in ENGINEIO_TYPES
         except Exception as exc:
@@ -149,6 +196,8 @@ def _upgrade_given_up(sock: Any) -> bool:
 class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # A websocket's pings a second (`_CheckedWebSocket.wait`); `GuardedServer`'s.
+        self.frames_per_s: float | None = None
         # The driver's table is shared by every server of the process: a copy.
         table: dict[str, Any] = getattr(self, "_async")  # noqa: B009 (untyped library)
         self._async = {**table, "websocket": _CheckedWebSocket}
@@ -314,9 +363,12 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
     """`socketio.AsyncServer` that drops a packet it cannot make sense of (an event
     that asked for an ack gets an empty one)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, frames_per_s: float | None = None, **kwargs: Any) -> None:
+        """`frames_per_s`: a websocket's pings answered a second (None: no bound);
+        far past it, its session ends (`_CheckedWebSocket.wait`)."""
         super().__init__(*args, **kwargs)
         self.packet_class = _Packet
+        self.eio.frames_per_s = frames_per_s
 
     def _engineio_server_class(self) -> type:
         return _EngineIOServer

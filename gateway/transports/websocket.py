@@ -23,7 +23,10 @@ A connection's life, the same for every flavour::
                 endpoints that carry replies); a client that stops reading
                 until the outbox overflows, or takes nothing for
                 `stalled_client_s`, is closed 1013 (it may reconnect)
-    limits      a frame over `max_frame_bytes` is closed 1009 by aiohttp; a ping
+    limits      every frame (pings and pongs too) counts against the connection's
+                message rate; one past it is dropped, and a connection that
+                floods far past it is cut off (1008, `MessageRate.flooding`); a
+                frame over `max_frame_bytes` is closed 1009 by aiohttp; a ping
                 every `PING_INTERVAL_S` keeps proxies' idle timers (nginx: 60 s)
                 fed, and a client that does not answer it is cut
                 (`websocket_pings.py`, one timer for every socket)
@@ -51,6 +54,7 @@ from gateway.application.keys import ORIGINS, REALTIME, SETTINGS
 from gateway.application.realtime import Attach, Attached, Realtime
 from gateway.edge import access
 from gateway.edge.auth import find_token
+from gateway.edge.connections import EveryInterval
 from gateway.edge.proxy import upgrade_required
 from gateway.edge.throttle import MessageRate
 from gateway.errors import (
@@ -346,29 +350,47 @@ async def _closed(conn: Connection) -> None:
     conn.phase = Phase.CLOSED
 
 
+# Frames read one after another before the loop gets a turn: frames already
+# buffered come from `receive()` without a wait, and a flood of tiny ones (a
+# probe's 100,000 empty pings in one write) was read in one go, 0.2–0.8 s in
+# which no other client got anything.
+FRAMES_PER_TURN = 64
+
+_flooding = EveryInterval(log)
+
+
 async def _read(conn: Connection) -> None:
     endpoint = conn.endpoint
+    read = 0
     # `receive()` itself rather than `async for`: the iterator's frame would be
     # kept for the socket's life (about 0.2 KB).
     while True:
         conn.busy = False
         if (msg := await conn.ws.receive()).type in _ENDS:
             return
+        read += 1
+        if read == FRAMES_PER_TURN:
+            read = 0
+            await asyncio.sleep(0)
         if conn.phase is not Phase.OPEN:
             continue  # closing (access ended, too slow): read to the close, nothing done
         conn.busy = True  # (a pong behind this frame waits: `websocket_pings.py`)
         conn.unanswered = False  # heard from
+        # Every frame counts, pings and pongs too: each costs its reading.
+        if not conn.rate.allow():
+            if conn.rate.flooding():
+                _flooding.note("websocket closed: flooding frames (%s)", conn.request.path)
+                conn.closing(_cut_off(conn, conn.rate.flood_error()))
+            elif msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and conn.rate.tell():
+                # Dropped; said at most once a second, in the flavour's own error
+                # (a ping past the rate: unanswered).
+                for frame in endpoint.failed(conn.rate.error()):
+                    await conn.send(frame)
+            continue
         if msg.type is WSMsgType.PONG:
             continue
         if msg.type is WSMsgType.PING:
-            if conn.rate.allow():  # one past the rate: dropped, unanswered
-                await conn.ws.pong(msg.data)
-            continue
-        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not conn.rate.allow():
-            # Dropped; said at most once a second, in the flavour's own error.
-            if conn.rate.tell():
-                for frame in endpoint.failed(conn.rate.error()):
-                    await conn.send(frame)
+            await conn.ws.pong(msg.data)
             continue
         if msg.type == WSMsgType.TEXT:
             try:
