@@ -126,3 +126,61 @@ async def test_what_the_app_asks_about_features_it_does_not_have(gateway: Gatewa
     token = make_token("pic-features")
     assert await get_json(f"{gateway.url}/api/v1/channels/", token) == []
     assert await get_json(f"{gateway.url}/ollama/api/version", token) == {"version": False}
+
+
+async def test_a_picture_is_decoded_once_and_revalidated_by_its_etag(
+    gateway: GatewayProcess,
+) -> None:
+    """A browser that has the picture gets 304 and no body; a new upload is a new
+    ETag, and the old one gets the new picture."""
+    user_id = f"pic-{uuid.uuid4().hex[:8]}"
+    token = make_token(user_id, name="Grace Hopper")
+    auth = {"Authorization": f"Bearer {token}"}
+    picture = f"{gateway.url}/api/v1/users/{user_id}/profile/image"
+    other = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64  # (served as stored)
+    async with aiohttp.ClientSession() as http:
+        for body in (PNG, other):
+            url = "data:image/png;base64," + base64.b64encode(body).decode()
+            update = f"{gateway.url}/api/v1/auths/update/profile"
+            async with http.post(update, json={"profile_image_url": url}, headers=auth) as resp:
+                assert resp.status == 200
+            async with http.get(picture, headers=auth) as resp:
+                assert resp.status == 200 and await resp.read() == body
+                etag = resp.headers["ETag"]
+            for asked in (etag, f"W/{etag}", f'"x", {etag}', "*"):
+                async with http.get(picture, headers={**auth, "If-None-Match": asked}) as resp:
+                    assert resp.status == 304 and await resp.read() == b"", asked
+                    assert (
+                        resp.headers["ETag"] == etag and "max-age" in resp.headers["Cache-Control"]
+                    )
+            if body is PNG:
+                first = etag
+        assert first != etag
+        async with http.get(picture, headers={**auth, "If-None-Match": first}) as resp:
+            assert resp.status == 200 and await resp.read() == other
+        # A badge of initials has one too.
+        badge = f"{gateway.url}/api/v1/models/model/profile/image?id=fake-model"
+        async with http.get(badge, headers=auth) as resp:
+            etag = resp.headers["ETag"]
+        async with http.get(badge, headers={**auth, "If-None-Match": etag}) as resp:
+            assert resp.status == 304
+
+
+async def test_the_decoded_pictures_are_kept_within_their_bound() -> None:
+    from gateway.api.openwebui.images import Pictures
+
+    def data_url(body: bytes) -> str:
+        return "data:image/png;base64," + base64.b64encode(body).decode()
+
+    pictures = Pictures(max_bytes=3 * (len(data_url(PNG * 40)) + len(PNG * 40)))
+    first = await pictures.get("a", data_url(PNG * 40))
+    assert first is not None and first.body == PNG * 40
+    assert await pictures.get("a", data_url(PNG * 40)) is first  # decoded once
+    changed = await pictures.get("a", data_url(PNG * 41))
+    assert changed is not None and changed is not first and changed.etag != first.etag
+    assert await pictures.get("b", "https://elsewhere.example/x.png") is None
+    for user in ("b", "c", "d"):  # three more: "a", the least recently asked for, goes
+        await pictures.get(user, data_url(PNG * 40))
+    kept = await pictures.get("b", data_url(PNG * 40))
+    assert kept is not None and await pictures.get("b", data_url(PNG * 40)) is kept
+    assert await pictures.get("a", data_url(PNG * 41)) is not changed  # decoded again
