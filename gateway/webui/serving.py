@@ -13,7 +13,8 @@ A middleware, innermost: a path any route of the gateway answers (`/api/…`, `/
 `/ws/socket.io`, …) never reaches the files, and a path under those roots that
 no route answers stays the flavour's own 404 (or 405), as without the app.  The
 build's file names are listed once at start, so finding a file costs no disk
-access, and a name not in the list is never opened (no path can climb out);
+access, and a name not in the list is never opened (no path can climb out, nor
+a link in the build lead out of it);
 files go out with aiohttp's FileResponse (sendfile, or a thread: the event loop
 never waits on the disk), with ETag and Last-Modified.
 
@@ -51,6 +52,15 @@ _ROUTE_ROOTS = frozenset(
 _NEVER_CACHED = frozenset({"index.html", "_app/version.json", "manifest.json"})
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """A file of the build, a link to another file of it too; never one whose link
+    leads out of the build (a build is unpacked from a wheel, which has no links:
+    one there was put there after)."""
+    if not path.is_file():
+        return False
+    return path.resolve().is_relative_to(root)
+
+
 @dataclass(frozen=True)
 class WebApp:
     """An installed build: its directory and the files in it (relative POSIX paths)."""
@@ -70,7 +80,7 @@ class WebApp:
             return None
         root = app.frontend.resolve()
         files = frozenset(
-            path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()
+            path.relative_to(root).as_posix() for path in root.rglob("*") if _inside(path, root)
         )
         return cls(app.version, root, files)
 

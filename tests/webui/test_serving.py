@@ -185,3 +185,17 @@ def test_a_broken_install_is_logged_and_not_served(
     status, _, body = get(gateway.url + "/")
     assert status == 200 and "not installed" in json.loads(body)["web_app"]
     assert "web app not served" in gateway.log() and "has no index.html" in gateway.log()
+
+
+def test_a_link_in_the_build_that_leads_out_of_it_is_not_served(tmp_path: Path) -> None:
+    from gateway.webui.serving import WebApp
+
+    lay_out(tmp_path)
+    frontend = tmp_path / "webui" / "0.12.4" / "frontend"
+    (tmp_path / "secret.txt").write_text("outside the build")
+    (frontend / "static" / "out.txt").symlink_to(tmp_path / "secret.txt")
+    (frontend / "static" / "same.html").symlink_to(frontend / "index.html")
+    app = WebApp.find(tmp_path)
+    assert app is not None
+    assert "static/same.html" in app.files and "index.html" in app.files
+    assert "static/out.txt" not in app.files
