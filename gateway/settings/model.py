@@ -276,8 +276,10 @@ class Settings(BaseModel):
         20,
         gt=0,
         description="messages a second one connection may send (WebSocket frames, "
-        "pings among them, and Socket.IO events), in bursts of twice that; more are "
-        "dropped with an error (a ping, unanswered); empty for no limit",
+        "pings and pongs among them, and Socket.IO events), in bursts of twice that; "
+        "more are dropped with an error (a ping, unanswered), and a WebSocket sending "
+        "over ten bursts past it within a second is cut off (raw: close 1008; "
+        "Socket.IO's: its session ends); empty for no limit",
     )
     shutdown_grace_s: float = Field(
         30.0,
@@ -293,7 +295,8 @@ class Settings(BaseModel):
     max_frame_bytes: int = Field(
         1024 * 1024,
         ge=1024,
-        description="bytes of one WebSocket frame or Socket.IO packet from a client, ≥ 1024",
+        description="bytes of one WebSocket frame or Socket.IO packet from a client (a "
+        "Socket.IO packet's text is read only up to 64 Ki characters, LIMITS.md), ≥ 1024",
     )
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], forms.Upper] = (
         Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL")

@@ -58,16 +58,22 @@ class PacketQueue:
     long-poll request); more are served in turn, and a cancelled `get` (a poll
     that timed out) takes nothing."""
 
-    __slots__ = ("_getters", "_items", "_joiners", "_unfinished")
+    __slots__ = ("_bytes", "_getters", "_items", "_joiners", "_unfinished")
 
     def __init__(self) -> None:
         self._items: deque[Any] | tuple[()] = ()
         self._getters: list[asyncio.Future[None]] | None = None
         self._joiners: list[asyncio.Future[None]] | None = None
         self._unfinished = 0
+        self._bytes = 0
 
     def qsize(self) -> int:
         return len(self._items)
+
+    @property
+    def held_bytes(self) -> int:
+        """The length of the packets' data queued (characters of text, bytes of binary)."""
+        return self._bytes
 
     def empty(self) -> bool:
         return not self._items
@@ -80,6 +86,7 @@ class PacketQueue:
         if not isinstance(items, deque):
             items = self._items = deque()
         items.append(item)
+        self._bytes += _size(item)
         self._unfinished += 1
         if self._getters:
             _wake_one(self._getters)
@@ -95,6 +102,9 @@ class PacketQueue:
         item = items.popleft()
         if not items:
             self._items = ()
+            self._bytes = 0
+        else:
+            self._bytes -= _size(item)
         return item
 
     async def get(self) -> Any:
@@ -140,6 +150,11 @@ class PacketQueue:
             if self._joiners is not None:
                 with contextlib.suppress(ValueError):
                     self._joiners.remove(joiner)
+
+
+def _size(packet: Any) -> int:
+    data = getattr(packet, "data", None)
+    return len(data) if isinstance(data, str | bytes) else 0
 
 
 def _wake_one(getters: list[asyncio.Future[None]]) -> None:

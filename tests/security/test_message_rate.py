@@ -138,7 +138,7 @@ async def test_a_socketio_websocket_flooding_pings_is_ended(throttled: GatewayPr
             with pytest.raises(websockets.ConnectionClosed):
                 while True:
                     await asyncio.wait_for(ws.recv(), 10)
-        assert "engine.io websocket closed: flooding pings" in throttled.log()
+        assert "engine.io websocket closed: flooding frames" in throttled.log()
         signal = {"chat_id": "nope", "data": {"type": "leave"}}
         assert await sock.client.call("events:chat", signal, timeout=5) is True
     finally:
