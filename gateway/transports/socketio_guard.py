@@ -486,16 +486,14 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
         if eio_sid in pending and not isinstance(data, bytes):
             # Attachments come as binary frames: a text packet means the client
             # will not send them; what it sends now is read as itself.
-            del pending[eio_sid]
-            log.debug("socket.io packet refused: a binary packet without its attachments")
+            await self._refuse_pending(eio_sid, "a binary packet without its attachments")
         elif eio_sid in pending:
             # A packet and its attachments are one packet: bounded as one (LIMITS.md),
             # not each frame alone (a packet announcing 100,000 attachments of 1 MiB
             # held them all until its socket closed).
             held = sum(map(len, pending[eio_sid].attachments)) + len(data)
             if held > self.eio.max_http_buffer_size:
-                del pending[eio_sid]
-                log.debug("socket.io packet refused: its attachments past the packet bound")
+                await self._refuse_pending(eio_sid, "its attachments past the packet bound")
                 return
         try:
             await super()._handle_eio_message(eio_sid, data)
@@ -508,8 +506,19 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
         if awaiting is not None and not 0 < awaiting.attachment_count <= MAX_ATTACHMENTS:
             # A binary packet that announces no attachment would wait for ever; one
             # that announces more than any event of ours carries is refused at once.
-            del pending[eio_sid]
-            log.debug("socket.io packet refused: %d attachments", awaiting.attachment_count)
+            await self._refuse_pending(eio_sid, f"{awaiting.attachment_count} attachments")
+
+    async def _refuse_pending(self, eio_sid: str, why: str) -> None:
+        """The binary packet awaiting its attachments forgotten; an event that asked
+        for an ack gets an empty one, as any event refused (its callback would
+        wait for ever)."""
+        refused = self._binary_packet.pop(eio_sid)
+        log.debug("socket.io packet refused: %s", why)
+        if refused.packet_type == socketio.packet.BINARY_EVENT and refused.id is not None:
+            ack = self.packet_class(
+                socketio.packet.ACK, namespace=refused.namespace or "/", data=[], id=refused.id
+            )
+            await self._send_packet(eio_sid, ack)
 
     async def _too_long(self, eio_sid: str, data: str) -> None:
         """A packet past MAX_PACKET_CHARS, not decoded: an event that asked for an

@@ -19,6 +19,10 @@ gateway with raw clients, none needing a token, each with what the code did befo
     an upgrade websocket that never sends its probe
         was: kept open for ever, a connection of the address's 64 and the process's
         now: closed after the ping timeout
+    a binary event with an ack id, refused (too many attachments announced, or
+    its attachments never sent)
+        was: no ack: the client's callback waited for ever
+        now: an empty ack, as for any event refused
     a flood of Engine.IO packets on its websocket (UPGRADE, each answered)
         was: every one answered, 47.8 s of CPU in 42 s from one socket
         now: every frame counts; far past the rate the session ends
@@ -150,3 +154,22 @@ async def test_a_flood_of_engineio_packets_ends_the_session(start_gateway: Any) 
             while True:
                 await asyncio.wait_for(ws.recv(), 10)
     assert "engine.io websocket closed: flooding frames" in gateway.log()
+
+
+async def test_a_refused_binary_event_that_asked_for_an_ack_gets_one(
+    gateway: GatewayProcess,
+) -> None:
+    url = gateway.url.replace("http", "ws", 1) + "/ws/socket.io/?EIO=4&transport=websocket"
+    placeholder = '{"_placeholder":true,"num":0}'
+    async with websockets.connect(url) as ws:
+        assert str(await ws.recv()).startswith("0{")
+        await ws.send("40")
+        assert str(await ws.recv()).startswith("40")
+        # More attachments announced than any event carries: refused at once.
+        await ws.send(f'4517-1["x",{placeholder}]')
+        assert await asyncio.wait_for(ws.recv(), 5) == "431[]"
+        # Its attachments never come: a text packet next.
+        await ws.send(f'451-2["x",{placeholder}]')
+        await ws.send('423["heartbeat"]')
+        assert await asyncio.wait_for(ws.recv(), 5) == "432[]"
+        assert await asyncio.wait_for(ws.recv(), 5) == "433[]"  # the next event, as itself
