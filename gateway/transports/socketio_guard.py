@@ -114,7 +114,10 @@ MAX_NAMESPACE_CHARS = 128
 # What a session may hold unread in its queue before it is ended: the gateway's own
 # events wait in the outbox past MAX_QUEUED_PACKETS (`socketio_queue.has_room`), but
 # what a client provokes (a refused CONNECT, an ack, a NOOP for each UPGRADE) was
-# queued whether or not it read any of it (a probe's unread answers: 850 MB).
+# queued whether or not it read any of it (a probe's unread answers: 850 MB).  The
+# bytes count once it holds more than the gateway's own events may fill (a reply's
+# last event carries its whole text): what a client provokes is no longer than
+# what it sent (MAX_PACKET_CHARS).
 MAX_HELD_PACKETS = 256
 MAX_HELD_BYTES = 4 * 1024 * 1024
 
@@ -326,8 +329,10 @@ class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
         answers without reading them held them all, for as long as it sent a
         pong now and then)."""
         queue = self.queue
+        held = queue.qsize()
         if not self.closed and (
-            queue.qsize() >= MAX_HELD_PACKETS or queue.held_bytes >= MAX_HELD_BYTES
+            held >= MAX_HELD_PACKETS
+            or (held > 2 * MAX_QUEUED_PACKETS and queue.held_bytes >= MAX_HELD_BYTES)
         ):
             _unread.note(
                 "engine.io session ended: its client left %d packets unread", queue.qsize()
