@@ -154,3 +154,30 @@ def test_the_engine_io_server_makes_one_for_each_socket() -> None:
     # Engine.IO's socket takes its queue from its server's `create_queue`.
     server = GuardedServer(async_mode="aiohttp")
     assert isinstance(server.eio.create_queue(), PacketQueue)
+
+
+PACKETS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.one_of(st.text(max_size=20), st.binary(max_size=20))),
+        st.tuples(st.just("put"), st.none()),  # a session's end
+        st.tuples(st.just("get"), st.none()),
+    ),
+    max_size=60,
+)
+
+
+@given(PACKETS)
+@settings(max_examples=200, deadline=None)
+def test_the_bytes_held_are_those_of_the_packets_queued(ops: list[tuple[str, Any]]) -> None:
+    import engineio
+
+    queue, held = PacketQueue(), []
+    for op, data in ops:
+        if op == "put":
+            item = None if data is None else engineio.packet.Packet(engineio.packet.MESSAGE, data)
+            queue.put_nowait(item)
+            held.append(item)
+        elif held:
+            assert queue.get_nowait() is held.pop(0)
+        expected = sum(len(p.data) for p in held if p is not None)
+        assert queue.held_bytes == expected
