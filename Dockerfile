@@ -17,7 +17,7 @@ RUN pip install --no-cache-dir --only-binary=:all: "uv==${UV_VERSION}"
 WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
 COPY gateway ./gateway
-RUN uv sync --locked --no-editable --no-cache --python /usr/local/bin/python3
+RUN uv sync --locked --no-dev --no-editable --no-cache --python /usr/local/bin/python3
 ENV PATH="/app/.venv/bin:${PATH}"
 
 ENV GATEWAY_HOST=0.0.0.0 \

@@ -80,7 +80,15 @@ def _installed(venv: Path) -> dict[str, str]:
 def _locked_runtime(project: Path, env: dict[str, str]) -> dict[str, str]:
     """uv.lock's runtime dependencies (no extras) for this machine, as uv exports them."""
     exported = subprocess.run(
-        [str(UV), "export", "--locked", "--offline", "--no-hashes", "--no-emit-project"],
+        [
+            str(UV),
+            "export",
+            "--locked",
+            "--offline",
+            "--no-dev",
+            "--no-hashes",
+            "--no-emit-project",
+        ],
         cwd=project,
         env=env,
         capture_output=True,
@@ -115,7 +123,7 @@ def test_the_images_install_is_the_lock(tmp_path: Path) -> None:
         else:
             shutil.copy2(path, project / source)
     sync = shlex.split(_one(r"^RUN (uv sync [^\n]+)$", DOCKERFILE))
-    assert sync[:2] == ["uv", "sync"] and "--locked" in sync and "--no-cache" in sync
+    assert sync[:2] == ["uv", "sync"] and {"--locked", "--no-dev", "--no-cache"} <= set(sync)
     python = sync.index("--python")
     sync[python + 1] = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
     command = [str(UV), *sync[1:]]

@@ -45,7 +45,7 @@ found that the libraries let a malformed packet through as an exception:
     UPGRADE) and reads none of them, sending a pong now and then
         libraries: every answer queued, for ever (a 1 MB namespace is echoed back
                    in each refusal: 850 MB on one socket)
-        here:      MAX_HELD_PACKETS or MAX_HELD_BYTES unread end the session; a
+        here:      MAX_HELD_PACKETS or MAX_HELD_ANSWER_CHARS unread end the session; a
                    namespace past MAX_NAMESPACE_CHARS is dropped, never echoed
     a packet of 1 MiB
         libraries: decoded by the standard library's `json` on the loop, before
@@ -115,11 +115,11 @@ MAX_NAMESPACE_CHARS = 128
 # events wait in the outbox past MAX_QUEUED_PACKETS (`socketio_queue.has_room`), but
 # what a client provokes (a refused CONNECT, an ack, a NOOP for each UPGRADE) was
 # queued whether or not it read any of it (a probe's unread answers: 850 MB).  The
-# bytes count once it holds more than the gateway's own events may fill (a reply's
-# last event carries its whole text): what a client provokes is no longer than
-# what it sent (MAX_PACKET_CHARS).
+# characters counted are those of answers (`PacketQueue.answer_chars`), not of the
+# gateway's events: a reply's last event carries its whole text, and a slow reader
+# is not cut for it.
 MAX_HELD_PACKETS = 256
-MAX_HELD_BYTES = 4 * 1024 * 1024
+MAX_HELD_ANSWER_CHARS = 4 * 1024 * 1024
 
 # Frames read one after another before the loop gets a turn (as the raw
 # WebSocket transport's `_read`).
@@ -180,7 +180,13 @@ class _CheckedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         )
         self._read = 0
         self._rate: MessageRate | None = None  # (made by the first `wait`)
-        await self._sock.prepare(environ["aiohttp.request"])
+        # An upgrade's probe and UPGRADE must both come by then (`wait`).
+        self._upgrade_by = asyncio.get_running_loop().time() + self.server.ping_timeout
+        request = environ["aiohttp.request"]
+        await self._sock.prepare(request)
+        sock = getattr(self.handler, "__self__", None)
+        if sock is not None:
+            sock.websocket_tcp = request.transport  # cut by `_Socket.send`
         self.environ = environ
         await self.handler(self)
         return self._sock
@@ -192,15 +198,17 @@ class _CheckedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
         (`frames_per_s`; its events are dropped past it by the handlers), a
         WebSocket ping is answered within it, and far past it the session ends as
         a broken transport would (`MessageRate.flooding`).  Before its upgrade is
-        done (its probe, then UPGRADE) a frame must come within the ping timeout:
-        one that never sent its probe was kept for ever."""
+        done, its probe and its UPGRADE must come within the ping timeout of its
+        opening, whatever else it sends meanwhile: one that never sent its probe
+        was kept for ever."""
         sock = getattr(self.handler, "__self__", None)
         if self._rate is None:
             self._rate = MessageRate(self.server.frames_per_s)
         while True:
             if sock is not None and not sock.upgraded:
                 try:
-                    msg = await asyncio.wait_for(self._sock.receive(), self.server.ping_timeout)
+                    async with asyncio.timeout_at(self._upgrade_by):
+                        msg = await self._sock.receive()
                 except TimeoutError:
                     raise OSError("no upgrade probe") from None
             else:
@@ -323,22 +331,26 @@ class _Socket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
 
     async def send(self, pkt: Any) -> None:
         """Engine.IO's; but a session whose client leaves MAX_HELD_PACKETS (or
-        MAX_HELD_BYTES) unread is ended instead, its client cut off as from a
-        broken transport (what the gateway sends of its own waits for room first:
+        MAX_HELD_ANSWER_CHARS of answers) unread is ended instead, its client cut
+        off as from a broken transport (what the gateway sends of its own waits for room first:
         only what a client provokes comes here, and a client that provokes
         answers without reading them held them all, for as long as it sent a
         pong now and then)."""
         queue = self.queue
-        held = queue.qsize()
         if not self.closed and (
-            held >= MAX_HELD_PACKETS
-            or (held > 2 * MAX_QUEUED_PACKETS and queue.held_bytes >= MAX_HELD_BYTES)
+            queue.qsize() >= MAX_HELD_PACKETS or queue.answer_chars >= MAX_HELD_ANSWER_CHARS
         ):
             _unread.note(
-                "engine.io session ended: its client left %d packets unread", queue.qsize()
+                "engine.io session ended: its client left %d packets unread (%d characters "
+                "of answers)",
+                queue.qsize(),
+                queue.answer_chars,
             )
             await end_session(self)
             end_long_poll(self)
+            tcp = getattr(self, "websocket_tcp", None)
+            if tcp is not None:
+                tcp.abort()  # (its writer waits on a client that reads nothing)
             return
         await super().send(pkt)
 
@@ -437,13 +449,24 @@ def _shed_headers(environ: Any) -> None:
         environ.update(kept)
 
 
+# A run of digits that may be an integer past 64 bits, which orjson reads otherwise.
+_LONG_DIGITS = re.compile(r"\d{19}")
+
+
+def _packet_loads(text: str) -> Any:
+    if _LONG_DIGITS.search(text):
+        return socketio.packet.Packet.json.loads(text)
+    return jsonwire.loads(text)
+
+
 class _PacketJson:
-    """The JSON of the packets a client sends, read by orjson where it reads it as
-    the standard library would (`jsonwire.loads`: 4 to 7 times faster for numbers);
-    what python-socketio writes, as before."""
+    """The JSON of the packets a client sends, read by orjson (`jsonwire.loads`: 4
+    to 7 times faster for numbers), and by the standard library where orjson would
+    read it otherwise (NaN, lone surrogates: `jsonwire`; integers past 64 bits,
+    here); what python-socketio writes, as before."""
 
     dumps = staticmethod(socketio.packet.Packet.json.dumps)
-    loads = staticmethod(jsonwire.loads)
+    loads = staticmethod(_packet_loads)
 
 
 class _Packet(socketio.packet.Packet):  # type: ignore[misc]
@@ -474,8 +497,8 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
     that asked for an ack gets an empty one)."""
 
     def __init__(self, *args: Any, frames_per_s: float | None = None, **kwargs: Any) -> None:
-        """`frames_per_s`: a websocket's pings answered a second (None: no bound);
-        far past it, its session ends (`_CheckedWebSocket.wait`)."""
+        """`frames_per_s`: a websocket's frames a second (None: no bound): pings
+        past it unanswered, far past it the session ended (`_CheckedWebSocket.wait`)."""
         super().__init__(*args, **kwargs)
         self.packet_class = _Packet
         self.eio.frames_per_s = frames_per_s
@@ -528,7 +551,8 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _too_long(self, eio_sid: str, data: str) -> None:
         """A packet past MAX_PACKET_CHARS, not decoded: an event that asked for an
         ack is told, in its ack (as `_too_fast`); anything else is dropped."""
-        self._binary_packet.pop(eio_sid, None)
+        if eio_sid in self._binary_packet:
+            await self._refuse_pending(eio_sid, "a binary packet without its attachments")
         head = _HEAD.match(data)
         log.debug("socket.io packet refused: %d characters", len(data))
         if head is None or head["id"] is None or len(head["id"]) > 15:

@@ -58,22 +58,24 @@ class PacketQueue:
     long-poll request); more are served in turn, and a cancelled `get` (a poll
     that timed out) takes nothing."""
 
-    __slots__ = ("_bytes", "_getters", "_items", "_joiners", "_unfinished")
+    __slots__ = ("_answers", "_getters", "_items", "_joiners", "_unfinished")
 
     def __init__(self) -> None:
         self._items: deque[Any] | tuple[()] = ()
         self._getters: list[asyncio.Future[None]] | None = None
         self._joiners: list[asyncio.Future[None]] | None = None
         self._unfinished = 0
-        self._bytes = 0
+        self._answers = 0
 
     def qsize(self) -> int:
         return len(self._items)
 
     @property
-    def held_bytes(self) -> int:
-        """The length of the packets' data queued (characters of text, bytes of binary)."""
-        return self._bytes
+    def answer_chars(self) -> int:
+        """The length of the queued packets' data (characters of text, bytes of
+        binary) but the Socket.IO events': answers to the client (acks, refusals),
+        which only its own packets provoke (`socketio_guard._Socket.send`)."""
+        return self._answers
 
     def empty(self) -> bool:
         return not self._items
@@ -86,7 +88,7 @@ class PacketQueue:
         if not isinstance(items, deque):
             items = self._items = deque()
         items.append(item)
-        self._bytes += _size(item)
+        self._answers += _answer_size(item)
         self._unfinished += 1
         if self._getters:
             _wake_one(self._getters)
@@ -102,9 +104,9 @@ class PacketQueue:
         item = items.popleft()
         if not items:
             self._items = ()
-            self._bytes = 0
+            self._answers = 0
         else:
-            self._bytes -= _size(item)
+            self._answers -= _answer_size(item)
         return item
 
     async def get(self) -> Any:
@@ -152,9 +154,13 @@ class PacketQueue:
                     self._joiners.remove(joiner)
 
 
-def _size(packet: Any) -> int:
+def _answer_size(packet: Any) -> int:
+    """The length of a packet's data, 0 for a Socket.IO event's (`2…`) and for what
+    has none (a ping, a session's end)."""
     data = getattr(packet, "data", None)
-    return len(data) if isinstance(data, str | bytes) else 0
+    if isinstance(data, str):
+        return 0 if data.startswith("2") else len(data)
+    return len(data) if isinstance(data, bytes) else 0
 
 
 def _wake_one(getters: list[asyncio.Future[None]]) -> None:

@@ -5,7 +5,7 @@ gateway with raw clients, none needing a token, each with what the code did befo
     event of no handler, acked) and reads none of them
         was: every answer queued for as long as the client sent a pong now and
              then (a probe's 1 MB namespaces, echoed back: 850 MB on one socket)
-        now: past MAX_HELD_PACKETS (or MAX_HELD_BYTES) unread, the session ends;
+        now: past MAX_HELD_PACKETS (or MAX_HELD_ANSWER_CHARS) unread, the session ends;
              a namespace past MAX_NAMESPACE_CHARS is dropped, never echoed
     a Socket.IO event of 1 MiB (a list of 330,000 empty lists)
         was: decoded on the loop before any rate (100 ms each, 600 ms from four
@@ -56,9 +56,8 @@ def _polling(gateway: GatewayProcess, sid: str) -> str:
     return f"{gateway.url}/ws/socket.io/?EIO=4&transport=polling&sid={sid}"
 
 
-async def test_a_client_that_reads_no_answer_it_provokes_is_ended(
-    gateway: GatewayProcess,
-) -> None:
+async def test_a_client_that_reads_no_answer_it_provokes_is_ended(start_gateway: Any) -> None:
+    gateway: GatewayProcess = start_gateway()  # (its log line: one every 10 s at most)
     offset = len(gateway.log())
     async with aiohttp.ClientSession() as http:
         sid = await polling_session(http, gateway.url)
@@ -132,14 +131,27 @@ async def test_a_post_whose_session_ends_while_it_is_read_is_400_not_500(
 
 @pytest.mark.timeout(PING_TIMEOUT_S + 30)
 async def test_an_upgrade_that_never_sends_its_probe_is_closed(gateway: GatewayProcess) -> None:
+    """Within the ping timeout of its opening, whatever it sends meanwhile (a ping
+    every 5 s, each answered, does not keep it)."""
     async with aiohttp.ClientSession() as http:
         sid = await polling_session(http, gateway.url)
-    url = (
-        gateway.url.replace("http", "ws", 1) + f"/ws/socket.io/?EIO=4&transport=websocket&sid={sid}"
-    )
-    async with websockets.connect(url) as ws:
-        with pytest.raises(websockets.ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), PING_TIMEOUT_S + 10)
+    base = gateway.url.replace("http", "ws", 1)
+    url = f"{base}/ws/socket.io/?EIO=4&transport=websocket&sid={sid}"
+    async with websockets.connect(url, ping_interval=None) as ws:
+        opened = asyncio.get_running_loop().time()
+
+        async def pinging() -> None:
+            while True:
+                await asyncio.sleep(5)
+                await asyncio.wait_for(await ws.ping(), 5)  # answered
+
+        pings = asyncio.create_task(pinging())
+        try:
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), PING_TIMEOUT_S + 10)
+        finally:
+            pings.cancel()
+        assert asyncio.get_running_loop().time() - opened < PING_TIMEOUT_S + 5
 
 
 async def test_a_flood_of_engineio_packets_ends_the_session(start_gateway: Any) -> None:

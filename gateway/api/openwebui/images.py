@@ -86,8 +86,13 @@ class Pictures:
             self._bytes -= _size(dropped)
 
 
+# What an entry holds besides its URL and picture (the object, its ETag, the key,
+# the dict's node): counted, or many small pictures would hold three times the bound.
+ENTRY_OVERHEAD = 512
+
+
 def _size(picture: Picture) -> int:
-    return len(picture.url) + len(picture.body)
+    return len(picture.url) + len(picture.body) + ENTRY_OVERHEAD
 
 
 def _picture(
