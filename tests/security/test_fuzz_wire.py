@@ -517,7 +517,7 @@ def ack_problem(name: str, data: list[Any], ack: tuple[Any, ...], alice: User) -
     ):
         # Refused unread (`MAX_PACKET_CHARS`): only an event that long, as the
         # client writes it (`42<ack id>` and the JSON, escaped to ASCII).
-        packet = len(json.dumps([name, *data], separators=(",", ":"))) + 12
+        packet = encoded_size([name, *data]) + 12
         long = packet > MAX_PACKET_CHARS
         return None if long else f"refused as too large: {shown(data)[:120]}"
     if name == "user-join":
