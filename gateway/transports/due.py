@@ -1,5 +1,5 @@
 """Items each due an interval after it was queued, and one timer for all of them: the
-socket transports' pings (`socketio_guard.py` for Engine.IO's, `websocket_pings.py`
+socket transports' pings (`socketio_engine.py` for Engine.IO's, `websocket_pings.py`
 for the raw WebSocket's).  A timer each costs about 0.5 KB under uvloop, a queue
 entry about 0.1 (bench/RESULTS.md).  Every item waits the same interval, so the
 order they were queued in is the order they are due::

@@ -36,7 +36,7 @@ from gateway.edge.connections import EveryInterval, PerAddress
 from gateway.edge.origins import OriginPolicy
 from gateway.edge.proxy import STICKY_LINES, upgrade_required
 from gateway.errors import Forbidden
-from gateway.transports.socketio_guard import end_session
+from gateway.transports.socketio_engine import end_session
 
 EXTENSIONS = "Sec-WebSocket-Extensions"
 # The address key a session's handshake request counts against ("": exempt), until

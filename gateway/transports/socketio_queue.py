@@ -74,7 +74,7 @@ class PacketQueue:
     def answer_chars(self) -> int:
         """The length of the queued packets' data (characters of text, bytes of
         binary) but the Socket.IO events': answers to the client (acks, refusals),
-        which only its own packets provoke (`socketio_guard._Socket.send`)."""
+        which only its own packets provoke (`socketio_engine._Socket.send`)."""
         return self._answers
 
     def empty(self) -> bool:

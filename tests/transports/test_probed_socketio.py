@@ -40,11 +40,8 @@ import pytest
 import websockets
 
 from gateway.transports.socketio import PING_TIMEOUT_S
-from gateway.transports.socketio_guard import (
-    MAX_HELD_PACKETS,
-    MAX_NAMESPACE_CHARS,
-    MAX_PACKET_CHARS,
-)
+from gateway.transports.socketio_engine import MAX_HELD_PACKETS
+from gateway.transports.socketio_guard import MAX_NAMESPACE_CHARS, MAX_PACKET_CHARS
 from tests.clients import PySocket
 from tests.gatewayproc import GatewayProcess, make_token
 from tests.transports.test_probed_edges import polling_session

@@ -25,7 +25,8 @@ from gateway.events import ReplyStarted, TextDelta
 from gateway.settings import Settings
 from gateway.transports import socketio as transport
 from gateway.transports import socketio_queue as engine
-from gateway.transports.socketio_guard import KEPT_ENVIRON, GuardedServer, _Socket
+from gateway.transports.socketio_engine import _Socket
+from gateway.transports.socketio_guard import KEPT_ENVIRON, GuardedServer
 from tests.gatewayproc import SECRET, make_token, served_in_process
 
 PING_S = 1  # Engine.IO announces whole seconds
