@@ -206,6 +206,13 @@ class SignInAttempt:
 # every other client's replies for 0.6 s at a time), so it is cut off.
 FLOOD_BURSTS = 10
 
+# Frames a socket's reader takes one after another before the loop gets a turn
+# (the raw WebSocket's `_read`, Engine.IO's websocket `wait`): frames already
+# buffered come from aiohttp's `receive()` without a wait, and a flood of tiny
+# ones (a probe's 100,000 empty pings in one write) was read in one go, 0.2–0.9 s
+# in which no other client got anything.
+FRAMES_PER_TURN = 64
+
 
 class MessageRate:
     """Messages from one connection, a token bucket: `per_s` a second on average,

@@ -26,7 +26,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 
 from gateway.edge.connections import EveryInterval
-from gateway.edge.throttle import MessageRate
+from gateway.edge.throttle import FRAMES_PER_TURN, MessageRate
 from gateway.errors import CLIENT_GONE
 from gateway.transports.due import DueQueue
 from gateway.transports.socketio_queue import MAX_QUEUED_PACKETS, PacketQueue, end_long_poll
@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 MAX_HELD_PACKETS = 256
 MAX_HELD_ANSWER_CHARS = 4 * 1024 * 1024
 
-# Frames read one after another before the loop gets a turn (as the raw
-# WebSocket transport's `_read`).
-FRAMES_PER_TURN = 64
 
 _flooding = EveryInterval(log)
 _unread = EveryInterval(log)

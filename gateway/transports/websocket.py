@@ -56,7 +56,7 @@ from gateway.edge import access
 from gateway.edge.auth import find_token
 from gateway.edge.connections import EveryInterval
 from gateway.edge.proxy import upgrade_required
-from gateway.edge.throttle import MessageRate
+from gateway.edge.throttle import FRAMES_PER_TURN, MessageRate
 from gateway.errors import (
     CLIENT_GONE,
     WS_INTERNAL_ERROR,
@@ -349,12 +349,6 @@ async def _closed(conn: Connection) -> None:
         await conn.endpoint.closed(conn)
     conn.phase = Phase.CLOSED
 
-
-# Frames read one after another before the loop gets a turn: frames already
-# buffered come from `receive()` without a wait, and a flood of tiny ones (a
-# probe's 100,000 empty pings in one write) was read in one go, 0.2–0.8 s in
-# which no other client got anything.
-FRAMES_PER_TURN = 64
 
 _flooding = EveryInterval(log)
 
